@@ -1,0 +1,29 @@
+// Token embedding: out[r] = table[ids[r]] (+ pos_table[position of row r] for learned
+// positions, GPT-2). One workgroup per row.
+
+struct Params { n_rows: u32, d: u32, vocab: u32, _pad: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#if POS
+@group(0) @binding(4) var<storage, read> rows: array<u32>;  // (sequence, position) per row
+@group(0) @binding(5) var<storage, read> pos_table: array<f32>;
+#endif
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.n_rows) { return; }
+    // Ids are validated on the host; the clamp only keeps a bad id from reading out of bounds.
+    let id = min(ids[r], p.vocab - 1u);
+    for (var i = lid.x; i < p.d; i += 64u) {
+        var v = table[id * p.d + i];
+#if POS
+        v += pos_table[rows[2u * r + 1u] * p.d + i];
+#endif
+        out[r * p.d + i] = v;
+    }
+}

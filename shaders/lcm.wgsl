@@ -1,0 +1,1 @@
+// LCM: see src/ops/lcm.rs

@@ -1,0 +1,80 @@
+// C = A · B (+ bias) (+= C with ACC), all f32. A is M×K and B is K×N, each given by an offset
+// and row/column strides, so one kernel serves x·Wᵀ (forward), dy·W (input gradient) and
+// dyᵀ·x (weight gradient). Each thread computes a 4×4 block of C from registers (no
+// workgroup memory: faster on CPU adapters and competitive on GPUs). With KVEC4, A and B
+// are contiguous along K (the forward x·Wᵀ case) and are read four K-steps at a time.
+
+struct Params {
+    m: u32, n: u32, k: u32, c_off: u32,
+    a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
+    b_off: u32, b_rs: u32, b_cs: u32, _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+#if KVEC4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#else
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    // Out-of-range rows/columns re-read the last valid one; their results are not stored.
+    let r = min(vec4<u32>(row0, row0 + 1u, row0 + 2u, row0 + 3u), vec4<u32>(p.m - 1u));
+    let q = min(vec4<u32>(col0, col0 + 1u, col0 + 2u, col0 + 3u), vec4<u32>(p.n - 1u));
+    var acc = array<vec4<f32>, 4>();
+#if KVEC4
+    // Offsets and row strides are in vec4 units here (the host divides by 4).
+    for (var kk = 0u; kk < p.k / 4u; kk++) {
+        let a0 = a[p.a_off + r.x * p.a_rs + kk];
+        let a1 = a[p.a_off + r.y * p.a_rs + kk];
+        let a2 = a[p.a_off + r.z * p.a_rs + kk];
+        let a3 = a[p.a_off + r.w * p.a_rs + kk];
+        let b0 = b[p.b_off + q.x * p.b_cs + kk];
+        let b1 = b[p.b_off + q.y * p.b_cs + kk];
+        let b2 = b[p.b_off + q.z * p.b_cs + kk];
+        let b3 = b[p.b_off + q.w * p.b_cs + kk];
+        acc[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        acc[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        acc[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        acc[3] += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    }
+#else
+    for (var kk = 0u; kk < p.k; kk++) {
+        let ak = p.a_off + kk * p.a_cs;
+        let av = vec4<f32>(a[ak + r.x * p.a_rs], a[ak + r.y * p.a_rs], a[ak + r.z * p.a_rs], a[ak + r.w * p.a_rs]);
+        let bk = p.b_off + kk * p.b_rs;
+        let bv = vec4<f32>(b[bk + q.x * p.b_cs], b[bk + q.y * p.b_cs], b[bk + q.z * p.b_cs], b[bk + q.w * p.b_cs]);
+        acc[0] += av.x * bv;
+        acc[1] += av.y * bv;
+        acc[2] += av.z * bv;
+        acc[3] += av.w * bv;
+    }
+#endif
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + i;
+        if (row >= p.m) { break; }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + j;
+            if (col >= p.n) { break; }
+            var v = acc[i][j];
+#if BIAS
+            v += bias[col];
+#endif
+            let at = p.c_off + row * p.c_rs + col;
+#if ACC
+            v += c[at];
+#endif
+            c[at] = v;
+        }
+    }
+}

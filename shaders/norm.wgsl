@@ -1,0 +1,62 @@
+// RMSNorm (Llama, Qwen2) or LayerNorm (GPT-2, with LAYER) over rows of width d.
+// One workgroup per row; saves (mean, rstd) per row for the backward pass.
+
+struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;  // (mean, rstd) per row
+#if LAYER
+@group(0) @binding(5) var<storage, read> b: array<f32>;
+#endif
+
+const WG: u32 = 64u;
+var<workgroup> red: array<f32, WG>;
+
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.n_rows) { return; }
+    let lid = lid3.x;
+    let base = (r + p.row_offset) * p.d;
+    let n = f32(p.d);
+#if LAYER
+    var s = 0.0;
+    for (var i = lid; i < p.d; i += WG) { s += x[base + i]; }
+    let mean = workgroup_sum(s, lid) / n;
+#else
+    let mean = 0.0;
+#endif
+    var sq = 0.0;
+    for (var i = lid; i < p.d; i += WG) {
+        let c = x[base + i] - mean;
+        sq += c * c;
+    }
+    let rstd = 1.0 / sqrt(workgroup_sum(sq, lid) / n + p.eps);
+    for (var i = lid; i < p.d; i += WG) {
+        var v = (x[base + i] - mean) * rstd * w[i];
+#if LAYER
+        v += b[i];
+#endif
+        out[r * p.d + i] = v;
+    }
+    if (lid == 0u) {
+        stats[2u * r] = mean;
+        stats[2u * r + 1u] = rstd;
+    }
+}

@@ -1,0 +1,109 @@
+//! `keel generate` and `keel score`.
+
+use super::{load_model, ModelArg, SamplingArgs};
+use crate::generate::{self, GenerateOptions};
+use crate::tokenize::TextStream;
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The prompt (encoded exactly as `score` encodes a text)
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object {"prompt_ids", "ids", "text"} instead of streaming text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The text to score, taken exactly as its bytes are (UTF-8)
+    #[arg(long)]
+    text_file: PathBuf,
+    /// Print {"ids", "next_logprobs", "entropies", "perplexity"} as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
+    let m = load_model(&a.model, adapter)?;
+    let sampler = a.sampling.config(&m.host)?;
+    let prompt_ids = m.host.tokenizer.encode(&a.prompt)?;
+    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: m.host.config.eos.clone() };
+    let tok = &m.host.tokenizer;
+    let mut stream = TextStream::new();
+    let mut stdout = std::io::stdout();
+    let t0 = Instant::now();
+    let mut first_token_s = None;
+    let ids = generate::generate(m.gpu, &m.gpu_model, &prompt_ids, &opts, &mut |id| {
+        first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
+        if !a.json {
+            stdout.write_all(stream.push(tok, id)?.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })?;
+    let total = t0.elapsed().as_secs_f64();
+    let text = tok.decode(&ids)?;
+    if a.json {
+        println!("{}", json!({"prompt_ids": prompt_ids, "ids": ids, "text": text}));
+    } else {
+        println!();
+    }
+    let prefill = first_token_s.unwrap_or(total);
+    let decoded = ids.len().saturating_sub(1);
+    eprintln!(
+        "[{} prompt tokens, prefill {:.0} tok/s; {} new tokens, decode {:.1} tok/s; load {:.2}s; {}]",
+        prompt_ids.len(),
+        prompt_ids.len() as f64 / prefill,
+        ids.len(),
+        if decoded > 0 { decoded as f64 / (total - prefill) } else { 0.0 },
+        m.load_s,
+        m.gpu.info.name
+    );
+    Ok(())
+}
+
+pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
+    let bytes =
+        std::fs::read(&a.text_file).with_context(|| format!("{}: cannot read", a.text_file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", a.text_file.display()))?;
+    let m = load_model(&a.model, adapter)?;
+    let ids = m.host.tokenizer.encode(&text)?;
+    let ctx = m.host.config.max_positions;
+    if ids.len() > ctx {
+        return Err(anyhow!(
+            "{}: {} tokens exceed the model's context of {ctx} tokens",
+            a.text_file.display(),
+            ids.len()
+        ));
+    }
+    let s = generate::score(m.gpu, &m.gpu_model, &ids)?;
+    let ppl = s.perplexity();
+    if a.json {
+        println!(
+            "{}",
+            json!({"ids": ids, "next_logprobs": s.next_logprobs, "entropies": s.entropies,
+                   "perplexity": if ppl.is_finite() { json!(ppl) } else { json!(null) }})
+        );
+    } else {
+        let mean_entropy =
+            s.entropies.iter().map(|&e| e as f64).sum::<f64>() / s.entropies.len().max(1) as f64;
+        println!("{} tokens, perplexity {ppl:.4}, mean entropy {mean_entropy:.4} nats", ids.len());
+    }
+    Ok(())
+}

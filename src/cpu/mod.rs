@@ -1,0 +1,33 @@
+//! Plain reference implementations of every kernel (loops, f64 accumulation), used by the
+//! tests to check the WGSL.
+
+pub mod act;
+pub mod attention;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod stats;
+
+#[cfg(test)]
+pub mod test_data {
+    /// Deterministic pseudo-random values in [-scale, scale).
+    pub fn rand_vec(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
+            })
+            .collect()
+    }
+
+    /// Asserts |got - want| <= tol * max(1, |want|) elementwise.
+    pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}: element {i}: got {g}, want {w}");
+        }
+    }
+}

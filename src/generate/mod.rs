@@ -1,0 +1,180 @@
+//! Generation state (KV cache, scratch buffers, position) and the decode loop.
+
+pub mod sampler;
+
+use crate::gpu::{Gpu, Step};
+use crate::model::forward::{Head, Scratch};
+use crate::model::{GpuModel, KvCache};
+use crate::ops::stats::{RowStats, NO_TARGET};
+use anyhow::{bail, Result};
+pub use sampler::{Sampler, SamplerConfig};
+
+/// Prompt tokens processed per submit during prefill.
+const PREFILL_CHUNK: usize = 256;
+/// Rows per LM-head pass when every position's statistics are wanted (scoring).
+const SCORE_CHUNK: usize = 64;
+
+/// One sequence being generated or scored: its KV cache and how far it has got.
+pub struct Session<'m> {
+    gpu: &'m Gpu,
+    pub model: &'m GpuModel,
+    pub cache: KvCache,
+    scratch: Scratch,
+    head: Head,
+    /// Positions already in the cache.
+    pub len: usize,
+}
+
+/// What feeding tokens returns.
+pub struct Fed {
+    /// Statistics per fed row when targets were given, else for the last row only.
+    pub stats: Vec<RowStats>,
+    /// The logits of the last fed row.
+    pub last_logits: Vec<f32>,
+}
+
+impl<'m> Session<'m> {
+    /// A session able to hold `capacity` positions (prompt plus generated tokens).
+    pub fn new(gpu: &'m Gpu, model: &'m GpuModel, capacity: usize) -> Result<Self> {
+        let cache = model.new_cache(gpu, 1, capacity)?;
+        let scratch = model.scratch(gpu, capacity.clamp(1, PREFILL_CHUNK))?;
+        let head = model.head(gpu, capacity.clamp(1, SCORE_CHUNK))?;
+        Ok(Session { gpu, model, cache, scratch, head, len: 0 })
+    }
+
+    /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),
+    /// returns statistics for every row; otherwise only for the last.
+    pub fn feed(&mut self, ids: &[u32], targets: Option<&[u32]>) -> Result<Fed> {
+        let vocab = self.model.config.vocab;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+        }
+        if self.len + ids.len() > self.cache.len {
+            bail!("{} tokens do not fit: {} already in a context of {}", ids.len(), self.len, self.cache.len);
+        }
+        assert!(targets.is_none_or(|t| t.len() == ids.len()));
+        let chunk = if targets.is_some() { self.scratch.rows.min(self.head.rows) } else { self.scratch.rows };
+        let mut stats = Vec::new();
+        let mut last_logits = Vec::new();
+        for (c, part) in ids.chunks(chunk).enumerate() {
+            let n = part.len();
+            let last_chunk = (c + 1) * chunk >= ids.len();
+            let rows: Vec<u32> = (0..n).flat_map(|i| [0, (self.len + i) as u32]).collect();
+            self.gpu.write_u32(&self.scratch.ids, part);
+            self.gpu.write_u32(&self.scratch.row_table, &rows);
+            let mut step = Step::new(self.gpu);
+            self.model.record_blocks(&mut step, &self.scratch, &self.cache, n, &mut |_, _, _| {});
+            let head_rows = match targets {
+                Some(t) => {
+                    self.gpu.write_u32(&self.head.targets, &t[c * chunk..c * chunk + n]);
+                    Some((0, n))
+                }
+                None if last_chunk => {
+                    self.gpu.write_u32(&self.head.targets, &[NO_TARGET]);
+                    Some((n - 1, 1))
+                }
+                None => None,
+            };
+            if let Some((first, count)) = head_rows {
+                self.model.record_head(&mut step, &self.scratch.x, &self.head, first, count);
+            }
+            step.submit()?;
+            self.len += n;
+            if let Some((_, count)) = head_rows {
+                stats.extend(RowStats::parse(&self.read(&self.head.stats, 0, 4 * count)?));
+                if last_chunk {
+                    let v = vocab;
+                    last_logits = self.read(&self.head.logits, (count - 1) * v, v)?;
+                }
+            }
+        }
+        Ok(Fed { stats, last_logits })
+    }
+
+    fn read(&self, t: &crate::gpu::Tensor, offset: usize, n: usize) -> Result<Vec<f32>> {
+        let words = pollster::block_on(self.gpu.read_range(t, offset, n))?;
+        Ok(bytemuck::cast_vec(words))
+    }
+}
+
+/// Per-token scores of a text: `next_logprobs[i] = log p(ids[i+1] | ids[..=i])` and the
+/// entropy of that distribution.
+pub struct Scores {
+    pub next_logprobs: Vec<f32>,
+    pub entropies: Vec<f32>,
+    /// Logits after the last token.
+    pub last_logits: Vec<f32>,
+}
+
+impl Scores {
+    pub fn perplexity(&self) -> f64 {
+        if self.next_logprobs.is_empty() {
+            return f64::NAN;
+        }
+        let nll: f64 = self.next_logprobs.iter().map(|&l| -(l as f64)).sum();
+        (nll / self.next_logprobs.len() as f64).exp()
+    }
+}
+
+/// Scores `ids` with the model (teacher forcing, all positions).
+pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32]) -> Result<Scores> {
+    if ids.is_empty() {
+        bail!("nothing to score: the text encodes to no tokens");
+    }
+    let mut session = Session::new(gpu, model, ids.len())?;
+    let targets: Vec<u32> = ids[1..].iter().copied().chain([NO_TARGET]).collect();
+    let fed = session.feed(ids, Some(&targets))?;
+    let n = ids.len() - 1;
+    Ok(Scores {
+        next_logprobs: fed.stats[..n].iter().map(|s| s.target_logprob).collect(),
+        entropies: fed.stats[..n].iter().map(|s| s.entropy).collect(),
+        last_logits: fed.last_logits,
+    })
+}
+
+/// Settings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    pub eos: Vec<u32>,
+}
+
+/// Prefills `prompt`, then decodes up to `max_tokens` tokens, calling `on_token` with each.
+/// Stops after an EOS token (which is included in the result).
+pub fn generate(
+    gpu: &Gpu,
+    model: &GpuModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let capacity = prompt.len() + opts.max_tokens;
+    let ctx = model.config.max_positions;
+    if capacity > ctx {
+        bail!(
+            "the prompt ({} tokens) plus --max-tokens {} exceeds the model's context of {ctx} tokens",
+            prompt.len(),
+            opts.max_tokens
+        );
+    }
+    let mut sampler = Sampler::new(opts.sampler.clone())?;
+    let mut session = Session::new(gpu, model, capacity)?;
+    let mut logits = session.feed(prompt, None)?.last_logits;
+    let mut history = prompt.to_vec();
+    let mut out = Vec::new();
+    for i in 0..opts.max_tokens {
+        let id = sampler.sample(&logits, &history);
+        out.push(id);
+        history.push(id);
+        on_token(id)?;
+        if opts.eos.contains(&id) || i + 1 == opts.max_tokens {
+            break;
+        }
+        logits = session.feed(&[id], None)?.last_logits;
+    }
+    Ok(out)
+}

@@ -1,0 +1,164 @@
+//! Adapter choice, the device with the features and limits Keel asks for, and the
+//! pipeline cache.
+
+use super::shader::{self, Define};
+use anyhow::{anyhow, bail, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Which adapter to use: `--adapter` flag, else the `KEEL_ADAPTER` environment variable.
+/// A number picks by index in `keel info`'s list; any other text picks the first adapter
+/// whose name contains it (case-insensitive). `None`: wgpu's high-performance choice.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdapterChoice(pub Option<String>);
+
+impl AdapterChoice {
+    pub fn from_flag_or_env(flag: Option<String>) -> Self {
+        AdapterChoice(flag.or_else(|| std::env::var("KEEL_ADAPTER").ok().filter(|s| !s.is_empty())))
+    }
+}
+
+type PipelineKey = (&'static str, Vec<Define>);
+
+/// One device and queue, shared by everything in a process.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// What Keel asked the device for (and got).
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env())
+}
+
+/// The limits Keel needs: the defaults, with buffer sizes and storage bindings raised to
+/// what the adapter offers (weights and KV caches are large).
+fn wanted_limits(offered: &wgpu::Limits) -> wgpu::Limits {
+    wgpu::Limits {
+        max_buffer_size: offered.max_buffer_size,
+        max_storage_buffer_binding_size: offered.max_storage_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: offered.max_storage_buffers_per_shader_stage.min(10),
+        max_compute_workgroup_storage_size: offered.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: offered.max_compute_invocations_per_workgroup,
+        ..wgpu::Limits::downlevel_defaults()
+    }
+}
+
+impl Gpu {
+    /// Lists the adapters wgpu sees (for `keel info`).
+    pub async fn adapters() -> Vec<wgpu::AdapterInfo> {
+        instance().enumerate_adapters(wgpu::Backends::all()).await.iter().map(|a| a.get_info()).collect()
+    }
+
+    pub async fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let instance = instance();
+        let adapter = match &choice.0 {
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    anyhow!("no GPU adapter found ({e}); on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)")
+                })?,
+            Some(want) => {
+                let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                let pick = match want.parse::<usize>() {
+                    Ok(i) => all.into_iter().nth(i),
+                    Err(_) => all.into_iter().find(|a| {
+                        a.get_info().name.to_lowercase().contains(&want.to_lowercase())
+                    }),
+                };
+                pick.ok_or_else(|| {
+                    anyhow!("--adapter/KEEL_ADAPTER '{want}' matches no adapter; available: {names:?}")
+                })?
+            }
+        };
+        let offered = adapter.limits();
+        let limits = wanted_limits(&offered);
+        // Optional features: used when present, never required.
+        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("keel"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("could not open the GPU device '{}': {e}", adapter.get_info().name))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_flag.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info: adapter.get_info(),
+            limits,
+            features,
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+        })
+    }
+
+    /// The process-wide device (tests and the CLI share one).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn shared() -> Result<&'static Gpu> {
+        Gpu::shared_with(&AdapterChoice::from_flag_or_env(None))
+    }
+
+    /// The process-wide device, opened with `choice` if it is not open yet.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn shared_with(choice: &AdapterChoice) -> Result<&'static Gpu> {
+        static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
+        GPU.get_or_init(|| pollster::block_on(Gpu::new(choice)).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// An error if the device was lost (driver reset, out of memory), so callers report it
+    /// in words instead of crashing.
+    pub fn check_lost(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap() {
+            Some(why) => bail!("the GPU device was lost ({why})"),
+            None => Ok(()),
+        }
+    }
+
+    /// The pipeline for a kernel family and its defines, compiled once.
+    pub fn pipeline(&self, name: &'static str, defines: &[Define]) -> wgpu::ComputePipeline {
+        let key = (name, defines.to_vec());
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let text = shader::preprocess(shader::source(name), defines);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: None,
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Largest single binding, in f32 elements.
+    pub fn max_binding_elems(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size / 4
+    }
+}

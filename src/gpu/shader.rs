@@ -1,0 +1,94 @@
+//! WGSL sources (embedded, so wasm has them) and a tiny preprocessor for variants.
+//!
+//! A variant is the shader text with `#if NAME` / `#else` / `#endif` blocks resolved and every
+//! define emitted as a WGSL `const` at the top, so defines can size workgroups and arrays.
+
+/// Every kernel family Keel has: (file name, source).
+pub const SOURCES: &[(&str, &str)] = &[
+    ("embed", include_str!("../../shaders/embed.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("rope", include_str!("../../shaders/rope.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("act", include_str!("../../shaders/act.wgsl")),
+    ("stats", include_str!("../../shaders/stats.wgsl")),
+    ("lcm", include_str!("../../shaders/lcm.wgsl")),
+];
+
+/// The source of one kernel family.
+pub fn source(name: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("no shader named {name}"))
+}
+
+/// A define: name and value. Flags use value 1; `#if NAME` is true when the define exists
+/// and is not "0".
+pub type Define = (&'static str, u32);
+
+/// Resolves `#if`/`#else`/`#endif` (nestable) and prepends `const NAME = value;` lines.
+pub fn preprocess(src: &str, defines: &[Define]) -> String {
+    let mut out = String::with_capacity(src.len() + 64);
+    for (name, value) in defines {
+        out.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    // Stack of (this branch active, any enclosing branch inactive).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |stack: &Vec<(bool, bool)>| stack.iter().all(|(on, _)| *on);
+    for line in src.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t.strip_prefix("#if ") {
+            let on = defines.iter().any(|(n, v)| *n == name.trim() && *v != 0);
+            stack.push((on, !active(&stack)));
+        } else if t.starts_with("#else") {
+            let (on, _) = stack.pop().expect("#else without #if");
+            stack.push((!on, false));
+        } else if t.starts_with("#endif") {
+            stack.pop().expect("#endif without #if");
+        } else if active(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(stack.is_empty(), "unterminated #if");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_resolves_nested_blocks() {
+        let src = "a\n#if X\nb\n#if Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        let body = |d: &[Define]| {
+            preprocess(src, d).lines().filter(|l| !l.starts_with("const")).collect::<Vec<_>>().join(",")
+        };
+        assert_eq!(body(&[]), "a,e,f");
+        assert_eq!(body(&[("X", 1)]), "a,b,d,f");
+        assert_eq!(body(&[("X", 1), ("Y", 1)]), "a,b,c,f");
+        assert_eq!(body(&[("X", 0), ("Y", 1)]), "a,e,f");
+        assert!(preprocess(src, &[("X", 1)]).starts_with("const X: u32 = 1u;\n"));
+    }
+
+    /// Every variant any op can ask for parses and validates with naga (no GPU needed).
+    #[test]
+    fn every_shader_variant_validates() {
+        let mut count = 0;
+        for (name, defines) in crate::ops::all_variants() {
+            let text = preprocess(source(name), &defines);
+            let module = naga::front::wgsl::parse_str(&text)
+                .unwrap_or_else(|e| panic!("{name} {defines:?}: {}", e.emit_to_string(&text)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name} {defines:?}: {e:?}"));
+            count += 1;
+        }
+        assert!(count >= 10, "only {count} variants");
+    }
+}

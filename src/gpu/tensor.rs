@@ -1,0 +1,169 @@
+//! GPU tensors: a storage buffer, a shape and an element type. Uploads and read-backs.
+
+use super::Gpu;
+use anyhow::{bail, Result};
+use wgpu::util::DeviceExt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+/// A dense row-major tensor in one storage buffer (4-byte elements).
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub buf: wgpu::Buffer,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+impl Tensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.numel() as u64 * 4
+    }
+}
+
+impl Gpu {
+    fn check_size(&self, what: &str, elems: usize) -> Result<u64> {
+        let bytes = (elems as u64).saturating_mul(4).max(4);
+        if bytes > self.limits.max_storage_buffer_binding_size {
+            bail!(
+                "{what} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {} bytes",
+                self.limits.max_storage_buffer_binding_size
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = self.check_size(what, shape.iter().product())?;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: bytes.next_multiple_of(4),
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Tensor { buf, shape: shape.to_vec(), dtype })
+    }
+
+    fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        self.check_size(what, shape.iter().product())?;
+        // Zero-length tensors still get a 4-byte buffer: bindings cannot be empty.
+        let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(what),
+            contents,
+            usage: USAGE,
+        });
+        Ok(Tensor { buf, shape: shape.to_vec(), dtype })
+    }
+
+    pub fn upload_f32(&self, what: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "{what}: shape/data mismatch");
+        self.upload(what, shape, DType::F32, bytemuck::cast_slice(data))
+    }
+
+    pub fn upload_u32(&self, what: &str, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "{what}: shape/data mismatch");
+        self.upload(what, shape, DType::U32, bytemuck::cast_slice(data))
+    }
+
+    /// Overwrites the start of a tensor (takes effect before the next submit).
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) {
+        assert!(data.len() <= t.numel());
+        self.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    pub fn write_f32(&self, t: &Tensor, data: &[f32]) {
+        assert!(data.len() <= t.numel());
+        self.queue.write_buffer(&t.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    /// Copies `elems` elements starting at element `offset` back to the host.
+    pub async fn read_range(&self, t: &Tensor, offset: usize, elems: usize) -> Result<Vec<u32>> {
+        assert!(offset + elems <= t.numel().max(1));
+        let size = (elems as u64 * 4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&t.buf, offset as u64 * 4, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = futures_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely())?;
+        self.check_lost()?;
+        rx.recv().await?.map_err(|e| anyhow::anyhow!("GPU read-back failed: {e}"))?;
+        let words = {
+            let view = staging.get_mapped_range(..)?;
+            bytemuck::cast_slice::<u8, u32>(&view)[..elems].to_vec()
+        };
+        staging.unmap();
+        Ok(words)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.read_f32_range(t, 0, t.numel())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32_range(&self, t: &Tensor, offset: usize, elems: usize) -> Result<Vec<f32>> {
+        let words = pollster::block_on(self.read_range(t, offset, elems))?;
+        Ok(bytemuck::cast_vec(words))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        pollster::block_on(self.read_range(t, 0, t.numel()))
+    }
+}
+
+/// A one-shot channel whose receiver is a future (works natively and on wasm, where the
+/// map callback runs from the browser's event loop).
+fn futures_channel<T>() -> (OneShotTx<T>, OneShotRx<T>) {
+    let cell = std::sync::Arc::new(std::sync::Mutex::new((None, None::<std::task::Waker>)));
+    (OneShotTx(cell.clone()), OneShotRx(cell))
+}
+
+type Slot<T> = std::sync::Arc<std::sync::Mutex<(Option<T>, Option<std::task::Waker>)>>;
+struct OneShotTx<T>(Slot<T>);
+struct OneShotRx<T>(Slot<T>);
+
+impl<T> OneShotTx<T> {
+    fn send(self, value: T) {
+        let mut slot = self.0.lock().unwrap();
+        slot.0 = Some(value);
+        if let Some(w) = slot.1.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T> OneShotRx<T> {
+    async fn recv(self) -> Result<T> {
+        std::future::poll_fn(|cx| {
+            let mut slot = self.0.lock().unwrap();
+            match slot.0.take() {
+                Some(v) => std::task::Poll::Ready(Ok(v)),
+                None => {
+                    slot.1 = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}

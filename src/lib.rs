@@ -1,0 +1,17 @@
+//! Keel: a portable WebGPU runtime that runs transformer language models forward and
+//! backward in hand-written WGSL compute shaders.
+//!
+//! Layers, bottom up: [`gpu`] (device, pipelines, steps), [`ops`] (one file per kernel,
+//! with [`cpu`] references), [`model`] (configs, loaders, the forward pass), [`generate`]
+//! (sessions, sampling, scoring).
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
+pub mod cpu;
+pub mod generate;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod pull;
+pub mod tokenize;

@@ -1,0 +1,270 @@
+//! The model as data: one config shape for every supported architecture, read from a
+//! Hugging Face config.json (GGUF metadata is first turned into one).
+
+use crate::ops::{act::Activation, norm::NormKind, rope::HeadShape};
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// LlamaForCausalLM: SmolLM2, TinyLlama, llama2.c models.
+    Llama,
+    /// Qwen2ForCausalLM: Llama with q/k/v biases.
+    Qwen2,
+    /// GPT2LMHeadModel: LayerNorm, GELU, learned positions, Conv1D weights.
+    Gpt2,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub norm_eps: f32,
+    /// None: learned absolute positions (GPT-2).
+    pub rope_theta: Option<f32>,
+    pub max_positions: usize,
+    pub tied_embeddings: bool,
+    /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with attention_bias; GPT-2 always).
+    pub o_bias: bool,
+    pub bos: Option<u32>,
+    pub eos: Vec<u32>,
+}
+
+fn get<'a>(v: &'a Value, key: &str, file: &str) -> Result<&'a Value> {
+    v.get(key).filter(|x| !x.is_null()).ok_or_else(|| anyhow!("{file}: missing key '{key}'"))
+}
+
+fn usize_of(v: &Value, key: &str, file: &str) -> Result<usize> {
+    let x = get(v, key, file)?;
+    x.as_u64()
+        .filter(|&n| n > 0 && n < (1 << 31))
+        .map(|n| n as usize)
+        .ok_or_else(|| anyhow!("{file}: '{key}' must be a positive integer, got {x}"))
+}
+
+fn opt_usize(v: &Value, key: &str, file: &str) -> Result<Option<usize>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => usize_of(v, key, file).map(Some),
+    }
+}
+
+fn f32_of(v: &Value, key: &str, default: f32, file: &str) -> Result<f32> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x
+            .as_f64()
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .map(|f| f as f32)
+            .ok_or_else(|| anyhow!("{file}: '{key}' must be a positive number, got {x}")),
+    }
+}
+
+fn bool_of(v: &Value, key: &str, default: bool) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Token ids from an int or a list of ints ("a list counts whole").
+pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    /// Reads a Hugging Face config.json value; `file` names it in errors.
+    pub fn from_hf(v: &Value, file: &str) -> Result<ModelConfig> {
+        if !v.is_object() {
+            bail!("{file}: expected a JSON object");
+        }
+        let arch_name = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .or_else(|| v.get("model_type").and_then(Value::as_str))
+            .ok_or_else(|| anyhow!("{file}: no 'architectures' or 'model_type'"))?;
+        let arch = match arch_name {
+            "LlamaForCausalLM" | "llama" | "MistralForCausalLM" => Arch::Llama,
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
+            other => bail!(
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel)"
+            ),
+        };
+        let bos = token_ids(v.get("bos_token_id")).first().copied();
+        let eos = token_ids(v.get("eos_token_id"));
+        let cfg = if arch == Arch::Gpt2 {
+            let hidden = usize_of(v, "n_embd", file)?;
+            let heads = usize_of(v, "n_head", file)?;
+            let act = v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+                bail!("{file}: activation_function '{act}' is not supported (Keel has GELU-tanh)");
+            }
+            ModelConfig {
+                arch,
+                vocab: usize_of(v, "vocab_size", file)?,
+                hidden,
+                layers: usize_of(v, "n_layer", file)?,
+                heads,
+                kv_heads: heads,
+                head_dim: hidden / heads,
+                ffn: opt_usize(v, "n_inner", file)?.unwrap_or(4 * hidden),
+                norm_eps: f32_of(v, "layer_norm_epsilon", 1e-5, file)?,
+                rope_theta: None,
+                max_positions: usize_of(v, "n_positions", file)?,
+                tied_embeddings: bool_of(v, "tie_word_embeddings", true),
+                qkv_bias: true,
+                o_bias: true,
+                bos,
+                eos,
+            }
+        } else {
+            let hidden = usize_of(v, "hidden_size", file)?;
+            let heads = usize_of(v, "num_attention_heads", file)?;
+            if let Some(s) = v.get("rope_scaling").filter(|s| !s.is_null()) {
+                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
+                if kind != Some("default") {
+                    bail!("{file}: rope_scaling {s} is not supported");
+                }
+            }
+            if bool_of(v, "mlp_bias", false) {
+                bail!("{file}: mlp_bias = true is not supported");
+            }
+            let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+            if act != "silu" {
+                bail!(
+                    "{file}: hidden_act '{act}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen2)"
+                );
+            }
+            let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
+            let attention_bias = bool_of(v, "attention_bias", false);
+            ModelConfig {
+                arch,
+                vocab: usize_of(v, "vocab_size", file)?,
+                hidden,
+                layers: usize_of(v, "num_hidden_layers", file)?,
+                heads,
+                kv_heads: opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads),
+                head_dim: opt_usize(v, "head_dim", file)?.unwrap_or(hidden / heads),
+                ffn: usize_of(v, "intermediate_size", file)?,
+                norm_eps: f32_of(v, "rms_norm_eps", 1e-6, file)?,
+                rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
+                max_positions: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
+                tied_embeddings: bool_of(v, "tie_word_embeddings", false),
+                qkv_bias: arch == Arch::Qwen2 || attention_bias,
+                o_bias: attention_bias,
+                bos,
+                eos,
+            }
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<()> {
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            bail!(
+                "{file}: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.heads,
+                self.kv_heads
+            );
+        }
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > crate::ops::attention::MAX_HEAD_DIM {
+            bail!(
+                "{file}: head_dim {} must be even and at most {}",
+                self.head_dim,
+                crate::ops::attention::MAX_HEAD_DIM
+            );
+        }
+        if self.arch == Arch::Gpt2 && !self.hidden.is_multiple_of(self.heads) {
+            bail!("{file}: n_embd {} is not a multiple of n_head {}", self.hidden, self.heads);
+        }
+        Ok(())
+    }
+
+    pub fn norm(&self) -> NormKind {
+        if self.arch == Arch::Gpt2 {
+            NormKind::Layer
+        } else {
+            NormKind::Rms
+        }
+    }
+
+    pub fn activation(&self) -> Activation {
+        if self.arch == Arch::Gpt2 {
+            Activation::GeluTanh
+        } else {
+            Activation::SiluGate
+        }
+    }
+
+    pub fn head_shape(&self) -> HeadShape {
+        HeadShape { n_q: self.heads, n_kv: self.kv_heads, dim: self.head_dim }
+    }
+
+    /// Width of the fused up projection: `[gate | up]` for gated MLPs.
+    pub fn up_width(&self) -> usize {
+        match self.activation() {
+            Activation::SiluGate => 2 * self.ffn,
+            Activation::GeluTanh => self.ffn,
+        }
+    }
+
+    pub fn param_count(&self) -> usize {
+        let h = self.hidden;
+        let attn = h * self.head_shape().qkv_width() + self.heads * self.head_dim * h;
+        let mlp = h * self.up_width() + self.ffn * h;
+        let pos = if self.rope_theta.is_none() { self.max_positions * h } else { 0 };
+        let head = if self.tied_embeddings { 0 } else { self.vocab * h };
+        self.vocab * h + pos + self.layers * (attn + mlp) + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_each_architecture() {
+        let llama = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 172,
+            "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": true, "eos_token_id": [2, 7]});
+        let c = ModelConfig::from_hf(&llama, "config.json").unwrap();
+        assert_eq!((c.arch, c.head_dim, c.kv_heads, c.eos.clone()), (Arch::Llama, 8, 4, vec![2, 7]));
+        assert_eq!(c.rope_theta, Some(10000.0));
+        let qwen = json!({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+            "rope_parameters": {"rope_theta": 1e6}});
+        let c = ModelConfig::from_hf(&qwen, "config.json").unwrap();
+        assert!(c.qkv_bias && !c.o_bias);
+        assert_eq!(c.rope_theta, Some(1e6));
+        let gpt2 = json!({"architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_layer": 3, "n_head": 4,
+            "n_positions": 256, "vocab_size": 50257});
+        let c = ModelConfig::from_hf(&gpt2, "config.json").unwrap();
+        assert_eq!((c.ffn, c.rope_theta, c.tied_embeddings), (256, None, true));
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
+        assert!(err(json!({"architectures": ["BertModel"]})).contains("unsupported architecture 'BertModel'"));
+        assert!(err(json!({"architectures": ["LlamaForCausalLM"]})).contains("missing key 'hidden_size'"));
+        assert!(err(json!([1, 2])).contains("expected a JSON object"));
+        let bad_heads = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 10});
+        assert!(err(bad_heads).contains("not a multiple"));
+        let neg = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": -3});
+        assert!(err(neg).contains("'hidden_size' must be a positive integer"));
+    }
+}

@@ -1,0 +1,248 @@
+//! Keel's own weight layout, shared by every architecture: per block a fused QKV
+//! projection (`[q; k; v]` rows), an output projection, a fused up projection (`[gate; up]`
+//! rows for gated MLPs) and a down projection, all `[out, in]`. Converting from and to
+//! Hugging Face names happens here and nowhere else.
+
+use super::config::{Arch, ModelConfig};
+use super::weights::HostTensor;
+use anyhow::{anyhow, bail, Result};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct Block<T> {
+    pub attn_norm: T,
+    pub attn_norm_b: Option<T>,
+    pub qkv: T,
+    pub qkv_b: Option<T>,
+    pub o: T,
+    pub o_b: Option<T>,
+    pub mlp_norm: T,
+    pub mlp_norm_b: Option<T>,
+    pub up: T,
+    pub up_b: Option<T>,
+    pub down: T,
+    pub down_b: Option<T>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Weights<T> {
+    pub embed: T,
+    pub pos_embed: Option<T>,
+    pub blocks: Vec<Block<T>>,
+    pub final_norm: T,
+    pub final_norm_b: Option<T>,
+    /// None when tied to `embed`.
+    pub lm_head: Option<T>,
+}
+
+impl<T> Block<T> {
+    /// Every tensor with its name inside the block (`qkv`, `qkv_b`, ...).
+    pub fn named(&self) -> Vec<(&'static str, &T)> {
+        let mut v = vec![("attn_norm", &self.attn_norm)];
+        v.extend(self.attn_norm_b.as_ref().map(|t| ("attn_norm_b", t)));
+        v.push(("qkv", &self.qkv));
+        v.extend(self.qkv_b.as_ref().map(|t| ("qkv_b", t)));
+        v.push(("o", &self.o));
+        v.extend(self.o_b.as_ref().map(|t| ("o_b", t)));
+        v.push(("mlp_norm", &self.mlp_norm));
+        v.extend(self.mlp_norm_b.as_ref().map(|t| ("mlp_norm_b", t)));
+        v.push(("up", &self.up));
+        v.extend(self.up_b.as_ref().map(|t| ("up_b", t)));
+        v.push(("down", &self.down));
+        v.extend(self.down_b.as_ref().map(|t| ("down_b", t)));
+        v
+    }
+
+    pub fn try_map<U>(&self, mut f: impl FnMut(&str, &T) -> Result<U>) -> Result<Block<U>> {
+        let mut opt = |name: &str, t: &Option<T>| t.as_ref().map(|t| f(name, t)).transpose();
+        let (attn_norm_b, qkv_b, o_b) =
+            (opt("attn_norm_b", &self.attn_norm_b)?, opt("qkv_b", &self.qkv_b)?, opt("o_b", &self.o_b)?);
+        let (mlp_norm_b, up_b, down_b) =
+            (opt("mlp_norm_b", &self.mlp_norm_b)?, opt("up_b", &self.up_b)?, opt("down_b", &self.down_b)?);
+        Ok(Block {
+            attn_norm: f("attn_norm", &self.attn_norm)?,
+            attn_norm_b,
+            qkv: f("qkv", &self.qkv)?,
+            qkv_b,
+            o: f("o", &self.o)?,
+            o_b,
+            mlp_norm: f("mlp_norm", &self.mlp_norm)?,
+            mlp_norm_b,
+            up: f("up", &self.up)?,
+            up_b,
+            down: f("down", &self.down)?,
+            down_b,
+        })
+    }
+}
+
+impl<T> Weights<T> {
+    /// Applies `f` to every tensor; `f` gets Keel's name (`embed`, `blocks.3.qkv`, ...).
+    pub fn try_map<U>(&self, mut f: impl FnMut(&str, &T) -> Result<U>) -> Result<Weights<U>> {
+        let blocks = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(l, b)| b.try_map(|name, t| f(&format!("blocks.{l}.{name}"), t)))
+            .collect::<Result<_>>()?;
+        Ok(Weights {
+            embed: f("embed", &self.embed)?,
+            pos_embed: self.pos_embed.as_ref().map(|t| f("pos_embed", t)).transpose()?,
+            blocks,
+            final_norm: f("final_norm", &self.final_norm)?,
+            final_norm_b: self.final_norm_b.as_ref().map(|t| f("final_norm_b", t)).transpose()?,
+            lm_head: self.lm_head.as_ref().map(|t| f("lm_head", t)).transpose()?,
+        })
+    }
+
+    /// The LM head matrix (the embedding when tied).
+    pub fn head(&self) -> &T {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// Takes tensors out of a name → tensor map, checking shapes.
+struct Source<'a> {
+    tensors: HashMap<String, HostTensor>,
+    file: &'a str,
+}
+
+impl Source<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| anyhow!("{}: missing tensor '{name}' (expected shape {shape:?})", self.file))?;
+        if t.shape != shape {
+            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.file, t.shape);
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            bail!("{}: tensor '{name}' holds a non-finite value ({}) at element {i}", self.file, t.data[i]);
+        }
+        Ok(t)
+    }
+    fn take_opt(&mut self, name: &str, shape: &[usize], wanted: bool) -> Result<Option<HostTensor>> {
+        if wanted {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Row-wise concatenation of `[r_i, c]` tensors.
+fn concat_rows(name: &str, parts: Vec<HostTensor>) -> HostTensor {
+    let cols = parts[0].shape.get(1).copied();
+    let rows: usize = parts.iter().map(|t| t.shape[0]).sum();
+    let data = parts.into_iter().flat_map(|t| t.data).collect();
+    HostTensor::new(name, cols.map_or(vec![rows], |c| vec![rows, c]), data)
+}
+
+/// Conv1D stores `[in, out]`; Keel wants `[out, in]`.
+fn transpose(t: HostTensor) -> HostTensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut data = vec![0.0; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            data[j * r + i] = t.data[i * c + j];
+        }
+    }
+    HostTensor::new(t.name, vec![c, r], data)
+}
+
+impl Weights<HostTensor> {
+    /// Builds Keel's layout from Hugging Face-named tensors; `file` names the source in errors.
+    pub fn from_hf(cfg: &ModelConfig, tensors: HashMap<String, HostTensor>, file: &str) -> Result<Self> {
+        let mut src = Source { tensors, file };
+        let (h, f) = (cfg.hidden, cfg.ffn);
+        let qd = cfg.heads * cfg.head_dim;
+        let kvd = cfg.kv_heads * cfg.head_dim;
+        let w = if cfg.arch == Arch::Gpt2 {
+            let mut blocks = Vec::new();
+            for l in 0..cfg.layers {
+                let p = format!("transformer.h.{l}");
+                blocks.push(Block {
+                    attn_norm: src.take(&format!("{p}.ln_1.weight"), &[h])?,
+                    attn_norm_b: Some(src.take(&format!("{p}.ln_1.bias"), &[h])?),
+                    qkv: transpose(src.take(&format!("{p}.attn.c_attn.weight"), &[h, 3 * h])?),
+                    qkv_b: Some(src.take(&format!("{p}.attn.c_attn.bias"), &[3 * h])?),
+                    o: transpose(src.take(&format!("{p}.attn.c_proj.weight"), &[h, h])?),
+                    o_b: Some(src.take(&format!("{p}.attn.c_proj.bias"), &[h])?),
+                    mlp_norm: src.take(&format!("{p}.ln_2.weight"), &[h])?,
+                    mlp_norm_b: Some(src.take(&format!("{p}.ln_2.bias"), &[h])?),
+                    up: transpose(src.take(&format!("{p}.mlp.c_fc.weight"), &[h, f])?),
+                    up_b: Some(src.take(&format!("{p}.mlp.c_fc.bias"), &[f])?),
+                    down: transpose(src.take(&format!("{p}.mlp.c_proj.weight"), &[f, h])?),
+                    down_b: Some(src.take(&format!("{p}.mlp.c_proj.bias"), &[h])?),
+                });
+            }
+            let lm_head = src.take_opt("lm_head.weight", &[cfg.vocab, h], !cfg.tied_embeddings)?;
+            Weights {
+                embed: src.take("transformer.wte.weight", &[cfg.vocab, h])?,
+                pos_embed: Some(src.take("transformer.wpe.weight", &[cfg.max_positions, h])?),
+                blocks,
+                final_norm: src.take("transformer.ln_f.weight", &[h])?,
+                final_norm_b: Some(src.take("transformer.ln_f.bias", &[h])?),
+                lm_head,
+            }
+        } else {
+            let mut blocks = Vec::new();
+            for l in 0..cfg.layers {
+                let p = format!("model.layers.{l}");
+                let a = format!("{p}.self_attn");
+                let qkv = concat_rows(
+                    "qkv",
+                    vec![
+                        src.take(&format!("{a}.q_proj.weight"), &[qd, h])?,
+                        src.take(&format!("{a}.k_proj.weight"), &[kvd, h])?,
+                        src.take(&format!("{a}.v_proj.weight"), &[kvd, h])?,
+                    ],
+                );
+                let qkv_b = if cfg.qkv_bias {
+                    Some(concat_rows(
+                        "qkv_b",
+                        vec![
+                            src.take(&format!("{a}.q_proj.bias"), &[qd])?,
+                            src.take(&format!("{a}.k_proj.bias"), &[kvd])?,
+                            src.take(&format!("{a}.v_proj.bias"), &[kvd])?,
+                        ],
+                    ))
+                } else {
+                    None
+                };
+                let up = concat_rows(
+                    "up",
+                    vec![
+                        src.take(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
+                        src.take(&format!("{p}.mlp.up_proj.weight"), &[f, h])?,
+                    ],
+                );
+                blocks.push(Block {
+                    attn_norm: src.take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                    attn_norm_b: None,
+                    qkv,
+                    qkv_b,
+                    o: src.take(&format!("{a}.o_proj.weight"), &[h, qd])?,
+                    o_b: src.take_opt(&format!("{a}.o_proj.bias"), &[h], cfg.o_bias)?,
+                    mlp_norm: src.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    mlp_norm_b: None,
+                    up,
+                    up_b: None,
+                    down: src.take(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
+                    down_b: None,
+                });
+            }
+            // Some tied checkpoints still carry lm_head.weight; tied means the embedding wins.
+            let lm_head = src.take_opt("lm_head.weight", &[cfg.vocab, h], !cfg.tied_embeddings)?;
+            Weights {
+                embed: src.take("model.embed_tokens.weight", &[cfg.vocab, h])?,
+                pos_embed: None,
+                blocks,
+                final_norm: src.take("model.norm.weight", &[h])?,
+                final_norm_b: None,
+                lm_head,
+            }
+        };
+        Ok(w)
+    }
+}

@@ -1,0 +1,13 @@
+//! Models as data: config ([`config`]), file formats ([`load`], [`gguf`]), Keel's weight
+//! layout ([`layout`]) and the forward pass on the GPU ([`forward`]).
+
+pub mod config;
+pub mod forward;
+pub mod gguf;
+pub mod layout;
+pub mod load;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use forward::{GpuModel, KvCache};
+pub use load::{load, LoadedModel};

@@ -1,0 +1,76 @@
+//! Token (and learned position) embedding, `shaders/embed.wgsl`.
+
+use super::groups;
+use crate::gpu::{shader::Define, Step, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_rows: u32,
+    d: u32,
+    vocab: u32,
+    _pad: u32,
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("embed", vec![("POS", 0)]), ("embed", vec![("POS", 1)])]
+}
+
+/// `out[r] = table[ids[r]] (+ pos_table[position of r])` for `n_rows` rows.
+/// `positions` is the (row table, position table) pair for learned positions.
+pub fn embed(
+    step: &mut Step,
+    ids: &Tensor,
+    table: &Tensor,
+    positions: Option<(&Tensor, &Tensor)>,
+    out: &Tensor,
+    n_rows: usize,
+) {
+    let (vocab, d) = (table.shape[0], table.shape[1]);
+    assert!(ids.numel() >= n_rows && out.numel() >= n_rows * d);
+    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: vocab as u32, _pad: 0 };
+    let pipeline = step.gpu.pipeline("embed", &[("POS", positions.is_some() as u32)]);
+    let mut buffers = vec![ids, table, out];
+    if let Some((rows, pos_table)) = positions {
+        buffers.extend([rows, pos_table]);
+    }
+    step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DType;
+    use crate::ops::test_util::*;
+
+    #[test]
+    fn embed_gathers_rows_and_adds_positions() {
+        let gpu = gpu();
+        let (v, d, p) = (11, 70, 9);
+        let table = rand_vec(1, v * d, 1.0);
+        let pos = rand_vec(2, p * d, 1.0);
+        let ids = [3u32, 0, 10, 3];
+        let rows = [0u32, 5, 0, 6, 1, 0, 1, 8]; // (sequence, position)
+        let tt = gpu.upload_f32("t", &[v, d], &table).unwrap();
+        let pt = gpu.upload_f32("p", &[p, d], &pos).unwrap();
+        let it = gpu.upload_u32("ids", &[4], &ids).unwrap();
+        let rt = gpu.upload_u32("rows", &[4, 2], &rows).unwrap();
+        let plain = gpu.zeros("o", &[4, d], DType::F32).unwrap();
+        let with_pos = gpu.zeros("o2", &[4, d], DType::F32).unwrap();
+        let mut step = Step::new(gpu);
+        embed(&mut step, &it, &tt, None, &plain, 4);
+        embed(&mut step, &it, &tt, Some((&rt, &pt)), &with_pos, 4);
+        step.submit().unwrap();
+        let mut want = Vec::new();
+        let mut want_pos = Vec::new();
+        for (r, &id) in ids.iter().enumerate() {
+            let at = rows[2 * r + 1] as usize;
+            for i in 0..d {
+                want.push(table[id as usize * d + i]);
+                want_pos.push(table[id as usize * d + i] + pos[at * d + i]);
+            }
+        }
+        assert_close(&gpu.read_f32(&plain).unwrap(), &want, 0.0, "embed");
+        assert_close(&gpu.read_f32(&with_pos).unwrap(), &want_pos, 1e-7, "embed+pos");
+    }
+}

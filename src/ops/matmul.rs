@@ -1,0 +1,203 @@
+//! Matrix multiply, `shaders/matmul.wgsl`. Linear layers store weights as `[out, in]`
+//! (Hugging Face's nn.Linear), so the forward pass is `y = x · Wᵀ`; the same kernel computes
+//! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides.
+
+use crate::gpu::{shader::Define, Step, Tensor};
+
+/// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub t: &'a Tensor,
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix starting at element `off`.
+    pub fn rows(t: &'a Tensor, off: usize, cols: usize) -> Self {
+        Mat { t, off, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(t: &'a Tensor, off: usize, cols: usize) -> Self {
+        Mat { t, off, rs: 1, cs: cols }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    c_off: u32,
+    a_off: u32,
+    a_rs: u32,
+    a_cs: u32,
+    c_rs: u32,
+    b_off: u32,
+    b_rs: u32,
+    b_cs: u32,
+    _pad: u32,
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    let mut v = Vec::new();
+    for kvec4 in [0, 1] {
+        for bias in [0, 1] {
+            for acc in [0, 1] {
+                v.push(("matmul", vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)]));
+            }
+        }
+    }
+    v
+}
+
+/// `C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n])`, C row-major with row stride `c.rs`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    step: &mut Step,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&Tensor>,
+    accumulate: bool,
+) {
+    assert_eq!(c.cs, 1, "C must be row-major");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.off + (m - 1) * a.rs + k.saturating_sub(1) * a.cs < a.t.numel().max(1));
+    assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
+    assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
+    let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
+    let unit = if kvec4 { 4 } else { 1 };
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        c_off: c.off as u32,
+        a_off: (a.off / unit) as u32,
+        a_rs: (a.rs / unit) as u32,
+        a_cs: a.cs as u32,
+        c_rs: c.rs as u32,
+        b_off: (b.off / unit) as u32,
+        b_rs: b.rs as u32,
+        b_cs: (b.cs / unit) as u32,
+        _pad: 0,
+    };
+    let defines = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
+    let pipeline = step.gpu.pipeline("matmul", &defines);
+    let mut buffers = vec![a.t, b.t, c.t];
+    buffers.extend(bias);
+    let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
+    step.dispatch(pipeline, &params, &buffers, groups);
+}
+
+/// A linear layer over `rows` rows: `y (+)= x · Wᵀ + bias`, with `W` of shape `[out, in]`.
+pub fn linear(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    rows: usize,
+    accumulate: bool,
+) {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    matmul(
+        step,
+        Mat::rows(x, 0, inp),
+        Mat::transposed(w, 0, inp),
+        Mat::rows(y, 0, out),
+        (rows, out, inp),
+        bias,
+        accumulate,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::ops::test_util::*;
+
+    fn check(m: usize, n: usize, k: usize, bias: bool, acc: bool) {
+        let gpu = gpu();
+        let x = rand_vec(1, m * k, 1.0);
+        let w = rand_vec(2, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let y0 = rand_vec(4, m * n, 1.0);
+        let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
+        let wt = gpu.upload_f32("w", &[n, k], &w).unwrap();
+        let bt = gpu.upload_f32("b", &[n], &b).unwrap();
+        let yt = gpu.upload_f32("y", &[m, n], &y0).unwrap();
+        let mut step = Step::new(gpu);
+        linear(&mut step, &xt, &wt, bias.then_some(&bt), &yt, m, acc);
+        step.submit().unwrap();
+        let got = gpu.read_f32(&yt).unwrap();
+        let mut want = cpu::matmul::linear(&x, &w, bias.then_some(&b[..]), m, n, k);
+        if acc {
+            want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+        }
+        assert_close(&got, &want, 1e-4, &format!("linear {m}x{n}x{k} bias={bias} acc={acc}"));
+    }
+
+    #[test]
+    fn linear_matches_cpu() {
+        check(1, 64, 64, false, false); // decode shape
+        check(37, 45, 24, true, false); // ragged tiles, vec4 path
+        check(33, 19, 23, true, true); // scalar path (k not a multiple of 4), accumulate
+        check(70, 130, 172, false, true);
+    }
+
+    /// The strided forms used by backward: dX = dY · W and dW = dYᵀ · X.
+    #[test]
+    fn transposed_products_match_cpu() {
+        let gpu = gpu();
+        let (m, n, k) = (29, 18, 12); // dY is m×n, W is n×k, X is m×k
+        let dy = rand_vec(5, m * n, 1.0);
+        let w = rand_vec(6, n * k, 1.0);
+        let x = rand_vec(7, m * k, 1.0);
+        let (dyt, wt, xt) = (
+            gpu.upload_f32("dy", &[m, n], &dy).unwrap(),
+            gpu.upload_f32("w", &[n, k], &w).unwrap(),
+            gpu.upload_f32("x", &[m, k], &x).unwrap(),
+        );
+        let dx = gpu.zeros("dx", &[m, k], crate::gpu::DType::F32).unwrap();
+        let dw = gpu.zeros("dw", &[n, k], crate::gpu::DType::F32).unwrap();
+        let mut step = Step::new(gpu);
+        matmul(
+            &mut step,
+            Mat::rows(&dyt, 0, n),
+            Mat::rows(&wt, 0, k),
+            Mat::rows(&dx, 0, k),
+            (m, k, n),
+            None,
+            false,
+        );
+        matmul(
+            &mut step,
+            Mat::transposed(&dyt, 0, n),
+            Mat::rows(&xt, 0, k),
+            Mat::rows(&dw, 0, k),
+            (n, k, m),
+            None,
+            false,
+        );
+        step.submit().unwrap();
+        let mut want_dx = vec![0.0; m * k];
+        let mut want_dw = vec![0.0; n * k];
+        for i in 0..m {
+            for j in 0..n {
+                for l in 0..k {
+                    want_dx[i * k + l] += dy[i * n + j] * w[j * k + l];
+                    want_dw[j * k + l] += dy[i * n + j] * x[i * k + l];
+                }
+            }
+        }
+        assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-4, "dx");
+        assert_close(&gpu.read_f32(&dw).unwrap(), &want_dw, 1e-4, "dw");
+    }
+}

@@ -1,0 +1,41 @@
+//! One file per op: shape checks, pipeline choice and dispatch (recorded into a
+//! [`Step`](crate::gpu::Step)), and tests against the CPU reference in [`crate::cpu`].
+
+pub mod act;
+pub mod attention;
+pub mod embed;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod stats;
+
+use crate::gpu::shader::Define;
+
+/// Every (shader, defines) variant the ops can ask for; the naga test validates each.
+pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
+    [
+        embed::variants(),
+        norm::variants(),
+        matmul::variants(),
+        rope::variants(),
+        attention::variants(),
+        act::variants(),
+        stats::variants(),
+    ]
+    .concat()
+}
+
+/// Number of workgroups for `n` items at `per_group` items each.
+pub(crate) fn groups(n: usize, per_group: usize) -> [u32; 3] {
+    crate::gpu::groups_for(n.div_ceil(per_group) as u32)
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    pub use crate::cpu::test_data::{assert_close, rand_vec};
+
+    /// The one device all tests in this process share.
+    pub fn gpu() -> &'static crate::gpu::Gpu {
+        crate::gpu::Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    }
+}

@@ -1,0 +1,125 @@
+//! Rotary embeddings fused with the KV-cache write, `shaders/rope.wgsl`.
+
+use super::groups;
+use crate::gpu::{shader::Define, Step, Tensor};
+
+/// cos and sin tables `[positions, head_dim / 2]`, computed as Hugging Face does in float32
+/// (inverse frequencies `1 / theta^(2j/d)`, angle = position × inverse frequency, rounded to
+/// f32 before the cosine), so long positions match the reference exactly.
+pub fn rope_tables(theta: f32, head_dim: usize, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for pos in 0..positions {
+        for f in &inv_freq {
+            let angle = (pos as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_rows: u32,
+    n_q_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    cache_len: u32,
+    _p: [u32; 3],
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("rope", vec![("ROPE", 0)]), ("rope", vec![("ROPE", 1)])]
+}
+
+/// The head layout of the fused QKV projection.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub n_q: usize,
+    pub n_kv: usize,
+    pub dim: usize,
+}
+
+impl HeadShape {
+    pub fn qkv_width(&self) -> usize {
+        (self.n_q + 2 * self.n_kv) * self.dim
+    }
+}
+
+/// Splits `qkv` rows into `q` (rotated) and the KV cache `[seqs, cache_len, Hkv, hd]` at
+/// each row's (sequence, position) from `rows`. `tables` = (cos, sin) or None (GPT-2).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    step: &mut Step,
+    qkv: &Tensor,
+    rows: &Tensor,
+    heads: HeadShape,
+    tables: Option<(&Tensor, &Tensor)>,
+    q: &Tensor,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    n_rows: usize,
+) {
+    let cache_len = k_cache.shape[1];
+    assert!(qkv.numel() >= n_rows * heads.qkv_width() && rows.numel() >= 2 * n_rows);
+    assert_eq!(k_cache.shape[2..], [heads.n_kv, heads.dim]);
+    let params = Params {
+        n_rows: n_rows as u32,
+        n_q_heads: heads.n_q as u32,
+        n_kv_heads: heads.n_kv as u32,
+        head_dim: heads.dim as u32,
+        cache_len: cache_len as u32,
+        _p: [0; 3],
+    };
+    let pipeline = step.gpu.pipeline("rope", &[("ROPE", tables.is_some() as u32)]);
+    let mut buffers = vec![qkv, rows, q, k_cache, v_cache];
+    if let Some((cos, sin)) = tables {
+        buffers.extend([cos, sin]);
+    }
+    step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::gpu::DType;
+    use crate::ops::test_util::*;
+
+    #[test]
+    fn rope_kv_matches_cpu() {
+        let gpu = gpu();
+        let heads = HeadShape { n_q: 4, n_kv: 2, dim: 16 };
+        let (seqs, cache_len) = (2, 40);
+        let rows = [(0usize, 0usize), (0, 1), (1, 37), (1, 5), (0, 39)];
+        let n = rows.len();
+        let qkv = rand_vec(1, n * heads.qkv_width(), 1.0);
+        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
+        let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
+        for rope in [true, false] {
+            let qkv_t = gpu.upload_f32("qkv", &[n, heads.qkv_width()], &qkv).unwrap();
+            let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
+            let cos_t = gpu.upload_f32("cos", &[cos.len()], &cos).unwrap();
+            let sin_t = gpu.upload_f32("sin", &[sin.len()], &sin).unwrap();
+            let q = gpu.zeros("q", &[n, heads.n_q * heads.dim], DType::F32).unwrap();
+            let cache_shape = [seqs, cache_len, heads.n_kv, heads.dim];
+            let kc = gpu.zeros("k", &cache_shape, DType::F32).unwrap();
+            let vc = gpu.zeros("v", &cache_shape, DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            let tables = rope.then_some((&cos_t, &sin_t));
+            rope_kv(&mut step, &qkv_t, &rows_t, heads, tables, &q, (&kc, &vc), n);
+            step.submit().unwrap();
+            let mut want_k = vec![0.0; kc.numel()];
+            let mut want_v = vec![0.0; vc.numel()];
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let cpu_tables = rope.then_some((&cos[..], &sin[..]));
+            let want_q = cpu::rope::rope_kv(&qkv, &rows, &h, cpu_tables, cache_len, &mut want_k, &mut want_v);
+            assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, "q");
+            assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, "k cache");
+            assert_close(&gpu.read_f32(&vc).unwrap(), &want_v, 0.0, "v cache");
+        }
+    }
+}

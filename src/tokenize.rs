@@ -1,0 +1,69 @@
+//! The tokenizer: Hugging Face's tokenizer.json through the `tokenizers` crate (the same
+//! file natively and in wasm).
+
+use anyhow::{anyhow, Result};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Parses tokenizer.json text; `file` names it in errors.
+    pub fn from_json(json: &str, file: &str) -> Result<Tokenizer> {
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| anyhow!("{file}: not a valid tokenizer.json ({e})"))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Encodes with the post-processor's special tokens (BOS etc.), as transformers does.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, true).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes, leaving out special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| anyhow!("tokenizer: {e}"))
+    }
+
+    /// The largest id the tokenizer can produce, plus one.
+    pub fn id_bound(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner.id_to_token(id).unwrap_or_default()
+    }
+}
+
+/// Turns a growing list of generated ids into text pieces to print, holding back bytes
+/// that do not yet form a whole character.
+pub struct TextStream {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextStream {
+    pub fn new() -> Self {
+        TextStream { ids: Vec::new(), printed: 0 }
+    }
+
+    /// Adds one id; returns the new text that is safe to print.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+            return Ok(String::new());
+        }
+        let piece = text[self.printed..].to_string();
+        self.printed = text.len();
+        Ok(piece)
+    }
+}
+
+impl Default for TextStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}

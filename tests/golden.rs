@@ -1,0 +1,112 @@
+//! Golden parity with Hugging Face transformers (float32): token ids, next-token
+//! log-probs and entropies, the last position's top-5, and greedy continuations, for every
+//! case in ../shared/golden. Fixtures are read in place; a missing one is reported and skipped.
+
+use keel::generate::{self, GenerateOptions, SamplerConfig};
+use keel::gpu::Gpu;
+use keel::model::{self, GpuModel};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// The golden file and model path, or None (with a visible note) when absent.
+fn fixture(name: &str, model_path: &str) -> Option<(Value, PathBuf)> {
+    let golden = shared().join(format!("golden/{name}.json"));
+    let model = shared().join("models").join(model_path);
+    if !golden.exists() || !model.exists() {
+        eprintln!("SKIPPED: fixture {} or {} absent", golden.display(), model.display());
+        return None;
+    }
+    let v = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
+    Some((v, model))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Greedy ids up to and including the first EOS (the golden does not stop at EOS).
+fn up_to_eos(ids: &[u32], eos: &[u32]) -> Vec<u32> {
+    match ids.iter().position(|i| eos.contains(i)) {
+        Some(p) => ids[..=p].to_vec(),
+        None => ids.to_vec(),
+    }
+}
+
+fn check_model(name: &str, model_path: &str, tol: f32) {
+    let Some((golden, path)) = fixture(name, model_path) else { return };
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let host = model::load(&path).unwrap();
+    let m = GpuModel::upload(gpu, &host).unwrap();
+    for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
+        let text = case["text"].as_str().unwrap();
+        let want_ids = ids(&case["ids"]);
+        let got_ids = host.tokenizer.encode(text).unwrap();
+        assert_eq!(got_ids, want_ids, "{name} case {i}: token ids");
+
+        let s = generate::score(gpu, &m, &got_ids).unwrap();
+        let dl = max_diff(&s.next_logprobs, &floats(&case["next_logprobs"]));
+        let de = max_diff(&s.entropies, &floats(&case["entropies"]));
+        eprintln!(
+            "{name} case {i}: {} tokens, max |Δ logprob| {dl:.2e}, max |Δ entropy| {de:.2e}",
+            got_ids.len()
+        );
+        assert!(
+            dl <= tol && de <= tol,
+            "{name} case {i}: logprob diff {dl}, entropy diff {de} (tolerance {tol})"
+        );
+
+        // The last position's top-5 tokens, from the last logits row.
+        let lse = {
+            let m = s.last_logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            m + s.last_logits.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln()
+        };
+        for pair in case["last_top5"].as_array().unwrap() {
+            let (id, lp) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+            let got = s.last_logits[id] as f64 - lse;
+            assert!((got - lp).abs() <= tol as f64, "{name} case {i}: top-5 token {id}: {got} vs {lp}");
+        }
+
+        let want_greedy = ids(&case["greedy_ids"]);
+        let opts = GenerateOptions {
+            max_tokens: want_greedy.len(),
+            sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+            eos: vec![],
+        };
+        let got = generate::generate(gpu, &m, &got_ids, &opts, &mut |_| Ok(())).unwrap();
+        let eos = &host.config.eos;
+        assert_eq!(up_to_eos(&got, eos), up_to_eos(&want_greedy, eos), "{name} case {i}: greedy ids");
+    }
+}
+
+#[test]
+fn stories260k_matches_transformers() {
+    check_model("stories260k", "stories260k", 1e-3);
+}
+
+#[test]
+fn tiny_gpt2_matches_transformers() {
+    check_model("tiny-gpt2", "tiny-gpt2", 1e-3);
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_model("tiny-qwen2", "tiny-qwen2", 1e-3);
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    check_model("smollm2-135m-instruct", "smollm2-135m-instruct", 2e-3);
+}
