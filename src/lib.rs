@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod generate;
 pub mod gpu;
 pub mod model;
+pub mod modulate;
 pub mod ops;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod pull;

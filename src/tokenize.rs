@@ -29,7 +29,8 @@ impl Tokenizer {
 
     /// The largest id the tokenizer can produce, plus one.
     pub fn id_bound(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        // Ids may have gaps, so this is the largest id, not the vocabulary's size.
+        self.inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1)
     }
 
     pub fn token_text(&self, id: u32) -> String {

@@ -5,6 +5,7 @@
 use keel::generate::{self, GenerateOptions, SamplerConfig};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
+use keel::modulate::LcmConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -56,7 +57,7 @@ fn check_model(name: &str, model_path: &str, tol: f32) {
         let got_ids = host.tokenizer.encode(text).unwrap();
         assert_eq!(got_ids, want_ids, "{name} case {i}: token ids");
 
-        let s = generate::score(gpu, &m, &got_ids).unwrap();
+        let s = generate::score(gpu, &m, &got_ids, None).unwrap();
         let dl = max_diff(&s.next_logprobs, &floats(&case["next_logprobs"]));
         let de = max_diff(&s.entropies, &floats(&case["entropies"]));
         eprintln!(
@@ -84,10 +85,26 @@ fn check_model(name: &str, model_path: &str, tol: f32) {
             max_tokens: want_greedy.len(),
             sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
             eos: vec![],
+            lcm: None,
         };
         let got = generate::generate(gpu, &m, &got_ids, &opts, &mut |_| Ok(())).unwrap();
         let eos = &host.config.eos;
         assert_eq!(up_to_eos(&got, eos), up_to_eos(&want_greedy, eos), "{name} case {i}: greedy ids");
+
+        // The same with LCM on: the full-sequence scan (score) and incremental decoding
+        // (KV cache + carried anchors) must both match the reference.
+        let lcm = LcmConfig::from_json(&golden["lcm_config"], "lcm_config").unwrap();
+        let want = &case["lcm"];
+        let s = generate::score(gpu, &m, &got_ids, Some(&lcm)).unwrap();
+        let dl = max_diff(&s.next_logprobs, &floats(&want["next_logprobs"]));
+        let de = max_diff(&s.entropies, &floats(&want["entropies"]));
+        eprintln!("{name} case {i} LCM: max |Δ logprob| {dl:.2e}, max |Δ entropy| {de:.2e}");
+        assert!(dl <= tol && de <= tol, "{name} case {i} LCM: logprob diff {dl}, entropy diff {de}");
+        assert_eq!(s.lcm_stats.len(), lcm.layers.as_ref().unwrap().len());
+        let want_greedy = ids(&want["greedy_ids"]);
+        let opts = GenerateOptions { max_tokens: want_greedy.len(), lcm: Some(lcm), ..opts };
+        let got = generate::generate(gpu, &m, &got_ids, &opts, &mut |_| Ok(())).unwrap();
+        assert_eq!(up_to_eos(&got, eos), up_to_eos(&want_greedy, eos), "{name} case {i}: LCM greedy ids");
     }
 }
 

@@ -1,7 +1,7 @@
 //! `keel bench`: load time, prefill and decode throughput (mean ± sd over repeats, as
 //! llama-bench reports them).
 
-use super::{load_model, ModelArg};
+use super::{load_model, LcmArgs, ModelArg};
 use crate::generate::{sampler::argmax, Session};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -20,6 +20,8 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lcm: LcmArgs,
 }
 
 fn mean_sd(x: &[f64]) -> (f64, f64) {
@@ -33,6 +35,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.prompt_tokens == 0 || a.repeats == 0 {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
+    let lcm = a.lcm.config()?;
     let m = load_model(&a.model, adapter)?;
     let cfg = &m.host.config;
     let total = a.prompt_tokens + a.gen_tokens;
@@ -50,7 +53,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let mut decode = Vec::new();
     // One unmeasured run compiles the pipelines.
     for rep in 0..=a.repeats {
-        let mut session = Session::new(m.gpu, &m.gpu_model, total)?;
+        let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
         let t0 = Instant::now();
         let mut logits = session.feed(&prompt, None)?.last_logits;
         let t_prefill = t0.elapsed().as_secs_f64();
@@ -75,7 +78,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             "{}",
             json!({"load_s": m.load_s, "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
-                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats})
+                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off())})
         );
     } else {
         println!("model:   {} ({} parameters)", m.host.path.display(), cfg.param_count());

@@ -7,7 +7,8 @@ mod text;
 use crate::generate::SamplerConfig;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::{GpuModel, LoadedModel};
-use anyhow::Result;
+use crate::modulate::{self, LcmConfig};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -81,6 +82,86 @@ impl SamplingArgs {
     }
 }
 
+/// LCM flags (methods.md section 1); `--lcm-config FILE` first, then the flags override.
+#[derive(Args, Clone, Default)]
+pub struct LcmArgs {
+    /// Pull strength (0 = off)
+    #[arg(long)]
+    pub lcm_gamma: Option<f32>,
+    /// Anchor decay in [0, 1)
+    #[arg(long)]
+    pub lcm_rho: Option<f32>,
+    /// Divergence threshold of the gate
+    #[arg(long)]
+    pub lcm_tau: Option<f32>,
+    /// Sharpness of the gate
+    #[arg(long)]
+    pub lcm_kappa: Option<f32>,
+    /// Modulated blocks A-B, 0-based, both included (default: the upper half)
+    #[arg(long)]
+    pub lcm_layers: Option<String>,
+    /// Keep each modulated state's norm
+    #[arg(long)]
+    pub lcm_keep_norm: Option<bool>,
+    /// Multi-scale anchors "rho:gamma,rho:gamma,..."
+    #[arg(long)]
+    pub lcm_scales: Option<String>,
+    /// Leave positions 0..N out of the scan (attention sinks)
+    #[arg(long)]
+    pub lcm_sink: Option<usize>,
+    /// raw or normalized (act on directions)
+    #[arg(long)]
+    pub lcm_space: Option<String>,
+    /// JSON object with the golden files' lcm_config keys
+    #[arg(long)]
+    pub lcm_config: Option<PathBuf>,
+}
+
+impl LcmArgs {
+    /// The LCM setting, or None when no LCM flag was given.
+    pub fn config(&self) -> Result<Option<LcmConfig>> {
+        let mut c = match &self.lcm_config {
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .with_context(|| format!("--lcm-config {}: cannot read", path.display()))?;
+                let v: serde_json::Value = serde_json::from_slice(&text)
+                    .map_err(|e| anyhow::anyhow!("--lcm-config {}: not valid JSON ({e})", path.display()))?;
+                LcmConfig::from_json(&v, &path.display().to_string())?
+            }
+            None => LcmConfig::default(),
+        };
+        let any = self.lcm_config.is_some()
+            || self.lcm_gamma.is_some()
+            || self.lcm_scales.is_some()
+            || self.lcm_rho.is_some()
+            || self.lcm_tau.is_some()
+            || self.lcm_kappa.is_some()
+            || self.lcm_layers.is_some()
+            || self.lcm_keep_norm.is_some()
+            || self.lcm_sink.is_some()
+            || self.lcm_space.is_some();
+        if !any {
+            return Ok(None);
+        }
+        c.gamma = self.lcm_gamma.unwrap_or(c.gamma);
+        c.rho = self.lcm_rho.unwrap_or(c.rho);
+        c.tau = self.lcm_tau.unwrap_or(c.tau);
+        c.kappa = self.lcm_kappa.unwrap_or(c.kappa);
+        c.keep_norm = self.lcm_keep_norm.unwrap_or(c.keep_norm);
+        c.sink = self.lcm_sink.unwrap_or(c.sink);
+        if let Some(l) = &self.lcm_layers {
+            c.layers = Some(modulate::parse_layers(l)?);
+        }
+        if let Some(s) = &self.lcm_scales {
+            c.scales = modulate::parse_scales(s)?;
+        }
+        if let Some(s) = &self.lcm_space {
+            c.space = modulate::parse_space(s)?;
+        }
+        Ok(Some(c))
+    }
+}
+
 /// The device, opened once per process with the `--adapter` choice.
 fn gpu(adapter: &Option<String>) -> Result<&'static Gpu> {
     Gpu::shared_with(&AdapterChoice::from_flag_or_env(adapter.clone()))
@@ -103,7 +184,8 @@ pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
     let t0 = Instant::now();
     let gpu = gpu(adapter)?;
     let host = crate::model::load(&path)?;
-    let gpu_model = GpuModel::upload(gpu, &host)?;
+    let gpu_model = GpuModel::upload(gpu, &host)
+        .with_context(|| format!("{}: cannot load onto the GPU", path.display()))?;
     gpu.check_lost()?;
     Ok(Ready { host, gpu_model, gpu, load_s: t0.elapsed().as_secs_f64() })
 }
@@ -119,7 +201,21 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own output, exit 0.
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            // One line, like every other error: clap's first line, without its usage block.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first}");
+            return 2;
+        }
+    };
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

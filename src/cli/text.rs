@@ -1,6 +1,6 @@
 //! `keel generate` and `keel score`.
 
-use super::{load_model, ModelArg, SamplingArgs};
+use super::{load_model, LcmArgs, ModelArg, SamplingArgs};
 use crate::generate::{self, GenerateOptions};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, Context, Result};
@@ -22,6 +22,8 @@ pub struct GenerateArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    lcm: LcmArgs,
     /// Print one JSON object {"prompt_ids", "ids", "text"} instead of streaming text
     #[arg(long)]
     json: bool,
@@ -34,16 +36,22 @@ pub struct ScoreArgs {
     /// The text to score, taken exactly as its bytes are (UTF-8)
     #[arg(long)]
     text_file: PathBuf,
-    /// Print {"ids", "next_logprobs", "entropies", "perplexity"} as JSON
+    /// Print {"ids", "next_logprobs", "entropies", "perplexity"} (+ "lcm_stats") as JSON
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lcm: LcmArgs,
 }
 
 pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
+    let lcm = a.lcm.config()?;
     let m = load_model(&a.model, adapter)?;
     let sampler = a.sampling.config(&m.host)?;
+    if let Some(c) = &lcm {
+        c.validate(m.host.config.layers)?;
+    }
     let prompt_ids = m.host.tokenizer.encode(&a.prompt)?;
-    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: m.host.config.eos.clone() };
+    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: m.host.config.eos.clone(), lcm };
     let tok = &m.host.tokenizer;
     let mut stream = TextStream::new();
     let mut stdout = std::io::stdout();
@@ -82,6 +90,7 @@ pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
     let bytes =
         std::fs::read(&a.text_file).with_context(|| format!("{}: cannot read", a.text_file.display()))?;
     let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", a.text_file.display()))?;
+    let lcm = a.lcm.config()?;
     let m = load_model(&a.model, adapter)?;
     let ids = m.host.tokenizer.encode(&text)?;
     let ctx = m.host.config.max_positions;
@@ -92,14 +101,19 @@ pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
             ids.len()
         ));
     }
-    let s = generate::score(m.gpu, &m.gpu_model, &ids)?;
+    let s = generate::score(m.gpu, &m.gpu_model, &ids, lcm.as_ref())?;
     let ppl = s.perplexity();
     if a.json {
-        println!(
-            "{}",
-            json!({"ids": ids, "next_logprobs": s.next_logprobs, "entropies": s.entropies,
-                   "perplexity": if ppl.is_finite() { json!(ppl) } else { json!(null) }})
-        );
+        let mut out = json!({"ids": ids, "next_logprobs": s.next_logprobs, "entropies": s.entropies,
+                   "perplexity": if ppl.is_finite() { json!(ppl) } else { json!(null) }});
+        if lcm.is_some() {
+            out["lcm_stats"] = s
+                .lcm_stats
+                .iter()
+                .map(|l| json!({"layer": l.layer, "mean_gate": l.mean_gate, "mean_divergence": l.mean_divergence}))
+                .collect();
+        }
+        println!("{out}");
     } else {
         let mean_entropy =
             s.entropies.iter().map(|&e| e as f64).sum::<f64>() / s.entropies.len().max(1) as f64;

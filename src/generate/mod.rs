@@ -5,6 +5,7 @@ pub mod sampler;
 use crate::gpu::{Gpu, Step};
 use crate::model::forward::{Head, Scratch};
 use crate::model::{GpuModel, KvCache};
+use crate::modulate::{LayerStats, LcmConfig, LcmState};
 use crate::ops::stats::{RowStats, NO_TARGET};
 use anyhow::{bail, Result};
 pub use sampler::{Sampler, SamplerConfig};
@@ -21,6 +22,8 @@ pub struct Session<'m> {
     pub cache: KvCache,
     scratch: Scratch,
     head: Head,
+    /// LCM anchors, carried beside the KV cache; None when modulation is off.
+    pub lcm: Option<LcmState>,
     /// Positions already in the cache.
     pub len: usize,
 }
@@ -35,11 +38,17 @@ pub struct Fed {
 
 impl<'m> Session<'m> {
     /// A session able to hold `capacity` positions (prompt plus generated tokens).
-    pub fn new(gpu: &'m Gpu, model: &'m GpuModel, capacity: usize) -> Result<Self> {
+    /// `lcm`: the modulation setting, if any.
+    pub fn new(gpu: &'m Gpu, model: &'m GpuModel, capacity: usize, lcm: Option<&LcmConfig>) -> Result<Self> {
+        let c = &model.config;
+        let lcm = match lcm {
+            Some(cfg) => LcmState::new(gpu, cfg, c.layers, c.hidden, 1)?,
+            None => None,
+        };
         let cache = model.new_cache(gpu, 1, capacity)?;
         let scratch = model.scratch(gpu, capacity.clamp(1, PREFILL_CHUNK))?;
         let head = model.head(gpu, capacity.clamp(1, SCORE_CHUNK))?;
-        Ok(Session { gpu, model, cache, scratch, head, len: 0 })
+        Ok(Session { gpu, model, cache, scratch, head, lcm, len: 0 })
     }
 
     /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),
@@ -63,7 +72,12 @@ impl<'m> Session<'m> {
             self.gpu.write_u32(&self.scratch.ids, part);
             self.gpu.write_u32(&self.scratch.row_table, &rows);
             let mut step = Step::new(self.gpu);
-            self.model.record_blocks(&mut step, &self.scratch, &self.cache, n, &mut |_, _, _| {});
+            let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
+            self.model.record_blocks(&mut step, &self.scratch, &self.cache, n, &mut |step, l, x| {
+                if let Some(state) = lcm {
+                    state.record(step, l, x, rows, n);
+                }
+            });
             let head_rows = match targets {
                 Some(t) => {
                     self.gpu.write_u32(&self.head.targets, &t[c * chunk..c * chunk + n]);
@@ -104,6 +118,8 @@ pub struct Scores {
     pub entropies: Vec<f32>,
     /// Logits after the last token.
     pub last_logits: Vec<f32>,
+    /// What LCM did per modulated layer (empty when off).
+    pub lcm_stats: Vec<LayerStats>,
 }
 
 impl Scores {
@@ -116,12 +132,12 @@ impl Scores {
     }
 }
 
-/// Scores `ids` with the model (teacher forcing, all positions).
-pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32]) -> Result<Scores> {
+/// Scores `ids` with the model (teacher forcing, all positions), modulated by `lcm` if given.
+pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32], lcm: Option<&LcmConfig>) -> Result<Scores> {
     if ids.is_empty() {
         bail!("nothing to score: the text encodes to no tokens");
     }
-    let mut session = Session::new(gpu, model, ids.len())?;
+    let mut session = Session::new(gpu, model, ids.len(), lcm)?;
     let targets: Vec<u32> = ids[1..].iter().copied().chain([NO_TARGET]).collect();
     let fed = session.feed(ids, Some(&targets))?;
     let n = ids.len() - 1;
@@ -129,6 +145,10 @@ pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32]) -> Result<Scores> {
         next_logprobs: fed.stats[..n].iter().map(|s| s.target_logprob).collect(),
         entropies: fed.stats[..n].iter().map(|s| s.entropy).collect(),
         last_logits: fed.last_logits,
+        lcm_stats: match &session.lcm {
+            Some(state) => state.stats(gpu, 0)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -138,6 +158,7 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     pub sampler: SamplerConfig,
     pub eos: Vec<u32>,
+    pub lcm: Option<LcmConfig>,
 }
 
 /// Prefills `prompt`, then decodes up to `max_tokens` tokens, calling `on_token` with each.
@@ -162,7 +183,7 @@ pub fn generate(
         );
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
-    let mut session = Session::new(gpu, model, capacity)?;
+    let mut session = Session::new(gpu, model, capacity, opts.lcm.as_ref())?;
     let mut logits = session.feed(prompt, None)?.last_logits;
     let mut history = prompt.to_vec();
     let mut out = Vec::new();

@@ -31,12 +31,13 @@ impl Tensor {
 }
 
 impl Gpu {
-    fn check_size(&self, what: &str, elems: usize) -> Result<u64> {
-        let bytes = (elems as u64).saturating_mul(4).max(4);
-        if bytes > self.limits.max_storage_buffer_binding_size {
+    /// The buffer size of a tensor of this shape, checked against the binding limit.
+    fn check_size(&self, what: &str, shape: &[usize]) -> Result<u64> {
+        let bytes = shape.iter().fold(4u64, |b, &d| b.saturating_mul(d as u64)).max(4);
+        let limit = self.limits.max_storage_buffer_binding_size;
+        if bytes > limit {
             bail!(
-                "{what} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {} bytes",
-                self.limits.max_storage_buffer_binding_size
+                "tensor '{what}' of shape {shape:?} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {limit} bytes"
             );
         }
         Ok(bytes)
@@ -44,7 +45,7 @@ impl Gpu {
 
     /// A zero-filled tensor.
     pub fn zeros(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = self.check_size(what, shape.iter().product())?;
+        let bytes = self.check_size(what, shape)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: bytes.next_multiple_of(4),
@@ -55,7 +56,7 @@ impl Gpu {
     }
 
     fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
-        self.check_size(what, shape.iter().product())?;
+        self.check_size(what, shape)?;
         // Zero-length tensors still get a 4-byte buffer: bindings cannot be empty.
         let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -7,7 +7,8 @@ use super::gguf;
 use super::layout::Weights;
 use super::weights::HostTensor;
 use crate::tokenize::Tokenizer;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use safetensors::tensor::TensorInfo;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,14 +39,60 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))
 }
 
+/// Checks a safetensors file's framing before the safetensors crate reads it, so that
+/// errors name the tensor and what was expected: a header inside the file, data ranges
+/// that match each tensor's dtype and shape, and ranges that tile the data exactly.
+fn check_safetensors(bytes: &[u8]) -> Result<()> {
+    let len = bytes.len();
+    let n = bytes
+        .first_chunk::<8>()
+        .map(|b| u64::from_le_bytes(*b))
+        .ok_or_else(|| anyhow!("{len} bytes is too short for a safetensors header"))?;
+    let data_start = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&end| end <= len)
+        .ok_or_else(|| anyhow!("header length {n} runs past the end of the file ({len} bytes)"))?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| anyhow!("the header is not a JSON object ({e})"))?;
+    let mut ranges = Vec::new();
+    for (name, v) in header.into_iter().filter(|(k, _)| k != "__metadata__") {
+        let info: TensorInfo = serde_json::from_value(v).map_err(|e| anyhow!("tensor '{name}': {e}"))?;
+        let (dtype, shape, (start, end)) = (info.dtype, &info.shape, info.data_offsets);
+        let size = shape
+            .iter()
+            .try_fold(dtype.bitsize(), |bits, &d| bits.checked_mul(d))
+            .map(|bits| bits.div_ceil(8))
+            .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} has too many elements"))?;
+        ensure!(
+            end.checked_sub(start) == Some(size),
+            "tensor '{name}' ({dtype:?}, shape {shape:?}) needs {size} bytes but its data_offsets are [{start}, {end}]"
+        );
+        ranges.push((start, end, name));
+    }
+    ranges.sort();
+    let data_len = len - data_start;
+    let (mut at, mut prev) = (0, String::new());
+    for (start, end, name) in ranges {
+        ensure!(start >= at, "the data of tensors '{prev}' and '{name}' overlap");
+        ensure!(start == at, "{} bytes before tensor '{name}' belong to no tensor", start - at);
+        ensure!(
+            end <= data_len,
+            "tensor '{name}' data [{start}, {end}) runs past the end of the data ({data_len} bytes): the file is truncated"
+        );
+        (at, prev) = (end, name);
+    }
+    ensure!(at == data_len, "{} bytes after the last tensor belong to no tensor", data_len - at);
+    Ok(())
+}
+
 /// Reads every tensor of a safetensors file as f32 with its name.
 pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
+    check_safetensors(bytes).map_err(|e| anyhow!("{file}: {e}"))?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow!("{file}: not a valid safetensors file ({e})"))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let data = view.data();
         let data: Vec<f32> = match view.dtype() {
             safetensors::Dtype::F32 => {
@@ -59,10 +106,7 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
             }
             other => bail!("{file}: tensor '{name}' has dtype {other:?}; Keel reads F32, F16 and BF16"),
         };
-        if n != Some(data.len()) {
-            bail!("{file}: tensor '{name}' has {} values for shape {shape:?}", data.len());
-        }
-        out.push(HostTensor::new(name, shape, data));
+        out.push(HostTensor::new(name, view.shape().to_vec(), data));
     }
     Ok(out)
 }
@@ -97,11 +141,12 @@ fn find(path: &Path) -> Result<Layout> {
     }
 }
 
-fn safetensors_tensors(dir: &Path) -> Result<Vec<HostTensor>> {
+/// The tensors of a safetensors folder, with the file that lists them (for errors).
+fn safetensors_tensors(dir: &Path) -> Result<(Vec<HostTensor>, PathBuf)> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() {
-        return read_safetensors(&read(&single)?, &single.display().to_string());
+        return Ok((read_safetensors(&read(&single)?, &single.display().to_string())?, single));
     }
     if !index.is_file() {
         bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
@@ -129,7 +174,7 @@ fn safetensors_tensors(dir: &Path) -> Result<Vec<HostTensor>> {
         let p = dir.join(shard);
         out.extend(read_safetensors(&read(&p)?, &p.display().to_string())?);
     }
-    Ok(out)
+    Ok((out, index))
 }
 
 fn generation_defaults(v: &Value) -> GenerationDefaults {
@@ -146,10 +191,11 @@ fn generation_defaults(v: &Value) -> GenerationDefaults {
 
 /// Loads config, weights (f32, Keel's layout), tokenizer and generation defaults.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    let (dir, hf_config, tensors, gguf_tokenizer) = match find(path)? {
+    let (dir, hf_config, tensors, weights_file, gguf_tokenizer) = match find(path)? {
         Layout::Safetensors(dir) => {
             let cfg = read_json(&dir.join("config.json"))?;
-            (dir.clone(), cfg, safetensors_tensors(&dir)?, None)
+            let (tensors, file) = safetensors_tensors(&dir)?;
+            (dir, cfg, tensors, file, None)
         }
         Layout::Gguf(file) => {
             let bytes = read(&file)?;
@@ -157,10 +203,15 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             let (cfg, tensors) = gguf::to_hf(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let parsed = gguf::parse(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let tok = gguf::tokenizer_json(&parsed).map_err(|e| anyhow!("{name}: {e:#}"))?;
-            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), cfg, tensors, tok)
+            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), cfg, tensors, file, tok)
         }
     };
-    let config_name = dir.join("config.json").display().to_string();
+    // A GGUF's config comes from its metadata.
+    let config_file = match weights_file.extension() {
+        Some(e) if e == "gguf" => weights_file.clone(),
+        _ => dir.join("config.json"),
+    };
+    let config_name = config_file.display().to_string();
     let mut config = ModelConfig::from_hf(&hf_config, &config_name)?;
     let gen_path = dir.join("generation_config.json");
     let mut generation = GenerationDefaults::default();
@@ -176,21 +227,21 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     for t in tensors {
         by_name.insert(t.name.clone(), t);
     }
-    let weights = Weights::from_hf(&config, by_name, &dir.display().to_string())?;
+    let weights = Weights::from_hf(&config, by_name, &weights_file.display().to_string())?;
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.is_file() {
+    let (tok_json, tok_name) = if tok_path.is_file() {
         let text =
             String::from_utf8(read(&tok_path)?).map_err(|_| anyhow!("{}: not UTF-8", tok_path.display()))?;
-        Tokenizer::from_json(&text, &tok_path.display().to_string())?
+        (text, tok_path.display().to_string())
     } else if let Some(json) = gguf_tokenizer {
-        Tokenizer::from_json(&json, &format!("{} (GGUF vocabulary)", path.display()))?
+        (json, format!("{} (GGUF vocabulary)", weights_file.display()))
     } else {
-        bail!("{}: missing tokenizer.json", tok_path.display());
+        bail!("{}: not found (Keel needs the model's tokenizer.json)", tok_path.display());
     };
+    let tokenizer = Tokenizer::from_json(&tok_json, &tok_name)?;
     if tokenizer.id_bound() > config.vocab {
         bail!(
-            "{}: the tokenizer has ids up to {} but the embedding has only {} rows",
-            tok_path.display(),
+            "{tok_name}: the tokenizer has ids up to {} but the embedding has only {} rows",
             tokenizer.id_bound() - 1,
             config.vocab
         );

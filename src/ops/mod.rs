@@ -4,6 +4,7 @@
 pub mod act;
 pub mod attention;
 pub mod embed;
+pub mod lcm;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -21,6 +22,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         attention::variants(),
         act::variants(),
         stats::variants(),
+        lcm::variants(),
     ]
     .concat()
 }

@@ -1,0 +1,289 @@
+//! Latent convergence modulation (LCM): its settings, their parsing and checks, and the
+//! per-sequence GPU state (anchors) that the kernel in [`crate::ops::lcm`] carries.
+//!
+//! Defaults: `gamma` 0 (off). `rho` 0.9, `tau` 0.05 and `kappa` 20 are the values of the
+//! first measurement in methods.md; `sink` 0 and raw space keep the literal operator the
+//! golden files check. See docs/lcm.md for what each does to the text.
+
+use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::ops::lcm::{lcm, LcmShape, MAX_SCALES};
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Raw,
+    Normalized,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LcmConfig {
+    /// Strength of the pull; 0 turns LCM off.
+    pub gamma: f32,
+    /// Anchor decay.
+    pub rho: f32,
+    /// Divergence threshold of the gate.
+    pub tau: f32,
+    /// Sharpness of the gate.
+    pub kappa: f32,
+    /// Modulated blocks (0-based); None = the upper half.
+    pub layers: Option<Vec<usize>>,
+    pub keep_norm: bool,
+    /// Multi-scale anchors as (rho, gamma); empty = one anchor with (rho, gamma) above.
+    pub scales: Vec<(f32, f32)>,
+    /// Positions 0..sink are neither modulated nor part of the anchor.
+    pub sink: usize,
+    pub space: Space,
+}
+
+impl Default for LcmConfig {
+    fn default() -> Self {
+        LcmConfig {
+            gamma: 0.0,
+            rho: 0.9,
+            tau: 0.05,
+            kappa: 20.0,
+            layers: None,
+            keep_norm: true,
+            scales: Vec::new(),
+            sink: 0,
+            space: Space::Raw,
+        }
+    }
+}
+
+/// Parses `"rho:gamma,rho:gamma,..."`.
+pub fn parse_scales(s: &str) -> Result<Vec<(f32, f32)>> {
+    let bad = || anyhow!("--lcm-scales: expected \"rho:gamma,rho:gamma,...\", got '{s}'");
+    s.split(',')
+        .map(|pair| {
+            let (r, g) = pair.trim().split_once(':').ok_or_else(bad)?;
+            Ok((r.trim().parse().map_err(|_| bad())?, g.trim().parse().map_err(|_| bad())?))
+        })
+        .collect()
+}
+
+/// Parses `"A-B"` (both ends included) or a single block `"A"`.
+pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
+    let bad = || anyhow!("--lcm-layers: expected a block range like 15-29, got '{s}'");
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a > b {
+        return Err(bad());
+    }
+    Ok((a..=b).collect())
+}
+
+impl LcmConfig {
+    /// True when the operator would do nothing (the plain model runs, bit for bit).
+    pub fn is_off(&self) -> bool {
+        self.scales().iter().all(|&(_, g)| g == 0.0)
+    }
+
+    /// The anchors: (rho, gamma) each.
+    pub fn scales(&self) -> Vec<(f32, f32)> {
+        if self.scales.is_empty() {
+            vec![(self.rho, self.gamma)]
+        } else {
+            self.scales.clone()
+        }
+    }
+
+    pub fn layers_for(&self, n_layers: usize) -> Vec<usize> {
+        self.layers.clone().unwrap_or_else(|| (n_layers / 2..n_layers).collect())
+    }
+
+    /// Checks every value against the model's block count; errors name the flag.
+    pub fn validate(&self, n_layers: usize) -> Result<()> {
+        let scales = self.scales();
+        if scales.len() > MAX_SCALES {
+            bail!("--lcm-scales: at most {MAX_SCALES} scales, got {}", scales.len());
+        }
+        for &(rho, gamma) in &scales {
+            if !(0.0..=1.0).contains(&gamma) {
+                bail!("--lcm-gamma must be in [0, 1], got {gamma}");
+            }
+            if !(0.0..1.0).contains(&rho) {
+                bail!("--lcm-rho must be in [0, 1), got {rho}");
+            }
+        }
+        if !self.tau.is_finite() || !self.kappa.is_finite() || self.kappa < 0.0 {
+            bail!("--lcm-tau must be finite and --lcm-kappa finite and >= 0");
+        }
+        if let Some(bad) = self.layers_for(n_layers).iter().find(|&&l| l >= n_layers) {
+            bail!("--lcm-layers: block {bad} is out of range (the model has blocks 0-{})", n_layers - 1);
+        }
+        Ok(())
+    }
+
+    /// Reads a JSON object with the golden files' `lcm_config` keys (`gamma`, `rho`, `tau`,
+    /// `kappa`, `layers`, `keep_norm`, `scales`, `sink`, `space`).
+    pub fn from_json(v: &Value, file: &str) -> Result<LcmConfig> {
+        let obj = v.as_object().ok_or_else(|| anyhow!("{file}: expected a JSON object"))?;
+        let mut c = LcmConfig::default();
+        let num = |k: &str, x: &Value| {
+            x.as_f64().map(|f| f as f32).ok_or_else(|| anyhow!("{file}: '{k}' must be a number, got {x}"))
+        };
+        let uint = |k: &str, x: &Value| {
+            x.as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| anyhow!("{file}: '{k}' must be a non-negative integer, got {x}"))
+        };
+        for (k, x) in obj {
+            match k.as_str() {
+                "gamma" => c.gamma = num(k, x)?,
+                "rho" => c.rho = num(k, x)?,
+                "tau" => c.tau = num(k, x)?,
+                "kappa" => c.kappa = num(k, x)?,
+                "keep_norm" => {
+                    c.keep_norm =
+                        x.as_bool().ok_or_else(|| anyhow!("{file}: 'keep_norm' must be true or false"))?
+                }
+                "sink" => c.sink = uint(k, x)?,
+                "layers" => {
+                    let list = x
+                        .as_array()
+                        .ok_or_else(|| anyhow!("{file}: 'layers' must be a list of block indices"))?;
+                    c.layers = Some(list.iter().map(|l| uint("layers", l)).collect::<Result<_>>()?);
+                }
+                "scales" => {
+                    let list = x
+                        .as_array()
+                        .ok_or_else(|| anyhow!("{file}: 'scales' must be [[rho, gamma], ...]"))?;
+                    c.scales = list
+                        .iter()
+                        .map(|p| match p.as_array().map(|a| a.as_slice()) {
+                            Some([r, g]) => Ok((num("scales", r)?, num("scales", g)?)),
+                            _ => Err(anyhow!("{file}: 'scales' must be [[rho, gamma], ...], got {p}")),
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "space" => c.space = parse_space(x.as_str().unwrap_or(""))?,
+                other => bail!("{file}: unknown LCM key '{other}'"),
+            }
+        }
+        Ok(c)
+    }
+}
+
+pub fn parse_space(s: &str) -> Result<Space> {
+    match s {
+        "raw" => Ok(Space::Raw),
+        "normalized" => Ok(Space::Normalized),
+        _ => bail!("--lcm-space must be raw or normalized, got '{s}'"),
+    }
+}
+
+/// Anchors and statistics of every modulated layer, for `seqs` sequences.
+pub struct LcmState {
+    shape: LcmShape,
+    /// (block index, anchors `[seqs, scales, d]`, stats `[seqs, 4]`).
+    layers: Vec<(usize, Tensor, Tensor)>,
+    scales: Tensor,
+}
+
+/// Mean gate and divergence of one modulated layer (what `score --json` reports).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerStats {
+    pub layer: usize,
+    pub mean_gate: f64,
+    pub mean_divergence: f64,
+}
+
+impl LcmState {
+    /// None when the config is off: the plain forward pass then runs untouched.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &LcmConfig,
+        n_layers: usize,
+        d: usize,
+        seqs: usize,
+    ) -> Result<Option<LcmState>> {
+        cfg.validate(n_layers)?;
+        if cfg.is_off() {
+            return Ok(None);
+        }
+        let scales = cfg.scales();
+        let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
+        let mut layers = Vec::new();
+        for l in cfg.layers_for(n_layers) {
+            let anchors = gpu.zeros(&format!("lcm anchors {l}"), &[seqs, scales.len(), d], DType::F32)?;
+            let stats = gpu.zeros(&format!("lcm stats {l}"), &[seqs, 4], DType::F32)?;
+            layers.push((l, anchors, stats));
+        }
+        Ok(Some(LcmState {
+            shape: LcmShape {
+                tau: cfg.tau,
+                kappa: cfg.kappa,
+                keep_norm: cfg.keep_norm,
+                normalized: cfg.space == Space::Normalized,
+                sink: cfg.sink,
+            },
+            layers,
+            scales: gpu.upload_f32("lcm scales", &[scales.len(), 2], &flat)?,
+        }))
+    }
+
+    /// Records the operator at `blocks.{layer}.resid_post` if that block is modulated.
+    pub fn record(&self, step: &mut Step, layer: usize, x: &Tensor, rows: &Tensor, n_rows: usize) {
+        if let Some((_, anchors, stats)) = self.layers.iter().find(|(l, _, _)| *l == layer) {
+            lcm(step, x, rows, anchors, &self.scales, stats, self.shape, n_rows);
+        }
+    }
+
+    /// Per modulated layer: mean gate and divergence over sequence `seq`'s positions so far.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn stats(&self, gpu: &Gpu, seq: usize) -> Result<Vec<LayerStats>> {
+        self.layers
+            .iter()
+            .map(|(l, _, stats)| {
+                let s = gpu.read_f32_range(stats, 4 * seq, 4)?;
+                let n = (s[2] as f64).max(1.0);
+                Ok(LayerStats { layer: *l, mean_gate: s[0] as f64 / n, mean_divergence: s[1] as f64 / n })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_flags_and_config_files() {
+        assert_eq!(parse_scales("0.5:0.1, 0.99:0.05").unwrap(), vec![(0.5, 0.1), (0.99, 0.05)]);
+        assert!(parse_scales("0.5").is_err() && parse_scales("a:b").is_err());
+        assert_eq!(parse_layers("2-4").unwrap(), vec![2, 3, 4]);
+        assert_eq!(parse_layers("3").unwrap(), vec![3]);
+        assert!(parse_layers("4-2").is_err() && parse_layers("x").is_err());
+        let c = LcmConfig::from_json(
+            &json!({"gamma": 0.6, "rho": 0.9, "tau": 0.05, "kappa": 20.0, "layers": [2, 3, 4], "keep_norm": true}),
+            "cfg.json",
+        )
+        .unwrap();
+        assert_eq!(c.layers, Some(vec![2, 3, 4]));
+        assert_eq!(c.scales(), vec![(0.9, 0.6)]);
+        assert!(LcmConfig::from_json(&json!({"gama": 1}), "f")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown LCM key"));
+        let multi = LcmConfig::from_json(
+            &json!({"scales": [[0.5, 0.1], [0.9, 0.2]], "space": "normalized", "sink": 1}),
+            "f",
+        )
+        .unwrap();
+        assert_eq!((multi.scales().len(), multi.space, multi.sink), (2, Space::Normalized, 1));
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let err = |c: LcmConfig| c.validate(5).unwrap_err().to_string();
+        assert!(err(LcmConfig { gamma: 1.5, ..Default::default() }).contains("--lcm-gamma"));
+        assert!(err(LcmConfig { gamma: -0.1, ..Default::default() }).contains("--lcm-gamma"));
+        assert!(err(LcmConfig { rho: 1.0, ..Default::default() }).contains("--lcm-rho"));
+        assert!(err(LcmConfig { layers: Some(vec![5]), ..Default::default() }).contains("out of range"));
+        assert!(LcmConfig::default().is_off());
+        assert_eq!(LcmConfig::default().layers_for(30), (15..30).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,112 @@
+//! Latent convergence modulation at a block's residual output, `shaders/lcm.wgsl`.
+//! Host-side settings live in [`crate::modulate`].
+
+use crate::gpu::{shader::Define, Step, Tensor};
+
+/// Most anchors (scales) per layer the kernel keeps.
+pub const MAX_SCALES: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LcmParams {
+    n_rows: u32,
+    d: u32,
+    n_scales: u32,
+    sink: u32,
+    tau: f32,
+    kappa: f32,
+    keep_norm: u32,
+    normalized: u32,
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("lcm", vec![])]
+}
+
+/// The per-layer operator settings the kernel needs.
+#[derive(Clone, Copy, Debug)]
+pub struct LcmShape {
+    pub tau: f32,
+    pub kappa: f32,
+    pub keep_norm: bool,
+    pub normalized: bool,
+    pub sink: usize,
+}
+
+/// Modulates rows `0..n_rows` of `x` in place, scanning each sequence's rows in order.
+/// `anchor` is `[seqs, n_scales, d]` (carried between calls), `scales` holds (rho, gamma)
+/// pairs, `stats` `[seqs, 4]` accumulates (gate, divergence, count).
+#[allow(clippy::too_many_arguments)]
+pub fn lcm(
+    step: &mut Step,
+    x: &Tensor,
+    rows: &Tensor,
+    anchor: &Tensor,
+    scales: &Tensor,
+    stats: &Tensor,
+    shape: LcmShape,
+    n_rows: usize,
+) {
+    let (seqs, n_scales, d) = (anchor.shape[0], anchor.shape[1], anchor.shape[2]);
+    assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
+    assert!(x.numel() >= n_rows * d && stats.numel() >= 4 * seqs);
+    let params = LcmParams {
+        n_rows: n_rows as u32,
+        d: d as u32,
+        n_scales: n_scales as u32,
+        sink: shape.sink as u32,
+        tau: shape.tau,
+        kappa: shape.kappa,
+        keep_norm: shape.keep_norm as u32,
+        normalized: shape.normalized as u32,
+    };
+    let pipeline = step.gpu.pipeline("lcm", &[]);
+    step.dispatch(pipeline, &params, &[x, rows, anchor, scales, stats], [seqs as u32, 1, 1]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::gpu::DType;
+    use crate::ops::test_util::*;
+
+    /// A prefill of 9 positions split into two calls (7 rows, then 2 single decode rows)
+    /// equals one reference scan, for each variant.
+    #[test]
+    fn lcm_scan_matches_cpu_across_calls() {
+        let gpu = gpu();
+        let (t, d) = (9, 70);
+        let h = rand_vec(1, t * d, 1.0);
+        let cases = [
+            (vec![(0.9f32, 0.6f32)], false, true, 0usize),
+            (vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)], false, false, 0),
+            (vec![(0.8, 0.5)], true, true, 2),
+        ];
+        for (scales, normalized, keep_norm, sink) in cases {
+            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink };
+            let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
+            let scales_t = gpu.upload_f32("scales", &[scales.len(), 2], &flat).unwrap();
+            let anchor = gpu.zeros("anchor", &[1, scales.len(), d], DType::F32).unwrap();
+            let stats = gpu.zeros("stats", &[1, 4], DType::F32).unwrap();
+            let mut got = Vec::new();
+            for (start, len) in [(0, 7), (7, 1), (8, 1)] {
+                let x = gpu.upload_f32("x", &[len, d], &h[start * d..(start + len) * d]).unwrap();
+                let rows: Vec<u32> = (start..start + len).flat_map(|p| [0, p as u32]).collect();
+                let rows = gpu.upload_u32("rows", &[len, 2], &rows).unwrap();
+                let mut step = Step::new(gpu);
+                lcm(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, len);
+                step.submit().unwrap();
+                got.extend(gpu.read_f32(&x).unwrap());
+            }
+            let mut want = h.clone();
+            let (g, s, n) =
+                cpu::lcm::lcm_scan(&mut want, d, &scales, (0.05, 20.0), keep_norm, normalized, sink);
+            let what = format!("lcm scales={scales:?} normalized={normalized} sink={sink}");
+            assert_close(&got, &want, 1e-5, &what);
+            let st = gpu.read_f32(&stats).unwrap();
+            assert!((st[0] as f64 - g).abs() < 1e-4 && (st[1] as f64 - s).abs() < 1e-4, "{what}: stats");
+            assert_eq!(st[2] as usize, n, "{what}: count");
+        }
+    }
+}

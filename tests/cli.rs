@@ -1,0 +1,623 @@
+//! The `keel` binary end to end: a few working commands on stories260k, and for every kind
+//! of bad input (broken files, impossible flags, a model too large for the adapter) exit
+//! code 2 with exactly one `error: ` line on stderr that names what was wrong, no panic and
+//! no hang. Fixtures are read in place; broken models are copies in temporary folders.
+
+use serde_json::{json, Value};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A command that takes longer than this counts as hung.
+const HANG: Duration = Duration::from_secs(60);
+/// Bad input must be refused within this (generous for a loaded 2-core machine).
+const REFUSAL: Duration = Duration::from_secs(20);
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// The stories260k folder, or None (with a visible note) when absent.
+fn stories() -> Option<PathBuf> {
+    let dir = shared().join("models/stories260k");
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("SKIPPED: fixture {} absent", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+struct Run {
+    time: Duration,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `keel args`, killing it (and failing) if it runs past [`HANG`].
+fn keel(args: &[&str]) -> Run {
+    let t0 = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env("WGPU_BACKEND", "vulkan")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start keel");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            r.read_to_end(&mut s).unwrap();
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > HANG {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("keel {args:?} still running after {HANG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let run = Run { time: t0.elapsed(), code: status.code(), stdout, stderr };
+    eprintln!("keel {:?}: exit {:?} in {:.2}s", args, run.code, run.time.as_secs_f64());
+    run
+}
+
+/// Runs `keel args`, expecting failure: exit 2, one `error: ` line on stderr holding every
+/// `needle`, no panic. Returns that line.
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let r = keel(args);
+    let line = r.stderr.trim_end();
+    eprintln!("  {line}");
+    assert!(!r.stderr.contains("panicked"), "keel {args:?} panicked:\n{}", r.stderr);
+    assert_eq!(r.code, Some(2), "keel {args:?}: exit code\nstderr:\n{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "keel {args:?}: stderr is not one line:\n{}", r.stderr);
+    assert!(line.starts_with("error: "), "keel {args:?}: {line}");
+    assert!(r.time < REFUSAL, "keel {args:?} took {:?} to fail", r.time);
+    for needle in needles {
+        assert!(line.contains(needle), "keel {args:?}: {line:?} does not mention {needle:?}");
+    }
+    line.to_string()
+}
+
+/// Runs `keel args`, expecting success; returns stdout.
+fn succeeds(args: &[&str]) -> String {
+    let r = keel(args);
+    assert_eq!(r.code, Some(0), "keel {args:?} failed:\n{}", r.stderr);
+    r.stdout
+}
+
+/// A temporary folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("keel-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A copy of stories260k's model files.
+    fn stories(tag: &str, src: &Path) -> TempDir {
+        let t = TempDir::new(tag);
+        for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), t.0.join(f)).unwrap();
+        }
+        t
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn edit_json(&self, file: &str, f: impl FnOnce(&mut Value)) {
+        let mut v: Value = serde_json::from_slice(&std::fs::read(self.path(file)).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(self.path(file), serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A safetensors file split into its JSON header and its data section.
+struct Safetensors {
+    header: serde_json::Map<String, Value>,
+    data: Vec<u8>,
+}
+
+impl Safetensors {
+    fn read(path: &Path) -> Safetensors {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        Safetensors {
+            header: serde_json::from_slice(&bytes[8..8 + n]).unwrap(),
+            data: bytes[8 + n..].to_vec(),
+        }
+    }
+
+    fn write(&self, path: &Path) {
+        let mut header = serde_json::to_vec(&self.header).unwrap();
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header);
+        bytes.extend(&self.data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The data range of `name`.
+    fn range(&self, name: &str) -> std::ops::Range<usize> {
+        let o = &self.header[name]["data_offsets"];
+        o[0].as_u64().unwrap() as usize..o[1].as_u64().unwrap() as usize
+    }
+}
+
+/// A stories260k copy whose model.safetensors `edit` has changed.
+fn edited_stories(tag: &str, src: &Path, edit: impl FnOnce(&mut Safetensors)) -> TempDir {
+    let t = TempDir::stories(tag, src);
+    let mut st = Safetensors::read(&t.path("model.safetensors"));
+    edit(&mut st);
+    st.write(&t.path("model.safetensors"));
+    t
+}
+
+fn generate_args<'a>(model: &'a str, prompt: &'a str) -> Vec<&'a str> {
+    vec!["generate", "--model", model, "--prompt", prompt, "--max-tokens", "4", "--temperature", "0"]
+}
+
+// ---------------------------------------------------------------------------------------
+// Working commands
+
+#[test]
+fn info_prints_the_adapter() {
+    let out = succeeds(&["info"]);
+    assert!(out.contains("adapters:") && out.contains("using: "), "{out}");
+    assert!(out.contains("max_storage_buffer_binding_size"), "{out}");
+}
+
+fn json_ids(v: &Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_json_matches_golden_greedy() {
+    let Some(dir) = stories() else { return };
+    let golden_path = shared().join("golden/stories260k.json");
+    let Ok(golden) = std::fs::read(&golden_path) else {
+        eprintln!("SKIPPED: fixture {} absent", golden_path.display());
+        return;
+    };
+    let golden: Value = serde_json::from_slice(&golden).unwrap();
+    let case = &golden["cases"][0];
+    let prompt = case["text"].as_str().unwrap();
+    let out = succeeds(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "20",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json_ids(&v["prompt_ids"]), json_ids(&case["ids"]));
+    let want: Vec<u64> = json_ids(&case["greedy_ids"]);
+    let want = match want.iter().position(|&i| i == 2) {
+        Some(p) => &want[..=p],
+        None => &want[..],
+    };
+    assert_eq!(json_ids(&v["ids"]), want[..want.len().min(20)]);
+    let text = v["text"].as_str().unwrap();
+    assert!(!text.is_empty() && case["greedy_text"].as_str().unwrap().starts_with(text), "{v}");
+}
+
+#[test]
+fn generate_same_seed_same_tokens() {
+    let Some(dir) = stories() else { return };
+    let args = [
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--temperature",
+        "1",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "7",
+        "--json",
+    ];
+    let ids = || json_ids(&serde_json::from_str::<Value>(succeeds(&args).trim()).unwrap()["ids"]);
+    let first = ids();
+    assert!(!first.is_empty());
+    assert_eq!(first, ids());
+}
+
+#[test]
+fn score_json_shapes() {
+    let Some(dir) = stories() else { return };
+    let t = TempDir::new("score");
+    std::fs::write(t.path("text.txt"), "Once upon a time, there was a little girl named Lily.").unwrap();
+    let out = succeeds(&[
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--text-file",
+        t.path("text.txt").to_str().unwrap(),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let n = v["ids"].as_array().unwrap().len();
+    assert!(n > 2);
+    assert_eq!(v["next_logprobs"].as_array().unwrap().len(), n - 1);
+    assert_eq!(v["entropies"].as_array().unwrap().len(), n - 1);
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl >= 1.0, "{ppl}");
+}
+
+// ---------------------------------------------------------------------------------------
+// config.json
+
+#[test]
+fn config_missing() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("noconfig", &src);
+    std::fs::remove_file(t.path("config.json")).unwrap();
+    fails(&generate_args(t.arg(), "Hi"), &["no config.json"]);
+}
+
+#[test]
+fn config_not_json() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("badconfig", &src);
+    std::fs::write(t.path("config.json"), "{\"architectures\": [\"LlamaForCausalLM\"],").unwrap();
+    fails(&generate_args(t.arg(), "Hi"), &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn config_missing_key() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("nokey", &src);
+    t.edit_json("config.json", |v| {
+        v.as_object_mut().unwrap().remove("hidden_size");
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["config.json", "missing key 'hidden_size'"]);
+}
+
+#[test]
+fn config_unknown_architecture() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("arch", &src);
+    t.edit_json("config.json", |v| v["architectures"] = json!(["MambaForCausalLM"]));
+    fails(&generate_args(t.arg(), "Hi"), &["config.json", "unsupported architecture 'MambaForCausalLM'"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// model.safetensors framing
+
+#[test]
+fn safetensors_header_not_json() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("hdrjson", &src);
+    let mut bytes = std::fs::read(t.path("model.safetensors")).unwrap();
+    bytes[8..16].copy_from_slice(b"garbage!");
+    std::fs::write(t.path("model.safetensors"), bytes).unwrap();
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "header"]);
+}
+
+#[test]
+fn safetensors_header_length_past_end() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("hdrlen", &src);
+    let mut bytes = std::fs::read(t.path("model.safetensors")).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(t.path("model.safetensors"), bytes).unwrap();
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "header length 1099511627776"]);
+}
+
+#[test]
+fn safetensors_truncated_at_several_offsets() {
+    let Some(src) = stories() else { return };
+    let full = std::fs::read(src.join("model.safetensors")).unwrap();
+    let header_end = 8 + u64::from_le_bytes(full[..8].try_into().unwrap()) as usize;
+    for cut in [0, 5, 100, header_end, header_end + 1000, full.len() / 2, full.len() - 1] {
+        let t = TempDir::stories("trunc", &src);
+        std::fs::write(t.path("model.safetensors"), &full[..cut]).unwrap();
+        fails(&generate_args(t.arg(), "Hi"), &["model.safetensors"]);
+    }
+}
+
+#[test]
+fn safetensors_overlapping_offsets() {
+    let Some(src) = stories() else { return };
+    let t = edited_stories("overlap", &src, |st| {
+        let r = st.range("model.norm.weight");
+        st.header["model.norm.weight"]["data_offsets"] = json!([r.start - 16, r.end - 16]);
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "model.norm.weight", "overlap"]);
+}
+
+#[test]
+fn safetensors_wrong_dtype_size() {
+    let Some(src) = stories() else { return };
+    // F16 with the byte range of the F32 data: twice the bytes the shape needs.
+    let t = edited_stories("dtypesize", &src, |st| st.header["model.norm.weight"]["dtype"] = json!("F16"));
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "model.norm.weight", "128 bytes"]);
+}
+
+#[test]
+fn safetensors_shape_product_overflows() {
+    let Some(src) = stories() else { return };
+    let t = edited_stories("overflow", &src, |st| {
+        st.header["model.norm.weight"]["shape"] = json!([1u64 << 32, 1u64 << 32, 16]);
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "model.norm.weight"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensors
+
+#[test]
+fn tensor_missing() {
+    let Some(src) = stories() else { return };
+    // Drop the last tensor in the file (so the others keep their offsets).
+    let t = edited_stories("missing", &src, |st| {
+        let r = st.range("model.norm.weight");
+        assert_eq!(r.end, st.data.len());
+        st.header.remove("model.norm.weight");
+        st.data.truncate(r.start);
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["missing tensor 'model.norm.weight'", "expected shape [64]"]);
+}
+
+#[test]
+fn tensor_misshaped() {
+    let Some(src) = stories() else { return };
+    let t = edited_stories("shape", &src, |st| {
+        st.header["model.embed_tokens.weight"]["shape"] = json!([256, 128]);
+    });
+    fails(
+        &generate_args(t.arg(), "Hi"),
+        &["'model.embed_tokens.weight' has shape [256, 128], expected [512, 64]"],
+    );
+}
+
+#[test]
+fn tensor_unsupported_dtype() {
+    let Some(src) = stories() else { return };
+    let t = edited_stories("i32", &src, |st| st.header["model.norm.weight"]["dtype"] = json!("I32"));
+    fails(&generate_args(t.arg(), "Hi"), &["model.safetensors", "'model.norm.weight' has dtype I32"]);
+}
+
+#[test]
+fn tensor_nan_weights() {
+    let Some(src) = stories() else { return };
+    let t = edited_stories("nan", &src, |st| {
+        let r = st.range("model.layers.1.input_layernorm.weight");
+        for c in st.data[r].chunks_exact_mut(4) {
+            c.copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["'model.layers.1.input_layernorm.weight'", "NaN"]);
+}
+
+/// The adapter's max_storage_buffer_binding_size, as `keel info` reports it.
+fn binding_limit() -> u64 {
+    let out = succeeds(&["info"]);
+    let line = out.lines().find_map(|l| l.trim().strip_prefix("max_storage_buffer_binding_size: "));
+    line.expect("keel info prints max_storage_buffer_binding_size").parse().unwrap()
+}
+
+#[test]
+fn model_larger_than_binding_limit() {
+    let Some(src) = stories() else { return };
+    let limit = binding_limit();
+    if limit > 256 << 20 {
+        eprintln!("SKIPPED: this adapter binds {limit} bytes; the test model stays under 256 MiB");
+        return;
+    }
+    // An embedding one row (64 f32) over the limit: 524289 rows for lavapipe's 128 MiB. Its
+    // data is zeros, left as a hole in a sparse file, so the test costs little disk.
+    let vocab = limit / 256 + 1;
+    let size = vocab * 256;
+    let t = TempDir::stories("huge", &src);
+    t.edit_json("config.json", |v| v["vocab_size"] = json!(vocab));
+    let mut st = Safetensors::read(&t.path("model.safetensors"));
+    let old = st.range("model.embed_tokens.weight");
+    assert_eq!(old.start, 0, "the embedding is the first tensor");
+    let grow = size - old.end as u64;
+    for info in st.header.values_mut() {
+        if let Some(o) = info.get_mut("data_offsets") {
+            let (s, e) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+            if s > 0 {
+                *o = json!([s + grow, e + grow]);
+            }
+        }
+    }
+    st.header["model.embed_tokens.weight"]["shape"] = json!([vocab, 64]);
+    st.header["model.embed_tokens.weight"]["data_offsets"] = json!([0, size]);
+    // The header, a hole for the embedding, then the other tensors.
+    let tail = st.data.split_off(old.end);
+    st.data.clear();
+    st.write(&t.path("model.safetensors"));
+    let mut f = std::fs::OpenOptions::new().write(true).open(t.path("model.safetensors")).unwrap();
+    f.seek(SeekFrom::End(size as i64)).unwrap();
+    f.write_all(&tail).unwrap();
+    drop(f);
+    let shape = format!("'embed' of shape [{vocab}, 64]");
+    let limit = format!("max_storage_buffer_binding_size of {limit} bytes");
+    fails(&generate_args(t.arg(), "Hi"), &[&shape, &format!("needs {size} bytes"), &limit]);
+}
+
+// ---------------------------------------------------------------------------------------
+// tokenizer.json
+
+#[test]
+fn tokenizer_missing() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("notok", &src);
+    std::fs::remove_file(t.path("tokenizer.json")).unwrap();
+    fails(&generate_args(t.arg(), "Hi"), &["tokenizer.json"]);
+}
+
+#[test]
+fn tokenizer_broken() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("badtok", &src);
+    t.edit_json("tokenizer.json", |v| v["model"] = json!({"type": "BPE", "vocab": 3}));
+    fails(&generate_args(t.arg(), "Hi"), &["tokenizer.json", "not a valid tokenizer.json"]);
+}
+
+#[test]
+fn tokenizer_id_beyond_embedding() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("tokid", &src);
+    // One more token, with an id past the 512 rows (ids need not be contiguous).
+    t.edit_json("tokenizer.json", |v| v["model"]["vocab"]["<extra>"] = json!(700));
+    fails(&generate_args(t.arg(), "Hi"), &["tokenizer.json", "700", "512 rows"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// GGUF
+
+/// A GGUF v3 file: metadata (key, type, value bytes), then (name, dims, ggml type) tensors
+/// laid out one after another, then `data`.
+fn gguf(tensor_count: u64, metadata: &[(&str, u32, Vec<u8>)], tensors: &[(&str, &[u64], u32)]) -> Vec<u8> {
+    let string = |s: &str| [(s.len() as u64).to_le_bytes().to_vec(), s.as_bytes().to_vec()].concat();
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(tensor_count.to_le_bytes());
+    b.extend((metadata.len() as u64).to_le_bytes());
+    for (key, ty, value) in metadata {
+        b.extend(string(key));
+        b.extend(ty.to_le_bytes());
+        b.extend(value);
+    }
+    for (name, dims, ty) in tensors {
+        b.extend(string(name));
+        b.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(ty.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+    }
+    b.resize(b.len().next_multiple_of(32) + 4096, 0);
+    b
+}
+
+fn write_temp(t: &TempDir, name: &str, bytes: &[u8]) -> String {
+    std::fs::write(t.path(name), bytes).unwrap();
+    t.path(name).to_str().unwrap().to_string()
+}
+
+#[test]
+fn gguf_unsupported_tensor_type() {
+    let t = TempDir::new("gguf-q4k");
+    let u32v = |x: u32| x.to_le_bytes().to_vec();
+    let arch = [(5u64).to_le_bytes().to_vec(), b"llama".to_vec()].concat();
+    let meta = [
+        ("general.architecture", 8, arch),
+        ("llama.embedding_length", 4, u32v(256)),
+        ("llama.block_count", 4, u32v(1)),
+        ("llama.attention.head_count", 4, u32v(4)),
+        ("llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec()),
+        ("llama.feed_forward_length", 4, u32v(512)),
+        ("llama.context_length", 4, u32v(64)),
+    ];
+    // ggml type 12 is Q4_K.
+    let file = write_temp(&t, "q4k.gguf", &gguf(1, &meta, &[("token_embd.weight", &[256, 8], 12)]));
+    fails(&generate_args(&file, "Hi"), &["q4k.gguf", "token_embd.weight", "Q4_K", "not supported"]);
+}
+
+#[test]
+fn gguf_claiming_2_pow_40_tensors() {
+    let t = TempDir::new("gguf-count");
+    let file = write_temp(&t, "many.gguf", &gguf(1 << 40, &[], &[]));
+    fails(&generate_args(&file, "Hi"), &["many.gguf", "tensor count 1099511627776"]);
+}
+
+#[test]
+fn gguf_truncated_real_file() {
+    let path = shared().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Ok(f) = std::fs::File::open(&path) else {
+        eprintln!("SKIPPED: fixture {} absent", path.display());
+        return;
+    };
+    let mut head = Vec::new();
+    f.take(4 << 20).read_to_end(&mut head).unwrap();
+    let t = TempDir::new("gguf-trunc");
+    let file = write_temp(&t, "cut.gguf", &head);
+    fails(&generate_args(&file, "Hi"), &["cut.gguf", "past end of file"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Flags and inputs
+
+#[test]
+fn prompt_longer_than_context() {
+    let Some(src) = stories() else { return };
+    let prompt = "Once upon a time there was a girl. ".repeat(100);
+    fails(&generate_args(src.to_str().unwrap(), &prompt), &["prompt", "context of 512 tokens"]);
+}
+
+#[test]
+fn max_tokens_past_context() {
+    let Some(src) = stories() else { return };
+    let args =
+        ["generate", "--model", src.to_str().unwrap(), "--prompt", "Once upon a time", "--max-tokens", "600"];
+    fails(&args, &["--max-tokens 600", "context of 512 tokens"]);
+}
+
+#[test]
+fn top_p_out_of_range() {
+    let Some(src) = stories() else { return };
+    let mut args = generate_args(src.to_str().unwrap(), "Hi");
+    args.extend(["--top-p", "2"]);
+    fails(&args, &["--top-p must be in (0, 1], got 2"]);
+}
+
+#[test]
+fn bench_prompt_past_context() {
+    let Some(src) = stories() else { return };
+    let args = ["bench", "--model", src.to_str().unwrap(), "--prompt-tokens", "600", "--repeats", "1"];
+    fails(&args, &["--prompt-tokens 600", "context of 512 tokens"]);
+}
+
+#[test]
+fn score_missing_text_file() {
+    let Some(src) = stories() else { return };
+    let args = ["score", "--model", src.to_str().unwrap(), "--text-file", "missing.txt"];
+    fails(&args, &["missing.txt", "cannot read"]);
+}
+
+#[test]
+fn score_non_utf8_text() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::new("latin1");
+    let file = write_temp(&t, "latin1.txt", b"caf\xe9 au lait");
+    let args = ["score", "--model", src.to_str().unwrap(), "--text-file", &file];
+    fails(&args, &["latin1.txt", "not UTF-8"]);
+}
