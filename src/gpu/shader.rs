@@ -8,6 +8,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("matvec", include_str!("../../shaders/matvec.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),

@@ -1,8 +1,9 @@
 //! Matrix multiply, `shaders/matmul.wgsl`. Linear layers store weights as `[out, in]`
 //! (Hugging Face's nn.Linear), so the forward pass is `y = x · Wᵀ`; the same kernel computes
-//! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides.
+//! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides. Products
+//! of a few rows with a weight (decode) go to the matrix-vector kernel, `shaders/matvec.wgsl`.
 
-use crate::gpu::{shader::Define, Step, Tensor};
+use crate::gpu::{shader::Define, Gpu, Step, Tensor};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -41,12 +42,55 @@ struct Params {
     _pad: u32,
 }
 
+/// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
+/// once for all rows, where the 4×4-blocked kernel idles 3/4 of its work at one row. On
+/// lavapipe the two tie at 3–4 rows; on GPUs matvec's coalesced weight reads should still win.
+const MATVEC_MAX_M: usize = 4;
+
+/// How matvec.wgsl splits a workgroup (64 threads): `tpr` threads share each weight row and
+/// each thread sums `rpt` rows.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    tpr: u32,
+    rpt: u32,
+}
+
+impl Tile {
+    /// GPUs: many small workgroups (8 rows each, so ≥ 72 even at n = 576) and 256-byte runs of
+    /// a row per 16 threads. Chosen by reasoning; not yet timed on a GPU.
+    const GPU: Tile = Tile { tpr: 16, rpt: 2 };
+    /// CPU adapters (lavapipe) pay per element loaded, so each thread reuses its loads of A
+    /// over 8 rows: the fastest of tpr 2–32 × rpt 1–16 on SmolLM2's shapes, where the GPU
+    /// tiling is no faster than the 4×4 kernel.
+    const CPU: Tile = Tile { tpr: 8, rpt: 8 };
+
+    fn for_adapter(gpu: &Gpu) -> Tile {
+        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+            Tile::CPU
+        } else {
+            Tile::GPU
+        }
+    }
+
+    /// Weight rows per workgroup.
+    fn rows(self) -> usize {
+        (64 / self.tpr * self.rpt) as usize
+    }
+}
+
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let mut v = Vec::new();
     for kvec4 in [0, 1] {
         for bias in [0, 1] {
             for acc in [0, 1] {
-                v.push(("matmul", vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)]));
+                let flags = vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)];
+                v.push(("matmul", flags.clone()));
+                for m in 1..=MATVEC_MAX_M as u32 {
+                    for tile in [Tile::GPU, Tile::CPU] {
+                        let shape = [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt)];
+                        v.push(("matvec", [&flags[..], &shape].concat()));
+                    }
+                }
             }
         }
     }
@@ -54,8 +98,22 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
 }
 
 /// `C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n])`, C row-major with row stride `c.rs`.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul(
+    step: &mut Step,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    mnk: (usize, usize, usize),
+    bias: Option<&Tensor>,
+    accumulate: bool,
+) {
+    let tile = Tile::for_adapter(step.gpu);
+    matmul_tiled(step, a, b, c, mnk, bias, accumulate, tile);
+}
+
+/// [`matmul`] with the matvec tiling given (tests run both on any adapter).
+#[allow(clippy::too_many_arguments)]
+fn matmul_tiled(
     step: &mut Step,
     a: Mat,
     b: Mat,
@@ -63,6 +121,7 @@ pub fn matmul(
     (m, n, k): (usize, usize, usize),
     bias: Option<&Tensor>,
     accumulate: bool,
+    tile: Tile,
 ) {
     assert_eq!(c.cs, 1, "C must be row-major");
     if m == 0 || n == 0 {
@@ -87,12 +146,18 @@ pub fn matmul(
         b_cs: (b.cs / unit) as u32,
         _pad: 0,
     };
-    let defines = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
-    let pipeline = step.gpu.pipeline("matmul", &defines);
+    let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let mut buffers = vec![a.t, b.t, c.t];
     buffers.extend(bias);
-    let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
-    step.dispatch(pipeline, &params, &buffers, groups);
+    if m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1 {
+        let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt)];
+        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape].concat());
+        step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
+    } else {
+        let pipeline = step.gpu.pipeline("matmul", &flags);
+        let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
+        step.dispatch(pipeline, &params, &buffers, groups);
+    }
 }
 
 /// A linear layer over `rows` rows: `y (+)= x · Wᵀ + bias`, with `W` of shape `[out, in]`.
@@ -123,7 +188,8 @@ mod tests {
     use crate::cpu;
     use crate::ops::test_util::*;
 
-    fn check(m: usize, n: usize, k: usize, bias: bool, acc: bool) {
+    /// `linear` through `matmul_tiled` (None: the adapter's own tiling) against the CPU.
+    fn check_tiled(tile: Option<Tile>, m: usize, n: usize, k: usize, bias: bool, acc: bool) {
         let gpu = gpu();
         let x = rand_vec(1, m * k, 1.0);
         let w = rand_vec(2, n * k, 1.0);
@@ -134,14 +200,31 @@ mod tests {
         let bt = gpu.upload_f32("b", &[n], &b).unwrap();
         let yt = gpu.upload_f32("y", &[m, n], &y0).unwrap();
         let mut step = Step::new(gpu);
-        linear(&mut step, &xt, &wt, bias.then_some(&bt), &yt, m, acc);
+        match tile {
+            None => linear(&mut step, &xt, &wt, bias.then_some(&bt), &yt, m, acc),
+            Some(tile) => matmul_tiled(
+                &mut step,
+                Mat::rows(&xt, 0, k),
+                Mat::transposed(&wt, 0, k),
+                Mat::rows(&yt, 0, n),
+                (m, n, k),
+                bias.then_some(&bt),
+                acc,
+                tile,
+            ),
+        }
         step.submit().unwrap();
         let got = gpu.read_f32(&yt).unwrap();
         let mut want = cpu::matmul::linear(&x, &w, bias.then_some(&b[..]), m, n, k);
         if acc {
             want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
         }
-        assert_close(&got, &want, 1e-4, &format!("linear {m}x{n}x{k} bias={bias} acc={acc}"));
+        let what = format!("linear {m}x{n}x{k} bias={bias} acc={acc} tile={tile:?}");
+        assert_close(&got, &want, 1e-4, &what);
+    }
+
+    fn check(m: usize, n: usize, k: usize, bias: bool, acc: bool) {
+        check_tiled(None, m, n, k, bias, acc);
     }
 
     #[test]
@@ -150,6 +233,66 @@ mod tests {
         check(37, 45, 24, true, false); // ragged tiles, vec4 path
         check(33, 19, 23, true, true); // scalar path (k not a multiple of 4), accumulate
         check(70, 130, 172, false, true);
+    }
+
+    /// The matrix-vector kernel with both tilings, whatever the adapter: every row count it
+    /// takes, vec4 and scalar (k % 4 != 0) loads, n not a multiple of the rows per workgroup.
+    #[test]
+    fn matvec_matches_cpu() {
+        for tile in [Tile::GPU, Tile::CPU] {
+            for m in 1..=MATVEC_MAX_M {
+                check_tiled(Some(tile), m, 50, 64, m % 2 == 1, m > 2);
+                check_tiled(Some(tile), m, 130, 23, m < 3, m % 2 == 0);
+                check_tiled(Some(tile), m, 7, 172, true, true);
+            }
+        }
+    }
+
+    /// A vocabulary-sized n: thousands of workgroups, the last one partial.
+    #[test]
+    fn matvec_large_n_matches_cpu() {
+        check_tiled(Some(Tile::GPU), 1, 50000, 64, true, false);
+        check_tiled(Some(Tile::CPU), 3, 50000, 64, false, true);
+    }
+
+    /// Offsets and strides: A's rows inside a wider matrix (aligned: vec4 loads; not: scalar
+    /// loads although k % 4 == 0), C written into a block of a wider one, accumulating.
+    #[test]
+    fn matvec_strided_matches_cpu() {
+        let gpu = gpu();
+        let (m, n, k, c_off, c_rs) = (3, 37, 16, 6, 45);
+        let w = rand_vec(9, n * k, 1.0);
+        let c0 = rand_vec(10, c_off + m * c_rs, 1.0);
+        let wt = gpu.upload_f32("w", &[n, k], &w).unwrap();
+        let ct = gpu.upload_f32("c", &[c0.len()], &c0).unwrap();
+        for (a_off, a_rs) in [(4, 20), (5, 21)] {
+            let a = rand_vec(8, a_off + m * a_rs, 1.0);
+            let at = gpu.upload_f32("a", &[a.len()], &a).unwrap();
+            let mut want = c0.clone();
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f32 = (0..k).map(|l| a[a_off + i * a_rs + l] * w[j * k + l]).sum();
+                    want[c_off + i * c_rs + j] += dot;
+                }
+            }
+            for tile in [Tile::GPU, Tile::CPU] {
+                gpu.write_f32(&ct, &c0);
+                let mut step = Step::new(gpu);
+                matmul_tiled(
+                    &mut step,
+                    Mat { t: &at, off: a_off, rs: a_rs, cs: 1 },
+                    Mat::transposed(&wt, 0, k),
+                    Mat { t: &ct, off: c_off, rs: c_rs, cs: 1 },
+                    (m, n, k),
+                    None,
+                    true,
+                    tile,
+                );
+                step.submit().unwrap();
+                let what = format!("strided a_off={a_off} {tile:?}");
+                assert_close(&gpu.read_f32(&ct).unwrap(), &want, 1e-4, &what);
+            }
+        }
     }
 
     /// The strided forms used by backward: dX = dY · W and dW = dYᵀ · X.

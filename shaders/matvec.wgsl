@@ -1,0 +1,84 @@
+// C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n]) for MR ≤ 4 rows of A (decode), with A contiguous
+// along K and B the transposed view of an [n, k] weight, so every output is the dot product of
+// an A row with a contiguous weight row. Each weight is read once for all MR rows of A.
+// A workgroup of 64 threads covers ROWS weight rows: TPR threads share each row, consecutive
+// threads reading consecutive elements (coalesced on GPUs), and each thread sums RPT rows, so
+// one load of A serves RPT rows (what CPU adapters pay for: they cost per element loaded).
+// One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters.
+// With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units.
+
+struct Params {
+    m: u32, n: u32, k: u32, c_off: u32,
+    a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
+    b_off: u32, b_rs: u32, b_cs: u32, _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+#if KVEC4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#else
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#if BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+const WG: u32 = 64u;
+const ROWS: u32 = WG / TPR * RPT;
+
+// Each thread's partial sums, RPT per thread; component i belongs to row i of A.
+var<workgroup> part: array<vec4<f32>, WG * RPT>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let base = (wid.x + wid.y * nwg.x) * ROWS;
+    if (base >= p.n) { return; }  // spare groups of a grid folded into y
+    let row0 = base + lid / TPR * RPT;
+    // Rows past the end re-read the last one; their sums are never stored.
+    var w_at: array<u32, RPT>;
+    for (var j = 0u; j < RPT; j++) { w_at[j] = p.b_off + min(row0 + j, p.n - 1u) * p.b_cs; }
+    var acc: array<vec4<f32>, RPT>;
+#if KVEC4
+    let len = p.k / 4u;
+    var x: array<vec4<f32>, MR>;
+#else
+    let len = p.k;
+    var x: array<f32, MR>;
+#endif
+    for (var kk = lid % TPR; kk < len; kk += TPR) {
+        for (var i = 0u; i < MR; i++) { x[i] = a[p.a_off + i * p.a_rs + kk]; }
+        for (var j = 0u; j < RPT; j++) {
+            let w = b[w_at[j] + kk];
+            for (var i = 0u; i < MR; i++) {
+#if KVEC4
+                acc[j][i] += dot(x[i], w);
+#else
+                acc[j][i] += x[i] * w;
+#endif
+            }
+        }
+    }
+    for (var j = 0u; j < RPT; j++) { part[lid * RPT + j] = acc[j]; }
+    workgroupBarrier();
+    // Thread r < ROWS finishes weight row base + r: slot r % RPT of the TPR threads that shared it.
+    let col = base + lid;
+    if (lid >= ROWS || col >= p.n) { return; }
+    let first = lid / RPT * TPR * RPT + lid % RPT;
+    var sum = vec4<f32>();
+    for (var s = 0u; s < TPR; s++) { sum += part[first + s * RPT]; }
+    for (var i = 0u; i < MR; i++) {
+        var v = sum[i];
+#if BIAS
+        v += bias[col];
+#endif
+        let at = p.c_off + i * p.c_rs + col;
+#if ACC
+        v += c[at];
+#endif
+        c[at] = v;
+    }
+}
