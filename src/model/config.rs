@@ -226,7 +226,12 @@ impl ModelConfig {
         let mlp = h * self.up_width() + self.ffn * h;
         let pos = if self.rope_theta.is_none() { self.max_positions * h } else { 0 };
         let head = if self.tied_embeddings { 0 } else { self.vocab * h };
-        self.vocab * h + pos + self.layers * (attn + mlp) + head
+        // Two norms per block and a final one; LayerNorm has a bias too.
+        let norm_params = if self.norm() == NormKind::Layer { 2 * h } else { h };
+        let biases = if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
+            + if self.o_bias { h } else { 0 }
+            + if self.arch == Arch::Gpt2 { self.ffn + h } else { 0 };
+        self.vocab * h + pos + self.layers * (attn + mlp + biases + 2 * norm_params) + norm_params + head
     }
 }
 
