@@ -28,6 +28,16 @@ pub struct Session<'m> {
     pub len: usize,
 }
 
+impl Drop for Session<'_> {
+    /// The cache and working buffers go back to the pool for the next session.
+    fn drop(&mut self) {
+        // Handles are shared: the pool keeps the buffers alive once the session's copies go.
+        self.gpu.recycle(self.cache.clone().into_tensors());
+        self.gpu.recycle(self.scratch.clone().into_tensors());
+        self.gpu.recycle(self.head.clone().into_tensors());
+    }
+}
+
 /// What feeding tokens returns.
 pub struct Fed {
     /// Statistics per fed row when targets were given, else for the last row only.

@@ -29,6 +29,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
+    pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -106,6 +108,7 @@ impl Gpu {
             limits,
             features,
             pipelines: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
             lost,
         })
     }

@@ -55,6 +55,26 @@ impl Gpu {
         Ok(Tensor { buf, shape: shape.to_vec(), dtype })
     }
 
+    /// A working buffer from the pool (or a new one). Its contents are whatever its last
+    /// user left: only for buffers every kernel writes before it reads them (activations,
+    /// KV caches indexed by position).
+    pub fn scratch(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = self.check_size(what, shape)?.next_multiple_of(4);
+        let reused = self.pool.lock().unwrap().get_mut(&bytes).and_then(Vec::pop);
+        match reused {
+            Some(buf) => Ok(Tensor { buf, shape: shape.to_vec(), dtype }),
+            None => self.zeros(what, shape, dtype),
+        }
+    }
+
+    /// Returns working buffers to the pool for the next [`Gpu::scratch`] of the same size.
+    pub fn recycle(&self, tensors: impl IntoIterator<Item = Tensor>) {
+        let mut pool = self.pool.lock().unwrap();
+        for t in tensors {
+            pool.entry(t.buf.size()).or_default().push(t.buf);
+        }
+    }
+
     fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
         self.check_size(what, shape)?;
         // Zero-length tensors still get a 4-byte buffer: bindings cannot be empty.
@@ -166,5 +186,22 @@ impl<T> OneShotRx<T> {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_recycled_buffers_of_the_same_size() {
+        let gpu = crate::ops::test_util::gpu();
+        let a = gpu.scratch("a", &[123, 7], DType::F32).unwrap();
+        let id = a.buf.clone();
+        gpu.recycle([a]);
+        let b = gpu.scratch("b", &[7, 123], DType::F32).unwrap();
+        assert!(b.buf == id, "same byte size: the recycled buffer comes back");
+        let c = gpu.scratch("c", &[7, 124], DType::F32).unwrap();
+        assert!(c.buf != id, "another size: a new buffer");
     }
 }

@@ -20,6 +20,7 @@ pub struct GpuModel {
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
+#[derive(Clone)]
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
@@ -28,6 +29,7 @@ pub struct KvCache {
 }
 
 /// Working buffers for up to `rows` rows at once.
+#[derive(Clone)]
 pub struct Scratch {
     pub rows: usize,
     pub ids: Tensor,
@@ -46,6 +48,7 @@ pub struct Scratch {
 }
 
 /// Buffers for the LM head over up to `rows` rows.
+#[derive(Clone)]
 pub struct Head {
     pub rows: usize,
     xn: Tensor,
@@ -54,6 +57,36 @@ pub struct Head {
     pub targets: Tensor,
     /// `[rows, 4]`: see [`stats::logit_stats`].
     pub stats: Tensor,
+}
+
+impl KvCache {
+    pub fn into_tensors(self) -> Vec<Tensor> {
+        self.k.into_iter().chain(self.v).collect()
+    }
+}
+
+impl Scratch {
+    pub fn into_tensors(self) -> Vec<Tensor> {
+        vec![
+            self.ids,
+            self.row_table,
+            self.x,
+            self.xn,
+            self.norm_stats,
+            self.qkv,
+            self.q,
+            self.att,
+            self.lse,
+            self.up,
+            self.act,
+        ]
+    }
+}
+
+impl Head {
+    pub fn into_tensors(self) -> Vec<Tensor> {
+        vec![self.xn, self.norm_stats, self.logits, self.targets, self.stats]
+    }
 }
 
 impl GpuModel {
@@ -86,19 +119,19 @@ impl GpuModel {
         let mut k = Vec::new();
         let mut v = Vec::new();
         for l in 0..c.layers {
-            k.push(gpu.zeros(&format!("kv cache k{l}"), &shape, DType::F32)?);
-            v.push(gpu.zeros(&format!("kv cache v{l}"), &shape, DType::F32)?);
+            k.push(gpu.scratch(&format!("kv cache k{l}"), &shape, DType::F32)?);
+            v.push(gpu.scratch(&format!("kv cache v{l}"), &shape, DType::F32)?);
         }
         Ok(KvCache { k, v, seqs, len })
     }
 
     pub fn scratch(&self, gpu: &Gpu, rows: usize) -> Result<Scratch> {
         let c = &self.config;
-        let f = |name: &str, cols: usize| gpu.zeros(name, &[rows, cols], DType::F32);
+        let f = |name: &str, cols: usize| gpu.scratch(name, &[rows, cols], DType::F32);
         Ok(Scratch {
             rows,
-            ids: gpu.zeros("ids", &[rows], DType::U32)?,
-            row_table: gpu.zeros("row table", &[rows, 2], DType::U32)?,
+            ids: gpu.scratch("ids", &[rows], DType::U32)?,
+            row_table: gpu.scratch("row table", &[rows, 2], DType::U32)?,
             x: f("x", c.hidden)?,
             xn: f("xn", c.hidden)?,
             norm_stats: f("norm stats", 2)?,
@@ -115,11 +148,11 @@ impl GpuModel {
         let c = &self.config;
         Ok(Head {
             rows,
-            xn: gpu.zeros("head xn", &[rows, c.hidden], DType::F32)?,
-            norm_stats: gpu.zeros("head norm stats", &[rows, 2], DType::F32)?,
-            logits: gpu.zeros("logits", &[rows, c.vocab], DType::F32)?,
-            targets: gpu.zeros("targets", &[rows], DType::U32)?,
-            stats: gpu.zeros("logit stats", &[rows, 4], DType::F32)?,
+            xn: gpu.scratch("head xn", &[rows, c.hidden], DType::F32)?,
+            norm_stats: gpu.scratch("head norm stats", &[rows, 2], DType::F32)?,
+            logits: gpu.scratch("logits", &[rows, c.vocab], DType::F32)?,
+            targets: gpu.scratch("targets", &[rows], DType::U32)?,
+            stats: gpu.scratch("logit stats", &[rows, 4], DType::F32)?,
         })
     }
 
