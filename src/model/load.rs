@@ -248,3 +248,64 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     }
     Ok(LoadedModel { config, weights, tokenizer, generation, path: path.to_path_buf() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::{tensor::TensorView, Dtype};
+
+    /// stories260k split into two shards with an index, its weights stored as BF16, loads to
+    /// the BF16-rounded weights of the single-file model.
+    #[test]
+    fn sharded_bf16_safetensors_load_like_the_single_file() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !src.exists() {
+            eprintln!("SKIPPED: fixture {} absent", src.display());
+            return;
+        }
+        let single = load(&src).unwrap();
+        let dir = std::env::temp_dir().join(format!("keel-sharded-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let tensors =
+            read_safetensors(&std::fs::read(src.join("model.safetensors")).unwrap(), "src").unwrap();
+        let bf16 = |t: &HostTensor| -> Vec<u8> {
+            t.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+        };
+        let mut weight_map = serde_json::Map::new();
+        let (first, second) = tensors.split_at(tensors.len() / 2);
+        for (shard, part) in
+            [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)]
+        {
+            let bytes: Vec<Vec<u8>> = part.iter().map(bf16).collect();
+            let views: Vec<(String, TensorView)> = part
+                .iter()
+                .zip(&bytes)
+                .map(|(t, b)| (t.name.clone(), TensorView::new(Dtype::BF16, t.shape.clone(), b).unwrap()))
+                .collect();
+            std::fs::write(dir.join(shard), safetensors::serialize(views, None).unwrap()).unwrap();
+            for t in part {
+                weight_map.insert(t.name.clone(), shard.into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let sharded = load(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let sharded = sharded.unwrap();
+        let round =
+            |t: &HostTensor| t.data.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect::<Vec<_>>();
+        let a = single.weights.try_map(|_, t| Ok(round(t))).unwrap();
+        let b = sharded.weights.try_map(|_, t| Ok(t.data.clone())).unwrap();
+        assert_eq!(a.embed, b.embed);
+        for (x, y) in a.blocks.iter().zip(&b.blocks) {
+            assert_eq!(x.qkv, y.qkv);
+            assert_eq!(x.up, y.up);
+            assert_eq!(x.down, y.down);
+            assert_eq!(x.mlp_norm, y.mlp_norm);
+        }
+        assert_eq!(a.final_norm, b.final_norm);
+    }
+}
