@@ -91,6 +91,12 @@ fn check_model(name: &str, model_path: &str, tol: f32) {
         let eos = &host.config.eos;
         assert_eq!(up_to_eos(&got, eos), up_to_eos(&want_greedy, eos), "{name} case {i}: greedy ids");
 
+        // LCM with gamma 0 is the plain model, bit for bit.
+        let off = LcmConfig { gamma: 0.0, ..LcmConfig::default() };
+        let s_off = generate::score(gpu, &m, &got_ids, Some(&off)).unwrap();
+        assert_eq!(s_off.next_logprobs, s.next_logprobs, "{name} case {i}: gamma 0 changed log-probs");
+        assert_eq!(s_off.last_logits, s.last_logits, "{name} case {i}: gamma 0 changed logits");
+
         // The same with LCM on: the full-sequence scan (score) and incremental decoding
         // (KV cache + carried anchors) must both match the reference.
         let lcm = LcmConfig::from_json(&golden["lcm_config"], "lcm_config").unwrap();
