@@ -105,19 +105,14 @@ impl<'m> Session<'m> {
             step.submit()?;
             self.len += n;
             if let Some((_, count)) = head_rows {
-                stats.extend(RowStats::parse(&self.read(&self.head.stats, 0, 4 * count)?));
+                stats.extend(RowStats::parse(&self.gpu.read_f32_range(&self.head.stats, 0, 4 * count)?));
                 if last_chunk {
                     let v = vocab;
-                    last_logits = self.read(&self.head.logits, (count - 1) * v, v)?;
+                    last_logits = self.gpu.read_f32_range(&self.head.logits, (count - 1) * v, v)?;
                 }
             }
         }
         Ok(Fed { stats, last_logits })
-    }
-
-    fn read(&self, t: &crate::gpu::Tensor, offset: usize, n: usize) -> Result<Vec<f32>> {
-        let words = pollster::block_on(self.gpu.read_range(t, offset, n))?;
-        Ok(bytemuck::cast_vec(words))
     }
 }
 
