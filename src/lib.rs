@@ -6,6 +6,8 @@
 //! (sessions, sampling, scoring).
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod atomic;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod cpu;
 pub mod generate;
