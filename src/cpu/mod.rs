@@ -6,6 +6,7 @@ pub mod attention;
 pub mod lcm;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod rope;
 pub mod stats;
 
@@ -29,6 +30,28 @@ pub mod test_data {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}: element {i}: got {g}, want {w}");
+        }
+    }
+
+    /// Checks an analytic gradient `grad` of the loss `Σ dy · f(x)` against central finite
+    /// differences in every element of `x` (f64 sums over f32 outputs, so a step of 1e-2
+    /// and a tolerance of 1e-2 relative).
+    pub fn check_gradient(x: &[f32], grad: &[f32], dy: &[f32], f: impl Fn(&[f32]) -> Vec<f32>, what: &str) {
+        let loss = |x: &[f32]| f(x).iter().zip(dy).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+        let h = 1e-2f32;
+        let mut xp = x.to_vec();
+        for i in 0..x.len() {
+            xp[i] = x[i] + h;
+            let up = loss(&xp);
+            xp[i] = x[i] - h;
+            let down = loss(&xp);
+            xp[i] = x[i];
+            let fd = (up - down) / (2.0 * h as f64);
+            let g = grad[i] as f64;
+            assert!(
+                (g - fd).abs() <= 1e-2 * fd.abs().max(1.0),
+                "{what}: element {i}: analytic {g}, finite differences {fd}"
+            );
         }
     }
 }

@@ -22,3 +22,65 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Gradients of [`rms_norm`] (no `b`) or [`layer_norm`] (with `b`) given `dy`:
+/// returns (dx, dw, db), db empty for RMSNorm.
+pub fn norm_backward(
+    x: &[f32],
+    w: &[f32],
+    layer: bool,
+    eps: f32,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut dx = vec![0.0f32; x.len()];
+    let mut dw = vec![0.0f64; d];
+    let mut db = vec![0.0f64; d];
+    for (r, row) in x.chunks(d).enumerate() {
+        let mean = if layer { row.iter().map(|&v| v as f64).sum::<f64>() / d as f64 } else { 0.0 };
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
+        let xhat: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+        let dyr = &dy[r * d..(r + 1) * d];
+        let g: Vec<f64> = (0..d).map(|i| dyr[i] as f64 * w[i] as f64).collect();
+        let mean_g = if layer { g.iter().sum::<f64>() / d as f64 } else { 0.0 };
+        let mean_gx = (0..d).map(|i| g[i] * xhat[i]).sum::<f64>() / d as f64;
+        for i in 0..d {
+            dx[r * d + i] = (rstd * (g[i] - mean_g - xhat[i] * mean_gx)) as f32;
+            dw[i] += dyr[i] as f64 * xhat[i];
+            db[i] += dyr[i] as f64;
+        }
+    }
+    let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    (dx, to32(dw), if layer { to32(db) } else { Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::test_data::{check_gradient, rand_vec};
+
+    #[test]
+    fn norm_backward_matches_finite_differences() {
+        let (n, d) = (3, 12);
+        let x: Vec<f32> = rand_vec(1, n * d, 2.0);
+        let w = rand_vec(2, d, 1.0);
+        let b = rand_vec(3, d, 1.0);
+        let dy = rand_vec(4, n * d, 1.0);
+        for layer in [false, true] {
+            let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
+                if layer {
+                    layer_norm(x, w, b, 1e-5)
+                } else {
+                    rms_norm(x, w, 1e-5)
+                }
+            };
+            let (dx, dw, db) = norm_backward(&x, &w, layer, 1e-5, &dy);
+            check_gradient(&x, &dx, &dy, |x| fwd(x, &w, &b), "norm dx");
+            check_gradient(&w, &dw, &dy, |w| fwd(&x, w, &b), "norm dw");
+            if layer {
+                check_gradient(&b, &db, &dy, |b| fwd(&x, &w, b), "norm db");
+            }
+        }
+    }
+}

@@ -14,6 +14,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
+    ("norm_backward", include_str!("../../shaders/norm_backward.wgsl")),
+    ("act_backward", include_str!("../../shaders/act_backward.wgsl")),
+    ("embed_backward", include_str!("../../shaders/embed_backward.wgsl")),
+    ("rope_backward", include_str!("../../shaders/rope_backward.wgsl")),
+    ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
+    ("xent", include_str!("../../shaders/xent.wgsl")),
+    ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
+    ("adamw", include_str!("../../shaders/adamw.wgsl")),
 ];
 
 /// The source of one kernel family.

@@ -13,7 +13,12 @@ struct Params {
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("embed", vec![("POS", 0)]), ("embed", vec![("POS", 1)])]
+    let mut v = Vec::new();
+    for pos in [0, 1] {
+        v.push(("embed", vec![("POS", pos)]));
+        v.push(("embed_backward", vec![("POS", pos)]));
+    }
+    v
 }
 
 /// `out[r] = table[ids[r]] (+ pos_table[position of r])` for `n_rows` rows.
@@ -35,6 +40,27 @@ pub fn embed(
         buffers.extend([rows, pos_table]);
     }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
+}
+
+/// Gradient of [`embed`]: `d_table[ids[r]] += dy[r]` for `n_rows` rows; with `rows` (the
+/// row table) the positions' table instead, `d_pos[position of r] += dy[r]`.
+pub fn embed_backward(step: &mut Step, index: EmbedIndex, dy: &Tensor, d_table: &Tensor, n_rows: usize) {
+    let (table_rows, d) = (d_table.shape[0], d_table.shape[1]);
+    assert!(dy.numel() >= n_rows * d);
+    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: table_rows as u32, _pad: 0 };
+    let (index, pos) = match index {
+        EmbedIndex::Ids(ids) => (ids, 0),
+        EmbedIndex::Positions(rows) => (rows, 1),
+    };
+    let pipeline = step.gpu.pipeline("embed_backward", &[("POS", pos)]);
+    step.dispatch(pipeline, &params, &[index, dy, d_table], groups(d, 64));
+}
+
+/// Which table an embedding gradient goes to: token ids, or the row table's positions.
+#[derive(Clone, Copy)]
+pub enum EmbedIndex<'a> {
+    Ids(&'a Tensor),
+    Positions(&'a Tensor),
 }
 
 #[cfg(test)]
@@ -72,5 +98,33 @@ mod tests {
         }
         assert_close(&gpu.read_f32(&plain).unwrap(), &want, 0.0, "embed");
         assert_close(&gpu.read_f32(&with_pos).unwrap(), &want_pos, 1e-7, "embed+pos");
+    }
+
+    #[test]
+    fn embed_backward_adds_rows_by_index() {
+        let gpu = gpu();
+        let (v, d, p) = (11, 70, 9);
+        let ids = [3u32, 0, 10, 3];
+        let rows = [0u32, 5, 0, 6, 1, 0, 1, 5];
+        let dy = rand_vec(1, 4 * d, 1.0);
+        let it = gpu.upload_u32("ids", &[4], &ids).unwrap();
+        let rt = gpu.upload_u32("rows", &[4, 2], &rows).unwrap();
+        let dyt = gpu.upload_f32("dy", &[4, d], &dy).unwrap();
+        let dt = gpu.zeros("dt", &[v, d], DType::F32).unwrap();
+        let dp = gpu.zeros("dp", &[p, d], DType::F32).unwrap();
+        let mut step = Step::new(gpu);
+        embed_backward(&mut step, EmbedIndex::Ids(&it), &dyt, &dt, 4);
+        embed_backward(&mut step, EmbedIndex::Positions(&rt), &dyt, &dp, 4);
+        step.submit().unwrap();
+        let mut want = vec![0.0f32; v * d];
+        let mut want_pos = vec![0.0f32; p * d];
+        for r in 0..4 {
+            for i in 0..d {
+                want[ids[r] as usize * d + i] += dy[r * d + i];
+                want_pos[rows[2 * r + 1] as usize * d + i] += dy[r * d + i];
+            }
+        }
+        assert_close(&gpu.read_f32(&dt).unwrap(), &want, 1e-7, "token table");
+        assert_close(&gpu.read_f32(&dp).unwrap(), &want_pos, 1e-7, "position table");
     }
 }

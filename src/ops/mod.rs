@@ -7,8 +7,10 @@ pub mod embed;
 pub mod lcm;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod rope;
 pub mod stats;
+pub mod xent;
 
 use crate::gpu::shader::Define;
 
@@ -23,6 +25,8 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         act::variants(),
         stats::variants(),
         lcm::variants(),
+        xent::variants(),
+        optim::variants(),
     ]
     .concat()
 }

@@ -33,7 +33,12 @@ struct Params {
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("rope", vec![("ROPE", 0)]), ("rope", vec![("ROPE", 1)])]
+    let mut v = Vec::new();
+    for rope in [0, 1] {
+        v.push(("rope", vec![("ROPE", rope)]));
+        v.push(("rope_backward", vec![("ROPE", rope)]));
+    }
+    v
 }
 
 /// The head layout of the fused QKV projection.
@@ -82,6 +87,37 @@ pub fn rope_kv(
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }
 
+/// Gradient of [`rope_kv`]: `dqkv` rows from `dq` and the KV-cache-shaped `dk`, `dv`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_backward(
+    step: &mut Step,
+    rows: &Tensor,
+    heads: HeadShape,
+    tables: Option<(&Tensor, &Tensor)>,
+    dq: &Tensor,
+    (dk, dv): (&Tensor, &Tensor),
+    dqkv: &Tensor,
+    n_rows: usize,
+) {
+    assert!(dqkv.numel() >= n_rows * heads.qkv_width() && rows.numel() >= 2 * n_rows);
+    assert!(dq.numel() >= n_rows * heads.n_q * heads.dim);
+    assert_eq!(dk.shape[2..], [heads.n_kv, heads.dim]);
+    let params = Params {
+        n_rows: n_rows as u32,
+        n_q_heads: heads.n_q as u32,
+        n_kv_heads: heads.n_kv as u32,
+        head_dim: heads.dim as u32,
+        cache_len: dk.shape[1] as u32,
+        _p: [0; 3],
+    };
+    let pipeline = step.gpu.pipeline("rope_backward", &[("ROPE", tables.is_some() as u32)]);
+    let mut buffers = vec![rows, dq, dk, dv, dqkv];
+    if let Some((cos, sin)) = tables {
+        buffers.extend([cos, sin]);
+    }
+    step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +156,38 @@ mod tests {
             assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, "q");
             assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, "k cache");
             assert_close(&gpu.read_f32(&vc).unwrap(), &want_v, 0.0, "v cache");
+        }
+    }
+
+    #[test]
+    fn rope_kv_backward_matches_cpu() {
+        let gpu = gpu();
+        let heads = HeadShape { n_q: 4, n_kv: 2, dim: 16 };
+        let (seqs, cache_len) = (2, 40);
+        let rows = [(0usize, 0usize), (0, 1), (1, 37), (1, 5), (0, 39)];
+        let n = rows.len();
+        let cache_shape = [seqs, cache_len, heads.n_kv, heads.dim];
+        let cache_elems: usize = cache_shape.iter().product();
+        let dq = rand_vec(1, n * heads.n_q * heads.dim, 1.0);
+        let dk = rand_vec(2, cache_elems, 1.0);
+        let dv = rand_vec(3, cache_elems, 1.0);
+        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
+        let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
+        let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (dqt, dkt, dvt) =
+            (up("dq", &[dq.len()], &dq), up("dk", &cache_shape, &dk), up("dv", &cache_shape, &dv));
+        let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
+        let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
+        for rope in [true, false] {
+            let dqkv = gpu.zeros("dqkv", &[n, heads.qkv_width()], DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            let tables = rope.then_some((&cos_t, &sin_t));
+            rope_kv_backward(&mut step, &rows_t, heads, tables, &dqt, (&dkt, &dvt), &dqkv, n);
+            step.submit().unwrap();
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let cpu_tables = rope.then_some((&cos[..], &sin[..]));
+            let want = cpu::rope::rope_kv_backward(&dq, &dk, &dv, &rows, &h, cpu_tables, cache_len);
+            assert_close(&gpu.read_f32(&dqkv).unwrap(), &want, 1e-6, &format!("dqkv rope={rope}"));
         }
     }
 }

@@ -1,0 +1,25 @@
+// Backward of the embedding: d_table[index(r)] += dy[r] for every row r, where index(r) is
+// the row's token id, or with POS its position (GPT-2's learned positions). One thread per
+// column walks the rows in order, so rows sharing an index add up without atomics and the
+// sum is the same on every run.
+
+struct Params { n_rows: u32, d: u32, table_rows: u32, _p: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> index: array<u32>;  // ids, or with POS the row table
+@group(0) @binding(2) var<storage, read> dy: array<f32>;     // [n_rows, d]
+@group(0) @binding(3) var<storage, read_write> d_table: array<f32>;  // [table_rows, d]
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.d) { return; }
+    for (var r = 0u; r < p.n_rows; r++) {
+#if POS
+        let at = index[2u * r + 1u];
+#else
+        let at = index[r];
+#endif
+        d_table[min(at, p.table_rows - 1u) * p.d + i] += dy[r * p.d + i];
+    }
+}

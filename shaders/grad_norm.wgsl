@@ -1,0 +1,61 @@
+// Gradient norms for clipping and the log, without reading gradients back.
+// Default entry: partial sums of squares of one tensor, one per workgroup of CHUNK elements,
+// into partials[first + workgroup].
+// FINISH: one thread per tensor adds its partials in order (so the result never depends on
+// scheduling) into out[t]; then out[n_tensors] = global norm and out[n_tensors + 1] = the
+// clip factor min(1, clip / (norm + 1e-6)) (1 when clip = 0), as torch's clip_grad_norm_.
+
+struct Params { n: u32, first: u32, n_tensors: u32, clip: f32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 256u;
+const CHUNK: u32 = 4096u;
+
+#if FINISH
+@group(0) @binding(1) var<storage, read> partials: array<f32>;
+@group(0) @binding(2) var<storage, read> ranges: array<u32>;  // per tensor: first partial, count
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // [n_tensors + 2]
+var<workgroup> sums: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var own = 0.0;
+    for (var t = lid; t < p.n_tensors; t += WG) {
+        var s = 0.0;
+        let first = ranges[2u * t];
+        for (var i = 0u; i < ranges[2u * t + 1u]; i++) { s += partials[first + i]; }
+        out[t] = s;
+        own += s;
+    }
+    sums[lid] = own;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var i = 0u; i < WG; i++) { total += sums[i]; }
+        let norm = sqrt(total);
+        out[p.n_tensors] = norm;
+        out[p.n_tensors + 1u] = select(1.0, min(1.0, p.clip / (norm + 1e-6)), p.clip > 0.0);
+    }
+}
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let start = wid.x * CHUNK;
+    var s = 0.0;
+    for (var i = start + lid; i < min(start + CHUNK, p.n); i += WG) { s += x[i] * x[i]; }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+        if (lid < k) { red[lid] += red[lid + k]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { partials[p.first + wid.x] = red[0]; }
+}
+#endif

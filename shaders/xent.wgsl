@@ -1,0 +1,55 @@
+// Softmax cross-entropy, fused with its gradient. Per row of logits: loss = lse - z[target]
+// (0 for rows without a target), and the logits are replaced in place by
+// d loss_total / d z = scale * (softmax(z) - onehot(target)), where scale = 1 / (number of
+// targets in the batch) makes the total the mean. Rows without a target get zero gradient.
+// One workgroup per row.
+
+struct Params { n_rows: u32, vocab: u32, scale: f32, _p: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // [rows, vocab]
+@group(0) @binding(2) var<storage, read> targets: array<u32>;       // 0xffffffff = none
+@group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // [rows]
+
+const WG: u32 = 64u;
+var<workgroup> red: array<f32, WG>;
+
+fn reduce(v: f32, lid: u32, is_max: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.n_rows) { return; }
+    let lid = lid3.x;
+    let base = r * p.vocab;
+    let t = targets[r];
+    let has_target = t < p.vocab;
+    var m = -3.0e38;
+    for (var i = lid; i < p.vocab; i += WG) { m = max(m, logits[base + i]); }
+    m = reduce(m, lid, true);
+    var se = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) { se += exp(logits[base + i] - m); }
+    let lse = m + log(reduce(se, lid, false));
+    // Everyone reads the target logit before anyone overwrites the row.
+    let zt = select(0.0, logits[base + min(t, p.vocab - 1u)], has_target);
+    workgroupBarrier();
+    let scale = select(0.0, p.scale, has_target);
+    for (var i = lid; i < p.vocab; i += WG) {
+        let prob = exp(logits[base + i] - lse);
+        logits[base + i] = scale * (prob - select(0.0, 1.0, i == t));
+    }
+    if (lid == 0u) { loss[r] = select(0.0, lse - zt, has_target); }
+}

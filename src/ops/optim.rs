@@ -1,0 +1,165 @@
+//! The optimizer's kernels: gradient norms with the clip factor (`shaders/grad_norm.wgsl`)
+//! and the AdamW update (`shaders/adamw.wgsl`). Gradients never leave the GPU; only the
+//! per-tensor norms are read back, for the log.
+
+use super::groups;
+use crate::cpu::optim::AdamW;
+use crate::gpu::{shader::Define, DType, Gpu, Step, Tensor};
+use anyhow::Result;
+
+/// Elements per partial sum (the shader's CHUNK).
+const CHUNK: usize = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    n: u32,
+    first: u32,
+    n_tensors: u32,
+    clip: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamParams {
+    n: u32,
+    scale_at: u32,
+    decay: f32,
+    step_size: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    bc2_sqrt: f32,
+    _p: [u32; 3],
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("grad_norm", vec![("FINISH", 0)]), ("grad_norm", vec![("FINISH", 1)]), ("adamw", vec![])]
+}
+
+/// Sums of squares of a fixed list of tensors, their global norm and the clip factor.
+pub struct GradNorms {
+    sizes: Vec<usize>,
+    partials: Tensor,
+    ranges: Tensor,
+    /// `[n + 2]`: per-tensor sums of squares, then the global norm, then the clip factor.
+    pub out: Tensor,
+}
+
+impl GradNorms {
+    pub fn new(gpu: &Gpu, sizes: &[usize]) -> Result<GradNorms> {
+        let mut ranges = Vec::new();
+        let mut first = 0;
+        for &n in sizes {
+            let count = n.div_ceil(CHUNK).max(1);
+            ranges.extend([first as u32, count as u32]);
+            first += count;
+        }
+        Ok(GradNorms {
+            sizes: sizes.to_vec(),
+            partials: gpu.zeros("grad norm partials", &[first], DType::F32)?,
+            ranges: gpu.upload_u32("grad norm ranges", &[ranges.len()], &ranges)?,
+            out: gpu.zeros("grad norms", &[sizes.len() + 2], DType::F32)?,
+        })
+    }
+
+    /// Where the clip factor lands in [`GradNorms::out`].
+    pub fn scale_at(&self) -> usize {
+        self.sizes.len() + 1
+    }
+
+    /// Records the norms of `tensors` (in the order of `sizes`); `clip` 0 means no clipping.
+    pub fn record(&self, step: &mut Step, tensors: &[&Tensor], clip: f32) {
+        assert_eq!(tensors.len(), self.sizes.len());
+        let mut first = 0;
+        let pipeline = step.gpu.pipeline("grad_norm", &[("FINISH", 0)]);
+        for (t, &n) in tensors.iter().zip(&self.sizes) {
+            assert_eq!(t.numel(), n);
+            let count = n.div_ceil(CHUNK).max(1);
+            let params = NormParams { n: n as u32, first: first as u32, n_tensors: 0, clip };
+            step.dispatch(pipeline.clone(), &params, &[t, &self.partials], [count as u32, 1, 1]);
+            first += count;
+        }
+        let params = NormParams { n: 0, first: 0, n_tensors: self.sizes.len() as u32, clip };
+        let pipeline = step.gpu.pipeline("grad_norm", &[("FINISH", 1)]);
+        step.dispatch(pipeline, &params, &[&self.partials, &self.ranges, &self.out], [1, 1, 1]);
+    }
+}
+
+/// One AdamW update (step `t`, 1-based) of `param` from `grad` times the clip factor at
+/// `scale.1` of `scale.0`; `weight_decay` overrides the optimizer's for this tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(
+    step: &mut Step,
+    o: &AdamW,
+    t: u32,
+    weight_decay: f64,
+    (param, grad): (&Tensor, &Tensor),
+    (m, v): (&Tensor, &Tensor),
+    scale: (&Tensor, usize),
+) {
+    let n = param.numel();
+    assert!(grad.numel() == n && m.numel() == n && v.numel() == n && scale.1 < scale.0.numel());
+    let params = AdamParams {
+        n: n as u32,
+        scale_at: scale.1 as u32,
+        decay: (1.0 - o.lr * weight_decay) as f32,
+        step_size: (o.lr / (1.0 - o.beta1.powi(t as i32))) as f32,
+        beta2: o.beta2 as f32,
+        one_minus_beta1: (1.0 - o.beta1) as f32,
+        one_minus_beta2: (1.0 - o.beta2) as f32,
+        eps: o.eps as f32,
+        bc2_sqrt: (1.0 - o.beta2.powi(t as i32)).sqrt() as f32,
+        _p: [0; 3],
+    };
+    let pipeline = step.gpu.pipeline("adamw", &[]);
+    step.dispatch(pipeline, &params, &[param, grad, m, v, scale.0], groups(n, 256));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::ops::test_util::*;
+
+    #[test]
+    fn norms_clip_and_adamw_match_cpu() {
+        let gpu = gpu();
+        let sizes = [10_000, 3, 4096];
+        let grads: Vec<Vec<f32>> =
+            sizes.iter().enumerate().map(|(i, &n)| rand_vec(i as u64, n, 1.0)).collect();
+        let grad_t: Vec<Tensor> = grads.iter().map(|g| gpu.upload_f32("g", &[g.len()], g).unwrap()).collect();
+        let norms = GradNorms::new(gpu, &sizes).unwrap();
+        let clip = 10.0;
+        let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+        let p0 = rand_vec(9, sizes[0], 1.0);
+        let (mut p, mut m, mut v) = (p0.clone(), rand_vec(10, sizes[0], 0.1), rand_vec(11, sizes[0], 0.1));
+        v.iter_mut().for_each(|x| *x = x.abs());
+        let up = |d: &[f32]| gpu.upload_f32("t", &[d.len()], d).unwrap();
+        let (pt, mt, vt) = (up(&p), up(&m), up(&v));
+        let mut step = Step::new(gpu);
+        norms.record(&mut step, &grad_t.iter().collect::<Vec<_>>(), clip);
+        adamw(
+            &mut step,
+            &o,
+            3,
+            o.weight_decay,
+            (&pt, &grad_t[0]),
+            (&mt, &vt),
+            (&norms.out, norms.scale_at()),
+        );
+        step.submit().unwrap();
+        let got = gpu.read_f32(&norms.out).unwrap();
+        let sums: Vec<f64> = grads.iter().map(|g| g.iter().map(|x| (*x as f64).powi(2)).sum()).collect();
+        let total = sums.iter().sum::<f64>().sqrt();
+        let factor = (clip as f64 / (total + 1e-6)).min(1.0);
+        let want: Vec<f32> = sums.iter().chain([&total, &factor]).map(|x| *x as f32).collect();
+        assert!(factor < 1.0, "the test must clip");
+        assert_close(&got, &want, 1e-5, "norms");
+        cpu::optim::adamw_step(&o, 3, &mut p, &grads[0], &mut m, &mut v, factor);
+        assert_close(&gpu.read_f32(&pt).unwrap(), &p, 1e-6, "param");
+        assert_close(&gpu.read_f32(&mt).unwrap(), &m, 1e-6, "m");
+        assert_close(&gpu.read_f32(&vt).unwrap(), &v, 1e-6, "v");
+    }
+}

@@ -1,0 +1,62 @@
+//! Softmax cross-entropy fused with its gradient, `shaders/xent.wgsl`.
+
+use super::groups;
+use super::stats::NO_TARGET;
+use crate::gpu::{shader::Define, Step, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_rows: u32,
+    vocab: u32,
+    scale: f32,
+    _p: u32,
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("xent", vec![])]
+}
+
+/// Per row: `loss[r] = lse(z) - z[target]` (0 where the target is [`NO_TARGET`]), and
+/// `logits` replaced in place by `scale · (softmax(z) - onehot(target))`: with `scale` =
+/// 1 / number of targets, the gradient of the mean loss.
+pub fn cross_entropy(
+    step: &mut Step,
+    logits: &Tensor,
+    targets: &Tensor,
+    loss: &Tensor,
+    n_rows: usize,
+    scale: f32,
+) {
+    let vocab = *logits.shape.last().unwrap();
+    assert!(logits.numel() >= n_rows * vocab && targets.numel() >= n_rows && loss.numel() >= n_rows);
+    let params = Params { n_rows: n_rows as u32, vocab: vocab as u32, scale, _p: 0 };
+    let pipeline = step.gpu.pipeline("xent", &[]);
+    step.dispatch(pipeline, &params, &[logits, targets, loss], groups(n_rows, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::gpu::DType;
+    use crate::ops::test_util::*;
+
+    #[test]
+    fn cross_entropy_matches_cpu() {
+        let gpu = gpu();
+        let (n, v) = (4, 1000);
+        let z = rand_vec(1, n * v, 8.0);
+        let targets = [Some(7u32), None, Some(999), Some(0)];
+        let flat: Vec<u32> = targets.iter().map(|t| t.unwrap_or(NO_TARGET)).collect();
+        let zt = gpu.upload_f32("z", &[n, v], &z).unwrap();
+        let tt = gpu.upload_u32("t", &[n], &flat).unwrap();
+        let loss = gpu.zeros("loss", &[n], DType::F32).unwrap();
+        let mut step = Step::new(gpu);
+        cross_entropy(&mut step, &zt, &tt, &loss, n, 1.0 / 3.0);
+        step.submit().unwrap();
+        let (want_loss, want_grad) = cpu::stats::cross_entropy(&z, &targets);
+        assert_close(&gpu.read_f32(&loss).unwrap(), &want_loss, 1e-5, "loss");
+        assert_close(&gpu.read_f32(&zt).unwrap(), &want_grad, 1e-6, "dlogits");
+    }
+}
