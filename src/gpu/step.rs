@@ -23,6 +23,9 @@ enum Command {
         dst_offset: u64,
         bytes: u64,
     },
+    Clear {
+        buf: wgpu::Buffer,
+    },
 }
 
 pub struct Step<'g> {
@@ -84,6 +87,11 @@ impl<'g> Step<'g> {
         });
     }
 
+    /// Records zero-filling a whole tensor (gradients before they accumulate).
+    pub fn clear(&mut self, t: &Tensor) {
+        self.commands.push(Command::Clear { buf: t.buf.clone() });
+    }
+
     pub fn len(&self) -> usize {
         self.commands.len()
     }
@@ -93,7 +101,7 @@ impl<'g> Step<'g> {
     }
 
     /// Encodes everything and submits it. Runs of dispatches share one compute pass;
-    /// copies (rare: cache forks) split the pass.
+    /// copies and clears split the pass.
     pub fn submit(self) -> Result<()> {
         let gpu = self.gpu;
         gpu.check_lost()?;
@@ -110,10 +118,18 @@ impl<'g> Step<'g> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut commands = self.commands.iter().peekable();
         while commands.peek().is_some() {
-            if let Some(Command::Copy { src, src_offset, dst, dst_offset, bytes }) = commands.peek() {
-                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
-                commands.next();
-                continue;
+            match commands.peek() {
+                Some(Command::Copy { src, src_offset, dst, dst_offset, bytes }) => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
+                    commands.next();
+                    continue;
+                }
+                Some(Command::Clear { buf }) => {
+                    encoder.clear_buffer(buf, 0, None);
+                    commands.next();
+                    continue;
+                }
+                _ => {}
             }
             let mut pass = encoder.begin_compute_pass(&Default::default());
             while let Some(Command::Dispatch { pipeline, params_at, params_len, buffers, groups }) =

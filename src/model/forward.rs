@@ -59,6 +59,27 @@ pub struct Head {
     pub stats: Tensor,
 }
 
+/// The buffers one block reads and writes (see [`GpuModel::record_block`]): the residual
+/// stream before the block, after attention and after the MLP, and every intermediate the
+/// backward pass needs.
+pub struct BlockIo<'a> {
+    pub x_in: &'a Tensor,
+    pub x_mid: &'a Tensor,
+    pub x_out: &'a Tensor,
+    pub xn1: &'a Tensor,
+    pub stats1: &'a Tensor,
+    pub xn2: &'a Tensor,
+    pub stats2: &'a Tensor,
+    pub qkv: &'a Tensor,
+    pub q: &'a Tensor,
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub att: &'a Tensor,
+    pub lse: &'a Tensor,
+    pub up: &'a Tensor,
+    pub act: &'a Tensor,
+}
+
 impl KvCache {
     pub fn into_tensors(self) -> Vec<Tensor> {
         self.k.into_iter().chain(self.v).collect()
@@ -168,53 +189,81 @@ impl GpuModel {
         after_block: &mut dyn FnMut(&mut Step, usize, &Tensor),
     ) {
         assert!(n <= s.rows);
-        let c = &self.config;
-        let w = &self.weights;
-        let positions = w.pos_embed.as_ref().map(|p| (&s.row_table, p));
-        embed::embed(step, &s.ids, &w.embed, positions, &s.x, n);
-        let heads = c.head_shape();
-        let tables = self.rope.as_ref().map(|(cos, sin)| (cos, sin));
-        for (l, b) in w.blocks.iter().enumerate() {
-            norm::norm(
-                step,
-                c.norm(),
-                &s.x,
-                &b.attn_norm,
-                b.attn_norm_b.as_ref(),
-                c.norm_eps,
-                &s.xn,
-                &s.norm_stats,
-                (0, n),
-            );
-            matmul::linear(step, &s.xn, &b.qkv, b.qkv_b.as_ref(), &s.qkv, n, false);
-            rope::rope_kv(step, &s.qkv, &s.row_table, heads, tables, &s.q, (&cache.k[l], &cache.v[l]), n);
-            attention::attention(
-                step,
-                &s.q,
-                &s.row_table,
-                heads,
-                (&cache.k[l], &cache.v[l]),
-                &s.att,
-                &s.lse,
-                n,
-            );
-            matmul::linear(step, &s.att, &b.o, b.o_b.as_ref(), &s.x, n, true);
-            norm::norm(
-                step,
-                c.norm(),
-                &s.x,
-                &b.mlp_norm,
-                b.mlp_norm_b.as_ref(),
-                c.norm_eps,
-                &s.xn,
-                &s.norm_stats,
-                (0, n),
-            );
-            matmul::linear(step, &s.xn, &b.up, b.up_b.as_ref(), &s.up, n, false);
-            act::activation(step, c.activation(), &s.up, &s.act, n, c.ffn);
-            matmul::linear(step, &s.act, &b.down, b.down_b.as_ref(), &s.x, n, true);
+        self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
+        for l in 0..self.config.layers {
+            let io = BlockIo {
+                x_in: &s.x,
+                x_mid: &s.x,
+                x_out: &s.x,
+                xn1: &s.xn,
+                stats1: &s.norm_stats,
+                xn2: &s.xn,
+                stats2: &s.norm_stats,
+                qkv: &s.qkv,
+                q: &s.q,
+                k_cache: &cache.k[l],
+                v_cache: &cache.v[l],
+                att: &s.att,
+                lse: &s.lse,
+                up: &s.up,
+                act: &s.act,
+            };
+            self.record_block(step, l, &io, &s.row_table, n);
             after_block(step, l, &s.x);
         }
+    }
+
+    /// Records the token (and learned position) embedding of `n` rows into `x`.
+    pub fn record_embed(&self, step: &mut Step, ids: &Tensor, row_table: &Tensor, x: &Tensor, n: usize) {
+        let w = &self.weights;
+        let positions = w.pos_embed.as_ref().map(|p| (row_table, p));
+        embed::embed(step, ids, &w.embed, positions, x, n);
+    }
+
+    /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` with
+    /// `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
+    /// stream is updated in place; training keeps them apart for the backward pass.
+    pub fn record_block(&self, step: &mut Step, l: usize, io: &BlockIo, rows: &Tensor, n: usize) {
+        let c = &self.config;
+        let b = &self.weights.blocks[l];
+        let heads = c.head_shape();
+        let tables = self.rope.as_ref().map(|(cos, sin)| (cos, sin));
+        let hidden = n * c.hidden;
+        norm::norm(
+            step,
+            c.norm(),
+            io.x_in,
+            &b.attn_norm,
+            b.attn_norm_b.as_ref(),
+            c.norm_eps,
+            io.xn1,
+            io.stats1,
+            (0, n),
+        );
+        matmul::linear(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, n, false);
+        rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, (io.k_cache, io.v_cache), n);
+        attention::attention(step, io.q, rows, heads, (io.k_cache, io.v_cache), io.att, io.lse, n);
+        if !std::ptr::eq(io.x_in, io.x_mid) {
+            step.copy(io.x_in, 0, io.x_mid, 0, hidden);
+        }
+        matmul::linear(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, n, true);
+        norm::norm(
+            step,
+            c.norm(),
+            io.x_mid,
+            &b.mlp_norm,
+            b.mlp_norm_b.as_ref(),
+            c.norm_eps,
+            io.xn2,
+            io.stats2,
+            (0, n),
+        );
+        matmul::linear(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, n, false);
+        act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
+        if !std::ptr::eq(io.x_mid, io.x_out) {
+            step.copy(io.x_mid, 0, io.x_out, 0, hidden);
+        }
+        matmul::linear(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, n, true);
     }
 
     /// Records the final norm, LM head and logit statistics for rows

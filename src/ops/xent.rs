@@ -1,7 +1,6 @@
 //! Softmax cross-entropy fused with its gradient, `shaders/xent.wgsl`.
 
 use super::groups;
-use super::stats::NO_TARGET;
 use crate::gpu::{shader::Define, Step, Tensor};
 
 #[repr(C)]
@@ -17,7 +16,7 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     vec![("xent", vec![])]
 }
 
-/// Per row: `loss[r] = lse(z) - z[target]` (0 where the target is [`NO_TARGET`]), and
+/// Per row: `loss[r] = lse(z) - z[target]` (0 where the target is [`NO_TARGET`](super::stats::NO_TARGET)), and
 /// `logits` replaced in place by `scale · (softmax(z) - onehot(target))`: with `scale` =
 /// 1 / number of targets, the gradient of the mean loss.
 pub fn cross_entropy(
@@ -40,6 +39,7 @@ mod tests {
     use super::*;
     use crate::cpu;
     use crate::gpu::DType;
+    use crate::ops::stats::NO_TARGET;
     use crate::ops::test_util::*;
 
     #[test]
