@@ -18,3 +18,4 @@ pub mod ops;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod pull;
 pub mod tokenize;
+pub mod train;

@@ -125,6 +125,11 @@ impl GpuModel {
         Ok(GpuModel { config: cfg.clone(), weights, rope })
     }
 
+    /// The rotary (cos, sin) tables; None for learned positions.
+    pub fn rope_tables(&self) -> Option<(&Tensor, &Tensor)> {
+        self.rope.as_ref().map(|(cos, sin)| (cos, sin))
+    }
+
     /// Bytes a KV cache of `seqs × len` positions takes.
     pub fn kv_bytes(&self, seqs: usize, len: usize) -> u64 {
         let c = &self.config;
@@ -227,7 +232,7 @@ impl GpuModel {
         let c = &self.config;
         let b = &self.weights.blocks[l];
         let heads = c.head_shape();
-        let tables = self.rope.as_ref().map(|(cos, sin)| (cos, sin));
+        let tables = self.rope_tables();
         let hidden = n * c.hidden;
         norm::norm(
             step,

@@ -99,6 +99,19 @@ impl<T> Weights<T> {
     pub fn head(&self) -> &T {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+
+    /// Every tensor with Keel's name (`embed`, `blocks.3.qkv`, ...), in a fixed order.
+    pub fn named(&self) -> Vec<(String, &T)> {
+        let mut v = vec![("embed".to_string(), &self.embed)];
+        v.extend(self.pos_embed.as_ref().map(|t| ("pos_embed".to_string(), t)));
+        for (l, b) in self.blocks.iter().enumerate() {
+            v.extend(b.named().into_iter().map(|(name, t)| (format!("blocks.{l}.{name}"), t)));
+        }
+        v.push(("final_norm".to_string(), &self.final_norm));
+        v.extend(self.final_norm_b.as_ref().map(|t| ("final_norm_b".to_string(), t)));
+        v.extend(self.lm_head.as_ref().map(|t| ("lm_head".to_string(), t)));
+        v
+    }
 }
 
 /// Takes tensors out of a name → tensor map, checking shapes.

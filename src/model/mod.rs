@@ -1,6 +1,8 @@
 //! Models as data: config ([`config`]), file formats ([`load`], [`gguf`]), Keel's weight
-//! layout ([`layout`]) and the forward pass on the GPU ([`forward`]).
+//! layout ([`layout`]) and the forward and backward passes on the GPU ([`forward`],
+//! [`backward`]).
 
+pub mod backward;
 pub mod config;
 pub mod forward;
 pub mod gguf;

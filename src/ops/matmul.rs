@@ -182,6 +182,32 @@ pub fn linear(
     );
 }
 
+/// Gradients of [`linear`] over `rows` rows, given `dy`:
+/// `dx (+)= dy · W` (when `dx` is given), `dW += dyᵀ · x`, `db += Σ_rows dy`.
+/// `ones` is a tensor of at least `rows` ones (the bias gradient is a product with it).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    step: &mut Step,
+    (x, w): (&Tensor, &Tensor),
+    dy: &Tensor,
+    dx: Option<(&Tensor, bool)>,
+    (dw, db): (&Tensor, Option<&Tensor>),
+    ones: &Tensor,
+    rows: usize,
+) {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    if let Some((dx, accumulate)) = dx {
+        let (a, b, c) = (Mat::rows(dy, 0, out), Mat::rows(w, 0, inp), Mat::rows(dx, 0, inp));
+        matmul(step, a, b, c, (rows, inp, out), None, accumulate);
+    }
+    let (a, b, c) = (Mat::transposed(dy, 0, out), Mat::rows(x, 0, inp), Mat::rows(dw, 0, inp));
+    matmul(step, a, b, c, (out, inp, rows), None, true);
+    if let Some(db) = db {
+        let (a, b, c) = (Mat::rows(ones, 0, rows), Mat::rows(dy, 0, out), Mat::rows(db, 0, out));
+        matmul(step, a, b, c, (1, out, rows), None, true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +368,35 @@ mod tests {
         }
         assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-4, "dx");
         assert_close(&gpu.read_f32(&dw).unwrap(), &want_dw, 1e-4, "dw");
+    }
+
+    #[test]
+    fn linear_backward_matches_cpu() {
+        let gpu = gpu();
+        let (m, n, k) = (37, 20, 48);
+        let x = rand_vec(1, m * k, 1.0);
+        let w = rand_vec(2, n * k, 1.0);
+        let dy = rand_vec(3, m * n, 1.0);
+        let dx0 = rand_vec(4, m * k, 1.0);
+        let up = |name, shape: &[usize], d: &[f32]| gpu.upload_f32(name, shape, d).unwrap();
+        let (xt, wt, dyt, dxt) =
+            (up("x", &[m, k], &x), up("w", &[n, k], &w), up("dy", &[m, n], &dy), up("dx", &[m, k], &dx0));
+        let (dw, db) = (up("dw", &[n, k], &w), up("db", &[n], &dy[..n]));
+        let ones = up("ones", &[m], &vec![1.0; m]);
+        let mut step = Step::new(gpu);
+        linear_backward(&mut step, (&xt, &wt), &dyt, Some((&dxt, true)), (&dw, Some(&db)), &ones, m);
+        step.submit().unwrap();
+        // dx = dy · W, dW = dyᵀ · x, db = column sums of dy; the buffers held dx0, w, dy[..n].
+        let t = |a: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..rows * cols).map(|i| a[(i % rows) * cols + i / rows]).collect()
+        };
+        let mut want_dx = cpu::matmul::linear(&dy, &t(&w, n, k), None, m, k, n);
+        want_dx.iter_mut().zip(&dx0).for_each(|(a, b)| *a += b);
+        let mut want_dw = cpu::matmul::linear(&t(&dy, m, n), &t(&x, m, k), None, n, k, m);
+        want_dw.iter_mut().zip(&w).for_each(|(a, b)| *a += b);
+        let want_db: Vec<f32> = (0..n).map(|o| dy[o] + (0..m).map(|r| dy[r * n + o]).sum::<f32>()).collect();
+        assert_close(&gpu.read_f32(&dxt).unwrap(), &want_dx, 1e-4, "dx");
+        assert_close(&gpu.read_f32(&dw).unwrap(), &want_dw, 1e-4, "dW");
+        assert_close(&gpu.read_f32(&db).unwrap(), &want_db, 1e-4, "db");
     }
 }

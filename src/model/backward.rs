@@ -1,0 +1,193 @@
+//! The backward pass on the GPU, the mirror of [`forward`](super::forward): the LM head,
+//! then every block in reverse, then the embedding. Each function takes the gradient of
+//! the loss with respect to its output in `bw.dx` and leaves the gradient with respect to
+//! its input there, adding parameter gradients into a [`Weights`] of gradient tensors.
+
+use super::forward::{BlockIo, GpuModel};
+use super::layout::{Block, Weights};
+use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::ops::embed::EmbedIndex;
+use crate::ops::{act, attention, embed, matmul, norm, rope};
+use anyhow::Result;
+
+/// Working buffers of the backward pass over `rows` rows (`batch` sequences).
+pub struct BackwardBufs {
+    /// Gradient of the residual stream.
+    pub dx: Tensor,
+    dxn: Tensor,
+    d_act: Tensor,
+    d_up: Tensor,
+    d_att: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    delta: Tensor,
+    d_qkv: Tensor,
+    /// `rows` ones: bias gradients are products with it.
+    ones: Tensor,
+}
+
+impl BackwardBufs {
+    pub fn new(gpu: &Gpu, model: &GpuModel, batch: usize, seq_len: usize) -> Result<BackwardBufs> {
+        let c = &model.config;
+        let rows = batch * seq_len;
+        let heads = c.head_shape();
+        let f = |name: &str, cols: usize| gpu.zeros(name, &[rows, cols], DType::F32);
+        let kv_shape = [batch, seq_len, c.kv_heads, c.head_dim];
+        Ok(BackwardBufs {
+            dx: f("dx", c.hidden)?,
+            dxn: f("dxn", c.hidden)?,
+            d_act: f("d act", c.ffn)?,
+            d_up: f("d up", c.up_width())?,
+            d_att: f("d att", c.heads * c.head_dim)?,
+            dq: f("dq", c.heads * c.head_dim)?,
+            dk: gpu.zeros("dk", &kv_shape, DType::F32)?,
+            dv: gpu.zeros("dv", &kv_shape, DType::F32)?,
+            delta: f("attention delta", c.heads)?,
+            d_qkv: f("d qkv", heads.qkv_width())?,
+            ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        [
+            &self.dx,
+            &self.dxn,
+            &self.d_act,
+            &self.d_up,
+            &self.d_att,
+            &self.dq,
+            &self.dk,
+            &self.dv,
+            &self.delta,
+            &self.d_qkv,
+            &self.ones,
+        ]
+        .iter()
+        .map(|t| t.bytes())
+        .sum()
+    }
+}
+
+/// What the LM head's forward pass saved: its input `x` (the last residual stream), the
+/// final norm's output and statistics, and the logits, already replaced by their gradient.
+pub struct HeadSaved<'a> {
+    pub x: &'a Tensor,
+    pub xn: &'a Tensor,
+    pub stats: &'a Tensor,
+    pub d_logits: &'a Tensor,
+}
+
+impl GpuModel {
+    /// Backward of the final norm and LM head: writes `bw.dx`.
+    pub fn record_head_backward(
+        &self,
+        step: &mut Step,
+        saved: &HeadSaved,
+        grads: &Weights<Tensor>,
+        bw: &BackwardBufs,
+        n: usize,
+    ) {
+        let c = &self.config;
+        let w = &self.weights;
+        let lm = (saved.xn, w.head());
+        matmul::linear_backward(
+            step,
+            lm,
+            saved.d_logits,
+            Some((&bw.dxn, false)),
+            (grads.head(), None),
+            &bw.ones,
+            n,
+        );
+        let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };
+        norm::norm_backward(step, c.norm(), x, &w.final_norm, &bw.dxn, &bw.dx, n, false);
+        norm::norm_weight_grad(step, x, &bw.dxn, &grads.final_norm, grads.final_norm_b.as_ref(), n);
+    }
+
+    /// Backward of block `l` (whose forward pass left `io`): `bw.dx` goes from the
+    /// gradient at `x_out` to the gradient at `x_in`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_block_backward(
+        &self,
+        step: &mut Step,
+        l: usize,
+        io: &BlockIo,
+        rows: &Tensor,
+        grads: &Block<Tensor>,
+        bw: &BackwardBufs,
+        n: usize,
+    ) {
+        let c = &self.config;
+        let b = &self.weights.blocks[l];
+        let g = grads;
+        let ones = &bw.ones;
+        // MLP: x_out = x_mid + down(act(up(norm(x_mid)))).
+        let down = (io.act, &b.down);
+        matmul::linear_backward(
+            step,
+            down,
+            &bw.dx,
+            Some((&bw.d_act, false)),
+            (&g.down, g.down_b.as_ref()),
+            ones,
+            n,
+        );
+        act::activation_backward(step, c.activation(), io.up, &bw.d_act, &bw.d_up, n, c.ffn);
+        let up = (io.xn2, &b.up);
+        matmul::linear_backward(
+            step,
+            up,
+            &bw.d_up,
+            Some((&bw.dxn, false)),
+            (&g.up, g.up_b.as_ref()),
+            ones,
+            n,
+        );
+        let mid = norm::Saved { x: io.x_mid, offset: 0, stats: io.stats2 };
+        norm::norm_backward(step, c.norm(), mid, &b.mlp_norm, &bw.dxn, &bw.dx, n, true);
+        norm::norm_weight_grad(step, mid, &bw.dxn, &g.mlp_norm, g.mlp_norm_b.as_ref(), n);
+        // Attention: x_mid = x_in + o(attention(rope(qkv(norm(x_in))))).
+        let o = (io.att, &b.o);
+        matmul::linear_backward(step, o, &bw.dx, Some((&bw.d_att, false)), (&g.o, g.o_b.as_ref()), ones, n);
+        let saved = attention::Saved {
+            q: io.q,
+            rows,
+            k_cache: io.k_cache,
+            v_cache: io.v_cache,
+            out: io.att,
+            lse: io.lse,
+        };
+        let heads = c.head_shape();
+        attention::attention_backward(step, saved, heads, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
+        rope::rope_kv_backward(step, rows, heads, self.rope_tables(), &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
+        let qkv = (io.xn1, &b.qkv);
+        matmul::linear_backward(
+            step,
+            qkv,
+            &bw.d_qkv,
+            Some((&bw.dxn, false)),
+            (&g.qkv, g.qkv_b.as_ref()),
+            ones,
+            n,
+        );
+        let input = norm::Saved { x: io.x_in, offset: 0, stats: io.stats1 };
+        norm::norm_backward(step, c.norm(), input, &b.attn_norm, &bw.dxn, &bw.dx, n, true);
+        norm::norm_weight_grad(step, input, &bw.dxn, &g.attn_norm, g.attn_norm_b.as_ref(), n);
+    }
+
+    /// Backward of the embedding: adds `bw.dx` into the token (and position) tables' gradients.
+    pub fn record_embed_backward(
+        &self,
+        step: &mut Step,
+        (ids, rows): (&Tensor, &Tensor),
+        grads: &Weights<Tensor>,
+        bw: &BackwardBufs,
+        n: usize,
+    ) {
+        embed::embed_backward(step, EmbedIndex::Ids(ids), &bw.dx, &grads.embed, n);
+        if let Some(d_pos) = &grads.pos_embed {
+            embed::embed_backward(step, EmbedIndex::Positions(rows), &bw.dx, d_pos, n);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The buffers and recording of one training micro-batch on the GPU: embedding, every
+//! block with its activations kept for the backward pass (or recomputed), the LM head
+//! with the fused cross-entropy, and the whole backward pass, all in one [`Step`].
+//!
+//! Rows are `batch × seq_len` tokens, row `b · seq_len + t` being position `t` of sequence
+//! `b`; each layer's "KV cache" is simply its keys and values for the batch.
+
+use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::model::backward::{BackwardBufs, HeadSaved};
+use crate::model::forward::{BlockIo, GpuModel};
+use crate::model::layout::Weights;
+use crate::ops::{matmul, norm, xent};
+use anyhow::{bail, Result};
+
+/// Whether each block's activations stay in memory from the forward to the backward pass
+/// (fast), or only its input does and the block's forward pass is run again just before
+/// its backward pass (about a third more compute, a fraction of the memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationMemory {
+    Keep,
+    Recompute,
+}
+
+/// What one block's forward pass leaves for its backward pass (besides its input).
+struct BlockActs {
+    x_mid: Tensor,
+    xn1: Tensor,
+    stats1: Tensor,
+    xn2: Tensor,
+    stats2: Tensor,
+    qkv: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    att: Tensor,
+    lse: Tensor,
+    up: Tensor,
+    act: Tensor,
+}
+
+impl BlockActs {
+    fn new(gpu: &Gpu, model: &GpuModel, batch: usize, seq_len: usize) -> Result<BlockActs> {
+        let c = &model.config;
+        let rows = batch * seq_len;
+        let f = |name: &str, cols: usize| gpu.zeros(name, &[rows, cols], DType::F32);
+        let kv_shape = [batch, seq_len, c.kv_heads, c.head_dim];
+        Ok(BlockActs {
+            x_mid: f("x mid", c.hidden)?,
+            xn1: f("xn1", c.hidden)?,
+            stats1: f("norm1 stats", 2)?,
+            xn2: f("xn2", c.hidden)?,
+            stats2: f("norm2 stats", 2)?,
+            qkv: f("qkv", c.head_shape().qkv_width())?,
+            q: f("q", c.heads * c.head_dim)?,
+            k: gpu.zeros("k", &kv_shape, DType::F32)?,
+            v: gpu.zeros("v", &kv_shape, DType::F32)?,
+            att: f("att", c.heads * c.head_dim)?,
+            lse: f("lse", c.heads)?,
+            up: f("up", c.up_width())?,
+            act: f("act", c.ffn)?,
+        })
+    }
+
+    fn io<'a>(&'a self, x_in: &'a Tensor, x_out: &'a Tensor) -> BlockIo<'a> {
+        BlockIo {
+            x_in,
+            x_mid: &self.x_mid,
+            x_out,
+            xn1: &self.xn1,
+            stats1: &self.stats1,
+            xn2: &self.xn2,
+            stats2: &self.stats2,
+            qkv: &self.qkv,
+            q: &self.q,
+            k_cache: &self.k,
+            v_cache: &self.v,
+            att: &self.att,
+            lse: &self.lse,
+            up: &self.up,
+            act: &self.act,
+        }
+    }
+
+    fn tensors(&self) -> [&Tensor; 13] {
+        [
+            &self.x_mid,
+            &self.xn1,
+            &self.stats1,
+            &self.xn2,
+            &self.stats2,
+            &self.qkv,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att,
+            &self.lse,
+            &self.up,
+            &self.act,
+        ]
+    }
+}
+
+/// The GPU buffers of a training micro-batch of fixed shape.
+pub struct TrainGraph {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub memory: ActivationMemory,
+    ids: Tensor,
+    targets: Tensor,
+    row_table: Tensor,
+    /// The residual stream before each block and after the last: `layers + 1` tensors.
+    xs: Vec<Tensor>,
+    /// One set per block (Keep) or one shared set (Recompute).
+    acts: Vec<BlockActs>,
+    xn_final: Tensor,
+    stats_final: Tensor,
+    logits: Tensor,
+    loss: Tensor,
+    bw: BackwardBufs,
+}
+
+impl TrainGraph {
+    pub fn new(
+        gpu: &Gpu,
+        model: &GpuModel,
+        batch: usize,
+        seq_len: usize,
+        memory: ActivationMemory,
+    ) -> Result<TrainGraph> {
+        let c = &model.config;
+        if batch == 0 || seq_len == 0 {
+            bail!("batch and sequence length must be at least 1 (got --batch {batch}, --seq-len {seq_len})");
+        }
+        if seq_len > c.max_positions {
+            bail!("--seq-len {seq_len} exceeds the model's context of {} tokens", c.max_positions);
+        }
+        let rows = batch * seq_len;
+        let table: Vec<u32> = (0..rows).flat_map(|r| [(r / seq_len) as u32, (r % seq_len) as u32]).collect();
+        let n_acts = if memory == ActivationMemory::Keep { c.layers } else { 1 };
+        Ok(TrainGraph {
+            batch,
+            seq_len,
+            memory,
+            ids: gpu.zeros("train ids", &[rows], DType::U32)?,
+            targets: gpu.zeros("train targets", &[rows], DType::U32)?,
+            row_table: gpu.upload_u32("train row table", &[rows, 2], &table)?,
+            xs: (0..=c.layers)
+                .map(|_| gpu.zeros("x", &[rows, c.hidden], DType::F32))
+                .collect::<Result<_>>()?,
+            acts: (0..n_acts).map(|_| BlockActs::new(gpu, model, batch, seq_len)).collect::<Result<_>>()?,
+            xn_final: gpu.zeros("xn final", &[rows, c.hidden], DType::F32)?,
+            stats_final: gpu.zeros("final norm stats", &[rows, 2], DType::F32)?,
+            logits: gpu.zeros("logits", &[rows, c.vocab], DType::F32)?,
+            loss: gpu.zeros("loss", &[rows], DType::F32)?,
+            bw: BackwardBufs::new(gpu, model, batch, seq_len)?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq_len
+    }
+
+    /// GPU memory the micro-batch's buffers take (activations and backward scratch).
+    pub fn bytes(&self) -> u64 {
+        let acts: u64 = self.acts.iter().flat_map(|a| a.tensors()).map(Tensor::bytes).sum();
+        let own = [
+            &self.ids,
+            &self.targets,
+            &self.row_table,
+            &self.xn_final,
+            &self.stats_final,
+            &self.logits,
+            &self.loss,
+        ];
+        acts + self.xs.iter().map(Tensor::bytes).sum::<u64>()
+            + own.iter().map(|t| t.bytes()).sum::<u64>()
+            + self.bw.bytes()
+    }
+
+    /// Writes a micro-batch: `batch` rows of `seq_len + 1` ids (inputs, then the last target).
+    pub fn write_batch(&self, gpu: &Gpu, rows: &[&[u32]], vocab: usize) -> Result<()> {
+        if rows.len() != self.batch {
+            bail!("a micro-batch needs {} rows, got {}", self.batch, rows.len());
+        }
+        let mut ids = Vec::with_capacity(self.rows());
+        let mut targets = Vec::with_capacity(self.rows());
+        for (i, row) in rows.iter().enumerate() {
+            if row.len() != self.seq_len + 1 {
+                bail!("row {i} has {} ids, expected --seq-len + 1 = {}", row.len(), self.seq_len + 1);
+            }
+            if let Some(&bad) = row.iter().find(|&&id| id as usize >= vocab) {
+                bail!("row {i} holds token id {bad}, beyond the model's vocabulary of {vocab}");
+            }
+            ids.extend_from_slice(&row[..self.seq_len]);
+            targets.extend_from_slice(&row[1..]);
+        }
+        gpu.write_u32(&self.ids, &ids);
+        gpu.write_u32(&self.targets, &targets);
+        Ok(())
+    }
+
+    fn acts_for(&self, l: usize) -> &BlockActs {
+        &self.acts[if self.memory == ActivationMemory::Keep { l } else { 0 }]
+    }
+
+    /// Records forward, loss and backward of the written micro-batch, adding parameter
+    /// gradients into `grads`. `loss_scale` is 1 / (targets over all micro-batches of the
+    /// step), so the gradients are those of the mean loss.
+    pub fn record(&self, step: &mut Step, model: &GpuModel, grads: &Weights<Tensor>, loss_scale: f32) {
+        let c = &model.config;
+        let w = &model.weights;
+        let n = self.rows();
+        let layers = c.layers;
+        model.record_embed(step, &self.ids, &self.row_table, &self.xs[0], n);
+        for l in 0..layers {
+            model.record_block(
+                step,
+                l,
+                &self.acts_for(l).io(&self.xs[l], &self.xs[l + 1]),
+                &self.row_table,
+                n,
+            );
+        }
+        let x_last = &self.xs[layers];
+        let final_b = w.final_norm_b.as_ref();
+        norm::norm(
+            step,
+            c.norm(),
+            x_last,
+            &w.final_norm,
+            final_b,
+            c.norm_eps,
+            &self.xn_final,
+            &self.stats_final,
+            (0, n),
+        );
+        matmul::linear(step, &self.xn_final, w.head(), None, &self.logits, n, false);
+        xent::cross_entropy(step, &self.logits, &self.targets, &self.loss, n, loss_scale);
+
+        let head =
+            HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
+        model.record_head_backward(step, &head, grads, &self.bw, n);
+        for l in (0..layers).rev() {
+            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1]);
+            if self.memory == ActivationMemory::Recompute {
+                model.record_block(step, l, &io, &self.row_table, n);
+            }
+            model.record_block_backward(step, l, &io, &self.row_table, &grads.blocks[l], &self.bw, n);
+        }
+        model.record_embed_backward(step, (&self.ids, &self.row_table), grads, &self.bw, n);
+    }
+
+    /// The summed loss of the last recorded micro-batch (read back).
+    pub fn read_loss_sum(&self, gpu: &Gpu) -> Result<f64> {
+        Ok(gpu.read_f32(&self.loss)?.iter().map(|&l| l as f64).sum())
+    }
+}
