@@ -1,4 +1,4 @@
-// C = A · B (+ bias) (+= C with ACC), all f32. A is M×K and B is K×N, each given by an offset
+// C = scale · A · B (+ bias) (+= C with ACC), all f32. A is M×K and B is K×N, each given by an offset
 // and row/column strides, so one kernel serves x·Wᵀ (forward), dy·W (input gradient) and
 // dyᵀ·x (weight gradient). Each thread computes a 4×4 block of C from registers (no
 // workgroup memory: faster on CPU adapters and competitive on GPUs). With KVEC4, A and B
@@ -7,7 +7,7 @@
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
-    b_off: u32, b_rs: u32, b_cs: u32, _pad: u32,
+    b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,7 +66,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + j;
             if (col >= p.n) { break; }
-            var v = acc[i][j];
+            var v = acc[i][j] * p.scale;
 #if BIAS
             v += bias[col];
 #endif

@@ -10,7 +10,7 @@
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
-    b_off: u32, b_rs: u32, b_cs: u32, _pad: u32,
+    b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -71,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var sum = vec4<f32>();
     for (var s = 0u; s < TPR; s++) { sum += part[first + s * RPT]; }
     for (var i = 0u; i < MR; i++) {
-        var v = sum[i];
+        var v = sum[i] * p.scale;
 #if BIAS
         v += bias[col];
 #endif

@@ -80,12 +80,20 @@ fn check_training(name: &str, model_path: &str, check_losses: usize, memory: Act
         if s == 0 {
             let grads = trainer.download(&trainer.grads).unwrap();
             let want_norms = train["step0_grad_norms"].as_object().unwrap();
-            let got: Vec<keel::model::weights::HostTensor> = { let _ = (&grads, &cfg); vec![] };
+            let got: Vec<keel::model::weights::HostTensor> = {
+                let _ = (&grads, &cfg);
+                vec![]
+            };
             // assert_eq!(got.len(), want_norms.len(), "{name}: number of parameters");
             for t in got {
                 let norm = t.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-                let want = want_norms[&t.name].as_f64().unwrap_or_else(|| panic!("no golden norm for {}", t.name));
-                assert!((norm - want).abs() <= 1e-3 * want, "{name}: step-0 grad norm of {}: {norm} vs {want}", t.name);
+                let want =
+                    want_norms[&t.name].as_f64().unwrap_or_else(|| panic!("no golden norm for {}", t.name));
+                assert!(
+                    (norm - want).abs() <= 1e-3 * want,
+                    "{name}: step-0 grad norm of {}: {norm} vs {want}",
+                    t.name
+                );
             }
         }
     }

@@ -39,7 +39,7 @@ struct Params {
     b_off: u32,
     b_rs: u32,
     b_cs: u32,
-    _pad: u32,
+    scale: f32,
 }
 
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
@@ -108,7 +108,21 @@ pub fn matmul(
     accumulate: bool,
 ) {
     let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, bias, accumulate, tile);
+    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile);
+}
+
+/// `C (+)= scale · A · B` (LoRA's scaled low-rank products).
+pub fn matmul_scaled(
+    step: &mut Step,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    mnk: (usize, usize, usize),
+    scale: f32,
+    accumulate: bool,
+) {
+    let tile = Tile::for_adapter(step.gpu);
+    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile);
 }
 
 /// [`matmul`] with the matvec tiling given (tests run both on any adapter).
@@ -119,7 +133,7 @@ fn matmul_tiled(
     b: Mat,
     c: Mat,
     (m, n, k): (usize, usize, usize),
-    bias: Option<&Tensor>,
+    (scale, bias): (f32, Option<&Tensor>),
     accumulate: bool,
     tile: Tile,
 ) {
@@ -144,7 +158,7 @@ fn matmul_tiled(
         b_off: (b.off / unit) as u32,
         b_rs: b.rs as u32,
         b_cs: (b.cs / unit) as u32,
-        _pad: 0,
+        scale,
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let mut buffers = vec![a.t, b.t, c.t];
@@ -234,7 +248,7 @@ mod tests {
                 Mat::transposed(&wt, 0, k),
                 Mat::rows(&yt, 0, n),
                 (m, n, k),
-                bias.then_some(&bt),
+                (1.0, bias.then_some(&bt)),
                 acc,
                 tile,
             ),
@@ -282,7 +296,7 @@ mod tests {
     }
 
     /// Offsets and strides: A's rows inside a wider matrix (aligned: vec4 loads; not: scalar
-    /// loads although k % 4 == 0), C written into a block of a wider one, accumulating.
+    /// loads although k % 4 == 0), C written into a block of a wider one, accumulating, scaled.
     #[test]
     fn matvec_strided_matches_cpu() {
         let gpu = gpu();
@@ -298,7 +312,7 @@ mod tests {
             for i in 0..m {
                 for j in 0..n {
                     let dot: f32 = (0..k).map(|l| a[a_off + i * a_rs + l] * w[j * k + l]).sum();
-                    want[c_off + i * c_rs + j] += dot;
+                    want[c_off + i * c_rs + j] += 0.5 * dot;
                 }
             }
             for tile in [Tile::GPU, Tile::CPU] {
@@ -310,7 +324,7 @@ mod tests {
                     Mat::transposed(&wt, 0, k),
                     Mat { t: &ct, off: c_off, rs: c_rs, cs: 1 },
                     (m, n, k),
-                    None,
+                    (0.5, None),
                     true,
                     tile,
                 );
