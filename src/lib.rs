@@ -17,5 +17,6 @@ pub mod modulate;
 pub mod ops;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod pull;
+pub mod rng;
 pub mod tokenize;
 pub mod train;

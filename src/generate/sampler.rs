@@ -2,13 +2,14 @@
 //!
 //! Processing follows Hugging Face transformers' order (repetition penalty,
 //! temperature, top-k, top-p) so flags behave the way users expect. The RNG is
-//! xoshiro256** seeded through SplitMix64, implemented here so that a seed gives
-//! the same tokens on every platform, wasm32 included. Probabilities are computed
+//! [`crate::rng::Rng`], so that a seed gives the same tokens on every platform,
+//! wasm32 included. Probabilities are computed
 //! in f64; only the platform's `exp` may differ in the last bit, which can change
 //! a pick only if a draw lands within ~1e-16 of a bucket boundary.
 
 use std::cmp::Ordering;
 
+use crate::rng::Rng;
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,13 +50,13 @@ impl SamplerConfig {
 #[derive(Clone, Debug)]
 pub struct Sampler {
     cfg: SamplerConfig,
-    rng: Xoshiro256StarStar,
+    rng: Rng,
 }
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Result<Self> {
         cfg.validate()?;
-        let rng = Xoshiro256StarStar::seed_from_u64(cfg.seed);
+        let rng = Rng::seed_from_u64(cfg.seed);
         Ok(Self { cfg, rng })
     }
 
@@ -158,46 +159,6 @@ fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
     }
 }
 
-/// xoshiro256** 1.0 (Blackman & Vigna), seeded by expanding the u64 seed with
-/// SplitMix64 as its authors recommend.
-#[derive(Clone, Debug)]
-struct Xoshiro256StarStar {
-    s: [u64; 4],
-}
-
-impl Xoshiro256StarStar {
-    fn seed_from_u64(seed: u64) -> Self {
-        let mut x = seed;
-        let mut splitmix64 = || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        // SplitMix64 never yields four zeros in a row, the one invalid state.
-        Self { s: [splitmix64(), splitmix64(), splitmix64(), splitmix64()] }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +169,7 @@ mod tests {
 
     /// Deterministic pseudo-random logits for tests.
     fn test_logits(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = Xoshiro256StarStar::seed_from_u64(seed);
+        let mut rng = Rng::seed_from_u64(seed);
         (0..n).map(|_| (rng.next_f64() * 8.0 - 4.0) as f32).collect()
     }
 
@@ -220,7 +181,7 @@ mod tests {
     fn xoshiro_matches_reference_outputs() {
         // Computed with an independent Python port of the reference C code.
         let expected = [0x1578_0b2e_0c2e_c716, 0x6104_d986_6d11_3a7e, 0xae17_5332_39e4_99a1];
-        let mut rng = Xoshiro256StarStar::seed_from_u64(42);
+        let mut rng = Rng::seed_from_u64(42);
         assert_eq!(expected.map(|_| rng.next_u64()), expected);
     }
 

@@ -4,7 +4,7 @@
 //! its input there, adding parameter gradients into a [`Weights`] of gradient tensors.
 
 use super::forward::{BlockIo, GpuModel};
-use super::layout::{Block, Weights};
+use super::layout::{Block, Linear, Weights};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::embed::EmbedIndex;
 use crate::ops::{act, attention, embed, matmul, norm, rope};
@@ -79,34 +79,30 @@ pub struct HeadSaved<'a> {
 }
 
 impl GpuModel {
-    /// Backward of the final norm and LM head: writes `bw.dx`.
+    /// Backward of the final norm and LM head: writes `bw.dx`. `grads` None: frozen weights.
     pub fn record_head_backward(
         &self,
         step: &mut Step,
         saved: &HeadSaved,
-        grads: &Weights<Tensor>,
+        grads: Option<&Weights<Tensor>>,
         bw: &BackwardBufs,
         n: usize,
     ) {
         let c = &self.config;
         let w = &self.weights;
         let lm = (saved.xn, w.head());
-        matmul::linear_backward(
-            step,
-            lm,
-            saved.d_logits,
-            Some((&bw.dxn, false)),
-            (grads.head(), None),
-            &bw.ones,
-            n,
-        );
+        let d_head = (grads.map(|g| g.head()), None);
+        matmul::linear_backward(step, lm, saved.d_logits, Some((&bw.dxn, false)), d_head, &bw.ones, n);
         let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };
         norm::norm_backward(step, c.norm(), x, &w.final_norm, &bw.dxn, &bw.dx, n, false);
-        norm::norm_weight_grad(step, x, &bw.dxn, &grads.final_norm, grads.final_norm_b.as_ref(), n);
+        if let Some(g) = grads {
+            norm::norm_weight_grad(step, x, &bw.dxn, &g.final_norm, g.final_norm_b.as_ref(), n);
+        }
     }
 
     /// Backward of block `l` (whose forward pass left `io`): `bw.dx` goes from the
-    /// gradient at `x_out` to the gradient at `x_in`.
+    /// gradient at `x_out` to the gradient at `x_in`. Parameter gradients go into `grads`
+    /// (None: frozen) and into the block's LoRA adapters, if it has any.
     #[allow(clippy::too_many_arguments)]
     pub fn record_block_backward(
         &self,
@@ -114,42 +110,35 @@ impl GpuModel {
         l: usize,
         io: &BlockIo,
         rows: &Tensor,
-        grads: &Block<Tensor>,
+        grads: Option<&Block<Tensor>>,
         bw: &BackwardBufs,
         n: usize,
     ) {
         let c = &self.config;
         let b = &self.weights.blocks[l];
-        let g = grads;
-        let ones = &bw.ones;
+        // One linear layer: base gradients, then the adapters' share of dx and their own.
+        let linear = |step: &mut Step, which: Linear, x: &Tensor, dy: &Tensor, dx: &Tensor| {
+            let d_params = (grads.map(|g| g.linear(which)), grads.and_then(|g| g.linear_bias(which)));
+            matmul::linear_backward(step, (x, b.linear(which)), dy, Some((dx, false)), d_params, &bw.ones, n);
+            if let Some(lora) = io.lora {
+                lora.record_backward(step, which, x, dy, dx, n);
+            }
+        };
+        let norm_backward =
+            |step: &mut Step, saved: norm::Saved, w: &Tensor, dw: Option<(&Tensor, Option<&Tensor>)>| {
+                norm::norm_backward(step, c.norm(), saved, w, &bw.dxn, &bw.dx, n, true);
+                if let Some((dw, db)) = dw {
+                    norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n);
+                }
+            };
         // MLP: x_out = x_mid + down(act(up(norm(x_mid)))).
-        let down = (io.act, &b.down);
-        matmul::linear_backward(
-            step,
-            down,
-            &bw.dx,
-            Some((&bw.d_act, false)),
-            (&g.down, g.down_b.as_ref()),
-            ones,
-            n,
-        );
+        linear(step, Linear::Down, io.act, &bw.dx, &bw.d_act);
         act::activation_backward(step, c.activation(), io.up, &bw.d_act, &bw.d_up, n, c.ffn);
-        let up = (io.xn2, &b.up);
-        matmul::linear_backward(
-            step,
-            up,
-            &bw.d_up,
-            Some((&bw.dxn, false)),
-            (&g.up, g.up_b.as_ref()),
-            ones,
-            n,
-        );
+        linear(step, Linear::Up, io.xn2, &bw.d_up, &bw.dxn);
         let mid = norm::Saved { x: io.x_mid, offset: 0, stats: io.stats2 };
-        norm::norm_backward(step, c.norm(), mid, &b.mlp_norm, &bw.dxn, &bw.dx, n, true);
-        norm::norm_weight_grad(step, mid, &bw.dxn, &g.mlp_norm, g.mlp_norm_b.as_ref(), n);
+        norm_backward(step, mid, &b.mlp_norm, grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref())));
         // Attention: x_mid = x_in + o(attention(rope(qkv(norm(x_in))))).
-        let o = (io.att, &b.o);
-        matmul::linear_backward(step, o, &bw.dx, Some((&bw.d_att, false)), (&g.o, g.o_b.as_ref()), ones, n);
+        linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
         let saved = attention::Saved {
             q: io.q,
             rows,
@@ -161,19 +150,9 @@ impl GpuModel {
         let heads = c.head_shape();
         attention::attention_backward(step, saved, heads, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
         rope::rope_kv_backward(step, rows, heads, self.rope_tables(), &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
-        let qkv = (io.xn1, &b.qkv);
-        matmul::linear_backward(
-            step,
-            qkv,
-            &bw.d_qkv,
-            Some((&bw.dxn, false)),
-            (&g.qkv, g.qkv_b.as_ref()),
-            ones,
-            n,
-        );
+        linear(step, Linear::Qkv, io.xn1, &bw.d_qkv, &bw.dxn);
         let input = norm::Saved { x: io.x_in, offset: 0, stats: io.stats1 };
-        norm::norm_backward(step, c.norm(), input, &b.attn_norm, &bw.dxn, &bw.dx, n, true);
-        norm::norm_weight_grad(step, input, &bw.dxn, &g.attn_norm, g.attn_norm_b.as_ref(), n);
+        norm_backward(step, input, &b.attn_norm, grads.map(|g| (&g.attn_norm, g.attn_norm_b.as_ref())));
     }
 
     /// Backward of the embedding: adds `bw.dx` into the token (and position) tables' gradients.

@@ -5,8 +5,9 @@
 //! Hook point `blocks.{l}.resid_post` is the residual stream `x` right after block `l`.
 
 use super::config::ModelConfig;
-use super::layout::Weights;
+use super::layout::{Linear, Weights};
 use super::load::LoadedModel;
+use super::lora::BlockLora;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::{act, attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
@@ -78,6 +79,8 @@ pub struct BlockIo<'a> {
     pub lse: &'a Tensor,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
+    /// LoRA adapters on this block's linear layers (fine-tuning).
+    pub lora: Option<&'a BlockLora>,
 }
 
 impl KvCache {
@@ -212,6 +215,7 @@ impl GpuModel {
                 lse: &s.lse,
                 up: &s.up,
                 act: &s.act,
+                lora: None,
             };
             self.record_block(step, l, &io, &s.row_table, n);
             after_block(step, l, &s.x);
@@ -245,13 +249,20 @@ impl GpuModel {
             io.stats1,
             (0, n),
         );
+        let lora = |step: &mut Step, which: Linear, x: &Tensor, y: &Tensor| {
+            if let Some(lora) = io.lora {
+                lora.record_forward(step, which, x, y, n);
+            }
+        };
         matmul::linear(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, n, false);
+        lora(step, Linear::Qkv, io.xn1, io.qkv);
         rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, (io.k_cache, io.v_cache), n);
         attention::attention(step, io.q, rows, heads, (io.k_cache, io.v_cache), io.att, io.lse, n);
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
         matmul::linear(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, n, true);
+        lora(step, Linear::O, io.att, io.x_mid);
         norm::norm(
             step,
             c.norm(),
@@ -264,11 +275,13 @@ impl GpuModel {
             (0, n),
         );
         matmul::linear(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, n, false);
+        lora(step, Linear::Up, io.xn2, io.up);
         act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
         matmul::linear(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, n, true);
+        lora(step, Linear::Down, io.act, io.x_out);
     }
 
     /// Records the final norm, LM head and logit statistics for rows

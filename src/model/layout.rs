@@ -35,7 +35,38 @@ pub struct Weights<T> {
     pub lm_head: Option<T>,
 }
 
+/// The four linear layers of a block in Keel's fused layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Linear {
+    /// `[q; k; v]` rows.
+    Qkv,
+    O,
+    /// `[gate; up]` rows for gated MLPs.
+    Up,
+    Down,
+}
+
 impl<T> Block<T> {
+    /// The weight of one linear layer.
+    pub fn linear(&self, which: Linear) -> &T {
+        match which {
+            Linear::Qkv => &self.qkv,
+            Linear::O => &self.o,
+            Linear::Up => &self.up,
+            Linear::Down => &self.down,
+        }
+    }
+
+    /// The bias of one linear layer, if it has one.
+    pub fn linear_bias(&self, which: Linear) -> Option<&T> {
+        match which {
+            Linear::Qkv => self.qkv_b.as_ref(),
+            Linear::O => self.o_b.as_ref(),
+            Linear::Up => self.up_b.as_ref(),
+            Linear::Down => self.down_b.as_ref(),
+        }
+    }
+
     /// Every tensor with its name inside the block (`qkv`, `qkv_b`, ...).
     pub fn named(&self) -> Vec<(&'static str, &T)> {
         let mut v = vec![("attn_norm", &self.attn_norm)];

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod gguf;
 pub mod layout;
 pub mod load;
+pub mod lora;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

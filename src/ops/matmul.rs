@@ -196,8 +196,8 @@ pub fn linear(
     );
 }
 
-/// Gradients of [`linear`] over `rows` rows, given `dy`:
-/// `dx (+)= dy · W` (when `dx` is given), `dW += dyᵀ · x`, `db += Σ_rows dy`.
+/// Gradients of [`linear`] over `rows` rows, given `dy`, each only when its tensor is
+/// given (frozen weights have none): `dx (+)= dy · W`, `dW += dyᵀ · x`, `db += Σ_rows dy`.
 /// `ones` is a tensor of at least `rows` ones (the bias gradient is a product with it).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
@@ -205,7 +205,7 @@ pub fn linear_backward(
     (x, w): (&Tensor, &Tensor),
     dy: &Tensor,
     dx: Option<(&Tensor, bool)>,
-    (dw, db): (&Tensor, Option<&Tensor>),
+    (dw, db): (Option<&Tensor>, Option<&Tensor>),
     ones: &Tensor,
     rows: usize,
 ) {
@@ -214,8 +214,10 @@ pub fn linear_backward(
         let (a, b, c) = (Mat::rows(dy, 0, out), Mat::rows(w, 0, inp), Mat::rows(dx, 0, inp));
         matmul(step, a, b, c, (rows, inp, out), None, accumulate);
     }
-    let (a, b, c) = (Mat::transposed(dy, 0, out), Mat::rows(x, 0, inp), Mat::rows(dw, 0, inp));
-    matmul(step, a, b, c, (out, inp, rows), None, true);
+    if let Some(dw) = dw {
+        let (a, b, c) = (Mat::transposed(dy, 0, out), Mat::rows(x, 0, inp), Mat::rows(dw, 0, inp));
+        matmul(step, a, b, c, (out, inp, rows), None, true);
+    }
     if let Some(db) = db {
         let (a, b, c) = (Mat::rows(ones, 0, rows), Mat::rows(dy, 0, out), Mat::rows(db, 0, out));
         matmul(step, a, b, c, (1, out, rows), None, true);
@@ -398,7 +400,7 @@ mod tests {
         let (dw, db) = (up("dw", &[n, k], &w), up("db", &[n], &dy[..n]));
         let ones = up("ones", &[m], &vec![1.0; m]);
         let mut step = Step::new(gpu);
-        linear_backward(&mut step, (&xt, &wt), &dyt, Some((&dxt, true)), (&dw, Some(&db)), &ones, m);
+        linear_backward(&mut step, (&xt, &wt), &dyt, Some((&dxt, true)), (Some(&dw), Some(&db)), &ones, m);
         step.submit().unwrap();
         // dx = dy · W, dW = dyᵀ · x, db = column sums of dy; the buffers held dx0, w, dy[..n].
         let t = |a: &[f32], rows: usize, cols: usize| -> Vec<f32> {

@@ -9,6 +9,7 @@ use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::backward::{BackwardBufs, HeadSaved};
 use crate::model::forward::{BlockIo, GpuModel};
 use crate::model::layout::Weights;
+use crate::model::lora::BlockLora;
 use crate::ops::{matmul, norm, xent};
 use anyhow::{bail, Result};
 
@@ -61,7 +62,7 @@ impl BlockActs {
         })
     }
 
-    fn io<'a>(&'a self, x_in: &'a Tensor, x_out: &'a Tensor) -> BlockIo<'a> {
+    fn io<'a>(&'a self, x_in: &'a Tensor, x_out: &'a Tensor, lora: Option<&'a BlockLora>) -> BlockIo<'a> {
         BlockIo {
             x_in,
             x_mid: &self.x_mid,
@@ -78,6 +79,7 @@ impl BlockActs {
             lse: &self.lse,
             up: &self.up,
             act: &self.act,
+            lora,
         }
     }
 
@@ -98,6 +100,14 @@ impl BlockActs {
             &self.act,
         ]
     }
+}
+
+/// What a training step updates: every weight (their gradients), or LoRA adapters per
+/// block over a frozen model.
+#[derive(Clone, Copy)]
+pub enum Trained<'a> {
+    Full(&'a Weights<Tensor>),
+    Lora(&'a [BlockLora]),
 }
 
 /// The GPU buffers of a training micro-batch of fixed shape.
@@ -203,23 +213,23 @@ impl TrainGraph {
         &self.acts[if self.memory == ActivationMemory::Keep { l } else { 0 }]
     }
 
-    /// Records forward, loss and backward of the written micro-batch, adding parameter
-    /// gradients into `grads`. `loss_scale` is 1 / (targets over all micro-batches of the
+    /// Records forward, loss and backward of the written micro-batch, adding gradients
+    /// into what is trained. `loss_scale` is 1 / (targets over all micro-batches of the
     /// step), so the gradients are those of the mean loss.
-    pub fn record(&self, step: &mut Step, model: &GpuModel, grads: &Weights<Tensor>, loss_scale: f32) {
+    pub fn record(&self, step: &mut Step, model: &GpuModel, trained: Trained, loss_scale: f32) {
+        let (grads, lora) = match trained {
+            Trained::Full(g) => (Some(g), None),
+            Trained::Lora(l) => (None, Some(l)),
+        };
+        let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
         let c = &model.config;
         let w = &model.weights;
         let n = self.rows();
         let layers = c.layers;
         model.record_embed(step, &self.ids, &self.row_table, &self.xs[0], n);
         for l in 0..layers {
-            model.record_block(
-                step,
-                l,
-                &self.acts_for(l).io(&self.xs[l], &self.xs[l + 1]),
-                &self.row_table,
-                n,
-            );
+            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
+            model.record_block(step, l, &io, &self.row_table, n);
         }
         let x_last = &self.xs[layers];
         let final_b = w.final_norm_b.as_ref();
@@ -241,13 +251,16 @@ impl TrainGraph {
             HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
         model.record_head_backward(step, &head, grads, &self.bw, n);
         for l in (0..layers).rev() {
-            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1]);
+            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
             if self.memory == ActivationMemory::Recompute {
                 model.record_block(step, l, &io, &self.row_table, n);
             }
-            model.record_block_backward(step, l, &io, &self.row_table, &grads.blocks[l], &self.bw, n);
+            let block_grads = grads.map(|g| &g.blocks[l]);
+            model.record_block_backward(step, l, &io, &self.row_table, block_grads, &self.bw, n);
         }
-        model.record_embed_backward(step, (&self.ids, &self.row_table), grads, &self.bw, n);
+        if let Some(grads) = grads {
+            model.record_embed_backward(step, (&self.ids, &self.row_table), grads, &self.bw, n);
+        }
     }
 
     /// The summed loss of the last recorded micro-batch (read back).

@@ -4,14 +4,16 @@
 //! one micro-batch all of it is one command encoder, and only the per-row losses and the
 //! per-tensor gradient norms are read back.
 
-use super::graph::{ActivationMemory, TrainGraph};
+use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::model::layout::Weights;
+use crate::model::layout::{Linear, Weights};
+use crate::model::lora::BlockLora;
 use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
 use crate::ops::optim::{adamw, GradNorms};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
+use std::ops::Range;
 
 /// The optimizer's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,21 +38,39 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
+/// LoRA adapters per block: (layer, output rows, A `[rank, in]`, B `[rows, rank]`).
+pub type Adapters = Vec<Vec<(Linear, Range<usize>, Vec<f32>, Vec<f32>)>>;
+
+/// What to fine-tune.
+pub enum Method {
+    /// Every weight.
+    Full,
+    /// Low-rank adapters over the frozen model, scaled by `alpha / rank`.
+    Lora { rank: usize, alpha: f32, adapters: Adapters },
+}
+
+/// One trained tensor with its gradient and AdamW moments.
+struct Param {
+    name: String,
+    value: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
 pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
     pub model: GpuModel,
-    pub grads: Weights<Tensor>,
-    m: Weights<Tensor>,
-    v: Weights<Tensor>,
+    /// Gradients of every weight (full fine-tuning).
+    pub grads: Option<Weights<Tensor>>,
+    /// Adapters per block (LoRA).
+    pub lora: Vec<BlockLora>,
+    params: Vec<Param>,
     graph: TrainGraph,
     norms: GradNorms,
     pub config: OptimConfig,
     /// Optimizer updates done so far (AdamW's bias correction uses it).
     pub updates: u32,
-}
-
-fn zeros_like(gpu: &Gpu, w: &Weights<Tensor>, what: &str) -> Result<Weights<Tensor>> {
-    w.try_map(|name, t| gpu.zeros(&format!("{what} {name}"), &t.shape, DType::F32))
 }
 
 impl<'g> Trainer<'g> {
@@ -60,16 +80,52 @@ impl<'g> Trainer<'g> {
         (batch, seq_len): (usize, usize),
         memory: ActivationMemory,
         config: OptimConfig,
+        method: Method,
     ) -> Result<Trainer<'g>> {
         let graph = TrainGraph::new(gpu, &model, batch, seq_len, memory)?;
-        let grads = zeros_like(gpu, &model.weights, "grad")?;
-        let sizes: Vec<usize> = grads.named().iter().map(|(_, t)| t.numel()).collect();
+        let mut trained: Vec<(String, Tensor, Tensor)> = Vec::new();
+        let (grads, lora) = match method {
+            Method::Full => {
+                let grads = model
+                    .weights
+                    .try_map(|name, t| gpu.zeros(&format!("grad {name}"), &t.shape, DType::F32))?;
+                for ((name, value), (_, grad)) in model.weights.named().into_iter().zip(grads.named()) {
+                    trained.push((name, value.clone(), grad.clone()));
+                }
+                (Some(grads), Vec::new())
+            }
+            Method::Lora { rank, alpha, adapters } => {
+                let c = &model.config;
+                if adapters.len() != c.layers {
+                    bail!("LoRA adapters for {} blocks, the model has {}", adapters.len(), c.layers);
+                }
+                let rows = graph.rows();
+                let dt = gpu.zeros("lora dt", &[rows, rank], DType::F32)?;
+                let in_dim = |which| model.weights.blocks[0].linear(which).shape[1];
+                let mut blocks = Vec::new();
+                for (l, block) in adapters.into_iter().enumerate() {
+                    let b = BlockLora::new(gpu, block, (rank, alpha / rank as f32), in_dim, rows, &dt)?;
+                    for (i, layer) in b.layers.iter().enumerate() {
+                        trained.push((format!("blocks.{l}.lora.{i}.A"), layer.a.clone(), layer.da.clone()));
+                        trained.push((format!("blocks.{l}.lora.{i}.B"), layer.b.clone(), layer.db.clone()));
+                    }
+                    blocks.push(b);
+                }
+                (None, blocks)
+            }
+        };
+        let mut params = Vec::new();
+        for (name, value, grad) in trained {
+            let moment = |what: &str| gpu.zeros(&format!("adam {what} {name}"), &value.shape, DType::F32);
+            params.push(Param { m: moment("m")?, v: moment("v")?, name, value, grad });
+        }
+        let sizes: Vec<usize> = params.iter().map(|p| p.value.numel()).collect();
         Ok(Trainer {
             gpu,
-            m: zeros_like(gpu, &model.weights, "adam m")?,
-            v: zeros_like(gpu, &model.weights, "adam v")?,
             norms: GradNorms::new(gpu, &sizes)?,
             grads,
+            lora,
+            params,
             graph,
             model,
             config,
@@ -77,15 +133,23 @@ impl<'g> Trainer<'g> {
         })
     }
 
+    /// Names of the trained tensors, in the order of [`StepReport::tensor_norms`].
+    pub fn param_names(&self) -> Vec<&str> {
+        self.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
     pub fn graph(&self) -> &TrainGraph {
         &self.graph
     }
 
-    /// GPU memory by purpose: (weights, gradients + AdamW moments, activations).
+    /// GPU memory by purpose: (model weights, trained tensors with their gradients and
+    /// AdamW moments, activations and working space).
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
-        let sum = |w: &Weights<Tensor>| w.named().iter().map(|(_, t)| t.bytes()).sum::<u64>();
-        let weights = sum(&self.model.weights);
-        (weights, sum(&self.grads) + sum(&self.m) + sum(&self.v), self.graph.bytes())
+        let weights = self.model.weights.named().iter().map(|(_, t)| t.bytes()).sum::<u64>();
+        let mut trained: u64 = self.params.iter().map(|p| p.grad.bytes() + p.m.bytes() + p.v.bytes()).sum();
+        // Adapters (and LoRA's per-block saved products) live beside the frozen model.
+        trained += self.lora.iter().map(BlockLora::bytes).sum::<u64>();
+        (weights, trained, self.graph.bytes())
     }
 
     /// One optimizer step over `micro_batches` (each `batch` rows of `seq_len + 1` ids;
@@ -100,51 +164,39 @@ impl<'g> Trainer<'g> {
         let targets = micro_batches.len() * self.graph.rows();
         let scale = 1.0 / targets as f32;
         let mut step = Step::new(gpu);
-        for (_, g) in self.grads.named() {
-            step.clear(g);
+        for p in &self.params {
+            step.clear(&p.grad);
         }
+        let trained = match &self.grads {
+            Some(g) => Trained::Full(g),
+            None => Trained::Lora(&self.lora),
+        };
         let mut loss_sum = 0.0;
         for (i, mb) in micro_batches.iter().enumerate() {
             // Written before the submit that runs this micro-batch's kernels.
             self.graph.write_batch(gpu, mb, vocab)?;
-            self.graph.record(&mut step, &self.model, &self.grads, scale);
+            self.graph.record(&mut step, &self.model, trained, scale);
             if i + 1 < micro_batches.len() {
                 std::mem::replace(&mut step, Step::new(gpu)).submit()?;
                 loss_sum += self.graph.read_loss_sum(gpu)?;
             }
         }
-        let grads = self.grads.named();
-        self.norms.record(
-            &mut step,
-            &grads.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
-            self.config.grad_clip,
-        );
+        let grads: Vec<&Tensor> = self.params.iter().map(|p| &p.grad).collect();
+        self.norms.record(&mut step, &grads, self.config.grad_clip);
         let t = self.updates + 1;
-        let params = self.model.weights.named();
-        let (ms, vs) = (self.m.named(), self.v.named());
-        for (i, (name, p)) in params.iter().enumerate() {
-            let decay = if self.config.decay_norms_biases || p.shape.len() > 1 {
-                self.config.adamw.weight_decay
-            } else {
-                0.0
-            };
-            let o = AdamW { lr, ..self.config.adamw };
-            debug_assert_eq!(name, &grads[i].0);
-            adamw(
-                &mut step,
-                &o,
-                t,
-                decay,
-                (p, grads[i].1),
-                (ms[i].1, vs[i].1),
-                (&self.norms.out, self.norms.scale_at()),
-            );
+        let o = AdamW { lr, ..self.config.adamw };
+        let clip = (&self.norms.out, self.norms.scale_at());
+        for p in &self.params {
+            // Norm weights and biases are the 1-D tensors.
+            let decay =
+                if self.config.decay_norms_biases || p.value.shape.len() > 1 { o.weight_decay } else { 0.0 };
+            adamw(&mut step, &o, t, decay, (&p.value, &p.grad), (&p.m, &p.v), clip);
         }
         step.submit()?;
         loss_sum += self.graph.read_loss_sum(gpu)?;
         self.updates = t;
         let norms = gpu.read_f32(&self.norms.out)?;
-        let n = params.len();
+        let n = self.params.len();
         Ok(StepReport {
             loss: loss_sum / targets as f64,
             grad_norm: norms[n] as f64,
@@ -158,21 +210,39 @@ impl<'g> Trainer<'g> {
         w.try_map(|name, t| Ok(HostTensor::new(name, t.shape.clone(), self.gpu.read_f32(t)?)))
     }
 
-    /// The current weights and AdamW moments (m, v), for a checkpoint.
-    pub fn state(&self) -> Result<[Weights<HostTensor>; 3]> {
-        Ok([self.download(&self.model.weights)?, self.download(&self.m)?, self.download(&self.v)?])
+    /// The gradients of the last step, named as [`Trainer::param_names`].
+    pub fn gradients(&self) -> Result<Vec<HostTensor>> {
+        let read = |p: &Param| {
+            Ok(HostTensor::new(p.name.clone(), p.grad.shape.clone(), self.gpu.read_f32(&p.grad)?))
+        };
+        self.params.iter().map(read).collect()
     }
 
-    /// Restores the AdamW moments and update count saved by a checkpoint.
-    pub fn restore_moments(
-        &mut self,
-        m: &Weights<HostTensor>,
-        v: &Weights<HostTensor>,
-        updates: u32,
-    ) -> Result<()> {
-        for (dst, src) in [(&self.m, m), (&self.v, v)] {
-            for ((name, t), (_, h)) in dst.named().into_iter().zip(src.named()) {
-                if t.shape != h.shape {
+    /// The AdamW moments of every trained tensor, named `NAME.m` and `NAME.v`, for a checkpoint.
+    pub fn moments(&self) -> Result<Vec<HostTensor>> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            for (suffix, t) in [("m", &p.m), ("v", &p.v)] {
+                out.push(HostTensor::new(
+                    format!("{}.{suffix}", p.name),
+                    t.shape.clone(),
+                    self.gpu.read_f32(t)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the AdamW moments (as [`Trainer::moments`] gave them) and the update count.
+    pub fn restore_moments(&mut self, saved: &[HostTensor], updates: u32) -> Result<()> {
+        for p in &self.params {
+            for (suffix, t) in [("m", &p.m), ("v", &p.v)] {
+                let name = format!("{}.{suffix}", p.name);
+                let h = saved
+                    .iter()
+                    .find(|h| h.name == name)
+                    .ok_or_else(|| anyhow!("optimizer state lacks '{name}'"))?;
+                if h.shape != t.shape {
                     bail!("optimizer state '{name}' has shape {:?}, the model needs {:?}", h.shape, t.shape);
                 }
                 self.gpu.write_f32(t, &h.data);
@@ -180,5 +250,20 @@ impl<'g> Trainer<'g> {
         }
         self.updates = updates;
         Ok(())
+    }
+
+    /// The trained adapters, read back, in the shape [`Method::Lora`] takes them.
+    pub fn adapters(&self) -> Result<Adapters> {
+        self.lora
+            .iter()
+            .map(|b| {
+                b.layers
+                    .iter()
+                    .map(|l| {
+                        Ok((l.linear, l.rows.clone(), self.gpu.read_f32(&l.a)?, self.gpu.read_f32(&l.b)?))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }

@@ -1,0 +1,126 @@
+//! LoRA on the GPU: a low-rank update `y[:, rows] += (alpha / rank) · (x · Aᵀ) · Bᵀ` added
+//! to a linear layer's output rows, and its backward pass. `rows` picks a part of a fused
+//! matrix (q, k or v of `qkv`; gate or up of `up`), so adapters follow Hugging Face's
+//! per-module layout while the base model keeps Keel's fused one.
+
+use super::layout::Linear;
+use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::ops::matmul::{matmul_scaled, Mat};
+use anyhow::Result;
+use std::ops::Range;
+
+/// One adapter: `a` `[rank, in]`, `b` `[rows.len(), rank]` and their gradients.
+pub struct LoraLayer {
+    pub linear: Linear,
+    pub rows: Range<usize>,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub da: Tensor,
+    pub db: Tensor,
+    /// `x · Aᵀ` `[n, rank]` from the forward pass, kept for the backward pass.
+    t: Tensor,
+}
+
+/// The adapters of one block.
+pub struct BlockLora {
+    pub layers: Vec<LoraLayer>,
+    pub scale: f32,
+    /// Shared working space `[n, rank]` for the backward pass.
+    dt: Tensor,
+}
+
+impl BlockLora {
+    /// Uploads adapters for `rows` batch rows: `(linear, output rows, A, B)` per adapter.
+    pub fn new(
+        gpu: &Gpu,
+        adapters: Vec<(Linear, Range<usize>, Vec<f32>, Vec<f32>)>,
+        (rank, scale): (usize, f32),
+        in_dims: impl Fn(Linear) -> usize,
+        rows: usize,
+        dt: &Tensor,
+    ) -> Result<BlockLora> {
+        let mut layers = Vec::new();
+        for (linear, out_rows, a, b) in adapters {
+            let (inp, out) = (in_dims(linear), out_rows.len());
+            layers.push(LoraLayer {
+                a: gpu.upload_f32("lora A", &[rank, inp], &a)?,
+                b: gpu.upload_f32("lora B", &[out, rank], &b)?,
+                da: gpu.zeros("lora dA", &[rank, inp], DType::F32)?,
+                db: gpu.zeros("lora dB", &[out, rank], DType::F32)?,
+                t: gpu.zeros("lora t", &[rows, rank], DType::F32)?,
+                linear,
+                rows: out_rows,
+            });
+        }
+        Ok(BlockLora { layers, scale, dt: dt.clone() })
+    }
+
+    /// GPU memory of the adapters and their saved products (gradients not included).
+    pub fn bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.a.bytes() + l.b.bytes() + l.t.bytes()).sum::<u64>() + self.dt.bytes()
+    }
+
+    /// After `linear`'s output `y` (`[n, width]`) was computed from `x`: adds every
+    /// adapter of that layer.
+    pub fn record_forward(&self, step: &mut Step, linear: Linear, x: &Tensor, y: &Tensor, n: usize) {
+        let width = y.numel() / y.shape[0];
+        for l in self.layers.iter().filter(|l| l.linear == linear) {
+            let (rank, inp) = (l.a.shape[0], l.a.shape[1]);
+            let t = Mat::rows(&l.t, 0, rank);
+            matmul_scaled(
+                step,
+                Mat::rows(x, 0, inp),
+                Mat::transposed(&l.a, 0, inp),
+                t,
+                (n, rank, inp),
+                1.0,
+                false,
+            );
+            let y_rows = Mat { t: y, off: l.rows.start, rs: width, cs: 1 };
+            let bt = Mat::transposed(&l.b, 0, rank);
+            matmul_scaled(step, t, bt, y_rows, (n, l.rows.len(), rank), self.scale, true);
+        }
+    }
+
+    /// Backward of [`BlockLora::record_forward`] for `linear`, given the gradient `dy` of its
+    /// output: adds into the adapters' gradients and into `dx` (the input's gradient).
+    pub fn record_backward(
+        &self,
+        step: &mut Step,
+        linear: Linear,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        n: usize,
+    ) {
+        let width = dy.numel() / dy.shape[0];
+        for l in self.layers.iter().filter(|l| l.linear == linear) {
+            let (rank, inp, out) = (l.a.shape[0], l.a.shape[1], l.rows.len());
+            let dy_rows = Mat { t: dy, off: l.rows.start, rs: width, cs: 1 };
+            let dy_rows_t = Mat { t: dy, off: l.rows.start, rs: 1, cs: width };
+            let (t, dt) = (Mat::rows(&l.t, 0, rank), Mat::rows(&self.dt, 0, rank));
+            // dB += scale · dyᵀ · t;  dt = scale · dy · B;  dA += dtᵀ · x;  dx += dt · A.
+            matmul_scaled(step, dy_rows_t, t, Mat::rows(&l.db, 0, rank), (out, rank, n), self.scale, true);
+            matmul_scaled(step, dy_rows, Mat::rows(&l.b, 0, rank), dt, (n, rank, out), self.scale, false);
+            let dt_t = Mat::transposed(&self.dt, 0, rank);
+            matmul_scaled(
+                step,
+                dt_t,
+                Mat::rows(x, 0, inp),
+                Mat::rows(&l.da, 0, inp),
+                (rank, inp, n),
+                1.0,
+                true,
+            );
+            matmul_scaled(
+                step,
+                dt,
+                Mat::rows(&l.a, 0, inp),
+                Mat::rows(dx, 0, inp),
+                (n, inp, rank),
+                1.0,
+                true,
+            );
+        }
+    }
+}
