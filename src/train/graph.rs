@@ -10,6 +10,7 @@ use crate::model::backward::{BackwardBufs, HeadSaved};
 use crate::model::forward::{BlockIo, GpuModel};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
+use crate::ops::stats::NO_TARGET;
 use crate::ops::{matmul, norm, xent};
 use anyhow::{bail, Result};
 
@@ -187,10 +188,11 @@ impl TrainGraph {
             + self.bw.bytes()
     }
 
-    /// Writes a micro-batch: `batch` rows of `seq_len + 1` ids (inputs, then the last target).
+    /// Writes a micro-batch: up to `batch` rows of `seq_len + 1` ids (inputs, then the last
+    /// target). Missing rows (a last, short validation batch) have no targets.
     pub fn write_batch(&self, gpu: &Gpu, rows: &[&[u32]], vocab: usize) -> Result<()> {
-        if rows.len() != self.batch {
-            bail!("a micro-batch needs {} rows, got {}", self.batch, rows.len());
+        if rows.is_empty() || rows.len() > self.batch {
+            bail!("a micro-batch takes 1 to {} rows, got {}", self.batch, rows.len());
         }
         let mut ids = Vec::with_capacity(self.rows());
         let mut targets = Vec::with_capacity(self.rows());
@@ -204,6 +206,8 @@ impl TrainGraph {
             ids.extend_from_slice(&row[..self.seq_len]);
             targets.extend_from_slice(&row[1..]);
         }
+        ids.resize(self.rows(), 0);
+        targets.resize(self.rows(), NO_TARGET);
         gpu.write_u32(&self.ids, &ids);
         gpu.write_u32(&self.targets, &targets);
         Ok(())
@@ -217,10 +221,22 @@ impl TrainGraph {
     /// into what is trained. `loss_scale` is 1 / (targets over all micro-batches of the
     /// step), so the gradients are those of the mean loss.
     pub fn record(&self, step: &mut Step, model: &GpuModel, trained: Trained, loss_scale: f32) {
-        let (grads, lora) = match trained {
-            Trained::Full(g) => (Some(g), None),
-            Trained::Lora(l) => (None, Some(l)),
+        let lora = match trained {
+            Trained::Full(_) => None,
+            Trained::Lora(l) => Some(l),
         };
+        self.record_forward(step, model, lora, loss_scale);
+        self.record_backward(step, model, trained);
+    }
+
+    /// Records the forward pass and the loss (and, in place of the logits, their gradient).
+    pub fn record_forward(
+        &self,
+        step: &mut Step,
+        model: &GpuModel,
+        lora: Option<&[BlockLora]>,
+        loss_scale: f32,
+    ) {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
         let c = &model.config;
         let w = &model.weights;
@@ -246,7 +262,18 @@ impl TrainGraph {
         );
         matmul::linear(step, &self.xn_final, w.head(), None, &self.logits, n, false);
         xent::cross_entropy(step, &self.logits, &self.targets, &self.loss, n, loss_scale);
+    }
 
+    /// Records the backward pass after [`TrainGraph::record_forward`].
+    pub fn record_backward(&self, step: &mut Step, model: &GpuModel, trained: Trained) {
+        let (grads, lora) = match trained {
+            Trained::Full(g) => (Some(g), None),
+            Trained::Lora(l) => (None, Some(l)),
+        };
+        let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
+        let n = self.rows();
+        let layers = model.config.layers;
+        let x_last = &self.xs[layers];
         let head =
             HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
         model.record_head_backward(step, &head, grads, &self.bw, n);

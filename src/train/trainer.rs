@@ -210,6 +210,22 @@ impl<'g> Trainer<'g> {
         w.try_map(|name, t| Ok(HostTensor::new(name, t.shape.clone(), self.gpu.read_f32(t)?)))
     }
 
+    /// The mean loss over `rows` (each `seq_len + 1` ids) without updating anything:
+    /// validation. Rows go through in batches of the training batch size.
+    pub fn evaluate(&self, rows: &[&[u32]]) -> Result<f64> {
+        let gpu = self.gpu;
+        let lora = if self.grads.is_some() { None } else { Some(&self.lora[..]) };
+        let mut sum = 0.0;
+        for chunk in rows.chunks(self.graph.batch) {
+            self.graph.write_batch(gpu, chunk, self.model.config.vocab)?;
+            let mut step = Step::new(gpu);
+            self.graph.record_forward(&mut step, &self.model, lora, 1.0);
+            step.submit()?;
+            sum += self.graph.read_loss_sum(gpu)?;
+        }
+        Ok(sum / (rows.len() * self.graph.seq_len).max(1) as f64)
+    }
+
     /// The gradients of the last step, named as [`Trainer::param_names`].
     pub fn gradients(&self) -> Result<Vec<HostTensor>> {
         let read = |p: &Param| {
