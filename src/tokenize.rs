@@ -5,6 +5,8 @@ use anyhow::{anyhow, Result};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The tokenizer.json text, kept to write beside fine-tuned checkpoints unchanged.
+    json: String,
 }
 
 impl Tokenizer {
@@ -13,7 +15,12 @@ impl Tokenizer {
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| anyhow!("{file}: not a valid tokenizer.json ({e})"))?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer { inner, json: json.to_string() })
+    }
+
+    /// The tokenizer.json text this tokenizer was made from.
+    pub fn json(&self) -> &str {
+        &self.json
     }
 
     /// Encodes with the post-processor's special tokens (BOS etc.), as transformers does.

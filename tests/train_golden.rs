@@ -81,11 +81,8 @@ fn check_training(name: &str, model_path: &str, check_losses: usize, memory: Act
         if s == 0 {
             let grads = trainer.download(trainer.grads.as_ref().unwrap()).unwrap();
             let want_norms = train["step0_grad_norms"].as_object().unwrap();
-            let got: Vec<keel::model::weights::HostTensor> = {
-                let _ = (&grads, &cfg);
-                vec![]
-            };
-            // assert_eq!(got.len(), want_norms.len(), "{name}: number of parameters");
+            let got = grads.to_hf(&cfg);
+            assert_eq!(got.len(), want_norms.len(), "{name}: number of parameters");
             for t in got {
                 let norm = t.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
                 let want =

@@ -3,7 +3,7 @@
 
 use crate::ops::{act::Activation, norm::NormKind, rope::HeadShape};
 use anyhow::{anyhow, bail, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -169,6 +169,46 @@ impl ModelConfig {
         };
         cfg.validate(file)?;
         Ok(cfg)
+    }
+
+    /// A config.json for this model that transformers loads and [`ModelConfig::from_hf`]
+    /// reads back to an equal config (checkpoints of GGUF models have no other).
+    pub fn to_hf_json(&self) -> Value {
+        let ids = |v: &[u32]| match v {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let eos = ids(&self.eos);
+        let bos = self.bos.map_or(Value::Null, |b| json!(b));
+        if self.arch == Arch::Gpt2 {
+            return json!({
+                "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                "vocab_size": self.vocab, "n_embd": self.hidden, "n_layer": self.layers,
+                "n_head": self.heads, "n_inner": self.ffn, "n_positions": self.max_positions,
+                "layer_norm_epsilon": self.norm_eps, "activation_function": "gelu_new",
+                "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
+                "torch_dtype": "float32",
+            });
+        }
+        let (architecture, model_type) = if self.arch == Arch::Qwen2 {
+            ("Qwen2ForCausalLM", "qwen2")
+        } else {
+            ("LlamaForCausalLM", "llama")
+        };
+        let mut v = json!({
+            "architectures": [architecture], "model_type": model_type,
+            "vocab_size": self.vocab, "hidden_size": self.hidden, "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim,
+            "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta.unwrap_or(10000.0),
+            "max_position_embeddings": self.max_positions, "hidden_act": "silu",
+            "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
+            "torch_dtype": "float32",
+        });
+        if self.arch == Arch::Llama {
+            v["attention_bias"] = json!(self.qkv_bias);
+        }
+        v
     }
 
     fn validate(&self, file: &str) -> Result<()> {

@@ -290,3 +290,82 @@ impl Weights<HostTensor> {
         Ok(w)
     }
 }
+
+/// Splits a `[rows, cols]` (or `[rows]`) tensor into consecutive row blocks of the given
+/// sizes, named `names`: the inverse of [`concat_rows`].
+fn split_rows(t: &HostTensor, parts: &[(String, usize)]) -> Vec<HostTensor> {
+    let cols: usize = t.shape[1..].iter().product();
+    let mut at = 0;
+    parts
+        .iter()
+        .map(|(name, rows)| {
+            let data = t.data[at * cols..(at + rows) * cols].to_vec();
+            at += rows;
+            let mut shape = t.shape.clone();
+            shape[0] = *rows;
+            HostTensor::new(name.clone(), shape, data)
+        })
+        .collect()
+}
+
+impl Weights<HostTensor> {
+    /// Hugging Face-named tensors of this model: the inverse of [`Weights::from_hf`] (fused
+    /// matrices split, GPT-2's Conv1D weights transposed back; no `lm_head.weight` when tied).
+    pub fn to_hf(&self, cfg: &ModelConfig) -> Vec<HostTensor> {
+        let named = |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.data.clone());
+        let mut out = Vec::new();
+        if cfg.arch == Arch::Gpt2 {
+            let conv1d = |name: String, t: &HostTensor| {
+                let mut t = transpose(t.clone());
+                t.name = name;
+                t
+            };
+            out.push(named("transformer.wte.weight".into(), &self.embed));
+            if let Some(p) = &self.pos_embed {
+                out.push(named("transformer.wpe.weight".into(), p));
+            }
+            for (l, b) in self.blocks.iter().enumerate() {
+                let p = format!("transformer.h.{l}");
+                out.push(named(format!("{p}.ln_1.weight"), &b.attn_norm));
+                out.extend(b.attn_norm_b.as_ref().map(|t| named(format!("{p}.ln_1.bias"), t)));
+                out.push(conv1d(format!("{p}.attn.c_attn.weight"), &b.qkv));
+                out.extend(b.qkv_b.as_ref().map(|t| named(format!("{p}.attn.c_attn.bias"), t)));
+                out.push(conv1d(format!("{p}.attn.c_proj.weight"), &b.o));
+                out.extend(b.o_b.as_ref().map(|t| named(format!("{p}.attn.c_proj.bias"), t)));
+                out.push(named(format!("{p}.ln_2.weight"), &b.mlp_norm));
+                out.extend(b.mlp_norm_b.as_ref().map(|t| named(format!("{p}.ln_2.bias"), t)));
+                out.push(conv1d(format!("{p}.mlp.c_fc.weight"), &b.up));
+                out.extend(b.up_b.as_ref().map(|t| named(format!("{p}.mlp.c_fc.bias"), t)));
+                out.push(conv1d(format!("{p}.mlp.c_proj.weight"), &b.down));
+                out.extend(b.down_b.as_ref().map(|t| named(format!("{p}.mlp.c_proj.bias"), t)));
+            }
+            out.push(named("transformer.ln_f.weight".into(), &self.final_norm));
+            out.extend(self.final_norm_b.as_ref().map(|t| named("transformer.ln_f.bias".into(), t)));
+        } else {
+            let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+            out.push(named("model.embed_tokens.weight".into(), &self.embed));
+            for (l, b) in self.blocks.iter().enumerate() {
+                let p = format!("model.layers.{l}");
+                let a = format!("{p}.self_attn");
+                out.push(named(format!("{p}.input_layernorm.weight"), &b.attn_norm));
+                let qkv = |kind: &str| {
+                    [("q", qd), ("k", kvd), ("v", kvd)].map(|(x, n)| (format!("{a}.{x}_proj.{kind}"), n))
+                };
+                out.extend(split_rows(&b.qkv, &qkv("weight")));
+                out.extend(b.qkv_b.as_ref().map(|t| split_rows(t, &qkv("bias"))).unwrap_or_default());
+                out.push(named(format!("{a}.o_proj.weight"), &b.o));
+                out.extend(b.o_b.as_ref().map(|t| named(format!("{a}.o_proj.bias"), t)));
+                out.push(named(format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));
+                let up = [
+                    (format!("{p}.mlp.gate_proj.weight"), cfg.ffn),
+                    (format!("{p}.mlp.up_proj.weight"), cfg.ffn),
+                ];
+                out.extend(split_rows(&b.up, &up));
+                out.push(named(format!("{p}.mlp.down_proj.weight"), &b.down));
+            }
+            out.push(named("model.norm.weight".into(), &self.final_norm));
+        }
+        out.extend(self.lm_head.as_ref().map(|t| named("lm_head.weight".into(), t)));
+        out
+    }
+}

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod layout;
 pub mod load;
 pub mod lora;
+pub mod save;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
