@@ -3,16 +3,15 @@
 //! matrix (q, k or v of `qkv`; gate or up of `up`), so adapters follow Hugging Face's
 //! per-module layout while the base model keeps Keel's fused one.
 
+use super::adapter::{LoraPair, Slot};
 use super::layout::Linear;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::matmul::{matmul_scaled, Mat};
 use anyhow::Result;
-use std::ops::Range;
 
-/// One adapter: `a` `[rank, in]`, `b` `[rows.len(), rank]` and their gradients.
+/// One adapter on the GPU: `a` `[rank, in]`, `b` `[rows, rank]` and their gradients.
 pub struct LoraLayer {
-    pub linear: Linear,
-    pub rows: Range<usize>,
+    pub slot: Slot,
     pub a: Tensor,
     pub b: Tensor,
     pub da: Tensor,
@@ -30,29 +29,35 @@ pub struct BlockLora {
 }
 
 impl BlockLora {
-    /// Uploads adapters for `rows` batch rows: `(linear, output rows, A, B)` per adapter.
+    /// Uploads one block's adapters for `rows` batch rows.
     pub fn new(
         gpu: &Gpu,
-        adapters: Vec<(Linear, Range<usize>, Vec<f32>, Vec<f32>)>,
+        pairs: &[LoraPair],
         (rank, scale): (usize, f32),
-        in_dims: impl Fn(Linear) -> usize,
         rows: usize,
         dt: &Tensor,
     ) -> Result<BlockLora> {
         let mut layers = Vec::new();
-        for (linear, out_rows, a, b) in adapters {
-            let (inp, out) = (in_dims(linear), out_rows.len());
+        for p in pairs {
+            let (inp, out) = (p.a.len() / rank, p.slot.rows.len());
             layers.push(LoraLayer {
-                a: gpu.upload_f32("lora A", &[rank, inp], &a)?,
-                b: gpu.upload_f32("lora B", &[out, rank], &b)?,
+                a: gpu.upload_f32("lora A", &[rank, inp], &p.a)?,
+                b: gpu.upload_f32("lora B", &[out, rank], &p.b)?,
                 da: gpu.zeros("lora dA", &[rank, inp], DType::F32)?,
                 db: gpu.zeros("lora dB", &[out, rank], DType::F32)?,
                 t: gpu.zeros("lora t", &[rows, rank], DType::F32)?,
-                linear,
-                rows: out_rows,
+                slot: p.slot.clone(),
             });
         }
         Ok(BlockLora { layers, scale, dt: dt.clone() })
+    }
+
+    /// The adapters' current values, read back.
+    pub fn download(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
+        self.layers
+            .iter()
+            .map(|l| Ok(LoraPair { slot: l.slot.clone(), a: gpu.read_f32(&l.a)?, b: gpu.read_f32(&l.b)? }))
+            .collect()
     }
 
     /// GPU memory of the adapters and their saved products (gradients not included).
@@ -64,7 +69,7 @@ impl BlockLora {
     /// adapter of that layer.
     pub fn record_forward(&self, step: &mut Step, linear: Linear, x: &Tensor, y: &Tensor, n: usize) {
         let width = y.numel() / y.shape[0];
-        for l in self.layers.iter().filter(|l| l.linear == linear) {
+        for l in self.layers.iter().filter(|l| l.slot.linear == linear) {
             let (rank, inp) = (l.a.shape[0], l.a.shape[1]);
             let t = Mat::rows(&l.t, 0, rank);
             matmul_scaled(
@@ -76,9 +81,9 @@ impl BlockLora {
                 1.0,
                 false,
             );
-            let y_rows = Mat { t: y, off: l.rows.start, rs: width, cs: 1 };
+            let y_rows = Mat { t: y, off: l.slot.rows.start, rs: width, cs: 1 };
             let bt = Mat::transposed(&l.b, 0, rank);
-            matmul_scaled(step, t, bt, y_rows, (n, l.rows.len(), rank), self.scale, true);
+            matmul_scaled(step, t, bt, y_rows, (n, l.slot.rows.len(), rank), self.scale, true);
         }
     }
 
@@ -94,10 +99,10 @@ impl BlockLora {
         n: usize,
     ) {
         let width = dy.numel() / dy.shape[0];
-        for l in self.layers.iter().filter(|l| l.linear == linear) {
-            let (rank, inp, out) = (l.a.shape[0], l.a.shape[1], l.rows.len());
-            let dy_rows = Mat { t: dy, off: l.rows.start, rs: width, cs: 1 };
-            let dy_rows_t = Mat { t: dy, off: l.rows.start, rs: 1, cs: width };
+        for l in self.layers.iter().filter(|l| l.slot.linear == linear) {
+            let (rank, inp, out) = (l.a.shape[0], l.a.shape[1], l.slot.rows.len());
+            let dy_rows = Mat { t: dy, off: l.slot.rows.start, rs: width, cs: 1 };
+            let dy_rows_t = Mat { t: dy, off: l.slot.rows.start, rs: 1, cs: width };
             let (t, dt) = (Mat::rows(&l.t, 0, rank), Mat::rows(&self.dt, 0, rank));
             // dB += scale · dyᵀ · t;  dt = scale · dy · B;  dA += dtᵀ · x;  dx += dt · A.
             matmul_scaled(step, dy_rows_t, t, Mat::rows(&l.db, 0, rank), (out, rank, n), self.scale, true);

@@ -2,6 +2,7 @@
 //! layout ([`layout`]) and the forward and backward passes on the GPU ([`forward`],
 //! [`backward`]).
 
+pub mod adapter;
 pub mod backward;
 pub mod config;
 pub mod forward;

@@ -7,13 +7,13 @@
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::model::layout::{Linear, Weights};
+use crate::model::adapter::Lora;
+use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
 use crate::ops::optim::{adamw, GradNorms};
 use anyhow::{anyhow, bail, Result};
-use std::ops::Range;
 
 /// The optimizer's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -38,15 +38,12 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
-/// LoRA adapters per block: (layer, output rows, A `[rank, in]`, B `[rows, rank]`).
-pub type Adapters = Vec<Vec<(Linear, Range<usize>, Vec<f32>, Vec<f32>)>>;
-
 /// What to fine-tune.
 pub enum Method {
     /// Every weight.
     Full,
-    /// Low-rank adapters over the frozen model, scaled by `alpha / rank`.
-    Lora { rank: usize, alpha: f32, adapters: Adapters },
+    /// Low-rank adapters over the frozen model.
+    Lora(Lora),
 }
 
 /// One trained tensor with its gradient and AdamW moments.
@@ -65,6 +62,8 @@ pub struct Trainer<'g> {
     pub grads: Option<Weights<Tensor>>,
     /// Adapters per block (LoRA).
     pub lora: Vec<BlockLora>,
+    /// LoRA's (rank, alpha).
+    lora_shape: Option<(usize, f32)>,
     params: Vec<Param>,
     graph: TrainGraph,
     norms: GradNorms,
@@ -84,6 +83,7 @@ impl<'g> Trainer<'g> {
     ) -> Result<Trainer<'g>> {
         let graph = TrainGraph::new(gpu, &model, batch, seq_len, memory)?;
         let mut trained: Vec<(String, Tensor, Tensor)> = Vec::new();
+        let mut lora_shape = None;
         let (grads, lora) = match method {
             Method::Full => {
                 let grads = model
@@ -94,23 +94,23 @@ impl<'g> Trainer<'g> {
                 }
                 (Some(grads), Vec::new())
             }
-            Method::Lora { rank, alpha, adapters } => {
+            Method::Lora(lora) => {
                 let c = &model.config;
-                if adapters.len() != c.layers {
-                    bail!("LoRA adapters for {} blocks, the model has {}", adapters.len(), c.layers);
+                if lora.blocks.len() != c.layers {
+                    bail!("LoRA adapters for {} blocks, the model has {}", lora.blocks.len(), c.layers);
                 }
                 let rows = graph.rows();
-                let dt = gpu.zeros("lora dt", &[rows, rank], DType::F32)?;
-                let in_dim = |which| model.weights.blocks[0].linear(which).shape[1];
+                let dt = gpu.zeros("lora dt", &[rows, lora.rank], DType::F32)?;
                 let mut blocks = Vec::new();
-                for (l, block) in adapters.into_iter().enumerate() {
-                    let b = BlockLora::new(gpu, block, (rank, alpha / rank as f32), in_dim, rows, &dt)?;
+                for (l, pairs) in lora.blocks.iter().enumerate() {
+                    let b = BlockLora::new(gpu, pairs, (lora.rank, lora.scale()), rows, &dt)?;
                     for (i, layer) in b.layers.iter().enumerate() {
                         trained.push((format!("blocks.{l}.lora.{i}.A"), layer.a.clone(), layer.da.clone()));
                         trained.push((format!("blocks.{l}.lora.{i}.B"), layer.b.clone(), layer.db.clone()));
                     }
                     blocks.push(b);
                 }
+                lora_shape = Some((lora.rank, lora.alpha));
                 (None, blocks)
             }
         };
@@ -125,6 +125,7 @@ impl<'g> Trainer<'g> {
             norms: GradNorms::new(gpu, &sizes)?,
             grads,
             lora,
+            lora_shape,
             params,
             graph,
             model,
@@ -268,18 +269,10 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// The trained adapters, read back, in the shape [`Method::Lora`] takes them.
-    pub fn adapters(&self) -> Result<Adapters> {
-        self.lora
-            .iter()
-            .map(|b| {
-                b.layers
-                    .iter()
-                    .map(|l| {
-                        Ok((l.linear, l.rows.clone(), self.gpu.read_f32(&l.a)?, self.gpu.read_f32(&l.b)?))
-                    })
-                    .collect()
-            })
-            .collect()
+    /// The trained adapters, read back (None in full fine-tuning).
+    pub fn adapters(&self) -> Result<Option<Lora>> {
+        let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
+        let blocks = self.lora.iter().map(|b| b.download(self.gpu)).collect::<Result<_>>()?;
+        Ok(Some(Lora { rank, alpha, blocks }))
     }
 }

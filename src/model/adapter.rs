@@ -1,0 +1,285 @@
+//! LoRA adapters on the host: which rows of Keel's fused matrices each target covers,
+//! random initialisation, PEFT's file format (`adapter_model.safetensors` +
+//! `adapter_config.json`) and merging into the weights.
+
+use super::config::{Arch, ModelConfig};
+use super::layout::{Linear, Weights};
+use super::load::read_safetensors;
+use super::save::safetensors_bytes;
+use super::weights::HostTensor;
+use crate::atomic;
+use crate::rng::Rng;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::ops::Range;
+use std::path::Path;
+
+/// Where one adapter sits: rows `rows` of a block's `linear`, Hugging Face module `module`
+/// (relative to the block: `self_attn.q_proj`, `attn.c_attn`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    pub linear: Linear,
+    pub rows: Range<usize>,
+    pub module: &'static str,
+}
+
+/// One adapter: `a` `[rank, in]`, `b` `[rows, rank]` (PEFT's lora_A and lora_B).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair {
+    pub slot: Slot,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// Adapters for every block, scaled by `alpha / rank`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lora {
+    pub rank: usize,
+    pub alpha: f32,
+    pub blocks: Vec<Vec<LoraPair>>,
+}
+
+const TARGETS: &str = "q, k, v, o, gate, up, down, or all";
+
+/// The slots `--lora-targets` names ("q,v", "all", ...) cover on this architecture.
+pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+    let names: Vec<&str> = if spec.trim() == "all" {
+        vec!["q", "k", "v", "o", "gate", "up", "down"]
+    } else {
+        spec.split(',').map(str::trim).collect()
+    };
+    let mut slots: Vec<Slot> = Vec::new();
+    for name in names {
+        let slot = |linear, rows, module| Slot { linear, rows, module };
+        let s = match (cfg.arch, name) {
+            (Arch::Gpt2, "q" | "k" | "v") => slot(Linear::Qkv, 0..3 * h, "attn.c_attn"),
+            (Arch::Gpt2, "o") => slot(Linear::O, 0..h, "attn.c_proj"),
+            (Arch::Gpt2, "up") => slot(Linear::Up, 0..f, "mlp.c_fc"),
+            (Arch::Gpt2, "down") => slot(Linear::Down, 0..h, "mlp.c_proj"),
+            (Arch::Gpt2, "gate") if spec.trim() == "all" => continue,
+            (Arch::Gpt2, "gate") => bail!("--lora-targets: GPT-2 has no gate projection (use {TARGETS})"),
+            (_, "q") => slot(Linear::Qkv, 0..qd, "self_attn.q_proj"),
+            (_, "k") => slot(Linear::Qkv, qd..qd + kvd, "self_attn.k_proj"),
+            (_, "v") => slot(Linear::Qkv, qd + kvd..qd + 2 * kvd, "self_attn.v_proj"),
+            (_, "o") => slot(Linear::O, 0..h, "self_attn.o_proj"),
+            (_, "gate") => slot(Linear::Up, 0..f, "mlp.gate_proj"),
+            (_, "up") => slot(Linear::Up, f..2 * f, "mlp.up_proj"),
+            (_, "down") => slot(Linear::Down, 0..h, "mlp.down_proj"),
+            (_, other) => bail!("--lora-targets: unknown target '{other}' (expected {TARGETS})"),
+        };
+        if !slots.contains(&s) {
+            slots.push(s);
+        }
+    }
+    Ok(slots)
+}
+
+fn in_dim(cfg: &ModelConfig, linear: Linear) -> usize {
+    match linear {
+        Linear::Qkv | Linear::Up => cfg.hidden,
+        Linear::O => cfg.heads * cfg.head_dim,
+        Linear::Down => cfg.ffn,
+    }
+}
+
+fn block_prefix(cfg: &ModelConfig, l: usize) -> String {
+    if cfg.arch == Arch::Gpt2 {
+        format!("transformer.h.{l}")
+    } else {
+        format!("model.layers.{l}")
+    }
+}
+
+impl Lora {
+    /// Fresh adapters as PEFT makes them: A uniform in ±1/sqrt(in) (kaiming-uniform with
+    /// a = sqrt 5), B zero, so training starts from the base model exactly.
+    pub fn init(cfg: &ModelConfig, slots: &[Slot], rank: usize, alpha: f32, seed: u64) -> Result<Lora> {
+        if rank == 0 {
+            bail!("--lora-rank must be at least 1");
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            bail!("--lora-alpha must be a positive number, got {alpha}");
+        }
+        let mut rng = Rng::seed_from_u64(seed);
+        let blocks = (0..cfg.layers)
+            .map(|_| {
+                slots
+                    .iter()
+                    .map(|s| {
+                        let inp = in_dim(cfg, s.linear);
+                        let bound = 1.0 / (inp as f64).sqrt();
+                        let a =
+                            (0..rank * inp).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+                        LoraPair { slot: s.clone(), a, b: vec![0.0; s.rows.len() * rank] }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Lora { rank, alpha, blocks })
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+
+    /// Writes `adapter_model.safetensors` and `adapter_config.json` into the existing `dir`.
+    pub fn write_files(&self, dir: &Path, cfg: &ModelConfig, base_model: &str) -> Result<()> {
+        let mut tensors = Vec::new();
+        let mut modules: Vec<&str> = Vec::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            for p in block {
+                let module = format!("base_model.model.{}.{}", block_prefix(cfg, l), p.slot.module);
+                let inp = in_dim(cfg, p.slot.linear);
+                tensors.push(HostTensor::new(
+                    format!("{module}.lora_A.weight"),
+                    vec![self.rank, inp],
+                    p.a.clone(),
+                ));
+                let b_shape = vec![p.slot.rows.len(), self.rank];
+                tensors.push(HostTensor::new(format!("{module}.lora_B.weight"), b_shape, p.b.clone()));
+                let short = p.slot.module.rsplit('.').next().unwrap_or(p.slot.module);
+                if !modules.contains(&short) {
+                    modules.push(short);
+                }
+            }
+        }
+        let config = json!({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.rank, "lora_alpha": self.alpha,
+            "target_modules": modules, "lora_dropout": 0.0, "bias": "none",
+            "fan_in_fan_out": cfg.arch == Arch::Gpt2, "base_model_name_or_path": base_model,
+            "inference_mode": true,
+        });
+        std::fs::write(dir.join("adapter_model.safetensors"), safetensors_bytes(&tensors)?)?;
+        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+        Ok(())
+    }
+
+    /// Saves the adapter folder atomically.
+    pub fn save(&self, dir: &Path, cfg: &ModelConfig, base_model: &str) -> Result<()> {
+        atomic::write_dir(dir, |tmp| self.write_files(tmp, cfg, base_model))
+    }
+
+    /// Reads a PEFT LoRA adapter folder for a model of config `cfg`.
+    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Lora> {
+        let config_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let file = config_path.display().to_string();
+        let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{file}: {e}"))?;
+        if v.get("peft_type").and_then(Value::as_str) != Some("LORA") {
+            bail!("{file}: not a LoRA adapter (peft_type must be \"LORA\")");
+        }
+        let rank = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| anyhow!("{file}: 'r' must be a positive integer"))? as usize;
+        let alpha = v
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| anyhow!("{file}: missing 'lora_alpha'"))? as f32;
+        let weights_path = dir.join("adapter_model.safetensors");
+        let wfile = weights_path.display().to_string();
+        let bytes = std::fs::read(&weights_path).with_context(|| format!("reading {wfile}"))?;
+        let mut tensors: std::collections::HashMap<String, HostTensor> =
+            read_safetensors(&bytes, &wfile)?.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let all_slots = parse_targets(cfg, "all")?;
+        let mut blocks = Vec::new();
+        for l in 0..cfg.layers {
+            let mut block = Vec::new();
+            for slot in &all_slots {
+                let module = format!("base_model.model.{}.{}", block_prefix(cfg, l), slot.module);
+                let (a_name, b_name) = (format!("{module}.lora_A.weight"), format!("{module}.lora_B.weight"));
+                let (Some(a), Some(b)) = (tensors.remove(&a_name), tensors.remove(&b_name)) else { continue };
+                let (a_shape, b_shape) = (vec![rank, in_dim(cfg, slot.linear)], vec![slot.rows.len(), rank]);
+                if a.shape != a_shape || b.shape != b_shape {
+                    bail!(
+                        "{wfile}: '{module}' has lora_A {:?} and lora_B {:?}; this model needs {a_shape:?} and {b_shape:?}",
+                        a.shape,
+                        b.shape
+                    );
+                }
+                block.push(LoraPair { slot: slot.clone(), a: a.data, b: b.data });
+            }
+            blocks.push(block);
+        }
+        if let Some(name) = tensors.keys().min() {
+            bail!("{wfile}: tensor '{name}' matches no module of this model");
+        }
+        if blocks.iter().all(Vec::is_empty) {
+            bail!("{wfile}: holds no LoRA weights");
+        }
+        Ok(Lora { rank, alpha, blocks })
+    }
+
+    /// Adds `scale · B · A` into the weights' rows (f64 sums).
+    pub fn merge_into(&self, weights: &mut Weights<HostTensor>) {
+        let (r, s) = (self.rank, self.scale() as f64);
+        for (block, pairs) in weights.blocks.iter_mut().zip(&self.blocks) {
+            for p in pairs {
+                let w = match p.slot.linear {
+                    Linear::Qkv => &mut block.qkv,
+                    Linear::O => &mut block.o,
+                    Linear::Up => &mut block.up,
+                    Linear::Down => &mut block.down,
+                };
+                let inp = w.shape[1];
+                for (i, row) in p.slot.rows.clone().enumerate() {
+                    for j in 0..inp {
+                        let ba: f64 = (0..r).map(|k| p.b[i * r + k] as f64 * p.a[k * inp + j] as f64).sum();
+                        w.data[row * inp + j] = (w.data[row * inp + j] as f64 + s * ba) as f32;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::load;
+
+    fn stories() -> Option<crate::model::LoadedModel> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        path.exists().then(|| load(&path).unwrap())
+    }
+
+    #[test]
+    fn targets_parse_and_refuse() {
+        let Some(m) = stories() else { return };
+        let c = &m.config;
+        let qv = parse_targets(c, "q, v").unwrap();
+        assert_eq!(qv.len(), 2);
+        assert_eq!(qv[1].rows.len(), c.kv_heads * c.head_dim);
+        assert_eq!(parse_targets(c, "all").unwrap().len(), 7);
+        let err = parse_targets(c, "q,x").unwrap_err().to_string();
+        assert!(err.contains("--lora-targets") && err.contains("'x'"), "{err}");
+    }
+
+    #[test]
+    fn adapters_round_trip_and_merge() {
+        let Some(m) = stories() else { return };
+        let c = &m.config;
+        let mut lora = Lora::init(c, &parse_targets(c, "q,v,down").unwrap(), 2, 4.0, 7).unwrap();
+        for (i, p) in lora.blocks.iter_mut().flatten().enumerate() {
+            p.b.iter_mut().enumerate().for_each(|(j, x)| *x = ((i * 31 + j) % 7) as f32 * 0.01);
+        }
+        let dir = std::env::temp_dir().join(format!("keel-adapter-{}", std::process::id()));
+        lora.save(&dir, c, "stories260k").unwrap();
+        let back = Lora::load(&dir, c).unwrap();
+        assert_eq!(back, lora);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Merging: one entry by hand.
+        let mut w = m.weights.clone();
+        lora.merge_into(&mut w);
+        let p = &lora.blocks[1][1]; // v of block 1
+        let (row, col, inp) = (p.slot.rows.start + 3, 5, c.hidden);
+        let want = m.weights.blocks[1].qkv.data[row * inp + col] as f64
+            + 2.0 * (0..2).map(|k| p.b[3 * 2 + k] as f64 * p.a[k * inp + col] as f64).sum::<f64>();
+        assert!((w.blocks[1].qkv.data[row * inp + col] as f64 - want).abs() < 1e-6);
+        assert_eq!(w.blocks[1].o.data, m.weights.blocks[1].o.data, "o untouched");
+    }
+}
