@@ -17,6 +17,7 @@ pub mod modulate;
 pub mod ops;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod pull;
+pub mod report;
 pub mod rng;
 pub mod tokenize;
 pub mod train;

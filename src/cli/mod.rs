@@ -1,6 +1,7 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
 mod bench;
+mod finetune;
 mod info;
 mod text;
 
@@ -20,7 +21,8 @@ use std::time::Instant;
     about = "Run, modulate and fine-tune transformer language models in WGSL on any GPU"
 )]
 struct Cli {
-    /// GPU adapter: index in `keel info`'s list or part of its name (env: KEEL_ADAPTER)
+    /// GPU adapter: index in `keel info`'s list or part of its name (env: KEEL_ADAPTER);
+    /// for `keel merge`, the LoRA adapter folder
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
@@ -35,8 +37,12 @@ enum Command {
     Generate(text::GenerateArgs),
     /// Score a text: per-token log-probabilities, entropies, perplexity
     Score(text::ScoreArgs),
-    /// Measure load, prefill and decode speed
+    /// Measure load, prefill and decode speed (and training speed with --train)
     Bench(bench::BenchArgs),
+    /// Fine-tune a model (every weight, or LoRA adapters) on a text or .jsonl file
+    Finetune(finetune::FinetuneArgs),
+    /// Merge the LoRA adapter folder given by --adapter DIR into its base model and save it
+    Merge(finetune::MergeArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -196,6 +202,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => text::generate(a, &cli.adapter),
         Command::Score(a) => text::score(a, &cli.adapter),
         Command::Bench(a) => bench::run(a, &cli.adapter),
+        Command::Finetune(a) => finetune::run(a, &cli.adapter),
+        Command::Merge(a) => finetune::merge(a, &cli.adapter),
     }
 }
 

@@ -1,5 +1,12 @@
-//! Fine-tuning: the training step on the GPU ([`graph`]), the optimizer and its state
-//! ([`trainer`]).
+//! Fine-tuning: the data ([`data`]), the training step on the GPU ([`graph`]), the
+//! optimizer and its state ([`trainer`]), the learning-rate schedule ([`schedule`]), the
+//! step log ([`log`]) and the whole run with checkpoints and resume ([`run`]).
 
+pub mod data;
 pub mod graph;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod log;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod run;
+pub mod schedule;
 pub mod trainer;

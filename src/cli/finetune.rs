@@ -1,0 +1,209 @@
+//! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
+
+use super::{gpu, resolve_model, ModelArg};
+use crate::cpu::optim::AdamW;
+use crate::model::adapter::Lora;
+use crate::model::save::save_hf_model;
+use crate::train::graph::ActivationMemory;
+use crate::train::run::{finetune, FinetuneConfig, LoraOptions, Progress};
+use crate::train::schedule::Schedule;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Training data: a text file (tokenized and packed), or a .jsonl of {"ids": [...]} rows
+    /// of --seq-len + 1 ids, used in order
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: log.jsonl, checkpoint-N/, final/, loss.svg
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Rows per micro-batch
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per row
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Micro-batches per optimizer step (gradient accumulation)
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Exempt norm weights and biases from weight decay
+    #[arg(long)]
+    no_decay_norms_biases: bool,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+    /// Linear warmup steps
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// constant or cosine (after the warmup)
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Clip the global gradient norm (0 = off)
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// Train LoRA adapters of this rank instead of every weight
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA scale numerator: updates are scaled by alpha / rank (default: 2 × rank)
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// Where LoRA goes: q,k,v,o,gate,up,down (any list) or all
+    #[arg(long, default_value = "q,v")]
+    lora_targets: String,
+    /// Recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
+    #[arg(long)]
+    recompute: bool,
+    /// Hold out the last fraction of the rows for validation
+    #[arg(long)]
+    val_fraction: Option<f32>,
+    /// Validation data (same formats as --data)
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Validate every K steps (0 = at the end only, when validation data is given)
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Save a checkpoint every K steps (0 = the final model only)
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Seeds shuffling and LoRA's initialisation
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    shuffle: bool,
+    /// Continue from the newest checkpoint in --out
+    #[arg(long)]
+    resume: bool,
+}
+
+fn check_positive(flag: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{flag} must be a positive number, got {v}");
+    }
+    Ok(())
+}
+
+pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
+    check_positive("--lr", a.lr)?;
+    check_positive("--adam-eps", a.adam_eps)?;
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        bail!("--weight-decay must be 0 or more, got {}", a.weight_decay);
+    }
+    for (flag, b) in [("--beta1", a.beta1), ("--beta2", a.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            bail!("{flag} must be in [0, 1), got {b}");
+        }
+    }
+    if !(a.grad_clip.is_finite() && a.grad_clip >= 0.0) {
+        bail!("--grad-clip must be 0 (off) or positive, got {}", a.grad_clip);
+    }
+    let schedule: Schedule = a.schedule.parse()?;
+    let lora = a.lora_rank.map(|rank| LoraOptions {
+        rank,
+        alpha: a.lora_alpha.unwrap_or(2.0 * rank as f32),
+        targets: a.lora_targets.clone(),
+    });
+    if lora.is_none() && a.lora_alpha.is_some() {
+        bail!("--lora-alpha needs --lora-rank");
+    }
+    let cfg = FinetuneConfig {
+        data: a.data,
+        out: a.out,
+        steps: a.steps,
+        batch: a.batch,
+        seq_len: a.seq_len,
+        grad_accum: a.grad_accum,
+        adamw: AdamW {
+            lr: a.lr,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.adam_eps,
+            weight_decay: a.weight_decay,
+        },
+        warmup: a.warmup,
+        schedule,
+        grad_clip: a.grad_clip,
+        decay_norms_biases: !a.no_decay_norms_biases,
+        lora,
+        memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
+        val_fraction: a.val_fraction,
+        val_data: a.val_data,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        seed: a.seed,
+        shuffle: a.shuffle,
+        resume: a.resume,
+    };
+    let path = resolve_model(&a.model)?;
+    let gpu = gpu(adapter)?;
+    let model = crate::model::load(&path)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut show = |p: &Progress| {
+        let done = p.step + 1;
+        let width = 24;
+        let filled = done * width / p.steps.max(1);
+        let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
+        let val = p.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+        let line = format!(
+            "step {done}/{} [{bar}] loss {:.4}  lr {:.2e}  {:.0} tok/s{val}",
+            p.steps, p.loss, p.lr, p.tokens_per_s
+        );
+        if tty {
+            eprint!("\r{line}\x1b[K");
+            if done == p.steps {
+                eprintln!();
+            }
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+    };
+    let summary = finetune(gpu, model, &path.display().to_string(), &cfg, &mut show)?;
+    if summary.first_step > 0 {
+        eprintln!("keel: resumed at step {}", summary.first_step);
+    }
+    println!("final model: {}", summary.final_dir.display());
+    println!("loss curve:  {}", summary.plot.display());
+    println!("step log:    {}", cfg.out.join("log.jsonl").display());
+    Ok(())
+}
+
+/// `keel merge --model PATH --adapter DIR --out DIR`. `--adapter` is the global flag (a GPU
+/// adapter elsewhere); merging runs on the CPU, so here it names the LoRA adapter folder.
+#[derive(Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Where the merged model goes
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn merge(a: MergeArgs, adapter: &Option<String>) -> Result<()> {
+    let Some(adapter) = adapter else {
+        bail!("keel merge needs --adapter DIR, the LoRA adapter folder (adapter_model.safetensors + adapter_config.json)")
+    };
+    let adapter = PathBuf::from(adapter);
+    let path = resolve_model(&a.model)?;
+    let mut model = crate::model::load(&path)?;
+    let lora =
+        Lora::load(&adapter, &model.config).with_context(|| format!("--adapter {}", adapter.display()))?;
+    lora.merge_into(&mut model.weights);
+    save_hf_model(&a.out, &model.config, &model.weights, model.tokenizer.json())?;
+    println!("merged model: {}", a.out.display());
+    Ok(())
+}

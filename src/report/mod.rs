@@ -1,0 +1,3 @@
+//! Reports people read: SVG charts ([`svg`]).
+
+pub mod svg;

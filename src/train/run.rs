@@ -1,0 +1,256 @@
+//! A whole fine-tuning run: data, steps, validation, the step log, checkpoints written
+//! atomically, resume after a kill, and the final model (or adapter) with a loss plot.
+//!
+//! `OUT/checkpoint-N/` holds the state after N steps: the model as transformers loads it
+//! (`model.safetensors`, `config.json`, `tokenizer.json`) or the PEFT adapter, plus
+//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json`. Batches are a pure
+//! function of (step, seed), so a resumed run sees the same data as an uninterrupted one
+//! and, the kernels being deterministic, computes the same losses.
+
+use super::data::TrainData;
+use super::graph::ActivationMemory;
+use super::log::{loss_curve, read_log, StepLog};
+use super::schedule::{lr_at, Schedule};
+use super::trainer::{Method, OptimConfig, Trainer};
+use crate::atomic;
+use crate::cpu::optim::AdamW;
+use crate::gpu::Gpu;
+use crate::model::adapter::{parse_targets, Lora};
+use crate::model::load::read_safetensors;
+use crate::model::save::{safetensors_bytes, write_hf_files};
+use crate::model::{GpuModel, LoadedModel};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// LoRA's settings.
+#[derive(Clone, Debug)]
+pub struct LoraOptions {
+    pub rank: usize,
+    pub alpha: f32,
+    /// `--lora-targets`: "q,v", "all", ...
+    pub targets: String,
+}
+
+/// Everything `keel finetune` takes besides the model.
+#[derive(Clone, Debug)]
+pub struct FinetuneConfig {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub steps: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub adamw: AdamW,
+    pub warmup: usize,
+    pub schedule: Schedule,
+    pub grad_clip: f32,
+    pub decay_norms_biases: bool,
+    pub lora: Option<LoraOptions>,
+    pub memory: ActivationMemory,
+    pub val_fraction: Option<f32>,
+    pub val_data: Option<PathBuf>,
+    /// Validate every K steps (0: only at the end, when there is validation data).
+    pub eval_every: usize,
+    /// Save a checkpoint every K steps (0: only the final model).
+    pub save_every: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub resume: bool,
+}
+
+/// One step as the progress display sees it.
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+    pub val_loss: Option<f64>,
+}
+
+/// What a finished run leaves.
+pub struct Summary {
+    pub final_dir: PathBuf,
+    pub first_step: usize,
+    pub last_loss: Option<f64>,
+    pub plot: PathBuf,
+}
+
+/// The newest complete checkpoint in `out` and its step count.
+fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
+    std::fs::read_dir(out)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            // Folders appear by rename only when whole; the state file is written last anyway.
+            e.path().join("trainer_state.json").is_file().then(|| (step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step)
+}
+
+fn method_name(cfg: &FinetuneConfig) -> &'static str {
+    if cfg.lora.is_some() {
+        "lora"
+    } else {
+        "full"
+    }
+}
+
+/// Runs (or resumes) a fine-tune of `model`, `base_name` naming it in adapter configs.
+pub fn finetune(
+    gpu: &Gpu,
+    model: LoadedModel,
+    base_name: &str,
+    cfg: &FinetuneConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    if cfg.steps == 0 || cfg.grad_accum == 0 {
+        bail!("--steps and --grad-accum must be at least 1");
+    }
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating --out {}", cfg.out.display()))?;
+    let log_path = cfg.out.join("log.jsonl");
+    let resume_from = if cfg.resume { latest_checkpoint(&cfg.out) } else { None };
+    if !cfg.resume && (log_path.exists() || latest_checkpoint(&cfg.out).is_some()) {
+        bail!(
+            "--out {} already holds a fine-tune: pass --resume to continue it, or choose another folder",
+            cfg.out.display()
+        );
+    }
+    let config = model.config.clone();
+    let mut data = TrainData::from_file(&cfg.data, &model.tokenizer, cfg.seq_len, config.vocab)?;
+    let val = match (&cfg.val_data, cfg.val_fraction) {
+        (Some(_), Some(_)) => bail!("give --val-data or --val-fraction, not both"),
+        (Some(path), None) => Some(TrainData::from_file(path, &model.tokenizer, cfg.seq_len, config.vocab)?),
+        (None, Some(f)) => Some(data.split_validation(f)?),
+        (None, None) => None,
+    };
+
+    // The starting point: the model as given, or the newest checkpoint's state.
+    let mut first_step = 0;
+    let mut weights_model = model;
+    let mut lora = match &cfg.lora {
+        Some(o) => {
+            Some(Lora::init(&config, &parse_targets(&config, &o.targets)?, o.rank, o.alpha, cfg.seed)?)
+        }
+        None => None,
+    };
+    let mut moments = None;
+    if let Some((step, dir)) = &resume_from {
+        let state: Value = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json"))?)
+            .with_context(|| format!("{}: unreadable trainer_state.json", dir.display()))?;
+        for (key, want) in [
+            ("method", json!(method_name(cfg))),
+            ("batch", json!(cfg.batch)),
+            ("seq_len", json!(cfg.seq_len)),
+        ] {
+            if state[key] != want {
+                bail!("{}: saved with {key} = {}, but this run asks for {want}", dir.display(), state[key]);
+            }
+        }
+        match &mut lora {
+            Some(l) => *l = Lora::load(dir, &config)?,
+            None => weights_model = crate::model::load(dir)?,
+        }
+        let file = dir.join("optimizer.safetensors");
+        moments = Some(read_safetensors(&std::fs::read(&file)?, &file.display().to_string())?);
+        first_step = *step;
+    }
+    let tokenizer_json = weights_model.tokenizer.json().to_string();
+    let gpu_model = GpuModel::upload(gpu, &weights_model)?;
+    drop(weights_model);
+    let optim = OptimConfig {
+        adamw: cfg.adamw,
+        grad_clip: cfg.grad_clip,
+        decay_norms_biases: cfg.decay_norms_biases,
+    };
+    let method = match lora {
+        Some(l) => Method::Lora(l),
+        None => Method::Full,
+    };
+    let mut trainer = Trainer::new(gpu, gpu_model, (cfg.batch, cfg.seq_len), cfg.memory, optim, method)?;
+    if let Some(m) = &moments {
+        trainer.restore_moments(m, first_step as u32)?;
+    }
+
+    let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
+        atomic::write_dir(dir, |tmp| {
+            match trainer.adapters()? {
+                Some(l) => l.write_files(tmp, &config, base_name)?,
+                None => {
+                    write_hf_files(tmp, &config, &trainer.download(&trainer.model.weights)?, &tokenizer_json)?
+                }
+            }
+            if let Some(step) = with_state {
+                std::fs::write(tmp.join("optimizer.safetensors"), safetensors_bytes(&trainer.moments()?)?)?;
+                let state = json!({"step": step, "method": method_name(cfg), "batch": cfg.batch,
+                                   "seq_len": cfg.seq_len, "seed": cfg.seed});
+                std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+            }
+            Ok(())
+        })
+    };
+
+    let mut log = StepLog::open(&log_path, Some(first_step))?;
+    let validate = |trainer: &Trainer, log: &mut StepLog, step: usize| -> Result<Option<f64>> {
+        let Some(val) = &val else { return Ok(None) };
+        let rows: Vec<&[u32]> = val.val_batches(cfg.batch).flatten().collect();
+        let loss = trainer.evaluate(&rows)?;
+        log.append(&json!({"step": step, "val_loss": loss, "val_ppl": loss.exp()}))?;
+        Ok(Some(loss))
+    };
+    let mut last_loss = None;
+    for step in first_step..cfg.steps {
+        let lr = lr_at(step, cfg.adamw.lr, cfg.warmup, cfg.steps, cfg.schedule, 0.0);
+        let micro: Vec<Vec<&[u32]>> = (0..cfg.grad_accum)
+            .map(|k| data.batch(step * cfg.grad_accum + k, cfg.batch, cfg.shuffle, cfg.seed))
+            .collect();
+        let t0 = Instant::now();
+        let report = trainer.step(&micro, lr)?;
+        let tokens_per_s = report.tokens as f64 / t0.elapsed().as_secs_f64();
+        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+            let kept = latest_checkpoint(&cfg.out)
+                .map_or("none was saved yet".to_string(), |(_, d)| d.display().to_string());
+            bail!(
+                "step {step}: the loss became {} (gradient norm {}): training diverged and stopped; \
+                 the last good checkpoint is {kept}. Try a lower --lr or --grad-clip 1",
+                report.loss,
+                report.grad_norm
+            );
+        }
+        log.append(&json!({"step": step, "loss": report.loss, "grad_norm": report.grad_norm, "lr": lr,
+                            "tokens_per_s": tokens_per_s}))?;
+        last_loss = Some(report.loss);
+        let done = step + 1;
+        let val_loss = if (cfg.eval_every > 0 && done % cfg.eval_every == 0)
+            || (done == cfg.steps && cfg.eval_every == 0)
+        {
+            validate(&trainer, &mut log, step)?
+        } else {
+            None
+        };
+        progress(&Progress { step, steps: cfg.steps, loss: report.loss, lr, tokens_per_s, val_loss });
+        if cfg.save_every > 0 && done % cfg.save_every == 0 {
+            save(&trainer, &cfg.out.join(format!("checkpoint-{done}")), Some(done))?;
+        }
+    }
+    log.close()?;
+    let final_dir = cfg.out.join("final");
+    save(&trainer, &final_dir, None)?;
+    let plot = cfg.out.join("loss.svg");
+    let chart = loss_curve(&read_log(&log_path)?);
+    atomic::write_file(&plot, chart.to_svg().as_bytes())?;
+    Ok(Summary { final_dir, first_step, last_loss, plot })
+}
+
+/// Reads the losses of a run's log, by step (for tests and reports).
+pub fn logged_losses(out: &Path) -> Result<Vec<(usize, f64)>> {
+    Ok(read_log(&out.join("log.jsonl"))?
+        .iter()
+        .filter_map(|v| Some((v["step"].as_u64()? as usize, v.get("loss")?.as_f64()?)))
+        .collect())
+}
