@@ -216,7 +216,7 @@ pub fn finetune(
             let kept = latest_checkpoint(&cfg.out)
                 .map_or("none was saved yet".to_string(), |(_, d)| d.display().to_string());
             bail!(
-                "step {step}: the loss became {} (gradient norm {}): training diverged and stopped; \
+                "step {step}: training diverged (loss {}, gradient norm {}) and stopped; \
                  the last good checkpoint is {kept}. Try a lower --lr or --grad-clip 1",
                 report.loss,
                 report.grad_norm

@@ -1,0 +1,328 @@
+//! `keel finetune` and `keel merge` end to end: the golden training curve through the CLI,
+//! a run killed mid-way and resumed to the same losses and weights, divergence stopping
+//! the run with its last checkpoint intact, LoRA adapters merged, and bad flags refused.
+
+mod common;
+
+use common::*;
+use keel::gpu::Gpu;
+use keel::model::{self, GpuModel};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The golden batch of `name` as a .jsonl of rows of seq_len + 1 ids, and its losses.
+fn golden_jsonl(name: &str, dir: &TempDir) -> Option<(String, Vec<f64>)> {
+    let path = shared().join(format!("golden/{name}.json"));
+    let golden: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).unwrap();
+    let train = &golden["train"];
+    let mut lines = String::new();
+    for (i, t) in train["input_ids"].as_array().unwrap().iter().zip(train["target_ids"].as_array().unwrap()) {
+        let mut ids = i.as_array().unwrap().clone();
+        ids.push(t.as_array().unwrap().last().unwrap().clone());
+        lines.push_str(&serde_json::json!({ "ids": ids }).to_string());
+        lines.push('\n');
+    }
+    let file = dir.path("golden.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let losses = train["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    Some((file.display().to_string(), losses))
+}
+
+fn logged_losses(out: &Path) -> Vec<(usize, f64)> {
+    keel::train::run::logged_losses(out).unwrap()
+}
+
+const GOLDEN_FLAGS: [&str; 20] = [
+    "--batch",
+    "2",
+    "--seq-len",
+    "32",
+    "--steps",
+    "10",
+    "--lr",
+    "1e-3",
+    "--weight-decay",
+    "0.01",
+    "--warmup",
+    "0",
+    "--schedule",
+    "constant",
+    "--grad-clip",
+    "0",
+    "--shuffle",
+    "false",
+    "--seed",
+    "0",
+];
+
+#[test]
+fn cli_finetune_logs_the_golden_losses() {
+    for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
+        let t = TempDir::new("golden");
+        let model = shared().join("models").join(name);
+        let Some((data, want)) = golden_jsonl(name, &t) else { continue };
+        let out = t.path("run");
+        let mut args = vec![
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(GOLDEN_FLAGS);
+        succeeds(&args);
+        let got = logged_losses(&out);
+        assert_eq!(got.len(), 10, "{name}: one log line per step");
+        for ((step, loss), want) in got.iter().zip(&want) {
+            let tol = (1e-3 * want.abs()).max(1e-4);
+            assert!((loss - want).abs() <= tol, "{name} step {step}: {loss} vs golden {want}");
+        }
+        // The log's other keys, and the plot.
+        let line: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().next().unwrap(),
+        )
+        .unwrap();
+        for key in ["step", "loss", "grad_norm", "lr", "tokens_per_s"] {
+            assert!(line.get(key).is_some(), "{name}: log line lacks {key}: {line}");
+        }
+        assert!(std::fs::read_to_string(out.join("loss.svg")).unwrap().contains("<svg"));
+    }
+}
+
+/// Fine-tuning stories260k on TinyStories text for `steps` steps, saving every 3.
+fn text_run_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "finetune",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        "24",
+        "--batch",
+        "4",
+        "--seq-len",
+        "32",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "4",
+        "--schedule",
+        "cosine",
+        "--save-every",
+        "3",
+        "--seed",
+        "5",
+    ]
+}
+
+#[test]
+fn killed_finetune_resumes_to_the_same_losses_and_weights() {
+    let Some(stories) = stories() else { return };
+    let data = shared().join("corpora/tinystories_train_head.txt");
+    let t = TempDir::new("kill");
+    let (model, data) = (stories.to_str().unwrap(), data.to_str().unwrap());
+    let whole = t.path("whole");
+    succeeds(&text_run_args(model, data, whole.to_str().unwrap()));
+
+    let killed = t.path("killed");
+    let args = text_run_args(model, data, killed.to_str().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(&args)
+        .env("WGPU_BACKEND", "vulkan")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once a few checkpoints exist, mid-step.
+    let t0 = Instant::now();
+    while !killed.join("checkpoint-9").exists() {
+        assert!(t0.elapsed() < HANG, "no checkpoint-9 after {HANG:?}");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.join("final").exists(), "killed before the end");
+
+    let mut resume = args.clone();
+    resume.push("--resume");
+    succeeds(&resume);
+    assert_eq!(logged_losses(&killed), logged_losses(&whole), "resumed losses equal the uninterrupted run's");
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert!(weights(&killed) == weights(&whole), "resumed final weights equal the uninterrupted run's");
+}
+
+#[test]
+fn diverging_run_stops_and_keeps_its_last_checkpoint() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("nan");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let out = t.path("run");
+    let r = keel(&[
+        "finetune",
+        "--model",
+        stories.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq-len",
+        "32",
+        "--steps",
+        "10",
+        "--lr",
+        "1e30",
+        "--grad-clip",
+        "0",
+        "--save-every",
+        "1",
+    ]);
+    assert_eq!(r.code, Some(2));
+    // Progress lines, then one error line.
+    let line = r.stderr.lines().last().unwrap();
+    assert!(line.starts_with("error: step 1: training diverged") && line.contains("checkpoint-1"), "{line}");
+    assert!(!r.stderr.contains("panicked"));
+    assert!(out.join("checkpoint-1/model.safetensors").exists());
+    assert!(model::load(&out.join("checkpoint-1")).is_ok(), "the kept checkpoint loads");
+}
+
+/// A checkpoint loads back into Keel with identical logits.
+#[test]
+fn checkpoint_loads_back_with_identical_logits() {
+    use keel::cpu::optim::AdamW;
+    use keel::train::graph::ActivationMemory;
+    use keel::train::trainer::{Method, OptimConfig, Trainer};
+    let Some(stories) = stories() else { return };
+    let gpu = Gpu::shared().unwrap();
+    let host = model::load(&stories).unwrap();
+    let adamw = AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
+    let gm = GpuModel::upload(gpu, &host).unwrap();
+    let mut trainer = Trainer::new(gpu, gm, (1, 16), ActivationMemory::Keep, opt, Method::Full).unwrap();
+    let row: Vec<u32> = (0..17).map(|i| (i * 37 % 500) as u32).collect();
+    trainer.step(&[vec![&row[..]]], 1e-3).unwrap();
+    let t = TempDir::new("ckpt");
+    let dir = t.path("ckpt");
+    let weights = trainer.download(&trainer.model.weights).unwrap();
+    keel::model::save::save_hf_model(&dir, &host.config, &weights, host.tokenizer.json()).unwrap();
+    let back = GpuModel::upload(gpu, &model::load(&dir).unwrap()).unwrap();
+    let ids = &row[..16];
+    let a = keel::generate::score(gpu, &trainer.model, ids, None).unwrap();
+    let b = keel::generate::score(gpu, &back, ids, None).unwrap();
+    assert!(a.last_logits.iter().zip(&b.last_logits).all(|(x, y)| x.to_bits() == y.to_bits()), "last logits");
+    assert_eq!(a.next_logprobs, b.next_logprobs);
+    let base = keel::generate::score(gpu, &GpuModel::upload(gpu, &host).unwrap(), ids, None).unwrap();
+    assert_ne!(a.next_logprobs, base.next_logprobs, "the step changed the model");
+}
+
+#[test]
+fn lora_finetune_writes_an_adapter_that_merges() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("lora");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let (out, merged) = (t.path("run"), t.path("merged"));
+    let model = stories.to_str().unwrap();
+    succeeds(&[
+        "finetune",
+        "--model",
+        model,
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq-len",
+        "32",
+        "--steps",
+        "5",
+        "--lr",
+        "1e-2",
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q,v,down",
+    ]);
+    let losses = logged_losses(&out);
+    assert!(losses[4].1 < losses[0].1, "LoRA learns: {losses:?}");
+    let adapter = out.join("final");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
+    succeeds(&[
+        "merge",
+        "--model",
+        model,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let mut want = model::load(&stories).unwrap();
+    let lora = keel::model::adapter::Lora::load(&adapter, &want.config).unwrap();
+    lora.merge_into(&mut want.weights);
+    let got = model::load(&merged).unwrap();
+    assert_eq!(got.weights.blocks[1].qkv.data, want.weights.blocks[1].qkv.data);
+    assert_ne!(got.weights.blocks[1].qkv.data, model::load(&stories).unwrap().weights.blocks[1].qkv.data);
+    // Merging an adapter into a model of another shape is refused.
+    let gpt2 = shared().join("models/tiny-gpt2");
+    fails(
+        &[
+            "merge",
+            "--model",
+            gpt2.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--out",
+            "/tmp/x",
+        ],
+        &["--adapter"],
+    );
+}
+
+#[test]
+fn finetune_bad_flags_are_refused() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("bad");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let model = stories.to_str().unwrap();
+    let out = t.path("run");
+    let run = |extra: &[&str], needles: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            model,
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+            "--batch",
+            "2",
+        ];
+        args.extend(extra);
+        fails(&args, needles);
+    };
+    run(&["--seq-len", "32", "--lr=-1"], &["--lr"]);
+    run(&["--seq-len", "32", "--lora-rank", "2", "--lora-targets", "q,x"], &["--lora-targets", "'x'"]);
+    run(&["--seq-len", "32", "--schedule", "linear"], &["--schedule"]);
+    run(&["--seq-len", "31"], &["golden.jsonl:1:", "expected 32"]);
+    run(&["--seq-len", "32", "--beta2", "1.5"], &["--beta2"]);
+    run(&["--seq-len", "100000"], &["--seq-len"]);
+    fails(
+        &["finetune", "--model", model, "--data", "/no/such/file.txt", "--out", out.to_str().unwrap()],
+        &["/no/such/file.txt"],
+    );
+    // An output folder holding a run is not overwritten without --resume.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("log.jsonl"), "{\"step\": 0, \"loss\": 1.0}\n").unwrap();
+    run(&["--seq-len", "32"], &["--resume"]);
+}
