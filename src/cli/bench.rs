@@ -1,8 +1,12 @@
 //! `keel bench`: load time, prefill and decode throughput (mean ± sd over repeats, as
-//! llama-bench reports them).
+//! llama-bench reports them); with `--train`, fine-tuning throughput and memory.
 
 use super::{load_model, LcmArgs, ModelArg};
+use crate::cpu::optim::AdamW;
 use crate::generate::{sampler::argmax, Session};
+use crate::model::adapter::{parse_targets, Lora};
+use crate::train::graph::ActivationMemory;
+use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
@@ -22,6 +26,21 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     lcm: LcmArgs,
+    /// Measure fine-tuning steps (forward, backward, AdamW) instead of generation
+    #[arg(long)]
+    train: bool,
+    /// Training rows per step (with --train)
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per training row (with --train)
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Benchmark LoRA of this rank on q,v instead of full fine-tuning (with --train)
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// Recompute activations in the backward pass (with --train)
+    #[arg(long)]
+    recompute: bool,
 }
 
 fn mean_sd(x: &[f64]) -> (f64, f64) {
@@ -32,6 +51,9 @@ fn mean_sd(x: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
+    if a.train {
+        return run_train(a, adapter);
+    }
     if a.prompt_tokens == 0 || a.repeats == 0 {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
@@ -86,6 +108,72 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
         println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens)", a.gen_tokens);
+    }
+    Ok(())
+}
+
+/// `keel bench --train`: optimizer steps per second on a fixed batch, and the GPU memory
+/// the trainer allocated, by purpose.
+fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let m = load_model(&a.model, adapter)?;
+    let cfg = m.host.config.clone();
+    let method = match a.lora_rank {
+        Some(rank) => {
+            Method::Lora(Lora::init(&cfg, &parse_targets(&cfg, "q,v")?, rank, 2.0 * rank as f32, 0)?)
+        }
+        None => Method::Full,
+    };
+    let memory = if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep };
+    let adamw = AdamW { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
+    let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
+    let mut trainer = Trainer::new(m.gpu, m.gpu_model, (a.batch, a.seq_len), memory, opt, method)?;
+    let rows: Vec<Vec<u32>> = (0..a.batch)
+        .map(|r| (0..=a.seq_len).map(|i| ((r * 1009 + i * 7919 + 13) % cfg.vocab) as u32).collect())
+        .collect();
+    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+    let mut rates = Vec::new();
+    // One unmeasured step compiles the pipelines.
+    for rep in 0..=a.repeats {
+        let t0 = Instant::now();
+        let report = trainer.step(std::slice::from_ref(&batch), 1e-5)?;
+        if rep > 0 {
+            rates.push(report.tokens as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    let (rate, sd) = mean_sd(&rates);
+    let (weights, trained, activations) = trainer.memory_bytes();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let info = &m.gpu.info;
+    if a.json {
+        println!(
+            "{}",
+            json!({"mode": mode, "batch": a.batch, "seq_len": a.seq_len, "recompute": a.recompute,
+                   "train_tok_s": rate, "train_tok_s_sd": sd, "weights_bytes": weights,
+                   "trained_state_bytes": trained, "activation_bytes": activations,
+                   "total_bytes": weights + trained + activations, "adapter": info.name,
+                   "backend": format!("{:?}", info.backend), "repeats": a.repeats})
+        );
+    } else {
+        println!("model:    {} ({} parameters)", m.host.path.display(), cfg.param_count());
+        println!("adapter:  {} ({:?})", info.name, info.backend);
+        println!(
+            "training: {mode}, batch {} × {} tokens{}",
+            a.batch,
+            a.seq_len,
+            if a.recompute { ", recomputed activations" } else { "" }
+        );
+        println!("speed:    {rate:.1} ± {sd:.1} tok/s");
+        println!(
+            "memory:   {:.1} MiB = weights {:.1} + gradients and AdamW {:.1} + activations {:.1}",
+            mib(weights + trained + activations),
+            mib(weights),
+            mib(trained),
+            mib(activations)
+        );
     }
     Ok(())
 }

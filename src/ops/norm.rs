@@ -81,6 +81,7 @@ fn backward_params(saved: Saved, d: usize, dy: &Tensor, n_rows: usize) -> Backwa
 }
 
 /// Input gradient of [`norm`] for `n_rows` rows: `dx (+)= ∂norm/∂x · dy`.
+#[allow(clippy::too_many_arguments)]
 pub fn norm_backward(
     step: &mut Step,
     kind: NormKind,

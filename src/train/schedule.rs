@@ -93,7 +93,7 @@ mod tests {
         for step in [10, 20, 35, 60, 85, 109] {
             let p = (step - warmup) as f64 / (total - warmup) as f64;
             let want = 2e-3 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
-            let got = lr_at(step, 2e-3, warmup, total, Schedule::Cosine, 0.0) as f64;
+            let got = lr_at(step, 2e-3, warmup, total, Schedule::Cosine, 0.0);
             assert!((got - want).abs() < 1e-9, "step {step}: {got} vs {want}");
         }
         assert_eq!(lr_at(60, 1.0, 10, 110, Schedule::Cosine, 0.0), 0.5);
