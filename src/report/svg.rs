@@ -17,6 +17,7 @@ const FONT: &str = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 /// Series with at most this many points also get a dot per point.
 const MARKER_MAX: usize = 40;
 
+#[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
@@ -131,11 +132,13 @@ fn label(v: f64, decimals: usize) -> String {
         return "0".into();
     }
     if v.abs() >= 1e6 || decimals > 5 {
-        let s = format!("{v:e}");
-        return s.replace("e", "×10^").replace("×10^0", "");
+        return format!("{v:e}");
     }
     format!("{v:.decimals$}")
 }
+
+/// The finite (min, max) of some values, None when there are none.
+type Extent = Option<(f64, f64)>;
 
 /// An axis: its domain and labelled ticks.
 struct Axis {
@@ -147,7 +150,7 @@ struct Axis {
 
 impl Axis {
     /// An axis covering `extent` (the finite min and max of the data, if any).
-    fn new(extent: Option<(f64, f64)>, log: bool) -> Axis {
+    fn new(extent: Extent, log: bool) -> Axis {
         let (mut lo, mut hi) = extent.unwrap_or(if log { (1.0, 10.0) } else { (0.0, 1.0) });
         if lo == hi {
             // One value: centre it in a small span rather than divide by zero.
@@ -181,6 +184,22 @@ impl Axis {
     }
 }
 
+/// The maximal runs of consecutive items that pass `keep`.
+fn runs<T: Copy>(items: &[T], keep: impl Fn(&T) -> bool) -> Vec<Vec<T>> {
+    let (mut out, mut run) = (Vec::new(), Vec::new());
+    for item in items {
+        if keep(item) {
+            run.push(*item);
+        } else if !run.is_empty() {
+            out.push(std::mem::take(&mut run));
+        }
+    }
+    if !run.is_empty() {
+        out.push(run);
+    }
+    out
+}
+
 /// Escapes text for XML content and attribute values.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -206,8 +225,8 @@ impl Chart {
     }
 
     /// The finite extents of x and y over all points and bands.
-    fn extents(&self) -> (Option<(f64, f64)>, Option<(f64, f64)>) {
-        let grow = |e: &mut Option<(f64, f64)>, v: f64| {
+    fn extents(&self) -> (Extent, Extent) {
+        let grow = |e: &mut Extent, v: f64| {
             *e = Some(e.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
         };
         let (mut xe, mut ye) = (None, None);
@@ -307,41 +326,33 @@ impl Chart {
                 TOP + ph / 2.0
             );
         }
-        // Bands first, so every line is drawn over every band.
+        // Bands first, so every line is drawn over every band. A value that cannot be drawn
+        // breaks a band or line rather than being bridged.
         for series in &self.series {
-            let band: Vec<(f64, f64, f64)> = series
-                .band
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|&(x, lo, hi)| self.drawable(x, lo) && self.drawable(x, hi))
-                .collect();
-            if band.len() < 2 {
-                continue;
+            let band = series.band.as_deref().unwrap_or_default();
+            for run in runs(band, |&(x, lo, hi)| self.drawable(x, lo) && self.drawable(x, hi)) {
+                if run.len() < 2 {
+                    continue;
+                }
+                let upper = run.iter().map(|&(x, _, hi)| format!("{:.1},{:.1}", px(x), py(hi)));
+                let lower = run.iter().rev().map(|&(x, lo, _)| format!("{:.1},{:.1}", px(x), py(lo)));
+                let pts: Vec<String> = upper.chain(lower).collect();
+                let _ = writeln!(
+                    s,
+                    "<polygon points=\"{}\" fill=\"{}\" fill-opacity=\"0.18\" stroke=\"none\"/>",
+                    pts.join(" "),
+                    esc(&series.color)
+                );
             }
-            let upper = band.iter().map(|&(x, _, hi)| format!("{:.1},{:.1}", px(x), py(hi)));
-            let lower = band.iter().rev().map(|&(x, lo, _)| format!("{:.1},{:.1}", px(x), py(lo)));
-            let pts: Vec<String> = upper.chain(lower).collect();
-            let _ = writeln!(
-                s,
-                "<polygon points=\"{}\" fill=\"{}\" fill-opacity=\"0.18\" stroke=\"none\"/>",
-                pts.join(" "),
-                esc(&series.color)
-            );
         }
         for series in &self.series {
             let color = esc(&series.color);
-            // A non-drawable point breaks the line rather than being bridged.
-            let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
-            for &(x, y) in &series.points {
-                if self.drawable(x, y) {
-                    runs.last_mut().map(|r| r.push((px(x), py(y))));
-                } else if runs.last().is_some_and(|r| !r.is_empty()) {
-                    runs.push(Vec::new());
-                }
-            }
+            let runs: Vec<Vec<(f64, f64)>> = runs(&series.points, |&(x, y)| self.drawable(x, y))
+                .into_iter()
+                .map(|r| r.into_iter().map(|(x, y)| (px(x), py(y))).collect())
+                .collect();
             let dots = series.points.len() <= MARKER_MAX;
-            for run in runs.iter().filter(|r| !r.is_empty()) {
+            for run in &runs {
                 if run.len() > 1 {
                     let pts: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
                     let _ = writeln!(
@@ -473,8 +484,8 @@ mod tests {
         assert_eq!(label(0.6000000000000001, 1), "0.6");
         assert_eq!(label(-0.0, 2), "0");
         assert_eq!(label(1000.0, 0), "1000");
-        assert_eq!(label(2e6, 0), "2×10^6");
-        assert_eq!(label(3e-7, 7), "3×10^-7");
+        assert_eq!(label(2e6, 0), "2e6");
+        assert_eq!(label(3e-7, 7), "3e-7");
     }
 
     #[test]
@@ -487,22 +498,12 @@ mod tests {
         a.band = Some((0..50).map(|i| (i as f64, 2.0 / (1.0 + i as f64), 4.0 / (1.0 + i as f64))).collect());
         let b = Series::new("val", vec![(10.0, 0.5), (20.0, 0.3)], PALETTE[1]);
         for log_y in [false, true] {
-            let svg =
-                chart(vec![a_clone(&a), Series::new("val", b.points.clone(), PALETTE[1])], log_y).to_svg();
+            let svg = chart(vec![a.clone(), b.clone()], log_y).to_svg();
             let names = balanced(&svg);
             assert_eq!(names[0], "svg");
             assert!(names.contains(&"polygon".to_string()) && names.contains(&"polyline".to_string()));
             assert!(svg.contains("train &lt;loss&gt; &amp; co") && svg.contains(">val<"), "{svg}");
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
-        }
-    }
-
-    fn a_clone(s: &Series) -> Series {
-        Series {
-            name: s.name.clone(),
-            points: s.points.clone(),
-            band: s.band.clone(),
-            color: s.color.clone(),
         }
     }
 
@@ -528,6 +529,17 @@ mod tests {
                 assert!(!svg.contains("NaN") && !svg.contains("inf"), "{points:?}: {svg}");
             }
         }
+        // A band with a hole is two shaded pieces.
+        let mut banded = Series::new("b", vec![(0.0, 1.0), (4.0, 2.0)], "blue");
+        banded.band = Some(vec![
+            (0.0, 0.5, 1.5),
+            (1.0, 0.5, 1.5),
+            (2.0, f64::NAN, 1.0),
+            (3.0, 1.0, 3.0),
+            (4.0, 1.0, 3.0),
+        ]);
+        let svg = chart(vec![banded], false).to_svg();
+        assert_eq!(svg.matches("<polygon").count(), 2);
         let empty = chart(vec![], false).to_svg();
         balanced(&empty);
         assert!(empty.contains("no data"));
