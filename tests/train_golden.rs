@@ -81,7 +81,8 @@ fn check_training(
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
     let want: Vec<f64> = train["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (s, want) in want.iter().enumerate().take(check_losses) {
-        let report = trainer.step(&[batch.clone()], train["optimizer"]["lr"].as_f64().unwrap()).unwrap();
+        let report =
+            trainer.step(std::slice::from_ref(&batch), train["optimizer"]["lr"].as_f64().unwrap()).unwrap();
         let tol = (1e-3 * want.abs()).max(1e-4);
         eprintln!("{name} step {s}: loss {} (golden {want})", report.loss);
         assert!((report.loss - want).abs() <= tol, "{name} step {s}: loss {} vs golden {want}", report.loss);
@@ -165,7 +166,7 @@ fn lora_gradients_follow_from_the_merged_model() {
     let mem = ActivationMemory::Keep;
     let mut full =
         Trainer::new(gpu, GpuModel::upload(gpu, &merged).unwrap(), shape, mem, opt, Method::Full).unwrap();
-    let full_report = full.step(&[batch.clone()], 1e-3).unwrap();
+    let full_report = full.step(std::slice::from_ref(&batch), 1e-3).unwrap();
     let dw = full.download(full.grads.as_ref().unwrap()).unwrap();
     let method = Method::Lora(lora.clone());
     let mut trainer =
