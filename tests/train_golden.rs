@@ -208,3 +208,40 @@ fn lora_gradients_follow_from_the_merged_model() {
         }
     }
 }
+
+/// Gradient accumulation: two micro-batches of one row step like one batch of two rows.
+#[test]
+fn accumulated_micro_batches_match_one_batch() {
+    let Some((golden, path)) = golden("stories260k", "stories260k") else { return };
+    let train = &golden["train"];
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let host = model::load(&path).unwrap();
+    let rows = golden_rows(train);
+    let seq_len = rows[0].len() - 1;
+    let (a, b) = (&rows[0][..], &rows[1][..]);
+    let mut one = Trainer::new(
+        gpu,
+        GpuModel::upload(gpu, &host).unwrap(),
+        (2, seq_len),
+        ActivationMemory::Keep,
+        optimizer(train),
+        Method::Full,
+    )
+    .unwrap();
+    let mut two = Trainer::new(
+        gpu,
+        GpuModel::upload(gpu, &host).unwrap(),
+        (1, seq_len),
+        ActivationMemory::Keep,
+        optimizer(train),
+        Method::Full,
+    )
+    .unwrap();
+    for step in 0..3 {
+        let r1 = one.step(&[vec![a, b]], 1e-3).unwrap();
+        let r2 = two.step(&[vec![a], vec![b]], 1e-3).unwrap();
+        assert!((r1.loss - r2.loss).abs() < 1e-5 * r1.loss, "step {step}: loss {} vs {}", r1.loss, r2.loss);
+        assert!((r1.grad_norm - r2.grad_norm).abs() < 1e-4 * r1.grad_norm, "step {step}: grad norm");
+        assert_eq!(r1.tokens, r2.tokens);
+    }
+}
