@@ -104,7 +104,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @group(0) @binding(7) var<storage, read> out: array<f32>;          // forward output O
 @group(0) @binding(8) var<storage, read_write> dq: array<f32>;     // [rows, Hq * hd]
 @group(0) @binding(9) var<storage, read_write> delta: array<f32>;  // [rows, Hq]
-var<workgroup> red: array<f32, WG>;
+#include reduce
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -125,13 +125,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         b_s[i] = d_out[qb + i];
         part += d_out[qb + i] * out[qb + i];
     }
-    red[lid] = part;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let d_i = red[0];
+    let d_i = workgroup_sum(part, lid);
     let row_lse = lse[idx];
     var acc = array<f32, 4>();
     let kv_stride = p.n_kv_heads * hd;

@@ -42,7 +42,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
 #else
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;
-var<workgroup> red: array<f32, WG>;
+#include reduce
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -50,12 +50,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let start = wid.x * CHUNK;
     var s = 0.0;
     for (var i = start + lid; i < min(start + CHUNK, p.n); i += WG) { s += x[i] * x[i]; }
-    red[lid] = s;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
-        if (lid < k) { red[lid] += red[lid + k]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { partials[p.first + wid.x] = red[0]; }
+    let total = workgroup_sum(s, lid);
+    if (lid == 0u) { partials[p.first + wid.x] = total; }
 }
 #endif

@@ -12,21 +12,7 @@ struct Params { n_rows: u32, vocab: u32, scale: f32, _p: u32 }
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // [rows]
 
 const WG: u32 = 64u;
-var<workgroup> red: array<f32, WG>;
-
-fn reduce(v: f32, lid: u32, is_max: bool) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
+#include reduce
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -39,10 +25,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let has_target = t < p.vocab;
     var m = -3.0e38;
     for (var i = lid; i < p.vocab; i += WG) { m = max(m, logits[base + i]); }
-    m = reduce(m, lid, true);
+    m = workgroup_max(m, lid);
     var se = 0.0;
     for (var i = lid; i < p.vocab; i += WG) { se += exp(logits[base + i] - m); }
-    let lse = m + log(reduce(se, lid, false));
+    let lse = m + log(workgroup_sum(se, lid));
     // Everyone reads the target logit before anyone overwrites the row.
     let zt = select(0.0, logits[base + min(t, p.vocab - 1u)], has_target);
     workgroupBarrier();

@@ -22,6 +22,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("xent", include_str!("../../shaders/xent.wgsl")),
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
+    // Not a kernel: pasted in by `#include reduce`.
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
 
 /// The source of one kernel family.
@@ -37,8 +39,16 @@ pub fn source(name: &str) -> &'static str {
 /// and is not "0".
 pub type Define = (&'static str, u32);
 
-/// Resolves `#if`/`#else`/`#endif` (nestable) and prepends `const NAME = value;` lines.
+/// Resolves `#include NAME` (pastes another entry of [`SOURCES`]), then `#if`/`#else`/`#endif`
+/// (nestable), and prepends `const NAME = value;` lines.
 pub fn preprocess(src: &str, defines: &[Define]) -> String {
+    let src: String = src
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("#include ") {
+            Some(name) => source(name.trim()).to_string(),
+            None => format!("{line}\n"),
+        })
+        .collect();
     let mut out = String::with_capacity(src.len() + 64);
     for (name, value) in defines {
         out.push_str(&format!("const {name}: u32 = {value}u;\n"));
@@ -80,6 +90,10 @@ mod tests {
         assert_eq!(body(&[("X", 1), ("Y", 1)]), "a,b,c,f");
         assert_eq!(body(&[("X", 0), ("Y", 1)]), "a,e,f");
         assert!(preprocess(src, &[("X", 1)]).starts_with("const X: u32 = 1u;\n"));
+        let included = preprocess("a\n#include reduce\nb\n", &[]);
+        assert!(
+            included.starts_with("a\n") && included.ends_with("b\n") && included.contains("fn workgroup_sum")
+        );
     }
 
     /// Every variant any op can ask for parses and validates with naga (no GPU needed).
