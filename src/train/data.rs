@@ -11,6 +11,7 @@
 //! Batches are a pure function of (step, seed), so a run resumed at step N sees exactly
 //! the batches an uninterrupted run would have seen from step N on.
 
+use crate::rng::Rng;
 use crate::tokenize::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -181,36 +182,15 @@ fn pack_text(
     Ok(ids.chunks_exact(want).map(<[u32]>::to_vec).collect())
 }
 
-/// SplitMix64 (Steele, Lea and Flood): tiny, and plenty for shuffling rows.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-
-    /// Uniform in `0..bound` by multiply-shift; the bias, under bound / 2^64, is far
-    /// below anything a shuffle of rows could show.
-    fn below(&mut self, bound: usize) -> usize {
-        ((self.next_u64() as u128 * bound as u128) >> 64) as usize
-    }
-}
-
-/// SplitMix64's output function, a bijection that scatters nearby inputs.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Epoch `epoch`'s order of `n` rows. The state is hashed from (seed, epoch) so that
-/// neighbouring pairs give unrelated streams rather than shifted copies of one stream.
+/// Epoch `epoch`'s order of `n` rows: a Fisher–Yates shuffle from Keel's generator, seeded
+/// by (seed, epoch) mixed so that neighbouring pairs give unrelated streams.
 fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = SplitMix64(mix64(mix64(seed) ^ epoch));
+    let mut rng = Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31));
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        p.swap(i, rng.below(i + 1));
+        // Multiply-shift: uniform in 0..=i up to a bias under (i + 1) / 2^64.
+        let j = ((rng.next_u64() as u128 * (i as u128 + 1)) >> 64) as usize;
+        p.swap(i, j);
     }
     p
 }
