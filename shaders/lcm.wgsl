@@ -6,6 +6,7 @@
 //   a_k = rho_k a_k + (1 - rho_k) h'
 // Positions below `sink` are left alone; position `sink` starts the anchors. With
 // NORMALIZED everything acts on directions h / |h| and the result is rescaled to |h|.
+// SAVE (training) also writes the anchors each row saw into `history`.
 
 struct Params {
     n_rows: u32, d: u32, n_scales: u32, sink: u32,
@@ -18,6 +19,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> anchor: array<f32>; // [seqs, n_scales, d]
 @group(0) @binding(4) var<storage, read> scales: array<f32>;       // (rho, gamma) per scale
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;  // per sequence: sum gate, sum divergence, count, 0
+#if SAVE
+// Training: the anchors each row saw, for lcm_backward.wgsl.
+@group(0) @binding(6) var<storage, read_write> history: array<f32>;  // [rows, n_scales, d]
+#endif
 
 const WG: u32 = 64u;
 const MAX_SCALES: u32 = 4u;
@@ -65,6 +70,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
             continue;
         }
+#if SAVE
+        for (var i = lid; i < d * p.n_scales; i += WG) { history[r * p.n_scales * d + i] = anchor[a_base + i]; }
+#endif
         red[lid] = hh;
         for (var k = 0u; k < p.n_scales; k++) {
             var ha = 0.0;

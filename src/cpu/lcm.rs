@@ -104,7 +104,10 @@ pub fn lcm_scan_backward(
         // Gradient with respect to the working vector v (and, via the norm, h).
         let s_sum: Vec<f64> = (0..d).map(|i| d_anchor.iter().map(|da| da[i]).sum()).collect();
         let (gv, g_norm_h) = if t == sink {
-            (s_sum.iter().zip(&gy).map(|(s, g)| s + if normalized { 0.0 } else { *g }).collect::<Vec<_>>(), 0.0)
+            (
+                s_sum.iter().zip(&gy).map(|(s, g)| s + if normalized { 0.0 } else { *g }).collect::<Vec<_>>(),
+                0.0,
+            )
         } else {
             let anchors = &history[t];
             let nv = dot(&v, &v).sqrt();
@@ -115,12 +118,15 @@ pub fn lcm_scan_backward(
                 let c = dot(&v, a) / (nv * na);
                 let sig = 1.0 / (1.0 + (-(kappa as f64) * (1.0 - c - tau as f64)).exp());
                 gates.push((gamma as f64 * sig, c, na, gamma as f64 * kappa as f64 * sig * (1.0 - sig)));
-                out.iter_mut().zip(v.iter().zip(a)).for_each(|(o, (x, y))| *o -= gamma as f64 * sig * (x - y));
+                out.iter_mut()
+                    .zip(v.iter().zip(a))
+                    .for_each(|(o, (x, y))| *o -= gamma as f64 * sig * (x - y));
             }
             let no = dot(&out, &out).sqrt();
             let u: Vec<f64> = out.iter().map(|x| x / no).collect();
-            let big_g: Vec<f64> =
-                (0..d).map(|i| d_anchor.iter().zip(scales).map(|(da, &(rho, _))| (1.0 - rho as f64) * da[i]).sum()).collect();
+            let big_g: Vec<f64> = (0..d)
+                .map(|i| d_anchor.iter().zip(scales).map(|(da, &(rho, _))| (1.0 - rho as f64) * da[i]).sum())
+                .collect();
             let (gout, g_norm_h): (Vec<f64>, f64) = if normalized || keep_norm {
                 // y = |h| u; the anchor takes u (normalized) or y (raw).
                 let gu: Vec<f64> = if normalized {
@@ -175,7 +181,9 @@ mod tests {
         let h: Vec<f32> = rand_vec(1, n * d, 1.0).iter().map(|x| x + 0.3).collect();
         let dy = rand_vec(2, n * d, 1.0);
         for scales in [vec![(0.8f32, 0.6f32)], vec![(0.5, 0.3), (0.9, 0.4)]] {
-            for (keep_norm, normalized, sink) in [(false, false, 0), (true, false, 0), (true, false, 2), (false, true, 1)] {
+            for (keep_norm, normalized, sink) in
+                [(false, false, 0), (true, false, 0), (true, false, 2), (false, true, 1)]
+            {
                 let forward = |h: &[f32]| {
                     let mut y = h.to_vec();
                     lcm_scan(&mut y, d, &scales, (0.05, 3.0), keep_norm, normalized, sink);
@@ -183,7 +191,8 @@ mod tests {
                 };
                 let mut grad = dy.clone();
                 lcm_scan_backward(&h, &mut grad, d, &scales, (0.05, 3.0), keep_norm, normalized, sink);
-                let what = format!("lcm {scales:?} keep_norm={keep_norm} normalized={normalized} sink={sink}");
+                let what =
+                    format!("lcm {scales:?} keep_norm={keep_norm} normalized={normalized} sink={sink}");
                 check_gradient(&h, &grad, &dy, forward, &what);
             }
         }

@@ -14,6 +14,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
+    ("lcm_backward", include_str!("../../shaders/lcm_backward.wgsl")),
     ("norm_backward", include_str!("../../shaders/norm_backward.wgsl")),
     ("act_backward", include_str!("../../shaders/act_backward.wgsl")),
     ("embed_backward", include_str!("../../shaders/embed_backward.wgsl")),

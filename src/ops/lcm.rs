@@ -20,7 +20,7 @@ pub struct LcmParams {
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("lcm", vec![])]
+    vec![("lcm", vec![("SAVE", 0)]), ("lcm", vec![("SAVE", 1)]), ("lcm_backward", vec![])]
 }
 
 /// The per-layer operator settings the kernel needs.
@@ -47,6 +47,23 @@ pub fn lcm(
     shape: LcmShape,
     n_rows: usize,
 ) {
+    lcm_saving(step, x, rows, anchor, scales, stats, shape, n_rows, None);
+}
+
+/// [`lcm`] that also writes the anchors each row saw into `history` `[rows, n_scales, d]`
+/// (training keeps them for [`lcm_backward`]).
+#[allow(clippy::too_many_arguments)]
+pub fn lcm_saving(
+    step: &mut Step,
+    x: &Tensor,
+    rows: &Tensor,
+    anchor: &Tensor,
+    scales: &Tensor,
+    stats: &Tensor,
+    shape: LcmShape,
+    n_rows: usize,
+    history: Option<&Tensor>,
+) {
     let (seqs, n_scales, d) = (anchor.shape[0], anchor.shape[1], anchor.shape[2]);
     assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
     assert!(x.numel() >= n_rows * d && stats.numel() >= 4 * seqs);
@@ -60,8 +77,44 @@ pub fn lcm(
         keep_norm: shape.keep_norm as u32,
         normalized: shape.normalized as u32,
     };
-    let pipeline = step.gpu.pipeline("lcm", &[]);
-    step.dispatch(pipeline, &params, &[x, rows, anchor, scales, stats], [seqs as u32, 1, 1]);
+    let pipeline = step.gpu.pipeline("lcm", &[("SAVE", history.is_some() as u32)]);
+    let mut buffers = vec![x, rows, anchor, scales, stats];
+    if let Some(h) = history {
+        assert!(h.numel() >= n_rows * n_scales * d);
+        buffers.push(h);
+    }
+    step.dispatch(pipeline, &params, &buffers, [seqs as u32, 1, 1]);
+}
+
+/// Backward of [`lcm_saving`] over rows `0..n_rows`: `dy` (the gradient at the modulated
+/// states) becomes the gradient at `h`, the states before modulation, in place.
+/// `d_anchor` `[seqs, n_scales, d]` must be zero; it is zero again afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn lcm_backward(
+    step: &mut Step,
+    (h, history): (&Tensor, &Tensor),
+    rows: &Tensor,
+    scales: &Tensor,
+    dy: &Tensor,
+    d_anchor: &Tensor,
+    shape: LcmShape,
+    n_rows: usize,
+) {
+    let (seqs, n_scales, d) = (d_anchor.shape[0], d_anchor.shape[1], d_anchor.shape[2]);
+    assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
+    assert!(h.numel() >= n_rows * d && dy.numel() >= n_rows * d && history.numel() >= n_rows * n_scales * d);
+    let params = LcmParams {
+        n_rows: n_rows as u32,
+        d: d as u32,
+        n_scales: n_scales as u32,
+        sink: shape.sink as u32,
+        tau: shape.tau,
+        kappa: shape.kappa,
+        keep_norm: shape.keep_norm as u32,
+        normalized: shape.normalized as u32,
+    };
+    let pipeline = step.gpu.pipeline("lcm_backward", &[]);
+    step.dispatch(pipeline, &params, &[h, rows, history, scales, dy, d_anchor], [seqs as u32, 1, 1]);
 }
 
 #[cfg(test)]
@@ -107,6 +160,62 @@ mod tests {
             let st = gpu.read_f32(&stats).unwrap();
             assert!((st[0] as f64 - g).abs() < 1e-4 && (st[1] as f64 - s).abs() < 1e-4, "{what}: stats");
             assert_eq!(st[2] as usize, n, "{what}: count");
+        }
+    }
+
+    /// The reverse scan on two training sequences (rows seq × T + t) against the CPU
+    /// reference, for each variant; the anchors' gradient buffer ends at zero.
+    #[test]
+    fn lcm_backward_matches_cpu() {
+        let gpu = gpu();
+        let (seqs, t, d) = (2, 9, 70);
+        let h: Vec<f32> = rand_vec(1, seqs * t * d, 1.0).iter().map(|x| x + 0.2).collect();
+        let dy = rand_vec(2, seqs * t * d, 1.0);
+        let cases = [
+            (vec![(0.9f32, 0.6f32)], false, true, 0usize),
+            (vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)], false, false, 0),
+            (vec![(0.8, 0.5)], true, true, 2),
+            (vec![(0.7, 0.4), (0.95, 0.3)], false, true, 1),
+        ];
+        let rows: Vec<u32> = (0..seqs * t).flat_map(|r| [(r / t) as u32, (r % t) as u32]).collect();
+        let rows = gpu.upload_u32("rows", &[seqs * t, 2], &rows).unwrap();
+        for (scales, normalized, keep_norm, sink) in cases {
+            let (tau, kappa) = (0.05, 4.0);
+            let shape = LcmShape { tau, kappa, keep_norm, normalized, sink };
+            let k = scales.len();
+            let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
+            let scales_t = gpu.upload_f32("scales", &[k, 2], &flat).unwrap();
+            let anchor = gpu.zeros("anchor", &[seqs, k, d], DType::F32).unwrap();
+            let d_anchor = gpu.zeros("d anchor", &[seqs, k, d], DType::F32).unwrap();
+            let stats = gpu.zeros("stats", &[seqs, 4], DType::F32).unwrap();
+            let history = gpu.zeros("history", &[seqs * t, k, d], DType::F32).unwrap();
+            let x = gpu.upload_f32("x", &[seqs * t, d], &h).unwrap();
+            let h_t = gpu.upload_f32("h", &[seqs * t, d], &h).unwrap();
+            let dy_t = gpu.upload_f32("dy", &[seqs * t, d], &dy).unwrap();
+            let mut step = Step::new(gpu);
+            lcm_saving(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, seqs * t, Some(&history));
+            lcm_backward(&mut step, (&h_t, &history), &rows, &scales_t, &dy_t, &d_anchor, shape, seqs * t);
+            step.submit().unwrap();
+            let mut want = dy.clone();
+            for s in 0..seqs {
+                let span = s * t * d..(s + 1) * t * d;
+                let params = (tau, kappa);
+                cpu::lcm::lcm_scan_backward(
+                    &h[span.clone()],
+                    &mut want[span],
+                    d,
+                    &scales,
+                    params,
+                    keep_norm,
+                    normalized,
+                    sink,
+                );
+            }
+            let what = format!(
+                "lcm backward scales={scales:?} normalized={normalized} keep_norm={keep_norm} sink={sink}"
+            );
+            assert_close(&gpu.read_f32(&dy_t).unwrap(), &want, 2e-4, &what);
+            assert!(gpu.read_f32(&d_anchor).unwrap().iter().all(|&x| x == 0.0), "{what}: d_anchor reset");
         }
     }
 }
