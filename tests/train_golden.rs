@@ -245,3 +245,73 @@ fn accumulated_micro_batches_match_one_batch() {
         assert_eq!(r1.tokens, r2.tokens);
     }
 }
+
+/// Training with LCM on: the gradient through its reverse scan agrees with finite
+/// differences of the loss, along a random direction of a weight below the modulated blocks
+/// (so the gradient crosses every one of them); and gamma 0 is the plain step, bit for bit.
+#[test]
+fn lcm_training_gradient_matches_finite_differences() {
+    use keel::modulate::LcmConfig;
+    let Some((golden, path)) = golden("stories260k", "stories260k") else { return };
+    let train = &golden["train"];
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let host = model::load(&path).unwrap();
+    let rows = golden_rows(train);
+    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+    let shape = (rows.len(), rows[0].len() - 1);
+    let new_trainer = |lcm: &LcmConfig| {
+        let gm = GpuModel::upload(gpu, &host).unwrap();
+        let mut t =
+            Trainer::new(gpu, gm, shape, ActivationMemory::Keep, optimizer(train), Method::Full).unwrap();
+        t.set_lcm(lcm).unwrap();
+        t
+    };
+    // Off: the plain step exactly.
+    let mut plain = new_trainer(&LcmConfig::default());
+    let mut off = new_trainer(&LcmConfig { gamma: 0.0, layers: Some(vec![2, 3, 4]), ..LcmConfig::default() });
+    for _ in 0..2 {
+        let (a, b) = (plain.step(&[batch.clone()], 1e-3).unwrap(), off.step(&[batch.clone()], 1e-3).unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "gamma 0 changed the loss");
+    }
+    for (keep_norm, scales) in [(true, vec![]), (false, vec![(0.5, 0.2), (0.95, 0.3)])] {
+        let cfg = LcmConfig {
+            gamma: 0.3,
+            kappa: 5.0,
+            layers: Some(vec![2, 3, 4]),
+            keep_norm,
+            scales: scales.clone(),
+            sink: 1,
+            ..LcmConfig::default()
+        };
+        let mut trainer = new_trainer(&cfg);
+        // lr 0: gradients without moving the weights.
+        let report = trainer.step(&[batch.clone()], 0.0).unwrap();
+        let grads = trainer.download(trainer.grads.as_ref().unwrap()).unwrap();
+        let w = &trainer.model.weights.blocks[0].qkv;
+        let w0 = gpu.read_f32(w).unwrap();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let dir: Vec<f32> = (0..w0.len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+            })
+            .collect();
+        let along: f64 = grads.blocks[0].qkv.data.iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
+        let eps = 1e-3f32;
+        let loss_at = |sign: f32| {
+            let moved: Vec<f32> = w0.iter().zip(&dir).map(|(w, d)| w + sign * eps * d).collect();
+            gpu.write_f32(w, &moved);
+            trainer.evaluate(&batch).unwrap()
+        };
+        let fd = (loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps as f64);
+        gpu.write_f32(w, &w0);
+        assert!((trainer.evaluate(&batch).unwrap() - report.loss).abs() < 1e-6, "evaluate = the step's loss");
+        let what = format!("keep_norm={keep_norm} scales={scales:?}");
+        assert!(
+            (fd - along).abs() <= 2e-2 * along.abs().max(1e-3),
+            "{what}: gradient·d {along} vs finite differences {fd}"
+        );
+    }
+}

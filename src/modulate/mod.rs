@@ -6,7 +6,7 @@
 //! golden files check. See docs/lcm.md for what each does to the text.
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::lcm::{lcm, LcmShape, MAX_SCALES};
+use crate::ops::lcm::{lcm, lcm_backward, lcm_saving, LcmShape, MAX_SCALES};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
@@ -180,6 +180,70 @@ pub struct LcmState {
     /// (block index, anchors `[seqs, scales, d]`, stats `[seqs, 4]`).
     layers: Vec<(usize, Tensor, Tensor)>,
     scales: Tensor,
+}
+
+/// LCM inside a training step: [`LcmState`] plus, per modulated layer, what its reverse
+/// scan reads (the states before modulation and the anchors each row saw), and the anchors'
+/// gradient, shared by the layers (each backward call leaves it at zero).
+pub struct LcmTraining {
+    state: LcmState,
+    /// (states before modulation `[rows, d]`, anchor history `[rows, scales, d]`) per layer.
+    saved: Vec<(Tensor, Tensor)>,
+    d_anchor: Tensor,
+}
+
+impl LcmTraining {
+    /// None when the config is off.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &LcmConfig,
+        n_layers: usize,
+        d: usize,
+        (seqs, rows): (usize, usize),
+    ) -> Result<Option<Self>> {
+        let Some(state) = LcmState::new(gpu, cfg, n_layers, d, seqs)? else { return Ok(None) };
+        let k = state.scales.shape[0];
+        let saved = state
+            .layers
+            .iter()
+            .map(|(l, _, _)| {
+                let h = gpu.zeros(&format!("lcm input {l}"), &[rows, d], DType::F32)?;
+                Ok((h, gpu.zeros(&format!("lcm history {l}"), &[rows, k, d], DType::F32)?))
+            })
+            .collect::<Result<_>>()?;
+        let d_anchor = gpu.zeros("lcm anchor gradient", &[seqs, k, d], DType::F32)?;
+        Ok(Some(LcmTraining { state, saved, d_anchor }))
+    }
+
+    fn find(&self, layer: usize) -> Option<usize> {
+        self.state.layers.iter().position(|(l, _, _)| *l == layer)
+    }
+
+    /// At `blocks.{layer}.resid_post`: keeps `x`, then modulates it, keeping the anchors.
+    pub fn record_forward(&self, step: &mut Step, layer: usize, x: &Tensor, rows: &Tensor, n_rows: usize) {
+        let Some(i) = self.find(layer) else { return };
+        let (_, anchors, stats) = &self.state.layers[i];
+        let (h, history) = &self.saved[i];
+        step.copy(x, 0, h, 0, h.numel());
+        let s = &self.state;
+        lcm_saving(step, x, rows, anchors, &s.scales, stats, s.shape, n_rows, Some(history));
+    }
+
+    /// Turns `dx`, the gradient at the modulated `blocks.{layer}.resid_post`, into the
+    /// gradient before modulation.
+    pub fn record_backward(&self, step: &mut Step, layer: usize, dx: &Tensor, rows: &Tensor, n_rows: usize) {
+        let Some(i) = self.find(layer) else { return };
+        let (h, history) = &self.saved[i];
+        let s = &self.state;
+        lcm_backward(step, (h, history), rows, &s.scales, dx, &self.d_anchor, s.shape, n_rows);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        let state: u64 = self.state.layers.iter().map(|(_, a, s)| a.bytes() + s.bytes()).sum();
+        state
+            + self.saved.iter().map(|(h, hist)| h.bytes() + hist.bytes()).sum::<u64>()
+            + self.d_anchor.bytes()
+    }
 }
 
 /// Mean gate and divergence of one modulated layer (what `score --json` reports).

@@ -10,6 +10,7 @@ use crate::model::backward::{BackwardBufs, HeadSaved};
 use crate::model::forward::{BlockIo, GpuModel};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
+use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::stats::NO_TARGET;
 use crate::ops::{matmul, norm, xent};
 use anyhow::{bail, Result};
@@ -128,6 +129,8 @@ pub struct TrainGraph {
     logits: Tensor,
     loss: Tensor,
     bw: BackwardBufs,
+    /// LCM at the modulated blocks' outputs, when on.
+    lcm: Option<LcmTraining>,
 }
 
 impl TrainGraph {
@@ -164,7 +167,16 @@ impl TrainGraph {
             logits: gpu.zeros("logits", &[rows, c.vocab], DType::F32)?,
             loss: gpu.zeros("loss", &[rows], DType::F32)?,
             bw: BackwardBufs::new(gpu, model, batch, seq_len)?,
+            lcm: None,
         })
+    }
+
+    /// Trains with LCM on (methods.md section 1): forward at every modulated block's output,
+    /// its reverse scan in the backward pass. A config that is off leaves the plain step.
+    pub fn set_lcm(&mut self, gpu: &Gpu, model: &GpuModel, cfg: &LcmConfig) -> Result<()> {
+        let c = &model.config;
+        self.lcm = LcmTraining::new(gpu, cfg, c.layers, c.hidden, (self.batch, self.rows()))?;
+        Ok(())
     }
 
     pub fn rows(&self) -> usize {
@@ -173,7 +185,8 @@ impl TrainGraph {
 
     /// GPU memory the micro-batch's buffers take (activations and backward scratch).
     pub fn bytes(&self) -> u64 {
-        let acts: u64 = self.acts.iter().flat_map(|a| a.tensors()).map(Tensor::bytes).sum();
+        let acts: u64 = self.acts.iter().flat_map(|a| a.tensors()).map(Tensor::bytes).sum::<u64>()
+            + self.lcm.as_ref().map_or(0, LcmTraining::bytes);
         let own = [
             &self.ids,
             &self.targets,
@@ -246,6 +259,9 @@ impl TrainGraph {
         for l in 0..layers {
             let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
             model.record_block(step, l, &io, &self.row_table, n);
+            if let Some(lcm) = &self.lcm {
+                lcm.record_forward(step, l, &self.xs[l + 1], &self.row_table, n);
+            }
         }
         let x_last = &self.xs[layers];
         let final_b = w.final_norm_b.as_ref();
@@ -278,6 +294,9 @@ impl TrainGraph {
             HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
         model.record_head_backward(step, &head, grads, &self.bw, n);
         for l in (0..layers).rev() {
+            if let Some(lcm) = &self.lcm {
+                lcm.record_backward(step, l, &self.bw.dx, &self.row_table, n);
+            }
             let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
             if self.memory == ActivationMemory::Recompute {
                 model.record_block(step, l, &io, &self.row_table, n);

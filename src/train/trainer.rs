@@ -12,6 +12,7 @@ use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
+use crate::modulate::LcmConfig;
 use crate::ops::optim::{adamw, GradNorms};
 use anyhow::{anyhow, bail, Result};
 
@@ -137,6 +138,11 @@ impl<'g> Trainer<'g> {
     /// Names of the trained tensors, in the order of [`StepReport::tensor_norms`].
     pub fn param_names(&self) -> Vec<&str> {
         self.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Trains with LCM on (a config that is off changes nothing).
+    pub fn set_lcm(&mut self, cfg: &LcmConfig) -> Result<()> {
+        self.graph.set_lcm(self.gpu, &self.model, cfg)
     }
 
     pub fn graph(&self) -> &TrainGraph {
