@@ -317,6 +317,7 @@ fn finetune_bad_flags_are_refused() {
     run(&["--seq-len", "31"], &["golden.jsonl:1:", "expected 32"]);
     run(&["--seq-len", "32", "--beta2", "1.5"], &["--beta2"]);
     run(&["--seq-len", "100000"], &["--seq-len"]);
+    run(&["--seq-len", "32", "--lcm-gamma", "0.2", "--lcm-layers", "9-12"], &["--lcm-layers"]);
     fails(
         &["finetune", "--model", model, "--data", "/no/such/file.txt", "--out", out.to_str().unwrap()],
         &["/no/such/file.txt"],

@@ -270,7 +270,10 @@ fn lcm_training_gradient_matches_finite_differences() {
     let mut plain = new_trainer(&LcmConfig::default());
     let mut off = new_trainer(&LcmConfig { gamma: 0.0, layers: Some(vec![2, 3, 4]), ..LcmConfig::default() });
     for _ in 0..2 {
-        let (a, b) = (plain.step(&[batch.clone()], 1e-3).unwrap(), off.step(&[batch.clone()], 1e-3).unwrap());
+        let (a, b) = (
+            plain.step(std::slice::from_ref(&batch), 1e-3).unwrap(),
+            off.step(std::slice::from_ref(&batch), 1e-3).unwrap(),
+        );
         assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "gamma 0 changed the loss");
     }
     for (keep_norm, scales) in [(true, vec![]), (false, vec![(0.5, 0.2), (0.95, 0.3)])] {
@@ -285,7 +288,7 @@ fn lcm_training_gradient_matches_finite_differences() {
         };
         let mut trainer = new_trainer(&cfg);
         // lr 0: gradients without moving the weights.
-        let report = trainer.step(&[batch.clone()], 0.0).unwrap();
+        let report = trainer.step(std::slice::from_ref(&batch), 0.0).unwrap();
         let grads = trainer.download(trainer.grads.as_ref().unwrap()).unwrap();
         let w = &trainer.model.weights.blocks[0].qkv;
         let w0 = gpu.read_f32(w).unwrap();

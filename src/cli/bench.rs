@@ -131,6 +131,10 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
     let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
     let mut trainer = Trainer::new(m.gpu, m.gpu_model, (a.batch, a.seq_len), memory, opt, method)?;
+    let lcm = a.lcm.config()?;
+    if let Some(c) = &lcm {
+        trainer.set_lcm(c)?;
+    }
     let rows: Vec<Vec<u32>> = (0..a.batch)
         .map(|r| (0..=a.seq_len).map(|i| ((r * 1009 + i * 7919 + 13) % cfg.vocab) as u32).collect())
         .collect();
@@ -155,7 +159,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "train_tok_s": rate, "train_tok_s_sd": sd, "weights_bytes": weights,
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations, "adapter": info.name,
-                   "backend": format!("{:?}", info.backend), "repeats": a.repeats})
+                   "backend": format!("{:?}", info.backend), "repeats": a.repeats,
+                   "lcm": lcm.is_some_and(|c| !c.is_off())})
         );
     } else {
         println!("model:    {} ({} parameters)", m.host.path.display(), cfg.param_count());

@@ -1,6 +1,6 @@
 //! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
 
-use super::{gpu, resolve_model, ModelArg};
+use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
@@ -88,6 +88,8 @@ pub struct FinetuneArgs {
     /// Continue from the newest checkpoint in --out
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    lcm: LcmArgs,
 }
 
 fn check_positive(flag: &str, v: f64) -> Result<()> {
@@ -140,6 +142,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         decay_norms_biases: !a.no_decay_norms_biases,
         lora,
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
+        lcm: a.lcm.config()?,
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,

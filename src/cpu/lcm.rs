@@ -54,6 +54,7 @@ pub fn lcm_scan(
 
 /// Gradient of [`lcm_scan`] (its reverse scan): `dy` holds dL/d(modulated states) and
 /// becomes dL/d(input states) `h`. Divergences use the unclamped cosine.
+#[allow(clippy::too_many_arguments)]
 pub fn lcm_scan_backward(
     h: &[f32],
     dy: &mut [f32],

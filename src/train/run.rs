@@ -19,6 +19,7 @@ use crate::model::adapter::{parse_targets, Lora};
 use crate::model::load::read_safetensors;
 use crate::model::save::{safetensors_bytes, write_hf_files};
 use crate::model::{GpuModel, LoadedModel};
+use crate::modulate::LcmConfig;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct FinetuneConfig {
     pub decay_norms_biases: bool,
     pub lora: Option<LoraOptions>,
     pub memory: ActivationMemory,
+    /// LCM during training (forward and its reverse scan), when on.
+    pub lcm: Option<LcmConfig>,
     pub val_fraction: Option<f32>,
     pub val_data: Option<PathBuf>,
     /// Validate every K steps (0: only at the end, when there is validation data).
@@ -175,6 +178,9 @@ pub fn finetune(
     let mut trainer = Trainer::new(gpu, gpu_model, (cfg.batch, cfg.seq_len), cfg.memory, optim, method)?;
     if let Some(m) = &moments {
         trainer.restore_moments(m, first_step as u32)?;
+    }
+    if let Some(lcm) = &cfg.lcm {
+        trainer.set_lcm(lcm)?;
     }
 
     let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
