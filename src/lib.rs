@@ -5,7 +5,6 @@
 //! with [`cpu`] references), [`model`] (configs, loaders, the forward pass), [`generate`]
 //! (sessions, sampling, scoring).
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod atomic;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
