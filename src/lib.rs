@@ -1,9 +1,10 @@
 //! Keel: a portable WebGPU runtime that runs transformer language models forward and
 //! backward in hand-written WGSL compute shaders.
 //!
-//! Layers, bottom up: [`gpu`] (device, pipelines, steps), [`ops`] (one file per kernel,
-//! with [`cpu`] references), [`model`] (configs, loaders, the forward pass), [`generate`]
-//! (sessions, sampling, scoring).
+//! Layers, bottom up: [`gpu`] (device, pipelines, steps), [`ops`] (one file per kernel and
+//! its backward, with [`cpu`] references), [`model`] (configs, loaders and savers, the forward
+//! and backward passes, LoRA), [`modulate`] (LCM), [`generate`] (sessions, sampling, scoring),
+//! [`train`] (fine-tuning: the step, AdamW, runs with checkpoints), [`report`] (charts).
 
 pub mod atomic;
 #[cfg(not(target_arch = "wasm32"))]

@@ -133,3 +133,30 @@ fn tiny_qwen2_matches_transformers() {
 fn smollm2_gguf_matches_transformers() {
     check_model("smollm2-135m-instruct", "smollm2-135m-instruct", 2e-3);
 }
+
+/// A forked session (KV cache and LCM anchors copied) continues exactly as the original.
+#[test]
+fn forked_session_continues_like_the_original() {
+    let Some((_, path)) = fixture("stories260k", "stories260k") else { return };
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let host = model::load(&path).unwrap();
+    let m = GpuModel::upload(gpu, &host).unwrap();
+    let prompt = host.tokenizer.encode("Once upon a time there was a little girl").unwrap();
+    let modulated = LcmConfig { gamma: 0.3, layers: Some(vec![2, 3, 4]), ..LcmConfig::default() };
+    for lcm in [None, Some(&modulated)] {
+        let mut a = generate::Session::new(gpu, &m, 64, lcm).unwrap();
+        let mut logits = a.feed(&prompt, None).unwrap().last_logits;
+        let mut b = a.fork().unwrap();
+        for _ in 0..6 {
+            let id = generate::sampler::argmax(&logits);
+            let (la, lb) =
+                (a.feed(&[id], None).unwrap().last_logits, b.feed(&[id], None).unwrap().last_logits);
+            assert!(
+                la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "lcm {:?}: fork diverged",
+                lcm.is_some()
+            );
+            logits = la;
+        }
+    }
+}

@@ -61,6 +61,27 @@ impl<'m> Session<'m> {
         Ok(Session { gpu, model, cache, scratch, head, lcm, len: 0 })
     }
 
+    /// A second session with this one's state: the KV cache up to `len` and the LCM anchors
+    /// (and statistics), so that both continue as this one would (e.g. a second sample from
+    /// the same prompt without a second prefill).
+    pub fn fork(&self) -> Result<Session<'m>> {
+        let mut other = Session::new(self.gpu, self.model, self.cache.len, None)?;
+        other.lcm = self.lcm.as_ref().map(|s| s.duplicate(self.gpu)).transpose()?;
+        let c = &self.model.config;
+        let filled = self.len * c.kv_heads * c.head_dim;
+        let mut step = Step::new(self.gpu);
+        let pairs = self.cache.k.iter().zip(&other.cache.k).chain(self.cache.v.iter().zip(&other.cache.v));
+        for (src, dst) in pairs {
+            step.copy(src, 0, dst, 0, filled);
+        }
+        if let (Some(from), Some(to)) = (&self.lcm, &other.lcm) {
+            from.record_copy(&mut step, to);
+        }
+        step.submit()?;
+        other.len = self.len;
+        Ok(other)
+    }
+
     /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),
     /// returns statistics for every row; otherwise only for the last.
     pub fn feed(&mut self, ids: &[u32], targets: Option<&[u32]>) -> Result<Fed> {

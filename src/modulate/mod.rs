@@ -288,6 +288,30 @@ impl LcmState {
         }))
     }
 
+    /// A state of the same shape (zeroed), for a forked session.
+    pub fn duplicate(&self, gpu: &Gpu) -> Result<LcmState> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(l, a, s)| {
+                Ok((
+                    *l,
+                    gpu.zeros("lcm anchors", &a.shape, DType::F32)?,
+                    gpu.zeros("lcm stats", &s.shape, DType::F32)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(LcmState { shape: self.shape, layers, scales: self.scales.clone() })
+    }
+
+    /// Records copying the anchors and statistics into `other` (from [`LcmState::duplicate`]).
+    pub fn record_copy(&self, step: &mut Step, other: &LcmState) {
+        for ((_, a, s), (_, a2, s2)) in self.layers.iter().zip(&other.layers) {
+            step.copy(a, 0, a2, 0, a.numel());
+            step.copy(s, 0, s2, 0, s.numel());
+        }
+    }
+
     /// Records the operator at `blocks.{layer}.resid_post` if that block is modulated.
     pub fn record(&self, step: &mut Step, layer: usize, x: &Tensor, rows: &Tensor, n_rows: usize) {
         if let Some((_, anchors, stats)) = self.layers.iter().find(|(l, _, _)| *l == layer) {
