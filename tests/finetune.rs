@@ -9,7 +9,7 @@ use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The golden batch of `name` as a .jsonl of rows of seq_len + 1 ids, and its losses.
 fn golden_jsonl(name: &str, dir: &TempDir) -> Option<(String, Vec<f64>)> {
@@ -33,28 +33,9 @@ fn logged_losses(out: &Path) -> Vec<(usize, f64)> {
     keel::train::run::logged_losses(out).unwrap()
 }
 
-const GOLDEN_FLAGS: [&str; 20] = [
-    "--batch",
-    "2",
-    "--seq-len",
-    "32",
-    "--steps",
-    "10",
-    "--lr",
-    "1e-3",
-    "--weight-decay",
-    "0.01",
-    "--warmup",
-    "0",
-    "--schedule",
-    "constant",
-    "--grad-clip",
-    "0",
-    "--shuffle",
-    "false",
-    "--seed",
-    "0",
-];
+/// The golden run's hyper-parameters as flags.
+const GOLDEN_FLAGS: &str = "--batch 2 --seq-len 32 --steps 10 --lr 1e-3 --weight-decay 0.01 --warmup 0 \
+     --schedule constant --grad-clip 0 --shuffle false --seed 0";
 
 #[test]
 fn cli_finetune_logs_the_golden_losses() {
@@ -63,17 +44,7 @@ fn cli_finetune_logs_the_golden_losses() {
         let model = shared().join("models").join(name);
         let Some((data, want)) = golden_jsonl(name, &t) else { continue };
         let out = t.path("run");
-        let mut args = vec![
-            "finetune",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            &data,
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend(GOLDEN_FLAGS);
-        succeeds(&args);
+        succeeds(&finetune_args(model.to_str().unwrap(), &data, out.to_str().unwrap(), GOLDEN_FLAGS));
         let got = logged_losses(&out);
         assert_eq!(got.len(), 10, "{name}: one log line per step");
         for ((step, loss), want) in got.iter().zip(&want) {
@@ -92,35 +63,23 @@ fn cli_finetune_logs_the_golden_losses() {
     }
 }
 
-/// Fine-tuning stories260k on TinyStories text for `steps` steps, saving every 3.
-fn text_run_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "finetune",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--steps",
-        "24",
-        "--batch",
-        "4",
-        "--seq-len",
-        "32",
-        "--lr",
-        "3e-3",
-        "--warmup",
-        "4",
-        "--schedule",
-        "cosine",
-        "--save-every",
-        "3",
-        "--seed",
-        "5",
-    ]
+/// `keel finetune --model M --data D --out O` and then `flags`.
+fn finetune_args<'a>(model: &'a str, data: &'a str, out: &'a str, flags: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["finetune", "--model", model, "--data", data, "--out", out];
+    args.extend(flags.split_whitespace());
+    args
 }
 
+/// Fine-tuning stories260k on TinyStories text for 48 steps, saving every 3.
+fn text_run_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    let flags =
+        "--steps 48 --batch 4 --seq-len 32 --lr 3e-3 --warmup 4 --schedule cosine --save-every 3 --seed 5";
+    finetune_args(model, data, out, flags)
+}
+
+/// Kills a fine-tune with SIGKILL at pseudo-random moments (10 times, resuming after each),
+/// then lets it finish: every checkpoint left is whole, no staging folder survives a
+/// resume, and the losses and final weights equal an uninterrupted run's.
 #[test]
 fn killed_finetune_resumes_to_the_same_losses_and_weights() {
     let Some(stories) = stories() else { return };
@@ -132,27 +91,57 @@ fn killed_finetune_resumes_to_the_same_losses_and_weights() {
 
     let killed = t.path("killed");
     let args = text_run_args(model, data, killed.to_str().unwrap());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(&args)
-        .env("WGPU_BACKEND", "vulkan")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Kill it once a few checkpoints exist, mid-step.
-    let t0 = Instant::now();
-    while !killed.join("checkpoint-9").exists() {
-        assert!(t0.elapsed() < HANG, "no checkpoint-9 after {HANG:?}");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!killed.join("final").exists(), "killed before the end");
-
     let mut resume = args.clone();
     resume.push("--resume");
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut kills = 0;
+    for _ in 0..10 {
+        // --resume on a fresh folder starts from scratch, so every attempt can use it.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(&resume)
+            .env("WGPU_BACKEND", "vulkan")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(t.path("stderr.txt")).unwrap())
+            .spawn()
+            .unwrap();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Kill once 1 to 4 more steps are logged, plus 0-15 ms: anywhere in a step, a
+        // checkpoint write or a log append, but always before the end.
+        let logged = || std::fs::read_to_string(killed.join("log.jsonl")).map_or(0, |t| t.lines().count());
+        let target = (logged() + 1 + (x % 4) as usize).min(45);
+        let t0 = Instant::now();
+        while logged() < target && child.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < HANG, "no progress in {HANG:?}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis((x >> 20) % 16));
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(t.path("stderr.txt")).unwrap();
+            panic!("the run ended ({status}) before kill {}: {err}", kills + 1);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        for e in std::fs::read_dir(&killed).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("checkpoint-") {
+                let state = e.path().join("trainer_state.json");
+                assert!(state.exists(), "kill {kills}: {name} is incomplete");
+                model::load(&e.path())
+                    .unwrap_or_else(|err| panic!("kill {kills}: {name} does not load: {err:#}"));
+            }
+        }
+    }
     succeeds(&resume);
+    let leftovers: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left: {leftovers:?}");
     assert_eq!(logged_losses(&killed), logged_losses(&whole), "resumed losses equal the uninterrupted run's");
     let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
     assert!(weights(&killed) == weights(&whole), "resumed final weights equal the uninterrupted run's");
@@ -164,27 +153,8 @@ fn diverging_run_stops_and_keeps_its_last_checkpoint() {
     let t = TempDir::new("nan");
     let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
     let out = t.path("run");
-    let r = keel(&[
-        "finetune",
-        "--model",
-        stories.to_str().unwrap(),
-        "--data",
-        &data,
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--seq-len",
-        "32",
-        "--steps",
-        "10",
-        "--lr",
-        "1e30",
-        "--grad-clip",
-        "0",
-        "--save-every",
-        "1",
-    ]);
+    let flags = "--batch 2 --seq-len 32 --steps 10 --lr 1e30 --grad-clip 0 --save-every 1";
+    let r = keel(&finetune_args(stories.to_str().unwrap(), &data, out.to_str().unwrap(), flags));
     assert_eq!(r.code, Some(2));
     // Progress lines, then one error line.
     let line = r.stderr.lines().last().unwrap();
@@ -230,27 +200,8 @@ fn lora_finetune_writes_an_adapter_that_merges() {
     let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
     let (out, merged) = (t.path("run"), t.path("merged"));
     let model = stories.to_str().unwrap();
-    succeeds(&[
-        "finetune",
-        "--model",
-        model,
-        "--data",
-        &data,
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "2",
-        "--seq-len",
-        "32",
-        "--steps",
-        "5",
-        "--lr",
-        "1e-2",
-        "--lora-rank",
-        "4",
-        "--lora-targets",
-        "q,v,down",
-    ]);
+    let flags = "--batch 2 --seq-len 32 --steps 5 --lr 1e-2 --lora-rank 4 --lora-targets q,v,down";
+    succeeds(&finetune_args(model, &data, out.to_str().unwrap(), flags));
     let losses = logged_losses(&out);
     assert!(losses[4].1 < losses[0].1, "LoRA learns: {losses:?}");
     let adapter = out.join("final");
@@ -296,28 +247,16 @@ fn finetune_bad_flags_are_refused() {
     let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
     let model = stories.to_str().unwrap();
     let out = t.path("run");
-    let run = |extra: &[&str], needles: &[&str]| {
-        let mut args = vec![
-            "finetune",
-            "--model",
-            model,
-            "--data",
-            &data,
-            "--out",
-            out.to_str().unwrap(),
-            "--batch",
-            "2",
-        ];
-        args.extend(extra);
-        fails(&args, needles);
+    let run = |flags: &str, needles: &[&str]| {
+        fails(&finetune_args(model, &data, out.to_str().unwrap(), flags), needles)
     };
-    run(&["--seq-len", "32", "--lr=-1"], &["--lr"]);
-    run(&["--seq-len", "32", "--lora-rank", "2", "--lora-targets", "q,x"], &["--lora-targets", "'x'"]);
-    run(&["--seq-len", "32", "--schedule", "linear"], &["--schedule"]);
-    run(&["--seq-len", "31"], &["golden.jsonl:1:", "expected 32"]);
-    run(&["--seq-len", "32", "--beta2", "1.5"], &["--beta2"]);
-    run(&["--seq-len", "100000"], &["--seq-len"]);
-    run(&["--seq-len", "32", "--lcm-gamma", "0.2", "--lcm-layers", "9-12"], &["--lcm-layers"]);
+    run("--batch 2 --seq-len 32 --lr=-1", &["--lr"]);
+    run("--batch 2 --seq-len 32 --lora-rank 2 --lora-targets q,x", &["--lora-targets", "'x'"]);
+    run("--batch 2 --seq-len 32 --schedule linear", &["--schedule"]);
+    run("--batch 2 --seq-len 31", &["golden.jsonl:1:", "expected 32"]);
+    run("--batch 2 --seq-len 32 --beta2 1.5", &["--beta2"]);
+    run("--batch 2 --seq-len 100000", &["--seq-len"]);
+    run("--batch 2 --seq-len 32 --lcm-gamma 0.2 --lcm-layers 9-12", &["--lcm-layers"]);
     fails(
         &["finetune", "--model", model, "--data", "/no/such/file.txt", "--out", out.to_str().unwrap()],
         &["/no/such/file.txt"],
@@ -325,5 +264,5 @@ fn finetune_bad_flags_are_refused() {
     // An output folder holding a run is not overwritten without --resume.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("log.jsonl"), "{\"step\": 0, \"loss\": 1.0}\n").unwrap();
-    run(&["--seq-len", "32"], &["--resume"]);
+    run("--batch 2 --seq-len 32", &["--resume"]);
 }

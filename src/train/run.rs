@@ -96,6 +96,21 @@ fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
         .max_by_key(|(step, _)| *step)
 }
 
+/// Removes the hidden staging folders (`.NAME.tmp-PID`, `.NAME.old-PID`) a killed run left.
+fn remove_abandoned_staging(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-")) {
+            let _ = if e.path().is_dir() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+        }
+    }
+}
+
 fn method_name(cfg: &FinetuneConfig) -> &'static str {
     if cfg.lora.is_some() {
         "lora"
@@ -116,6 +131,7 @@ pub fn finetune(
         bail!("--steps and --grad-accum must be at least 1");
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating --out {}", cfg.out.display()))?;
+    remove_abandoned_staging(&cfg.out);
     let log_path = cfg.out.join("log.jsonl");
     let resume_from = if cfg.resume { latest_checkpoint(&cfg.out) } else { None };
     if !cfg.resume && (log_path.exists() || latest_checkpoint(&cfg.out).is_some()) {
