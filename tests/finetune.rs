@@ -266,3 +266,46 @@ fn finetune_bad_flags_are_refused() {
     std::fs::write(out.join("log.jsonl"), "{\"step\": 0, \"loss\": 1.0}\n").unwrap();
     run("--batch 2 --seq-len 32", &["--resume"]);
 }
+
+/// HGC through the CLI: the golden `hgc_plain` run's losses, and the log's per-step λ table,
+/// cross-entropy and per-block gradient norms; bad HGC flags are refused.
+#[test]
+fn cli_hgc_logs_lambda_and_matches_the_golden_run() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("hgc");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared().join("golden/stories260k.json")).unwrap()).unwrap();
+    let run = &golden["constriction"]["runs"]["hgc_plain"];
+    let out = t.path("run");
+    let model = stories.to_str().unwrap();
+    let flags =
+        format!("{GOLDEN_FLAGS} --hgc-alpha 0.5 --hgc-mu 0.2 --hgc-depth-slope 1 --hgc-normalized false");
+    succeeds(&finetune_args(model, &data, out.to_str().unwrap(), &flags));
+    let want: Vec<f64> = run["ce_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for ((step, loss), want) in logged_losses(&out).iter().zip(&want) {
+        assert!((loss - want).abs() <= 1e-3 * want, "step {step}: {loss} vs golden {want}");
+    }
+    let first: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
+    let lambda = first["lambda"].as_object().unwrap();
+    assert_eq!(lambda.len(), 7, "{first}");
+    let q = lambda["self_attn.q_proj"].as_array().unwrap();
+    let want_q = run["step0_lambda"]["self_attn.q_proj"].as_array().unwrap();
+    for (g, w) in q.iter().zip(want_q) {
+        assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4);
+    }
+    assert_eq!(first["layer_grad_norms"].as_array().unwrap().len(), 5);
+    assert_eq!(first["ce_loss"], first["loss"]);
+    let bad = t.path("bad");
+    let refuse = |flags: &str, needle: &str| {
+        fails(
+            &finetune_args(model, &data, bad.to_str().unwrap(), &format!("--batch 2 --seq-len 32 {flags}")),
+            &[needle],
+        );
+    };
+    refuse("--hgc-alpha=-1", "--hgc-alpha");
+    refuse("--hgc-mu 1.5", "--hgc-mu");
+    refuse("--hgc-alpha 0.5 --lora-rank 2", "LoRA");
+}

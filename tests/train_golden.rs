@@ -318,3 +318,60 @@ fn lcm_training_gradient_matches_finite_differences() {
         );
     }
 }
+
+/// HGC (plain and normalized distance) against the golden `constriction` runs: the 10
+/// cross-entropy losses and every step-0 λ.
+#[test]
+fn hgc_matches_the_golden_constriction_runs() {
+    use keel::train::constrict::HgcConfig;
+    for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
+        let Some((golden, path)) = golden(name, name) else { continue };
+        let train = &golden["train"];
+        let gpu = Gpu::shared().expect("GPU adapter");
+        let host = model::load(&path).unwrap();
+        let rows = golden_rows(train);
+        let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+        let shape = (rows.len(), rows[0].len() - 1);
+        for run in ["hgc_plain", "hgc_normalized"] {
+            let r = &golden["constriction"]["runs"][run];
+            let c = &r["config"];
+            let hgc = HgcConfig {
+                alpha: c["hgc_alpha"].as_f64().unwrap() as f32,
+                mu: c["hgc_mu"].as_f64().unwrap() as f32,
+                depth_slope: c["hgc_depth_slope"].as_f64().unwrap() as f32,
+                normalized: c["hgc_normalized"].as_bool().unwrap(),
+            };
+            let gm = GpuModel::upload(gpu, &host).unwrap();
+            let mut trainer =
+                Trainer::new(gpu, gm, shape, ActivationMemory::Keep, optimizer(train), Method::Full).unwrap();
+            trainer.set_hgc(hgc).unwrap();
+            let want: Vec<f64> =
+                r["ce_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            for (s, want) in want.iter().enumerate() {
+                let report = trainer.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+                let tol = (1e-3 * want.abs()).max(1e-4);
+                assert!(
+                    (report.loss - want).abs() <= tol,
+                    "{name} {run} step {s}: {} vs {want}",
+                    report.loss
+                );
+                if s > 0 {
+                    continue;
+                }
+                for (kind, got) in trainer.hgc_lambda().unwrap().unwrap() {
+                    let want = &r["step0_lambda"][kind];
+                    let want: Vec<f64> = want
+                        .as_array()
+                        .unwrap_or_else(|| panic!("{name}: no golden λ for {kind}"))
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect();
+                    assert_eq!(got.len(), want.len());
+                    for (l, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!((*g as f64 - w).abs() <= 1e-4, "{name} {run} λ {kind} block {l}: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@ use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
+use crate::train::constrict::HgcConfig;
 use crate::train::graph::ActivationMemory;
 use crate::train::run::{finetune, FinetuneConfig, LoraOptions, Progress};
 use crate::train::schedule::Schedule;
@@ -17,7 +18,7 @@ pub struct FinetuneArgs {
     #[command(flatten)]
     model: ModelArg,
     /// Training data: a text file (tokenized and packed), or a .jsonl of {"ids": [...]} rows
-    /// of --seq-len + 1 ids, used in order
+    /// of --seq-len + 1 ids, taken as they are (in file order with --shuffle false)
     #[arg(long)]
     data: PathBuf,
     /// Output folder: log.jsonl, checkpoint-N/, final/, loss.svg
@@ -90,6 +91,18 @@ pub struct FinetuneArgs {
     resume: bool,
     #[command(flatten)]
     lcm: LcmArgs,
+    /// HGC: how strongly a gradient that differs from the block below's is damped (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    hgc_alpha: f32,
+    /// HGC: how much of the block below's gradient is mixed in, in [0, 1]
+    #[arg(long, default_value_t = 0.0)]
+    hgc_mu: f32,
+    /// HGC: alpha grows with depth as alpha (1 + S l / L)
+    #[arg(long, default_value_t = 0.0)]
+    hgc_depth_slope: f32,
+    /// HGC: divide the distance by the two gradients' norms (scale-free alpha)
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    hgc_normalized: bool,
 }
 
 fn check_positive(flag: &str, v: f64) -> Result<()> {
@@ -143,6 +156,15 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         lora,
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
         lcm: a.lcm.config()?,
+        hgc: {
+            let h = HgcConfig {
+                alpha: a.hgc_alpha,
+                mu: a.hgc_mu,
+                depth_slope: a.hgc_depth_slope,
+                normalized: a.hgc_normalized,
+            };
+            (!h.is_off()).then_some(h)
+        },
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,
@@ -160,7 +182,10 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         let width = 24;
         let filled = done * width / p.steps.max(1);
         let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
-        let val = p.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+        let mut val = p.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+        if let Some(l) = p.mean_lambda {
+            val.push_str(&format!("  λ {l:.3}"));
+        }
         let line = format!(
             "step {done}/{} [{bar}] loss {:.4}  lr {:.2e}  {:.0} tok/s{val}",
             p.steps, p.loss, p.lr, p.tokens_per_s

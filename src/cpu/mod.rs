@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod hgc;
 pub mod lcm;
 pub mod matmul;
 pub mod norm;

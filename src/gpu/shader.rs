@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("xent", include_str!("../../shaders/xent.wgsl")),
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
+    ("hgc", include_str!("../../shaders/hgc.wgsl")),
     // Not a kernel: pasted in by `#include reduce`.
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];

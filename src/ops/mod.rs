@@ -4,6 +4,7 @@
 pub mod act;
 pub mod attention;
 pub mod embed;
+pub mod hgc;
 pub mod lcm;
 pub mod matmul;
 pub mod norm;
@@ -27,6 +28,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         lcm::variants(),
         xent::variants(),
         optim::variants(),
+        hgc::variants(),
     ]
     .concat()
 }

@@ -1,7 +1,8 @@
-//! Fine-tuning: the data ([`data`]), the training step on the GPU ([`graph`]), the
+//! Fine-tuning: the data ([`data`]), gradient constriction ([`constrict`]), the training step on the GPU ([`graph`]), the
 //! optimizer and its state ([`trainer`]), the learning-rate schedule ([`schedule`]), the
 //! step log ([`log`]) and the whole run with checkpoints and resume ([`run`]).
 
+pub mod constrict;
 pub mod data;
 pub mod graph;
 #[cfg(not(target_arch = "wasm32"))]

@@ -7,6 +7,7 @@
 //! function of (step, seed), so a resumed run sees the same data as an uninterrupted one
 //! and, the kernels being deterministic, computes the same losses.
 
+use super::constrict::HgcConfig;
 use super::data::TrainData;
 use super::graph::ActivationMemory;
 use super::log::{loss_curve, read_log, StepLog};
@@ -53,6 +54,8 @@ pub struct FinetuneConfig {
     pub memory: ActivationMemory,
     /// LCM during training (forward and its reverse scan), when on.
     pub lcm: Option<LcmConfig>,
+    /// Hierarchical gradient constriction, when on.
+    pub hgc: Option<HgcConfig>,
     pub val_fraction: Option<f32>,
     pub val_data: Option<PathBuf>,
     /// Validate every K steps (0: only at the end, when there is validation data).
@@ -72,6 +75,8 @@ pub struct Progress {
     pub lr: f64,
     pub tokens_per_s: f64,
     pub val_loss: Option<f64>,
+    /// Mean HGC λ over kinds and blocks, when HGC is on.
+    pub mean_lambda: Option<f64>,
 }
 
 /// What a finished run leaves.
@@ -198,6 +203,9 @@ pub fn finetune(
     if let Some(lcm) = &cfg.lcm {
         trainer.set_lcm(lcm)?;
     }
+    if let Some(hgc) = cfg.hgc {
+        trainer.set_hgc(hgc)?;
+    }
 
     let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
         atomic::write_dir(dir, |tmp| {
@@ -244,8 +252,21 @@ pub fn finetune(
                 report.grad_norm
             );
         }
-        log.append(&json!({"step": step, "loss": report.loss, "grad_norm": report.grad_norm, "lr": lr,
-                            "tokens_per_s": tokens_per_s}))?;
+        let mut line = json!({"step": step, "loss": report.loss, "grad_norm": report.grad_norm, "lr": lr,
+                              "tokens_per_s": tokens_per_s});
+        let mut mean_lambda = None;
+        if let Some(table) = trainer.hgc_lambda()? {
+            let all: Vec<f32> = table.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+            mean_lambda = Some(all.iter().map(|&x| x as f64).sum::<f64>() / all.len().max(1) as f64);
+            line["ce_loss"] = json!(report.loss);
+            line["lambda"] = table
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            line["layer_grad_norms"] = json!(block_grad_norms(&trainer, &report.tensor_norms, config.layers));
+        }
+        log.append(&line)?;
         last_loss = Some(report.loss);
         let done = step + 1;
         let val_loss = if (cfg.eval_every > 0 && done % cfg.eval_every == 0)
@@ -255,7 +276,15 @@ pub fn finetune(
         } else {
             None
         };
-        progress(&Progress { step, steps: cfg.steps, loss: report.loss, lr, tokens_per_s, val_loss });
+        progress(&Progress {
+            step,
+            steps: cfg.steps,
+            loss: report.loss,
+            lr,
+            tokens_per_s,
+            val_loss,
+            mean_lambda,
+        });
         if cfg.save_every > 0 && done % cfg.save_every == 0 {
             save(&trainer, &cfg.out.join(format!("checkpoint-{done}")), Some(done))?;
         }
@@ -267,6 +296,18 @@ pub fn finetune(
     let chart = loss_curve(&read_log(&log_path)?);
     atomic::write_file(&plot, chart.to_svg().as_bytes())?;
     Ok(Summary { final_dir, first_step, last_loss, plot })
+}
+
+/// The gradient norm of each block (all its tensors), from the per-tensor norms.
+fn block_grad_norms(trainer: &Trainer, tensor_norms: &[f64], layers: usize) -> Vec<f64> {
+    let mut sq = vec![0.0; layers];
+    for (name, norm) in trainer.param_names().iter().zip(tensor_norms) {
+        let block = name.strip_prefix("blocks.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        if let Some(l) = block {
+            sq[l] += norm * norm;
+        }
+    }
+    sq.into_iter().map(f64::sqrt).collect()
 }
 
 /// Reads the losses of a run's log, by step (for tests and reports).

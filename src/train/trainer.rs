@@ -4,6 +4,7 @@
 //! one micro-batch all of it is one command encoder, and only the per-row losses and the
 //! per-tensor gradient norms are read back.
 
+use super::constrict::{Hgc, HgcConfig, LambdaTable};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
 use crate::gpu::{DType, Gpu, Step, Tensor};
@@ -71,6 +72,8 @@ pub struct Trainer<'g> {
     pub config: OptimConfig,
     /// Optimizer updates done so far (AdamW's bias correction uses it).
     pub updates: u32,
+    /// Gradient constriction between the backward pass and clipping, when on.
+    hgc: Option<Hgc>,
 }
 
 impl<'g> Trainer<'g> {
@@ -132,12 +135,32 @@ impl<'g> Trainer<'g> {
             model,
             config,
             updates: 0,
+            hgc: None,
         })
     }
 
     /// Names of the trained tensors, in the order of [`StepReport::tensor_norms`].
     pub fn param_names(&self) -> Vec<&str> {
         self.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Constricts gradients with HGC (full fine-tuning; a config that is off changes nothing).
+    pub fn set_hgc(&mut self, cfg: HgcConfig) -> Result<()> {
+        if cfg.is_off() {
+            cfg.validate(&self.model.config)?;
+            self.hgc = None;
+            return Ok(());
+        }
+        if self.grads.is_none() {
+            bail!("HGC constricts the weights' gradients: use it with full fine-tuning, not LoRA");
+        }
+        self.hgc = Some(Hgc::new(self.gpu, cfg, &self.model.config)?);
+        Ok(())
+    }
+
+    /// λ of the last step per weight kind and block, when HGC is on.
+    pub fn hgc_lambda(&self) -> Result<Option<LambdaTable>> {
+        self.hgc.as_ref().map(|h| h.read_lambda(self.gpu)).transpose()
     }
 
     /// Trains with LCM on (a config that is off changes nothing).
@@ -187,6 +210,9 @@ impl<'g> Trainer<'g> {
                 std::mem::replace(&mut step, Step::new(gpu)).submit()?;
                 loss_sum += self.graph.read_loss_sum(gpu)?;
             }
+        }
+        if let (Some(hgc), Some(g)) = (&self.hgc, &self.grads) {
+            hgc.record(&mut step, g);
         }
         let grads: Vec<&Tensor> = self.params.iter().map(|p| &p.grad).collect();
         self.norms.record(&mut step, &grads, self.config.grad_clip);
