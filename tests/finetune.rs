@@ -308,4 +308,27 @@ fn cli_hgc_logs_lambda_and_matches_the_golden_run() {
     refuse("--hgc-alpha=-1", "--hgc-alpha");
     refuse("--hgc-mu 1.5", "--hgc-mu");
     refuse("--hgc-alpha 0.5 --lora-rank 2", "LoRA");
+    refuse("--align-beta=-1", "--align-beta");
+
+    // The alignment loss: total, cross-entropy and alignment parts in the log.
+    let out = t.path("align");
+    succeeds(&finetune_args(
+        model,
+        &data,
+        out.to_str().unwrap(),
+        &format!("{GOLDEN_FLAGS} --align-beta 0.5"),
+    ));
+    let run = &golden["constriction"]["runs"]["align"];
+    let text = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    for (s, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (ce, al) = (v["ce_loss"].as_f64().unwrap(), v["align_loss"].as_f64().unwrap());
+        let (want_ce, want_al) =
+            (run["ce_losses"][s].as_f64().unwrap(), run["align_losses"][s].as_f64().unwrap());
+        assert!(
+            (ce - want_ce).abs() <= 1e-3 * want_ce && (al - want_al).abs() <= 1e-3 * want_al,
+            "step {s}: {line}"
+        );
+        assert!((v["loss"].as_f64().unwrap() - (ce + al)).abs() < 1e-9, "loss is the total: {line}");
+    }
 }

@@ -375,3 +375,39 @@ fn hgc_matches_the_golden_constriction_runs() {
         }
     }
 }
+
+/// The alignment loss against the golden `align` runs: cross-entropy and alignment losses of
+/// all 10 steps (its gradient enters at every block output, so the curve checks it).
+#[test]
+fn alignment_loss_matches_the_golden_runs() {
+    for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
+        let Some((golden, path)) = golden(name, name) else { continue };
+        let train = &golden["train"];
+        let gpu = Gpu::shared().expect("GPU adapter");
+        let host = model::load(&path).unwrap();
+        let rows = golden_rows(train);
+        let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+        let r = &golden["constriction"]["runs"]["align"];
+        let gm = GpuModel::upload(gpu, &host).unwrap();
+        let shape = (rows.len(), rows[0].len() - 1);
+        let mut trainer =
+            Trainer::new(gpu, gm, shape, ActivationMemory::Keep, optimizer(train), Method::Full).unwrap();
+        trainer.set_align(r["config"]["align_beta"].as_f64().unwrap() as f32).unwrap();
+        let floats =
+            |k: &str| -> Vec<f64> { r[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        for (s, (ce, al)) in floats("ce_losses").iter().zip(floats("align_losses")).enumerate() {
+            let report = trainer.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+            eprintln!("{name} step {s}: ce {} ({ce}), align {} ({al})", report.loss, report.align_loss);
+            assert!(
+                (report.loss - ce).abs() <= (1e-3 * ce).max(1e-4),
+                "{name} step {s}: ce {} vs {ce}",
+                report.loss
+            );
+            assert!(
+                (report.align_loss - al).abs() <= (1e-3 * al).max(1e-6),
+                "{name} step {s}: align {} vs {al}",
+                report.align_loss
+            );
+        }
+    }
+}

@@ -103,6 +103,9 @@ pub struct FinetuneArgs {
     /// HGC: divide the distance by the two gradients' norms (scale-free alpha)
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     hgc_normalized: bool,
+    /// Weight of the alignment loss between adjacent blocks' normalised outputs (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    align_beta: f32,
 }
 
 fn check_positive(flag: &str, v: f64) -> Result<()> {
@@ -165,6 +168,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
             };
             (!h.is_off()).then_some(h)
         },
+        align_beta: a.align_beta,
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,

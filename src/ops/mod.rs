@@ -2,6 +2,7 @@
 //! [`Step`](crate::gpu::Step)), and tests against the CPU reference in [`crate::cpu`].
 
 pub mod act;
+pub mod align;
 pub mod attention;
 pub mod embed;
 pub mod hgc;
@@ -29,6 +30,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         xent::variants(),
         optim::variants(),
         hgc::variants(),
+        align::variants(),
     ]
     .concat()
 }

@@ -11,8 +11,9 @@ use crate::model::forward::{BlockIo, GpuModel};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
+use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{matmul, norm, xent};
+use crate::ops::{align, matmul, norm, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -131,7 +132,23 @@ pub struct TrainGraph {
     bw: BackwardBufs,
     /// LCM at the modulated blocks' outputs, when on.
     lcm: Option<LcmTraining>,
+    /// The alignment loss between adjacent block outputs, when on.
+    align: Option<Align>,
 }
+
+/// The alignment loss's buffers: RMS-normalised block outputs and their statistics (one per
+/// block), the gradient at one of them, the per-row loss, and the unit weight the norm uses.
+struct Align {
+    beta: f32,
+    ones: Tensor,
+    n: Vec<Tensor>,
+    stats: Vec<Tensor>,
+    g: Tensor,
+    loss: Tensor,
+}
+
+/// methods.md's `n(x) = x / sqrt(mean(x²) + 1e-6)`.
+const ALIGN_EPS: f32 = 1e-6;
 
 impl TrainGraph {
     pub fn new(
@@ -168,6 +185,7 @@ impl TrainGraph {
             loss: gpu.zeros("loss", &[rows], DType::F32)?,
             bw: BackwardBufs::new(gpu, model, batch, seq_len)?,
             lcm: None,
+            align: None,
         })
     }
 
@@ -176,6 +194,29 @@ impl TrainGraph {
     pub fn set_lcm(&mut self, gpu: &Gpu, model: &GpuModel, cfg: &LcmConfig) -> Result<()> {
         let c = &model.config;
         self.lcm = LcmTraining::new(gpu, cfg, c.layers, c.hidden, (self.batch, self.rows()))?;
+        Ok(())
+    }
+
+    /// Adds the alignment loss `beta · Σ_l |n(h[l]) - n(h[l-1])|² / (tokens · d)` over
+    /// adjacent block outputs (methods.md section 2, eq. 3); beta 0 removes it.
+    pub fn set_align(&mut self, gpu: &Gpu, model: &GpuModel, beta: f32) -> Result<()> {
+        if !(beta.is_finite() && beta >= 0.0) {
+            bail!("--align-beta must be 0 or more, got {beta}");
+        }
+        if beta == 0.0 {
+            self.align = None;
+            return Ok(());
+        }
+        let (rows, d, layers) = (self.rows(), model.config.hidden, model.config.layers);
+        let f = |name: &str, cols: usize| gpu.zeros(name, &[rows, cols], DType::F32);
+        self.align = Some(Align {
+            beta,
+            ones: gpu.upload_f32("ones", &[d], &vec![1.0; d])?,
+            n: (0..layers).map(|_| f("align n", d)).collect::<Result<_>>()?,
+            stats: (0..layers).map(|_| f("align stats", 2)).collect::<Result<_>>()?,
+            g: f("align gradient", d)?,
+            loss: gpu.zeros("align loss", &[rows], DType::F32)?,
+        });
         Ok(())
     }
 
@@ -239,7 +280,7 @@ impl TrainGraph {
             Trained::Lora(l) => Some(l),
         };
         self.record_forward(step, model, lora, loss_scale);
-        self.record_backward(step, model, trained);
+        self.record_backward(step, model, trained, loss_scale);
     }
 
     /// Records the forward pass and the loss (and, in place of the logits, their gradient).
@@ -262,6 +303,20 @@ impl TrainGraph {
             if let Some(lcm) = &self.lcm {
                 lcm.record_forward(step, l, &self.xs[l + 1], &self.row_table, n);
             }
+            if let Some(a) = &self.align {
+                let out = (&a.n[l], &a.stats[l]);
+                norm::norm(
+                    step,
+                    NormKind::Rms,
+                    &self.xs[l + 1],
+                    &a.ones,
+                    None,
+                    ALIGN_EPS,
+                    out.0,
+                    out.1,
+                    (0, n),
+                );
+            }
         }
         let x_last = &self.xs[layers];
         let final_b = w.final_norm_b.as_ref();
@@ -281,7 +336,7 @@ impl TrainGraph {
     }
 
     /// Records the backward pass after [`TrainGraph::record_forward`].
-    pub fn record_backward(&self, step: &mut Step, model: &GpuModel, trained: Trained) {
+    pub fn record_backward(&self, step: &mut Step, model: &GpuModel, trained: Trained, loss_scale: f32) {
         let (grads, lora) = match trained {
             Trained::Full(g) => (Some(g), None),
             Trained::Lora(l) => (None, Some(l)),
@@ -293,7 +348,18 @@ impl TrainGraph {
         let head =
             HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
         model.record_head_backward(step, &head, grads, &self.bw, n);
+        if let Some(a) = &self.align {
+            step.clear(&a.loss);
+        }
         for l in (0..layers).rev() {
+            if let Some(a) = &self.align {
+                // beta · |..|² / (tokens · d): loss_scale is 1 / tokens.
+                let coef = a.beta * loss_scale / model.config.hidden as f32;
+                let around = (l.checked_sub(1).map(|i| &a.n[i]), &a.n[l], a.n.get(l + 1));
+                align::align(step, around, &a.g, &a.loss, coef, n);
+                let h = norm::Saved { x: &self.xs[l + 1], offset: 0, stats: &a.stats[l] };
+                norm::norm_backward(step, NormKind::Rms, h, &a.ones, &a.g, &self.bw.dx, n, true);
+            }
             if let Some(lcm) = &self.lcm {
                 lcm.record_backward(step, l, &self.bw.dx, &self.row_table, n);
             }
@@ -306,6 +372,14 @@ impl TrainGraph {
         }
         if let Some(grads) = grads {
             model.record_embed_backward(step, (&self.ids, &self.row_table), grads, &self.bw, n);
+        }
+    }
+
+    /// The summed alignment loss of the last recorded micro-batch (0 when off).
+    pub fn read_align_loss(&self, gpu: &Gpu) -> Result<f64> {
+        match &self.align {
+            Some(a) => Ok(gpu.read_f32(&a.loss)?.iter().map(|&l| l as f64).sum()),
+            None => Ok(0.0),
         }
     }
 

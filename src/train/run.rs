@@ -56,6 +56,8 @@ pub struct FinetuneConfig {
     pub lcm: Option<LcmConfig>,
     /// Hierarchical gradient constriction, when on.
     pub hgc: Option<HgcConfig>,
+    /// Weight of the alignment loss between adjacent block outputs (0: off).
+    pub align_beta: f32,
     pub val_fraction: Option<f32>,
     pub val_data: Option<PathBuf>,
     /// Validate every K steps (0: only at the end, when there is validation data).
@@ -206,6 +208,7 @@ pub fn finetune(
     if let Some(hgc) = cfg.hgc {
         trainer.set_hgc(hgc)?;
     }
+    trainer.set_align(cfg.align_beta)?;
 
     let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
         atomic::write_dir(dir, |tmp| {
@@ -242,7 +245,7 @@ pub fn finetune(
         let t0 = Instant::now();
         let report = trainer.step(&micro, lr)?;
         let tokens_per_s = report.tokens as f64 / t0.elapsed().as_secs_f64();
-        if !report.loss.is_finite() || !report.grad_norm.is_finite() {
+        if !(report.loss + report.align_loss).is_finite() || !report.grad_norm.is_finite() {
             let kept = latest_checkpoint(&cfg.out)
                 .map_or("none was saved yet".to_string(), |(_, d)| d.display().to_string());
             bail!(
@@ -252,13 +255,17 @@ pub fn finetune(
                 report.grad_norm
             );
         }
-        let mut line = json!({"step": step, "loss": report.loss, "grad_norm": report.grad_norm, "lr": lr,
+        let loss = report.loss + report.align_loss;
+        let mut line = json!({"step": step, "loss": loss, "grad_norm": report.grad_norm, "lr": lr,
                               "tokens_per_s": tokens_per_s});
+        if cfg.align_beta > 0.0 || cfg.hgc.is_some() {
+            line["ce_loss"] = json!(report.loss);
+            line["align_loss"] = json!(report.align_loss);
+        }
         let mut mean_lambda = None;
         if let Some(table) = trainer.hgc_lambda()? {
             let all: Vec<f32> = table.iter().flat_map(|(_, v)| v.iter().copied()).collect();
             mean_lambda = Some(all.iter().map(|&x| x as f64).sum::<f64>() / all.len().max(1) as f64);
-            line["ce_loss"] = json!(report.loss);
             line["lambda"] = table
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
@@ -267,7 +274,7 @@ pub fn finetune(
             line["layer_grad_norms"] = json!(block_grad_norms(&trainer, &report.tensor_norms, config.layers));
         }
         log.append(&line)?;
-        last_loss = Some(report.loss);
+        last_loss = Some(loss);
         let done = step + 1;
         let val_loss = if (cfg.eval_every > 0 && done % cfg.eval_every == 0)
             || (done == cfg.steps && cfg.eval_every == 0)
@@ -276,15 +283,7 @@ pub fn finetune(
         } else {
             None
         };
-        progress(&Progress {
-            step,
-            steps: cfg.steps,
-            loss: report.loss,
-            lr,
-            tokens_per_s,
-            val_loss,
-            mean_lambda,
-        });
+        progress(&Progress { step, steps: cfg.steps, loss, lr, tokens_per_s, val_loss, mean_lambda });
         if cfg.save_every > 0 && done % cfg.save_every == 0 {
             save(&trainer, &cfg.out.join(format!("checkpoint-{done}")), Some(done))?;
         }

@@ -33,6 +33,8 @@ pub struct OptimConfig {
 pub struct StepReport {
     /// Mean loss over the step's targets, from this step's forward pass (before its update).
     pub loss: f64,
+    /// The alignment loss of the step (0 when off); the differentiated loss is the sum.
+    pub align_loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Per-tensor gradient norms, in [`Weights::named`] order.
@@ -163,6 +165,11 @@ impl<'g> Trainer<'g> {
         self.hgc.as_ref().map(|h| h.read_lambda(self.gpu)).transpose()
     }
 
+    /// Adds the alignment loss with weight `beta` (0: off).
+    pub fn set_align(&mut self, beta: f32) -> Result<()> {
+        self.graph.set_align(self.gpu, &self.model, beta)
+    }
+
     /// Trains with LCM on (a config that is off changes nothing).
     pub fn set_lcm(&mut self, cfg: &LcmConfig) -> Result<()> {
         self.graph.set_lcm(self.gpu, &self.model, cfg)
@@ -202,6 +209,7 @@ impl<'g> Trainer<'g> {
             None => Trained::Lora(&self.lora),
         };
         let mut loss_sum = 0.0;
+        let mut align_sum = 0.0;
         for (i, mb) in micro_batches.iter().enumerate() {
             // Written before the submit that runs this micro-batch's kernels.
             self.graph.write_batch(gpu, mb, vocab)?;
@@ -209,6 +217,7 @@ impl<'g> Trainer<'g> {
             if i + 1 < micro_batches.len() {
                 std::mem::replace(&mut step, Step::new(gpu)).submit()?;
                 loss_sum += self.graph.read_loss_sum(gpu)?;
+                align_sum += self.graph.read_align_loss(gpu)?;
             }
         }
         if let (Some(hgc), Some(g)) = (&self.hgc, &self.grads) {
@@ -227,11 +236,13 @@ impl<'g> Trainer<'g> {
         }
         step.submit()?;
         loss_sum += self.graph.read_loss_sum(gpu)?;
+        align_sum += self.graph.read_align_loss(gpu)?;
         self.updates = t;
         let norms = gpu.read_f32(&self.norms.out)?;
         let n = self.params.len();
         Ok(StepReport {
             loss: loss_sum / targets as f64,
+            align_loss: align_sum,
             grad_norm: norms[n] as f64,
             tensor_norms: norms[..n].iter().map(|&s| (s as f64).sqrt()).collect(),
             tokens: micro_batches.len() * self.graph.rows(),
