@@ -214,19 +214,23 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// `keel merge --model PATH --adapter DIR --out DIR`. `--adapter` is the global flag (a GPU
-/// adapter elsewhere); merging runs on the CPU, so here it names the LoRA adapter folder.
+/// `keel merge --model PATH --adapter DIR --out DIR`. Merging runs on the CPU, so here
+/// `--adapter` names the LoRA adapter folder; it shares the global flag's id (a GPU adapter
+/// elsewhere) and type, which lets clap give this subcommand its own help for it.
 #[derive(Args)]
 pub struct MergeArgs {
     #[command(flatten)]
     model: ModelArg,
+    /// The LoRA adapter folder (adapter_model.safetensors + adapter_config.json)
+    #[arg(long = "adapter", id = "adapter")]
+    lora: Option<String>,
     /// Where the merged model goes
     #[arg(long)]
     out: PathBuf,
 }
 
-pub fn merge(a: MergeArgs, adapter: &Option<String>) -> Result<()> {
-    let Some(adapter) = adapter else {
+pub fn merge(a: MergeArgs, global_adapter: &Option<String>) -> Result<()> {
+    let Some(adapter) = a.lora.as_ref().or(global_adapter.as_ref()) else {
         bail!("keel merge needs --adapter DIR, the LoRA adapter folder (adapter_model.safetensors + adapter_config.json)")
     };
     let adapter = PathBuf::from(adapter);

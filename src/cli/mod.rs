@@ -21,8 +21,7 @@ use std::time::Instant;
     about = "Run, modulate and fine-tune transformer language models in WGSL on any GPU"
 )]
 struct Cli {
-    /// GPU adapter: index in `keel info`'s list or part of its name (env: KEEL_ADAPTER);
-    /// for `keel merge`, the LoRA adapter folder
+    /// GPU adapter: index in `keel info`'s list or part of its name (env: KEEL_ADAPTER)
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
@@ -41,7 +40,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fine-tune a model (every weight, or LoRA adapters) on a text or .jsonl file
     Finetune(finetune::FinetuneArgs),
-    /// Merge the LoRA adapter folder given by --adapter DIR into its base model and save it
+    /// Merge a LoRA adapter folder (--adapter DIR) into its base model and save the result
     Merge(finetune::MergeArgs),
 }
 

@@ -139,7 +139,12 @@ impl Lora {
                 ));
                 let b_shape = vec![p.slot.rows.len(), self.rank];
                 tensors.push(HostTensor::new(format!("{module}.lora_B.weight"), b_shape, p.b.clone()));
-                let short = p.slot.module.rsplit('.').next().unwrap_or(p.slot.module);
+                // PEFT matches target_modules by suffix: GPT-2's two c_proj need their parent.
+                let short = if cfg.arch == Arch::Gpt2 {
+                    p.slot.module
+                } else {
+                    p.slot.module.rsplit('.').next().unwrap_or(p.slot.module)
+                };
                 if !modules.contains(&short) {
                     modules.push(short);
                 }
@@ -180,6 +185,29 @@ impl Lora {
             .get("lora_alpha")
             .and_then(Value::as_f64)
             .ok_or_else(|| anyhow!("{file}: missing 'lora_alpha'"))? as f32;
+        // Variants that change how the update is scaled or applied: merging them as plain
+        // LoRA would be silently wrong.
+        let set = |key: &str| match v.get(key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Object(m)) => !m.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        for key in [
+            "use_rslora",
+            "use_dora",
+            "rank_pattern",
+            "alpha_pattern",
+            "layers_to_transform",
+            "modules_to_save",
+        ] {
+            if set(key) {
+                bail!("{file}: '{key}' is set; Keel supports plain LoRA adapters only");
+            }
+        }
+        if let Some(bias) = v.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
+            bail!("{file}: bias = \"{bias}\" is not supported (Keel's adapters train no biases)");
+        }
         let weights_path = dir.join("adapter_model.safetensors");
         let wfile = weights_path.display().to_string();
         let bytes = std::fs::read(&weights_path).with_context(|| format!("reading {wfile}"))?;
@@ -193,6 +221,14 @@ impl Lora {
                 let module = format!("base_model.model.{}.{}", block_prefix(cfg, l), slot.module);
                 let (a_name, b_name) = (format!("{module}.lora_A.weight"), format!("{module}.lora_B.weight"));
                 let (Some(a), Some(b)) = (tensors.remove(&a_name), tensors.remove(&b_name)) else { continue };
+                if a.shape.first() != Some(&rank) || b.shape.get(1) != Some(&rank) {
+                    bail!(
+                        "{wfile}: '{module}' has rank {:?} (lora_A {:?}, lora_B {:?}) but adapter_config.json says r = {rank}",
+                        a.shape.first(),
+                        a.shape,
+                        b.shape
+                    );
+                }
                 let (a_shape, b_shape) = (vec![rank, in_dim(cfg, slot.linear)], vec![slot.rows.len(), rank]);
                 if a.shape != a_shape || b.shape != b_shape {
                     bail!(
@@ -216,7 +252,7 @@ impl Lora {
 
     /// Adds `scale · B · A` into the weights' rows (f64 sums).
     pub fn merge_into(&self, weights: &mut Weights<HostTensor>) {
-        let (r, s) = (self.rank, self.scale() as f64);
+        let (r, s) = (self.rank, self.alpha as f64 / self.rank as f64);
         for (block, pairs) in weights.blocks.iter_mut().zip(&self.blocks) {
             for p in pairs {
                 let w = match p.slot.linear {
@@ -257,6 +293,19 @@ mod tests {
         assert_eq!(parse_targets(c, "all").unwrap().len(), 7);
         let err = parse_targets(c, "q,x").unwrap_err().to_string();
         assert!(err.contains("--lora-targets") && err.contains("'x'"), "{err}");
+        // GPT-2 has two c_proj: target_modules must say which (PEFT matches by suffix).
+        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/tiny-gpt2");
+        if gpt2.exists() {
+            let g = load(&gpt2).unwrap().config;
+            let lora = Lora::init(&g, &parse_targets(&g, "o,down").unwrap(), 2, 4.0, 1).unwrap();
+            let dir = std::env::temp_dir().join(format!("keel-adapter-gpt2-{}", std::process::id()));
+            lora.save(&dir, &g, "tiny-gpt2").unwrap();
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+            assert_eq!(v["target_modules"], serde_json::json!(["attn.c_proj", "mlp.c_proj"]));
+            assert_eq!(Lora::load(&dir, &g).unwrap(), lora);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]
@@ -271,6 +320,22 @@ mod tests {
         lora.save(&dir, c, "stories260k").unwrap();
         let back = Lora::load(&dir, c).unwrap();
         assert_eq!(back, lora);
+        // Variants Keel cannot merge correctly are refused, naming the key.
+        let config = dir.join("adapter_config.json");
+        let plain = std::fs::read_to_string(&config).unwrap();
+        let added = |key: &str| plain.replacen('{', &format!("{{\"{key}\": true,"), 1);
+        let bias_all = plain.replace("\"bias\": \"none\"", "\"bias\": \"all\"");
+        for (key, edited) in
+            [("use_rslora", added("use_rslora")), ("use_dora", added("use_dora")), ("bias", bias_all)]
+        {
+            std::fs::write(&config, edited).unwrap();
+            let err = Lora::load(&dir, c).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(key), "{key}: refused with {err:?}");
+        }
+        // A rank that disagrees with r.
+        std::fs::write(&config, plain.replace("\"r\": 2", "\"r\": 3")).unwrap();
+        let err = Lora::load(&dir, c).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("r = 3"), "refused with {err:?}");
         std::fs::remove_dir_all(&dir).unwrap();
         // Merging: one entry by hand.
         let mut w = m.weights.clone();
