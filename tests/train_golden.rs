@@ -21,6 +21,13 @@ fn golden(name: &str, model_path: &str) -> Option<(Value, std::path::PathBuf)> {
     Some((serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap(), model))
 }
 
+/// A golden file, its model loaded on the host, and its training batch as rows.
+fn fixture(name: &str) -> Option<(Value, model::LoadedModel, Vec<Vec<u32>>)> {
+    let (golden, path) = golden(name, name)?;
+    let rows = golden_rows(&golden["train"]);
+    Some((golden, model::load(&path).unwrap(), rows))
+}
+
 /// The golden batch as rows of `seq_len + 1` ids (inputs, then the last target).
 fn golden_rows(train: &Value) -> Vec<Vec<u32>> {
     let as_ids = |v: &Value| -> Vec<Vec<u32>> {
@@ -141,12 +148,10 @@ fn smollm2_trains_like_pytorch() {
 fn lora_gradients_follow_from_the_merged_model() {
     use keel::model::adapter::{parse_targets, Lora};
     use keel::model::layout::Linear;
-    let Some((golden, path)) = golden("stories260k", "stories260k") else { return };
+    let Some((golden, host, rows)) = fixture("stories260k") else { return };
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
-    let host = model::load(&path).unwrap();
     let cfg = host.config.clone();
-    let rows = golden_rows(train);
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
     let shape = (rows.len(), rows[0].len() - 1);
     // v rows of qkv and the gate rows of up, in every block, with B nonzero too.
@@ -160,7 +165,7 @@ fn lora_gradients_follow_from_the_merged_model() {
             *b = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.2;
         }
     }
-    let mut merged = model::load(&path).unwrap();
+    let mut merged = fixture("stories260k").unwrap().1;
     lora.merge_into(&mut merged.weights);
     let opt = optimizer(train);
     let mem = ActivationMemory::Keep;
@@ -212,11 +217,9 @@ fn lora_gradients_follow_from_the_merged_model() {
 /// Gradient accumulation: two micro-batches of one row step like one batch of two rows.
 #[test]
 fn accumulated_micro_batches_match_one_batch() {
-    let Some((golden, path)) = golden("stories260k", "stories260k") else { return };
+    let Some((golden, host, rows)) = fixture("stories260k") else { return };
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
-    let host = model::load(&path).unwrap();
-    let rows = golden_rows(train);
     let seq_len = rows[0].len() - 1;
     let (a, b) = (&rows[0][..], &rows[1][..]);
     let mut one = Trainer::new(
@@ -252,11 +255,9 @@ fn accumulated_micro_batches_match_one_batch() {
 #[test]
 fn lcm_training_gradient_matches_finite_differences() {
     use keel::modulate::LcmConfig;
-    let Some((golden, path)) = golden("stories260k", "stories260k") else { return };
+    let Some((golden, host, rows)) = fixture("stories260k") else { return };
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
-    let host = model::load(&path).unwrap();
-    let rows = golden_rows(train);
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
     let shape = (rows.len(), rows[0].len() - 1);
     let new_trainer = |lcm: &LcmConfig| {
@@ -325,11 +326,9 @@ fn lcm_training_gradient_matches_finite_differences() {
 fn hgc_matches_the_golden_constriction_runs() {
     use keel::train::constrict::HgcConfig;
     for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
-        let Some((golden, path)) = golden(name, name) else { continue };
+        let Some((golden, host, rows)) = fixture(name) else { continue };
         let train = &golden["train"];
         let gpu = Gpu::shared().expect("GPU adapter");
-        let host = model::load(&path).unwrap();
-        let rows = golden_rows(train);
         let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
         let shape = (rows.len(), rows[0].len() - 1);
         for run in ["hgc_plain", "hgc_normalized"] {
@@ -381,11 +380,9 @@ fn hgc_matches_the_golden_constriction_runs() {
 #[test]
 fn alignment_loss_matches_the_golden_runs() {
     for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
-        let Some((golden, path)) = golden(name, name) else { continue };
+        let Some((golden, host, rows)) = fixture(name) else { continue };
         let train = &golden["train"];
         let gpu = Gpu::shared().expect("GPU adapter");
-        let host = model::load(&path).unwrap();
-        let rows = golden_rows(train);
         let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
         let r = &golden["constriction"]["runs"]["align"];
         let gm = GpuModel::upload(gpu, &host).unwrap();

@@ -33,6 +33,21 @@ pub struct LcmShape {
     pub sink: usize,
 }
 
+impl LcmShape {
+    fn params(&self, n_rows: usize, d: usize, n_scales: usize) -> LcmParams {
+        LcmParams {
+            n_rows: n_rows as u32,
+            d: d as u32,
+            n_scales: n_scales as u32,
+            sink: self.sink as u32,
+            tau: self.tau,
+            kappa: self.kappa,
+            keep_norm: self.keep_norm as u32,
+            normalized: self.normalized as u32,
+        }
+    }
+}
+
 /// Modulates rows `0..n_rows` of `x` in place, scanning each sequence's rows in order.
 /// `anchor` is `[seqs, n_scales, d]` (carried between calls), `scales` holds (rho, gamma)
 /// pairs, `stats` `[seqs, 4]` accumulates (gate, divergence, count).
@@ -67,16 +82,7 @@ pub fn lcm_saving(
     let (seqs, n_scales, d) = (anchor.shape[0], anchor.shape[1], anchor.shape[2]);
     assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
     assert!(x.numel() >= n_rows * d && stats.numel() >= 4 * seqs);
-    let params = LcmParams {
-        n_rows: n_rows as u32,
-        d: d as u32,
-        n_scales: n_scales as u32,
-        sink: shape.sink as u32,
-        tau: shape.tau,
-        kappa: shape.kappa,
-        keep_norm: shape.keep_norm as u32,
-        normalized: shape.normalized as u32,
-    };
+    let params = shape.params(n_rows, d, n_scales);
     let pipeline = step.gpu.pipeline("lcm", &[("SAVE", history.is_some() as u32)]);
     let mut buffers = vec![x, rows, anchor, scales, stats];
     if let Some(h) = history {
@@ -103,16 +109,7 @@ pub fn lcm_backward(
     let (seqs, n_scales, d) = (d_anchor.shape[0], d_anchor.shape[1], d_anchor.shape[2]);
     assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
     assert!(h.numel() >= n_rows * d && dy.numel() >= n_rows * d && history.numel() >= n_rows * n_scales * d);
-    let params = LcmParams {
-        n_rows: n_rows as u32,
-        d: d as u32,
-        n_scales: n_scales as u32,
-        sink: shape.sink as u32,
-        tau: shape.tau,
-        kappa: shape.kappa,
-        keep_norm: shape.keep_norm as u32,
-        normalized: shape.normalized as u32,
-    };
+    let params = shape.params(n_rows, d, n_scales);
     let pipeline = step.gpu.pipeline("lcm_backward", &[]);
     step.dispatch(pipeline, &params, &[h, rows, history, scales, dy, d_anchor], [seqs as u32, 1, 1]);
 }

@@ -175,10 +175,6 @@ impl<'g> Trainer<'g> {
         self.graph.set_lcm(self.gpu, &self.model, cfg)
     }
 
-    pub fn graph(&self) -> &TrainGraph {
-        &self.graph
-    }
-
     /// GPU memory by purpose: (model weights, trained tensors with their gradients and
     /// AdamW moments, activations and working space).
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
