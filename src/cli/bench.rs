@@ -1,6 +1,7 @@
 //! `keel bench`: load time, prefill and decode throughput (mean ± sd over repeats, as
 //! llama-bench reports them); with `--train`, fine-tuning throughput and memory.
 
+use super::finetune::ConstrictArgs;
 use super::{load_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::generate::{sampler::argmax, Session};
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     /// Recompute activations in the backward pass (with --train)
     #[arg(long)]
     recompute: bool,
+    /// Constricted fine-tuning options, as keel finetune takes them (with --train)
+    #[command(flatten)]
+    constrict: ConstrictArgs,
 }
 
 fn mean_sd(x: &[f64]) -> (f64, f64) {
@@ -135,6 +139,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if let Some(c) = &lcm {
         trainer.set_lcm(c)?;
     }
+    let constrict = a.constrict.config()?;
+    trainer.set_constrict(&constrict)?;
     let rows: Vec<Vec<u32>> = (0..a.batch)
         .map(|r| (0..=a.seq_len).map(|i| ((r * 1009 + i * 7919 + 13) % cfg.vocab) as u32).collect())
         .collect();
@@ -160,7 +166,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations, "adapter": info.name,
                    "backend": format!("{:?}", info.backend), "repeats": a.repeats,
-                   "lcm": lcm.is_some_and(|c| !c.is_off())})
+                   "lcm": lcm.is_some_and(|c| !c.is_off()), "constricted": !constrict.is_off()})
         );
     } else {
         println!("model:    {} ({} parameters)", m.host.path.display(), cfg.param_count());

@@ -4,7 +4,7 @@ use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
-use crate::train::constrict::HgcConfig;
+use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig};
 use crate::train::graph::ActivationMemory;
 use crate::train::run::{finetune, FinetuneConfig, LoraOptions, Progress};
 use crate::train::schedule::Schedule;
@@ -91,21 +91,74 @@ pub struct FinetuneArgs {
     resume: bool,
     #[command(flatten)]
     lcm: LcmArgs,
+    #[command(flatten)]
+    constrict: ConstrictArgs,
+}
+
+/// The constriction options of methods.md sections 2-3 (HGC, the alignment loss, CGFM), as
+/// `keel finetune` takes them; their defaults change nothing.
+#[derive(Args, Clone, Debug)]
+pub struct ConstrictArgs {
     /// HGC: how strongly a gradient that differs from the block below's is damped (0 = off)
     #[arg(long, default_value_t = 0.0)]
-    hgc_alpha: f32,
+    pub hgc_alpha: f32,
     /// HGC: how much of the block below's gradient is mixed in, in [0, 1]
     #[arg(long, default_value_t = 0.0)]
-    hgc_mu: f32,
+    pub hgc_mu: f32,
     /// HGC: alpha grows with depth as alpha (1 + S l / L)
     #[arg(long, default_value_t = 0.0)]
-    hgc_depth_slope: f32,
+    pub hgc_depth_slope: f32,
     /// HGC: divide the distance by the two gradients' norms (scale-free alpha)
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
-    hgc_normalized: bool,
+    pub hgc_normalized: bool,
+    /// HGC acts on the gradient (before AdamW) or on AdamW's update
+    #[arg(long, default_value = "gradient")]
+    pub hgc_on: String,
     /// Weight of the alignment loss between adjacent blocks' normalised outputs (0 = off)
     #[arg(long, default_value_t = 0.0)]
-    align_beta: f32,
+    pub align_beta: f32,
+    /// CGFM: weight of each linear weight gradient's local part (1 = as it is)
+    #[arg(long, default_value_t = 1.0)]
+    pub cgfm_local: f32,
+    /// CGFM: weight of its global part, from the per-sequence means (1 = as it is)
+    #[arg(long, default_value_t = 1.0)]
+    pub cgfm_global: f32,
+    /// CGFM: step size lr (1 + |G| / |G at step 0|), clamped to [--lr-min, --lr-max]
+    #[arg(long)]
+    pub cgfm_adaptive_lr: bool,
+    /// Smallest adaptive step size (with --cgfm-adaptive-lr)
+    #[arg(long)]
+    pub lr_min: Option<f64>,
+    /// Largest adaptive step size (with --cgfm-adaptive-lr)
+    #[arg(long)]
+    pub lr_max: Option<f64>,
+}
+
+impl ConstrictArgs {
+    /// The library's options, checked (all but what depends on the model).
+    pub fn config(&self) -> Result<ConstrictConfig> {
+        let adaptive_lr = match (self.cgfm_adaptive_lr, self.lr_min, self.lr_max) {
+            (true, Some(lo), Some(hi)) => Some((lo, hi)),
+            (true, _, _) => bail!("--cgfm-adaptive-lr needs --lr-min and --lr-max"),
+            (false, None, None) => None,
+            (false, _, _) => {
+                bail!("--lr-min and --lr-max bound the adaptive step size: add --cgfm-adaptive-lr")
+            }
+        };
+        let cfg = ConstrictConfig {
+            hgc: HgcConfig {
+                alpha: self.hgc_alpha,
+                mu: self.hgc_mu,
+                depth_slope: self.hgc_depth_slope,
+                normalized: self.hgc_normalized,
+                on: self.hgc_on.parse()?,
+            },
+            align_beta: self.align_beta,
+            cgfm: CgfmConfig { local: self.cgfm_local, global: self.cgfm_global, adaptive_lr },
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
 }
 
 fn check_positive(flag: &str, v: f64) -> Result<()> {
@@ -159,16 +212,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         lora,
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
         lcm: a.lcm.config()?,
-        hgc: {
-            let h = HgcConfig {
-                alpha: a.hgc_alpha,
-                mu: a.hgc_mu,
-                depth_slope: a.hgc_depth_slope,
-                normalized: a.hgc_normalized,
-            };
-            (!h.is_off()).then_some(h)
-        },
-        align_beta: a.align_beta,
+        constrict: a.constrict.config()?,
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,

@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod attention;
+pub mod cgfm;
 pub mod hgc;
 pub mod lcm;
 pub mod matmul;

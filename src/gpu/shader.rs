@@ -24,6 +24,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("hgc", include_str!("../../shaders/hgc.wgsl")),
+    ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
     // Not a kernel: pasted in by `#include reduce`.
     ("reduce", include_str!("../../shaders/reduce.wgsl")),

@@ -7,7 +7,7 @@ use super::forward::{BlockIo, GpuModel};
 use super::layout::{Block, Linear, Weights};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::embed::EmbedIndex;
-use crate::ops::{act, attention, embed, matmul, norm, rope};
+use crate::ops::{act, attention, cgfm, embed, matmul, norm, rope};
 use anyhow::Result;
 
 /// Working buffers of the backward pass over `rows` rows (`batch` sequences).
@@ -25,6 +25,8 @@ pub struct BackwardBufs {
     d_qkv: Tensor,
     /// `rows` ones: bias gradients are products with it.
     ones: Tensor,
+    /// CGFM's re-weighting of the blocks' linear weight gradients, when on.
+    pub cgfm: Option<cgfm::Split>,
 }
 
 impl BackwardBufs {
@@ -46,6 +48,7 @@ impl BackwardBufs {
             delta: f("attention delta", c.heads)?,
             d_qkv: f("d qkv", heads.qkv_width())?,
             ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
+            cgfm: None,
         })
     }
 
@@ -65,7 +68,8 @@ impl BackwardBufs {
         ]
         .iter()
         .map(|t| t.bytes())
-        .sum()
+        .sum::<u64>()
+            + self.cgfm.as_ref().map_or(0, cgfm::Split::bytes)
     }
 }
 
@@ -116,10 +120,16 @@ impl GpuModel {
     ) {
         let c = &self.config;
         let b = &self.weights.blocks[l];
-        // One linear layer: base gradients, then the adapters' share of dx and their own.
+        // One linear layer: base gradients (the weight's re-weighted by CGFM when on), then
+        // the adapters' share of dx and their own.
         let linear = |step: &mut Step, which: Linear, x: &Tensor, dy: &Tensor, dx: &Tensor| {
-            let d_params = (grads.map(|g| g.linear(which)), grads.and_then(|g| g.linear_bias(which)));
+            let dw = grads.map(|g| g.linear(which));
+            let split = bw.cgfm.as_ref().zip(dw);
+            let d_params = (dw.filter(|_| split.is_none()), grads.and_then(|g| g.linear_bias(which)));
             matmul::linear_backward(step, (x, b.linear(which)), dy, Some((dx, false)), d_params, &bw.ones, n);
+            if let Some((split, dw)) = split {
+                cgfm::split_weight_grad(step, split, (x, dy), dw);
+            }
             if let Some(lora) = io.lora {
                 lora.record_backward(step, which, x, dy, dx, n);
             }

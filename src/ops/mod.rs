@@ -4,6 +4,7 @@
 pub mod act;
 pub mod align;
 pub mod attention;
+pub mod cgfm;
 pub mod embed;
 pub mod hgc;
 pub mod lcm;
@@ -24,6 +25,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         matmul::variants(),
         rope::variants(),
         attention::variants(),
+        cgfm::variants(),
         act::variants(),
         stats::variants(),
         lcm::variants(),

@@ -31,11 +31,42 @@ struct AdamParams {
     one_minus_beta2: f32,
     eps: f32,
     bc2_sqrt: f32,
-    _p: [u32; 3],
+    wd: f32,
+    inv_bc1: f32,
+    lr_at: u32,
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("grad_norm", vec![("FINISH", 0)]), ("grad_norm", vec![("FINISH", 1)]), ("adamw", vec![])]
+    let mut v = vec![("grad_norm", vec![("FINISH", 0)]), ("grad_norm", vec![("FINISH", 1)])];
+    v.push(("adamw", vec![("DIRECTION", 1)]));
+    for lr_buf in [0, 1] {
+        v.push(("adamw", vec![("LR_BUF", lr_buf)]));
+        v.push(("adamw", vec![("APPLY", 1), ("LR_BUF", lr_buf)]));
+    }
+    v
+}
+
+/// Where AdamW's learning rate comes from: the host (`o.lr`), or element `.1` of a GPU
+/// tensor (CGFM's adaptive step size, never read back before the update).
+pub type LrOnGpu<'a> = Option<(&'a Tensor, usize)>;
+
+/// The shader's parameters for `n` elements at step `t` (1-based).
+fn adam_params(o: &AdamW, t: u32, weight_decay: f64, n: usize, scale_at: usize, lr_at: usize) -> AdamParams {
+    let bc1 = 1.0 - o.beta1.powi(t as i32);
+    AdamParams {
+        n: n as u32,
+        scale_at: scale_at as u32,
+        decay: (1.0 - o.lr * weight_decay) as f32,
+        step_size: (o.lr / bc1) as f32,
+        beta2: o.beta2 as f32,
+        one_minus_beta1: (1.0 - o.beta1) as f32,
+        one_minus_beta2: (1.0 - o.beta2) as f32,
+        eps: o.eps as f32,
+        bc2_sqrt: (1.0 - o.beta2.powi(t as i32)).sqrt() as f32,
+        wd: weight_decay as f32,
+        inv_bc1: (1.0 / bc1) as f32,
+        lr_at: lr_at as u32,
+    }
 }
 
 /// Sums of squares of a fixed list of tensors, their global norm and the clip factor.
@@ -98,23 +129,51 @@ pub fn adamw(
     (param, grad): (&Tensor, &Tensor),
     (m, v): (&Tensor, &Tensor),
     scale: (&Tensor, usize),
+    lr: LrOnGpu,
 ) {
     let n = param.numel();
     assert!(grad.numel() == n && m.numel() == n && v.numel() == n && scale.1 < scale.0.numel());
-    let params = AdamParams {
-        n: n as u32,
-        scale_at: scale.1 as u32,
-        decay: (1.0 - o.lr * weight_decay) as f32,
-        step_size: (o.lr / (1.0 - o.beta1.powi(t as i32))) as f32,
-        beta2: o.beta2 as f32,
-        one_minus_beta1: (1.0 - o.beta1) as f32,
-        one_minus_beta2: (1.0 - o.beta2) as f32,
-        eps: o.eps as f32,
-        bc2_sqrt: (1.0 - o.beta2.powi(t as i32)).sqrt() as f32,
-        _p: [0; 3],
-    };
-    let pipeline = step.gpu.pipeline("adamw", &[]);
-    step.dispatch(pipeline, &params, &[param, grad, m, v, scale.0], groups(n, 256));
+    let params = adam_params(o, t, weight_decay, n, scale.1, lr.map_or(0, |l| l.1));
+    let pipeline = step.gpu.pipeline("adamw", &[("LR_BUF", lr.is_some() as u32)]);
+    let mut buffers = vec![param, grad, m, v, scale.0];
+    buffers.extend(lr.map(|l| l.0));
+    step.dispatch(pipeline, &params, &buffers, groups(n, 256));
+}
+
+/// The first half of [`adamw`]: the moments, and the Adam direction
+/// `m̂ / (sqrt(v̂) + eps)` (without the learning rate) written over `grad`.
+pub fn adamw_direction(
+    step: &mut Step,
+    o: &AdamW,
+    t: u32,
+    grad: &Tensor,
+    (m, v): (&Tensor, &Tensor),
+    scale: (&Tensor, usize),
+) {
+    let n = grad.numel();
+    assert!(m.numel() == n && v.numel() == n && scale.1 < scale.0.numel());
+    // The direction leaves out lr / bc1; bc1 is applied by `adamw_apply`'s step size.
+    let params = adam_params(o, t, 0.0, n, scale.1, 0);
+    let pipeline = step.gpu.pipeline("adamw", &[("DIRECTION", 1)]);
+    step.dispatch(pipeline, &params, &[grad, m, v, scale.0], groups(n, 256));
+}
+
+/// The second half of [`adamw`]: `param = param · (1 - lr · wd) - lr / bc1 · direction`.
+pub fn adamw_apply(
+    step: &mut Step,
+    o: &AdamW,
+    t: u32,
+    weight_decay: f64,
+    (param, direction): (&Tensor, &Tensor),
+    lr: LrOnGpu,
+) {
+    let n = param.numel();
+    assert_eq!(direction.numel(), n);
+    let params = adam_params(o, t, weight_decay, n, 0, lr.map_or(0, |l| l.1));
+    let pipeline = step.gpu.pipeline("adamw", &[("APPLY", 1), ("LR_BUF", lr.is_some() as u32)]);
+    let mut buffers = vec![param, direction];
+    buffers.extend(lr.map(|l| l.0));
+    step.dispatch(pipeline, &params, &buffers, groups(n, 256));
 }
 
 #[cfg(test)]
@@ -148,6 +207,7 @@ mod tests {
             (&pt, &grad_t[0]),
             (&mt, &vt),
             (&norms.out, norms.scale_at()),
+            None,
         );
         step.submit().unwrap();
         let got = gpu.read_f32(&norms.out).unwrap();
@@ -161,5 +221,28 @@ mod tests {
         assert_close(&gpu.read_f32(&pt).unwrap(), &p, 1e-6, "param");
         assert_close(&gpu.read_f32(&mt).unwrap(), &m, 1e-6, "m");
         assert_close(&gpu.read_f32(&vt).unwrap(), &v, 1e-6, "v");
+
+        // The learning rate from a GPU tensor, whole or split into direction and apply,
+        // makes the same update from the same state.
+        let m0 = rand_vec(10, sizes[0], 0.1);
+        let v0: Vec<f32> = rand_vec(11, sizes[0], 0.1).iter().map(|x| x.abs()).collect();
+        let lr = gpu.upload_f32("lr", &[2], &[0.5, o.lr as f32]).unwrap();
+        for split in [false, true] {
+            let (pt, mt, vt) = (up(&p0), up(&m0), up(&v0));
+            let g = up(&grads[0]);
+            let mut step = Step::new(gpu);
+            let clip = (&norms.out, norms.scale_at());
+            if split {
+                adamw_direction(&mut step, &o, 3, &g, (&mt, &vt), clip);
+                adamw_apply(&mut step, &o, 3, o.weight_decay, (&pt, &g), Some((&lr, 1)));
+            } else {
+                adamw(&mut step, &o, 3, o.weight_decay, (&pt, &g), (&mt, &vt), clip, Some((&lr, 1)));
+            }
+            step.submit().unwrap();
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+            cpu::optim::adamw_step(&o, 3, &mut p, &grads[0], &mut m, &mut v, factor);
+            assert_close(&gpu.read_f32(&pt).unwrap(), &p, 1e-6, &format!("split={split} param"));
+            assert_close(&gpu.read_f32(&mt).unwrap(), &m, 1e-6, &format!("split={split} m"));
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{align, matmul, norm, xent};
+use crate::ops::{align, cgfm, matmul, norm, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -217,6 +217,20 @@ impl TrainGraph {
             g: f("align gradient", d)?,
             loss: gpu.zeros("align loss", &[rows], DType::F32)?,
         });
+        Ok(())
+    }
+
+    /// Re-weights the blocks' linear weight gradients into `local · G_local + global ·
+    /// G_global` over each sequence (methods.md section 3); (1, 1) is the plain gradient.
+    pub fn set_cgfm(&mut self, gpu: &Gpu, model: &GpuModel, (local, global): (f32, f32)) -> Result<()> {
+        let c = &model.config;
+        self.bw.cgfm = if local == 1.0 && global == 1.0 {
+            None
+        } else {
+            let widest = [c.hidden, c.ffn, c.up_width(), c.head_shape().qkv_width(), c.heads * c.head_dim];
+            let widest = widest.into_iter().max().unwrap_or(0);
+            Some(cgfm::Split::new(gpu, (local, global), (self.batch, self.seq_len), widest)?)
+        };
         Ok(())
     }
 

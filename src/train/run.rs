@@ -7,7 +7,7 @@
 //! function of (step, seed), so a resumed run sees the same data as an uninterrupted one
 //! and, the kernels being deterministic, computes the same losses.
 
-use super::constrict::HgcConfig;
+use super::constrict::ConstrictConfig;
 use super::data::TrainData;
 use super::graph::ActivationMemory;
 use super::log::{loss_curve, read_log, StepLog};
@@ -54,10 +54,8 @@ pub struct FinetuneConfig {
     pub memory: ActivationMemory,
     /// LCM during training (forward and its reverse scan), when on.
     pub lcm: Option<LcmConfig>,
-    /// Hierarchical gradient constriction, when on.
-    pub hgc: Option<HgcConfig>,
-    /// Weight of the alignment loss between adjacent block outputs (0: off).
-    pub align_beta: f32,
+    /// HGC, the alignment loss and CGFM (the default: none of them).
+    pub constrict: ConstrictConfig,
     pub val_fraction: Option<f32>,
     pub val_data: Option<PathBuf>,
     /// Validate every K steps (0: only at the end, when there is validation data).
@@ -166,6 +164,8 @@ pub fn finetune(
         None => None,
     };
     let mut moments = None;
+    // CGFM's adaptive step size keeps the first step's gradient norm.
+    let mut resumed_lr_reference = None;
     if let Some((step, dir)) = &resume_from {
         let state: Value = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json"))?)
             .with_context(|| format!("{}: unreadable trainer_state.json", dir.display()))?;
@@ -185,6 +185,7 @@ pub fn finetune(
         let file = dir.join("optimizer.safetensors");
         moments = Some(read_safetensors(&std::fs::read(&file)?, &file.display().to_string())?);
         first_step = *step;
+        resumed_lr_reference = state["lr_reference"].as_f64().map(|r| r as f32);
     }
     let tokenizer_json = weights_model.tokenizer.json().to_string();
     let gpu_model = GpuModel::upload(gpu, &weights_model)?;
@@ -205,10 +206,10 @@ pub fn finetune(
     if let Some(lcm) = &cfg.lcm {
         trainer.set_lcm(lcm)?;
     }
-    if let Some(hgc) = cfg.hgc {
-        trainer.set_hgc(hgc)?;
+    trainer.set_constrict(&cfg.constrict)?;
+    if let Some(reference) = resumed_lr_reference {
+        trainer.restore_lr_reference(reference)?;
     }
-    trainer.set_align(cfg.align_beta)?;
 
     let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
         atomic::write_dir(dir, |tmp| {
@@ -220,8 +221,11 @@ pub fn finetune(
             }
             if let Some(step) = with_state {
                 std::fs::write(tmp.join("optimizer.safetensors"), safetensors_bytes(&trainer.moments()?)?)?;
-                let state = json!({"step": step, "method": method_name(cfg), "batch": cfg.batch,
-                                   "seq_len": cfg.seq_len, "seed": cfg.seed});
+                let mut state = json!({"step": step, "method": method_name(cfg), "batch": cfg.batch,
+                                       "seq_len": cfg.seq_len, "seed": cfg.seed});
+                if let Some(reference) = trainer.lr_reference() {
+                    state["lr_reference"] = json!(reference);
+                }
                 std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
             }
             Ok(())
@@ -256,22 +260,20 @@ pub fn finetune(
             );
         }
         let loss = report.loss + report.align_loss;
+        let lr = report.lr;
         let mut line = json!({"step": step, "loss": loss, "grad_norm": report.grad_norm, "lr": lr,
                               "tokens_per_s": tokens_per_s});
-        if cfg.align_beta > 0.0 || cfg.hgc.is_some() {
+        if !cfg.constrict.is_off() {
             line["ce_loss"] = json!(report.loss);
             line["align_loss"] = json!(report.align_loss);
+            line["layer_grad_norms"] = json!(block_grad_norms(&trainer, &report.tensor_norms, config.layers));
         }
         let mut mean_lambda = None;
         if let Some(table) = trainer.hgc_lambda()? {
             let all: Vec<f32> = table.iter().flat_map(|(_, v)| v.iter().copied()).collect();
             mean_lambda = Some(all.iter().map(|&x| x as f64).sum::<f64>() / all.len().max(1) as f64);
-            line["lambda"] = table
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
-            line["layer_grad_norms"] = json!(block_grad_norms(&trainer, &report.tensor_norms, config.layers));
+            line["lambda"] =
+                table.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>().into();
         }
         log.append(&line)?;
         last_loss = Some(loss);

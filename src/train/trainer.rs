@@ -4,7 +4,7 @@
 //! one micro-batch all of it is one command encoder, and only the per-row losses and the
 //! per-tensor gradient norms are read back.
 
-use super::constrict::{Hgc, HgcConfig, LambdaTable};
+use super::constrict::{ConstrictConfig, Hgc, HgcOn, LambdaTable};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
 use crate::gpu::{DType, Gpu, Step, Tensor};
@@ -14,7 +14,8 @@ use crate::model::lora::BlockLora;
 use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
 use crate::modulate::LcmConfig;
-use crate::ops::optim::{adamw, GradNorms};
+use crate::ops::cgfm::adaptive_lr;
+use crate::ops::optim::{adamw, adamw_apply, adamw_direction, GradNorms};
 use anyhow::{anyhow, bail, Result};
 
 /// The optimizer's settings.
@@ -37,6 +38,8 @@ pub struct StepReport {
     pub align_loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// The learning rate of the update: the one asked for, or CGFM's adaptive step.
+    pub lr: f64,
     /// Per-tensor gradient norms, in [`Weights::named`] order.
     pub tensor_norms: Vec<f64>,
     pub tokens: usize,
@@ -76,6 +79,16 @@ pub struct Trainer<'g> {
     pub updates: u32,
     /// Gradient constriction between the backward pass and clipping, when on.
     hgc: Option<Hgc>,
+    /// CGFM's adaptive step size, when on.
+    adaptive: Option<AdaptiveLr>,
+}
+
+/// The adaptive step size's clamps and GPU state `[G_ref, adjusted lr]`; `reference` is
+/// G_ref once a step has set it (read back with the step's scalars, kept in checkpoints).
+struct AdaptiveLr {
+    clamp: (f64, f64),
+    state: Tensor,
+    reference: Option<f32>,
 }
 
 impl<'g> Trainer<'g> {
@@ -138,6 +151,7 @@ impl<'g> Trainer<'g> {
             config,
             updates: 0,
             hgc: None,
+            adaptive: None,
         })
     }
 
@@ -146,17 +160,29 @@ impl<'g> Trainer<'g> {
         self.params.iter().map(|p| p.name.as_str()).collect()
     }
 
-    /// Constricts gradients with HGC (full fine-tuning; a config that is off changes nothing).
-    pub fn set_hgc(&mut self, cfg: HgcConfig) -> Result<()> {
-        if cfg.is_off() {
-            cfg.validate(&self.model.config)?;
-            self.hgc = None;
-            return Ok(());
+    /// Turns on the constriction options (methods.md sections 2-3); the default config
+    /// leaves plain fine-tuning, bit for bit. CGFM's re-weighting needs full fine-tuning.
+    pub fn set_constrict(&mut self, cfg: &ConstrictConfig) -> Result<()> {
+        let gpu = self.gpu;
+        let model = &self.model.config;
+        cfg.validate(model)?;
+        if cfg.cgfm.splits() && self.grads.is_none() {
+            bail!("--cgfm-local / --cgfm-global re-weight the model's weight gradients: use them with full fine-tuning, not LoRA");
         }
-        if self.grads.is_none() {
-            bail!("HGC constricts the weights' gradients: use it with full fine-tuning, not LoRA");
-        }
-        self.hgc = Some(Hgc::new(self.gpu, cfg, &self.model.config)?);
+        self.graph.set_cgfm(gpu, &self.model, (cfg.cgfm.local, cfg.cgfm.global))?;
+        self.graph.set_align(gpu, &self.model, cfg.align_beta)?;
+        self.hgc = match (&self.grads, cfg.hgc.is_off()) {
+            (_, true) => None,
+            (Some(g), false) => Some(Hgc::for_weights(gpu, cfg.hgc, model, g)?),
+            (None, false) => Some(Hgc::for_lora(gpu, cfg.hgc, model, &self.lora)?),
+        };
+        self.adaptive = match cfg.cgfm.adaptive_lr {
+            Some(clamp) => {
+                let state = gpu.zeros("adaptive lr", &[2], DType::F32)?;
+                Some(AdaptiveLr { clamp, state, reference: None })
+            }
+            None => None,
+        };
         Ok(())
     }
 
@@ -165,9 +191,17 @@ impl<'g> Trainer<'g> {
         self.hgc.as_ref().map(|h| h.read_lambda(self.gpu)).transpose()
     }
 
-    /// Adds the alignment loss with weight `beta` (0: off).
-    pub fn set_align(&mut self, beta: f32) -> Result<()> {
-        self.graph.set_align(self.gpu, &self.model, beta)
+    /// The adaptive step size's reference norm G_ref, once the first step has set it.
+    pub fn lr_reference(&self) -> Option<f32> {
+        self.adaptive.as_ref().and_then(|a| a.reference)
+    }
+
+    /// Restores G_ref (resuming a run with the adaptive step size on).
+    pub fn restore_lr_reference(&mut self, reference: f32) -> Result<()> {
+        let Some(a) = &mut self.adaptive else { bail!("no adaptive step size to restore") };
+        self.gpu.write_f32(&a.state, &[reference, 0.0]);
+        a.reference = Some(reference);
+        Ok(())
     }
 
     /// Trains with LCM on (a config that is off changes nothing).
@@ -216,30 +250,63 @@ impl<'g> Trainer<'g> {
                 align_sum += self.graph.read_align_loss(gpu)?;
             }
         }
-        if let (Some(hgc), Some(g)) = (&self.hgc, &self.grads) {
-            hgc.record(&mut step, g);
+        // Raw gradients (CGFM's re-weighting is in the backward pass) -> HGC -> clipping ->
+        // adaptive step size -> AdamW (with HGC on the update: around AdamW's direction).
+        let on_update = self.hgc.as_ref().filter(|h| h.cfg.on == HgcOn::Update);
+        if let Some(hgc) = &self.hgc {
+            hgc.record_lambda(&mut step);
+            if on_update.is_none() {
+                hgc.record_mix(&mut step);
+            }
         }
         let grads: Vec<&Tensor> = self.params.iter().map(|p| &p.grad).collect();
         self.norms.record(&mut step, &grads, self.config.grad_clip);
+        let n = self.params.len();
+        let clip = (&self.norms.out, self.norms.scale_at());
+        if let Some(a) = &self.adaptive {
+            adaptive_lr(&mut step, (clip.0, n, clip.1), &a.state, lr, a.clamp, a.reference.is_none());
+        }
+        let lr_on_gpu = self.adaptive.as_ref().map(|a| (&a.state, 1));
         let t = self.updates + 1;
         let o = AdamW { lr, ..self.config.adamw };
-        let clip = (&self.norms.out, self.norms.scale_at());
-        for p in &self.params {
+        let decay_of = |p: &Param| {
             // Norm weights and biases are the 1-D tensors.
-            let decay =
-                if self.config.decay_norms_biases || p.value.shape.len() > 1 { o.weight_decay } else { 0.0 };
-            adamw(&mut step, &o, t, decay, (&p.value, &p.grad), (&p.m, &p.v), clip);
+            if self.config.decay_norms_biases || p.value.shape.len() > 1 {
+                o.weight_decay
+            } else {
+                0.0
+            }
+        };
+        let split = |p: &&Param| on_update.is_some_and(|h| h.covers(&p.grad));
+        for p in &self.params {
+            if split(&p) {
+                adamw_direction(&mut step, &o, t, &p.grad, (&p.m, &p.v), clip);
+            } else {
+                adamw(&mut step, &o, t, decay_of(p), (&p.value, &p.grad), (&p.m, &p.v), clip, lr_on_gpu);
+            }
+        }
+        if let Some(hgc) = on_update {
+            hgc.record_mix(&mut step);
+            for p in self.params.iter().filter(split) {
+                adamw_apply(&mut step, &o, t, decay_of(p), (&p.value, &p.grad), lr_on_gpu);
+            }
         }
         step.submit()?;
         loss_sum += self.graph.read_loss_sum(gpu)?;
         align_sum += self.graph.read_align_loss(gpu)?;
         self.updates = t;
         let norms = gpu.read_f32(&self.norms.out)?;
-        let n = self.params.len();
+        let mut lr_used = lr;
+        if let Some(a) = &mut self.adaptive {
+            let state = gpu.read_f32(&a.state)?;
+            a.reference = Some(state[0]);
+            lr_used = state[1] as f64;
+        }
         Ok(StepReport {
             loss: loss_sum / targets as f64,
             align_loss: align_sum,
             grad_norm: norms[n] as f64,
+            lr: lr_used,
             tensor_norms: norms[..n].iter().map(|&s| (s as f64).sqrt()).collect(),
             tokens: micro_batches.len() * self.graph.rows(),
         })
