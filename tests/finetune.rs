@@ -307,8 +307,29 @@ fn cli_hgc_logs_lambda_and_matches_the_golden_run() {
     };
     refuse("--hgc-alpha=-1", "--hgc-alpha");
     refuse("--hgc-mu 1.5", "--hgc-mu");
-    refuse("--hgc-alpha 0.5 --lora-rank 2", "LoRA");
+    refuse("--hgc-mu=-0.1", "--hgc-mu");
     refuse("--align-beta=-1", "--align-beta");
+    refuse("--hgc-on weights", "--hgc-on");
+    refuse("--cgfm-local=-1", "--cgfm-local");
+    refuse("--cgfm-global=-0.5", "--cgfm-global");
+    refuse("--cgfm-local 0.5 --lora-rank 2", "LoRA");
+    refuse("--cgfm-adaptive-lr --lr-min 1e-3 --lr-max 1e-4", "--lr-max");
+    refuse("--cgfm-adaptive-lr --lr-min 0 --lr-max 1e-3", "--lr-min");
+    refuse("--cgfm-adaptive-lr --lr-min=-1e-3 --lr-max 1e-3", "--lr-min");
+    refuse("--cgfm-adaptive-lr --lr-max 1e-3", "--lr-min");
+    refuse("--lr-min 1e-4 --lr-max 1e-3", "--cgfm-adaptive-lr");
+    // HGC compares a block with the one below: a one-block model has none.
+    let one_block = TempDir::stories("one-block", &stories);
+    one_block.edit_json("config.json", |c| c["num_hidden_layers"] = 1.into());
+    fails(
+        &finetune_args(
+            one_block.arg(),
+            &data,
+            bad.to_str().unwrap(),
+            "--batch 2 --seq-len 32 --hgc-alpha 0.5",
+        ),
+        &["HGC", "two blocks", "has 1"],
+    );
 
     // The alignment loss: total, cross-entropy and alignment parts in the log.
     let out = t.path("align");
@@ -331,4 +352,139 @@ fn cli_hgc_logs_lambda_and_matches_the_golden_run() {
         );
         assert!((v["loss"].as_f64().unwrap() - (ce + al)).abs() < 1e-9, "loss is the total: {line}");
     }
+}
+
+/// stories260k on Milton's text with each constriction option (and LoRA with HGC on its
+/// adapters) runs to the end; every log line holds the per-step quantities, and the progress
+/// line shows the mean λ.
+#[test]
+fn cli_constriction_options_run_on_a_corpus() {
+    let Some(stories) = stories() else { return };
+    let model = stories.to_str().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/milton_paradise_lost.txt");
+    let base = "--steps 3 --batch 2 --seq-len 32 --lr 1e-3 --grad-clip 1 --seed 1";
+    let options = [
+        ("hgc", "--hgc-alpha 0.5 --hgc-mu 0.2 --hgc-depth-slope 1"),
+        ("hgc-update", "--hgc-alpha 2 --hgc-normalized true --hgc-on update"),
+        ("align", "--align-beta 0.5"),
+        ("cgfm", "--cgfm-local 0.5 --cgfm-global 2"),
+        ("adaptive", "--cgfm-adaptive-lr --lr-min 5e-4 --lr-max 3e-3"),
+        ("lora-hgc", "--lora-rank 2 --lora-targets q,v --hgc-alpha 1 --hgc-mu 0.1 --hgc-on update"),
+    ];
+    for (tag, flags) in options {
+        let t = TempDir::new(tag);
+        let out = t.path("run");
+        let args = finetune_args(model, data.to_str().unwrap(), out.to_str().unwrap(), base);
+        let args: Vec<&str> = args.into_iter().chain(flags.split_whitespace()).collect();
+        let r = common::keel(&args);
+        assert_eq!(r.code, Some(0), "{tag}: {}", r.stderr);
+        let hgc = flags.contains("--hgc-alpha");
+        assert_eq!(
+            r.stderr.contains("λ "),
+            hgc,
+            "{tag}: the progress line shows the mean λ with HGC:\n{}",
+            r.stderr
+        );
+        let text = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "{tag}: {text}");
+        for v in &lines {
+            let (ce, al) = (v["ce_loss"].as_f64().unwrap(), v["align_loss"].as_f64().unwrap());
+            assert!(ce > 0.0 && (v["loss"].as_f64().unwrap() - ce - al).abs() < 1e-9, "{tag}: {v}");
+            assert_eq!(al > 0.0, flags.contains("--align-beta"), "{tag}: {v}");
+            assert_eq!(v["layer_grad_norms"].as_array().unwrap().len(), 5, "{tag}: {v}");
+            let lr = v["lr"].as_f64().unwrap();
+            if flags.contains("--cgfm-adaptive-lr") {
+                assert!(lr > 1e-3 && (5e-4..=3e-3).contains(&lr), "{tag}: adjusted lr {v}");
+            } else {
+                assert_eq!(lr, 1e-3, "{tag}: {v}");
+            }
+            match v.get("lambda") {
+                Some(table) => {
+                    assert!(hgc, "{tag}: {v}");
+                    let kinds = table.as_object().unwrap();
+                    let want = if tag.starts_with("lora") { 4 } else { 7 };
+                    assert_eq!(kinds.len(), want, "{tag}: {v}");
+                    let mut constricted = false;
+                    for l in kinds.values() {
+                        let l: Vec<f64> = l.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+                        assert_eq!(l.len(), 5);
+                        // (LoRA's B starts at 0, so its A's gradient, and their distance, is 0 at first.)
+                        assert!(
+                            l[0] == 1.0 && l[1..].iter().all(|x| *x > 0.0 && *x <= 1.0),
+                            "{tag}: λ {l:?}"
+                        );
+                        constricted |= l[1..].iter().any(|x| *x < 0.99);
+                    }
+                    assert!(constricted, "{tag}: λ constricts nothing: {v}");
+                }
+                None => assert!(!hgc, "{tag}: no λ in {v}"),
+            }
+        }
+        assert_eq!(lines[0]["lambda"].get("self_attn.q_proj.lora_A").is_some(), tag.starts_with("lora"));
+    }
+}
+
+/// Every constriction option at its neutral value is plain fine-tuning, bit for bit: the same
+/// logged losses and the same checkpoint bytes.
+#[test]
+fn neutral_constriction_options_are_plain_finetuning() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("neutral");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let model = stories.to_str().unwrap();
+    let flags = GOLDEN_FLAGS.replace("--steps 10", "--steps 4 --save-every 2");
+    let neutral = format!(
+        "{flags} --hgc-alpha 0 --hgc-mu 0 --hgc-depth-slope 3 --hgc-normalized true --hgc-on update \
+         --align-beta 0 --cgfm-local 1 --cgfm-global 1"
+    );
+    let (plain, off) = (t.path("plain"), t.path("off"));
+    succeeds(&finetune_args(model, &data, plain.to_str().unwrap(), &flags));
+    succeeds(&finetune_args(model, &data, off.to_str().unwrap(), &neutral));
+    assert_eq!(
+        std::fs::read_to_string(plain.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(strip_speed)
+            .collect::<Vec<_>>(),
+        std::fs::read_to_string(off.join("log.jsonl")).unwrap().lines().map(strip_speed).collect::<Vec<_>>(),
+    );
+    for file in
+        ["checkpoint-2/model.safetensors", "checkpoint-2/optimizer.safetensors", "final/model.safetensors"]
+    {
+        let same = std::fs::read(plain.join(file)).unwrap() == std::fs::read(off.join(file)).unwrap();
+        assert!(same, "{file} differs");
+    }
+}
+
+/// A log line without its timing.
+fn strip_speed(line: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v.as_object_mut().unwrap().remove("tokens_per_s");
+    v.to_string()
+}
+
+/// The adaptive step size's reference norm (step 0's) is kept in checkpoints: a run stopped
+/// after 2 steps and resumed takes the same steps as one run of 4.
+#[test]
+fn adaptive_step_size_resumes_with_its_reference() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("adaptive-resume");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let model = stories.to_str().unwrap();
+    let flags = |steps: usize| {
+        GOLDEN_FLAGS.replace("--steps 10", &format!("--steps {steps} --save-every 2"))
+            + " --cgfm-adaptive-lr --lr-min 5e-4 --lr-max 3e-3 --cgfm-local 0.5 --cgfm-global 2"
+    };
+    let (whole, parts) = (t.path("whole"), t.path("parts"));
+    succeeds(&finetune_args(model, &data, whole.to_str().unwrap(), &flags(4)));
+    succeeds(&finetune_args(model, &data, parts.to_str().unwrap(), &flags(2)));
+    succeeds(&finetune_args(model, &data, parts.to_str().unwrap(), &(flags(4) + " --resume")));
+    let read = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("log.jsonl")).unwrap().lines().map(strip_speed).collect()
+    };
+    let (a, b) = (read(&whole), read(&parts));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b[b.len() - 4..], "same steps, step sizes included");
+    assert!(a[3].contains("\"lr\""));
 }
