@@ -141,6 +141,20 @@ fn smollm2_trains_like_pytorch() {
     check_training("smollm2-135m-instruct", "smollm2-135m-instruct", 3, ActivationMemory::Keep, 1.5e-3);
 }
 
+/// Gives LoRA's B matrices (zero at initialisation) pseudo-random values, so that A's
+/// gradients are not zero.
+fn nonzero_b(lora: &mut keel::model::adapter::Lora) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for p in lora.blocks.iter_mut().flatten() {
+        for b in &mut p.b {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.2;
+        }
+    }
+}
+
 /// LoRA's gradients follow from the full model's: with `W' = W + s · B · A` on some rows,
 /// `dA = s · Bᵀ · dW'` and `dB = s · dW' · Aᵀ`. So a LoRA step over the model must see the
 /// same loss as full training of the merged model, and gradients derived from its.
@@ -156,15 +170,7 @@ fn lora_gradients_follow_from_the_merged_model() {
     let shape = (rows.len(), rows[0].len() - 1);
     // v rows of qkv and the gate rows of up, in every block, with B nonzero too.
     let mut lora = Lora::init(&cfg, &parse_targets(&cfg, "v,gate").unwrap(), 4, 8.0, 3).unwrap();
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for p in lora.blocks.iter_mut().flatten() {
-        for b in &mut p.b {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.2;
-        }
-    }
+    nonzero_b(&mut lora);
     let mut merged = fixture("stories260k").unwrap().1;
     lora.merge_into(&mut merged.weights);
     let opt = optimizer(train);
@@ -433,4 +439,143 @@ const ALL_MODELS: [&str; 3] = ["stories260k", "tiny-gpt2", "tiny-qwen2"];
 #[test]
 fn cgfm_and_all_options_match_the_golden_runs() {
     check_constriction_runs(&["stories260k", "tiny-qwen2"], &["cgfm", "all"]);
+}
+
+/// The golden `hgc_plain` settings, acting on `on`.
+fn hgc_settings(on: keel::train::constrict::HgcOn) -> keel::train::constrict::ConstrictConfig {
+    use keel::train::constrict::{ConstrictConfig, HgcConfig};
+    let hgc = HgcConfig { alpha: 0.5, mu: 0.2, depth_slope: 1.0, normalized: false, on };
+    ConstrictConfig { hgc, ..ConstrictConfig::default() }
+}
+
+/// Checks `got` λ (per kind) against the CPU's λ of `raw` gradients (per kind, per block).
+fn check_lambda(
+    got: &[(String, Vec<f32>)],
+    raw: &[(String, Vec<Vec<f32>>)],
+    cfg: &keel::train::constrict::HgcConfig,
+) -> Vec<Vec<f64>> {
+    assert_eq!(got.len(), raw.len());
+    let mut all = Vec::new();
+    for ((kind, lambda), (want_kind, grads)) in got.iter().zip(raw) {
+        assert_eq!(kind, want_kind);
+        let want = keel::cpu::hgc::lambdas(grads, cfg.alpha as f64, cfg.depth_slope as f64, cfg.normalized);
+        for (l, (g, w)) in lambda.iter().zip(&want).enumerate() {
+            assert!((*g as f64 - w).abs() <= 1e-5, "λ {kind} block {l}: {g} vs {w}");
+        }
+        assert!(want[1..].iter().all(|&w| w < 0.999), "{kind}: the test must constrict: {want:?}");
+        all.push(want);
+    }
+    all
+}
+
+/// `--hgc-on update`: with λ from the raw gradients (as on the gradient), the μ-mixed,
+/// λ-scaled AdamW directions `m / (sqrt(v / bc2) + eps)` of each block move the weights,
+/// `θ ← θ (1 - lr wd) - lr / bc1 · λ[l] ((1 - μ) d[l] + μ d[l-1])`: one step against the CPU.
+#[test]
+fn hgc_on_the_update_matches_cpu() {
+    use keel::model::adapter::parse_targets;
+    use keel::train::constrict::HgcOn;
+    let Some((golden, host, rows)) = fixture("stories260k") else { return };
+    let train = &golden["train"];
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let cfg = host.config.clone();
+    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+    let shape = (rows.len(), rows[0].len() - 1);
+    let opt = optimizer(train);
+    let new_trainer = || {
+        let gm = GpuModel::upload(gpu, &host).unwrap();
+        Trainer::new(gpu, gm, shape, ActivationMemory::Keep, opt, Method::Full).unwrap()
+    };
+    // The raw gradients: a plain step at lr 0 moves nothing.
+    let mut plain = new_trainer();
+    plain.step(std::slice::from_ref(&batch), 0.0).unwrap();
+    let grads = plain.download(plain.grads.as_ref().unwrap()).unwrap();
+    let settings = hgc_settings(HgcOn::Update);
+    let mut trainer = new_trainer();
+    trainer.set_constrict(&settings).unwrap();
+    let lr = 1e-3;
+    trainer.step(std::slice::from_ref(&batch), lr).unwrap();
+    let after = trainer.download(&trainer.model.weights).unwrap();
+    let slots = parse_targets(&cfg, "all").unwrap();
+    let rows_of = |w: &keel::model::layout::Weights<keel::model::weights::HostTensor>,
+                   slot: &keel::model::adapter::Slot,
+                   l: usize| {
+        let t = w.blocks[l].linear(slot.linear);
+        let cols = t.shape[1];
+        t.data[slot.rows.start * cols..slot.rows.end * cols].to_vec()
+    };
+    let raw: Vec<(String, Vec<Vec<f32>>)> = slots
+        .iter()
+        .map(|s| (s.module.to_string(), (0..cfg.layers).map(|l| rows_of(&grads, s, l)).collect()))
+        .collect();
+    let lambda = check_lambda(&trainer.hgc_lambda().unwrap().unwrap(), &raw, &settings.hgc);
+    // AdamW's first step from zero moments, per element, without lr / bc1.
+    let o = opt.adamw;
+    let (bc1, bc2) = (1.0 - o.beta1, 1.0 - o.beta2);
+    let direction = |g: f32| {
+        let (m, v) = ((1.0 - o.beta1) * g as f64, (1.0 - o.beta2) * (g as f64).powi(2));
+        (m / ((v / bc2).sqrt() + o.eps)) as f32
+    };
+    for ((slot, (kind, g)), lambda) in slots.iter().zip(&raw).zip(&lambda) {
+        let d: Vec<Vec<f32>> = g.iter().map(|g| g.iter().map(|&x| direction(x)).collect()).collect();
+        let mixed = keel::cpu::hgc::constrict(&d, lambda, settings.hgc.mu as f64);
+        for l in 0..cfg.layers {
+            let (before, got) = (rows_of(&host.weights, slot, l), rows_of(&after, slot, l));
+            for (i, ((b, u), got)) in before.iter().zip(&mixed[l]).zip(&got).enumerate() {
+                let want = *b as f64 * (1.0 - lr * o.weight_decay) - lr / bc1 * *u as f64;
+                let ok = (*got as f64 - want).abs() <= 1e-3 * lr + 1e-6 * want.abs();
+                assert!(ok, "{kind} block {l} [{i}]: {got} vs {want}");
+            }
+        }
+    }
+}
+
+/// HGC with LoRA: each adapted module's A and B are weight kinds of their own, constricted
+/// block to block like the full weights (here on the gradient, against the CPU).
+#[test]
+fn hgc_constricts_lora_adapters_like_cpu() {
+    use keel::model::adapter::{parse_targets, Lora};
+    use keel::train::constrict::HgcOn;
+    let Some((golden, host, rows)) = fixture("stories260k") else { return };
+    let train = &golden["train"];
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let cfg = host.config.clone();
+    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+    let shape = (rows.len(), rows[0].len() - 1);
+    let mut lora = Lora::init(&cfg, &parse_targets(&cfg, "q,v").unwrap(), 4, 8.0, 3).unwrap();
+    nonzero_b(&mut lora);
+    let settings = hgc_settings(HgcOn::Gradient);
+    // At lr 0 the step leaves the gradients: raw, then constricted.
+    let grads_with = |constrict: bool| {
+        let gm = GpuModel::upload(gpu, &host).unwrap();
+        let method = Method::Lora(lora.clone());
+        let mut t = Trainer::new(gpu, gm, shape, ActivationMemory::Keep, optimizer(train), method).unwrap();
+        if constrict {
+            t.set_constrict(&settings).unwrap();
+        }
+        t.step(std::slice::from_ref(&batch), 0.0).unwrap();
+        (t.gradients().unwrap(), t.hgc_lambda().unwrap())
+    };
+    let (raw, _) = grads_with(false);
+    let (got, lambda) = grads_with(true);
+    let per_block = lora.blocks[0].len() * 2;
+    let kinds: Vec<(String, Vec<Vec<f32>>)> = (0..per_block)
+        .map(|k| {
+            let module = lora.blocks[0][k / 2].slot.module;
+            let name = format!("{module}.lora_{}", ["A", "B"][k % 2]);
+            (name, (0..cfg.layers).map(|l| raw[l * per_block + k].data.clone()).collect())
+        })
+        .collect();
+    let lambdas = check_lambda(&lambda.unwrap(), &kinds, &settings.hgc);
+    for (k, ((kind, g), lambda)) in kinds.iter().zip(&lambdas).enumerate() {
+        let want = keel::cpu::hgc::constrict(g, lambda, settings.hgc.mu as f64);
+        for l in 0..cfg.layers {
+            let got = &got[l * per_block + k];
+            assert!(got.name.ends_with(&format!("lora.{}.{}", k / 2, ["A", "B"][k % 2])), "{}", got.name);
+            let largest = want[l].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for (i, (g, w)) in got.data.iter().zip(&want[l]).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * largest, "{kind} block {l} [{i}]: {g} vs {w}");
+            }
+        }
+    }
 }
