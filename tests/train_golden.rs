@@ -519,9 +519,9 @@ fn hgc_on_the_update_matches_cpu() {
     for ((slot, (kind, g)), lambda) in slots.iter().zip(&raw).zip(&lambda) {
         let d: Vec<Vec<f32>> = g.iter().map(|g| g.iter().map(|&x| direction(x)).collect()).collect();
         let mixed = keel::cpu::hgc::constrict(&d, lambda, settings.hgc.mu as f64);
-        for l in 0..cfg.layers {
+        for (l, mixed) in mixed.iter().enumerate() {
             let (before, got) = (rows_of(&host.weights, slot, l), rows_of(&after, slot, l));
-            for (i, ((b, u), got)) in before.iter().zip(&mixed[l]).zip(&got).enumerate() {
+            for (i, ((b, u), got)) in before.iter().zip(mixed).zip(&got).enumerate() {
                 let want = *b as f64 * (1.0 - lr * o.weight_decay) - lr / bc1 * *u as f64;
                 let ok = (*got as f64 - want).abs() <= 1e-3 * lr + 1e-6 * want.abs();
                 assert!(ok, "{kind} block {l} [{i}]: {got} vs {want}");

@@ -147,6 +147,13 @@ struct Align {
     loss: Tensor,
 }
 
+impl Align {
+    fn bytes(&self) -> u64 {
+        let own = [&self.ones, &self.g, &self.loss].map(Tensor::bytes).iter().sum::<u64>();
+        own + self.n.iter().chain(&self.stats).map(Tensor::bytes).sum::<u64>()
+    }
+}
+
 /// methods.md's `n(x) = x / sqrt(mean(x²) + 1e-6)`.
 const ALIGN_EPS: f32 = 1e-6;
 
@@ -241,7 +248,8 @@ impl TrainGraph {
     /// GPU memory the micro-batch's buffers take (activations and backward scratch).
     pub fn bytes(&self) -> u64 {
         let acts: u64 = self.acts.iter().flat_map(|a| a.tensors()).map(Tensor::bytes).sum::<u64>()
-            + self.lcm.as_ref().map_or(0, LcmTraining::bytes);
+            + self.lcm.as_ref().map_or(0, LcmTraining::bytes)
+            + self.align.as_ref().map_or(0, Align::bytes);
         let own = [
             &self.ids,
             &self.targets,
