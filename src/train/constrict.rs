@@ -7,7 +7,7 @@
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::adapter::{parse_targets, Slot};
 use crate::model::layout::Weights;
-use crate::model::lora::BlockLora;
+use crate::model::lora::{BlockLora, LoraLayer};
 use crate::model::ModelConfig;
 use crate::ops::hgc::{distance, lambdas, mix, GradRange};
 use anyhow::{bail, Result};
@@ -140,7 +140,7 @@ impl ConstrictConfig {
         self.hgc.validate(cfg)
     }
 
-    /// Whether the log needs the loss's parts, λ and the per-block gradient norms.
+    /// Whether every option is at its neutral value (then the log keeps its plain keys).
     pub fn is_off(&self) -> bool {
         self.hgc.is_off() && self.align_beta == 0.0 && !self.cgfm.splits() && self.cgfm.adaptive_lr.is_none()
     }
@@ -213,14 +213,12 @@ impl Hgc {
         let whole = |t: &Tensor| Range { t: t.clone(), offset: 0, len: t.numel() };
         let mut kinds = Vec::new();
         for (i, layer) in lora[0].layers.iter().enumerate() {
-            for (matrix, pick) in [("A", 0), ("B", 1)] {
-                let blocks =
-                    lora.iter().map(|b| whole(if pick == 0 { &b.layers[i].da } else { &b.layers[i].db }));
-                kinds.push(Kind {
-                    name: format!("{}.lora_{matrix}", layer.slot.module),
-                    blocks: blocks.collect(),
-                });
-            }
+            let kind = |matrix: &str, grad: fn(&LoraLayer) -> &Tensor| Kind {
+                name: format!("{}.lora_{matrix}", layer.slot.module),
+                blocks: lora.iter().map(|b| whole(grad(&b.layers[i]))).collect(),
+            };
+            kinds.push(kind("A", |l| &l.da));
+            kinds.push(kind("B", |l| &l.db));
         }
         Hgc::new(gpu, cfg, lora.len(), kinds)
     }
