@@ -106,6 +106,19 @@ pub fn generate_batch(
     if fit == 0 {
         bail!("one sequence of {len} positions does not fit this adapter's memory and binding limits");
     }
+    generate_in_batches(gpu, model, reqs, eos, lcm, on_step, fit)
+}
+
+/// [`generate_batch`] (requests already checked) in sub-batches of at most `fit` sequences.
+fn generate_in_batches(
+    gpu: &Gpu,
+    model: &GpuModel,
+    reqs: &[SeqRequest],
+    eos: &[u32],
+    lcm: Option<&LcmConfig>,
+    on_step: &mut dyn FnMut(usize, usize),
+    fit: usize,
+) -> Result<Vec<SeqOutput>> {
     let steps = |part: &[SeqRequest]| part.iter().map(|r| r.max_tokens).max().unwrap_or(0);
     let total = reqs.chunks(fit).map(steps).sum();
     let mut done = 0;
@@ -314,5 +327,44 @@ fn token_record(id: u32, logits: &[f32], stats: RowStats) -> TokenRecord {
         logprob: logits[id as usize] - stats.lse,
         entropy: stats.entropy,
         top1_prob: (logits[stats.argmax as usize] - stats.lse).exp(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model;
+    use crate::ops::test_util::gpu;
+    use std::path::Path;
+
+    /// Five requests in sub-batches of two give what one batch of five gives, and progress
+    /// counts the steps of all three sub-batches.
+    #[test]
+    fn sub_batches_equal_one_batch() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !dir.exists() {
+            eprintln!("SKIPPED: fixture {} absent", dir.display());
+            return;
+        }
+        let gpu = gpu();
+        let host = model::load(&dir).unwrap();
+        let m = GpuModel::upload(gpu, &host).unwrap();
+        let prompt = host.tokenizer.encode("Once upon a time there was a little dog").unwrap();
+        let reqs: Vec<SeqRequest> = (0..5)
+            .map(|i| SeqRequest {
+                prompt: prompt[..3 + i].to_vec(),
+                sampler: SamplerConfig { seed: i as u64, ..SamplerConfig::default() },
+                max_tokens: 6 + i,
+            })
+            .collect();
+        let whole = generate_in_batches(gpu, &m, &reqs, &[], None, &mut |_, _| {}, 5).unwrap();
+        let mut progress = Vec::new();
+        let split =
+            generate_in_batches(gpu, &m, &reqs, &[], None, &mut |d, t| progress.push((d, t)), 2).unwrap();
+        assert_eq!(whole, split);
+        assert_eq!(whole.iter().map(|o| o.tokens.len()).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+        // Sub-batches of at most 7, 9 and 10 steps.
+        assert_eq!(progress.last(), Some(&(26, 26)));
+        assert_eq!(progress.len(), 26);
     }
 }
