@@ -80,7 +80,24 @@ pub fn generate_batch(
     lcm: Option<&LcmConfig>,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<SeqOutput>> {
+    generate_batch_arms(gpu, model, reqs, eos, &vec![lcm; reqs.len()], on_step)
+}
+
+/// [`generate_batch`] with an LCM setting per request (`lcm_of[i]` for request i; None: the
+/// plain model), so that several arms (baseline and modulated, or a sweep's settings) share
+/// one batch. Each request's tokens equal those of generating it alone with its setting.
+pub fn generate_batch_arms(
+    gpu: &Gpu,
+    model: &GpuModel,
+    reqs: &[SeqRequest],
+    eos: &[u32],
+    lcm_of: &[Option<&LcmConfig>],
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<SeqOutput>> {
     let c = &model.config;
+    if lcm_of.len() != reqs.len() {
+        bail!("{} LCM settings given for {} requests", lcm_of.len(), reqs.len());
+    }
     for (i, r) in reqs.iter().enumerate() {
         if r.prompt.is_empty() {
             bail!("request {i}: the prompt encodes to no tokens");
@@ -97,16 +114,16 @@ pub fn generate_batch(
             );
         }
         r.sampler.validate()?;
-    }
-    if let Some(cfg) = lcm {
-        cfg.validate(c.layers)?;
+        if let Some(cfg) = lcm_of[i] {
+            cfg.validate(c.layers)?;
+        }
     }
     let len = reqs.iter().map(|r| r.prompt.len() + r.max_tokens).max().unwrap_or(0);
     let fit = max_batch(gpu, model, len);
     if fit == 0 {
         bail!("one sequence of {len} positions does not fit this adapter's memory and binding limits");
     }
-    generate_in_batches(gpu, model, reqs, eos, lcm, on_step, fit)
+    generate_in_batches(gpu, model, reqs, eos, lcm_of, on_step, fit)
 }
 
 /// [`generate_batch`] (requests already checked) in sub-batches of at most `fit` sequences.
@@ -115,7 +132,7 @@ fn generate_in_batches(
     model: &GpuModel,
     reqs: &[SeqRequest],
     eos: &[u32],
-    lcm: Option<&LcmConfig>,
+    lcm_of: &[Option<&LcmConfig>],
     on_step: &mut dyn FnMut(usize, usize),
     fit: usize,
 ) -> Result<Vec<SeqOutput>> {
@@ -123,8 +140,8 @@ fn generate_in_batches(
     let total = reqs.chunks(fit).map(steps).sum();
     let mut done = 0;
     let mut out = Vec::with_capacity(reqs.len());
-    for part in reqs.chunks(fit) {
-        let mut batch = Batch::new(gpu, model, part, lcm)?;
+    for (part, part_lcm) in reqs.chunks(fit).zip(lcm_of.chunks(fit)) {
+        let mut batch = Batch::new(gpu, model, part, part_lcm)?;
         let mut reached = 0;
         out.extend(batch.run(part, eos, &mut |i| {
             reached = i;
@@ -148,7 +165,16 @@ struct Batch<'m> {
     head: Head,
     /// Each sequence's last prompt row of the residual stream, for the LM head after prefill.
     last_rows: Tensor,
-    lcm: Option<LcmState>,
+    /// One LCM state (anchors for every sequence) per distinct setting, with the row table its
+    /// kernel reads: the batch's, with the rows of other settings' sequences marked as nobody's.
+    arms: Vec<Arm>,
+}
+
+struct Arm {
+    lcm: LcmState,
+    /// Which sequences (by index) this setting modulates.
+    members: Vec<bool>,
+    row_table: Tensor,
 }
 
 impl Drop for Batch<'_> {
@@ -157,6 +183,7 @@ impl Drop for Batch<'_> {
         self.gpu.recycle(self.scratch.clone().into_tensors());
         self.gpu.recycle(self.head.clone().into_tensors());
         self.gpu.recycle([self.last_rows.clone()]);
+        self.gpu.recycle(self.arms.iter().map(|a| a.row_table.clone()));
     }
 }
 
@@ -171,12 +198,32 @@ struct Seq {
 }
 
 impl<'m> Batch<'m> {
-    fn new(gpu: &'m Gpu, model: &'m GpuModel, reqs: &[SeqRequest], lcm: Option<&LcmConfig>) -> Result<Self> {
+    fn new(
+        gpu: &'m Gpu,
+        model: &'m GpuModel,
+        reqs: &[SeqRequest],
+        lcm_of: &[Option<&LcmConfig>],
+    ) -> Result<Self> {
         let c = &model.config;
         let n = reqs.len();
         let len = reqs.iter().map(|r| r.prompt.len() + r.max_tokens).max().unwrap_or(1);
         let longest_prompt = reqs.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
         let rows = PREFILL_ROWS.min(n * longest_prompt.min(PREFILL_CHUNK)).max(n);
+        let mut settings: Vec<&LcmConfig> = Vec::new();
+        for cfg in lcm_of.iter().flatten() {
+            if !settings.contains(cfg) {
+                settings.push(cfg);
+            }
+        }
+        let mut arms = Vec::new();
+        for cfg in settings {
+            // An off setting (gamma 0) runs the plain model, as it does alone.
+            if let Some(lcm) = LcmState::new(gpu, cfg, c.layers, c.hidden, n)? {
+                let members = lcm_of.iter().map(|s| *s == Some(cfg)).collect();
+                let row_table = gpu.scratch("lcm arm row table", &[rows, 2], DType::U32)?;
+                arms.push(Arm { lcm, members, row_table });
+            }
+        }
         Ok(Batch {
             gpu,
             model,
@@ -184,10 +231,7 @@ impl<'m> Batch<'m> {
             scratch: model.scratch(gpu, rows)?,
             head: model.head(gpu, n)?,
             last_rows: gpu.scratch("batch last prompt rows", &[n, c.hidden], DType::F32)?,
-            lcm: match lcm {
-                Some(cfg) => LcmState::new(gpu, cfg, c.layers, c.hidden, n)?,
-                None => None,
-            },
+            arms,
         })
     }
 
@@ -302,10 +346,18 @@ impl<'m> Batch<'m> {
     fn record_rows(&self, step: &mut Step, ids: &[u32], table: &[u32], spans: &[usize]) {
         self.gpu.write_u32(&self.scratch.ids, ids);
         self.gpu.write_u32(&self.scratch.row_table, table);
-        let (lcm, rows, n) = (&self.lcm, &self.scratch.row_table, ids.len());
+        for arm in &self.arms {
+            // The LCM kernel skips rows of sequences it has no workgroup for.
+            let masked: Vec<u32> = table
+                .chunks(2)
+                .flat_map(|r| [if arm.members[r[0] as usize] { r[0] } else { u32::MAX }, r[1]])
+                .collect();
+            self.gpu.write_u32(&arm.row_table, &masked);
+        }
+        let n = ids.len();
         self.model.record_blocks(step, &self.scratch, &self.cache, spans, &mut |step, l, x| {
-            if let Some(state) = lcm {
-                state.record(step, l, x, rows, n);
+            for arm in &self.arms {
+                arm.lcm.record(step, l, x, &arm.row_table, n);
             }
         });
     }
@@ -333,22 +385,14 @@ fn token_record(id: u32, logits: &[f32], stats: RowStats) -> TokenRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model;
     use crate::ops::test_util::gpu;
-    use std::path::Path;
 
     /// Five requests in sub-batches of two give what one batch of five gives, and progress
     /// counts the steps of all three sub-batches.
     #[test]
     fn sub_batches_equal_one_batch() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !dir.exists() {
-            eprintln!("SKIPPED: fixture {} absent", dir.display());
-            return;
-        }
+        let Some((host, m)) = super::super::test_stories() else { return };
         let gpu = gpu();
-        let host = model::load(&dir).unwrap();
-        let m = GpuModel::upload(gpu, &host).unwrap();
         let prompt = host.tokenizer.encode("Once upon a time there was a little dog").unwrap();
         let reqs: Vec<SeqRequest> = (0..5)
             .map(|i| SeqRequest {
@@ -357,10 +401,11 @@ mod tests {
                 max_tokens: 6 + i,
             })
             .collect();
-        let whole = generate_in_batches(gpu, &m, &reqs, &[], None, &mut |_, _| {}, 5).unwrap();
+        let plain = vec![None; reqs.len()];
+        let whole = generate_in_batches(gpu, &m, &reqs, &[], &plain, &mut |_, _| {}, 5).unwrap();
         let mut progress = Vec::new();
         let split =
-            generate_in_batches(gpu, &m, &reqs, &[], None, &mut |d, t| progress.push((d, t)), 2).unwrap();
+            generate_in_batches(gpu, &m, &reqs, &[], &plain, &mut |d, t| progress.push((d, t)), 2).unwrap();
         assert_eq!(whole, split);
         assert_eq!(whole.iter().map(|o| o.tokens.len()).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
         // Sub-batches of at most 7, 9 and 10 steps.
