@@ -280,8 +280,16 @@ impl<'m> Batch<'m> {
 
     /// Runs every prompt through the model: chunk k of each prompt (the chunks a one-sequence
     /// prefill makes), several sequences per submit; then the LM head over each last row.
+    /// A sequence with the same prompt and LCM setting as an earlier one (another seed) takes a
+    /// copy of that one's KV rows, anchors and last row: bit for bit what its own prefill makes.
     fn prefill(&self, reqs: &[SeqRequest]) -> Result<()> {
         let hidden = self.model.config.hidden;
+        let arm_of = |s: usize| self.arms.iter().position(|a| a.members[s]);
+        let source_of: Vec<usize> = (0..reqs.len())
+            .map(|s| {
+                (0..s).find(|&o| reqs[o].prompt == reqs[s].prompt && arm_of(o) == arm_of(s)).unwrap_or(s)
+            })
+            .collect();
         let chunks = reqs.iter().map(|r| r.prompt.len().div_ceil(PREFILL_CHUNK)).max().unwrap_or(0);
         // (sequence, first position, rows) of every submit, in order.
         let mut submits: Vec<Vec<(usize, usize, usize)>> = Vec::new();
@@ -289,7 +297,7 @@ impl<'m> Batch<'m> {
             let mut current: Vec<(usize, usize, usize)> = Vec::new();
             for (s, r) in reqs.iter().enumerate() {
                 let start = k * PREFILL_CHUNK;
-                if start >= r.prompt.len() {
+                if start >= r.prompt.len() || source_of[s] != s {
                     continue;
                 }
                 let rows = PREFILL_CHUNK.min(r.prompt.len() - start);
@@ -320,11 +328,46 @@ impl<'m> Batch<'m> {
                 }
             }
             if i == last {
+                self.record_shared_prefills(&mut step, reqs, &source_of)?;
                 let n = reqs.len();
                 self.gpu.write_u32(&self.head.targets, &vec![NO_TARGET; n]);
                 self.model.record_head(&mut step, &self.last_rows, &self.head, 0, &vec![1; n]);
             }
             step.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Records copying each sequence's prefill state from `source_of` it (where that is another).
+    fn record_shared_prefills(
+        &self,
+        step: &mut Step,
+        reqs: &[SeqRequest],
+        source_of: &[usize],
+    ) -> Result<()> {
+        let c = &self.model.config;
+        let kv_row = c.kv_heads * c.head_dim;
+        let longest = reqs.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        let anchors =
+            self.arms.iter().flat_map(|a| a.lcm.per_sequence()).map(|(a, _)| a.numel() / reqs.len());
+        let most = anchors.chain([longest * kv_row, c.hidden, 4]).max().unwrap_or(0);
+        // A copy within one buffer is not allowed: each goes through `via` (element offsets).
+        let via = self.gpu.scratch("batch prefill copy", &[most], DType::F32)?;
+        let mut copy_within = |t: &Tensor, from_at: usize, to_at: usize, elems: usize| {
+            step.copy(t, from_at, &via, 0, elems);
+            step.copy(&via, 0, t, to_at, elems);
+        };
+        let seq_stride = self.cache.len * kv_row;
+        for (to, &from) in source_of.iter().enumerate().filter(|(to, from)| to != *from) {
+            for layer in self.cache.k.iter().chain(&self.cache.v) {
+                copy_within(layer, from * seq_stride, to * seq_stride, reqs[from].prompt.len() * kv_row);
+            }
+            copy_within(&self.last_rows, from * c.hidden, to * c.hidden, c.hidden);
+            for (anchors, stats) in self.arms.iter().flat_map(|a| a.lcm.per_sequence()) {
+                let per = anchors.numel() / reqs.len();
+                copy_within(anchors, from * per, to * per, per);
+                copy_within(stats, 4 * from, 4 * to, 4);
+            }
         }
         Ok(())
     }
