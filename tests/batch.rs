@@ -184,6 +184,9 @@ fn edge_cases_and_limits() {
     .unwrap();
     assert_eq!(outs[0], SeqOutput { tokens: vec![] });
     assert_eq!(outs[1].tokens.len(), 2);
+    let mut calls = 0;
+    let none = generate_batch(gpu, &m, &[req(vec![1], 0)], &[], None, &mut |_, _| calls += 1).unwrap();
+    assert_eq!((none, calls), (vec![SeqOutput { tokens: vec![] }], 0));
     let err = |r: SeqRequest| {
         generate_batch(gpu, &m, &[req(vec![1], 1), r], &[], None, &mut |_, _| {}).unwrap_err().to_string()
     };

@@ -141,6 +141,10 @@ fn generate_in_batches(
     let mut done = 0;
     let mut out = Vec::with_capacity(reqs.len());
     for (part, part_lcm) in reqs.chunks(fit).zip(lcm_of.chunks(fit)) {
+        if steps(part) == 0 {
+            out.extend(part.iter().map(|_| SeqOutput { tokens: Vec::new() }));
+            continue;
+        }
         let mut batch = Batch::new(gpu, model, part, part_lcm)?;
         let mut reached = 0;
         out.extend(batch.run(part, eos, &mut |i| {
