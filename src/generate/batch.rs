@@ -145,7 +145,7 @@ fn generate_in_batches(
             out.extend(part.iter().map(|_| SeqOutput { tokens: Vec::new() }));
             continue;
         }
-        let mut batch = Batch::new(gpu, model, part, part_lcm)?;
+        let batch = Batch::new(gpu, model, part, part_lcm)?;
         let mut reached = 0;
         out.extend(batch.run(part, eos, &mut |i| {
             reached = i;
@@ -240,7 +240,7 @@ impl<'m> Batch<'m> {
     }
 
     fn run(
-        &mut self,
+        &self,
         reqs: &[SeqRequest],
         eos: &[u32],
         on_step: &mut dyn FnMut(usize),
