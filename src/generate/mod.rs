@@ -1,6 +1,8 @@
 //! Generation state (KV cache, scratch buffers, position) and the decode loop.
 
+pub mod batch;
 pub mod sampler;
+pub mod trace;
 
 use crate::gpu::{Gpu, Step};
 use crate::model::forward::{Head, Scratch};
@@ -104,7 +106,7 @@ impl<'m> Session<'m> {
             self.gpu.write_u32(&self.scratch.row_table, &rows);
             let mut step = Step::new(self.gpu);
             let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
-            self.model.record_blocks(&mut step, &self.scratch, &self.cache, n, &mut |step, l, x| {
+            self.model.record_blocks(&mut step, &self.scratch, &self.cache, &[n], &mut |step, l, x| {
                 if let Some(state) = lcm {
                     state.record(step, l, x, rows, n);
                 }
@@ -121,7 +123,7 @@ impl<'m> Session<'m> {
                 None => None,
             };
             if let Some((first, count)) = head_rows {
-                self.model.record_head(&mut step, &self.scratch.x, &self.head, first, count);
+                self.model.record_head(&mut step, &self.scratch.x, &self.head, first, &[count]);
             }
             step.submit()?;
             self.len += n;
@@ -224,4 +226,19 @@ pub fn generate(
         logits = session.feed(&[id], None)?.last_logits;
     }
     Ok(out)
+}
+
+/// stories260k loaded and uploaded for the unit tests of this module's files, or None (with a
+/// visible note) when the fixture is absent.
+#[cfg(test)]
+pub(crate) fn test_stories() -> Option<(crate::model::LoadedModel, GpuModel)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+    if !dir.exists() {
+        eprintln!("SKIPPED: fixture {} absent", dir.display());
+        return None;
+    }
+    let host = crate::model::load(&dir).unwrap();
+    let gpu = crate::ops::test_util::gpu();
+    let m = GpuModel::upload(gpu, &host).unwrap();
+    Some((host, m))
 }

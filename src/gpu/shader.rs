@@ -26,6 +26,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("hgc", include_str!("../../shaders/hgc.wgsl")),
     ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
+    ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not a kernel: pasted in by `#include reduce`.
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
