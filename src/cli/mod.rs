@@ -1,6 +1,7 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
 mod bench;
+mod compare;
 mod finetune;
 mod info;
 mod text;
@@ -42,6 +43,8 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Merge a LoRA adapter folder (--adapter DIR) into its base model and save the result
     Merge(finetune::MergeArgs),
+    /// Baseline vs LCM-modulated generation on the same prompts and seeds: metrics and a report
+    Compare(compare::CompareArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -203,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a, &cli.adapter),
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
+        Command::Compare(a) => compare::run(a, &cli.adapter),
     }
 }
 

@@ -169,7 +169,11 @@ pub fn summarize(base: &[Run], arm: &[Run]) -> Vec<MetricSummary> {
         .map(|(i, &(metric, _, better))| {
             let b: Vec<f64> = pairs.iter().map(|p| p.0[i]).collect();
             let a: Vec<f64> = pairs.iter().map(|p| p.1[i]).collect();
-            MetricSummary { metric, better, paired: bootstrap::paired(&b, &a, bootstrap::RESAMPLES, bootstrap::SEED) }
+            MetricSummary {
+                metric,
+                better,
+                paired: bootstrap::paired(&b, &a, bootstrap::RESAMPLES, bootstrap::SEED),
+            }
         })
         .collect()
 }
@@ -310,10 +314,14 @@ impl Comparison {
         let per_arm = |f: &dyn Fn(&Run) -> Vec<f64>| -> Vec<Series> {
             arms.iter()
                 .enumerate()
-                .map(|(i, arm)| band_series(arm, PALETTE[i], &self.arm(arm).iter().map(|r| f(r)).collect::<Vec<_>>()))
+                .map(|(i, arm)| {
+                    band_series(arm, PALETTE[i], &self.arm(arm).iter().map(|r| f(r)).collect::<Vec<_>>())
+                })
                 .collect()
         };
-        let entropy = |r: &Run| trailing_mean(&r.tokens.iter().map(|t| t.entropy as f64).collect::<Vec<_>>(), PLOT_WINDOW);
+        let entropy = |r: &Run| {
+            trailing_mean(&r.tokens.iter().map(|t| t.entropy as f64).collect::<Vec<_>>(), PLOT_WINDOW)
+        };
         let window = self.study.window;
         let ppl = |r: &Run| {
             let lp = trailing_mean(&r.tokens.iter().map(|t| t.logprob as f64).collect::<Vec<_>>(), window);
@@ -366,7 +374,10 @@ impl Comparison {
 
     /// Writes report.json, tokens.csv and report.html into `dir` (an empty staging folder).
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(&dir.join("report.json"), serde_json::to_string_pretty(&self.json())?.as_bytes())?;
+        crate::atomic::write_file(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&self.json())?.as_bytes(),
+        )?;
         crate::atomic::write_file(&dir.join("tokens.csv"), self.tokens_csv().as_bytes())?;
         crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
     }
@@ -429,7 +440,13 @@ mod tests {
 
     fn run(arm: &str, prompt: usize, lp: f32) -> Run {
         let tokens: Vec<TokenRow> = (0..4)
-            .map(|i| TokenRow { id: i, text: format!(" w{i},\"x\""), logprob: lp, entropy: 1.0 + i as f32, top1_prob: 0.5 })
+            .map(|i| TokenRow {
+                id: i,
+                text: format!(" w{i},\"x\""),
+                logprob: lp,
+                entropy: 1.0 + i as f32,
+                top1_prob: 0.5,
+            })
             .collect();
         let (own, lexical) = run_metrics(&tokens, 2);
         Run { arm: arm.into(), prompt, seed: 0, tokens, plain: own.clone(), own, lexical, latent: Vec::new() }
@@ -450,10 +467,11 @@ mod tests {
             lcm: json!({"gamma": 0.1}),
             seconds: 1.0,
         };
-        let c = Comparison::new(study, vec![run(BASELINE, 0, -1.0), run(BASELINE, 1, -2.0)], vec![
-            run(MODULATED, 0, -1.5),
-            run(MODULATED, 1, -2.5),
-        ]);
+        let c = Comparison::new(
+            study,
+            vec![run(BASELINE, 0, -1.0), run(BASELINE, 1, -2.0)],
+            vec![run(MODULATED, 0, -1.5), run(MODULATED, 1, -2.5)],
+        );
         // Perplexity e^1, e^2 against e^1.5, e^2.5; the plain perplexity is the first metric.
         let p = &c.summary[0].paired;
         assert_eq!(c.summary[0].metric, "plain_perplexity");

@@ -1,0 +1,364 @@
+//! `keel compare`: baseline vs LCM-modulated generation on the same prompts and sampling
+//! seeds, every metric of methods.md section 5, a paired bootstrap summary, and the report
+//! folder (report.json, tokens.csv, report.html), written atomically. The pieces that
+//! `keel sweep` shares (prompts, budget, generating and scoring an arm) live here too.
+
+use super::{load_model, LcmArgs, ModelArg, Ready};
+use crate::generate::{self, SamplerConfig};
+use crate::metrics::sequence::{SequenceMetrics, DEFAULT_WINDOW};
+use crate::modulate::LcmConfig;
+use crate::report::compare::{run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
+use crate::tokenize::TextStream;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The default prompts (data/prompts.txt, see data/NOTICE.md).
+const DEFAULT_PROMPTS: &str = include_str!("../../data/prompts.txt");
+/// The reduced study a CPU adapter runs when no budget flag says otherwise: it finishes in
+/// about 10 minutes for SmolLM2-135M on lavapipe.
+const REDUCED: Budget = Budget { tokens: 192, seeds: 1, prompts: 8 };
+/// The full study on a real GPU.
+const FULL: Budget = Budget { tokens: 2048, seeds: 5, prompts: usize::MAX };
+/// The LCM setting `compare` uses without LCM flags, chosen by `keel sweep` (docs/compare.md).
+pub const DEFAULT_LCM: &str =
+    r#"{"gamma": 0.05, "rho": 0.9, "tau": 0.05, "kappa": 20, "sink": 1, "space": "normalized"}"#;
+
+/// Prompts, budget and sampling: what `compare` and `sweep` share.
+#[derive(Args, Clone)]
+pub struct StudyArgs {
+    /// One prompt per line (blank lines skipped), or a .jsonl of {"prompt": "..."}
+    /// [default: Keel's 24 prompts, data/prompts.txt]
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// New tokens per generation [default: 2048 on a GPU, 192 on a CPU adapter; at most
+    /// the context left after the longest prompt]
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Sampling seeds 0 .. S-1 per prompt [default: 5 on a GPU, 1 on a CPU adapter]
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Output folder (replaced as a whole when the report is complete)
+    #[arg(long, default_value = "keel-report")]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    study: StudyArgs,
+    /// Without LCM flags, the setting docs/compare.md justifies
+    #[command(flatten)]
+    lcm: LcmArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Budget {
+    tokens: usize,
+    seeds: usize,
+    prompts: usize,
+}
+
+/// Everything checked and decided before the GPU works.
+pub struct Plan {
+    pub prompts: Vec<String>,
+    pub prompt_ids: Vec<Vec<u32>>,
+    pub tokens: usize,
+    pub seeds: usize,
+    pub reduced: bool,
+    pub sampler: SamplerConfig,
+}
+
+impl StudyArgs {
+    /// Checks the flags and reads the prompts, before any model is loaded.
+    pub fn prompts(&self) -> Result<Vec<String>> {
+        check_out(&self.out)?;
+        if self.seeds == Some(0) {
+            bail!("--seeds must be at least 1");
+        }
+        if self.tokens == Some(0) {
+            bail!("--tokens must be at least 1");
+        }
+        load_prompts(self.prompts.as_deref())
+    }
+}
+
+impl Plan {
+    /// Checks the prompts and budget against the model (errors name the flag or file) and
+    /// picks the budget for the adapter.
+    pub fn new(a: &StudyArgs, mut prompts: Vec<String>, m: &Ready) -> Result<Plan> {
+        let sampler = SamplerConfig {
+            temperature: a.temperature,
+            top_k: 0,
+            top_p: a.top_p,
+            repetition_penalty: 1.0,
+            seed: 0,
+        };
+        sampler.validate()?;
+        let cpu = m.gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let default = if cpu { REDUCED } else { FULL };
+        if a.prompts.is_none() {
+            prompts.truncate(default.prompts);
+        }
+        let ctx = m.host.config.max_positions;
+        let prompt_ids: Vec<Vec<u32>> =
+            prompts.iter().map(|p| m.host.tokenizer.encode(p)).collect::<Result<_>>()?;
+        let source = a.prompts.as_ref().map_or("the default prompts".into(), |p| p.display().to_string());
+        for (i, ids) in prompt_ids.iter().enumerate() {
+            if ids.is_empty() {
+                bail!("{source}: prompt {i} encodes to no tokens");
+            }
+            if ids.len() >= ctx {
+                bail!("{source}: prompt {i} has {} tokens, the model's context is {ctx}", ids.len());
+            }
+        }
+        let longest = prompt_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let tokens = match a.tokens {
+            Some(t) if longest + t > ctx => bail!(
+                "--tokens {t} plus the longest prompt ({longest} tokens) exceeds the model's context of {ctx}"
+            ),
+            Some(t) => t,
+            None => default.tokens.min(ctx - longest),
+        };
+        let seeds = a.seeds.unwrap_or(default.seeds);
+        let reduced = cpu && (a.tokens.is_none() || a.seeds.is_none() || a.prompts.is_none());
+        Ok(Plan { prompts, prompt_ids, tokens, seeds, reduced, sampler })
+    }
+
+    /// (prompt, seed) of every generation, prompt-major.
+    pub fn units(&self) -> Vec<(usize, u64)> {
+        (0..self.prompts.len()).flat_map(|p| (0..self.seeds as u64).map(move |s| (p, s))).collect()
+    }
+}
+
+/// An output folder that already exists as a file is refused before any work.
+fn check_out(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: exists and is not a folder", out.display());
+    }
+    Ok(())
+}
+
+/// The prompts of `path` (one per line, blank lines skipped; or `.jsonl` with a "prompt"
+/// string per line), or the default ones.
+pub fn load_prompts(path: Option<&Path>) -> Result<Vec<String>> {
+    let Some(path) = path else {
+        return Ok(DEFAULT_PROMPTS.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect());
+    };
+    let name = path.display();
+    let bytes = std::fs::read(path).with_context(|| format!("--prompts {name}: cannot read"))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("--prompts {name}: not UTF-8 text"))?;
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let prompts: Vec<String> = if path.extension().is_some_and(|e| e == "jsonl") {
+        lines
+            .map(|(i, l)| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .map_err(|e| anyhow!("--prompts {name}: line {} is not JSON ({e})", i + 1))?;
+                v.get("prompt")
+                    .and_then(|p| p.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("--prompts {name}: line {} has no string \"prompt\"", i + 1))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        lines.map(|(_, l)| l.to_string()).collect()
+    };
+    if prompts.is_empty() {
+        bail!("--prompts {name}: holds no prompts");
+    }
+    Ok(prompts)
+}
+
+/// A one-line progress bar on stderr.
+pub struct Progress {
+    label: String,
+    last: usize,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Progress {
+        Progress { label: label.into(), last: usize::MAX }
+    }
+
+    pub fn update(&mut self, done: usize, total: usize) {
+        const WIDTH: usize = 30;
+        let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+        if filled == self.last && done != total {
+            return;
+        }
+        self.last = filled;
+        eprint!("\r{:<24} [{}{}] {done}/{total}", self.label, "#".repeat(filled), " ".repeat(WIDTH - filled));
+        if done >= total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// One generation of an arm: its prompt, seed and tokens.
+pub struct Generated {
+    pub prompt: usize,
+    pub seed: u64,
+    pub tokens: Vec<TokenRow>,
+}
+
+/// Generates every (prompt, seed) of the plan with `lcm`, each token with what the model
+/// thought of it.
+pub fn generate_arm(m: &Ready, plan: &Plan, lcm: Option<&LcmConfig>, label: &str) -> Result<Vec<Generated>> {
+    let units = plan.units();
+    let mut progress = Progress::new(label);
+    let mut out = Vec::new();
+    for (i, &(p, seed)) in units.iter().enumerate() {
+        progress.update(i, units.len());
+        let opts = generate::GenerateOptions {
+            max_tokens: plan.tokens,
+            sampler: SamplerConfig { seed, ..plan.sampler.clone() },
+            eos: m.host.config.eos.clone(),
+            lcm: lcm.cloned(),
+        };
+        let prompt = &plan.prompt_ids[p];
+        let ids = generate::generate(m.gpu, &m.gpu_model, prompt, &opts, &mut |_| Ok(()))?;
+        let all: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
+        let s = generate::score(m.gpu, &m.gpu_model, &all, lcm)?;
+        let from = prompt.len() - 1;
+        let texts = token_texts(m, &ids)?;
+        let tokens = ids
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(k, (&id, text))| TokenRow {
+                id,
+                text,
+                logprob: s.next_logprobs[from + k],
+                entropy: s.entropies[from + k],
+                top1_prob: f32::NAN,
+            })
+            .collect();
+        out.push(Generated { prompt: p, seed, tokens });
+    }
+    progress.update(units.len(), units.len());
+    Ok(out)
+}
+
+/// Each token's piece of the decoded text (empty while a character is incomplete), so that
+/// the pieces join to the text.
+fn token_texts(m: &Ready, ids: &[u32]) -> Result<Vec<String>> {
+    let mut stream = TextStream::new();
+    ids.iter().map(|&id| stream.push(&m.host.tokenizer, id)).collect()
+}
+
+/// The plain model's per-token metrics of each generation's tokens (teacher forcing over
+/// prompt + generation, no LCM), so that modulation cannot flatter itself.
+pub fn plain_scores(
+    m: &Ready,
+    plan: &Plan,
+    arm: &[Generated],
+    window: usize,
+    label: &str,
+) -> Result<Vec<SequenceMetrics>> {
+    let mut progress = Progress::new(label);
+    let mut out = Vec::new();
+    for (i, g) in arm.iter().enumerate() {
+        progress.update(i, arm.len());
+        let prompt = &plan.prompt_ids[g.prompt];
+        let all: Vec<u32> = prompt.iter().copied().chain(g.tokens.iter().map(|t| t.id)).collect();
+        let s = generate::score(m.gpu, &m.gpu_model, &all, None)?;
+        let from = prompt.len() - 1;
+        let lp: Vec<f64> = s.next_logprobs[from..].iter().map(|&x| x as f64).collect();
+        let h: Vec<f64> = s.entropies[from..].iter().map(|&x| x as f64).collect();
+        out.push(SequenceMetrics::new(&lp, &h, &vec![f64::NAN; lp.len()], window));
+    }
+    progress.update(arm.len(), arm.len());
+    Ok(out)
+}
+
+/// An arm's runs with every metric: `plain` are the plain model's scores of each generation,
+/// or None for the baseline, whose own scores are the plain model's.
+pub fn arm_runs(
+    arm: &str,
+    gens: Vec<Generated>,
+    plain: Option<Vec<SequenceMetrics>>,
+    window: usize,
+) -> Vec<Run> {
+    let mut plain = plain.map(Vec::into_iter);
+    gens.into_iter()
+        .map(|g| {
+            let (own, lexical) = run_metrics(&g.tokens, window);
+            let plain = plain.as_mut().and_then(Iterator::next).unwrap_or_else(|| own.clone());
+            Run {
+                arm: arm.into(),
+                prompt: g.prompt,
+                seed: g.seed,
+                tokens: g.tokens,
+                own,
+                plain,
+                lexical,
+                latent: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// The LCM setting of the flags, else [`DEFAULT_LCM`].
+fn lcm_setting(a: &LcmArgs) -> Result<LcmConfig> {
+    match a.config()? {
+        Some(c) => Ok(c),
+        None => LcmConfig::from_json(&serde_json::from_str(DEFAULT_LCM)?, "the default LCM setting"),
+    }
+}
+
+pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
+    let prompts = a.study.prompts()?;
+    let lcm = lcm_setting(&a.lcm)?;
+    let m = load_model(&a.model, adapter)?;
+    lcm.validate(m.host.config.layers)?;
+    let plan = Plan::new(&a.study, prompts, &m)?;
+    let t0 = Instant::now();
+    announce(&m, &plan);
+    let window = DEFAULT_WINDOW;
+    let base = generate_arm(&m, &plan, None, "baseline: generating")?;
+    let modulated = generate_arm(&m, &plan, Some(&lcm), "modulated: generating")?;
+    let plain = plain_scores(&m, &plan, &modulated, window, "modulated: plain scores")?;
+    let study = Study {
+        model: m.host.path.display().to_string(),
+        adapter: format!("{} ({:?})", m.gpu.info.name, m.gpu.info.device_type),
+        reduced: plan.reduced,
+        tokens: plan.tokens,
+        seeds: plan.seeds,
+        prompts: plan.prompts.clone(),
+        temperature: plan.sampler.temperature,
+        top_p: plan.sampler.top_p,
+        window,
+        lcm: lcm.to_json(),
+        seconds: 0.0,
+    };
+    let base_runs = arm_runs(BASELINE, base, None, window);
+    let mod_runs = arm_runs(MODULATED, modulated, Some(plain), window);
+    let mut report = Comparison::new(study, base_runs, mod_runs);
+    report.study.seconds = t0.elapsed().as_secs_f64();
+    crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
+    print!("{}", report.table_text());
+    println!("(* = the 95 % interval excludes 0)  report: {}", a.study.out.join("report.html").display());
+    Ok(())
+}
+
+/// Says what will run, and whether it is the reduced study.
+pub fn announce(m: &Ready, plan: &Plan) {
+    println!(
+        "{}: {} prompts x {} seeds x {} tokens on {}{}",
+        m.host.path.display(),
+        plan.prompts.len(),
+        plan.seeds,
+        plan.tokens,
+        m.gpu.info.name,
+        if plan.reduced { " (reduced study: a CPU adapter; run on a GPU for the full study)" } else { "" }
+    );
+}
