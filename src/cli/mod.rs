@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod finetune;
 mod info;
+mod sweep;
 mod text;
 
 use crate::generate::SamplerConfig;
@@ -45,6 +46,8 @@ enum Command {
     Merge(finetune::MergeArgs),
     /// Baseline vs LCM-modulated generation on the same prompts and seeds: metrics and a report
     Compare(compare::CompareArgs),
+    /// Many LCM settings (a JSON grid) against the baseline: paired changes and the Pareto front
+    Sweep(sweep::SweepArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
         Command::Compare(a) => compare::run(a, &cli.adapter),
+        Command::Sweep(a) => sweep::run(a, &cli.adapter),
     }
 }
 

@@ -4,3 +4,4 @@
 pub mod compare;
 pub mod html;
 pub mod svg;
+pub mod sweep;
