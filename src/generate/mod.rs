@@ -1,6 +1,8 @@
 //! Generation state (KV cache, scratch buffers, position) and the decode loop.
 
+pub mod batch;
 pub mod sampler;
+pub mod trace;
 
 use crate::gpu::{Gpu, Step};
 use crate::model::forward::{Head, Scratch};
@@ -104,7 +106,7 @@ impl<'m> Session<'m> {
             self.gpu.write_u32(&self.scratch.row_table, &rows);
             let mut step = Step::new(self.gpu);
             let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
-            self.model.record_blocks(&mut step, &self.scratch, &self.cache, n, &mut |step, l, x| {
+            self.model.record_blocks(&mut step, &self.scratch, &self.cache, &[n], &mut |step, l, x| {
                 if let Some(state) = lcm {
                     state.record(step, l, x, rows, n);
                 }
@@ -121,7 +123,7 @@ impl<'m> Session<'m> {
                 None => None,
             };
             if let Some((first, count)) = head_rows {
-                self.model.record_head(&mut step, &self.scratch.x, &self.head, first, count);
+                self.model.record_head(&mut step, &self.scratch.x, &self.head, first, &[count]);
             }
             step.submit()?;
             self.len += n;

@@ -173,6 +173,16 @@ impl GpuModel {
         })
     }
 
+    /// Bytes of [`GpuModel::scratch`] plus [`GpuModel::head`] for `rows` rows each.
+    pub fn working_bytes(&self, rows: usize) -> u64 {
+        let c = &self.config;
+        let att = c.heads * c.head_dim;
+        let scratch =
+            3 + 2 * c.hidden + 2 + c.head_shape().qkv_width() + 2 * att + c.heads + c.up_width() + c.ffn;
+        let head = c.hidden + 2 + c.vocab + 1 + 4;
+        ((scratch + head) * rows * 4) as u64
+    }
+
     pub fn head(&self, gpu: &Gpu, rows: usize) -> Result<Head> {
         let c = &self.config;
         Ok(Head {
@@ -185,17 +195,20 @@ impl GpuModel {
         })
     }
 
-    /// Records the embedding and every block for the first `n` rows of `s` (ids and row
-    /// table already written), leaving the residual stream in `s.x` and writing keys and
-    /// values into `cache`. `after_block(step, l, x)` runs at `blocks.{l}.resid_post`.
+    /// Records the embedding and every block for the first rows of `s` (ids and row table
+    /// already written), leaving the residual stream in `s.x` and writing keys and values
+    /// into `cache`. The rows form consecutive `spans`, each computed as a pass over that
+    /// span alone would (see [`matmul::linear_spans`]). `after_block(step, l, x)` runs at
+    /// `blocks.{l}.resid_post`.
     pub fn record_blocks(
         &self,
         step: &mut Step,
         s: &Scratch,
         cache: &KvCache,
-        n: usize,
+        spans: &[usize],
         after_block: &mut dyn FnMut(&mut Step, usize, &Tensor),
     ) {
+        let n: usize = spans.iter().sum();
         assert!(n <= s.rows);
         self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
         for l in 0..self.config.layers {
@@ -217,7 +230,7 @@ impl GpuModel {
                 act: &s.act,
                 lora: None,
             };
-            self.record_block(step, l, &io, &s.row_table, n);
+            self.record_block_spans(step, l, &io, &s.row_table, spans);
             after_block(step, l, &s.x);
         }
     }
@@ -233,6 +246,20 @@ impl GpuModel {
     /// `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
     /// stream is updated in place; training keeps them apart for the backward pass.
     pub fn record_block(&self, step: &mut Step, l: usize, io: &BlockIo, rows: &Tensor, n: usize) {
+        self.record_block_spans(step, l, io, rows, &[n]);
+    }
+
+    /// [`GpuModel::record_block`] over rows that form consecutive `spans` (see
+    /// [`GpuModel::record_blocks`]).
+    pub fn record_block_spans(
+        &self,
+        step: &mut Step,
+        l: usize,
+        io: &BlockIo,
+        rows: &Tensor,
+        spans: &[usize],
+    ) {
+        let n: usize = spans.iter().sum();
         let c = &self.config;
         let b = &self.weights.blocks[l];
         let heads = c.head_shape();
@@ -254,14 +281,14 @@ impl GpuModel {
                 lora.record_forward(step, which, x, y, n);
             }
         };
-        matmul::linear(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, n, false);
+        matmul::linear_spans(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, spans, false);
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, (io.k_cache, io.v_cache), n);
         attention::attention(step, io.q, rows, heads, (io.k_cache, io.v_cache), io.att, io.lse, n);
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
-        matmul::linear(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, n, true);
+        matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
         lora(step, Linear::O, io.att, io.x_mid);
         norm::norm(
             step,
@@ -274,19 +301,20 @@ impl GpuModel {
             io.stats2,
             (0, n),
         );
-        matmul::linear(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, n, false);
+        matmul::linear_spans(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, spans, false);
         lora(step, Linear::Up, io.xn2, io.up);
         act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
-        matmul::linear(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, n, true);
+        matmul::linear_spans(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, spans, true);
         lora(step, Linear::Down, io.act, io.x_out);
     }
 
-    /// Records the final norm, LM head and logit statistics for rows
-    /// `first .. first + n` of `x` into rows `0 .. n` of `head`.
-    pub fn record_head(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, n: usize) {
+    /// Records the final norm, LM head and logit statistics for the rows from `first` on of
+    /// `x` (consecutive `spans`, as in [`GpuModel::record_blocks`]) into rows `0 ..` of `head`.
+    pub fn record_head(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
+        let n: usize = spans.iter().sum();
         assert!(n <= head.rows);
         let c = &self.config;
         let w = &self.weights;
@@ -301,7 +329,7 @@ impl GpuModel {
             &head.norm_stats,
             (first, n),
         );
-        matmul::linear(step, &head.xn, w.head(), None, &head.logits, n, false);
+        matmul::linear_spans(step, &head.xn, w.head(), None, &head.logits, spans, false);
         stats::logit_stats(step, &head.logits, &head.targets, &head.stats, n);
     }
 }

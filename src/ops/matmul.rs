@@ -196,6 +196,52 @@ pub fn linear(
     );
 }
 
+/// [`linear`] over consecutive spans of rows (their lengths in `spans`), each span computed
+/// bit for bit as [`linear`] over that span alone would: what lets a batch of sequences
+/// reproduce each sequence's own run (prompt chunks, single decode rows). Neighbouring spans
+/// share a dispatch where no bit changes: both kernels compute every row independently of the
+/// others, so short spans (matrix-vector kernel) join up to `MATVEC_MAX_M` rows and long spans
+/// (blocked kernel) join without limit.
+pub fn linear_spans(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    spans: &[usize],
+    accumulate: bool,
+) {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    for (first, rows) in span_groups(spans) {
+        matmul(
+            step,
+            Mat::rows(x, first * inp, inp),
+            Mat::transposed(w, 0, inp),
+            Mat::rows(y, first * out, out),
+            (rows, out, inp),
+            bias,
+            accumulate,
+        );
+    }
+}
+
+/// (first row, rows) of each dispatch of [`linear_spans`]. A group of short spans never passes
+/// `MATVEC_MAX_M` rows and one long span alone already does, so the row count tells the kinds apart.
+fn span_groups(spans: &[usize]) -> Vec<(usize, usize)> {
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    for &len in spans.iter().filter(|&&len| len > 0) {
+        let short = len <= MATVEC_MAX_M;
+        match groups.last_mut() {
+            Some((_, rows)) if short && *rows + len <= MATVEC_MAX_M => *rows += len,
+            Some((_, rows)) if !short && *rows > MATVEC_MAX_M => *rows += len,
+            _ => groups.push((at, len)),
+        }
+        at += len;
+    }
+    groups
+}
+
 /// Gradients of [`linear`] over `rows` rows, given `dy`, each only when its tensor is
 /// given (frozen weights have none): `dx (+)= dy · W`, `dW += dyᵀ · x`, `db += Σ_rows dy`.
 /// `ones` is a tensor of at least `rows` ones (the bias gradient is a product with it).
@@ -334,6 +380,41 @@ mod tests {
                 let what = format!("strided a_off={a_off} {tile:?}");
                 assert_close(&gpu.read_f32(&ct).unwrap(), &want, 1e-4, &what);
             }
+        }
+    }
+
+    /// Spans group into dispatches by kind, and every row of [`linear_spans`] equals, bit for
+    /// bit, the same row of [`linear`] over its span alone.
+    #[test]
+    fn linear_spans_match_each_span_alone() {
+        assert_eq!(
+            span_groups(&[1, 1, 3, 2, 2, 7, 9, 1, 0, 4]),
+            vec![(0, 2), (2, 3), (5, 4), (9, 16), (25, 1), (26, 4)]
+        );
+        let gpu = gpu();
+        let spans = [1, 1, 1, 3, 7, 9, 2, 1, 1, 5];
+        let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
+        let x = rand_vec(1, m * k, 1.0);
+        let w = rand_vec(2, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let (wt, bt) = (gpu.upload_f32("w", &[n, k], &w).unwrap(), gpu.upload_f32("b", &[n], &b).unwrap());
+        let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
+        let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
+        let mut step = Step::new(gpu);
+        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, &spans, false);
+        step.submit().unwrap();
+        let got = gpu.read_f32(&yt).unwrap();
+        let mut first = 0;
+        for len in spans {
+            let xs = gpu.upload_f32("xs", &[len, k], &x[first * k..(first + len) * k]).unwrap();
+            let ys = gpu.zeros("ys", &[len, n], crate::gpu::DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            linear(&mut step, &xs, &wt, Some(&bt), &ys, len, false);
+            step.submit().unwrap();
+            let alone = gpu.read_f32(&ys).unwrap();
+            let same = alone.iter().zip(&got[first * n..]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "span of {len} rows at row {first} differs from its own run");
+            first += len;
         }
     }
 

@@ -1,0 +1,1 @@
+//! Latent traces (placeholder until the GPU reduction lands).
