@@ -4,6 +4,7 @@
 //! `keel sweep` shares (prompts, budget, generating and scoring an arm) live here too.
 
 use super::{load_model, LcmArgs, ModelArg, Ready};
+use crate::generate::batch::{generate_batch, SeqRequest};
 use crate::generate::{self, SamplerConfig};
 use crate::metrics::sequence::{SequenceMetrics, DEFAULT_WINDOW};
 use crate::modulate::LcmConfig;
@@ -210,42 +211,42 @@ pub struct Generated {
     pub tokens: Vec<TokenRow>,
 }
 
-/// Generates every (prompt, seed) of the plan with `lcm`, each token with what the model
-/// thought of it.
+/// Generates every (prompt, seed) of the plan with `lcm`, as batches on the GPU, each token
+/// with what the model thought of it.
 pub fn generate_arm(m: &Ready, plan: &Plan, lcm: Option<&LcmConfig>, label: &str) -> Result<Vec<Generated>> {
     let units = plan.units();
-    let mut progress = Progress::new(label);
-    let mut out = Vec::new();
-    for (i, &(p, seed)) in units.iter().enumerate() {
-        progress.update(i, units.len());
-        let opts = generate::GenerateOptions {
-            max_tokens: plan.tokens,
+    let reqs: Vec<SeqRequest> = units
+        .iter()
+        .map(|&(p, seed)| SeqRequest {
+            prompt: plan.prompt_ids[p].clone(),
             sampler: SamplerConfig { seed, ..plan.sampler.clone() },
-            eos: m.host.config.eos.clone(),
-            lcm: lcm.cloned(),
-        };
-        let prompt = &plan.prompt_ids[p];
-        let ids = generate::generate(m.gpu, &m.gpu_model, prompt, &opts, &mut |_| Ok(()))?;
-        let all: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
-        let s = generate::score(m.gpu, &m.gpu_model, &all, lcm)?;
-        let from = prompt.len() - 1;
-        let texts = token_texts(m, &ids)?;
-        let tokens = ids
-            .iter()
-            .zip(texts)
-            .enumerate()
-            .map(|(k, (&id, text))| TokenRow {
-                id,
-                text,
-                logprob: s.next_logprobs[from + k],
-                entropy: s.entropies[from + k],
-                top1_prob: f32::NAN,
-            })
-            .collect();
-        out.push(Generated { prompt: p, seed, tokens });
-    }
-    progress.update(units.len(), units.len());
-    Ok(out)
+            max_tokens: plan.tokens,
+        })
+        .collect();
+    let mut progress = Progress::new(label);
+    let outs = generate_batch(m.gpu, &m.gpu_model, &reqs, &m.host.config.eos, lcm, &mut |done, total| {
+        progress.update(done, total)
+    })?;
+    units
+        .iter()
+        .zip(outs)
+        .map(|(&(prompt, seed), out)| {
+            let texts = token_texts(m, &out.ids())?;
+            let tokens = out
+                .tokens
+                .into_iter()
+                .zip(texts)
+                .map(|(r, text)| TokenRow {
+                    id: r.id,
+                    text,
+                    logprob: r.logprob,
+                    entropy: r.entropy,
+                    top1_prob: r.top1_prob,
+                })
+                .collect();
+            Ok(Generated { prompt, seed, tokens })
+        })
+        .collect()
 }
 
 /// Each token's piece of the decoded text (empty while a character is incomplete), so that

@@ -117,7 +117,8 @@ mod tests {
         assert!(err(json!({"gamma": 0.1})).contains("'gamma' must be a non-empty list"));
         assert!(err(json!({"gamma": []})).contains("non-empty list"));
         assert!(err(json!({"gama": [1]})).contains("unknown LCM key"));
-        assert!(format!("{:#}", expand_grid(&json!({"layers": [[9]]}), "g.json", 8).unwrap_err()).contains("out of range"));
+        assert!(format!("{:#}", expand_grid(&json!({"layers": [[9]]}), "g.json", 8).unwrap_err())
+            .contains("out of range"));
         assert!(err(json!([1])).contains("expected a JSON object"));
     }
 }

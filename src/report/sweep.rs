@@ -13,7 +13,8 @@ use std::path::Path;
 
 /// The changes a sweep judges a setting by, all "lower is better": the first is the cost
 /// (the plain model finds the text less likely), the others what LCM is meant to lower.
-pub const JUDGED: [&str; 4] = ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate"];
+pub const JUDGED: [&str; 4] =
+    ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate"];
 /// Reported beside them, not judged (its sign has no "better").
 pub const SHOWN: [&str; 1] = ["entropy_drift_per_1k"];
 
@@ -38,7 +39,8 @@ impl Setting {
 /// (a change that could not be measured, NaN, e.g. fluctuation with a single window, is
 /// left out of the comparison).
 fn dominates(a: &[f64; 4], b: &[f64; 4]) -> bool {
-    let both: Vec<(f64, f64)> = a.iter().zip(b).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (*x, *y)).collect();
+    let both: Vec<(f64, f64)> =
+        a.iter().zip(b).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (*x, *y)).collect();
     both.iter().all(|(x, y)| x <= y) && both.iter().any(|(x, y)| x < y)
 }
 
@@ -114,7 +116,8 @@ impl Sweep {
         let point = |s: &Setting| (s.paired("plain_perplexity").diff, s.paired("entropy_variance").diff);
         let mut all = Series::new("setting", self.settings.iter().map(point).collect(), "#999");
         all.line = false;
-        let mut front: Vec<(f64, f64)> = pareto(&self.settings).into_iter().map(|i| point(&self.settings[i])).collect();
+        let mut front: Vec<(f64, f64)> =
+            pareto(&self.settings).into_iter().map(|i| point(&self.settings[i])).collect();
         front.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut baseline = Series::new("baseline", vec![(0.0, 0.0)], PALETTE[0]);
         baseline.line = false;
@@ -160,7 +163,10 @@ impl Sweep {
     }
 
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(&dir.join("report.json"), serde_json::to_string_pretty(&self.json())?.as_bytes())?;
+        crate::atomic::write_file(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&self.json())?.as_bytes(),
+        )?;
         crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
     }
 }
@@ -193,9 +199,9 @@ mod tests {
     #[test]
     fn pareto_front_by_hand() {
         let s = vec![
-            setting("a", [0.5, -0.2, 0.0, 0.0]),  // trades perplexity for entropy variance: front
-            setting("b", [0.6, -0.1, 0.0, 0.0]),  // worse than a in both: off
-            setting("c", [0.1, 0.1, 0.1, 0.1]),   // worse than the baseline everywhere: off
+            setting("a", [0.5, -0.2, 0.0, 0.0]), // trades perplexity for entropy variance: front
+            setting("b", [0.6, -0.1, 0.0, 0.0]), // worse than a in both: off
+            setting("c", [0.1, 0.1, 0.1, 0.1]),  // worse than the baseline everywhere: off
             setting("d", [-0.1, 0.0, 0.0, -0.1]), // better than the baseline: front
             setting("e", [f64::NAN, 0.0, 0.0, 0.0]), // no better than the baseline: off
             setting("f", [0.2, -0.3, f64::NAN, 0.0]), // a trade, one change unmeasured: front
