@@ -10,6 +10,7 @@ pub mod norm;
 pub mod optim;
 pub mod rope;
 pub mod stats;
+pub mod trace;
 
 #[cfg(test)]
 pub mod test_data {

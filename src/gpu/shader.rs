@@ -25,6 +25,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("hgc", include_str!("../../shaders/hgc.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
+    ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not a kernel: pasted in by `#include reduce`.
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];

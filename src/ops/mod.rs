@@ -12,6 +12,7 @@ pub mod norm;
 pub mod optim;
 pub mod rope;
 pub mod stats;
+pub mod trace;
 pub mod xent;
 
 use crate::gpu::shader::Define;
@@ -31,6 +32,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         optim::variants(),
         hgc::variants(),
         align::variants(),
+        trace::variants(),
     ]
     .concat()
 }
