@@ -306,3 +306,51 @@ fn bad_input_is_refused() {
     sweep(&grid(r#"{"gamma": [0.1], "colour": [1]}"#), &["unknown LCM key 'colour'"]);
     sweep(&grid(r#"{"layers": [[0, 99]]}"#), &["--lcm-layers", "out of range"]);
 }
+
+#[test]
+fn analyze_reports_every_layer_and_scale() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("analyze");
+    let text = "Once upon a time, there was a little girl named Lily. She loved to play outside. \
+                One day, she saw a big dog in the park. The dog was friendly and wagged its tail. \
+                Lily and the dog played all day. They were happy.";
+    std::fs::write(t.path("text.txt"), text).unwrap();
+    let out = t.path("analysis");
+    let m = model.to_str().unwrap();
+    let file = t.path("text.txt");
+    let args = ["analyze", "--model", m, "--text-file", file.to_str().unwrap(), "--window", "8"];
+    let printed: Value =
+        serde_json::from_str(&succeeds(&[&args[..], &["--json", "--out", out.to_str().unwrap()]].concat()))
+            .unwrap();
+    assert_eq!(printed, read_json(&out.join("analysis.json")));
+    assert_eq!(printed["window"].as_u64(), Some(8));
+    assert_eq!(printed["sentences"].as_u64(), Some(6), "six sentences end with a full stop");
+    let layers = printed["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 5, "stories260k has 5 blocks");
+    for (l, layer) in layers.iter().enumerate() {
+        let (msma, latent) = (&layer["msma"], &layer["latent"]);
+        for key in ["local_successive_cosine", "intermediate_successive_cosine", "global_successive_cosine"] {
+            let c = msma[key].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&c), "layer {l} {key} {c}");
+        }
+        // Means over more tokens move less from one position to the next.
+        assert!(msma["global_successive_cosine"].as_f64() > msma["local_successive_cosine"].as_f64());
+        assert!(msma["kl_local_intermediate"].as_f64().unwrap() > 0.0);
+        assert_eq!(latent["projection_error"].is_null(), l == 0, "layer {l}: {latent}");
+        assert!(latent["coherence"].as_f64().unwrap().abs() <= 1.0);
+    }
+    let table = succeeds(&args);
+    assert_eq!(table.lines().count(), 1 + 5);
+    let html = std::fs::read_to_string(out.join("analysis.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 1);
+    fails(&[&args[..5], &["--window", "0"]].concat(), &["--window", "at least 1"]);
+    fails(
+        &["analyze", "--model", m, "--text-file", "missing.txt"],
+        &["--text-file missing.txt", "cannot read"],
+    );
+    std::fs::write(t.path("long.txt"), "once upon a time ".repeat(200)).unwrap();
+    fails(
+        &["analyze", "--model", m, "--text-file", t.path("long.txt").to_str().unwrap()],
+        &["long.txt", "context of 512"],
+    );
+}

@@ -5,7 +5,10 @@
 
 use super::{load_model, LcmArgs, ModelArg, Ready};
 use crate::generate::batch::{generate_batch, SeqRequest};
+use crate::generate::trace::{trace, Trace};
 use crate::generate::{self, SamplerConfig};
+use crate::metrics::latent::{layer_latents, LayerInput, LayerLatent};
+use crate::metrics::lexical::sentence_of;
 use crate::metrics::sequence::{SequenceMetrics, DEFAULT_WINDOW};
 use crate::modulate::LcmConfig;
 use crate::report::compare::{run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
@@ -308,6 +311,62 @@ pub fn arm_runs(
         .collect()
 }
 
+/// Width of the projected states the traces keep (cross-layer projection error, MSMA).
+pub const PROJ_DIM: usize = 32;
+
+/// The latent trace of `ids` (modulated by `lcm`), with sentences as its segments.
+pub fn trace_ids(m: &Ready, ids: &[u32], lcm: Option<&LcmConfig>) -> Result<(Trace, Vec<u32>)> {
+    let segment_of = sentence_of(&token_texts(m, ids)?);
+    Ok((trace(m.gpu, &m.gpu_model, ids, lcm, &segment_of, PROJ_DIM)?, segment_of))
+}
+
+/// Latent stability of the positions `from..` of a trace, per layer: the sentences are those
+/// that hold any of them.
+pub fn latent_from(
+    tr: &Trace,
+    segment_of: &[u32],
+    from: usize,
+    hidden: usize,
+    window: usize,
+) -> Vec<LayerLatent> {
+    let first_segment = segment_of.get(from).map_or(0, |&s| s as usize);
+    let inputs: Vec<LayerInput> = tr
+        .layers
+        .iter()
+        .map(|l| LayerInput {
+            layer: l.layer,
+            norms: &l.norms[from..],
+            successive_cos: &l.successive_cos[from..],
+            projected: &l.projected[from * tr.proj_dim..],
+            segment_means: &l.segment_means[first_segment * hidden..],
+        })
+        .collect();
+    layer_latents(&inputs, tr.proj_dim, hidden, window)
+}
+
+/// Adds each run's latent stability (over its generated tokens) from a trace of prompt and
+/// generation under the arm's own setting.
+fn trace_runs(
+    m: &Ready,
+    plan: &Plan,
+    runs: &mut [Run],
+    lcm: Option<&LcmConfig>,
+    window: usize,
+    label: &str,
+) -> Result<()> {
+    let mut progress = Progress::new(label);
+    let total = runs.len();
+    for (i, run) in runs.iter_mut().enumerate() {
+        progress.update(i, total);
+        let prompt = &plan.prompt_ids[run.prompt];
+        let ids: Vec<u32> = prompt.iter().copied().chain(run.tokens.iter().map(|t| t.id)).collect();
+        let (tr, segment_of) = trace_ids(m, &ids, lcm)?;
+        run.latent = latent_from(&tr, &segment_of, prompt.len(), m.host.config.hidden, window);
+    }
+    progress.update(total, total);
+    Ok(())
+}
+
 /// The LCM setting of the flags, else [`DEFAULT_LCM`].
 fn lcm_setting(a: &LcmArgs) -> Result<LcmConfig> {
     match a.config()? {
@@ -341,8 +400,10 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
         lcm: lcm.to_json(),
         seconds: 0.0,
     };
-    let base_runs = arm_runs(BASELINE, base, None, window);
-    let mod_runs = arm_runs(MODULATED, modulated, Some(plain), window);
+    let mut base_runs = arm_runs(BASELINE, base, None, window);
+    let mut mod_runs = arm_runs(MODULATED, modulated, Some(plain), window);
+    trace_runs(&m, &plan, &mut base_runs, None, window, "baseline: latent trace")?;
+    trace_runs(&m, &plan, &mut mod_runs, Some(&lcm), window, "modulated: latent trace")?;
     let mut report = Comparison::new(study, base_runs, mod_runs);
     report.study.seconds = t0.elapsed().as_secs_f64();
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;

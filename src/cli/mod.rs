@@ -1,5 +1,6 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
+mod analyze;
 mod bench;
 mod compare;
 mod finetune;
@@ -48,6 +49,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Many LCM settings (a JSON grid) against the baseline: paired changes and the Pareto front
     Sweep(sweep::SweepArgs),
+    /// Multi-scale (MSMA) analysis and latent stability of a text, per layer
+    Analyze(analyze::AnalyzeArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -211,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
         Command::Compare(a) => compare::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
+        Command::Analyze(a) => analyze::run(a, &cli.adapter),
     }
 }
 
