@@ -43,7 +43,7 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
             pending.push('\n');
         }
         pending.push_str(line);
-        if pending.matches('"').count() % 2 == 0 {
+        if pending.matches('"').count().is_multiple_of(2) {
             records.push(csv_fields(&pending));
             pending.clear();
         }

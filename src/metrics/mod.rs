@@ -76,7 +76,7 @@ pub fn windows(n: usize, w: usize) -> Vec<std::ops::Range<usize>> {
         return Vec::new();
     }
     if n < w {
-        return vec![0..n];
+        return std::iter::once(0..n).collect();
     }
     (0..n / w).map(|i| i * w..(i + 1) * w).collect()
 }

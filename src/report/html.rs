@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn numbers_tables_and_escaping() {
-        assert_eq!(num(3.14159, 3), "3.14");
+        assert_eq!(num(1.23456, 3), "1.23");
         assert_eq!(num(1234.4, 3), "1234");
         assert_eq!(num(-0.000123456, 3), "-0.000123");
         assert_eq!(num(f64::NAN, 3), "n/a");
