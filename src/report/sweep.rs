@@ -204,7 +204,7 @@ mod tests {
             setting("c", [0.1, 0.1, 0.1, 0.1]),  // worse than the baseline everywhere: off
             setting("d", [-0.1, 0.0, 0.0, -0.1]), // better than the baseline: front
             setting("e", [f64::NAN, 0.0, 0.0, 0.0]), // no better than the baseline: off
-            setting("f", [0.2, -0.3, f64::NAN, 0.0]), // a trade, one change unmeasured: front
+            setting("f", [0.6, -0.3, f64::NAN, 0.0]), // a trade, one change unmeasured: front
         ];
         assert_eq!(pareto(&s), vec![0, 3, 5]);
         let sweep = Sweep { study: json!({"model": "m"}), baseline_plain_perplexity: 3.0, settings: s };
