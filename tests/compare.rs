@@ -110,6 +110,7 @@ fn compare_report_agrees_with_tokens_csv_and_renders() {
     assert_eq!((study["tokens"].as_u64(), study["seeds"].as_u64()), (Some(130), Some(2)));
     assert_eq!(study["prompts"].as_array().unwrap().len(), 3, "the blank line is skipped");
     assert_eq!(study["reduced"], Value::Bool(false), "every budget flag was given");
+    assert_eq!(study["top_p"].as_f64(), Some(0.95), "the f32 setting as its decimal");
     assert_eq!(study["lcm"]["sink"].as_u64(), Some(1), "the default setting: {}", study["lcm"]);
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2 * 3 * 2);
@@ -186,7 +187,7 @@ fn compare_report_agrees_with_tokens_csv_and_renders() {
     assert_eq!(html.matches("<svg").count(), 3);
     assert!(html.matches("<polyline").count() >= 4, "a mean line per arm in each per-position plot");
     assert!(html.matches("<polygon").count() >= 4, "a band per arm in each per-position plot");
-    assert!(!html.contains("http://") || !html.contains("src=\"http"), "nothing fetched");
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("url("), "nothing fetched");
     std::fs::write(t.path("blank.html"), "<!DOCTYPE html><html><body></body></html>").unwrap();
     if let (Some(page), Some(blank)) =
         (screenshot(&out.join("report.html"), &t, "report"), screenshot(&t.path("blank.html"), &t, "blank"))

@@ -11,7 +11,7 @@ use crate::metrics::latent::{layer_latents, LayerInput, LayerLatent};
 use crate::metrics::lexical::sentence_of;
 use crate::metrics::sequence::{SequenceMetrics, DEFAULT_WINDOW};
 use crate::modulate::LcmConfig;
-use crate::report::compare::{run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
+use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -394,8 +394,8 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
         tokens: plan.tokens,
         seeds: plan.seeds,
         prompts: plan.prompts.clone(),
-        temperature: plan.sampler.temperature,
-        top_p: plan.sampler.top_p,
+        temperature: decimal(plan.sampler.temperature),
+        top_p: decimal(plan.sampler.top_p),
         window,
         lcm: lcm.to_json(),
         seconds: 0.0,

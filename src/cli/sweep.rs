@@ -5,7 +5,7 @@ use super::compare::{arm_runs, generate_arm, plain_scores, Plan, StudyArgs};
 use super::{load_model, ModelArg};
 use crate::metrics::sequence::DEFAULT_WINDOW;
 use crate::modulate::LcmConfig;
-use crate::report::compare::{summarize, BASELINE, MODULATED};
+use crate::report::compare::{decimal, summarize, BASELINE, MODULATED};
 use crate::report::sweep::{Setting, Sweep};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -90,7 +90,7 @@ pub fn run(a: SweepArgs, adapter: &Option<String>) -> Result<()> {
             "model": m.host.path.display().to_string(),
             "adapter": format!("{} ({:?})", m.gpu.info.name, m.gpu.info.device_type),
             "reduced": plan.reduced, "prompts": plan.prompts.len(), "seeds": plan.seeds,
-            "tokens": plan.tokens, "temperature": plan.sampler.temperature, "top_p": plan.sampler.top_p,
+            "tokens": plan.tokens, "temperature": decimal(plan.sampler.temperature), "top_p": decimal(plan.sampler.top_p),
             "seconds": t0.elapsed().as_secs_f64(),
         }),
         baseline_plain_perplexity: base_ppl,

@@ -138,8 +138,8 @@ pub struct Study {
     pub tokens: usize,
     pub seeds: usize,
     pub prompts: Vec<String>,
-    pub temperature: f32,
-    pub top_p: f32,
+    pub temperature: f64,
+    pub top_p: f64,
     pub window: usize,
     /// The modulated arm's LCM setting.
     pub lcm: Value,
@@ -381,6 +381,12 @@ impl Comparison {
         crate::atomic::write_file(&dir.join("tokens.csv"), self.tokens_csv().as_bytes())?;
         crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
     }
+}
+
+/// An f32 setting as the f64 of its shortest decimal, so that JSON says 0.95, not
+/// 0.949999988079071.
+pub fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::NAN)
 }
 
 /// A number with an explicit sign and 3 significant figures.
