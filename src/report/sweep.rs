@@ -79,13 +79,31 @@ impl Sweep {
         })
     }
 
+    /// The LCM keys whose values differ between settings, and the rest with their common value.
+    fn keys(&self) -> (Vec<String>, Vec<(String, Value)>) {
+        let first = self.settings.first().and_then(|s| s.lcm.as_object()).cloned().unwrap_or_default();
+        let varies = |k: &String| self.settings.iter().any(|s| s.lcm.get(k) != first.get(k));
+        let mut all: Vec<String> = self
+            .settings
+            .iter()
+            .flat_map(|s| s.lcm.as_object().into_iter().flat_map(|o| o.keys().cloned()))
+            .collect();
+        all.sort();
+        all.dedup();
+        let (varying, common): (Vec<String>, Vec<String>) = all.into_iter().partition(varies);
+        (varying, common.into_iter().map(|k| (k.clone(), first[&k].clone())).collect())
+    }
+
     fn rows(&self, cell: impl Fn(&Paired) -> String) -> Vec<Vec<String>> {
         let front = pareto(&self.settings);
+        let (varying, _) = self.keys();
         self.settings
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut row = vec![short_lcm(&s.lcm)];
+                let label: Vec<String> =
+                    varying.iter().map(|k| format!("{k} {}", plain(&s.lcm[k]))).collect();
+                let mut row = vec![label.join(", ")];
                 row.extend(JUDGED.iter().chain(&SHOWN).map(|m| cell(s.paired(m))));
                 row.push(if front.contains(&i) { "yes".into() } else { String::new() });
                 row
@@ -95,7 +113,10 @@ impl Sweep {
 
     pub fn table_text(&self) -> String {
         let rows = self.rows(|p| format!("{} [{}, {}]", num(p.diff, 3), num(p.ci_low, 2), num(p.ci_high, 2)));
-        let mut s = format!("{:<48}", "setting (change vs baseline [95% CI])");
+        let (_, common) = self.keys();
+        let common: Vec<String> = common.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
+        let mut s = format!("every setting: {}\n", common.join(", "));
+        let _ = write!(s, "{:<48}", "setting (change vs baseline [95% CI])");
         for h in JUDGED.iter().chain(&SHOWN) {
             let _ = write!(s, " {h:>28}");
         }
@@ -125,18 +146,21 @@ impl Sweep {
             title: "LCM settings: cost against effect".into(),
             x_label: "change in the plain model's perplexity of the text".into(),
             y_label: "change in entropy variance".into(),
-            series: vec![all, Series::new("Pareto front", front, PALETTE[1]), baseline],
+            series: vec![all, Series::new("Pareto front (all 4 changes)", front, PALETTE[1]), baseline],
             log_y: false,
         }
     }
 
     pub fn html(&self) -> String {
+        let (_, common) = self.keys();
+        let common: Vec<String> = common.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
         let mut body = format!(
-            "<p>{}</p><p>Each setting's change against the baseline (setting − baseline, paired by prompt \
+            "<p>{}</p><p>Every setting: <code>{}</code>.</p><p>Each setting's change against the baseline (setting − baseline, paired by prompt \
              and seed), mean with its 95 % bootstrap interval; lower is better for every judged column. \
              Pareto: no other setting, nor the baseline, is at least as good in all four judged changes \
              and better in one. Baseline plain perplexity {}.</p>\n",
-            esc(&self.study.to_string()),
+            esc(&describe(&self.study)),
+            esc(&common.join(", ")),
             num(self.baseline_plain_perplexity, 4)
         );
         let mut headers = vec!["setting"];
@@ -153,7 +177,7 @@ impl Sweep {
         let cells: Vec<Vec<String>> = cells
             .into_iter()
             .map(|mut r| {
-                r[0] = format!("<code>{}</code>", esc(&r[0]));
+                r[0] = esc(&r[0]);
                 r
             })
             .collect();
@@ -171,9 +195,26 @@ impl Sweep {
     }
 }
 
-/// A setting in one line: its keys without the JSON quotes.
-fn short_lcm(v: &Value) -> String {
+/// A JSON value without quotes.
+fn plain(v: &Value) -> String {
     v.to_string().replace('"', "")
+}
+
+/// The study in words: "model on adapter: P prompts × S seeds × T tokens, ...".
+fn describe(study: &Value) -> String {
+    let get = |k: &str| plain(&study[k]);
+    format!(
+        "{} on {}: {} prompts × {} seeds × {} tokens, temperature {}, top-p {}; took {:.0} s.{}",
+        get("model"),
+        get("adapter"),
+        get("prompts"),
+        get("seeds"),
+        get("tokens"),
+        get("temperature"),
+        get("top_p"),
+        study["seconds"].as_f64().unwrap_or(f64::NAN),
+        if study["reduced"] == Value::Bool(true) { " Reduced study (a CPU adapter)." } else { "" }
+    )
 }
 
 #[cfg(test)]
@@ -216,6 +257,8 @@ mod tests {
         assert_eq!(html.matches("<tr>").count(), 7);
         // Dots: the five settings with both plotted changes, the front's three points, the baseline.
         assert_eq!(sweep.chart().to_svg().matches("<circle").count(), 5 + 3 + 1);
-        assert!(sweep.table_text().lines().count() == 7);
+        assert!(sweep.table_text().lines().count() == 8);
+        // The settings differ only in "name": the rows say so, and nothing is common.
+        assert!(sweep.table_text().contains("\nname a "), "{}", sweep.table_text());
     }
 }
