@@ -355,3 +355,32 @@ fn analyze_reports_every_layer_and_scale() {
         &["long.txt", "context of 512"],
     );
 }
+
+#[test]
+fn a_cpu_adapter_runs_the_reduced_study_and_says_so() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("compare-reduced");
+    let out = t.path("report");
+    let stdout = succeeds(&[
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report = read_json(&out.join("report.json"));
+    let study = &report["study"];
+    if !study["adapter"].as_str().unwrap().ends_with("(Cpu)") {
+        eprintln!("SKIPPED: not a CPU adapter ({})", study["adapter"]);
+        return;
+    }
+    assert!(stdout.contains("reduced study"), "{stdout}");
+    assert_eq!(study["reduced"], Value::Bool(true));
+    // The reduced defaults: the first 8 default prompts, 1 seed (the tokens were given).
+    assert_eq!((study["prompts"].as_array().unwrap().len(), study["seeds"].as_u64()), (8, Some(1)));
+    assert!(study["prompts"][0].as_str().unwrap().starts_with("Once upon a time"));
+    assert_eq!(report["runs"].as_array().unwrap().len(), 2 * 8);
+    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("Reduced study"));
+}
