@@ -22,8 +22,8 @@ use std::time::Instant;
 /// The default prompts (data/prompts.txt, see data/NOTICE.md).
 const DEFAULT_PROMPTS: &str = include_str!("../../data/prompts.txt");
 /// The reduced study a CPU adapter runs when no budget flag says otherwise: it finishes in
-/// about 10 minutes for SmolLM2-135M on lavapipe.
-const REDUCED: Budget = Budget { tokens: 192, seeds: 1, prompts: 8 };
+/// about 10 minutes for SmolLM2-135M on an idle lavapipe (an estimate: see docs/compare.md).
+const REDUCED: Budget = Budget { tokens: 128, seeds: 1, prompts: 8 };
 /// The full study on a real GPU.
 const FULL: Budget = Budget { tokens: 2048, seeds: 5, prompts: usize::MAX };
 /// The LCM setting `compare` uses without LCM flags, chosen by `keel sweep` (docs/compare.md).
@@ -37,7 +37,7 @@ pub struct StudyArgs {
     /// [default: Keel's 24 prompts, data/prompts.txt]
     #[arg(long)]
     pub prompts: Option<PathBuf>,
-    /// New tokens per generation [default: 2048 on a GPU, 192 on a CPU adapter; at most
+    /// New tokens per generation [default: 2048 on a GPU, 128 on a CPU adapter; at most
     /// the context left after the longest prompt]
     #[arg(long)]
     pub tokens: Option<usize>,
