@@ -4,7 +4,8 @@
 //! Layers, bottom up: [`gpu`] (device, pipelines, steps), [`ops`] (one file per kernel and
 //! its backward, with [`cpu`] references), [`model`] (configs, loaders and savers, the forward
 //! and backward passes, LoRA), [`modulate`] (LCM), [`generate`] (sessions, sampling, scoring),
-//! [`train`] (fine-tuning: the step, AdamW, runs with checkpoints), [`report`] (charts).
+//! [`train`] (fine-tuning: the step, AdamW, runs with checkpoints), [`metrics`] (long-generation
+//! metrics and MSMA), [`report`] (charts and comparison reports).
 
 pub mod atomic;
 #[cfg(not(target_arch = "wasm32"))]
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod cpu;
 pub mod generate;
 pub mod gpu;
+pub mod metrics;
 pub mod model;
 pub mod modulate;
 pub mod ops;

@@ -1,8 +1,11 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
+mod analyze;
 mod bench;
+mod compare;
 mod finetune;
 mod info;
+mod sweep;
 mod text;
 
 use crate::generate::SamplerConfig;
@@ -42,6 +45,12 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Merge a LoRA adapter folder (--adapter DIR) into its base model and save the result
     Merge(finetune::MergeArgs),
+    /// Baseline vs LCM-modulated generation on the same prompts and seeds: metrics and a report
+    Compare(compare::CompareArgs),
+    /// Many LCM settings (a JSON grid) against the baseline: paired changes and the Pareto front
+    Sweep(sweep::SweepArgs),
+    /// Multi-scale (MSMA) analysis and latent stability of a text, per layer
+    Analyze(analyze::AnalyzeArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -203,6 +212,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a, &cli.adapter),
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
+        Command::Compare(a) => compare::run(a, &cli.adapter),
+        Command::Sweep(a) => sweep::run(a, &cli.adapter),
+        Command::Analyze(a) => analyze::run(a, &cli.adapter),
     }
 }
 

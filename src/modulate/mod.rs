@@ -116,6 +116,24 @@ impl LcmConfig {
         Ok(())
     }
 
+    /// The setting as a JSON object that [`LcmConfig::from_json`] reads back.
+    pub fn to_json(&self) -> Value {
+        // f32 through its shortest decimal, so 0.9 is written as 0.9, not 0.8999999761581421.
+        let short = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::NAN);
+        let mut v = serde_json::json!({
+            "gamma": short(self.gamma), "rho": short(self.rho), "tau": short(self.tau), "kappa": short(self.kappa),
+            "keep_norm": self.keep_norm, "sink": self.sink,
+            "space": match self.space { Space::Raw => "raw", Space::Normalized => "normalized" },
+        });
+        if let Some(layers) = &self.layers {
+            v["layers"] = serde_json::json!(layers);
+        }
+        if !self.scales.is_empty() {
+            v["scales"] = self.scales.iter().map(|&(r, g)| serde_json::json!([short(r), short(g)])).collect();
+        }
+        v
+    }
+
     /// Reads a JSON object with the golden files' `lcm_config` keys (`gamma`, `rho`, `tau`,
     /// `kappa`, `layers`, `keep_norm`, `scales`, `sink`, `space`).
     pub fn from_json(v: &Value, file: &str) -> Result<LcmConfig> {
@@ -358,6 +376,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.layers, Some(vec![2, 3, 4]));
         assert_eq!(c.scales(), vec![(0.9, 0.6)]);
+        assert_eq!(c.to_json()["rho"], json!(0.9));
+        assert_eq!(LcmConfig::from_json(&c.to_json(), "round trip").unwrap(), c);
         assert!(LcmConfig::from_json(&json!({"gama": 1}), "f")
             .unwrap_err()
             .to_string()
@@ -368,6 +388,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((multi.scales().len(), multi.space, multi.sink), (2, Space::Normalized, 1));
+        assert_eq!(LcmConfig::from_json(&multi.to_json(), "round trip").unwrap(), multi);
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub struct Series {
     pub band: Option<Vec<(f64, f64, f64)>>,
     /// Any SVG colour, e.g. one of [`PALETTE`].
     pub color: String,
+    /// Join the points with a line; false draws only a dot per point (a scatter).
+    pub line: bool,
 }
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>, color: impl Into<String>) -> Series {
-        Series { name: name.into(), points, band: None, color: color.into() }
+        Series { name: name.into(), points, band: None, color: color.into(), line: true }
     }
 }
 
@@ -201,7 +203,7 @@ fn runs<T: Copy>(items: &[T], keep: impl Fn(&T) -> bool) -> Vec<Vec<T>> {
 }
 
 /// Escapes text for XML content and attribute values.
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -353,7 +355,7 @@ impl Chart {
                 .collect();
             let dots = series.points.len() <= MARKER_MAX;
             for run in &runs {
-                if run.len() > 1 {
+                if run.len() > 1 && series.line {
                     let pts: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
                     let _ = writeln!(
                         s,
@@ -362,7 +364,7 @@ impl Chart {
                         pts.join(" ")
                     );
                 }
-                if dots || run.len() == 1 {
+                if dots || run.len() == 1 || !series.line {
                     for (x, y) in run {
                         let _ = writeln!(s, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>");
                     }

@@ -1,0 +1,386 @@
+//! `keel compare` and `keel sweep` end to end on stories260k with a tiny budget: the report's
+//! structure, its numbers against tokens.csv, report.html rendered by headless Chromium, an
+//! interrupted run, and every kind of bad input (exit 2, one `error:` line).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Splits one CSV line, honouring quoted fields with doubled quotes.
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut cur, mut quoted, mut chars) =
+        (Vec::new(), String::new(), false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+/// CSV records (a quoted field may hold a line break).
+fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        if !pending.is_empty() {
+            pending.push('\n');
+        }
+        pending.push_str(line);
+        if pending.matches('"').count().is_multiple_of(2) {
+            records.push(csv_fields(&pending));
+            pending.clear();
+        }
+    }
+    records
+}
+
+/// A screenshot of `html` by headless Chromium, as PNG bytes; None (with a visible note)
+/// when Chromium is not installed.
+fn screenshot(html: &Path, tmp: &TempDir, name: &str) -> Option<Vec<u8>> {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        eprintln!("SKIPPED: {} absent, report.html not rendered", chromium.display());
+        return None;
+    }
+    let png = tmp.path(&format!("{name}.png"));
+    let profile = tmp.path(&format!("{name}-profile"));
+    let status = Command::new(chromium)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-gpu-sandbox",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1200,2000",
+            &format!("file://{}", html.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("start chromium");
+    assert!(status.success(), "chromium failed on {}", html.display());
+    Some(std::fs::read(&png).expect("chromium wrote no screenshot"))
+}
+
+#[test]
+fn compare_report_agrees_with_tokens_csv_and_renders() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("compare");
+    std::fs::write(t.path("prompts.txt"), "Once upon a time\n\nTom said \"hi\", and\n").unwrap();
+    let out = t.path("report");
+    let stdout = succeeds(&[
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        t.path("prompts.txt").to_str().unwrap(),
+        "--tokens",
+        "130",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("plain_perplexity") && stdout.contains("repeated_4gram_rate"), "{stdout}");
+    let report = read_json(&out.join("report.json"));
+    let study = &report["study"];
+    assert_eq!((study["tokens"].as_u64(), study["seeds"].as_u64()), (Some(130), Some(2)));
+    assert_eq!(study["prompts"].as_array().unwrap().len(), 2, "the blank line is skipped");
+    assert_eq!(study["reduced"], Value::Bool(false), "every budget flag was given");
+    assert_eq!(study["top_p"].as_f64(), Some(0.95), "the f32 setting as its decimal");
+    assert_eq!(study["lcm"]["sink"].as_u64(), Some(1), "the default setting: {}", study["lcm"]);
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2 * 2 * 2);
+    let metrics = report["metrics"].as_array().unwrap();
+    let summary = report["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), metrics.len());
+    for s in summary {
+        // 130 tokens make two windows of 64, so every metric is defined (the latent ones
+        // only where the runs were traced).
+        let traced = !runs[0]["latent"].as_array().unwrap().is_empty();
+        if traced || !s["metric"].as_str().unwrap().starts_with("latent_") {
+            assert_eq!(s["n"].as_u64(), Some(4), "{s}");
+        }
+        for key in ["base_mean", "base_sd", "arm_mean", "arm_sd", "diff", "ci_low", "ci_high"] {
+            assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+        }
+    }
+    // tokens.csv: exact header, and per run the tokens and mean log-prob of report.json.
+    let csv = std::fs::read_to_string(out.join("tokens.csv")).unwrap();
+    let records = csv_records(&csv);
+    assert_eq!(
+        records[0].join(","),
+        "arm,prompt,seed,position,token_id,token_text,logprob,entropy,top1_prob"
+    );
+    let mut by_run: BTreeMap<(String, u64, u64), Vec<f64>> = BTreeMap::new();
+    for r in &records[1..] {
+        assert_eq!(r.len(), 9, "{r:?}");
+        let key = (r[0].clone(), r[1].parse().unwrap(), r[2].parse().unwrap());
+        let lp = by_run.entry(key).or_default();
+        assert_eq!(r[3].parse::<usize>().unwrap(), lp.len(), "positions count from 0: {r:?}");
+        let top1: f64 = r[8].parse().unwrap();
+        assert!(top1 > 0.0 && top1 <= 1.0, "{r:?}");
+        lp.push(r[6].parse().unwrap());
+    }
+    assert_eq!(by_run.len(), runs.len());
+    let mut texts_seen = 0;
+    for run in runs {
+        let key = (
+            run["arm"].as_str().unwrap().to_string(),
+            run["prompt"].as_u64().unwrap(),
+            run["seed"].as_u64().unwrap(),
+        );
+        let lp = &by_run[&key];
+        assert_eq!(lp.len() as u64, run["tokens"].as_u64().unwrap());
+        assert!(lp.len() <= 130);
+        let mean = lp.iter().sum::<f64>() / lp.len() as f64;
+        let reported = run["mean_logprob"].as_f64().unwrap();
+        assert!((mean - reported).abs() < 1e-5, "{key:?}: csv {mean} vs report {reported}");
+        let ppl = run["metrics"]["perplexity"].as_f64().unwrap();
+        assert!((ppl - (-reported).exp()).abs() < 1e-9 * ppl);
+        if key.0 == "baseline" {
+            // The baseline's own scores are the plain model's.
+            assert_eq!(run["plain_mean_logprob"], run["mean_logprob"]);
+        } else {
+            // The plain model scored the modulated text: close to its own scores, not equal.
+            let plain = run["plain_mean_logprob"].as_f64().unwrap();
+            assert!(plain.is_finite() && plain != reported, "{key:?}: {plain} vs {reported}");
+        }
+        texts_seen += !run["text"].as_str().unwrap().is_empty() as usize;
+    }
+    assert_eq!(texts_seen, runs.len());
+    // The summary's baseline mean of plain perplexity is the mean over the baseline runs.
+    let base_ppl: Vec<f64> = runs
+        .iter()
+        .filter(|r| r["arm"] == "baseline")
+        .map(|r| r["metrics"]["plain_perplexity"].as_f64().unwrap())
+        .collect();
+    let plain = summary.iter().find(|s| s["metric"] == "plain_perplexity").unwrap();
+    let expected = base_ppl.iter().sum::<f64>() / base_ppl.len() as f64;
+    assert!((plain["base_mean"].as_f64().unwrap() - expected).abs() < 1e-9);
+    assert!(plain["ci_low"].as_f64().unwrap() <= plain["diff"].as_f64().unwrap());
+    // report.html holds the plots, and renders to a page that is not blank.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(html.matches("<polyline").count() >= 4, "a mean line per arm in each per-position plot");
+    assert!(html.matches("<polygon").count() >= 4, "a band per arm in each per-position plot");
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("url("), "nothing fetched");
+    std::fs::write(t.path("blank.html"), "<!DOCTYPE html><html><body></body></html>").unwrap();
+    if let (Some(page), Some(blank)) =
+        (screenshot(&out.join("report.html"), &t, "report"), screenshot(&t.path("blank.html"), &t, "blank"))
+    {
+        assert_eq!(&page[1..4], b"PNG");
+        eprintln!("screenshot: report {} bytes, blank page {} bytes", page.len(), blank.len());
+        assert!(page.len() > 5 * blank.len(), "the report renders like a blank page");
+    }
+    // Nothing staged is left beside the report.
+    let left: Vec<_> = std::fs::read_dir(&t.0).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().starts_with('.')), "{left:?}");
+}
+
+#[test]
+fn sweep_reports_every_setting() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("sweep");
+    std::fs::write(t.path("grid.json"), r#"{"gamma": [0.05, 0.3], "sink": [1]}"#).unwrap();
+    std::fs::write(
+        t.path("prompts.jsonl"),
+        "{\"prompt\": \"Once upon a time\"}\n{\"prompt\": \"Lily saw\"}\n",
+    )
+    .unwrap();
+    let out = t.path("sweep");
+    let stdout = succeeds(&[
+        "sweep",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        t.path("prompts.jsonl").to_str().unwrap(),
+        "--tokens",
+        "16",
+        "--seeds",
+        "2",
+        "--grid",
+        t.path("grid.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("2 settings") && stdout.contains("pareto"), "{stdout}");
+    let report = read_json(&out.join("report.json"));
+    let settings = report["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 2);
+    let gammas: Vec<f64> = settings.iter().map(|s| s["lcm"]["gamma"].as_f64().unwrap()).collect();
+    assert_eq!(gammas, vec![0.05, 0.3]);
+    for s in settings {
+        assert!(s["pareto"].is_boolean());
+        let plain =
+            s["summary"].as_array().unwrap().iter().find(|m| m["metric"] == "plain_perplexity").unwrap();
+        assert_eq!(plain["n"].as_u64(), Some(4));
+        assert_eq!(plain["base_mean"].as_f64(), report["baseline_plain_perplexity"].as_f64());
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 1);
+    assert!(html.contains("Pareto front"));
+}
+
+#[test]
+fn an_interrupted_compare_leaves_the_old_report() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("compare-kill");
+    let out = t.path("report");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("report.json"), "old").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["compare", "--model", model.to_str().unwrap(), "--tokens", "200", "--seeds", "3"])
+        .args(["--out", out.to_str().unwrap()])
+        .env("WGPU_BACKEND", "vulkan")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(child.try_wait().unwrap().is_none(), "compare ended before it could be interrupted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("report.json")).unwrap(), "old");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let Some(model) = stories() else { return };
+    let m = model.to_str().unwrap();
+    let t = TempDir::new("compare-bad");
+    let file = |name: &str, text: &str| {
+        std::fs::write(t.path(name), text).unwrap();
+        t.path(name).to_str().unwrap().to_string()
+    };
+    let (empty, blank) = (file("empty.txt", ""), file("blank.txt", "\n  \n"));
+    let long = file("long.txt", &"once upon a time ".repeat(200));
+    let jsonl = file("p.jsonl", "{\"text\": \"x\"}\n");
+    let not_a_folder = file("out.txt", "x");
+    let missing = t.path("missing.txt").to_str().unwrap().to_string();
+    let compare = |extra: &[&str], needles: &[&str]| {
+        let mut args = vec!["compare", "--model", m, "--tokens", "8", "--seeds", "1"];
+        args.extend(extra);
+        fails(&args, needles);
+    };
+    compare(&["--prompts", &missing], &["--prompts", "missing.txt", "cannot read"]);
+    compare(&["--prompts", &empty], &["--prompts", "holds no prompts"]);
+    compare(&["--prompts", &blank], &["holds no prompts"]);
+    compare(&["--prompts", &long], &["long.txt", "prompt 0", "context is 512"]);
+    compare(&["--prompts", &jsonl], &["p.jsonl", "line 1", "\"prompt\""]);
+    fails(&["compare", "--model", m, "--seeds", "0"], &["--seeds", "at least 1"]);
+    compare(&["--out", &not_a_folder], &["--out", "not a folder"]);
+    compare(&["--top-p", "0"], &["top"]);
+    compare(&["--lcm-gamma", "2"], &["--lcm-gamma"]);
+    fails(&["compare", "--model", m, "--tokens", "600"], &["--tokens 600", "context of 512"]);
+    let grid = |text: &str| file("grid.json", text);
+    let sweep = |grid: &str, needles: &[&str]| {
+        fails(&["sweep", "--model", m, "--tokens", "8", "--seeds", "1", "--grid", grid], needles)
+    };
+    sweep(&missing, &["--grid", "cannot read"]);
+    sweep(&grid("{"), &["--grid", "not valid JSON"]);
+    sweep(&grid(r#"{"gamma": 0.1}"#), &["'gamma' must be a non-empty list"]);
+    sweep(&grid(r#"{"gamma": [0.1], "colour": [1]}"#), &["unknown LCM key 'colour'"]);
+    sweep(&grid(r#"{"layers": [[0, 99]]}"#), &["--lcm-layers", "out of range"]);
+}
+
+#[test]
+fn analyze_reports_every_layer_and_scale() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("analyze");
+    let text = "Once upon a time, there was a little girl named Lily. She loved to play outside. \
+                One day, she saw a big dog in the park. The dog was friendly and wagged its tail. \
+                Lily and the dog played all day. They were happy.";
+    std::fs::write(t.path("text.txt"), text).unwrap();
+    let out = t.path("analysis");
+    let m = model.to_str().unwrap();
+    let file = t.path("text.txt");
+    let args = ["analyze", "--model", m, "--text-file", file.to_str().unwrap(), "--window", "8"];
+    let printed: Value =
+        serde_json::from_str(&succeeds(&[&args[..], &["--json", "--out", out.to_str().unwrap()]].concat()))
+            .unwrap();
+    assert_eq!(printed, read_json(&out.join("analysis.json")));
+    assert_eq!(printed["window"].as_u64(), Some(8));
+    assert_eq!(printed["sentences"].as_u64(), Some(6), "six sentences end with a full stop");
+    let layers = printed["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 5, "stories260k has 5 blocks");
+    for (l, layer) in layers.iter().enumerate() {
+        let (msma, latent) = (&layer["msma"], &layer["latent"]);
+        for key in ["local_successive_cosine", "intermediate_successive_cosine", "global_successive_cosine"] {
+            let c = msma[key].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&c), "layer {l} {key} {c}");
+        }
+        // Means over more tokens move less from one position to the next.
+        assert!(msma["global_successive_cosine"].as_f64() > msma["local_successive_cosine"].as_f64());
+        assert!(msma["kl_local_intermediate"].as_f64().unwrap() > 0.0);
+        assert_eq!(latent["projection_error"].is_null(), l == 0, "layer {l}: {latent}");
+        assert!(latent["coherence"].as_f64().unwrap().abs() <= 1.0);
+    }
+    let table = succeeds(&args);
+    assert_eq!(table.lines().count(), 1 + 5);
+    let html = std::fs::read_to_string(out.join("analysis.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 1);
+    fails(&[&args[..5], &["--window", "0"]].concat(), &["--window", "at least 1"]);
+    fails(
+        &["analyze", "--model", m, "--text-file", "missing.txt"],
+        &["--text-file missing.txt", "cannot read"],
+    );
+    std::fs::write(t.path("long.txt"), "once upon a time ".repeat(200)).unwrap();
+    fails(
+        &["analyze", "--model", m, "--text-file", t.path("long.txt").to_str().unwrap()],
+        &["long.txt", "context of 512"],
+    );
+}
+
+#[test]
+fn a_cpu_adapter_runs_the_reduced_study_and_says_so() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("compare-reduced");
+    let out = t.path("report");
+    let stdout = succeeds(&[
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report = read_json(&out.join("report.json"));
+    let study = &report["study"];
+    if !study["adapter"].as_str().unwrap().ends_with("(Cpu)") {
+        eprintln!("SKIPPED: not a CPU adapter ({})", study["adapter"]);
+        return;
+    }
+    assert!(stdout.contains("reduced study"), "{stdout}");
+    assert_eq!(study["reduced"], Value::Bool(true));
+    // The reduced defaults: the first 8 default prompts, 1 seed (the tokens were given).
+    assert_eq!((study["prompts"].as_array().unwrap().len(), study["seeds"].as_u64()), (8, Some(1)));
+    assert!(study["prompts"][0].as_str().unwrap().starts_with("Once upon a time"));
+    assert_eq!(report["runs"].as_array().unwrap().len(), 2 * 8);
+    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("Reduced study"));
+}
