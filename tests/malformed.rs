@@ -399,3 +399,48 @@ fn gguf_fewer_layers_than_tensors() {
     };
     refused(&path, &["layers.gguf", "tensor 'blk.29.", "layer 29 but the model has 29 layers"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// GPU limits, lowered with KEEL_MAX_BINDING_BYTES so that the fixtures exceed them
+
+#[test]
+fn tensor_over_the_binding_limit_is_refused_before_upload() {
+    let Some(src) = stories() else { return };
+    let m = src.to_str().unwrap();
+    let env = [("KEEL_MAX_BINDING_BYTES", "100000")];
+    let args = ["generate", "--model", m, "--prompt", "Hi", "--max-tokens", "1"];
+    // The first tensor checked is the embedding, [512, 64] f32; nothing is uploaded.
+    fails_env(
+        &args,
+        &env,
+        &[
+            "stories260k: cannot load onto the GPU",
+            "tensor 'embed' of shape [512, 64] needs 131072 bytes in one binding",
+            "max_storage_buffer_binding_size of 100000 bytes (at most 390 rows of it fit)",
+        ],
+    );
+}
+
+#[test]
+fn training_batch_over_the_binding_limit_says_what_fits() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::new("bigbatch");
+    std::fs::write(t.path("data.jsonl"), format!("{{\"ids\": {:?}}}\n", vec![1; 33]).repeat(8)).unwrap();
+    let (m, data, out) = (src.to_str().unwrap(), t.path("data.jsonl"), t.path("run"));
+    let args = ["finetune", "--model", m, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = args.to_vec();
+    args.extend(["--batch", "8", "--seq-len", "32", "--steps", "1"]);
+    // 256 rows: the MLP's [256, 344] activations need 352256 bytes; 131072 hold 95 rows.
+    fails_env(
+        &args,
+        &[("KEEL_MAX_BINDING_BYTES", "131072")],
+        &["of 131072 bytes (at most", "rows of it fit)"],
+    );
+}
+
+#[test]
+fn bad_binding_override_is_named() {
+    let Some(src) = stories() else { return };
+    let args = ["generate", "--model", src.to_str().unwrap(), "--prompt", "Hi", "--max-tokens", "1"];
+    fails_env(&args, &[("KEEL_MAX_BINDING_BYTES", "lots")], &["KEEL_MAX_BINDING_BYTES", "'lots'"]);
+}

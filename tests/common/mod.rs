@@ -64,10 +64,16 @@ fn try_wait_with_usage(child: &std::process::Child) -> Option<(Option<i32>, Dura
 
 /// Runs `keel args`, killing it (and failing) if it runs past [`HANG`].
 pub fn keel(args: &[&str]) -> Run {
+    keel_env(args, &[])
+}
+
+/// [`keel`] with extra environment variables.
+pub fn keel_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
         .env("WGPU_BACKEND", "vulkan")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,7 +113,12 @@ pub fn fails(args: &[&str], needles: &[&str]) -> String {
 
 /// [`fails`], also returning the run (for its CPU time and memory).
 pub fn fails_with(args: &[&str], needles: &[&str]) -> (String, Run) {
-    let r = keel(args);
+    fails_env(args, &[], needles)
+}
+
+/// [`fails_with`] with extra environment variables.
+pub fn fails_env(args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> (String, Run) {
+    let r = keel_env(args, env);
     let line = r.stderr.trim_end();
     eprintln!("  {line}");
     assert!(!r.stderr.contains("panicked"), "keel {args:?} panicked:\n{}", r.stderr);
