@@ -192,6 +192,41 @@ fn infinite_weight() {
     refused(&t.0, &["model.safetensors", &format!("'{name}' holds a non-finite value (inf) at element 100")]);
 }
 
+/// The counterpart of tests/cli.rs's tokenizer id beyond the embedding: an embedding padded
+/// past the tokenizer's ids (as many checkpoints are, to a multiple of 64) is fine.
+#[test]
+fn embedding_padded_past_the_tokenizer_loads() {
+    let name = "model.embed_tokens.weight";
+    let Some(t) = edited("stories260k", |st| {
+        let r = st.range(name);
+        assert_eq!(r.start, 0, "the embedding is the first tensor");
+        let pad = 64 * 64 * 4;
+        for info in st.header.values_mut() {
+            if let Some(o) = info.get_mut("data_offsets") {
+                let (a, b) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+                *o = if a == 0 { json!([0, b + pad]) } else { json!([a + pad, b + pad]) };
+            }
+        }
+        st.header[name]["shape"] = json!([576, 64]);
+        st.data.splice(r.end..r.end, vec![0u8; pad as usize]);
+    }) else {
+        return;
+    };
+    t.edit_json("config.json", |v| v["vocab_size"] = json!(576));
+    let out = succeeds(&[
+        "generate",
+        "--model",
+        t.arg(),
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    assert!(!out.trim().is_empty(), "no text generated");
+}
+
 // ---------------------------------------------------------------------------------------
 // config.json and generation_config.json
 

@@ -65,7 +65,8 @@ pub fn train_data(data: &[u8]) -> Result<()> {
 /// `--lcm-scales`, `--lcm-layers` and `--lcm-space` values, one per line.
 pub fn lcm_flags(data: &[u8]) -> Result<()> {
     let mut lines = text(data)?.splitn(3, '\n');
-    let mut c = LcmConfig { scales: modulate::parse_scales(lines.next().unwrap_or(""))?, ..Default::default() };
+    let mut c =
+        LcmConfig { scales: modulate::parse_scales(lines.next().unwrap_or(""))?, ..Default::default() };
     c.layers = Some(modulate::parse_layers(lines.next().unwrap_or(""))?);
     c.space = modulate::parse_space(lines.next().unwrap_or(""))?;
     c.validate(LAYERS)
