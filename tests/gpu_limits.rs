@@ -45,7 +45,7 @@ fn kv_cache_over_the_binding_limit_says_what_fits() {
 #[test]
 fn tensor_over_the_binding_limit_says_how_many_rows_fit() {
     let gpu = gpu();
-    let err = gpu.zeros("logits", &[100, 512], DType::F32).err().expect("refused").to_string();
+    let err = gpu.zeros("logits", &[100, 512], DType::F32).expect_err("refused").to_string();
     assert_eq!(
         err,
         "tensor 'logits' of shape [100, 512] needs 204800 bytes in one binding, over this adapter's \

@@ -82,8 +82,11 @@ pub fn adapter_config(data: &[u8]) -> Result<()> {
     adapter::parse_adapter_config(text(data)?, "adapter_config.json").map(drop)
 }
 
+/// A parser's entry point: its verdict on some bytes.
+pub type Entry = fn(&[u8]) -> Result<()>;
+
 /// Every target by name (the name of its fuzz binary and of its kept-inputs folder).
-pub const TARGETS: &[(&str, fn(&[u8]) -> Result<()>)] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("safetensors", safetensors),
     ("shard_index", shard_index),
     ("gguf", gguf),

@@ -68,6 +68,7 @@ pub fn keel(args: &[&str]) -> Run {
 }
 
 /// [`keel`] with extra environment variables.
+#[allow(clippy::zombie_processes)] // Reaped by wait4 in try_wait_with_usage, which clippy cannot see.
 pub fn keel_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
