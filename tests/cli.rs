@@ -8,48 +8,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
-
-/// A safetensors file split into its JSON header and its data section.
-struct Safetensors {
-    header: serde_json::Map<String, Value>,
-    data: Vec<u8>,
-}
-
-impl Safetensors {
-    fn read(path: &Path) -> Safetensors {
-        let bytes = std::fs::read(path).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        Safetensors {
-            header: serde_json::from_slice(&bytes[8..8 + n]).unwrap(),
-            data: bytes[8 + n..].to_vec(),
-        }
-    }
-
-    fn write(&self, path: &Path) {
-        let mut header = serde_json::to_vec(&self.header).unwrap();
-        header.resize(header.len().next_multiple_of(8), b' ');
-        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-        bytes.extend(header);
-        bytes.extend(&self.data);
-        std::fs::write(path, bytes).unwrap();
-    }
-
-    /// The data range of `name`.
-    fn range(&self, name: &str) -> std::ops::Range<usize> {
-        let o = &self.header[name]["data_offsets"];
-        o[0].as_u64().unwrap() as usize..o[1].as_u64().unwrap() as usize
-    }
-}
-
-/// A stories260k copy whose model.safetensors `edit` has changed.
-fn edited_stories(tag: &str, src: &Path, edit: impl FnOnce(&mut Safetensors)) -> TempDir {
-    let t = TempDir::stories(tag, src);
-    let mut st = Safetensors::read(&t.path("model.safetensors"));
-    edit(&mut st);
-    st.write(&t.path("model.safetensors"));
-    t
-}
 
 fn generate_args<'a>(model: &'a str, prompt: &'a str) -> Vec<&'a str> {
     vec!["generate", "--model", model, "--prompt", prompt, "--max-tokens", "4", "--temperature", "0"]

@@ -124,15 +124,21 @@ fn killed_finetune_resumes_to_the_same_losses_and_weights() {
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
+        let mut newest = 0;
         for e in std::fs::read_dir(&killed).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("checkpoint-") {
+            if let Some(step) = name.strip_prefix("checkpoint-") {
                 let state = e.path().join("trainer_state.json");
                 assert!(state.exists(), "kill {kills}: {name} is incomplete");
                 model::load(&e.path())
                     .unwrap_or_else(|err| panic!("kill {kills}: {name} does not load: {err:#}"));
+                newest = newest.max(step.parse::<usize>().unwrap());
             }
         }
+        // What the resume will redo: the steps logged since the newest checkpoint, at most
+        // --save-every 3 (the log line of a step is written before its checkpoint).
+        let lost = logged() - newest;
+        assert!(lost <= 3, "kill {kills}: {lost} steps since the newest checkpoint (step {newest})");
     }
     succeeds(&resume);
     let leftovers: Vec<String> = std::fs::read_dir(&killed)

@@ -222,8 +222,8 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         resume: a.resume,
     };
     let path = resolve_model(&a.model)?;
-    let gpu = gpu(adapter)?;
     let model = crate::model::load(&path)?;
+    let gpu = gpu(adapter)?;
     let tty = std::io::stderr().is_terminal();
     let mut show = |p: &Progress| {
         let done = p.step + 1;

@@ -196,8 +196,9 @@ fn resolve_model(arg: &ModelArg) -> Result<PathBuf> {
 pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
     let path = resolve_model(arg)?;
     let t0 = Instant::now();
-    let gpu = gpu(adapter)?;
+    // The files first: a broken model is refused without starting the GPU.
     let host = crate::model::load(&path)?;
+    let gpu = gpu(adapter)?;
     let gpu_model = GpuModel::upload(gpu, &host)
         .with_context(|| format!("{}: cannot load onto the GPU", path.display()))?;
     gpu.check_lost()?;

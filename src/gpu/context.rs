@@ -25,12 +25,14 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
-    /// What Keel asked the device for (and got).
+    /// The limits Keel works within: what it asked the device for (and got), with
+    /// `max_storage_buffer_binding_size` lowered by `KEEL_MAX_BINDING_BYTES` when set.
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Why the device can no longer be used (lost, or an error nothing caught), once known.
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -48,6 +50,16 @@ fn wanted_limits(offered: &wgpu::Limits) -> wgpu::Limits {
         max_compute_workgroup_storage_size: offered.max_compute_workgroup_storage_size,
         max_compute_invocations_per_workgroup: offered.max_compute_invocations_per_workgroup,
         ..wgpu::Limits::downlevel_defaults()
+    }
+}
+
+/// `KEEL_MAX_BINDING_BYTES`: a largest binding smaller than the adapter's, so that what
+/// happens to a model or cache over the limit can be tried (and tested) on any adapter.
+fn binding_override() -> Result<Option<u64>> {
+    let Ok(text) = std::env::var("KEEL_MAX_BINDING_BYTES") else { return Ok(None) };
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= 4 => Ok(Some(n)),
+        _ => bail!("KEEL_MAX_BINDING_BYTES must be a number of bytes (at least 4), got '{text}'"),
     }
 }
 
@@ -99,8 +111,21 @@ impl Gpu {
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
-            *lost_flag.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+            *lost_flag.lock().unwrap() = Some(format!("the GPU device was lost ({reason:?}: {message})"));
         });
+        // wgpu's default for an error no scope catches (out of memory, say) is a panic;
+        // keep the first instead, for `check_lost` to report.
+        let error_flag = lost.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut first = error_flag.lock().unwrap();
+            if first.is_none() {
+                *first = Some(format!("the GPU reported an error: {}", e.to_string().replace('\n', " ")));
+            }
+        }));
+        let mut limits = limits;
+        if let Some(cap) = binding_override()? {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
+        }
         Ok(Gpu {
             device,
             queue,
@@ -128,11 +153,11 @@ impl Gpu {
             .map_err(|e| anyhow!("{e}"))
     }
 
-    /// An error if the device was lost (driver reset, out of memory), so callers report it
-    /// in words instead of crashing.
+    /// An error if the device was lost (driver reset, sleep, out of memory) or reported an
+    /// error no one caught, so callers report it in words instead of crashing.
     pub fn check_lost(&self) -> Result<()> {
         match &*self.lost.lock().unwrap() {
-            Some(why) => bail!("the GPU device was lost ({why})"),
+            Some(why) => bail!("{why}"),
             None => Ok(()),
         }
     }

@@ -31,13 +31,16 @@ impl Tensor {
 }
 
 impl Gpu {
-    /// The buffer size of a tensor of this shape, checked against the binding limit.
-    fn check_size(&self, what: &str, shape: &[usize]) -> Result<u64> {
+    /// The buffer size of a tensor of this shape, checked against the binding limit; the
+    /// error says how many rows (first dimension) would fit.
+    pub fn check_binding(&self, what: &str, shape: &[usize]) -> Result<u64> {
         let bytes = shape.iter().fold(4u64, |b, &d| b.saturating_mul(d as u64)).max(4);
         let limit = self.limits.max_storage_buffer_binding_size;
         if bytes > limit {
+            let row_bytes = shape.iter().skip(1).fold(4u64, |b, &d| b.saturating_mul(d as u64)).max(1);
             bail!(
-                "tensor '{what}' of shape {shape:?} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {limit} bytes"
+                "tensor '{what}' of shape {shape:?} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {limit} bytes (at most {} rows of it fit)",
+                limit / row_bytes
             );
         }
         Ok(bytes)
@@ -45,7 +48,7 @@ impl Gpu {
 
     /// A zero-filled tensor.
     pub fn zeros(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = self.check_size(what, shape)?;
+        let bytes = self.check_binding(what, shape)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: bytes.next_multiple_of(4),
@@ -59,7 +62,7 @@ impl Gpu {
     /// user left: only for buffers every kernel writes before it reads them (activations,
     /// KV caches indexed by position).
     pub fn scratch(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = self.check_size(what, shape)?.next_multiple_of(4);
+        let bytes = self.check_binding(what, shape)?.next_multiple_of(4);
         let reused = self.pool.lock().unwrap().get_mut(&bytes).and_then(Vec::pop);
         match reused {
             Some(buf) => Ok(Tensor { buf, shape: shape.to_vec(), dtype }),
@@ -76,7 +79,7 @@ impl Gpu {
     }
 
     fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
-        self.check_size(what, shape)?;
+        self.check_binding(what, shape)?;
         // Zero-length tensors still get a 4-byte buffer: bindings cannot be empty.
         let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

@@ -39,6 +39,45 @@ pub struct Lora {
     pub blocks: Vec<Vec<LoraPair>>,
 }
 
+/// Reads adapter_config.json text: the rank `r` and `lora_alpha` of a plain LoRA adapter;
+/// variants Keel would merge wrongly are refused. `file` names it in errors.
+pub fn parse_adapter_config(text: &str, file: &str) -> Result<(usize, f32)> {
+    let v: Value = serde_json::from_str(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    if v.get("peft_type").and_then(Value::as_str) != Some("LORA") {
+        bail!("{file}: not a LoRA adapter (peft_type must be \"LORA\")");
+    }
+    let rank = v
+        .get("r")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .ok_or_else(|| anyhow!("{file}: 'r' must be a positive integer"))? as usize;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .map(|a| a as f32)
+        .filter(|a| a.is_finite())
+        .ok_or_else(|| anyhow!("{file}: 'lora_alpha' must be a finite number"))?;
+    // Variants that change how the update is scaled or applied: merging them as plain
+    // LoRA would be silently wrong.
+    let set = |key: &str| match v.get(key) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    for key in
+        ["use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save"]
+    {
+        if set(key) {
+            bail!("{file}: '{key}' is set; Keel supports plain LoRA adapters only");
+        }
+    }
+    if let Some(bias) = v.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
+        bail!("{file}: bias = \"{bias}\" is not supported (Keel's adapters train no biases)");
+    }
+    Ok((rank, alpha))
+}
+
 const TARGETS: &str = "q, k, v, o, gate, up, down, or all";
 
 /// The slots `--lora-targets` names ("q,v", "all", ...) cover on this architecture.
@@ -171,43 +210,7 @@ impl Lora {
         let config_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let file = config_path.display().to_string();
-        let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{file}: {e}"))?;
-        if v.get("peft_type").and_then(Value::as_str) != Some("LORA") {
-            bail!("{file}: not a LoRA adapter (peft_type must be \"LORA\")");
-        }
-        let rank = v
-            .get("r")
-            .and_then(Value::as_u64)
-            .filter(|&r| r > 0)
-            .ok_or_else(|| anyhow!("{file}: 'r' must be a positive integer"))? as usize;
-        let alpha = v
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| anyhow!("{file}: missing 'lora_alpha'"))? as f32;
-        // Variants that change how the update is scaled or applied: merging them as plain
-        // LoRA would be silently wrong.
-        let set = |key: &str| match v.get(key) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::Object(m)) => !m.is_empty(),
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(_) => true,
-        };
-        for key in [
-            "use_rslora",
-            "use_dora",
-            "rank_pattern",
-            "alpha_pattern",
-            "layers_to_transform",
-            "modules_to_save",
-        ] {
-            if set(key) {
-                bail!("{file}: '{key}' is set; Keel supports plain LoRA adapters only");
-            }
-        }
-        if let Some(bias) = v.get("bias").and_then(Value::as_str).filter(|b| *b != "none") {
-            bail!("{file}: bias = \"{bias}\" is not supported (Keel's adapters train no biases)");
-        }
+        let (rank, alpha) = parse_adapter_config(&text, &config_path.display().to_string())?;
         let weights_path = dir.join("adapter_model.safetensors");
         let wfile = weights_path.display().to_string();
         let bytes = std::fs::read(&weights_path).with_context(|| format!("reading {wfile}"))?;

@@ -47,7 +47,7 @@ fn usize_of(v: &Value, key: &str, file: &str) -> Result<usize> {
     x.as_u64()
         .filter(|&n| n > 0 && n < (1 << 31))
         .map(|n| n as usize)
-        .ok_or_else(|| anyhow!("{file}: '{key}' must be a positive integer, got {x}"))
+        .ok_or_else(|| anyhow!("{file}: '{key}' must be a positive integer below 2^31, got {x}"))
 }
 
 fn opt_usize(v: &Value, key: &str, file: &str) -> Result<Option<usize>> {
@@ -146,6 +146,13 @@ impl ModelConfig {
                     "{file}: hidden_act '{act}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen2)"
                 );
             }
+            let head_dim = match opt_usize(v, "head_dim", file)? {
+                Some(d) => d,
+                None if hidden.is_multiple_of(heads) => hidden / heads,
+                None => bail!(
+                    "{file}: hidden_size {hidden} is not a multiple of num_attention_heads {heads} (and no head_dim is given)"
+                ),
+            };
             let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
             let attention_bias = bool_of(v, "attention_bias", false);
             ModelConfig {
@@ -155,7 +162,7 @@ impl ModelConfig {
                 layers: usize_of(v, "num_hidden_layers", file)?,
                 heads,
                 kv_heads: opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads),
-                head_dim: opt_usize(v, "head_dim", file)?.unwrap_or(hidden / heads),
+                head_dim,
                 ffn: usize_of(v, "intermediate_size", file)?,
                 norm_eps: f32_of(v, "rms_norm_eps", 1e-6, file)?,
                 rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
@@ -309,6 +316,9 @@ mod tests {
         let bad_heads = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 8,
             "num_hidden_layers": 1, "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 10});
         assert!(err(bad_heads).contains("not a multiple"));
+        let uneven = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 6, "vocab_size": 10});
+        assert!(err(uneven).contains("hidden_size 64 is not a multiple of num_attention_heads 6"));
         let neg = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": -3});
         assert!(err(neg).contains("'hidden_size' must be a positive integer"));
     }

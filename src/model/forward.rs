@@ -116,6 +116,8 @@ impl Head {
 impl GpuModel {
     pub fn upload(gpu: &Gpu, model: &LoadedModel) -> Result<GpuModel> {
         let cfg = &model.config;
+        // Every tensor is checked against the binding limit before any is uploaded.
+        model.weights.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
         let weights = model.weights.try_map(|name, t| gpu.upload_f32(name, &t.shape, &t.data))?;
         let rope = match cfg.rope_theta {
             Some(theta) => {
@@ -143,6 +145,16 @@ impl GpuModel {
         let c = &self.config;
         if len > c.max_positions {
             bail!("{len} positions exceed the model's context of {} tokens", c.max_positions);
+        }
+        // One layer's keys (or values) are one binding.
+        let limit = gpu.limits.max_storage_buffer_binding_size;
+        let position_bytes = (seqs * c.kv_heads * c.head_dim * 4).max(1) as u64;
+        let layer_bytes = position_bytes * len as u64;
+        if layer_bytes > limit {
+            let fits = limit / position_bytes;
+            bail!(
+                "a KV cache of {seqs} x {len} positions needs {layer_bytes} bytes per layer, over this adapter's max_storage_buffer_binding_size of {limit} bytes: at most {fits} positions fit"
+            );
         }
         let shape = [seqs, len, c.kv_heads, c.head_dim];
         let mut k = Vec::new();

@@ -529,9 +529,15 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
         "hidden_act": "silu",
     });
 
+    // Every name first: a file with a stray tensor is refused before anything is
+    // dequantized (which takes up to 7 times the file's size).
+    let names = file
+        .tensors
+        .iter()
+        .map(|info| hf_tensor_name(&info.name, layers, heads, kv_heads))
+        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(file.tensors.len());
-    for info in &file.tensors {
-        let (hf, rope_heads) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    for (info, (hf, rope_heads)) in file.tensors.iter().zip(names) {
         let shape = info
             .dims
             .iter()
@@ -730,12 +736,15 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    const FIXTURE_DIR: &str = "/work/shared/models/smollm2-135m-instruct";
+    /// The SmolLM2 fixture folder, beside the repository as in CI.
+    fn fixture_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/smollm2-135m-instruct")
+    }
 
     fn fixture() -> Option<&'static [u8]> {
         static BYTES: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-        let bytes = BYTES
-            .get_or_init(|| std::fs::read(format!("{FIXTURE_DIR}/SmolLM2-135M-Instruct.Q4_1.gguf")).ok());
+        let bytes =
+            BYTES.get_or_init(|| std::fs::read(fixture_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")).ok());
         if bytes.is_none() {
             eprintln!("skipped: fixture absent");
         }
@@ -1196,8 +1205,7 @@ mod tests {
         let Some(bytes) = fixture() else { return };
         let built: Value =
             serde_json::from_str(&tokenizer_json(&parse(bytes).unwrap()).unwrap().unwrap()).unwrap();
-        let path = format!("{FIXTURE_DIR}/tokenizer.json");
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(text) = std::fs::read_to_string(fixture_dir().join("tokenizer.json")) else {
             eprintln!("skipped: fixture absent");
             return;
         };

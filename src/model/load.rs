@@ -35,8 +35,44 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let bytes = read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))
+    parse_json(&read(path)?, &path.display().to_string())
+}
+
+fn parse_json(bytes: &[u8], file: &str) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| anyhow!("{file}: not valid JSON ({e})"))
+}
+
+/// Reads config.json bytes; `file` names it in errors.
+pub fn parse_config(bytes: &[u8], file: &str) -> Result<ModelConfig> {
+    ModelConfig::from_hf(&parse_json(bytes, file)?, file)
+}
+
+/// Reads generation_config.json bytes: its eos ids (empty when it names none) and the
+/// sampling defaults.
+pub fn parse_generation_config(bytes: &[u8], file: &str) -> Result<(Vec<u32>, GenerationDefaults)> {
+    let v = parse_json(bytes, file)?;
+    Ok((token_ids(v.get("eos_token_id")), generation_defaults(&v)))
+}
+
+/// Reads model.safetensors.index.json bytes: the shard file names, each once, in order of
+/// first mention. A shard is a file beside the index, never a path elsewhere.
+pub fn parse_shard_index(bytes: &[u8], file: &str) -> Result<Vec<String>> {
+    let map = parse_json(bytes, file)?;
+    let weight_map = map
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow!("{file}: no 'weight_map' object"))?;
+    let (mut shards, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    for (name, shard) in weight_map {
+        let shard = shard.as_str().ok_or_else(|| anyhow!("{file}: shard of '{name}' is not a string"))?;
+        if shard.is_empty() || shard.contains(['/', '\\', ':']) || shard.starts_with('.') {
+            bail!("{file}: shard name '{shard}' must be a plain file name");
+        }
+        if seen.insert(shard) {
+            shards.push(shard.to_string());
+        }
+    }
+    Ok(shards)
 }
 
 /// Checks a safetensors file's framing before the safetensors crate reads it, so that
@@ -151,27 +187,10 @@ fn safetensors_tensors(dir: &Path) -> Result<(Vec<HostTensor>, PathBuf)> {
     if !index.is_file() {
         bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
     }
-    let map = read_json(&index)?;
-    let weight_map = map
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| anyhow!("{}: no 'weight_map' object", index.display()))?;
-    let mut shards: Vec<&str> = Vec::new();
-    for (name, shard) in weight_map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| anyhow!("{}: shard of '{name}' is not a string", index.display()))?;
-        // A shard is a file beside the index, never a path elsewhere.
-        if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-            bail!("{}: shard name '{shard}' must be a plain file name", index.display());
-        }
-        if !shards.contains(&shard) {
-            shards.push(shard);
-        }
-    }
+    let shards = parse_shard_index(&read(&index)?, &index.display().to_string())?;
     let mut out = Vec::new();
     for shard in shards {
-        let p = dir.join(shard);
+        let p = dir.join(&shard);
         out.extend(read_safetensors(&read(&p)?, &p.display().to_string())?);
     }
     Ok((out, index))
@@ -216,12 +235,11 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     let gen_path = dir.join("generation_config.json");
     let mut generation = GenerationDefaults::default();
     if gen_path.is_file() {
-        let g = read_json(&gen_path)?;
-        let eos = token_ids(g.get("eos_token_id"));
+        let eos;
+        (eos, generation) = parse_generation_config(&read(&gen_path)?, &gen_path.display().to_string())?;
         if !eos.is_empty() {
             config.eos = eos;
         }
-        generation = generation_defaults(&g);
     }
     let mut by_name = HashMap::new();
     for t in tensors {

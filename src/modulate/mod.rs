@@ -63,6 +63,10 @@ pub fn parse_scales(s: &str) -> Result<Vec<(f32, f32)>> {
         .collect()
 }
 
+/// Block indices `--lcm-layers` may name: far beyond any model, and small enough that a
+/// range of them is cheap to list.
+const MAX_BLOCKS: usize = 1 << 16;
+
 /// Parses `"A-B"` (both ends included) or a single block `"A"`.
 pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
     let bad = || anyhow!("--lcm-layers: expected a block range like 15-29, got '{s}'");
@@ -70,6 +74,9 @@ pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
     let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
     if a > b {
         return Err(bad());
+    }
+    if b >= MAX_BLOCKS {
+        bail!("--lcm-layers: block {b} is out of range (Keel's models have fewer than {MAX_BLOCKS} blocks)");
     }
     Ok((a..=b).collect())
 }
@@ -369,6 +376,9 @@ mod tests {
         assert_eq!(parse_layers("2-4").unwrap(), vec![2, 3, 4]);
         assert_eq!(parse_layers("3").unwrap(), vec![3]);
         assert!(parse_layers("4-2").is_err() && parse_layers("x").is_err());
+        // A range that would list 2^64 blocks is refused before anything is allocated.
+        let msg = parse_layers("0-18446744073709551615").unwrap_err().to_string();
+        assert!(msg.contains("block 18446744073709551615 is out of range"), "{msg}");
         let c = LcmConfig::from_json(
             &json!({"gamma": 0.6, "rho": 0.9, "tau": 0.05, "kappa": 20.0, "layers": [2, 3, 4], "keep_norm": true}),
             "cfg.json",

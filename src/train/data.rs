@@ -27,8 +27,24 @@ impl TrainData {
     /// Reads `path` as described in the module docs; ids must be below `vocab`.
     pub fn from_file(path: &Path, tokenizer: &Tokenizer, seq_len: usize, vocab: usize) -> Result<TrainData> {
         let file = path.display().to_string();
-        ensure!(seq_len >= 1, "--seq-len must be at least 1, got {seq_len}");
         let bytes = std::fs::read(path).with_context(|| format!("{file}: cannot read"))?;
+        let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+        TrainData::from_bytes(bytes, &file, jsonl, tokenizer, seq_len, vocab)
+    }
+
+    /// Reads a data file's contents: `.jsonl` rows when `jsonl`, else text; `file` names it
+    /// in errors.
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        file: &str,
+        jsonl: bool,
+        tokenizer: &Tokenizer,
+        seq_len: usize,
+        vocab: usize,
+    ) -> Result<TrainData> {
+        ensure!(seq_len >= 1, "--seq-len must be at least 1, got {seq_len}");
+        // A row holds seq_len + 1 ids, which must not wrap around.
+        ensure!(seq_len < u32::MAX as usize, "--seq-len {seq_len} is too large");
         ensure!(!bytes.is_empty(), "{file}: the file is empty");
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
@@ -37,10 +53,10 @@ impl TrainData {
         })?;
         // Editors on Windows may start a file with a byte-order mark; it is not content.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let rows = if path.extension().is_some_and(|e| e == "jsonl") {
-            parse_jsonl(text, &file, seq_len, vocab)?
+        let rows = if jsonl {
+            parse_jsonl(text, file, seq_len, vocab)?
         } else {
-            pack_text(text, &file, tokenizer, seq_len, vocab)?
+            pack_text(text, file, tokenizer, seq_len, vocab)?
         };
         Ok(TrainData { rows, seq_len })
     }

@@ -1,0 +1,100 @@
+//! One entry point per parser of outside bytes, shared by the fuzz targets and by
+//! `tests/fuzz_regressions.rs` (which includes this file), so a kept input runs through
+//! exactly what the fuzzer ran. Each returns the parser's verdict; none may panic.
+
+use anyhow::{anyhow, Result};
+use keel::model::{adapter, gguf, load};
+use keel::modulate::{self, LcmConfig};
+use keel::tokenize::Tokenizer;
+use keel::train::data::TrainData;
+
+/// A tokenizer for the text path of the data reader: whitespace words over a tiny vocabulary.
+const WORDS_TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+    "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+    "post_processor": null, "decoder": null,
+    "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "the": 1, "a": 2, ".": 3}, "unk_token": "<unk>"}}"#;
+
+/// The model-file layers a fuzzed config is checked against (as `validate` would be).
+const LAYERS: usize = 30;
+
+fn text(data: &[u8]) -> Result<&str> {
+    std::str::from_utf8(data).map_err(|e| anyhow!("not UTF-8 ({e})"))
+}
+
+pub fn safetensors(data: &[u8]) -> Result<()> {
+    load::read_safetensors(data, "fuzz.safetensors").map(drop)
+}
+
+pub fn shard_index(data: &[u8]) -> Result<()> {
+    load::parse_shard_index(data, "fuzz.index.json").map(drop)
+}
+
+/// Header, metadata and tensor table, then (if those parse) the conversion to Hugging Face
+/// tensors with dequantization, and the tokenizer built from the vocabulary.
+pub fn gguf(data: &[u8]) -> Result<()> {
+    let file = gguf::parse(data)?;
+    gguf::tokenizer_json(&file)?;
+    gguf::to_hf(data).map(drop)
+}
+
+pub fn config_json(data: &[u8]) -> Result<()> {
+    load::parse_config(data, "config.json").map(drop)
+}
+
+pub fn generation_config(data: &[u8]) -> Result<()> {
+    load::parse_generation_config(data, "generation_config.json").map(drop)
+}
+
+/// tokenizer.json, then one encode and decode with it.
+pub fn tokenizer_json(data: &[u8]) -> Result<()> {
+    let tok = Tokenizer::from_json(text(data)?, "tokenizer.json")?;
+    let ids = tok.encode("Once upon a time, 42 cats.")?;
+    tok.decode(&ids)?;
+    tok.id_bound();
+    Ok(())
+}
+
+/// The first byte picks the format (odd: .jsonl) and the sequence length (1 to 64).
+pub fn train_data(data: &[u8]) -> Result<()> {
+    let Some((&mode, rest)) = data.split_first() else { return Ok(()) };
+    let tok = Tokenizer::from_json(WORDS_TOKENIZER, "words")?;
+    let seq_len = usize::from(mode >> 1) % 64 + 1;
+    TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, &tok, seq_len, 1000).map(drop)
+}
+
+/// `--lcm-scales`, `--lcm-layers` and `--lcm-space` values, one per line.
+pub fn lcm_flags(data: &[u8]) -> Result<()> {
+    let mut lines = text(data)?.splitn(3, '\n');
+    let mut c =
+        LcmConfig { scales: modulate::parse_scales(lines.next().unwrap_or(""))?, ..Default::default() };
+    c.layers = Some(modulate::parse_layers(lines.next().unwrap_or(""))?);
+    c.space = modulate::parse_space(lines.next().unwrap_or(""))?;
+    c.validate(LAYERS)
+}
+
+/// An `--lcm-config` file, then the same checks the CLI makes.
+pub fn lcm_config(data: &[u8]) -> Result<()> {
+    let v = serde_json::from_slice(data)?;
+    LcmConfig::from_json(&v, "lcm.json")?.validate(LAYERS)
+}
+
+pub fn adapter_config(data: &[u8]) -> Result<()> {
+    adapter::parse_adapter_config(text(data)?, "adapter_config.json").map(drop)
+}
+
+/// A parser's entry point: its verdict on some bytes.
+pub type Entry = fn(&[u8]) -> Result<()>;
+
+/// Every target by name (the name of its fuzz binary and of its kept-inputs folder).
+pub const TARGETS: &[(&str, Entry)] = &[
+    ("safetensors", safetensors),
+    ("shard_index", shard_index),
+    ("gguf", gguf),
+    ("config_json", config_json),
+    ("generation_config", generation_config),
+    ("tokenizer_json", tokenizer_json),
+    ("train_data", train_data),
+    ("lcm_flags", lcm_flags),
+    ("lcm_config", lcm_config),
+    ("adapter_config", adapter_config),
+];
