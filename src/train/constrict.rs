@@ -101,6 +101,7 @@ impl Hgc {
     }
 
     /// λ per kind, one value per block (read back).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_lambda(&self, gpu: &Gpu) -> Result<LambdaTable> {
         let all = gpu.read_f32(&self.lambda)?;
         Ok(self.kinds().into_iter().zip(all.chunks(self.n_layers).map(<[f32]>::to_vec)).collect())
