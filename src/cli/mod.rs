@@ -3,6 +3,7 @@
 mod bench;
 mod finetune;
 mod info;
+mod serve;
 mod text;
 
 use crate::generate::SamplerConfig;
@@ -42,6 +43,8 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Merge a LoRA adapter folder (--adapter DIR) into its base model and save the result
     Merge(finetune::MergeArgs),
+    /// Serve the browser demo (web/) and models on 127.0.0.1
+    Serve(serve::ServeArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -203,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a, &cli.adapter),
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
+        Command::Serve(a) => serve::run(a),
     }
 }
 
