@@ -132,10 +132,13 @@ impl<'m> Session<'m> {
             step.submit()?;
             self.len += n;
             if let Some((_, count)) = head_rows {
-                stats.extend(RowStats::parse(&self.gpu.read_f32_range_async(&self.head.stats, 0, 4 * count).await?));
+                stats.extend(RowStats::parse(
+                    &self.gpu.read_f32_range_async(&self.head.stats, 0, 4 * count).await?,
+                ));
                 if last_chunk {
                     let v = vocab;
-                    last_logits = self.gpu.read_f32_range_async(&self.head.logits, (count - 1) * v, v).await?;
+                    last_logits =
+                        self.gpu.read_f32_range_async(&self.head.logits, (count - 1) * v, v).await?;
                 }
             }
         }

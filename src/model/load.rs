@@ -34,11 +34,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    let bytes = read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))
-}
-
 /// Checks a safetensors file's framing before the safetensors crate reads it, so that
 /// errors name the tensor and what was expected: a header inside the file, data ranges
 /// that match each tensor's dtype and shape, and ranges that tile the data exactly.
@@ -141,29 +136,33 @@ fn find(path: &Path) -> Result<Layout> {
     }
 }
 
-/// The tensors of a safetensors folder, with the file that lists them (for errors).
-fn safetensors_tensors(dir: &Path) -> Result<(Vec<HostTensor>, PathBuf)> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    if single.is_file() {
-        return Ok((read_safetensors(&read(&single)?, &single.display().to_string())?, single));
+/// A model folder's files by name: `Ok(None)` when absent. On disk it reads the folder; in
+/// the browser it looks in the files the page fetched or was given.
+pub type ReadFile<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>> + 'a;
+
+/// The tensors of a safetensors model, with the file that lists them (for errors).
+/// `shown` names a file in messages.
+fn safetensors_tensors(read: &ReadFile, shown: &dyn Fn(&str) -> String) -> Result<(Vec<HostTensor>, String)> {
+    let (single, index) = ("model.safetensors", "model.safetensors.index.json");
+    if let Some(bytes) = read(single)? {
+        return Ok((read_safetensors(&bytes, &shown(single))?, shown(single)));
     }
-    if !index.is_file() {
-        bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
-    }
-    let map = read_json(&index)?;
+    let Some(map) = read(index)? else {
+        bail!("{}: no model.safetensors or model.safetensors.index.json", shown(""));
+    };
+    let map: Value =
+        serde_json::from_slice(&map).map_err(|e| anyhow!("{}: not valid JSON ({e})", shown(index)))?;
     let weight_map = map
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| anyhow!("{}: no 'weight_map' object", index.display()))?;
+        .ok_or_else(|| anyhow!("{}: no 'weight_map' object", shown(index)))?;
     let mut shards: Vec<&str> = Vec::new();
     for (name, shard) in weight_map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| anyhow!("{}: shard of '{name}' is not a string", index.display()))?;
+        let shard =
+            shard.as_str().ok_or_else(|| anyhow!("{}: shard of '{name}' is not a string", shown(index)))?;
         // A shard is a file beside the index, never a path elsewhere.
         if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-            bail!("{}: shard name '{shard}' must be a plain file name", index.display());
+            bail!("{}: shard name '{shard}' must be a plain file name", shown(index));
         }
         if !shards.contains(&shard) {
             shards.push(shard);
@@ -171,10 +170,11 @@ fn safetensors_tensors(dir: &Path) -> Result<(Vec<HostTensor>, PathBuf)> {
     }
     let mut out = Vec::new();
     for shard in shards {
-        let p = dir.join(shard);
-        out.extend(read_safetensors(&read(&p)?, &p.display().to_string())?);
+        let bytes =
+            read(shard)?.ok_or_else(|| anyhow!("{}: cannot read (listed in {index})", shown(shard)))?;
+        out.extend(read_safetensors(&bytes, &shown(shard))?);
     }
-    Ok((out, index))
+    Ok((out, shown(index)))
 }
 
 fn generation_defaults(v: &Value) -> GenerationDefaults {
@@ -191,32 +191,77 @@ fn generation_defaults(v: &Value) -> GenerationDefaults {
 
 /// Loads config, weights (f32, Keel's layout), tokenizer and generation defaults.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    let (dir, hf_config, tensors, weights_file, gguf_tokenizer) = match find(path)? {
-        Layout::Safetensors(dir) => {
-            let cfg = read_json(&dir.join("config.json"))?;
-            let (tensors, file) = safetensors_tensors(&dir)?;
-            (dir, cfg, tensors, file, None)
-        }
+    let (dir, gguf) = match find(path)? {
+        Layout::Safetensors(dir) => (dir, None),
         Layout::Gguf(file) => {
-            let bytes = read(&file)?;
-            let name = file.display().to_string();
+            let name = file.file_name().and_then(|n| n.to_str()).map(str::to_string);
+            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), name)
+        }
+    };
+    let read_in_dir = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        if p.is_file() {
+            read(&p).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let shown = |name: &str| dir.join(name).display().to_string();
+    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref())?;
+    model.path = path.to_path_buf();
+    Ok(model)
+}
+
+/// Loads a model from its files given by name (the browser's file picker or fetches):
+/// config.json + safetensors, or one `.gguf`, with tokenizer.json and generation_config.json.
+pub fn load_files(files: &HashMap<String, Vec<u8>>) -> Result<LoadedModel> {
+    let ggufs: Vec<&String> = files.keys().filter(|n| n.ends_with(".gguf")).collect();
+    let gguf = match (files.contains_key("config.json"), ggufs.as_slice()) {
+        (true, _) => None,
+        (false, [one]) => Some(one.as_str()),
+        (false, []) => {
+            bail!("no config.json and no .gguf file among {:?}: not a model", sorted(files.keys()))
+        }
+        (false, _) => bail!("several .gguf files ({:?}); give one", sorted(ggufs.into_iter())),
+    };
+    let read = |name: &str| Ok(files.get(name).cloned());
+    load_from(&read, &|name: &str| name.to_string(), gguf)
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut v: Vec<_> = names.collect();
+    v.sort();
+    v
+}
+
+/// The loader proper: `gguf` names the weights file of a GGUF model, else the folder holds
+/// config.json and safetensors.
+fn load_from(read: &ReadFile, shown: &dyn Fn(&str) -> String, gguf: Option<&str>) -> Result<LoadedModel> {
+    let read_json = |name: &str| -> Result<Option<Value>> {
+        read(name)?
+            .map(|b| serde_json::from_slice(&b).map_err(|e| anyhow!("{}: not valid JSON ({e})", shown(name))))
+            .transpose()
+    };
+    let (hf_config, tensors, weights_file, gguf_tokenizer, config_name) = match gguf {
+        None => {
+            let cfg =
+                read_json("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
+            let (tensors, file) = safetensors_tensors(read, shown)?;
+            (cfg, tensors, file, None, shown("config.json"))
+        }
+        Some(file) => {
+            let name = shown(file);
+            let bytes = read(file)?.ok_or_else(|| anyhow!("{name}: cannot read"))?;
             let (cfg, tensors) = gguf::to_hf(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let parsed = gguf::parse(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let tok = gguf::tokenizer_json(&parsed).map_err(|e| anyhow!("{name}: {e:#}"))?;
-            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), cfg, tensors, file, tok)
+            // A GGUF's config comes from its metadata.
+            (cfg, tensors, name.clone(), tok, name)
         }
     };
-    // A GGUF's config comes from its metadata.
-    let config_file = match weights_file.extension() {
-        Some(e) if e == "gguf" => weights_file.clone(),
-        _ => dir.join("config.json"),
-    };
-    let config_name = config_file.display().to_string();
     let mut config = ModelConfig::from_hf(&hf_config, &config_name)?;
-    let gen_path = dir.join("generation_config.json");
     let mut generation = GenerationDefaults::default();
-    if gen_path.is_file() {
-        let g = read_json(&gen_path)?;
+    if let Some(g) = read_json("generation_config.json")? {
         let eos = token_ids(g.get("eos_token_id"));
         if !eos.is_empty() {
             config.eos = eos;
@@ -227,16 +272,14 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     for t in tensors {
         by_name.insert(t.name.clone(), t);
     }
-    let weights = Weights::from_hf(&config, by_name, &weights_file.display().to_string())?;
-    let tok_path = dir.join("tokenizer.json");
-    let (tok_json, tok_name) = if tok_path.is_file() {
-        let text =
-            String::from_utf8(read(&tok_path)?).map_err(|_| anyhow!("{}: not UTF-8", tok_path.display()))?;
-        (text, tok_path.display().to_string())
+    let weights = Weights::from_hf(&config, by_name, &weights_file)?;
+    let (tok_json, tok_name) = if let Some(bytes) = read("tokenizer.json")? {
+        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8", shown("tokenizer.json")))?;
+        (text, shown("tokenizer.json"))
     } else if let Some(json) = gguf_tokenizer {
-        (json, format!("{} (GGUF vocabulary)", weights_file.display()))
+        (json, format!("{weights_file} (GGUF vocabulary)"))
     } else {
-        bail!("{}: not found (Keel needs the model's tokenizer.json)", tok_path.display());
+        bail!("{}: not found (Keel needs the model's tokenizer.json)", shown("tokenizer.json"));
     };
     let tokenizer = Tokenizer::from_json(&tok_json, &tok_name)?;
     if tokenizer.id_bound() > config.vocab {
@@ -246,7 +289,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             config.vocab
         );
     }
-    Ok(LoadedModel { config, weights, tokenizer, generation, path: path.to_path_buf() })
+    Ok(LoadedModel { config, weights, tokenizer, generation, path: PathBuf::from(shown("")) })
 }
 
 #[cfg(test)]
