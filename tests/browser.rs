@@ -1,7 +1,7 @@
 //! The demo page in headless Chromium (WebGPU on SwiftShader), driven through its own
 //! controls by `tests/browser/run.mjs` (playwright-core): stories260k served by
 //! `keel serve` and loaded with one click gives the same greedy tokens as the native
-//! `keel generate --json`, without and with LCM; 5 fine-tuning steps give the native
+//! `keel generate --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give the native
 //! `keel finetune` losses (and the loss falls); the page requests nothing from another
 //! origin; the screenshot is not blank. Skips visibly without node, Chromium, the npm
 //! dependencies or the built page (scripts/build-web.sh).
@@ -116,6 +116,13 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         got["plain"]["status"]
     );
     assert_eq!(got["lcm"]["ids"], lcm, "greedy tokens with LCM = keel generate ({})", got["lcm"]["status"]);
+    let both = &got["side_by_side"];
+    assert_eq!(
+        (&both["ids"], &both["ids_b"]),
+        (&plain, &lcm),
+        "side by side: baseline and LCM ({})",
+        both["status"]
+    );
 
     let page_losses: Vec<f64> = serde_json::from_value(got["finetune"]["losses"].clone())
         .unwrap_or_else(|_| panic!("no losses: {}", got["finetune"]["status"]));

@@ -33,12 +33,12 @@ try {
     || document.getElementById('status').classList.contains('error'), null, { timeout: 2 * minutes });
   out.adapter = await page.locator('#adapter').textContent();
 
-  async function generate(lcm) {
+  async function generate(lcm, sideBySide = false) {
     await page.fill('#prompt', s.prompt);
     await page.fill('#max-tokens', String(s.max_tokens));
     await page.fill('#temperature', '0');
     await page.setChecked('#lcm-on', !!lcm);
-    await page.setChecked('#side-by-side', false);
+    await page.setChecked('#side-by-side', sideBySide);
     if (lcm) {
       await page.fill('#lcm-gamma', String(lcm.gamma));
       await page.fill('#lcm-layers', lcm.layers);
@@ -46,12 +46,15 @@ try {
     await page.click('#generate');
     await page.waitForFunction(() => document.getElementById('outputs').dataset.done
       || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
-    const ids = await page.locator('#out-a').getAttribute('data-ids');
-    return { ids: ids && JSON.parse(ids), status: await page.locator('#status').textContent(),
+    const ids = async (id) => JSON.parse(await page.locator(id).getAttribute('data-ids'));
+    return { ids: await ids('#out-a'), ids_b: sideBySide ? await ids('#out-b') : null,
+      status: await page.locator('#status').textContent(),
       decode_tps: Number(await page.locator('#speed').getAttribute('data-decode-tps')) };
   }
   out.plain = await generate(null);
   out.lcm = await generate(s.lcm);
+  // Baseline and modulated in one click, the way the page shows them side by side.
+  out.side_by_side = await generate(s.lcm, true);
 
   if (s.finetune) {
     await page.fill('#ft-text', s.finetune.text);
