@@ -236,7 +236,7 @@ async function finetune() {
       batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value) });
     const done = JSON.parse(await model.finetune(req, (step, loss) => {
       losses.push(loss);
-      plot($('plot-loss'), [{ values: losses, color: '#2a9d4b' }]);
+      plot($('plot-loss'), [{ values: losses, color: '#2a9d4b' }], 'steps');
       $('ft-result').textContent = `step ${step + 1}: loss ${loss.toFixed(4)}`;
     }));
     $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
@@ -250,8 +250,8 @@ async function finetune() {
   }
 }
 
-// A line chart of one or more series on a canvas, y from 0 to the largest value.
-function plot(canvas, series) {
+// A line chart of one or more series on a canvas, y from 0 to the largest value, x in `unit`s.
+function plot(canvas, series, unit = 'tokens') {
   const ctx = canvas.getContext('2d');
   const { width: w, height: h } = canvas;
   const pad = 28;
@@ -268,7 +268,7 @@ function plot(canvas, series) {
   ctx.stroke();
   ctx.fillText(top.toPrecision(3), 2, 12);
   ctx.fillText('0', 14, h - pad);
-  ctx.fillText(`${n} tokens`, w - 70, h - 10);
+  ctx.fillText(`${n} ${unit}`, w - 70, h - 10);
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
