@@ -1,8 +1,9 @@
 //! The demo page in headless Chromium (WebGPU on SwiftShader), driven through its own
-//! controls by `tests/browser/run.mjs` (playwright-core): stories260k served by
-//! `keel serve` and loaded with one click gives the same greedy tokens as the native
-//! `keel generate --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give the native
-//! `keel finetune` losses (and the loss falls); the page requests nothing from another
+//! controls by `tests/browser/run.mjs` (playwright-core): stories260k served by `keel serve`
+//! and loaded with one click gives the same greedy tokens as the native `keel generate
+//! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
+//! the native `keel finetune` losses (and the loss falls); files that are not a model are
+//! refused in words and the page stays usable; the page requests nothing from another
 //! origin; the screenshot is not blank. Skips visibly without node, Chromium, the npm
 //! dependencies or the built page (scripts/build-web.sh).
 
@@ -105,6 +106,10 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     eprintln!("browser: {}", got["adapter"]);
     assert!(got.get("error").is_none(), "{got:#}");
+
+    let refusals: Vec<String> = serde_json::from_value(got["refusals"].clone()).unwrap();
+    assert!(refusals[0].contains("notes.txt") && refusals[0].contains("model file"), "{}", refusals[0]);
+    assert!(refusals[1].contains("config.json: not valid JSON"), "{}", refusals[1]);
 
     let plain = native_ids(&model, &[]);
     let lcm = native_ids(&model, &["--lcm-gamma", "0.2", "--lcm-layers", "2-4"]);

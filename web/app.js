@@ -108,8 +108,10 @@ async function loadModel(label, read) {
   try {
     const pairs = await read();
     const t0 = performance.now();
-    if (model) { model.free(); model = null; }
-    model = engine.load(pairs.map((p) => p[0]), pairs.map((p) => p[1]));
+    // The previous model stays loaded until the new one has loaded.
+    const loaded = engine.load(pairs.map((p) => p[0]), pairs.map((p) => p[1]));
+    if (model) model.free();
+    model = loaded;
     const info = JSON.parse(model.info());
     $('model-info').textContent = `${label}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
       `vocabulary ${info.vocab}, context ${info.context}, ${(info.params / 1e6).toFixed(2)} M parameters ` +

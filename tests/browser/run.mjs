@@ -1,7 +1,7 @@
 // Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
-// controls, for tests/browser.rs: loads the served stories260k with one click, generates
-// greedily without and with LCM, fine-tunes a few steps, saves a screenshot and counts its
-// distinct colours. Prints one JSON object on stdout.
+// controls, for tests/browser.rs: offers it files that are not a model, loads the served
+// stories260k with one click, generates greedily without and with LCM, fine-tunes a few
+// steps, saves a screenshot and counts its distinct colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
 //   {url, model, prompt, max_tokens, lcm: {gamma, layers}, finetune: {text, steps, lr}, screenshot}
@@ -28,6 +28,20 @@ try {
   page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
   const minutes = 60_000;
   await page.goto(s.url);
+  await page.waitForFunction(() => document.querySelector('.model-list button')
+    || document.getElementById('status').classList.contains('error'), null, { timeout: 2 * minutes });
+  // Files that are not a model: the page says so in words, and stays usable.
+  const refusal = async (files) => {
+    await page.setInputFiles('#pick-files', files.map(([name, text]) => ({ name, mimeType: 'application/octet-stream',
+      buffer: Buffer.from(text) })));
+    await page.waitForFunction(() => document.getElementById('status').classList.contains('error'), null,
+      { timeout: minutes });
+    return page.locator('#status').textContent();
+  };
+  out.refusals = [
+    await refusal([['notes.txt', 'hello']]),
+    await refusal([['config.json', '{"model_type": "llama"'], ['model.safetensors', 'not a safetensors file']]),
+  ];
   await page.locator(`button[data-model="${s.model}"]`).click({ timeout: 2 * minutes });
   await page.waitForFunction(() => document.getElementById('model-info').dataset.loaded
     || document.getElementById('status').classList.contains('error'), null, { timeout: 2 * minutes });
