@@ -138,6 +138,22 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         assert!((p - c).abs() <= 1e-5 + 1e-4 * c.abs(), "step {step}: page loss {p}, keel finetune {c}");
     }
 
+    // The weights came header first, then one Range request per tensor.
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let tensors = header.keys().filter(|k| *k != "__metadata__").count();
+    let ranges: Vec<&str> = got["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r.as_str().unwrap().strip_prefix(&format!("{origin}models/stories260k/model.safetensors "))
+        })
+        .collect();
+    assert_eq!(ranges[..2], ["bytes=0-7".to_string(), format!("bytes=8-{}", 8 + n - 1)]);
+    assert_eq!(ranges.len(), 2 + tensors, "one request per tensor: {ranges:?}");
+
     for url in got["requests"].as_array().unwrap() {
         assert!(url.as_str().unwrap().starts_with(&origin), "request to another origin: {url}");
     }

@@ -86,10 +86,53 @@ async function listServerModels() {
 
 async function loadFromServer(name, files) {
   await loadModel(name, async () => Promise.all(files.map(async (f) => {
-    const r = await fetch(`models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`);
+    const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
+    if (f.name.endsWith('.safetensors')) return [f.name, await fetchSafetensors(url, f.name, f.size)];
+    const r = await fetch(url);
     if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
     return [f.name, new Uint8Array(await r.arrayBuffer())];
   })));
+}
+
+async function fetchRange(url, file, first, last) {
+  const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
+  if (r.status !== 206) throw new Error(`${file}: the server answered HTTP ${r.status} to a Range request`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// A safetensors file header first, then tensor by tensor (HTTP Range): a tensor over the
+// adapter's binding limit is refused before any weight is downloaded.
+async function fetchSafetensors(url, file, size) {
+  const limit = JSON.parse(engine.adapter()).max_storage_buffer_binding_size;
+  const lengthBytes = await fetchRange(url, file, 0, 7);
+  const n = Number(new DataView(lengthBytes.buffer).getBigUint64(0, true));
+  if (8 + n > size) throw new Error(`${file}: header length ${n} runs past the end of the file (${size} bytes)`);
+  const headerBytes = await fetchRange(url, file, 8, 8 + n - 1);
+  let header;
+  try {
+    header = JSON.parse(new TextDecoder().decode(headerBytes));
+  } catch (e) {
+    throw new Error(`${file}: the header is not JSON (${message(e)})`);
+  }
+  const tensors = Object.entries(header).filter(([k]) => k !== '__metadata__');
+  for (const [name, t] of tensors) {
+    const f32Bytes = t.shape.reduce((a, d) => a * d, 4);
+    if (f32Bytes > limit) {
+      throw new Error(`${file}: tensor '${name}' (shape [${t.shape}]) needs ${f32Bytes} bytes as f32 in one binding, ` +
+        `over this adapter's max_storage_buffer_binding_size of ${limit} bytes`);
+    }
+  }
+  const bytes = new Uint8Array(size);
+  bytes.set(lengthBytes, 0);
+  bytes.set(headerBytes, 8);
+  let done = 0;
+  for (const [name, t] of tensors) {
+    const [a, b] = t.data_offsets;
+    if (8 + n + b > size) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
+    if (b > a) bytes.set(await fetchRange(url, file, 8 + n + a, 8 + n + b - 1), 8 + n + a);
+    status(`Loading ${file}: tensor ${++done} of ${tensors.length}`);
+  }
+  return bytes;
 }
 
 async function loadLocal(fileList) {

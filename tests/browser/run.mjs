@@ -23,7 +23,7 @@ const browser = await chromium.launchPersistentContext(profile, {
 const out = { requests: [], console: [] };
 try {
   const page = browser.pages()[0] ?? await browser.newPage();
-  page.on('request', (r) => out.requests.push(r.url()));
+  page.on('request', (r) => out.requests.push(r.headers().range ? `${r.url()} ${r.headers().range}` : r.url()));
   page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
   const minutes = 60_000;
