@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::server::serve;
+use common::server::{serve, serve_with};
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -108,6 +108,23 @@ fn no_path_leaves_the_served_folders() {
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 403"), "another site's Host (DNS rebinding) is refused: {raw}");
+}
+
+#[test]
+fn offers_the_models_in_keels_cache() {
+    let Some(model) = stories() else { return };
+    let cache = TempDir::new("serve-cache");
+    let cached = cache.path("models/cached-stories");
+    std::fs::create_dir_all(&cached).unwrap();
+    std::fs::copy(model.join("config.json"), cached.join("config.json")).unwrap();
+    std::fs::create_dir_all(cache.path("models/not-a-model")).unwrap();
+    let server = serve_with(&[], &cache.0);
+    let list: serde_json::Value = serde_json::from_slice(&get(server.port, "/models.json", "").body).unwrap();
+    let names: Vec<&str> =
+        list["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cached-stories"], "the cached model folder, not the folder without a model");
+    let config = get(server.port, "/models/cached-stories/config.json", "");
+    assert_eq!(config.body, std::fs::read(model.join("config.json")).unwrap());
 }
 
 #[test]

@@ -18,9 +18,15 @@ impl Drop for Server {
 
 /// Serves `web/` and `model` (and no cache: KEEL_CACHE points at nothing).
 pub fn serve(model: &Path) -> Server {
+    serve_with(&["--model", model.to_str().unwrap()], &super::shared().join("no-cache-here"))
+}
+
+/// Serves `web/` with these extra arguments and Keel's cache at `cache`.
+pub fn serve_with(args: &[&str], cache: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--port", "0", "--model", model.to_str().unwrap()])
-        .env("KEEL_CACHE", super::shared().join("no-cache-here"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .env("KEEL_CACHE", cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
