@@ -1,14 +1,17 @@
 //! The browser build's API (wasm-bindgen): the same engine as the CLI, with the read-backs
 //! awaited instead of blocked on. `web/app.js` drives it:
-//! `Engine.open()` → `engine.load(names, bytes)` → `model.generate(...)` / `model.finetune(...)`.
+//! `Engine.open()` → `engine.load(loader)` (a [`Loader`] filled file by file and tensor by
+//! tensor) → `model.generate(...)` / `model.finetune(...)`.
 //! Settings and results cross as JSON strings so that the JS side needs no generated classes
-//! beyond these two.
+//! beyond these three.
 
 use crate::cpu::optim::AdamW;
 use crate::cpu::stats::logit_stats;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::model::{load::load_files, GpuModel, LoadedModel};
+use crate::model::load::{load_files, streamed_tensor};
+use crate::model::weights::HostTensor;
+use crate::model::{GpuModel, LoadedModel};
 use crate::modulate::LcmConfig;
 use crate::tokenize::TextStream;
 use crate::train::data::{pack_text, TrainData};
@@ -56,17 +59,50 @@ impl Engine {
         .to_string()
     }
 
-    /// Loads a model from its files (config.json + safetensors + tokenizer.json, or one
-    /// .gguf) given as parallel arrays of names and bytes, and uploads it to the GPU.
-    pub fn load(&self, names: Vec<String>, bytes: Vec<js_sys::Uint8Array>) -> Result<Model, JsValue> {
-        let files: HashMap<String, Vec<u8>> =
-            names.into_iter().zip(bytes.iter().map(|b| b.to_vec())).collect();
-        let host = load_files(&files).map_err(js_err)?;
+    /// Loads the model the loader was given and uploads it to the GPU.
+    pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
+        let host = load_files(&loader.files, loader.tensors).map_err(js_err)?;
         let gpu_model = GpuModel::upload(self.gpu, &host)
             .map_err(|e| anyhow!("the model does not fit this adapter: {e:#}"))
             .map_err(js_err)?;
         self.gpu.check_lost().map_err(js_err)?;
         Ok(Model { gpu: self.gpu, host: Rc::new(host), gpu_model: Rc::new(RefCell::new(Rc::new(gpu_model))) })
+    }
+}
+
+/// A model's files as they arrive: whole small files (config.json, tokenizer.json, a .gguf)
+/// and safetensors tensors one at a time, so a safetensors file is never whole in memory.
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct Loader {
+    files: HashMap<String, Vec<u8>>,
+    tensors: Vec<HostTensor>,
+}
+
+#[wasm_bindgen]
+impl Loader {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Loader {
+        Loader::default()
+    }
+
+    /// A whole file of the model's folder, by name.
+    pub fn file(&mut self, name: String, bytes: Vec<u8>) {
+        self.files.insert(name, bytes);
+    }
+
+    /// One tensor of safetensors file `file`, as its header entry describes it.
+    pub fn tensor(
+        &mut self,
+        file: &str,
+        name: &str,
+        dtype: &str,
+        shape: Vec<u32>,
+        bytes: &[u8],
+    ) -> Result<(), JsValue> {
+        let shape = shape.into_iter().map(|d| d as usize).collect();
+        self.tensors.push(streamed_tensor(file, name, dtype, shape, bytes).map_err(js_err)?);
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The demo page in headless Chromium (WebGPU on SwiftShader), driven through its own
-//! controls by `tests/browser/run.mjs` (playwright-core): stories260k served by `keel serve`
-//! and loaded with one click gives the same greedy tokens as the native `keel generate
+//! controls by `tests/browser/run.mjs` (playwright-core): stories260k read from local files
+//! through the file picker, and served by `keel serve` and loaded with one click, gives the same greedy tokens as the native `keel generate
 //! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
 //! the native `keel finetune` losses (and the loss falls); files that are not a model are
 //! refused in words and the page stays usable; the page requests nothing from another
@@ -90,8 +90,11 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     let server = serve(&model);
     let origin = format!("http://127.0.0.1:{}/", server.port);
     let screenshot = root.join("target/browser-demo.png");
+    let local_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+        .map(|f| model.join(f));
     let settings = json!({
         "url": origin, "model": "stories260k", "prompt": PROMPT, "max_tokens": TOKENS,
+        "local_files": local_files,
         "lcm": {"gamma": 0.2, "layers": "2-4"},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
         "screenshot": screenshot,
@@ -109,12 +112,14 @@ fn page_generates_and_finetunes_like_the_native_cli() {
 
     let refusals: Vec<String> = serde_json::from_value(got["refusals"].clone()).unwrap();
     assert!(refusals[0].contains("notes.txt") && refusals[0].contains("model file"), "{}", refusals[0]);
-    assert!(refusals[1].contains("config.json: not valid JSON"), "{}", refusals[1]);
+    assert!(refusals[1].contains("model.safetensors: header length"), "{}", refusals[1]);
+    assert!(refusals[2].contains("config.json: not valid JSON"), "{}", refusals[2]);
 
     let plain = native_ids(&model, &[]);
     let lcm = native_ids(&model, &["--lcm-gamma", "0.2", "--lcm-layers", "2-4"]);
     assert_eq!(plain.as_array().unwrap().len(), TOKENS);
     assert_ne!(plain, lcm, "LCM changes these tokens, so the comparison tests it");
+    assert_eq!(got["local"]["ids"], plain, "from local files ({})", got["local"]["status"]);
     assert_eq!(
         got["plain"]["ids"], plain,
         "greedy tokens in the page = keel generate ({})",

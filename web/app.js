@@ -2,7 +2,7 @@
 // WebGPU device, loads a model from this server or from local files, generates with
 // streamed tokens (optionally with LCM, side by side) and fine-tunes. Every request goes
 // to this page's own origin.
-import init, { Engine } from './pkg/keel.js';
+import init, { Engine, Loader } from './pkg/keel.js';
 
 const $ = (id) => document.getElementById(id);
 let engine = null;
@@ -85,32 +85,49 @@ async function listServerModels() {
 }
 
 async function loadFromServer(name, files) {
-  await loadModel(name, async () => Promise.all(files.map(async (f) => {
+  await loadModel(name, (loader) => Promise.all(files.map(async (f) => {
     const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
-    if (f.name.endsWith('.safetensors')) return [f.name, await fetchSafetensors(url, f.name, f.size)];
+    if (f.name.endsWith('.safetensors')) {
+      await streamSafetensors(loader, f.name, f.size, async (first, last) => {
+        const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
+        if (r.status !== 206) throw new Error(`${f.name}: the server answered HTTP ${r.status} to a Range request`);
+        return new Uint8Array(await r.arrayBuffer());
+      });
+      return;
+    }
     const r = await fetch(url);
     if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
-    return [f.name, new Uint8Array(await r.arrayBuffer())];
+    loader.file(f.name, new Uint8Array(await r.arrayBuffer()));
   })));
 }
 
-async function fetchRange(url, file, first, last) {
-  const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
-  if (r.status !== 206) throw new Error(`${file}: the server answered HTTP ${r.status} to a Range request`);
-  return new Uint8Array(await r.arrayBuffer());
+async function loadLocal(fileList) {
+  const files = [...fileList].filter((f) => wanted(f.name));
+  if (!files.length) {
+    status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
+    return;
+  }
+  await loadModel('local files', (loader) => Promise.all(files.map(async (f) => {
+    if (f.name.endsWith('.safetensors')) {
+      await streamSafetensors(loader, f.name, f.size,
+        async (first, last) => new Uint8Array(await f.slice(first, last + 1).arrayBuffer()));
+    } else {
+      loader.file(f.name, new Uint8Array(await f.arrayBuffer()));
+    }
+  })));
 }
 
-// A safetensors file header first, then tensor by tensor (HTTP Range): a tensor over the
-// adapter's binding limit is refused before any weight is downloaded.
-async function fetchSafetensors(url, file, size) {
+// A safetensors file header first, then tensor by tensor (HTTP Range or File.slice, through
+// `readRange(first, last)`), each handed to the loader on its own. A tensor over the
+// adapter's binding limit is refused before any weight is read.
+async function streamSafetensors(loader, file, size, readRange) {
   const limit = JSON.parse(engine.adapter()).max_storage_buffer_binding_size;
-  const lengthBytes = await fetchRange(url, file, 0, 7);
-  const n = Number(new DataView(lengthBytes.buffer).getBigUint64(0, true));
+  if (size < 8) throw new Error(`${file}: ${size} bytes is too short for a safetensors file`);
+  const n = Number(new DataView((await readRange(0, 7)).buffer).getBigUint64(0, true));
   if (8 + n > size) throw new Error(`${file}: header length ${n} runs past the end of the file (${size} bytes)`);
-  const headerBytes = await fetchRange(url, file, 8, 8 + n - 1);
   let header;
   try {
-    header = JSON.parse(new TextDecoder().decode(headerBytes));
+    header = JSON.parse(new TextDecoder().decode(await readRange(8, 8 + n - 1)));
   } catch (e) {
     throw new Error(`${file}: the header is not JSON (${message(e)})`);
   }
@@ -122,37 +139,26 @@ async function fetchSafetensors(url, file, size) {
         `over this adapter's max_storage_buffer_binding_size of ${limit} bytes`);
     }
   }
-  const bytes = new Uint8Array(size);
-  bytes.set(lengthBytes, 0);
-  bytes.set(headerBytes, 8);
   let done = 0;
   for (const [name, t] of tensors) {
     const [a, b] = t.data_offsets;
-    if (8 + n + b > size) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
-    if (b > a) bytes.set(await fetchRange(url, file, 8 + n + a, 8 + n + b - 1), 8 + n + a);
+    if (!(a <= b && 8 + n + b <= size)) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
+    const bytes = b > a ? await readRange(8 + n + a, 8 + n + b - 1) : new Uint8Array(0);
+    loader.tensor(file, name, t.dtype, t.shape, bytes);
     status(`Loading ${file}: tensor ${++done} of ${tensors.length}`);
   }
-  return bytes;
 }
 
-async function loadLocal(fileList) {
-  const files = [...fileList].filter((f) => wanted(f.name));
-  if (!files.length) {
-    status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
-    return;
-  }
-  await loadModel('local files', async () => Promise.all(files.map(async (f) => [f.name, new Uint8Array(await f.arrayBuffer())])));
-}
-
-async function loadModel(label, read) {
+async function loadModel(label, fill) {
   if (busy || !engine) return;
   setBusy(true);
   status(`Loading ${label}…`);
   try {
-    const pairs = await read();
+    const loader = new Loader();
+    await fill(loader);
     const t0 = performance.now();
     // The previous model stays loaded until the new one has loaded.
-    const loaded = engine.load(pairs.map((p) => p[0]), pairs.map((p) => p[1]));
+    const loaded = engine.load(loader);
     if (model) model.free();
     model = loaded;
     const info = JSON.parse(model.info());

@@ -88,22 +88,50 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
         .map_err(|e| anyhow!("{file}: not a valid safetensors file ({e})"))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
-            safetensors::Dtype::F16 => {
-                data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            safetensors::Dtype::BF16 => {
-                data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            other => bail!("{file}: tensor '{name}' has dtype {other:?}; Keel reads F32, F16 and BF16"),
-        };
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            anyhow!("{file}: tensor '{name}' has dtype {:?}; Keel reads F32, F16 and BF16", view.dtype())
+        })?;
         out.push(HostTensor::new(name, view.shape().to_vec(), data));
     }
     Ok(out)
+}
+
+/// Little-endian F32, F16 or BF16 bytes as f32; None for other dtypes.
+fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        safetensors::Dtype::F32 => {
+            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        safetensors::Dtype::F16 => {
+            data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        safetensors::Dtype::BF16 => {
+            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        _ => return None,
+    })
+}
+
+/// One tensor of a safetensors file that arrived on its own (the browser fetches or slices
+/// the file tensor by tensor): its header entry's dtype and shape, and its bytes.
+pub fn streamed_tensor(
+    file: &str,
+    name: &str,
+    dtype: &str,
+    shape: Vec<usize>,
+    data: &[u8],
+) -> Result<HostTensor> {
+    let unsupported = || anyhow!("{file}: tensor '{name}' has dtype {dtype}; Keel reads F32, F16 and BF16");
+    let dt: safetensors::Dtype =
+        serde_json::from_value(Value::String(dtype.into())).map_err(|_| unsupported())?;
+    let want =
+        shape.iter().try_fold(dt.bitsize(), |bits, &d| bits.checked_mul(d)).map(|bits| bits.div_ceil(8));
+    ensure!(
+        want == Some(data.len()),
+        "{file}: tensor '{name}' ({dtype}, shape {shape:?}) needs {want:?} bytes, got {}",
+        data.len()
+    );
+    Ok(HostTensor::new(name, shape, to_f32(dt, data).ok_or_else(unsupported)?))
 }
 
 /// Where the model's files are.
@@ -207,14 +235,16 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         }
     };
     let shown = |name: &str| dir.join(name).display().to_string();
-    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref())?;
+    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref(), None)?;
     model.path = path.to_path_buf();
     Ok(model)
 }
 
 /// Loads a model from its files given by name (the browser's file picker or fetches):
 /// config.json + safetensors, or one `.gguf`, with tokenizer.json and generation_config.json.
-pub fn load_files(files: &HashMap<String, Vec<u8>>) -> Result<LoadedModel> {
+/// `streamed`: the safetensors tensors, when they came one by one ([`streamed_tensor`])
+/// instead of as files.
+pub fn load_files(files: &HashMap<String, Vec<u8>>, streamed: Vec<HostTensor>) -> Result<LoadedModel> {
     let ggufs: Vec<&String> = files.keys().filter(|n| n.ends_with(".gguf")).collect();
     let gguf = match (files.contains_key("config.json"), ggufs.as_slice()) {
         (true, _) => None,
@@ -225,7 +255,8 @@ pub fn load_files(files: &HashMap<String, Vec<u8>>) -> Result<LoadedModel> {
         (false, _) => bail!("several .gguf files ({:?}); give one", sorted(ggufs.into_iter())),
     };
     let read = |name: &str| Ok(files.get(name).cloned());
-    load_from(&read, &|name: &str| name.to_string(), gguf)
+    let streamed = (!streamed.is_empty()).then_some(streamed);
+    load_from(&read, &|name: &str| name.to_string(), gguf, streamed)
 }
 
 fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
@@ -235,8 +266,13 @@ fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
 }
 
 /// The loader proper: `gguf` names the weights file of a GGUF model, else the folder holds
-/// config.json and safetensors.
-fn load_from(read: &ReadFile, shown: &dyn Fn(&str) -> String, gguf: Option<&str>) -> Result<LoadedModel> {
+/// config.json and safetensors (or the safetensors tensors were `streamed`).
+fn load_from(
+    read: &ReadFile,
+    shown: &dyn Fn(&str) -> String,
+    gguf: Option<&str>,
+    streamed: Option<Vec<HostTensor>>,
+) -> Result<LoadedModel> {
     let read_json = |name: &str| -> Result<Option<Value>> {
         read(name)?
             .map(|b| serde_json::from_slice(&b).map_err(|e| anyhow!("{}: not valid JSON ({e})", shown(name))))
@@ -246,7 +282,10 @@ fn load_from(read: &ReadFile, shown: &dyn Fn(&str) -> String, gguf: Option<&str>
         None => {
             let cfg =
                 read_json("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
-            let (tensors, file) = safetensors_tensors(read, shown)?;
+            let (tensors, file) = match streamed {
+                Some(tensors) => (tensors, "the safetensors tensors".to_string()),
+                None => safetensors_tensors(read, shown)?,
+            };
             (cfg, tensors, file, None, shown("config.json"))
         }
         Some(file) => {

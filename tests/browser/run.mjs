@@ -1,10 +1,11 @@
 // Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
-// controls, for tests/browser.rs: offers it files that are not a model, loads the served
-// stories260k with one click, generates greedily without and with LCM, fine-tunes a few
+// controls, for tests/browser.rs: offers it files that are not a model, loads stories260k
+// from local files and then, with one click, from the server, generates greedily without and with LCM, fine-tunes a few
 // steps, saves a screenshot and counts its distinct colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
-//   {url, model, prompt, max_tokens, lcm: {gamma, layers}, finetune: {text, steps, lr}, screenshot}
+//   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers},
+//    finetune: {text, steps, lr}, screenshot}
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,11 +41,11 @@ try {
   };
   out.refusals = [
     await refusal([['notes.txt', 'hello']]),
-    await refusal([['config.json', '{"model_type": "llama"'], ['model.safetensors', 'not a safetensors file']]),
+    await refusal([['config.json', '{}'], ['model.safetensors', 'not a safetensors file']]),
+    await refusal([['config.json', '{"model_type": "llama"']]),
   ];
-  await page.locator(`button[data-model="${s.model}"]`).click({ timeout: 2 * minutes });
-  await page.waitForFunction(() => document.getElementById('model-info').dataset.loaded
-    || document.getElementById('status').classList.contains('error'), null, { timeout: 2 * minutes });
+  const loaded = (label) => page.waitForFunction((label) => document.getElementById('model-info').dataset.loaded === label
+    || document.getElementById('status').classList.contains('error'), label, { timeout: 2 * minutes });
   out.adapter = await page.locator('#adapter').textContent();
 
   async function generate(lcm, sideBySide = false) {
@@ -65,6 +66,12 @@ try {
       status: await page.locator('#status').textContent(),
       decode_tps: Number(await page.locator('#speed').getAttribute('data-decode-tps')) };
   }
+  // The model's folder through the file picker (File.slice per tensor), then from the server.
+  await page.setInputFiles('#pick-files', s.local_files);
+  await loaded('local files');
+  out.local = await generate(null);
+  await page.locator(`button[data-model="${s.model}"]`).click({ timeout: 2 * minutes });
+  await loaded(s.model);
   out.plain = await generate(null);
   out.lcm = await generate(s.lcm);
   // Baseline and modulated in one click, the way the page shows them side by side.
