@@ -124,11 +124,14 @@ pub fn streamed_tensor(
     let unsupported = || anyhow!("{file}: tensor '{name}' has dtype {dtype}; Keel reads F32, F16 and BF16");
     let dt: safetensors::Dtype =
         serde_json::from_value(Value::String(dtype.into())).map_err(|_| unsupported())?;
-    let want =
-        shape.iter().try_fold(dt.bitsize(), |bits, &d| bits.checked_mul(d)).map(|bits| bits.div_ceil(8));
+    let want = shape
+        .iter()
+        .try_fold(dt.bitsize(), |bits, &d| bits.checked_mul(d))
+        .map(|bits| bits.div_ceil(8))
+        .ok_or_else(|| anyhow!("{file}: tensor '{name}': shape {shape:?} has too many elements"))?;
     ensure!(
-        want == Some(data.len()),
-        "{file}: tensor '{name}' ({dtype}, shape {shape:?}) needs {want:?} bytes, got {}",
+        want == data.len(),
+        "{file}: tensor '{name}' ({dtype}, shape {shape:?}) needs {want} bytes, got {}",
         data.len()
     );
     Ok(HostTensor::new(name, shape, to_f32(dt, data).ok_or_else(unsupported)?))
@@ -335,6 +338,67 @@ fn load_from(
 mod tests {
     use super::*;
     use safetensors::{tensor::TensorView, Dtype};
+
+    /// The browser's two ways in: the files by name, and the small files plus each tensor
+    /// cut from its header entry's byte range, load the same model as the folder.
+    #[test]
+    fn files_and_streamed_tensors_load_like_the_folder() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !src.exists() {
+            eprintln!("SKIPPED: fixture {} absent", src.display());
+            return;
+        }
+        let folder = load(&src).unwrap();
+        let mut files: HashMap<String, Vec<u8>> = ["config.json", "generation_config.json", "tokenizer.json"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(src.join(f)).unwrap()))
+            .collect();
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let streamed = header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(name, v)| {
+                let at = |i: usize| 8 + n + v["data_offsets"][i].as_u64().unwrap() as usize;
+                let shape =
+                    v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                streamed_tensor(
+                    "model.safetensors",
+                    name,
+                    v["dtype"].as_str().unwrap(),
+                    shape,
+                    &bytes[at(0)..at(1)],
+                )
+                .unwrap()
+            })
+            .collect();
+        let from_stream = load_files(&files, streamed).unwrap();
+        files.insert("model.safetensors".into(), bytes);
+        let from_files = load_files(&files, Vec::new()).unwrap();
+        for other in [&from_stream, &from_files] {
+            assert_eq!(other.config.eos, folder.config.eos, "generation_config.json's EOS is read");
+            let (a, b) = (folder.weights.named(), other.weights.named());
+            assert_eq!(a.len(), b.len());
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!((na, &ta.shape, &ta.data), (nb, &tb.shape, &tb.data));
+            }
+        }
+        files.remove("config.json");
+        let err = load_files(&files, Vec::new()).err().unwrap().to_string();
+        assert!(err.contains("no config.json and no .gguf") && err.contains("not a model"), "{err}");
+    }
+
+    #[test]
+    fn streamed_tensors_convert_and_check_their_bytes() {
+        let halves: Vec<u8> =
+            [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        assert_eq!(streamed_tensor("f", "t", "F16", vec![2], &halves).unwrap().data, [1.5, -2.0]);
+        let short = streamed_tensor("f", "t", "F16", vec![3], &halves).err().unwrap().to_string();
+        assert!(short.contains("f: tensor 't' (F16, shape [3]) needs 6 bytes, got 4"), "{short}");
+        let int = streamed_tensor("f", "t", "I64", vec![1], &[0; 8]).err().unwrap().to_string();
+        assert!(int.contains("dtype I64; Keel reads F32, F16 and BF16"), "{int}");
+    }
 
     /// stories260k split into two shards with an index, its weights stored as BF16, loads to
     /// the BF16-rounded weights of the single-file model.
