@@ -23,3 +23,5 @@ pub mod report;
 pub mod rng;
 pub mod tokenize;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -5,6 +5,7 @@ mod bench;
 mod compare;
 mod finetune;
 mod info;
+mod serve;
 mod sweep;
 mod text;
 
@@ -51,6 +52,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Multi-scale (MSMA) analysis and latent stability of a text, per layer
     Analyze(analyze::AnalyzeArgs),
+    /// Serve the browser demo (web/) and models on 127.0.0.1
+    Serve(serve::ServeArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -216,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => compare::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -86,7 +86,13 @@ impl<'m> Session<'m> {
 
     /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),
     /// returns statistics for every row; otherwise only for the last.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn feed(&mut self, ids: &[u32], targets: Option<&[u32]>) -> Result<Fed> {
+        pollster::block_on(self.feed_async(ids, targets))
+    }
+
+    /// [`Session::feed`], awaiting the read-backs (the browser cannot block).
+    pub async fn feed_async(&mut self, ids: &[u32], targets: Option<&[u32]>) -> Result<Fed> {
         let vocab = self.model.config.vocab;
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
@@ -128,10 +134,13 @@ impl<'m> Session<'m> {
             step.submit()?;
             self.len += n;
             if let Some((_, count)) = head_rows {
-                stats.extend(RowStats::parse(&self.gpu.read_f32_range(&self.head.stats, 0, 4 * count)?));
+                stats.extend(RowStats::parse(
+                    &self.gpu.read_f32_range_async(&self.head.stats, 0, 4 * count).await?,
+                ));
                 if last_chunk {
                     let v = vocab;
-                    last_logits = self.gpu.read_f32_range(&self.head.logits, (count - 1) * v, v)?;
+                    last_logits =
+                        self.gpu.read_f32_range_async(&self.head.logits, (count - 1) * v, v).await?;
                 }
             }
         }
@@ -161,6 +170,7 @@ impl Scores {
 }
 
 /// Scores `ids` with the model (teacher forcing, all positions), modulated by `lcm` if given.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32], lcm: Option<&LcmConfig>) -> Result<Scores> {
     if ids.is_empty() {
         bail!("nothing to score: the text encodes to no tokens");
@@ -191,12 +201,25 @@ pub struct GenerateOptions {
 
 /// Prefills `prompt`, then decodes up to `max_tokens` tokens, calling `on_token` with each.
 /// Stops after an EOS token (which is included in the result).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn generate(
     gpu: &Gpu,
     model: &GpuModel,
     prompt: &[u32],
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    pollster::block_on(generate_async(gpu, model, prompt, opts, &mut |id, _| on_token(id)))
+}
+
+/// [`generate`], awaiting the read-backs; `on_token` also sees the logits `id` was sampled
+/// from (the browser plots their entropy).
+pub async fn generate_async(
+    gpu: &Gpu,
+    model: &GpuModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32, &[f32]) -> Result<()>,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
@@ -212,18 +235,18 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let mut session = Session::new(gpu, model, capacity, opts.lcm.as_ref())?;
-    let mut logits = session.feed(prompt, None)?.last_logits;
+    let mut logits = session.feed_async(prompt, None).await?.last_logits;
     let mut history = prompt.to_vec();
     let mut out = Vec::new();
     for i in 0..opts.max_tokens {
         let id = sampler.sample(&logits, &history);
         out.push(id);
         history.push(id);
-        on_token(id)?;
+        on_token(id, &logits)?;
         if opts.eos.contains(&id) || i + 1 == opts.max_tokens {
             break;
         }
-        logits = session.feed(&[id], None)?.last_logits;
+        logits = session.feed_async(&[id], None).await?.last_logits;
     }
     Ok(out)
 }

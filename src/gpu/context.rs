@@ -4,7 +4,7 @@
 use super::shader::{self, Define};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Which adapter to use: `--adapter` flag, else the `KEEL_ADAPTER` environment variable.
 /// A number picks by index in `keel info`'s list; any other text picks the first adapter
@@ -147,7 +147,7 @@ impl Gpu {
     /// The process-wide device, opened with `choice` if it is not open yet.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn shared_with(choice: &AdapterChoice) -> Result<&'static Gpu> {
-        static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
+        static GPU: std::sync::OnceLock<std::result::Result<Gpu, String>> = std::sync::OnceLock::new();
         GPU.get_or_init(|| pollster::block_on(Gpu::new(choice)).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow!("{e}"))

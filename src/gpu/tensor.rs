@@ -138,15 +138,24 @@ impl Gpu {
         Ok(words)
     }
 
+    /// [`Gpu::read_range`] as f32: the one read-back path (awaited in the browser, blocked
+    /// on by the native wrappers below).
+    pub async fn read_f32_range_async(&self, t: &Tensor, offset: usize, elems: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::cast_vec(self.read_range(t, offset, elems).await?))
+    }
+
+    pub async fn read_f32_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.read_f32_range_async(t, 0, t.numel()).await
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        self.read_f32_range(t, 0, t.numel())
+        pollster::block_on(self.read_f32_async(t))
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32_range(&self, t: &Tensor, offset: usize, elems: usize) -> Result<Vec<f32>> {
-        let words = pollster::block_on(self.read_range(t, offset, elems))?;
-        Ok(bytemuck::cast_vec(words))
+        pollster::block_on(self.read_f32_range_async(t, offset, elems))
     }
 
     #[cfg(not(target_arch = "wasm32"))]

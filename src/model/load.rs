@@ -34,10 +34,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
 }
 
-fn read_json(path: &Path) -> Result<Value> {
-    parse_json(&read(path)?, &path.display().to_string())
-}
-
 fn parse_json(bytes: &[u8], file: &str) -> Result<Value> {
     serde_json::from_slice(bytes).map_err(|e| anyhow!("{file}: not valid JSON ({e})"))
 }
@@ -129,22 +125,53 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
         .map_err(|e| anyhow!("{file}: not a valid safetensors file ({e})"))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
-            safetensors::Dtype::F16 => {
-                data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            safetensors::Dtype::BF16 => {
-                data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            other => bail!("{file}: tensor '{name}' has dtype {other:?}; Keel reads F32, F16 and BF16"),
-        };
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            anyhow!("{file}: tensor '{name}' has dtype {:?}; Keel reads F32, F16 and BF16", view.dtype())
+        })?;
         out.push(HostTensor::new(name, view.shape().to_vec(), data));
     }
     Ok(out)
+}
+
+/// Little-endian F32, F16 or BF16 bytes as f32; None for other dtypes.
+fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        safetensors::Dtype::F32 => {
+            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        safetensors::Dtype::F16 => {
+            data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        safetensors::Dtype::BF16 => {
+            data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        _ => return None,
+    })
+}
+
+/// One tensor of a safetensors file that arrived on its own (the browser fetches or slices
+/// the file tensor by tensor): its header entry's dtype and shape, and its bytes.
+pub fn streamed_tensor(
+    file: &str,
+    name: &str,
+    dtype: &str,
+    shape: Vec<usize>,
+    data: &[u8],
+) -> Result<HostTensor> {
+    let unsupported = || anyhow!("{file}: tensor '{name}' has dtype {dtype}; Keel reads F32, F16 and BF16");
+    let dt: safetensors::Dtype =
+        serde_json::from_value(Value::String(dtype.into())).map_err(|_| unsupported())?;
+    let want = shape
+        .iter()
+        .try_fold(dt.bitsize(), |bits, &d| bits.checked_mul(d))
+        .map(|bits| bits.div_ceil(8))
+        .ok_or_else(|| anyhow!("{file}: tensor '{name}': shape {shape:?} has too many elements"))?;
+    ensure!(
+        want == data.len(),
+        "{file}: tensor '{name}' ({dtype}, shape {shape:?}) needs {want} bytes, got {}",
+        data.len()
+    );
+    Ok(HostTensor::new(name, shape, to_f32(dt, data).ok_or_else(unsupported)?))
 }
 
 /// Where the model's files are.
@@ -177,23 +204,27 @@ fn find(path: &Path) -> Result<Layout> {
     }
 }
 
-/// The tensors of a safetensors folder, with the file that lists them (for errors).
-fn safetensors_tensors(dir: &Path) -> Result<(Vec<HostTensor>, PathBuf)> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    if single.is_file() {
-        return Ok((read_safetensors(&read(&single)?, &single.display().to_string())?, single));
+/// A model folder's files by name: `Ok(None)` when absent. On disk it reads the folder; in
+/// the browser it looks in the files the page fetched or was given.
+pub type ReadFile<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>> + 'a;
+
+/// The tensors of a safetensors model, with the file that lists them (for errors).
+/// `shown` names a file in messages.
+fn safetensors_tensors(read: &ReadFile, shown: &dyn Fn(&str) -> String) -> Result<(Vec<HostTensor>, String)> {
+    let (single, index) = ("model.safetensors", "model.safetensors.index.json");
+    if let Some(bytes) = read(single)? {
+        return Ok((read_safetensors(&bytes, &shown(single))?, shown(single)));
     }
-    if !index.is_file() {
-        bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
-    }
-    let shards = parse_shard_index(&read(&index)?, &index.display().to_string())?;
+    let Some(index_bytes) = read(index)? else {
+        bail!("{}: no model.safetensors or model.safetensors.index.json", shown(""));
+    };
     let mut out = Vec::new();
-    for shard in shards {
-        let p = dir.join(&shard);
-        out.extend(read_safetensors(&read(&p)?, &p.display().to_string())?);
+    for shard in parse_shard_index(&index_bytes, &shown(index))? {
+        let bytes =
+            read(&shard)?.ok_or_else(|| anyhow!("{}: cannot read (listed in {index})", shown(&shard)))?;
+        out.extend(read_safetensors(&bytes, &shown(&shard))?);
     }
-    Ok((out, index))
+    Ok((out, shown(index)))
 }
 
 fn generation_defaults(v: &Value) -> GenerationDefaults {
@@ -210,33 +241,85 @@ fn generation_defaults(v: &Value) -> GenerationDefaults {
 
 /// Loads config, weights (f32, Keel's layout), tokenizer and generation defaults.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    let (dir, hf_config, tensors, weights_file, gguf_tokenizer) = match find(path)? {
-        Layout::Safetensors(dir) => {
-            let cfg = read_json(&dir.join("config.json"))?;
-            let (tensors, file) = safetensors_tensors(&dir)?;
-            (dir, cfg, tensors, file, None)
-        }
+    let (dir, gguf) = match find(path)? {
+        Layout::Safetensors(dir) => (dir, None),
         Layout::Gguf(file) => {
-            let bytes = read(&file)?;
-            let name = file.display().to_string();
+            let name = file.file_name().and_then(|n| n.to_str()).map(str::to_string);
+            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), name)
+        }
+    };
+    let read_in_dir = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        if p.is_file() {
+            read(&p).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let shown = |name: &str| dir.join(name).display().to_string();
+    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref(), None)?;
+    model.path = path.to_path_buf();
+    Ok(model)
+}
+
+/// Loads a model from its files given by name (the browser's file picker or fetches):
+/// config.json + safetensors, or one `.gguf`, with tokenizer.json and generation_config.json.
+/// `streamed`: the safetensors tensors, when they came one by one ([`streamed_tensor`])
+/// instead of as files.
+pub fn load_files(files: &HashMap<String, Vec<u8>>, streamed: Vec<HostTensor>) -> Result<LoadedModel> {
+    let ggufs: Vec<&String> = files.keys().filter(|n| n.ends_with(".gguf")).collect();
+    let gguf = match (files.contains_key("config.json"), ggufs.as_slice()) {
+        (true, _) => None,
+        (false, [one]) => Some(one.as_str()),
+        (false, []) => {
+            bail!("no config.json and no .gguf file among {:?}: not a model", sorted(files.keys()))
+        }
+        (false, _) => bail!("several .gguf files ({:?}); give one", sorted(ggufs.into_iter())),
+    };
+    let read = |name: &str| Ok(files.get(name).cloned());
+    let streamed = (!streamed.is_empty()).then_some(streamed);
+    load_from(&read, &|name: &str| name.to_string(), gguf, streamed)
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut v: Vec<_> = names.collect();
+    v.sort();
+    v
+}
+
+/// The loader proper: `gguf` names the weights file of a GGUF model, else the folder holds
+/// config.json and safetensors (or the safetensors tensors were `streamed`).
+fn load_from(
+    read: &ReadFile,
+    shown: &dyn Fn(&str) -> String,
+    gguf: Option<&str>,
+    streamed: Option<Vec<HostTensor>>,
+) -> Result<LoadedModel> {
+    let (hf_config, tensors, weights_file, gguf_tokenizer, config_name) = match gguf {
+        None => {
+            let bytes = read("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
+            let cfg = parse_json(&bytes, &shown("config.json"))?;
+            let (tensors, file) = match streamed {
+                Some(tensors) => (tensors, "the safetensors tensors".to_string()),
+                None => safetensors_tensors(read, shown)?,
+            };
+            (cfg, tensors, file, None, shown("config.json"))
+        }
+        Some(file) => {
+            let name = shown(file);
+            let bytes = read(file)?.ok_or_else(|| anyhow!("{name}: cannot read"))?;
             let (cfg, tensors) = gguf::to_hf(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let parsed = gguf::parse(&bytes).map_err(|e| anyhow!("{name}: {e:#}"))?;
             let tok = gguf::tokenizer_json(&parsed).map_err(|e| anyhow!("{name}: {e:#}"))?;
-            (file.parent().unwrap_or(Path::new(".")).to_path_buf(), cfg, tensors, file, tok)
+            // A GGUF's config comes from its metadata.
+            (cfg, tensors, name.clone(), tok, name)
         }
     };
-    // A GGUF's config comes from its metadata.
-    let config_file = match weights_file.extension() {
-        Some(e) if e == "gguf" => weights_file.clone(),
-        _ => dir.join("config.json"),
-    };
-    let config_name = config_file.display().to_string();
     let mut config = ModelConfig::from_hf(&hf_config, &config_name)?;
-    let gen_path = dir.join("generation_config.json");
     let mut generation = GenerationDefaults::default();
-    if gen_path.is_file() {
+    if let Some(bytes) = read("generation_config.json")? {
         let eos;
-        (eos, generation) = parse_generation_config(&read(&gen_path)?, &gen_path.display().to_string())?;
+        (eos, generation) = parse_generation_config(&bytes, &shown("generation_config.json"))?;
         if !eos.is_empty() {
             config.eos = eos;
         }
@@ -245,16 +328,14 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     for t in tensors {
         by_name.insert(t.name.clone(), t);
     }
-    let weights = Weights::from_hf(&config, by_name, &weights_file.display().to_string())?;
-    let tok_path = dir.join("tokenizer.json");
-    let (tok_json, tok_name) = if tok_path.is_file() {
-        let text =
-            String::from_utf8(read(&tok_path)?).map_err(|_| anyhow!("{}: not UTF-8", tok_path.display()))?;
-        (text, tok_path.display().to_string())
+    let weights = Weights::from_hf(&config, by_name, &weights_file)?;
+    let (tok_json, tok_name) = if let Some(bytes) = read("tokenizer.json")? {
+        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8", shown("tokenizer.json")))?;
+        (text, shown("tokenizer.json"))
     } else if let Some(json) = gguf_tokenizer {
-        (json, format!("{} (GGUF vocabulary)", weights_file.display()))
+        (json, format!("{weights_file} (GGUF vocabulary)"))
     } else {
-        bail!("{}: not found (Keel needs the model's tokenizer.json)", tok_path.display());
+        bail!("{}: not found (Keel needs the model's tokenizer.json)", shown("tokenizer.json"));
     };
     let tokenizer = Tokenizer::from_json(&tok_json, &tok_name)?;
     if tokenizer.id_bound() > config.vocab {
@@ -264,13 +345,74 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             config.vocab
         );
     }
-    Ok(LoadedModel { config, weights, tokenizer, generation, path: path.to_path_buf() })
+    Ok(LoadedModel { config, weights, tokenizer, generation, path: PathBuf::from(shown("")) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use safetensors::{tensor::TensorView, Dtype};
+
+    /// The browser's two ways in: the files by name, and the small files plus each tensor
+    /// cut from its header entry's byte range, load the same model as the folder.
+    #[test]
+    fn files_and_streamed_tensors_load_like_the_folder() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !src.exists() {
+            eprintln!("SKIPPED: fixture {} absent", src.display());
+            return;
+        }
+        let folder = load(&src).unwrap();
+        let mut files: HashMap<String, Vec<u8>> = ["config.json", "generation_config.json", "tokenizer.json"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(src.join(f)).unwrap()))
+            .collect();
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let streamed = header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(name, v)| {
+                let at = |i: usize| 8 + n + v["data_offsets"][i].as_u64().unwrap() as usize;
+                let shape =
+                    v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                streamed_tensor(
+                    "model.safetensors",
+                    name,
+                    v["dtype"].as_str().unwrap(),
+                    shape,
+                    &bytes[at(0)..at(1)],
+                )
+                .unwrap()
+            })
+            .collect();
+        let from_stream = load_files(&files, streamed).unwrap();
+        files.insert("model.safetensors".into(), bytes);
+        let from_files = load_files(&files, Vec::new()).unwrap();
+        for other in [&from_stream, &from_files] {
+            assert_eq!(other.config.eos, folder.config.eos, "generation_config.json's EOS is read");
+            let (a, b) = (folder.weights.named(), other.weights.named());
+            assert_eq!(a.len(), b.len());
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!((na, &ta.shape, &ta.data), (nb, &tb.shape, &tb.data));
+            }
+        }
+        files.remove("config.json");
+        let err = load_files(&files, Vec::new()).err().unwrap().to_string();
+        assert!(err.contains("no config.json and no .gguf") && err.contains("not a model"), "{err}");
+    }
+
+    #[test]
+    fn streamed_tensors_convert_and_check_their_bytes() {
+        let halves: Vec<u8> =
+            [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        assert_eq!(streamed_tensor("f", "t", "F16", vec![2], &halves).unwrap().data, [1.5, -2.0]);
+        let short = streamed_tensor("f", "t", "F16", vec![3], &halves).err().unwrap().to_string();
+        assert!(short.contains("f: tensor 't' (F16, shape [3]) needs 6 bytes, got 4"), "{short}");
+        let int = streamed_tensor("f", "t", "I64", vec![1], &[0; 8]).err().unwrap().to_string();
+        assert!(int.contains("dtype I64; Keel reads F32, F16 and BF16"), "{int}");
+    }
 
     /// stories260k split into two shards with an index, its weights stored as BF16, loads to
     /// the BF16-rounded weights of the single-file model.

@@ -53,6 +53,7 @@ impl BlockLora {
     }
 
     /// The adapters' current values, read back.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
         self.layers
             .iter()

@@ -257,6 +257,7 @@ impl Hgc {
     }
 
     /// λ per kind, one value per block (read back).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_lambda(&self, gpu: &Gpu) -> Result<LambdaTable> {
         let all = gpu.read_f32(&self.lambda)?;
         Ok(self

@@ -178,7 +178,7 @@ fn parse_jsonl(text: &str, file: &str, seq_len: usize, vocab: usize) -> Result<V
     Ok(rows)
 }
 
-fn pack_text(
+pub fn pack_text(
     text: &str,
     file: &str,
     tokenizer: &Tokenizer,

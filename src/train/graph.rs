@@ -398,15 +398,15 @@ impl TrainGraph {
     }
 
     /// The summed alignment loss of the last recorded micro-batch (0 when off).
-    pub fn read_align_loss(&self, gpu: &Gpu) -> Result<f64> {
+    pub async fn read_align_loss(&self, gpu: &Gpu) -> Result<f64> {
         match &self.align {
-            Some(a) => Ok(gpu.read_f32(&a.loss)?.iter().map(|&l| l as f64).sum()),
+            Some(a) => Ok(gpu.read_f32_async(&a.loss).await?.iter().map(|&l| l as f64).sum()),
             None => Ok(0.0),
         }
     }
 
     /// The summed loss of the last recorded micro-batch (read back).
-    pub fn read_loss_sum(&self, gpu: &Gpu) -> Result<f64> {
-        Ok(gpu.read_f32(&self.loss)?.iter().map(|&l| l as f64).sum())
+    pub async fn read_loss_sum(&self, gpu: &Gpu) -> Result<f64> {
+        Ok(gpu.read_f32_async(&self.loss).await?.iter().map(|&l| l as f64).sum())
     }
 }

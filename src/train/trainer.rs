@@ -4,7 +4,7 @@
 //! one micro-batch all of it is one command encoder, and only the per-row losses and the
 //! per-tensor gradient norms are read back.
 
-use super::constrict::{ConstrictConfig, Hgc, HgcOn, LambdaTable};
+use super::constrict::{ConstrictConfig, Hgc, HgcOn};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
 use crate::gpu::{DType, Gpu, Step, Tensor};
@@ -69,7 +69,8 @@ pub struct Trainer<'g> {
     pub grads: Option<Weights<Tensor>>,
     /// Adapters per block (LoRA).
     pub lora: Vec<BlockLora>,
-    /// LoRA's (rank, alpha).
+    /// LoRA's (rank, alpha) (read when saving adapters, which the browser does not do).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     lora_shape: Option<(usize, f32)>,
     params: Vec<Param>,
     graph: TrainGraph,
@@ -187,7 +188,8 @@ impl<'g> Trainer<'g> {
     }
 
     /// λ of the last step per weight kind and block, when HGC is on.
-    pub fn hgc_lambda(&self) -> Result<Option<LambdaTable>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn hgc_lambda(&self) -> Result<Option<super::constrict::LambdaTable>> {
         self.hgc.as_ref().map(|h| h.read_lambda(self.gpu)).transpose()
     }
 
@@ -221,7 +223,13 @@ impl<'g> Trainer<'g> {
 
     /// One optimizer step over `micro_batches` (each `batch` rows of `seq_len + 1` ids;
     /// more than one is gradient accumulation) at learning rate `lr`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn step(&mut self, micro_batches: &[Vec<&[u32]>], lr: f64) -> Result<StepReport> {
+        pollster::block_on(self.step_async(micro_batches, lr))
+    }
+
+    /// [`Trainer::step`], awaiting its read-backs (the browser cannot block).
+    pub async fn step_async(&mut self, micro_batches: &[Vec<&[u32]>], lr: f64) -> Result<StepReport> {
         let gpu = self.gpu;
         if micro_batches.is_empty() {
             bail!("a step needs at least one micro-batch");
@@ -246,8 +254,8 @@ impl<'g> Trainer<'g> {
             self.graph.record(&mut step, &self.model, trained, scale);
             if i + 1 < micro_batches.len() {
                 std::mem::replace(&mut step, Step::new(gpu)).submit()?;
-                loss_sum += self.graph.read_loss_sum(gpu)?;
-                align_sum += self.graph.read_align_loss(gpu)?;
+                loss_sum += self.graph.read_loss_sum(gpu).await?;
+                align_sum += self.graph.read_align_loss(gpu).await?;
             }
         }
         // Raw gradients (CGFM's re-weighting is in the backward pass) -> HGC -> clipping ->
@@ -292,13 +300,13 @@ impl<'g> Trainer<'g> {
             }
         }
         step.submit()?;
-        loss_sum += self.graph.read_loss_sum(gpu)?;
-        align_sum += self.graph.read_align_loss(gpu)?;
+        loss_sum += self.graph.read_loss_sum(gpu).await?;
+        align_sum += self.graph.read_align_loss(gpu).await?;
         self.updates = t;
-        let norms = gpu.read_f32(&self.norms.out)?;
+        let norms = gpu.read_f32_async(&self.norms.out).await?;
         let mut lr_used = lr;
         if let Some(a) = &mut self.adaptive {
-            let state = gpu.read_f32(&a.state)?;
+            let state = gpu.read_f32_async(&a.state).await?;
             a.reference = Some(state[0]);
             lr_used = state[1] as f64;
         }
@@ -313,13 +321,20 @@ impl<'g> Trainer<'g> {
     }
 
     /// Copies a set of GPU tensors back to the host, named as Keel names them.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, w: &Weights<Tensor>) -> Result<Weights<HostTensor>> {
         w.try_map(|name, t| Ok(HostTensor::new(name, t.shape.clone(), self.gpu.read_f32(t)?)))
     }
 
     /// The mean loss over `rows` (each `seq_len + 1` ids) without updating anything:
     /// validation. Rows go through in batches of the training batch size.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn evaluate(&self, rows: &[&[u32]]) -> Result<f64> {
+        pollster::block_on(self.evaluate_async(rows))
+    }
+
+    /// [`Trainer::evaluate`], awaiting its read-backs.
+    pub async fn evaluate_async(&self, rows: &[&[u32]]) -> Result<f64> {
         let gpu = self.gpu;
         let lora = if self.grads.is_some() { None } else { Some(&self.lora[..]) };
         let mut sum = 0.0;
@@ -328,12 +343,13 @@ impl<'g> Trainer<'g> {
             let mut step = Step::new(gpu);
             self.graph.record_forward(&mut step, &self.model, lora, 1.0);
             step.submit()?;
-            sum += self.graph.read_loss_sum(gpu)?;
+            sum += self.graph.read_loss_sum(gpu).await?;
         }
         Ok(sum / (rows.len() * self.graph.seq_len).max(1) as f64)
     }
 
     /// The gradients of the last step, named as [`Trainer::param_names`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn gradients(&self) -> Result<Vec<HostTensor>> {
         let read = |p: &Param| {
             Ok(HostTensor::new(p.name.clone(), p.grad.shape.clone(), self.gpu.read_f32(&p.grad)?))
@@ -342,6 +358,7 @@ impl<'g> Trainer<'g> {
     }
 
     /// The AdamW moments of every trained tensor, named `NAME.m` and `NAME.v`, for a checkpoint.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn moments(&self) -> Result<Vec<HostTensor>> {
         let mut out = Vec::new();
         for p in &self.params {
@@ -376,6 +393,7 @@ impl<'g> Trainer<'g> {
     }
 
     /// The trained adapters, read back (None in full fine-tuning).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn adapters(&self) -> Result<Option<Lora>> {
         let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
         let blocks = self.lora.iter().map(|b| b.download(self.gpu)).collect::<Result<_>>()?;

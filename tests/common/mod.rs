@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod server;
+
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,169 @@
+//! The demo page in headless Chromium (WebGPU on SwiftShader), driven through its own
+//! controls by `tests/browser/run.mjs` (playwright-core): stories260k read from local files
+//! through the file picker, and served by `keel serve` and loaded with one click, gives the same greedy tokens as the native `keel generate
+//! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
+//! the native `keel finetune` losses (and the loss falls); files that are not a model are
+//! refused in words and the page stays usable; the page requests nothing from another
+//! origin; the screenshot is not blank. Skips visibly without node, Chromium, the npm
+//! dependencies or the built page (scripts/build-web.sh).
+
+mod common;
+
+use common::server::serve;
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+
+const PROMPT: &str = "Once upon a time";
+const TOKENS: usize = 32;
+/// One row of 32 + 1 tokens for stories260k, so that every step sees the same batch.
+const TRAIN_TEXT: &str = "Once upon a time there was a little girl named Lily. She loved to play outside in \
+    the park with her friends. One day she saw a big red ball and she was very happy. Her mom said she \
+    could play with it.";
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("Chromium ({chromium}) absent"));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node absent".into());
+    }
+    if !root.join("tests/browser/node_modules/playwright-core").is_dir() {
+        return Some("playwright-core absent (npm ci --prefix tests/browser)".into());
+    }
+    if !root.join("web/pkg/keel_bg.wasm").is_file() {
+        return Some("the page is not built (scripts/build-web.sh)".into());
+    }
+    None
+}
+
+fn native_ids(model: &Path, extra: &[&str]) -> Value {
+    let mut args =
+        vec!["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT, "--temperature", "0"];
+    let n = TOKENS.to_string();
+    args.extend(["--max-tokens", &n, "--json"]);
+    args.extend(extra);
+    let r = keel(&args);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    serde_json::from_str::<Value>(&r.stdout).unwrap()["ids"].clone()
+}
+
+fn native_losses(model: &Path) -> Vec<f64> {
+    let dir = TempDir::new("browser-finetune");
+    let data = dir.path("text.txt");
+    std::fs::write(&data, TRAIN_TEXT).unwrap();
+    let out = dir.path("run");
+    let r = keel(&[
+        "finetune",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--batch",
+        "1",
+        "--seq-len",
+        "32",
+        "--lr",
+        "0.001",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn page_generates_and_finetunes_like_the_native_cli() {
+    let Some(model) = stories() else { return };
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED: browser test: {why}");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = serve(&model);
+    let origin = format!("http://127.0.0.1:{}/", server.port);
+    let screenshot = root.join("target/browser-demo.png");
+    let local_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+        .map(|f| model.join(f));
+    let settings = json!({
+        "url": origin, "model": "stories260k", "prompt": PROMPT, "max_tokens": TOKENS,
+        "local_files": local_files,
+        "lcm": {"gamma": 0.2, "layers": "2-4"},
+        "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
+        "screenshot": screenshot,
+    });
+    let run = Command::new("node")
+        .arg(root.join("tests/browser/run.mjs"))
+        .arg(settings.to_string())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    eprintln!("browser: {}", got["adapter"]);
+    assert!(got.get("error").is_none(), "{got:#}");
+
+    let refusals: Vec<String> = serde_json::from_value(got["refusals"].clone()).unwrap();
+    assert!(refusals[0].contains("notes.txt") && refusals[0].contains("model file"), "{}", refusals[0]);
+    assert!(refusals[1].contains("model.safetensors: header length"), "{}", refusals[1]);
+    assert!(refusals[2].contains("config.json: not valid JSON"), "{}", refusals[2]);
+
+    let plain = native_ids(&model, &[]);
+    let lcm = native_ids(&model, &["--lcm-gamma", "0.2", "--lcm-layers", "2-4"]);
+    assert_eq!(plain.as_array().unwrap().len(), TOKENS);
+    assert_ne!(plain, lcm, "LCM changes these tokens, so the comparison tests it");
+    assert_eq!(got["local"]["ids"], plain, "from local files ({})", got["local"]["status"]);
+    assert_eq!(
+        got["plain"]["ids"], plain,
+        "greedy tokens in the page = keel generate ({})",
+        got["plain"]["status"]
+    );
+    assert_eq!(got["lcm"]["ids"], lcm, "greedy tokens with LCM = keel generate ({})", got["lcm"]["status"]);
+    let both = &got["side_by_side"];
+    assert_eq!(
+        (&both["ids"], &both["ids_b"]),
+        (&plain, &lcm),
+        "side by side: baseline and LCM ({})",
+        both["status"]
+    );
+
+    let page_losses: Vec<f64> = serde_json::from_value(got["finetune"]["losses"].clone())
+        .unwrap_or_else(|_| panic!("no losses: {}", got["finetune"]["status"]));
+    let cli_losses = native_losses(&model);
+    assert_eq!(page_losses.len(), 5);
+    assert!(page_losses[4] < page_losses[0] / 2.0, "the loss falls: {page_losses:?}");
+    for (step, (p, c)) in page_losses.iter().zip(&cli_losses).enumerate() {
+        assert!((p - c).abs() <= 1e-5 + 1e-4 * c.abs(), "step {step}: page loss {p}, keel finetune {c}");
+    }
+
+    // The weights came header first, then one Range request per tensor.
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&weights[8..8 + n]).unwrap();
+    let tensors = header.keys().filter(|k| *k != "__metadata__").count();
+    let ranges: Vec<&str> = got["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r.as_str().unwrap().strip_prefix(&format!("{origin}models/stories260k/model.safetensors "))
+        })
+        .collect();
+    assert_eq!(ranges[..2], ["bytes=0-7".to_string(), format!("bytes=8-{}", 8 + n - 1)]);
+    assert_eq!(ranges.len(), 2 + tensors, "one request per tensor: {ranges:?}");
+
+    for url in got["requests"].as_array().unwrap() {
+        assert!(url.as_str().unwrap().starts_with(&origin), "request to another origin: {url}");
+    }
+    let shot = &got["screenshot"];
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000, "a saved screenshot");
+    assert!(shot["width"].as_u64() >= Some(800) && shot["height"].as_u64() >= Some(600), "{shot}");
+    assert!(shot["colours"].as_u64() > Some(100), "the screenshot is not blank: {shot}");
+}

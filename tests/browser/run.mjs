@@ -1,0 +1,111 @@
+// Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
+// controls, for tests/browser.rs: offers it files that are not a model, loads stories260k
+// from local files and then, with one click, from the server, generates greedily without and with LCM, fine-tunes a few
+// steps, saves a screenshot and counts its distinct colours. Prints one JSON object on stdout.
+//
+// usage: node run.mjs SETTINGS_JSON
+//   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers},
+//    finetune: {text, steps, lr}, screenshot}
+import { chromium } from 'playwright-core';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const s = JSON.parse(process.argv[2]);
+const profile = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  ignoreDefaultArgs: ['--headless'],
+  args: ['--headless=new', '--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-quic',
+    '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1100, height: 1500 },
+});
+const out = { requests: [], console: [] };
+try {
+  const page = browser.pages()[0] ?? await browser.newPage();
+  page.on('request', (r) => out.requests.push(r.headers().range ? `${r.url()} ${r.headers().range}` : r.url()));
+  page.on('console', (m) => out.console.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => out.console.push(`pageerror: ${e.message}`));
+  const minutes = 60_000;
+  await page.goto(s.url);
+  await page.waitForFunction(() => document.querySelector('.model-list button')
+    || document.getElementById('status').classList.contains('error'), null, { timeout: 2 * minutes });
+  // Files that are not a model: the page says so in words, and stays usable.
+  const refusal = async (files) => {
+    await page.setInputFiles('#pick-files', files.map(([name, text]) => ({ name, mimeType: 'application/octet-stream',
+      buffer: Buffer.from(text) })));
+    await page.waitForFunction(() => document.getElementById('status').classList.contains('error'), null,
+      { timeout: minutes });
+    return page.locator('#status').textContent();
+  };
+  out.refusals = [
+    await refusal([['notes.txt', 'hello']]),
+    await refusal([['config.json', '{}'], ['model.safetensors', 'not a safetensors file']]),
+    await refusal([['config.json', '{"model_type": "llama"']]),
+  ];
+  const loaded = (label) => page.waitForFunction((label) => document.getElementById('model-info').dataset.loaded === label
+    || document.getElementById('status').classList.contains('error'), label, { timeout: 2 * minutes });
+  out.adapter = await page.locator('#adapter').textContent();
+
+  async function generate(lcm, sideBySide = false) {
+    await page.fill('#prompt', s.prompt);
+    await page.fill('#max-tokens', String(s.max_tokens));
+    await page.fill('#temperature', '0');
+    await page.setChecked('#lcm-on', !!lcm);
+    await page.setChecked('#side-by-side', sideBySide);
+    if (lcm) {
+      await page.fill('#lcm-gamma', String(lcm.gamma));
+      await page.fill('#lcm-layers', lcm.layers);
+    }
+    await page.click('#generate');
+    await page.waitForFunction(() => document.getElementById('outputs').dataset.done
+      || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
+    const ids = async (id) => JSON.parse(await page.locator(id).getAttribute('data-ids'));
+    return { ids: await ids('#out-a'), ids_b: sideBySide ? await ids('#out-b') : null,
+      status: await page.locator('#status').textContent(),
+      decode_tps: Number(await page.locator('#speed').getAttribute('data-decode-tps')) };
+  }
+  // The model's folder through the file picker (File.slice per tensor), then from the server.
+  await page.setInputFiles('#pick-files', s.local_files);
+  await loaded('local files');
+  out.local = await generate(null);
+  await page.locator(`button[data-model="${s.model}"]`).click({ timeout: 2 * minutes });
+  await loaded(s.model);
+  out.plain = await generate(null);
+  out.lcm = await generate(s.lcm);
+  // Baseline and modulated in one click, the way the page shows them side by side.
+  out.side_by_side = await generate(s.lcm, true);
+
+  if (s.finetune) {
+    await page.fill('#ft-text', s.finetune.text);
+    await page.fill('#ft-steps', String(s.finetune.steps));
+    await page.fill('#ft-lr', String(s.finetune.lr));
+    await page.click('#finetune');
+    await page.waitForFunction(() => document.getElementById('ft-result').dataset.losses
+      || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
+    const losses = await page.locator('#ft-result').getAttribute('data-losses');
+    out.finetune = { losses: losses && JSON.parse(losses), status: await page.locator('#status').textContent() };
+  }
+
+  const png = await page.screenshot({ fullPage: true });
+  writeFileSync(s.screenshot, png);
+  // Decode the PNG in the page itself and count its distinct colours (a blank shot has one).
+  out.screenshot = await page.evaluate(async (b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(bitmap, 0, 0);
+    const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    const colours = new Set();
+    for (let i = 0; i < data.length; i += 4) colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    return { width: bitmap.width, height: bitmap.height, colours: colours.size };
+  }, png.toString('base64'));
+} catch (e) {
+  out.error = String(e);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+console.log(JSON.stringify(out));

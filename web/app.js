@@ -1,0 +1,370 @@
+// The demo page: loads Keel's wasm build (pkg/, built by scripts/build-web.sh), opens the
+// WebGPU device, loads a model from this server or from local files, generates with
+// streamed tokens (optionally with LCM, side by side) and fine-tunes. Every request goes
+// to this page's own origin.
+import init, { Engine, Loader } from './pkg/keel.js';
+
+const $ = (id) => document.getElementById(id);
+let engine = null;
+let model = null;
+let busy = false;
+
+function status(text, isError = false) {
+  $('status').textContent = text;
+  $('status').classList.toggle('error', isError);
+}
+
+// Errors from Rust arrive as Error objects with one line of text.
+const message = (e) => (e && e.message) ? e.message : String(e);
+
+function setBusy(on) {
+  busy = on;
+  $('generate').disabled = on || !model;
+  $('finetune').disabled = on || !model;
+  for (const b of document.querySelectorAll('.model-list button')) b.disabled = on;
+}
+
+async function start() {
+  if (!navigator.gpu) {
+    status('This browser has no WebGPU (navigator.gpu is missing). Try a current Chrome or Edge, or Chromium with --enable-unsafe-webgpu.', true);
+    $('adapter').textContent = 'No WebGPU.';
+    return;
+  }
+  try {
+    await init();
+  } catch (e) {
+    status(`The wasm build did not load (${message(e)}). Build it with scripts/build-web.sh.`, true);
+    return;
+  }
+  try {
+    engine = await Engine.open();
+  } catch (e) {
+    status(`No usable WebGPU adapter: ${message(e)}`, true);
+    $('adapter').textContent = 'No adapter.';
+    return;
+  }
+  const a = JSON.parse(engine.adapter());
+  // wgpu's web backend leaves the name empty; the browser's own adapter info names it.
+  const info = (await navigator.gpu.requestAdapter())?.info;
+  const name = a.name || [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(' ') || '(unnamed)';
+  $('adapter').textContent = `Adapter: ${name} (${a.backend}, ${a.device_type}) · ` +
+    `max binding ${mib(a.max_storage_buffer_binding_size)} · max buffer ${mib(a.max_buffer_size)} · ` +
+    `${a.max_storage_buffers_per_shader_stage} storage buffers/stage · ` +
+    `${a.max_compute_invocations_per_workgroup} invocations/workgroup · shader-f16 ${a.shader_f16 ? 'yes' : 'no'}`;
+  status('Ready: pick a model.');
+  await listServerModels();
+}
+
+const mib = (bytes) => `${(bytes / 1048576).toFixed(0)} MiB`;
+
+// Files a model needs; others in a folder (tokenizer.model, READMEs) are not fetched.
+const wanted = (name) => /^(config\.json|generation_config\.json|tokenizer\.json|model\.safetensors\.index\.json)$/.test(name) ||
+  /\.(safetensors|gguf)$/.test(name);
+
+async function listServerModels() {
+  const box = $('server-models');
+  let list;
+  try {
+    const r = await fetch('models.json');
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    list = (await r.json()).models;
+  } catch (e) {
+    box.textContent = `This server offers no model list (${message(e)}); load local files below.`;
+    return;
+  }
+  box.textContent = list.length ? '' : 'This server offers no models; load local files below.';
+  for (const m of list) {
+    const files = m.files.filter((f) => wanted(f.name));
+    const size = files.reduce((s, f) => s + f.size, 0);
+    const b = document.createElement('button');
+    b.textContent = `${m.name} (${mib(size)})`;
+    b.dataset.model = m.name;
+    b.addEventListener('click', () => loadFromServer(m.name, files));
+    box.append(b);
+  }
+}
+
+async function loadFromServer(name, files) {
+  await loadModel(name, (loader) => Promise.all(files.map(async (f) => {
+    const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
+    if (f.name.endsWith('.safetensors')) {
+      await streamSafetensors(loader, f.name, f.size, async (first, last) => {
+        const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
+        if (r.status !== 206) throw new Error(`${f.name}: the server answered HTTP ${r.status} to a Range request`);
+        return new Uint8Array(await r.arrayBuffer());
+      });
+      return;
+    }
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
+    loader.file(f.name, new Uint8Array(await r.arrayBuffer()));
+  })));
+}
+
+async function loadLocal(fileList) {
+  const files = [...fileList].filter((f) => wanted(f.name));
+  if (!files.length) {
+    status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
+    return;
+  }
+  await loadModel('local files', (loader) => Promise.all(files.map(async (f) => {
+    if (f.name.endsWith('.safetensors')) {
+      await streamSafetensors(loader, f.name, f.size,
+        async (first, last) => new Uint8Array(await f.slice(first, last + 1).arrayBuffer()));
+    } else {
+      loader.file(f.name, new Uint8Array(await f.arrayBuffer()));
+    }
+  })));
+}
+
+// A safetensors file header first, then tensor by tensor (HTTP Range or File.slice, through
+// `readRange(first, last)`), each handed to the loader on its own. A tensor over the
+// adapter's binding limit is refused before any weight is read.
+async function streamSafetensors(loader, file, size, readRange) {
+  const limit = JSON.parse(engine.adapter()).max_storage_buffer_binding_size;
+  if (size < 8) throw new Error(`${file}: ${size} bytes is too short for a safetensors file`);
+  const n = Number(new DataView((await readRange(0, 7)).buffer).getBigUint64(0, true));
+  if (8 + n > size) throw new Error(`${file}: header length ${n} runs past the end of the file (${size} bytes)`);
+  let header;
+  try {
+    header = JSON.parse(new TextDecoder().decode(await readRange(8, 8 + n - 1)));
+  } catch (e) {
+    throw new Error(`${file}: the header is not JSON (${message(e)})`);
+  }
+  const tensors = Object.entries(header).filter(([k]) => k !== '__metadata__');
+  for (const [name, t] of tensors) {
+    const f32Bytes = t.shape.reduce((a, d) => a * d, 4);
+    if (f32Bytes > limit) {
+      throw new Error(`${file}: tensor '${name}' (shape [${t.shape}]) needs ${f32Bytes} bytes as f32 in one binding, ` +
+        `over this adapter's max_storage_buffer_binding_size of ${limit} bytes`);
+    }
+  }
+  let done = 0;
+  for (const [name, t] of tensors) {
+    const [a, b] = t.data_offsets;
+    if (!(a <= b && 8 + n + b <= size)) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
+    const bytes = b > a ? await readRange(8 + n + a, 8 + n + b - 1) : new Uint8Array(0);
+    loader.tensor(file, name, t.dtype, t.shape, bytes);
+    status(`Loading ${file}: tensor ${++done} of ${tensors.length}`);
+  }
+}
+
+async function loadModel(label, fill) {
+  if (busy || !engine) return;
+  setBusy(true);
+  status(`Loading ${label}…`);
+  try {
+    const loader = new Loader();
+    await fill(loader);
+    const t0 = performance.now();
+    // The previous model stays loaded until the new one has loaded.
+    const loaded = engine.load(loader);
+    if (model) model.free();
+    model = loaded;
+    const info = JSON.parse(model.info());
+    $('model-info').textContent = `${label}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
+      `vocabulary ${info.vocab}, context ${info.context}, ${(info.params / 1e6).toFixed(2)} M parameters ` +
+      `(uploaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`;
+    $('model-info').dataset.loaded = label;
+    status(`Loaded ${label}.`);
+  } catch (e) {
+    status(`Could not load ${label}: ${message(e)}`, true);
+  } finally {
+    setBusy(false);
+  }
+}
+
+function parseLayers(text) {
+  const out = [];
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = part.match(/^(\d+)(?:-(\d+))?$/);
+    if (!m) throw new Error(`LCM layers: '${part}' is not a block index or range like 2-4`);
+    const [a, b] = [Number(m[1]), Number(m[2] ?? m[1])];
+    if (b < a) throw new Error(`LCM layers: '${part}' runs backwards`);
+    for (let l = a; l <= b; l++) out.push(l);
+  }
+  return out;
+}
+
+function lcmSettings() {
+  const num = (id) => Number($(id).value);
+  const lcm = { gamma: num('lcm-gamma'), rho: num('lcm-rho'), tau: num('lcm-tau'), kappa: num('lcm-kappa'),
+    sink: num('lcm-sink'), space: $('lcm-space').value };
+  const layers = $('lcm-layers').value.trim();
+  if (layers) lcm.layers = parseLayers(layers);
+  const scales = $('lcm-scales').value.trim();
+  if (scales) {
+    lcm.scales = scales.split(',').map((p) => {
+      const [r, g] = p.split(':').map(Number);
+      if (!Number.isFinite(r) || !Number.isFinite(g)) throw new Error(`LCM scales: '${p}' is not rho:gamma`);
+      return [r, g];
+    });
+  }
+  return lcm;
+}
+
+function request(lcm) {
+  return JSON.stringify({
+    prompt: $('prompt').value, max_tokens: Number($('max-tokens').value), temperature: Number($('temperature').value),
+    top_k: Number($('top-k').value), top_p: Number($('top-p').value), seed: Number($('seed').value), lcm,
+  });
+}
+
+const WINDOW = 16;
+
+// One generation streamed into `out`; returns its result and per-token metrics.
+async function runOne(lcm, out) {
+  out.textContent = '';
+  const prompt = document.createElement('span');
+  prompt.className = 'prompt-part';
+  prompt.textContent = $('prompt').value;
+  out.append(prompt);
+  const entropy = [], ppl = [], logprobs = [];
+  const t0 = performance.now();
+  let firstAt = null;
+  const result = JSON.parse(await model.generate(request(lcm), (id, text, h, lp) => {
+    firstAt ??= performance.now();
+    out.append(text);
+    entropy.push(h);
+    logprobs.push(lp);
+    const w = logprobs.slice(-WINDOW);
+    ppl.push(Math.exp(-w.reduce((s, x) => s + x, 0) / w.length));
+  }));
+  const decodeS = (performance.now() - firstAt) / 1000;
+  out.dataset.ids = JSON.stringify(result.ids);
+  return { result, entropy, ppl, decodeTps: result.ids.length > 1 ? (result.ids.length - 1) / decodeS : 0,
+    totalS: (performance.now() - t0) / 1000 };
+}
+
+async function generate() {
+  if (busy || !model) return;
+  let lcm = null;
+  try {
+    lcm = $('lcm-on').checked ? lcmSettings() : null;
+  } catch (e) {
+    status(message(e), true);
+    return;
+  }
+  const sideBySide = $('side-by-side').checked && lcm;
+  $('out-b-box').hidden = !sideBySide;
+  $('out-a-title').textContent = sideBySide ? 'Baseline' : (lcm ? 'Output (LCM)' : 'Output');
+  delete $('outputs').dataset.done;
+  setBusy(true);
+  status('Generating…');
+  try {
+    const runs = [];
+    runs.push(await runOne(sideBySide ? null : lcm, $('out-a')));
+    if (sideBySide) runs.push(await runOne(lcm, $('out-b')));
+    const colors = ['#1f6feb', '#d1495b'];
+    plot($('plot-entropy'), runs.map((r, i) => ({ values: r.entropy, color: colors[i] })));
+    plot($('plot-ppl'), runs.map((r, i) => ({ values: r.ppl, color: colors[i] })));
+    const r = runs[runs.length - 1];
+    $('speed').textContent = runs.map((x, i) => `${sideBySide ? ['baseline', 'LCM'][i] + ': ' : ''}${x.result.ids.length} tokens, ` +
+      `decode ${x.decodeTps.toFixed(1)} tokens/s`).join(' · ');
+    $('speed').dataset.decodeTps = r.decodeTps;
+    $('outputs').dataset.done = 'yes';
+    status('Done.');
+  } catch (e) {
+    status(`Generation failed: ${message(e)}`, true);
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function finetune() {
+  if (busy || !model) return;
+  const text = $('ft-text').value;
+  if (!text.trim()) {
+    status('Paste or drop some text to fine-tune on first.', true);
+    return;
+  }
+  setBusy(true);
+  delete $('ft-result').dataset.losses;
+  const losses = [];
+  status('Fine-tuning…');
+  try {
+    const req = JSON.stringify({ text, steps: Number($('ft-steps').value), lr: Number($('ft-lr').value),
+      batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value) });
+    const done = JSON.parse(await model.finetune(req, (step, loss) => {
+      losses.push(loss);
+      plot($('plot-loss'), [{ values: losses, color: '#2a9d4b' }], 'steps');
+      $('ft-result').textContent = `step ${step + 1}: loss ${loss.toFixed(4)}`;
+    }));
+    $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
+      'generation now uses the fine-tuned weights.';
+    $('ft-result').dataset.losses = JSON.stringify(done);
+    status('Fine-tuning done.');
+  } catch (e) {
+    status(`Fine-tuning failed: ${message(e)}`, true);
+  } finally {
+    setBusy(false);
+  }
+}
+
+// A line chart of one or more series on a canvas, y from 0 to the largest value, x in `unit`s.
+function plot(canvas, series, unit = 'tokens') {
+  const ctx = canvas.getContext('2d');
+  const { width: w, height: h } = canvas;
+  const pad = 28;
+  ctx.clearRect(0, 0, w, h);
+  const all = series.flatMap((s) => s.values).filter(Number.isFinite);
+  if (!all.length) return;
+  const top = Math.max(...all) * 1.05 || 1;
+  const n = Math.max(...series.map((s) => s.values.length));
+  ctx.strokeStyle = '#c9ced4';
+  ctx.fillStyle = '#66707c';
+  ctx.font = '11px sans-serif';
+  ctx.beginPath();
+  ctx.moveTo(pad, 4); ctx.lineTo(pad, h - pad); ctx.lineTo(w - 4, h - pad);
+  ctx.stroke();
+  ctx.fillText(top.toPrecision(3), 2, 12);
+  ctx.fillText('0', 14, h - pad);
+  ctx.fillText(`${n} ${unit}`, w - 70, h - 10);
+  for (const s of series) {
+    ctx.strokeStyle = s.color;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    s.values.forEach((v, i) => {
+      const x = pad + (n > 1 ? i / (n - 1) : 0) * (w - pad - 6);
+      const y = h - pad - (v / top) * (h - pad - 6);
+      if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+  }
+}
+
+function setupDrop() {
+  const drop = $('drop');
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', async (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    const files = [];
+    // A dropped folder arrives as a directory entry: read its files (one level).
+    const entries = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+    for (const entry of entries) {
+      if (entry.isDirectory) {
+        const children = await new Promise((ok, fail) => entry.createReader().readEntries(ok, fail));
+        for (const c of children.filter((c) => c.isFile)) files.push(await new Promise((ok, fail) => c.file(ok, fail)));
+      } else {
+        files.push(await new Promise((ok, fail) => entry.file(ok, fail)));
+      }
+    }
+    await loadLocal(files.length ? files : e.dataTransfer.files);
+  });
+  $('pick-folder').addEventListener('change', (e) => loadLocal(e.target.files));
+  $('pick-files').addEventListener('change', (e) => loadLocal(e.target.files));
+  const ft = $('ft-text');
+  ft.addEventListener('dragover', (e) => e.preventDefault());
+  ft.addEventListener('drop', async (e) => {
+    e.preventDefault();
+    const f = e.dataTransfer.files[0];
+    if (f) ft.value = await f.text();
+  });
+}
+
+$('generate').addEventListener('click', generate);
+$('finetune').addEventListener('click', finetune);
+setupDrop();
+start();
