@@ -297,7 +297,8 @@ fn load_from(
 ) -> Result<LoadedModel> {
     let (hf_config, tensors, weights_file, gguf_tokenizer, config_name) = match gguf {
         None => {
-            let bytes = read("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
+            let bytes =
+                read("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
             let cfg = parse_json(&bytes, &shown("config.json"))?;
             let (tensors, file) = match streamed {
                 Some(tensors) => (tensors, "the safetensors tensors".to_string()),
