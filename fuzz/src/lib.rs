@@ -56,10 +56,12 @@ pub fn tokenizer_json(data: &[u8]) -> Result<()> {
 
 /// The first byte picks the format (odd: .jsonl) and the sequence length (1 to 64).
 pub fn train_data(data: &[u8]) -> Result<()> {
+    static TOKENIZER: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     let Some((&mode, rest)) = data.split_first() else { return Ok(()) };
-    let tok = Tokenizer::from_json(WORDS_TOKENIZER, "words")?;
+    // Parsed once: parsing it for every input took most of the target's time.
+    let tok = TOKENIZER.get_or_init(|| Tokenizer::from_json(WORDS_TOKENIZER, "words").expect("valid"));
     let seq_len = usize::from(mode >> 1) % 64 + 1;
-    TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, &tok, seq_len, 1000).map(drop)
+    TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, tok, seq_len, 1000).map(drop)
 }
 
 /// `--lcm-scales`, `--lcm-layers` and `--lcm-space` values, one per line.

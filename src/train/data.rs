@@ -258,6 +258,18 @@ mod tests {
         Tokenizer::from_json(json, "test").unwrap()
     }
 
+    /// A row of `seq_len + 1` ids must not wrap around to an empty row (which panicked in
+    /// `chunks_exact(0)`).
+    #[test]
+    fn seq_len_of_usize_max_is_refused() {
+        let err = |jsonl| {
+            let data = TrainData::from_bytes(b"a b".to_vec(), "d", jsonl, &any_tokenizer(), usize::MAX, 2);
+            data.err().expect("refused").to_string()
+        };
+        assert_eq!(err(false), format!("--seq-len {} is too large", usize::MAX));
+        assert_eq!(err(true), format!("--seq-len {} is too large", usize::MAX));
+    }
+
     fn jsonl_err(contents: &str, seq_len: usize, vocab: usize) -> String {
         let dir = TempDir::new("err");
         let p = dir.file("d.jsonl", contents.as_bytes());
