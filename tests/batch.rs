@@ -2,7 +2,9 @@
 //! and without LCM, give the same token ids as `generate::generate` for each request alone, and
 //! each token's record equals what that step's logits say (CPU) and what `score` says.
 
-use keel::generate::batch::{generate_batch, max_batch, SeqOutput, SeqRequest, TokenRecord};
+use keel::generate::batch::{
+    generate_batch, generate_batch_arms, max_batch, SeqOutput, SeqRequest, TokenRecord,
+};
 use keel::generate::{self, GenerateOptions, SamplerConfig, Session};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
@@ -85,17 +87,32 @@ fn check_model(name: &str, max_tokens: usize) {
         .map(|(i, (prompt, sampler))| SeqRequest { prompt, sampler, max_tokens: max_tokens - i % 4 })
         .collect();
     let sink_normalized = LcmConfig { gamma: 0.3, sink: 1, space: Space::Normalized, ..golden_lcm.clone() };
-    let eos = host.config.eos.clone();
-    for lcm in [None, Some(&golden_lcm), Some(&sink_normalized)] {
+    // The golden LCM setting for the whole batch, then three arms (plain, golden LCM, sink 1
+    // normalized) mixed in one batch, each arm over every prompt and sampler kind.
+    let settings = [None, Some(&golden_lcm), Some(&sink_normalized)];
+    let mixed: Vec<Option<&LcmConfig>> = (0..reqs.len()).map(|i| settings[(i + i / 3) % 3]).collect();
+    for (run, lcm_of) in [("golden lcm", vec![Some(&golden_lcm); reqs.len()]), ("mixed arms", mixed)] {
+        // The model's EOS and a token the first (greedy) request emits early, so that some
+        // sequences stop while the batch goes on.
+        let lcm = lcm_of[0].cloned();
+        let greedy = GenerateOptions { max_tokens: 5, sampler: reqs[0].sampler.clone(), eos: vec![], lcm };
+        let early =
+            *generate::generate(gpu, &m, &reqs[0].prompt, &greedy, &mut |_| Ok(())).unwrap().last().unwrap();
+        let eos: Vec<u32> = host.config.eos.iter().copied().chain([early]).collect();
         let mut progress = Vec::new();
-        let outs = generate_batch(gpu, &m, &reqs, &eos, lcm, &mut |done, total| progress.push((done, total)))
-            .unwrap();
+        let mut on_step = |done, total| progress.push((done, total));
+        let outs = match run {
+            "golden lcm" => generate_batch(gpu, &m, &reqs, &eos, Some(&golden_lcm), &mut on_step),
+            _ => generate_batch_arms(gpu, &m, &reqs, &eos, &lcm_of, &mut on_step),
+        }
+        .unwrap();
         let (&(last, total), _) = progress.split_last().unwrap();
         assert_eq!((last, total), (max_tokens, max_tokens), "{name}: progress {progress:?}");
         assert!(progress.windows(2).all(|w| w[0].0 < w[1].0), "{name}: progress {progress:?}");
         assert_eq!(outs.len(), reqs.len());
         let mut ended_early = 0;
         for (i, (r, out)) in reqs.iter().zip(&outs).enumerate() {
+            let lcm = lcm_of[i];
             let opts = GenerateOptions {
                 max_tokens: r.max_tokens,
                 sampler: r.sampler.clone(),
@@ -125,13 +142,10 @@ fn check_model(name: &str, max_tokens: usize) {
                 assert!(t.logprob <= 0.0 && t.top1_prob >= t.logprob.exp() - 1e-6, "{what} token {j}: {t:?}");
             }
         }
-        eprintln!(
-            "{name} lcm {:?}: {} requests equal, {ended_early} ended at EOS",
-            lcm.is_some(),
-            reqs.len()
-        );
-        let sampled = reqs.iter().zip(&outs).rfind(|(r, _)| r.sampler.temperature > 0.0).unwrap();
-        check_records_against_logits(gpu, &m, &sampled.0.prompt, &sampled.1.tokens, lcm);
+        eprintln!("{name} {run}: {} requests equal, {ended_early} ended at EOS", reqs.len());
+        assert!(ended_early >= 1 && ended_early < reqs.len(), "{name} {run}: {ended_early} ended at EOS");
+        let (i, _) = reqs.iter().enumerate().rfind(|(_, r)| r.sampler.temperature > 0.0).unwrap();
+        check_records_against_logits(gpu, &m, &reqs[i].prompt, &outs[i].tokens, lcm_of[i]);
     }
 }
 
@@ -170,12 +184,17 @@ fn edge_cases_and_limits() {
     .unwrap();
     assert_eq!(outs[0], SeqOutput { tokens: vec![] });
     assert_eq!(outs[1].tokens.len(), 2);
+    let mut calls = 0;
+    let none = generate_batch(gpu, &m, &[req(vec![1], 0)], &[], None, &mut |_, _| calls += 1).unwrap();
+    assert_eq!((none, calls), (vec![SeqOutput { tokens: vec![] }], 0));
     let err = |r: SeqRequest| {
         generate_batch(gpu, &m, &[req(vec![1], 1), r], &[], None, &mut |_, _| {}).unwrap_err().to_string()
     };
     assert!(err(req(vec![], 3)).starts_with("request 1: the prompt encodes to no tokens"));
     assert!(err(req(vec![1], 600)).contains("exceeds the model's context of 512"));
     assert!(err(req(vec![100_000], 1)).contains("outside the model's vocabulary"));
+    let arms = generate_batch_arms(gpu, &m, &[req(vec![1], 1)], &[], &[None, None], &mut |_, _| {});
+    assert_eq!(arms.unwrap_err().to_string(), "2 LCM settings given for 1 requests");
     let c = &host.config;
     let n = max_batch(gpu, &m, c.max_positions);
     let kv_layer = (n * c.max_positions * c.kv_heads * c.head_dim * 4) as u64;

@@ -80,7 +80,24 @@ pub fn generate_batch(
     lcm: Option<&LcmConfig>,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<SeqOutput>> {
+    generate_batch_arms(gpu, model, reqs, eos, &vec![lcm; reqs.len()], on_step)
+}
+
+/// [`generate_batch`] with an LCM setting per request (`lcm_of[i]` for request i; None: the
+/// plain model), so that several arms (baseline and modulated, or a sweep's settings) share
+/// one batch. Each request's tokens equal those of generating it alone with its setting.
+pub fn generate_batch_arms(
+    gpu: &Gpu,
+    model: &GpuModel,
+    reqs: &[SeqRequest],
+    eos: &[u32],
+    lcm_of: &[Option<&LcmConfig>],
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<SeqOutput>> {
     let c = &model.config;
+    if lcm_of.len() != reqs.len() {
+        bail!("{} LCM settings given for {} requests", lcm_of.len(), reqs.len());
+    }
     for (i, r) in reqs.iter().enumerate() {
         if r.prompt.is_empty() {
             bail!("request {i}: the prompt encodes to no tokens");
@@ -97,21 +114,38 @@ pub fn generate_batch(
             );
         }
         r.sampler.validate()?;
-    }
-    if let Some(cfg) = lcm {
-        cfg.validate(c.layers)?;
+        if let Some(cfg) = lcm_of[i] {
+            cfg.validate(c.layers)?;
+        }
     }
     let len = reqs.iter().map(|r| r.prompt.len() + r.max_tokens).max().unwrap_or(0);
     let fit = max_batch(gpu, model, len);
     if fit == 0 {
         bail!("one sequence of {len} positions does not fit this adapter's memory and binding limits");
     }
+    generate_in_batches(gpu, model, reqs, eos, lcm_of, on_step, fit)
+}
+
+/// [`generate_batch`] (requests already checked) in sub-batches of at most `fit` sequences.
+fn generate_in_batches(
+    gpu: &Gpu,
+    model: &GpuModel,
+    reqs: &[SeqRequest],
+    eos: &[u32],
+    lcm_of: &[Option<&LcmConfig>],
+    on_step: &mut dyn FnMut(usize, usize),
+    fit: usize,
+) -> Result<Vec<SeqOutput>> {
     let steps = |part: &[SeqRequest]| part.iter().map(|r| r.max_tokens).max().unwrap_or(0);
     let total = reqs.chunks(fit).map(steps).sum();
     let mut done = 0;
     let mut out = Vec::with_capacity(reqs.len());
-    for part in reqs.chunks(fit) {
-        let mut batch = Batch::new(gpu, model, part, lcm)?;
+    for (part, part_lcm) in reqs.chunks(fit).zip(lcm_of.chunks(fit)) {
+        if steps(part) == 0 {
+            out.extend(part.iter().map(|_| SeqOutput { tokens: Vec::new() }));
+            continue;
+        }
+        let batch = Batch::new(gpu, model, part, part_lcm)?;
         let mut reached = 0;
         out.extend(batch.run(part, eos, &mut |i| {
             reached = i;
@@ -135,7 +169,16 @@ struct Batch<'m> {
     head: Head,
     /// Each sequence's last prompt row of the residual stream, for the LM head after prefill.
     last_rows: Tensor,
-    lcm: Option<LcmState>,
+    /// One LCM state (anchors for every sequence) per distinct setting, with the row table its
+    /// kernel reads: the batch's, with the rows of other settings' sequences marked as nobody's.
+    arms: Vec<Arm>,
+}
+
+struct Arm {
+    lcm: LcmState,
+    /// Which sequences (by index) this setting modulates.
+    members: Vec<bool>,
+    row_table: Tensor,
 }
 
 impl Drop for Batch<'_> {
@@ -144,6 +187,7 @@ impl Drop for Batch<'_> {
         self.gpu.recycle(self.scratch.clone().into_tensors());
         self.gpu.recycle(self.head.clone().into_tensors());
         self.gpu.recycle([self.last_rows.clone()]);
+        self.gpu.recycle(self.arms.iter().map(|a| a.row_table.clone()));
     }
 }
 
@@ -158,12 +202,32 @@ struct Seq {
 }
 
 impl<'m> Batch<'m> {
-    fn new(gpu: &'m Gpu, model: &'m GpuModel, reqs: &[SeqRequest], lcm: Option<&LcmConfig>) -> Result<Self> {
+    fn new(
+        gpu: &'m Gpu,
+        model: &'m GpuModel,
+        reqs: &[SeqRequest],
+        lcm_of: &[Option<&LcmConfig>],
+    ) -> Result<Self> {
         let c = &model.config;
         let n = reqs.len();
         let len = reqs.iter().map(|r| r.prompt.len() + r.max_tokens).max().unwrap_or(1);
         let longest_prompt = reqs.iter().map(|r| r.prompt.len()).max().unwrap_or(1);
         let rows = PREFILL_ROWS.min(n * longest_prompt.min(PREFILL_CHUNK)).max(n);
+        let mut settings: Vec<&LcmConfig> = Vec::new();
+        for cfg in lcm_of.iter().flatten() {
+            if !settings.contains(cfg) {
+                settings.push(cfg);
+            }
+        }
+        let mut arms = Vec::new();
+        for cfg in settings {
+            // An off setting (gamma 0) runs the plain model, as it does alone.
+            if let Some(lcm) = LcmState::new(gpu, cfg, c.layers, c.hidden, n)? {
+                let members = lcm_of.iter().map(|s| *s == Some(cfg)).collect();
+                let row_table = gpu.scratch("lcm arm row table", &[rows, 2], DType::U32)?;
+                arms.push(Arm { lcm, members, row_table });
+            }
+        }
         Ok(Batch {
             gpu,
             model,
@@ -171,15 +235,12 @@ impl<'m> Batch<'m> {
             scratch: model.scratch(gpu, rows)?,
             head: model.head(gpu, n)?,
             last_rows: gpu.scratch("batch last prompt rows", &[n, c.hidden], DType::F32)?,
-            lcm: match lcm {
-                Some(cfg) => LcmState::new(gpu, cfg, c.layers, c.hidden, n)?,
-                None => None,
-            },
+            arms,
         })
     }
 
     fn run(
-        &mut self,
+        &self,
         reqs: &[SeqRequest],
         eos: &[u32],
         on_step: &mut dyn FnMut(usize),
@@ -223,8 +284,16 @@ impl<'m> Batch<'m> {
 
     /// Runs every prompt through the model: chunk k of each prompt (the chunks a one-sequence
     /// prefill makes), several sequences per submit; then the LM head over each last row.
+    /// A sequence with the same prompt and LCM setting as an earlier one (another seed) takes a
+    /// copy of that one's KV rows, anchors and last row: bit for bit what its own prefill makes.
     fn prefill(&self, reqs: &[SeqRequest]) -> Result<()> {
         let hidden = self.model.config.hidden;
+        let arm_of = |s: usize| self.arms.iter().position(|a| a.members[s]);
+        let source_of: Vec<usize> = (0..reqs.len())
+            .map(|s| {
+                (0..s).find(|&o| reqs[o].prompt == reqs[s].prompt && arm_of(o) == arm_of(s)).unwrap_or(s)
+            })
+            .collect();
         let chunks = reqs.iter().map(|r| r.prompt.len().div_ceil(PREFILL_CHUNK)).max().unwrap_or(0);
         // (sequence, first position, rows) of every submit, in order.
         let mut submits: Vec<Vec<(usize, usize, usize)>> = Vec::new();
@@ -232,7 +301,7 @@ impl<'m> Batch<'m> {
             let mut current: Vec<(usize, usize, usize)> = Vec::new();
             for (s, r) in reqs.iter().enumerate() {
                 let start = k * PREFILL_CHUNK;
-                if start >= r.prompt.len() {
+                if start >= r.prompt.len() || source_of[s] != s {
                     continue;
                 }
                 let rows = PREFILL_CHUNK.min(r.prompt.len() - start);
@@ -263,11 +332,46 @@ impl<'m> Batch<'m> {
                 }
             }
             if i == last {
+                self.record_shared_prefills(&mut step, reqs, &source_of)?;
                 let n = reqs.len();
                 self.gpu.write_u32(&self.head.targets, &vec![NO_TARGET; n]);
                 self.model.record_head(&mut step, &self.last_rows, &self.head, 0, &vec![1; n]);
             }
             step.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Records copying each sequence's prefill state from `source_of` it (where that is another).
+    fn record_shared_prefills(
+        &self,
+        step: &mut Step,
+        reqs: &[SeqRequest],
+        source_of: &[usize],
+    ) -> Result<()> {
+        let c = &self.model.config;
+        let kv_row = c.kv_heads * c.head_dim;
+        let longest = reqs.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        let anchors =
+            self.arms.iter().flat_map(|a| a.lcm.per_sequence()).map(|(a, _)| a.numel() / reqs.len());
+        let most = anchors.chain([longest * kv_row, c.hidden, 4]).max().unwrap_or(0);
+        // A copy within one buffer is not allowed: each goes through `via` (element offsets).
+        let via = self.gpu.scratch("batch prefill copy", &[most], DType::F32)?;
+        let mut copy_within = |t: &Tensor, from_at: usize, to_at: usize, elems: usize| {
+            step.copy(t, from_at, &via, 0, elems);
+            step.copy(&via, 0, t, to_at, elems);
+        };
+        let seq_stride = self.cache.len * kv_row;
+        for (to, &from) in source_of.iter().enumerate().filter(|(to, from)| to != *from) {
+            for layer in self.cache.k.iter().chain(&self.cache.v) {
+                copy_within(layer, from * seq_stride, to * seq_stride, reqs[from].prompt.len() * kv_row);
+            }
+            copy_within(&self.last_rows, from * c.hidden, to * c.hidden, c.hidden);
+            for (anchors, stats) in self.arms.iter().flat_map(|a| a.lcm.per_sequence()) {
+                let per = anchors.numel() / reqs.len();
+                copy_within(anchors, from * per, to * per, per);
+                copy_within(stats, 4 * from, 4 * to, 4);
+            }
         }
         Ok(())
     }
@@ -289,10 +393,18 @@ impl<'m> Batch<'m> {
     fn record_rows(&self, step: &mut Step, ids: &[u32], table: &[u32], spans: &[usize]) {
         self.gpu.write_u32(&self.scratch.ids, ids);
         self.gpu.write_u32(&self.scratch.row_table, table);
-        let (lcm, rows, n) = (&self.lcm, &self.scratch.row_table, ids.len());
+        for arm in &self.arms {
+            // The LCM kernel skips rows of sequences it has no workgroup for.
+            let masked: Vec<u32> = table
+                .chunks(2)
+                .flat_map(|r| [if arm.members[r[0] as usize] { r[0] } else { u32::MAX }, r[1]])
+                .collect();
+            self.gpu.write_u32(&arm.row_table, &masked);
+        }
+        let n = ids.len();
         self.model.record_blocks(step, &self.scratch, &self.cache, spans, &mut |step, l, x| {
-            if let Some(state) = lcm {
-                state.record(step, l, x, rows, n);
+            for arm in &self.arms {
+                arm.lcm.record(step, l, x, &arm.row_table, n);
             }
         });
     }
@@ -314,5 +426,37 @@ fn token_record(id: u32, logits: &[f32], stats: RowStats) -> TokenRecord {
         logprob: logits[id as usize] - stats.lse,
         entropy: stats.entropy,
         top1_prob: (logits[stats.argmax as usize] - stats.lse).exp(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::gpu;
+
+    /// Five requests in sub-batches of two give what one batch of five gives, and progress
+    /// counts the steps of all three sub-batches.
+    #[test]
+    fn sub_batches_equal_one_batch() {
+        let Some((host, m)) = super::super::test_stories() else { return };
+        let gpu = gpu();
+        let prompt = host.tokenizer.encode("Once upon a time there was a little dog").unwrap();
+        let reqs: Vec<SeqRequest> = (0..5)
+            .map(|i| SeqRequest {
+                prompt: prompt[..3 + i].to_vec(),
+                sampler: SamplerConfig { seed: i as u64, ..SamplerConfig::default() },
+                max_tokens: 6 + i,
+            })
+            .collect();
+        let plain = vec![None; reqs.len()];
+        let whole = generate_in_batches(gpu, &m, &reqs, &[], &plain, &mut |_, _| {}, 5).unwrap();
+        let mut progress = Vec::new();
+        let split =
+            generate_in_batches(gpu, &m, &reqs, &[], &plain, &mut |d, t| progress.push((d, t)), 2).unwrap();
+        assert_eq!(whole, split);
+        assert_eq!(whole.iter().map(|o| o.tokens.len()).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+        // Sub-batches of at most 7, 9 and 10 steps.
+        assert_eq!(progress.last(), Some(&(26, 26)));
+        assert_eq!(progress.len(), 26);
     }
 }

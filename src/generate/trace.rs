@@ -163,7 +163,6 @@ fn trace_capturing(
 mod tests {
     use super::*;
     use crate::cpu;
-    use crate::model;
     use crate::ops::test_util::*;
     use std::path::Path;
 
@@ -173,19 +172,13 @@ mod tests {
     /// last logits (so the traced states are the modulated ones the model continues from).
     #[test]
     fn trace_matches_cpu_from_full_states() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-        let (golden, path) = (dir.join("golden/stories260k.json"), dir.join("models/stories260k"));
-        if !golden.exists() || !path.exists() {
-            eprintln!("SKIPPED: fixture {} or {} absent", golden.display(), path.display());
-            return;
-        }
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/stories260k.json");
+        let Some((host, m)) = super::super::test_stories().filter(|_| golden.exists()) else { return };
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
         let ids: Vec<u32> =
             v["cases"][2]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let lcm_cfg = LcmConfig::from_json(&v["lcm_config"], "lcm_config").unwrap();
         let gpu = gpu();
-        let host = model::load(&path).unwrap();
-        let m = GpuModel::upload(gpu, &host).unwrap();
         let c = &m.config;
         let (t, d, p) = (ids.len(), c.hidden, 8);
         assert!(t > PREFILL_CHUNK, "the text must span two chunks");
@@ -234,13 +227,8 @@ mod tests {
 
     #[test]
     fn bad_segments_are_refused() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !dir.exists() {
-            eprintln!("SKIPPED: fixture {} absent", dir.display());
-            return;
-        }
+        let Some((_, m)) = super::super::test_stories() else { return };
         let gpu = gpu();
-        let m = GpuModel::upload(gpu, &model::load(&dir).unwrap()).unwrap();
         let err = |seg: &[u32]| trace(gpu, &m, &[1, 2, 3], None, seg, 4).unwrap_err().to_string();
         assert!(err(&[0, 1]).contains("segment_of has 2 entries for 3 tokens"));
         assert!(err(&[0, 2, 2]).contains("grow by 0 or 1"));

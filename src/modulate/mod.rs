@@ -330,6 +330,12 @@ impl LcmState {
         }
     }
 
+    /// Per modulated layer: the anchors `[seqs, scales, d]` and statistics `[seqs, 4]` (a batch
+    /// copies one sequence's onto another that shares its prefill).
+    pub fn per_sequence(&self) -> impl Iterator<Item = (&Tensor, &Tensor)> {
+        self.layers.iter().map(|(_, a, s)| (a, s))
+    }
+
     /// Records the operator at `blocks.{layer}.resid_post` if that block is modulated.
     pub fn record(&self, step: &mut Step, layer: usize, x: &Tensor, rows: &Tensor, n_rows: usize) {
         if let Some((_, anchors, stats)) = self.layers.iter().find(|(l, _, _)| *l == layer) {
