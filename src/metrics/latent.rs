@@ -11,9 +11,13 @@ pub fn mean_successive_cosine(successive_cos: &[f64]) -> f64 {
     mean(successive_cos)
 }
 
-/// Variance-based stability index: the variance (population) of the per-window mean norms.
+/// Variance-based stability index: the variance (population) of the per-window mean norms;
+/// NaN below two windows, where there is nothing to vary.
 pub fn stability_index(norms: &[f64], window: usize) -> f64 {
     let means: Vec<f64> = windows(norms.len(), window).into_iter().map(|r| mean(&norms[r])).collect();
+    if means.len() < 2 {
+        return f64::NAN;
+    }
     variance(&means)
 }
 
@@ -148,6 +152,7 @@ mod tests {
         // Windows of 2: mean norms 2, 4, 6 -> variance 8/3. The partial fourth window drops.
         let v = stability_index(&[1.0, 3.0, 4.0, 4.0, 5.0, 7.0, 100.0], 2);
         assert!((v - 8.0 / 3.0).abs() < 1e-12);
+        assert!(stability_index(&[1.0, 3.0, 4.0], 4).is_nan());
         assert_eq!(mean_successive_cosine(&[f64::NAN, 0.5, 1.0]), 0.75);
     }
 
