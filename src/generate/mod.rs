@@ -1,7 +1,11 @@
 //! Generation state (KV cache, scratch buffers, position) and the decode loop.
 
+// Batched generation and traces read back synchronously: host-only (the page generates one
+// sequence at a time through `generate_async`).
+#[cfg(not(target_arch = "wasm32"))]
 pub mod batch;
 pub mod sampler;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod trace;
 
 use crate::gpu::{Gpu, Step};

@@ -158,6 +158,8 @@ struct Range {
 
 /// A weight kind: its name and its range in every block.
 struct Kind {
+    /// Read only by the host-side λ read-back (the log), which the page does not have.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     name: String,
     blocks: Vec<Range>,
 }
