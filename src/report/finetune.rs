@@ -3,15 +3,14 @@
 //! variability per block, steps to a target loss, validation perplexity and representation
 //! drift against the base model, with paired bootstrap intervals.
 
-use super::compare::band_series;
-use super::html::{self, num};
+use super::compare::{band_series, paired_cells, paired_line};
+use super::html;
 use super::svg::{esc, Chart, PALETTE};
 use crate::metrics::bootstrap::{paired, Paired, RESAMPLES, SEED};
 use crate::metrics::{mean, sample_sd};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::fmt::Write;
 use std::path::Path;
 
 pub const PLAIN: &str = "plain";
@@ -153,16 +152,7 @@ impl FinetuneComparison {
             "metric", "plain mean ± sd", "constricted mean ± sd", "difference [95% CI]"
         );
         for m in &self.summary {
-            let p = &m.paired;
-            let _ = writeln!(
-                s,
-                "{:<18} {:>20} {:>20} {:>28}{}",
-                m.metric,
-                format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
-                format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
-                format!("{} [{}, {}]", num(p.diff, 3), num(p.ci_low, 3), num(p.ci_high, 3)),
-                if p.significant() { " *" } else { "" }
-            );
+            s.push_str(&paired_line(m.metric, &m.paired, 18, 22));
         }
         s
     }
@@ -209,21 +199,8 @@ impl FinetuneComparison {
             esc(&self.study.to_string()),
             esc(TARGET_DEFINITION)
         );
-        let rows: Vec<Vec<String>> = self
-            .summary
-            .iter()
-            .map(|m| {
-                let p = &m.paired;
-                let diff = format!("{} [{}, {}]", num(p.diff, 3), num(p.ci_low, 3), num(p.ci_high, 3));
-                vec![
-                    format!("{}<br><small>{}</small>", esc(m.metric), esc(m.description)),
-                    format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
-                    format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
-                    if p.significant() { format!("<td class=\"sig\">{diff}</td>") } else { diff },
-                    p.n.to_string(),
-                ]
-            })
-            .collect();
+        let rows: Vec<Vec<String>> =
+            self.summary.iter().map(|m| paired_cells(m.metric, m.description, &m.paired)).collect();
         body.push_str("<h2>Metrics</h2>\n");
         body.push_str(&html::table(&["metric", PLAIN, CONSTRICTED, "difference [95% CI]", "pairs"], &rows));
         body.push_str("<h2>Plots</h2><div class=\"plots\">\n");
@@ -236,11 +213,7 @@ impl FinetuneComparison {
 
     /// Writes report.json and report.html into `dir`.
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&self.json())?.as_bytes(),
-        )?;
-        crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
+        html::write_report(dir, "report", &self.json(), &self.html())
     }
 }
 
