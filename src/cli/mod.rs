@@ -3,6 +3,7 @@
 mod analyze;
 mod bench;
 mod compare;
+mod compare_finetune;
 mod finetune;
 mod info;
 mod serve;
@@ -48,6 +49,8 @@ enum Command {
     Merge(finetune::MergeArgs),
     /// Baseline vs LCM-modulated generation on the same prompts and seeds: metrics and a report
     Compare(compare::CompareArgs),
+    /// Plain vs constricted fine-tuning on the same data order and seeds: logs and a report
+    CompareFinetune(compare_finetune::CompareFinetuneArgs),
     /// Many LCM settings (a JSON grid) against the baseline: paired changes and the Pareto front
     Sweep(sweep::SweepArgs),
     /// Multi-scale (MSMA) analysis and latent stability of a text, per layer
@@ -217,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),
         Command::Compare(a) => compare::run(a, &cli.adapter),
+        Command::CompareFinetune(a) => compare_finetune::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
         Command::Serve(a) => serve::run(a),

@@ -122,10 +122,6 @@ impl Analysis {
     }
 
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(
-            &dir.join("analysis.json"),
-            serde_json::to_string_pretty(&self.json())?.as_bytes(),
-        )?;
-        crate::atomic::write_file(&dir.join("analysis.html"), self.html().as_bytes())
+        html::write_report(dir, "analysis", &self.json(), &self.html())
     }
 }

@@ -233,16 +233,7 @@ impl Comparison {
             "metric", "baseline mean ± sd", "modulated mean ± sd", "difference [95% CI]"
         );
         for m in &self.summary {
-            let p = &m.paired;
-            let _ = writeln!(
-                s,
-                "{:<30} {:>22} {:>22} {:>30}{}",
-                m.metric,
-                format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
-                format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
-                format!("{:+} [{}, {}]", Signed(p.diff), num(p.ci_low, 3), num(p.ci_high, 3)),
-                if p.significant() { " *" } else { "" }
-            );
+            s.push_str(&paired_line(m.metric, &m.paired, 30, 22));
         }
         s
     }
@@ -292,17 +283,7 @@ impl Comparison {
             .summary
             .iter()
             .zip(METRICS)
-            .map(|(m, (_, description, _))| {
-                let p = &m.paired;
-                let diff = format!("{:+} [{}, {}]", Signed(p.diff), num(p.ci_low, 3), num(p.ci_high, 3));
-                vec![
-                    format!("{}<br><small>{}</small>", esc(m.metric), esc(description)),
-                    format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
-                    format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
-                    if p.significant() { format!("<td class=\"sig\">{diff}</td>") } else { diff },
-                    p.n.to_string(),
-                ]
-            })
+            .map(|(m, (_, description, _))| paired_cells(m.metric, description, &m.paired))
             .collect();
         html::table(&["metric", "baseline", "modulated", "difference [95% CI]", "pairs"], &rows)
     }
@@ -374,12 +355,8 @@ impl Comparison {
 
     /// Writes report.json, tokens.csv and report.html into `dir` (an empty staging folder).
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&self.json())?.as_bytes(),
-        )?;
         crate::atomic::write_file(&dir.join("tokens.csv"), self.tokens_csv().as_bytes())?;
-        crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
+        html::write_report(dir, "report", &self.json(), &self.html())
     }
 }
 
@@ -387,6 +364,31 @@ impl Comparison {
 /// 0.949999988079071.
 pub fn decimal(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::NAN)
+}
+
+/// One metric's terminal line: its name, both arms' mean ± sd and the difference with its
+/// interval (`*` when it excludes 0), in columns `name` and `cell` wide.
+pub fn paired_line(metric: &str, p: &Paired, name: usize, cell: usize) -> String {
+    format!(
+        "{metric:<name$} {:>cell$} {:>cell$} {:>30}{}\n",
+        format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
+        format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
+        format!("{:+} [{}, {}]", Signed(p.diff), num(p.ci_low, 3), num(p.ci_high, 3)),
+        if p.significant() { " *" } else { "" }
+    )
+}
+
+/// One metric's HTML table row: name and description, both arms' mean ± sd, the difference
+/// with its interval (bold when it excludes 0), and the number of pairs.
+pub fn paired_cells(metric: &str, description: &str, p: &Paired) -> Vec<String> {
+    let diff = format!("{:+} [{}, {}]", Signed(p.diff), num(p.ci_low, 3), num(p.ci_high, 3));
+    vec![
+        format!("{}<br><small>{}</small>", esc(metric), esc(description)),
+        format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
+        format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
+        if p.significant() { format!("<td class=\"sig\">{diff}</td>") } else { diff },
+        p.n.to_string(),
+    ]
 }
 
 /// A number with an explicit sign and 3 significant figures.

@@ -46,6 +46,20 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// Writes a report's JSON (pretty) and HTML page into `dir` as `NAME.json` and `NAME.html`.
+pub fn write_report(
+    dir: &std::path::Path,
+    name: &str,
+    json: &serde_json::Value,
+    html: &str,
+) -> anyhow::Result<()> {
+    crate::atomic::write_file(
+        &dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?.as_bytes(),
+    )?;
+    crate::atomic::write_file(&dir.join(format!("{name}.html")), html.as_bytes())
+}
+
 /// A number with `digits` significant figures, or "n/a" when not finite.
 pub fn num(x: f64, digits: usize) -> String {
     if !x.is_finite() {

@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod compare;
+pub mod finetune;
 pub mod html;
 pub mod svg;
 pub mod sweep;

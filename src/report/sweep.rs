@@ -187,11 +187,7 @@ impl Sweep {
     }
 
     pub fn write_into(&self, dir: &Path) -> Result<()> {
-        crate::atomic::write_file(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&self.json())?.as_bytes(),
-        )?;
-        crate::atomic::write_file(&dir.join("report.html"), self.html().as_bytes())
+        html::write_report(dir, "report", &self.json(), &self.html())
     }
 }
 

@@ -262,11 +262,11 @@ pub fn finetune(
         let loss = report.loss + report.align_loss;
         let lr = report.lr;
         let mut line = json!({"step": step, "loss": loss, "grad_norm": report.grad_norm, "lr": lr,
-                              "tokens_per_s": tokens_per_s});
+                              "tokens_per_s": tokens_per_s,
+                              "layer_grad_norms": block_grad_norms(&trainer, &report.tensor_norms, config.layers)});
         if !cfg.constrict.is_off() {
             line["ce_loss"] = json!(report.loss);
             line["align_loss"] = json!(report.align_loss);
-            line["layer_grad_norms"] = json!(block_grad_norms(&trainer, &report.tensor_norms, config.layers));
         }
         let mut mean_lambda = None;
         if let Some(table) = trainer.hgc_lambda()? {
