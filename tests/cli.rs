@@ -427,6 +427,23 @@ fn top_p_out_of_range() {
     fails(&args, &["--top-p must be in (0, 1], got 2"]);
 }
 
+/// `bench --shapes`: random weights of a config's shapes, no weights file needed (how the
+/// GPU benchmarks run where the model cannot be copied); a missing or broken config is refused.
+#[test]
+fn bench_shapes_runs_random_weights() {
+    let Some(dir) = stories() else { return };
+    let config = dir.join("config.json");
+    let args = ["bench", "--shapes", config.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4"];
+    let out = succeeds(&[&args[..], &["--repeats", "1", "--json"]].concat());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["prefill_tok_s"].as_f64().unwrap() > 0.0 && v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    fails(&["bench", "--shapes", "missing.json"], &["--shapes missing.json", "cannot read"]);
+    let bad = TempDir::new("shapes");
+    let broken = bad.path("config.json");
+    std::fs::write(&broken, r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 0}"#).unwrap();
+    fails(&["bench", "--shapes", broken.to_str().unwrap()], &["config.json", "hidden_size"]);
+}
+
 #[test]
 fn bench_prompt_past_context() {
     let Some(src) = stories() else { return };

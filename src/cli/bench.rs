@@ -5,18 +5,26 @@ use super::finetune::ConstrictArgs;
 use super::{load_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::generate::{sampler::argmax, Session};
+use crate::gpu::Gpu;
 use crate::model::adapter::{parse_targets, Lora};
+use crate::model::layout::Weights;
+use crate::model::{GpuModel, ModelConfig};
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArg,
+    /// Benchmark pseudo-random weights of the shapes in this config.json instead of a model's
+    /// own (speed does not depend on the values; e.g. data/configs/smollm2-135m.json)
+    #[arg(long, conflicts_with = "model")]
+    shapes: Option<PathBuf>,
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
@@ -47,6 +55,39 @@ pub struct BenchArgs {
     constrict: ConstrictArgs,
 }
 
+/// What is benchmarked: a model's config and GPU weights, and what to call it.
+struct Subject {
+    name: String,
+    config: ModelConfig,
+    gpu: &'static Gpu,
+    gpu_model: GpuModel,
+    load_s: f64,
+}
+
+fn subject(a: &BenchArgs, adapter: &Option<String>) -> Result<Subject> {
+    let Some(path) = &a.shapes else {
+        let m = load_model(&a.model, adapter)?;
+        let name = m.host.path.display().to_string();
+        return Ok(Subject {
+            name,
+            config: m.host.config,
+            gpu: m.gpu,
+            gpu_model: m.gpu_model,
+            load_s: m.load_s,
+        });
+    };
+    let t0 = Instant::now();
+    let text = std::fs::read(path).with_context(|| format!("--shapes {}: cannot read", path.display()))?;
+    let config = crate::model::load::parse_config(&text, &path.display().to_string())?;
+    let host = Weights::random(&config, 0);
+    let gpu = super::gpu(adapter)?;
+    let gpu_model = GpuModel::upload_weights(gpu, &config, &host)
+        .with_context(|| format!("--shapes {}: cannot load onto the GPU", path.display()))?;
+    gpu.check_lost()?;
+    let name = format!("random weights of {}'s shapes", path.display());
+    Ok(Subject { name, config, gpu, gpu_model, load_s: t0.elapsed().as_secs_f64() })
+}
+
 fn mean_sd(x: &[f64]) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = x.iter().sum::<f64>() / n;
@@ -62,8 +103,8 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
     let lcm = a.lcm.config()?;
-    let m = load_model(&a.model, adapter)?;
-    let cfg = &m.host.config;
+    let m = subject(&a, adapter)?;
+    let cfg = &m.config;
     let total = a.prompt_tokens + a.gen_tokens;
     if total > cfg.max_positions {
         bail!(
@@ -107,7 +148,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off())})
         );
     } else {
-        println!("model:   {} ({} parameters)", m.host.path.display(), cfg.param_count());
+        println!("model:   {} ({} parameters)", m.name, cfg.param_count());
         println!("adapter: {} ({:?})", info.name, info.backend);
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
@@ -122,8 +163,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let m = load_model(&a.model, adapter)?;
-    let cfg = m.host.config.clone();
+    let m = subject(&a, adapter)?;
+    let cfg = m.config.clone();
     let method = match a.lora_rank {
         Some(rank) => {
             Method::Lora(Lora::init(&cfg, &parse_targets(&cfg, "q,v")?, rank, 2.0 * rank as f32, 0)?)
@@ -169,7 +210,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "lcm": lcm.is_some_and(|c| !c.is_off()), "constricted": !constrict.is_off()})
         );
     } else {
-        println!("model:    {} ({} parameters)", m.host.path.display(), cfg.param_count());
+        println!("model:    {} ({} parameters)", m.name, cfg.param_count());
         println!("adapter:  {} ({:?})", info.name, info.backend);
         println!(
             "training: {mode}, batch {} × {} tokens{}",

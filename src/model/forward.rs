@@ -8,6 +8,7 @@ use super::config::ModelConfig;
 use super::layout::{Linear, Weights};
 use super::load::LoadedModel;
 use super::lora::BlockLora;
+use super::weights::HostTensor;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::{act, attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
@@ -115,10 +116,14 @@ impl Head {
 
 impl GpuModel {
     pub fn upload(gpu: &Gpu, model: &LoadedModel) -> Result<GpuModel> {
-        let cfg = &model.config;
+        Self::upload_weights(gpu, &model.config, &model.weights)
+    }
+
+    /// [`GpuModel::upload`] from a config and host weights.
+    pub fn upload_weights(gpu: &Gpu, cfg: &ModelConfig, host: &Weights<HostTensor>) -> Result<GpuModel> {
         // Every tensor is checked against the binding limit before any is uploaded.
-        model.weights.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
-        let weights = model.weights.try_map(|name, t| gpu.upload_f32(name, &t.shape, &t.data))?;
+        host.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
+        let weights = host.try_map(|name, t| gpu.upload_f32(name, &t.shape, &t.data))?;
         let rope = match cfg.rope_theta {
             Some(theta) => {
                 let (cos, sin) = rope::rope_tables(theta, cfg.head_dim, cfg.max_positions);

@@ -369,3 +369,93 @@ impl Weights<HostTensor> {
         out
     }
 }
+
+impl Weights<HostTensor> {
+    /// Pseudo-random weights of `cfg`'s shapes (what `keel bench --shapes` runs: speed does
+    /// not depend on the values). Matrices are uniform in ±1/√in, so activations stay of
+    /// order one through the blocks; norm scales are one and biases zero.
+    pub fn random(cfg: &ModelConfig, seed: u64) -> Weights<HostTensor> {
+        let mut rng = crate::rng::Rng::seed_from_u64(seed);
+        let mut matrix = |name: &str, rows: usize, cols: usize| {
+            let bound = 1.0 / (cols as f64).sqrt();
+            let data = (0..rows * cols).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect();
+            HostTensor::new(name, vec![rows, cols], data)
+        };
+        let filled = |name: &str, n: usize, value: f32| HostTensor::new(name, vec![n], vec![value; n]);
+        let (h, qd) = (cfg.hidden, cfg.heads * cfg.head_dim);
+        let qkv_width = cfg.head_shape().qkv_width();
+        let gpt2 = cfg.arch == Arch::Gpt2;
+        let layer_norm = |name: &str| gpt2.then(|| filled(name, h, 0.0));
+        let blocks = (0..cfg.layers)
+            .map(|_| Block {
+                attn_norm: filled("attn_norm", h, 1.0),
+                attn_norm_b: layer_norm("attn_norm_b"),
+                qkv: matrix("qkv", qkv_width, h),
+                qkv_b: (gpt2 || cfg.qkv_bias).then(|| filled("qkv_b", qkv_width, 0.0)),
+                o: matrix("o", h, qd),
+                o_b: (gpt2 || cfg.o_bias).then(|| filled("o_b", h, 0.0)),
+                mlp_norm: filled("mlp_norm", h, 1.0),
+                mlp_norm_b: layer_norm("mlp_norm_b"),
+                up: matrix("up", cfg.up_width(), h),
+                up_b: gpt2.then(|| filled("up_b", cfg.up_width(), 0.0)),
+                down: matrix("down", h, cfg.ffn),
+                down_b: gpt2.then(|| filled("down_b", h, 0.0)),
+            })
+            .collect();
+        Weights {
+            embed: matrix("embed", cfg.vocab, h),
+            pos_embed: gpt2.then(|| matrix("pos_embed", cfg.max_positions, h)),
+            blocks,
+            final_norm: filled("final_norm", h, 1.0),
+            final_norm_b: layer_norm("final_norm_b"),
+            lm_head: (!cfg.tied_embeddings).then(|| matrix("lm_head", cfg.vocab, h)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shapes(w: &Weights<HostTensor>) -> Vec<(String, Vec<usize>)> {
+        w.named().into_iter().map(|(name, t)| (name, t.shape.clone())).collect()
+    }
+
+    /// Random weights have exactly the tensors and shapes the loader gives each architecture.
+    #[test]
+    fn random_weights_have_the_loaded_shapes() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+        for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
+            let dir = models.join(name);
+            if !dir.exists() {
+                eprintln!("SKIPPED: fixture {} absent", dir.display());
+                continue;
+            }
+            let loaded = crate::model::load(&dir).unwrap();
+            let random = Weights::random(&loaded.config, 7);
+            assert_eq!(shapes(&random), shapes(&loaded.weights), "{name}");
+            let embed = &random.embed.data;
+            let bound = 1.0 / (loaded.config.hidden as f32).sqrt();
+            assert!(embed.iter().all(|v| v.abs() <= bound) && embed.iter().any(|v| v.abs() > bound / 2.0));
+        }
+    }
+
+    /// data/configs/smollm2-135m.json (what `keel bench --shapes` runs on machines the 98 MB
+    /// model cannot reach) describes the same model as the SmolLM2 GGUF's metadata.
+    #[test]
+    fn smollm2_shapes_config_matches_the_gguf() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let gguf = root.join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !gguf.exists() {
+            eprintln!("SKIPPED: fixture {} absent", gguf.display());
+            return;
+        }
+        let text = std::fs::read(root.join("data/configs/smollm2-135m.json")).unwrap();
+        let ours = crate::model::load::parse_config(&text, "smollm2-135m.json").unwrap();
+        let theirs = crate::model::load(&gguf).unwrap().config;
+        let ours_no_max = ModelConfig { max_positions: theirs.max_positions, ..ours.clone() };
+        assert_eq!(ours_no_max, theirs);
+        assert!(ours.max_positions >= 640, "the benchmark's 512 + 128 tokens must fit");
+    }
+}
