@@ -59,6 +59,8 @@ pub struct Head {
     pub targets: Tensor,
     /// `[rows, 4]`: see [`stats::logit_stats`].
     pub stats: Tensor,
+    /// Working space of [`stats::logit_stats`].
+    stats_partials: Tensor,
 }
 
 /// The buffers one block reads and writes (see [`GpuModel::record_block`]): the residual
@@ -110,7 +112,7 @@ impl Scratch {
 
 impl Head {
     pub fn into_tensors(self) -> Vec<Tensor> {
-        vec![self.xn, self.norm_stats, self.logits, self.targets, self.stats]
+        vec![self.xn, self.norm_stats, self.logits, self.targets, self.stats, self.stats_partials]
     }
 }
 
@@ -196,7 +198,7 @@ impl GpuModel {
         let att = c.heads * c.head_dim;
         let scratch =
             3 + 2 * c.hidden + 2 + c.head_shape().qkv_width() + 2 * att + c.heads + c.up_width() + c.ffn;
-        let head = c.hidden + 2 + c.vocab + 1 + 4;
+        let head = c.hidden + 2 + c.vocab + 1 + 4 + stats::partials_len(1, c.vocab);
         ((scratch + head) * rows * 4) as u64
     }
 
@@ -209,6 +211,11 @@ impl GpuModel {
             logits: gpu.scratch("logits", &[rows, c.vocab], DType::F32)?,
             targets: gpu.scratch("targets", &[rows], DType::U32)?,
             stats: gpu.scratch("logit stats", &[rows, 4], DType::F32)?,
+            stats_partials: gpu.scratch(
+                "logit stats partials",
+                &[stats::partials_len(rows, c.vocab)],
+                DType::F32,
+            )?,
         })
     }
 
@@ -347,6 +354,6 @@ impl GpuModel {
             (first, n),
         );
         matmul::linear_spans(step, &head.xn, w.head(), None, &head.logits, spans, false);
-        stats::logit_stats(step, &head.logits, &head.targets, &head.stats, n);
+        stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
     }
 }

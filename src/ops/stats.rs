@@ -12,20 +12,48 @@ pub const NO_TARGET: u32 = u32::MAX;
 struct Params {
     n_rows: u32,
     vocab: u32,
-    _p: [u32; 2],
+    parts: u32,
+    _p: u32,
+}
+
+/// Logits per workgroup of the first pass: a 49k vocabulary spreads over 48 workgroups (a
+/// single one took ~0.3 ms per decoded token on an H200), a small one stays in one.
+const PART_LEN: usize = 1024;
+/// At most this many parts per row (one per thread of the combining workgroup's first step).
+const MAX_PARTS: usize = 64;
+
+/// Parts a row of `vocab` logits is split into.
+fn parts(vocab: usize) -> usize {
+    vocab.div_ceil(PART_LEN).clamp(1, MAX_PARTS)
+}
+
+/// Elements of the partials buffer [`logit_stats`] needs for `rows` rows of `vocab` logits.
+pub fn partials_len(rows: usize, vocab: usize) -> usize {
+    rows * parts(vocab) * 4
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("stats", vec![])]
+    vec![("stats", vec![("SPLIT", 1)]), ("stats", vec![("SPLIT", 0)])]
 }
 
 /// Per row of `logits` `[n_rows, vocab]`: `out[r] = [lse, entropy, logprob(targets[r]), argmax]`.
-pub fn logit_stats(step: &mut Step, logits: &Tensor, targets: &Tensor, out: &Tensor, n_rows: usize) {
+/// `partials` is working space of [`partials_len`] elements.
+pub fn logit_stats(
+    step: &mut Step,
+    logits: &Tensor,
+    targets: &Tensor,
+    (partials, out): (&Tensor, &Tensor),
+    n_rows: usize,
+) {
     let vocab = *logits.shape.last().unwrap();
     assert!(logits.numel() >= n_rows * vocab && targets.numel() >= n_rows && out.numel() >= 4 * n_rows);
-    let params = Params { n_rows: n_rows as u32, vocab: vocab as u32, _p: [0; 2] };
-    let pipeline = step.gpu.pipeline("stats", &[]);
-    step.dispatch(pipeline, &params, &[logits, targets, out], groups(n_rows, 1));
+    assert!(partials.numel() >= partials_len(n_rows, vocab));
+    let parts = parts(vocab);
+    let params = Params { n_rows: n_rows as u32, vocab: vocab as u32, parts: parts as u32, _p: 0 };
+    let split = step.gpu.pipeline("stats", &[("SPLIT", 1)]);
+    step.dispatch(split, &params, &[logits, partials], groups(n_rows * parts, 1));
+    let combine = step.gpu.pipeline("stats", &[("SPLIT", 0)]);
+    step.dispatch(combine, &params, &[logits, partials, targets, out], groups(n_rows, 1));
 }
 
 /// One row of [`logit_stats`] output, decoded.
@@ -52,20 +80,28 @@ mod tests {
     use crate::gpu::DType;
     use crate::ops::test_util::*;
 
+    /// Rows of 1000 logits (one part) and of 5000 (five parts, the tie across two of them).
     #[test]
     fn stats_match_cpu() {
+        check(1000, 5, 900);
+        check(5000, 1500, 4000);
+    }
+
+    /// Row 1 is peaked at 7; row 2 has the maximum twice, at `tie_a < tie_b`: `tie_a` must win.
+    fn check(v: usize, tie_a: usize, tie_b: usize) {
         let gpu = gpu();
-        let (n, v) = (3, 1000);
+        let n = 3;
         let mut z = rand_vec(1, n * v, 6.0);
-        z[v + 7] = 40.0; // a peaked row
-        z[2 * v + 5] = 9.0; // a tie: the lower index must win
-        z[2 * v + 900] = 9.0;
+        z[v + 7] = 40.0;
+        z[2 * v + tie_a] = 9.0;
+        z[2 * v + tie_b] = 9.0;
         let targets = [7u32, 7, NO_TARGET];
         let zt = gpu.upload_f32("z", &[n, v], &z).unwrap();
         let tt = gpu.upload_u32("t", &[n], &targets).unwrap();
         let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
+        let partials = gpu.zeros("partials", &[partials_len(n, v)], DType::F32).unwrap();
         let mut step = Step::new(gpu);
-        logit_stats(&mut step, &zt, &tt, &out, n);
+        logit_stats(&mut step, &zt, &tt, (&partials, &out), n);
         step.submit().unwrap();
         let got = RowStats::parse(&gpu.read_f32(&out).unwrap());
         for r in 0..n {
@@ -83,6 +119,6 @@ mod tests {
                 assert!((got[r].target_logprob as f64 - want).abs() < 1e-4);
             }
         }
-        assert_eq!(got[2].argmax, 5);
+        assert_eq!(got[2].argmax as usize, tie_a);
     }
 }
