@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The benchmark matrix behind docs/bench.md's GPU table: SmolLM2-135M shapes (random weights,
+# which run at the speed of the real ones), batch 1, a 512-token prompt and 128 new tokens,
+# per weight format; LCM on; the per-kernel profile; full fine-tuning at batch 8 x 512.
+#
+#   scripts/gpu-bench.sh [KEEL_BINARY] [OUT_DIR]
+#
+# Each case's `--json` line goes to OUT_DIR/bench.jsonl, the profiles to OUT_DIR/profile-*.txt.
+set -uo pipefail
+keel=${1:-target/release/keel}
+out=${2:-bench-out}
+shapes=data/configs/smollm2-135m.json
+mkdir -p "$out"
+run() {  # run NAME ARGS...: one case, its JSON line tagged with NAME
+    local name=$1; shift
+    echo "== $name: keel bench $*" >&2
+    local line
+    if line=$(timeout 300 "$keel" bench --shapes "$shapes" "$@" --json); then
+        echo "{\"case\":\"$name\",\"result\":$line}" | tee -a "$out/bench.jsonl"
+    else
+        echo "{\"case\":\"$name\",\"failed\":true}" | tee -a "$out/bench.jsonl"
+    fi
+}
+"$keel" info > "$out/info.txt" 2>&1
+for w in f32 f16 q8_0 q4_1; do
+    run "decode-$w" --weights "$w" --repeats 5
+done
+run "decode-f32-lcm" --weights f32 --repeats 5 --lcm-gamma 0.1
+run "decode-q4_1-lcm" --weights q4_1 --repeats 5 --lcm-gamma 0.1
+for w in f32 q4_1; do
+    timeout 300 "$keel" bench --shapes "$shapes" --weights "$w" --repeats 1 --profile > "$out/profile-$w.txt" 2>&1
+done
+run "train-full" --train --batch 8 --seq-len 512 --repeats 2
