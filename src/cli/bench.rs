@@ -2,10 +2,12 @@
 //! llama-bench reports them); with `--train`, fine-tuning throughput and memory.
 
 use super::finetune::ConstrictArgs;
-use super::{load_model, LcmArgs, ModelArg};
+use super::{load_model, load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
+use crate::cpu::quant::WeightFormat;
 use crate::generate::{sampler::argmax, Session};
 use crate::model::adapter::{parse_targets, Lora};
+use crate::model::WeightChoice;
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Result};
@@ -99,16 +101,24 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let (p, p_sd) = mean_sd(&prefill);
     let (d, d_sd) = if decode.is_empty() { (0.0, 0.0) } else { mean_sd(&decode) };
     let info = &m.gpu.info;
+    let (linear_fmt, head_fmt) = m.gpu_model.formats();
+    let weight_mib = m.gpu_model.weight_bytes() as f64 / (1 << 20) as f64;
     if a.json {
         println!(
             "{}",
-            json!({"load_s": m.load_s, "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
+            json!({"load_s": m.load_s, "weights": linear_fmt.name(), "head_weights": head_fmt.name(),
+                   "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
                    "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off())})
         );
     } else {
         println!("model:   {} ({} parameters)", m.host.path.display(), cfg.param_count());
         println!("adapter: {} ({:?})", info.name, info.backend);
+        println!(
+            "weights: {} linears, {} LM head, {weight_mib:.1} MiB on the GPU",
+            linear_fmt.name(),
+            head_fmt.name()
+        );
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
         println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens)", a.gen_tokens);
@@ -122,7 +132,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let m = load_model(&a.model, adapter)?;
+    a.model.require_f32("bench --train")?;
+    let m = load_model_as(&a.model, adapter, WeightChoice::Format(WeightFormat::F32))?;
     let cfg = m.host.config.clone();
     let method = match a.lora_rank {
         Some(rank) => {
