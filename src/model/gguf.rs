@@ -859,6 +859,25 @@ mod tests {
         assert_eq!((norm.len(), norm[0]), (576, first));
     }
 
+    /// Packed weights travel with their f32 values: the same numbers, rows un-permuted alike
+    /// (q/k) and concatenated alike (Keel's fused QKV and gate|up); norms stay f32 only.
+    #[test]
+    fn fixture_weights_stay_packed_with_their_values() {
+        let Some(bytes) = fixture() else { return };
+        let (_, tensors) = to_hf(bytes).unwrap();
+        let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        assert_eq!(by_name["model.layers.3.self_attn.q_proj.weight"].format(), WeightFormat::Q4_1);
+        assert_eq!(by_name["model.embed_tokens.weight"].format(), WeightFormat::Q8_0);
+        assert_eq!(by_name["model.norm.weight"].packed, None);
+        let model = crate::model::load(&fixture_dir()).unwrap();
+        for (name, t) in model.weights.named() {
+            if let Some((fmt, words)) = &t.packed {
+                assert_eq!(&quant::dequantize(*fmt, words), &t.data, "{name}");
+            }
+        }
+        assert_eq!(model.weights.blocks[0].qkv.format(), WeightFormat::Q4_1);
+    }
+
     #[test]
     fn converts_fixture_to_hf() {
         let Some(bytes) = fixture() else { return };
