@@ -138,15 +138,15 @@ impl WeightChoice {
         }
     }
 
-    /// The weight as uploaded: (format, words).
-    fn pack(self, t: &HostTensor) -> (WeightFormat, Vec<u32>) {
+    /// The weight's packed (format, words), or None to upload it as f32.
+    fn pack(self, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
         match (self, &t.packed) {
-            (WeightChoice::Auto, Some((f, words))) => (*f, words.clone()),
-            (WeightChoice::Format(f), Some((g, words))) if f == *g => (f, words.clone()),
-            (WeightChoice::Format(f), _) if f.fits(t.shape[1]) => {
-                (f, quant::quantize(f, &t.data, t.shape[1]))
+            (WeightChoice::Auto, Some((f, words))) => Some((*f, words.clone())),
+            (WeightChoice::Format(f), Some((g, words))) if f == *g => Some((f, words.clone())),
+            (WeightChoice::Format(f), _) if f != WeightFormat::F32 && f.fits(t.shape[1]) => {
+                Some((f, quant::quantize(f, &t.data, t.shape[1])))
             }
-            _ => (WeightFormat::F32, quant::quantize(WeightFormat::F32, &t.data, t.shape[1])),
+            _ => None,
         }
     }
 }
@@ -162,25 +162,24 @@ impl GpuModel {
         let cfg = &model.config;
         // Every tensor is checked against the binding limit before any is uploaded.
         model.weights.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
-        let linear = |name: &str| {
-            name.starts_with("blocks.")
-                && ["qkv", "o", "up", "down"].contains(&&name[name.rfind('.').unwrap() + 1..])
+        // Only weights of matrix products may be packed; the embed gather reads f32.
+        let product = |name: &str| {
+            name == "lm_head"
+                || (name.starts_with("blocks.")
+                    && ["qkv", "o", "up", "down"].contains(&name.rsplit('.').next().unwrap_or("")))
         };
-        let upload = |name: &str, t: &HostTensor| {
-            if linear(name) || name == "lm_head" {
-                let (fmt, words) = choice.pack(t);
-                gpu.upload_weight(name, &t.shape, fmt, &words)
-            } else {
-                gpu.upload_f32(name, &t.shape, &t.data)
+        let weights = model.weights.try_map(|name, t| {
+            let packed = if product(name) { choice.pack(t) } else { None };
+            match packed {
+                Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
+                None => gpu.upload_f32(name, &t.shape, &t.data),
             }
-        };
-        let weights = model.weights.try_map(upload)?;
-        let head = match (&model.weights.lm_head, choice.pack(&model.weights.embed)) {
-            (None, (fmt, words)) if fmt != WeightFormat::F32 => {
-                Some(gpu.upload_weight("lm_head (tied)", &model.weights.embed.shape, fmt, &words)?)
-            }
-            _ => None,
-        };
+        })?;
+        let embed = &model.weights.embed;
+        let tied = if model.weights.lm_head.is_none() { choice.pack(embed) } else { None };
+        let head = tied
+            .map(|(f, words)| gpu.upload_weight("lm_head (tied)", &embed.shape, f, &words))
+            .transpose()?;
         let rope = match cfg.rope_theta {
             Some(theta) => {
                 let (cos, sin) = rope::rope_tables(theta, cfg.head_dim, cfg.max_positions);
