@@ -2,7 +2,8 @@
 // and row/column strides, so one kernel serves x·Wᵀ (forward), dy·W (input gradient) and
 // dyᵀ·x (weight gradient). Each thread computes a 4×4 block of C from registers (no
 // workgroup memory: faster on CPU adapters and competitive on GPUs). With KVEC4, A and B
-// are contiguous along K (the forward x·Wᵀ case) and are read four K-steps at a time.
+// are contiguous along K (the forward x·Wᵀ case) and are read four K-steps at a time; B may then
+// be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -13,7 +14,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 #if KVEC4
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#include wfmt
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -39,10 +40,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let a1 = a[p.a_off + r.y * p.a_rs + kk];
         let a2 = a[p.a_off + r.z * p.a_rs + kk];
         let a3 = a[p.a_off + r.w * p.a_rs + kk];
-        let b0 = b[p.b_off + q.x * p.b_cs + kk];
-        let b1 = b[p.b_off + q.y * p.b_cs + kk];
-        let b2 = b[p.b_off + q.z * p.b_cs + kk];
-        let b3 = b[p.b_off + q.w * p.b_cs + kk];
+        let b0 = wload(q.x, kk);
+        let b1 = wload(q.y, kk);
+        let b2 = wload(q.z, kk);
+        let b3 = wload(q.w, kk);
         acc[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
         acc[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
         acc[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));

@@ -5,7 +5,8 @@
 // threads reading consecutive elements (coalesced on GPUs), and each thread sums RPT rows, so
 // one load of A serves RPT rows (what CPU adapters pay for: they cost per element loaded).
 // One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters.
-// With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units.
+// With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units, and B
+// may be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -16,7 +17,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 #if KVEC4
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+#include wfmt
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
@@ -39,8 +40,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (base >= p.n) { return; }  // spare groups of a grid folded into y
     let row0 = base + lid / TPR * RPT;
     // Rows past the end re-read the last one; their sums are never stored.
-    var w_at: array<u32, RPT>;
-    for (var j = 0u; j < RPT; j++) { w_at[j] = p.b_off + min(row0 + j, p.n - 1u) * p.b_cs; }
+    var w_row: array<u32, RPT>;
+    for (var j = 0u; j < RPT; j++) { w_row[j] = min(row0 + j, p.n - 1u); }
     var acc: array<vec4<f32>, RPT>;
 #if KVEC4
     let len = p.k / 4u;
@@ -52,7 +53,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var kk = lid % TPR; kk < len; kk += TPR) {
         for (var i = 0u; i < MR; i++) { x[i] = a[p.a_off + i * p.a_rs + kk]; }
         for (var j = 0u; j < RPT; j++) {
-            let w = b[w_at[j] + kk];
+#if KVEC4
+            let w = wload(w_row[j], kk);
+#else
+            let w = b[p.b_off + w_row[j] * p.b_cs + kk];
+#endif
             for (var i = 0u; i < MR; i++) {
 #if KVEC4
                 acc[j][i] += dot(x[i], w);

@@ -2,13 +2,14 @@
 //! llama-bench reports them); with `--train`, fine-tuning throughput and memory.
 
 use super::finetune::ConstrictArgs;
-use super::{load_model, LcmArgs, ModelArg};
+use super::{load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
+use crate::cpu::quant::WeightFormat;
 use crate::generate::{sampler::argmax, Session};
 use crate::gpu::Gpu;
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
-use crate::model::{GpuModel, ModelConfig};
+use crate::model::{GpuModel, ModelConfig, WeightChoice};
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Context, Result};
@@ -64,9 +65,9 @@ struct Subject {
     load_s: f64,
 }
 
-fn subject(a: &BenchArgs, adapter: &Option<String>) -> Result<Subject> {
+fn subject(a: &BenchArgs, adapter: &Option<String>, choice: WeightChoice) -> Result<Subject> {
     let Some(path) = &a.shapes else {
-        let m = load_model(&a.model, adapter)?;
+        let m = load_model_as(&a.model, adapter, choice)?;
         let name = m.host.path.display().to_string();
         return Ok(Subject {
             name,
@@ -81,7 +82,7 @@ fn subject(a: &BenchArgs, adapter: &Option<String>) -> Result<Subject> {
     let config = crate::model::load::parse_config(&text, &path.display().to_string())?;
     let host = Weights::random(&config, 0);
     let gpu = super::gpu(adapter)?;
-    let gpu_model = GpuModel::upload_weights(gpu, &config, &host)
+    let gpu_model = GpuModel::upload_weights(gpu, &config, &host, choice)
         .with_context(|| format!("--shapes {}: cannot load onto the GPU", path.display()))?;
     gpu.check_lost()?;
     let name = format!("random weights of {}'s shapes", path.display());
@@ -103,7 +104,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
     let lcm = a.lcm.config()?;
-    let m = subject(&a, adapter)?;
+    let m = subject(&a, adapter, a.model.weights()?)?;
     let cfg = &m.config;
     let total = a.prompt_tokens + a.gen_tokens;
     if total > cfg.max_positions {
@@ -140,16 +141,24 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let (p, p_sd) = mean_sd(&prefill);
     let (d, d_sd) = if decode.is_empty() { (0.0, 0.0) } else { mean_sd(&decode) };
     let info = &m.gpu.info;
+    let (linear_fmt, head_fmt) = m.gpu_model.formats();
+    let weight_mib = m.gpu_model.weight_bytes() as f64 / (1 << 20) as f64;
     if a.json {
         println!(
             "{}",
-            json!({"load_s": m.load_s, "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
+            json!({"load_s": m.load_s, "weights": linear_fmt.name(), "head_weights": head_fmt.name(),
+                   "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
                    "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off())})
         );
     } else {
         println!("model:   {} ({} parameters)", m.name, cfg.param_count());
         println!("adapter: {} ({:?})", info.name, info.backend);
+        println!(
+            "weights: {} linears, {} LM head, {weight_mib:.1} MiB on the GPU",
+            linear_fmt.name(),
+            head_fmt.name()
+        );
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
         println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens)", a.gen_tokens);
@@ -163,7 +172,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let m = subject(&a, adapter)?;
+    a.model.require_f32("bench --train")?;
+    let m = subject(&a, adapter, WeightChoice::Format(WeightFormat::F32))?;
     let cfg = m.config.clone();
     let method = match a.lora_rank {
         Some(rank) => {

@@ -169,6 +169,7 @@ fn check_positive(flag: &str, v: f64) -> Result<()> {
 }
 
 pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
+    a.model.require_f32("finetune")?;
     check_positive("--lr", a.lr)?;
     check_positive("--adam-eps", a.adam_eps)?;
     if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {

@@ -10,9 +10,10 @@ mod serve;
 mod sweep;
 mod text;
 
+use crate::cpu::quant::WeightFormat;
 use crate::generate::SamplerConfig;
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::model::{GpuModel, LoadedModel};
+use crate::model::{GpuModel, LoadedModel, WeightChoice};
 use crate::modulate::{self, LcmConfig};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,28 @@ pub struct ModelArg {
     /// Model folder (config.json + safetensors, or one .gguf) or .gguf file (env: KEEL_MODEL)
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// GPU format of the linear layers' weights: auto (f32; a GGUF file's own F16/Q8_0/Q4_0/Q4_1),
+    /// f32, f16, q8_0, q4_0 or q4_1
+    #[arg(long, default_value = "auto")]
+    pub weights: String,
+}
+
+impl ModelArg {
+    pub fn weights(&self) -> Result<WeightChoice> {
+        WeightChoice::parse(&self.weights)
+    }
+
+    /// Training reads and updates f32 weights: `auto` means f32 there (a GGUF is dequantized),
+    /// any other format than f32 is refused.
+    pub fn require_f32(&self, command: &str) -> Result<()> {
+        match self.weights()? {
+            WeightChoice::Auto | WeightChoice::Format(WeightFormat::F32) => Ok(()),
+            WeightChoice::Format(f) => anyhow::bail!(
+                "--weights {}: {command} trains f32 weights (use --weights f32 or auto)",
+                f.name()
+            ),
+        }
+    }
 }
 
 /// Sampling flags; unset ones fall back to the model's generation_config.json.
@@ -200,12 +223,17 @@ fn resolve_model(arg: &ModelArg) -> Result<PathBuf> {
 }
 
 pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
+    load_model_as(arg, adapter, arg.weights()?)
+}
+
+/// [`load_model`] with the weight format given (training: f32 whatever `--weights` says).
+pub fn load_model_as(arg: &ModelArg, adapter: &Option<String>, choice: WeightChoice) -> Result<Ready> {
     let path = resolve_model(arg)?;
     let t0 = Instant::now();
     // The files first: a broken model is refused without starting the GPU.
     let host = crate::model::load(&path)?;
     let gpu = gpu(adapter)?;
-    let gpu_model = GpuModel::upload(gpu, &host)
+    let gpu_model = GpuModel::upload_with(gpu, &host, choice)
         .with_context(|| format!("{}: cannot load onto the GPU", path.display()))?;
     gpu.check_lost()?;
     Ok(Ready { host, gpu_model, gpu, load_s: t0.elapsed().as_secs_f64() })

@@ -27,7 +27,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
-    // Not a kernel: pasted in by `#include reduce`.
+    // Not kernels: pasted in by `#include reduce` / `#include wfmt`.
+    ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
 

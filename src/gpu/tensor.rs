@@ -1,6 +1,7 @@
 //! GPU tensors: a storage buffer, a shape and an element type. Uploads and read-backs.
 
 use super::Gpu;
+pub use crate::cpu::quant::WeightFormat;
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
 
@@ -8,9 +9,12 @@ use wgpu::util::DeviceExt;
 pub enum DType {
     F32,
     U32,
+    /// A weight matrix in a packed format (src/cpu/quant.rs's layout): `shape` stays the
+    /// logical `[out, in]`; only the matmul kernels' weight operand reads it.
+    Packed(WeightFormat),
 }
 
-/// A dense row-major tensor in one storage buffer (4-byte elements).
+/// A dense row-major tensor in one storage buffer (4-byte elements, or a packed weight).
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub buf: wgpu::Buffer,
@@ -26,7 +30,17 @@ impl Tensor {
         self.shape.iter().product()
     }
     pub fn bytes(&self) -> u64 {
-        self.numel() as u64 * 4
+        match self.dtype {
+            DType::Packed(f) => f.words(self.shape[0], self.shape[1]) as u64 * 4,
+            _ => self.numel() as u64 * 4,
+        }
+    }
+    /// How the elements are stored: f32 unless packed.
+    pub fn format(&self) -> WeightFormat {
+        match self.dtype {
+            DType::Packed(f) => f,
+            _ => WeightFormat::F32,
+        }
     }
 }
 
@@ -93,6 +107,19 @@ impl Gpu {
     pub fn upload_f32(&self, what: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "{what}: shape/data mismatch");
         self.upload(what, shape, DType::F32, bytemuck::cast_slice(data))
+    }
+
+    /// A `[rows, cols]` weight in `fmt`, given as its packed words (f32: the bits).
+    pub fn upload_weight(
+        &self,
+        what: &str,
+        shape: &[usize],
+        fmt: WeightFormat,
+        words: &[u32],
+    ) -> Result<Tensor> {
+        assert!(shape.len() == 2 && words.len() == fmt.words(shape[0], shape[1]), "{what}: packed size");
+        let dtype = if fmt == WeightFormat::F32 { DType::F32 } else { DType::Packed(fmt) };
+        self.upload(what, shape, dtype, bytemuck::cast_slice(words))
     }
 
     pub fn upload_u32(&self, what: &str, shape: &[usize], data: &[u32]) -> Result<Tensor> {

@@ -265,6 +265,7 @@ impl Lora {
                     Linear::Down => &mut block.down,
                 };
                 let inp = w.shape[1];
+                w.packed = None; // the merged weights are f32
                 for (i, row) in p.slot.rows.clone().enumerate() {
                     for j in 0..inp {
                         let ba: f64 = (0..r).map(|k| p.b[i * r + k] as f64 * p.a[k * inp + j] as f64).sum();

@@ -9,6 +9,7 @@ use super::layout::{Linear, Weights};
 use super::load::LoadedModel;
 use super::lora::BlockLora;
 use super::weights::HostTensor;
+use crate::cpu::quant::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::{act, attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
@@ -17,6 +18,9 @@ use anyhow::{bail, Result};
 pub struct GpuModel {
     pub config: ModelConfig,
     pub weights: Weights<Tensor>,
+    /// A packed copy of a tied embedding for the LM head: the embed gather reads `weights.embed`
+    /// as f32, the head's matrix product this one.
+    head: Option<Tensor>,
     /// (cos, sin) tables for rotary models, `[max_positions, head_dim / 2]`.
     rope: Option<(Tensor, Tensor)>,
 }
@@ -116,16 +120,77 @@ impl Head {
     }
 }
 
-impl GpuModel {
-    pub fn upload(gpu: &Gpu, model: &LoadedModel) -> Result<GpuModel> {
-        Self::upload_weights(gpu, &model.config, &model.weights)
+/// The format each matrix-product weight gets on the GPU (`--weights`): `Auto` keeps a
+/// GGUF weight in its file's packed format and everything else f32; a format converts every
+/// block linear and the LM head whose rows fit it (rows of whole 32-blocks), others stay f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightChoice {
+    Auto,
+    Format(WeightFormat),
+}
+
+impl WeightChoice {
+    /// Parses `--weights`: auto, f32, f16, q8_0, q4_0 or q4_1.
+    pub fn parse(s: &str) -> Result<WeightChoice> {
+        match s {
+            "auto" => Ok(WeightChoice::Auto),
+            _ => WeightFormat::parse(s)
+                .map(WeightChoice::Format)
+                .ok_or_else(|| anyhow::anyhow!("--weights {s}: expected auto, f32, f16, q8_0, q4_0 or q4_1")),
+        }
     }
 
-    /// [`GpuModel::upload`] from a config and host weights.
-    pub fn upload_weights(gpu: &Gpu, cfg: &ModelConfig, host: &Weights<HostTensor>) -> Result<GpuModel> {
+    /// The weight's packed (format, words), or None to upload it as f32.
+    fn pack(self, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
+        match (self, &t.packed) {
+            (WeightChoice::Auto, Some((f, words))) => Some((*f, words.clone())),
+            (WeightChoice::Format(f), Some((g, words))) if f == *g => Some((f, words.clone())),
+            (WeightChoice::Format(f), _) if f != WeightFormat::F32 && f.fits(t.shape[1]) => {
+                Some((f, quant::quantize(f, &t.data, t.shape[1])))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl GpuModel {
+    /// Uploads every weight as f32 (what training needs; safetensors models under `auto` too).
+    pub fn upload(gpu: &Gpu, model: &LoadedModel) -> Result<GpuModel> {
+        Self::upload_with(gpu, model, WeightChoice::Format(WeightFormat::F32))
+    }
+
+    /// Uploads with block linears and the LM head in the format `choice` gives them.
+    pub fn upload_with(gpu: &Gpu, model: &LoadedModel, choice: WeightChoice) -> Result<GpuModel> {
+        Self::upload_weights(gpu, &model.config, &model.weights, choice)
+    }
+
+    /// [`GpuModel::upload_with`] from a config and host weights.
+    pub fn upload_weights(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        host: &Weights<HostTensor>,
+        choice: WeightChoice,
+    ) -> Result<GpuModel> {
         // Every tensor is checked against the binding limit before any is uploaded.
         host.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
-        let weights = host.try_map(|name, t| gpu.upload_f32(name, &t.shape, &t.data))?;
+        // Only weights of matrix products may be packed; the embed gather reads f32.
+        let product = |name: &str| {
+            name == "lm_head"
+                || (name.starts_with("blocks.")
+                    && ["qkv", "o", "up", "down"].contains(&name.rsplit('.').next().unwrap_or("")))
+        };
+        let weights = host.try_map(|name, t| {
+            let packed = if product(name) { choice.pack(t) } else { None };
+            match packed {
+                Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
+                None => gpu.upload_f32(name, &t.shape, &t.data),
+            }
+        })?;
+        let embed = &host.embed;
+        let tied = if host.lm_head.is_none() { choice.pack(embed) } else { None };
+        let head = tied
+            .map(|(f, words)| gpu.upload_weight("lm_head (tied)", &embed.shape, f, &words))
+            .transpose()?;
         let rope = match cfg.rope_theta {
             Some(theta) => {
                 let (cos, sin) = rope::rope_tables(theta, cfg.head_dim, cfg.max_positions);
@@ -134,7 +199,24 @@ impl GpuModel {
             }
             None => None,
         };
-        Ok(GpuModel { config: cfg.clone(), weights, rope })
+        Ok(GpuModel { config: cfg.clone(), weights, head, rope })
+    }
+
+    /// The LM head's weight as the forward pass reads it.
+    pub fn head_weight(&self) -> &Tensor {
+        self.head.as_ref().unwrap_or(self.weights.head())
+    }
+
+    /// The format of the block linears (the first block's QKV) and of the LM head.
+    pub fn formats(&self) -> (WeightFormat, WeightFormat) {
+        let linear = self.weights.blocks.first().map_or(WeightFormat::F32, |b| b.qkv.format());
+        (linear, self.head_weight().format())
+    }
+
+    /// Bytes the weights take on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let named = self.weights.named();
+        named.iter().map(|(_, t)| t.bytes()).sum::<u64>() + self.head.as_ref().map_or(0, Tensor::bytes)
     }
 
     /// The rotary (cos, sin) tables; None for learned positions.
@@ -353,7 +435,7 @@ impl GpuModel {
             &head.norm_stats,
             (first, n),
         );
-        matmul::linear_spans(step, &head.xn, w.head(), None, &head.logits, spans, false);
+        matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
         stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
     }
 }

@@ -12,6 +12,7 @@ use half::f16;
 use serde_json::{json, Map, Value};
 
 use super::weights::HostTensor;
+use crate::cpu::quant::{self, WeightFormat};
 
 /// A parsed GGUF file: header, metadata and tensor table (tensor data stays in the bytes).
 #[derive(Clone, Debug, PartialEq)]
@@ -546,16 +547,44 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
         let mut data = dequantize(&file, bytes, info)?;
+        let mut packed = packed_weight(&file, bytes, info, &shape)?;
         if let (true, Some(n_heads)) = (permuted, rope_heads) {
             let rows = shape.first().copied().unwrap_or(1);
-            data = usize::try_from(n_heads)
-                .map_err(anyhow::Error::from)
-                .and_then(|n_heads| unpermute_rows(&data, rows, n_heads))
-                .map_err(|e| anyhow!("GGUF tensor '{}': {e}", info.name))?;
+            let mut unpermute = || -> Result<()> {
+                let n_heads = usize::try_from(n_heads)?;
+                data = unpermute_rows(&data, rows, n_heads)?;
+                if let Some((_, words)) = &mut packed {
+                    *words = unpermute_rows(words, rows, n_heads)?;
+                }
+                Ok(())
+            };
+            unpermute().map_err(|e| anyhow!("GGUF tensor '{}': {e}", info.name))?;
         }
-        out.push(HostTensor::new(hf, shape, data));
+        out.push(HostTensor { packed, ..HostTensor::new(hf, shape, data) });
     }
     Ok((config, out))
+}
+
+/// A 2-D tensor stored as F16, Q8_0, Q4_0 or Q4_1, kept in that format (GPU layout) beside
+/// its f32 values: weights the GPU can read without dequantizing at load. Rows are whole
+/// blocks (ggml blocks run along rows), so permuting or concatenating rows works on them too.
+fn packed_weight(
+    file: &GgufFile,
+    bytes: &[u8],
+    info: &GgufTensorInfo,
+    shape: &[usize],
+) -> Result<Option<(WeightFormat, Vec<u32>)>> {
+    let fmt = match info.ggml_type {
+        GGML_F16 => WeightFormat::F16,
+        GGML_Q8_0 => WeightFormat::Q8_0,
+        GGML_Q4_0 => WeightFormat::Q4_0,
+        GGML_Q4_1 => WeightFormat::Q4_1,
+        _ => return Ok(None),
+    };
+    if shape.len() != 2 || !fmt.fits(shape[1]) {
+        return Ok(None);
+    }
+    Ok(Some((fmt, quant::from_ggml(fmt, tensor_data(file, bytes, info)?))))
 }
 
 /// Maps a GGUF tensor name to its HF name, and for q/k projections the head count whose
@@ -603,7 +632,7 @@ fn hf_tensor_name(name: &str, layers: u64, heads: u64, kv_heads: u64) -> Result<
 /// row (head h, half s, index i) = h*head_dim + s*head_dim/2 + i to GGUF row
 /// h*head_dim + 2i + s. The inverse gathers, for each HF row, that GGUF row: within a
 /// head, the even GGUF rows become the first half and the odd rows the second half.
-fn unpermute_rows(data: &[f32], rows: usize, n_heads: usize) -> Result<Vec<f32>> {
+fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_heads: usize) -> Result<Vec<T>> {
     ensure!(
         n_heads > 0 && rows.is_multiple_of(2 * n_heads),
         "{rows} rows do not split into {n_heads} heads of even size"
@@ -828,6 +857,25 @@ mod tests {
         let start = data_start(&file, "output_norm.weight");
         let first = f32::from_le_bytes(bytes[start..start + 4].try_into().unwrap());
         assert_eq!((norm.len(), norm[0]), (576, first));
+    }
+
+    /// Packed weights travel with their f32 values: the same numbers, rows un-permuted alike
+    /// (q/k) and concatenated alike (Keel's fused QKV and gate|up); norms stay f32 only.
+    #[test]
+    fn fixture_weights_stay_packed_with_their_values() {
+        let Some(bytes) = fixture() else { return };
+        let (_, tensors) = to_hf(bytes).unwrap();
+        let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        assert_eq!(by_name["model.layers.3.self_attn.q_proj.weight"].format(), WeightFormat::Q4_1);
+        assert_eq!(by_name["model.embed_tokens.weight"].format(), WeightFormat::Q8_0);
+        assert_eq!(by_name["model.norm.weight"].packed, None);
+        let model = crate::model::load(&fixture_dir()).unwrap();
+        for (name, t) in model.weights.named() {
+            if let Some((fmt, words)) = &t.packed {
+                assert_eq!(&quant::dequantize(*fmt, words), &t.data, "{name}");
+            }
+        }
+        assert_eq!(model.weights.blocks[0].qkv.format(), WeightFormat::Q4_1);
     }
 
     #[test]

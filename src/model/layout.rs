@@ -178,8 +178,13 @@ impl Source<'_> {
 fn concat_rows(name: &str, parts: Vec<HostTensor>) -> HostTensor {
     let cols = parts[0].shape.get(1).copied();
     let rows: usize = parts.iter().map(|t| t.shape[0]).sum();
+    // Packed rows concatenate like f32 rows, when every part has the same format.
+    let fmt = parts[0].packed.as_ref().map(|(f, _)| *f);
+    let packed = fmt.filter(|&f| parts.iter().all(|t| t.packed.as_ref().is_some_and(|(g, _)| *g == f)));
+    let packed = packed
+        .map(|f| (f, parts.iter().flat_map(|t| t.packed.as_ref().unwrap().1.iter().copied()).collect()));
     let data = parts.into_iter().flat_map(|t| t.data).collect();
-    HostTensor::new(name, cols.map_or(vec![rows], |c| vec![rows, c]), data)
+    HostTensor { packed, ..HostTensor::new(name, cols.map_or(vec![rows], |c| vec![rows, c]), data) }
 }
 
 /// Conv1D stores `[in, out]`; Keel wants `[out, in]`.

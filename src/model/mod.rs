@@ -14,5 +14,5 @@ pub mod save;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
-pub use forward::{GpuModel, KvCache};
+pub use forward::{GpuModel, KvCache, WeightChoice};
 pub use load::{load, LoadedModel};

@@ -2,7 +2,10 @@
 //! (Hugging Face's nn.Linear), so the forward pass is `y = x · Wᵀ`; the same kernel computes
 //! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides. Products
 //! of a few rows with a weight (decode) go to the matrix-vector kernel, `shaders/matvec.wgsl`.
+//! Weights may be packed (f16, Q8_0, Q4_0, Q4_1: `shaders/wfmt.wgsl`) when they are the `W` of
+//! a forward x·Wᵀ; both kernels dequantize them as they read them and accumulate in f32.
 
+use crate::cpu::quant::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
@@ -78,12 +81,27 @@ impl Tile {
     }
 }
 
+/// The defines selecting how B is stored (none for f32, so f32 variants are unchanged).
+fn format_flags(fmt: WeightFormat) -> Vec<Define> {
+    let flag = match fmt {
+        WeightFormat::F32 => return vec![],
+        WeightFormat::F16 => "W_F16",
+        WeightFormat::Q8_0 => "W_Q8_0",
+        WeightFormat::Q4_0 => "W_Q4_0",
+        WeightFormat::Q4_1 => "W_Q4_1",
+    };
+    vec![("WQ", 1), (flag, 1)]
+}
+
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let mut v = Vec::new();
-    for kvec4 in [0, 1] {
+    // Packed weights are only read through the vec4 path.
+    let layouts = [(0, WeightFormat::F32)].into_iter().chain(WeightFormat::ALL.map(|f| (1, f)));
+    for (kvec4, fmt) in layouts {
         for bias in [0, 1] {
             for acc in [0, 1] {
-                let flags = vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)];
+                let flags =
+                    [vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)], format_flags(fmt)].concat();
                 v.push(("matmul", flags.clone()));
                 for m in 1..=MATVEC_MAX_M as u32 {
                     for tile in [Tile::GPU, Tile::CPU] {
@@ -145,6 +163,13 @@ fn matmul_tiled(
     assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
     assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
     let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
+    let fmt = b.t.format();
+    // Packed weights carry no strides: only a whole [n, k] weight, transposed (x·Wᵀ), row-aligned A.
+    assert!(
+        fmt == WeightFormat::F32 || (kvec4 && b.off == 0 && b.cs == k && b.t.shape == [n, k]),
+        "a {} weight can only be the W of a forward x·Wᵀ",
+        fmt.name()
+    );
     let unit = if kvec4 { 4 } else { 1 };
     let params = Params {
         m: m as u32,
@@ -161,6 +186,7 @@ fn matmul_tiled(
         scale,
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
+    let flags = [&flags[..], &format_flags(fmt)].concat();
     let mut buffers = vec![a.t, b.t, c.t];
     buffers.extend(bias);
     if m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1 {
@@ -332,6 +358,40 @@ mod tests {
                 check_tiled(Some(tile), m, 50, 64, m % 2 == 1, m > 2);
                 check_tiled(Some(tile), m, 130, 23, m < 3, m % 2 == 0);
                 check_tiled(Some(tile), m, 7, 172, true, true);
+            }
+        }
+    }
+
+    /// Packed weights in every format, through both kernels (matvec: every row count and both
+    /// tilings; blocked: m = 37, ragged in m and n) against the CPU on the dequantized weights:
+    /// only the summation order differs.
+    #[test]
+    fn packed_weights_match_cpu_on_dequantized() {
+        let gpu = gpu();
+        let (n, k) = (45, 96);
+        let w = rand_vec(2, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let bt = gpu.upload_f32("b", &[n], &b).unwrap();
+        for fmt in WeightFormat::ALL {
+            let packed = crate::cpu::quant::quantize(fmt, &w, k);
+            let wq = crate::cpu::quant::dequantize(fmt, &packed);
+            let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
+            assert_eq!(wt.format(), fmt);
+            let cases = (1..=MATVEC_MAX_M).flat_map(|m| [(m, Some(Tile::GPU)), (m, Some(Tile::CPU))]);
+            for (m, tile) in cases.chain([(37, None)]) {
+                let x = rand_vec(m as u64, m * k, 1.0);
+                let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
+                let yt = gpu.upload_f32("y", &[m, n], &vec![0.5; m * n]).unwrap();
+                let mut step = Step::new(gpu);
+                let (xa, wa, ya) = (Mat::rows(&xt, 0, k), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
+                let tile = tile.unwrap_or(Tile::for_adapter(gpu));
+                matmul_tiled(&mut step, xa, wa, ya, (m, n, k), (1.0, Some(&bt)), m % 2 == 0, tile);
+                step.submit().unwrap();
+                let mut want = cpu::matmul::linear(&x, &wq, Some(&b), m, n, k);
+                if m % 2 == 0 {
+                    want.iter_mut().for_each(|v| *v += 0.5);
+                }
+                assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("{fmt:?} m={m} {tile:?}"));
             }
         }
     }

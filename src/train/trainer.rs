@@ -7,6 +7,7 @@
 use super::constrict::{ConstrictConfig, Hgc, HgcOn};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
+use crate::cpu::quant::WeightFormat;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::adapter::Lora;
 use crate::model::layout::Weights;
@@ -101,6 +102,10 @@ impl<'g> Trainer<'g> {
         config: OptimConfig,
         method: Method,
     ) -> Result<Trainer<'g>> {
+        // The backward pass multiplies by Wᵀ, which packed weights do not support.
+        if model.formats() != (WeightFormat::F32, WeightFormat::F32) {
+            bail!("training needs f32 weights (upload the model with GpuModel::upload)");
+        }
         let graph = TrainGraph::new(gpu, &model, batch, seq_len, memory)?;
         let mut trained: Vec<(String, Tensor, Tensor)> = Vec::new();
         let mut lora_shape = None;
