@@ -341,3 +341,41 @@ impl Recording<'_> {
         Ok(times)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DType;
+    use crate::ops::{stats, test_util::*};
+
+    /// A recording submitted again after its input changed gives what a fresh step gives;
+    /// its profile times every dispatch, named by shader and defines.
+    #[test]
+    fn recording_replays_and_profiles() {
+        let gpu = gpu();
+        let (n, v) = (2, 300);
+        let z = gpu.upload_f32("z", &[n, v], &rand_vec(1, n * v, 3.0)).unwrap();
+        let targets = gpu.upload_u32("t", &[n], &[4, 5]).unwrap();
+        let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
+        let record = || {
+            let mut step = Step::new(gpu);
+            stats::logit_stats(&mut step, &z, &targets, &out, n);
+            step.copy(&out, 0, &out, 4, 4);
+            stats::logit_stats(&mut step, &z, &targets, &out, 1);
+            step
+        };
+        let recording = record().finish().unwrap();
+        assert_eq!(recording.dispatches(), 2);
+        for seed in 2..4 {
+            gpu.write_f32(&z, &rand_vec(seed, n * v, 3.0));
+            record().submit().unwrap();
+            let fresh = gpu.read_f32(&out).unwrap();
+            gpu.write_f32(&out, &[0.0; 8]);
+            recording.submit().unwrap();
+            assert_eq!(gpu.read_f32(&out).unwrap(), fresh, "seed {seed}");
+        }
+        let (timing, times) = recording.profile().unwrap();
+        assert_eq!(times.len(), recording.dispatches(), "{timing:?}");
+        assert!(times.iter().all(|t| &*t.name == "stats" && t.seconds >= 0.0 && t.seconds < 10.0));
+    }
+}
