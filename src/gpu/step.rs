@@ -357,10 +357,12 @@ mod tests {
         let z = gpu.upload_f32("z", &[n, v], &rand_vec(1, n * v, 3.0)).unwrap();
         let targets = gpu.upload_u32("t", &[n], &[4, 5]).unwrap();
         let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
+        let kept = gpu.zeros("kept", &[n, 4], DType::F32).unwrap();
+        // Two passes split by a copy.
         let record = || {
             let mut step = Step::new(gpu);
-            stats::logit_stats(&mut step, &z, &targets, &out, n);
-            step.copy(&out, 0, &out, 4, 4);
+            stats::logit_stats(&mut step, &z, &targets, &kept, n);
+            step.copy(&kept, 4, &out, 0, 4);
             stats::logit_stats(&mut step, &z, &targets, &out, 1);
             step
         };
@@ -369,10 +371,11 @@ mod tests {
         for seed in 2..4 {
             gpu.write_f32(&z, &rand_vec(seed, n * v, 3.0));
             record().submit().unwrap();
-            let fresh = gpu.read_f32(&out).unwrap();
+            let fresh = [gpu.read_f32(&out).unwrap(), gpu.read_f32(&kept).unwrap()];
             gpu.write_f32(&out, &[0.0; 8]);
+            gpu.write_f32(&kept, &[0.0; 8]);
             recording.submit().unwrap();
-            assert_eq!(gpu.read_f32(&out).unwrap(), fresh, "seed {seed}");
+            assert_eq!([gpu.read_f32(&out).unwrap(), gpu.read_f32(&kept).unwrap()], fresh, "seed {seed}");
         }
         let (timing, times) = recording.profile().unwrap();
         assert_eq!(times.len(), recording.dispatches(), "{timing:?}");
