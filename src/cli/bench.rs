@@ -278,3 +278,26 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table groups a recorded step's dispatches by kernel: its calls add up to the
+    /// dispatches, its shares to 100 %.
+    #[test]
+    fn profile_table_counts_every_dispatch() {
+        let Some((_, m)) = crate::generate::test_stories() else { return };
+        let gpu = crate::ops::test_util::gpu();
+        let mut session = Session::new(gpu, &m, 16, None).unwrap();
+        let [prefill, decode] = session.greedy_recordings(&[1, 2, 3]).unwrap();
+        for recording in [prefill, decode] {
+            let (_, times) = recording.profile().unwrap();
+            let table = kernel_table(&times);
+            assert_eq!(table.iter().map(|r| r.calls).sum::<usize>(), recording.dispatches());
+            assert!(table.iter().any(|r| r.name == "sample FINAL=1" && r.calls == 1));
+            let percent: f64 = table.iter().map(|r| r.percent).sum();
+            assert!((percent - 100.0).abs() < 1e-6 || times.iter().all(|t| t.seconds == 0.0), "{percent}");
+        }
+    }
+}
