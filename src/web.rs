@@ -6,7 +6,6 @@
 //! beyond these three.
 
 use crate::cpu::optim::AdamW;
-use crate::cpu::stats::logit_stats;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::load::{load_files, streamed_tensor};
@@ -158,7 +157,7 @@ impl Model {
 
     /// Generates from `request` (JSON, see [`GenerateRequest`]); calls
     /// `on_token(id, text, entropy, logprob)` per token, where entropy and log-prob (nats)
-    /// come from the logits the sampler saw. Resolves to `{"prompt_ids", "ids", "text"}`.
+    /// come from the distribution the token was picked from. Resolves to `{"prompt_ids", "ids", "text"}`.
     pub fn generate(&self, request: String, on_token: js_sys::Function) -> js_sys::Promise {
         let (gpu, host, model) = (self.gpu, self.host.clone(), self.gpu_model.borrow().clone());
         wasm_bindgen_futures::future_to_promise(async move {
@@ -181,11 +180,10 @@ impl Model {
                 let opts =
                     GenerateOptions { max_tokens: r.max_tokens, sampler, eos: host.config.eos.clone(), lcm };
                 let mut stream = TextStream::new();
-                let ids = generate_async(gpu, &model, &prompt_ids, &opts, &mut |id, logits| {
-                    let (lse, entropy, _) = logit_stats(logits);
-                    let logprob = logits[id as usize] as f64 - lse;
-                    let text = stream.push(tok, id)?;
-                    let args: [JsValue; 4] = [id.into(), text.into(), entropy.into(), logprob.into()];
+                let ids = generate_async(gpu, &model, &prompt_ids, &opts, &mut |pick| {
+                    let text = stream.push(tok, pick.id)?;
+                    let (entropy, logprob) = (pick.entropy as f64, pick.logprob as f64);
+                    let args: [JsValue; 4] = [pick.id.into(), text.into(), entropy.into(), logprob.into()];
                     on_token
                         .apply(&JsValue::NULL, &args.into_iter().collect::<js_sys::Array>())
                         .map_err(|e| anyhow!("the page's token callback failed: {e:?}"))?;

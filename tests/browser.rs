@@ -108,6 +108,11 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     eprintln!("browser: {}", got["adapter"]);
+    // For docs/web.md's page-vs-native figure.
+    eprintln!(
+        "page decode tok/s ({} greedy tokens): plain {}, LCM {}",
+        TOKENS, got["plain"]["decode_tps"], got["lcm"]["decode_tps"]
+    );
     assert!(got.get("error").is_none(), "{got:#}");
 
     let refusals: Vec<String> = serde_json::from_value(got["refusals"].clone()).unwrap();

@@ -5,8 +5,8 @@ use super::finetune::ConstrictArgs;
 use super::{load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::cpu::quant::WeightFormat;
-use crate::generate::{sampler::argmax, Session};
-use crate::gpu::Gpu;
+use crate::generate::Session;
+use crate::gpu::{Gpu, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
 use crate::model::{GpuModel, ModelConfig, WeightChoice};
@@ -34,6 +34,10 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long)]
     json: bool,
+    /// Also time every kernel of one prefill chunk and one decode step (GPU timestamps
+    /// where the adapter has them, else wall clock per dispatch)
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     lcm: LcmArgs,
     /// Measure fine-tuning steps (forward, backward, AdamW) instead of generation
@@ -122,15 +126,16 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     // One unmeasured run compiles the pipelines.
     for rep in 0..=a.repeats {
         let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
+        // Greedy decoding as `keel generate` does it: the first pick ends the prefill.
         let t0 = Instant::now();
-        let mut logits = session.feed(&prompt, None)?.last_logits;
-        let t_prefill = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 0..a.gen_tokens {
-            let id = argmax(&logits);
-            logits = session.feed(&[id], None)?.last_logits;
-        }
-        let t_decode = t1.elapsed().as_secs_f64();
+        let mut first = None;
+        pollster::block_on(session.decode_greedy(&prompt, a.gen_tokens + 1, &[], &mut |_| {
+            first.get_or_insert_with(Instant::now);
+            Ok(())
+        }))?;
+        let first = first.expect("one token at least");
+        let t_prefill = (first - t0).as_secs_f64();
+        let t_decode = first.elapsed().as_secs_f64();
         if rep > 0 {
             prefill.push(a.prompt_tokens as f64 / t_prefill);
             if a.gen_tokens > 0 {
@@ -138,6 +143,16 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             }
         }
     }
+    let profile = if a.profile {
+        let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
+        let chunk = &prompt[..prompt.len().min(session.chunk_rows())];
+        let [prefill_step, decode_step] = session.greedy_recordings(chunk)?;
+        let (timing, prefill_times) = prefill_step.profile()?;
+        let (_, decode_times) = decode_step.profile()?;
+        Some((timing, chunk.len(), kernel_table(&prefill_times), kernel_table(&decode_times)))
+    } else {
+        None
+    };
     let (p, p_sd) = mean_sd(&prefill);
     let (d, d_sd) = if decode.is_empty() { (0.0, 0.0) } else { mean_sd(&decode) };
     let info = &m.gpu.info;
@@ -149,7 +164,10 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             json!({"load_s": m.load_s, "weights": linear_fmt.name(), "head_weights": head_fmt.name(),
                    "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
-                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off())})
+                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off()),
+                   "profile": profile.as_ref().map(|(timing, n, prefill, decode)| json!({
+                       "timing": format!("{timing:?}"), "prefill_chunk_tokens": n,
+                       "prefill_chunk": rows_json(prefill), "decode_step": rows_json(decode)}))})
         );
     } else {
         println!("model:   {} ({} parameters)", m.name, cfg.param_count());
@@ -162,8 +180,79 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
         println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens)", a.gen_tokens);
+        if let Some((timing, n, prefill, decode)) = &profile {
+            println!("\nprofile ({}):", timing_words(*timing));
+            print_table(&format!("one prefill chunk of {n} tokens"), prefill);
+            print_table("one decode step (per token)", decode);
+        }
     }
     Ok(())
+}
+
+/// One kernel's line in a profile: name, calls, total and mean time (µs), share of the step.
+struct KernelRow {
+    name: String,
+    calls: usize,
+    total_us: f64,
+    mean_us: f64,
+    percent: f64,
+}
+
+/// Dispatch times grouped by kernel (shader and defines), the slowest first.
+fn kernel_table(times: &[KernelTime]) -> Vec<KernelRow> {
+    let all: f64 = times.iter().map(|t| t.seconds).sum();
+    let mut rows: Vec<KernelRow> = Vec::new();
+    for t in times {
+        let us = t.seconds * 1e6;
+        match rows.iter_mut().find(|r| *r.name == *t.name) {
+            Some(r) => {
+                r.calls += 1;
+                r.total_us += us;
+            }
+            None => rows.push(KernelRow {
+                name: t.name.to_string(),
+                calls: 1,
+                total_us: us,
+                mean_us: 0.0,
+                percent: 0.0,
+            }),
+        }
+    }
+    for r in &mut rows {
+        r.mean_us = r.total_us / r.calls as f64;
+        r.percent = if all > 0.0 { 100.0 * r.total_us * 1e-6 / all } else { 0.0 };
+    }
+    rows.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+    rows
+}
+
+fn timing_words(t: Timing) -> &'static str {
+    match t {
+        Timing::InsidePasses => "GPU timestamps between dispatches",
+        Timing::PerPass => "GPU timestamps, one compute pass per dispatch",
+        Timing::WallClock => {
+            "no timestamp queries on this adapter: wall clock per dispatch, submitted alone and waited for, so each includes the submit overhead"
+        }
+    }
+}
+
+fn print_table(title: &str, rows: &[KernelRow]) {
+    let total: f64 = rows.iter().map(|r| r.total_us).sum();
+    let calls: usize = rows.iter().map(|r| r.calls).sum();
+    println!("{title}: {calls} dispatches, {total:.1} µs");
+    println!("  {:<48} {:>6} {:>12} {:>10} {:>6}", "kernel", "calls", "total µs", "mean µs", "%");
+    for r in rows {
+        println!(
+            "  {:<48} {:>6} {:>12.1} {:>10.2} {:>6.1}",
+            r.name, r.calls, r.total_us, r.mean_us, r.percent
+        );
+    }
+}
+
+fn rows_json(rows: &[KernelRow]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| json!({"kernel": r.name, "calls": r.calls, "total_us": r.total_us, "mean_us": r.mean_us, "percent": r.percent}))
+        .collect()
 }
 
 /// `keel bench --train`: optimizer steps per second on a fixed batch, and the GPU memory
@@ -238,4 +327,27 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table groups a recorded step's dispatches by kernel: its calls add up to the
+    /// dispatches, its shares to 100 %.
+    #[test]
+    fn profile_table_counts_every_dispatch() {
+        let Some((_, m)) = crate::generate::test_stories() else { return };
+        let gpu = crate::ops::test_util::gpu();
+        let mut session = Session::new(gpu, &m, 16, None).unwrap();
+        let [prefill, decode] = session.greedy_recordings(&[1, 2, 3]).unwrap();
+        for recording in [prefill, decode] {
+            let (_, times) = recording.profile().unwrap();
+            let table = kernel_table(&times);
+            assert_eq!(table.iter().map(|r| r.calls).sum::<usize>(), recording.dispatches());
+            assert!(table.iter().any(|r| r.name == "sample FINAL=1" && r.calls == 1));
+            let percent: f64 = table.iter().map(|r| r.percent).sum();
+            assert!((percent - 100.0).abs() < 1e-6 || times.iter().all(|t| t.seconds == 0.0), "{percent}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 // sequence at a time through `generate_async`).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod batch;
+pub mod greedy;
 pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod trace;
@@ -12,6 +13,7 @@ use crate::gpu::{Gpu, Step};
 use crate::model::forward::{Head, Scratch};
 use crate::model::{GpuModel, KvCache};
 use crate::modulate::{LayerStats, LcmConfig, LcmState};
+use crate::ops::sample::Pick;
 use crate::ops::stats::{RowStats, NO_TARGET};
 use anyhow::{bail, Result};
 pub use sampler::{Sampler, SamplerConfig};
@@ -88,6 +90,32 @@ impl<'m> Session<'m> {
         Ok(other)
     }
 
+    /// Rows fed per submit (a prefill chunk).
+    pub fn chunk_rows(&self) -> usize {
+        self.scratch.rows
+    }
+
+    /// Writes `ids` as the next rows (positions from `len` on) and records the embedding
+    /// and every block (LCM included) over them.
+    fn record_rows(&self, step: &mut Step, ids: &[u32]) {
+        let n = ids.len();
+        let rows: Vec<u32> = (0..n).flat_map(|i| [0, (self.len + i) as u32]).collect();
+        self.gpu.write_u32(&self.scratch.ids, ids);
+        self.gpu.write_u32(&self.scratch.row_table, &rows);
+        self.record_step(step, n);
+    }
+
+    /// Records the embedding and every block (LCM included) over the first `n` rows of the
+    /// scratch, whose ids and row table are already on the GPU.
+    fn record_step(&self, step: &mut Step, n: usize) {
+        let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
+        self.model.record_blocks(step, &self.scratch, &self.cache, &[n], &mut |step, l, x| {
+            if let Some(state) = lcm {
+                state.record(step, l, x, rows, n);
+            }
+        });
+    }
+
     /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),
     /// returns statistics for every row; otherwise only for the last.
     #[cfg(not(target_arch = "wasm32"))]
@@ -111,16 +139,8 @@ impl<'m> Session<'m> {
         for (c, part) in ids.chunks(chunk).enumerate() {
             let n = part.len();
             let last_chunk = (c + 1) * chunk >= ids.len();
-            let rows: Vec<u32> = (0..n).flat_map(|i| [0, (self.len + i) as u32]).collect();
-            self.gpu.write_u32(&self.scratch.ids, part);
-            self.gpu.write_u32(&self.scratch.row_table, &rows);
             let mut step = Step::new(self.gpu);
-            let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
-            self.model.record_blocks(&mut step, &self.scratch, &self.cache, &[n], &mut |step, l, x| {
-                if let Some(state) = lcm {
-                    state.record(step, l, x, rows, n);
-                }
-            });
+            self.record_rows(&mut step, part);
             let head_rows = match targets {
                 Some(t) => {
                     self.gpu.write_u32(&self.head.targets, &t[c * chunk..c * chunk + n]);
@@ -213,17 +233,19 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    pollster::block_on(generate_async(gpu, model, prompt, opts, &mut |id, _| on_token(id)))
+    pollster::block_on(generate_async(gpu, model, prompt, opts, &mut |pick| on_token(pick.id)))
 }
 
-/// [`generate`], awaiting the read-backs; `on_token` also sees the logits `id` was sampled
-/// from (the browser plots their entropy).
+/// [`generate`], awaiting the read-backs; `on_token` also sees the pick's log-probability
+/// and the entropy it was picked from (the browser plots them). Greedy settings pick on the
+/// GPU ([`Session::decode_greedy`]); sampling draws from the f64 probabilities of
+/// [`Sampler`], which WGSL cannot compute, so it reads each logit row back.
 pub async fn generate_async(
     gpu: &Gpu,
     model: &GpuModel,
     prompt: &[u32],
     opts: &GenerateOptions,
-    on_token: &mut dyn FnMut(u32, &[f32]) -> Result<()>,
+    on_token: &mut dyn FnMut(Pick) -> Result<()>,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
@@ -239,6 +261,10 @@ pub async fn generate_async(
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let mut session = Session::new(gpu, model, capacity, opts.lcm.as_ref())?;
+    let s = &opts.sampler;
+    if s.temperature == 0.0 && s.repetition_penalty == 1.0 && opts.max_tokens > 0 {
+        return session.decode_greedy(prompt, opts.max_tokens, &opts.eos, on_token).await;
+    }
     let mut logits = session.feed_async(prompt, None).await?.last_logits;
     let mut history = prompt.to_vec();
     let mut out = Vec::new();
@@ -246,7 +272,7 @@ pub async fn generate_async(
         let id = sampler.sample(&logits, &history);
         out.push(id);
         history.push(id);
-        on_token(id, &logits)?;
+        on_token(greedy::pick_from_logits(id, &logits))?;
         if opts.eos.contains(&id) || i + 1 == opts.max_tokens {
             break;
         }

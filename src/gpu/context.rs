@@ -20,6 +20,13 @@ impl AdapterChoice {
 
 type PipelineKey = (&'static str, Vec<Define>);
 
+/// A compiled kernel and its name as profiles show it: the shader family and its defines.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub raw: wgpu::ComputePipeline,
+    pub name: Arc<str>,
+}
+
 /// One device and queue, shared by everything in a process.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -29,7 +36,7 @@ pub struct Gpu {
     /// `max_storage_buffer_binding_size` lowered by `KEEL_MAX_BINDING_BYTES` when set.
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Why the device can no longer be used (lost, or an error nothing caught), once known.
@@ -97,8 +104,11 @@ impl Gpu {
         };
         let offered = adapter.limits();
         let limits = wanted_limits(&offered);
-        // Optional features: used when present, never required.
-        let features = adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+        // Optional features: used when present, never required (timestamps for `bench --profile`).
+        let features = adapter.features()
+            & (wgpu::Features::SHADER_F16
+                | wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("keel"),
@@ -163,7 +173,7 @@ impl Gpu {
     }
 
     /// The pipeline for a kernel family and its defines, compiled once.
-    pub fn pipeline(&self, name: &'static str, defines: &[Define]) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, name: &'static str, defines: &[Define]) -> Pipeline {
         let key = (name, defines.to_vec());
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -181,6 +191,11 @@ impl Gpu {
             compilation_options: Default::default(),
             cache: None,
         });
+        let label: String = std::iter::once(name.to_string())
+            .chain(defines.iter().map(|(d, v)| format!("{d}={v}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let pipeline = Pipeline { raw: pipeline, name: label.into() };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }

@@ -7,6 +7,6 @@ pub mod shader;
 mod step;
 mod tensor;
 
-pub use context::{AdapterChoice, Gpu};
-pub use step::{groups_for, Step};
-pub use tensor::{DType, Tensor};
+pub use context::{AdapterChoice, Gpu, Pipeline};
+pub use step::{groups_for, KernelTime, Recording, Step, Timing};
+pub use tensor::{DType, PendingRead, Tensor};

@@ -13,6 +13,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
+    ("sample", include_str!("../../shaders/sample.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
     ("lcm_backward", include_str!("../../shaders/lcm_backward.wgsl")),
     ("norm_backward", include_str!("../../shaders/norm_backward.wgsl")),

@@ -1,16 +1,18 @@
 //! A step: every kernel of one forward (or training) step, recorded in order and then
 //! encoded into one command encoder with one compute pass, with all kernels' uniform
-//! parameters packed into one buffer written once.
+//! parameters packed into one buffer written once. A finished step ([`Recording`]) keeps
+//! its bind groups, so that a decode step can be submitted again every token.
 
-use super::{Gpu, Tensor};
+use super::{Gpu, Pipeline, Tensor};
 use anyhow::Result;
 
 /// Uniform blocks are placed at this alignment (WebGPU's minimum uniform offset alignment).
 const PARAM_ALIGN: usize = 256;
 
+#[derive(Clone)]
 enum Command {
     Dispatch {
-        pipeline: wgpu::ComputePipeline,
+        pipeline: Pipeline,
         params_at: usize,
         params_len: usize,
         buffers: Vec<wgpu::Buffer>,
@@ -54,7 +56,7 @@ impl<'g> Step<'g> {
     /// bindings 1.. in order.
     pub fn dispatch<P: bytemuck::Pod>(
         &mut self,
-        pipeline: wgpu::ComputePipeline,
+        pipeline: Pipeline,
         params: &P,
         buffers: &[&Tensor],
         groups: [u32; 3],
@@ -103,43 +105,33 @@ impl<'g> Step<'g> {
     /// Encodes everything and submits it. Runs of dispatches share one compute pass;
     /// copies and clears split the pass.
     pub fn submit(self) -> Result<()> {
+        self.finish()?.submit()
+    }
+
+    /// Turns the step into a [`Recording`]: the parameters written to their buffer once and
+    /// every bind group created once, so that it can be submitted again and again (a decode
+    /// step whose inputs already live on the GPU).
+    pub fn finish(self) -> Result<Recording<'g>> {
         let gpu = self.gpu;
         gpu.check_lost()?;
-        if self.commands.is_empty() {
-            return Ok(());
-        }
-        let params_buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step params"),
             size: self.params.len().max(16).next_multiple_of(16) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        gpu.queue.write_buffer(&params_buf, 0, &self.params);
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut commands = self.commands.iter().peekable();
-        while commands.peek().is_some() {
-            match commands.peek() {
-                Some(Command::Copy { src, src_offset, dst, dst_offset, bytes }) => {
-                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
-                    commands.next();
-                    continue;
-                }
-                Some(Command::Clear { buf }) => {
-                    encoder.clear_buffer(buf, 0, None);
-                    commands.next();
-                    continue;
-                }
-                _ => {}
-            }
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            while let Some(Command::Dispatch { pipeline, params_at, params_len, buffers, groups }) =
-                commands.peek()
-            {
-                let layout = pipeline.get_bind_group_layout(0);
+        gpu.queue.write_buffer(&params, 0, &self.params);
+        let bind_groups = self
+            .commands
+            .iter()
+            .map(|c| {
+                let Command::Dispatch { pipeline, params_at, params_len, buffers, .. } = c else {
+                    return None;
+                };
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params_buf,
+                        buffer: &params,
                         offset: *params_at as u64,
                         size: wgpu::BufferSize::new(params_len.next_multiple_of(16) as u64),
                     }),
@@ -150,18 +142,243 @@ impl<'g> Step<'g> {
                         resource: b.as_entire_binding(),
                     });
                 }
-                let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                Some(gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
-                    layout: &layout,
+                    layout: &pipeline.raw.get_bind_group_layout(0),
                     entries: &entries,
-                });
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
+                }))
+            })
+            .collect();
+        Ok(Recording { gpu, commands: self.commands, bind_groups, _params: params })
+    }
+}
+
+/// A finished [`Step`], ready to be encoded any number of times.
+pub struct Recording<'g> {
+    pub gpu: &'g Gpu,
+    commands: Vec<Command>,
+    /// Per command: its bind group (dispatches only).
+    bind_groups: Vec<Option<wgpu::BindGroup>>,
+    /// Held for the bind groups that point into it.
+    _params: wgpu::Buffer,
+}
+
+/// How [`Recording::profile`] timed the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// GPU timestamps between the dispatches of one compute pass.
+    InsidePasses,
+    /// GPU timestamps at the start and end of a compute pass per dispatch.
+    PerPass,
+    /// Wall clock around a submit of each dispatch alone, waited for (includes the
+    /// submission and wait overhead of every dispatch).
+    WallClock,
+}
+
+/// One dispatch's time in a profile.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// Shader family and defines.
+    pub name: std::sync::Arc<str>,
+    pub seconds: f64,
+}
+
+impl Recording<'_> {
+    /// Number of kernel dispatches.
+    pub fn dispatches(&self) -> usize {
+        self.bind_groups.iter().flatten().count()
+    }
+
+    /// Encodes every command into `encoder`: runs of dispatches share one compute pass,
+    /// copies and clears split the pass. With `timestamps`, writes query `2k` before and
+    /// `2k + 1` after dispatch `k` (inside the pass, or around a pass of its own).
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.encode_timed(encoder, None);
+    }
+
+    fn encode_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<(&wgpu::QuerySet, Timing)>,
+    ) {
+        let mut k = 0u32;
+        let mut i = 0;
+        while i < self.commands.len() {
+            match &self.commands[i] {
+                Command::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                    encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
+                    i += 1;
+                    continue;
+                }
+                Command::Clear { buf } => {
+                    encoder.clear_buffer(buf, 0, None);
+                    i += 1;
+                    continue;
+                }
+                Command::Dispatch { .. } => {}
+            }
+            let per_pass = match timestamps {
+                Some((set, Timing::PerPass)) => Some(wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(2 * k),
+                    end_of_pass_write_index: Some(2 * k + 1),
+                }),
+                _ => None,
+            };
+            let one_per_pass = per_pass.is_some();
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: per_pass });
+            while let (Some(Command::Dispatch { pipeline, groups, .. }), Some(bind_group)) =
+                (self.commands.get(i), self.bind_groups.get(i).and_then(|b| b.as_ref()))
+            {
+                let inside = timestamps.filter(|(_, t)| *t == Timing::InsidePasses).map(|(set, _)| set);
+                if let Some(set) = inside {
+                    pass.write_timestamp(set, 2 * k);
+                }
+                pass.set_pipeline(&pipeline.raw);
+                pass.set_bind_group(0, bind_group, &[]);
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                commands.next();
+                if let Some(set) = inside {
+                    pass.write_timestamp(set, 2 * k + 1);
+                }
+                i += 1;
+                k += 1;
+                if one_per_pass {
+                    break;
+                }
             }
         }
-        gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Encodes and submits the recording once.
+    pub fn submit(&self) -> Result<()> {
+        self.gpu.check_lost()?;
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        self.encode(&mut encoder);
+        self.gpu.queue.submit([encoder.finish()]);
         Ok(())
+    }
+
+    /// Runs the recording once and times every dispatch, with timestamp queries where the
+    /// adapter has them, else by wall clock. Returns the times in dispatch order.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self) -> Result<(Timing, Vec<KernelTime>)> {
+        let gpu = self.gpu;
+        let names: Vec<_> = self
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Dispatch { pipeline, .. } => Some(pipeline.name.clone()),
+                _ => None,
+            })
+            .collect();
+        let timing = if gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            Timing::InsidePasses
+        } else if gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            Timing::PerPass
+        } else {
+            Timing::WallClock
+        };
+        let queries = 2 * names.len() as u32;
+        let (timing, seconds) = if timing == Timing::WallClock || queries > wgpu::QUERY_SET_MAX_QUERIES {
+            (Timing::WallClock, self.wall_clock()?)
+        } else {
+            (timing, self.timestamps(timing, queries)?)
+        };
+        gpu.check_lost()?;
+        Ok((
+            timing,
+            names.into_iter().zip(seconds).map(|(name, seconds)| KernelTime { name, seconds }).collect(),
+        ))
+    }
+
+    /// Per dispatch, the GPU time between its two timestamps (`queries` of them in all).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn timestamps(&self, timing: Timing, queries: u32) -> Result<Vec<f64>> {
+        let gpu = self.gpu;
+        let count = queries.max(2);
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile timestamps"),
+            size: 8 * count as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.encode_timed(&mut encoder, Some((&set, timing)));
+        encoder.resolve_query_set(&set, 0..queries, &resolved, 0);
+        gpu.queue.submit([encoder.finish()]);
+        let words = Tensor { buf: resolved, shape: vec![2 * count as usize], dtype: super::DType::U32 };
+        let ticks: Vec<u64> =
+            gpu.read_u32(&words)?.chunks(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(ticks[..queries as usize].chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period).collect())
+    }
+
+    /// Submits each command alone and waits for it; the dispatches' wall-clock times.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn wall_clock(&self) -> Result<Vec<f64>> {
+        let gpu = self.gpu;
+        let mut times = Vec::new();
+        for i in 0..self.commands.len() {
+            let one = Recording {
+                gpu,
+                commands: vec![self.commands[i].clone()],
+                bind_groups: vec![self.bind_groups[i].clone()],
+                _params: self._params.clone(),
+            };
+            let t0 = std::time::Instant::now();
+            one.submit()?;
+            gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+            if one.dispatches() == 1 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(times)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DType;
+    use crate::ops::{stats, test_util::*};
+
+    /// A recording submitted again after its input changed gives what a fresh step gives;
+    /// its profile times every dispatch, named by shader and defines.
+    #[test]
+    fn recording_replays_and_profiles() {
+        let gpu = gpu();
+        let (n, v) = (2, 300);
+        let z = gpu.upload_f32("z", &[n, v], &rand_vec(1, n * v, 3.0)).unwrap();
+        let targets = gpu.upload_u32("t", &[n], &[4, 5]).unwrap();
+        let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
+        let kept = gpu.zeros("kept", &[n, 4], DType::F32).unwrap();
+        // Two passes split by a copy.
+        let record = || {
+            let mut step = Step::new(gpu);
+            stats::logit_stats(&mut step, &z, &targets, &kept, n);
+            step.copy(&kept, 4, &out, 0, 4);
+            stats::logit_stats(&mut step, &z, &targets, &out, 1);
+            step
+        };
+        let recording = record().finish().unwrap();
+        assert_eq!(recording.dispatches(), 2);
+        for seed in 2..4 {
+            gpu.write_f32(&z, &rand_vec(seed, n * v, 3.0));
+            record().submit().unwrap();
+            let fresh = [gpu.read_f32(&out).unwrap(), gpu.read_f32(&kept).unwrap()];
+            gpu.write_f32(&out, &[0.0; 8]);
+            gpu.write_f32(&kept, &[0.0; 8]);
+            recording.submit().unwrap();
+            assert_eq!([gpu.read_f32(&out).unwrap(), gpu.read_f32(&kept).unwrap()], fresh, "seed {seed}");
+        }
+        let (timing, times) = recording.profile().unwrap();
+        assert_eq!(times.len(), recording.dispatches(), "{timing:?}");
+        assert!(times.iter().all(|t| &*t.name == "stats" && t.seconds >= 0.0 && t.seconds < 10.0));
     }
 }

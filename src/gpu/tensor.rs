@@ -140,29 +140,38 @@ impl Gpu {
 
     /// Copies `elems` elements starting at element `offset` back to the host.
     pub async fn read_range(&self, t: &Tensor, offset: usize, elems: usize) -> Result<Vec<u32>> {
-        assert!(offset + elems <= t.numel().max(1));
-        let size = (elems as u64 * 4).max(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let encoder = self.device.create_command_encoder(&Default::default());
+        let staging = self.staging(elems);
+        Ok(self.submit_reading(encoder, t, offset, elems, staging).wait(self).await?.0)
+    }
+
+    /// A host-readable buffer for read-backs of up to `elems` elements.
+    pub fn staging(&self, elems: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size,
+            size: (elems as u64 * 4).max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&t.buf, offset as u64 * 4, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = futures_channel();
+        })
+    }
+
+    /// Submits `encoder` followed by a copy of `elems` elements of `t` from element `offset`
+    /// into `staging` (see [`Gpu::staging`]), and starts mapping it: the read-back is awaited
+    /// later, so that several can be in flight.
+    pub fn submit_reading(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        t: &Tensor,
+        offset: usize,
+        elems: usize,
+        staging: wgpu::Buffer,
+    ) -> PendingRead {
+        assert!(offset + elems <= t.numel().max(1) && elems as u64 * 4 <= staging.size());
+        encoder.copy_buffer_to_buffer(&t.buf, offset as u64 * 4, &staging, 0, (elems as u64 * 4).max(4));
+        let submission = self.queue.submit([encoder.finish()]);
+        let (tx, done) = futures_channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device.poll(wgpu::PollType::wait_indefinitely())?;
-        self.check_lost()?;
-        rx.recv().await?.map_err(|e| anyhow::anyhow!("GPU read-back failed: {e}"))?;
-        let words = {
-            let view = staging.get_mapped_range(..)?;
-            bytemuck::cast_slice::<u8, u32>(&view)[..elems].to_vec()
-        };
-        staging.unmap();
-        Ok(words)
+        PendingRead { staging, elems, submission, done }
     }
 
     /// [`Gpu::read_range`] as f32: the one read-back path (awaited in the browser, blocked
@@ -188,6 +197,32 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         pollster::block_on(self.read_range(t, 0, t.numel()))
+    }
+}
+
+/// A read-back started by [`Gpu::submit_reading`].
+pub struct PendingRead {
+    staging: wgpu::Buffer,
+    elems: usize,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    submission: wgpu::SubmissionIndex,
+    done: OneShotRx<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl PendingRead {
+    /// Waits for the copy (natively: for its submission only, not later ones) and returns
+    /// the words and the staging buffer, for reuse.
+    pub async fn wait(self, gpu: &Gpu) -> Result<(Vec<u32>, wgpu::Buffer)> {
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device.poll(wgpu::PollType::Wait { submission_index: Some(self.submission), timeout: None })?;
+        gpu.check_lost()?;
+        self.done.recv().await?.map_err(|e| anyhow::anyhow!("GPU read-back failed: {e}"))?;
+        let words = {
+            let view = self.staging.get_mapped_range(..)?;
+            bytemuck::cast_slice::<u8, u32>(&view)[..self.elems].to_vec()
+        };
+        self.staging.unmap();
+        Ok((words, self.staging))
     }
 }
 

@@ -420,6 +420,13 @@ impl GpuModel {
     /// Records the final norm, LM head and logit statistics for the rows from `first` on of
     /// `x` (consecutive `spans`, as in [`GpuModel::record_blocks`]) into rows `0 ..` of `head`.
     pub fn record_head(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
+        self.record_logits(step, x, head, first, spans);
+        let n: usize = spans.iter().sum();
+        stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
+    }
+
+    /// [`GpuModel::record_head`] without the statistics: the final norm and LM head only.
+    pub fn record_logits(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
         let n: usize = spans.iter().sum();
         assert!(n <= head.rows);
         let c = &self.config;
@@ -436,6 +443,5 @@ impl GpuModel {
             (first, n),
         );
         matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
-        stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
     }
 }

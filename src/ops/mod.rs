@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod sample;
 pub mod stats;
 pub mod trace;
 pub mod xent;
@@ -29,6 +30,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         cgfm::variants(),
         act::variants(),
         stats::variants(),
+        sample::variants(),
         lcm::variants(),
         xent::variants(),
         optim::variants(),

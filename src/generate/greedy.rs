@@ -1,0 +1,171 @@
+//! Greedy decoding with the pick made on the GPU. The pick writes the next step's input id
+//! and position on the GPU, so every token is one submit of the same recorded decode step
+//! (no re-recording, no CPU work between kernels), and only the picks travel back, read up
+//! to [`IN_FLIGHT`] tokens behind the GPU.
+
+use super::Session;
+use crate::gpu::{DType, Recording, Step, Tensor};
+use crate::ops::sample::{self, Pick};
+use anyhow::{bail, Result};
+use std::collections::VecDeque;
+
+/// Tokens submitted but not yet read back, at most.
+const IN_FLIGHT: usize = 4;
+
+/// The pick's buffers: the first pass's partial results and one pick per position.
+struct Picks {
+    parts: Tensor,
+    out: Tensor,
+}
+
+/// The statistics the CPU path gives `id` picked from `logits`, as [`Pick`] has them.
+pub fn pick_from_logits(id: u32, logits: &[f32]) -> Pick {
+    let (lse, entropy, _) = crate::cpu::stats::logit_stats(logits);
+    let logprob = logits[id as usize] as f64 - lse;
+    Pick { id, logprob: logprob as f32, entropy: entropy as f32, lse: lse as f32 }
+}
+
+impl<'m> Session<'m> {
+    fn picks(&self) -> Result<Picks> {
+        let gpu = self.gpu;
+        Ok(Picks {
+            parts: gpu.scratch("pick parts", &[sample::parts_for(self.model.config.vocab), 4], DType::F32)?,
+            // Indexed by position; the last pick lands one past the cache.
+            out: gpu.zeros("picks", &[self.cache.len + 1, 4], DType::U32)?,
+        })
+    }
+
+    /// Records the LM head over scratch row `row` and the pick from its logits.
+    fn record_pick(&self, step: &mut Step, row: usize, picks: &Picks) {
+        self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
+        let input = (&self.scratch.ids, &self.scratch.row_table, row);
+        sample::greedy(step, &self.head.logits, &picks.parts, input, &picks.out);
+    }
+
+    /// The decode step: one row whose id and position the previous pick wrote.
+    fn decode_recording(&self, picks: &Picks) -> Result<Recording<'m>> {
+        let mut step = Step::new(self.gpu);
+        self.record_step(&mut step, 1);
+        self.record_pick(&mut step, 0, picks);
+        step.finish()
+    }
+
+    /// Appends `prompt`, then decodes greedily (the tokens [`super::sampler::argmax`] would
+    /// pick from the logits) up to `max_tokens` tokens, calling `on_token` with each pick and
+    /// its statistics. Stops after an EOS token, which is included; tokens the GPU already
+    /// computed past it are dropped, and `len` counts the prompt and the tokens fed back (all
+    /// accepted ones but the last).
+    pub async fn decode_greedy(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        eos: &[u32],
+        on_token: &mut dyn FnMut(Pick) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        let gpu = self.gpu;
+        let vocab = self.model.config.vocab;
+        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+        }
+        if prompt.is_empty() || max_tokens == 0 {
+            bail!("greedy decoding needs a prompt and at least one token to generate");
+        }
+        if self.len + prompt.len() + max_tokens - 1 > self.cache.len {
+            bail!(
+                "{} prompt tokens and {max_tokens} new ones do not fit: {} already in a context of {}",
+                prompt.len(),
+                self.len,
+                self.cache.len
+            );
+        }
+        let picks = self.picks()?;
+        let base = self.len + prompt.len();
+        let chunks: Vec<&[u32]> = prompt.chunks(self.scratch.rows).collect();
+        let (last, first_chunks) = chunks.split_last().expect("a prompt");
+        for part in first_chunks {
+            let mut step = Step::new(gpu);
+            self.record_rows(&mut step, part);
+            step.submit()?;
+            self.len += part.len();
+        }
+        let mut step = Step::new(gpu);
+        self.record_rows(&mut step, last);
+        self.record_pick(&mut step, last.len() - 1, &picks);
+        self.len += last.len();
+        let decode = self.decode_recording(&picks)?;
+        let mut spare: Vec<wgpu::Buffer> = (0..IN_FLIGHT).map(|_| gpu.staging(4)).collect();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        step.finish()?.encode(&mut encoder);
+        let first = gpu.submit_reading(encoder, &picks.out, 4 * base, 4, spare.pop().unwrap());
+        let mut pending = VecDeque::from([first]);
+        let mut submitted = 1;
+        let mut out = Vec::new();
+        while let Some(read) = pending.pop_front() {
+            // Queue the next tokens before waiting for this one, so the GPU never idles.
+            while submitted < max_tokens {
+                let Some(staging) = spare.pop() else { break };
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                decode.encode(&mut encoder);
+                pending.push_back(gpu.submit_reading(
+                    encoder,
+                    &picks.out,
+                    4 * (base + submitted),
+                    4,
+                    staging,
+                ));
+                submitted += 1;
+            }
+            let (words, staging) = read.wait(gpu).await?;
+            spare.push(staging);
+            let pick = Pick::parse(&words);
+            out.push(pick.id);
+            on_token(pick)?;
+            if eos.contains(&pick.id) || out.len() == max_tokens {
+                break;
+            }
+        }
+        self.len += out.len() - 1;
+        gpu.recycle([picks.parts]);
+        Ok(out)
+    }
+
+    /// For profiles: the prefill of `chunk` (at most one chunk of rows) with the pick, and
+    /// the decode step after it, recorded (not submitted). Run them in that order.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn greedy_recordings(&mut self, chunk: &[u32]) -> Result<[Recording<'m>; 2]> {
+        assert!(
+            !chunk.is_empty() && chunk.len() <= self.scratch.rows && self.len + chunk.len() < self.cache.len
+        );
+        let picks = self.picks()?;
+        let mut step = Step::new(self.gpu);
+        self.record_rows(&mut step, chunk);
+        self.record_pick(&mut step, chunk.len() - 1, &picks);
+        self.len += chunk.len();
+        Ok([step.finish()?, self.decode_recording(&picks)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{sampler::argmax, test_stories};
+
+    /// The replayed recording computes what a freshly recorded step does.
+    #[test]
+    fn replay_matches_a_fresh_step() {
+        let Some((_, m)) = test_stories() else { return };
+        let gpu = crate::ops::test_util::gpu();
+        let prompt = [1u32, 400, 36, 9];
+        let mut a = Session::new(gpu, &m, 16, None).unwrap();
+        let [prefill, decode] = a.greedy_recordings(&prompt).unwrap();
+        prefill.submit().unwrap();
+        let mut b = Session::new(gpu, &m, 16, None).unwrap();
+        let mut logits = b.feed(&prompt, None).unwrap().last_logits;
+        for _ in 0..3 {
+            decode.submit().unwrap();
+            logits = b.feed(&[argmax(&logits)], None).unwrap().last_logits;
+            let replayed = gpu.read_f32_range(&a.head.logits, 0, logits.len()).unwrap();
+            assert_eq!(replayed, logits);
+        }
+    }
+}

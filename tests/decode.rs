@@ -1,0 +1,85 @@
+//! Greedy decoding with the pick on the GPU (one replayed submit per token, read back a few
+//! tokens late) against the CPU path it replaces (every logit row read back, argmax on the
+//! host): the same tokens, with and without LCM, an EOS mid-way included, and per-token
+//! statistics equal to the CPU's from the logits.
+
+use keel::generate::greedy::pick_from_logits;
+use keel::generate::sampler::argmax;
+use keel::generate::Session;
+use keel::gpu::Gpu;
+use keel::model::{self, GpuModel};
+use keel::modulate::LcmConfig;
+use keel::ops::sample::Pick;
+use std::path::Path;
+
+/// The CPU path: feed, read the logits, pick with `argmax`, `n` times.
+fn cpu_path(gpu: &Gpu, m: &GpuModel, prompt: &[u32], n: usize, lcm: Option<&LcmConfig>) -> Vec<Pick> {
+    let mut session = Session::new(gpu, m, prompt.len() + n, lcm).unwrap();
+    let mut logits = session.feed(prompt, None).unwrap().last_logits;
+    let mut picks = Vec::new();
+    for i in 0..n {
+        let id = argmax(&logits);
+        picks.push(pick_from_logits(id, &logits));
+        if i + 1 < n {
+            logits = session.feed(&[id], None).unwrap().last_logits;
+        }
+    }
+    picks
+}
+
+/// The GPU path; also returns the session's length afterwards.
+fn gpu_path(
+    gpu: &Gpu,
+    m: &GpuModel,
+    prompt: &[u32],
+    n: usize,
+    eos: &[u32],
+    lcm: Option<&LcmConfig>,
+) -> (Vec<Pick>, Vec<u32>, usize) {
+    let mut session = Session::new(gpu, m, prompt.len() + n, lcm).unwrap();
+    let mut picks = Vec::new();
+    let ids = pollster::block_on(session.decode_greedy(prompt, n, eos, &mut |p| {
+        picks.push(p);
+        Ok(())
+    }))
+    .unwrap();
+    (picks, ids, session.len)
+}
+
+#[test]
+fn gpu_greedy_equals_the_cpu_path() {
+    let gpu = Gpu::shared().unwrap();
+    let lcm = LcmConfig { gamma: 0.5, ..LcmConfig::default() };
+    for name in ["stories260k", "tiny-qwen2"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
+        if !dir.exists() {
+            eprintln!("SKIPPED: fixture {} absent", dir.display());
+            continue;
+        }
+        let host = model::load(&dir).unwrap();
+        let m = GpuModel::upload(gpu, &host).unwrap();
+        let prompt: Vec<u32> = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+        let n = 24;
+        for lcm in [None, Some(&lcm)] {
+            let want = cpu_path(gpu, &m, &prompt, n, lcm);
+            let want_ids: Vec<u32> = want.iter().map(|p| p.id).collect();
+            let (got, ids, len) = gpu_path(gpu, &m, &prompt, n, &[], lcm);
+            assert_eq!(ids, want_ids, "{name}, lcm {}", lcm.is_some());
+            assert_eq!(len, prompt.len() + n - 1);
+            for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.id, w.id);
+                for (what, a, b) in [("logprob", g.logprob, w.logprob), ("entropy", g.entropy, w.entropy)] {
+                    assert!((a - b).abs() < 1e-5, "{name} token {t} {what}: GPU {a} vs CPU {b}");
+                }
+            }
+            // EOS mid-way: the token at its first occurrence ends the output there, and the
+            // tokens the GPU computed past it are not counted.
+            let k = n / 2;
+            let eos = want_ids[k];
+            let stop = want_ids.iter().position(|&id| id == eos).unwrap();
+            let (_, ids, len) = gpu_path(gpu, &m, &prompt, n, &[eos], lcm);
+            assert_eq!(ids, want_ids[..=stop], "{name} with EOS {eos}");
+            assert_eq!(len, prompt.len() + stop);
+        }
+    }
+}
