@@ -358,16 +358,17 @@ mod tests {
         let targets = gpu.upload_u32("t", &[n], &[4, 5]).unwrap();
         let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
         let kept = gpu.zeros("kept", &[n, 4], DType::F32).unwrap();
-        // Two passes split by a copy.
+        let partials = gpu.zeros("partials", &[stats::partials_len(n, v)], DType::F32).unwrap();
+        // Two passes (two dispatches each) split by a copy.
         let record = || {
             let mut step = Step::new(gpu);
-            stats::logit_stats(&mut step, &z, &targets, &kept, n);
+            stats::logit_stats(&mut step, &z, &targets, (&partials, &kept), n);
             step.copy(&kept, 4, &out, 0, 4);
-            stats::logit_stats(&mut step, &z, &targets, &out, 1);
+            stats::logit_stats(&mut step, &z, &targets, (&partials, &out), 1);
             step
         };
         let recording = record().finish().unwrap();
-        assert_eq!(recording.dispatches(), 2);
+        assert_eq!(recording.dispatches(), 4);
         for seed in 2..4 {
             gpu.write_f32(&z, &rand_vec(seed, n * v, 3.0));
             record().submit().unwrap();
@@ -379,6 +380,8 @@ mod tests {
         }
         let (timing, times) = recording.profile().unwrap();
         assert_eq!(times.len(), recording.dispatches(), "{timing:?}");
-        assert!(times.iter().all(|t| &*t.name == "stats" && t.seconds >= 0.0 && t.seconds < 10.0));
+        assert!(times
+            .iter()
+            .all(|t| t.name.starts_with("stats SPLIT=") && t.seconds >= 0.0 && t.seconds < 10.0));
     }
 }
