@@ -34,8 +34,8 @@ pub struct BenchArgs {
     repeats: usize,
     #[arg(long)]
     json: bool,
-    /// Also time every kernel of one prefill chunk and one decode step (GPU timestamps
-    /// where the adapter has them, else wall clock per dispatch)
+    /// Also time every kernel of one prefill chunk and one decode step, or of one training
+    /// step with --train (GPU timestamps where the adapter has them, else wall clock per dispatch)
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
@@ -295,6 +295,15 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         }
     }
     let (rate, sd) = mean_sd(&rates);
+    let profile = if a.profile {
+        m.gpu.start_profiling();
+        let step = trainer.step(std::slice::from_ref(&batch), 1e-5);
+        let (timing, times) = m.gpu.stop_profiling();
+        step?;
+        Some((timing, kernel_table(&times)))
+    } else {
+        None
+    };
     let (weights, trained, activations) = trainer.memory_bytes();
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let info = &m.gpu.info;
@@ -306,7 +315,9 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations, "adapter": info.name,
                    "backend": format!("{:?}", info.backend), "repeats": a.repeats,
-                   "lcm": lcm.is_some_and(|c| !c.is_off()), "constricted": !constrict.is_off()})
+                   "lcm": lcm.is_some_and(|c| !c.is_off()), "constricted": !constrict.is_off(),
+                   "profile": profile.as_ref().map(|(timing, rows)| json!({
+                       "timing": format!("{timing:?}"), "train_step": rows_json(rows)}))})
         );
     } else {
         println!("model:    {} ({} parameters)", m.name, cfg.param_count());
@@ -325,6 +336,10 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             mib(trained),
             mib(activations)
         );
+        if let Some((timing, rows)) = &profile {
+            println!("\nprofile ({}):", timing_words(*timing));
+            print_table(&format!("one training step of {} × {} tokens", a.batch, a.seq_len), rows);
+        }
     }
     Ok(())
 }

@@ -105,6 +105,17 @@ impl<'g> Step<'g> {
     /// Encodes everything and submits it. Runs of dispatches share one compute pass;
     /// copies and clears split the pass.
     pub fn submit(self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if PROFILED.with_borrow(Option::is_some) {
+            let (timing, times) = self.finish()?.profile()?;
+            PROFILED.with_borrow_mut(|p| {
+                if let Some((kind, all)) = p {
+                    *kind = timing;
+                    all.extend(times);
+                }
+            });
+            return Ok(());
+        }
         self.finish()?.submit()
     }
 
@@ -342,6 +353,27 @@ impl Recording<'_> {
     }
 }
 
+thread_local! {
+    /// While this thread profiles ([`Gpu::start_profiling`]), its submitted steps' kernel times.
+    static PROFILED: std::cell::RefCell<Option<(Timing, Vec<KernelTime>)>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Gpu {
+    /// From now on every [`Step::submit`] of this thread runs its step through
+    /// [`Recording::profile`] (whole training steps, whose steps are not at hand to profile
+    /// one by one).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn start_profiling(&self) {
+        PROFILED.set(Some((Timing::WallClock, Vec::new())));
+    }
+
+    /// Ends profiling: how the kernels were timed and their times, in submission order.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn stop_profiling(&self) -> (Timing, Vec<KernelTime>) {
+        PROFILED.take().unwrap_or((Timing::WallClock, Vec::new()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +415,29 @@ mod tests {
         assert!(times
             .iter()
             .all(|t| t.name.starts_with("stats SPLIT=") && t.seconds >= 0.0 && t.seconds < 10.0));
+    }
+
+    /// While profiling, submitted steps still run (same results) and every dispatch is timed.
+    #[test]
+    fn profiling_times_submitted_steps() {
+        let gpu = gpu();
+        let (n, v) = (2, 300);
+        let z = gpu.upload_f32("z", &[n, v], &rand_vec(5, n * v, 3.0)).unwrap();
+        let targets = gpu.upload_u32("t", &[n], &[4, 5]).unwrap();
+        let partials = gpu.zeros("partials", &[stats::partials_len(n, v)], DType::F32).unwrap();
+        let out = gpu.zeros("out", &[n, 4], DType::F32).unwrap();
+        let run = || {
+            let mut step = Step::new(gpu);
+            stats::logit_stats(&mut step, &z, &targets, (&partials, &out), n);
+            step.submit().unwrap();
+            gpu.read_f32(&out).unwrap()
+        };
+        let plain = run();
+        gpu.start_profiling();
+        let profiled = [run(), run()];
+        let (_, times) = gpu.stop_profiling();
+        assert_eq!(profiled, [plain.clone(), plain]);
+        assert_eq!(times.len(), 4);
+        assert!(gpu.stop_profiling().1.is_empty(), "profiling stopped");
     }
 }
