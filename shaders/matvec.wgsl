@@ -6,6 +6,8 @@
 // one load of A serves RPT rows (what CPU adapters pay for: they cost per element loaded).
 // One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters.
 // With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units.
+// With GATE, A's rows are the fused [gate | up] projection (2k wide) and the kernel reads
+// silu(gate) * up (act.wgsl's SILU_GATE) on the fly, saving decode's activation dispatch.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -25,6 +27,22 @@ struct Params {
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+
+#if KVEC4
+alias AElem = vec4<f32>;
+#else
+alias AElem = f32;
+#endif
+
+// Element kk (of len) of the A row starting at `row`.
+fn load_a(row: u32, kk: u32, len: u32) -> AElem {
+#if GATE
+    let g = a[row + kk];
+    return g / (1.0 + exp(-g)) * a[row + len + kk];
+#else
+    return a[row + kk];
+#endif
+}
 
 const WG: u32 = 64u;
 const ROWS: u32 = WG / TPR * RPT;
@@ -50,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var x: array<f32, MR>;
 #endif
     for (var kk = lid % TPR; kk < len; kk += TPR) {
-        for (var i = 0u; i < MR; i++) { x[i] = a[p.a_off + i * p.a_rs + kk]; }
+        for (var i = 0u; i < MR; i++) { x[i] = load_a(p.a_off + i * p.a_rs, kk, len); }
         for (var j = 0u; j < RPT; j++) {
             let w = b[w_at[j] + kk];
             for (var i = 0u; i < MR; i++) {

@@ -9,7 +9,8 @@ use super::layout::{Linear, Weights};
 use super::load::LoadedModel;
 use super::lora::BlockLora;
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::{act, attention, embed, matmul, norm, rope, stats};
+use crate::ops::act::{self, Activation};
+use crate::ops::{attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
 
 /// A model whose weights live on the GPU.
@@ -25,6 +26,9 @@ pub struct GpuModel {
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    /// Per-chunk results of the decode attention, shared by the layers
+    /// (see [`attention::decode_attention`]).
+    pub part: Tensor,
     pub seqs: usize,
     pub len: usize,
 }
@@ -77,6 +81,11 @@ pub struct BlockIo<'a> {
     pub v_cache: &'a Tensor,
     pub att: &'a Tensor,
     pub lse: &'a Tensor,
+    /// Working space of [`attention::decode_attention`]. Some (inference) enables the decode
+    /// fusions: that attention for single-query rows (spans of 1) and the SiLU gate inside
+    /// the down projection. Training leaves it None: its backward pass reads `q` and `act`,
+    /// which those skip.
+    pub decode_part: Option<&'a Tensor>,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
     /// LoRA adapters on this block's linear layers (fine-tuning).
@@ -85,7 +94,7 @@ pub struct BlockIo<'a> {
 
 impl KvCache {
     pub fn into_tensors(self) -> Vec<Tensor> {
-        self.k.into_iter().chain(self.v).collect()
+        self.k.into_iter().chain(self.v).chain([self.part]).collect()
     }
 }
 
@@ -138,7 +147,8 @@ impl GpuModel {
     /// Bytes a KV cache of `seqs × len` positions takes.
     pub fn kv_bytes(&self, seqs: usize, len: usize) -> u64 {
         let c = &self.config;
-        2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 * 4
+        let part = attention::decode_part_len(c.head_shape(), seqs, len) as u64;
+        (2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 + part) * 4
     }
 
     pub fn new_cache(&self, gpu: &Gpu, seqs: usize, len: usize) -> Result<KvCache> {
@@ -163,7 +173,9 @@ impl GpuModel {
             k.push(gpu.scratch(&format!("kv cache k{l}"), &shape, DType::F32)?);
             v.push(gpu.scratch(&format!("kv cache v{l}"), &shape, DType::F32)?);
         }
-        Ok(KvCache { k, v, seqs, len })
+        let part_len = attention::decode_part_len(c.head_shape(), seqs, len).max(1);
+        let part = gpu.scratch("decode attention chunks", &[part_len], DType::F32)?;
+        Ok(KvCache { k, v, part, seqs, len })
     }
 
     pub fn scratch(&self, gpu: &Gpu, rows: usize) -> Result<Scratch> {
@@ -238,6 +250,7 @@ impl GpuModel {
                 v_cache: &cache.v[l],
                 att: &s.att,
                 lse: &s.lse,
+                decode_part: Some(&cache.part),
                 up: &s.up,
                 act: &s.act,
                 lora: None,
@@ -295,8 +308,25 @@ impl GpuModel {
         };
         matmul::linear_spans(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, spans, false);
         lora(step, Linear::Qkv, io.xn1, io.qkv);
-        rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, (io.k_cache, io.v_cache), n);
-        attention::attention(step, io.q, rows, heads, (io.k_cache, io.v_cache), io.att, io.lse, n);
+        let kv = (io.k_cache, io.v_cache);
+        let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
+        let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
+            attention::decode_attention(step, io.qkv, rows, heads, tables, kv, part, (io.att, io.lse), (first, len));
+        };
+        match decode {
+            Some(part) if spans.iter().all(|&len| len == 1) => decode_rows(step, part, (0, n)),
+            _ => {
+                rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, kv, n);
+                attention::attention(step, io.q, rows, heads, kv, io.att, io.lse, n);
+                // Single-query rows among longer spans are redone as they would run alone,
+                // so that a batched step reproduces each sequence's own run bit for bit.
+                if let Some(part) = decode {
+                    for run in single_row_runs(spans) {
+                        decode_rows(step, part, run);
+                    }
+                }
+            }
+        }
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
@@ -315,11 +345,18 @@ impl GpuModel {
         );
         matmul::linear_spans(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, spans, false);
         lora(step, Linear::Up, io.xn2, io.up);
-        act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
+        let gated = io.decode_part.is_some() && io.lora.is_none() && c.activation() == Activation::SiluGate;
+        if !gated || matmul::gated_needs_act(spans) {
+            act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
+        }
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
-        matmul::linear_spans(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, spans, true);
+        if gated {
+            matmul::linear_spans_gated(step, (io.up, io.act), &b.down, b.down_b.as_ref(), io.x_out, spans);
+        } else {
+            matmul::linear_spans(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, spans, true);
+        }
         lora(step, Linear::Down, io.act, io.x_out);
     }
 
@@ -343,5 +380,32 @@ impl GpuModel {
         );
         matmul::linear_spans(step, &head.xn, w.head(), None, &head.logits, spans, false);
         stats::logit_stats(step, &head.logits, &head.targets, &head.stats, n);
+    }
+}
+
+/// (first row, rows) of each run of consecutive spans of one row.
+fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut row = 0;
+    for &len in spans {
+        if len == 1 {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == row => *n += 1,
+                _ => runs.push((row, 1)),
+            }
+        }
+        row += len;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_row_runs;
+
+    #[test]
+    fn single_row_runs_group_consecutive_one_row_spans() {
+        assert_eq!(single_row_runs(&[1, 1, 3, 1, 0, 1, 2, 1]), [(0, 2), (5, 2), (9, 1)]);
+        assert_eq!(single_row_runs(&[4, 2]), []);
     }
 }

@@ -89,6 +89,10 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                     for tile in [Tile::GPU, Tile::CPU] {
                         let shape = [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt)];
                         v.push(("matvec", [&flags[..], &shape].concat()));
+                        // The gated MLP's down projection accumulates into the residual.
+                        if acc == 1 {
+                            v.push(("matvec", [&flags[..], &shape, &[("GATE", 1)]].concat()));
+                        }
                     }
                 }
             }
@@ -108,7 +112,7 @@ pub fn matmul(
     accumulate: bool,
 ) {
     let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile);
+    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile, false);
 }
 
 /// `C (+)= scale · A · B` (LoRA's scaled low-rank products).
@@ -122,10 +126,12 @@ pub fn matmul_scaled(
     accumulate: bool,
 ) {
     let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile);
+    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile, false);
 }
 
-/// [`matmul`] with the matvec tiling given (tests run both on any adapter).
+/// [`matmul`] with the matvec tiling given (tests run both on any adapter). With `gate`, A's
+/// rows are `[gate | up]` pairs of `k` columns each and the product takes silu(gate) · up
+/// (the matrix-vector kernel only).
 #[allow(clippy::too_many_arguments)]
 fn matmul_tiled(
     step: &mut Step,
@@ -136,12 +142,14 @@ fn matmul_tiled(
     (scale, bias): (f32, Option<&Tensor>),
     accumulate: bool,
     tile: Tile,
+    gate: bool,
 ) {
     assert_eq!(c.cs, 1, "C must be row-major");
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.off + (m - 1) * a.rs + k.saturating_sub(1) * a.cs < a.t.numel().max(1));
+    let a_cols = if gate { 2 * k } else { k };
+    assert!(a.off + (m - 1) * a.rs + a_cols.saturating_sub(1) * a.cs < a.t.numel().max(1));
     assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
     assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
     let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
@@ -163,9 +171,12 @@ fn matmul_tiled(
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let mut buffers = vec![a.t, b.t, c.t];
     buffers.extend(bias);
-    if m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1 {
+    let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
+    assert!(matvec || !gate, "the SiLU gate is fused into the matrix-vector kernel only");
+    if matvec {
         let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt)];
-        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape].concat());
+        let gate_flag: &[Define] = if gate { &[("GATE", 1)] } else { &[] };
+        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, gate_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else {
         let pipeline = step.gpu.pipeline("matmul", &flags);
@@ -223,6 +234,33 @@ pub fn linear_spans(
             accumulate,
         );
     }
+}
+
+/// `y += silu(gate) · up · Wᵀ (+ bias)` over `spans` as [`linear_spans`], from the gated MLP's
+/// fused projection `up` (`[rows, 2 × in]`, gate | up). Spans the matrix-vector kernel takes
+/// apply the gate as they load `up` (no activation dispatch: decode); longer spans read
+/// `act` = silu(gate) · up, which the caller computes where [`gated_needs_act`] says so.
+pub fn linear_spans_gated(
+    step: &mut Step,
+    (up, act): (&Tensor, &Tensor),
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    spans: &[usize],
+) {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    let tile = Tile::for_adapter(step.gpu);
+    for (first, rows) in span_groups(spans) {
+        let gate = rows <= MATVEC_MAX_M;
+        let a = if gate { Mat::rows(up, first * 2 * inp, 2 * inp) } else { Mat::rows(act, first * inp, inp) };
+        let (w, y) = (Mat::transposed(w, 0, inp), Mat::rows(y, first * out, out));
+        matmul_tiled(step, a, w, y, (rows, out, inp), (1.0, bias), true, tile, gate);
+    }
+}
+
+/// Whether [`linear_spans_gated`] over `spans` reads `act`.
+pub fn gated_needs_act(spans: &[usize]) -> bool {
+    span_groups(spans).iter().any(|&(_, rows)| rows > MATVEC_MAX_M)
 }
 
 /// (first row, rows) of each dispatch of [`linear_spans`]. A group of short spans never passes
@@ -299,6 +337,7 @@ mod tests {
                 (1.0, bias.then_some(&bt)),
                 acc,
                 tile,
+                false,
             ),
         }
         step.submit().unwrap();
@@ -375,6 +414,7 @@ mod tests {
                     (0.5, None),
                     true,
                     tile,
+                    false,
                 );
                 step.submit().unwrap();
                 let what = format!("strided a_off={a_off} {tile:?}");
@@ -416,6 +456,30 @@ mod tests {
             assert!(same, "span of {len} rows at row {first} differs from its own run");
             first += len;
         }
+    }
+
+    /// The SiLU gate loaded by the matrix-vector kernel (short spans) and `act` read by the
+    /// blocked kernel (the 7-row span) both give y + silu(gate) · up · Wᵀ + b.
+    #[test]
+    fn linear_spans_gated_matches_cpu() {
+        let gpu = gpu();
+        let spans = [1, 3, 7, 1, 2];
+        let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
+        assert!(gated_needs_act(&spans) && !gated_needs_act(&[1, 1, 2]));
+        let up = rand_vec(1, m * 2 * k, 2.0);
+        let act = cpu::act::silu_gate(&up, k);
+        let w = rand_vec(2, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let y0 = rand_vec(4, m * n, 1.0);
+        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (upt, actt, wt, bt) = (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
+        let yt = t("y", &[m, n], &y0);
+        let mut step = Step::new(gpu);
+        linear_spans_gated(&mut step, (&upt, &actt), &wt, Some(&bt), &yt, &spans);
+        step.submit().unwrap();
+        let mut want = cpu::matmul::linear(&act, &w, Some(&b), m, n, k);
+        want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+        assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, "gated linear");
     }
 
     /// The strided forms used by backward: dX = dY · W and dW = dYᵀ · X.
