@@ -10,6 +10,8 @@ use super::load::LoadedModel;
 use super::lora::BlockLora;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::act::{self, Activation};
+use crate::ops::matmul::Prologue;
+use crate::ops::norm::NormKind;
 use crate::ops::{attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
 
@@ -290,23 +292,22 @@ impl GpuModel {
         let heads = c.head_shape();
         let tables = self.rope_tables();
         let hidden = n * c.hidden;
-        norm::norm(
-            step,
-            c.norm(),
-            io.x_in,
-            &b.attn_norm,
-            b.attn_norm_b.as_ref(),
-            c.norm_eps,
-            io.xn1,
-            io.stats1,
-            (0, n),
-        );
+        // Decode fusions (inference without adapters): the matrix-vector kernel applies the
+        // RMSNorm and the SiLU gate as it loads its input.
+        let fuse = io.decode_part.is_some() && io.lora.is_none();
+        let rms = |w| (fuse && c.norm() == NormKind::Rms).then_some(Prologue::RmsNorm(w, c.norm_eps));
+        let gate = (fuse && c.activation() == Activation::SiluGate).then_some(Prologue::SiluGate);
+        let norm1 = |step: &mut Step| {
+            let (w, bias) = (&b.attn_norm, b.attn_norm_b.as_ref());
+            norm::norm(step, c.norm(), io.x_in, w, bias, c.norm_eps, io.xn1, io.stats1, (0, n));
+        };
         let lora = |step: &mut Step, which: Linear, x: &Tensor, y: &Tensor| {
             if let Some(lora) = io.lora {
                 lora.record_forward(step, which, x, y, n);
             }
         };
-        matmul::linear_spans(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, spans, false);
+        let qkv = (&b.qkv, b.qkv_b.as_ref(), io.qkv);
+        linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         let kv = (io.k_cache, io.v_cache);
         let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
@@ -332,31 +333,19 @@ impl GpuModel {
         }
         matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
         lora(step, Linear::O, io.att, io.x_mid);
-        norm::norm(
-            step,
-            c.norm(),
-            io.x_mid,
-            &b.mlp_norm,
-            b.mlp_norm_b.as_ref(),
-            c.norm_eps,
-            io.xn2,
-            io.stats2,
-            (0, n),
-        );
-        matmul::linear_spans(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, spans, false);
+        let norm2 = |step: &mut Step| {
+            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            norm::norm(step, c.norm(), io.x_mid, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
+        };
+        let up = (&b.up, b.up_b.as_ref(), io.up);
+        linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
         lora(step, Linear::Up, io.xn2, io.up);
-        let gated = io.decode_part.is_some() && io.lora.is_none() && c.activation() == Activation::SiluGate;
-        if !gated || matmul::gated_needs_act(spans) {
-            act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
-        }
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
-        if gated {
-            matmul::linear_spans_gated(step, (io.up, io.act), &b.down, b.down_b.as_ref(), io.x_out, spans);
-        } else {
-            matmul::linear_spans(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, spans, true);
-        }
+        let act = |step: &mut Step| act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
+        let down = (&b.down, b.down_b.as_ref(), io.x_out);
+        linear_after(step, (act, gate), (io.up, io.act), down, spans, true);
         lora(step, Linear::Down, io.act, io.x_out);
     }
 
@@ -380,6 +369,31 @@ impl GpuModel {
         );
         matmul::linear_spans(step, &head.xn, w.head(), None, &head.logits, spans, false);
         stats::logit_stats(step, &head.logits, &head.targets, &head.stats, n);
+    }
+}
+
+/// `y (+)= f(src) · Wᵀ + bias` over `spans`, where `op` writes f(src) into `done`. With a
+/// prologue computing f, spans of the matrix-vector kernel apply it as they load `src` and
+/// `op` runs only if another span reads `done`.
+fn linear_after(
+    step: &mut Step,
+    (op, prologue): (impl FnOnce(&mut Step), Option<Prologue>),
+    (src, done): (&Tensor, &Tensor),
+    (w, bias, y): (&Tensor, Option<&Tensor>, &Tensor),
+    spans: &[usize],
+    accumulate: bool,
+) {
+    match prologue {
+        Some(prologue) => {
+            if matmul::prologue_needs_done(spans) {
+                op(step);
+            }
+            matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate);
+        }
+        None => {
+            op(step);
+            matmul::linear_spans(step, done, w, bias, y, spans, accumulate);
+        }
     }
 }
 
