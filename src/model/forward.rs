@@ -312,7 +312,17 @@ impl GpuModel {
         let kv = (io.k_cache, io.v_cache);
         let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
         let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
-            attention::decode_attention(step, io.qkv, rows, heads, tables, kv, part, (io.att, io.lse), (first, len));
+            attention::decode_attention(
+                step,
+                io.qkv,
+                rows,
+                heads,
+                tables,
+                kv,
+                part,
+                (io.att, io.lse),
+                (first, len),
+            );
         };
         match decode {
             Some(part) if spans.iter().all(|&len| len == 1) => decode_rows(step, part, (0, n)),
@@ -415,7 +425,30 @@ fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::single_row_runs;
+    use super::*;
+    use std::path::Path;
+
+    /// A decode step of a Llama-style model records per block: qkv (norm fused), the two
+    /// decode-attention dispatches, o, up (norm fused), down (SiLU gate fused); a prefill
+    /// chunk keeps the two norms, rope_kv, attention and the activation (9).
+    #[test]
+    fn decode_records_six_dispatches_per_block() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !path.exists() {
+            eprintln!("SKIPPED: {} absent", path.display());
+            return;
+        }
+        let gpu = crate::ops::test_util::gpu();
+        let m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
+        let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());
+        let layers = m.config.layers;
+        for (spans, per_block) in [(&[1][..], 6), (&[8][..], 9)] {
+            let mut step = Step::new(gpu);
+            m.record_blocks(&mut step, &s, &cache, spans, &mut |_, _, _| {});
+            // One more for the embedding.
+            assert_eq!(step.len(), 1 + per_block * layers, "spans {spans:?}");
+        }
+    }
 
     #[test]
     fn single_row_runs_group_consecutive_one_row_spans() {

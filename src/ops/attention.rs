@@ -87,7 +87,8 @@ const DECODE_MAX_CHUNK: usize = 64;
 /// not fit its workgroup memory (such models keep `rope_kv` + [`attention`] for every row).
 pub fn decode_chunk(heads: HeadShape) -> Option<usize> {
     let group = heads.n_q / heads.n_kv;
-    let fits = heads.dim >= 2 && group <= 64 && group * heads.dim <= DECODE_MAX_GQ && heads.dim < DECODE_KV_TILE;
+    let fits =
+        heads.dim >= 2 && group <= 64 && group * heads.dim <= DECODE_MAX_GQ && heads.dim < DECODE_KV_TILE;
     fits.then(|| (DECODE_KV_TILE / (heads.dim + 1)).min(DECODE_MAX_SCORES / group).min(DECODE_MAX_CHUNK))
 }
 
@@ -138,7 +139,8 @@ pub fn decode_attention(
         first_row: first as u32,
         _p: [0; 3],
     };
-    let pipeline = step.gpu.pipeline("attention_decode", &[("COMBINE", 0), ("ROPE", tables.is_some() as u32)]);
+    let pipeline =
+        step.gpu.pipeline("attention_decode", &[("COMBINE", 0), ("ROPE", tables.is_some() as u32)]);
     let mut buffers = vec![qkv, rows, k_cache, v_cache, part];
     if let Some((cos, sin)) = tables {
         buffers.extend([cos, sin]);
@@ -240,13 +242,21 @@ mod tests {
     }
 
     /// Log-sum-exp of the scaled scores of one (row, q head), in f64.
-    fn cpu_lse(q: &[f32], kc: &[f32], (seq, pos): (usize, usize), h: usize, heads: HeadShape, len: usize) -> f32 {
+    fn cpu_lse(
+        q: &[f32],
+        kc: &[f32],
+        (seq, pos): (usize, usize),
+        h: usize,
+        heads: HeadShape,
+        len: usize,
+    ) -> f32 {
         let hd = heads.dim;
         let kvh = h / (heads.n_q / heads.n_kv);
         let scores: Vec<f64> = (0..=pos)
             .map(|t| {
                 let k = &kc[((seq * len + t) * heads.n_kv + kvh) * hd..][..hd];
-                let dot: f64 = q[h * hd..(h + 1) * hd].iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let dot: f64 =
+                    q[h * hd..(h + 1) * hd].iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
                 dot / (hd as f64).sqrt()
             })
             .collect();
@@ -278,19 +288,38 @@ mod tests {
             let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
             let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
             for rope in [true, false] {
-                let (qkv_t, kt, vt) = (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
+                let (qkv_t, kt, vt) =
+                    (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
                 let part = gpu.zeros("part", &[decode_part_len(heads, seqs, len)], DType::F32).unwrap();
                 let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
                 let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
                 let mut step = Step::new(gpu);
                 let tables = rope.then_some((&cos_t, &sin_t));
-                decode_attention(&mut step, &qkv_t, &rt, heads, tables, (&kt, &vt), &part, (&out, &lse), (1, n - 1));
+                decode_attention(
+                    &mut step,
+                    &qkv_t,
+                    &rt,
+                    heads,
+                    tables,
+                    (&kt, &vt),
+                    &part,
+                    (&out, &lse),
+                    (1, n - 1),
+                );
                 step.submit().unwrap();
 
                 let (mut want_k, mut want_v) = (kc.clone(), vc.clone());
                 let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
                 let cpu_tables = rope.then_some((&cos[..], &sin[..]));
-                let q = cpu::rope::rope_kv(&qkv[width..], &rows[1..], &h, cpu_tables, len, &mut want_k, &mut want_v);
+                let q = cpu::rope::rope_kv(
+                    &qkv[width..],
+                    &rows[1..],
+                    &h,
+                    cpu_tables,
+                    len,
+                    &mut want_k,
+                    &mut want_v,
+                );
                 let shape = (heads.n_q, heads.n_kv, heads.dim);
                 let mut want = vec![0.0; qd];
                 want.extend(cpu::attention::attention(&q, &want_k, &want_v, &rows[1..], shape, len));

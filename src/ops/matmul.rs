@@ -499,10 +499,20 @@ mod tests {
         let b = rand_vec(3, n, 1.0);
         let y0 = rand_vec(4, m * n, 1.0);
         let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
-        let (upt, actt, wt, bt) = (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
+        let (upt, actt, wt, bt) =
+            (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
         let yt = t("y", &[m, n], &y0);
         let mut step = Step::new(gpu);
-        linear_spans_prologue(&mut step, Prologue::SiluGate, (&upt, &actt), &wt, Some(&bt), &yt, &spans, true);
+        linear_spans_prologue(
+            &mut step,
+            Prologue::SiluGate,
+            (&upt, &actt),
+            &wt,
+            Some(&bt),
+            &yt,
+            &spans,
+            true,
+        );
         step.submit().unwrap();
         let mut want = cpu::matmul::linear(&act, &w, Some(&b), m, n, k);
         want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
