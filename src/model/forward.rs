@@ -84,9 +84,9 @@ pub struct BlockIo<'a> {
     pub att: &'a Tensor,
     pub lse: &'a Tensor,
     /// Working space of [`attention::decode_attention`]. Some (inference) enables the decode
-    /// fusions: that attention for single-query rows (spans of 1) and the SiLU gate inside
-    /// the down projection. Training leaves it None: its backward pass reads `q` and `act`,
-    /// which those skip.
+    /// fusions: that attention for single-query rows (spans of 1), and the RMSNorms and the
+    /// SiLU gate applied by the matrix-vector products that read them. Training leaves it
+    /// None: its backward pass reads `q`, `xn1`, `xn2` and `act`, which those skip.
     pub decode_part: Option<&'a Tensor>,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
