@@ -7,11 +7,16 @@
 // One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters.
 // With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units, and B
 // may be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
+// Decode prologues, each saving a dispatch: with GATE, A's rows are the fused [gate | up]
+// projection (2k wide) and the kernel reads silu(gate) * up (act.wgsl's SILU_GATE); with NORM,
+// A is the residual stream and the kernel reads its RMSNorm (norm.wgsl), each workgroup
+// summing the squares of its rows of A first (k is small next to the weights it reads).
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
+    eps: f32,  // NORM
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,9 +28,38 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 #endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#if KVEC4
+alias AElem = vec4<f32>;
+#else
+alias AElem = f32;
+#endif
+#if NORM
+@group(0) @binding(4) var<storage, read> norm_w: array<AElem>;
+#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+#endif
+#else
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+#endif
+
+var<private> rstd: array<f32, MR>;  // NORM: 1 / RMS of each row of A
+
+// Element kk (of len) of row i of A.
+fn load_a(i: u32, kk: u32, len: u32) -> AElem {
+    let row = p.a_off + i * p.a_rs;
+#if GATE
+    let g = a[row + kk];
+    return g / (1.0 + exp(-g)) * a[row + len + kk];
+#else
+#if NORM
+    return a[row + kk] * rstd[i] * norm_w[kk];
+#else
+    return a[row + kk];
+#endif
+#endif
+}
 
 const WG: u32 = 64u;
 const ROWS: u32 = WG / TPR * RPT;
@@ -50,8 +84,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let len = p.k;
     var x: array<f32, MR>;
 #endif
+#if NORM
+    var sq = vec4<f32>();
+    for (var kk = lid; kk < len; kk += WG) {
+        for (var i = 0u; i < MR; i++) {
+            let v = a[p.a_off + i * p.a_rs + kk];
+#if KVEC4
+            sq[i] += dot(v, v);
+#else
+            sq[i] += v * v;
+#endif
+        }
+    }
+    part[lid * RPT] = sq;
+    workgroupBarrier();
+    sq = vec4<f32>();
+    for (var t = 0u; t < WG; t++) { sq += part[t * RPT]; }
+    for (var i = 0u; i < MR; i++) { rstd[i] = 1.0 / sqrt(sq[i] / f32(p.k) + p.eps); }
+    workgroupBarrier();  // part is reused below
+#endif
     for (var kk = lid % TPR; kk < len; kk += TPR) {
-        for (var i = 0u; i < MR; i++) { x[i] = a[p.a_off + i * p.a_rs + kk]; }
+        for (var i = 0u; i < MR; i++) { x[i] = load_a(i, kk, len); }
         for (var j = 0u; j < RPT; j++) {
 #if KVEC4
             let w = wload(w_row[j], kk);

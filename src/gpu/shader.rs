@@ -11,6 +11,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("matvec", include_str!("../../shaders/matvec.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),

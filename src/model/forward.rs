@@ -11,7 +11,10 @@ use super::lora::BlockLora;
 use super::weights::HostTensor;
 use crate::cpu::quant::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::{act, attention, embed, matmul, norm, rope, stats};
+use crate::ops::act::{self, Activation};
+use crate::ops::matmul::Prologue;
+use crate::ops::norm::NormKind;
+use crate::ops::{attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
 
 /// A model whose weights live on the GPU.
@@ -30,6 +33,9 @@ pub struct GpuModel {
 pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    /// Per-chunk results of the decode attention, shared by the layers
+    /// (see [`attention::decode_attention`]).
+    pub part: Tensor,
     pub seqs: usize,
     pub len: usize,
 }
@@ -84,6 +90,11 @@ pub struct BlockIo<'a> {
     pub v_cache: &'a Tensor,
     pub att: &'a Tensor,
     pub lse: &'a Tensor,
+    /// Working space of [`attention::decode_attention`]. Some (inference) enables the decode
+    /// fusions: that attention for single-query rows (spans of 1), and the RMSNorms and the
+    /// SiLU gate applied by the matrix-vector products that read them. Training leaves it
+    /// None: its backward pass reads `q`, `xn1`, `xn2` and `act`, which those skip.
+    pub decode_part: Option<&'a Tensor>,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
     /// LoRA adapters on this block's linear layers (fine-tuning).
@@ -92,7 +103,7 @@ pub struct BlockIo<'a> {
 
 impl KvCache {
     pub fn into_tensors(self) -> Vec<Tensor> {
-        self.k.into_iter().chain(self.v).collect()
+        self.k.into_iter().chain(self.v).chain([self.part]).collect()
     }
 }
 
@@ -227,7 +238,8 @@ impl GpuModel {
     /// Bytes a KV cache of `seqs × len` positions takes.
     pub fn kv_bytes(&self, seqs: usize, len: usize) -> u64 {
         let c = &self.config;
-        2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 * 4
+        let part = attention::decode_part_len(c.head_shape(), seqs, len) as u64;
+        (2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 + part) * 4
     }
 
     pub fn new_cache(&self, gpu: &Gpu, seqs: usize, len: usize) -> Result<KvCache> {
@@ -252,7 +264,9 @@ impl GpuModel {
             k.push(gpu.scratch(&format!("kv cache k{l}"), &shape, DType::F32)?);
             v.push(gpu.scratch(&format!("kv cache v{l}"), &shape, DType::F32)?);
         }
-        Ok(KvCache { k, v, seqs, len })
+        let part_len = attention::decode_part_len(c.head_shape(), seqs, len).max(1);
+        let part = gpu.scratch("decode attention chunks", &[part_len], DType::F32)?;
+        Ok(KvCache { k, v, part, seqs, len })
     }
 
     pub fn scratch(&self, gpu: &Gpu, rows: usize) -> Result<Scratch> {
@@ -332,6 +346,7 @@ impl GpuModel {
                 v_cache: &cache.v[l],
                 att: &s.att,
                 lse: &s.lse,
+                decode_part: Some(&cache.part),
                 up: &s.up,
                 act: &s.act,
                 lora: None,
@@ -371,49 +386,70 @@ impl GpuModel {
         let heads = c.head_shape();
         let tables = self.rope_tables();
         let hidden = n * c.hidden;
-        norm::norm(
-            step,
-            c.norm(),
-            io.x_in,
-            &b.attn_norm,
-            b.attn_norm_b.as_ref(),
-            c.norm_eps,
-            io.xn1,
-            io.stats1,
-            (0, n),
-        );
+        // Decode fusions (inference without adapters): the matrix-vector kernel applies the
+        // RMSNorm and the SiLU gate as it loads its input.
+        let fuse = io.decode_part.is_some() && io.lora.is_none();
+        let rms = |w| (fuse && c.norm() == NormKind::Rms).then_some(Prologue::RmsNorm(w, c.norm_eps));
+        let gate = (fuse && c.activation() == Activation::SiluGate).then_some(Prologue::SiluGate);
+        let norm1 = |step: &mut Step| {
+            let (w, bias) = (&b.attn_norm, b.attn_norm_b.as_ref());
+            norm::norm(step, c.norm(), io.x_in, w, bias, c.norm_eps, io.xn1, io.stats1, (0, n));
+        };
         let lora = |step: &mut Step, which: Linear, x: &Tensor, y: &Tensor| {
             if let Some(lora) = io.lora {
                 lora.record_forward(step, which, x, y, n);
             }
         };
-        matmul::linear_spans(step, io.xn1, &b.qkv, b.qkv_b.as_ref(), io.qkv, spans, false);
+        let qkv = (&b.qkv, b.qkv_b.as_ref(), io.qkv);
+        linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
         lora(step, Linear::Qkv, io.xn1, io.qkv);
-        rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, (io.k_cache, io.v_cache), n);
-        attention::attention(step, io.q, rows, heads, (io.k_cache, io.v_cache), io.att, io.lse, n);
+        let kv = (io.k_cache, io.v_cache);
+        let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
+        let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
+            attention::decode_attention(
+                step,
+                io.qkv,
+                rows,
+                heads,
+                tables,
+                kv,
+                part,
+                (io.att, io.lse),
+                (first, len),
+            );
+        };
+        match decode {
+            Some(part) if spans.iter().all(|&len| len == 1) => decode_rows(step, part, (0, n)),
+            _ => {
+                rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, kv, n);
+                attention::attention(step, io.q, rows, heads, kv, io.att, io.lse, n);
+                // Single-query rows among longer spans are redone as they would run alone,
+                // so that a batched step reproduces each sequence's own run bit for bit.
+                if let Some(part) = decode {
+                    for run in single_row_runs(spans) {
+                        decode_rows(step, part, run);
+                    }
+                }
+            }
+        }
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
         matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
         lora(step, Linear::O, io.att, io.x_mid);
-        norm::norm(
-            step,
-            c.norm(),
-            io.x_mid,
-            &b.mlp_norm,
-            b.mlp_norm_b.as_ref(),
-            c.norm_eps,
-            io.xn2,
-            io.stats2,
-            (0, n),
-        );
-        matmul::linear_spans(step, io.xn2, &b.up, b.up_b.as_ref(), io.up, spans, false);
+        let norm2 = |step: &mut Step| {
+            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            norm::norm(step, c.norm(), io.x_mid, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
+        };
+        let up = (&b.up, b.up_b.as_ref(), io.up);
+        linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
         lora(step, Linear::Up, io.xn2, io.up);
-        act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
-        matmul::linear_spans(step, io.act, &b.down, b.down_b.as_ref(), io.x_out, spans, true);
+        let act = |step: &mut Step| act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
+        let down = (&b.down, b.down_b.as_ref(), io.x_out);
+        linear_after(step, (act, gate), (io.up, io.act), down, spans, true);
         lora(step, Linear::Down, io.act, io.x_out);
     }
 
@@ -443,5 +479,80 @@ impl GpuModel {
             (first, n),
         );
         matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
+    }
+}
+
+/// `y (+)= f(src) · Wᵀ + bias` over `spans`, where `op` writes f(src) into `done`. With a
+/// prologue computing f, spans of the matrix-vector kernel apply it as they load `src` and
+/// `op` runs only if another span reads `done`.
+fn linear_after(
+    step: &mut Step,
+    (op, prologue): (impl FnOnce(&mut Step), Option<Prologue>),
+    (src, done): (&Tensor, &Tensor),
+    (w, bias, y): (&Tensor, Option<&Tensor>, &Tensor),
+    spans: &[usize],
+    accumulate: bool,
+) {
+    match prologue {
+        Some(prologue) => {
+            if matmul::prologue_needs_done(spans) {
+                op(step);
+            }
+            matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate);
+        }
+        None => {
+            op(step);
+            matmul::linear_spans(step, done, w, bias, y, spans, accumulate);
+        }
+    }
+}
+
+/// (first row, rows) of each run of consecutive spans of one row.
+fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut row = 0;
+    for &len in spans {
+        if len == 1 {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == row => *n += 1,
+                _ => runs.push((row, 1)),
+            }
+        }
+        row += len;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A decode step of a Llama-style model records per block: qkv (norm fused), the two
+    /// decode-attention dispatches, o, up (norm fused), down (SiLU gate fused); a prefill
+    /// chunk keeps the two norms, rope_kv, attention and the activation (9).
+    #[test]
+    fn decode_records_six_dispatches_per_block() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !path.exists() {
+            eprintln!("SKIPPED: {} absent", path.display());
+            return;
+        }
+        let gpu = crate::ops::test_util::gpu();
+        let m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
+        let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());
+        let layers = m.config.layers;
+        for (spans, per_block) in [(&[1][..], 6), (&[8][..], 9)] {
+            let mut step = Step::new(gpu);
+            m.record_blocks(&mut step, &s, &cache, spans, &mut |_, _, _| {});
+            // One more for the embedding.
+            assert_eq!(step.len(), 1 + per_block * layers, "spans {spans:?}");
+        }
+    }
+
+    #[test]
+    fn single_row_runs_group_consecutive_one_row_spans() {
+        assert_eq!(single_row_runs(&[1, 1, 3, 1, 0, 1, 2, 1]), [(0, 2), (5, 2), (9, 1)]);
+        assert_eq!(single_row_runs(&[4, 2]), []);
     }
 }

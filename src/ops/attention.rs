@@ -1,5 +1,8 @@
 //! Causal grouped-query attention against the KV cache, `shaders/attention.wgsl`.
 
+//! Single-query rows (decode) can take `shaders/attention_decode.wgsl` instead, which also
+//! does their rope_kv.
+
 use super::{groups, rope::HeadShape};
 use crate::gpu::{shader::Define, Step, Tensor};
 
@@ -23,6 +26,9 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
         ("attention", vec![]),
         ("attention_backward", vec![("KV", 0)]),
         ("attention_backward", vec![("KV", 1)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1)]),
+        ("attention_decode", vec![("COMBINE", 1)]),
     ]
 }
 
@@ -54,6 +60,94 @@ pub fn attention(
     let pipeline = step.gpu.pipeline("attention", &[]);
     let buffers = [q, rows, k_cache, v_cache, out, lse];
     step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_q, 1));
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DecodeParams {
+    n_rows: u32,
+    n_q_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    cache_len: u32,
+    scale: f32,
+    chunk: u32,
+    n_chunks: u32,
+    first_row: u32,
+    _p: [u32; 3],
+}
+
+// Workgroup arrays of shaders/attention_decode.wgsl (about 14 KiB in all).
+const DECODE_MAX_GQ: usize = 1024;
+const DECODE_KV_TILE: usize = 2080;
+const DECODE_MAX_SCORES: usize = 512;
+const DECODE_MAX_CHUNK: usize = 64;
+
+/// Cache positions per workgroup of [`decode_attention`], or None where the head shape does
+/// not fit its workgroup memory (such models keep `rope_kv` + [`attention`] for every row).
+pub fn decode_chunk(heads: HeadShape) -> Option<usize> {
+    let group = heads.n_q / heads.n_kv;
+    let fits =
+        heads.dim >= 2 && group <= 64 && group * heads.dim <= DECODE_MAX_GQ && heads.dim < DECODE_KV_TILE;
+    fits.then(|| (DECODE_KV_TILE / (heads.dim + 1)).min(DECODE_MAX_SCORES / group).min(DECODE_MAX_CHUNK))
+}
+
+/// Floats of the per-chunk results [`decode_attention`] keeps for `seqs` sequences of
+/// `cache_len` positions (0 where [`decode_chunk`] is None).
+pub fn decode_part_len(heads: HeadShape, seqs: usize, cache_len: usize) -> usize {
+    decode_chunk(heads).map_or(0, |chunk| seqs * heads.n_q * cache_len.div_ceil(chunk) * (heads.dim + 2))
+}
+
+/// [`rope::rope_kv`](super::rope::rope_kv) then [`attention`] for rows `first .. first + n_rows`,
+/// each of which must be the only row of its sequence in the step: q, k, v come straight from
+/// `qkv` (k, v are written into the cache), the positions are split into chunks of
+/// [`decode_chunk`] over many workgroups (results in `part`, [`decode_part_len`] floats),
+/// then combined into `out` and `lse`. Two dispatches; a row's result depends only on its
+/// own (sequence, position) and data.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention(
+    step: &mut Step,
+    qkv: &Tensor,
+    rows: &Tensor,
+    heads: HeadShape,
+    tables: Option<(&Tensor, &Tensor)>,
+    (k_cache, v_cache): (&Tensor, &Tensor),
+    part: &Tensor,
+    (out, lse): (&Tensor, &Tensor),
+    (first, n_rows): (usize, usize),
+) {
+    let chunk = decode_chunk(heads).expect("decode_attention: head shape outside the decode kernel's limits");
+    let (seqs, cache_len) = (k_cache.shape[0], k_cache.shape[1]);
+    let end = first + n_rows;
+    assert_eq!(k_cache.shape[2..], [heads.n_kv, heads.dim]);
+    assert!(v_cache.shape == k_cache.shape && part.numel() >= decode_part_len(heads, seqs, cache_len));
+    assert!(qkv.numel() >= end * heads.qkv_width() && rows.numel() >= 2 * end);
+    assert!(out.numel() >= end * heads.n_q * heads.dim && lse.numel() >= end * heads.n_q);
+    if n_rows == 0 {
+        return;
+    }
+    let n_chunks = cache_len.div_ceil(chunk);
+    let params = DecodeParams {
+        n_rows: n_rows as u32,
+        n_q_heads: heads.n_q as u32,
+        n_kv_heads: heads.n_kv as u32,
+        head_dim: heads.dim as u32,
+        cache_len: cache_len as u32,
+        scale: 1.0 / (heads.dim as f32).sqrt(),
+        chunk: chunk as u32,
+        n_chunks: n_chunks as u32,
+        first_row: first as u32,
+        _p: [0; 3],
+    };
+    let pipeline =
+        step.gpu.pipeline("attention_decode", &[("COMBINE", 0), ("ROPE", tables.is_some() as u32)]);
+    let mut buffers = vec![qkv, rows, k_cache, v_cache, part];
+    if let Some((cos, sin)) = tables {
+        buffers.extend([cos, sin]);
+    }
+    step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_kv * n_chunks, 1));
+    let pipeline = step.gpu.pipeline("attention_decode", &[("COMBINE", 1)]);
+    step.dispatch(pipeline, &params, &[rows, part, out, lse], groups(n_rows * heads.n_q, 1));
 }
 
 /// What [`attention`] saved, as its backward pass reads it.
@@ -116,7 +210,7 @@ mod tests {
     use super::*;
     use crate::cpu;
     use crate::gpu::DType;
-    use crate::ops::test_util::*;
+    use crate::ops::{rope, test_util::*};
 
     #[test]
     fn attention_matches_cpu() {
@@ -144,6 +238,102 @@ mod tests {
             let want =
                 cpu::attention::attention(&q, &kc, &vc, &rows, (heads.n_q, heads.n_kv, heads.dim), cache_len);
             assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("attention {heads:?}"));
+        }
+    }
+
+    /// Log-sum-exp of the scaled scores of one (row, q head), in f64.
+    fn cpu_lse(
+        q: &[f32],
+        kc: &[f32],
+        (seq, pos): (usize, usize),
+        h: usize,
+        heads: HeadShape,
+        len: usize,
+    ) -> f32 {
+        let hd = heads.dim;
+        let kvh = h / (heads.n_q / heads.n_kv);
+        let scores: Vec<f64> = (0..=pos)
+            .map(|t| {
+                let k = &kc[((seq * len + t) * heads.n_kv + kvh) * hd..][..hd];
+                let dot: f64 =
+                    q[h * hd..(h + 1) * hd].iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                dot / (hd as f64).sqrt()
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+        (m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln()) as f32
+    }
+
+    #[test]
+    fn decode_attention_matches_cpu() {
+        let gpu = gpu();
+        let len = 700;
+        // Row 0 is left out (first row 1); the others see 1, 63, 64, 65 and 700 positions.
+        let rows = [(5usize, 3usize), (0, 0), (1, 62), (2, 63), (3, 64), (4, 699)];
+        let seqs = 6;
+        for heads in [
+            HeadShape { n_q: 9, n_kv: 3, dim: 64 },
+            HeadShape { n_q: 4, n_kv: 4, dim: 32 },
+            HeadShape { n_q: 2, n_kv: 1, dim: 128 },
+        ] {
+            let n = rows.len();
+            let (qd, width) = (heads.n_q * heads.dim, heads.qkv_width());
+            let cache_shape = [seqs, len, heads.n_kv, heads.dim];
+            let qkv = rand_vec(1, n * width, 1.0);
+            let kc = rand_vec(2, cache_shape.iter().product(), 1.0);
+            let vc = rand_vec(3, kc.len(), 1.0);
+            let (cos, sin) = rope::rope_tables(10000.0, heads.dim, len);
+            let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
+            let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
+            let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
+            for rope in [true, false] {
+                let (qkv_t, kt, vt) =
+                    (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
+                let part = gpu.zeros("part", &[decode_part_len(heads, seqs, len)], DType::F32).unwrap();
+                let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
+                let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
+                let mut step = Step::new(gpu);
+                let tables = rope.then_some((&cos_t, &sin_t));
+                decode_attention(
+                    &mut step,
+                    &qkv_t,
+                    &rt,
+                    heads,
+                    tables,
+                    (&kt, &vt),
+                    &part,
+                    (&out, &lse),
+                    (1, n - 1),
+                );
+                step.submit().unwrap();
+
+                let (mut want_k, mut want_v) = (kc.clone(), vc.clone());
+                let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+                let cpu_tables = rope.then_some((&cos[..], &sin[..]));
+                let q = cpu::rope::rope_kv(
+                    &qkv[width..],
+                    &rows[1..],
+                    &h,
+                    cpu_tables,
+                    len,
+                    &mut want_k,
+                    &mut want_v,
+                );
+                let shape = (heads.n_q, heads.n_kv, heads.dim);
+                let mut want = vec![0.0; qd];
+                want.extend(cpu::attention::attention(&q, &want_k, &want_v, &rows[1..], shape, len));
+                let mut want_lse = vec![0.0; heads.n_q];
+                for (r, &row) in rows[1..].iter().enumerate() {
+                    let qr = &q[r * qd..(r + 1) * qd];
+                    want_lse.extend((0..heads.n_q).map(|h| cpu_lse(qr, &want_k, row, h, heads, len)));
+                }
+                let what = format!("{heads:?} rope={rope}");
+                assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("out {what}"));
+                assert_close(&gpu.read_f32(&lse).unwrap(), &want_lse, 1e-5, &format!("lse {what}"));
+                assert_close(&gpu.read_f32(&kt).unwrap(), &want_k, 1e-6, &format!("k cache {what}"));
+                assert_close(&gpu.read_f32(&vt).unwrap(), &want_v, 0.0, &format!("v cache {what}"));
+            }
         }
     }
 

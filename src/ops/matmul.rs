@@ -43,6 +43,18 @@ struct Params {
     b_rs: u32,
     b_cs: u32,
     scale: f32,
+    eps: f32,
+}
+
+/// How the matrix-vector kernel loads A: as stored, or through a decode prologue that
+/// replaces the dispatch which would have computed it (see matvec.wgsl).
+#[derive(Clone, Copy)]
+pub enum Prologue<'a> {
+    None,
+    /// The stored rows are `[gate | up]` pairs of k columns; A = silu(gate) · up.
+    SiluGate,
+    /// A = RMSNorm of the stored rows with this weight (`[k]`) and epsilon.
+    RmsNorm(&'a Tensor, f32),
 }
 
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
@@ -107,6 +119,10 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                     for tile in [Tile::GPU, Tile::CPU] {
                         let shape = [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt)];
                         v.push(("matvec", [&flags[..], &shape].concat()));
+                        // Prologues: the gated MLP's down projection accumulates into the
+                        // residual; the normed projections (qkv, up) write.
+                        let prologue = if acc == 1 { ("GATE", 1) } else { ("NORM", 1) };
+                        v.push(("matvec", [&flags[..], &shape, &[prologue]].concat()));
                     }
                 }
             }
@@ -126,7 +142,7 @@ pub fn matmul(
     accumulate: bool,
 ) {
     let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile);
+    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile, Prologue::None);
 }
 
 /// `C (+)= scale · A · B` (LoRA's scaled low-rank products).
@@ -140,10 +156,11 @@ pub fn matmul_scaled(
     accumulate: bool,
 ) {
     let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile);
+    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile, Prologue::None);
 }
 
-/// [`matmul`] with the matvec tiling given (tests run both on any adapter).
+/// [`matmul`] with the matvec tiling given (tests run both on any adapter), A loaded through
+/// `prologue` (the matrix-vector kernel only).
 #[allow(clippy::too_many_arguments)]
 fn matmul_tiled(
     step: &mut Step,
@@ -154,12 +171,14 @@ fn matmul_tiled(
     (scale, bias): (f32, Option<&Tensor>),
     accumulate: bool,
     tile: Tile,
+    prologue: Prologue,
 ) {
     assert_eq!(c.cs, 1, "C must be row-major");
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.off + (m - 1) * a.rs + k.saturating_sub(1) * a.cs < a.t.numel().max(1));
+    let a_cols = if matches!(prologue, Prologue::SiluGate) { 2 * k } else { k };
+    assert!(a.off + (m - 1) * a.rs + a_cols.saturating_sub(1) * a.cs < a.t.numel().max(1));
     assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
     assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
     let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
@@ -184,14 +203,26 @@ fn matmul_tiled(
         b_rs: b.rs as u32,
         b_cs: (b.cs / unit) as u32,
         scale,
+        eps: if let Prologue::RmsNorm(_, eps) = prologue { eps } else { 0.0 },
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let flags = [&flags[..], &format_flags(fmt)].concat();
     let mut buffers = vec![a.t, b.t, c.t];
+    let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
+    let prologue_flag: &[Define] = match prologue {
+        Prologue::None => &[],
+        Prologue::SiluGate => &[("GATE", 1)],
+        Prologue::RmsNorm(w, _) => {
+            assert_eq!(w.numel(), k, "RMSNorm weight");
+            buffers.push(w);
+            &[("NORM", 1)]
+        }
+    };
+    assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
     buffers.extend(bias);
-    if m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1 {
+    if matvec {
         let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt)];
-        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape].concat());
+        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else {
         let pipeline = step.gpu.pipeline("matmul", &flags);
@@ -249,6 +280,40 @@ pub fn linear_spans(
             accumulate,
         );
     }
+}
+
+/// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
+/// kernel takes apply the prologue as they load `src` (one dispatch fewer: decode); longer
+/// spans read `done` = prologue(src), which the caller computes where
+/// [`prologue_needs_done`] says so. `src` is `[rows, 2 × in]` for [`Prologue::SiluGate`].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_spans_prologue(
+    step: &mut Step,
+    prologue: Prologue,
+    (src, done): (&Tensor, &Tensor),
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    spans: &[usize],
+    accumulate: bool,
+) {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    let src_cols = if matches!(prologue, Prologue::SiluGate) { 2 * inp } else { inp };
+    let tile = Tile::for_adapter(step.gpu);
+    for (first, rows) in span_groups(spans) {
+        let (a, prologue) = if rows <= MATVEC_MAX_M {
+            (Mat::rows(src, first * src_cols, src_cols), prologue)
+        } else {
+            (Mat::rows(done, first * inp, inp), Prologue::None)
+        };
+        let (w, y) = (Mat::transposed(w, 0, inp), Mat::rows(y, first * out, out));
+        matmul_tiled(step, a, w, y, (rows, out, inp), (1.0, bias), accumulate, tile, prologue);
+    }
+}
+
+/// Whether [`linear_spans_prologue`] over `spans` reads `done`.
+pub fn prologue_needs_done(spans: &[usize]) -> bool {
+    span_groups(spans).iter().any(|&(_, rows)| rows > MATVEC_MAX_M)
 }
 
 /// (first row, rows) of each dispatch of [`linear_spans`]. A group of short spans never passes
@@ -325,6 +390,7 @@ mod tests {
                 (1.0, bias.then_some(&bt)),
                 acc,
                 tile,
+                Prologue::None,
             ),
         }
         step.submit().unwrap();
@@ -435,6 +501,7 @@ mod tests {
                     (0.5, None),
                     true,
                     tile,
+                    Prologue::None,
                 );
                 step.submit().unwrap();
                 let what = format!("strided a_off={a_off} {tile:?}");
@@ -475,6 +542,66 @@ mod tests {
             let same = alone.iter().zip(&got[first * n..]).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "span of {len} rows at row {first} differs from its own run");
             first += len;
+        }
+    }
+
+    /// The SiLU gate loaded by the matrix-vector kernel (short spans) and `act` read by the
+    /// blocked kernel (the 7-row span) both give y + silu(gate) · up · Wᵀ + b.
+    #[test]
+    fn linear_spans_gated_matches_cpu() {
+        let gpu = gpu();
+        let spans = [1, 3, 7, 1, 2];
+        let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
+        assert!(prologue_needs_done(&spans) && !prologue_needs_done(&[1, 1, 2]));
+        let up = rand_vec(1, m * 2 * k, 2.0);
+        let act = cpu::act::silu_gate(&up, k);
+        let w = rand_vec(2, n * k, 1.0);
+        let b = rand_vec(3, n, 1.0);
+        let y0 = rand_vec(4, m * n, 1.0);
+        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (upt, actt, wt, bt) =
+            (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
+        let yt = t("y", &[m, n], &y0);
+        let mut step = Step::new(gpu);
+        linear_spans_prologue(
+            &mut step,
+            Prologue::SiluGate,
+            (&upt, &actt),
+            &wt,
+            Some(&bt),
+            &yt,
+            &spans,
+            true,
+        );
+        step.submit().unwrap();
+        let mut want = cpu::matmul::linear(&act, &w, Some(&b), m, n, k);
+        want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+        assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, "gated linear");
+    }
+
+    /// The RMSNorm loaded by the matrix-vector kernel (short spans; vec4 and scalar loads)
+    /// and the normed rows read by the blocked kernel both give norm(x) · Wᵀ + b.
+    #[test]
+    fn linear_spans_normed_matches_cpu() {
+        let gpu = gpu();
+        let spans = [1, 3, 7, 1, 2];
+        for (n, k) in [(70, 48), (33, 46)] {
+            let m: usize = spans.iter().sum();
+            let x = rand_vec(1, m * k, 2.0);
+            let nw = rand_vec(5, k, 1.0);
+            let normed = cpu::norm::rms_norm(&x, &nw, 1e-5);
+            let w = rand_vec(2, n * k, 1.0);
+            let b = rand_vec(3, n, 1.0);
+            let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let (xt, donet, nwt) = (t("x", &[m, k], &x), t("normed", &[m, k], &normed), t("nw", &[k], &nw));
+            let (wt, bt) = (t("w", &[n, k], &w), t("b", &[n], &b));
+            let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            let prologue = Prologue::RmsNorm(&nwt, 1e-5);
+            linear_spans_prologue(&mut step, prologue, (&xt, &donet), &wt, Some(&bt), &yt, &spans, false);
+            step.submit().unwrap();
+            let want = cpu::matmul::linear(&normed, &w, Some(&b), m, n, k);
+            assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("normed linear k={k}"));
         }
     }
 

@@ -80,6 +80,7 @@ impl BlockActs {
             v_cache: &self.v,
             att: &self.att,
             lse: &self.lse,
+            decode_part: None,
             up: &self.up,
             act: &self.act,
             lora,
