@@ -30,4 +30,4 @@ run "decode-q4_1-lcm" --weights q4_1 --repeats 5 --lcm-gamma 0.1
 for w in f32 q4_1; do
     timeout 300 "$keel" bench --shapes "$shapes" --weights "$w" --repeats 1 --profile > "$out/profile-$w.txt" 2>&1
 done
-run "train-full" --train --batch 8 --seq-len 512 --repeats 2
+run "train-full" --train --batch 8 --seq-len 512 --repeats 2 --profile
