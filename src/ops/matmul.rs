@@ -71,9 +71,11 @@ struct Tile {
 }
 
 impl Tile {
-    /// GPUs: many small workgroups (8 rows each, so ≥ 72 even at n = 576) and 256-byte runs of
-    /// a row per 16 threads. Chosen by reasoning; not yet timed on a GPU.
-    const GPU: Tile = Tile { tpr: 16, rpt: 2 };
+    /// GPUs: one warp (32 threads) per weight row, two rows per workgroup, so even n = 576
+    /// fills 288 workgroups. Timed on an H200 (SmolLM2 shapes, f32 and Q4_1 decode) against
+    /// tpr 8–64 × rpt 1–2: 32 × 1 was fastest (411 tok/s), 64 × 1 next (377); the earlier
+    /// 16 × 2 made 269 (docs/bench.md).
+    const GPU: Tile = Tile { tpr: 32, rpt: 1 };
     /// CPU adapters (lavapipe) pay per element loaded, so each thread reuses its loads of A
     /// over 8 rows: the fastest of tpr 2–32 × rpt 1–16 on SmolLM2's shapes, where the GPU
     /// tiling is no faster than the 4×4 kernel.
@@ -451,7 +453,17 @@ mod tests {
                 let mut step = Step::new(gpu);
                 let (xa, wa, ya) = (Mat::rows(&xt, 0, k), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
                 let tile = tile.unwrap_or(Tile::for_adapter(gpu));
-                matmul_tiled(&mut step, xa, wa, ya, (m, n, k), (1.0, Some(&bt)), m % 2 == 0, tile);
+                matmul_tiled(
+                    &mut step,
+                    xa,
+                    wa,
+                    ya,
+                    (m, n, k),
+                    (1.0, Some(&bt)),
+                    m % 2 == 0,
+                    tile,
+                    Prologue::None,
+                );
                 step.submit().unwrap();
                 let mut want = cpu::matmul::linear(&x, &wq, Some(&b), m, n, k);
                 if m % 2 == 0 {
