@@ -116,7 +116,13 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
             for acc in [0, 1] {
                 let flags =
                     [vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)], format_flags(fmt)].concat();
-                v.push(("matmul", flags.clone()));
+                if kvec4 == 1 {
+                    v.push(("matmul", flags.clone()));
+                } else {
+                    for (avec4, bvec4) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        v.push(("matmul", [&flags[..], &[("AVEC4", avec4), ("BVEC4", bvec4)]].concat()));
+                    }
+                }
                 for m in 1..=MATVEC_MAX_M as u32 {
                     for tile in [Tile::GPU, Tile::CPU] {
                         let shape = [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt)];
@@ -191,18 +197,24 @@ fn matmul_tiled(
         "a {} weight can only be the W of a forward x·Wᵀ",
         fmt.name()
     );
+    let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
+    // The blocked kernel's column-of-A and row-of-B vec4 loads (backward products).
+    let by_k = !kvec4 && !matvec;
+    let avec4 = by_k && a.rs == 1 && m % 4 == 0 && a.off % 4 == 0 && a.cs % 4 == 0;
+    let bvec4 = by_k && b.cs == 1 && n % 4 == 0 && b.off % 4 == 0 && b.rs % 4 == 0;
     let unit = if kvec4 { 4 } else { 1 };
+    let (a_unit, b_unit) = (if avec4 { 4 } else { 1 }, if bvec4 { 4 } else { 1 });
     let params = Params {
         m: m as u32,
         n: n as u32,
         k: k as u32,
         c_off: c.off as u32,
-        a_off: (a.off / unit) as u32,
+        a_off: (a.off / unit / a_unit) as u32,
         a_rs: (a.rs / unit) as u32,
-        a_cs: a.cs as u32,
+        a_cs: (a.cs / a_unit) as u32,
         c_rs: c.rs as u32,
-        b_off: (b.off / unit) as u32,
-        b_rs: b.rs as u32,
+        b_off: (b.off / unit / b_unit) as u32,
+        b_rs: (b.rs / b_unit) as u32,
         b_cs: (b.cs / unit) as u32,
         scale,
         eps: if let Prologue::RmsNorm(_, eps) = prologue { eps } else { 0.0 },
@@ -210,7 +222,6 @@ fn matmul_tiled(
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let flags = [&flags[..], &format_flags(fmt)].concat();
     let mut buffers = vec![a.t, b.t, c.t];
-    let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
     let prologue_flag: &[Define] = match prologue {
         Prologue::None => &[],
         Prologue::SiluGate => &[("GATE", 1)],
@@ -227,7 +238,8 @@ fn matmul_tiled(
         let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else {
-        let pipeline = step.gpu.pipeline("matmul", &flags);
+        let by_k_flags: &[Define] = if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
+        let pipeline = step.gpu.pipeline("matmul", &[&flags[..], by_k_flags].concat());
         let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
         step.dispatch(pipeline, &params, &buffers, groups);
     }
@@ -666,10 +678,16 @@ mod tests {
         assert_close(&gpu.read_f32(&dw).unwrap(), &want_dw, 1e-4, "dw");
     }
 
+    /// The gradients take every load pattern of the blocked kernel: (37, 20, 48) reads dyᵀ's
+    /// rows and W's and x's columns as vec4 (AVEC4, BVEC4), (38, 21, 44) mostly scalar.
     #[test]
     fn linear_backward_matches_cpu() {
+        check_backward(37, 20, 48);
+        check_backward(38, 21, 44);
+    }
+
+    fn check_backward(m: usize, n: usize, k: usize) {
         let gpu = gpu();
-        let (m, n, k) = (37, 20, 48);
         let x = rand_vec(1, m * k, 1.0);
         let w = rand_vec(2, n * k, 1.0);
         let dy = rand_vec(3, m * n, 1.0);
