@@ -1,3 +1,6 @@
+#if W_F16_NATIVE
+enable f16;
+#endif
 // C = scale · A · B (+ bias) (+= C with ACC), all f32. A is M×K and B is K×N, each given by an offset
 // and row/column strides, so one kernel serves x·Wᵀ (forward), dy·W (input gradient) and
 // dyᵀ·x (weight gradient). Each thread computes a 4×4 block of C from registers (no

@@ -1,3 +1,6 @@
+#if W_F16_NATIVE
+enable f16;
+#endif
 // C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n]) for MR ≤ 4 rows of A (decode), with A contiguous
 // along K and B the transposed view of an [n, k] weight, so every output is the dot product of
 // an A row with a contiguous weight row. Each weight is read once for all MR rows of A.

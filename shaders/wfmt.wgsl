@@ -5,16 +5,26 @@
 // W_* flag) are whole [n, k] weights in src/cpu/quant.rs's layout: rows of k/32 blocks, each
 // block its scale word(s) then its quants, so a row is k/32 · words-per-block u32s.
 #if WQ
+#if W_F16_NATIVE
+// Adapters with shader-f16 read the same halves as f16 vectors (the including kernel says
+// `enable f16;`, which the preprocessor moves to the top).
+@group(0) @binding(2) var<storage, read> b: array<vec4<f16>>;
+#else
 @group(0) @binding(2) var<storage, read> b: array<u32>;
+#endif
 #else
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 fn wload(row: u32, kk: u32) -> vec4<f32> { return b[p.b_off + row * p.b_cs + kk]; }
 #endif
 #if W_F16
+#if W_F16_NATIVE
+fn wload(row: u32, kk: u32) -> vec4<f32> { return vec4<f32>(b[row * (p.k / 4u) + kk]); }
+#else
 fn wload(row: u32, kk: u32) -> vec4<f32> {
     let at = row * (p.k / 2u) + kk * 2u;
     return vec4<f32>(unpack2x16float(b[at]), unpack2x16float(b[at + 1u]));
 }
+#endif
 #endif
 #if W_Q8_0
 // Block: d (f16, low half), then 8 words of i8 quants, element j in byte j: d · q.
@@ -43,10 +53,13 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 }
 #endif
 #if WQ
+#if W_F16
+#else
 // Quants 4kk..4kk+3 of a 4-bit block (ggml's order): elements 0..16 are the low nibbles of
 // bytes 0..16, elements 16..32 the high nibbles, so both halves read word kk % 4.
 fn nibbles(blk: u32, kk: u32) -> vec4<f32> {
     let w = b[blk + 1u + kk % 4u] >> (kk / 4u % 2u * 4u);
     return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(15u));
 }
+#endif
 #endif

@@ -80,7 +80,10 @@ pub fn preprocess(src: &str, defines: &[Define]) -> String {
         }
     }
     assert!(stack.is_empty(), "unterminated #if");
-    out
+    // WGSL wants `enable` directives before everything else, the defines' consts included.
+    let (enables, rest): (Vec<&str>, Vec<&str>) =
+        out.lines().partition(|l| l.trim_start().starts_with("enable "));
+    enables.iter().chain(&rest).map(|l| format!("{l}\n")).collect()
 }
 
 #[cfg(test)]
@@ -98,6 +101,9 @@ mod tests {
         assert_eq!(body(&[("X", 1), ("Y", 1)]), "a,b,c,f");
         assert_eq!(body(&[("X", 0), ("Y", 1)]), "a,e,f");
         assert!(preprocess(src, &[("X", 1)]).starts_with("const X: u32 = 1u;\n"));
+        assert!(
+            preprocess("a\n#if X\nenable f16;\n#endif\n", &[("X", 1)]).starts_with("enable f16;\nconst X")
+        );
         let included = preprocess("a\n#include reduce\nb\n", &[]);
         assert!(
             included.starts_with("a\n") && included.ends_with("b\n") && included.contains("fn workgroup_sum")

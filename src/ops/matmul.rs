@@ -96,9 +96,10 @@ impl Tile {
 }
 
 /// The defines selecting how B is stored (none for f32, so f32 variants are unchanged).
-fn format_flags(fmt: WeightFormat) -> Vec<Define> {
+fn format_flags(fmt: WeightFormat, native_f16: bool) -> Vec<Define> {
     let flag = match fmt {
         WeightFormat::F32 => return vec![],
+        WeightFormat::F16 if native_f16 => return vec![("WQ", 1), ("W_F16", 1), ("W_F16_NATIVE", 1)],
         WeightFormat::F16 => "W_F16",
         WeightFormat::Q8_0 => "W_Q8_0",
         WeightFormat::Q4_0 => "W_Q4_0",
@@ -107,15 +108,28 @@ fn format_flags(fmt: WeightFormat) -> Vec<Define> {
     vec![("WQ", 1), (flag, 1)]
 }
 
+/// Whether f16 weights are read as WGSL `f16` (the adapter has shader-f16) rather than
+/// unpacked from u32 words: the same bytes, one conversion instead of an unpack.
+fn native_f16(gpu: &Gpu) -> bool {
+    #[cfg(test)]
+    if tests::UNPACK_F16.get() {
+        return false;
+    }
+    gpu.features.contains(wgpu::Features::SHADER_F16)
+}
+
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let mut v = Vec::new();
     // Packed weights are only read through the vec4 path.
-    let layouts = [(0, WeightFormat::F32)].into_iter().chain(WeightFormat::ALL.map(|f| (1, f)));
-    for (kvec4, fmt) in layouts {
+    let layouts = [(0, WeightFormat::F32, false)]
+        .into_iter()
+        .chain(WeightFormat::ALL.map(|f| (1, f, false)))
+        .chain([(1, WeightFormat::F16, true)]);
+    for (kvec4, fmt, native) in layouts {
         for bias in [0, 1] {
             for acc in [0, 1] {
-                let flags =
-                    [vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)], format_flags(fmt)].concat();
+                let flags = [vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)], format_flags(fmt, native)]
+                    .concat();
                 if kvec4 == 1 {
                     v.push(("matmul", flags.clone()));
                 } else {
@@ -220,7 +234,7 @@ fn matmul_tiled(
         eps: if let Prologue::RmsNorm(_, eps) = prologue { eps } else { 0.0 },
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
-    let flags = [&flags[..], &format_flags(fmt)].concat();
+    let flags = [&flags[..], &format_flags(fmt, native_f16(step.gpu))].concat();
     let mut buffers = vec![a.t, b.t, c.t];
     let prologue_flag: &[Define] = match prologue {
         Prologue::None => &[],
@@ -238,7 +252,8 @@ fn matmul_tiled(
         let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else {
-        let by_k_flags: &[Define] = if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
+        let by_k_flags: &[Define] =
+            if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
         let pipeline = step.gpu.pipeline("matmul", &[&flags[..], by_k_flags].concat());
         let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
         step.dispatch(pipeline, &params, &buffers, groups);
@@ -378,6 +393,11 @@ pub fn linear_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes [`native_f16`] say no, so that the unpacking path runs on adapters with shader-f16.
+        pub(super) static UNPACK_F16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
     use crate::cpu;
     use crate::ops::test_util::*;
 
@@ -452,7 +472,10 @@ mod tests {
         let w = rand_vec(2, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
         let bt = gpu.upload_f32("b", &[n], &b).unwrap();
-        for fmt in WeightFormat::ALL {
+        // f16 twice where the adapter has shader-f16 (lavapipe does): read as f16, then unpacked.
+        let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
+        for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
+            UNPACK_F16.set(i >= WeightFormat::ALL.len());
             let packed = crate::cpu::quant::quantize(fmt, &w, k);
             let wq = crate::cpu::quant::dequantize(fmt, &packed);
             let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
@@ -481,9 +504,11 @@ mod tests {
                 if m % 2 == 0 {
                     want.iter_mut().for_each(|v| *v += 0.5);
                 }
-                assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("{fmt:?} m={m} {tile:?}"));
+                let what = format!("{fmt:?} m={m} {tile:?} unpacked f16: {}", UNPACK_F16.get());
+                assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
             }
         }
+        UNPACK_F16.set(false);
     }
 
     /// A vocabulary-sized n: thousands of workgroups, the last one partial.
