@@ -7,7 +7,10 @@ enable f16;
 // A workgroup of 64 threads covers ROWS weight rows: TPR threads share each row, consecutive
 // threads reading consecutive elements (coalesced on GPUs), and each thread sums RPT rows, so
 // one load of A serves RPT rows (what CPU adapters pay for: they cost per element loaded).
-// One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters.
+// One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters; with
+// SUBGROUP (the host checks that a row's TPR threads are lanes of one subgroup: TPR divides the
+// adapter's smallest subgroup) a shuffle butterfly sums each row instead, with no workgroup
+// memory and no barrier (wgpu's naga takes subgroup built-ins without `enable subgroups;`).
 // With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units, and B
 // may be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
 // Decode prologues, each saving a dispatch: with GATE, A's rows are the fused [gate | up]
@@ -123,6 +126,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
+#if SUBGROUP
+    for (var off = TPR / 2u; off > 0u; off >>= 1u) {
+        for (var j = 0u; j < RPT; j++) { acc[j] += subgroupShuffleXor(acc[j], off); }
+    }
+    // The first thread of each row's TPR finishes its RPT rows.
+    if (lid % TPR != 0u) { return; }
+    for (var j = 0u; j < RPT; j++) {
+        if (row0 + j < p.n) { store(row0 + j, acc[j]); }
+    }
+#else
     for (var j = 0u; j < RPT; j++) { part[lid * RPT + j] = acc[j]; }
     workgroupBarrier();
     // Thread r < ROWS finishes weight row base + r: slot r % RPT of the TPR threads that shared it.
@@ -131,6 +144,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let first = lid / RPT * TPR * RPT + lid % RPT;
     var sum = vec4<f32>();
     for (var s = 0u; s < TPR; s++) { sum += part[first + s * RPT]; }
+    store(col, sum);
+#endif
+}
+
+// Writes output column `col` of every row of A from its sums (component i: row i).
+fn store(col: u32, sum: vec4<f32>) {
     for (var i = 0u; i < MR; i++) {
         var v = sum[i] * p.scale;
 #if BIAS

@@ -107,6 +107,7 @@ impl Gpu {
         // Optional features: used when present, never required (timestamps for `bench --profile`).
         let features = adapter.features()
             & (wgpu::Features::SHADER_F16
+                | wgpu::Features::SUBGROUP
                 | wgpu::Features::TIMESTAMP_QUERY
                 | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) = adapter

@@ -89,6 +89,15 @@ impl Tile {
         }
     }
 
+    /// Whether a row's `tpr` threads are lanes of one subgroup on this adapter, so that
+    /// matvec.wgsl can sum them with subgroup shuffles (SUBGROUP) instead of workgroup memory.
+    /// Assumes subgroups are consecutive, aligned runs of a 1-D workgroup, as Vulkan drivers
+    /// form them.
+    fn subgroup_sums(self, gpu: &Gpu) -> bool {
+        let size = gpu.info.subgroup_min_size;
+        gpu.features.contains(wgpu::Features::SUBGROUP) && size >= self.tpr && size % self.tpr == 0
+    }
+
     /// Weight rows per workgroup.
     fn rows(self) -> usize {
         (64 / self.tpr * self.rpt) as usize
@@ -139,12 +148,15 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                 }
                 for m in 1..=MATVEC_MAX_M as u32 {
                     for tile in [Tile::GPU, Tile::CPU] {
-                        let shape = [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt)];
-                        v.push(("matvec", [&flags[..], &shape].concat()));
-                        // Prologues: the gated MLP's down projection accumulates into the
-                        // residual; the normed projections (qkv, up) write.
-                        let prologue = if acc == 1 { ("GATE", 1) } else { ("NORM", 1) };
-                        v.push(("matvec", [&flags[..], &shape, &[prologue]].concat()));
+                        for subgroup in [0, 1] {
+                            let shape =
+                                [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];
+                            v.push(("matvec", [&flags[..], &shape].concat()));
+                            // Prologues: the gated MLP's down projection accumulates into the
+                            // residual; the normed projections (qkv, up) write.
+                            let prologue = if acc == 1 { ("GATE", 1) } else { ("NORM", 1) };
+                            v.push(("matvec", [&flags[..], &shape, &[prologue]].concat()));
+                        }
                     }
                 }
             }
@@ -248,7 +260,8 @@ fn matmul_tiled(
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
     buffers.extend(bias);
     if matvec {
-        let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt)];
+        let subgroup = tile.subgroup_sums(step.gpu) as u32;
+        let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];
         let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else {
