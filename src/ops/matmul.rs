@@ -95,7 +95,7 @@ impl Tile {
     /// form them.
     fn subgroup_sums(self, gpu: &Gpu) -> bool {
         let size = gpu.info.subgroup_min_size;
-        gpu.features.contains(wgpu::Features::SUBGROUP) && size >= self.tpr && size % self.tpr == 0
+        gpu.features.contains(wgpu::Features::SUBGROUP) && size >= self.tpr && size.is_multiple_of(self.tpr)
     }
 
     /// Weight rows per workgroup.
@@ -226,8 +226,8 @@ fn matmul_tiled(
     let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
     // The blocked kernel's column-of-A and row-of-B vec4 loads (backward products).
     let by_k = !kvec4 && !matvec;
-    let avec4 = by_k && a.rs == 1 && m % 4 == 0 && a.off % 4 == 0 && a.cs % 4 == 0;
-    let bvec4 = by_k && b.cs == 1 && n % 4 == 0 && b.off % 4 == 0 && b.rs % 4 == 0;
+    let avec4 = by_k && a.rs == 1 && [m, a.off, a.cs].iter().all(|x| x.is_multiple_of(4));
+    let bvec4 = by_k && b.cs == 1 && [n, b.off, b.rs].iter().all(|x| x.is_multiple_of(4));
     let unit = if kvec4 { 4 } else { 1 };
     let (a_unit, b_unit) = (if avec4 { 4 } else { 1 }, if bvec4 { 4 } else { 1 });
     let params = Params {
