@@ -310,18 +310,7 @@ pub fn linear_spans(
     spans: &[usize],
     accumulate: bool,
 ) {
-    let (out, inp) = (w.shape[0], w.shape[1]);
-    for (first, rows) in span_groups(spans) {
-        matmul(
-            step,
-            Mat::rows(x, first * inp, inp),
-            Mat::transposed(w, 0, inp),
-            Mat::rows(y, first * out, out),
-            (rows, out, inp),
-            bias,
-            accumulate,
-        );
-    }
+    linear_spans_prologue(step, Prologue::None, (x, x), w, bias, y, spans, accumulate);
 }
 
 /// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
