@@ -124,7 +124,7 @@ impl Loader {
             None => {
                 let bytes = self.files.get("config.json").ok_or_else(|| {
                     js_err(anyhow!(
-                        "{file}: tensor '{name}' came before config.json, which says where it goes"
+                        "{file}: tensor '{name}' arrived without config.json, which says where it goes (the page sends config.json first)"
                     ))
                 })?;
                 let config = parse_config(bytes, "config.json").map_err(js_err)?;
