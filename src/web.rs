@@ -1,18 +1,18 @@
 //! The browser build's API (wasm-bindgen): the same engine as the CLI, with the read-backs
 //! awaited instead of blocked on. `web/app.js` drives it:
-//! `Engine.open()` → `engine.load(loader)` (a [`Loader`] filled file by file and tensor by
-//! tensor) → `model.generate(...)` / `model.finetune(...)`.
+//! `Engine.open()` → `engine.loader()` → `engine.load(loader)` (the [`Loader`] filled file by
+//! file and tensor by tensor) → `model.generate(...)` / `model.finetune(...)`.
 //! Settings and results cross as JSON strings so that the JS side needs no generated classes
 //! beyond these three.
 
 use crate::cpu::optim::AdamW;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::model::load::{load_files, streamed_tensor};
-use crate::model::weights::HostTensor;
-use crate::model::{GpuModel, LoadedModel};
+use crate::model::load::{load_config_and_tokenizer, load_files, parse_config, streamed_tensor};
+use crate::model::stream::Streamer;
+use crate::model::{GpuModel, ModelConfig};
 use crate::modulate::LcmConfig;
-use crate::tokenize::TextStream;
+use crate::tokenize::{TextStream, Tokenizer};
 use crate::train::data::{pack_text, TrainData};
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
@@ -58,33 +58,51 @@ impl Engine {
         .to_string()
     }
 
-    /// Loads the model the loader was given and uploads it to the GPU.
+    /// A loader for one model's files.
+    pub fn loader(&self) -> Loader {
+        Loader { gpu: self.gpu, files: HashMap::new(), stream: None }
+    }
+
+    /// The model the loader was given: its streamed weights, or its files (a GGUF, or
+    /// safetensors given whole) read and uploaded.
     pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
-        let host = load_files(&loader.files, loader.tensors).map_err(js_err)?;
-        let gpu_model = GpuModel::upload(self.gpu, &host)
-            .map_err(|e| anyhow!("the model does not fit this adapter: {e:#}"))
-            .map_err(js_err)?;
+        let fits = |e: anyhow::Error| js_err(anyhow!("the model does not fit this adapter: {e:#}"));
+        let (config, tokenizer, gpu_model) = match loader.stream {
+            Some(stream) => {
+                let (config, tokenizer) = load_config_and_tokenizer(&loader.files).map_err(js_err)?;
+                let gpu_model = stream.finish(self.gpu, &config).map_err(js_err)?;
+                (config, tokenizer, gpu_model)
+            }
+            None => {
+                let host = load_files(&loader.files).map_err(js_err)?;
+                let gpu_model = GpuModel::upload(self.gpu, &host).map_err(fits)?;
+                (host.config, host.tokenizer, gpu_model)
+            }
+        };
         self.gpu.check_lost().map_err(js_err)?;
-        Ok(Model { gpu: self.gpu, host: Rc::new(host), gpu_model: Rc::new(RefCell::new(Rc::new(gpu_model))) })
+        let gpu_model = Rc::new(gpu_model);
+        Ok(Model {
+            gpu: self.gpu,
+            host: Rc::new(Host { config, tokenizer }),
+            loaded: gpu_model.clone(),
+            gpu_model: Rc::new(RefCell::new(gpu_model)),
+        })
     }
 }
 
 /// A model's files as they arrive: whole small files (config.json, tokenizer.json, a .gguf)
-/// and safetensors tensors one at a time, so a safetensors file is never whole in memory.
+/// and safetensors tensors one at a time, each written into its GPU buffer as it comes (so a
+/// safetensors file is never whole in memory). config.json must come before the tensors.
 #[wasm_bindgen]
-#[derive(Default)]
 pub struct Loader {
+    gpu: &'static Gpu,
     files: HashMap<String, Vec<u8>>,
-    tensors: Vec<HostTensor>,
+    /// The GPU tensors being filled, from the first tensor on.
+    stream: Option<Streamer>,
 }
 
 #[wasm_bindgen]
 impl Loader {
-    #[wasm_bindgen(constructor)]
-    pub fn new() -> Loader {
-        Loader::default()
-    }
-
     /// A whole file of the model's folder, by name.
     pub fn file(&mut self, name: String, bytes: Vec<u8>) {
         self.files.insert(name, bytes);
@@ -100,16 +118,38 @@ impl Loader {
         bytes: &[u8],
     ) -> Result<(), JsValue> {
         let shape = shape.into_iter().map(|d| d as usize).collect();
-        self.tensors.push(streamed_tensor(file, name, dtype, shape, bytes).map_err(js_err)?);
-        Ok(())
+        let t = streamed_tensor(file, name, dtype, shape, bytes).map_err(js_err)?;
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let bytes = self.files.get("config.json").ok_or_else(|| {
+                    js_err(anyhow!(
+                        "{file}: tensor '{name}' arrived without config.json, which says where it goes (the page sends config.json first)"
+                    ))
+                })?;
+                let config = parse_config(bytes, "config.json").map_err(js_err)?;
+                let stream = Streamer::new(self.gpu, &config)
+                    .map_err(|e| js_err(anyhow!("the model does not fit this adapter: {e:#}")))?;
+                self.stream.insert(stream)
+            }
+        };
+        stream.tensor(self.gpu, file, t).map_err(js_err)
     }
+}
+
+/// What the host keeps of a model: no weights.
+struct Host {
+    config: ModelConfig,
+    tokenizer: Tokenizer,
 }
 
 /// A loaded model (its weights on the GPU, its tokenizer on the host).
 #[wasm_bindgen]
 pub struct Model {
     gpu: &'static Gpu,
-    host: Rc<LoadedModel>,
+    host: Rc<Host>,
+    /// The weights as loaded: each fine-tune starts from a GPU copy of them.
+    loaded: Rc<GpuModel>,
     /// Replaced by the fine-tuned weights after [`Model::finetune`].
     gpu_model: Rc<RefCell<Rc<GpuModel>>>,
 }
@@ -149,7 +189,7 @@ impl Model {
     /// Sizes and names, as JSON.
     pub fn info(&self) -> String {
         let c = &self.host.config;
-        let params: usize = self.host.weights.named().iter().map(|(_, t)| t.numel()).sum();
+        let params: usize = self.loaded.weights.named().iter().map(|(_, t)| t.numel()).sum();
         json!({"arch": format!("{:?}", c.arch), "layers": c.layers, "hidden": c.hidden, "vocab": c.vocab,
                "context": c.max_positions, "params": params, "eos": c.eos})
         .to_string()
@@ -204,14 +244,15 @@ impl Model {
     /// CLI's trainer; calls `on_step(step, loss)` after each step. The model then generates
     /// with the trained weights. Resolves to the list of losses (JSON).
     pub fn finetune(&self, request: String, on_step: js_sys::Function) -> js_sys::Promise {
-        let (gpu, host, slot) = (self.gpu, self.host.clone(), self.gpu_model.clone());
+        let (gpu, host, loaded, slot) =
+            (self.gpu, self.host.clone(), self.loaded.clone(), self.gpu_model.clone());
         wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
                 let r: FinetuneRequest = serde_json::from_str(&request)?;
                 let rows =
                     pack_text(&r.text, "the training text", &host.tokenizer, r.seq_len, host.config.vocab)?;
                 let data = TrainData::from_rows(rows, r.seq_len)?;
-                let start = GpuModel::upload(gpu, &host)?;
+                let start = loaded.duplicate(gpu)?;
                 let optim = OptimConfig {
                     adamw: AdamW { lr: r.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
                     grad_clip: 1.0,

@@ -2,7 +2,7 @@
 // WebGPU device, loads a model from this server or from local files, generates with
 // streamed tokens (optionally with LCM, side by side) and fine-tunes. Every request goes
 // to this page's own origin.
-import init, { Engine, Loader } from './pkg/keel.js';
+import init, { Engine } from './pkg/keel.js';
 
 const $ = (id) => document.getElementById(id);
 let engine = null;
@@ -85,7 +85,7 @@ async function listServerModels() {
 }
 
 async function loadFromServer(name, files) {
-  await loadModel(name, (loader) => Promise.all(files.map(async (f) => {
+  await loadModel(name, (loader) => smallFilesFirst(files, async (f) => {
     const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
     if (f.name.endsWith('.safetensors')) {
       await streamSafetensors(loader, f.name, f.size, async (first, last) => {
@@ -98,7 +98,7 @@ async function loadFromServer(name, files) {
     const r = await fetch(url);
     if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
     loader.file(f.name, new Uint8Array(await r.arrayBuffer()));
-  })));
+  }));
 }
 
 async function loadLocal(fileList) {
@@ -107,14 +107,22 @@ async function loadLocal(fileList) {
     status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
     return;
   }
-  await loadModel('local files', (loader) => Promise.all(files.map(async (f) => {
+  await loadModel('local files', (loader) => smallFilesFirst(files, async (f) => {
     if (f.name.endsWith('.safetensors')) {
       await streamSafetensors(loader, f.name, f.size,
         async (first, last) => new Uint8Array(await f.slice(first, last + 1).arrayBuffer()));
     } else {
       loader.file(f.name, new Uint8Array(await f.arrayBuffer()));
     }
-  })));
+  }));
+}
+
+// Runs `load` on the small files (config.json first among them) and only then on the
+// safetensors files: the loader needs config.json to place each tensor it is given.
+async function smallFilesFirst(files, load) {
+  const big = (f) => f.name.endsWith('.safetensors');
+  await Promise.all(files.filter((f) => !big(f)).map(load));
+  for (const f of files.filter(big)) await load(f);
 }
 
 // A safetensors file header first, then tensor by tensor (HTTP Range or File.slice, through
@@ -154,7 +162,7 @@ async function loadModel(label, fill) {
   setBusy(true);
   status(`Loading ${label}…`);
   try {
-    const loader = new Loader();
+    const loader = engine.loader();
     await fill(loader);
     const t0 = performance.now();
     // The previous model stays loaded until the new one has loaded.

@@ -202,6 +202,16 @@ impl GpuModel {
         let head = tied
             .map(|(f, words)| gpu.upload_weight("lm_head (tied)", &embed.shape, f, &words))
             .transpose()?;
+        Self::assemble(gpu, cfg, weights, head)
+    }
+
+    /// A model from weights already on the GPU (`head`: a packed copy of a tied embedding).
+    pub fn assemble(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        weights: Weights<Tensor>,
+        head: Option<Tensor>,
+    ) -> Result<GpuModel> {
         let rope = match cfg.rope_theta {
             Some(theta) => {
                 let (cos, sin) = rope::rope_tables(theta, cfg.head_dim, cfg.max_positions);
@@ -211,6 +221,21 @@ impl GpuModel {
             None => None,
         };
         Ok(GpuModel { config: cfg.clone(), weights, head, rope })
+    }
+
+    /// A copy of the weights in new buffers, copied buffer to buffer on the GPU (fine-tuning
+    /// trains the copy; the rotary tables are never written, so they are shared).
+    pub fn duplicate(&self, gpu: &Gpu) -> Result<GpuModel> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut copy = |name: &str, t: &Tensor| -> Result<Tensor> {
+            let out = gpu.zeros(name, &t.shape, t.dtype)?;
+            encoder.copy_buffer_to_buffer(&t.buf, 0, &out.buf, 0, t.buf.size().min(out.buf.size()));
+            Ok(out)
+        };
+        let weights = self.weights.try_map(&mut copy)?;
+        let head = self.head.as_ref().map(|t| copy("lm_head (tied)", t)).transpose()?;
+        gpu.queue.submit([encoder.finish()]);
+        Ok(GpuModel { config: self.config.clone(), weights, head, rope: self.rope.clone() })
     }
 
     /// The LM head's weight as the forward pass reads it.

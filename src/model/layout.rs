@@ -153,25 +153,27 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let t = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| anyhow!("{}: missing tensor '{name}' (expected shape {shape:?})", self.file))?;
-        if t.shape != shape {
-            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.file, t.shape);
-        }
-        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-            bail!("{}: tensor '{name}' holds a non-finite value ({}) at element {i}", self.file, t.data[i]);
-        }
+        let t = self.tensors.remove(name).ok_or_else(|| missing(self.file, name, shape))?;
+        check_tensor(self.file, &t, shape)?;
         Ok(t)
     }
-    fn take_opt(&mut self, name: &str, shape: &[usize], wanted: bool) -> Result<Option<HostTensor>> {
-        if wanted {
-            self.take(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
+}
+
+/// The error for a tensor the model needs and the files lack.
+pub fn missing(file: &str, name: &str, shape: &[usize]) -> anyhow::Error {
+    anyhow!("{file}: missing tensor '{name}' (expected shape {shape:?})")
+}
+
+/// Checks a Hugging Face tensor's shape and that its values are finite.
+pub fn check_tensor(file: &str, t: &HostTensor, shape: &[usize]) -> Result<()> {
+    let name = &t.name;
+    if t.shape != shape {
+        bail!("{file}: tensor '{name}' has shape {:?}, expected {shape:?}", t.shape);
     }
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!("{file}: tensor '{name}' holds a non-finite value ({}) at element {i}", t.data[i]);
+    }
+    Ok(())
 }
 
 /// Row-wise concatenation of `[r_i, c]` tensors.
@@ -188,7 +190,7 @@ fn concat_rows(name: &str, parts: Vec<HostTensor>) -> HostTensor {
 }
 
 /// Conv1D stores `[in, out]`; Keel wants `[out, in]`.
-fn transpose(t: HostTensor) -> HostTensor {
+pub fn transpose(t: HostTensor) -> HostTensor {
     let (r, c) = (t.shape[0], t.shape[1]);
     let mut data = vec![0.0; r * c];
     for i in 0..r {
@@ -199,100 +201,175 @@ fn transpose(t: HostTensor) -> HostTensor {
     HostTensor::new(t.name, vec![c, r], data)
 }
 
+/// Where one Hugging Face tensor of shape `shape` goes in Keel's layout: at row `row` of
+/// Keel's tensor `keel` (a name of [`Weights::named`]), transposed first when `transpose`
+/// (GPT-2's Conv1D stores `[in, out]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfPlace {
+    pub hf: String,
+    pub shape: Vec<usize>,
+    pub keel: String,
+    pub row: usize,
+    pub transpose: bool,
+}
+
+/// Collects the places of one model while its Keel shapes are built.
+#[derive(Default)]
+struct Plan {
+    places: Vec<HfPlace>,
+}
+
+impl Plan {
+    /// Keel tensor `keel` made of the Hugging Face tensors `parts` stacked by rows; its shape.
+    fn rows(&mut self, keel: &str, parts: &[(String, Vec<usize>)]) -> Vec<usize> {
+        let mut row = 0;
+        for (hf, shape) in parts {
+            let place =
+                HfPlace { hf: hf.clone(), shape: shape.clone(), keel: keel.into(), row, transpose: false };
+            self.places.push(place);
+            row += shape[0];
+        }
+        let mut shape = parts[0].1.clone();
+        shape[0] = row;
+        shape
+    }
+    fn one(&mut self, keel: &str, hf: String, shape: &[usize]) -> Vec<usize> {
+        self.rows(keel, &[(hf, shape.to_vec())])
+    }
+    /// A Conv1D weight `[in, out]`, which Keel holds as `[out, in]`.
+    fn conv1d(&mut self, keel: &str, hf: String, shape: [usize; 2]) -> Vec<usize> {
+        let place = HfPlace { hf, shape: shape.to_vec(), keel: keel.into(), row: 0, transpose: true };
+        self.places.push(place);
+        vec![shape[1], shape[0]]
+    }
+}
+
+/// Keel's tensors of `cfg` (their shapes) and where each Hugging Face tensor goes in them,
+/// in Keel's order. A tied model's `lm_head.weight`, which some checkpoints still carry, has
+/// no place: the embedding wins.
+pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
+    let mut plan = Plan::default();
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let qd = cfg.heads * cfg.head_dim;
+    let kvd = cfg.kv_heads * cfg.head_dim;
+    let weights = if cfg.arch == Arch::Gpt2 {
+        let embed = plan.one("embed", "transformer.wte.weight".into(), &[cfg.vocab, h]);
+        let pos_embed = Some(plan.one("pos_embed", "transformer.wpe.weight".into(), &[cfg.max_positions, h]));
+        let blocks = (0..cfg.layers)
+            .map(|l| {
+                let (p, k) = (format!("transformer.h.{l}"), format!("blocks.{l}"));
+                let mut one = |name: &str, hf: &str, shape: &[usize]| {
+                    plan.one(&format!("{k}.{name}"), format!("{p}.{hf}"), shape)
+                };
+                let attn_norm = one("attn_norm", "ln_1.weight", &[h]);
+                let attn_norm_b = Some(one("attn_norm_b", "ln_1.bias", &[h]));
+                let qkv_b = Some(one("qkv_b", "attn.c_attn.bias", &[3 * h]));
+                let o_b = Some(one("o_b", "attn.c_proj.bias", &[h]));
+                let mlp_norm = one("mlp_norm", "ln_2.weight", &[h]);
+                let mlp_norm_b = Some(one("mlp_norm_b", "ln_2.bias", &[h]));
+                let up_b = Some(one("up_b", "mlp.c_fc.bias", &[f]));
+                let down_b = Some(one("down_b", "mlp.c_proj.bias", &[h]));
+                let mut conv1d = |name: &str, hf: &str, shape| {
+                    plan.conv1d(&format!("{k}.{name}"), format!("{p}.{hf}"), shape)
+                };
+                Block {
+                    attn_norm,
+                    attn_norm_b,
+                    qkv: conv1d("qkv", "attn.c_attn.weight", [h, 3 * h]),
+                    qkv_b,
+                    o: conv1d("o", "attn.c_proj.weight", [h, h]),
+                    o_b,
+                    mlp_norm,
+                    mlp_norm_b,
+                    up: conv1d("up", "mlp.c_fc.weight", [h, f]),
+                    up_b,
+                    down: conv1d("down", "mlp.c_proj.weight", [f, h]),
+                    down_b,
+                }
+            })
+            .collect();
+        Weights {
+            embed,
+            pos_embed,
+            blocks,
+            final_norm: plan.one("final_norm", "transformer.ln_f.weight".into(), &[h]),
+            final_norm_b: Some(plan.one("final_norm_b", "transformer.ln_f.bias".into(), &[h])),
+            lm_head: (!cfg.tied_embeddings)
+                .then(|| plan.one("lm_head", "lm_head.weight".into(), &[cfg.vocab, h])),
+        }
+    } else {
+        let embed = plan.one("embed", "model.embed_tokens.weight".into(), &[cfg.vocab, h]);
+        let blocks = (0..cfg.layers)
+            .map(|l| {
+                let (p, k) = (format!("model.layers.{l}"), format!("blocks.{l}"));
+                let a = format!("{p}.self_attn");
+                let qkv = |kind: &str, cols: &[usize]| {
+                    [("q", qd), ("k", kvd), ("v", kvd)]
+                        .map(|(x, n)| (format!("{a}.{x}_proj.{kind}"), [&[n], cols].concat()))
+                };
+                Block {
+                    attn_norm: plan.one(
+                        &format!("{k}.attn_norm"),
+                        format!("{p}.input_layernorm.weight"),
+                        &[h],
+                    ),
+                    attn_norm_b: None,
+                    qkv: plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h])),
+                    qkv_b: cfg.qkv_bias.then(|| plan.rows(&format!("{k}.qkv_b"), &qkv("bias", &[]))),
+                    o: plan.one(&format!("{k}.o"), format!("{a}.o_proj.weight"), &[h, qd]),
+                    o_b: cfg.o_bias.then(|| plan.one(&format!("{k}.o_b"), format!("{a}.o_proj.bias"), &[h])),
+                    mlp_norm: plan.one(
+                        &format!("{k}.mlp_norm"),
+                        format!("{p}.post_attention_layernorm.weight"),
+                        &[h],
+                    ),
+                    mlp_norm_b: None,
+                    up: plan.rows(
+                        &format!("{k}.up"),
+                        &[
+                            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
+                            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
+                        ],
+                    ),
+                    up_b: None,
+                    down: plan.one(&format!("{k}.down"), format!("{p}.mlp.down_proj.weight"), &[h, f]),
+                    down_b: None,
+                }
+            })
+            .collect();
+        Weights {
+            embed,
+            pos_embed: None,
+            blocks,
+            final_norm: plan.one("final_norm", "model.norm.weight".into(), &[h]),
+            final_norm_b: None,
+            lm_head: (!cfg.tied_embeddings)
+                .then(|| plan.one("lm_head", "lm_head.weight".into(), &[cfg.vocab, h])),
+        }
+    };
+    (weights, plan.places)
+}
+
 impl Weights<HostTensor> {
-    /// Builds Keel's layout from Hugging Face-named tensors; `file` names the source in errors.
+    /// Builds Keel's layout from Hugging Face-named tensors ([`hf_layout`]'s places); `file`
+    /// names the source in errors.
     pub fn from_hf(cfg: &ModelConfig, tensors: HashMap<String, HostTensor>, file: &str) -> Result<Self> {
         let mut src = Source { tensors, file };
-        let (h, f) = (cfg.hidden, cfg.ffn);
-        let qd = cfg.heads * cfg.head_dim;
-        let kvd = cfg.kv_heads * cfg.head_dim;
-        let w = if cfg.arch == Arch::Gpt2 {
-            let mut blocks = Vec::new();
-            for l in 0..cfg.layers {
-                let p = format!("transformer.h.{l}");
-                blocks.push(Block {
-                    attn_norm: src.take(&format!("{p}.ln_1.weight"), &[h])?,
-                    attn_norm_b: Some(src.take(&format!("{p}.ln_1.bias"), &[h])?),
-                    qkv: transpose(src.take(&format!("{p}.attn.c_attn.weight"), &[h, 3 * h])?),
-                    qkv_b: Some(src.take(&format!("{p}.attn.c_attn.bias"), &[3 * h])?),
-                    o: transpose(src.take(&format!("{p}.attn.c_proj.weight"), &[h, h])?),
-                    o_b: Some(src.take(&format!("{p}.attn.c_proj.bias"), &[h])?),
-                    mlp_norm: src.take(&format!("{p}.ln_2.weight"), &[h])?,
-                    mlp_norm_b: Some(src.take(&format!("{p}.ln_2.bias"), &[h])?),
-                    up: transpose(src.take(&format!("{p}.mlp.c_fc.weight"), &[h, f])?),
-                    up_b: Some(src.take(&format!("{p}.mlp.c_fc.bias"), &[f])?),
-                    down: transpose(src.take(&format!("{p}.mlp.c_proj.weight"), &[f, h])?),
-                    down_b: Some(src.take(&format!("{p}.mlp.c_proj.bias"), &[h])?),
-                });
-            }
-            let lm_head = src.take_opt("lm_head.weight", &[cfg.vocab, h], !cfg.tied_embeddings)?;
-            Weights {
-                embed: src.take("transformer.wte.weight", &[cfg.vocab, h])?,
-                pos_embed: Some(src.take("transformer.wpe.weight", &[cfg.max_positions, h])?),
-                blocks,
-                final_norm: src.take("transformer.ln_f.weight", &[h])?,
-                final_norm_b: Some(src.take("transformer.ln_f.bias", &[h])?),
-                lm_head,
-            }
-        } else {
-            let mut blocks = Vec::new();
-            for l in 0..cfg.layers {
-                let p = format!("model.layers.{l}");
-                let a = format!("{p}.self_attn");
-                let qkv = concat_rows(
-                    "qkv",
-                    vec![
-                        src.take(&format!("{a}.q_proj.weight"), &[qd, h])?,
-                        src.take(&format!("{a}.k_proj.weight"), &[kvd, h])?,
-                        src.take(&format!("{a}.v_proj.weight"), &[kvd, h])?,
-                    ],
-                );
-                let qkv_b = if cfg.qkv_bias {
-                    Some(concat_rows(
-                        "qkv_b",
-                        vec![
-                            src.take(&format!("{a}.q_proj.bias"), &[qd])?,
-                            src.take(&format!("{a}.k_proj.bias"), &[kvd])?,
-                            src.take(&format!("{a}.v_proj.bias"), &[kvd])?,
-                        ],
-                    ))
-                } else {
-                    None
-                };
-                let up = concat_rows(
-                    "up",
-                    vec![
-                        src.take(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
-                        src.take(&format!("{p}.mlp.up_proj.weight"), &[f, h])?,
-                    ],
-                );
-                blocks.push(Block {
-                    attn_norm: src.take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    attn_norm_b: None,
-                    qkv,
-                    qkv_b,
-                    o: src.take(&format!("{a}.o_proj.weight"), &[h, qd])?,
-                    o_b: src.take_opt(&format!("{a}.o_proj.bias"), &[h], cfg.o_bias)?,
-                    mlp_norm: src.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                    mlp_norm_b: None,
-                    up,
-                    up_b: None,
-                    down: src.take(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
-                    down_b: None,
-                });
-            }
-            // Some tied checkpoints still carry lm_head.weight; tied means the embedding wins.
-            let lm_head = src.take_opt("lm_head.weight", &[cfg.vocab, h], !cfg.tied_embeddings)?;
-            Weights {
-                embed: src.take("model.embed_tokens.weight", &[cfg.vocab, h])?,
-                pos_embed: None,
-                blocks,
-                final_norm: src.take("model.norm.weight", &[h])?,
-                final_norm_b: None,
-                lm_head,
-            }
-        };
-        Ok(w)
+        let (shapes, places) = hf_layout(cfg);
+        let mut by_keel: HashMap<&str, Vec<&HfPlace>> = HashMap::new();
+        for p in &places {
+            by_keel.entry(p.keel.as_str()).or_default().push(p);
+        }
+        shapes.try_map(|keel, _| {
+            let mut parts = by_keel[keel]
+                .iter()
+                .map(|p| src.take(&p.hf, &p.shape).map(|t| if p.transpose { transpose(t) } else { t }))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(match parts.len() {
+                1 => parts.pop().unwrap(),
+                _ => concat_rows(keel.rsplit('.').next().unwrap_or(keel), parts),
+            })
+        })
     }
 }
 

@@ -257,16 +257,14 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
         }
     };
     let shown = |name: &str| dir.join(name).display().to_string();
-    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref(), None)?;
+    let mut model = load_from(&read_in_dir, &shown, gguf.as_deref())?;
     model.path = path.to_path_buf();
     Ok(model)
 }
 
 /// Loads a model from its files given by name (the browser's file picker or fetches):
 /// config.json + safetensors, or one `.gguf`, with tokenizer.json and generation_config.json.
-/// `streamed`: the safetensors tensors, when they came one by one ([`streamed_tensor`])
-/// instead of as files.
-pub fn load_files(files: &HashMap<String, Vec<u8>>, streamed: Vec<HostTensor>) -> Result<LoadedModel> {
+pub fn load_files(files: &HashMap<String, Vec<u8>>) -> Result<LoadedModel> {
     let ggufs: Vec<&String> = files.keys().filter(|n| n.ends_with(".gguf")).collect();
     let gguf = match (files.contains_key("config.json"), ggufs.as_slice()) {
         (true, _) => None,
@@ -277,8 +275,18 @@ pub fn load_files(files: &HashMap<String, Vec<u8>>, streamed: Vec<HostTensor>) -
         (false, _) => bail!("several .gguf files ({:?}); give one", sorted(ggufs.into_iter())),
     };
     let read = |name: &str| Ok(files.get(name).cloned());
-    let streamed = (!streamed.is_empty()).then_some(streamed);
-    load_from(&read, &|name: &str| name.to_string(), gguf, streamed)
+    load_from(&read, &|name: &str| name.to_string(), gguf)
+}
+
+/// The config (with generation_config.json's EOS) and tokenizer of a safetensors model whose
+/// weights were streamed to the GPU instead (src/model/stream.rs), from its small files.
+pub fn load_config_and_tokenizer(files: &HashMap<String, Vec<u8>>) -> Result<(ModelConfig, Tokenizer)> {
+    let read = |name: &str| Ok(files.get(name).cloned());
+    let shown = |name: &str| name.to_string();
+    let bytes = read("config.json")?.ok_or_else(|| anyhow!("config.json: not given"))?;
+    let hf_config = parse_json(&bytes, "config.json")?;
+    let (config, _, tokenizer) = config_and_tokenizer(&read, &shown, &hf_config, "config.json", None, "")?;
+    Ok((config, tokenizer))
 }
 
 fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
@@ -288,22 +296,14 @@ fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
 }
 
 /// The loader proper: `gguf` names the weights file of a GGUF model, else the folder holds
-/// config.json and safetensors (or the safetensors tensors were `streamed`).
-fn load_from(
-    read: &ReadFile,
-    shown: &dyn Fn(&str) -> String,
-    gguf: Option<&str>,
-    streamed: Option<Vec<HostTensor>>,
-) -> Result<LoadedModel> {
+/// config.json and safetensors.
+fn load_from(read: &ReadFile, shown: &dyn Fn(&str) -> String, gguf: Option<&str>) -> Result<LoadedModel> {
     let (hf_config, tensors, weights_file, gguf_tokenizer, config_name) = match gguf {
         None => {
             let bytes =
                 read("config.json")?.ok_or_else(|| anyhow!("{}: cannot read", shown("config.json")))?;
             let cfg = parse_json(&bytes, &shown("config.json"))?;
-            let (tensors, file) = match streamed {
-                Some(tensors) => (tensors, "the safetensors tensors".to_string()),
-                None => safetensors_tensors(read, shown)?,
-            };
+            let (tensors, file) = safetensors_tensors(read, shown)?;
             (cfg, tensors, file, None, shown("config.json"))
         }
         Some(file) => {
@@ -316,7 +316,26 @@ fn load_from(
             (cfg, tensors, name.clone(), tok, name)
         }
     };
-    let mut config = ModelConfig::from_hf(&hf_config, &config_name)?;
+    let (config, generation, tokenizer) =
+        config_and_tokenizer(read, shown, &hf_config, &config_name, gguf_tokenizer, &weights_file)?;
+    let mut by_name = HashMap::new();
+    for t in tensors {
+        by_name.insert(t.name.clone(), t);
+    }
+    let weights = Weights::from_hf(&config, by_name, &weights_file)?;
+    Ok(LoadedModel { config, weights, tokenizer, generation, path: PathBuf::from(shown("")) })
+}
+
+/// The config, sampling defaults and tokenizer (tokenizer.json, else a GGUF's vocabulary).
+fn config_and_tokenizer(
+    read: &ReadFile,
+    shown: &dyn Fn(&str) -> String,
+    hf_config: &Value,
+    config_name: &str,
+    gguf_tokenizer: Option<String>,
+    weights_file: &str,
+) -> Result<(ModelConfig, GenerationDefaults, Tokenizer)> {
+    let mut config = ModelConfig::from_hf(hf_config, config_name)?;
     let mut generation = GenerationDefaults::default();
     if let Some(bytes) = read("generation_config.json")? {
         let eos;
@@ -325,11 +344,6 @@ fn load_from(
             config.eos = eos;
         }
     }
-    let mut by_name = HashMap::new();
-    for t in tensors {
-        by_name.insert(t.name.clone(), t);
-    }
-    let weights = Weights::from_hf(&config, by_name, &weights_file)?;
     let (tok_json, tok_name) = if let Some(bytes) = read("tokenizer.json")? {
         let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8", shown("tokenizer.json")))?;
         (text, shown("tokenizer.json"))
@@ -346,7 +360,7 @@ fn load_from(
             config.vocab
         );
     }
-    Ok(LoadedModel { config, weights, tokenizer, generation, path: PathBuf::from(shown("")) })
+    Ok((config, generation, tokenizer))
 }
 
 #[cfg(test)]
@@ -354,53 +368,31 @@ mod tests {
     use super::*;
     use safetensors::{tensor::TensorView, Dtype};
 
-    /// The browser's two ways in: the files by name, and the small files plus each tensor
-    /// cut from its header entry's byte range, load the same model as the folder.
+    /// The browser's files by name load the same model as the folder.
     #[test]
-    fn files_and_streamed_tensors_load_like_the_folder() {
+    fn files_load_like_the_folder() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
         if !src.exists() {
             eprintln!("SKIPPED: fixture {} absent", src.display());
             return;
         }
         let folder = load(&src).unwrap();
-        let mut files: HashMap<String, Vec<u8>> = ["config.json", "generation_config.json", "tokenizer.json"]
-            .iter()
-            .map(|f| (f.to_string(), std::fs::read(src.join(f)).unwrap()))
-            .collect();
-        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        let streamed = header
-            .iter()
-            .filter(|(k, _)| *k != "__metadata__")
-            .map(|(name, v)| {
-                let at = |i: usize| 8 + n + v["data_offsets"][i].as_u64().unwrap() as usize;
-                let shape =
-                    v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-                streamed_tensor(
-                    "model.safetensors",
-                    name,
-                    v["dtype"].as_str().unwrap(),
-                    shape,
-                    &bytes[at(0)..at(1)],
-                )
-                .unwrap()
-            })
-            .collect();
-        let from_stream = load_files(&files, streamed).unwrap();
-        files.insert("model.safetensors".into(), bytes);
-        let from_files = load_files(&files, Vec::new()).unwrap();
-        for other in [&from_stream, &from_files] {
-            assert_eq!(other.config.eos, folder.config.eos, "generation_config.json's EOS is read");
-            let (a, b) = (folder.weights.named(), other.weights.named());
-            assert_eq!(a.len(), b.len());
-            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-                assert_eq!((na, &ta.shape, &ta.data), (nb, &tb.shape, &tb.data));
-            }
+        let mut files: HashMap<String, Vec<u8>> =
+            ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"]
+                .iter()
+                .map(|f| (f.to_string(), std::fs::read(src.join(f)).unwrap()))
+                .collect();
+        let from_files = load_files(&files).unwrap();
+        assert_eq!(from_files.config.eos, folder.config.eos, "generation_config.json's EOS is read");
+        let (config, _) = load_config_and_tokenizer(&files).unwrap();
+        assert_eq!(config, folder.config);
+        let (a, b) = (folder.weights.named(), from_files.weights.named());
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!((na, &ta.shape, &ta.data), (nb, &tb.shape, &tb.data));
         }
         files.remove("config.json");
-        let err = load_files(&files, Vec::new()).err().unwrap().to_string();
+        let err = load_files(&files).err().unwrap().to_string();
         assert!(err.contains("no config.json and no .gguf") && err.contains("not a model"), "{err}");
     }
 

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod load;
 pub mod lora;
 pub mod save;
+pub mod stream;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

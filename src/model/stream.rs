@@ -1,0 +1,150 @@
+//! Safetensors weights streamed into GPU buffers tensor by tensor (the browser's loader):
+//! each Keel tensor is created empty, and each Hugging Face tensor is written at its place
+//! ([`hf_layout`]) as it arrives, then dropped, so the host never holds the whole model.
+
+use super::config::ModelConfig;
+use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
+use super::weights::HostTensor;
+use super::GpuModel;
+use crate::gpu::{DType, Gpu, Tensor};
+use anyhow::{anyhow, bail, Result};
+use std::collections::HashMap;
+
+/// Named in errors about tensors that never arrived.
+const SOURCE: &str = "the safetensors files";
+
+pub struct Streamer {
+    weights: Weights<Tensor>,
+    /// Keel's tensors by name (sharing `weights`' buffers).
+    by_keel: HashMap<String, Tensor>,
+    /// The places of the tensors still to come, and of those that came.
+    waiting: HashMap<String, HfPlace>,
+    arrived: HashMap<String, HfPlace>,
+    /// Every place, in Keel's order (for the first missing tensor).
+    order: Vec<String>,
+}
+
+impl Streamer {
+    /// Creates `cfg`'s Keel tensors empty; every one is checked against the binding limit
+    /// before any is created.
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig) -> Result<Streamer> {
+        let (shapes, places) = hf_layout(cfg);
+        shapes.try_map(|name, shape| gpu.check_binding(name, shape))?;
+        let weights = shapes.try_map(|name, shape| gpu.zeros(name, shape, DType::F32))?;
+        let by_keel = weights.named().into_iter().map(|(name, t)| (name, t.clone())).collect();
+        let order = places.iter().map(|p| p.hf.clone()).collect();
+        let waiting = places.into_iter().map(|p| (p.hf.clone(), p)).collect();
+        Ok(Streamer { weights, by_keel, waiting, arrived: HashMap::new(), order })
+    }
+
+    /// Writes one Hugging Face tensor of file `file` (f32) at its place.
+    pub fn tensor(&mut self, gpu: &Gpu, file: &str, t: HostTensor) -> Result<()> {
+        let Some(place) = self.waiting.get(&t.name) else {
+            if self.arrived.contains_key(&t.name) {
+                bail!("{file}: tensor '{}' came twice", t.name);
+            }
+            // A tied model's lm_head.weight is ignored, as by Weights::from_hf.
+            if t.name == "lm_head.weight" {
+                return Ok(());
+            }
+            bail!("{file}: unexpected tensor '{}': this model has no place for it", t.name);
+        };
+        check_tensor(file, &t, &place.shape)?;
+        let place = self.waiting.remove(&t.name).unwrap();
+        let t = if place.transpose { transpose(t) } else { t };
+        let target = &self.by_keel[&place.keel];
+        let row_elems: usize = target.shape[1..].iter().product();
+        if !t.data.is_empty() {
+            let offset = (place.row * row_elems * 4) as u64;
+            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(&t.data));
+        }
+        self.arrived.insert(place.hf.clone(), place);
+        Ok(())
+    }
+
+    /// The model, once every tensor has arrived; `cfg` is the final config (with
+    /// generation_config.json's EOS), of the same shapes as the one given to [`Streamer::new`].
+    pub fn finish(self, gpu: &Gpu, cfg: &ModelConfig) -> Result<GpuModel> {
+        if let Some(name) = self.order.iter().find(|n| self.waiting.contains_key(*n)) {
+            return Err(missing(SOURCE, name, &self.waiting[name].shape));
+        }
+        let streamed: Vec<_> =
+            self.weights.named().iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect();
+        let (shapes, _) = hf_layout(cfg);
+        let wanted: Vec<_> = shapes.named().iter().map(|(n, s)| (n.clone(), (*s).clone())).collect();
+        if streamed != wanted {
+            return Err(anyhow!("the config changed while the weights streamed"));
+        }
+        GpuModel::assemble(gpu, cfg, self.weights, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::load::streamed_tensor;
+    use serde_json::Value;
+    use std::path::Path;
+
+    /// Each safetensors tensor cut from its header entry's byte range, streamed as the
+    /// browser does, gives GPU weights bit-identical to uploading the loaded model.
+    #[test]
+    fn streamed_weights_match_the_upload() {
+        let gpu = crate::ops::test_util::gpu();
+        for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
+            if !src.exists() {
+                eprintln!("SKIPPED: fixture {} absent", src.display());
+                continue;
+            }
+            let loaded = crate::model::load(&src).unwrap();
+            let uploaded = GpuModel::upload(gpu, &loaded).unwrap();
+            let mut streamer = Streamer::new(gpu, &loaded.config).unwrap();
+            let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            let file = "model.safetensors";
+            for (tensor, v) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+                let at = |i: usize| 8 + n + v["data_offsets"][i].as_u64().unwrap() as usize;
+                let shape =
+                    v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                let dtype = v["dtype"].as_str().unwrap();
+                let t = streamed_tensor(file, tensor, dtype, shape, &bytes[at(0)..at(1)]).unwrap();
+                streamer.tensor(gpu, file, t).unwrap();
+            }
+            let streamed = streamer.finish(gpu, &loaded.config).unwrap();
+            let (a, b) = (uploaded.weights.named(), streamed.weights.named());
+            assert_eq!(a.len(), b.len(), "{name}");
+            for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+                assert_eq!((na, &ta.shape), (nb, &tb.shape), "{name}");
+                assert_eq!(gpu.read_u32(ta).unwrap(), gpu.read_u32(tb).unwrap(), "{name}: {na}");
+            }
+            // A fine-tune's start: a GPU copy of the same bits.
+            let copy = streamed.duplicate(gpu).unwrap();
+            let first = |m: &GpuModel| gpu.read_u32(&m.weights.blocks[0].qkv).unwrap();
+            assert_eq!(first(&copy), first(&streamed), "{name}");
+        }
+    }
+
+    #[test]
+    fn streamed_tensors_are_checked() {
+        let gpu = crate::ops::test_util::gpu();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
+        if !src.exists() {
+            eprintln!("SKIPPED: fixture {} absent", src.display());
+            return;
+        }
+        let cfg = crate::model::load(&src).unwrap().config;
+        let mut s = Streamer::new(gpu, &cfg).unwrap();
+        let norm = |name: &str, n: usize| HostTensor::new(name, vec![n], vec![1.0; n]);
+        let err = s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden + 1)).unwrap_err().to_string();
+        assert!(err.contains("f: tensor 'model.norm.weight' has shape"), "{err}");
+        s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden)).unwrap();
+        let err = s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden)).unwrap_err().to_string();
+        assert!(err.contains("came twice"), "{err}");
+        let err = s.tensor(gpu, "f", norm("model.extra", 1)).unwrap_err().to_string();
+        assert!(err.contains("unexpected tensor 'model.extra'"), "{err}");
+        let err = s.finish(gpu, &cfg).err().unwrap().to_string();
+        assert!(err.contains("missing tensor 'model.embed_tokens.weight'"), "{err}");
+    }
+}
