@@ -213,6 +213,8 @@ impl PendingRead {
     /// Waits for the copy (natively: for its submission only, not later ones) and returns
     /// the words and the staging buffer, for reuse.
     pub async fn wait(self, gpu: &Gpu) -> Result<(Vec<u32>, wgpu::Buffer)> {
+        // After a loss the submission never happened, and waiting for its index panics in wgpu.
+        gpu.check_lost()?;
         #[cfg(not(target_arch = "wasm32"))]
         gpu.device.poll(wgpu::PollType::Wait { submission_index: Some(self.submission), timeout: None })?;
         gpu.check_lost()?;
