@@ -458,40 +458,19 @@ impl Weights<HostTensor> {
     /// order one through the blocks; norm scales are one and biases zero.
     pub fn random(cfg: &ModelConfig, seed: u64) -> Weights<HostTensor> {
         let mut rng = crate::rng::Rng::seed_from_u64(seed);
-        let mut matrix = |name: &str, rows: usize, cols: usize| {
-            let bound = 1.0 / (cols as f64).sqrt();
-            let data = (0..rows * cols).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect();
-            HostTensor::new(name, vec![rows, cols], data)
-        };
-        let filled = |name: &str, n: usize, value: f32| HostTensor::new(name, vec![n], vec![value; n]);
-        let (h, qd) = (cfg.hidden, cfg.heads * cfg.head_dim);
-        let qkv_width = cfg.head_shape().qkv_width();
-        let gpt2 = cfg.arch == Arch::Gpt2;
-        let layer_norm = |name: &str| gpt2.then(|| filled(name, h, 0.0));
-        let blocks = (0..cfg.layers)
-            .map(|_| Block {
-                attn_norm: filled("attn_norm", h, 1.0),
-                attn_norm_b: layer_norm("attn_norm_b"),
-                qkv: matrix("qkv", qkv_width, h),
-                qkv_b: (gpt2 || cfg.qkv_bias).then(|| filled("qkv_b", qkv_width, 0.0)),
-                o: matrix("o", h, qd),
-                o_b: (gpt2 || cfg.o_bias).then(|| filled("o_b", h, 0.0)),
-                mlp_norm: filled("mlp_norm", h, 1.0),
-                mlp_norm_b: layer_norm("mlp_norm_b"),
-                up: matrix("up", cfg.up_width(), h),
-                up_b: gpt2.then(|| filled("up_b", cfg.up_width(), 0.0)),
-                down: matrix("down", h, cfg.ffn),
-                down_b: gpt2.then(|| filled("down_b", h, 0.0)),
-            })
-            .collect();
-        Weights {
-            embed: matrix("embed", cfg.vocab, h),
-            pos_embed: gpt2.then(|| matrix("pos_embed", cfg.max_positions, h)),
-            blocks,
-            final_norm: filled("final_norm", h, 1.0),
-            final_norm_b: layer_norm("final_norm_b"),
-            lm_head: (!cfg.tied_embeddings).then(|| matrix("lm_head", cfg.vocab, h)),
-        }
+        let (shapes, _) = hf_layout(cfg);
+        let random = shapes.try_map(|name, shape| {
+            let data = match shape[..] {
+                [rows, cols] => {
+                    let bound = 1.0 / (cols as f64).sqrt();
+                    (0..rows * cols).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect()
+                }
+                // Biases are `…_b`; the other vectors are norm scales.
+                _ => vec![if name.ends_with("_b") { 0.0 } else { 1.0 }; shape.iter().product()],
+            };
+            Ok(HostTensor::new(name, shape.clone(), data))
+        });
+        random.expect("random weights cannot fail")
     }
 }
 
