@@ -1,24 +1,38 @@
-//! Greedy decoding with the pick on the GPU (one replayed submit per token, read back a few
-//! tokens late) against the CPU path it replaces (every logit row read back, argmax on the
-//! host): the same tokens, with and without LCM, an EOS mid-way included, and per-token
+//! Decoding with the pick on the GPU (one replayed submit per token, read back a few tokens
+//! late) against the CPU path it replaces (every logit row read back, the pick made by the
+//! host's `Sampler`): the same tokens, greedy and sampled (temperature, top-k, top-p,
+//! repetition penalty), with and without LCM, an EOS mid-way included, and per-token
 //! statistics equal to the CPU's from the logits.
 
-use keel::generate::greedy::pick_from_logits;
-use keel::generate::sampler::argmax;
-use keel::generate::Session;
+use keel::generate::decode::pick_from_logits;
+use keel::generate::{Sampler, SamplerConfig, Session};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use keel::ops::sample::Pick;
 use std::path::Path;
 
-/// The CPU path: feed, read the logits, pick with `argmax`, `n` times.
-fn cpu_path(gpu: &Gpu, m: &GpuModel, prompt: &[u32], n: usize, lcm: Option<&LcmConfig>) -> Vec<Pick> {
+fn sampler(cfg: &SamplerConfig) -> Sampler {
+    Sampler::new(cfg.clone()).unwrap()
+}
+
+/// The CPU path: feed, read the logits, pick with the host sampler, `n` times.
+fn cpu_path(
+    gpu: &Gpu,
+    m: &GpuModel,
+    prompt: &[u32],
+    n: usize,
+    cfg: &SamplerConfig,
+    lcm: Option<&LcmConfig>,
+) -> Vec<Pick> {
     let mut session = Session::new(gpu, m, prompt.len() + n, lcm).unwrap();
     let mut logits = session.feed(prompt, None).unwrap().last_logits;
+    let mut history = prompt.to_vec();
+    let mut sampler = sampler(cfg);
     let mut picks = Vec::new();
     for i in 0..n {
-        let id = argmax(&logits);
+        let id = sampler.sample(&logits, &history);
+        history.push(id);
         picks.push(pick_from_logits(id, &logits));
         if i + 1 < n {
             logits = session.feed(&[id], None).unwrap().last_logits;
@@ -34,11 +48,12 @@ fn gpu_path(
     prompt: &[u32],
     n: usize,
     eos: &[u32],
+    cfg: &SamplerConfig,
     lcm: Option<&LcmConfig>,
 ) -> (Vec<Pick>, Vec<u32>, usize) {
     let mut session = Session::new(gpu, m, prompt.len() + n, lcm).unwrap();
     let mut picks = Vec::new();
-    let ids = pollster::block_on(session.decode_greedy(prompt, n, eos, &mut |p| {
+    let ids = pollster::block_on(session.decode(prompt, n, eos, &mut sampler(cfg), &mut |p| {
         picks.push(p);
         Ok(())
     }))
@@ -47,9 +62,12 @@ fn gpu_path(
 }
 
 #[test]
-fn gpu_greedy_equals_the_cpu_path() {
+fn gpu_picks_equal_the_cpu_path() {
     let gpu = Gpu::shared().unwrap();
     let lcm = LcmConfig { gamma: 0.5, ..LcmConfig::default() };
+    let greedy = SamplerConfig { temperature: 0.0, ..SamplerConfig::default() };
+    let sampled = SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.9, repetition_penalty: 1.2, seed: 3 };
+    let plain = SamplerConfig { seed: 11, ..SamplerConfig::default() };
     for name in ["stories260k", "tiny-qwen2"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
         if !dir.exists() {
@@ -60,11 +78,12 @@ fn gpu_greedy_equals_the_cpu_path() {
         let m = GpuModel::upload(gpu, &host).unwrap();
         let prompt: Vec<u32> = host.tokenizer.encode("Once upon a time, a girl").unwrap();
         let n = 24;
-        for lcm in [None, Some(&lcm)] {
-            let want = cpu_path(gpu, &m, &prompt, n, lcm);
+        let settings = [(&greedy, None), (&greedy, Some(&lcm)), (&sampled, None), (&plain, Some(&lcm))];
+        for (cfg, lcm) in settings {
+            let want = cpu_path(gpu, &m, &prompt, n, cfg, lcm);
             let want_ids: Vec<u32> = want.iter().map(|p| p.id).collect();
-            let (got, ids, len) = gpu_path(gpu, &m, &prompt, n, &[], lcm);
-            assert_eq!(ids, want_ids, "{name}, lcm {}", lcm.is_some());
+            let (got, ids, len) = gpu_path(gpu, &m, &prompt, n, &[], cfg, lcm);
+            assert_eq!(ids, want_ids, "{name}, {cfg:?}, lcm {}", lcm.is_some());
             assert_eq!(len, prompt.len() + n - 1);
             for (t, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.id, w.id);
@@ -77,7 +96,7 @@ fn gpu_greedy_equals_the_cpu_path() {
             let k = n / 2;
             let eos = want_ids[k];
             let stop = want_ids.iter().position(|&id| id == eos).unwrap();
-            let (_, ids, len) = gpu_path(gpu, &m, &prompt, n, &[eos], lcm);
+            let (_, ids, len) = gpu_path(gpu, &m, &prompt, n, &[eos], cfg, lcm);
             assert_eq!(ids, want_ids[..=stop], "{name} with EOS {eos}");
             assert_eq!(len, prompt.len() + stop);
         }

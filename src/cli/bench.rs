@@ -5,7 +5,7 @@ use super::finetune::ConstrictArgs;
 use super::{load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::cpu::quant::WeightFormat;
-use crate::generate::Session;
+use crate::generate::{Sampler, SamplerConfig, Session};
 use crate::gpu::{Gpu, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
@@ -40,6 +40,10 @@ pub struct BenchArgs {
     profile: bool,
     #[command(flatten)]
     lcm: LcmArgs,
+    /// Decode by sampling on the GPU (temperature 1, top-k 40, top-p 0.95, repetition
+    /// penalty 1.1) instead of greedily
+    #[arg(long)]
+    sample: bool,
     /// Measure fine-tuning steps (forward, backward, AdamW) instead of generation
     #[arg(long)]
     train: bool,
@@ -58,6 +62,15 @@ pub struct BenchArgs {
     /// Constricted fine-tuning options, as keel finetune takes them (with --train)
     #[command(flatten)]
     constrict: ConstrictArgs,
+}
+
+/// The sampler decoding uses: greedy, or one with every kind of filtering on (`--sample`).
+fn decode_sampler(sample: bool) -> Sampler {
+    let cfg = match sample {
+        true => SamplerConfig { top_k: 40, top_p: 0.95, repetition_penalty: 1.1, ..SamplerConfig::default() },
+        false => SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+    };
+    Sampler::new(cfg).expect("valid settings")
 }
 
 /// What is benchmarked: a model's config and GPU weights, and what to call it.
@@ -129,10 +142,16 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         // Greedy decoding as `keel generate` does it: the first pick ends the prefill.
         let t0 = Instant::now();
         let mut first = None;
-        pollster::block_on(session.decode_greedy(&prompt, a.gen_tokens + 1, &[], &mut |_| {
-            first.get_or_insert_with(Instant::now);
-            Ok(())
-        }))?;
+        pollster::block_on(session.decode(
+            &prompt,
+            a.gen_tokens + 1,
+            &[],
+            &mut decode_sampler(a.sample),
+            &mut |_| {
+                first.get_or_insert_with(Instant::now);
+                Ok(())
+            },
+        ))?;
         let first = first.expect("one token at least");
         let t_prefill = (first - t0).as_secs_f64();
         let t_decode = first.elapsed().as_secs_f64();
@@ -146,7 +165,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let profile = if a.profile {
         let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
         let chunk = &prompt[..prompt.len().min(session.chunk_rows())];
-        let [prefill_step, decode_step] = session.greedy_recordings(chunk)?;
+        let [prefill_step, decode_step] = session.decode_recordings(chunk, &mut decode_sampler(a.sample))?;
         let (timing, prefill_times) = prefill_step.profile()?;
         let (_, decode_times) = decode_step.profile()?;
         Some((timing, chunk.len(), kernel_table(&prefill_times), kernel_table(&decode_times)))
@@ -164,7 +183,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             json!({"load_s": m.load_s, "weights": linear_fmt.name(), "head_weights": head_fmt.name(),
                    "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
-                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off()),
+                   "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off()), "sample": a.sample,
                    "profile": profile.as_ref().map(|(timing, n, prefill, decode)| json!({
                        "timing": format!("{timing:?}"), "prefill_chunk_tokens": n,
                        "prefill_chunk": rows_json(prefill), "decode_step": rows_json(decode)}))})
@@ -179,7 +198,8 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         );
         println!("load:    {:.2} s", m.load_s);
         println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
-        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens)", a.gen_tokens);
+        let how = if a.sample { "sampled on the GPU" } else { "greedy" };
+        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens, {how})", a.gen_tokens);
         if let Some((timing, n, prefill, decode)) = &profile {
             println!("\nprofile ({}):", timing_words(*timing));
             print_table(&format!("one prefill chunk of {n} tokens"), prefill);
@@ -315,7 +335,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations, "adapter": info.name,
                    "backend": format!("{:?}", info.backend), "repeats": a.repeats,
-                   "lcm": lcm.is_some_and(|c| !c.is_off()), "constricted": !constrict.is_off(),
+                   "lcm": lcm.is_some_and(|c| !c.is_off()), "sample": a.sample, "constricted": !constrict.is_off(),
                    "profile": profile.as_ref().map(|(timing, rows)| json!({
                        "timing": format!("{timing:?}"), "train_step": rows_json(rows)}))})
         );
@@ -354,15 +374,21 @@ mod tests {
     fn profile_table_counts_every_dispatch() {
         let Some((_, m)) = crate::generate::test_stories() else { return };
         let gpu = crate::ops::test_util::gpu();
-        let mut session = Session::new(gpu, &m, 16, None).unwrap();
-        let [prefill, decode] = session.greedy_recordings(&[1, 2, 3]).unwrap();
-        for recording in [prefill, decode] {
-            let (_, times) = recording.profile().unwrap();
-            let table = kernel_table(&times);
-            assert_eq!(table.iter().map(|r| r.calls).sum::<usize>(), recording.dispatches());
-            assert!(table.iter().any(|r| r.name == "sample FINAL=1" && r.calls == 1));
-            let percent: f64 = table.iter().map(|r| r.percent).sum();
-            assert!((percent - 100.0).abs() < 1e-6 || times.iter().all(|t| t.seconds == 0.0), "{percent}");
+        for (sample, pick) in [(false, "sample FINAL=1"), (true, "draw")] {
+            let mut session = Session::new(gpu, &m, 16, None).unwrap();
+            let [prefill, decode] =
+                session.decode_recordings(&[1, 2, 3], &mut decode_sampler(sample)).unwrap();
+            for recording in [prefill, decode] {
+                let (_, times) = recording.profile().unwrap();
+                let table = kernel_table(&times);
+                assert_eq!(table.iter().map(|r| r.calls).sum::<usize>(), recording.dispatches());
+                assert!(table.iter().any(|r| r.name == pick && r.calls == 1), "{pick}");
+                let percent: f64 = table.iter().map(|r| r.percent).sum();
+                assert!(
+                    (percent - 100.0).abs() < 1e-6 || times.iter().all(|t| t.seconds == 0.0),
+                    "{percent}"
+                );
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 // sequence at a time through `generate_async`).
 #[cfg(not(target_arch = "wasm32"))]
 pub mod batch;
-pub mod greedy;
+pub mod decode;
 pub mod sampler;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod trace;
@@ -237,9 +237,8 @@ pub fn generate(
 }
 
 /// [`generate`], awaiting the read-backs; `on_token` also sees the pick's log-probability
-/// and the entropy it was picked from (the browser plots them). Greedy settings pick on the
-/// GPU ([`Session::decode_greedy`]); sampling draws from the f64 probabilities of
-/// [`Sampler`], which WGSL cannot compute, so it reads each logit row back.
+/// and the entropy it was picked from (the browser plots them). The picks are made on the GPU
+/// ([`Session::decode`]), greedy or sampled, so only they are read back.
 pub async fn generate_async(
     gpu: &Gpu,
     model: &GpuModel,
@@ -261,24 +260,12 @@ pub async fn generate_async(
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let mut session = Session::new(gpu, model, capacity, opts.lcm.as_ref())?;
-    let s = &opts.sampler;
-    if s.temperature == 0.0 && s.repetition_penalty == 1.0 && opts.max_tokens > 0 {
-        return session.decode_greedy(prompt, opts.max_tokens, &opts.eos, on_token).await;
+    if opts.max_tokens == 0 {
+        // Nothing to pick; the prompt is still checked and run, as for any other length.
+        session.feed_async(prompt, None).await?;
+        return Ok(Vec::new());
     }
-    let mut logits = session.feed_async(prompt, None).await?.last_logits;
-    let mut history = prompt.to_vec();
-    let mut out = Vec::new();
-    for i in 0..opts.max_tokens {
-        let id = sampler.sample(&logits, &history);
-        out.push(id);
-        history.push(id);
-        on_token(greedy::pick_from_logits(id, &logits))?;
-        if opts.eos.contains(&id) || i + 1 == opts.max_tokens {
-            break;
-        }
-        logits = session.feed_async(&[id], None).await?.last_logits;
-    }
-    Ok(out)
+    session.decode(prompt, opts.max_tokens, &opts.eos, &mut sampler, on_token).await
 }
 
 /// stories260k loaded and uploaded for the unit tests of this module's files, or None (with a

@@ -60,6 +60,16 @@ impl Sampler {
         Ok(Self { cfg, rng })
     }
 
+    /// The next uniform draw in [0, 1) of this sampler's stream: what [`Sampler::sample`]
+    /// uses for one token when the temperature is above 0.
+    pub fn next_draw(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.cfg
+    }
+
     /// Picks the next token from `logits` (one per vocabulary entry) given the
     /// tokens generated or prompted so far. NaN logits are never picked.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
@@ -68,6 +78,9 @@ impl Sampler {
         if self.cfg.temperature == 0.0 {
             return argmax(&logits);
         }
+        // Exactly one draw per sampled token, whatever follows, so that the GPU sampler
+        // (which is handed its draws ahead) follows the same stream.
+        let draw = self.next_draw();
 
         let temperature = f64::from(self.cfg.temperature);
         let mut candidates: Vec<(u32, f64)> = (0u32..)
@@ -111,8 +124,12 @@ impl Sampler {
             total = cumulative;
         }
 
-        // Inverse CDF over the surviving weights; dividing by `total` renormalises.
-        let target = self.rng.next_f64() * total;
+        // Inverse CDF over the surviving weights in id order (the order the GPU walks them);
+        // dividing by `total` renormalises.
+        if k > 0 || self.cfg.top_p < 1.0 {
+            candidates.sort_unstable_by_key(|&(id, _)| id);
+        }
+        let target = draw * total;
         let mut cumulative = 0.0;
         for &(id, w) in &candidates {
             cumulative += w;

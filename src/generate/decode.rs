@@ -1,10 +1,12 @@
-//! Greedy decoding with the pick made on the GPU. The pick writes the next step's input id
-//! and position on the GPU, so every token is one submit of the same recorded decode step
-//! (no re-recording, no CPU work between kernels), and only the picks travel back, read up
-//! to [`IN_FLIGHT`] tokens behind the GPU.
+//! Decoding with the pick made on the GPU: greedy ([`sample::greedy`]) or sampled
+//! ([`draw::draw`], at draws the host takes ahead from the [`Sampler`]'s stream). The pick
+//! writes the next step's input id and position on the GPU, so every token is one submit of
+//! the same recorded decode step (no re-recording, no CPU work between kernels), and only the
+//! picks travel back, read up to [`IN_FLIGHT`] tokens behind the GPU.
 
-use super::Session;
+use super::{Sampler, Session};
 use crate::gpu::{DType, Recording, Step, Tensor};
+use crate::ops::draw::{self, DrawState};
 use crate::ops::sample::{self, Pick};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -12,10 +14,18 @@ use std::collections::VecDeque;
 /// Tokens submitted but not yet read back, at most.
 const IN_FLIGHT: usize = 4;
 
-/// The pick's buffers: the first pass's partial results and one pick per position.
+/// The pick's buffers: one pick per position, and what the chosen kernel needs.
 struct Picks {
-    parts: Tensor,
     out: Tensor,
+    how: How,
+}
+
+enum How {
+    /// Argmax: the first pass's partial results.
+    Greedy {
+        parts: Tensor,
+    },
+    Draw(DrawState),
 }
 
 /// The statistics the CPU path gives `id` picked from `logits`, as [`Pick`] has them.
@@ -26,20 +36,29 @@ pub fn pick_from_logits(id: u32, logits: &[f32]) -> Pick {
 }
 
 impl<'m> Session<'m> {
-    fn picks(&self) -> Result<Picks> {
+    /// Greedy settings (temperature 0, no penalty) take the argmax kernel; any other the
+    /// sampling one, with `history` as the tokens the penalty counts.
+    fn picks(&self, sampler: &Sampler, history: &[u32]) -> Result<Picks> {
         let gpu = self.gpu;
-        Ok(Picks {
-            parts: gpu.scratch("pick parts", &[sample::parts_for(self.model.config.vocab), 4], DType::F32)?,
-            // Indexed by position; the last pick lands one past the cache.
-            out: gpu.zeros("picks", &[self.cache.len + 1, 4], DType::U32)?,
-        })
+        let (cfg, vocab) = (sampler.config(), self.model.config.vocab);
+        // Indexed by position; the last pick lands one past the cache.
+        let positions = self.cache.len + 1;
+        let how = if cfg.temperature == 0.0 && cfg.repetition_penalty == 1.0 {
+            How::Greedy { parts: gpu.scratch("pick parts", &[sample::parts_for(vocab), 4], DType::F32)? }
+        } else {
+            How::Draw(DrawState::new(gpu, cfg, vocab, positions, history)?)
+        };
+        Ok(Picks { out: gpu.zeros("picks", &[positions, 4], DType::U32)?, how })
     }
 
     /// Records the LM head over scratch row `row` and the pick from its logits.
     fn record_pick(&self, step: &mut Step, row: usize, picks: &Picks) {
         self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
         let input = (&self.scratch.ids, &self.scratch.row_table, row);
-        sample::greedy(step, &self.head.logits, &picks.parts, input, &picks.out);
+        match &picks.how {
+            How::Greedy { parts } => sample::greedy(step, &self.head.logits, parts, input, &picks.out),
+            How::Draw(state) => draw::draw(step, &self.head.logits, state, input, &picks.out),
+        }
     }
 
     /// The decode step: one row whose id and position the previous pick wrote.
@@ -50,16 +69,18 @@ impl<'m> Session<'m> {
         step.finish()
     }
 
-    /// Appends `prompt`, then decodes greedily (the tokens [`super::sampler::argmax`] would
-    /// pick from the logits) up to `max_tokens` tokens, calling `on_token` with each pick and
-    /// its statistics. Stops after an EOS token, which is included; tokens the GPU already
-    /// computed past it are dropped, and `len` counts the prompt and the tokens fed back (all
-    /// accepted ones but the last).
-    pub async fn decode_greedy(
+    /// Appends `prompt`, then decodes up to `max_tokens` tokens as `sampler` picks them (with
+    /// `prompt` as the history its repetition penalty counts), calling `on_token` with each
+    /// pick and its statistics. Stops after an EOS token, which is included; tokens the GPU
+    /// already computed past it are dropped, and `len` counts the prompt and the tokens fed
+    /// back (all accepted ones but the last). The sampler's stream advances by `max_tokens`
+    /// draws (none when greedy), however many tokens come out.
+    pub async fn decode(
         &mut self,
         prompt: &[u32],
         max_tokens: usize,
         eos: &[u32],
+        sampler: &mut Sampler,
         on_token: &mut dyn FnMut(Pick) -> Result<()>,
     ) -> Result<Vec<u32>> {
         let gpu = self.gpu;
@@ -68,7 +89,7 @@ impl<'m> Session<'m> {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
         if prompt.is_empty() || max_tokens == 0 {
-            bail!("greedy decoding needs a prompt and at least one token to generate");
+            bail!("decoding needs a prompt and at least one token to generate");
         }
         if self.len + prompt.len() + max_tokens - 1 > self.cache.len {
             bail!(
@@ -78,8 +99,11 @@ impl<'m> Session<'m> {
                 self.cache.len
             );
         }
-        let picks = self.picks()?;
+        let picks = self.picks(sampler, prompt)?;
         let base = self.len + prompt.len();
+        if let How::Draw(state) = &picks.how {
+            state.draw_ahead(gpu, sampler, base, max_tokens);
+        }
         let chunks: Vec<&[u32]> = prompt.chunks(self.scratch.rows).collect();
         let (last, first_chunks) = chunks.split_last().expect("a prompt");
         for part in first_chunks {
@@ -125,18 +149,24 @@ impl<'m> Session<'m> {
             }
         }
         self.len += out.len() - 1;
-        gpu.recycle([picks.parts]);
+        match picks.how {
+            How::Greedy { parts } => gpu.recycle([parts]),
+            How::Draw(state) => gpu.recycle(state.into_tensors()),
+        }
         Ok(out)
     }
 
-    /// For profiles: the prefill of `chunk` (at most one chunk of rows) with the pick, and
-    /// the decode step after it, recorded (not submitted). Run them in that order.
+    /// For profiles: the prefill of `chunk` (at most one chunk of rows) with `sampler`'s
+    /// pick, and the decode step after it, recorded (not submitted). Run them in that order.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn greedy_recordings(&mut self, chunk: &[u32]) -> Result<[Recording<'m>; 2]> {
+    pub fn decode_recordings(&mut self, chunk: &[u32], sampler: &mut Sampler) -> Result<[Recording<'m>; 2]> {
         assert!(
             !chunk.is_empty() && chunk.len() <= self.scratch.rows && self.len + chunk.len() < self.cache.len
         );
-        let picks = self.picks()?;
+        let picks = self.picks(sampler, chunk)?;
+        if let How::Draw(state) = &picks.how {
+            state.draw_ahead(self.gpu, sampler, self.len + chunk.len(), self.cache.len);
+        }
         let mut step = Step::new(self.gpu);
         self.record_rows(&mut step, chunk);
         self.record_pick(&mut step, chunk.len() - 1, &picks);
@@ -148,7 +178,7 @@ impl<'m> Session<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{sampler::argmax, test_stories};
+    use crate::generate::{sampler::argmax, test_stories, SamplerConfig};
 
     /// The replayed recording computes what a freshly recorded step does.
     #[test]
@@ -157,7 +187,8 @@ mod tests {
         let gpu = crate::ops::test_util::gpu();
         let prompt = [1u32, 400, 36, 9];
         let mut a = Session::new(gpu, &m, 16, None).unwrap();
-        let [prefill, decode] = a.greedy_recordings(&prompt).unwrap();
+        let mut greedy = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }).unwrap();
+        let [prefill, decode] = a.decode_recordings(&prompt, &mut greedy).unwrap();
         prefill.submit().unwrap();
         let mut b = Session::new(gpu, &m, 16, None).unwrap();
         let mut logits = b.feed(&prompt, None).unwrap().last_logits;

@@ -1,0 +1,205 @@
+//! Sampling on the GPU, `shaders/draw.wgsl`: the pick [`Sampler`] makes (repetition penalty,
+//! temperature, top-k, top-p, inverse CDF in id order) from one logit row, at a uniform draw
+//! the host took from the sampler's stream. Like [`super::sample::greedy`] it feeds the pick
+//! to the next decode step and writes it with its statistics, so only the pick is read back.
+//!
+//! The host sampler computes its weights in f64 and the GPU in f32: the two pick differently
+//! only when a draw lands within f32 rounding of a bucket boundary (about 1e-7 of the mass).
+
+use crate::generate::sampler::{Sampler, SamplerConfig};
+use crate::gpu::{shader::Define, DType, Gpu, Step, Tensor};
+use anyhow::{ensure, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    vocab: u32,
+    row: u32,
+    top_k: u32,
+    _p: u32,
+    temperature: f32,
+    top_p: f32,
+    penalty: f32,
+    _q: f32,
+}
+
+pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
+    vec![("draw", vec![])]
+}
+
+/// What the sampling kernel reads besides the logits: one draw per position and the set of
+/// tokens seen so far (for the repetition penalty), which the kernel extends with each pick.
+pub struct DrawState {
+    config: SamplerConfig,
+    /// `[positions]` f32: the draw for the token picked at that position.
+    uniforms: Tensor,
+    /// Bit set over the vocabulary, `[vocab / 32]` u32.
+    seen: Tensor,
+}
+
+impl DrawState {
+    /// For a sequence of up to `positions` positions whose tokens so far are `history`.
+    pub fn new(
+        gpu: &Gpu,
+        config: &SamplerConfig,
+        vocab: usize,
+        positions: usize,
+        history: &[u32],
+    ) -> Result<Self> {
+        // The kernel counts tokens in f32, exact below 2^24.
+        ensure!(
+            vocab < 1 << 24,
+            "a vocabulary of {vocab} tokens is too large for GPU sampling (at most 2^24)"
+        );
+        let mut bits = vec![0u32; vocab.div_ceil(32)];
+        for &id in history {
+            bits[id as usize / 32] |= 1 << (id % 32);
+        }
+        Ok(DrawState {
+            config: config.clone(),
+            uniforms: gpu.zeros("sampling draws", &[positions], DType::F32)?,
+            seen: gpu.upload_u32("seen tokens", &[bits.len()], &bits)?,
+        })
+    }
+
+    /// Takes the draws for the tokens picked at positions `first..first + count` from
+    /// `sampler`'s stream (none at temperature 0, as [`Sampler::sample`] takes none).
+    pub fn draw_ahead(&self, gpu: &Gpu, sampler: &mut Sampler, first: usize, count: usize) {
+        if self.config.temperature == 0.0 {
+            return;
+        }
+        let count = count.min(self.uniforms.numel().saturating_sub(first));
+        let draws: Vec<u32> = (0..count).map(|_| (sampler.next_draw() as f32).to_bits()).collect();
+        gpu.queue.write_buffer(&self.uniforms.buf, 4 * first as u64, bytemuck::cast_slice(&draws));
+    }
+
+    pub fn into_tensors(self) -> [Tensor; 2] {
+        [self.uniforms, self.seen]
+    }
+}
+
+/// Picks a token from `logits` row 0 as [`Sampler::sample`] does with `state`'s settings and
+/// the draw of the position after row `row`'s; then, as [`super::sample::greedy`]: `ids[0]`,
+/// row-table entry 0 = `(seq, pos + 1)`, `out[pos + 1] = [id, log-prob, entropy, lse]` of the
+/// raw logits. Marks the pick as seen.
+pub fn draw(
+    step: &mut Step,
+    logits: &Tensor,
+    state: &DrawState,
+    (ids, rows, row): (&Tensor, &Tensor, usize),
+    out: &Tensor,
+) {
+    let vocab = *logits.shape.last().unwrap();
+    assert!(state.seen.numel() >= vocab.div_ceil(32) && rows.numel() >= 2 * (row + 1) && out.shape[1] == 4);
+    let c = &state.config;
+    let params = Params {
+        vocab: vocab as u32,
+        row: row as u32,
+        top_k: c.top_k.min(u32::MAX as usize) as u32,
+        _p: 0,
+        temperature: c.temperature,
+        top_p: c.top_p,
+        penalty: c.repetition_penalty,
+        _q: 0.0,
+    };
+    let pipeline = step.gpu.pipeline("draw", &[]);
+    step.dispatch(pipeline, &params, &[logits, &state.uniforms, &state.seen, ids, rows, out], [1, 1, 1]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::sample::Pick;
+    use crate::ops::test_util::*;
+
+    /// Draws `n` tokens from `z` on the GPU and on the CPU with the same stream, each pick
+    /// joining the history (the penalty sees it), and returns (GPU picks, CPU picks).
+    fn both(z: &[f32], cfg: &SamplerConfig, history: &[u32], n: usize) -> (Vec<Pick>, Vec<u32>) {
+        let gpu = gpu();
+        let v = z.len();
+        let zt = gpu.upload_f32("z", &[1, v], z).unwrap();
+        let state = DrawState::new(gpu, cfg, v, n + 1, history).unwrap();
+        let mut cpu = Sampler::new(cfg.clone()).unwrap();
+        state.draw_ahead(gpu, &mut cpu.clone(), 1, n);
+        let ids = gpu.upload_u32("ids", &[1], &[0]).unwrap();
+        let rows = gpu.upload_u32("rows", &[2], &[0, 0]).unwrap();
+        let out = gpu.zeros("out", &[n + 1, 4], DType::U32).unwrap();
+        let mut step = Step::new(gpu);
+        for _ in 0..n {
+            draw(&mut step, &zt, &state, (&ids, &rows, 0), &out);
+        }
+        step.submit().unwrap();
+        let words = gpu.read_u32(&out).unwrap();
+        let got = words[4..].chunks(4).map(Pick::parse).collect();
+        let mut history = history.to_vec();
+        let want = (0..n)
+            .map(|_| {
+                let id = cpu.sample(z, &history);
+                history.push(id);
+                id
+            })
+            .collect();
+        (got, want)
+    }
+
+    #[test]
+    fn draws_what_the_host_sampler_draws() {
+        let base = SamplerConfig { temperature: 1.0, seed: 5, ..SamplerConfig::default() };
+        let configs = [
+            base.clone(),
+            SamplerConfig { temperature: 0.7, top_k: 40, ..base.clone() },
+            SamplerConfig { temperature: 1.3, top_p: 0.9, ..base.clone() },
+            SamplerConfig { top_k: 50, top_p: 0.8, seed: 9, ..base.clone() },
+            SamplerConfig { top_k: 1, ..base.clone() },
+            SamplerConfig { top_p: 1e-6, ..base.clone() },
+            SamplerConfig { temperature: 0.8, repetition_penalty: 1.5, top_p: 0.95, ..base.clone() },
+            SamplerConfig { temperature: 0.0, repetition_penalty: 1.3, ..base.clone() },
+        ];
+        for (v, seed) in [(3000usize, 1u64), (49152, 2), (300, 3)] {
+            let mut z = rand_vec(seed, v, 3.0);
+            // NaN never picked; ties at a top-k / top-p threshold taken in id order.
+            z[v / 2] = f32::NAN;
+            for i in [7, v / 3, v - 2] {
+                z[i] = 3.5;
+            }
+            for cfg in &configs {
+                let (got, want) = both(&z, cfg, &[7, 11, 11, (v - 1) as u32], 12);
+                let ids: Vec<u32> = got.iter().map(|p| p.id).collect();
+                assert_eq!(ids, want, "vocab {v}, {cfg:?}");
+                let numbers: Vec<f32> = z.iter().copied().filter(|x| !x.is_nan()).collect();
+                let (lse, entropy, _) = crate::cpu::stats::logit_stats(&numbers);
+                for p in &got {
+                    assert!((p.lse as f64 - lse).abs() < 1e-4 && (p.entropy as f64 - entropy).abs() < 1e-4);
+                    assert!((p.logprob as f64 - (z[p.id as usize] as f64 - lse)).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_softmax() {
+        let z = [1.0f32, 2.0, 0.5, 3.0];
+        let cfg = SamplerConfig { seed: 77, ..SamplerConfig::default() };
+        let n = 2000;
+        let (got, _) = both(&z, &cfg, &[], n);
+        let total: f64 = z.iter().map(|&l| f64::from(l).exp()).sum();
+        for (id, &l) in z.iter().enumerate() {
+            let freq = got.iter().filter(|p| p.id as usize == id).count() as f64 / n as f64;
+            let p = f64::from(l).exp() / total;
+            assert!((freq - p).abs() < 0.03, "token {id}: {freq} vs {p}");
+        }
+    }
+
+    #[test]
+    fn infinite_or_missing_logits_pick_the_argmax() {
+        let cfg = SamplerConfig { top_k: 2, top_p: 0.5, ..SamplerConfig::default() };
+        for z in [
+            vec![0.0, f32::INFINITY, 1.0],
+            vec![f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+            vec![f32::NAN; 5],
+        ] {
+            let (got, want) = both(&z, &cfg, &[], 3);
+            assert_eq!(got.iter().map(|p| p.id).collect::<Vec<_>>(), want, "{z:?}");
+        }
+    }
+}
