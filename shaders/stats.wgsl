@@ -7,8 +7,11 @@
 // Partials merge exactly (up to rounding) in any order: rescaling to a common max M gives
 // s·e^(m-M) and e^(m-M)·(t + (m - M)·s). Ties of the argmax go to the lowest index, as
 // torch.argmax; NaN logits are never the argmax.
+// PICK (a COMBINE variant): greedy decoding's pick from row 0, as sampler::argmax makes it; it
+// feeds the pick to the next step (ids[0], and row 0 of the row table at the next position)
+// and writes [id, log-prob, entropy, lse] into `out` at that position.
 
-struct Params { n_rows: u32, vocab: u32, parts: u32, _p: u32 }
+struct Params { n_rows: u32, vocab: u32, parts: u32, row: u32 }
 
 // A partial: (m, s, t, argmax as bits).
 struct Partial { m: f32, s: f32, t: f32, arg: u32 }
@@ -19,8 +22,14 @@ struct Partial { m: f32, s: f32, t: f32, arg: u32 }
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;  // [rows, parts]
 #else
 @group(0) @binding(2) var<storage, read> partials: array<vec4<f32>>;
+#if PICK
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> rows: array<u32>;      // (sequence, position) per row
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<u32>>; // per position
+#else
 @group(0) @binding(3) var<storage, read> targets: array<u32>;         // per row; 0xffffffff = none
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;       // [rows, 4]: lse, entropy, target logprob, argmax
+#endif
 #endif
 
 const WG: u32 = 64u;
@@ -92,6 +101,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         acc = merge(acc, Partial(v.x, v.y, v.z, bitcast<u32>(v.w)));
     }
     let total = workgroup_merge(acc, lid);
+#if PICK
+    if (lid == 0u) {
+        var id = total.arg;
+        if (id == 0xffffffffu) {
+            // No logit above NEG_INF (rare): sampler::argmax's pick, -inf counting as a number,
+            // 0 when nothing is one.
+            id = 0u;
+            var found = false;
+            for (var i = 0u; i < p.vocab; i++) {
+                let z = logits[i];
+                let number = (bitcast<u32>(z) & 0x7fffffffu) <= 0x7f800000u;
+                if (number && (!found || z > logits[id])) { id = i; found = true; }
+            }
+        }
+        let log_s = log(total.s);
+        let seq = rows[2u * p.row];
+        let next = rows[2u * p.row + 1u] + 1u;
+        ids[0] = id;
+        rows[0] = seq;
+        rows[1] = next;
+        if (next < arrayLength(&out)) {
+            // The pick is the max, so its log-prob is -log(s).
+            out[next] = vec4<u32>(id, bitcast<u32>(-log_s), bitcast<u32>(log_s - total.t / total.s),
+                                  bitcast<u32>(total.m + log_s));
+        }
+    }
+#else
     if (lid == 0u) {
         let log_s = log(total.s);
         let lse = total.m + log_s;
@@ -101,5 +137,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         out[4u * r + 2u] = select(0.0, logits[r * p.vocab + min(t, p.vocab - 1u)] - lse, t < p.vocab);
         out[4u * r + 3u] = f32(min(total.arg, p.vocab - 1u));
     }
+#endif
 #endif
 }

@@ -9,7 +9,7 @@ use keel::generate::{Sampler, SamplerConfig, Session};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
-use keel::ops::sample::Pick;
+use keel::ops::stats::Pick;
 use std::path::Path;
 
 fn sampler(cfg: &SamplerConfig) -> Sampler {

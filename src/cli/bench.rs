@@ -374,7 +374,7 @@ mod tests {
     fn profile_table_counts_every_dispatch() {
         let Some((_, m)) = crate::generate::test_stories() else { return };
         let gpu = crate::ops::test_util::gpu();
-        for (sample, pick) in [(false, "sample FINAL=1"), (true, "draw")] {
+        for (sample, pick) in [(false, "stats SPLIT=0 PICK=1"), (true, "draw")] {
             let mut session = Session::new(gpu, &m, 16, None).unwrap();
             let [prefill, decode] =
                 session.decode_recordings(&[1, 2, 3], &mut decode_sampler(sample)).unwrap();

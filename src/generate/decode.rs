@@ -1,4 +1,4 @@
-//! Decoding with the pick made on the GPU: greedy ([`sample::greedy`]) or sampled
+//! Decoding with the pick made on the GPU: greedy ([`stats::greedy_pick`]) or sampled
 //! ([`draw::draw`], at draws the host takes ahead from the [`Sampler`]'s stream). The pick
 //! writes the next step's input id and position on the GPU, so every token is one submit of
 //! the same recorded decode step (no re-recording, no CPU work between kernels), and only the
@@ -7,7 +7,7 @@
 use super::{Sampler, Session};
 use crate::gpu::{DType, Recording, Step, Tensor};
 use crate::ops::draw::{self, DrawState};
-use crate::ops::sample::{self, Pick};
+use crate::ops::stats::{self, Pick};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 
@@ -44,7 +44,7 @@ impl<'m> Session<'m> {
         // Indexed by position; the last pick lands one past the cache.
         let positions = self.cache.len + 1;
         let how = if cfg.temperature == 0.0 && cfg.repetition_penalty == 1.0 {
-            How::Greedy { parts: gpu.scratch("pick parts", &[sample::parts_for(vocab), 4], DType::F32)? }
+            How::Greedy { parts: gpu.scratch("pick partials", &[stats::partials_len(1, vocab)], DType::F32)? }
         } else {
             How::Draw(DrawState::new(gpu, cfg, vocab, positions, history)?)
         };
@@ -56,7 +56,7 @@ impl<'m> Session<'m> {
         self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
         let input = (&self.scratch.ids, &self.scratch.row_table, row);
         match &picks.how {
-            How::Greedy { parts } => sample::greedy(step, &self.head.logits, parts, input, &picks.out),
+            How::Greedy { parts } => stats::greedy_pick(step, &self.head.logits, parts, input, &picks.out),
             How::Draw(state) => draw::draw(step, &self.head.logits, state, input, &picks.out),
         }
     }

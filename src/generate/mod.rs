@@ -13,8 +13,7 @@ use crate::gpu::{Gpu, Step};
 use crate::model::forward::{Head, Scratch};
 use crate::model::{GpuModel, KvCache};
 use crate::modulate::{LayerStats, LcmConfig, LcmState};
-use crate::ops::sample::Pick;
-use crate::ops::stats::{RowStats, NO_TARGET};
+use crate::ops::stats::{Pick, RowStats, NO_TARGET};
 use anyhow::{bail, Result};
 pub use sampler::{Sampler, SamplerConfig};
 

@@ -14,7 +14,6 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
-    ("sample", include_str!("../../shaders/sample.wgsl")),
     ("draw", include_str!("../../shaders/draw.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
     ("lcm_backward", include_str!("../../shaders/lcm_backward.wgsl")),

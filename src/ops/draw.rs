@@ -1,6 +1,6 @@
 //! Sampling on the GPU, `shaders/draw.wgsl`: the pick [`Sampler`] makes (repetition penalty,
 //! temperature, top-k, top-p, inverse CDF in id order) from one logit row, at a uniform draw
-//! the host took from the sampler's stream. Like [`super::sample::greedy`] it feeds the pick
+//! the host took from the sampler's stream. Like [`super::stats::greedy_pick`] it feeds the pick
 //! to the next decode step and writes it with its statistics, so only the pick is read back.
 //!
 //! The host sampler computes its weights in f64 and the GPU in f32: the two pick differently
@@ -79,7 +79,7 @@ impl DrawState {
 }
 
 /// Picks a token from `logits` row 0 as [`Sampler::sample`] does with `state`'s settings and
-/// the draw of the position after row `row`'s; then, as [`super::sample::greedy`]: `ids[0]`,
+/// the draw of the position after row `row`'s; then, as [`super::stats::greedy_pick`]: `ids[0]`,
 /// row-table entry 0 = `(seq, pos + 1)`, `out[pos + 1] = [id, log-prob, entropy, lse]` of the
 /// raw logits. Marks the pick as seen.
 pub fn draw(
@@ -109,7 +109,7 @@ pub fn draw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::sample::Pick;
+    use crate::ops::stats::Pick;
     use crate::ops::test_util::*;
 
     /// Draws `n` tokens from `z` on the GPU and on the CPU with the same stream, each pick

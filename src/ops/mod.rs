@@ -13,7 +13,6 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod rope;
-pub mod sample;
 pub mod stats;
 pub mod trace;
 pub mod xent;
@@ -31,7 +30,6 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         cgfm::variants(),
         act::variants(),
         stats::variants(),
-        sample::variants(),
         draw::variants(),
         lcm::variants(),
         xent::variants(),
