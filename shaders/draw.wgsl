@@ -65,6 +65,20 @@ fn penalised(i: u32) -> f32 {
     return select(z * p.penalty, z / p.penalty, z > 0.0);
 }
 
+// Token i's weight if the filters keep it (key above t, or at t among the first `ties` such
+// tokens in id order, `rank` counting those met so far), else -1.
+fn kept_weight(i: u32, t: u32, ties: u32, rank: ptr<function, u32>, amax: f32, inv_t: f32) -> f32 {
+    if (!is_number(logits[i])) { return -1.0; }
+    let a = penalised(i);
+    let k = key_of(a);
+    var kept = k > t;
+    if (k == t) {
+        kept = *rank < ties;
+        *rank += 1u;
+    }
+    return select(-1.0, exp((a - amax) * inv_t), kept);
+}
+
 // Whether candidate b = (value, index or -1 for none) beats a: as sampler::argmax.
 fn beats(b: vec2<f32>, a: vec2<f32>) -> bool {
     return b.y >= 0.0 && (a.y < 0.0 || b.x > a.x || (b.x == a.x && b.y < a.y));
@@ -228,14 +242,11 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var mass = 0.0;
         var last = -1.0;
         for (var i = start; i < end; i++) {
-            if (!is_number(logits[i])) { continue; }
-            let a = penalised(i);
-            let k = key_of(a);
-            if (k > t || (k == t && rank < ties)) {
-                mass += exp((a - amax) * inv_t);
+            let w = kept_weight(i, t, ties, &rank, amax, inv_t);
+            if (w >= 0.0) {
+                mass += w;
                 last = f32(i);
             }
-            if (k == t) { rank += 1u; }
         }
         // Past every bucket (rounding): the last kept token, as the host sampler does.
         let last_kept = best_of_all(lid, vec4<f32>(last, last, 0.0, -1.0)).y;
@@ -250,14 +261,11 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
             var pick = u32(last);
             rank = tied_before;
             for (var i = start; i < end; i++) {
-                if (!is_number(logits[i])) { continue; }
-                let a = penalised(i);
-                let k = key_of(a);
-                if (k > t || (k == t && rank < ties)) {
-                    cumulative += exp((a - amax) * inv_t);
+                let w = kept_weight(i, t, ties, &rank, amax, inv_t);
+                if (w >= 0.0) {
+                    cumulative += w;
                     if (aim < cumulative) { pick = i; break; }
                 }
-                if (k == t) { rank += 1u; }
             }
             shared_u.x = pick;
         }
