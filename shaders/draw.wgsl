@@ -10,7 +10,9 @@
 //
 // Top-k and top-p become a threshold on the penalised logit's order key plus a count of the
 // tokens tied at the threshold taken in id order (the host sampler's tie rule): top-k by a
-// radix select on the key, top-p by a binary search on the key for the last mass >= top_p.
+// radix select on the key, top-p by a binary search on the key for the last mass >= top_p,
+// over the (at most 1024) largest candidates in workgroup memory when they hold that mass,
+// which keeps the passes over the vocabulary to about ten.
 
 struct Params {
     vocab: u32,
@@ -38,6 +40,11 @@ var<workgroup> red: array<vec4<f32>, WG>;
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> shared_f: vec4<f32>;
 var<workgroup> shared_u: vec4<u32>;
+// Top-p's candidates (order keys and weights): 8 KiB of the 16 KiB WebGPU guarantees.
+const CAP: u32 = 1024u;
+var<workgroup> candidate_key: array<u32, CAP>;
+var<workgroup> candidate_w: array<f32, CAP>;
+var<workgroup> n_candidates: atomic<u32>;
 
 // Bit test: compilers may fold `z != z` away.
 fn is_number(z: f32) -> bool {
@@ -63,6 +70,41 @@ fn penalised(i: u32) -> f32 {
     let z = logits[i];
     if (p.penalty == 1.0 || (seen[i / 32u] & (1u << (i % 32u))) == 0u) { return z; }
     return select(z * p.penalty, z / p.penalty, z > 0.0);
+}
+
+// Radix select over the penalised logits' order keys, 8 bits a round from the top: the k-th
+// largest key (k below the count of numbers) and how many of the tokens at it the k largest
+// take.
+fn radix_select(lid: u32, k: u32) -> vec2<u32> {
+    var t = 0u;
+    var remaining = k;
+    for (var round = 0u; round < 4u; round++) {
+        let shift = 24u - 8u * round;
+        let above = select(0u, 0xffffffffu << (shift + 8u), round > 0u);
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var i = lid; i < p.vocab; i += WG) {
+            if (!is_number(logits[i])) { continue; }
+            let key = key_of(penalised(i));
+            if ((key & above) == t) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var taken = 0u;
+            var d = 255u;
+            loop {
+                let c = atomicLoad(&hist[d]);
+                if (taken + c >= remaining || d == 0u) { break; }
+                taken += c;
+                d -= 1u;
+            }
+            shared_u = vec4<u32>(d, remaining - taken, 0u, 0u);
+        }
+        let r = workgroupUniformLoad(&shared_u);
+        t |= r.x << shift;
+        remaining = r.y;
+    }
+    return vec2<u32>(t, remaining);
 }
 
 // Token i's weight if the filters keep it (key above t, or at t among the first `ties` such
@@ -165,43 +207,38 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var total = s.z;
         let top_k_on = p.top_k > 0u && f32(p.top_k) < n_numbers;
         if (top_k_on) {
-            // Radix select, 8 bits a round from the top: the k-th largest key and how many
-            // tokens at it the k take.
-            var remaining = p.top_k;
-            for (var round = 0u; round < 4u; round++) {
-                let shift = 24u - 8u * round;
-                let above = select(0u, 0xffffffffu << (shift + 8u), round > 0u);
-                atomicStore(&hist[lid], 0u);
-                workgroupBarrier();
-                for (var i = lid; i < vocab; i += WG) {
-                    if (!is_number(logits[i])) { continue; }
-                    let k = key_of(penalised(i));
-                    if ((k & above) == t) { atomicAdd(&hist[(k >> shift) & 255u], 1u); }
+            let r = radix_select(lid, p.top_k);
+            t = r.x;
+            ties = r.y;
+        }
+        // Top-p's candidates: the tokens above `floor` (the top-k threshold, or the CAP-th
+        // largest key when that is higher), gathered into workgroup memory with their weights,
+        // so that its search runs there whenever they hold the mass it needs.
+        var floor = t;
+        if (p.top_p < 1.0 && (!top_k_on || p.top_k > CAP) && f32(CAP) < n_numbers) {
+            floor = max(floor, radix_select(lid, CAP).x);
+        }
+        if (lid == 0u) { atomicStore(&n_candidates, 0u); }
+        workgroupBarrier();
+        var above = vec2<f32>(0.0);  // weight above floor, above t
+        for (var i = lid; i < vocab; i += WG) {
+            if (!is_number(logits[i])) { continue; }
+            let a = penalised(i);
+            let k = key_of(a);
+            let w = exp((a - amax) * inv_t);
+            if (k > t) { above.y += w; }
+            if (k > floor) {
+                above.x += w;
+                let slot = atomicAdd(&n_candidates, 1u);
+                if (slot < CAP) {
+                    candidate_key[slot] = k;
+                    candidate_w[slot] = w;
                 }
-                workgroupBarrier();
-                if (lid == 0u) {
-                    var taken = 0u;
-                    var d = 255u;
-                    loop {
-                        let c = atomicLoad(&hist[d]);
-                        if (taken + c >= remaining || d == 0u) { break; }
-                        taken += c;
-                        d -= 1u;
-                    }
-                    shared_u = vec4<u32>(d, remaining - taken, 0u, 0u);
-                }
-                let r = workgroupUniformLoad(&shared_u);
-                t |= r.x << shift;
-                remaining = r.y;
             }
-            ties = remaining;
-            var above_t = 0.0;
-            for (var i = lid; i < vocab; i += WG) {
-                if (!is_number(logits[i])) { continue; }
-                let a = penalised(i);
-                if (key_of(a) > t) { above_t += exp((a - amax) * inv_t); }
-            }
-            total = sum_of_all(lid, vec4<f32>(above_t, 0.0, 0.0, 0.0)).x + f32(ties) * exp((value_of(t) - amax) * inv_t);
+        }
+        let mass_floor = sum_of_all(lid, vec4<f32>(above, 0.0, 0.0));
+        if (top_k_on) {
+            total = mass_floor.y + f32(ties) * exp((value_of(t) - amax) * inv_t);
         }
         if (p.top_p < 1.0) {
             // The largest key whose mass (kept weight at or above it) still reaches top_p of
@@ -210,13 +247,27 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
             var lo = t;
             var hi = key_of(amax);
             var mass_above = 0.0;
+            if (mass_floor.x >= goal) {
+                lo = floor + 1u;  // (floor < the best key: the mass above it is not empty)
+            } else {
+                hi = floor;
+                mass_above = mass_floor.x;
+            }
+            // At most CAP candidates when the search is above floor (see above).
+            let n_cand = min(atomicLoad(&n_candidates), CAP);
             while (lo < hi) {
                 let mid = lo + (hi - lo + 1u) / 2u;
                 var m = 0.0;
-                for (var i = lid; i < vocab; i += WG) {
-                    if (!is_number(logits[i])) { continue; }
-                    let a = penalised(i);
-                    if (key_of(a) >= mid) { m += exp((a - amax) * inv_t); }
+                if (lo > floor) {
+                    for (var j = lid; j < n_cand; j += WG) {
+                        if (candidate_key[j] >= mid) { m += candidate_w[j]; }
+                    }
+                } else {
+                    for (var i = lid; i < vocab; i += WG) {
+                        if (!is_number(logits[i])) { continue; }
+                        let a = penalised(i);
+                        if (key_of(a) >= mid) { m += exp((a - amax) * inv_t); }
+                    }
                 }
                 let mass = sum_of_all(lid, vec4<f32>(m, 0.0, 0.0, 0.0)).x;
                 if (mass >= goal) { lo = mid; } else { hi = mid - 1u; mass_above = mass; }

@@ -73,14 +73,20 @@ impl Sampler {
     /// Picks the next token from `logits` (one per vocabulary entry) given the
     /// tokens generated or prompted so far. NaN logits are never picked.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        // Exactly one draw per sampled token, whatever follows, so that the GPU sampler
+        // (which is handed its draws ahead) follows the same stream.
+        let draw = if self.cfg.temperature == 0.0 { 0.0 } else { self.next_draw() };
+        self.sample_at(logits, history, draw)
+    }
+
+    /// [`Sampler::sample`]'s pick at the uniform `draw` in [0, 1) (unused at temperature 0),
+    /// leaving the stream alone.
+    pub fn sample_at(&self, logits: &[f32], history: &[u32], draw: f64) -> u32 {
         let mut logits = logits.to_vec();
         apply_repetition_penalty(&mut logits, history, self.cfg.repetition_penalty);
         if self.cfg.temperature == 0.0 {
             return argmax(&logits);
         }
-        // Exactly one draw per sampled token, whatever follows, so that the GPU sampler
-        // (which is handed its draws ahead) follows the same stream.
-        let draw = self.next_draw();
 
         let temperature = f64::from(self.cfg.temperature);
         let mut candidates: Vec<(u32, f64)> = (0u32..)

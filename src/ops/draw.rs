@@ -113,8 +113,11 @@ mod tests {
     use crate::ops::test_util::*;
 
     /// Draws `n` tokens from `z` on the GPU and on the CPU with the same stream, each pick
-    /// joining the history (the penalty sees it), and returns (GPU picks, CPU picks).
-    fn both(z: &[f32], cfg: &SamplerConfig, history: &[u32], n: usize) -> (Vec<Pick>, Vec<u32>) {
+    /// joining the history (the penalty sees it). Returns the GPU's picks and, per draw, the
+    /// CPU's picks at the draw and at the draw moved by 1e-6 either way: a GPU pick between the
+    /// last two other than the first is one its f32 sums may make (the draw is that close to a
+    /// bucket's edge).
+    fn both(z: &[f32], cfg: &SamplerConfig, history: &[u32], n: usize) -> (Vec<Pick>, Vec<[u32; 3]>) {
         let gpu = gpu();
         let v = z.len();
         let zt = gpu.upload_f32("z", &[1, v], z).unwrap();
@@ -130,16 +133,31 @@ mod tests {
         }
         step.submit().unwrap();
         let words = gpu.read_u32(&out).unwrap();
-        let got = words[4..].chunks(4).map(Pick::parse).collect();
+        let got: Vec<Pick> = words[4..].chunks(4).map(Pick::parse).collect();
         let mut history = history.to_vec();
-        let want = (0..n)
-            .map(|_| {
-                let id = cpu.sample(z, &history);
-                history.push(id);
-                id
+        let want = got
+            .iter()
+            .map(|p| {
+                let u = if cfg.temperature == 0.0 { 0.0 } else { cpu.next_draw() };
+                let at = |u: f64| cpu.sample_at(z, &history, u.clamp(0.0, 1.0 - f64::EPSILON));
+                let picks = [at(u), at(u - 1e-6), at(u + 1e-6)];
+                // The next draw sees the GPU's pick, so one near-edge draw does not shift the rest.
+                history.push(p.id);
+                picks
             })
             .collect();
         (got, want)
+    }
+
+    /// Every GPU pick is one of the CPU's near its draw, and almost all are exactly the CPU's.
+    fn assert_same_draws(got: &[Pick], want: &[[u32; 3]], what: &str) -> usize {
+        let mut exact = 0;
+        for (t, (g, w)) in got.iter().zip(want).enumerate() {
+            // The walk is in id order, so picks grow with the draw.
+            assert!((w[1]..=w[2]).contains(&g.id), "{what}, token {t}: GPU {} vs CPU {w:?}", g.id);
+            exact += usize::from(g.id == w[0]);
+        }
+        exact
     }
 
     #[test]
@@ -155,17 +173,20 @@ mod tests {
             SamplerConfig { temperature: 0.8, repetition_penalty: 1.5, top_p: 0.95, ..base.clone() },
             SamplerConfig { temperature: 0.0, repetition_penalty: 1.3, ..base.clone() },
         ];
-        for (v, seed) in [(3000usize, 1u64), (49152, 2), (300, 3)] {
-            let mut z = rand_vec(seed, v, 3.0);
+        let (mut exact, mut draws) = (0, 0);
+        // Flat rows send top-p's search over the whole vocabulary, peaked ones (and small
+        // ones) over the largest 1024 candidates.
+        for (v, seed, spread) in [(3000usize, 1u64, 3.0), (49152, 2, 3.0), (300, 3, 3.0), (49152, 4, 12.0)] {
+            let mut z = rand_vec(seed, v, spread);
             // NaN never picked; ties at a top-k / top-p threshold taken in id order.
             z[v / 2] = f32::NAN;
             for i in [7, v / 3, v - 2] {
-                z[i] = 3.5;
+                z[i] = spread + 0.5;
             }
             for cfg in &configs {
                 let (got, want) = both(&z, cfg, &[7, 11, 11, (v - 1) as u32], 12);
-                let ids: Vec<u32> = got.iter().map(|p| p.id).collect();
-                assert_eq!(ids, want, "vocab {v}, {cfg:?}");
+                exact += assert_same_draws(&got, &want, &format!("vocab {v}, {cfg:?}"));
+                draws += got.len();
                 let numbers: Vec<f32> = z.iter().copied().filter(|x| !x.is_nan()).collect();
                 let (lse, entropy, _) = crate::cpu::stats::logit_stats(&numbers);
                 for p in &got {
@@ -174,6 +195,7 @@ mod tests {
                 }
             }
         }
+        assert!(exact + 2 >= draws, "{exact} of {draws} draws exactly the CPU's");
     }
 
     #[test]
@@ -199,7 +221,7 @@ mod tests {
             vec![f32::NAN; 5],
         ] {
             let (got, want) = both(&z, &cfg, &[], 3);
-            assert_eq!(got.iter().map(|p| p.id).collect::<Vec<_>>(), want, "{z:?}");
+            assert_eq!(assert_same_draws(&got, &want, &format!("{z:?}")), 3);
         }
     }
 }
