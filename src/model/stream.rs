@@ -1,20 +1,25 @@
-//! Safetensors weights streamed into GPU buffers tensor by tensor (the browser's loader):
-//! each Keel tensor is created empty, and each Hugging Face tensor is written at its place
-//! ([`hf_layout`]) as it arrives, then dropped, so the host never holds the whole model.
+//! Weights streamed into GPU buffers tensor by tensor (the browser's loader): each Keel
+//! tensor is created empty, and each Hugging Face tensor (of a safetensors file, or of a
+//! GGUF read by [`super::gguf::GgufReader`]) is written at its place ([`hf_layout`]) as it
+//! arrives, then dropped, so the host never holds the whole model.
 
 use super::config::ModelConfig;
+use super::forward::packable;
 use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::GpuModel;
+use crate::cpu::quant::WeightFormat;
 use crate::gpu::{DType, Gpu, Tensor};
 use anyhow::{anyhow, bail, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Named in errors about tensors that never arrived.
-const SOURCE: &str = "the safetensors files";
+const SOURCE: &str = "the model's files";
 
 pub struct Streamer {
     weights: Weights<Tensor>,
+    /// A packed copy of a tied embedding for the LM head (see [`GpuModel::upload_weights`]).
+    head: Option<Tensor>,
     /// Keel's tensors by name (sharing `weights`' buffers).
     by_keel: HashMap<String, Tensor>,
     /// The places of the tensors still to come, and of those that came.
@@ -26,18 +31,34 @@ pub struct Streamer {
 
 impl Streamer {
     /// Creates `cfg`'s Keel tensors empty; every one is checked against the binding limit
-    /// before any is created.
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig) -> Result<Streamer> {
+    /// before any is created. `formats` gives the packed format of the Hugging Face tensors
+    /// that will arrive packed (a GGUF's, see [`super::gguf::hf_formats`]; the others come as
+    /// f32): as `GpuModel::upload_with(.., WeightChoice::Auto)` does, a matrix-product weight
+    /// whose parts all come in one packed format is held in it, and so is the LM head's copy
+    /// of a packed tied embedding.
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, formats: &BTreeMap<String, WeightFormat>) -> Result<Streamer> {
         let (shapes, places) = hf_layout(cfg);
         shapes.try_map(|name, shape| gpu.check_binding(name, shape))?;
-        let weights = shapes.try_map(|name, shape| gpu.zeros(name, shape, DType::F32))?;
+        let format = |hf: &str| formats.get(hf).copied().unwrap_or(WeightFormat::F32);
+        let dtype = |f: WeightFormat| if f == WeightFormat::F32 { DType::F32 } else { DType::Packed(f) };
+        let weights = shapes.try_map(|name, shape| {
+            let mut parts = places.iter().filter(|p| p.keel == name).map(|p| format(&p.hf));
+            let first = parts.next().unwrap_or(WeightFormat::F32);
+            let packed = packable(name) && parts.all(|f| f == first);
+            gpu.zeros(name, shape, dtype(if packed { first } else { WeightFormat::F32 }))
+        })?;
+        let embed_format =
+            places.iter().find(|p| p.keel == "embed").map_or(WeightFormat::F32, |p| format(&p.hf));
+        let head = (weights.lm_head.is_none() && embed_format != WeightFormat::F32)
+            .then(|| gpu.zeros("lm_head (tied)", &weights.embed.shape, dtype(embed_format)))
+            .transpose()?;
         let by_keel = weights.named().into_iter().map(|(name, t)| (name, t.clone())).collect();
         let order = places.iter().map(|p| p.hf.clone()).collect();
         let waiting = places.into_iter().map(|p| (p.hf.clone(), p)).collect();
-        Ok(Streamer { weights, by_keel, waiting, arrived: HashMap::new(), order })
+        Ok(Streamer { weights, head, by_keel, waiting, arrived: HashMap::new(), order })
     }
 
-    /// Writes one Hugging Face tensor of file `file` (f32) at its place.
+    /// Writes one Hugging Face tensor of file `file` at its place.
     pub fn tensor(&mut self, gpu: &Gpu, file: &str, t: HostTensor) -> Result<()> {
         let Some(place) = self.waiting.get(&t.name) else {
             if self.arrived.contains_key(&t.name) {
@@ -52,10 +73,10 @@ impl Streamer {
         let place = self.waiting.remove(&t.name).unwrap();
         let t = if place.transpose { transpose(t) } else { t };
         let target = &self.by_keel[&place.keel];
-        let row_elems: usize = target.shape[1..].iter().product();
-        if !t.data.is_empty() {
-            let offset = (place.row * row_elems * 4) as u64;
-            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(&t.data));
+        let cols = target.shape[1..].iter().product();
+        write_rows(gpu, file, target, place.row, cols, &t)?;
+        if let (Some(head), "embed") = (&self.head, place.keel.as_str()) {
+            write_rows(gpu, file, head, 0, cols, &t)?;
         }
         self.arrived.insert(place.hf.clone(), place);
         Ok(())
@@ -74,8 +95,33 @@ impl Streamer {
         if streamed != wanted {
             return Err(anyhow!("the config changed while the weights streamed"));
         }
-        GpuModel::assemble(gpu, cfg, self.weights, None)
+        GpuModel::assemble(gpu, cfg, self.weights, self.head)
     }
+}
+
+/// Writes `t` into `target` from row `row` on (rows of `cols` elements): its packed words
+/// into a packed tensor of its format, else its f32 values.
+fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t: &HostTensor) -> Result<()> {
+    let fmt = target.format();
+    let values;
+    let words: &[u32] = match t.packed_words() {
+        _ if fmt == WeightFormat::F32 => {
+            values = t.values();
+            bytemuck::cast_slice(&values)
+        }
+        Some((f, words)) if f == fmt => words,
+        _ => bail!(
+            "{file}: tensor '{}' comes as {} but its GPU tensor holds {}",
+            t.name,
+            t.format().name(),
+            fmt.name()
+        ),
+    };
+    if !words.is_empty() {
+        let offset = (fmt.words(row, cols) * 4) as u64;
+        gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -98,7 +144,7 @@ mod tests {
             }
             let loaded = crate::model::load(&src).unwrap();
             let uploaded = GpuModel::upload(gpu, &loaded).unwrap();
-            let mut streamer = Streamer::new(gpu, &loaded.config).unwrap();
+            let mut streamer = Streamer::new(gpu, &loaded.config, &BTreeMap::new()).unwrap();
             let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
             let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -134,7 +180,7 @@ mod tests {
             return;
         }
         let cfg = crate::model::load(&src).unwrap().config;
-        let mut s = Streamer::new(gpu, &cfg).unwrap();
+        let mut s = Streamer::new(gpu, &cfg, &BTreeMap::new()).unwrap();
         let norm = |name: &str, n: usize| HostTensor::new(name, vec![n], vec![1.0; n]);
         let err = s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden + 1)).unwrap_err().to_string();
         assert!(err.contains("f: tensor 'model.norm.weight' has shape"), "{err}");
