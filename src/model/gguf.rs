@@ -1518,4 +1518,95 @@ mod tests {
         let msg = tokenizer_json(&parse(&odd).unwrap()).unwrap_err().to_string();
         assert!(msg.contains("'mystery' is not supported"), "{msg}");
     }
+
+    /// Pushes `bytes` of a file of `size` bytes through a reader in chunks of `sizes`
+    /// (cycled): the tensors, sorted by name, or the first error.
+    fn stream(bytes: &[u8], size: usize, sizes: &[usize]) -> Result<Vec<HostTensor>> {
+        let mut reader = GgufReader::new("f.gguf", size as u64);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        for &n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, r) = rest.split_at(n.min(rest.len()));
+            rest = r;
+            reader.push(chunk, &mut |_, t| {
+                out.push(t);
+                Ok(())
+            })?;
+        }
+        reader.finish()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn whole(bytes: &[u8]) -> Vec<HostTensor> {
+        let mut tensors = to_hf(bytes).unwrap().1;
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    }
+
+    #[test]
+    fn fixture_pushed_in_odd_chunks_converts_like_the_whole_file() {
+        let Some(bytes) = fixture() else { return };
+        let streamed = stream(bytes, bytes.len(), &[1, 7, 4096, 1 << 20, 3]).unwrap();
+        assert!(streamed == whole(bytes), "the same tensors, packed alike");
+    }
+
+    /// Where the offset of tensor `name` (one dimension) lies in a built file.
+    fn offset_field(bytes: &[u8], name: &str) -> usize {
+        let key = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+        bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4 + 8 + 4
+    }
+
+    #[test]
+    fn pushed_files_in_any_table_order_and_bad_ones() {
+        let tiny = tiny_model("llama");
+        for sizes in [&[1][..], &[5, 64], &[1 << 20]] {
+            assert!(stream(&tiny, tiny.len(), sizes).unwrap() == whole(&tiny), "{sizes:?}");
+        }
+        // The table lists two tensors of one size with their data swapped: read in data order.
+        let mut swapped = tiny.clone();
+        let (a, b) =
+            (offset_field(&tiny, "blk.0.attn_norm.weight"), offset_field(&tiny, "output_norm.weight"));
+        for (from, to) in [(a, b), (b, a)] {
+            swapped[to..to + 8].copy_from_slice(&tiny[from..from + 8]);
+        }
+        assert_ne!(swapped, tiny);
+        assert!(stream(&swapped, swapped.len(), &[3]).unwrap() == whole(&swapped));
+
+        let err = |bytes: &[u8], size: usize| stream(bytes, size, &[7]).unwrap_err().to_string();
+        let mut overlapping = tiny.clone();
+        overlapping[b..b + 8].copy_from_slice(&tiny[a..a + 8]);
+        let msg = err(&overlapping, tiny.len());
+        assert!(
+            msg.starts_with("f.gguf: GGUF tensors 'blk.0.attn_norm.weight' (bytes ")
+                && msg.ends_with("overlap"),
+            "{msg}"
+        );
+        let msg = err(&tiny[..tiny.len() - 1], tiny.len());
+        assert!(
+            msg.contains("f.gguf: only")
+                && msg.contains("tensor 'output.weight' (bytes")
+                && msg.contains("is incomplete"),
+            "{msg}"
+        );
+        let msg = err(&tiny[..40], tiny.len());
+        assert!(msg.contains("only 40 of its") && msg.contains("before the end of its header"), "{msg}");
+        let msg = err(&tiny[..tiny.len() - 1], tiny.len() - 1);
+        assert!(
+            msg.starts_with("f.gguf: GGUF tensor 'output.weight': data [")
+                && msg.contains("extends past end of file"),
+            "{msg}"
+        );
+        let msg = err(&[&tiny[..], &[0; 10]].concat(), tiny.len() + 5);
+        assert!(msg.contains(&format!("more than the {} bytes", tiny.len() + 5)), "{msg}");
+        let zip = [&b"PK\x03\x04"[..], &[0; 100]].concat();
+        let msg = err(&zip, 1 << 30);
+        assert!(msg.starts_with("f.gguf: not a GGUF file"), "{msg}");
+        let q4_k = Builder::default().tensor("q4_k", &[256], 12, &[0; 144]).build();
+        let msg = err(&q4_k, q4_k.len());
+        assert!(msg.contains("'q4_k': ggml type 12 (Q4_K) is not supported"), "{msg}");
+    }
 }

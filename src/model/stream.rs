@@ -127,7 +127,9 @@ fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::gguf::{self, GgufFile, GgufReader};
     use crate::model::load::streamed_tensor;
+    use crate::model::WeightChoice;
     use serde_json::Value;
     use std::path::Path;
 
@@ -169,6 +171,59 @@ mod tests {
             let first = |m: &GpuModel| gpu.read_u32(&m.weights.blocks[0].qkv).unwrap();
             assert_eq!(first(&copy), first(&streamed), "{name}");
         }
+    }
+
+    /// The SmolLM2 GGUF pushed through a [`GgufReader`] in odd chunk sizes, each tensor
+    /// streamed as the page does, gives GPU weights bit-identical to the native
+    /// `--weights auto` upload: Q4_1 linears and the Q8_0 head stay packed.
+    #[test]
+    fn streamed_gguf_matches_the_auto_upload() {
+        let gpu = crate::ops::test_util::gpu();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !path.exists() {
+            eprintln!("SKIPPED: fixture {} absent", path.display());
+            return;
+        }
+        let loaded = crate::model::load(&path).unwrap();
+        let uploaded = GpuModel::upload_with(gpu, &loaded, WeightChoice::Auto).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = "model.gguf";
+        let mut reader = GgufReader::new(file, bytes.len() as u64);
+        let mut streamer: Option<Streamer> = None;
+        let mut rest = &bytes[..];
+        for n in [1, 7, 4096, 1 << 20].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, r) = rest.split_at(n.min(rest.len()));
+            rest = r;
+            let mut place = |header: &GgufFile, t| {
+                let s = match &mut streamer {
+                    Some(s) => s,
+                    None => {
+                        let cfg = ModelConfig::from_hf(&gguf::hf_config(header)?, file)?;
+                        streamer.insert(Streamer::new(gpu, &cfg, &gguf::hf_formats(header)?)?)
+                    }
+                };
+                s.tensor(gpu, file, t)
+            };
+            reader.push(chunk, &mut place).unwrap();
+        }
+        reader.finish().unwrap();
+        let streamed = streamer.unwrap().finish(gpu, &loaded.config).unwrap();
+        assert_eq!(streamed.formats(), (WeightFormat::Q4_1, WeightFormat::Q8_0));
+        assert_eq!(streamed.formats(), uploaded.formats());
+        let same = |what: &str, a: &Tensor, b: &Tensor| {
+            assert_eq!((&a.shape, a.dtype), (&b.shape, b.dtype), "{what}");
+            assert_eq!(gpu.read_u32(a).unwrap(), gpu.read_u32(b).unwrap(), "{what}");
+        };
+        let (a, b) = (uploaded.weights.named(), streamed.weights.named());
+        assert_eq!(a.len(), b.len());
+        for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+            same(name, ta, tb);
+        }
+        same("the tied head", uploaded.head_weight(), streamed.head_weight());
     }
 
     #[test]
