@@ -617,20 +617,21 @@ pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
     let rows = shape.first().copied().unwrap_or(1);
-    let unpermute =
-        |n_heads: Option<u64>| -> Option<usize> { n_heads.filter(|_| permuted).map(|n| n as usize) };
     let fail = |e: anyhow::Error| anyhow!("GGUF tensor '{}': {e}", info.name);
+    // The head count of llama's q/k rows to un-permute.
+    let unpermute =
+        rope_heads.filter(|_| permuted).map(usize::try_from).transpose().map_err(|e| fail(e.into()))?;
     let t = match packed_format(info.ggml_type).filter(|f| shape.len() == 2 && f.fits(shape[1])) {
         Some(fmt) => {
             let mut words = quant::from_ggml(fmt, data);
-            if let Some(n) = unpermute(rope_heads) {
+            if let Some(n) = unpermute {
                 words = unpermute_rows(&words, rows, n).map_err(fail)?;
             }
             HostTensor::packed(hf, shape, fmt, words)
         }
         None => {
             let mut values = decode(info, data)?;
-            if let Some(n) = unpermute(rope_heads) {
+            if let Some(n) = unpermute {
                 values = unpermute_rows(&values, rows, n).map_err(fail)?;
             }
             HostTensor::new(hf, shape, values)

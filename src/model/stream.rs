@@ -8,7 +8,7 @@ use super::forward::packable;
 use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::GpuModel;
-use crate::cpu::quant::WeightFormat;
+use crate::cpu::quant::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Tensor};
 use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -99,27 +99,34 @@ impl Streamer {
     }
 }
 
+/// Rows of a packed tensor dequantized at a time into an f32 one.
+const DEQUANTIZED_ROWS: usize = 256;
+
 /// Writes `t` into `target` from row `row` on (rows of `cols` elements): its packed words
-/// into a packed tensor of its format, else its f32 values.
+/// into a packed tensor of its format, else its f32 values (a packed tensor's a few rows at a
+/// time, so that no f32 copy of the whole tensor is made: SmolLM2's embedding is 113 MB as f32).
 fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t: &HostTensor) -> Result<()> {
     let fmt = target.format();
-    let values;
-    let words: &[u32] = match t.packed_words() {
-        _ if fmt == WeightFormat::F32 => {
-            values = t.values();
-            bytemuck::cast_slice(&values)
+    let write = |row: usize, words: &[u32]| {
+        if !words.is_empty() {
+            let offset = (fmt.words(row, cols) * 4) as u64;
+            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
         }
-        Some((f, words)) if f == fmt => words,
+    };
+    match t.packed_words() {
+        Some((f, words)) if f == fmt => write(row, words),
+        Some((f, words)) if fmt == WeightFormat::F32 => {
+            for (i, rows) in words.chunks(f.words(DEQUANTIZED_ROWS, cols)).enumerate() {
+                write(row + i * DEQUANTIZED_ROWS, bytemuck::cast_slice(&quant::dequantize(f, rows)));
+            }
+        }
+        None if fmt == WeightFormat::F32 => write(row, bytemuck::cast_slice(&t.values())),
         _ => bail!(
             "{file}: tensor '{}' comes as {} but its GPU tensor holds {}",
             t.name,
             t.format().name(),
             fmt.name()
         ),
-    };
-    if !words.is_empty() {
-        let offset = (fmt.words(row, cols) * 4) as u64;
-        gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
     }
     Ok(())
 }
