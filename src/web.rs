@@ -67,8 +67,8 @@ impl Engine {
         Loader { gpu: self.gpu, files: HashMap::new(), stream: None, gguf: None }
     }
 
-    /// The model the loader was given: its streamed weights, or its files (a GGUF, or
-    /// safetensors given whole) read and uploaded.
+    /// The model the loader was given: its streamed weights (safetensors tensors, or a
+    /// GGUF's chunks), or its files given whole, read and uploaded.
     pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
         let fits = |e: anyhow::Error| js_err(anyhow!("the model does not fit this adapter: {e:#}"));
         let (config, tokenizer, gpu_model) = match (loader.gguf, loader.stream) {
@@ -140,6 +140,9 @@ impl Loader {
     pub fn gguf_begin(&mut self, name: String, size: f64) -> Result<(), JsValue> {
         if let Some((other, _)) = &self.gguf {
             return Err(js_err(anyhow!("several .gguf files ({other}, {name}); give one")));
+        }
+        if self.stream.is_some() {
+            return Err(js_err(anyhow!("{name} and safetensors tensors: give one model's weights")));
         }
         self.gguf = Some((name.clone(), GgufReader::new(&name, size as u64)));
         Ok(())
