@@ -6,9 +6,13 @@
 //! beyond these three.
 
 use crate::cpu::optim::AdamW;
+use crate::cpu::quant::WeightFormat;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::model::load::{load_config_and_tokenizer, load_files, parse_config, streamed_tensor};
+use crate::model::gguf::{self, GgufFile, GgufReader};
+use crate::model::load::{
+    gguf_config_and_tokenizer, load_config_and_tokenizer, load_files, parse_config, streamed_tensor,
+};
 use crate::model::stream::Streamer;
 use crate::model::{GpuModel, ModelConfig};
 use crate::modulate::LcmConfig;
@@ -60,20 +64,31 @@ impl Engine {
 
     /// A loader for one model's files.
     pub fn loader(&self) -> Loader {
-        Loader { gpu: self.gpu, files: HashMap::new(), stream: None }
+        Loader { gpu: self.gpu, files: HashMap::new(), stream: None, gguf: None }
     }
 
-    /// The model the loader was given: its streamed weights, or its files (a GGUF, or
-    /// safetensors given whole) read and uploaded.
+    /// The model the loader was given: its streamed weights (safetensors tensors, or a
+    /// GGUF's chunks), or its files given whole, read and uploaded.
     pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
         let fits = |e: anyhow::Error| js_err(anyhow!("the model does not fit this adapter: {e:#}"));
-        let (config, tokenizer, gpu_model) = match loader.stream {
-            Some(stream) => {
+        let (config, tokenizer, gpu_model) = match (loader.gguf, loader.stream) {
+            (Some((name, reader)), stream) => {
+                let header = reader.finish().map_err(js_err)?;
+                let (config, tokenizer) =
+                    gguf_config_and_tokenizer(&loader.files, &header, &name).map_err(js_err)?;
+                let stream = match stream {
+                    Some(stream) => stream,
+                    None => gguf_streamer(self.gpu, &header, &name).map_err(js_err)?,
+                };
+                let gpu_model = stream.finish(self.gpu, &config).map_err(js_err)?;
+                (config, tokenizer, gpu_model)
+            }
+            (None, Some(stream)) => {
                 let (config, tokenizer) = load_config_and_tokenizer(&loader.files).map_err(js_err)?;
                 let gpu_model = stream.finish(self.gpu, &config).map_err(js_err)?;
                 (config, tokenizer, gpu_model)
             }
-            None => {
+            (None, None) => {
                 let host = load_files(&loader.files).map_err(js_err)?;
                 let gpu_model = GpuModel::upload(self.gpu, &host).map_err(fits)?;
                 (host.config, host.tokenizer, gpu_model)
@@ -90,15 +105,27 @@ impl Engine {
     }
 }
 
-/// A model's files as they arrive: whole small files (config.json, tokenizer.json, a .gguf)
-/// and safetensors tensors one at a time, each written into its GPU buffer as it comes (so a
-/// safetensors file is never whole in memory). config.json must come before the tensors.
+/// A model's files as they arrive: whole small files (config.json, tokenizer.json), and the
+/// weights tensor by tensor, each written into its GPU buffer as it comes, so that no weights
+/// file is ever whole in memory: safetensors tensors one at a time (config.json must come
+/// before them), or a .gguf's bytes in chunks, in order ([`GgufReader`]: its config and
+/// vocabulary come from its header).
 #[wasm_bindgen]
 pub struct Loader {
     gpu: &'static Gpu,
     files: HashMap<String, Vec<u8>>,
-    /// The GPU tensors being filled, from the first tensor on.
+    /// The GPU tensors being filled, from the first tensor on (a GGUF's: from its header on).
     stream: Option<Streamer>,
+    /// The .gguf file being read, by name.
+    gguf: Option<(String, GgufReader)>,
+}
+
+/// The empty GPU tensors of a GGUF model, from its header: packed where its file packs them.
+fn gguf_streamer(gpu: &Gpu, header: &GgufFile, name: &str) -> Result<Streamer> {
+    let hf_config = gguf::hf_config(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    let config = ModelConfig::from_hf(&hf_config, name)?;
+    let formats = gguf::hf_formats(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    Streamer::new(gpu, &config, &formats).map_err(|e| anyhow!("the model does not fit this adapter: {e:#}"))
 }
 
 #[wasm_bindgen]
@@ -106,6 +133,40 @@ impl Loader {
     /// A whole file of the model's folder, by name.
     pub fn file(&mut self, name: String, bytes: Vec<u8>) {
         self.files.insert(name, bytes);
+    }
+
+    /// Starts .gguf file `name` of `size` bytes; its bytes then come through
+    /// [`Loader::gguf_chunk`].
+    pub fn gguf_begin(&mut self, name: String, size: f64) -> Result<(), JsValue> {
+        if let Some((other, _)) = &self.gguf {
+            return Err(js_err(anyhow!("several .gguf files ({other}, {name}); give one")));
+        }
+        if self.stream.is_some() {
+            return Err(js_err(anyhow!("{name} and safetensors tensors: give one model's weights")));
+        }
+        self.gguf = Some((name.clone(), GgufReader::new(&name, size as u64)));
+        Ok(())
+    }
+
+    /// The .gguf file's next bytes, in order: each tensor they complete is written into its
+    /// GPU buffer and dropped.
+    pub fn gguf_chunk(&mut self, bytes: &[u8]) -> Result<(), JsValue> {
+        let (gpu, stream) = (self.gpu, &mut self.stream);
+        let (name, reader) =
+            self.gguf.as_mut().ok_or_else(|| js_err(anyhow!("GGUF bytes came before gguf_begin")))?;
+        let mut place = |header: &GgufFile, t| {
+            let stream = match stream {
+                Some(stream) => stream,
+                None => stream.insert(gguf_streamer(gpu, header, name)?),
+            };
+            stream.tensor(gpu, name, t)
+        };
+        reader.push(bytes, &mut place).map_err(js_err)?;
+        // A header the model cannot load from is refused before its weights are read.
+        if let (Some(header), None) = (reader.header(), &*stream) {
+            *stream = Some(gguf_streamer(gpu, header, name).map_err(js_err)?);
+        }
+        Ok(())
     }
 
     /// One tensor of safetensors file `file`, as its header entry describes it.
@@ -118,6 +179,9 @@ impl Loader {
         bytes: &[u8],
     ) -> Result<(), JsValue> {
         let shape = shape.into_iter().map(|d| d as usize).collect();
+        if let Some((gguf, _)) = &self.gguf {
+            return Err(js_err(anyhow!("{file} and {gguf}: give one model's weights")));
+        }
         let t = streamed_tensor(file, name, dtype, shape, bytes).map_err(js_err)?;
         let stream = match &mut self.stream {
             Some(stream) => stream,
@@ -128,7 +192,7 @@ impl Loader {
                     ))
                 })?;
                 let config = parse_config(bytes, "config.json").map_err(js_err)?;
-                let stream = Streamer::new(self.gpu, &config)
+                let stream = Streamer::new(self.gpu, &config, &Default::default())
                     .map_err(|e| js_err(anyhow!("the model does not fit this adapter: {e:#}")))?;
                 self.stream.insert(stream)
             }
@@ -249,6 +313,13 @@ impl Model {
         wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
                 let r: FinetuneRequest = serde_json::from_str(&request)?;
+                let (linear, head) = loaded.formats();
+                if let Some(f) = [linear, head].into_iter().find(|&f| f != WeightFormat::F32) {
+                    anyhow::bail!(
+                        "fine-tuning needs f32 weights, and this model keeps its GGUF file's {} weights packed; fine-tune a safetensors model",
+                        f.name()
+                    );
+                }
                 let rows =
                     pack_text(&r.text, "the training text", &host.tokenizer, r.seq_len, host.config.vocab)?;
                 let data = TrainData::from_rows(rows, r.seq_len)?;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::server::serve;
+use common::server::serve_with;
 use common::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -79,6 +79,99 @@ fn native_losses(model: &Path) -> Vec<f64> {
     log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
 }
 
+/// Writes stories260k as llama.cpp's converter would into `dir/model.gguf`, beside a copy of
+/// its tokenizer.json and generation_config.json: q/k rows permuted for llama.cpp's RoPE,
+/// weights whose rows are whole 32-blocks as Q8_0 (the others F32).
+fn write_gguf(model: &Path, dir: &Path) {
+    for f in ["tokenizer.json", "generation_config.json"] {
+        std::fs::copy(model.join(f), dir.join(f)).unwrap();
+    }
+    let cfg: Value = serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let n = |k: &str| cfg[k].as_u64().unwrap();
+    let st = std::fs::read(model.join("model.safetensors")).unwrap();
+    let tensors = keel::model::load::read_safetensors(&st, "model.safetensors").unwrap();
+    let s = |v: &str| [&(v.len() as u64).to_le_bytes()[..], v.as_bytes()].concat();
+    let mut kvs = vec![[s("general.architecture"), 8u32.to_le_bytes().to_vec(), s("llama")].concat()];
+    for (k, v) in [
+        ("embedding_length", n("hidden_size")),
+        ("block_count", n("num_hidden_layers")),
+        ("attention.head_count", n("num_attention_heads")),
+        ("attention.head_count_kv", n("num_key_value_heads")),
+        ("feed_forward_length", n("intermediate_size")),
+        ("context_length", n("max_position_embeddings")),
+    ] {
+        kvs.push(
+            [s(&format!("llama.{k}")), 4u32.to_le_bytes().to_vec(), (v as u32).to_le_bytes().to_vec()]
+                .concat(),
+        );
+    }
+    let eps = cfg["rms_norm_eps"].as_f64().unwrap() as f32;
+    kvs.push(
+        [
+            s("llama.attention.layer_norm_rms_epsilon"),
+            6u32.to_le_bytes().to_vec(),
+            eps.to_le_bytes().to_vec(),
+        ]
+        .concat(),
+    );
+    let (mut table, mut data) = (Vec::new(), Vec::new());
+    for t in &tensors {
+        let gguf_name = t
+            .name
+            .replace("model.embed_tokens", "token_embd")
+            .replace("model.norm", "output_norm")
+            .replace("model.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("self_attn.q_proj", "attn_q")
+            .replace("self_attn.k_proj", "attn_k")
+            .replace("self_attn.v_proj", "attn_v")
+            .replace("self_attn.o_proj", "attn_output")
+            .replace("mlp.gate_proj", "ffn_gate")
+            .replace("mlp.up_proj", "ffn_up")
+            .replace("mlp.down_proj", "ffn_down");
+        let mut values = t.values().into_owned();
+        let heads = [("attn_q", "num_attention_heads"), ("attn_k", "num_key_value_heads")]
+            .into_iter()
+            .find(|(part, _)| gguf_name.contains(part));
+        if let Some((_, key)) = heads {
+            // Within each head, llama.cpp's row 2i + s is Hugging Face's row s·half + i.
+            let (rows, cols, n_head) = (t.shape[0], t.shape[1], n(key) as usize);
+            let half = rows / n_head / 2;
+            let src = values.clone();
+            for (r, row) in values.chunks_mut(cols).enumerate() {
+                let (h, i, s) = (r / (2 * half), r % (2 * half) / 2, r % 2);
+                row.copy_from_slice(&src[(h * 2 * half + s * half + i) * cols..][..cols]);
+            }
+        }
+        let q8 = t.shape.len() == 2 && t.shape[1] % 32 == 0;
+        data.resize(data.len().next_multiple_of(32), 0);
+        table.extend(s(&gguf_name));
+        table.extend((t.shape.len() as u32).to_le_bytes());
+        t.shape.iter().rev().for_each(|&d| table.extend((d as u64).to_le_bytes()));
+        table.extend(if q8 { 8u32 } else { 0 }.to_le_bytes());
+        table.extend((data.len() as u64).to_le_bytes());
+        if q8 {
+            for block in values.chunks(32) {
+                let d = block.iter().fold(0.0f32, |m, x| m.max(x.abs())) / 127.0;
+                data.extend(half::f16::from_f32(d).to_le_bytes());
+                data.extend(block.iter().map(|x| if d == 0.0 { 0 } else { (x / d).round() as i8 as u8 }));
+            }
+        } else {
+            values.iter().for_each(|v| data.extend(v.to_le_bytes()));
+        }
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    kvs.iter().for_each(|kv| out.extend(kv));
+    out.extend(table);
+    out.resize(out.len().next_multiple_of(32), 0);
+    out.extend(data);
+    std::fs::write(dir.join("model.gguf"), out).unwrap();
+}
+
 #[test]
 fn page_generates_and_finetunes_like_the_native_cli() {
     let Some(model) = stories() else { return };
@@ -87,7 +180,13 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let server = serve(&model);
+    let gguf_dir = TempDir::new("browser-gguf");
+    let gguf = gguf_dir.path("stories260k-q8_0");
+    std::fs::create_dir(&gguf).unwrap();
+    write_gguf(&model, &gguf);
+    let no_cache = shared().join("no-cache-here");
+    let server =
+        serve_with(&["--model", model.to_str().unwrap(), "--model", gguf.to_str().unwrap()], &no_cache);
     let origin = format!("http://127.0.0.1:{}/", server.port);
     let screenshot = root.join("target/browser-demo.png");
     let local_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
@@ -97,6 +196,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         "local_files": local_files,
         "lcm": {"gamma": 0.2, "layers": "2-4"},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
+        "gguf": "stories260k-q8_0",
         "screenshot": screenshot,
     });
     let run = Command::new("node")
@@ -147,6 +247,12 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     for (step, (p, c)) in page_losses.iter().zip(&cli_losses).enumerate() {
         assert!((p - c).abs() <= 1e-5 + 1e-4 * c.abs(), "step {step}: page loss {p}, keel finetune {c}");
     }
+
+    // The served GGUF, streamed chunk by chunk: its packed weights give keel generate's tokens.
+    let gguf_ids = native_ids(&gguf, &[]);
+    assert_eq!(got["gguf"]["ids"], gguf_ids, "greedy tokens of the served GGUF ({})", got["gguf"]["status"]);
+    let refusal = got["gguf"]["finetune"].as_str().unwrap();
+    assert!(refusal.contains("fine-tuning needs f32 weights") && refusal.contains("q8_0"), "{refusal}");
 
     // The weights came header first, then one Range request per tensor.
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();

@@ -228,8 +228,11 @@ fn lora_finetune_writes_an_adapter_that_merges() {
     let lora = keel::model::adapter::Lora::load(&adapter, &want.config).unwrap();
     lora.merge_into(&mut want.weights);
     let got = model::load(&merged).unwrap();
-    assert_eq!(got.weights.blocks[1].qkv.data, want.weights.blocks[1].qkv.data);
-    assert_ne!(got.weights.blocks[1].qkv.data, model::load(&stories).unwrap().weights.blocks[1].qkv.data);
+    assert_eq!(got.weights.blocks[1].qkv.values(), want.weights.blocks[1].qkv.values());
+    assert_ne!(
+        got.weights.blocks[1].qkv.values(),
+        model::load(&stories).unwrap().weights.blocks[1].qkv.values()
+    );
     // Merging an adapter into a model of another shape is refused.
     let gpt2 = shared().join("models/tiny-gpt2");
     fails(

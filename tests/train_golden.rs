@@ -99,7 +99,7 @@ fn check_training(
             let got = grads.to_hf(&cfg);
             assert_eq!(got.len(), want_norms.len(), "{name}: number of parameters");
             for t in got {
-                let norm = t.data.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                let norm = t.values().iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
                 let want =
                     want_norms[&t.name].as_f64().unwrap_or_else(|| panic!("no golden norm for {}", t.name));
                 assert!(
@@ -194,9 +194,9 @@ fn lora_gradients_follow_from_the_merged_model() {
     for (l, block) in lora.blocks.iter().enumerate() {
         for (i, p) in block.iter().enumerate() {
             let g = if p.slot.linear == Linear::Qkv { &dw.blocks[l].qkv } else { &dw.blocks[l].up };
-            let inp = g.shape[1];
+            let (inp, g) = (g.shape[1], g.values());
             let out = p.slot.rows.len();
-            let d = |r: usize, j: usize| g.data[(p.slot.rows.start + r) * inp + j] as f64;
+            let d = |r: usize, j: usize| g[(p.slot.rows.start + r) * inp + j] as f64;
             let want_da: Vec<f64> = (0..rank * inp)
                 .map(|kj| {
                     scale * (0..out).map(|r| p.b[r * rank + kj / inp] as f64 * d(r, kj % inp)).sum::<f64>()
@@ -211,7 +211,7 @@ fn lora_gradients_follow_from_the_merged_model() {
             for (what, got, want) in [("A", &grads[at], &want_da), ("B", &grads[at + 1], &want_db)] {
                 let largest = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                 assert!(largest > 0.0, "a zero gradient would not test anything");
-                for (k, (g, w)) in got.data.iter().zip(want.iter()).enumerate() {
+                for (k, (g, w)) in got.values().iter().zip(want.iter()).enumerate() {
                     let ok = (*g as f64 - w).abs() <= 1e-4 * largest + 1e-7;
                     assert!(ok, "block {l} {:?} d{what}[{k}]: {g} vs {w}", p.slot.module);
                 }
@@ -308,7 +308,8 @@ fn lcm_training_gradient_matches_finite_differences() {
                 ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
             })
             .collect();
-        let along: f64 = grads.blocks[0].qkv.data.iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
+        let along: f64 =
+            grads.blocks[0].qkv.values().iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
         let eps = 1e-3f32;
         let loss_at = |sign: f32| {
             let moved: Vec<f32> = w0.iter().zip(&dir).map(|(w, d)| w + sign * eps * d).collect();
@@ -559,7 +560,7 @@ fn hgc_on_the_update_matches_cpu() {
                    l: usize| {
         let t = w.blocks[l].linear(slot.linear);
         let cols = t.shape[1];
-        t.data[slot.rows.start * cols..slot.rows.end * cols].to_vec()
+        t.values()[slot.rows.start * cols..slot.rows.end * cols].to_vec()
     };
     let raw: Vec<(String, Vec<Vec<f32>>)> = slots
         .iter()
@@ -620,7 +621,7 @@ fn hgc_constricts_lora_adapters_like_cpu() {
         .map(|k| {
             let module = lora.blocks[0][k / 2].slot.module;
             let name = format!("{module}.lora_{}", ["A", "B"][k % 2]);
-            (name, (0..cfg.layers).map(|l| raw[l * per_block + k].data.clone()).collect())
+            (name, (0..cfg.layers).map(|l| raw[l * per_block + k].values().into_owned()).collect())
         })
         .collect();
     let lambdas = check_lambda(&lambda.unwrap(), &kinds, &settings.hgc);
@@ -630,7 +631,7 @@ fn hgc_constricts_lora_adapters_like_cpu() {
             let got = &got[l * per_block + k];
             assert!(got.name.ends_with(&format!("lora.{}.{}", k / 2, ["A", "B"][k % 2])), "{}", got.name);
             let largest = want[l].iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            for (i, (g, w)) in got.data.iter().zip(&want[l]).enumerate() {
+            for (i, (g, w)) in got.values().iter().zip(&want[l]).enumerate() {
                 assert!((g - w).abs() <= 1e-4 * largest, "{kind} block {l} [{i}]: {g} vs {w}");
             }
         }

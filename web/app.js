@@ -84,9 +84,18 @@ async function listServerModels() {
   }
 }
 
+// As natively: a folder with config.json is a safetensors model, whatever .gguf it also holds.
+const modelFiles = (files) => files.some((f) => f.name === 'config.json') ? files.filter((f) => !f.name.endsWith('.gguf')) : files;
+
 async function loadFromServer(name, files) {
-  await loadModel(name, (loader) => smallFilesFirst(files, async (f) => {
+  await loadModel(name, (loader) => smallFilesFirst(modelFiles(files), async (f) => {
     const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
+    if (f.name.endsWith('.gguf')) {
+      const r = await fetch(url);
+      if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
+      await streamGguf(loader, f.name, f.size, r.body);
+      return;
+    }
     if (f.name.endsWith('.safetensors')) {
       await streamSafetensors(loader, f.name, f.size, async (first, last) => {
         const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
@@ -107,8 +116,10 @@ async function loadLocal(fileList) {
     status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
     return;
   }
-  await loadModel('local files', (loader) => smallFilesFirst(files, async (f) => {
-    if (f.name.endsWith('.safetensors')) {
+  await loadModel('local files', (loader) => smallFilesFirst(modelFiles(files), async (f) => {
+    if (f.name.endsWith('.gguf')) {
+      await streamGguf(loader, f.name, f.size, f.stream());
+    } else if (f.name.endsWith('.safetensors')) {
       await streamSafetensors(loader, f.name, f.size,
         async (first, last) => new Uint8Array(await f.slice(first, last + 1).arrayBuffer()));
     } else {
@@ -118,9 +129,9 @@ async function loadLocal(fileList) {
 }
 
 // Runs `load` on the small files (config.json first among them) and only then on the
-// safetensors files: the loader needs config.json to place each tensor it is given.
+// weights files: the loader needs config.json to place each safetensors tensor it is given.
 async function smallFilesFirst(files, load) {
-  const big = (f) => f.name.endsWith('.safetensors');
+  const big = (f) => /\.(safetensors|gguf)$/.test(f.name);
   await Promise.all(files.filter((f) => !big(f)).map(load));
   for (const f of files.filter(big)) await load(f);
 }
@@ -157,13 +168,41 @@ async function streamSafetensors(loader, file, size, readRange) {
   }
 }
 
+// A .gguf file's bytes as they arrive (`body`: a File's or a fetch response's stream), chunk
+// by chunk into the loader, which keeps its header and one tensor at a time.
+async function streamGguf(loader, file, size, body) {
+  loader.gguf_begin(file, size);
+  const reader = body.getReader();
+  let done = 0, shown = 0;
+  for (;;) {
+    const { done: end, value } = await reader.read();
+    if (end) break;
+    try {
+      loader.gguf_chunk(value);
+    } catch (e) {
+      reader.cancel();
+      throw e;
+    }
+    done += value.length;
+    if (done - shown >= 4 << 20) {
+      status(`Loading ${file}: ${mib(done)} of ${mib(size)}`);
+      shown = done;
+    }
+  }
+}
+
 async function loadModel(label, fill) {
   if (busy || !engine) return;
   setBusy(true);
   status(`Loading ${label}…`);
   try {
     const loader = engine.loader();
-    await fill(loader);
+    try {
+      await fill(loader);
+    } catch (e) {
+      loader.free(); // with the GPU buffers it was filling
+      throw e;
+    }
     const t0 = performance.now();
     // The previous model stays loaded until the new one has loaded.
     const loaded = engine.load(loader);

@@ -208,8 +208,8 @@ mod tests {
             }
             let last = &states[((c.layers - 1) * t + t - 1) * d..][..d];
             let w = &host.weights;
-            let xn = cpu::norm::rms_norm(last, &w.final_norm.data, c.norm_eps);
-            let logits = cpu::matmul::linear(&xn, &w.head().data, None, 1, c.vocab, d);
+            let xn = cpu::norm::rms_norm(last, &w.final_norm.values(), c.norm_eps);
+            let logits = cpu::matmul::linear(&xn, &w.head().values(), None, 1, c.vocab, d);
             let scored = crate::generate::score(gpu, &m, &ids, lcm).unwrap();
             assert_close(&logits, &scored.last_logits, 1e-4, "last logits from the traced state");
         }

@@ -62,10 +62,13 @@ impl Gpu {
 
     /// A zero-filled tensor.
     pub fn zeros(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = self.check_binding(what, shape)?;
+        let bytes = match (self.check_binding(what, shape)?, dtype) {
+            (_, DType::Packed(f)) => f.words(shape[0], shape[1]) as u64 * 4,
+            (bytes, _) => bytes,
+        };
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
-            size: bytes.next_multiple_of(4),
+            size: bytes.max(4).next_multiple_of(4),
             usage: USAGE,
             mapped_at_creation: false,
         });
@@ -196,7 +199,7 @@ impl Gpu {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
-        pollster::block_on(self.read_range(t, 0, t.numel()))
+        pollster::block_on(self.read_range(t, 0, t.bytes() as usize / 4))
     }
 }
 

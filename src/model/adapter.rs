@@ -240,7 +240,7 @@ impl Lora {
                         b.shape
                     );
                 }
-                block.push(LoraPair { slot: slot.clone(), a: a.data, b: b.data });
+                block.push(LoraPair { slot: slot.clone(), a: a.into_values(), b: b.into_values() });
             }
             blocks.push(block);
         }
@@ -265,11 +265,11 @@ impl Lora {
                     Linear::Down => &mut block.down,
                 };
                 let inp = w.shape[1];
-                w.packed = None; // the merged weights are f32
+                let data = w.values_mut(); // the merged weights are f32
                 for (i, row) in p.slot.rows.clone().enumerate() {
                     for j in 0..inp {
                         let ba: f64 = (0..r).map(|k| p.b[i * r + k] as f64 * p.a[k * inp + j] as f64).sum();
-                        w.data[row * inp + j] = (w.data[row * inp + j] as f64 + s * ba) as f32;
+                        data[row * inp + j] = (data[row * inp + j] as f64 + s * ba) as f32;
                     }
                 }
             }
@@ -346,9 +346,9 @@ mod tests {
         lora.merge_into(&mut w);
         let p = &lora.blocks[1][1]; // v of block 1
         let (row, col, inp) = (p.slot.rows.start + 3, 5, c.hidden);
-        let want = m.weights.blocks[1].qkv.data[row * inp + col] as f64
+        let want = m.weights.blocks[1].qkv.values()[row * inp + col] as f64
             + 2.0 * (0..2).map(|k| p.b[3 * 2 + k] as f64 * p.a[k * inp + col] as f64).sum::<f64>();
-        assert!((w.blocks[1].qkv.data[row * inp + col] as f64 - want).abs() < 1e-6);
-        assert_eq!(w.blocks[1].o.data, m.weights.blocks[1].o.data, "o untouched");
+        assert!((w.blocks[1].qkv.values()[row * inp + col] as f64 - want).abs() < 1e-6);
+        assert_eq!(w.blocks[1].o.values(), m.weights.blocks[1].o.values(), "o untouched");
     }
 }

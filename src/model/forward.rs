@@ -153,15 +153,23 @@ impl WeightChoice {
 
     /// The weight's packed (format, words), or None to upload it as f32.
     fn pack(self, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
-        match (self, &t.packed) {
-            (WeightChoice::Auto, Some((f, words))) => Some((*f, words.clone())),
-            (WeightChoice::Format(f), Some((g, words))) if f == *g => Some((f, words.clone())),
+        match (self, t.packed_words()) {
+            (WeightChoice::Auto, Some((f, words))) => Some((f, words.to_vec())),
+            (WeightChoice::Format(f), Some((g, words))) if f == g => Some((f, words.to_vec())),
             (WeightChoice::Format(f), _) if f != WeightFormat::F32 && f.fits(t.shape[1]) => {
-                Some((f, quant::quantize(f, &t.data, t.shape[1])))
+                Some((f, quant::quantize(f, &t.values(), t.shape[1])))
             }
             _ => None,
         }
     }
+}
+
+/// Whether Keel's tensor `name` (of [`Weights::named`]) may be packed: only weights of matrix
+/// products are; the embed gather reads f32.
+pub fn packable(name: &str) -> bool {
+    name == "lm_head"
+        || (name.starts_with("blocks.")
+            && ["qkv", "o", "up", "down"].contains(&name.rsplit('.').next().unwrap_or("")))
 }
 
 impl GpuModel {
@@ -184,17 +192,11 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         // Every tensor is checked against the binding limit before any is uploaded.
         host.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
-        // Only weights of matrix products may be packed; the embed gather reads f32.
-        let product = |name: &str| {
-            name == "lm_head"
-                || (name.starts_with("blocks.")
-                    && ["qkv", "o", "up", "down"].contains(&name.rsplit('.').next().unwrap_or("")))
-        };
         let weights = host.try_map(|name, t| {
-            let packed = if product(name) { choice.pack(t) } else { None };
+            let packed = if packable(name) { choice.pack(t) } else { None };
             match packed {
                 Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
-                None => gpu.upload_f32(name, &t.shape, &t.data),
+                None => gpu.upload_f32(name, &t.shape, &t.values()),
             }
         })?;
         let embed = &host.embed;

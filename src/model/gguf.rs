@@ -118,16 +118,21 @@ fn block_layout(t: u32) -> Option<(u64, u64)> {
     }
 }
 
-/// Bounds-checked little-endian reader. Its errors name the offset; callers prefix
-/// what was being read.
+/// Bounds-checked little-endian reader of the first `bytes` of a file of `size` bytes.
+/// Its errors name the offset; callers prefix what was being read. A read past the end of
+/// `bytes` but within the file fails with `short` set: more bytes are needed, the file is
+/// not wrong.
 struct Reader<'a> {
     bytes: &'a [u8],
+    size: usize,
     pos: usize,
+    short: bool,
 }
 
 impl<'a> Reader<'a> {
+    /// Bytes left in the file (not only in `bytes`).
     fn remaining(&self) -> usize {
-        self.bytes.len() - self.pos
+        self.size - self.pos
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -137,6 +142,10 @@ impl<'a> Reader<'a> {
             self.pos,
             self.remaining()
         );
+        if n > self.bytes.len() - self.pos {
+            self.short = true;
+            bail!("needs {n} bytes at offset {}, which have not arrived yet", self.pos);
+        }
         let out = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
@@ -225,7 +234,21 @@ fn min_value_bytes(value_type: u32) -> Result<usize> {
 /// Parses header, metadata and tensor table, and checks every tensor's shape and (for
 /// the types `dequantize` supports) that its data lies within `bytes`.
 pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
-    let mut r = Reader { bytes, pos: 0 };
+    parse_header(bytes, bytes.len())?.ok_or_else(|| anyhow!("GGUF header: incomplete"))
+}
+
+/// [`parse`] of a file of `size` bytes of which only the first `bytes` have arrived:
+/// Ok(None) while the header (metadata and tensor table) needs more of them. Tensor data
+/// ranges are checked against `size`.
+pub fn parse_header(bytes: &[u8], size: usize) -> Result<Option<GgufFile>> {
+    let mut r = Reader { bytes: &bytes[..bytes.len().min(size)], size, pos: 0, short: false };
+    match read_header(&mut r) {
+        Err(_) if r.short => Ok(None),
+        parsed => parsed.map(Some),
+    }
+}
+
+fn read_header(r: &mut Reader) -> Result<GgufFile> {
     let header = |e: anyhow::Error| anyhow!("GGUF header: {e}");
     let magic = r.array::<4>().map_err(header)?;
     ensure!(&magic == MAGIC, "not a GGUF file (magic {magic:02x?})");
@@ -249,8 +272,7 @@ pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
     let mut tensors = Vec::with_capacity(tensor_count);
     for i in 0..tensor_count {
         let name = r.string().map_err(|e| anyhow!("GGUF tensor #{i}: name: {e}"))?;
-        let info =
-            read_tensor_info(&mut r, name.clone()).map_err(|e| anyhow!("GGUF tensor '{name}': {e}"))?;
+        let info = read_tensor_info(r, name.clone()).map_err(|e| anyhow!("GGUF tensor '{name}': {e}"))?;
         tensors.push(info);
     }
 
@@ -276,7 +298,7 @@ pub fn parse(bytes: &[u8]) -> Result<GgufFile> {
         );
         element_count(info)?;
         if block_layout(info.ggml_type).is_some() {
-            tensor_data(&file, bytes, info)?;
+            check_range(info, tensor_range(&file, info)?, r.size)?;
         }
     }
     Ok(file)
@@ -306,6 +328,24 @@ fn element_count(info: &GgufTensorInfo) -> Result<usize> {
 /// The tensor's bytes, after checking its type is supported, its rows are whole blocks
 /// and its range lies within the file.
 fn tensor_data<'a>(file: &GgufFile, bytes: &'a [u8], info: &GgufTensorInfo) -> Result<&'a [u8]> {
+    let (start, end) = check_range(info, tensor_range(file, info)?, bytes.len())?;
+    Ok(&bytes[start..end])
+}
+
+/// The range, after checking it lies within a file of `size` bytes.
+fn check_range(info: &GgufTensorInfo, (start, end): (u64, u64), size: usize) -> Result<(usize, usize)> {
+    match (usize::try_from(start), usize::try_from(end)) {
+        (Ok(start), Ok(end)) if end <= size => Ok((start, end)),
+        _ => bail!(
+            "GGUF tensor '{}': data [{start}..{end}) extends past end of file ({size} bytes)",
+            info.name
+        ),
+    }
+}
+
+/// The tensor's byte range in the file, after checking its type is supported and its rows
+/// are whole blocks.
+fn tensor_range(file: &GgufFile, info: &GgufTensorInfo) -> Result<(u64, u64)> {
     let name = &info.name;
     let t = info.ggml_type;
     let (block_elems, block_bytes) = block_layout(t).ok_or_else(|| {
@@ -324,21 +364,15 @@ fn tensor_data<'a>(file: &GgufFile, bytes: &'a [u8], info: &GgufTensorInfo) -> R
          {block_elems}",
         ggml_type_name(t)
     );
-    let len = bytes.len();
     let size = (numel / block_elems).checked_mul(block_bytes);
     let start = (file.data_offset as u64).checked_add(info.offset);
-    match start.zip(size).and_then(|(s, n)| Some((s, s.checked_add(n)?))) {
-        // Both ends are at most `len` here, so they fit in usize.
-        Some((start, end)) if end <= len as u64 => Ok(&bytes[start as usize..end as usize]),
-        Some((start, end)) => {
-            bail!("GGUF tensor '{name}': data [{start}..{end}) extends past end of file ({len} bytes)")
-        }
-        None => bail!(
+    start.zip(size).and_then(|(s, n)| Some((s, s.checked_add(n)?))).ok_or_else(|| {
+        anyhow!(
             "GGUF tensor '{name}': data range (offset {} + {}, {numel} elements) overflows",
             file.data_offset,
             info.offset
-        ),
-    }
+        )
+    })
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -348,7 +382,11 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Decodes a tensor to f32, in row-major order of its Hugging Face shape (`dims`
 /// reversed), which is the order the data is stored in.
 pub fn dequantize(file: &GgufFile, bytes: &[u8], info: &GgufTensorInfo) -> Result<Vec<f32>> {
-    let data = tensor_data(file, bytes, info)?;
+    decode(info, tensor_data(file, bytes, info)?)
+}
+
+/// [`dequantize`] of the tensor's bytes `data` (as [`tensor_data`] checked them).
+fn decode(info: &GgufTensorInfo, data: &[u8]) -> Result<Vec<f32>> {
     let out = match info.ggml_type {
         GGML_F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         GGML_F16 => data.chunks_exact(2).map(|c| f16_at(c, 0)).collect(),
@@ -470,10 +508,21 @@ impl GgufFile {
 const ARCHITECTURES: [(&str, &str, bool); 2] =
     [("llama", "LlamaForCausalLM", true), ("qwen2", "Qwen2ForCausalLM", false)];
 
-/// Converts a llama or qwen2 GGUF into a Hugging Face config.json and f32 tensors with HF
-/// names and shapes (q/k un-permuted for llama).
+/// Converts a llama or qwen2 GGUF into a Hugging Face config.json and tensors with HF
+/// names and shapes (q/k un-permuted for llama; see [`hf_tensor`]).
 pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
     let file = parse(bytes)?;
+    let config = hf_config(&file)?;
+    let tensors = file
+        .tensors
+        .iter()
+        .map(|info| hf_tensor(&file, info, tensor_data(&file, bytes, info)?))
+        .collect::<Result<_>>()?;
+    Ok((config, tensors))
+}
+
+/// The architecture's (HF class, whether llama.cpp permuted the q/k rows).
+fn architecture(file: &GgufFile) -> Result<(&'static str, bool)> {
     let arch = file
         .str("general.architecture")?
         .ok_or_else(|| anyhow!("GGUF metadata 'general.architecture' is missing"))?;
@@ -481,9 +530,13 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
         .iter()
         .find(|(name, _, _)| *name == arch)
         .ok_or_else(|| anyhow!("GGUF architecture '{arch}' is not supported (llama, qwen2 are)"))?;
-    let key = |k: &str| format!("{arch}.{k}");
+    Ok((hf_class, permuted))
+}
 
-    let hidden = file.required_uint(&key("embedding_length"))?;
+/// (layers, heads, kv heads) from the metadata.
+fn layer_and_head_counts(file: &GgufFile) -> Result<(u64, u64, u64)> {
+    let arch = file.str("general.architecture")?.unwrap_or_default();
+    let key = |k: &str| format!("{arch}.{k}");
     let layers = file.required_uint(&key("block_count"))?;
     let heads = file.required_uint(&key("attention.head_count"))?;
     let kv_heads = file.uint(&key("attention.head_count_kv"))?.unwrap_or(heads);
@@ -491,6 +544,18 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
         heads > 0 && kv_heads > 0,
         "GGUF metadata: head counts must be positive ({heads} heads, {kv_heads} kv heads)"
     );
+    Ok((layers, heads, kv_heads))
+}
+
+/// The Hugging Face config.json of a parsed GGUF (from its metadata and tensor table),
+/// after checking every tensor has a Hugging Face name: a file with a stray tensor is
+/// refused before any tensor is converted.
+pub fn hf_config(file: &GgufFile) -> Result<Value> {
+    let (hf_class, _) = architecture(file)?;
+    let arch = file.str("general.architecture")?.unwrap_or_default();
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = file.required_uint(&key("embedding_length"))?;
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
     let head_dim = match file.uint(&key("attention.key_length"))? {
         Some(d) => d,
         None => {
@@ -529,62 +594,211 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
         "eos_token_id": file.uint("tokenizer.ggml.eos_token_id")?,
         "hidden_act": "silu",
     });
-
-    // Every name first: a file with a stray tensor is refused before anything is
-    // dequantized (which takes up to 7 times the file's size).
-    let names = file
-        .tensors
-        .iter()
-        .map(|info| hf_tensor_name(&info.name, layers, heads, kv_heads))
-        .collect::<Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(file.tensors.len());
-    for (info, (hf, rope_heads)) in file.tensors.iter().zip(names) {
-        let shape = info
-            .dims
-            .iter()
-            .rev()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
-        let mut data = dequantize(&file, bytes, info)?;
-        let mut packed = packed_weight(&file, bytes, info, &shape)?;
-        if let (true, Some(n_heads)) = (permuted, rope_heads) {
-            let rows = shape.first().copied().unwrap_or(1);
-            let mut unpermute = || -> Result<()> {
-                let n_heads = usize::try_from(n_heads)?;
-                data = unpermute_rows(&data, rows, n_heads)?;
-                if let Some((_, words)) = &mut packed {
-                    *words = unpermute_rows(words, rows, n_heads)?;
-                }
-                Ok(())
-            };
-            unpermute().map_err(|e| anyhow!("GGUF tensor '{}': {e}", info.name))?;
-        }
-        out.push(HostTensor { packed, ..HostTensor::new(hf, shape, data) });
+    for info in &file.tensors {
+        hf_tensor_name(&info.name, layers, heads, kv_heads)?;
     }
-    Ok((config, out))
+    Ok(config)
 }
 
-/// A 2-D tensor stored as F16, Q8_0, Q4_0 or Q4_1, kept in that format (GPU layout) beside
-/// its f32 values: weights the GPU can read without dequantizing at load. Rows are whole
-/// blocks (ggml blocks run along rows), so permuting or concatenating rows works on them too.
-fn packed_weight(
-    file: &GgufFile,
-    bytes: &[u8],
-    info: &GgufTensorInfo,
-    shape: &[usize],
-) -> Result<Option<(WeightFormat, Vec<u32>)>> {
-    let fmt = match info.ggml_type {
-        GGML_F16 => WeightFormat::F16,
-        GGML_Q8_0 => WeightFormat::Q8_0,
-        GGML_Q4_0 => WeightFormat::Q4_0,
-        GGML_Q4_1 => WeightFormat::Q4_1,
-        _ => return Ok(None),
+/// One tensor of `file`, from its bytes `data`, with its Hugging Face name and shape: a 2-D
+/// F16, Q8_0, Q4_0 or Q4_1 tensor stays packed (GPU layout: the GPU reads it without
+/// dequantizing, and the host dequantizes only when f32 values are asked for), any other is
+/// decoded to f32. llama's q/k rows are un-permuted (rows are whole blocks: ggml blocks run
+/// along rows, so this works on packed rows too).
+pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<HostTensor> {
+    let (_, permuted) = architecture(file)?;
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    let (hf, rope_heads) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    let shape = info
+        .dims
+        .iter()
+        .rev()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
+    let rows = shape.first().copied().unwrap_or(1);
+    let fail = |e: anyhow::Error| anyhow!("GGUF tensor '{}': {e}", info.name);
+    // The head count of llama's q/k rows to un-permute.
+    let unpermute =
+        rope_heads.filter(|_| permuted).map(usize::try_from).transpose().map_err(|e| fail(e.into()))?;
+    let t = match packed_format(info.ggml_type).filter(|f| shape.len() == 2 && f.fits(shape[1])) {
+        Some(fmt) => {
+            let mut words = quant::from_ggml(fmt, data);
+            if let Some(n) = unpermute {
+                words = unpermute_rows(&words, rows, n).map_err(fail)?;
+            }
+            HostTensor::packed(hf, shape, fmt, words)
+        }
+        None => {
+            let mut values = decode(info, data)?;
+            if let Some(n) = unpermute {
+                values = unpermute_rows(&values, rows, n).map_err(fail)?;
+            }
+            HostTensor::new(hf, shape, values)
+        }
     };
-    if shape.len() != 2 || !fmt.fits(shape[1]) {
-        return Ok(None);
+    Ok(t)
+}
+
+/// The GPU format that holds a ggml type as it is stored.
+fn packed_format(ggml_type: u32) -> Option<WeightFormat> {
+    match ggml_type {
+        GGML_F16 => Some(WeightFormat::F16),
+        GGML_Q8_0 => Some(WeightFormat::Q8_0),
+        GGML_Q4_0 => Some(WeightFormat::Q4_0),
+        GGML_Q4_1 => Some(WeightFormat::Q4_1),
+        _ => None,
     }
-    Ok(Some((fmt, quant::from_ggml(fmt, tensor_data(file, bytes, info)?))))
+}
+
+/// The format [`hf_tensor`] gives each tensor, by Hugging Face name (known from the header
+/// alone, before any tensor data).
+pub fn hf_formats(file: &GgufFile) -> Result<BTreeMap<String, WeightFormat>> {
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    let mut out = BTreeMap::new();
+    for info in &file.tensors {
+        let (hf, _) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+        let cols = (info.dims.len() == 2).then(|| info.dims[0] as usize);
+        let fmt = packed_format(info.ggml_type).filter(|f| cols.is_some_and(|c| f.fits(c)));
+        out.insert(hf, fmt.unwrap_or(WeightFormat::F32));
+    }
+    Ok(out)
+}
+
+/// A GGUF file read as its bytes arrive, in order, in chunks of any size (the browser's
+/// File.stream() or fetch body): the header is buffered until it is complete, then each
+/// tensor's bytes, and each finished tensor ([`hf_tensor`]) is handed on and dropped. It
+/// holds the header and one tensor at a time. Tensors are read in the order of their data
+/// (padding between them skipped); data ranges that overlap are an error.
+pub struct GgufReader {
+    /// The file's name, in errors.
+    name: String,
+    size: u64,
+    /// Bytes received so far.
+    received: u64,
+    /// The header's bytes until it parses; then the bytes of the tensor being read.
+    buf: Vec<u8>,
+    /// The header is parsed again once `buf` holds this many bytes (doubling, so that a
+    /// header arriving in many small chunks is parsed a few times, not once per chunk).
+    parse_at: usize,
+    header: Option<StreamedHeader>,
+}
+
+struct StreamedHeader {
+    file: GgufFile,
+    /// Tensor indices with their byte ranges in the file, in the order of the data.
+    order: Vec<(usize, (u64, u64))>,
+    /// The next tensor of `order`.
+    next: usize,
+}
+
+impl GgufReader {
+    /// A reader for file `name` of `size` bytes.
+    pub fn new(name: &str, size: u64) -> GgufReader {
+        GgufReader { name: name.into(), size, received: 0, buf: Vec::new(), parse_at: 64, header: None }
+    }
+
+    /// The parsed header, once complete.
+    pub fn header(&self) -> Option<&GgufFile> {
+        self.header.as_ref().map(|h| &h.file)
+    }
+
+    /// The file's next bytes; `on_tensor` gets each tensor they complete, with the header.
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        on_tensor: &mut dyn FnMut(&GgufFile, HostTensor) -> Result<()>,
+    ) -> Result<()> {
+        let (name, size) = (&self.name, self.size);
+        let end = self.received + chunk.len() as u64;
+        ensure!(end <= size, "{name}: more than the {size} bytes the file was said to have arrived");
+        let start = self.received;
+        self.received = end;
+        if self.header.is_some() {
+            return self.read_tensors(start, chunk, on_tensor);
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() < self.parse_at && end < size {
+            return Ok(());
+        }
+        let size = usize::try_from(size).map_err(|_| anyhow!("{name}: {size} bytes do not fit in memory"))?;
+        let Some(file) = parse_header(&self.buf, size).map_err(|e| anyhow!("{name}: {e}"))? else {
+            self.parse_at = self.buf.len() * 2;
+            return Ok(());
+        };
+        let order = data_order(&file).map_err(|e| anyhow!("{name}: {e}"))?;
+        // What came after the header is the start of the data.
+        let data = self.buf.split_off(self.buf.len().min(file.data_offset));
+        let at = self.buf.len() as u64;
+        self.buf = Vec::new();
+        self.header = Some(StreamedHeader { file, order, next: 0 });
+        self.read_tensors(at, &data, on_tensor)
+    }
+
+    /// Reads `bytes`, which start at offset `at` of the file, into the tensors.
+    fn read_tensors(
+        &mut self,
+        mut at: u64,
+        mut bytes: &[u8],
+        on_tensor: &mut dyn FnMut(&GgufFile, HostTensor) -> Result<()>,
+    ) -> Result<()> {
+        let h = self.header.as_mut().expect("read_tensors runs once the header is parsed");
+        while let Some(&(i, (start, end))) = h.order.get(h.next) {
+            if at >= end {
+                let info = &h.file.tensors[i];
+                let t = hf_tensor(&h.file, info, &self.buf).map_err(|e| anyhow!("{}: {e}", self.name))?;
+                self.buf.clear();
+                h.next += 1;
+                on_tensor(&h.file, t)?;
+                continue;
+            }
+            if bytes.is_empty() {
+                break;
+            }
+            // Padding before the tensor is skipped; its bytes are kept.
+            let (n, keep) = if at < start { (start - at, false) } else { (end - at, true) };
+            let n = n.min(bytes.len() as u64) as usize;
+            if keep {
+                self.buf.reserve_exact((end - start) as usize - self.buf.len());
+                self.buf.extend_from_slice(&bytes[..n]);
+            }
+            (at, bytes) = (at + n as u64, &bytes[n..]);
+        }
+        Ok(())
+    }
+
+    /// The header, once every byte has arrived and every tensor been handed on.
+    pub fn finish(self) -> Result<GgufFile> {
+        let (name, size, received) = (&self.name, self.size, self.received);
+        let Some(h) = self.header else {
+            bail!("{name}: only {received} of its {size} bytes arrived, before the end of its header")
+        };
+        if let Some(&(i, (start, end))) = h.order.get(h.next) {
+            bail!(
+                "{name}: only {received} of its {size} bytes arrived: tensor '{}' (bytes {start}..{end}) is incomplete",
+                h.file.tensors[i].name
+            );
+        }
+        Ok(h.file)
+    }
+}
+
+/// Every tensor's index and byte range, in the order of the data; ranges must not overlap.
+fn data_order(file: &GgufFile) -> Result<Vec<(usize, (u64, u64))>> {
+    let mut order = (0..file.tensors.len())
+        .map(|i| Ok((i, tensor_range(file, &file.tensors[i])?)))
+        .collect::<Result<Vec<_>>>()?;
+    order.sort_by_key(|&(_, range)| range);
+    for pair in order.windows(2) {
+        let [(a, (a_start, a_end)), (b, (b_start, b_end))] = [pair[0], pair[1]];
+        ensure!(
+            b_start >= a_end,
+            "GGUF tensors '{}' (bytes {a_start}..{a_end}) and '{}' (bytes {b_start}..{b_end}) overlap",
+            file.tensors[a].name,
+            file.tensors[b].name
+        );
+    }
+    Ok(order)
 }
 
 /// Maps a GGUF tensor name to its HF name, and for q/k projections the head count whose
@@ -859,23 +1073,29 @@ mod tests {
         assert_eq!((norm.len(), norm[0]), (576, first));
     }
 
-    /// Packed weights travel with their f32 values: the same numbers, rows un-permuted alike
-    /// (q/k) and concatenated alike (Keel's fused QKV and gate|up); norms stay f32 only.
+    /// Loaded GGUF weights hold their packed blocks only, no f32 copy (the host holds less
+    /// than the file); their values, dequantized on demand, are the file's, rows concatenated
+    /// as in Keel's fused QKV and gate|up. Norms stay f32.
     #[test]
-    fn fixture_weights_stay_packed_with_their_values() {
+    fn fixture_weights_stay_packed_without_f32() {
         let Some(bytes) = fixture() else { return };
         let (_, tensors) = to_hf(bytes).unwrap();
         let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         assert_eq!(by_name["model.layers.3.self_attn.q_proj.weight"].format(), WeightFormat::Q4_1);
         assert_eq!(by_name["model.embed_tokens.weight"].format(), WeightFormat::Q8_0);
-        assert_eq!(by_name["model.norm.weight"].packed, None);
+        assert_eq!(by_name["model.norm.weight"].packed_words(), None);
         let model = crate::model::load(&fixture_dir()).unwrap();
-        for (name, t) in model.weights.named() {
-            if let Some((fmt, words)) = &t.packed {
-                assert_eq!(&quant::dequantize(*fmt, words), &t.data, "{name}");
-            }
+        let host: usize = model.weights.named().iter().map(|(_, t)| t.host_bytes()).sum();
+        assert!(host < bytes.len(), "the host holds {host} bytes of weights, the file has {}", bytes.len());
+        let b0 = &model.weights.blocks[0];
+        for t in [&b0.qkv, &b0.o, &b0.up, &b0.down] {
+            assert_eq!(t.format(), WeightFormat::Q4_1, "{}", t.name);
         }
-        assert_eq!(model.weights.blocks[0].qkv.format(), WeightFormat::Q4_1);
+        let file = parse(bytes).unwrap();
+        let raw = |name: &str| dequantize(&file, bytes, info(&file, name)).unwrap();
+        assert_eq!(*b0.down.values(), raw("blk.0.ffn_down.weight"));
+        assert_eq!(*b0.up.values(), [raw("blk.0.ffn_gate.weight"), raw("blk.0.ffn_up.weight")].concat());
+        assert_eq!(*model.weights.embed.values(), raw("token_embd.weight"));
     }
 
     #[test]
@@ -911,14 +1131,14 @@ mod tests {
             assert_eq!(shape("mlp.down_proj"), [576, 1536]);
         }
         for t in &tensors {
-            assert_eq!(t.data.len(), t.numel(), "{}", t.name);
+            assert_eq!(t.values().len(), t.numel(), "{}", t.name);
         }
 
         // Within each 64-row head, HF row s*32 + i is GGUF row 2i + s; v is not permuted.
         let file = parse(bytes).unwrap();
         for (gguf, hf) in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj")] {
             let raw = dequantize(&file, bytes, info(&file, &format!("blk.5.{gguf}.weight"))).unwrap();
-            let conv = &by_name[format!("model.layers.5.self_attn.{hf}.weight").as_str()].data;
+            let conv = &by_name[format!("model.layers.5.self_attn.{hf}.weight").as_str()].values();
             let row = |d: &[f32], r: usize| d[r * 576..(r + 1) * 576].to_vec();
             for (hf_row, gguf_row) in
                 [(0, 0), (1, 2), (31, 62), (32, 1), (33, 3), (63, 63), (64 + 40, 64 + 17)]
@@ -1224,9 +1444,9 @@ mod tests {
         let get = |ts: &[HostTensor], n: &str| ts.iter().find(|t| t.name == n).unwrap().clone();
         let q = get(&tensors, "model.layers.0.self_attn.q_proj.weight");
         assert_eq!(q.shape, [8, 8]);
-        assert_eq!(llama_cpp_permute(&q.data, 8, 2), seq(64));
+        assert_eq!(llama_cpp_permute(&q.values(), 8, 2), seq(64));
         let k = get(&tensors, "model.layers.0.self_attn.k_proj.weight");
-        assert_eq!((k.shape.as_slice(), llama_cpp_permute(&k.data, 4, 1)), (&[4, 8][..], seq(32)));
+        assert_eq!((k.shape.as_slice(), llama_cpp_permute(&k.values(), 4, 1)), (&[4, 8][..], seq(32)));
         assert_eq!(get(&tensors, "lm_head.weight").shape, [5, 8]);
         assert_eq!(get(&tensors, "model.layers.0.mlp.down_proj.weight").shape, [8, 6]);
 
@@ -1234,8 +1454,8 @@ mod tests {
         assert_eq!(config["architectures"], json!(["Qwen2ForCausalLM"]));
         assert_eq!(config["model_type"], "qwen2");
         assert_eq!(tensors.len(), 15);
-        assert_eq!(get(&tensors, "model.layers.0.self_attn.q_proj.weight").data, seq(64));
-        assert_eq!(get(&tensors, "model.layers.0.self_attn.k_proj.bias").data, seq(4));
+        assert_eq!(*get(&tensors, "model.layers.0.self_attn.q_proj.weight").values(), seq(64));
+        assert_eq!(*get(&tensors, "model.layers.0.self_attn.k_proj.bias").values(), seq(4));
 
         let mut unknown = Builder::default().str("general.architecture", "gpt2").build();
         assert!(to_hf(&unknown).unwrap_err().to_string().contains("'gpt2' is not supported"));
@@ -1298,5 +1518,96 @@ mod tests {
             .build();
         let msg = tokenizer_json(&parse(&odd).unwrap()).unwrap_err().to_string();
         assert!(msg.contains("'mystery' is not supported"), "{msg}");
+    }
+
+    /// Pushes `bytes` of a file of `size` bytes through a reader in chunks of `sizes`
+    /// (cycled): the tensors, sorted by name, or the first error.
+    fn stream(bytes: &[u8], size: usize, sizes: &[usize]) -> Result<Vec<HostTensor>> {
+        let mut reader = GgufReader::new("f.gguf", size as u64);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        for &n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, r) = rest.split_at(n.min(rest.len()));
+            rest = r;
+            reader.push(chunk, &mut |_, t| {
+                out.push(t);
+                Ok(())
+            })?;
+        }
+        reader.finish()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn whole(bytes: &[u8]) -> Vec<HostTensor> {
+        let mut tensors = to_hf(bytes).unwrap().1;
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    }
+
+    #[test]
+    fn fixture_pushed_in_odd_chunks_converts_like_the_whole_file() {
+        let Some(bytes) = fixture() else { return };
+        let streamed = stream(bytes, bytes.len(), &[1, 7, 4096, 1 << 20, 3]).unwrap();
+        assert!(streamed == whole(bytes), "the same tensors, packed alike");
+    }
+
+    /// Where the offset of tensor `name` (one dimension) lies in a built file.
+    fn offset_field(bytes: &[u8], name: &str) -> usize {
+        let key = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+        bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4 + 8 + 4
+    }
+
+    #[test]
+    fn pushed_files_in_any_table_order_and_bad_ones() {
+        let tiny = tiny_model("llama");
+        for sizes in [&[1][..], &[5, 64], &[1 << 20]] {
+            assert!(stream(&tiny, tiny.len(), sizes).unwrap() == whole(&tiny), "{sizes:?}");
+        }
+        // The table lists two tensors of one size with their data swapped: read in data order.
+        let mut swapped = tiny.clone();
+        let (a, b) =
+            (offset_field(&tiny, "blk.0.attn_norm.weight"), offset_field(&tiny, "output_norm.weight"));
+        for (from, to) in [(a, b), (b, a)] {
+            swapped[to..to + 8].copy_from_slice(&tiny[from..from + 8]);
+        }
+        assert_ne!(swapped, tiny);
+        assert!(stream(&swapped, swapped.len(), &[3]).unwrap() == whole(&swapped));
+
+        let err = |bytes: &[u8], size: usize| stream(bytes, size, &[7]).unwrap_err().to_string();
+        let mut overlapping = tiny.clone();
+        overlapping[b..b + 8].copy_from_slice(&tiny[a..a + 8]);
+        let msg = err(&overlapping, tiny.len());
+        assert!(
+            msg.starts_with("f.gguf: GGUF tensors 'blk.0.attn_norm.weight' (bytes ")
+                && msg.ends_with("overlap"),
+            "{msg}"
+        );
+        let msg = err(&tiny[..tiny.len() - 1], tiny.len());
+        assert!(
+            msg.contains("f.gguf: only")
+                && msg.contains("tensor 'output.weight' (bytes")
+                && msg.contains("is incomplete"),
+            "{msg}"
+        );
+        let msg = err(&tiny[..40], tiny.len());
+        assert!(msg.contains("only 40 of its") && msg.contains("before the end of its header"), "{msg}");
+        let msg = err(&tiny[..tiny.len() - 1], tiny.len() - 1);
+        assert!(
+            msg.starts_with("f.gguf: GGUF tensor 'output.weight': data [")
+                && msg.contains("extends past end of file"),
+            "{msg}"
+        );
+        let msg = err(&[&tiny[..], &[0; 10]].concat(), tiny.len() + 5);
+        assert!(msg.contains(&format!("more than the {} bytes", tiny.len() + 5)), "{msg}");
+        let zip = [&b"PK\x03\x04"[..], &[0; 100]].concat();
+        let msg = err(&zip, 1 << 30);
+        assert!(msg.starts_with("f.gguf: not a GGUF file"), "{msg}");
+        let q4_k = Builder::default().tensor("q4_k", &[256], 12, &[0; 144]).build();
+        let msg = err(&q4_k, q4_k.len());
+        assert!(msg.contains("'q4_k': ggml type 12 (Q4_K) is not supported"), "{msg}");
     }
 }

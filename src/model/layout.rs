@@ -5,6 +5,7 @@
 
 use super::config::{Arch, ModelConfig};
 use super::weights::HostTensor;
+use crate::cpu::quant::WeightFormat;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 
@@ -170,8 +171,8 @@ pub fn check_tensor(file: &str, t: &HostTensor, shape: &[usize]) -> Result<()> {
     if t.shape != shape {
         bail!("{file}: tensor '{name}' has shape {:?}, expected {shape:?}", t.shape);
     }
-    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!("{file}: tensor '{name}' holds a non-finite value ({}) at element {i}", t.data[i]);
+    if let Some((i, v)) = t.first_non_finite() {
+        bail!("{file}: tensor '{name}' holds a non-finite value ({v}) at element {i}");
     }
     Ok(())
 }
@@ -180,22 +181,24 @@ pub fn check_tensor(file: &str, t: &HostTensor, shape: &[usize]) -> Result<()> {
 fn concat_rows(name: &str, parts: Vec<HostTensor>) -> HostTensor {
     let cols = parts[0].shape.get(1).copied();
     let rows: usize = parts.iter().map(|t| t.shape[0]).sum();
+    let shape = cols.map_or(vec![rows], |c| vec![rows, c]);
     // Packed rows concatenate like f32 rows, when every part has the same format.
-    let fmt = parts[0].packed.as_ref().map(|(f, _)| *f);
-    let packed = fmt.filter(|&f| parts.iter().all(|t| t.packed.as_ref().is_some_and(|(g, _)| *g == f)));
-    let packed = packed
-        .map(|f| (f, parts.iter().flat_map(|t| t.packed.as_ref().unwrap().1.iter().copied()).collect()));
-    let data = parts.into_iter().flat_map(|t| t.data).collect();
-    HostTensor { packed, ..HostTensor::new(name, cols.map_or(vec![rows], |c| vec![rows, c]), data) }
+    let fmt = parts[0].format();
+    if fmt != WeightFormat::F32 && parts.iter().all(|t| t.format() == fmt) {
+        let words = parts.iter().flat_map(|t| t.packed_words().unwrap().1.iter().copied()).collect();
+        return HostTensor::packed(name, shape, fmt, words);
+    }
+    HostTensor::new(name, shape, parts.into_iter().flat_map(HostTensor::into_values).collect())
 }
 
 /// Conv1D stores `[in, out]`; Keel wants `[out, in]`.
 pub fn transpose(t: HostTensor) -> HostTensor {
     let (r, c) = (t.shape[0], t.shape[1]);
+    let values = t.values();
     let mut data = vec![0.0; r * c];
     for i in 0..r {
         for j in 0..c {
-            data[j * r + i] = t.data[i * c + j];
+            data[j * r + i] = values[i * c + j];
         }
     }
     HostTensor::new(t.name, vec![c, r], data)
@@ -377,11 +380,12 @@ impl Weights<HostTensor> {
 /// sizes, named `names`: the inverse of [`concat_rows`].
 fn split_rows(t: &HostTensor, parts: &[(String, usize)]) -> Vec<HostTensor> {
     let cols: usize = t.shape[1..].iter().product();
+    let values = t.values();
     let mut at = 0;
     parts
         .iter()
         .map(|(name, rows)| {
-            let data = t.data[at * cols..(at + rows) * cols].to_vec();
+            let data = values[at * cols..(at + rows) * cols].to_vec();
             at += rows;
             let mut shape = t.shape.clone();
             shape[0] = *rows;
@@ -394,7 +398,8 @@ impl Weights<HostTensor> {
     /// Hugging Face-named tensors of this model: the inverse of [`Weights::from_hf`] (fused
     /// matrices split, GPT-2's Conv1D weights transposed back; no `lm_head.weight` when tied).
     pub fn to_hf(&self, cfg: &ModelConfig) -> Vec<HostTensor> {
-        let named = |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.data.clone());
+        let named =
+            |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.values().into_owned());
         let mut out = Vec::new();
         if cfg.arch == Arch::Gpt2 {
             let conv1d = |name: String, t: &HostTensor| {
@@ -496,7 +501,7 @@ mod tests {
             let loaded = crate::model::load(&dir).unwrap();
             let random = Weights::random(&loaded.config, 7);
             assert_eq!(shapes(&random), shapes(&loaded.weights), "{name}");
-            let embed = &random.embed.data;
+            let embed = &random.embed.values();
             let bound = 1.0 / (loaded.config.hidden as f32).sqrt();
             assert!(embed.iter().all(|v| v.abs() <= bound) && embed.iter().any(|v| v.abs() > bound / 2.0));
         }

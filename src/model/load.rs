@@ -289,6 +289,22 @@ pub fn load_config_and_tokenizer(files: &HashMap<String, Vec<u8>>) -> Result<(Mo
     Ok((config, tokenizer))
 }
 
+/// The config (with generation_config.json's EOS) and tokenizer of a GGUF model whose
+/// weights were streamed to the GPU instead: from its header `file`'s metadata, with a
+/// tokenizer.json among `files` winning over the GGUF's vocabulary, as on disk.
+pub fn gguf_config_and_tokenizer(
+    files: &HashMap<String, Vec<u8>>,
+    file: &gguf::GgufFile,
+    name: &str,
+) -> Result<(ModelConfig, Tokenizer)> {
+    let read = |n: &str| Ok(files.get(n).cloned());
+    let shown = |n: &str| n.to_string();
+    let hf_config = gguf::hf_config(file).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    let tok = gguf::tokenizer_json(file).map_err(|e| anyhow!("{name}: {e:#}"))?;
+    let (config, _, tokenizer) = config_and_tokenizer(&read, &shown, &hf_config, name, tok, name)?;
+    Ok((config, tokenizer))
+}
+
 fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
     let mut v: Vec<_> = names.collect();
     v.sort();
@@ -389,7 +405,7 @@ mod tests {
         let (a, b) = (folder.weights.named(), from_files.weights.named());
         assert_eq!(a.len(), b.len());
         for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-            assert_eq!((na, &ta.shape, &ta.data), (nb, &tb.shape, &tb.data));
+            assert_eq!((na, &ta.shape, ta.values()), (nb, &tb.shape, tb.values()));
         }
         files.remove("config.json");
         let err = load_files(&files).err().unwrap().to_string();
@@ -400,7 +416,7 @@ mod tests {
     fn streamed_tensors_convert_and_check_their_bytes() {
         let halves: Vec<u8> =
             [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
-        assert_eq!(streamed_tensor("f", "t", "F16", vec![2], &halves).unwrap().data, [1.5, -2.0]);
+        assert_eq!(*streamed_tensor("f", "t", "F16", vec![2], &halves).unwrap().values(), [1.5, -2.0]);
         let short = streamed_tensor("f", "t", "F16", vec![3], &halves).err().unwrap().to_string();
         assert!(short.contains("f: tensor 't' (F16, shape [3]) needs 6 bytes, got 4"), "{short}");
         let int = streamed_tensor("f", "t", "I64", vec![1], &[0; 8]).err().unwrap().to_string();
@@ -425,7 +441,7 @@ mod tests {
         let tensors =
             read_safetensors(&std::fs::read(src.join("model.safetensors")).unwrap(), "src").unwrap();
         let bf16 = |t: &HostTensor| -> Vec<u8> {
-            t.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+            t.values().iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
         };
         let mut weight_map = serde_json::Map::new();
         let (first, second) = tensors.split_at(tensors.len() / 2);
@@ -449,9 +465,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let sharded = sharded.unwrap();
         let round =
-            |t: &HostTensor| t.data.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect::<Vec<_>>();
+            |t: &HostTensor| t.values().iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect::<Vec<_>>();
         let a = single.weights.try_map(|_, t| Ok(round(t))).unwrap();
-        let b = sharded.weights.try_map(|_, t| Ok(t.data.clone())).unwrap();
+        let b = sharded.weights.try_map(|_, t| Ok(t.values().into_owned())).unwrap();
         assert_eq!(a.embed, b.embed);
         for (x, y) in a.blocks.iter().zip(&b.blocks) {
             assert_eq!(x.qkv, y.qkv);

@@ -15,7 +15,7 @@ use std::path::Path;
 pub fn safetensors_bytes(tensors: &[HostTensor]) -> Result<Vec<u8>> {
     let bytes: Vec<(&str, Vec<u8>, &[usize])> = tensors
         .iter()
-        .map(|t| (t.name.as_str(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), &t.shape[..]))
+        .map(|t| (t.name.as_str(), t.values().iter().flat_map(|v| v.to_le_bytes()).collect(), &t.shape[..]))
         .collect();
     let mut views = Vec::new();
     for (name, data, shape) in &bytes {
@@ -78,7 +78,7 @@ mod tests {
             for ((name_a, ta), (_, tb)) in a.iter().zip(&b) {
                 assert_eq!(ta.shape, tb.shape, "{name}: {name_a}");
                 assert!(
-                    ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    ta.values().iter().zip(tb.values().iter()).all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{name}: {name_a}"
                 );
             }

@@ -1,20 +1,25 @@
-//! Safetensors weights streamed into GPU buffers tensor by tensor (the browser's loader):
-//! each Keel tensor is created empty, and each Hugging Face tensor is written at its place
-//! ([`hf_layout`]) as it arrives, then dropped, so the host never holds the whole model.
+//! Weights streamed into GPU buffers tensor by tensor (the browser's loader): each Keel
+//! tensor is created empty, and each Hugging Face tensor (of a safetensors file, or of a
+//! GGUF read by [`super::gguf::GgufReader`]) is written at its place ([`hf_layout`]) as it
+//! arrives, then dropped, so the host never holds the whole model.
 
 use super::config::ModelConfig;
+use super::forward::packable;
 use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::GpuModel;
+use crate::cpu::quant::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Tensor};
 use anyhow::{anyhow, bail, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Named in errors about tensors that never arrived.
-const SOURCE: &str = "the safetensors files";
+const SOURCE: &str = "the model's files";
 
 pub struct Streamer {
     weights: Weights<Tensor>,
+    /// A packed copy of a tied embedding for the LM head (see [`GpuModel::upload_weights`]).
+    head: Option<Tensor>,
     /// Keel's tensors by name (sharing `weights`' buffers).
     by_keel: HashMap<String, Tensor>,
     /// The places of the tensors still to come, and of those that came.
@@ -26,18 +31,34 @@ pub struct Streamer {
 
 impl Streamer {
     /// Creates `cfg`'s Keel tensors empty; every one is checked against the binding limit
-    /// before any is created.
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig) -> Result<Streamer> {
+    /// before any is created. `formats` gives the packed format of the Hugging Face tensors
+    /// that will arrive packed (a GGUF's, see [`super::gguf::hf_formats`]; the others come as
+    /// f32): as `GpuModel::upload_with(.., WeightChoice::Auto)` does, a matrix-product weight
+    /// whose parts all come in one packed format is held in it, and so is the LM head's copy
+    /// of a packed tied embedding.
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, formats: &BTreeMap<String, WeightFormat>) -> Result<Streamer> {
         let (shapes, places) = hf_layout(cfg);
         shapes.try_map(|name, shape| gpu.check_binding(name, shape))?;
-        let weights = shapes.try_map(|name, shape| gpu.zeros(name, shape, DType::F32))?;
+        let format = |hf: &str| formats.get(hf).copied().unwrap_or(WeightFormat::F32);
+        let dtype = |f: WeightFormat| if f == WeightFormat::F32 { DType::F32 } else { DType::Packed(f) };
+        let weights = shapes.try_map(|name, shape| {
+            let mut parts = places.iter().filter(|p| p.keel == name).map(|p| format(&p.hf));
+            let first = parts.next().unwrap_or(WeightFormat::F32);
+            let packed = packable(name) && parts.all(|f| f == first);
+            gpu.zeros(name, shape, dtype(if packed { first } else { WeightFormat::F32 }))
+        })?;
+        let embed_format =
+            places.iter().find(|p| p.keel == "embed").map_or(WeightFormat::F32, |p| format(&p.hf));
+        let head = (weights.lm_head.is_none() && embed_format != WeightFormat::F32)
+            .then(|| gpu.zeros("lm_head (tied)", &weights.embed.shape, dtype(embed_format)))
+            .transpose()?;
         let by_keel = weights.named().into_iter().map(|(name, t)| (name, t.clone())).collect();
         let order = places.iter().map(|p| p.hf.clone()).collect();
         let waiting = places.into_iter().map(|p| (p.hf.clone(), p)).collect();
-        Ok(Streamer { weights, by_keel, waiting, arrived: HashMap::new(), order })
+        Ok(Streamer { weights, head, by_keel, waiting, arrived: HashMap::new(), order })
     }
 
-    /// Writes one Hugging Face tensor of file `file` (f32) at its place.
+    /// Writes one Hugging Face tensor of file `file` at its place.
     pub fn tensor(&mut self, gpu: &Gpu, file: &str, t: HostTensor) -> Result<()> {
         let Some(place) = self.waiting.get(&t.name) else {
             if self.arrived.contains_key(&t.name) {
@@ -52,10 +73,10 @@ impl Streamer {
         let place = self.waiting.remove(&t.name).unwrap();
         let t = if place.transpose { transpose(t) } else { t };
         let target = &self.by_keel[&place.keel];
-        let row_elems: usize = target.shape[1..].iter().product();
-        if !t.data.is_empty() {
-            let offset = (place.row * row_elems * 4) as u64;
-            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(&t.data));
+        let cols = target.shape[1..].iter().product();
+        write_rows(gpu, file, target, place.row, cols, &t)?;
+        if let (Some(head), "embed") = (&self.head, place.keel.as_str()) {
+            write_rows(gpu, file, head, 0, cols, &t)?;
         }
         self.arrived.insert(place.hf.clone(), place);
         Ok(())
@@ -74,14 +95,48 @@ impl Streamer {
         if streamed != wanted {
             return Err(anyhow!("the config changed while the weights streamed"));
         }
-        GpuModel::assemble(gpu, cfg, self.weights, None)
+        GpuModel::assemble(gpu, cfg, self.weights, self.head)
     }
+}
+
+/// Rows of a packed tensor dequantized at a time into an f32 one.
+const DEQUANTIZED_ROWS: usize = 256;
+
+/// Writes `t` into `target` from row `row` on (rows of `cols` elements): its packed words
+/// into a packed tensor of its format, else its f32 values (a packed tensor's a few rows at a
+/// time, so that no f32 copy of the whole tensor is made: SmolLM2's embedding is 113 MB as f32).
+fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t: &HostTensor) -> Result<()> {
+    let fmt = target.format();
+    let write = |row: usize, words: &[u32]| {
+        if !words.is_empty() {
+            let offset = (fmt.words(row, cols) * 4) as u64;
+            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
+        }
+    };
+    match t.packed_words() {
+        Some((f, words)) if f == fmt => write(row, words),
+        Some((f, words)) if fmt == WeightFormat::F32 => {
+            for (i, rows) in words.chunks(f.words(DEQUANTIZED_ROWS, cols)).enumerate() {
+                write(row + i * DEQUANTIZED_ROWS, bytemuck::cast_slice(&quant::dequantize(f, rows)));
+            }
+        }
+        None if fmt == WeightFormat::F32 => write(row, bytemuck::cast_slice(&t.values())),
+        _ => bail!(
+            "{file}: tensor '{}' comes as {} but its GPU tensor holds {}",
+            t.name,
+            t.format().name(),
+            fmt.name()
+        ),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::gguf::{self, GgufFile, GgufReader};
     use crate::model::load::streamed_tensor;
+    use crate::model::WeightChoice;
     use serde_json::Value;
     use std::path::Path;
 
@@ -98,7 +153,7 @@ mod tests {
             }
             let loaded = crate::model::load(&src).unwrap();
             let uploaded = GpuModel::upload(gpu, &loaded).unwrap();
-            let mut streamer = Streamer::new(gpu, &loaded.config).unwrap();
+            let mut streamer = Streamer::new(gpu, &loaded.config, &BTreeMap::new()).unwrap();
             let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
             let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -125,6 +180,59 @@ mod tests {
         }
     }
 
+    /// The SmolLM2 GGUF pushed through a [`GgufReader`] in odd chunk sizes, each tensor
+    /// streamed as the page does, gives GPU weights bit-identical to the native
+    /// `--weights auto` upload: Q4_1 linears and the Q8_0 head stay packed.
+    #[test]
+    fn streamed_gguf_matches_the_auto_upload() {
+        let gpu = crate::ops::test_util::gpu();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !path.exists() {
+            eprintln!("SKIPPED: fixture {} absent", path.display());
+            return;
+        }
+        let loaded = crate::model::load(&path).unwrap();
+        let uploaded = GpuModel::upload_with(gpu, &loaded, WeightChoice::Auto).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let file = "model.gguf";
+        let mut reader = GgufReader::new(file, bytes.len() as u64);
+        let mut streamer: Option<Streamer> = None;
+        let mut rest = &bytes[..];
+        for n in [1, 7, 4096, 1 << 20].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, r) = rest.split_at(n.min(rest.len()));
+            rest = r;
+            let mut place = |header: &GgufFile, t| {
+                let s = match &mut streamer {
+                    Some(s) => s,
+                    None => {
+                        let cfg = ModelConfig::from_hf(&gguf::hf_config(header)?, file)?;
+                        streamer.insert(Streamer::new(gpu, &cfg, &gguf::hf_formats(header)?)?)
+                    }
+                };
+                s.tensor(gpu, file, t)
+            };
+            reader.push(chunk, &mut place).unwrap();
+        }
+        reader.finish().unwrap();
+        let streamed = streamer.unwrap().finish(gpu, &loaded.config).unwrap();
+        assert_eq!(streamed.formats(), (WeightFormat::Q4_1, WeightFormat::Q8_0));
+        assert_eq!(streamed.formats(), uploaded.formats());
+        let same = |what: &str, a: &Tensor, b: &Tensor| {
+            assert_eq!((&a.shape, a.dtype), (&b.shape, b.dtype), "{what}");
+            assert_eq!(gpu.read_u32(a).unwrap(), gpu.read_u32(b).unwrap(), "{what}");
+        };
+        let (a, b) = (uploaded.weights.named(), streamed.weights.named());
+        assert_eq!(a.len(), b.len());
+        for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+            same(name, ta, tb);
+        }
+        same("the tied head", uploaded.head_weight(), streamed.head_weight());
+    }
+
     #[test]
     fn streamed_tensors_are_checked() {
         let gpu = crate::ops::test_util::gpu();
@@ -134,7 +242,7 @@ mod tests {
             return;
         }
         let cfg = crate::model::load(&src).unwrap().config;
-        let mut s = Streamer::new(gpu, &cfg).unwrap();
+        let mut s = Streamer::new(gpu, &cfg, &BTreeMap::new()).unwrap();
         let norm = |name: &str, n: usize| HostTensor::new(name, vec![n], vec![1.0; n]);
         let err = s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden + 1)).unwrap_err().to_string();
         assert!(err.contains("f: tensor 'model.norm.weight' has shape"), "{err}");

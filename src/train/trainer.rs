@@ -390,7 +390,7 @@ impl<'g> Trainer<'g> {
                 if h.shape != t.shape {
                     bail!("optimizer state '{name}' has shape {:?}, the model needs {:?}", h.shape, t.shape);
                 }
-                self.gpu.write_f32(t, &h.data);
+                self.gpu.write_f32(t, &h.values());
             }
         }
         self.updates = updates;

@@ -5,7 +5,7 @@
 //
 // usage: node run.mjs SETTINGS_JSON
 //   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers},
-//    finetune: {text, steps, lr}, screenshot}
+//    finetune: {text, steps, lr}, gguf: served model name, screenshot}
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -86,6 +86,17 @@ try {
       || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
     const losses = await page.locator('#ft-result').getAttribute('data-losses');
     out.finetune = { losses: losses && JSON.parse(losses), status: await page.locator('#status').textContent() };
+  }
+  // A served .gguf (streamed chunk by chunk into the loader), then its packed weights refuse
+  // fine-tuning in words.
+  if (s.gguf) {
+    await page.locator(`button[data-model="${s.gguf}"]`).click({ timeout: 2 * minutes });
+    await loaded(s.gguf);
+    out.gguf = await generate(null);
+    await page.click('#finetune');
+    await page.waitForFunction(() => document.getElementById('status').classList.contains('error'), null,
+      { timeout: minutes });
+    out.gguf.finetune = await page.locator('#status').textContent();
   }
 
   const png = await page.screenshot({ fullPage: true });
