@@ -26,8 +26,10 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
         ("attention", vec![]),
         ("attention_backward", vec![("KV", 0)]),
         ("attention_backward", vec![("KV", 1)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0), ("THREADS", 256)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1), ("THREADS", 256)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0), ("THREADS", 64)]),
+        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1), ("THREADS", 64)]),
         ("attention_decode", vec![("COMBINE", 1)]),
     ]
 }
@@ -111,10 +113,30 @@ pub fn decode_attention(
     rows: &Tensor,
     heads: HeadShape,
     tables: Option<(&Tensor, &Tensor)>,
+    caches: (&Tensor, &Tensor),
+    part: &Tensor,
+    outputs: (&Tensor, &Tensor),
+    rows_range: (usize, usize),
+) {
+    // CPU adapters pay per thread at every barrier: 64 threads there doubled SwiftShader's
+    // decode; GPUs need the 256 (see the shader).
+    let threads = if step.gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 256 };
+    decode_attention_threads(step, qkv, rows, heads, tables, caches, part, outputs, rows_range, threads);
+}
+
+/// [`decode_attention`] with `threads` per workgroup of the split pass (64 or 256).
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_threads(
+    step: &mut Step,
+    qkv: &Tensor,
+    rows: &Tensor,
+    heads: HeadShape,
+    tables: Option<(&Tensor, &Tensor)>,
     (k_cache, v_cache): (&Tensor, &Tensor),
     part: &Tensor,
     (out, lse): (&Tensor, &Tensor),
     (first, n_rows): (usize, usize),
+    threads: u32,
 ) {
     let chunk = decode_chunk(heads).expect("decode_attention: head shape outside the decode kernel's limits");
     let (seqs, cache_len) = (k_cache.shape[0], k_cache.shape[1]);
@@ -139,8 +161,8 @@ pub fn decode_attention(
         first_row: first as u32,
         _p: [0; 3],
     };
-    let pipeline =
-        step.gpu.pipeline("attention_decode", &[("COMBINE", 0), ("ROPE", tables.is_some() as u32)]);
+    let defines = [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads)];
+    let pipeline = step.gpu.pipeline("attention_decode", &defines);
     let mut buffers = vec![qkv, rows, k_cache, v_cache, part];
     if let Some((cos, sin)) = tables {
         buffers.extend([cos, sin]);
@@ -287,7 +309,7 @@ mod tests {
             let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
             let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
             let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
-            for rope in [true, false] {
+            for (rope, threads) in [(true, 64), (false, 64), (true, 256)] {
                 let (qkv_t, kt, vt) =
                     (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
                 let part = gpu.zeros("part", &[decode_part_len(heads, seqs, len)], DType::F32).unwrap();
@@ -295,7 +317,7 @@ mod tests {
                 let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
                 let mut step = Step::new(gpu);
                 let tables = rope.then_some((&cos_t, &sin_t));
-                decode_attention(
+                decode_attention_threads(
                     &mut step,
                     &qkv_t,
                     &rt,
@@ -305,6 +327,7 @@ mod tests {
                     &part,
                     (&out, &lse),
                     (1, n - 1),
+                    threads,
                 );
                 step.submit().unwrap();
 
