@@ -6,7 +6,6 @@
 //! beyond these three.
 
 use crate::cpu::optim::AdamW;
-use crate::cpu::quant::WeightFormat;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::gguf::{self, GgufFile, GgufReader};
@@ -313,17 +312,11 @@ impl Model {
         wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
                 let r: FinetuneRequest = serde_json::from_str(&request)?;
-                let (linear, head) = loaded.formats();
-                if let Some(f) = [linear, head].into_iter().find(|&f| f != WeightFormat::F32) {
-                    anyhow::bail!(
-                        "fine-tuning needs f32 weights, and this model keeps its GGUF file's {} weights packed; fine-tune a safetensors model",
-                        f.name()
-                    );
-                }
                 let rows =
                     pack_text(&r.text, "the training text", &host.tokenizer, r.seq_len, host.config.vocab)?;
                 let data = TrainData::from_rows(rows, r.seq_len)?;
-                let start = loaded.duplicate(gpu)?;
+                // Packed (GGUF) weights are trained as f32 copies, dequantized on the GPU.
+                let start = loaded.duplicate_f32(gpu)?;
                 let optim = OptimConfig {
                     adamw: AdamW { lr: r.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
                     grad_clip: 1.0,

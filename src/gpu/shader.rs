@@ -15,6 +15,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
     ("draw", include_str!("../../shaders/draw.wgsl")),
+    ("dequant", include_str!("../../shaders/dequant.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
     ("lcm_backward", include_str!("../../shaders/lcm_backward.wgsl")),
     ("norm_backward", include_str!("../../shaders/norm_backward.wgsl")),

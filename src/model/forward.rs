@@ -12,6 +12,7 @@ use super::weights::HostTensor;
 use crate::cpu::quant::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::act::{self, Activation};
+use crate::ops::dequant::dequantize;
 use crate::ops::matmul::Prologue;
 use crate::ops::norm::NormKind;
 use crate::ops::{attention, embed, matmul, norm, rope, stats};
@@ -238,6 +239,22 @@ impl GpuModel {
         let head = self.head.as_ref().map(|t| copy("lm_head (tied)", t)).transpose()?;
         gpu.queue.submit([encoder.finish()]);
         Ok(GpuModel { config: self.config.clone(), weights, head, rope: self.rope.clone() })
+    }
+
+    /// [`GpuModel::duplicate`] with every packed weight dequantized to f32 on the GPU (and a
+    /// tied head reading the f32 embedding again): what fine-tuning a packed model starts from.
+    pub fn duplicate_f32(&self, gpu: &Gpu) -> Result<GpuModel> {
+        let mut step = Step::new(gpu);
+        let weights = self.weights.try_map(|name, t| match t.dtype {
+            DType::Packed(_) => dequantize(gpu, &mut step, name, t),
+            _ => {
+                let out = gpu.zeros(name, &t.shape, t.dtype)?;
+                step.copy(t, 0, &out, 0, t.numel());
+                Ok(out)
+            }
+        })?;
+        step.submit()?;
+        Ok(GpuModel { config: self.config.clone(), weights, head: None, rope: self.rope.clone() })
     }
 
     /// The LM head's weight as the forward pass reads it.

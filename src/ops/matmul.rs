@@ -105,7 +105,7 @@ impl Tile {
 }
 
 /// The defines selecting how B is stored (none for f32, so f32 variants are unchanged).
-fn format_flags(fmt: WeightFormat, native_f16: bool) -> Vec<Define> {
+pub(crate) fn format_flags(fmt: WeightFormat, native_f16: bool) -> Vec<Define> {
     let flag = match fmt {
         WeightFormat::F32 => return vec![],
         WeightFormat::F16 if native_f16 => return vec![("WQ", 1), ("W_F16", 1), ("W_F16_NATIVE", 1)],

@@ -5,6 +5,7 @@ pub mod act;
 pub mod align;
 pub mod attention;
 pub mod cgfm;
+pub mod dequant;
 pub mod draw;
 pub mod embed;
 pub mod hgc;
@@ -31,6 +32,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         act::variants(),
         stats::variants(),
         draw::variants(),
+        dequant::variants(),
         lcm::variants(),
         xent::variants(),
         optim::variants(),

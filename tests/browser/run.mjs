@@ -77,26 +77,26 @@ try {
   // Baseline and modulated in one click, the way the page shows them side by side.
   out.side_by_side = await generate(s.lcm, true);
 
-  if (s.finetune) {
-    await page.fill('#ft-text', s.finetune.text);
-    await page.fill('#ft-steps', String(s.finetune.steps));
-    await page.fill('#ft-lr', String(s.finetune.lr));
+  async function finetune() {
     await page.click('#finetune');
     await page.waitForFunction(() => document.getElementById('ft-result').dataset.losses
       || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
     const losses = await page.locator('#ft-result').getAttribute('data-losses');
-    out.finetune = { losses: losses && JSON.parse(losses), status: await page.locator('#status').textContent() };
+    return { losses: losses && JSON.parse(losses), status: await page.locator('#status').textContent() };
   }
-  // A served .gguf (streamed chunk by chunk into the loader), then its packed weights refuse
-  // fine-tuning in words.
+  if (s.finetune) {
+    await page.fill('#ft-text', s.finetune.text);
+    await page.fill('#ft-steps', String(s.finetune.steps));
+    await page.fill('#ft-lr', String(s.finetune.lr));
+    out.finetune = await finetune();
+  }
+  // A served .gguf (streamed chunk by chunk into the loader), then fine-tuned from f32 copies
+  // of its packed weights.
   if (s.gguf) {
     await page.locator(`button[data-model="${s.gguf}"]`).click({ timeout: 2 * minutes });
     await loaded(s.gguf);
     out.gguf = await generate(null);
-    await page.click('#finetune');
-    await page.waitForFunction(() => document.getElementById('status').classList.contains('error'), null,
-      { timeout: minutes });
-    out.gguf.finetune = await page.locator('#status').textContent();
+    out.gguf.finetune = await finetune();
   }
 
   const png = await page.screenshot({ fullPage: true });
