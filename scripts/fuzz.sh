@@ -22,7 +22,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz
 fi
 
-ALL=(safetensors shard_index gguf config_json generation_config tokenizer_json train_data lcm_flags lcm_config adapter_config)
+ALL=(safetensors shard_index gguf gguf_stream config_json generation_config tokenizer_json train_data lcm_flags lcm_config adapter_config)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 
@@ -82,6 +82,11 @@ out += table
 out += b"\0" * (-len(out) % 32)
 sys.stdout.buffer.write(out + data)
 PY
+# The streaming reader's seeds: every GGUF seed behind a chunk-size byte (7 bytes, 256 bytes).
+for f in fuzz/corpus/gguf/seed-*; do
+    { printf '\x06'; cat "$f"; } | seed gguf_stream "$(basename "$f")-7"
+    { printf '\xff'; cat "$f"; } | seed gguf_stream "$(basename "$f")-256"
+done
 C=$SHARED/corpora/tinystories_train_head.txt
 if [ -f "$C" ]; then head -c 2048 "$C" | { printf '\x08'; cat; } | seed train_data text; fi
 printf '\x07{"ids": [1, 2, 3, 4]}\n{"ids": [5, 6, 7, 8]}\n' | seed train_data jsonl

@@ -37,6 +37,38 @@ pub fn gguf(data: &[u8]) -> Result<()> {
     gguf::to_hf(data).map(drop)
 }
 
+/// The page's streaming reader: the first byte picks the chunk size (1 to 256 bytes), the rest
+/// is the file, pushed chunk by chunk, then each tensor's conversion. Where the whole-file
+/// conversion ([`gguf`]'s) accepts the file too, both must give the same tensors (the reader
+/// hands them on in data order; compared by name). A disagreement panics: a finding.
+pub fn gguf_stream(data: &[u8]) -> Result<()> {
+    let Some((&mode, file)) = data.split_first() else { return Ok(()) };
+    let chunk = usize::from(mode) + 1;
+    let mut reader = gguf::GgufReader::new("fuzz.gguf", file.len() as u64);
+    let mut streamed = Vec::new();
+    for part in file.chunks(chunk) {
+        reader.push(part, &mut |_, t| {
+            streamed.push(t);
+            Ok(())
+        })?;
+    }
+    let header = reader.finish()?;
+    let config = gguf::hf_config(&header)?;
+    if let Ok((whole_config, mut whole)) = gguf::to_hf(file) {
+        streamed.sort_by(|a, b| a.name.cmp(&b.name));
+        whole.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(config, whole_config, "streamed and whole-file configs differ");
+        let bits = |t: &keel::model::weights::HostTensor| match t.packed_words() {
+            Some((f, words)) => (t.name.clone(), t.shape.clone(), Some(f), words.to_vec()),
+            None => (t.name.clone(), t.shape.clone(), None, t.values().iter().map(|v| v.to_bits()).collect()),
+        };
+        // Bit for bit (NaN values compare unequal as numbers).
+        let differ = streamed.len() != whole.len() || streamed.iter().zip(&whole).any(|(a, b)| bits(a) != bits(b));
+        assert!(!differ, "streamed and whole-file tensors differ");
+    }
+    Ok(())
+}
+
 pub fn config_json(data: &[u8]) -> Result<()> {
     load::parse_config(data, "config.json").map(drop)
 }
@@ -92,6 +124,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("safetensors", safetensors),
     ("shard_index", shard_index),
     ("gguf", gguf),
+    ("gguf_stream", gguf_stream),
     ("config_json", config_json),
     ("generation_config", generation_config),
     ("tokenizer_json", tokenizer_json),
