@@ -63,7 +63,8 @@ pub fn gguf_stream(data: &[u8]) -> Result<()> {
             None => (t.name.clone(), t.shape.clone(), None, t.values().iter().map(|v| v.to_bits()).collect()),
         };
         // Bit for bit (NaN values compare unequal as numbers).
-        let differ = streamed.len() != whole.len() || streamed.iter().zip(&whole).any(|(a, b)| bits(a) != bits(b));
+        let differ =
+            streamed.len() != whole.len() || streamed.iter().zip(&whole).any(|(a, b)| bits(a) != bits(b));
         assert!(!differ, "streamed and whole-file tensors differ");
     }
     Ok(())
