@@ -41,9 +41,12 @@ fn missing() -> Option<String> {
     None
 }
 
+/// `keel generate`'s ids: greedy unless `extra` sets a temperature.
 fn native_ids(model: &Path, extra: &[&str]) -> Value {
-    let mut args =
-        vec!["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT, "--temperature", "0"];
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT];
+    if !extra.contains(&"--temperature") {
+        args.extend(["--temperature", "0"]);
+    }
     let n = TOKENS.to_string();
     args.extend(["--max-tokens", &n, "--json"]);
     args.extend(extra);
@@ -195,6 +198,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         "url": origin, "model": "stories260k", "prompt": PROMPT, "max_tokens": TOKENS,
         "local_files": local_files,
         "lcm": {"gamma": 0.2, "layers": "2-4"},
+        "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 7},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
         "gguf": "stories260k-q8_0",
         "screenshot": screenshot,
@@ -231,6 +235,29 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         got["plain"]["status"]
     );
     assert_eq!(got["lcm"]["ids"], lcm, "greedy tokens with LCM = keel generate ({})", got["lcm"]["status"]);
+    // Sampling on the GPU: the page's draws (SwiftShader) are native's (lavapipe) for a seed.
+    let sampling = [
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "--repetition-penalty",
+        "1",
+    ];
+    let sampled = native_ids(&model, &sampling);
+    assert_ne!(
+        sampled, plain,
+        "these settings sample other tokens than greedy, so the comparison tests them"
+    );
+    assert_eq!(
+        got["sampled"]["ids"], sampled,
+        "sampled tokens in the page = keel generate ({})",
+        got["sampled"]["status"]
+    );
     let both = &got["side_by_side"];
     assert_eq!(
         (&both["ids"], &both["ids_b"]),

@@ -1,11 +1,13 @@
 // Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
 // controls, for tests/browser.rs: offers it files that are not a model, loads stories260k
-// from local files and then, with one click, from the server, generates greedily without and with LCM, fine-tunes a few
-// steps, saves a screenshot and counts its distinct colours. Prints one JSON object on stdout.
+// from local files and then, with one click, from the server, generates greedily without and with LCM
+// and with sampling, fine-tunes a few steps, loads a served GGUF (generate, fine-tune), saves a
+// screenshot and counts its distinct colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
 //   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers},
-//    finetune: {text, steps, lr}, gguf: served model name, screenshot}
+//    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr},
+//    gguf: served model name, screenshot}
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -48,10 +50,16 @@ try {
     || document.getElementById('status').classList.contains('error'), label, { timeout: 2 * minutes });
   out.adapter = await page.locator('#adapter').textContent();
 
-  async function generate(lcm, sideBySide = false) {
+  // Greedy unless `sampling` ({temperature, top_k, top_p, seed}) is given.
+  async function generate(lcm, sideBySide = false, sampling = null) {
     await page.fill('#prompt', s.prompt);
     await page.fill('#max-tokens', String(s.max_tokens));
-    await page.fill('#temperature', '0');
+    await page.fill('#temperature', String(sampling ? sampling.temperature : 0));
+    if (sampling) {
+      await page.fill('#top-k', String(sampling.top_k));
+      await page.fill('#top-p', String(sampling.top_p));
+      await page.fill('#seed', String(sampling.seed));
+    }
     await page.setChecked('#lcm-on', !!lcm);
     await page.setChecked('#side-by-side', sideBySide);
     if (lcm) {
@@ -76,6 +84,7 @@ try {
   out.lcm = await generate(s.lcm);
   // Baseline and modulated in one click, the way the page shows them side by side.
   out.side_by_side = await generate(s.lcm, true);
+  if (s.sampling) out.sampled = await generate(null, false, s.sampling);
 
   async function finetune() {
     await page.click('#finetune');
