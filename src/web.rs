@@ -69,7 +69,6 @@ impl Engine {
     /// The model the loader was given: its streamed weights (safetensors tensors, or a
     /// GGUF's chunks), or its files given whole, read and uploaded.
     pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
-        let fits = |e: anyhow::Error| js_err(anyhow!("the model does not fit this adapter: {e:#}"));
         let (config, tokenizer, gpu_model) = match (loader.gguf, loader.stream) {
             (Some((name, reader)), stream) => {
                 let header = reader.finish().map_err(js_err)?;
@@ -89,7 +88,7 @@ impl Engine {
             }
             (None, None) => {
                 let host = load_files(&loader.files).map_err(js_err)?;
-                let gpu_model = GpuModel::upload(self.gpu, &host).map_err(fits)?;
+                let gpu_model = GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e)))?;
                 (host.config, host.tokenizer, gpu_model)
             }
         };
@@ -124,7 +123,12 @@ fn gguf_streamer(gpu: &Gpu, header: &GgufFile, name: &str) -> Result<Streamer> {
     let hf_config = gguf::hf_config(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
     let config = ModelConfig::from_hf(&hf_config, name)?;
     let formats = gguf::hf_formats(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
-    Streamer::new(gpu, &config, &formats).map_err(|e| anyhow!("the model does not fit this adapter: {e:#}"))
+    Streamer::new(gpu, &config, &formats).map_err(does_not_fit)
+}
+
+/// A model's GPU tensors refused by the adapter (their binding limit), said so.
+fn does_not_fit(e: anyhow::Error) -> anyhow::Error {
+    anyhow!("the model does not fit this adapter: {e:#}")
 }
 
 #[wasm_bindgen]
@@ -192,7 +196,7 @@ impl Loader {
                 })?;
                 let config = parse_config(bytes, "config.json").map_err(js_err)?;
                 let stream = Streamer::new(self.gpu, &config, &Default::default())
-                    .map_err(|e| js_err(anyhow!("the model does not fit this adapter: {e:#}")))?;
+                    .map_err(|e| js_err(does_not_fit(e)))?;
                 self.stream.insert(stream)
             }
         };

@@ -21,10 +21,8 @@ struct Picks {
 }
 
 enum How {
-    /// Argmax: the first pass's partial results.
-    Greedy {
-        parts: Tensor,
-    },
+    /// Argmax, with the head's working space for the logit statistics.
+    Greedy,
     Draw(DrawState),
 }
 
@@ -44,7 +42,7 @@ impl<'m> Session<'m> {
         // Indexed by position; the last pick lands one past the cache.
         let positions = self.cache.len + 1;
         let how = if cfg.temperature == 0.0 && cfg.repetition_penalty == 1.0 {
-            How::Greedy { parts: gpu.scratch("pick partials", &[stats::partials_len(1, vocab)], DType::F32)? }
+            How::Greedy
         } else {
             How::Draw(DrawState::new(gpu, cfg, vocab, positions, history)?)
         };
@@ -56,7 +54,9 @@ impl<'m> Session<'m> {
         self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
         let input = (&self.scratch.ids, &self.scratch.row_table, row);
         match &picks.how {
-            How::Greedy { parts } => stats::greedy_pick(step, &self.head.logits, parts, input, &picks.out),
+            How::Greedy => {
+                stats::greedy_pick(step, &self.head.logits, &self.head.stats_partials, input, &picks.out)
+            }
             How::Draw(state) => draw::draw(step, &self.head.logits, state, input, &picks.out),
         }
     }
@@ -149,9 +149,8 @@ impl<'m> Session<'m> {
             }
         }
         self.len += out.len() - 1;
-        match picks.how {
-            How::Greedy { parts } => gpu.recycle([parts]),
-            How::Draw(state) => gpu.recycle(state.into_tensors()),
+        if let How::Draw(state) = picks.how {
+            gpu.recycle(state.into_tensors());
         }
         Ok(out)
     }

@@ -70,8 +70,8 @@ pub struct Head {
     pub targets: Tensor,
     /// `[rows, 4]`: see [`stats::logit_stats`].
     pub stats: Tensor,
-    /// Working space of [`stats::logit_stats`].
-    stats_partials: Tensor,
+    /// Working space of [`stats::logit_stats`] (and of [`stats::greedy_pick`]).
+    pub stats_partials: Tensor,
 }
 
 /// The buffers one block reads and writes (see [`GpuModel::record_block`]): the residual
@@ -226,23 +226,9 @@ impl GpuModel {
         Ok(GpuModel { config: cfg.clone(), weights, head, rope })
     }
 
-    /// A copy of the weights in new buffers, copied buffer to buffer on the GPU (fine-tuning
-    /// trains the copy; the rotary tables are never written, so they are shared).
-    pub fn duplicate(&self, gpu: &Gpu) -> Result<GpuModel> {
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut copy = |name: &str, t: &Tensor| -> Result<Tensor> {
-            let out = gpu.zeros(name, &t.shape, t.dtype)?;
-            encoder.copy_buffer_to_buffer(&t.buf, 0, &out.buf, 0, t.buf.size().min(out.buf.size()));
-            Ok(out)
-        };
-        let weights = self.weights.try_map(&mut copy)?;
-        let head = self.head.as_ref().map(|t| copy("lm_head (tied)", t)).transpose()?;
-        gpu.queue.submit([encoder.finish()]);
-        Ok(GpuModel { config: self.config.clone(), weights, head, rope: self.rope.clone() })
-    }
-
-    /// [`GpuModel::duplicate`] with every packed weight dequantized to f32 on the GPU (and a
-    /// tied head reading the f32 embedding again): what fine-tuning a packed model starts from.
+    /// A copy of the weights in new buffers, made on the GPU, with every packed weight
+    /// dequantized to f32 (and a tied head reading the f32 embedding again): what a fine-tune
+    /// trains. The rotary tables are never written, so they are shared.
     pub fn duplicate_f32(&self, gpu: &Gpu) -> Result<GpuModel> {
         let mut step = Step::new(gpu);
         let weights = self.weights.try_map(|name, t| match t.dtype {

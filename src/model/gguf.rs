@@ -379,13 +379,8 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Decodes a tensor to f32, in row-major order of its Hugging Face shape (`dims`
-/// reversed), which is the order the data is stored in.
-pub fn dequantize(file: &GgufFile, bytes: &[u8], info: &GgufTensorInfo) -> Result<Vec<f32>> {
-    decode(info, tensor_data(file, bytes, info)?)
-}
-
-/// [`dequantize`] of the tensor's bytes `data` (as [`tensor_data`] checked them).
+/// Decodes a tensor's bytes `data` (as [`tensor_data`] checked them) to f32, in row-major
+/// order of its Hugging Face shape (`dims` reversed), which is the order they are stored in.
 fn decode(info: &GgufTensorInfo, data: &[u8]) -> Result<Vec<f32>> {
     let out = match info.ggml_type {
         GGML_F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -978,6 +973,11 @@ mod tests {
     use super::*;
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
+
+    /// Tensor `info` of the file `bytes`, decoded to f32.
+    fn dequantize(file: &GgufFile, bytes: &[u8], info: &GgufTensorInfo) -> Result<Vec<f32>> {
+        decode(info, tensor_data(file, bytes, info)?)
+    }
 
     /// The SmolLM2 fixture folder, beside the repository as in CI.
     fn fixture_dir() -> std::path::PathBuf {

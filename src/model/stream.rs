@@ -174,7 +174,7 @@ mod tests {
                 assert_eq!(gpu.read_u32(ta).unwrap(), gpu.read_u32(tb).unwrap(), "{name}: {na}");
             }
             // A fine-tune's start: a GPU copy of the same bits.
-            let copy = streamed.duplicate(gpu).unwrap();
+            let copy = streamed.duplicate_f32(gpu).unwrap();
             let first = |m: &GpuModel| gpu.read_u32(&m.weights.blocks[0].qkv).unwrap();
             assert_eq!(first(&copy), first(&streamed), "{name}");
         }
