@@ -21,6 +21,9 @@ pub mod ops;
 pub mod pull;
 pub mod report;
 pub mod rng;
+#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 pub mod tokenize;
 pub mod train;
 #[cfg(target_arch = "wasm32")]
