@@ -10,21 +10,11 @@ use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use keel::modulate::{LcmConfig, Space};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
 
 /// The model and the golden file's prompts and LCM setting, or None (with a visible note).
 fn fixture(name: &str) -> Option<(model::LoadedModel, Vec<Vec<u32>>, LcmConfig)> {
-    let golden = shared().join(format!("golden/{name}.json"));
-    let path = shared().join("models").join(name);
-    if !golden.exists() || !path.exists() {
-        eprintln!("SKIPPED: fixture {} or {} absent", golden.display(), path.display());
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
+    let v: Value = keel::testing::golden(name)?;
+    let path = keel::testing::model(name)?;
     let ids = |c: &Value| c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     let prompts = v["cases"].as_array().unwrap().iter().map(ids).collect();
     let lcm = LcmConfig::from_json(&v["lcm_config"], "lcm_config").unwrap();

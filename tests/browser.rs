@@ -179,7 +179,7 @@ fn write_gguf(model: &Path, dir: &Path) {
 fn page_generates_and_finetunes_like_the_native_cli() {
     let Some(model) = stories() else { return };
     if let Some(why) = missing() {
-        eprintln!("SKIPPED: browser test: {why}");
+        keel::testing::skip(&format!("browser test: {why}"));
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -30,12 +30,7 @@ fn json_ids(v: &Value) -> Vec<u64> {
 #[test]
 fn generate_json_matches_golden_greedy() {
     let Some(dir) = stories() else { return };
-    let golden_path = shared().join("golden/stories260k.json");
-    let Ok(golden) = std::fs::read(&golden_path) else {
-        eprintln!("SKIPPED: fixture {} absent", golden_path.display());
-        return;
-    };
-    let golden: Value = serde_json::from_slice(&golden).unwrap();
+    let Some(golden) = keel::testing::golden("stories260k") else { return };
     let case = &golden["cases"][0];
     let prompt = case["text"].as_str().unwrap();
     let out = succeeds(&[
@@ -389,11 +384,8 @@ fn gguf_claiming_2_pow_40_tensors() {
 
 #[test]
 fn gguf_truncated_real_file() {
-    let path = shared().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Ok(f) = std::fs::File::open(&path) else {
-        eprintln!("SKIPPED: fixture {} absent", path.display());
-        return;
-    };
+    let Some(path) = fixture("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let f = std::fs::File::open(&path).unwrap();
     let mut head = Vec::new();
     f.take(4 << 20).read_to_end(&mut head).unwrap();
     let t = TempDir::new("gguf-trunc");
@@ -465,4 +457,20 @@ fn score_non_utf8_text() {
     let file = write_temp(&t, "latin1.txt", b"caf\xe9 au lait");
     let args = ["score", "--model", src.to_str().unwrap(), "--text-file", &file];
     fails(&args, &["latin1.txt", "not UTF-8"]);
+}
+
+/// Without XDG_RUNTIME_DIR (a shell over ssh, a container) no window-system probe complains:
+/// Keel computes and never presents (Mesa's device_select layer used to print an error per probe).
+#[test]
+fn no_window_system_errors_without_xdg_runtime_dir() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("run keel info");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "window-system noise: {stderr}");
 }

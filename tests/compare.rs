@@ -54,11 +54,7 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
 /// A screenshot of `html` by headless Chromium, as PNG bytes; None (with a visible note)
 /// when Chromium is not installed.
 fn screenshot(html: &Path, tmp: &TempDir, name: &str) -> Option<Vec<u8>> {
-    let chromium = Path::new("/usr/bin/chromium");
-    if !chromium.exists() {
-        eprintln!("SKIPPED: {} absent, report.html not rendered", chromium.display());
-        return None;
-    }
+    let chromium = keel::testing::chromium()?;
     let png = tmp.path(&format!("{name}.png"));
     let profile = tmp.path(&format!("{name}-profile"));
     let status = Command::new(chromium)

@@ -10,7 +10,6 @@ use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use keel::ops::stats::Pick;
-use std::path::Path;
 
 fn sampler(cfg: &SamplerConfig) -> Sampler {
     Sampler::new(cfg.clone()).unwrap()
@@ -69,11 +68,7 @@ fn gpu_picks_equal_the_cpu_path() {
     let sampled = SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.9, repetition_penalty: 1.2, seed: 3 };
     let plain = SamplerConfig { seed: 11, ..SamplerConfig::default() };
     for name in ["stories260k", "tiny-qwen2"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
-        if !dir.exists() {
-            eprintln!("SKIPPED: fixture {} absent", dir.display());
-            continue;
-        }
+        let Some(dir) = keel::testing::model(name) else { continue };
         let host = model::load(&dir).unwrap();
         let m = GpuModel::upload(gpu, &host).unwrap();
         let prompt: Vec<u32> = host.tokenizer.encode("Once upon a time, a girl").unwrap();

@@ -13,8 +13,7 @@ use std::time::Instant;
 
 /// The golden batch of `name` as a .jsonl of rows of seq_len + 1 ids, and its losses.
 fn golden_jsonl(name: &str, dir: &TempDir) -> Option<(String, Vec<f64>)> {
-    let path = shared().join(format!("golden/{name}.json"));
-    let golden: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).unwrap();
+    let golden = keel::testing::golden(name)?;
     let train = &golden["train"];
     let mut lines = String::new();
     for (i, t) in train["input_ids"].as_array().unwrap().iter().zip(train["target_ids"].as_array().unwrap()) {
@@ -41,7 +40,7 @@ const GOLDEN_FLAGS: &str = "--batch 2 --seq-len 32 --steps 10 --lr 1e-3 --weight
 fn cli_finetune_logs_the_golden_losses() {
     for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
         let t = TempDir::new("golden");
-        let model = shared().join("models").join(name);
+        let Some(model) = keel::testing::model(name) else { continue };
         let Some((data, want)) = golden_jsonl(name, &t) else { continue };
         let out = t.path("run");
         succeeds(&finetune_args(model.to_str().unwrap(), &data, out.to_str().unwrap(), GOLDEN_FLAGS));
@@ -83,7 +82,7 @@ fn text_run_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str
 #[test]
 fn killed_finetune_resumes_to_the_same_losses_and_weights() {
     let Some(stories) = stories() else { return };
-    let data = shared().join("corpora/tinystories_train_head.txt");
+    let Some(data) = fixture("corpora/tinystories_train_head.txt") else { return };
     let t = TempDir::new("kill");
     let (model, data) = (stories.to_str().unwrap(), data.to_str().unwrap());
     let whole = t.path("whole");
@@ -234,7 +233,7 @@ fn lora_finetune_writes_an_adapter_that_merges() {
         model::load(&stories).unwrap().weights.blocks[1].qkv.values()
     );
     // Merging an adapter into a model of another shape is refused.
-    let gpt2 = shared().join("models/tiny-gpt2");
+    let Some(gpt2) = keel::testing::model("tiny-gpt2") else { return };
     fails(
         &[
             "merge",
@@ -283,8 +282,7 @@ fn cli_hgc_logs_lambda_and_matches_the_golden_run() {
     let Some(stories) = stories() else { return };
     let t = TempDir::new("hgc");
     let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
-    let golden: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shared().join("golden/stories260k.json")).unwrap()).unwrap();
+    let Some(golden) = keel::testing::golden("stories260k") else { return };
     let run = &golden["constriction"]["runs"]["hgc_plain"];
     let out = t.path("run");
     let model = stories.to_str().unwrap();

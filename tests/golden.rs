@@ -1,28 +1,17 @@
 //! Golden parity with Hugging Face transformers (float32): token ids, next-token
 //! log-probs and entropies, the last position's top-5, and greedy continuations, for every
-//! case in ../shared/golden. Fixtures are read in place; a missing one is reported and skipped.
+//! case in ../shared/golden. Fixtures are read in place (keel::testing).
 
 use keel::generate::{self, GenerateOptions, SamplerConfig};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
-/// The golden file and model path, or None (with a visible note) when absent.
+/// The golden file and model path (see keel::testing: skipped or failed when absent).
 fn fixture(name: &str, model_path: &str) -> Option<(Value, PathBuf)> {
-    let golden = shared().join(format!("golden/{name}.json"));
-    let model = shared().join("models").join(model_path);
-    if !golden.exists() || !model.exists() {
-        eprintln!("SKIPPED: fixture {} or {} absent", golden.display(), model.display());
-        return None;
-    }
-    let v = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
-    Some((v, model))
+    Some((keel::testing::golden(name)?, keel::testing::fixture(&format!("models/{model_path}"))?))
 }
 
 fn floats(v: &Value) -> Vec<f32> {

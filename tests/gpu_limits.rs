@@ -6,7 +6,6 @@
 
 use keel::gpu::{AdapterChoice, DType, Gpu, Step};
 use keel::model::{self, GpuModel};
-use std::path::Path;
 
 /// Exactly stories260k's largest tensor: the embedding, [512, 64] f32.
 const LIMIT: u64 = 512 * 64 * 4;
@@ -22,11 +21,7 @@ fn gpu() -> &'static Gpu {
 #[test]
 fn kv_cache_over_the_binding_limit_says_what_fits() {
     let gpu = gpu();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-    if !dir.exists() {
-        eprintln!("SKIPPED: fixture {} absent", dir.display());
-        return;
-    }
+    let Some(dir) = keel::testing::model("stories260k") else { return };
     let host = model::load(&dir).unwrap();
     let m = GpuModel::upload(gpu, &host).unwrap();
     // A position of one sequence takes 4 kv heads x 8 x 4 bytes = 128 bytes per layer, so

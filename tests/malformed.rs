@@ -53,13 +53,13 @@ fn refused(model: &Path, needles: &[&str]) {
 
 /// A copy of fixture `name` with `edit` applied to its model.safetensors.
 fn edited(name: &str, edit: impl FnOnce(&mut Safetensors)) -> Option<TempDir> {
-    let src = model_fixture(name)?;
+    let src = keel::testing::model(name)?;
     Some(edited_stories(name, &src, edit))
 }
 
 /// A copy of fixture `name` whose model.safetensors is replaced by `f` of its bytes.
 fn rewritten(name: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Option<TempDir> {
-    let src = model_fixture(name)?;
+    let src = keel::testing::model(name)?;
     let t = TempDir::stories(name, &src);
     let bytes = std::fs::read(t.path("model.safetensors")).unwrap();
     std::fs::write(t.path("model.safetensors"), f(bytes)).unwrap();
@@ -68,7 +68,7 @@ fn rewritten(name: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Option<TempDir> 
 
 /// A copy of fixture `name` with `edit` applied to its JSON file `file`.
 fn json_edited(name: &str, file: &str, edit: impl FnOnce(&mut Value)) -> Option<TempDir> {
-    let src = model_fixture(name)?;
+    let src = keel::testing::model(name)?;
     let t = TempDir::stories(name, &src);
     t.edit_json(file, edit);
     Some(t)
@@ -286,7 +286,7 @@ fn config_is_a_list() {
 
 #[test]
 fn generation_config_not_json() {
-    let Some(src) = model_fixture("tiny-qwen2") else { return };
+    let Some(src) = keel::testing::model("tiny-qwen2") else { return };
     let t = TempDir::stories("genjson", &src);
     std::fs::write(t.path("generation_config.json"), "{\"eos_token_id\": [2,").unwrap();
     refused(&t.0, &["generation_config.json", "not valid JSON"]);
@@ -342,12 +342,7 @@ fn index_without_weight_map() {
 // GGUF: the SmolLM2 Q4_1 file, patched
 
 fn smollm2_gguf() -> Option<PathBuf> {
-    let path = shared().join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        eprintln!("SKIPPED: fixture {} absent", path.display());
-        return None;
-    }
-    Some(path)
+    fixture("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// The first `len` bytes (all if None) of the SmolLM2 GGUF as `name` in a temporary folder,

@@ -1,20 +1,15 @@
 //! Packed weights (`--weights`, src/cpu/quant.rs) end to end on real models: SmolLM2's GGUF kept
 //! in its file's Q4_1/Q8_0 blocks against the same file dequantized to f32, and stories260k
-//! converted to f16 and Q8_0 against f32. Fixtures missing are reported and skipped.
+//! converted to f16 and Q8_0 against f32.
 
 use keel::cpu::quant::WeightFormat;
 use keel::generate::{self, GenerateOptions, SamplerConfig};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel, WeightChoice};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn model_dir(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
-    if !p.exists() {
-        eprintln!("SKIPPED: fixture {} absent", p.display());
-        return None;
-    }
-    Some(p)
+    keel::testing::model(name)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

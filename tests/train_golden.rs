@@ -8,17 +8,9 @@ use keel::model::{self, GpuModel};
 use keel::train::graph::ActivationMemory;
 use keel::train::trainer::{Method, OptimConfig, Trainer};
 use serde_json::Value;
-use std::path::Path;
 
 fn golden(name: &str, model_path: &str) -> Option<(Value, std::path::PathBuf)> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    let golden = shared.join(format!("golden/{name}.json"));
-    let model = shared.join("models").join(model_path);
-    if !golden.exists() || !model.exists() {
-        eprintln!("SKIPPED: fixture {} or {} absent", golden.display(), model.display());
-        return None;
-    }
-    Some((serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap(), model))
+    Some((keel::testing::golden(name)?, keel::testing::fixture(&format!("models/{model_path}"))?))
 }
 
 /// A golden file, its model loaded on the host, and its training batch as rows.

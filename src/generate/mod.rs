@@ -271,11 +271,7 @@ pub async fn generate_async(
 /// visible note) when the fixture is absent.
 #[cfg(test)]
 pub(crate) fn test_stories() -> Option<(crate::model::LoadedModel, GpuModel)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-    if !dir.exists() {
-        eprintln!("SKIPPED: fixture {} absent", dir.display());
-        return None;
-    }
+    let dir = crate::testing::model("stories260k")?;
     let host = crate::model::load(&dir).unwrap();
     let gpu = crate::ops::test_util::gpu();
     let m = GpuModel::upload(gpu, &host).unwrap();

@@ -164,7 +164,6 @@ mod tests {
     use super::*;
     use crate::cpu;
     use crate::ops::test_util::*;
-    use std::path::Path;
 
     /// A 324-token text (two chunks) on stories260k, plain and with the golden LCM setting:
     /// every statistic against the CPU from the full states the pass captured; with LCM the
@@ -172,9 +171,8 @@ mod tests {
     /// last logits (so the traced states are the modulated ones the model continues from).
     #[test]
     fn trace_matches_cpu_from_full_states() {
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/stories260k.json");
-        let Some((host, m)) = super::super::test_stories().filter(|_| golden.exists()) else { return };
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
+        let Some(v) = crate::testing::golden("stories260k") else { return };
+        let Some((host, m)) = super::super::test_stories() else { return };
         let ids: Vec<u32> =
             v["cases"][2]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let lcm_cfg = LcmConfig::from_json(&v["lcm_config"], "lcm_config").unwrap();

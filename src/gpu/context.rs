@@ -44,7 +44,21 @@ pub struct Gpu {
 }
 
 fn instance() -> wgpu::Instance {
+    quiet_window_system_probe();
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle().with_env())
+}
+
+/// Keel computes and never presents, yet Mesa's implicit Vulkan layer `device_select` probes
+/// the Wayland and X11 displays to order the adapters, and without `XDG_RUNTIME_DIR` (a shell
+/// over ssh, a container) libwayland prints an error line for each probe. The layer's own
+/// switch turns it off; Keel picks its adapter itself. A user's explicit setting is kept.
+fn quiet_window_system_probe() {
+    #[cfg(all(unix, not(target_arch = "wasm32")))]
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // Before any Vulkan call, so no other thread of ours reads the environment yet.
+        ONCE.call_once(|| std::env::set_var("NODEVICE_SELECT", "1"));
+    }
 }
 
 /// The limits Keel needs: the defaults, with buffer sizes and storage bindings raised to

@@ -283,8 +283,7 @@ mod tests {
     use crate::model::load;
 
     fn stories() -> Option<crate::model::LoadedModel> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        path.exists().then(|| load(&path).unwrap())
+        crate::testing::model("stories260k").map(|path| load(&path).unwrap())
     }
 
     #[test]
@@ -298,8 +297,7 @@ mod tests {
         let err = parse_targets(c, "q,x").unwrap_err().to_string();
         assert!(err.contains("--lora-targets") && err.contains("'x'"), "{err}");
         // GPT-2 has two c_proj: target_modules must say which (PEFT matches by suffix).
-        let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/tiny-gpt2");
-        if gpt2.exists() {
+        if let Some(gpt2) = crate::testing::model("tiny-gpt2") {
             let g = load(&gpt2).unwrap().config;
             let lora = Lora::init(&g, &parse_targets(&g, "o,down").unwrap(), 2, 4.0, 1).unwrap();
             let dir = std::env::temp_dir().join(format!("keel-adapter-gpt2-{}", std::process::id()));

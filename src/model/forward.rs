@@ -556,18 +556,13 @@ fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     /// A decode step of a Llama-style model records per block: qkv (norm fused), the two
     /// decode-attention dispatches, o, up (norm fused), down (SiLU gate fused); a prefill
     /// chunk keeps the two norms, rope_kv, attention and the activation (9).
     #[test]
     fn decode_records_six_dispatches_per_block() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !path.exists() {
-            eprintln!("SKIPPED: {} absent", path.display());
-            return;
-        }
+        let Some(path) = crate::testing::model("stories260k") else { return };
         let gpu = crate::ops::test_util::gpu();
         let m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
         let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());

@@ -491,13 +491,8 @@ mod tests {
     /// Random weights have exactly the tensors and shapes the loader gives each architecture.
     #[test]
     fn random_weights_have_the_loaded_shapes() {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
         for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
-            let dir = models.join(name);
-            if !dir.exists() {
-                eprintln!("SKIPPED: fixture {} absent", dir.display());
-                continue;
-            }
+            let Some(dir) = crate::testing::model(name) else { continue };
             let loaded = crate::model::load(&dir).unwrap();
             let random = Weights::random(&loaded.config, 7);
             assert_eq!(shapes(&random), shapes(&loaded.weights), "{name}");
@@ -512,11 +507,11 @@ mod tests {
     #[test]
     fn smollm2_shapes_config_matches_the_gguf() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let gguf = root.join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        if !gguf.exists() {
-            eprintln!("SKIPPED: fixture {} absent", gguf.display());
+        let Some(gguf) =
+            crate::testing::fixture("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        else {
             return;
-        }
+        };
         let text = std::fs::read(root.join("data/configs/smollm2-135m.json")).unwrap();
         let ours = crate::model::load::parse_config(&text, "smollm2-135m.json").unwrap();
         let theirs = crate::model::load(&gguf).unwrap().config;

@@ -387,11 +387,7 @@ mod tests {
     /// The browser's files by name load the same model as the folder.
     #[test]
     fn files_load_like_the_folder() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !src.exists() {
-            eprintln!("SKIPPED: fixture {} absent", src.display());
-            return;
-        }
+        let Some(src) = crate::testing::model("stories260k") else { return };
         let folder = load(&src).unwrap();
         let mut files: HashMap<String, Vec<u8>> =
             ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"]
@@ -427,11 +423,7 @@ mod tests {
     /// the BF16-rounded weights of the single-file model.
     #[test]
     fn sharded_bf16_safetensors_load_like_the_single_file() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !src.exists() {
-            eprintln!("SKIPPED: fixture {} absent", src.display());
-            return;
-        }
+        let Some(src) = crate::testing::model("stories260k") else { return };
         let single = load(&src).unwrap();
         let dir = std::env::temp_dir().join(format!("keel-sharded-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -61,13 +61,8 @@ mod tests {
     /// architecture; saving twice gives the same bytes.
     #[test]
     fn saved_models_load_back_identically() {
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
         for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
-            let path = shared.join(name);
-            if !path.exists() {
-                eprintln!("SKIPPED: {} absent", path.display());
-                continue;
-            }
+            let Some(path) = crate::testing::model(name) else { continue };
             let model = load(&path).unwrap();
             let dir = std::env::temp_dir().join(format!("keel-save-{name}-{}", std::process::id()));
             save_hf_model(&dir, &model.config, &model.weights, model.tokenizer.json()).unwrap();

@@ -138,7 +138,6 @@ mod tests {
     use crate::model::load::streamed_tensor;
     use crate::model::WeightChoice;
     use serde_json::Value;
-    use std::path::Path;
 
     /// Each safetensors tensor cut from its header entry's byte range, streamed as the
     /// browser does, gives GPU weights bit-identical to uploading the loaded model.
@@ -146,11 +145,7 @@ mod tests {
     fn streamed_weights_match_the_upload() {
         let gpu = crate::ops::test_util::gpu();
         for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models").join(name);
-            if !src.exists() {
-                eprintln!("SKIPPED: fixture {} absent", src.display());
-                continue;
-            }
+            let Some(src) = crate::testing::model(name) else { continue };
             let loaded = crate::model::load(&src).unwrap();
             let uploaded = GpuModel::upload(gpu, &loaded).unwrap();
             let mut streamer = Streamer::new(gpu, &loaded.config, &BTreeMap::new()).unwrap();
@@ -186,12 +181,11 @@ mod tests {
     #[test]
     fn streamed_gguf_matches_the_auto_upload() {
         let gpu = crate::ops::test_util::gpu();
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        if !path.exists() {
-            eprintln!("SKIPPED: fixture {} absent", path.display());
+        let Some(path) =
+            crate::testing::fixture("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        else {
             return;
-        }
+        };
         let loaded = crate::model::load(&path).unwrap();
         let uploaded = GpuModel::upload_with(gpu, &loaded, WeightChoice::Auto).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -236,11 +230,7 @@ mod tests {
     #[test]
     fn streamed_tensors_are_checked() {
         let gpu = crate::ops::test_util::gpu();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k");
-        if !src.exists() {
-            eprintln!("SKIPPED: fixture {} absent", src.display());
-            return;
-        }
+        let Some(src) = crate::testing::model("stories260k") else { return };
         let cfg = crate::model::load(&src).unwrap().config;
         let mut s = Streamer::new(gpu, &cfg, &BTreeMap::new()).unwrap();
         let norm = |name: &str, n: usize| HostTensor::new(name, vec![n], vec![1.0; n]);

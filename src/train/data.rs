@@ -242,11 +242,8 @@ mod tests {
 
     /// stories260k's tokenizer, or None (with a visible note) when the fixture is absent.
     fn stories_tokenizer() -> Option<Tokenizer> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260k/tokenizer.json");
-        let Ok(json) = std::fs::read_to_string(&p) else {
-            eprintln!("SKIPPED: fixture {} absent", p.display());
-            return None;
-        };
+        let p = crate::testing::fixture("models/stories260k/tokenizer.json")?;
+        let json = std::fs::read_to_string(&p).unwrap();
         Some(Tokenizer::from_json(&json, "tokenizer.json").unwrap())
     }
 

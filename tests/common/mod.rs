@@ -18,23 +18,12 @@ pub const HANG: Duration = Duration::from_secs(180);
 /// Bad input must be refused within this (generous for a loaded 2-core machine).
 pub const REFUSAL: Duration = Duration::from_secs(20);
 
-pub fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
+#[allow(unused_imports)] // Each test binary uses its own subset.
+pub use keel::testing::{fixture, shared_dir as shared};
 
-/// The stories260k folder, or None (with a visible note) when absent.
+/// The stories260k folder (see [`keel::testing::fixture`]: skipped or failed when absent).
 pub fn stories() -> Option<PathBuf> {
-    model_fixture("stories260k")
-}
-
-/// The safetensors model folder `shared/models/{name}`, or None (with a visible note).
-pub fn model_fixture(name: &str) -> Option<PathBuf> {
-    let dir = shared().join("models").join(name);
-    if !dir.join("model.safetensors").exists() {
-        eprintln!("SKIPPED: fixture {} absent", dir.display());
-        return None;
-    }
-    Some(dir)
+    keel::testing::model("stories260k")
 }
 
 pub struct Run {
