@@ -2,7 +2,7 @@
 // in by `#include wfmt`. wload(row, kk) returns elements 4kk..4kk+3 of weight row `row` as f32,
 // whatever the storage format; everything else in the kernels is format-blind.
 // f32: B is any strided view (offset and column stride in vec4 units). Packed formats (WQ and one
-// W_* flag) are whole [n, k] weights in src/cpu/quant.rs's layout: rows of k/32 blocks, each
+// W_* flag) are whole [n, k] weights in src/gpu/wfmt.rs's layout: rows of k/32 blocks, each
 // block its scale word(s) then its quants, so a row is k/32 · words-per-block u32s.
 #if WQ
 #if W_F16_NATIVE

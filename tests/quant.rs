@@ -1,10 +1,10 @@
-//! Packed weights (`--weights`, src/cpu/quant.rs) end to end on real models: SmolLM2's GGUF kept
+//! Packed weights (`--weights`, src/gpu/wfmt.rs) end to end on real models: SmolLM2's GGUF kept
 //! in its file's Q4_1/Q8_0 blocks against the same file dequantized to f32, and stories260k
 //! converted to f16 and Q8_0 against f32.
 
-use keel::cpu::quant::WeightFormat;
 use keel::generate::{self, GenerateOptions, SamplerConfig};
 use keel::gpu::Gpu;
+use keel::gpu::WeightFormat;
 use keel::model::{self, GpuModel, WeightChoice};
 use std::path::PathBuf;
 

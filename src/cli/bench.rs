@@ -4,8 +4,8 @@
 use super::finetune::ConstrictArgs;
 use super::{load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
-use crate::cpu::quant::WeightFormat;
 use crate::generate::{Sampler, SamplerConfig, Session};
+use crate::gpu::WeightFormat;
 use crate::gpu::{Gpu, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;

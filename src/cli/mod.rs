@@ -10,8 +10,8 @@ mod serve;
 mod sweep;
 mod text;
 
-use crate::cpu::quant::WeightFormat;
 use crate::generate::SamplerConfig;
+use crate::gpu::WeightFormat;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::{GpuModel, LoadedModel, WeightChoice};
 use crate::modulate::{self, LcmConfig};

@@ -9,7 +9,6 @@ pub mod lcm;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
-pub mod quant;
 pub mod rope;
 pub mod stats;
 pub mod trace;

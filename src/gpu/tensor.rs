@@ -1,7 +1,7 @@
 //! GPU tensors: a storage buffer, a shape and an element type. Uploads and read-backs.
 
 use super::Gpu;
-pub use crate::cpu::quant::WeightFormat;
+use super::WeightFormat;
 use anyhow::{bail, Result};
 use wgpu::util::DeviceExt;
 
@@ -9,7 +9,7 @@ use wgpu::util::DeviceExt;
 pub enum DType {
     F32,
     U32,
-    /// A weight matrix in a packed format (src/cpu/quant.rs's layout): `shape` stays the
+    /// A weight matrix in a packed format (src/gpu/wfmt.rs's layout): `shape` stays the
     /// logical `[out, in]`; only the matmul kernels' weight operand reads it.
     Packed(WeightFormat),
 }

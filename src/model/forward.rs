@@ -9,7 +9,7 @@ use super::layout::{Linear, Weights};
 use super::load::LoadedModel;
 use super::lora::BlockLora;
 use super::weights::HostTensor;
-use crate::cpu::quant::{self, WeightFormat};
+use crate::gpu::wfmt::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
@@ -158,7 +158,7 @@ impl WeightChoice {
             (WeightChoice::Auto, Some((f, words))) => Some((f, words.to_vec())),
             (WeightChoice::Format(f), Some((g, words))) if f == g => Some((f, words.to_vec())),
             (WeightChoice::Format(f), _) if f != WeightFormat::F32 && f.fits(t.shape[1]) => {
-                Some((f, quant::quantize(f, &t.values(), t.shape[1])))
+                Some((f, wfmt::quantize(f, &t.values(), t.shape[1])))
             }
             _ => None,
         }

@@ -5,7 +5,7 @@
 
 use super::config::{Arch, ModelConfig};
 use super::weights::HostTensor;
-use crate::cpu::quant::WeightFormat;
+use crate::gpu::WeightFormat;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 

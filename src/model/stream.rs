@@ -8,7 +8,7 @@ use super::forward::packable;
 use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::GpuModel;
-use crate::cpu::quant::{self, WeightFormat};
+use crate::gpu::wfmt::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Tensor};
 use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -117,7 +117,7 @@ fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t
         Some((f, words)) if f == fmt => write(row, words),
         Some((f, words)) if fmt == WeightFormat::F32 => {
             for (i, rows) in words.chunks(f.words(DEQUANTIZED_ROWS, cols)).enumerate() {
-                write(row + i * DEQUANTIZED_ROWS, bytemuck::cast_slice(&quant::dequantize(f, rows)));
+                write(row + i * DEQUANTIZED_ROWS, bytemuck::cast_slice(&wfmt::dequantize(f, rows)));
             }
         }
         None if fmt == WeightFormat::F32 => write(row, bytemuck::cast_slice(&t.values())),

@@ -1,11 +1,11 @@
 //! Host-side tensors as loaded from files, before upload to the GPU.
 
-use crate::cpu::quant::{self, WeightFormat};
+use crate::gpu::wfmt::{self, WeightFormat};
 use std::borrow::Cow;
 
 /// One tensor in host memory, row-major, with its Hugging Face name: f32 values
 /// (f16/bf16 data is converted at load), or a GGUF weight's packed blocks (repacked to the
-/// GPU layout, src/cpu/quant.rs), which the GPU reads as they are. Packed blocks are
+/// GPU layout, src/gpu/wfmt.rs), which the GPU reads as they are. Packed blocks are
 /// dequantized only when f32 values are asked for ([`HostTensor::values`]: training,
 /// saving, CPU references, format conversions), so loading a quantized model for generation
 /// never holds its f32 copy.
@@ -53,21 +53,21 @@ impl HostTensor {
     pub fn values(&self) -> Cow<'_, [f32]> {
         match &self.storage {
             Storage::F32(data) => Cow::Borrowed(data),
-            Storage::Packed(f, words) => Cow::Owned(quant::dequantize(*f, words)),
+            Storage::Packed(f, words) => Cow::Owned(wfmt::dequantize(*f, words)),
         }
     }
 
     pub fn into_values(self) -> Vec<f32> {
         match self.storage {
             Storage::F32(data) => data,
-            Storage::Packed(f, words) => quant::dequantize(f, &words),
+            Storage::Packed(f, words) => wfmt::dequantize(f, &words),
         }
     }
 
     /// The f32 values to change in place (a packed tensor becomes f32 for good).
     pub fn values_mut(&mut self) -> &mut Vec<f32> {
         if let Storage::Packed(f, words) = &self.storage {
-            self.storage = Storage::F32(quant::dequantize(*f, words));
+            self.storage = Storage::F32(wfmt::dequantize(*f, words));
         }
         match &mut self.storage {
             Storage::F32(data) => data,
@@ -98,7 +98,7 @@ impl HostTensor {
                 words
                     .chunks(row_words.max(1))
                     .enumerate()
-                    .find_map(|(r, row)| find(&quant::dequantize(*f, row), r * cols))
+                    .find_map(|(r, row)| find(&wfmt::dequantize(*f, row), r * cols))
             }
         }
     }

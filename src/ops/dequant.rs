@@ -3,7 +3,7 @@
 //! GGUF) starts from, with no host copy of the weights.
 
 use super::{groups, matmul};
-use crate::cpu::quant::WeightFormat;
+use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, DType, Gpu, Step, Tensor};
 use anyhow::Result;
 
@@ -40,7 +40,7 @@ pub fn dequantize(gpu: &Gpu, step: &mut Step, what: &str, packed: &Tensor) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::quant;
+    use crate::gpu::wfmt;
     use crate::ops::test_util::*;
 
     #[test]
@@ -49,14 +49,14 @@ mod tests {
         let (n, k) = (70, 96);
         let w = rand_vec(3, n * k, 2.0);
         for fmt in WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32) {
-            let words = quant::quantize(fmt, &w, k);
+            let words = wfmt::quantize(fmt, &w, k);
             let packed = gpu.upload_weight("w", &[n, k], fmt, &words).unwrap();
             let mut step = Step::new(gpu);
             let out = dequantize(gpu, &mut step, "w f32", &packed).unwrap();
             step.submit().unwrap();
             assert_eq!(out.shape, [n, k]);
             // Exactly the CPU's values: both decode the same f16 scales and integer quants.
-            assert_eq!(gpu.read_f32(&out).unwrap(), quant::dequantize(fmt, &words), "{fmt:?}");
+            assert_eq!(gpu.read_f32(&out).unwrap(), wfmt::dequantize(fmt, &words), "{fmt:?}");
         }
     }
 }

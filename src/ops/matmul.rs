@@ -5,7 +5,7 @@
 //! Weights may be packed (f16, Q8_0, Q4_0, Q4_1: `shaders/wfmt.wgsl`) when they are the `W` of
 //! a forward x·Wᵀ; both kernels dequantize them as they read them and accumulate in f32.
 
-use crate::cpu::quant::WeightFormat;
+use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
@@ -478,8 +478,8 @@ mod tests {
         let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
         for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
             UNPACK_F16.set(i >= WeightFormat::ALL.len());
-            let packed = crate::cpu::quant::quantize(fmt, &w, k);
-            let wq = crate::cpu::quant::dequantize(fmt, &packed);
+            let packed = crate::gpu::wfmt::quantize(fmt, &w, k);
+            let wq = crate::gpu::wfmt::dequantize(fmt, &packed);
             let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
             assert_eq!(wt.format(), fmt);
             let cases = (1..=MATVEC_MAX_M).flat_map(|m| [(m, Some(Tile::GPU)), (m, Some(Tile::CPU))]);

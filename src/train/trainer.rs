@@ -7,7 +7,7 @@
 use super::constrict::{ConstrictConfig, Hgc, HgcOn};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
 use crate::cpu::optim::AdamW;
-use crate::cpu::quant::WeightFormat;
+use crate::gpu::WeightFormat;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::adapter::Lora;
 use crate::model::layout::Weights;

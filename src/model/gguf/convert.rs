@@ -1,0 +1,525 @@
+//! A parsed GGUF in Keel's terms: the Hugging Face config.json from its metadata, and each
+//! tensor with its Hugging Face name and shape, kept packed in a GPU weight format where the
+//! matrix kernels read its ggml type, else decoded to f32 (llama's q/k rows un-permuted).
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, ensure, Result};
+use half::f16;
+use serde_json::{json, Value};
+
+use super::parse::{
+    parse, tensor_data, GgufFile, GgufTensorInfo, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
+    GGML_Q8_0,
+};
+use crate::gpu::wfmt::{self, WeightFormat};
+use crate::model::weights::HostTensor;
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Decodes a tensor's bytes `data` (as [`tensor_data`] checked them) to f32, in row-major
+/// order of its Hugging Face shape (`dims` reversed), which is the order they are stored in.
+pub(super) fn decode(info: &GgufTensorInfo, data: &[u8]) -> Result<Vec<f32>> {
+    let out = match info.ggml_type {
+        GGML_F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        GGML_F16 => data.chunks_exact(2).map(|c| f16_at(c, 0)).collect(),
+        // bf16 is the top half of an f32.
+        GGML_BF16 => data
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect(),
+        GGML_Q8_0 => data
+            .chunks_exact(34)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                b[2..].iter().map(move |&q| d * f32::from(q as i8))
+            })
+            .collect(),
+        // Low nibbles are elements 0..16 of the block, high nibbles 16..32.
+        GGML_Q4_0 => data
+            .chunks_exact(18)
+            .flat_map(|b| {
+                let d = f16_at(b, 0);
+                let qs = &b[2..];
+                let lo = qs.iter().map(|&q| i32::from(q & 0xF));
+                let hi = qs.iter().map(|&q| i32::from(q >> 4));
+                lo.chain(hi).map(move |q| d * (q - 8) as f32)
+            })
+            .collect(),
+        GGML_Q4_1 => data
+            .chunks_exact(20)
+            .flat_map(|b| {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qs = &b[4..];
+                let lo = qs.iter().map(|&q| q & 0xF);
+                let hi = qs.iter().map(|&q| q >> 4);
+                lo.chain(hi).map(move |q| d * f32::from(q) + m)
+            })
+            .collect(),
+        // tensor_data has already rejected every other type.
+        t => bail!("GGUF tensor '{}': ggml type {t} is not supported", info.name),
+    };
+    Ok(out)
+}
+
+/// The supported architectures: (GGUF name, HF class, whether q/k rows are permuted).
+const ARCHITECTURES: [(&str, &str, bool); 2] =
+    [("llama", "LlamaForCausalLM", true), ("qwen2", "Qwen2ForCausalLM", false)];
+
+/// Converts a llama or qwen2 GGUF into a Hugging Face config.json and tensors with HF
+/// names and shapes (q/k un-permuted for llama; see [`hf_tensor`]).
+pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
+    let file = parse(bytes)?;
+    let config = hf_config(&file)?;
+    let tensors = file
+        .tensors
+        .iter()
+        .map(|info| hf_tensor(&file, info, tensor_data(&file, bytes, info)?))
+        .collect::<Result<_>>()?;
+    Ok((config, tensors))
+}
+
+/// The architecture's (HF class, whether llama.cpp permuted the q/k rows).
+fn architecture(file: &GgufFile) -> Result<(&'static str, bool)> {
+    let arch = file
+        .str("general.architecture")?
+        .ok_or_else(|| anyhow!("GGUF metadata 'general.architecture' is missing"))?;
+    let &(_, hf_class, permuted) = ARCHITECTURES
+        .iter()
+        .find(|(name, _, _)| *name == arch)
+        .ok_or_else(|| anyhow!("GGUF architecture '{arch}' is not supported (llama, qwen2 are)"))?;
+    Ok((hf_class, permuted))
+}
+
+/// (layers, heads, kv heads) from the metadata.
+fn layer_and_head_counts(file: &GgufFile) -> Result<(u64, u64, u64)> {
+    let arch = file.str("general.architecture")?.unwrap_or_default();
+    let key = |k: &str| format!("{arch}.{k}");
+    let layers = file.required_uint(&key("block_count"))?;
+    let heads = file.required_uint(&key("attention.head_count"))?;
+    let kv_heads = file.uint(&key("attention.head_count_kv"))?.unwrap_or(heads);
+    ensure!(
+        heads > 0 && kv_heads > 0,
+        "GGUF metadata: head counts must be positive ({heads} heads, {kv_heads} kv heads)"
+    );
+    Ok((layers, heads, kv_heads))
+}
+
+/// The Hugging Face config.json of a parsed GGUF (from its metadata and tensor table),
+/// after checking every tensor has a Hugging Face name: a file with a stray tensor is
+/// refused before any tensor is converted.
+pub fn hf_config(file: &GgufFile) -> Result<Value> {
+    let (hf_class, _) = architecture(file)?;
+    let arch = file.str("general.architecture")?.unwrap_or_default();
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = file.required_uint(&key("embedding_length"))?;
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    let head_dim = match file.uint(&key("attention.key_length"))? {
+        Some(d) => d,
+        None => {
+            ensure!(
+                hidden.is_multiple_of(heads),
+                "GGUF metadata: hidden size {hidden} is not a multiple of {heads} heads"
+            );
+            hidden / heads
+        }
+    };
+    let eps = file
+        .float(&key("attention.layer_norm_rms_epsilon"))?
+        .ok_or_else(|| anyhow!("GGUF metadata '{arch}.attention.layer_norm_rms_epsilon' is missing"))?;
+    let vocab_size = match file.tensor("token_embd.weight") {
+        Some(t) if t.dims.len() == 2 => t.dims[1],
+        _ => file
+            .str_array("tokenizer.ggml.tokens")?
+            .ok_or_else(|| anyhow!("GGUF: no 2-D token_embd.weight nor tokenizer.ggml.tokens"))?
+            .len() as u64,
+    };
+    let config = json!({
+        "architectures": [hf_class],
+        "model_type": arch,
+        "hidden_size": hidden,
+        "intermediate_size": file.required_uint(&key("feed_forward_length"))?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": eps,
+        "rope_theta": file.float(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        "max_position_embeddings": file.required_uint(&key("context_length"))?,
+        "vocab_size": vocab_size,
+        "tie_word_embeddings": file.tensor("output.weight").is_none(),
+        "bos_token_id": file.uint("tokenizer.ggml.bos_token_id")?,
+        "eos_token_id": file.uint("tokenizer.ggml.eos_token_id")?,
+        "hidden_act": "silu",
+    });
+    for info in &file.tensors {
+        hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    }
+    Ok(config)
+}
+
+/// One tensor of `file`, from its bytes `data`, with its Hugging Face name and shape: a 2-D
+/// F16, Q8_0, Q4_0 or Q4_1 tensor stays packed (GPU layout: the GPU reads it without
+/// dequantizing, and the host dequantizes only when f32 values are asked for), any other is
+/// decoded to f32. llama's q/k rows are un-permuted (rows are whole blocks: ggml blocks run
+/// along rows, so this works on packed rows too).
+pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<HostTensor> {
+    let (_, permuted) = architecture(file)?;
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    let (hf, rope_heads) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    let shape = info
+        .dims
+        .iter()
+        .rev()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
+    let rows = shape.first().copied().unwrap_or(1);
+    let fail = |e: anyhow::Error| anyhow!("GGUF tensor '{}': {e}", info.name);
+    // The head count of llama's q/k rows to un-permute.
+    let unpermute =
+        rope_heads.filter(|_| permuted).map(usize::try_from).transpose().map_err(|e| fail(e.into()))?;
+    let t = match packed_format(info.ggml_type).filter(|f| shape.len() == 2 && f.fits(shape[1])) {
+        Some(fmt) => {
+            let mut words = wfmt::from_ggml(fmt, data);
+            if let Some(n) = unpermute {
+                words = unpermute_rows(&words, rows, n).map_err(fail)?;
+            }
+            HostTensor::packed(hf, shape, fmt, words)
+        }
+        None => {
+            let mut values = decode(info, data)?;
+            if let Some(n) = unpermute {
+                values = unpermute_rows(&values, rows, n).map_err(fail)?;
+            }
+            HostTensor::new(hf, shape, values)
+        }
+    };
+    Ok(t)
+}
+
+/// The GPU format that holds a ggml type as it is stored.
+fn packed_format(ggml_type: u32) -> Option<WeightFormat> {
+    match ggml_type {
+        GGML_F16 => Some(WeightFormat::F16),
+        GGML_Q8_0 => Some(WeightFormat::Q8_0),
+        GGML_Q4_0 => Some(WeightFormat::Q4_0),
+        GGML_Q4_1 => Some(WeightFormat::Q4_1),
+        _ => None,
+    }
+}
+
+/// The format [`hf_tensor`] gives each tensor, by Hugging Face name (known from the header
+/// alone, before any tensor data).
+pub fn hf_formats(file: &GgufFile) -> Result<BTreeMap<String, WeightFormat>> {
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    let mut out = BTreeMap::new();
+    for info in &file.tensors {
+        let (hf, _) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+        let cols = (info.dims.len() == 2).then(|| info.dims[0] as usize);
+        let fmt = packed_format(info.ggml_type).filter(|f| cols.is_some_and(|c| f.fits(c)));
+        out.insert(hf, fmt.unwrap_or(WeightFormat::F32));
+    }
+    Ok(out)
+}
+
+/// Maps a GGUF tensor name to its HF name, and for q/k projections the head count whose
+/// rows llama.cpp permutes.
+pub(super) fn hf_tensor_name(
+    name: &str,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+) -> Result<(String, Option<u64>)> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(hf) = fixed {
+        return Ok((hf.to_string(), None));
+    }
+    let unknown = || anyhow!("GGUF tensor '{name}' has no Hugging Face equivalent");
+    let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
+    let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
+    let layer: u64 = layer.parse().map_err(|_| unknown())?;
+    ensure!(layer < layers, "GGUF tensor '{name}': layer {layer} but the model has {layers} layers");
+    let (part, suffix) = rest.split_once('.').ok_or_else(unknown)?;
+    let (hf_part, rope_heads) = match (part, suffix) {
+        ("attn_norm", "weight") => ("input_layernorm", None),
+        ("ffn_norm", "weight") => ("post_attention_layernorm", None),
+        ("attn_q", "weight" | "bias") => ("self_attn.q_proj", Some(heads)),
+        ("attn_k", "weight" | "bias") => ("self_attn.k_proj", Some(kv_heads)),
+        ("attn_v", "weight" | "bias") => ("self_attn.v_proj", None),
+        ("attn_output", "weight") => ("self_attn.o_proj", None),
+        ("ffn_gate", "weight") => ("mlp.gate_proj", None),
+        ("ffn_up", "weight") => ("mlp.up_proj", None),
+        ("ffn_down", "weight") => ("mlp.down_proj", None),
+        _ => return Err(unknown()),
+    };
+    Ok((format!("model.layers.{layer}.{hf_part}.{suffix}"), rope_heads))
+}
+
+/// Undoes the row permutation llama.cpp's converter applies to q and k projections
+/// (weights [rows, cols] or biases [rows]):
+///
+/// ```text
+/// w.reshape(n_head, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(w.shape)
+/// ```
+///
+/// HF's rotate_half pairs element i of a head with element i + head_dim/2; llama.cpp's
+/// RoPE pairs adjacent elements 2i and 2i+1. The forward permutation therefore moves HF
+/// row (head h, half s, index i) = h*head_dim + s*head_dim/2 + i to GGUF row
+/// h*head_dim + 2i + s. The inverse gathers, for each HF row, that GGUF row: within a
+/// head, the even GGUF rows become the first half and the odd rows the second half.
+fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_heads: usize) -> Result<Vec<T>> {
+    ensure!(
+        n_heads > 0 && rows.is_multiple_of(2 * n_heads),
+        "{rows} rows do not split into {n_heads} heads of even size"
+    );
+    ensure!(
+        !data.is_empty() && data.len().is_multiple_of(rows),
+        "{} values do not form {rows} rows",
+        data.len()
+    );
+    let cols = data.len() / rows;
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for hf_row in 0..rows {
+        let (h, within) = (hf_row / head_dim, hf_row % head_dim);
+        let (s, i) = (within / half, within % half);
+        let src = h * head_dim + 2 * i + s;
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::test_files::{
+        data_start, dequantize, f16_le, fixture, fixture_dir, info, tiny_model, Builder,
+    };
+
+    #[test]
+    fn dequantizes_fixture_q8_0_q4_1_and_f32() {
+        let Some(bytes) = fixture() else { return };
+        let file = parse(bytes).unwrap();
+
+        // Q8_0 token embedding [49152, 576]: 18 blocks of 34 bytes per row.
+        let embd = dequantize(&file, bytes, info(&file, "token_embd.weight")).unwrap();
+        assert_eq!(embd.len(), 49152 * 576);
+        let start = data_start(&file, "token_embd.weight");
+        for (row, col) in [(0, 0), (1, 31), (1234, 32), (1234, 575), (49151, 575)] {
+            let block = start + (row * 18 + col / 32) * 34;
+            let d = f16_le(&bytes[block..]);
+            let q = bytes[block + 2 + col % 32] as i8;
+            assert_eq!(embd[row * 576 + col], d * q as f32, "embd[{row}][{col}]");
+        }
+        assert!(embd.iter().any(|&x| x != 0.0));
+
+        // Q4_1 q projection [576, 576]: 18 blocks of 20 bytes per row.
+        let name = "blk.0.attn_q.weight";
+        let q = dequantize(&file, bytes, info(&file, name)).unwrap();
+        assert_eq!(q.len(), 576 * 576);
+        let start = data_start(&file, name);
+        for (row, col) in [(0, 0), (0, 15), (0, 16), (7, 31), (300, 47), (575, 575)] {
+            let block = start + (row * 18 + col / 32) * 20;
+            let (d, m) = (f16_le(&bytes[block..]), f16_le(&bytes[block + 2..]));
+            let j = col % 32;
+            let byte = bytes[block + 4 + j % 16];
+            let nibble = if j < 16 { byte & 0xF } else { byte >> 4 };
+            assert_eq!(q[row * 576 + col], d * nibble as f32 + m, "q[{row}][{col}]");
+        }
+
+        let norm = dequantize(&file, bytes, info(&file, "output_norm.weight")).unwrap();
+        let start = data_start(&file, "output_norm.weight");
+        let first = f32::from_le_bytes(bytes[start..start + 4].try_into().unwrap());
+        assert_eq!((norm.len(), norm[0]), (576, first));
+    }
+
+    /// Loaded GGUF weights hold their packed blocks only, no f32 copy (the host holds less
+    /// than the file); their values, dequantized on demand, are the file's, rows concatenated
+    /// as in Keel's fused QKV and gate|up. Norms stay f32.
+    #[test]
+    fn fixture_weights_stay_packed_without_f32() {
+        let Some(bytes) = fixture() else { return };
+        let (_, tensors) = to_hf(bytes).unwrap();
+        let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        assert_eq!(by_name["model.layers.3.self_attn.q_proj.weight"].format(), WeightFormat::Q4_1);
+        assert_eq!(by_name["model.embed_tokens.weight"].format(), WeightFormat::Q8_0);
+        assert_eq!(by_name["model.norm.weight"].packed_words(), None);
+        let model = crate::model::load(&fixture_dir().expect("the GGUF's folder")).unwrap();
+        let host: usize = model.weights.named().iter().map(|(_, t)| t.host_bytes()).sum();
+        assert!(host < bytes.len(), "the host holds {host} bytes of weights, the file has {}", bytes.len());
+        let b0 = &model.weights.blocks[0];
+        for t in [&b0.qkv, &b0.o, &b0.up, &b0.down] {
+            assert_eq!(t.format(), WeightFormat::Q4_1, "{}", t.name);
+        }
+        let file = parse(bytes).unwrap();
+        let raw = |name: &str| dequantize(&file, bytes, info(&file, name)).unwrap();
+        assert_eq!(*b0.down.values(), raw("blk.0.ffn_down.weight"));
+        assert_eq!(*b0.up.values(), [raw("blk.0.ffn_gate.weight"), raw("blk.0.ffn_up.weight")].concat());
+        assert_eq!(*model.weights.embed.values(), raw("token_embd.weight"));
+    }
+
+    #[test]
+    fn converts_fixture_to_hf() {
+        let Some(bytes) = fixture() else { return };
+        let (config, tensors) = to_hf(bytes).unwrap();
+        let expected = json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "head_dim": 64, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "max_position_embeddings": 8192, "vocab_size": 49152,
+            "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2,
+            "hidden_act": "silu",
+        });
+        assert_eq!(config, expected);
+
+        assert_eq!(tensors.len(), 272);
+        let by_name: BTreeMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        assert_eq!(by_name.len(), 272, "HF names are unique");
+        assert_eq!(by_name["model.embed_tokens.weight"].shape, [49152, 576]);
+        assert_eq!(by_name["model.norm.weight"].shape, [576]);
+        assert!(!by_name.contains_key("lm_head.weight"));
+        for l in 0..30 {
+            let shape = |s: &str| by_name[format!("model.layers.{l}.{s}.weight").as_str()].shape.clone();
+            assert_eq!(shape("input_layernorm"), [576]);
+            assert_eq!(shape("post_attention_layernorm"), [576]);
+            assert_eq!(shape("self_attn.q_proj"), [576, 576]);
+            assert_eq!(shape("self_attn.k_proj"), [192, 576]);
+            assert_eq!(shape("self_attn.v_proj"), [192, 576]);
+            assert_eq!(shape("self_attn.o_proj"), [576, 576]);
+            assert_eq!(shape("mlp.gate_proj"), [1536, 576]);
+            assert_eq!(shape("mlp.up_proj"), [1536, 576]);
+            assert_eq!(shape("mlp.down_proj"), [576, 1536]);
+        }
+        for t in &tensors {
+            assert_eq!(t.values().len(), t.numel(), "{}", t.name);
+        }
+
+        // Within each 64-row head, HF row s*32 + i is GGUF row 2i + s; v is not permuted.
+        let file = parse(bytes).unwrap();
+        for (gguf, hf) in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj")] {
+            let raw = dequantize(&file, bytes, info(&file, &format!("blk.5.{gguf}.weight"))).unwrap();
+            let conv = &by_name[format!("model.layers.5.self_attn.{hf}.weight").as_str()].values();
+            let row = |d: &[f32], r: usize| d[r * 576..(r + 1) * 576].to_vec();
+            for (hf_row, gguf_row) in
+                [(0, 0), (1, 2), (31, 62), (32, 1), (33, 3), (63, 63), (64 + 40, 64 + 17)]
+            {
+                let src = if gguf == "attn_v" { hf_row } else { gguf_row };
+                assert_eq!(row(conv, hf_row), row(&raw, src), "{hf} row {hf_row}");
+            }
+        }
+    }
+
+    #[test]
+    fn dequantizes_each_supported_type() {
+        let f16s: Vec<u8> =
+            [1.5f32, -2.0, 65504.0].iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let bf16s: Vec<u8> =
+            [1.5f32, -3.0e38].iter().flat_map(|&v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        let mut q8 = f16::from_f32(0.5).to_le_bytes().to_vec();
+        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut q4_0 = f16::from_f32(2.0).to_le_bytes().to_vec();
+        q4_0.extend((0..16u8).map(|j| (15 - j) << 4 | j));
+        let mut q4_1 = [f16::from_f32(0.25).to_le_bytes(), f16::from_f32(-1.0).to_le_bytes()].concat();
+        q4_1.extend((0..16u8).map(|j| (15 - j) << 4 | j));
+        let b = Builder::default()
+            .tensor("f16", &[3], GGML_F16, &f16s)
+            .tensor("bf16", &[2], GGML_BF16, &bf16s)
+            .tensor("q8", &[32], GGML_Q8_0, &q8)
+            .tensor("q4_0", &[32], GGML_Q4_0, &q4_0)
+            .tensor("q4_1", &[32], GGML_Q4_1, &q4_1)
+            .tensor("q4_k", &[256], 12, &[0; 144])
+            .build();
+        let file = parse(&b).unwrap();
+        let get = |name: &str| dequantize(&file, &b, info(&file, name));
+        assert_eq!(get("f16").unwrap(), [1.5, -2.0, 65504.0]);
+        assert_eq!(get("bf16").unwrap(), [1.5, f32::from_bits((-3.0e38f32).to_bits() & 0xFFFF_0000)]);
+        assert_eq!(get("q8").unwrap(), (0..32).map(|i| 0.5 * (i - 16) as f32).collect::<Vec<_>>());
+        // Element j < 16 is the low nibble j of byte j; element 16 + j the high nibble 15 - j.
+        let nibbles: Vec<f32> = (0..16).chain((0..16).rev()).map(|q| q as f32).collect();
+        let want: Vec<f32> = nibbles.iter().map(|q| 2.0 * (q - 8.0)).collect();
+        assert_eq!(get("q4_0").unwrap(), want);
+        let want: Vec<f32> = nibbles.iter().map(|q| 0.25 * q + -1.0).collect();
+        assert_eq!(get("q4_1").unwrap(), want);
+        let msg = get("q4_k").unwrap_err().to_string();
+        assert!(msg.contains("'q4_k'") && msg.contains("ggml type 12 (Q4_K)"), "{msg}");
+    }
+
+    /// llama.cpp's converter, transcribed index by index from
+    /// `w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)`:
+    /// output element [h][i][s][c] is input element [h][s][i][c].
+    fn llama_cpp_permute(w: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+        let cols = w.len() / rows;
+        let half = rows / n_head / 2;
+        let mut out = vec![0.0; w.len()];
+        for h in 0..n_head {
+            for i in 0..half {
+                for s in 0..2 {
+                    for c in 0..cols {
+                        out[((h * half + i) * 2 + s) * cols + c] = w[((h * 2 + s) * half + i) * cols + c];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // One head of 4 rows: GGUF rows [a, b, c, d] hold rope pairs (a, b), (c, d); HF
+        // wants pairs (x0, x2), (x1, x3), i.e. rows [a, c, b, d].
+        assert_eq!(unpermute_rows(&[0.0, 1.0, 2.0, 3.0], 4, 1).unwrap(), [0.0, 2.0, 1.0, 3.0]);
+        for (rows, n_head, cols) in [(24, 3, 5), (24, 3, 1), (12, 1, 2), (16, 4, 3)] {
+            let w: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+            let permuted = llama_cpp_permute(&w, rows, n_head);
+            assert_ne!(permuted, w);
+            assert_eq!(unpermute_rows(&permuted, rows, n_head).unwrap(), w);
+            assert_eq!(llama_cpp_permute(&unpermute_rows(&w, rows, n_head).unwrap(), rows, n_head), w);
+        }
+        assert!(unpermute_rows(&[0.0; 6], 6, 2).is_err(), "heads of odd size");
+    }
+
+    #[test]
+    fn converts_tiny_llama_and_qwen2() {
+        let seq = |n: usize| (0..n).map(|x| x as f32).collect::<Vec<_>>();
+        let (config, tensors) = to_hf(&tiny_model("llama")).unwrap();
+        assert_eq!(config["head_dim"], 4);
+        assert_eq!(config["rope_theta"], 10000.0);
+        assert_eq!(config["tie_word_embeddings"], false);
+        assert_eq!(config["bos_token_id"], Value::Null);
+        assert_eq!(config["vocab_size"], 5);
+        let get = |ts: &[HostTensor], n: &str| ts.iter().find(|t| t.name == n).unwrap().clone();
+        let q = get(&tensors, "model.layers.0.self_attn.q_proj.weight");
+        assert_eq!(q.shape, [8, 8]);
+        assert_eq!(llama_cpp_permute(&q.values(), 8, 2), seq(64));
+        let k = get(&tensors, "model.layers.0.self_attn.k_proj.weight");
+        assert_eq!((k.shape.as_slice(), llama_cpp_permute(&k.values(), 4, 1)), (&[4, 8][..], seq(32)));
+        assert_eq!(get(&tensors, "lm_head.weight").shape, [5, 8]);
+        assert_eq!(get(&tensors, "model.layers.0.mlp.down_proj.weight").shape, [8, 6]);
+
+        let (config, tensors) = to_hf(&tiny_model("qwen2")).unwrap();
+        assert_eq!(config["architectures"], json!(["Qwen2ForCausalLM"]));
+        assert_eq!(config["model_type"], "qwen2");
+        assert_eq!(tensors.len(), 15);
+        assert_eq!(*get(&tensors, "model.layers.0.self_attn.q_proj.weight").values(), seq(64));
+        assert_eq!(*get(&tensors, "model.layers.0.self_attn.k_proj.bias").values(), seq(4));
+
+        let mut unknown = Builder::default().str("general.architecture", "gpt2").build();
+        assert!(to_hf(&unknown).unwrap_err().to_string().contains("'gpt2' is not supported"));
+        unknown = tiny_model("llama");
+        // Rename a tensor in place: "output.weight" -> "outpux.weight".
+        let name = [&13u64.to_le_bytes()[..], b"output.weight"].concat();
+        let at = unknown.windows(21).position(|w| w == name).unwrap() + 8;
+        unknown[at + 5] = b'x';
+        let msg = to_hf(&unknown).unwrap_err().to_string();
+        assert_eq!(msg, "GGUF tensor 'outpux.weight' has no Hugging Face equivalent");
+    }
+}
