@@ -5,7 +5,8 @@
 //! its backward, with [`cpu`] references), [`model`] (configs, loaders and savers, the forward
 //! and backward passes, LoRA), [`modulate`] (LCM), [`generate`] (sessions, sampling, scoring),
 //! [`train`] (fine-tuning: the step, AdamW, runs with checkpoints), [`metrics`] (long-generation
-//! metrics and MSMA), [`report`] (charts and comparison reports).
+//! metrics and MSMA), [`report`] (charts and comparison reports), [`study`] (the comparison study behind
+//! `compare` and `sweep`).
 
 pub mod atomic;
 #[cfg(not(target_arch = "wasm32"))]
@@ -21,6 +22,8 @@ pub mod ops;
 pub mod pull;
 pub mod report;
 pub mod rng;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod study;
 #[doc(hidden)]
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -1,12 +1,12 @@
 //! `keel analyze`: the MSMA multi-scale analysis (methods.md section 4) and latent stability
 //! of one text, per layer, from one traced teacher-forced pass.
 
-use super::compare::{latent_from, trace_ids, PROJ_DIM};
 use super::{load_model, LcmArgs, ModelArg};
 use crate::metrics::msma::{analyze_layer, DEFAULT_WINDOW};
 use crate::metrics::sequence;
 use crate::metrics::widen;
 use crate::report::analysis::Analysis;
+use crate::study::{latent_from, trace_ids, PROJ_DIM};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ pub fn run(a: AnalyzeArgs, adapter: &Option<String>) -> Result<()> {
     if ids.len() > ctx {
         bail!("--text-file {name}: {} tokens exceed the model's context of {ctx} tokens", ids.len());
     }
-    let (tr, segment_of) = trace_ids(&m, &ids, lcm.as_ref())?;
+    let (tr, segment_of) = trace_ids(&m.study(), &ids, lcm.as_ref())?;
     let msma = tr
         .layers
         .iter()

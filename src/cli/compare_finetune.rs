@@ -3,7 +3,6 @@
 //! gradient-norm variability, steps to a target loss, validation perplexity and
 //! representation drift; the output folder is staged and renamed into place as a whole.
 
-use super::compare::{Progress, PROJ_DIM};
 use super::finetune::ConstrictArgs;
 use super::{gpu, resolve_model, ModelArg};
 use crate::cpu::optim::AdamW;
@@ -12,6 +11,7 @@ use crate::gpu::Gpu;
 use crate::metrics::{cosine, widen};
 use crate::model::{GpuModel, LoadedModel};
 use crate::report::finetune::{ArmRun, FinetuneComparison, CONSTRICTED, PLAIN};
+use crate::study::{Progress, PROJ_DIM};
 use crate::train::constrict::ConstrictConfig;
 use crate::train::graph::ActivationMemory;
 use crate::train::log::read_log;

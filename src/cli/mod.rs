@@ -218,6 +218,13 @@ pub struct Ready {
     pub load_s: f64,
 }
 
+impl Ready {
+    /// The model as the comparison study uses it.
+    pub fn study(&self) -> crate::study::StudyModel<'_> {
+        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu }
+    }
+}
+
 fn resolve_model(arg: &ModelArg) -> Result<PathBuf> {
     crate::pull::resolve_model(arg.model.as_deref())
 }

@@ -1,17 +1,15 @@
 //! `keel sweep`: many LCM settings (a JSON grid) against one baseline on the same prompts
 //! and seeds; the paired changes, their Pareto front, report.json and report.html.
 
-use super::compare::{arm_runs, generate_arm, plain_scores, Plan, StudyArgs};
+use super::compare::{announce, StudyArgs};
 use super::{load_model, ModelArg};
 use crate::metrics::sequence::DEFAULT_WINDOW;
-use crate::modulate::LcmConfig;
-use crate::report::compare::{decimal, summarize, BASELINE, MODULATED};
-use crate::report::sweep::{Setting, Sweep};
+use crate::study::sweep::{expand_grid, sweep};
+use crate::study::Plan;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -24,36 +22,6 @@ pub struct SweepArgs {
     /// sink, space, scales; values as in --lcm-config)
     #[arg(long)]
     grid: PathBuf,
-}
-
-/// Every combination of the grid's lists, as LCM settings (checked against `n_layers`).
-pub fn expand_grid(grid: &Value, file: &str, n_layers: usize) -> Result<Vec<LcmConfig>> {
-    let obj = grid.as_object().ok_or_else(|| anyhow!("{file}: expected a JSON object of lists"))?;
-    let mut combos = vec![Map::new()];
-    for (key, values) in obj {
-        let list = values
-            .as_array()
-            .filter(|l| !l.is_empty())
-            .ok_or_else(|| anyhow!("{file}: '{key}' must be a non-empty list of values"))?;
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                list.iter().map(move |v| {
-                    let mut c = c.clone();
-                    c.insert(key.clone(), v.clone());
-                    c
-                })
-            })
-            .collect();
-    }
-    combos
-        .into_iter()
-        .map(|c| {
-            let cfg = LcmConfig::from_json(&Value::Object(c), file)?;
-            cfg.validate(n_layers).with_context(|| format!("{file}: setting {}", cfg.to_json()))?;
-            Ok(cfg)
-        })
-        .collect()
 }
 
 fn read_grid(path: &Path) -> Result<Value> {
@@ -70,55 +38,13 @@ pub fn run(a: SweepArgs, adapter: &Option<String>) -> Result<()> {
     if settings.is_empty() {
         bail!("{file}: no settings");
     }
-    let plan = Plan::new(&a.study, prompts, &m)?;
-    super::compare::announce(&m, &plan);
+    let sm = m.study();
+    let plan = Plan::new(&a.study.request(), prompts, &sm)?;
+    announce(&m, &plan);
     println!("{} settings", settings.len());
-    let t0 = Instant::now();
-    let window = DEFAULT_WINDOW;
-    let base = arm_runs(BASELINE, generate_arm(&m, &plan, None, "baseline")?, None, window);
-    let mut judged = Vec::new();
-    for (i, lcm) in settings.iter().enumerate() {
-        let label = format!("setting {}/{}", i + 1, settings.len());
-        let gens = generate_arm(&m, &plan, Some(lcm), &label)?;
-        let plain = plain_scores(&m, &plan, &gens, window, &format!("{label}: plain"))?;
-        let runs = arm_runs(MODULATED, gens, Some(plain), window);
-        judged.push(Setting { lcm: lcm.to_json(), summary: summarize(&base, &runs) });
-    }
-    let base_ppl = crate::metrics::mean(&base.iter().map(|r| r.plain.perplexity).collect::<Vec<_>>());
-    let sweep = Sweep {
-        study: json!({
-            "model": m.host.path.display().to_string(),
-            "adapter": format!("{} ({:?})", m.gpu.info.name, m.gpu.info.device_type),
-            "reduced": plan.reduced, "prompts": plan.prompts.len(), "seeds": plan.seeds,
-            "tokens": plan.tokens, "temperature": decimal(plan.sampler.temperature), "top_p": decimal(plan.sampler.top_p),
-            "seconds": t0.elapsed().as_secs_f64(),
-        }),
-        baseline_plain_perplexity: base_ppl,
-        settings: judged,
-    };
+    let sweep = sweep(&sm, &plan, &settings, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| sweep.write_into(dir))?;
     print!("{}", sweep.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grid_expands_to_every_combination() {
-        let g = json!({"gamma": [0.02, 0.05], "sink": [0, 1], "space": ["normalized"]});
-        let s = expand_grid(&g, "g.json", 8).unwrap();
-        assert_eq!(s.len(), 4);
-        assert_eq!((s[3].gamma, s[3].sink), (0.05, 1));
-        assert!(s.iter().all(|c| c.space == crate::modulate::Space::Normalized));
-        let err = |g: Value| expand_grid(&g, "g.json", 8).unwrap_err().to_string();
-        assert!(err(json!({"gamma": 0.1})).contains("'gamma' must be a non-empty list"));
-        assert!(err(json!({"gamma": []})).contains("non-empty list"));
-        assert!(err(json!({"gama": [1]})).contains("unknown LCM key"));
-        assert!(format!("{:#}", expand_grid(&json!({"layers": [[9]]}), "g.json", 8).unwrap_err())
-            .contains("out of range"));
-        assert!(err(json!([1])).contains("expected a JSON object"));
-    }
 }
