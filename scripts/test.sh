@@ -29,7 +29,7 @@ apt_install() {
 }
 
 # A Vulkan driver and loader: any ICD file will do (a GPU's own, or Mesa's lavapipe on the CPU).
-if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 ||
+if ! compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null && ! compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null ||
     ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
     apt_install "the Vulkan driver" mesa-vulkan-drivers libvulkan1
 fi
