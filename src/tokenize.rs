@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, Result};
 
+/// A Hugging Face tokenizer (tokenizer.json, or one synthesized from a GGUF's vocabulary).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The tokenizer.json text, kept to write beside fine-tuned checkpoints unchanged.
@@ -44,6 +45,7 @@ impl Tokenizer {
         self.inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1)
     }
 
+    /// The token's own text in the vocabulary (empty for an unknown id).
     pub fn token_text(&self, id: u32) -> String {
         self.inner.id_to_token(id).unwrap_or_default()
     }
@@ -57,6 +59,7 @@ pub struct TextStream {
 }
 
 impl TextStream {
+    /// An empty stream.
     pub fn new() -> Self {
         TextStream { ids: Vec::new(), printed: 0 }
     }

@@ -88,7 +88,8 @@ impl Engine {
             }
             (None, None) => {
                 let host = load_files(&loader.files).map_err(js_err)?;
-                let gpu_model = GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e)))?;
+                let gpu_model =
+                    GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e.into())))?;
                 (host.config, host.tokenizer, gpu_model)
             }
         };

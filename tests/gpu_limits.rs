@@ -40,9 +40,14 @@ fn kv_cache_over_the_binding_limit_says_what_fits() {
 #[test]
 fn tensor_over_the_binding_limit_says_how_many_rows_fit() {
     let gpu = gpu();
-    let err = gpu.zeros("logits", &[100, 512], DType::F32).expect_err("refused").to_string();
+    let err = gpu.zeros("logits", &[100, 512], DType::F32).expect_err("refused");
+    // The library's kind, with the sizes, for a program to act on.
+    match keel::Error::from(gpu.zeros("logits", &[100, 512], DType::F32).expect_err("refused")) {
+        keel::Error::DoesNotFit { bytes: 204800, limit: LIMIT, rows_that_fit: 64, .. } => {}
+        other => panic!("expected DoesNotFit, got {other:?}"),
+    }
     assert_eq!(
-        err,
+        err.to_string(),
         "tensor 'logits' of shape [100, 512] needs 204800 bytes in one binding, over this adapter's \
          max_storage_buffer_binding_size of 131072 bytes (at most 64 rows of it fit)"
     );

@@ -98,7 +98,7 @@ fn check(a: &CompareFinetuneArgs) -> Result<(ConstrictConfig, String)> {
 }
 
 /// The trace of the probe with one segment per token, so each segment mean is a token's state.
-fn probe_trace(gpu: &Gpu, model: &LoadedModel, ids: &[u32]) -> Result<Trace> {
+fn probe_trace(gpu: &'static Gpu, model: &LoadedModel, ids: &[u32]) -> Result<Trace> {
     let m = GpuModel::upload(gpu, model)?;
     let segments: Vec<u32> = (0..ids.len() as u32).collect();
     trace(gpu, &m, ids, None, &segments, PROJ_DIM)

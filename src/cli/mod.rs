@@ -112,12 +112,12 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn config(&self, model: &LoadedModel) -> Result<SamplerConfig> {
-        let d = &model.generation;
+        let d = SamplerConfig::for_model(&model.generation);
         let cfg = SamplerConfig {
-            temperature: self.temperature.or(d.temperature).unwrap_or(1.0),
-            top_k: self.top_k.or(d.top_k).unwrap_or(0),
-            top_p: self.top_p.or(d.top_p).unwrap_or(1.0),
-            repetition_penalty: self.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
             seed: self.seed,
         };
         cfg.validate()?;
@@ -262,6 +262,11 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The flag that sets a library field: `top_p` is `--top-p`.
+pub fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -282,7 +287,15 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // As `{e:#}` prints the chain, with the library's field names given as flags.
+            let chain: Vec<String> = e
+                .chain()
+                .map(|cause| match cause.downcast_ref::<crate::Error>() {
+                    Some(kind) => kind.render(flag),
+                    None => cause.to_string(),
+                })
+                .collect();
+            let msg = chain.join(": ").replace('\n', " ");
             eprintln!("error: {msg}");
             2
         }

@@ -53,7 +53,7 @@ impl SeqOutput {
 
 /// How many sequences of `len` positions fit the adapter's memory and binding limits at once:
 /// each layer's KV cache `[seqs, len, kv_heads, head_dim]` and the logits `[seqs, vocab]` must
-/// fit one binding, and the caches with the working buffers must fit [`BATCH_MEMORY`].
+/// fit one binding, and the caches with the working buffers must fit `BATCH_MEMORY`.
 pub fn max_batch(gpu: &Gpu, model: &GpuModel, len: usize) -> usize {
     let c = &model.config;
     let binding = gpu.limits.max_storage_buffer_binding_size;

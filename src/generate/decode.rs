@@ -2,7 +2,7 @@
 //! ([`draw::draw`], at draws the host takes ahead from the [`Sampler`]'s stream). The pick
 //! writes the next step's input id and position on the GPU, so every token is one submit of
 //! the same recorded decode step (no re-recording, no CPU work between kernels), and only the
-//! picks travel back, read up to [`IN_FLIGHT`] tokens behind the GPU.
+//! picks travel back, read up to `IN_FLIGHT` tokens behind the GPU.
 
 use super::{Sampler, Session};
 use crate::gpu::{DType, Recording, Step, Tensor};

@@ -25,7 +25,9 @@ const SCORE_CHUNK: usize = 64;
 /// One sequence being generated or scored: its KV cache and how far it has got.
 pub struct Session<'m> {
     gpu: &'m Gpu,
+    /// The model it runs.
     pub model: &'m GpuModel,
+    /// Keys and values of the positions fed so far.
     pub cache: KvCache,
     scratch: Scratch,
     head: Head,
@@ -174,7 +176,9 @@ impl<'m> Session<'m> {
 /// Per-token scores of a text: `next_logprobs[i] = log p(ids[i+1] | ids[..=i])` and the
 /// entropy of that distribution.
 pub struct Scores {
+    /// Log-probability of each next token.
     pub next_logprobs: Vec<f32>,
+    /// Entropy (nats) of each next-token distribution.
     pub entropies: Vec<f32>,
     /// Logits after the last token.
     pub last_logits: Vec<f32>,
@@ -183,6 +187,7 @@ pub struct Scores {
 }
 
 impl Scores {
+    /// exp of the mean negative log-probability (NaN for a one-token text).
     pub fn perplexity(&self) -> f64 {
         if self.next_logprobs.is_empty() {
             return f64::NAN;
@@ -216,9 +221,13 @@ pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32], lcm: Option<&LcmConfig>) 
 /// Settings of one generation.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
+    /// Most new tokens.
     pub max_tokens: usize,
+    /// How tokens are picked.
     pub sampler: SamplerConfig,
+    /// Generation stops after any of these tokens.
     pub eos: Vec<u32>,
+    /// Modulation, when on.
     pub lcm: Option<LcmConfig>,
 }
 
@@ -251,11 +260,8 @@ pub async fn generate_async(
     let capacity = prompt.len() + opts.max_tokens;
     let ctx = model.config.max_positions;
     if capacity > ctx {
-        bail!(
-            "the prompt ({} tokens) plus --max-tokens {} exceeds the model's context of {ctx} tokens",
-            prompt.len(),
-            opts.max_tokens
-        );
+        let (prompt, max_tokens) = (prompt.len(), opts.max_tokens);
+        return Err(crate::Error::ContextExceeded { prompt, max_tokens, context: ctx }.into());
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let mut session = Session::new(gpu, model, capacity, opts.lcm.as_ref())?;

@@ -10,8 +10,9 @@
 use std::cmp::Ordering;
 
 use crate::rng::Rng;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
+/// How each next token is picked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
     /// 0 means greedy decoding.
@@ -22,6 +23,7 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// Hugging Face's (CTRL-style) penalty on tokens already seen; 1 turns it off.
     pub repetition_penalty: f32,
+    /// Seed of the random draws: the same seed gives the same tokens.
     pub seed: u64,
 }
 
@@ -32,15 +34,22 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
-    /// Checks the values; errors name the command-line flag they came from.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the values; an error names the field ([`crate::Error::InvalidArgument`]).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error;
         let t = self.temperature;
-        ensure!(t.is_finite() && t >= 0.0, "--temperature must be finite and >= 0, got {t}");
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::invalid("temperature", format!("must be finite and >= 0, got {t}")));
+        }
         // Written so that NaN fails too.
         let p = self.top_p;
-        ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::invalid("top_p", format!("must be in (0, 1], got {p}")));
+        }
         let r = self.repetition_penalty;
-        ensure!(r.is_finite() && r > 0.0, "--repetition-penalty must be finite and > 0, got {r}");
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::invalid("repetition_penalty", format!("must be finite and > 0, got {r}")));
+        }
         Ok(())
     }
 }
@@ -323,10 +332,13 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_values() {
-        let bad = |cfg: SamplerConfig| cfg.validate().unwrap_err().to_string();
+        // The library names the field; the command line renders it as its flag.
+        let bad = |cfg: SamplerConfig| cfg.validate().unwrap_err().render(crate::cli::flag);
         let d = SamplerConfig::default();
         assert!(d.validate().is_ok());
-        assert_eq!(bad(SamplerConfig { top_p: 2.0, ..d.clone() }), "--top-p must be in (0, 1], got 2");
+        let top_p = SamplerConfig { top_p: 2.0, ..d.clone() }.validate().unwrap_err();
+        assert_eq!(top_p.to_string(), "top_p must be in (0, 1], got 2");
+        assert_eq!(top_p.render(crate::cli::flag), "--top-p must be in (0, 1], got 2");
         assert!(bad(SamplerConfig { top_p: 0.0, ..d.clone() }).starts_with("--top-p"));
         assert!(bad(SamplerConfig { temperature: f32::NAN, ..d.clone() }).starts_with("--temperature"));
         assert!(bad(SamplerConfig { temperature: -0.1, ..d.clone() }).starts_with("--temperature"));

@@ -20,13 +20,13 @@ pub const PROJECTION_SEED: u64 = 0x7ACE;
 pub struct LayerTrace {
     /// Block index l (hook point `blocks.{l}.resid_post`).
     pub layer: usize,
-    /// `[T]` L2 norm of h[l][t].
+    /// `[T]` L2 norm of `h[l][t]`.
     pub norms: Vec<f32>,
-    /// `[T]` cos(h[l][t], h[l][t-1]); entry 0 is NaN.
+    /// `[T]` cos(`h[l][t]`, `h[l][t-1]`); entry 0 is NaN.
     pub successive_cos: Vec<f32>,
-    /// `[T, proj_dim]` h[l][t] times [`projection_matrix`] (which holds the 1/sqrt(proj_dim)).
+    /// `[T, proj_dim]` `h[l][t]` times [`projection_matrix`] (which holds the 1/sqrt(proj_dim)).
     pub projected: Vec<f32>,
-    /// `[segments, d]` mean of h[l][t] over each segment's tokens.
+    /// `[segments, d]` mean of `h[l][t]` over each segment's tokens.
     pub segment_means: Vec<f32>,
 }
 

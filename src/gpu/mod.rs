@@ -1,5 +1,5 @@
 //! The thin GPU layer: device and limits ([`Gpu`]), WGSL preprocessing and the pipeline
-//! cache ([`shader`]), GPU tensors and the buffer pool ([`tensor`]), the weight formats the
+//! cache ([`shader`]), GPU tensors and the buffer pool (`tensor`), the weight formats the
 //! matrix kernels read ([`wfmt`]), and [`Step`], which records a whole step of kernels into one
 //! command encoder and one compute pass.
 

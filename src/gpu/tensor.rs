@@ -2,7 +2,7 @@
 
 use super::Gpu;
 use super::WeightFormat;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use wgpu::util::DeviceExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +52,15 @@ impl Gpu {
         let limit = self.limits.max_storage_buffer_binding_size;
         if bytes > limit {
             let row_bytes = shape.iter().skip(1).fold(4u64, |b, &d| b.saturating_mul(d as u64)).max(1);
-            bail!(
-                "tensor '{what}' of shape {shape:?} needs {bytes} bytes in one binding, over this adapter's max_storage_buffer_binding_size of {limit} bytes (at most {} rows of it fit)",
-                limit / row_bytes
-            );
+            let rows_that_fit = limit / row_bytes;
+            return Err(crate::Error::DoesNotFit {
+                what: what.into(),
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+                rows_that_fit,
+            }
+            .into());
         }
         Ok(bytes)
     }

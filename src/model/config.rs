@@ -5,6 +5,7 @@ use crate::ops::{act::Activation, norm::NormKind, rope::HeadShape};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
+/// The architecture family (Hugging Face's `architectures`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     /// LlamaForCausalLM: SmolLM2, TinyLlama, llama2.c models.
@@ -15,26 +16,40 @@ pub enum Arch {
     Gpt2,
 }
 
+/// A model's architecture and shapes, from config.json or a GGUF's metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// The architecture family.
     pub arch: Arch,
+    /// Vocabulary size (rows of the embedding).
     pub vocab: usize,
+    /// Width of the residual stream.
     pub hidden: usize,
+    /// Transformer blocks.
     pub layers: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Width of the MLP's inner layer.
     pub ffn: usize,
+    /// Epsilon of the norms.
     pub norm_eps: f32,
     /// None: learned absolute positions (GPT-2).
     pub rope_theta: Option<f32>,
+    /// Context length.
     pub max_positions: usize,
+    /// The LM head reads the embedding matrix.
     pub tied_embeddings: bool,
     /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
     pub qkv_bias: bool,
     /// Bias on the output projection (Llama with attention_bias; GPT-2 always).
     pub o_bias: bool,
+    /// Beginning-of-sequence token, if the model has one.
     pub bos: Option<u32>,
+    /// End-of-sequence tokens: generation stops after one.
     pub eos: Vec<u32>,
 }
 

@@ -18,9 +18,14 @@ use crate::ops::norm::NormKind;
 use crate::ops::{attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
 
-/// A model whose weights live on the GPU.
+/// A model whose weights live on the GPU, with the device that holds them.
 pub struct GpuModel {
+    /// The device the weights live on (the process-wide one: [`Gpu::shared`] natively, the
+    /// page's in the browser).
+    gpu: &'static Gpu,
+    /// The architecture and shapes.
     pub config: ModelConfig,
+    /// The weights in Keel's fused layout.
     pub weights: Weights<Tensor>,
     /// A packed copy of a tied embedding for the LM head: the embed gather reads `weights.embed`
     /// as f32, the head's matrix product this one.
@@ -137,7 +142,9 @@ impl Head {
 /// block linear and the LM head whose rows fit it (rows of whole 32-blocks), others stay f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightChoice {
+    /// f32, except a GGUF's own packed F16/Q8_0/Q4_0/Q4_1 weights, which stay packed.
     Auto,
+    /// This format for every linear whose rows fit it.
     Format(WeightFormat),
 }
 
@@ -175,18 +182,24 @@ pub fn packable(name: &str) -> bool {
 
 impl GpuModel {
     /// Uploads every weight as f32 (what training needs; safetensors models under `auto` too).
-    pub fn upload(gpu: &Gpu, model: &LoadedModel) -> Result<GpuModel> {
+    pub fn upload(gpu: &'static Gpu, model: &LoadedModel) -> crate::Result<GpuModel> {
         Self::upload_with(gpu, model, WeightChoice::Format(WeightFormat::F32))
     }
 
-    /// Uploads with block linears and the LM head in the format `choice` gives them.
-    pub fn upload_with(gpu: &Gpu, model: &LoadedModel, choice: WeightChoice) -> Result<GpuModel> {
+    /// Uploads with block linears and the LM head in the format `choice` gives them. A tensor
+    /// over the adapter's binding limit is [`crate::Error::DoesNotFit`], found before any upload.
+    pub fn upload_with(
+        gpu: &'static Gpu,
+        model: &LoadedModel,
+        choice: WeightChoice,
+    ) -> crate::Result<GpuModel> {
         Self::upload_weights(gpu, &model.config, &model.weights, choice)
+            .map_err(|e| crate::Error::on_device(gpu, e))
     }
 
     /// [`GpuModel::upload_with`] from a config and host weights.
     pub fn upload_weights(
-        gpu: &Gpu,
+        gpu: &'static Gpu,
         cfg: &ModelConfig,
         host: &Weights<HostTensor>,
         choice: WeightChoice,
@@ -210,7 +223,7 @@ impl GpuModel {
 
     /// A model from weights already on the GPU (`head`: a packed copy of a tied embedding).
     pub fn assemble(
-        gpu: &Gpu,
+        gpu: &'static Gpu,
         cfg: &ModelConfig,
         weights: Weights<Tensor>,
         head: Option<Tensor>,
@@ -223,7 +236,7 @@ impl GpuModel {
             }
             None => None,
         };
-        Ok(GpuModel { config: cfg.clone(), weights, head, rope })
+        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope })
     }
 
     /// A copy of the weights in new buffers, made on the GPU, with every packed weight
@@ -240,7 +253,18 @@ impl GpuModel {
             }
         })?;
         step.submit()?;
-        Ok(GpuModel { config: self.config.clone(), weights, head: None, rope: self.rope.clone() })
+        Ok(GpuModel {
+            gpu: self.gpu,
+            config: self.config.clone(),
+            weights,
+            head: None,
+            rope: self.rope.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn gpu(&self) -> &'static Gpu {
+        self.gpu
     }
 
     /// The LM head's weight as the forward pass reads it.

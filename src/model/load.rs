@@ -16,17 +16,27 @@ use std::path::{Path, PathBuf};
 /// Sampling defaults a model ships in generation_config.json.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerationDefaults {
+    /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Top-k.
     pub top_k: Option<usize>,
+    /// Nucleus threshold.
     pub top_p: Option<f32>,
+    /// Repetition penalty.
     pub repetition_penalty: Option<f32>,
 }
 
+/// A model on the host: config, weights, tokenizer and generation defaults.
 pub struct LoadedModel {
+    /// Architecture and shapes.
     pub config: ModelConfig,
+    /// Weights in Keel's fused layout.
     pub weights: Weights<HostTensor>,
+    /// The model's tokenizer.
     pub tokenizer: Tokenizer,
+    /// Sampling defaults from generation_config.json.
     pub generation: GenerationDefaults,
+    /// Where it was loaded from.
     pub path: PathBuf,
 }
 

@@ -1,4 +1,4 @@
-//! Models as data: config ([`config`]), file formats ([`load`], [`gguf`]), Keel's weight
+//! Models as data: config ([`config`]), file formats (`load`, [`gguf`]), Keel's weight
 //! layout ([`layout`]) and the forward and backward passes on the GPU ([`forward`],
 //! [`backward`]).
 

@@ -84,7 +84,7 @@ impl Streamer {
 
     /// The model, once every tensor has arrived; `cfg` is the final config (with
     /// generation_config.json's EOS), of the same shapes as the one given to [`Streamer::new`].
-    pub fn finish(self, gpu: &Gpu, cfg: &ModelConfig) -> Result<GpuModel> {
+    pub fn finish(self, gpu: &'static Gpu, cfg: &ModelConfig) -> Result<GpuModel> {
         if let Some(name) = self.order.iter().find(|n| self.waiting.contains_key(*n)) {
             return Err(missing(SOURCE, name, &self.waiting[name].shape));
         }

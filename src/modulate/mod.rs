@@ -10,12 +10,16 @@ use crate::ops::lcm::{lcm, lcm_backward, lcm_saving, LcmShape, MAX_SCALES};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
+/// Where LCM compares and pulls hidden states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Space {
+    /// The residual stream as it is.
     Raw,
+    /// Directions: the states divided by their norms.
     Normalized,
 }
 
+/// Latent convergence modulation's settings (methods.md section 1; docs/lcm.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LcmConfig {
     /// Strength of the pull; 0 turns LCM off.
@@ -28,11 +32,13 @@ pub struct LcmConfig {
     pub kappa: f32,
     /// Modulated blocks (0-based); None = the upper half.
     pub layers: Option<Vec<usize>>,
+    /// Keep each modulated state's norm.
     pub keep_norm: bool,
     /// Multi-scale anchors as (rho, gamma); empty = one anchor with (rho, gamma) above.
     pub scales: Vec<(f32, f32)>,
     /// Positions 0..sink are neither modulated nor part of the anchor.
     pub sink: usize,
+    /// Raw or normalized states.
     pub space: Space,
 }
 
@@ -96,6 +102,7 @@ impl LcmConfig {
         }
     }
 
+    /// The modulated blocks of a model with `n_layers` blocks.
     pub fn layers_for(&self, n_layers: usize) -> Vec<usize> {
         self.layers.clone().unwrap_or_else(|| (n_layers / 2..n_layers).collect())
     }

@@ -29,7 +29,9 @@ use std::time::Instant;
 /// LoRA's settings.
 #[derive(Clone, Debug)]
 pub struct LoraOptions {
+    /// The rank of the low-rank update.
     pub rank: usize,
+    /// The update is scaled by alpha / rank.
     pub alpha: f32,
     /// `--lora-targets`: "q,v", "all", ...
     pub targets: String,
@@ -38,42 +40,65 @@ pub struct LoraOptions {
 /// Everything `keel finetune` takes besides the model.
 #[derive(Clone, Debug)]
 pub struct FinetuneConfig {
+    /// The training text (a UTF-8 file).
     pub data: PathBuf,
+    /// The folder for the log, the checkpoints and the final model or adapter.
     pub out: PathBuf,
+    /// Optimizer steps.
     pub steps: usize,
+    /// Sequences per micro-batch.
     pub batch: usize,
+    /// Tokens per sequence.
     pub seq_len: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    /// AdamW's learning rate, betas, epsilon and weight decay.
     pub adamw: AdamW,
+    /// Steps of linear learning-rate warmup.
     pub warmup: usize,
+    /// The learning rate after warmup: constant or cosine.
     pub schedule: Schedule,
+    /// Largest global gradient norm (0: no clipping).
     pub grad_clip: f32,
+    /// Weight decay on norms and biases too.
     pub decay_norms_biases: bool,
+    /// Train a LoRA adapter instead of every weight.
     pub lora: Option<LoraOptions>,
+    /// Activations kept for the backward pass or recomputed.
     pub memory: ActivationMemory,
     /// LCM during training (forward and its reverse scan), when on.
     pub lcm: Option<LcmConfig>,
     /// HGC, the alignment loss and CGFM (the default: none of them).
     pub constrict: ConstrictConfig,
+    /// Hold out this fraction of the data for validation.
     pub val_fraction: Option<f32>,
+    /// Validate on this file instead.
     pub val_data: Option<PathBuf>,
     /// Validate every K steps (0: only at the end, when there is validation data).
     pub eval_every: usize,
     /// Save a checkpoint every K steps (0: only the final model).
     pub save_every: usize,
+    /// Seeds the data order and the LoRA initialisation.
     pub seed: u64,
+    /// Shuffle the training sequences.
     pub shuffle: bool,
+    /// Continue from the newest checkpoint in `out`.
     pub resume: bool,
 }
 
 /// One step as the progress display sees it.
 pub struct Progress {
+    /// The step just done, 0-based.
     pub step: usize,
+    /// Steps in the run.
     pub steps: usize,
+    /// Training loss of the step.
     pub loss: f64,
+    /// Learning rate of the step.
     pub lr: f64,
+    /// Training throughput of the step.
     pub tokens_per_s: f64,
+    /// Validation loss, on the steps that validate.
     pub val_loss: Option<f64>,
     /// Mean HGC λ over kinds and blocks, when HGC is on.
     pub mean_lambda: Option<f64>,
@@ -81,9 +106,13 @@ pub struct Progress {
 
 /// What a finished run leaves.
 pub struct Summary {
+    /// The final model or adapter.
     pub final_dir: PathBuf,
+    /// The step the run started from (0, or the resumed checkpoint's).
     pub first_step: usize,
+    /// The last step's training loss.
     pub last_loss: Option<f64>,
+    /// The loss plot (SVG).
     pub plot: PathBuf,
 }
 
@@ -126,7 +155,7 @@ fn method_name(cfg: &FinetuneConfig) -> &'static str {
 
 /// Runs (or resumes) a fine-tune of `model`, `base_name` naming it in adapter configs.
 pub fn finetune(
-    gpu: &Gpu,
+    gpu: &'static Gpu,
     model: LoadedModel,
     base_name: &str,
     cfg: &FinetuneConfig,
