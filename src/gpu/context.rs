@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 pub struct AdapterChoice(pub Option<String>);
 
 impl AdapterChoice {
+    /// The flag's choice, else `KEEL_ADAPTER`'s.
     pub fn from_flag_or_env(flag: Option<String>) -> Self {
         AdapterChoice(flag.or_else(|| std::env::var("KEEL_ADAPTER").ok().filter(|s| !s.is_empty())))
     }
@@ -23,18 +24,27 @@ type PipelineKey = (&'static str, Vec<Define>);
 /// A compiled kernel and its name as profiles show it: the shader family and its defines.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// The compiled pipeline.
     pub raw: wgpu::ComputePipeline,
+    /// Family and defines, as profiles show them.
     pub name: Arc<str>,
+    /// What [`Step::dispatch`](super::Step::dispatch) checks each dispatch against (natively:
+    /// the browser build has no WGSL parser of its own).
+    pub contract: Option<Arc<shader::Contract>>,
 }
 
 /// One device and queue, shared by everything in a process.
 pub struct Gpu {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
+    /// The adapter's name, backend and driver.
     pub info: wgpu::AdapterInfo,
     /// The limits Keel works within: what it asked the device for (and got), with
     /// `max_storage_buffer_binding_size` lowered by `KEEL_MAX_BINDING_BYTES` when set.
     pub limits: wgpu::Limits,
+    /// The optional features Keel got (f16, subgroups, timestamps).
     pub features: wgpu::Features,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
@@ -90,6 +100,7 @@ impl Gpu {
         instance().enumerate_adapters(wgpu::Backends::all()).await.iter().map(|a| a.get_info()).collect()
     }
 
+    /// Opens the adapter `choice` picks with the limits and features Keel needs (the page and tools that want their own device; others share [`Gpu::shared`]).
     pub async fn new(choice: &AdapterChoice) -> Result<Gpu> {
         let instance = instance();
         let adapter = match &choice.0 {
@@ -193,7 +204,22 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
+        // Only the variants the naga test validates may run.
+        let sorted = |d: &[Define]| {
+            let mut d = d.to_vec();
+            d.sort();
+            d
+        };
+        assert!(
+            crate::ops::all_variants().iter().any(|(n, d)| *n == name && sorted(d) == sorted(defines)),
+            "shader {name} {defines:?} is not in ops::all_variants, so the naga test does not validate it"
+        );
         let text = shader::preprocess(shader::source(name), defines);
+        #[cfg(not(target_arch = "wasm32"))]
+        let contract =
+            Some(Arc::new(shader::Contract::of(&text).unwrap_or_else(|e| panic!("shader {name}: {e}"))));
+        #[cfg(target_arch = "wasm32")]
+        let contract = None;
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(text.into()),
@@ -210,7 +236,7 @@ impl Gpu {
             .chain(defines.iter().map(|(d, v)| format!("{d}={v}")))
             .collect::<Vec<_>>()
             .join(" ");
-        let pipeline = Pipeline { raw: pipeline, name: label.into() };
+        let pipeline = Pipeline { raw: pipeline, name: label.into(), contract };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }

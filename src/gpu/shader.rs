@@ -87,6 +87,75 @@ pub fn preprocess(src: &str, defines: &[Define]) -> String {
     enables.iter().chain(&rest).map(|l| format!("{l}\n")).collect()
 }
 
+/// What the Rust side of a kernel must match: the size of its uniform block (binding 0) and
+/// the names of its storage bindings 1, 2, ... in order, as the preprocessed WGSL declares them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contract {
+    /// Bytes of the uniform struct at binding 0.
+    pub uniform_bytes: u32,
+    /// Names of the storage bindings from 1 on.
+    pub storage: Vec<String>,
+}
+
+impl Contract {
+    /// Reads the contract from preprocessed WGSL (naga's parse: the bindings of this variant
+    /// only). Bindings must be group 0, numbered 0, 1, 2, ... with the uniform block first.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn of(text: &str) -> Result<Contract, String> {
+        use wgpu::naga;
+        let module = naga::front::wgsl::parse_str(text).map_err(|e| e.emit_to_string(text))?;
+        let mut bound: Vec<_> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| Some((v.binding?, v.name.clone().unwrap_or_default(), v)))
+            .collect();
+        bound.sort_by_key(|(b, ..)| b.binding);
+        for (i, (b, name, _)) in bound.iter().enumerate() {
+            if b.group != 0 || b.binding != i as u32 {
+                return Err(format!(
+                    "'{name}' is @group({}) @binding({}), expected 0 and {i}",
+                    b.group, b.binding
+                ));
+            }
+        }
+        let Some((_, _, uniform)) = bound.first().filter(|(_, _, v)| v.space == naga::AddressSpace::Uniform)
+        else {
+            return Err("binding 0 is not the uniform block".into());
+        };
+        Ok(Contract {
+            uniform_bytes: module.types[uniform.ty].inner.size(module.to_ctx()),
+            storage: bound[1..].iter().map(|(_, name, _)| name.clone()).collect(),
+        })
+    }
+
+    /// Checks a dispatch against the contract: its uniform block's size and its buffers'
+    /// names, in binding order. The error names the first difference.
+    pub fn check(&self, uniform_bytes: usize, names: &[&str]) -> Result<(), String> {
+        if uniform_bytes != self.uniform_bytes as usize {
+            return Err(format!(
+                "the uniform block is {uniform_bytes} bytes on the Rust side, {} in the shader",
+                self.uniform_bytes
+            ));
+        }
+        if names.len() != self.storage.len() || names.iter().zip(&self.storage).any(|(a, b)| a != b) {
+            return Err(format!(
+                "the buffers are bound as {names:?}, the shader declares {:?} at bindings 1..",
+                self.storage
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The names `#if NAME` tests in a source's own text (not its includes').
+pub fn conditions(src: &str) -> Vec<&str> {
+    let mut names: Vec<&str> =
+        src.lines().filter_map(|line| line.trim_start().strip_prefix("#if ")).map(str::trim).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,8 +194,64 @@ mod tests {
             )
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name} {defines:?}: {e:?}"));
+            Contract::of(&text).unwrap_or_else(|e| panic!("{name} {defines:?}: {e}"));
             count += 1;
         }
         assert!(count >= 10, "only {count} variants");
+    }
+
+    /// An `#if` on a name that no variant of its shader defines is a typo (it would be false
+    /// for ever), and so is a define its shader never mentions.
+    #[test]
+    fn every_condition_is_a_define_and_every_define_is_used() {
+        let variants = crate::ops::all_variants();
+        // The defines of the variants of every family that is, or includes, `file`.
+        let defined_for = |file: &str| -> Vec<&str> {
+            let includes =
+                |family: &str| source(family).lines().any(|l| l.trim() == format!("#include {file}"));
+            variants
+                .iter()
+                .filter(|(n, _)| *n == file || includes(n))
+                .flat_map(|(_, d)| d.iter().map(|(k, _)| *k))
+                .collect()
+        };
+        for (file, src) in SOURCES {
+            let defined = defined_for(file);
+            for name in conditions(src) {
+                assert!(defined.contains(&name), "{file}.wgsl: #if {name}, which no variant defines");
+            }
+        }
+        for (family, src) in SOURCES.iter().filter(|(n, _)| !matches!(*n, "wfmt" | "reduce")) {
+            assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
+            // The source with its includes pasted in, `#if` lines kept.
+            let text: String = src
+                .lines()
+                .map(|l| l.trim_start().strip_prefix("#include ").map_or(l, |name| source(name.trim())))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (_, defines) in variants.iter().filter(|(n, _)| n == family) {
+                for (name, _) in defines {
+                    let used = text.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == *name);
+                    assert!(used, "{family}: define {name} is never used");
+                }
+            }
+        }
+    }
+
+    /// A dispatch that binds two buffers the wrong way round, or passes a uniform block of the
+    /// wrong size, is refused, naming what the shader declares.
+    #[test]
+    fn the_contract_catches_a_swapped_binding() {
+        let contract = Contract::of(&preprocess(source("norm"), &[("LAYER", 0)])).unwrap();
+        assert_eq!(contract.storage, ["x", "w", "out", "stats"]);
+        assert_eq!(contract.uniform_bytes, 16);
+        assert_eq!(contract.check(16, &["x", "w", "out", "stats"]), Ok(()));
+        let swapped = contract.check(16, &["w", "x", "out", "stats"]).unwrap_err();
+        assert!(
+            swapped.contains(r#"["w", "x", "out", "stats"]"#)
+                && swapped.contains(r#"["x", "w", "out", "stats"]"#)
+        );
+        assert!(contract.check(16, &["x", "w", "out"]).is_err());
+        assert!(contract.check(20, &["x", "w", "out", "stats"]).unwrap_err().contains("20 bytes"));
     }
 }

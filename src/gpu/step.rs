@@ -53,14 +53,22 @@ impl<'g> Step<'g> {
     }
 
     /// Records one kernel: `params` is the uniform block at binding 0, `buffers` the storage
-    /// bindings 1.. in order.
+    /// bindings 1.. in order, each with the name the shader gives it. A dispatch that differs
+    /// from the shader's declarations (a swapped or missing buffer, a uniform block of another
+    /// size) panics naming the difference: it is a bug in the op, never bad input.
     pub fn dispatch<P: bytemuck::Pod>(
         &mut self,
         pipeline: Pipeline,
         params: &P,
-        buffers: &[&Tensor],
+        buffers: &[(&str, &Tensor)],
         groups: [u32; 3],
     ) {
+        if let Some(contract) = &pipeline.contract {
+            let names: Vec<&str> = buffers.iter().map(|(name, _)| *name).collect();
+            if let Err(e) = contract.check(std::mem::size_of::<P>(), &names) {
+                panic!("dispatch of {}: {e}", pipeline.name);
+            }
+        }
         let params_at = self.params.len().next_multiple_of(PARAM_ALIGN);
         self.params.resize(params_at, 0);
         self.params.extend_from_slice(bytemuck::bytes_of(params));
@@ -69,7 +77,7 @@ impl<'g> Step<'g> {
             pipeline,
             params_at,
             params_len: std::mem::size_of::<P>(),
-            buffers: buffers.iter().map(|t| t.buf.clone()).collect(),
+            buffers: buffers.iter().map(|(_, t)| t.buf.clone()).collect(),
             groups,
         });
     }

@@ -34,7 +34,7 @@ pub fn activation(step: &mut Step, kind: Activation, x: &Tensor, out: &Tensor, n
     assert!(x.numel() >= n_rows * in_width && out.numel() >= n_rows * f);
     let params = Params { n_rows: n_rows as u32, f: f as u32, _p: [0; 2] };
     let pipeline = step.gpu.pipeline("act", &[("SILU_GATE", (kind == Activation::SiluGate) as u32)]);
-    step.dispatch(pipeline, &params, &[x, out], groups(n_rows * f, 64));
+    step.dispatch(pipeline, &params, &bind![x, out], groups(n_rows * f, 64));
 }
 
 /// Gradient of [`activation`]: `dx` (shaped like its input `x`) from `dout` (`f` wide).
@@ -51,7 +51,7 @@ pub fn activation_backward(
     assert!(x.numel() >= n_rows * in_width && dx.numel() >= n_rows * in_width && dout.numel() >= n_rows * f);
     let params = Params { n_rows: n_rows as u32, f: f as u32, _p: [0; 2] };
     let pipeline = step.gpu.pipeline("act_backward", &[("SILU_GATE", (kind == Activation::SiluGate) as u32)]);
-    step.dispatch(pipeline, &params, &[x, dout, dx], groups(n_rows * f, 64));
+    step.dispatch(pipeline, &params, &bind![x, dout, dx], groups(n_rows * f, 64));
 }
 
 #[cfg(test)]

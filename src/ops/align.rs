@@ -35,7 +35,7 @@ pub fn align(
     step.dispatch(
         pipeline,
         &params,
-        &[lo.unwrap_or(mid), mid, hi.unwrap_or(mid), g, loss],
+        &bind![n_lo = lo.unwrap_or(mid), n_mid = mid, n_hi = hi.unwrap_or(mid), g, loss],
         groups(n_rows, 1),
     );
 }

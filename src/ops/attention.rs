@@ -60,7 +60,7 @@ pub fn attention(
         _p: [0; 2],
     };
     let pipeline = step.gpu.pipeline("attention", &[]);
-    let buffers = [q, rows, k_cache, v_cache, out, lse];
+    let buffers = bind![q, rows, k_cache, v_cache, out, lse];
     step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_q, 1));
 }
 
@@ -163,13 +163,13 @@ fn decode_attention_threads(
     };
     let defines = [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads)];
     let pipeline = step.gpu.pipeline("attention_decode", &defines);
-    let mut buffers = vec![qkv, rows, k_cache, v_cache, part];
+    let mut buffers = bind![qkv, rows, k_cache, v_cache, part].to_vec();
     if let Some((cos, sin)) = tables {
-        buffers.extend([cos, sin]);
+        buffers.extend(bind![cos_table = cos, sin_table = sin]);
     }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_kv * n_chunks, 1));
     let pipeline = step.gpu.pipeline("attention_decode", &[("COMBINE", 1)]);
-    step.dispatch(pipeline, &params, &[rows, part, out, lse], groups(n_rows * heads.n_q, 1));
+    step.dispatch(pipeline, &params, &bind![rows, part, out, lse], groups(n_rows * heads.n_q, 1));
 }
 
 /// What [`attention`] saved, as its backward pass reads it.
@@ -210,19 +210,19 @@ pub fn attention_backward(
         _p: [0; 2],
     };
     let s = saved;
-    let common = [s.q, s.rows, s.k_cache, s.v_cache, s.lse, d_out];
+    let common = bind![q = s.q, rows = s.rows, k_cache = s.k_cache, v_cache = s.v_cache, lse = s.lse, d_out];
     let pipeline = step.gpu.pipeline("attention_backward", &[("KV", 0)]);
     step.dispatch(
         pipeline,
         &params,
-        &[&common[..], &[s.out, dq, delta]].concat(),
+        &[&common[..], &bind![out = s.out, dq, delta]].concat(),
         groups(n_rows * heads.n_q, 1),
     );
     let pipeline = step.gpu.pipeline("attention_backward", &[("KV", 1)]);
     step.dispatch(
         pipeline,
         &params,
-        &[&common[..], &[delta, dk, dv]].concat(),
+        &[&common[..], &bind![delta, dk, dv]].concat(),
         groups(n_rows * heads.n_kv, 1),
     );
 }

@@ -79,7 +79,7 @@ fn seq_sum(
         ..Params::default()
     };
     let pipeline = step.gpu.pipeline("cgfm", &[("SEQ_SUM", 1)]);
-    step.dispatch(pipeline, &params, &[x, out], groups(n_seqs * cols, 256));
+    step.dispatch(pipeline, &params, &bind![x, out], groups(n_seqs * cols, 256));
 }
 
 /// The re-weighted weight gradient of `y = x · Wᵀ` (`dw` `[out, in]`), accumulated:
@@ -127,7 +127,7 @@ pub fn adaptive_lr(
         ..Params::default()
     };
     let pipeline = step.gpu.pipeline("cgfm", &[("ADAPTIVE_LR", 1)]);
-    step.dispatch(pipeline, &params, &[norms, state], [1, 1, 1]);
+    step.dispatch(pipeline, &params, &bind![norms, state], [1, 1, 1]);
 }
 
 #[cfg(test)]

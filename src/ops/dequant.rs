@@ -33,7 +33,7 @@ pub fn dequantize(gpu: &Gpu, step: &mut Step, what: &str, packed: &Tensor) -> Re
     let out = gpu.zeros(what, &packed.shape, DType::F32)?;
     let params = Params { n: n as u32, k: k as u32, b_off: 0, b_cs: 0 };
     let pipeline = gpu.pipeline("dequant", &defines(fmt));
-    step.dispatch(pipeline, &params, &[&out, packed], groups(n * k / 4, 64));
+    step.dispatch(pipeline, &params, &bind![out = &out, b = packed], groups(n * k / 4, 64));
     Ok(out)
 }
 

@@ -103,7 +103,12 @@ pub fn draw(
         _q: 0.0,
     };
     let pipeline = step.gpu.pipeline("draw", &[]);
-    step.dispatch(pipeline, &params, &[logits, &state.uniforms, &state.seen, ids, rows, out], [1, 1, 1]);
+    step.dispatch(
+        pipeline,
+        &params,
+        &bind![logits, uniforms = &state.uniforms, seen = &state.seen, ids, rows, out],
+        [1, 1, 1],
+    );
 }
 
 #[cfg(test)]

@@ -35,9 +35,9 @@ pub fn embed(
     assert!(ids.numel() >= n_rows && out.numel() >= n_rows * d);
     let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: vocab as u32, _pad: 0 };
     let pipeline = step.gpu.pipeline("embed", &[("POS", positions.is_some() as u32)]);
-    let mut buffers = vec![ids, table, out];
+    let mut buffers = bind![ids, table, out].to_vec();
     if let Some((rows, pos_table)) = positions {
-        buffers.extend([rows, pos_table]);
+        buffers.extend(bind![rows, pos_table]);
     }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }
@@ -53,7 +53,7 @@ pub fn embed_backward(step: &mut Step, index: EmbedIndex, dy: &Tensor, d_table: 
         EmbedIndex::Positions(rows) => (rows, 1),
     };
     let pipeline = step.gpu.pipeline("embed_backward", &[("POS", pos)]);
-    step.dispatch(pipeline, &params, &[index, dy, d_table], groups(d, 64));
+    step.dispatch(pipeline, &params, &bind![index, dy, d_table], groups(d, 64));
 }
 
 /// Which table an embedding gradient goes to: token ids, or the row table's positions.

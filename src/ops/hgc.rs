@@ -38,7 +38,7 @@ pub fn distance(step: &mut Step, hi: GradRange, lo: GradRange, dist: &Tensor, sl
     let params =
         Params { offset: hi.offset as u32, len: hi.len as u32, slot: slot as u32, ..Params::default() };
     let pipeline = step.gpu.pipeline("hgc", &[("DIST", 1)]);
-    step.dispatch(pipeline, &params, &[hi.t, lo.t, dist], [1, 1, 1]);
+    step.dispatch(pipeline, &params, &bind![g_hi = hi.t, g_lo = lo.t, dist], [1, 1, 1]);
 }
 
 /// λ for every (kind, block) slot `kind * n_layers + l` from the distances.
@@ -59,7 +59,7 @@ pub fn lambdas(
         ..Params::default()
     };
     let pipeline = step.gpu.pipeline("hgc", &[("LAMBDA", 1)]);
-    step.dispatch(pipeline, &params, &[dist, lambda], groups(n_slots, 256));
+    step.dispatch(pipeline, &params, &bind![dist, lambda], groups(n_slots, 256));
 }
 
 /// `hi := λ[slot] ((1 - μ) hi + μ lo)`.
@@ -68,7 +68,7 @@ pub fn mix(step: &mut Step, hi: GradRange, lo: GradRange, lambda: &Tensor, slot:
     let params =
         Params { offset: hi.offset as u32, len: hi.len as u32, slot: slot as u32, mu, ..Params::default() };
     let pipeline = step.gpu.pipeline("hgc", &[("MIX", 1)]);
-    step.dispatch(pipeline, &params, &[hi.t, lo.t, lambda], groups(hi.len, 256));
+    step.dispatch(pipeline, &params, &bind![g_hi = hi.t, g_lo = lo.t, lambda], groups(hi.len, 256));
 }
 
 #[cfg(test)]

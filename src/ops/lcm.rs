@@ -84,10 +84,10 @@ pub fn lcm_saving(
     assert!(x.numel() >= n_rows * d && stats.numel() >= 4 * seqs);
     let params = shape.params(n_rows, d, n_scales);
     let pipeline = step.gpu.pipeline("lcm", &[("SAVE", history.is_some() as u32)]);
-    let mut buffers = vec![x, rows, anchor, scales, stats];
+    let mut buffers = bind![x, rows, anchor, scales, stats].to_vec();
     if let Some(h) = history {
         assert!(h.numel() >= n_rows * n_scales * d);
-        buffers.push(h);
+        buffers.push(("history", h));
     }
     step.dispatch(pipeline, &params, &buffers, [seqs as u32, 1, 1]);
 }
@@ -111,7 +111,7 @@ pub fn lcm_backward(
     assert!(h.numel() >= n_rows * d && dy.numel() >= n_rows * d && history.numel() >= n_rows * n_scales * d);
     let params = shape.params(n_rows, d, n_scales);
     let pipeline = step.gpu.pipeline("lcm_backward", &[]);
-    step.dispatch(pipeline, &params, &[h, rows, history, scales, dy, d_anchor], [seqs as u32, 1, 1]);
+    step.dispatch(pipeline, &params, &bind![h, rows, history, scales, dy, d_anchor], [seqs as u32, 1, 1]);
 }
 
 #[cfg(test)]

@@ -247,18 +247,18 @@ fn matmul_tiled(
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let flags = [&flags[..], &format_flags(fmt, native_f16(step.gpu))].concat();
-    let mut buffers = vec![a.t, b.t, c.t];
+    let mut buffers = bind![a = a.t, b = b.t, c = c.t].to_vec();
     let prologue_flag: &[Define] = match prologue {
         Prologue::None => &[],
         Prologue::SiluGate => &[("GATE", 1)],
         Prologue::RmsNorm(w, _) => {
             assert_eq!(w.numel(), k, "RMSNorm weight");
-            buffers.push(w);
+            buffers.push(("norm_w", w));
             &[("NORM", 1)]
         }
     };
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
-    buffers.extend(bias);
+    buffers.extend(bias.map(|bias| ("bias", bias)));
     if matvec {
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
         let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];

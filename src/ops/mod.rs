@@ -1,6 +1,15 @@
 //! One file per op: shape checks, pipeline choice and dispatch (recorded into a
 //! [`Step`](crate::gpu::Step)), and tests against the CPU reference in [`crate::cpu`].
 
+/// The storage bindings of a dispatch, named as the shader names them: `bind![x, w, out]`
+/// binds the variables `x`, `w`, `out` to the shader's `x`, `w`, `out`; `bind![x = &a.t]` binds
+/// an expression (see [`Step::dispatch`](crate::gpu::Step::dispatch), which checks them).
+macro_rules! bind {
+    (@one $name:ident = $e:expr) => { (stringify!($name), $e) };
+    (@one $name:ident) => { (stringify!($name), $name) };
+    ($($name:ident $(= $e:expr)?),* $(,)?) => { [$(bind!(@one $name $(= $e)?)),*] };
+}
+
 pub mod act;
 pub mod align;
 pub mod attention;

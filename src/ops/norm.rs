@@ -51,8 +51,8 @@ pub fn norm(
     assert_eq!(layer, b.is_some(), "LayerNorm needs a bias, RMSNorm has none");
     let params = Params { n_rows: n_rows as u32, d: d as u32, eps, row_offset: row_offset as u32 };
     let pipeline = step.gpu.pipeline("norm", &[("LAYER", layer as u32)]);
-    let mut buffers = vec![x, w, out, stats];
-    buffers.extend(b);
+    let mut buffers = bind![x, w, out, stats].to_vec();
+    buffers.extend(b.map(|b| ("b", b)));
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }
 
@@ -96,7 +96,7 @@ pub fn norm_backward(
     assert!(dx.numel() >= n_rows * w.numel());
     let defines = [("LAYER", (kind == NormKind::Layer) as u32), ("WEIGHTS", 0), ("ACC", accumulate as u32)];
     let pipeline = step.gpu.pipeline("norm_backward", &defines);
-    step.dispatch(pipeline, &params, &[saved.x, saved.stats, dy, w, dx], groups(n_rows, 1));
+    step.dispatch(pipeline, &params, &bind![x = saved.x, stats = saved.stats, dy, w, dx], groups(n_rows, 1));
 }
 
 /// Parameter gradients of [`norm`]: `dw += Σ dy · xhat`, and for LayerNorm `db += Σ dy`.
@@ -111,8 +111,8 @@ pub fn norm_weight_grad(
     let d = dw.numel();
     let params = backward_params(saved, d, dy, n_rows);
     let pipeline = step.gpu.pipeline("norm_backward", &[("LAYER", db.is_some() as u32), ("WEIGHTS", 1)]);
-    let mut buffers = vec![saved.x, saved.stats, dy, dw];
-    buffers.extend(db);
+    let mut buffers = bind![x = saved.x, stats = saved.stats, dy, dw].to_vec();
+    buffers.extend(db.map(|db| ("db", db)));
     step.dispatch(pipeline, &params, &buffers, groups(d, 64));
 }
 

@@ -109,12 +109,22 @@ impl GradNorms {
             assert_eq!(t.numel(), n);
             let count = n.div_ceil(CHUNK).max(1);
             let params = NormParams { n: n as u32, first: first as u32, n_tensors: 0, clip };
-            step.dispatch(pipeline.clone(), &params, &[t, &self.partials], [count as u32, 1, 1]);
+            step.dispatch(
+                pipeline.clone(),
+                &params,
+                &bind![x = t, partials = &self.partials],
+                [count as u32, 1, 1],
+            );
             first += count;
         }
         let params = NormParams { n: 0, first: 0, n_tensors: self.sizes.len() as u32, clip };
         let pipeline = step.gpu.pipeline("grad_norm", &[("FINISH", 1)]);
-        step.dispatch(pipeline, &params, &[&self.partials, &self.ranges, &self.out], [1, 1, 1]);
+        step.dispatch(
+            pipeline,
+            &params,
+            &bind![partials = &self.partials, ranges = &self.ranges, out = &self.out],
+            [1, 1, 1],
+        );
     }
 }
 
@@ -135,8 +145,8 @@ pub fn adamw(
     assert!(grad.numel() == n && m.numel() == n && v.numel() == n && scale.1 < scale.0.numel());
     let params = adam_params(o, t, weight_decay, n, scale.1, lr.map_or(0, |l| l.1));
     let pipeline = step.gpu.pipeline("adamw", &[("LR_BUF", lr.is_some() as u32)]);
-    let mut buffers = vec![param, grad, m, v, scale.0];
-    buffers.extend(lr.map(|l| l.0));
+    let mut buffers = bind![param, grad, m, v, scale = scale.0].to_vec();
+    buffers.extend(lr.map(|l| ("lr_buf", l.0)));
     step.dispatch(pipeline, &params, &buffers, groups(n, 256));
 }
 
@@ -155,7 +165,7 @@ pub fn adamw_direction(
     // The direction leaves out lr / bc1; bc1 is applied by `adamw_apply`'s step size.
     let params = adam_params(o, t, 0.0, n, scale.1, 0);
     let pipeline = step.gpu.pipeline("adamw", &[("DIRECTION", 1)]);
-    step.dispatch(pipeline, &params, &[grad, m, v, scale.0], groups(n, 256));
+    step.dispatch(pipeline, &params, &bind![grad, m, v, scale = scale.0], groups(n, 256));
 }
 
 /// The second half of [`adamw`]: `param = param · (1 - lr · wd) - lr / bc1 · direction`.
@@ -171,8 +181,8 @@ pub fn adamw_apply(
     assert_eq!(direction.numel(), n);
     let params = adam_params(o, t, weight_decay, n, 0, lr.map_or(0, |l| l.1));
     let pipeline = step.gpu.pipeline("adamw", &[("APPLY", 1), ("LR_BUF", lr.is_some() as u32)]);
-    let mut buffers = vec![param, direction];
-    buffers.extend(lr.map(|l| l.0));
+    let mut buffers = bind![param, grad = direction].to_vec();
+    buffers.extend(lr.map(|l| ("lr_buf", l.0)));
     step.dispatch(pipeline, &params, &buffers, groups(n, 256));
 }
 

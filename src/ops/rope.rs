@@ -80,9 +80,9 @@ pub fn rope_kv(
         _p: [0; 3],
     };
     let pipeline = step.gpu.pipeline("rope", &[("ROPE", tables.is_some() as u32)]);
-    let mut buffers = vec![qkv, rows, q, k_cache, v_cache];
+    let mut buffers = bind![qkv, rows, q_out = q, k_cache, v_cache].to_vec();
     if let Some((cos, sin)) = tables {
-        buffers.extend([cos, sin]);
+        buffers.extend(bind![cos_table = cos, sin_table = sin]);
     }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }
@@ -111,9 +111,9 @@ pub fn rope_kv_backward(
         _p: [0; 3],
     };
     let pipeline = step.gpu.pipeline("rope_backward", &[("ROPE", tables.is_some() as u32)]);
-    let mut buffers = vec![rows, dq, dk, dv, dqkv];
+    let mut buffers = bind![rows, dq, dk, dv, dqkv].to_vec();
     if let Some((cos, sin)) = tables {
-        buffers.extend([cos, sin]);
+        buffers.extend(bind![cos_table = cos, sin_table = sin]);
     }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }

@@ -58,9 +58,9 @@ pub fn logit_stats(
     let parts = parts(vocab);
     let params = Params { n_rows: n_rows as u32, vocab: vocab as u32, parts: parts as u32, row: 0 };
     let split = step.gpu.pipeline("stats", &[("SPLIT", 1)]);
-    step.dispatch(split, &params, &[logits, partials], groups(n_rows * parts, 1));
+    step.dispatch(split, &params, &bind![logits, partials], groups(n_rows * parts, 1));
     let combine = step.gpu.pipeline("stats", &[("SPLIT", 0)]);
-    step.dispatch(combine, &params, &[logits, partials, targets, out], groups(n_rows, 1));
+    step.dispatch(combine, &params, &bind![logits, partials, targets, out], groups(n_rows, 1));
 }
 
 /// Greedy decoding's pick: the argmax `id` of `logits` row 0 (as
@@ -81,9 +81,9 @@ pub fn greedy_pick(
     let parts = parts(vocab);
     let params = Params { n_rows: 1, vocab: vocab as u32, parts: parts as u32, row: row as u32 };
     let split = step.gpu.pipeline("stats", &[("SPLIT", 1)]);
-    step.dispatch(split, &params, &[logits, partials], groups(parts, 1));
+    step.dispatch(split, &params, &bind![logits, partials], groups(parts, 1));
     let pick = step.gpu.pipeline("stats", &[("SPLIT", 0), ("PICK", 1)]);
-    step.dispatch(pick, &params, &[logits, partials, ids, rows, out], [1, 1, 1]);
+    step.dispatch(pick, &params, &bind![logits, partials, ids, rows, out], [1, 1, 1]);
 }
 
 /// One entry of [`greedy_pick`]'s (or [`super::draw::draw`]'s) output, decoded.

@@ -44,7 +44,7 @@ pub fn norms_and_cosines(
         _p: [0; 3],
     };
     let pipeline = step.gpu.pipeline("trace", &[("ROWS", 1)]);
-    step.dispatch(pipeline, &params, &[x, prev, norms, cosines], groups(n_rows, 1));
+    step.dispatch(pipeline, &params, &bind![x, prev, norms, cosines], groups(n_rows, 1));
 }
 
 /// Adds each row `r < n_rows` of `x` (position `t0 + r`) into
@@ -68,7 +68,7 @@ pub fn segment_sums(
         _p: [0; 3],
     };
     let pipeline = step.gpu.pipeline("trace", &[("ROWS", 0)]);
-    step.dispatch(pipeline, &params, &[x, segment_of, sums], groups(d, 64));
+    step.dispatch(pipeline, &params, &bind![x, segment_of, sums], groups(d, 64));
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub fn cross_entropy(
     assert!(logits.numel() >= n_rows * vocab && targets.numel() >= n_rows && loss.numel() >= n_rows);
     let params = Params { n_rows: n_rows as u32, vocab: vocab as u32, scale, _p: 0 };
     let pipeline = step.gpu.pipeline("xent", &[]);
-    step.dispatch(pipeline, &params, &[logits, targets, loss], groups(n_rows, 1));
+    step.dispatch(pipeline, &params, &bind![logits, targets, loss], groups(n_rows, 1));
 }
 
 #[cfg(test)]
