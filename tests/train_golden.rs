@@ -132,6 +132,21 @@ fn tiny_qwen2_trains_like_pytorch() {
     check_training("tiny-qwen2", "tiny-qwen2", 10, ActivationMemory::Keep, 1e-3);
 }
 
+#[test]
+fn tiny_llama3_trains_like_pytorch() {
+    check_training("tiny-llama3", "tiny-llama3", 10, ActivationMemory::Keep, 1e-3);
+}
+
+#[test]
+fn tiny_smollm3_trains_like_pytorch() {
+    check_training("tiny-smollm3", "tiny-smollm3", 10, ActivationMemory::Keep, 1e-3);
+}
+
+#[test]
+fn tiny_qwen3_trains_like_pytorch() {
+    check_training("tiny-qwen3", "tiny-qwen3", 10, ActivationMemory::Keep, 1e-3);
+}
+
 /// SmolLM2's curve is chaotic after a few steps at this learning rate: the step-0 gradient
 /// norms and the first 3 losses. Its attention-sink activations (norms in the hundreds)
 /// amplify f32 rounding: 270 of its 272 gradient norms agree within 6e-4, the embedding's

@@ -23,6 +23,8 @@ pub struct BackwardBufs {
     dv: Tensor,
     delta: Tensor,
     d_qkv: Tensor,
+    /// The gradient at the output of Qwen3's q/k norms (their backward rewrites `d_qkv`).
+    d_qkv_normed: Option<Tensor>,
     /// `rows` ones: bias gradients are products with it.
     ones: Tensor,
     /// CGFM's re-weighting of the blocks' linear weight gradients, when on.
@@ -47,6 +49,7 @@ impl BackwardBufs {
             dv: gpu.zeros("dv", &kv_shape, DType::F32)?,
             delta: f("attention delta", c.heads)?,
             d_qkv: f("d qkv", heads.qkv_width())?,
+            d_qkv_normed: c.qk_norm.then(|| f("d qkv normed", heads.qkv_width())).transpose()?,
             ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
             cgfm: None,
         })
@@ -66,7 +69,8 @@ impl BackwardBufs {
             &self.d_qkv,
             &self.ones,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.d_qkv_normed)
         .map(|t| t.bytes())
         .sum::<u64>()
             + self.cgfm.as_ref().map_or(0, cgfm::Split::bytes)
@@ -159,7 +163,21 @@ impl GpuModel {
         };
         let heads = c.head_shape();
         attention::attention_backward(step, saved, heads, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
-        rope::rope_kv_backward(step, rows, heads, self.rope_tables(), &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
+        let tables = self.rope_tables(l);
+        rope::rope_kv_backward(step, rows, heads, tables, &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
+        if let (Some(saved), Some(dy)) = (io.qk_norm, &bw.d_qkv_normed) {
+            step.copy(&bw.d_qkv, 0, dy, 0, n * heads.qkv_width());
+            let norms = self.qk_norms(b, saved);
+            let d_norms =
+                grads.map(|g| [&g.q_norm, &g.k_norm].map(|t| t.as_ref().expect("q/k norm gradient")));
+            for (i, (w, stats, layout)) in norms.into_iter().enumerate() {
+                let x = norm::Saved { x: &saved.raw, offset: 0, stats };
+                norm::head_norm_backward(step, x, layout, w, dy, &bw.d_qkv, n);
+                if let Some(dw) = d_norms {
+                    norm::head_norm_weight_grad(step, x, layout, dy, dw[i], n);
+                }
+            }
+        }
         linear(step, Linear::Qkv, io.xn1, &bw.d_qkv, &bw.dxn);
         let input = norm::Saved { x: io.x_in, offset: 0, stats: io.stats1 };
         norm_backward(step, input, &b.attn_norm, grads.map(|g| (&g.attn_norm, g.attn_norm_b.as_ref())));

@@ -1,7 +1,11 @@
 //! The model as data: one config shape for every supported architecture, read from a
 //! Hugging Face config.json (GGUF metadata is first turned into one).
 
-use crate::ops::{act::Activation, norm::NormKind, rope::HeadShape};
+use crate::ops::{
+    act::Activation,
+    norm::NormKind,
+    rope::{HeadShape, RopeScaling},
+};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
@@ -11,6 +15,10 @@ pub enum Arch {
     Llama,
     /// Qwen2ForCausalLM: Llama with q/k/v biases.
     Qwen2,
+    /// Qwen3ForCausalLM: Llama with a per-head RMSNorm on q and k before RoPE.
+    Qwen3,
+    /// SmolLM3ForCausalLM: Llama with some blocks left without RoPE (`no_rope_layers`).
+    SmolLm3,
     /// GPT2LMHeadModel: LayerNorm, GELU, learned positions, Conv1D weights.
     Gpt2,
 }
@@ -28,6 +36,12 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     /// None: learned absolute positions (GPT-2).
     pub rope_theta: Option<f32>,
+    /// How the rotary frequencies are rescaled (`rope_scaling` / `rope_parameters`).
+    pub rope_scaling: RopeScaling,
+    /// Blocks that apply no rotary embedding (SmolLM3's zeros in `no_rope_layers`).
+    pub nope_layers: Vec<usize>,
+    /// A per-head RMSNorm on q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
     pub max_positions: usize,
     pub tied_embeddings: bool,
     /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
@@ -81,6 +95,77 @@ pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The rotary rescaling of a config: `rope_parameters` (transformers 5) or `rope_scaling`.
+fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
+    let Some((field, p)) = ["rope_parameters", "rope_scaling"]
+        .into_iter()
+        .find_map(|k| v.get(k).filter(|p| p.is_object()).map(|p| (k, p)))
+    else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let number = |key: &str| {
+        p.get(key)
+            .and_then(Value::as_f64)
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .map(|f| f as f32)
+            .ok_or_else(|| anyhow!("{file}: {field}.{key} must be a positive number for rope_type '{kind}'"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: number("factor")? },
+        "llama3" => {
+            let (low_freq_factor, high_freq_factor) =
+                (number("low_freq_factor")?, number("high_freq_factor")?);
+            if high_freq_factor <= low_freq_factor {
+                bail!("{file}: {field}.high_freq_factor must exceed low_freq_factor");
+            }
+            RopeScaling::Llama3 {
+                factor: number("factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions: usize_of(p, "original_max_position_embeddings", file)?,
+            }
+        }
+        other => bail!(
+            "{file}: {field}.rope_type '{other}' is not supported (Keel has default, linear and llama3)"
+        ),
+    })
+}
+
+/// Refuses a `layer_types` entry other than full attention (the only kind these
+/// architectures have).
+fn check_layer_types(v: &Value, layers: usize, file: &str) -> Result<()> {
+    let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) else { return Ok(()) };
+    let types = types.as_array().ok_or_else(|| anyhow!("{file}: layer_types must be a list"))?;
+    if types.len() != layers {
+        bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
+    }
+    for (l, t) in types.iter().enumerate() {
+        if t.as_str() != Some("full_attention") {
+            bail!("{file}: layer_types[{l}] is {t}; Keel runs 'full_attention' layers only for this architecture");
+        }
+    }
+    Ok(())
+}
+
+/// SmolLM3's `no_rope_layers` (one 0 or 1 per layer; 0: no RoPE) as the blocks without RoPE.
+fn nope_layers(v: &Value, layers: usize, file: &str) -> Result<Vec<usize>> {
+    let Some(flags) = v.get("no_rope_layers").filter(|t| !t.is_null()) else { return Ok(Vec::new()) };
+    let flags = flags.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
+        anyhow!("{file}: no_rope_layers must be a list of {layers} zeros and ones, got {flags}")
+    })?;
+    let mut nope = Vec::new();
+    for (l, f) in flags.iter().enumerate() {
+        match f.as_u64() {
+            Some(0) => nope.push(l),
+            Some(1) => {}
+            _ => bail!("{file}: no_rope_layers[{l}] is {f}, expected 0 or 1"),
+        }
+    }
+    Ok(nope)
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face config.json value; `file` names it in errors.
     pub fn from_hf(v: &Value, file: &str) -> Result<ModelConfig> {
@@ -96,9 +181,11 @@ impl ModelConfig {
         let arch = match arch_name {
             "LlamaForCausalLM" | "llama" | "MistralForCausalLM" => Arch::Llama,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            "SmolLM3ForCausalLM" | "smollm3" => Arch::SmolLm3,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM and GPT2LMHeadModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
@@ -121,6 +208,9 @@ impl ModelConfig {
                 ffn: opt_usize(v, "n_inner", file)?.unwrap_or(4 * hidden),
                 norm_eps: f32_of(v, "layer_norm_epsilon", 1e-5, file)?,
                 rope_theta: None,
+                rope_scaling: RopeScaling::None,
+                nope_layers: Vec::new(),
+                qk_norm: false,
                 max_positions: usize_of(v, "n_positions", file)?,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
@@ -131,12 +221,6 @@ impl ModelConfig {
         } else {
             let hidden = usize_of(v, "hidden_size", file)?;
             let heads = usize_of(v, "num_attention_heads", file)?;
-            if let Some(s) = v.get("rope_scaling").filter(|s| !s.is_null()) {
-                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
-                if kind != Some("default") {
-                    bail!("{file}: rope_scaling {s} is not supported");
-                }
-            }
             if bool_of(v, "mlp_bias", false) {
                 bail!("{file}: mlp_bias = true is not supported");
             }
@@ -155,17 +239,22 @@ impl ModelConfig {
             };
             let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
             let attention_bias = bool_of(v, "attention_bias", false);
+            let layers = usize_of(v, "num_hidden_layers", file)?;
+            check_layer_types(v, layers, file)?;
             ModelConfig {
                 arch,
                 vocab: usize_of(v, "vocab_size", file)?,
                 hidden,
-                layers: usize_of(v, "num_hidden_layers", file)?,
+                layers,
                 heads,
                 kv_heads: opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads),
                 head_dim,
                 ffn: usize_of(v, "intermediate_size", file)?,
                 norm_eps: f32_of(v, "rms_norm_eps", 1e-6, file)?,
                 rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
+                rope_scaling: rope_scaling(v, file)?,
+                nope_layers: if arch == Arch::SmolLm3 { nope_layers(v, layers, file)? } else { Vec::new() },
+                qk_norm: arch == Arch::Qwen3,
                 max_positions: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
                 tied_embeddings: bool_of(v, "tie_word_embeddings", false),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -197,10 +286,11 @@ impl ModelConfig {
                 "torch_dtype": "float32",
             });
         }
-        let (architecture, model_type) = if self.arch == Arch::Qwen2 {
-            ("Qwen2ForCausalLM", "qwen2")
-        } else {
-            ("LlamaForCausalLM", "llama")
+        let (architecture, model_type) = match self.arch {
+            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
+            Arch::Llama | Arch::Gpt2 => ("LlamaForCausalLM", "llama"),
         };
         let mut v = json!({
             "architectures": [architecture], "model_type": model_type,
@@ -212,8 +302,26 @@ impl ModelConfig {
             "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
             "torch_dtype": "float32",
         });
-        if self.arch == Arch::Llama {
+        if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::SmolLm3) {
             v["attention_bias"] = json!(self.qkv_bias);
+        }
+        let theta = self.rope_theta.unwrap_or(10000.0);
+        v["rope_parameters"] = match self.rope_scaling {
+            RopeScaling::None => json!({"rope_type": "default", "rope_theta": theta}),
+            RopeScaling::Linear { factor } => {
+                json!({"rope_type": "linear", "rope_theta": theta, "factor": factor})
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+                json!({
+                    "rope_type": "llama3", "rope_theta": theta, "factor": factor,
+                    "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_positions,
+                })
+            }
+        };
+        if self.arch == Arch::SmolLm3 {
+            let flags: Vec<u32> = (0..self.layers).map(|l| !self.nope_layers.contains(&l) as u32).collect();
+            v["no_rope_layers"] = json!(flags);
         }
         v
     }
@@ -275,7 +383,9 @@ impl ModelConfig {
         let head = if self.tied_embeddings { 0 } else { self.vocab * h };
         // Two norms per block and a final one; LayerNorm has a bias too.
         let norm_params = if self.norm() == NormKind::Layer { 2 * h } else { h };
-        let biases = if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
+        let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        let biases = qk_norm
+            + if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
             + if self.o_bias { h } else { 0 }
             + if self.arch == Arch::Gpt2 { self.ffn + h } else { 0 };
         self.vocab * h + pos + self.layers * (attn + mlp + biases + 2 * norm_params) + norm_params + head
@@ -321,5 +431,79 @@ mod tests {
         assert!(err(uneven).contains("hidden_size 64 is not a multiple of num_attention_heads 6"));
         let neg = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": -3});
         assert!(err(neg).contains("'hidden_size' must be a positive integer"));
+    }
+
+    fn llama(extra: Value) -> Value {
+        let mut v = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 512});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    #[test]
+    fn reads_rope_scaling_and_the_new_families() {
+        let parse = |v: Value| ModelConfig::from_hf(&v, "config.json").unwrap();
+        let c =
+            parse(llama(json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}})));
+        let want = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 32,
+        };
+        assert_eq!((c.rope_theta, c.rope_scaling), (Some(5e5), want));
+        let c = parse(llama(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})));
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let smol = llama(json!({"architectures": ["SmolLM3ForCausalLM"], "no_rope_layers": [1, 1, 1, 0]}));
+        let c = parse(smol);
+        assert_eq!((c.arch, c.nope_layers.clone()), (Arch::SmolLm3, vec![3]));
+        let c = parse(llama(
+            json!({"architectures": ["Qwen3ForCausalLM"], "layer_types": vec!["full_attention"; 4]}),
+        ));
+        assert!(c.qk_norm && !c.qkv_bias);
+        // What a checkpoint writes reads back to the same config.
+        for c in [c, parse(llama(json!({"rope_scaling": {"rope_type": "linear", "factor": 4.0}})))] {
+            assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+        }
+    }
+
+    /// Llama 3.1's frequencies: short wavelengths kept, long ones divided by the factor,
+    /// the ones between blended (transformers' `_compute_llama3_parameters`).
+    #[test]
+    fn llama3_scaling_keeps_short_and_divides_long_wavelengths() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 32,
+        };
+        let (plain, scaled) = (RopeScaling::None.inv_freq(5e5, 16), scaling.inv_freq(5e5, 16));
+        let wavelen = |f: f32| 2.0 * std::f32::consts::PI / f;
+        for (p, s) in plain.iter().zip(&scaled) {
+            match wavelen(*p) {
+                w if w < 8.0 => assert_eq!(s, p),
+                w if w > 32.0 => assert_eq!(*s, p / 8.0),
+                _ => assert!(*s < *p && *s > p / 8.0, "{s} between {p} / 8 and {p}"),
+            }
+        }
+        assert!(plain.iter().any(|&p| wavelen(p) < 8.0) && plain.iter().any(|&p| wavelen(p) > 32.0));
+    }
+
+    #[test]
+    fn unknown_rope_and_layer_types_name_the_field() {
+        let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
+        let yarn = llama(json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
+        assert_eq!(
+            err(yarn),
+            "m/config.json: rope_scaling.rope_type 'yarn' is not supported (Keel has default, linear and llama3)"
+        );
+        let no_factor = llama(json!({"rope_parameters": {"rope_type": "linear"}}));
+        assert!(err(no_factor).contains("rope_parameters.factor must be a positive number"));
+        let sliding =
+            llama(json!({"layer_types": ["full_attention", "chunked_attention", "full_attention", "x"]}));
+        assert!(err(sliding).contains("m/config.json: layer_types[1] is \"chunked_attention\""));
+        let flags = llama(json!({"architectures": ["SmolLM3ForCausalLM"], "no_rope_layers": [1, 2, 1, 0]}));
+        assert!(err(flags).contains("no_rope_layers[1] is 2, expected 0 or 1"));
     }
 }

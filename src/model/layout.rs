@@ -15,6 +15,9 @@ pub struct Block<T> {
     pub attn_norm_b: Option<T>,
     pub qkv: T,
     pub qkv_b: Option<T>,
+    /// Per-head RMSNorm scales of q and k (Qwen3), `[head_dim]` each.
+    pub q_norm: Option<T>,
+    pub k_norm: Option<T>,
     pub o: T,
     pub o_b: Option<T>,
     pub mlp_norm: T,
@@ -74,6 +77,8 @@ impl<T> Block<T> {
         v.extend(self.attn_norm_b.as_ref().map(|t| ("attn_norm_b", t)));
         v.push(("qkv", &self.qkv));
         v.extend(self.qkv_b.as_ref().map(|t| ("qkv_b", t)));
+        v.extend(self.q_norm.as_ref().map(|t| ("q_norm", t)));
+        v.extend(self.k_norm.as_ref().map(|t| ("k_norm", t)));
         v.push(("o", &self.o));
         v.extend(self.o_b.as_ref().map(|t| ("o_b", t)));
         v.push(("mlp_norm", &self.mlp_norm));
@@ -89,6 +94,7 @@ impl<T> Block<T> {
         let mut opt = |name: &str, t: &Option<T>| t.as_ref().map(|t| f(name, t)).transpose();
         let (attn_norm_b, qkv_b, o_b) =
             (opt("attn_norm_b", &self.attn_norm_b)?, opt("qkv_b", &self.qkv_b)?, opt("o_b", &self.o_b)?);
+        let (q_norm, k_norm) = (opt("q_norm", &self.q_norm)?, opt("k_norm", &self.k_norm)?);
         let (mlp_norm_b, up_b, down_b) =
             (opt("mlp_norm_b", &self.mlp_norm_b)?, opt("up_b", &self.up_b)?, opt("down_b", &self.down_b)?);
         Ok(Block {
@@ -96,6 +102,8 @@ impl<T> Block<T> {
             attn_norm_b,
             qkv: f("qkv", &self.qkv)?,
             qkv_b,
+            q_norm,
+            k_norm,
             o: f("o", &self.o)?,
             o_b,
             mlp_norm: f("mlp_norm", &self.mlp_norm)?,
@@ -280,6 +288,8 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     attn_norm_b,
                     qkv: conv1d("qkv", "attn.c_attn.weight", [h, 3 * h]),
                     qkv_b,
+                    q_norm: None,
+                    k_norm: None,
                     o: conv1d("o", "attn.c_proj.weight", [h, h]),
                     o_b,
                     mlp_norm,
@@ -319,6 +329,12 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     attn_norm_b: None,
                     qkv: plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h])),
                     qkv_b: cfg.qkv_bias.then(|| plan.rows(&format!("{k}.qkv_b"), &qkv("bias", &[]))),
+                    q_norm: cfg.qk_norm.then(|| {
+                        plan.one(&format!("{k}.q_norm"), format!("{a}.q_norm.weight"), &[cfg.head_dim])
+                    }),
+                    k_norm: cfg.qk_norm.then(|| {
+                        plan.one(&format!("{k}.k_norm"), format!("{a}.k_norm.weight"), &[cfg.head_dim])
+                    }),
                     o: plan.one(&format!("{k}.o"), format!("{a}.o_proj.weight"), &[h, qd]),
                     o_b: cfg.o_bias.then(|| plan.one(&format!("{k}.o_b"), format!("{a}.o_proj.bias"), &[h])),
                     mlp_norm: plan.one(
@@ -440,6 +456,8 @@ impl Weights<HostTensor> {
                 };
                 out.extend(split_rows(&b.qkv, &qkv("weight")));
                 out.extend(b.qkv_b.as_ref().map(|t| split_rows(t, &qkv("bias"))).unwrap_or_default());
+                out.extend(b.q_norm.as_ref().map(|t| named(format!("{a}.q_norm.weight"), t)));
+                out.extend(b.k_norm.as_ref().map(|t| named(format!("{a}.k_norm.weight"), t)));
                 out.push(named(format!("{a}.o_proj.weight"), &b.o));
                 out.extend(b.o_b.as_ref().map(|t| named(format!("{a}.o_proj.bias"), t)));
                 out.push(named(format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));

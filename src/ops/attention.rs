@@ -304,7 +304,7 @@ mod tests {
             let qkv = rand_vec(1, n * width, 1.0);
             let kc = rand_vec(2, cache_shape.iter().product(), 1.0);
             let vc = rand_vec(3, kc.len(), 1.0);
-            let (cos, sin) = rope::rope_tables(10000.0, heads.dim, len);
+            let (cos, sin) = rope::rope_tables(&rope::RopeScaling::None.inv_freq(10000.0, heads.dim), len);
             let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
             let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
             let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();

@@ -3,16 +3,61 @@
 use super::groups;
 use crate::gpu::{shader::Define, Step, Tensor};
 
-/// cos and sin tables `[positions, head_dim / 2]`, computed as Hugging Face does in float32
-/// (inverse frequencies `1 / theta^(2j/d)`, angle = position × inverse frequency, rounded to
-/// f32 before the cosine), so long positions match the reference exactly.
-pub fn rope_tables(theta: f32, head_dim: usize, positions: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+/// How a model rescales its rotary frequencies (config.json's `rope_scaling` or
+/// `rope_parameters`), as transformers' `ROPE_INIT_FUNCTIONS` compute them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Every inverse frequency divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+    /// Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth blend between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_positions: usize,
+    },
+}
+
+impl RopeScaling {
+    /// The inverse frequencies of a head of `dim` rotated dimensions, in float32 as
+    /// transformers computes them (`1 / theta^(2j/dim)`, then rescaled).
+    pub fn inv_freq(&self, theta: f32, dim: usize) -> Vec<f32> {
+        let base = (0..dim / 2).map(|j| 1.0 / theta.powf((2 * j) as f32 / dim as f32));
+        match *self {
+            RopeScaling::None => base.collect(),
+            RopeScaling::Linear { factor } => base.map(|f| f / factor).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+                let old = original_max_positions as f32;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+            }
+        }
+    }
+}
+
+/// cos and sin tables `[positions, inv_freq.len()]`, computed as Hugging Face does in
+/// float32 (angle = position × inverse frequency, rounded to f32 before the cosine), so long
+/// positions match the reference exactly.
+pub fn rope_tables(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions * half);
     let mut sin = Vec::with_capacity(positions * half);
     for pos in 0..positions {
-        for f in &inv_freq {
+        for f in inv_freq {
             let angle = (pos as f32 * f) as f64;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
@@ -133,7 +178,7 @@ mod tests {
         let rows = [(0usize, 0usize), (0, 1), (1, 37), (1, 5), (0, 39)];
         let n = rows.len();
         let qkv = rand_vec(1, n * heads.qkv_width(), 1.0);
-        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
+        let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, heads.dim), cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         for rope in [true, false] {
             let qkv_t = gpu.upload_f32("qkv", &[n, heads.qkv_width()], &qkv).unwrap();
@@ -171,7 +216,7 @@ mod tests {
         let dq = rand_vec(1, n * heads.n_q * heads.dim, 1.0);
         let dk = rand_vec(2, cache_elems, 1.0);
         let dv = rand_vec(3, cache_elems, 1.0);
-        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
+        let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, heads.dim), cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
         let (dqt, dkt, dvt) =
