@@ -145,14 +145,24 @@ impl GpuModel {
                     norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n);
                 }
             };
-        // MLP: x_out = x_mid + down(act(up(norm(x_mid)))).
+        // MLP: x_out = x_mid + down(act(up(norm(m)))), m = x_mid, or x_in with a parallel
+        // residual; then dx is the gradient at x_mid (which is dx at x_out when parallel).
         linear(step, Linear::Down, io.act, &bw.dx, &bw.d_act);
         act::activation_backward(step, c.activation(), io.up, &bw.d_act, &bw.d_up, n, c.ffn);
         linear(step, Linear::Up, io.xn2, &bw.d_up, &bw.dxn);
-        let mid = norm::Saved { x: io.x_mid, offset: 0, stats: io.stats2 };
-        norm_backward(step, mid, &b.mlp_norm, grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref())));
+        let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
+        let mlp_norm = norm::Saved { x: mlp_in, offset: 0, stats: io.stats2 };
+        let mlp_norm_grads = grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref()));
+        if c.parallel_residual {
+            // The attention's output projection sees dx at x_out before the MLP's norm adds
+            // its share for x_in.
+            linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
+            norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
+        } else {
+            norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
+            linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
+        }
         // Attention: x_mid = x_in + o(attention(rope(qkv(norm(x_in))))).
-        linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
         let saved = attention::Saved {
             q: io.q,
             rows,

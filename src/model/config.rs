@@ -21,6 +21,9 @@ pub enum Arch {
     SmolLm3,
     /// GPT2LMHeadModel: LayerNorm, GELU, learned positions, Conv1D weights.
     Gpt2,
+    /// GPTNeoXForCausalLM (Pythia): LayerNorm, GELU, biases everywhere, partial rotary,
+    /// parallel residual, q/k/v interleaved per head in the file.
+    GptNeoX,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +45,15 @@ pub struct ModelConfig {
     pub nope_layers: Vec<usize>,
     /// A per-head RMSNorm on q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
+    /// Leading dimensions of each head that RoPE rotates (`head_dim`, or less with a
+    /// `partial_rotary_factor` / `rotary_pct`).
+    pub rotary_dim: usize,
+    /// The MLP's activation (`hidden_act`).
+    pub act: Activation,
+    /// Biases on the MLP's up and down projections (GPT-2, GPT-NeoX).
+    pub mlp_bias: bool,
+    /// `x + attn(norm1(x)) + mlp(norm2(x))` instead of the sequential residual (GPT-NeoX).
+    pub parallel_residual: bool,
     pub max_positions: usize,
     pub tied_embeddings: bool,
     /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
@@ -184,8 +196,9 @@ impl ModelConfig {
             "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
             "SmolLM3ForCausalLM" | "smollm3" => Arch::SmolLm3,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
+            "GPTNeoXForCausalLM" | "gpt_neox" => Arch::GptNeoX,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
@@ -211,6 +224,10 @@ impl ModelConfig {
                 rope_scaling: RopeScaling::None,
                 nope_layers: Vec::new(),
                 qk_norm: false,
+                rotary_dim: hidden / heads,
+                act: Activation::GeluTanh,
+                mlp_bias: true,
+                parallel_residual: false,
                 max_positions: usize_of(v, "n_positions", file)?,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
@@ -221,15 +238,19 @@ impl ModelConfig {
         } else {
             let hidden = usize_of(v, "hidden_size", file)?;
             let heads = usize_of(v, "num_attention_heads", file)?;
-            if bool_of(v, "mlp_bias", false) {
+            let neox = arch == Arch::GptNeoX;
+            if !neox && bool_of(v, "mlp_bias", false) {
                 bail!("{file}: mlp_bias = true is not supported");
             }
-            let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-            if act != "silu" {
-                bail!(
-                    "{file}: hidden_act '{act}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen2)"
-                );
-            }
+            let act_name = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+            let act = match (neox, act_name) {
+                (false, "silu") => Activation::SiluGate,
+                (true, "gelu") => Activation::Gelu,
+                (true, "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") => Activation::GeluTanh,
+                _ => bail!(
+                    "{file}: hidden_act '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3, GELU or GELU-tanh for GPT-NeoX)"
+                ),
+            };
             let head_dim = match opt_usize(v, "head_dim", file)? {
                 Some(d) => d,
                 None if hidden.is_multiple_of(heads) => hidden / heads,
@@ -238,7 +259,17 @@ impl ModelConfig {
                 ),
             };
             let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
-            let attention_bias = bool_of(v, "attention_bias", false);
+            let attention_bias = bool_of(v, "attention_bias", neox);
+            let rotary_fraction = match v.get("rotary_pct") {
+                Some(_) => f32_of(v, "rotary_pct", 1.0, file)?,
+                None => f32_of(theta_holder, "partial_rotary_factor", 1.0, file)?,
+            };
+            let rotary_dim = (head_dim as f32 * rotary_fraction) as usize;
+            if rotary_fraction > 1.0 || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
+                bail!(
+                    "{file}: a rotary fraction of {rotary_fraction} of head_dim {head_dim} rotates {rotary_dim} dimensions; expected an even number from 2 to head_dim"
+                );
+            }
             let layers = usize_of(v, "num_hidden_layers", file)?;
             check_layer_types(v, layers, file)?;
             ModelConfig {
@@ -250,11 +281,19 @@ impl ModelConfig {
                 kv_heads: opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads),
                 head_dim,
                 ffn: usize_of(v, "intermediate_size", file)?,
-                norm_eps: f32_of(v, "rms_norm_eps", 1e-6, file)?,
+                norm_eps: if neox {
+                    f32_of(v, "layer_norm_eps", 1e-5, file)?
+                } else {
+                    f32_of(v, "rms_norm_eps", 1e-6, file)?
+                },
                 rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
                 rope_scaling: rope_scaling(v, file)?,
                 nope_layers: if arch == Arch::SmolLm3 { nope_layers(v, layers, file)? } else { Vec::new() },
                 qk_norm: arch == Arch::Qwen3,
+                rotary_dim,
+                act,
+                mlp_bias: neox,
+                parallel_residual: neox && bool_of(v, "use_parallel_residual", true),
                 max_positions: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
                 tied_embeddings: bool_of(v, "tie_word_embeddings", false),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -286,11 +325,26 @@ impl ModelConfig {
                 "torch_dtype": "float32",
             });
         }
+        let theta = self.rope_theta.unwrap_or(10000.0);
+        if self.arch == Arch::GptNeoX {
+            let act = if self.act == Activation::Gelu { "gelu" } else { "gelu_new" };
+            return json!({
+                "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+                "vocab_size": self.vocab, "hidden_size": self.hidden, "intermediate_size": self.ffn,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "layer_norm_eps": self.norm_eps, "hidden_act": act, "attention_bias": self.qkv_bias,
+                "use_parallel_residual": self.parallel_residual, "max_position_embeddings": self.max_positions,
+                "rope_parameters": {"rope_type": "default", "rope_theta": theta,
+                    "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64},
+                "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
+                "torch_dtype": "float32",
+            });
+        }
         let (architecture, model_type) = match self.arch {
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
             Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
-            Arch::Llama | Arch::Gpt2 => ("LlamaForCausalLM", "llama"),
+            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX => ("LlamaForCausalLM", "llama"),
         };
         let mut v = json!({
             "architectures": [architecture], "model_type": model_type,
@@ -305,7 +359,6 @@ impl ModelConfig {
         if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::SmolLm3) {
             v["attention_bias"] = json!(self.qkv_bias);
         }
-        let theta = self.rope_theta.unwrap_or(10000.0);
         v["rope_parameters"] = match self.rope_scaling {
             RopeScaling::None => json!({"rope_type": "default", "rope_theta": theta}),
             RopeScaling::Linear { factor } => {
@@ -348,7 +401,7 @@ impl ModelConfig {
     }
 
     pub fn norm(&self) -> NormKind {
-        if self.arch == Arch::Gpt2 {
+        if matches!(self.arch, Arch::Gpt2 | Arch::GptNeoX) {
             NormKind::Layer
         } else {
             NormKind::Rms
@@ -356,11 +409,7 @@ impl ModelConfig {
     }
 
     pub fn activation(&self) -> Activation {
-        if self.arch == Arch::Gpt2 {
-            Activation::GeluTanh
-        } else {
-            Activation::SiluGate
-        }
+        self.act
     }
 
     pub fn head_shape(&self) -> HeadShape {
@@ -370,8 +419,8 @@ impl ModelConfig {
     /// Width of the fused up projection: `[gate | up]` for gated MLPs.
     pub fn up_width(&self) -> usize {
         match self.activation() {
-            Activation::SiluGate => 2 * self.ffn,
-            Activation::GeluTanh => self.ffn,
+            kind if kind.gated() => 2 * self.ffn,
+            _ => self.ffn,
         }
     }
 
@@ -387,7 +436,7 @@ impl ModelConfig {
         let biases = qk_norm
             + if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
             + if self.o_bias { h } else { 0 }
-            + if self.arch == Arch::Gpt2 { self.ffn + h } else { 0 };
+            + if self.mlp_bias { self.ffn + h } else { 0 };
         self.vocab * h + pos + self.layers * (attn + mlp + biases + 2 * norm_params) + norm_params + head
     }
 }

@@ -250,9 +250,9 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         let rope = match cfg.rope_theta {
             Some(theta) => {
-                let inv_freq = cfg.rope_scaling.inv_freq(theta, cfg.head_dim);
+                let inv_freq = cfg.rope_scaling.inv_freq(theta, cfg.rotary_dim);
                 let (cos, sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
-                let shape = [cfg.max_positions, cfg.head_dim / 2];
+                let shape = [cfg.max_positions, cfg.rotary_dim / 2];
                 Some((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
             }
             None => None,
@@ -441,8 +441,8 @@ impl GpuModel {
         embed::embed(step, ids, &w.embed, positions, x, n);
     }
 
-    /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` with
-    /// `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
+    /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` (with a parallel
+    /// residual `mlp(norm(x_in))`) and `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
     /// stream is updated in place; training keeps them apart for the backward pass.
     pub fn record_block(&self, step: &mut Step, l: usize, io: &BlockIo, rows: &Tensor, n: usize) {
         self.record_block_spans(step, l, io, rows, &[n]);
@@ -516,17 +516,27 @@ impl GpuModel {
                 }
             }
         }
+        // The MLP reads the block's input with a parallel residual, else the attention's output.
+        let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
+        let norm2 = |step: &mut Step| {
+            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            norm::norm(step, c.norm(), mlp_in, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
+        };
+        if c.parallel_residual {
+            // Before the attention's output is added to x_in, which inference updates in place.
+            norm2(step);
+        }
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
         matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
         lora(step, Linear::O, io.att, io.x_mid);
-        let norm2 = |step: &mut Step| {
-            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
-            norm::norm(step, c.norm(), io.x_mid, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
-        };
         let up = (&b.up, b.up_b.as_ref(), io.up);
-        linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+        if c.parallel_residual {
+            matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
+        } else {
+            linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+        }
         lora(step, Linear::Up, io.xn2, io.up);
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);

@@ -74,7 +74,13 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     cache_len: u32,
-    _p: [u32; 3],
+    rot_dim: u32,
+    _p: [u32; 2],
+}
+
+/// Dimensions of each head the (cos, sin) tables `[positions, rot_dim / 2]` rotate.
+pub fn rotated_dims(tables: Option<(&Tensor, &Tensor)>) -> usize {
+    tables.map_or(0, |(cos, _)| 2 * cos.shape[cos.shape.len() - 1])
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
@@ -122,7 +128,8 @@ pub fn rope_kv(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: cache_len as u32,
-        _p: [0; 3],
+        rot_dim: rotated_dims(tables) as u32,
+        _p: [0; 2],
     };
     let pipeline = step.gpu.pipeline("rope", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = vec![qkv, rows, q, k_cache, v_cache];
@@ -153,7 +160,8 @@ pub fn rope_kv_backward(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: dk.shape[1] as u32,
-        _p: [0; 3],
+        rot_dim: rotated_dims(tables) as u32,
+        _p: [0; 2],
     };
     let pipeline = step.gpu.pipeline("rope_backward", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = vec![rows, dq, dk, dv, dqkv];
@@ -178,13 +186,15 @@ mod tests {
         let rows = [(0usize, 0usize), (0, 1), (1, 37), (1, 5), (0, 39)];
         let n = rows.len();
         let qkv = rand_vec(1, n * heads.qkv_width(), 1.0);
-        let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, heads.dim), cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
-        for rope in [true, false] {
+        // Rotated dimensions: all, a partial rotary's quarter, none.
+        for rot in [heads.dim, heads.dim / 4, 0] {
+            let rope = rot > 0;
+            let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, rot.max(2)), cache_len);
             let qkv_t = gpu.upload_f32("qkv", &[n, heads.qkv_width()], &qkv).unwrap();
             let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
-            let cos_t = gpu.upload_f32("cos", &[cos.len()], &cos).unwrap();
-            let sin_t = gpu.upload_f32("sin", &[sin.len()], &sin).unwrap();
+            let cos_t = gpu.upload_f32("cos", &[cache_len, rot.max(2) / 2], &cos).unwrap();
+            let sin_t = gpu.upload_f32("sin", &[cache_len, rot.max(2) / 2], &sin).unwrap();
             let q = gpu.zeros("q", &[n, heads.n_q * heads.dim], DType::F32).unwrap();
             let cache_shape = [seqs, cache_len, heads.n_kv, heads.dim];
             let kc = gpu.zeros("k", &cache_shape, DType::F32).unwrap();
@@ -195,11 +205,11 @@ mod tests {
             step.submit().unwrap();
             let mut want_k = vec![0.0; kc.numel()];
             let mut want_v = vec![0.0; vc.numel()];
-            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim, rot };
             let cpu_tables = rope.then_some((&cos[..], &sin[..]));
             let want_q = cpu::rope::rope_kv(&qkv, &rows, &h, cpu_tables, cache_len, &mut want_k, &mut want_v);
-            assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, "q");
-            assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, "k cache");
+            assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, &format!("q, {rot} rotated"));
+            assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, &format!("k cache, {rot} rotated"));
             assert_close(&gpu.read_f32(&vc).unwrap(), &want_v, 0.0, "v cache");
         }
     }
@@ -216,23 +226,25 @@ mod tests {
         let dq = rand_vec(1, n * heads.n_q * heads.dim, 1.0);
         let dk = rand_vec(2, cache_elems, 1.0);
         let dv = rand_vec(3, cache_elems, 1.0);
-        let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, heads.dim), cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
         let (dqt, dkt, dvt) =
             (up("dq", &[dq.len()], &dq), up("dk", &cache_shape, &dk), up("dv", &cache_shape, &dv));
-        let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
         let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
-        for rope in [true, false] {
+        for rot in [heads.dim, heads.dim / 4, 0] {
+            let rope = rot > 0;
+            let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, rot.max(2)), cache_len);
+            let table_shape = [cache_len, rot.max(2) / 2];
+            let (cos_t, sin_t) = (up("cos", &table_shape, &cos), up("sin", &table_shape, &sin));
             let dqkv = gpu.zeros("dqkv", &[n, heads.qkv_width()], DType::F32).unwrap();
             let mut step = Step::new(gpu);
             let tables = rope.then_some((&cos_t, &sin_t));
             rope_kv_backward(&mut step, &rows_t, heads, tables, &dqt, (&dkt, &dvt), &dqkv, n);
             step.submit().unwrap();
-            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim, rot };
             let cpu_tables = rope.then_some((&cos[..], &sin[..]));
             let want = cpu::rope::rope_kv_backward(&dq, &dk, &dv, &rows, &h, cpu_tables, cache_len);
-            assert_close(&gpu.read_f32(&dqkv).unwrap(), &want, 1e-6, &format!("dqkv rope={rope}"));
+            assert_close(&gpu.read_f32(&dqkv).unwrap(), &want, 1e-6, &format!("dqkv, {rot} rotated"));
         }
     }
 }
