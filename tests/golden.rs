@@ -150,6 +150,11 @@ fn tiny_gptneox_matches_transformers() {
 }
 
 #[test]
+fn tiny_phi3_matches_transformers() {
+    check_model("tiny-phi3", "tiny-phi3", 1e-3);
+}
+
+#[test]
 fn smollm2_gguf_matches_transformers() {
     check_model("smollm2-135m-instruct", "smollm2-135m-instruct", 2e-3);
 }

@@ -151,6 +151,11 @@ fn tiny_qwen3_trains_like_pytorch() {
 }
 
 #[test]
+fn tiny_phi3_trains_like_pytorch() {
+    check_training("tiny-phi3", "tiny-phi3", 10, ActivationMemory::Keep, 1e-3);
+}
+
+#[test]
 fn tiny_gptneox_trains_like_pytorch() {
     check_training("tiny-gptneox", "tiny-gptneox", 10, ActivationMemory::Keep, 1e-3);
 }

@@ -112,6 +112,9 @@ pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
             (Arch::GptNeoX, "gate") => {
                 bail!("--lora-targets: GPT-NeoX has no gate projection (use o, up, down)")
             }
+            // Phi-3's fused projections take one adapter each, as PEFT sees them.
+            (Arch::Phi3, "q" | "k" | "v") => slot(Linear::Qkv, 0..qd + 2 * kvd, "self_attn.qkv_proj"),
+            (Arch::Phi3, "gate" | "up") => slot(Linear::Up, 0..2 * f, "mlp.gate_up_proj"),
             (_, "q") => slot(Linear::Qkv, 0..qd, "self_attn.q_proj"),
             (_, "k") => slot(Linear::Qkv, qd..qd + kvd, "self_attn.k_proj"),
             (_, "v") => slot(Linear::Qkv, qd + kvd..qd + 2 * kvd, "self_attn.v_proj"),

@@ -21,6 +21,9 @@ pub enum Arch {
     SmolLm3,
     /// GPT2LMHeadModel: LayerNorm, GELU, learned positions, Conv1D weights.
     Gpt2,
+    /// Phi3ForCausalLM (Phi-3, Phi-4-mini): Llama with fused `qkv_proj` and `gate_up_proj`
+    /// in the file and partial rotary.
+    Phi3,
     /// GPTNeoXForCausalLM (Pythia): LayerNorm, GELU, biases everywhere, partial rotary,
     /// parallel residual, q/k/v interleaved per head in the file.
     GptNeoX,
@@ -197,8 +200,9 @@ impl ModelConfig {
             "SmolLM3ForCausalLM" | "smollm3" => Arch::SmolLm3,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
             "GPTNeoXForCausalLM" | "gpt_neox" => Arch::GptNeoX,
+            "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
@@ -344,6 +348,7 @@ impl ModelConfig {
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
             Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
+            Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
             Arch::Llama | Arch::Gpt2 | Arch::GptNeoX => ("LlamaForCausalLM", "llama"),
         };
         let mut v = json!({
@@ -372,6 +377,10 @@ impl ModelConfig {
                 })
             }
         };
+        if self.rotary_dim != self.head_dim {
+            v["rope_parameters"]["partial_rotary_factor"] =
+                json!(self.rotary_dim as f64 / self.head_dim as f64);
+        }
         if self.arch == Arch::SmolLm3 {
             let flags: Vec<u32> = (0..self.layers).map(|l| !self.nope_layers.contains(&l) as u32).collect();
             v["no_rope_layers"] = json!(flags);

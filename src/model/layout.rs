@@ -370,6 +370,8 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
         }
     } else {
         let embed = plan.one("embed", "model.embed_tokens.weight".into(), &[cfg.vocab, h]);
+        // Phi-3 stores Keel's fused layout as it is: `qkv_proj` is [q; k; v], `gate_up_proj` [gate; up].
+        let fused = cfg.arch == Arch::Phi3;
         let blocks = (0..cfg.layers)
             .map(|l| {
                 let (p, k) = (format!("model.layers.{l}"), format!("blocks.{l}"));
@@ -385,7 +387,11 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                         &[h],
                     ),
                     attn_norm_b: None,
-                    qkv: plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h])),
+                    qkv: if fused {
+                        plan.one(&format!("{k}.qkv"), format!("{a}.qkv_proj.weight"), &[qd + 2 * kvd, h])
+                    } else {
+                        plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h]))
+                    },
                     qkv_b: cfg.qkv_bias.then(|| plan.rows(&format!("{k}.qkv_b"), &qkv("bias", &[]))),
                     q_norm: cfg.qk_norm.then(|| {
                         plan.one(&format!("{k}.q_norm"), format!("{a}.q_norm.weight"), &[cfg.head_dim])
@@ -401,13 +407,17 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                         &[h],
                     ),
                     mlp_norm_b: None,
-                    up: plan.rows(
-                        &format!("{k}.up"),
-                        &[
-                            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
-                            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
-                        ],
-                    ),
+                    up: if fused {
+                        plan.one(&format!("{k}.up"), format!("{p}.mlp.gate_up_proj.weight"), &[2 * f, h])
+                    } else {
+                        plan.rows(
+                            &format!("{k}.up"),
+                            &[
+                                (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
+                                (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
+                            ],
+                        )
+                    },
                     up_b: None,
                     down: plan.one(&format!("{k}.down"), format!("{p}.mlp.down_proj.weight"), &[h, f]),
                     down_b: None,
@@ -522,7 +532,7 @@ impl Weights<HostTensor> {
         let named =
             |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.values().into_owned());
         let mut out = Vec::new();
-        if cfg.arch == Arch::GptNeoX {
+        if matches!(cfg.arch, Arch::GptNeoX | Arch::Phi3) {
             // One Hugging Face tensor per Keel tensor: undo each place's reordering.
             let (_, places) = hf_layout(cfg);
             let by_keel: HashMap<String, &HfPlace> = places.iter().map(|p| (p.keel.clone(), p)).collect();
