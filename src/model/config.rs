@@ -128,6 +128,27 @@ fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
     };
     Ok(match kind {
         "default" => RopeScaling::None,
+        "longrope" => {
+            // transformers takes the long factors past the original context; Keel caps the
+            // context there (see `from_hf`), where the short ones apply.
+            let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
+                Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
+                None => usize_of(p, "original_max_position_embeddings", file)?,
+            };
+            let max = opt_usize(v, "max_position_embeddings", file)?.unwrap_or(original);
+            let factor = max as f32 / original as f32;
+            let attention_factor = match p.get("attention_factor").filter(|x| !x.is_null()) {
+                Some(_) => number("attention_factor")?,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f32).ln()).sqrt(),
+            };
+            let short_factor = p
+                .get("short_factor")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
+                .ok_or_else(|| anyhow!("{file}: {field}.short_factor must be a list of positive numbers"))?;
+            RopeScaling::LongRope { short_factor, attention_factor }
+        }
         "linear" => RopeScaling::Linear { factor: number("factor")? },
         "llama3" => {
             let (low_freq_factor, high_freq_factor) =
@@ -143,7 +164,7 @@ fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
             }
         }
         other => bail!(
-            "{file}: {field}.rope_type '{other}' is not supported (Keel has default, linear and llama3)"
+            "{file}: {field}.rope_type '{other}' is not supported (Keel has default, linear, llama3 and longrope)"
         ),
     })
 }
@@ -264,11 +285,38 @@ impl ModelConfig {
             };
             let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
             let attention_bias = bool_of(v, "attention_bias", neox);
-            let rotary_fraction = match v.get("rotary_pct") {
-                Some(_) => f32_of(v, "rotary_pct", 1.0, file)?,
-                None => f32_of(theta_holder, "partial_rotary_factor", 1.0, file)?,
+            let fraction_key = |holder: &Value, key: &str| holder.get(key).filter(|x| !x.is_null()).is_some();
+            let rotary_fraction = if fraction_key(v, "rotary_pct") {
+                f32_of(v, "rotary_pct", 1.0, file)?
+            } else if fraction_key(theta_holder, "partial_rotary_factor") {
+                f32_of(theta_holder, "partial_rotary_factor", 1.0, file)?
+            } else {
+                f32_of(v, "partial_rotary_factor", 1.0, file)?
             };
             let rotary_dim = (head_dim as f32 * rotary_fraction) as usize;
+            let rope_scaling = rope_scaling(v, file)?;
+            let mut max_positions = opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048);
+            // Mistral's sliding window (Qwen's and SmolLM3's only with use_sliding_window): within
+            // the window it is full attention, so Keel's context stops there.
+            if let Some(window) =
+                opt_usize(v, "sliding_window", file)?.filter(|_| bool_of(v, "use_sliding_window", true))
+            {
+                max_positions = max_positions.min(window);
+            }
+            if let RopeScaling::LongRope { short_factor, .. } = &rope_scaling {
+                if short_factor.len() != rotary_dim / 2 {
+                    bail!(
+                        "{file}: short_factor has {} entries, expected {} (half the rotated dimensions)",
+                        short_factor.len(),
+                        rotary_dim / 2
+                    );
+                }
+                let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
+                    Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
+                    None => usize_of(theta_holder, "original_max_position_embeddings", file)?,
+                };
+                max_positions = max_positions.min(original);
+            }
             if rotary_fraction > 1.0 || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
                 bail!(
                     "{file}: a rotary fraction of {rotary_fraction} of head_dim {head_dim} rotates {rotary_dim} dimensions; expected an even number from 2 to head_dim"
@@ -291,14 +339,14 @@ impl ModelConfig {
                     f32_of(v, "rms_norm_eps", 1e-6, file)?
                 },
                 rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
-                rope_scaling: rope_scaling(v, file)?,
+                rope_scaling,
                 nope_layers: if arch == Arch::SmolLm3 { nope_layers(v, layers, file)? } else { Vec::new() },
                 qk_norm: arch == Arch::Qwen3,
                 rotary_dim,
                 act,
                 mlp_bias: neox,
                 parallel_residual: neox && bool_of(v, "use_parallel_residual", true),
-                max_positions: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
+                max_positions,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", false),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
                 o_bias: attention_bias,
@@ -364,18 +412,24 @@ impl ModelConfig {
         if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::SmolLm3) {
             v["attention_bias"] = json!(self.qkv_bias);
         }
-        v["rope_parameters"] = match self.rope_scaling {
+        v["rope_parameters"] = match &self.rope_scaling {
             RopeScaling::None => json!({"rope_type": "default", "rope_theta": theta}),
-            RopeScaling::Linear { factor } => {
+            &RopeScaling::Linear { factor } => {
                 json!({"rope_type": "linear", "rope_theta": theta, "factor": factor})
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
                 json!({
                     "rope_type": "llama3", "rope_theta": theta, "factor": factor,
                     "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
                     "original_max_position_embeddings": original_max_positions,
                 })
             }
+            // Keel's context is the original one, so the long factors never apply.
+            RopeScaling::LongRope { short_factor, attention_factor } => json!({
+                "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
+                "long_factor": short_factor, "attention_factor": attention_factor,
+                "original_max_position_embeddings": self.max_positions,
+            }),
         };
         if self.rotary_dim != self.head_dim {
             v["rope_parameters"]["partial_rotary_factor"] =
@@ -515,6 +569,12 @@ mod tests {
         assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
         let smol = llama(json!({"architectures": ["SmolLM3ForCausalLM"], "no_rope_layers": [1, 1, 1, 0]}));
         let c = parse(smol);
+        let mistral = llama(json!({"architectures": ["MistralForCausalLM"], "sliding_window": 256}));
+        assert_eq!(parse(mistral).max_positions, 256);
+        let qwen = llama(
+            json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 256, "use_sliding_window": false}),
+        );
+        assert_eq!(parse(qwen).max_positions, 2048);
         assert_eq!((c.arch, c.nope_layers.clone()), (Arch::SmolLm3, vec![3]));
         let c = parse(llama(
             json!({"architectures": ["Qwen3ForCausalLM"], "layer_types": vec!["full_attention"; 4]}),
@@ -548,13 +608,30 @@ mod tests {
         assert!(plain.iter().any(|&p| wavelen(p) < 8.0) && plain.iter().any(|&p| wavelen(p) > 32.0));
     }
 
+    /// Phi-3's longrope (128k context over an original 4k): the short factors, the
+    /// attention factor transformers derives, the context capped at the original one.
+    #[test]
+    fn longrope_runs_the_original_context_with_short_factors() {
+        let phi3 = llama(json!({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.5,
+            "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 2.0, 4.0, 8.0],
+                "long_factor": [9.0, 9.0, 9.0, 9.0]}}));
+        let c = ModelConfig::from_hf(&phi3, "config.json").unwrap();
+        let attention_factor = (1.0f32 + 32f32.ln() / 4096f32.ln()).sqrt();
+        let want = RopeScaling::LongRope { short_factor: vec![1.0, 2.0, 4.0, 8.0], attention_factor };
+        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 4096, &want));
+        let plain = RopeScaling::None.inv_freq(1e4, 8);
+        assert_eq!(want.inv_freq(1e4, 8), [plain[0], plain[1] / 2.0, plain[2] / 4.0, plain[3] / 8.0]);
+        assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+    }
+
     #[test]
     fn unknown_rope_and_layer_types_name_the_field() {
         let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
         let yarn = llama(json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
         assert_eq!(
             err(yarn),
-            "m/config.json: rope_scaling.rope_type 'yarn' is not supported (Keel has default, linear and llama3)"
+            "m/config.json: rope_scaling.rope_type 'yarn' is not supported (Keel has default, linear, llama3 and longrope)"
         );
         let no_factor = llama(json!({"rope_parameters": {"rope_type": "linear"}}));
         assert!(err(no_factor).contains("rope_parameters.factor must be a positive number"));

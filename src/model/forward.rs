@@ -251,7 +251,11 @@ impl GpuModel {
         let rope = match cfg.rope_theta {
             Some(theta) => {
                 let inv_freq = cfg.rope_scaling.inv_freq(theta, cfg.rotary_dim);
-                let (cos, sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
+                let (mut cos, mut sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
+                let scale = cfg.rope_scaling.attention_factor();
+                if scale != 1.0 {
+                    cos.iter_mut().chain(&mut sin).for_each(|v| *v *= scale);
+                }
                 let shape = [cfg.max_positions, cfg.rotary_dim / 2];
                 Some((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
             }

@@ -5,7 +5,7 @@ use crate::gpu::{shader::Define, Step, Tensor};
 
 /// How a model rescales its rotary frequencies (config.json's `rope_scaling` or
 /// `rope_parameters`), as transformers' `ROPE_INIT_FUNCTIONS` compute them.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
     /// Every inverse frequency divided by `factor`.
@@ -19,6 +19,12 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_positions: usize,
     },
+    /// Phi-3's longrope within its original context: each frequency divided by its short
+    /// factor, cos and sin multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f32>,
+        attention_factor: f32,
+    },
 }
 
 impl RopeScaling {
@@ -29,6 +35,9 @@ impl RopeScaling {
         match *self {
             RopeScaling::None => base.collect(),
             RopeScaling::Linear { factor } => base.map(|f| f / factor).collect(),
+            RopeScaling::LongRope { ref short_factor, .. } => {
+                base.zip(short_factor).map(|(f, s)| f / s).collect()
+            }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
                 let old = original_max_positions as f32;
                 let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
@@ -45,6 +54,16 @@ impl RopeScaling {
                 })
                 .collect()
             }
+        }
+    }
+}
+
+impl RopeScaling {
+    /// What cos and sin are multiplied by (transformers' `attention_scaling`).
+    pub fn attention_factor(&self) -> f32 {
+        match self {
+            RopeScaling::LongRope { attention_factor, .. } => *attention_factor,
+            _ => 1.0,
         }
     }
 }
