@@ -12,7 +12,7 @@
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
     cache_len: u32, scale: f32, chunk: u32, n_chunks: u32,
-    first_row: u32, _p0: u32, _p1: u32, _p2: u32,
+    first_row: u32, rot_dim: u32, _p1: u32, _p2: u32,
 }
 
 #if COMBINE
@@ -69,7 +69,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 #if ROPE
-@group(0) @binding(6) var<storage, read> cos_table: array<f32>;  // [positions, hd / 2]
+@group(0) @binding(6) var<storage, read> cos_table: array<f32>;  // [positions, rot_dim / 2]
 @group(0) @binding(7) var<storage, read> sin_table: array<f32>;
 #endif
 
@@ -88,15 +88,17 @@ var<workgroup> m_s: array<f32, 64>;
 fn rotated(base: u32, col: u32, pos: u32) -> f32 {
     var v = qkv[base + col];
 #if ROPE
-    let half = p.head_dim / 2u;
+    let half = p.rot_dim / 2u;
     let i = col % p.head_dim;
-    let j = i % half;
-    let c = cos_table[pos * half + j];
-    let s = sin_table[pos * half + j];
-    if (i < half) {
-        v = v * c - qkv[base + col + half] * s;
-    } else {
-        v = v * c + qkv[base + col - half] * s;
+    if (i < p.rot_dim) {
+        let j = i % half;
+        let c = cos_table[pos * half + j];
+        let s = sin_table[pos * half + j];
+        if (i < half) {
+            v = v * c - qkv[base + col + half] * s;
+        } else {
+            v = v * c + qkv[base + col - half] * s;
+        }
     }
 #endif
     return v;

@@ -1,7 +1,10 @@
 // RMSNorm (Llama, Qwen2) or LayerNorm (GPT-2, with LAYER) over rows of width d.
 // One workgroup per row; saves (mean, rstd) per row for the backward pass.
+// Rows lie `heads` side by side from column `col` of token rows `stride` wide: dense rows
+// have heads 1, stride d, col 0; Qwen3's per-head norms of q or k inside the fused QKV row
+// have heads Hq (or Hkv), stride the QKV width.
 
-struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32 }
+struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32, heads: u32, stride: u32, col: u32, _p: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -15,13 +18,16 @@ struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32 }
 const WG: u32 = 64u;
 #include reduce
 
+fn row_base(r: u32) -> u32 { return (r / p.heads) * p.stride + p.col + (r % p.heads) * p.d; }
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.n_rows) { return; }
     let lid = lid3.x;
-    let base = (r + p.row_offset) * p.d;
+    let base = row_base(r + p.row_offset);
+    let out_base = row_base(r);
     let n = f32(p.d);
 #if LAYER
     var s = 0.0;
@@ -41,7 +47,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #if LAYER
         v += b[i];
 #endif
-        out[r * p.d + i] = v;
+        out[out_base + i] = v;
     }
     if (lid == 0u) {
         stats[2u * r] = mean;

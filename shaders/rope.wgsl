@@ -1,10 +1,11 @@
 // Splits each row of the fused QKV projection into heads, applies rotary position
-// embeddings (Hugging Face's rotate_half convention, with ROPE) to q and k, writes q to
+// embeddings (Hugging Face's rotate_half convention, with ROPE) to the first rot_dim
+// dimensions of each q and k head (all of them, or a partial rotary's share), writes q to
 // `q_out` and k, v into the KV cache at the row's (sequence, position). One workgroup per row.
 
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, _p0: u32, _p1: u32, _p2: u32,
+    cache_len: u32, rot_dim: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -14,7 +15,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> k_cache: array<f32>; // [seqs, cache_len, Hkv, hd]
 @group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
 #if ROPE
-@group(0) @binding(6) var<storage, read> cos_table: array<f32>;  // [positions, hd / 2]
+@group(0) @binding(6) var<storage, read> cos_table: array<f32>;  // [positions, rot_dim / 2]
 @group(0) @binding(7) var<storage, read> sin_table: array<f32>;
 #endif
 
@@ -32,8 +33,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let i = col % hd;
         var v = qkv[r * width + col];
 #if ROPE
-        if (head < p.n_q_heads + p.n_kv_heads) {
-            let half = hd / 2u;
+        if (head < p.n_q_heads + p.n_kv_heads && i < p.rot_dim) {
+            let half = p.rot_dim / 2u;
             let j = i % half;
             let c = cos_table[pos * half + j];
             let s = sin_table[pos * half + j];

@@ -4,7 +4,7 @@
 
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, _p0: u32, _p1: u32, _p2: u32,
+    cache_len: u32, rot_dim: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,9 +39,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var col = lid.x; col < width; col += 64u) {
         var g = grad_of(r, col);
 #if ROPE
-        if (col / hd < p.n_q_heads + p.n_kv_heads) {
-            let half = hd / 2u;
-            let i = col % hd;
+        let i = col % hd;
+        if (col / hd < p.n_q_heads + p.n_kv_heads && i < p.rot_dim) {
+            let half = p.rot_dim / 2u;
             let pos = rows[2u * r + 1u];
             let c = cos_table[pos * half + i % half];
             let s = sin_table[pos * half + i % half];

@@ -119,6 +119,31 @@ fn tiny_qwen2_matches_transformers() {
 }
 
 #[test]
+fn tiny_llama3_matches_transformers() {
+    check_model("tiny-llama3", "tiny-llama3", 1e-3);
+}
+
+#[test]
+fn tiny_smollm3_matches_transformers() {
+    check_model("tiny-smollm3", "tiny-smollm3", 1e-3);
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    check_model("tiny-qwen3", "tiny-qwen3", 1e-3);
+}
+
+#[test]
+fn tiny_gptneox_matches_transformers() {
+    check_model("tiny-gptneox", "tiny-gptneox", 1e-3);
+}
+
+#[test]
+fn tiny_phi3_matches_transformers() {
+    check_model("tiny-phi3", "tiny-phi3", 1e-3);
+}
+
+#[test]
 fn smollm2_gguf_matches_transformers() {
     check_model("smollm2-135m-instruct", "smollm2-135m-instruct", 2e-3);
 }

@@ -55,6 +55,42 @@ pub fn norm_backward(
     (dx, to32(dw), if layer { to32(db) } else { Vec::new() })
 }
 
+/// Columns `col + h * d .. col + (h + 1) * d` (h < `heads`) of each `width`-wide row of `x`,
+/// as `[rows * heads, d]` (the layout of per-head norms inside the fused QKV row).
+fn gather_heads(x: &[f32], width: usize, col: usize, heads: usize, d: usize) -> Vec<f32> {
+    x.chunks(width).flat_map(|row| row[col..col + heads * d].iter().copied()).collect()
+}
+
+/// Per-head RMSNorm (Qwen3's q or k norm): the `heads` heads of width `w.len()` from column
+/// `col` of each `width`-wide row normalised, the other columns copied.
+pub fn head_rms_norm(x: &[f32], width: usize, col: usize, heads: usize, w: &[f32], eps: f32) -> Vec<f32> {
+    let span = heads * w.len();
+    let normed = rms_norm(&gather_heads(x, width, col, heads, w.len()), w, eps);
+    let mut out = x.to_vec();
+    for (row, n) in out.chunks_mut(width).zip(normed.chunks(span)) {
+        row[col..col + span].copy_from_slice(n);
+    }
+    out
+}
+
+/// Gradients of [`head_rms_norm`] given `dy`: (dx, dw); dx is `dy` outside the heads.
+pub fn head_rms_norm_backward(
+    x: &[f32],
+    (width, col, heads): (usize, usize, usize),
+    w: &[f32],
+    eps: f32,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (d, span) = (w.len(), heads * w.len());
+    let gather = |v| gather_heads(v, width, col, heads, d);
+    let (dxh, dw, _) = norm_backward(&gather(x), w, false, eps, &gather(dy));
+    let mut dx = dy.to_vec();
+    for (row, g) in dx.chunks_mut(width).zip(dxh.chunks(span)) {
+        row[col..col + span].copy_from_slice(g);
+    }
+    (dx, dw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +117,20 @@ mod tests {
             if layer {
                 check_gradient(&b, &db, &dy, |b| fwd(&x, &w, b), "norm db");
             }
+        }
+    }
+
+    #[test]
+    fn head_norm_backward_matches_finite_differences() {
+        // Two rows of [q0 q1 | k0 | v0] with heads of 4: the q heads, then the k head.
+        let (width, d) = (16, 4);
+        let x = rand_vec(1, 2 * width, 2.0);
+        let w = rand_vec(2, d, 1.0);
+        let dy = rand_vec(3, 2 * width, 1.0);
+        for (col, heads) in [(0, 2), (8, 1)] {
+            let (dx, dw) = head_rms_norm_backward(&x, (width, col, heads), &w, 1e-6, &dy);
+            check_gradient(&x, &dx, &dy, |x| head_rms_norm(x, width, col, heads, &w, 1e-6), "head norm dx");
+            check_gradient(&w, &dw, &dy, |w| head_rms_norm(&x, width, col, heads, w, 1e-6), "head norm dw");
         }
     }
 }

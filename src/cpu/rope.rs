@@ -5,6 +5,8 @@ pub struct Heads {
     pub n_q: usize,
     pub n_kv: usize,
     pub dim: usize,
+    /// Dimensions rotated at the start of each q and k head (`dim`, or a partial rotary's).
+    pub rot: usize,
 }
 
 /// Rotates one head vector in place (rotate_half convention) at table row `pos`.
@@ -36,7 +38,7 @@ pub fn rope_kv(
         for head in 0..heads.n_q + 2 * heads.n_kv {
             let mut v = qkv[r * width + head * hd..r * width + (head + 1) * hd].to_vec();
             if let (Some((cos, sin)), true) = (tables, head < heads.n_q + heads.n_kv) {
-                rotate(&mut v, cos, sin, pos);
+                rotate(&mut v[..heads.rot], cos, sin, pos);
             }
             if head < heads.n_q {
                 q.extend(v);
@@ -77,7 +79,7 @@ pub fn rope_kv_backward(
             if let (Some((cos, sin)), true) = (tables, head < heads.n_q + heads.n_kv) {
                 // The transpose of a rotation is the rotation by minus the angle.
                 let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
-                rotate(&mut g, cos, &neg_sin, pos);
+                rotate(&mut g[..heads.rot], cos, &neg_sin, pos);
             }
             dqkv.extend(g);
         }
@@ -92,13 +94,13 @@ mod tests {
 
     #[test]
     fn rope_backward_matches_finite_differences() {
-        let heads = Heads { n_q: 2, n_kv: 1, dim: 4 };
+        let heads = Heads { n_q: 2, n_kv: 1, dim: 6, rot: 4 };
         let (cache_len, positions) = (3, 8);
         let rows = [(0, 0), (0, 2), (1, 1)];
         let width = (heads.n_q + 2 * heads.n_kv) * heads.dim;
         let cache = 2 * cache_len * heads.n_kv * heads.dim;
         let qkv = rand_vec(1, rows.len() * width, 1.0);
-        let cos = rand_vec(2, positions * heads.dim / 2, 1.0);
+        let cos = rand_vec(2, positions * heads.rot / 2, 1.0);
         let sin = rand_vec(3, cos.len(), 1.0);
         let dy = rand_vec(4, rows.len() * heads.n_q * heads.dim + 2 * cache, 1.0);
         let (dq, rest) = dy.split_at(rows.len() * heads.n_q * heads.dim);

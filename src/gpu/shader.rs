@@ -30,8 +30,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
-    // Not kernels: pasted in by `#include reduce` / `#include wfmt`.
+    // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
+    ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
 

@@ -84,7 +84,9 @@ const TARGETS: &str = "q, k, v, o, gate, up, down, or all";
 pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
     let (h, f) = (cfg.hidden, cfg.ffn);
     let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
-    let names: Vec<&str> = if spec.trim() == "all" {
+    let names: Vec<&str> = if spec.trim() == "all" && cfg.arch == Arch::GptNeoX {
+        vec!["o", "up", "down"]
+    } else if spec.trim() == "all" {
         vec!["q", "k", "v", "o", "gate", "up", "down"]
     } else {
         spec.split(',').map(str::trim).collect()
@@ -99,6 +101,20 @@ pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
             (Arch::Gpt2, "down") => slot(Linear::Down, 0..h, "mlp.c_proj"),
             (Arch::Gpt2, "gate") if spec.trim() == "all" => continue,
             (Arch::Gpt2, "gate") => bail!("--lora-targets: GPT-2 has no gate projection (use {TARGETS})"),
+            // PEFT's query_key_value rows are interleaved per head, Keel's are not.
+            (Arch::GptNeoX, "q" | "k" | "v") => bail!(
+                "--lora-targets: Keel has no LoRA on GPT-NeoX's fused query_key_value yet (use o, up, down)"
+            ),
+            (Arch::GptNeoX, "o") => slot(Linear::O, 0..h, "attention.dense"),
+            (Arch::GptNeoX, "up") => slot(Linear::Up, 0..f, "mlp.dense_h_to_4h"),
+            (Arch::GptNeoX, "down") => slot(Linear::Down, 0..h, "mlp.dense_4h_to_h"),
+            (Arch::GptNeoX, "gate") if spec.trim() == "all" => continue,
+            (Arch::GptNeoX, "gate") => {
+                bail!("--lora-targets: GPT-NeoX has no gate projection (use o, up, down)")
+            }
+            // Phi-3's fused projections take one adapter each, as PEFT sees them.
+            (Arch::Phi3, "q" | "k" | "v") => slot(Linear::Qkv, 0..qd + 2 * kvd, "self_attn.qkv_proj"),
+            (Arch::Phi3, "gate" | "up") => slot(Linear::Up, 0..2 * f, "mlp.gate_up_proj"),
             (_, "q") => slot(Linear::Qkv, 0..qd, "self_attn.q_proj"),
             (_, "k") => slot(Linear::Qkv, qd..qd + kvd, "self_attn.k_proj"),
             (_, "v") => slot(Linear::Qkv, qd + kvd..qd + 2 * kvd, "self_attn.v_proj"),
@@ -126,6 +142,8 @@ fn in_dim(cfg: &ModelConfig, linear: Linear) -> usize {
 fn block_prefix(cfg: &ModelConfig, l: usize) -> String {
     if cfg.arch == Arch::Gpt2 {
         format!("transformer.h.{l}")
+    } else if cfg.arch == Arch::GptNeoX {
+        format!("gpt_neox.layers.{l}")
     } else {
         format!("model.layers.{l}")
     }

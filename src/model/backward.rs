@@ -23,6 +23,8 @@ pub struct BackwardBufs {
     dv: Tensor,
     delta: Tensor,
     d_qkv: Tensor,
+    /// The gradient at the output of Qwen3's q/k norms (their backward rewrites `d_qkv`).
+    d_qkv_normed: Option<Tensor>,
     /// `rows` ones: bias gradients are products with it.
     ones: Tensor,
     /// CGFM's re-weighting of the blocks' linear weight gradients, when on.
@@ -47,6 +49,7 @@ impl BackwardBufs {
             dv: gpu.zeros("dv", &kv_shape, DType::F32)?,
             delta: f("attention delta", c.heads)?,
             d_qkv: f("d qkv", heads.qkv_width())?,
+            d_qkv_normed: c.qk_norm.then(|| f("d qkv normed", heads.qkv_width())).transpose()?,
             ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
             cgfm: None,
         })
@@ -66,7 +69,8 @@ impl BackwardBufs {
             &self.d_qkv,
             &self.ones,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.d_qkv_normed)
         .map(|t| t.bytes())
         .sum::<u64>()
             + self.cgfm.as_ref().map_or(0, cgfm::Split::bytes)
@@ -141,14 +145,24 @@ impl GpuModel {
                     norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n);
                 }
             };
-        // MLP: x_out = x_mid + down(act(up(norm(x_mid)))).
+        // MLP: x_out = x_mid + down(act(up(norm(m)))), m = x_mid, or x_in with a parallel
+        // residual; then dx is the gradient at x_mid (which is dx at x_out when parallel).
         linear(step, Linear::Down, io.act, &bw.dx, &bw.d_act);
         act::activation_backward(step, c.activation(), io.up, &bw.d_act, &bw.d_up, n, c.ffn);
         linear(step, Linear::Up, io.xn2, &bw.d_up, &bw.dxn);
-        let mid = norm::Saved { x: io.x_mid, offset: 0, stats: io.stats2 };
-        norm_backward(step, mid, &b.mlp_norm, grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref())));
+        let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
+        let mlp_norm = norm::Saved { x: mlp_in, offset: 0, stats: io.stats2 };
+        let mlp_norm_grads = grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref()));
+        if c.parallel_residual {
+            // The attention's output projection sees dx at x_out before the MLP's norm adds
+            // its share for x_in.
+            linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
+            norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
+        } else {
+            norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
+            linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
+        }
         // Attention: x_mid = x_in + o(attention(rope(qkv(norm(x_in))))).
-        linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
         let saved = attention::Saved {
             q: io.q,
             rows,
@@ -159,7 +173,21 @@ impl GpuModel {
         };
         let heads = c.head_shape();
         attention::attention_backward(step, saved, heads, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
-        rope::rope_kv_backward(step, rows, heads, self.rope_tables(), &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
+        let tables = self.rope_tables(l);
+        rope::rope_kv_backward(step, rows, heads, tables, &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
+        if let (Some(saved), Some(dy)) = (io.qk_norm, &bw.d_qkv_normed) {
+            step.copy(&bw.d_qkv, 0, dy, 0, n * heads.qkv_width());
+            let norms = self.qk_norms(b, saved);
+            let d_norms =
+                grads.map(|g| [&g.q_norm, &g.k_norm].map(|t| t.as_ref().expect("q/k norm gradient")));
+            for (i, (w, stats, layout)) in norms.into_iter().enumerate() {
+                let x = norm::Saved { x: &saved.raw, offset: 0, stats };
+                norm::head_norm_backward(step, x, layout, w, dy, &bw.d_qkv, n);
+                if let Some(dw) = d_norms {
+                    norm::head_norm_weight_grad(step, x, layout, dy, dw[i], n);
+                }
+            }
+        }
         linear(step, Linear::Qkv, io.xn1, &bw.d_qkv, &bw.dxn);
         let input = norm::Saved { x: io.x_in, offset: 0, stats: io.stats1 };
         norm_backward(step, input, &b.attn_norm, grads.map(|g| (&g.attn_norm, g.attn_norm_b.as_ref())));

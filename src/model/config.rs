@@ -1,7 +1,11 @@
 //! The model as data: one config shape for every supported architecture, read from a
 //! Hugging Face config.json (GGUF metadata is first turned into one).
 
-use crate::ops::{act::Activation, norm::NormKind, rope::HeadShape};
+use crate::ops::{
+    act::Activation,
+    norm::NormKind,
+    rope::{HeadShape, RopeScaling},
+};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
@@ -12,8 +16,18 @@ pub enum Arch {
     Llama,
     /// Qwen2ForCausalLM: Llama with q/k/v biases.
     Qwen2,
+    /// Qwen3ForCausalLM: Llama with a per-head RMSNorm on q and k before RoPE.
+    Qwen3,
+    /// SmolLM3ForCausalLM: Llama with some blocks left without RoPE (`no_rope_layers`).
+    SmolLm3,
     /// GPT2LMHeadModel: LayerNorm, GELU, learned positions, Conv1D weights.
     Gpt2,
+    /// Phi3ForCausalLM (Phi-3, Phi-4-mini): Llama with fused `qkv_proj` and `gate_up_proj`
+    /// in the file and partial rotary.
+    Phi3,
+    /// GPTNeoXForCausalLM (Pythia): LayerNorm, GELU, biases everywhere, partial rotary,
+    /// parallel residual, q/k/v interleaved per head in the file.
+    GptNeoX,
 }
 
 /// A model's architecture and shapes, from config.json or a GGUF's metadata.
@@ -39,6 +53,21 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     /// None: learned absolute positions (GPT-2).
     pub rope_theta: Option<f32>,
+    /// How the rotary frequencies are rescaled (`rope_scaling` / `rope_parameters`).
+    pub rope_scaling: RopeScaling,
+    /// Blocks that apply no rotary embedding (SmolLM3's zeros in `no_rope_layers`).
+    pub nope_layers: Vec<usize>,
+    /// A per-head RMSNorm on q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// Leading dimensions of each head that RoPE rotates (`head_dim`, or less with a
+    /// `partial_rotary_factor` / `rotary_pct`).
+    pub rotary_dim: usize,
+    /// The MLP's activation (`hidden_act`).
+    pub act: Activation,
+    /// Biases on the MLP's up and down projections (GPT-2, GPT-NeoX).
+    pub mlp_bias: bool,
+    /// `x + attn(norm1(x)) + mlp(norm2(x))` instead of the sequential residual (GPT-NeoX).
+    pub parallel_residual: bool,
     /// Context length.
     pub max_positions: usize,
     /// The LM head reads the embedding matrix.
@@ -96,6 +125,98 @@ pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The rotary rescaling of a config: `rope_parameters` (transformers 5) or `rope_scaling`.
+fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
+    let Some((field, p)) = ["rope_parameters", "rope_scaling"]
+        .into_iter()
+        .find_map(|k| v.get(k).filter(|p| p.is_object()).map(|p| (k, p)))
+    else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let number = |key: &str| {
+        p.get(key)
+            .and_then(Value::as_f64)
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .map(|f| f as f32)
+            .ok_or_else(|| anyhow!("{file}: {field}.{key} must be a positive number for rope_type '{kind}'"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "longrope" => {
+            // transformers takes the long factors past the original context; Keel caps the
+            // context there (see `from_hf`), where the short ones apply.
+            let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
+                Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
+                None => usize_of(p, "original_max_position_embeddings", file)?,
+            };
+            let max = opt_usize(v, "max_position_embeddings", file)?.unwrap_or(original);
+            let factor = max as f32 / original as f32;
+            let attention_factor = match p.get("attention_factor").filter(|x| !x.is_null()) {
+                Some(_) => number("attention_factor")?,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f32).ln()).sqrt(),
+            };
+            let short_factor = p
+                .get("short_factor")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
+                .ok_or_else(|| anyhow!("{file}: {field}.short_factor must be a list of positive numbers"))?;
+            RopeScaling::LongRope { short_factor, attention_factor }
+        }
+        "linear" => RopeScaling::Linear { factor: number("factor")? },
+        "llama3" => {
+            let (low_freq_factor, high_freq_factor) =
+                (number("low_freq_factor")?, number("high_freq_factor")?);
+            if high_freq_factor <= low_freq_factor {
+                bail!("{file}: {field}.high_freq_factor must exceed low_freq_factor");
+            }
+            RopeScaling::Llama3 {
+                factor: number("factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions: usize_of(p, "original_max_position_embeddings", file)?,
+            }
+        }
+        other => bail!(
+            "{file}: {field}.rope_type '{other}' is not supported (Keel has default, linear, llama3 and longrope)"
+        ),
+    })
+}
+
+/// Refuses a `layer_types` entry other than full attention (the only kind these
+/// architectures have).
+fn check_layer_types(v: &Value, layers: usize, file: &str) -> Result<()> {
+    let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) else { return Ok(()) };
+    let types = types.as_array().ok_or_else(|| anyhow!("{file}: layer_types must be a list"))?;
+    if types.len() != layers {
+        bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
+    }
+    for (l, t) in types.iter().enumerate() {
+        if t.as_str() != Some("full_attention") {
+            bail!("{file}: layer_types[{l}] is {t}; Keel runs 'full_attention' layers only for this architecture");
+        }
+    }
+    Ok(())
+}
+
+/// SmolLM3's `no_rope_layers` (one 0 or 1 per layer; 0: no RoPE) as the blocks without RoPE.
+fn nope_layers(v: &Value, layers: usize, file: &str) -> Result<Vec<usize>> {
+    let Some(flags) = v.get("no_rope_layers").filter(|t| !t.is_null()) else { return Ok(Vec::new()) };
+    let flags = flags.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
+        anyhow!("{file}: no_rope_layers must be a list of {layers} zeros and ones, got {flags}")
+    })?;
+    let mut nope = Vec::new();
+    for (l, f) in flags.iter().enumerate() {
+        match f.as_u64() {
+            Some(0) => nope.push(l),
+            Some(1) => {}
+            _ => bail!("{file}: no_rope_layers[{l}] is {f}, expected 0 or 1"),
+        }
+    }
+    Ok(nope)
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face config.json value; `file` names it in errors.
     pub fn from_hf(v: &Value, file: &str) -> Result<ModelConfig> {
@@ -111,9 +232,13 @@ impl ModelConfig {
         let arch = match arch_name {
             "LlamaForCausalLM" | "llama" | "MistralForCausalLM" => Arch::Llama,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            "SmolLM3ForCausalLM" | "smollm3" => Arch::SmolLm3,
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
+            "GPTNeoXForCausalLM" | "gpt_neox" => Arch::GptNeoX,
+            "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
@@ -136,6 +261,13 @@ impl ModelConfig {
                 ffn: opt_usize(v, "n_inner", file)?.unwrap_or(4 * hidden),
                 norm_eps: f32_of(v, "layer_norm_epsilon", 1e-5, file)?,
                 rope_theta: None,
+                rope_scaling: RopeScaling::None,
+                nope_layers: Vec::new(),
+                qk_norm: false,
+                rotary_dim: hidden / heads,
+                act: Activation::GeluTanh,
+                mlp_bias: true,
+                parallel_residual: false,
                 max_positions: usize_of(v, "n_positions", file)?,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
@@ -146,21 +278,19 @@ impl ModelConfig {
         } else {
             let hidden = usize_of(v, "hidden_size", file)?;
             let heads = usize_of(v, "num_attention_heads", file)?;
-            if let Some(s) = v.get("rope_scaling").filter(|s| !s.is_null()) {
-                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
-                if kind != Some("default") {
-                    bail!("{file}: rope_scaling {s} is not supported");
-                }
-            }
-            if bool_of(v, "mlp_bias", false) {
+            let neox = arch == Arch::GptNeoX;
+            if !neox && bool_of(v, "mlp_bias", false) {
                 bail!("{file}: mlp_bias = true is not supported");
             }
-            let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-            if act != "silu" {
-                bail!(
-                    "{file}: hidden_act '{act}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen2)"
-                );
-            }
+            let act_name = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+            let act = match (neox, act_name) {
+                (false, "silu") => Activation::SiluGate,
+                (true, "gelu") => Activation::Gelu,
+                (true, "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") => Activation::GeluTanh,
+                _ => bail!(
+                    "{file}: hidden_act '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3, GELU or GELU-tanh for GPT-NeoX)"
+                ),
+            };
             let head_dim = match opt_usize(v, "head_dim", file)? {
                 Some(d) => d,
                 None if hidden.is_multiple_of(heads) => hidden / heads,
@@ -169,19 +299,69 @@ impl ModelConfig {
                 ),
             };
             let theta_holder = v.get("rope_parameters").filter(|p| p.is_object()).unwrap_or(v);
-            let attention_bias = bool_of(v, "attention_bias", false);
+            let attention_bias = bool_of(v, "attention_bias", neox);
+            let fraction_key = |holder: &Value, key: &str| holder.get(key).filter(|x| !x.is_null()).is_some();
+            let rotary_fraction = if fraction_key(v, "rotary_pct") {
+                f32_of(v, "rotary_pct", 1.0, file)?
+            } else if fraction_key(theta_holder, "partial_rotary_factor") {
+                f32_of(theta_holder, "partial_rotary_factor", 1.0, file)?
+            } else {
+                f32_of(v, "partial_rotary_factor", 1.0, file)?
+            };
+            let rotary_dim = (head_dim as f32 * rotary_fraction) as usize;
+            let rope_scaling = rope_scaling(v, file)?;
+            let mut max_positions = opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048);
+            // Mistral's sliding window (Qwen's and SmolLM3's only with use_sliding_window): within
+            // the window it is full attention, so Keel's context stops there.
+            if let Some(window) =
+                opt_usize(v, "sliding_window", file)?.filter(|_| bool_of(v, "use_sliding_window", true))
+            {
+                max_positions = max_positions.min(window);
+            }
+            if let RopeScaling::LongRope { short_factor, .. } = &rope_scaling {
+                if short_factor.len() != rotary_dim / 2 {
+                    bail!(
+                        "{file}: short_factor has {} entries, expected {} (half the rotated dimensions)",
+                        short_factor.len(),
+                        rotary_dim / 2
+                    );
+                }
+                let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
+                    Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
+                    None => usize_of(theta_holder, "original_max_position_embeddings", file)?,
+                };
+                max_positions = max_positions.min(original);
+            }
+            if rotary_fraction > 1.0 || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
+                bail!(
+                    "{file}: a rotary fraction of {rotary_fraction} of head_dim {head_dim} rotates {rotary_dim} dimensions; expected an even number from 2 to head_dim"
+                );
+            }
+            let layers = usize_of(v, "num_hidden_layers", file)?;
+            check_layer_types(v, layers, file)?;
             ModelConfig {
                 arch,
                 vocab: usize_of(v, "vocab_size", file)?,
                 hidden,
-                layers: usize_of(v, "num_hidden_layers", file)?,
+                layers,
                 heads,
                 kv_heads: opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads),
                 head_dim,
                 ffn: usize_of(v, "intermediate_size", file)?,
-                norm_eps: f32_of(v, "rms_norm_eps", 1e-6, file)?,
+                norm_eps: if neox {
+                    f32_of(v, "layer_norm_eps", 1e-5, file)?
+                } else {
+                    f32_of(v, "rms_norm_eps", 1e-6, file)?
+                },
                 rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
-                max_positions: opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048),
+                rope_scaling,
+                nope_layers: if arch == Arch::SmolLm3 { nope_layers(v, layers, file)? } else { Vec::new() },
+                qk_norm: arch == Arch::Qwen3,
+                rotary_dim,
+                act,
+                mlp_bias: neox,
+                parallel_residual: neox && bool_of(v, "use_parallel_residual", true),
+                max_positions,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", false),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
                 o_bias: attention_bias,
@@ -212,10 +392,27 @@ impl ModelConfig {
                 "torch_dtype": "float32",
             });
         }
-        let (architecture, model_type) = if self.arch == Arch::Qwen2 {
-            ("Qwen2ForCausalLM", "qwen2")
-        } else {
-            ("LlamaForCausalLM", "llama")
+        let theta = self.rope_theta.unwrap_or(10000.0);
+        if self.arch == Arch::GptNeoX {
+            let act = if self.act == Activation::Gelu { "gelu" } else { "gelu_new" };
+            return json!({
+                "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
+                "vocab_size": self.vocab, "hidden_size": self.hidden, "intermediate_size": self.ffn,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "layer_norm_eps": self.norm_eps, "hidden_act": act, "attention_bias": self.qkv_bias,
+                "use_parallel_residual": self.parallel_residual, "max_position_embeddings": self.max_positions,
+                "rope_parameters": {"rope_type": "default", "rope_theta": theta,
+                    "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64},
+                "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
+                "torch_dtype": "float32",
+            });
+        }
+        let (architecture, model_type) = match self.arch {
+            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
+            Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
+            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX => ("LlamaForCausalLM", "llama"),
         };
         let mut v = json!({
             "architectures": [architecture], "model_type": model_type,
@@ -227,8 +424,35 @@ impl ModelConfig {
             "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
             "torch_dtype": "float32",
         });
-        if self.arch == Arch::Llama {
+        if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::SmolLm3) {
             v["attention_bias"] = json!(self.qkv_bias);
+        }
+        v["rope_parameters"] = match &self.rope_scaling {
+            RopeScaling::None => json!({"rope_type": "default", "rope_theta": theta}),
+            &RopeScaling::Linear { factor } => {
+                json!({"rope_type": "linear", "rope_theta": theta, "factor": factor})
+            }
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+                json!({
+                    "rope_type": "llama3", "rope_theta": theta, "factor": factor,
+                    "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_positions,
+                })
+            }
+            // Keel's context is the original one, so the long factors never apply.
+            RopeScaling::LongRope { short_factor, attention_factor } => json!({
+                "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
+                "long_factor": short_factor, "attention_factor": attention_factor,
+                "original_max_position_embeddings": self.max_positions,
+            }),
+        };
+        if self.rotary_dim != self.head_dim {
+            v["rope_parameters"]["partial_rotary_factor"] =
+                json!(self.rotary_dim as f64 / self.head_dim as f64);
+        }
+        if self.arch == Arch::SmolLm3 {
+            let flags: Vec<u32> = (0..self.layers).map(|l| !self.nope_layers.contains(&l) as u32).collect();
+            v["no_rope_layers"] = json!(flags);
         }
         v
     }
@@ -255,7 +479,7 @@ impl ModelConfig {
     }
 
     pub fn norm(&self) -> NormKind {
-        if self.arch == Arch::Gpt2 {
+        if matches!(self.arch, Arch::Gpt2 | Arch::GptNeoX) {
             NormKind::Layer
         } else {
             NormKind::Rms
@@ -263,11 +487,7 @@ impl ModelConfig {
     }
 
     pub fn activation(&self) -> Activation {
-        if self.arch == Arch::Gpt2 {
-            Activation::GeluTanh
-        } else {
-            Activation::SiluGate
-        }
+        self.act
     }
 
     pub fn head_shape(&self) -> HeadShape {
@@ -277,8 +497,8 @@ impl ModelConfig {
     /// Width of the fused up projection: `[gate | up]` for gated MLPs.
     pub fn up_width(&self) -> usize {
         match self.activation() {
-            Activation::SiluGate => 2 * self.ffn,
-            Activation::GeluTanh => self.ffn,
+            kind if kind.gated() => 2 * self.ffn,
+            _ => self.ffn,
         }
     }
 
@@ -290,9 +510,11 @@ impl ModelConfig {
         let head = if self.tied_embeddings { 0 } else { self.vocab * h };
         // Two norms per block and a final one; LayerNorm has a bias too.
         let norm_params = if self.norm() == NormKind::Layer { 2 * h } else { h };
-        let biases = if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
+        let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
+        let biases = qk_norm
+            + if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
             + if self.o_bias { h } else { 0 }
-            + if self.arch == Arch::Gpt2 { self.ffn + h } else { 0 };
+            + if self.mlp_bias { self.ffn + h } else { 0 };
         self.vocab * h + pos + self.layers * (attn + mlp + biases + 2 * norm_params) + norm_params + head
     }
 }
@@ -336,5 +558,102 @@ mod tests {
         assert!(err(uneven).contains("hidden_size 64 is not a multiple of num_attention_heads 6"));
         let neg = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": -3});
         assert!(err(neg).contains("'hidden_size' must be a positive integer"));
+    }
+
+    fn llama(extra: Value) -> Value {
+        let mut v = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 512});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    #[test]
+    fn reads_rope_scaling_and_the_new_families() {
+        let parse = |v: Value| ModelConfig::from_hf(&v, "config.json").unwrap();
+        let c =
+            parse(llama(json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}})));
+        let want = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 32,
+        };
+        assert_eq!((c.rope_theta, c.rope_scaling), (Some(5e5), want));
+        let c = parse(llama(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})));
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        let smol = llama(json!({"architectures": ["SmolLM3ForCausalLM"], "no_rope_layers": [1, 1, 1, 0]}));
+        let c = parse(smol);
+        let mistral = llama(json!({"architectures": ["MistralForCausalLM"], "sliding_window": 256}));
+        assert_eq!(parse(mistral).max_positions, 256);
+        let qwen = llama(
+            json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 256, "use_sliding_window": false}),
+        );
+        assert_eq!(parse(qwen).max_positions, 2048);
+        assert_eq!((c.arch, c.nope_layers.clone()), (Arch::SmolLm3, vec![3]));
+        let c = parse(llama(
+            json!({"architectures": ["Qwen3ForCausalLM"], "layer_types": vec!["full_attention"; 4]}),
+        ));
+        assert!(c.qk_norm && !c.qkv_bias);
+        // What a checkpoint writes reads back to the same config.
+        for c in [c, parse(llama(json!({"rope_scaling": {"rope_type": "linear", "factor": 4.0}})))] {
+            assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+        }
+    }
+
+    /// Llama 3.1's frequencies: short wavelengths kept, long ones divided by the factor,
+    /// the ones between blended (transformers' `_compute_llama3_parameters`).
+    #[test]
+    fn llama3_scaling_keeps_short_and_divides_long_wavelengths() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 32,
+        };
+        let (plain, scaled) = (RopeScaling::None.inv_freq(5e5, 16), scaling.inv_freq(5e5, 16));
+        let wavelen = |f: f32| 2.0 * std::f32::consts::PI / f;
+        for (p, s) in plain.iter().zip(&scaled) {
+            match wavelen(*p) {
+                w if w < 8.0 => assert_eq!(s, p),
+                w if w > 32.0 => assert_eq!(*s, p / 8.0),
+                _ => assert!(*s < *p && *s > p / 8.0, "{s} between {p} / 8 and {p}"),
+            }
+        }
+        assert!(plain.iter().any(|&p| wavelen(p) < 8.0) && plain.iter().any(|&p| wavelen(p) > 32.0));
+    }
+
+    /// Phi-3's longrope (128k context over an original 4k): the short factors, the
+    /// attention factor transformers derives, the context capped at the original one.
+    #[test]
+    fn longrope_runs_the_original_context_with_short_factors() {
+        let phi3 = llama(json!({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.5,
+            "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 2.0, 4.0, 8.0],
+                "long_factor": [9.0, 9.0, 9.0, 9.0]}}));
+        let c = ModelConfig::from_hf(&phi3, "config.json").unwrap();
+        let attention_factor = (1.0f32 + 32f32.ln() / 4096f32.ln()).sqrt();
+        let want = RopeScaling::LongRope { short_factor: vec![1.0, 2.0, 4.0, 8.0], attention_factor };
+        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 4096, &want));
+        let plain = RopeScaling::None.inv_freq(1e4, 8);
+        assert_eq!(want.inv_freq(1e4, 8), [plain[0], plain[1] / 2.0, plain[2] / 4.0, plain[3] / 8.0]);
+        assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_rope_and_layer_types_name_the_field() {
+        let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
+        let yarn = llama(json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
+        assert_eq!(
+            err(yarn),
+            "m/config.json: rope_scaling.rope_type 'yarn' is not supported (Keel has default, linear, llama3 and longrope)"
+        );
+        let no_factor = llama(json!({"rope_parameters": {"rope_type": "linear"}}));
+        assert!(err(no_factor).contains("rope_parameters.factor must be a positive number"));
+        let sliding =
+            llama(json!({"layer_types": ["full_attention", "chunked_attention", "full_attention", "x"]}));
+        assert!(err(sliding).contains("m/config.json: layer_types[1] is \"chunked_attention\""));
+        let flags = llama(json!({"architectures": ["SmolLM3ForCausalLM"], "no_rope_layers": [1, 2, 1, 0]}));
+        assert!(err(flags).contains("no_rope_layers[1] is 2, expected 0 or 1"));
     }
 }

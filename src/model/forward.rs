@@ -5,7 +5,7 @@
 //! Hook point `blocks.{l}.resid_post` is the residual stream `x` right after block `l`.
 
 use super::config::ModelConfig;
-use super::layout::{Linear, Weights};
+use super::layout::{Block, Linear, Weights};
 use super::load::LoadedModel;
 use super::lora::BlockLora;
 use super::weights::HostTensor;
@@ -14,7 +14,7 @@ use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
 use crate::ops::matmul::Prologue;
-use crate::ops::norm::NormKind;
+use crate::ops::norm::{NormKind, RowLayout};
 use crate::ops::{attention, embed, matmul, norm, rope, stats};
 use anyhow::{bail, Result};
 
@@ -63,6 +63,34 @@ pub struct Scratch {
     lse: Tensor,
     up: Tensor,
     act: Tensor,
+    qk_norm: Option<QkNormBufs>,
+}
+
+/// What Qwen3's per-head q and k norms keep: the QKV rows before them (the norms write
+/// `qkv` in place of their input) and (mean, rstd) per q head and per k head.
+#[derive(Clone)]
+pub struct QkNormBufs {
+    pub raw: Tensor,
+    pub q_stats: Tensor,
+    pub k_stats: Tensor,
+}
+
+impl QkNormBufs {
+    /// The buffers for `rows` rows, or None for a model without q/k norms.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, rows: usize) -> Result<Option<QkNormBufs>> {
+        if !c.qk_norm {
+            return Ok(None);
+        }
+        Ok(Some(QkNormBufs {
+            raw: gpu.scratch("qkv before q/k norms", &[rows, c.head_shape().qkv_width()], DType::F32)?,
+            q_stats: gpu.scratch("q norm stats", &[rows * c.heads, 2], DType::F32)?,
+            k_stats: gpu.scratch("k norm stats", &[rows * c.kv_heads, 2], DType::F32)?,
+        }))
+    }
+
+    pub fn tensors(&self) -> [&Tensor; 3] {
+        [&self.raw, &self.q_stats, &self.k_stats]
+    }
 }
 
 /// Buffers for the LM head over up to `rows` rows.
@@ -103,6 +131,8 @@ pub struct BlockIo<'a> {
     pub decode_part: Option<&'a Tensor>,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
+    /// Qwen3's q/k norms' saved input and statistics (None without them).
+    pub qk_norm: Option<&'a QkNormBufs>,
     /// LoRA adapters on this block's linear layers (fine-tuning).
     pub lora: Option<&'a BlockLora>,
 }
@@ -128,6 +158,9 @@ impl Scratch {
             self.up,
             self.act,
         ]
+        .into_iter()
+        .chain(self.qk_norm.into_iter().flat_map(|b| [b.raw, b.q_stats, b.k_stats]))
+        .collect()
     }
 }
 
@@ -230,8 +263,13 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         let rope = match cfg.rope_theta {
             Some(theta) => {
-                let (cos, sin) = rope::rope_tables(theta, cfg.head_dim, cfg.max_positions);
-                let shape = [cfg.max_positions, cfg.head_dim / 2];
+                let inv_freq = cfg.rope_scaling.inv_freq(theta, cfg.rotary_dim);
+                let (mut cos, mut sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
+                let scale = cfg.rope_scaling.attention_factor();
+                if scale != 1.0 {
+                    cos.iter_mut().chain(&mut sin).for_each(|v| *v *= scale);
+                }
+                let shape = [cfg.max_positions, cfg.rotary_dim / 2];
                 Some((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
             }
             None => None,
@@ -284,8 +322,12 @@ impl GpuModel {
         named.iter().map(|(_, t)| t.bytes()).sum::<u64>() + self.head.as_ref().map_or(0, Tensor::bytes)
     }
 
-    /// The rotary (cos, sin) tables; None for learned positions.
-    pub fn rope_tables(&self) -> Option<(&Tensor, &Tensor)> {
+    /// The rotary (cos, sin) tables of block `l`; None for learned positions and for blocks
+    /// without RoPE (SmolLM3's NoPE layers).
+    pub fn rope_tables(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
+        if self.config.nope_layers.contains(&l) {
+            return None;
+        }
         self.rope.as_ref().map(|(cos, sin)| (cos, sin))
     }
 
@@ -339,6 +381,7 @@ impl GpuModel {
             lse: f("lse", c.heads)?,
             up: f("up", c.up_width())?,
             act: f("act", c.ffn)?,
+            qk_norm: QkNormBufs::new(gpu, c, rows)?,
         })
     }
 
@@ -346,8 +389,16 @@ impl GpuModel {
     pub fn working_bytes(&self, rows: usize) -> u64 {
         let c = &self.config;
         let att = c.heads * c.head_dim;
-        let scratch =
-            3 + 2 * c.hidden + 2 + c.head_shape().qkv_width() + 2 * att + c.heads + c.up_width() + c.ffn;
+        let qk_norm = if c.qk_norm { c.head_shape().qkv_width() + 2 * (c.heads + c.kv_heads) } else { 0 };
+        let scratch = 3
+            + 2 * c.hidden
+            + 2
+            + c.head_shape().qkv_width()
+            + 2 * att
+            + c.heads
+            + c.up_width()
+            + c.ffn
+            + qk_norm;
         let head = c.hidden + 2 + c.vocab + 1 + 4 + stats::partials_len(1, c.vocab);
         ((scratch + head) * rows * 4) as u64
     }
@@ -403,6 +454,7 @@ impl GpuModel {
                 decode_part: Some(&cache.part),
                 up: &s.up,
                 act: &s.act,
+                qk_norm: s.qk_norm.as_ref(),
                 lora: None,
             };
             self.record_block_spans(step, l, &io, &s.row_table, spans);
@@ -417,8 +469,8 @@ impl GpuModel {
         embed::embed(step, ids, &w.embed, positions, x, n);
     }
 
-    /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` with
-    /// `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
+    /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` (with a parallel
+    /// residual `mlp(norm(x_in))`) and `x_mid = x_in + attn(norm(x_in))`. Where the three are one buffer the residual
     /// stream is updated in place; training keeps them apart for the backward pass.
     pub fn record_block(&self, step: &mut Step, l: usize, io: &BlockIo, rows: &Tensor, n: usize) {
         self.record_block_spans(step, l, io, rows, &[n]);
@@ -438,7 +490,7 @@ impl GpuModel {
         let c = &self.config;
         let b = &self.weights.blocks[l];
         let heads = c.head_shape();
-        let tables = self.rope_tables();
+        let tables = self.rope_tables(l);
         let hidden = n * c.hidden;
         // Decode fusions (inference without adapters): the matrix-vector kernel applies the
         // RMSNorm and the SiLU gate as it loads its input.
@@ -457,6 +509,12 @@ impl GpuModel {
         let qkv = (&b.qkv, b.qkv_b.as_ref(), io.qkv);
         linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
         lora(step, Linear::Qkv, io.xn1, io.qkv);
+        if let Some(saved) = io.qk_norm {
+            step.copy(io.qkv, 0, &saved.raw, 0, n * heads.qkv_width());
+            for (w, stats, layout) in self.qk_norms(b, saved) {
+                norm::head_norm(step, &saved.raw, layout, w, c.norm_eps, io.qkv, stats, n);
+            }
+        }
         let kv = (io.k_cache, io.v_cache);
         let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
         let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
@@ -486,17 +544,27 @@ impl GpuModel {
                 }
             }
         }
+        // The MLP reads the block's input with a parallel residual, else the attention's output.
+        let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
+        let norm2 = |step: &mut Step| {
+            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            norm::norm(step, c.norm(), mlp_in, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
+        };
+        if c.parallel_residual {
+            // Before the attention's output is added to x_in, which inference updates in place.
+            norm2(step);
+        }
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
         matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
         lora(step, Linear::O, io.att, io.x_mid);
-        let norm2 = |step: &mut Step| {
-            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
-            norm::norm(step, c.norm(), io.x_mid, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
-        };
         let up = (&b.up, b.up_b.as_ref(), io.up);
-        linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+        if c.parallel_residual {
+            matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
+        } else {
+            linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+        }
         lora(step, Linear::Up, io.xn2, io.up);
         if !std::ptr::eq(io.x_mid, io.x_out) {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
@@ -505,6 +573,22 @@ impl GpuModel {
         let down = (&b.down, b.down_b.as_ref(), io.x_out);
         linear_after(step, (act, gate), (io.up, io.act), down, spans, true);
         lora(step, Linear::Down, io.act, io.x_out);
+    }
+
+    /// Qwen3's q and k norms of block `b`: (weight, statistics, where its heads lie).
+    pub fn qk_norms<'a>(
+        &self,
+        b: &'a Block<Tensor>,
+        saved: &'a QkNormBufs,
+    ) -> [(&'a Tensor, &'a Tensor, RowLayout); 2] {
+        let h = self.config.head_shape();
+        let (width, q_width) = (h.qkv_width(), h.n_q * h.dim);
+        let (q, k) = (b.q_norm.as_ref(), b.k_norm.as_ref());
+        let (q, k) = (q.expect("q_norm of a q/k-norm model"), k.expect("k_norm of a q/k-norm model"));
+        [
+            (q, &saved.q_stats, RowLayout::heads(h.n_q, h.dim, 0, width)),
+            (k, &saved.k_stats, RowLayout::heads(h.n_kv, h.dim, q_width, width)),
+        ]
     }
 
     /// Records the final norm, LM head and logit statistics for the rows from `first` on of

@@ -15,6 +15,9 @@ pub struct Block<T> {
     pub attn_norm_b: Option<T>,
     pub qkv: T,
     pub qkv_b: Option<T>,
+    /// Per-head RMSNorm scales of q and k (Qwen3), `[head_dim]` each.
+    pub q_norm: Option<T>,
+    pub k_norm: Option<T>,
     pub o: T,
     pub o_b: Option<T>,
     pub mlp_norm: T,
@@ -74,6 +77,8 @@ impl<T> Block<T> {
         v.extend(self.attn_norm_b.as_ref().map(|t| ("attn_norm_b", t)));
         v.push(("qkv", &self.qkv));
         v.extend(self.qkv_b.as_ref().map(|t| ("qkv_b", t)));
+        v.extend(self.q_norm.as_ref().map(|t| ("q_norm", t)));
+        v.extend(self.k_norm.as_ref().map(|t| ("k_norm", t)));
         v.push(("o", &self.o));
         v.extend(self.o_b.as_ref().map(|t| ("o_b", t)));
         v.push(("mlp_norm", &self.mlp_norm));
@@ -89,6 +94,7 @@ impl<T> Block<T> {
         let mut opt = |name: &str, t: &Option<T>| t.as_ref().map(|t| f(name, t)).transpose();
         let (attn_norm_b, qkv_b, o_b) =
             (opt("attn_norm_b", &self.attn_norm_b)?, opt("qkv_b", &self.qkv_b)?, opt("o_b", &self.o_b)?);
+        let (q_norm, k_norm) = (opt("q_norm", &self.q_norm)?, opt("k_norm", &self.k_norm)?);
         let (mlp_norm_b, up_b, down_b) =
             (opt("mlp_norm_b", &self.mlp_norm_b)?, opt("up_b", &self.up_b)?, opt("down_b", &self.down_b)?);
         Ok(Block {
@@ -96,6 +102,8 @@ impl<T> Block<T> {
             attn_norm_b,
             qkv: f("qkv", &self.qkv)?,
             qkv_b,
+            q_norm,
+            k_norm,
             o: f("o", &self.o)?,
             o_b,
             mlp_norm: f("mlp_norm", &self.mlp_norm)?,
@@ -204,16 +212,66 @@ pub fn transpose(t: HostTensor) -> HostTensor {
     HostTensor::new(t.name, vec![c, r], data)
 }
 
+/// How a Hugging Face tensor's values are rearranged into Keel's layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reorder {
+    Keep,
+    /// GPT-2's Conv1D stores `[in, out]`.
+    Transpose,
+    /// GPT-NeoX's `query_key_value` holds per head `[q_h; k_h; v_h]` rows of `dim`; Keel's
+    /// QKV is `[q; k; v]`.
+    HeadsInterleaved {
+        heads: usize,
+        dim: usize,
+    },
+}
+
+impl Reorder {
+    /// The Hugging Face tensor in Keel's layout.
+    pub fn apply(self, t: HostTensor) -> HostTensor {
+        match self {
+            Reorder::Keep => t,
+            Reorder::Transpose => transpose(t),
+            Reorder::HeadsInterleaved { heads, dim } => permute_rows(t, |r| {
+                let (head, part, i) = (r / (3 * dim), r / dim % 3, r % dim);
+                (part * heads + head) * dim + i
+            }),
+        }
+    }
+
+    /// Keel's tensor back in the Hugging Face layout.
+    pub fn undo(self, t: HostTensor) -> HostTensor {
+        match self {
+            Reorder::Keep => t,
+            Reorder::Transpose => transpose(t),
+            Reorder::HeadsInterleaved { heads, dim } => permute_rows(t, |r| {
+                let (part, head, i) = (r / (heads * dim), r / dim % heads, r % dim);
+                (head * 3 + part) * dim + i
+            }),
+        }
+    }
+}
+
+/// Row `r` of `t` moved to row `to(r)` (a permutation) of a tensor of the same shape.
+fn permute_rows(t: HostTensor, to: impl Fn(usize) -> usize) -> HostTensor {
+    let cols: usize = t.shape[1..].iter().product();
+    let values = t.values();
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks(cols).enumerate() {
+        out[to(r) * cols..(to(r) + 1) * cols].copy_from_slice(row);
+    }
+    HostTensor::new(t.name.clone(), t.shape.clone(), out)
+}
+
 /// Where one Hugging Face tensor of shape `shape` goes in Keel's layout: at row `row` of
-/// Keel's tensor `keel` (a name of [`Weights::named`]), transposed first when `transpose`
-/// (GPT-2's Conv1D stores `[in, out]`).
+/// Keel's tensor `keel` (a name of [`Weights::named`]), rearranged first by `reorder`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HfPlace {
     pub hf: String,
     pub shape: Vec<usize>,
     pub keel: String,
     pub row: usize,
-    pub transpose: bool,
+    pub reorder: Reorder,
 }
 
 /// Collects the places of one model while its Keel shapes are built.
@@ -227,8 +285,13 @@ impl Plan {
     fn rows(&mut self, keel: &str, parts: &[(String, Vec<usize>)]) -> Vec<usize> {
         let mut row = 0;
         for (hf, shape) in parts {
-            let place =
-                HfPlace { hf: hf.clone(), shape: shape.clone(), keel: keel.into(), row, transpose: false };
+            let place = HfPlace {
+                hf: hf.clone(),
+                shape: shape.clone(),
+                keel: keel.into(),
+                row,
+                reorder: Reorder::Keep,
+            };
             self.places.push(place);
             row += shape[0];
         }
@@ -241,7 +304,8 @@ impl Plan {
     }
     /// A Conv1D weight `[in, out]`, which Keel holds as `[out, in]`.
     fn conv1d(&mut self, keel: &str, hf: String, shape: [usize; 2]) -> Vec<usize> {
-        let place = HfPlace { hf, shape: shape.to_vec(), keel: keel.into(), row: 0, transpose: true };
+        let place =
+            HfPlace { hf, shape: shape.to_vec(), keel: keel.into(), row: 0, reorder: Reorder::Transpose };
         self.places.push(place);
         vec![shape[1], shape[0]]
     }
@@ -255,7 +319,9 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
     let (h, f) = (cfg.hidden, cfg.ffn);
     let qd = cfg.heads * cfg.head_dim;
     let kvd = cfg.kv_heads * cfg.head_dim;
-    let weights = if cfg.arch == Arch::Gpt2 {
+    let weights = if cfg.arch == Arch::GptNeoX {
+        neox_layout(cfg, &mut plan)
+    } else if cfg.arch == Arch::Gpt2 {
         let embed = plan.one("embed", "transformer.wte.weight".into(), &[cfg.vocab, h]);
         let pos_embed = Some(plan.one("pos_embed", "transformer.wpe.weight".into(), &[cfg.max_positions, h]));
         let blocks = (0..cfg.layers)
@@ -280,6 +346,8 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     attn_norm_b,
                     qkv: conv1d("qkv", "attn.c_attn.weight", [h, 3 * h]),
                     qkv_b,
+                    q_norm: None,
+                    k_norm: None,
                     o: conv1d("o", "attn.c_proj.weight", [h, h]),
                     o_b,
                     mlp_norm,
@@ -302,6 +370,8 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
         }
     } else {
         let embed = plan.one("embed", "model.embed_tokens.weight".into(), &[cfg.vocab, h]);
+        // Phi-3 stores Keel's fused layout as it is: `qkv_proj` is [q; k; v], `gate_up_proj` [gate; up].
+        let fused = cfg.arch == Arch::Phi3;
         let blocks = (0..cfg.layers)
             .map(|l| {
                 let (p, k) = (format!("model.layers.{l}"), format!("blocks.{l}"));
@@ -317,8 +387,18 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                         &[h],
                     ),
                     attn_norm_b: None,
-                    qkv: plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h])),
+                    qkv: if fused {
+                        plan.one(&format!("{k}.qkv"), format!("{a}.qkv_proj.weight"), &[qd + 2 * kvd, h])
+                    } else {
+                        plan.rows(&format!("{k}.qkv"), &qkv("weight", &[h]))
+                    },
                     qkv_b: cfg.qkv_bias.then(|| plan.rows(&format!("{k}.qkv_b"), &qkv("bias", &[]))),
+                    q_norm: cfg.qk_norm.then(|| {
+                        plan.one(&format!("{k}.q_norm"), format!("{a}.q_norm.weight"), &[cfg.head_dim])
+                    }),
+                    k_norm: cfg.qk_norm.then(|| {
+                        plan.one(&format!("{k}.k_norm"), format!("{a}.k_norm.weight"), &[cfg.head_dim])
+                    }),
                     o: plan.one(&format!("{k}.o"), format!("{a}.o_proj.weight"), &[h, qd]),
                     o_b: cfg.o_bias.then(|| plan.one(&format!("{k}.o_b"), format!("{a}.o_proj.bias"), &[h])),
                     mlp_norm: plan.one(
@@ -327,13 +407,17 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                         &[h],
                     ),
                     mlp_norm_b: None,
-                    up: plan.rows(
-                        &format!("{k}.up"),
-                        &[
-                            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
-                            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
-                        ],
-                    ),
+                    up: if fused {
+                        plan.one(&format!("{k}.up"), format!("{p}.mlp.gate_up_proj.weight"), &[2 * f, h])
+                    } else {
+                        plan.rows(
+                            &format!("{k}.up"),
+                            &[
+                                (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
+                                (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
+                            ],
+                        )
+                    },
                     up_b: None,
                     down: plan.one(&format!("{k}.down"), format!("{p}.mlp.down_proj.weight"), &[h, f]),
                     down_b: None,
@@ -353,6 +437,53 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
     (weights, plan.places)
 }
 
+/// GPT-NeoX's names: LayerNorms and linears with biases, q/k/v interleaved per head.
+fn neox_layout(cfg: &ModelConfig, plan: &mut Plan) -> Weights<Vec<usize>> {
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let interleaved = Reorder::HeadsInterleaved { heads: cfg.heads, dim: cfg.head_dim };
+    let blocks = (0..cfg.layers)
+        .map(|l| {
+            let (p, k) = (format!("gpt_neox.layers.{l}"), format!("blocks.{l}"));
+            let mut one = |name: &str, hf: &str, shape: &[usize]| {
+                plan.one(&format!("{k}.{name}"), format!("{p}.{hf}"), shape)
+            };
+            let block = Block {
+                attn_norm: one("attn_norm", "input_layernorm.weight", &[h]),
+                attn_norm_b: Some(one("attn_norm_b", "input_layernorm.bias", &[h])),
+                qkv: one("qkv", "attention.query_key_value.weight", &[3 * h, h]),
+                qkv_b: cfg.qkv_bias.then(|| one("qkv_b", "attention.query_key_value.bias", &[3 * h])),
+                q_norm: None,
+                k_norm: None,
+                o: one("o", "attention.dense.weight", &[h, h]),
+                o_b: cfg.o_bias.then(|| one("o_b", "attention.dense.bias", &[h])),
+                mlp_norm: one("mlp_norm", "post_attention_layernorm.weight", &[h]),
+                mlp_norm_b: Some(one("mlp_norm_b", "post_attention_layernorm.bias", &[h])),
+                up: one("up", "mlp.dense_h_to_4h.weight", &[f, h]),
+                up_b: Some(one("up_b", "mlp.dense_h_to_4h.bias", &[f])),
+                down: one("down", "mlp.dense_4h_to_h.weight", &[h, f]),
+                down_b: Some(one("down_b", "mlp.dense_4h_to_h.bias", &[h])),
+            };
+            let qkv = [
+                format!("{p}.attention.query_key_value.weight"),
+                format!("{p}.attention.query_key_value.bias"),
+            ];
+            for place in plan.places.iter_mut().filter(|place| qkv.contains(&place.hf)) {
+                place.reorder = interleaved;
+            }
+            block
+        })
+        .collect();
+    Weights {
+        embed: plan.one("embed", "gpt_neox.embed_in.weight".into(), &[cfg.vocab, h]),
+        pos_embed: None,
+        blocks,
+        final_norm: plan.one("final_norm", "gpt_neox.final_layer_norm.weight".into(), &[h]),
+        final_norm_b: Some(plan.one("final_norm_b", "gpt_neox.final_layer_norm.bias".into(), &[h])),
+        lm_head: (!cfg.tied_embeddings)
+            .then(|| plan.one("lm_head", "embed_out.weight".into(), &[cfg.vocab, h])),
+    }
+}
+
 impl Weights<HostTensor> {
     /// Builds Keel's layout from Hugging Face-named tensors ([`hf_layout`]'s places); `file`
     /// names the source in errors.
@@ -366,7 +497,7 @@ impl Weights<HostTensor> {
         shapes.try_map(|keel, _| {
             let mut parts = by_keel[keel]
                 .iter()
-                .map(|p| src.take(&p.hf, &p.shape).map(|t| if p.transpose { transpose(t) } else { t }))
+                .map(|p| src.take(&p.hf, &p.shape).map(|t| p.reorder.apply(t)))
                 .collect::<Result<Vec<_>>>()?;
             Ok(match parts.len() {
                 1 => parts.pop().unwrap(),
@@ -401,6 +532,16 @@ impl Weights<HostTensor> {
         let named =
             |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.values().into_owned());
         let mut out = Vec::new();
+        if matches!(cfg.arch, Arch::GptNeoX | Arch::Phi3) {
+            // One Hugging Face tensor per Keel tensor: undo each place's reordering.
+            let (_, places) = hf_layout(cfg);
+            let by_keel: HashMap<String, &HfPlace> = places.iter().map(|p| (p.keel.clone(), p)).collect();
+            for (keel, t) in self.named() {
+                let place = by_keel[&keel];
+                out.push(place.reorder.undo(named(place.hf.clone(), t)));
+            }
+            return out;
+        }
         if cfg.arch == Arch::Gpt2 {
             let conv1d = |name: String, t: &HostTensor| {
                 let mut t = transpose(t.clone());
@@ -440,6 +581,8 @@ impl Weights<HostTensor> {
                 };
                 out.extend(split_rows(&b.qkv, &qkv("weight")));
                 out.extend(b.qkv_b.as_ref().map(|t| split_rows(t, &qkv("bias"))).unwrap_or_default());
+                out.extend(b.q_norm.as_ref().map(|t| named(format!("{a}.q_norm.weight"), t)));
+                out.extend(b.k_norm.as_ref().map(|t| named(format!("{a}.k_norm.weight"), t)));
                 out.push(named(format!("{a}.o_proj.weight"), &b.o));
                 out.extend(b.o_b.as_ref().map(|t| named(format!("{a}.o_proj.bias"), t)));
                 out.push(named(format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));
@@ -500,6 +643,17 @@ mod tests {
             let bound = 1.0 / (loaded.config.hidden as f32).sqrt();
             assert!(embed.iter().all(|v| v.abs() <= bound) && embed.iter().any(|v| v.abs() > bound / 2.0));
         }
+    }
+
+    /// GPT-NeoX's per-head `[q_h; k_h; v_h]` rows become `[q; k; v]`, and back.
+    #[test]
+    fn interleaved_heads_reorder_and_back() {
+        let reorder = Reorder::HeadsInterleaved { heads: 2, dim: 1 };
+        // Rows q0 k0 v0 q1 k1 v1, two columns each.
+        let hf = HostTensor::new("qkv", vec![6, 2], (0..12).map(|v| v as f32).collect());
+        let keel = reorder.apply(hf.clone());
+        assert_eq!(keel.values()[..], [0., 1., 6., 7., 2., 3., 8., 9., 4., 5., 10., 11.]);
+        assert_eq!(reorder.undo(keel).values(), hf.values());
     }
 
     /// data/configs/smollm2-135m.json (what `keel bench --shapes` runs on machines the 98 MB

@@ -5,7 +5,7 @@
 
 use super::config::ModelConfig;
 use super::forward::packable;
-use super::layout::{check_tensor, hf_layout, missing, transpose, HfPlace, Weights};
+use super::layout::{check_tensor, hf_layout, missing, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::GpuModel;
 use crate::gpu::wfmt::{self, WeightFormat};
@@ -71,7 +71,7 @@ impl Streamer {
         };
         check_tensor(file, &t, &place.shape)?;
         let place = self.waiting.remove(&t.name).unwrap();
-        let t = if place.transpose { transpose(t) } else { t };
+        let t = place.reorder.apply(t);
         let target = &self.by_keel[&place.keel];
         let cols = target.shape[1..].iter().product();
         write_rows(gpu, file, target, place.row, cols, &t)?;

@@ -76,7 +76,8 @@ struct DecodeParams {
     chunk: u32,
     n_chunks: u32,
     first_row: u32,
-    _p: [u32; 3],
+    rot_dim: u32,
+    _p: [u32; 2],
 }
 
 // Workgroup arrays of shaders/attention_decode.wgsl (about 14 KiB in all).
@@ -159,7 +160,8 @@ fn decode_attention_threads(
         chunk: chunk as u32,
         n_chunks: n_chunks as u32,
         first_row: first as u32,
-        _p: [0; 3],
+        rot_dim: super::rope::rotated_dims(tables) as u32,
+        _p: [0; 2],
     };
     let defines = [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads)];
     let pipeline = step.gpu.pipeline("attention_decode", &defines);
@@ -304,12 +306,16 @@ mod tests {
             let qkv = rand_vec(1, n * width, 1.0);
             let kc = rand_vec(2, cache_shape.iter().product(), 1.0);
             let vc = rand_vec(3, kc.len(), 1.0);
-            let (cos, sin) = rope::rope_tables(10000.0, heads.dim, len);
             let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
             let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
             let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
-            let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
-            for (rope, threads) in [(true, 64), (false, 64), (true, 256)] {
+            // Rotated dimensions (all, none, a partial rotary's quarter) and threads.
+            for (rot, threads) in [(heads.dim, 64), (0, 64), (heads.dim, 256), (heads.dim / 4, 64)] {
+                let rope = rot > 0;
+                let inv_freq = rope::RopeScaling::None.inv_freq(10000.0, rot.max(2));
+                let (cos, sin) = rope::rope_tables(&inv_freq, len);
+                let table_shape = [len, rot.max(2) / 2];
+                let (cos_t, sin_t) = (up("cos", &table_shape, &cos), up("sin", &table_shape, &sin));
                 let (qkv_t, kt, vt) =
                     (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
                 let part = gpu.zeros("part", &[decode_part_len(heads, seqs, len)], DType::F32).unwrap();
@@ -332,7 +338,7 @@ mod tests {
                 step.submit().unwrap();
 
                 let (mut want_k, mut want_v) = (kc.clone(), vc.clone());
-                let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+                let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim, rot };
                 let cpu_tables = rope.then_some((&cos[..], &sin[..]));
                 let q = cpu::rope::rope_kv(
                     &qkv[width..],

@@ -16,6 +16,43 @@ struct Params {
     d: u32,
     eps: f32,
     row_offset: u32,
+    layout: RowLayout,
+}
+
+/// Where the rows of width `d` lie: `heads` side by side from column `col` of token rows
+/// `stride` floats wide. Dense rows are [`RowLayout::dense`]; Qwen3's per-head norms of q
+/// or k read their heads inside the fused QKV row ([`RowLayout::heads`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RowLayout {
+    heads: u32,
+    stride: u32,
+    col: u32,
+    _p: u32,
+}
+
+impl RowLayout {
+    pub fn dense(d: usize) -> RowLayout {
+        RowLayout { heads: 1, stride: d as u32, col: 0, _p: 0 }
+    }
+
+    /// `heads` heads of `dim` from column `col` of each `width`-wide row.
+    pub fn heads(heads: usize, dim: usize, col: usize, width: usize) -> RowLayout {
+        assert!(col + heads * dim <= width);
+        RowLayout { heads: heads as u32, stride: width as u32, col: col as u32, _p: 0 }
+    }
+
+    /// Floats a buffer of `n_rows` rows of width `d` spans in this layout.
+    fn span(&self, n_rows: usize, d: usize) -> usize {
+        if n_rows == 0 {
+            return 0;
+        }
+        let last = n_rows - 1;
+        (last / self.heads as usize) * self.stride as usize
+            + self.col as usize
+            + (last % self.heads as usize) * d
+            + d
+    }
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
@@ -44,12 +81,42 @@ pub fn norm(
     stats: &Tensor,
     (row_offset, n_rows): (usize, usize),
 ) {
+    let layout = RowLayout::dense(w.numel());
+    norm_rows(step, kind, (x, layout), (w, b), eps, (out, stats), (row_offset, n_rows));
+}
+
+/// RMSNorm of `tokens × heads` rows of `x` laid out as `layout` (Qwen3's q or k heads
+/// inside the fused QKV rows) into the same places of `out`, with (mean, rstd) per head.
+#[allow(clippy::too_many_arguments)]
+pub fn head_norm(
+    step: &mut Step,
+    x: &Tensor,
+    layout: RowLayout,
+    w: &Tensor,
+    eps: f32,
+    out: &Tensor,
+    stats: &Tensor,
+    tokens: usize,
+) {
+    let n_rows = tokens * layout.heads as usize;
+    norm_rows(step, NormKind::Rms, (x, layout), (w, None), eps, (out, stats), (0, n_rows));
+}
+
+fn norm_rows(
+    step: &mut Step,
+    kind: NormKind,
+    (x, layout): (&Tensor, RowLayout),
+    (w, b): (&Tensor, Option<&Tensor>),
+    eps: f32,
+    (out, stats): (&Tensor, &Tensor),
+    (row_offset, n_rows): (usize, usize),
+) {
     let d = w.numel();
-    assert!((row_offset + n_rows) * d <= x.numel() && n_rows * d <= out.numel());
+    assert!(layout.span(row_offset + n_rows, d) <= x.numel() && layout.span(n_rows, d) <= out.numel());
     assert!(stats.numel() >= 2 * n_rows);
     let layer = kind == NormKind::Layer;
     assert_eq!(layer, b.is_some(), "LayerNorm needs a bias, RMSNorm has none");
-    let params = Params { n_rows: n_rows as u32, d: d as u32, eps, row_offset: row_offset as u32 };
+    let params = Params { n_rows: n_rows as u32, d: d as u32, eps, row_offset: row_offset as u32, layout };
     let pipeline = step.gpu.pipeline("norm", &[("LAYER", layer as u32)]);
     let mut buffers = bind![x, w, out, stats].to_vec();
     buffers.extend(b.map(|b| ("b", b)));
@@ -62,7 +129,10 @@ struct BackwardParams {
     n_rows: u32,
     d: u32,
     x_offset: u32,
-    _p: u32,
+    heads: u32,
+    stride: u32,
+    col: u32,
+    _p: [u32; 2],
 }
 
 /// The forward input of a norm as the backward pass needs it: rows `offset .. offset + n`
@@ -74,10 +144,19 @@ pub struct Saved<'a> {
     pub stats: &'a Tensor,
 }
 
-fn backward_params(saved: Saved, d: usize, dy: &Tensor, n_rows: usize) -> BackwardParams {
-    assert!((saved.offset + n_rows) * d <= saved.x.numel() && n_rows * d <= dy.numel());
+fn backward_params(saved: Saved, layout: RowLayout, d: usize, dy: &Tensor, n_rows: usize) -> BackwardParams {
+    assert!(layout.span(saved.offset + n_rows, d) <= saved.x.numel() && layout.span(n_rows, d) <= dy.numel());
     assert!(saved.stats.numel() >= 2 * n_rows);
-    BackwardParams { n_rows: n_rows as u32, d: d as u32, x_offset: saved.offset as u32, _p: 0 }
+    let RowLayout { heads, stride, col, .. } = layout;
+    BackwardParams {
+        n_rows: n_rows as u32,
+        d: d as u32,
+        x_offset: saved.offset as u32,
+        heads,
+        stride,
+        col,
+        _p: [0; 2],
+    }
 }
 
 /// Input gradient of [`norm`] for `n_rows` rows: `dx (+)= ∂norm/∂x · dy`.
@@ -92,8 +171,51 @@ pub fn norm_backward(
     n_rows: usize,
     accumulate: bool,
 ) {
-    let params = backward_params(saved, w.numel(), dy, n_rows);
-    assert!(dx.numel() >= n_rows * w.numel());
+    let layout = RowLayout::dense(w.numel());
+    norm_rows_backward(step, kind, (saved, layout), w, dy, dx, n_rows, accumulate);
+}
+
+/// Input gradient of [`head_norm`]: `dx = ∂norm/∂x · dy` at the heads' places (the other
+/// columns of `dx` are left as they are).
+#[allow(clippy::too_many_arguments)]
+pub fn head_norm_backward(
+    step: &mut Step,
+    saved: Saved,
+    layout: RowLayout,
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    tokens: usize,
+) {
+    let n_rows = tokens * layout.heads as usize;
+    norm_rows_backward(step, NormKind::Rms, (saved, layout), w, dy, dx, n_rows, false);
+}
+
+/// Weight gradient of [`head_norm`]: `dw += Σ dy · xhat` over every token and head.
+pub fn head_norm_weight_grad(
+    step: &mut Step,
+    saved: Saved,
+    layout: RowLayout,
+    dy: &Tensor,
+    dw: &Tensor,
+    tokens: usize,
+) {
+    norm_rows_weight_grad(step, (saved, layout), dy, (dw, None), tokens * layout.heads as usize);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn norm_rows_backward(
+    step: &mut Step,
+    kind: NormKind,
+    (saved, layout): (Saved, RowLayout),
+    w: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+    n_rows: usize,
+    accumulate: bool,
+) {
+    let params = backward_params(saved, layout, w.numel(), dy, n_rows);
+    assert!(dx.numel() >= layout.span(n_rows, w.numel()));
     let defines = [("LAYER", (kind == NormKind::Layer) as u32), ("WEIGHTS", 0), ("ACC", accumulate as u32)];
     let pipeline = step.gpu.pipeline("norm_backward", &defines);
     step.dispatch(pipeline, &params, &bind![x = saved.x, stats = saved.stats, dy, w, dx], groups(n_rows, 1));
@@ -108,8 +230,18 @@ pub fn norm_weight_grad(
     db: Option<&Tensor>,
     n_rows: usize,
 ) {
+    norm_rows_weight_grad(step, (saved, RowLayout::dense(dw.numel())), dy, (dw, db), n_rows);
+}
+
+fn norm_rows_weight_grad(
+    step: &mut Step,
+    (saved, layout): (Saved, RowLayout),
+    dy: &Tensor,
+    (dw, db): (&Tensor, Option<&Tensor>),
+    n_rows: usize,
+) {
     let d = dw.numel();
-    let params = backward_params(saved, d, dy, n_rows);
+    let params = backward_params(saved, layout, d, dy, n_rows);
     let pipeline = step.gpu.pipeline("norm_backward", &[("LAYER", db.is_some() as u32), ("WEIGHTS", 1)]);
     let mut buffers = bind![x = saved.x, stats = saved.stats, dy, dw].to_vec();
     buffers.extend(db.map(|db| ("db", db)));
@@ -183,5 +315,47 @@ mod tests {
                 assert_close(&gpu.read_f32(&db).unwrap(), &plus(&want_db, &b), 1e-5, &format!("db {what}"));
             }
         }
+    }
+
+    /// Qwen3's q and k norms inside fused QKV rows (4 q heads, 2 k, 2 v of 16), forward
+    /// and backward, against the CPU; the v columns pass through untouched.
+    #[test]
+    fn head_norms_match_cpu() {
+        let gpu = gpu();
+        let (n, d, width) = (5, 16, 8 * 16);
+        let heads = [(0, 4), (4 * d, 2)];
+        let x = rand_vec(1, n * width, 2.0);
+        let dy = rand_vec(2, n * width, 1.0);
+        let ws = [rand_vec(3, d, 1.0), rand_vec(4, d, 1.0)];
+        let up = |name, data: &[f32]| gpu.upload_f32(name, &[data.len()], data).unwrap();
+        let (xt, out, dyt, dx) = (up("x", &x), up("out", &x), up("dy", &dy), up("dx", &dy));
+        let wt = ws.each_ref().map(|w| up("w", w));
+        let dw = [
+            gpu.zeros("dq_norm", &[d], DType::F32).unwrap(),
+            gpu.zeros("dk_norm", &[d], DType::F32).unwrap(),
+        ];
+        let stats = [0, 1].map(|_| gpu.zeros("stats", &[n * 4, 2], DType::F32).unwrap());
+        let mut step = Step::new(gpu);
+        for (i, &(col, h)) in heads.iter().enumerate() {
+            let layout = RowLayout::heads(h, d, col, width);
+            head_norm(&mut step, &xt, layout, &wt[i], 1e-6, &out, &stats[i], n);
+            let saved = Saved { x: &xt, offset: 0, stats: &stats[i] };
+            head_norm_backward(&mut step, saved, layout, &wt[i], &dyt, &dx, n);
+            head_norm_weight_grad(&mut step, saved, layout, &dyt, &dw[i], n);
+        }
+        step.submit().unwrap();
+        let mut want = x.clone();
+        let mut want_dx = dy.clone();
+        for (i, &(col, h)) in heads.iter().enumerate() {
+            want = cpu::norm::head_rms_norm(&want, width, col, h, &ws[i], 1e-6);
+            let (dxi, dwi) = cpu::norm::head_rms_norm_backward(&x, (width, col, h), &ws[i], 1e-6, &dy);
+            for row in 0..n {
+                let at = row * width + col;
+                want_dx[at..at + h * d].copy_from_slice(&dxi[at..at + h * d]);
+            }
+            assert_close(&gpu.read_f32(&dw[i]).unwrap(), &dwi, 1e-5, &format!("dw {i}"));
+        }
+        assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, "head norm");
+        assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-5, "head norm dx");
     }
 }

@@ -3,16 +3,80 @@
 use super::groups;
 use crate::gpu::{shader::Define, Step, Tensor};
 
-/// cos and sin tables `[positions, head_dim / 2]`, computed as Hugging Face does in float32
-/// (inverse frequencies `1 / theta^(2j/d)`, angle = position × inverse frequency, rounded to
-/// f32 before the cosine), so long positions match the reference exactly.
-pub fn rope_tables(theta: f32, head_dim: usize, positions: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+/// How a model rescales its rotary frequencies (config.json's `rope_scaling` or
+/// `rope_parameters`), as transformers' `ROPE_INIT_FUNCTIONS` compute them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Every inverse frequency divided by `factor`.
+    Linear {
+        factor: f32,
+    },
+    /// Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth blend between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_positions: usize,
+    },
+    /// Phi-3's longrope within its original context: each frequency divided by its short
+    /// factor, cos and sin multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f32>,
+        attention_factor: f32,
+    },
+}
+
+impl RopeScaling {
+    /// The inverse frequencies of a head of `dim` rotated dimensions, in float32 as
+    /// transformers computes them (`1 / theta^(2j/dim)`, then rescaled).
+    pub fn inv_freq(&self, theta: f32, dim: usize) -> Vec<f32> {
+        let base = (0..dim / 2).map(|j| 1.0 / theta.powf((2 * j) as f32 / dim as f32));
+        match *self {
+            RopeScaling::None => base.collect(),
+            RopeScaling::Linear { factor } => base.map(|f| f / factor).collect(),
+            RopeScaling::LongRope { ref short_factor, .. } => {
+                base.zip(short_factor).map(|(f, s)| f / s).collect()
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } => {
+                let old = original_max_positions as f32;
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+            }
+        }
+    }
+}
+
+impl RopeScaling {
+    /// What cos and sin are multiplied by (transformers' `attention_scaling`).
+    pub fn attention_factor(&self) -> f32 {
+        match self {
+            RopeScaling::LongRope { attention_factor, .. } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+}
+
+/// cos and sin tables `[positions, inv_freq.len()]`, computed as Hugging Face does in
+/// float32 (angle = position × inverse frequency, rounded to f32 before the cosine), so long
+/// positions match the reference exactly.
+pub fn rope_tables(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions * half);
     let mut sin = Vec::with_capacity(positions * half);
     for pos in 0..positions {
-        for f in &inv_freq {
+        for f in inv_freq {
             let angle = (pos as f32 * f) as f64;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);
@@ -29,7 +93,13 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     cache_len: u32,
-    _p: [u32; 3],
+    rot_dim: u32,
+    _p: [u32; 2],
+}
+
+/// Dimensions of each head the (cos, sin) tables `[positions, rot_dim / 2]` rotate.
+pub fn rotated_dims(tables: Option<(&Tensor, &Tensor)>) -> usize {
+    tables.map_or(0, |(cos, _)| 2 * cos.shape[cos.shape.len() - 1])
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
@@ -77,7 +147,8 @@ pub fn rope_kv(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: cache_len as u32,
-        _p: [0; 3],
+        rot_dim: rotated_dims(tables) as u32,
+        _p: [0; 2],
     };
     let pipeline = step.gpu.pipeline("rope", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = bind![qkv, rows, q_out = q, k_cache, v_cache].to_vec();
@@ -108,7 +179,8 @@ pub fn rope_kv_backward(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: dk.shape[1] as u32,
-        _p: [0; 3],
+        rot_dim: rotated_dims(tables) as u32,
+        _p: [0; 2],
     };
     let pipeline = step.gpu.pipeline("rope_backward", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = bind![rows, dq, dk, dv, dqkv].to_vec();
@@ -133,13 +205,15 @@ mod tests {
         let rows = [(0usize, 0usize), (0, 1), (1, 37), (1, 5), (0, 39)];
         let n = rows.len();
         let qkv = rand_vec(1, n * heads.qkv_width(), 1.0);
-        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
-        for rope in [true, false] {
+        // Rotated dimensions: all, a partial rotary's quarter, none.
+        for rot in [heads.dim, heads.dim / 4, 0] {
+            let rope = rot > 0;
+            let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, rot.max(2)), cache_len);
             let qkv_t = gpu.upload_f32("qkv", &[n, heads.qkv_width()], &qkv).unwrap();
             let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
-            let cos_t = gpu.upload_f32("cos", &[cos.len()], &cos).unwrap();
-            let sin_t = gpu.upload_f32("sin", &[sin.len()], &sin).unwrap();
+            let cos_t = gpu.upload_f32("cos", &[cache_len, rot.max(2) / 2], &cos).unwrap();
+            let sin_t = gpu.upload_f32("sin", &[cache_len, rot.max(2) / 2], &sin).unwrap();
             let q = gpu.zeros("q", &[n, heads.n_q * heads.dim], DType::F32).unwrap();
             let cache_shape = [seqs, cache_len, heads.n_kv, heads.dim];
             let kc = gpu.zeros("k", &cache_shape, DType::F32).unwrap();
@@ -150,11 +224,11 @@ mod tests {
             step.submit().unwrap();
             let mut want_k = vec![0.0; kc.numel()];
             let mut want_v = vec![0.0; vc.numel()];
-            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim, rot };
             let cpu_tables = rope.then_some((&cos[..], &sin[..]));
             let want_q = cpu::rope::rope_kv(&qkv, &rows, &h, cpu_tables, cache_len, &mut want_k, &mut want_v);
-            assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, "q");
-            assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, "k cache");
+            assert_close(&gpu.read_f32(&q).unwrap(), &want_q, 1e-6, &format!("q, {rot} rotated"));
+            assert_close(&gpu.read_f32(&kc).unwrap(), &want_k, 1e-6, &format!("k cache, {rot} rotated"));
             assert_close(&gpu.read_f32(&vc).unwrap(), &want_v, 0.0, "v cache");
         }
     }
@@ -171,23 +245,25 @@ mod tests {
         let dq = rand_vec(1, n * heads.n_q * heads.dim, 1.0);
         let dk = rand_vec(2, cache_elems, 1.0);
         let dv = rand_vec(3, cache_elems, 1.0);
-        let (cos, sin) = rope_tables(10000.0, heads.dim, cache_len);
         let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
         let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
         let (dqt, dkt, dvt) =
             (up("dq", &[dq.len()], &dq), up("dk", &cache_shape, &dk), up("dv", &cache_shape, &dv));
-        let (cos_t, sin_t) = (up("cos", &[cos.len()], &cos), up("sin", &[sin.len()], &sin));
         let rows_t = gpu.upload_u32("rows", &[n, 2], &flat_rows).unwrap();
-        for rope in [true, false] {
+        for rot in [heads.dim, heads.dim / 4, 0] {
+            let rope = rot > 0;
+            let (cos, sin) = rope_tables(&RopeScaling::None.inv_freq(10000.0, rot.max(2)), cache_len);
+            let table_shape = [cache_len, rot.max(2) / 2];
+            let (cos_t, sin_t) = (up("cos", &table_shape, &cos), up("sin", &table_shape, &sin));
             let dqkv = gpu.zeros("dqkv", &[n, heads.qkv_width()], DType::F32).unwrap();
             let mut step = Step::new(gpu);
             let tables = rope.then_some((&cos_t, &sin_t));
             rope_kv_backward(&mut step, &rows_t, heads, tables, &dqt, (&dkt, &dvt), &dqkv, n);
             step.submit().unwrap();
-            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim };
+            let h = cpu::rope::Heads { n_q: heads.n_q, n_kv: heads.n_kv, dim: heads.dim, rot };
             let cpu_tables = rope.then_some((&cos[..], &sin[..]));
             let want = cpu::rope::rope_kv_backward(&dq, &dk, &dv, &rows, &h, cpu_tables, cache_len);
-            assert_close(&gpu.read_f32(&dqkv).unwrap(), &want, 1e-6, &format!("dqkv rope={rope}"));
+            assert_close(&gpu.read_f32(&dqkv).unwrap(), &want, 1e-6, &format!("dqkv, {rot} rotated"));
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::backward::{BackwardBufs, HeadSaved};
-use crate::model::forward::{BlockIo, GpuModel};
+use crate::model::forward::{BlockIo, GpuModel, QkNormBufs};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
@@ -40,6 +40,7 @@ struct BlockActs {
     lse: Tensor,
     up: Tensor,
     act: Tensor,
+    qk_norm: Option<QkNormBufs>,
 }
 
 impl BlockActs {
@@ -62,6 +63,7 @@ impl BlockActs {
             lse: f("lse", c.heads)?,
             up: f("up", c.up_width())?,
             act: f("act", c.ffn)?,
+            qk_norm: QkNormBufs::new(gpu, c, rows)?,
         })
     }
 
@@ -83,11 +85,12 @@ impl BlockActs {
             decode_part: None,
             up: &self.up,
             act: &self.act,
+            qk_norm: self.qk_norm.as_ref(),
             lora,
         }
     }
 
-    fn tensors(&self) -> [&Tensor; 13] {
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
         [
             &self.x_mid,
             &self.xn1,
@@ -103,6 +106,8 @@ impl BlockActs {
             &self.up,
             &self.act,
         ]
+        .into_iter()
+        .chain(self.qk_norm.iter().flat_map(QkNormBufs::tensors))
     }
 }
 
