@@ -346,9 +346,10 @@ fn smollm2_gguf() -> Option<PathBuf> {
 }
 
 /// The first `len` bytes (all if None) of the SmolLM2 GGUF as `name` in a temporary folder,
-/// with `patch` applied: (offset, bytes) pairs computed from the file's first 64 KiB (which
-/// hold the header and the model's metadata keys). Copied and patched in place, so this
-/// process never holds the file (see [`refused`] on why its memory matters).
+/// with `patch` applied: (offset, bytes) pairs computed from the file's first 2 MiB (which
+/// hold its header: the metadata, vocabulary included, and the tensor table). Copied and
+/// patched in place, so this process never holds the file (see [`refused`] on why its memory
+/// matters).
 fn patched_gguf(
     name: &str,
     len: Option<u64>,
@@ -364,7 +365,7 @@ fn patched_gguf(
         f.set_len(len).unwrap();
     }
     let mut head = Vec::new();
-    (&f).take(64 << 10).read_to_end(&mut head).unwrap();
+    (&f).take(2 << 20).read_to_end(&mut head).unwrap();
     for (at, bytes) in patch(&head) {
         f.seek(SeekFrom::Start(at as u64)).unwrap();
         f.write_all(&bytes).unwrap();
@@ -430,6 +431,27 @@ fn gguf_fewer_layers_than_tensors() {
         return;
     };
     refused(&path, &["layers.gguf", "tensor 'blk.29.", "layer 29 but the model has 29 layers"]);
+}
+
+#[test]
+fn gguf_k_quant_rows_not_whole_superblocks() {
+    // blk.0.attn_q.weight's type (after its name, dimension count and two dimensions) made
+    // Q4_K: its rows of 576 are not whole superblocks of 256.
+    let Some((_t, path)) = patched_gguf("q4_k.gguf", None, |b| {
+        let name = b"blk.0.attn_q.weight";
+        let key = [&(name.len() as u64).to_le_bytes()[..], name].concat();
+        let at = b.windows(key.len()).position(|w| w == key).expect("tensor in the table");
+        vec![(at + key.len() + 4 + 2 * 8, 12u32.to_le_bytes().to_vec())]
+    }) else {
+        return;
+    };
+    refused(
+        &path,
+        &[
+            "q4_k.gguf",
+            "GGUF tensor 'blk.0.attn_q.weight': row length 576 is not a multiple of the Q4_K block size 256",
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ mod compare;
 mod compare_finetune;
 mod finetune;
 mod info;
+mod pull;
 mod serve;
 mod sweep;
 mod text;
@@ -58,16 +59,19 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Serve the browser demo (web/) and models on 127.0.0.1
     Serve(serve::ServeArgs),
+    /// Download a model into its cache: the default one, or org/name[:FILE] from the Hugging Face Hub
+    Pull(pull::PullArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
 #[derive(Args, Clone)]
 pub struct ModelArg {
-    /// Model folder (config.json + safetensors, or one .gguf) or .gguf file (env: KEEL_MODEL)
+    /// Model folder (config.json + safetensors, or one .gguf), .gguf file, or Hugging Face Hub
+    /// name org/name[:FILE] (env: KEEL_MODEL)
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// GPU format of the linear layers' weights: auto (f32; a GGUF file's own F16/Q8_0/Q4_0/Q4_1),
-    /// f32, f16, q8_0, q4_0 or q4_1
+    /// GPU format of the linear layers' weights: auto (f32; a GGUF file's own
+    /// F16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K), f32, f16, q8_0, q4_0 or q4_1
     #[arg(long, default_value = "auto")]
     pub weights: String,
 }
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
         Command::Serve(a) => serve::run(a),
+        Command::Pull(a) => pull::run(a),
     }
 }
 

@@ -46,10 +46,9 @@ mod tests {
     #[test]
     fn dequantizes_as_the_cpu_does() {
         let gpu = gpu();
-        let (n, k) = (70, 96);
-        let w = rand_vec(3, n * k, 2.0);
+        let (n, k) = (70, 256);
         for fmt in WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32) {
-            let words = wfmt::quantize(fmt, &w, k);
+            let words = wfmt::random_packed(fmt, n, k, 3);
             let packed = gpu.upload_weight("w", &[n, k], fmt, &words).unwrap();
             let mut step = Step::new(gpu);
             let out = dequantize(gpu, &mut step, "w f32", &packed).unwrap();

@@ -2,8 +2,9 @@
 //! (Hugging Face's nn.Linear), so the forward pass is `y = x · Wᵀ`; the same kernel computes
 //! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides. Products
 //! of a few rows with a weight (decode) go to the matrix-vector kernel, `shaders/matvec.wgsl`.
-//! Weights may be packed (f16, Q8_0, Q4_0, Q4_1: `shaders/wfmt.wgsl`) when they are the `W` of
-//! a forward x·Wᵀ; both kernels dequantize them as they read them and accumulate in f32.
+//! Weights may be packed (f16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K: `shaders/wfmt.wgsl`) when
+//! they are the `W` of a forward x·Wᵀ; both kernels dequantize them as they read them and
+//! accumulate in f32.
 
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor};
@@ -113,6 +114,10 @@ pub(crate) fn format_flags(fmt: WeightFormat, native_f16: bool) -> Vec<Define> {
         WeightFormat::Q8_0 => "W_Q8_0",
         WeightFormat::Q4_0 => "W_Q4_0",
         WeightFormat::Q4_1 => "W_Q4_1",
+        // Q4_K and Q5_K share their packing of scales and mins.
+        WeightFormat::Q4_K => return vec![("WQ", 1), ("W_Q4_K", 1), ("W_K_SCALES", 1)],
+        WeightFormat::Q5_K => return vec![("WQ", 1), ("W_Q5_K", 1), ("W_K_SCALES", 1)],
+        WeightFormat::Q6_K => "W_Q6_K",
     };
     vec![("WQ", 1), (flag, 1)]
 }
@@ -470,15 +475,15 @@ mod tests {
     #[test]
     fn packed_weights_match_cpu_on_dequantized() {
         let gpu = gpu();
-        let (n, k) = (45, 96);
-        let w = rand_vec(2, n * k, 1.0);
+        // k: one K-quant superblock, eight blocks of the others.
+        let (n, k) = (45, 256);
         let b = rand_vec(3, n, 1.0);
         let bt = gpu.upload_f32("b", &[n], &b).unwrap();
         // f16 twice where the adapter has shader-f16 (lavapipe does): read as f16, then unpacked.
         let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
         for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
             UNPACK_F16.set(i >= WeightFormat::ALL.len());
-            let packed = crate::gpu::wfmt::quantize(fmt, &w, k);
+            let packed = crate::gpu::wfmt::random_packed(fmt, n, k, 2);
             let wq = crate::gpu::wfmt::dequantize(fmt, &packed);
             let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
             assert_eq!(wt.format(), fmt);

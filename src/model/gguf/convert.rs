@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::parse::{
     parse, tensor_data, GgufFile, GgufTensorInfo, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
-    GGML_Q8_0,
+    GGML_Q4_K, GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
 };
 use crate::gpu::wfmt::{self, WeightFormat};
 use crate::model::weights::HostTensor;
@@ -30,36 +30,12 @@ pub(super) fn decode(info: &GgufTensorInfo, data: &[u8]) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
             .collect(),
-        GGML_Q8_0 => data
-            .chunks_exact(34)
-            .flat_map(|b| {
-                let d = f16_at(b, 0);
-                b[2..].iter().map(move |&q| d * f32::from(q as i8))
-            })
-            .collect(),
-        // Low nibbles are elements 0..16 of the block, high nibbles 16..32.
-        GGML_Q4_0 => data
-            .chunks_exact(18)
-            .flat_map(|b| {
-                let d = f16_at(b, 0);
-                let qs = &b[2..];
-                let lo = qs.iter().map(|&q| i32::from(q & 0xF));
-                let hi = qs.iter().map(|&q| i32::from(q >> 4));
-                lo.chain(hi).map(move |q| d * (q - 8) as f32)
-            })
-            .collect(),
-        GGML_Q4_1 => data
-            .chunks_exact(20)
-            .flat_map(|b| {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..];
-                let lo = qs.iter().map(|&q| q & 0xF);
-                let hi = qs.iter().map(|&q| q >> 4);
-                lo.chain(hi).map(move |q| d * f32::from(q) + m)
-            })
-            .collect(),
-        // tensor_data has already rejected every other type.
-        t => bail!("GGUF tensor '{}': ggml type {t} is not supported", info.name),
+        // The block formats, through the GPU layout the matrix kernels read.
+        t => match packed_format(t) {
+            Some(fmt) => wfmt::dequantize(fmt, &wfmt::from_ggml(fmt, data)),
+            // tensor_data has already rejected every other type.
+            None => bail!("GGUF tensor '{}': ggml type {t} is not supported", info.name),
+        },
     };
     Ok(out)
 }
@@ -161,7 +137,7 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
 }
 
 /// One tensor of `file`, from its bytes `data`, with its Hugging Face name and shape: a 2-D
-/// F16, Q8_0, Q4_0 or Q4_1 tensor stays packed (GPU layout: the GPU reads it without
+/// F16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K tensor stays packed (GPU layout: the GPU reads it without
 /// dequantizing, and the host dequantizes only when f32 values are asked for), any other is
 /// decoded to f32. llama's q/k rows are un-permuted (rows are whole blocks: ggml blocks run
 /// along rows, so this works on packed rows too).
@@ -207,6 +183,9 @@ fn packed_format(ggml_type: u32) -> Option<WeightFormat> {
         GGML_Q8_0 => Some(WeightFormat::Q8_0),
         GGML_Q4_0 => Some(WeightFormat::Q4_0),
         GGML_Q4_1 => Some(WeightFormat::Q4_1),
+        GGML_Q4_K => Some(WeightFormat::Q4_K),
+        GGML_Q5_K => Some(WeightFormat::Q5_K),
+        GGML_Q6_K => Some(WeightFormat::Q6_K),
         _ => None,
     }
 }
@@ -302,7 +281,7 @@ fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_heads: usize) -> Result<Ve
 mod tests {
     use super::*;
     use crate::model::gguf::test_files::{
-        data_start, dequantize, f16_le, fixture, fixture_dir, info, tiny_model, Builder,
+        data_start, dequantize, f16_le, fixture, fixture_dir, info, k_quant_model, tiny_model, Builder,
     };
 
     #[test]
@@ -436,7 +415,7 @@ mod tests {
             .tensor("q8", &[32], GGML_Q8_0, &q8)
             .tensor("q4_0", &[32], GGML_Q4_0, &q4_0)
             .tensor("q4_1", &[32], GGML_Q4_1, &q4_1)
-            .tensor("q4_k", &[256], 12, &[0; 144])
+            .tensor("q5_0", &[32], 6, &[0; 22])
             .build();
         let file = parse(&b).unwrap();
         let get = |name: &str| dequantize(&file, &b, info(&file, name));
@@ -449,8 +428,101 @@ mod tests {
         assert_eq!(get("q4_0").unwrap(), want);
         let want: Vec<f32> = nibbles.iter().map(|q| 0.25 * q + -1.0).collect();
         assert_eq!(get("q4_1").unwrap(), want);
-        let msg = get("q4_k").unwrap_err().to_string();
-        assert!(msg.contains("'q4_k'") && msg.contains("ggml type 12 (Q4_K)"), "{msg}");
+        let msg = get("q5_0").unwrap_err().to_string();
+        assert!(msg.contains("'q5_0'") && msg.contains("ggml type 6 (Q5_0)"), "{msg}");
+    }
+
+    /// A model in Q4_K_M's mix of formats loads with every single-format weight kept packed in
+    /// its file's blocks (a fused weight whose parts differ is dequantized to f32), and scores
+    /// as the same file dequantized to f32 does: the same values summed in another order.
+    /// `--weights q8_0` converts it like any other model.
+    #[test]
+    fn k_quant_model_kept_packed_matches_dequantized() {
+        use crate::model::{GpuModel, WeightChoice};
+        let dir = std::env::temp_dir().join(format!("keel-k-quants-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.gguf"), k_quant_model()).unwrap();
+        let host = crate::model::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let gpu = crate::ops::test_util::gpu();
+        let dense = GpuModel::upload(gpu, &host).unwrap();
+        let packed = GpuModel::upload_with(gpu, &host, WeightChoice::Auto).unwrap();
+        let formats = |m: &GpuModel| {
+            let [b0, b1] = [&m.weights.blocks[0], &m.weights.blocks[1]];
+            [
+                b0.qkv.format(),
+                b0.o.format(),
+                b0.up.format(),
+                b0.down.format(),
+                b1.qkv.format(),
+                b1.down.format(),
+            ]
+        };
+        use WeightFormat::{F32, Q4_K, Q5_K, Q6_K};
+        assert_eq!(formats(&packed), [Q4_K, Q5_K, Q4_K, Q4_K, F32, Q6_K]);
+        assert_eq!(packed.formats(), (Q4_K, Q6_K));
+        assert!(packed.weight_bytes() < dense.weight_bytes() / 3);
+        let ids = [1, 17, 42, 299, 5, 5, 123, 7, 250, 64];
+        let want = crate::generate::score(gpu, &dense, &ids, None).unwrap().next_logprobs;
+        let got = crate::generate::score(gpu, &packed, &ids, None).unwrap().next_logprobs;
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("K-quant model kept packed vs f32: max |Δ log-prob| {worst:.2e}");
+        assert!(worst <= 1e-4, "log-probs differ by {worst}");
+        let q8 = GpuModel::upload_with(gpu, &host, WeightChoice::Format(WeightFormat::Q8_0)).unwrap();
+        assert!(formats(&q8).iter().all(|&f| f == WeightFormat::Q8_0));
+    }
+
+    /// A GGUF that llama.cpp's own quantizer wrote (`KEEL_LLAMA_QUANTIZED_GGUF`; docs/bench.md,
+    /// "Weight formats", says how one was made): every tensor dequantized by Keel equals gguf-py's
+    /// dequantization bit for bit, and the model kept packed scores as it does in f32. Needs
+    /// llama.cpp's `llama-quantize`, so it runs only when asked: `cargo test -- --ignored`.
+    #[test]
+    #[ignore = "needs a GGUF written by llama.cpp's llama-quantize (KEEL_LLAMA_QUANTIZED_GGUF)"]
+    fn llama_quantized_gguf_equals_gguf_py() {
+        use crate::model::{GpuModel, WeightChoice};
+        let path =
+            std::env::var("KEEL_LLAMA_QUANTIZED_GGUF").expect("KEEL_LLAMA_QUANTIZED_GGUF names the file");
+        let bytes = std::fs::read(&path).unwrap();
+        let file = parse(&bytes).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gguf_dequantize.py");
+        let dir = std::env::temp_dir().join(format!("keel-llama-quantized-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut by_type = BTreeMap::new();
+        for info in &file.tensors {
+            let keel: Vec<u32> =
+                dequantize(&file, &bytes, info).unwrap().iter().map(|v| v.to_bits()).collect();
+            let name = crate::model::gguf::parse::ggml_type_name(info.ggml_type);
+            let (source, target) = (dir.join("t.bin"), dir.join("t.f32"));
+            std::fs::write(&source, tensor_data(&file, &bytes, info).unwrap()).unwrap();
+            let run = std::process::Command::new("python3")
+                .arg(&script)
+                .arg(name)
+                .arg(&source)
+                .arg(&target)
+                .output()
+                .unwrap();
+            assert!(run.status.success(), "{}: {}", info.name, String::from_utf8_lossy(&run.stderr));
+            let want: Vec<u32> = std::fs::read(&target)
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert!(keel == want, "{} ({name}): Keel's values differ from gguf-py's", info.name);
+            *by_type.entry(name).or_insert(0) += 1;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        eprintln!("tensors equal to gguf-py's bit for bit, by type: {by_type:?}");
+        assert!(by_type.contains_key("Q4_K") && by_type.contains_key("Q6_K"), "a Q4_K_M file");
+        let host = crate::model::load(std::path::Path::new(&path)).unwrap();
+        let gpu = crate::ops::test_util::gpu();
+        let dense = GpuModel::upload(gpu, &host).unwrap();
+        let packed = GpuModel::upload_with(gpu, &host, WeightChoice::Auto).unwrap();
+        let ids = [1, 17, 42, 99, 5, 5, 123, 7];
+        let want = crate::generate::score(gpu, &dense, &ids, None).unwrap().next_logprobs;
+        let got = crate::generate::score(gpu, &packed, &ids, None).unwrap().next_logprobs;
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("formats {:?}; packed vs f32: max |Δ log-prob| {worst:.2e}", packed.formats());
+        assert!(worst <= 1e-4, "log-probs differ by {worst}");
     }
 
     /// llama.cpp's converter, transcribed index by index from

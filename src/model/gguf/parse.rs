@@ -58,6 +58,9 @@ pub(super) const GGML_F16: u32 = 1;
 pub(super) const GGML_Q4_0: u32 = 2;
 pub(super) const GGML_Q4_1: u32 = 3;
 pub(super) const GGML_Q8_0: u32 = 8;
+pub(super) const GGML_Q4_K: u32 = 12;
+pub(super) const GGML_Q5_K: u32 = 13;
+pub(super) const GGML_Q6_K: u32 = 14;
 pub(super) const GGML_BF16: u32 = 30;
 
 /// ggml's name for a type number, for error messages.
@@ -106,6 +109,9 @@ fn block_layout(t: u32) -> Option<(u64, u64)> {
         GGML_Q4_0 => Some((32, 18)),
         GGML_Q4_1 => Some((32, 20)),
         GGML_Q8_0 => Some((32, 34)),
+        GGML_Q4_K => Some((256, 144)),
+        GGML_Q5_K => Some((256, 176)),
+        GGML_Q6_K => Some((256, 210)),
         _ => None,
     }
 }
@@ -343,7 +349,7 @@ pub(super) fn tensor_range(file: &GgufFile, info: &GgufTensorInfo) -> Result<(u6
     let (block_elems, block_bytes) = block_layout(t).ok_or_else(|| {
         anyhow!(
             "GGUF tensor '{name}': ggml type {t} ({}) is not supported \
-             (F32, F16, BF16, Q4_0, Q4_1, Q8_0 are)",
+             (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K are)",
             ggml_type_name(t)
         )
     })?;
@@ -580,6 +586,9 @@ mod tests {
         );
         let msg = parse_err(&t(&[16], GGML_Q8_0, &[0; 34]));
         assert!(msg.contains("not a multiple of the Q8_0 block size 32"), "{msg}");
+        // K-quant rows are whole superblocks of 256.
+        let msg = parse_err(&t(&[128, 2], GGML_Q6_K, &[0; 210]));
+        assert_eq!(msg, "GGUF tensor 'w': row length 128 is not a multiple of the Q6_K block size 256");
         let one = Builder::default().tensor("w", &[1], GGML_F32, &[0; 8]);
         let mut misaligned = one.build();
         // The offset is the last field of the table, which follows the 24-byte header.

@@ -234,8 +234,8 @@ mod tests {
         let zip = [&b"PK\x03\x04"[..], &[0; 100]].concat();
         let msg = err(&zip, 1 << 30);
         assert!(msg.starts_with("f.gguf: not a GGUF file"), "{msg}");
-        let q4_k = Builder::default().tensor("q4_k", &[256], 12, &[0; 144]).build();
-        let msg = err(&q4_k, q4_k.len());
-        assert!(msg.contains("'q4_k': ggml type 12 (Q4_K) is not supported"), "{msg}");
+        let q5_0 = Builder::default().tensor("q5_0", &[32], 6, &[0; 22]).build();
+        let msg = err(&q5_0, q5_0.len());
+        assert!(msg.contains("'q5_0': ggml type 6 (Q5_0) is not supported"), "{msg}");
     }
 }

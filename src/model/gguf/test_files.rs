@@ -141,3 +141,64 @@ pub(crate) fn tiny_model(arch: &str) -> Vec<u8> {
     }
     b.build()
 }
+
+/// A two-layer llama of random weights in the formats of llama.cpp's Q4_K_M (hidden 256, 4
+/// heads of 64, 2 kv heads, ffn 512, vocab 300, a GPT-2 vocabulary of made-up tokens): Q4_K
+/// projections, Q6_K attn_v and ffn_down in layer 1 (so its fused QKV and the two layers'
+/// down projections mix formats as Q4_K_M's do), Q5_K attn_output, a Q8_0 embedding and a
+/// Q6_K head; the blocks are random bytes with small f16 scales, the norms random f32.
+pub(crate) fn k_quant_model() -> Vec<u8> {
+    use crate::gpu::wfmt::random_ggml_blocks;
+    use crate::gpu::WeightFormat as F;
+    let (hidden, ffn, vocab) = (256u64, 512u64, 300u64);
+    let ggml_type = |f: F| match f {
+        F::Q8_0 => 8,
+        F::Q4_K => 12,
+        F::Q5_K => 13,
+        F::Q6_K => 14,
+        _ => unreachable!("not used here"),
+    };
+    let mut seed = 0;
+    let mut weight = |b: Builder, name: &str, f: F, cols: u64, rows: u64| {
+        seed += 1;
+        // Scales keep values within about ±0.25 (see wfmt::random_packed).
+        let scale = if f == F::Q6_K { 1.0 / 16384.0 } else { 1.0 / 8192.0 };
+        let scale = if f == F::Q8_0 { 1.0 / 512.0 } else { scale };
+        let blocks = (cols * rows) as usize / f.block_elements();
+        b.tensor(name, &[cols, rows], ggml_type(f), &random_ggml_blocks(f, blocks, seed, Some(scale)))
+    };
+    let tokens: Vec<String> = (0..vocab).map(|i| format!("t{i}")).collect();
+    let mut b = Builder::default()
+        .str("general.architecture", "llama")
+        .u32("llama.embedding_length", hidden as u32)
+        .u32("llama.block_count", 2)
+        .u32("llama.attention.head_count", 4)
+        .u32("llama.attention.head_count_kv", 2)
+        .u32("llama.feed_forward_length", ffn as u32)
+        .u32("llama.context_length", 64)
+        .f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        .str("tokenizer.ggml.model", "gpt2")
+        .strs("tokenizer.ggml.tokens", &tokens.iter().map(String::as_str).collect::<Vec<_>>())
+        .strs("tokenizer.ggml.merges", &[]);
+    b = weight(b, "token_embd.weight", F::Q8_0, hidden, vocab);
+    for l in 0..2 {
+        let norm = crate::cpu::test_data::rand_vec(100 + l, hidden as usize, 1.0);
+        let more_bits = if l == 1 { F::Q6_K } else { F::Q4_K };
+        b = b.f32_tensor(&format!("blk.{l}.attn_norm.weight"), &[hidden], &norm);
+        b = weight(b, &format!("blk.{l}.attn_q.weight"), F::Q4_K, hidden, hidden);
+        b = weight(b, &format!("blk.{l}.attn_k.weight"), F::Q4_K, hidden, 128);
+        b = weight(b, &format!("blk.{l}.attn_v.weight"), more_bits, hidden, 128);
+        b = weight(b, &format!("blk.{l}.attn_output.weight"), F::Q5_K, hidden, hidden);
+        b = b.f32_tensor(&format!("blk.{l}.ffn_norm.weight"), &[hidden], &norm);
+        b = weight(b, &format!("blk.{l}.ffn_gate.weight"), F::Q4_K, hidden, ffn);
+        b = weight(b, &format!("blk.{l}.ffn_up.weight"), F::Q4_K, hidden, ffn);
+        b = weight(b, &format!("blk.{l}.ffn_down.weight"), more_bits, ffn, hidden);
+    }
+    b = b.f32_tensor(
+        "output_norm.weight",
+        &[hidden],
+        &crate::cpu::test_data::rand_vec(9, hidden as usize, 1.0),
+    );
+    b = weight(b, "output.weight", F::Q6_K, hidden, vocab);
+    b.build()
+}
