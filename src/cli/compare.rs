@@ -66,10 +66,8 @@ impl StudyArgs {
             seeds: self.seeds,
             sampler: SamplerConfig {
                 temperature: self.temperature,
-                top_k: 0,
                 top_p: self.top_p,
-                repetition_penalty: 1.0,
-                seed: 0,
+                ..SamplerConfig::default()
             },
         }
     }

@@ -10,6 +10,7 @@ mod serve;
 mod sweep;
 mod text;
 
+use crate::generate::sampler::Dry;
 use crate::generate::SamplerConfig;
 use crate::gpu::WeightFormat;
 use crate::gpu::{AdapterChoice, Gpu};
@@ -105,6 +106,30 @@ pub struct SamplingArgs {
     /// Penalise tokens already in the context (1 = off)
     #[arg(long)]
     pub repetition_penalty: Option<f32>,
+    /// Keep tokens at least this fraction as likely as the most likely one (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// OpenAI's presence penalty: subtracted once from each generated token's logit (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted per occurrence among the generated tokens (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Never repeat an n-gram of this many tokens, prompt included (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    /// DRY: penalty on a token extending a repeated sequence (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY: growth of the penalty per token of repeat beyond the allowed length
+    #[arg(long, default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY: repeats shorter than this are free
+    #[arg(long, default_value_t = 2)]
+    pub dry_allowed_length: usize,
+    /// DRY: search the last N tokens for repeats (0 = all)
+    #[arg(long, default_value_t = 0)]
+    pub dry_penalty_last_n: usize,
     /// Sampler seed: the same seed gives the same tokens
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -118,6 +143,16 @@ impl SamplingArgs {
             top_k: self.top_k.unwrap_or(d.top_k),
             top_p: self.top_p.unwrap_or(d.top_p),
             repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            dry: Dry {
+                multiplier: self.dry_multiplier,
+                base: self.dry_base,
+                allowed_length: self.dry_allowed_length,
+                penalty_last_n: self.dry_penalty_last_n,
+            },
             seed: self.seed,
         };
         cfg.validate()?;
