@@ -43,6 +43,8 @@ enum Command {
     Generate(text::GenerateArgs),
     /// Score a text: per-token log-probabilities, entropies, perplexity
     Score(text::ScoreArgs),
+    /// Perplexity and bits per byte of a text of any length (strided windows)
+    Perplexity(text::PerplexityArgs),
     /// Measure load, prefill and decode speed (and training speed with --train)
     Bench(bench::BenchArgs),
     /// Fine-tune a model (every weight, or LoRA adapters) on a text or .jsonl file
@@ -286,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(&cli.adapter),
         Command::Generate(a) => text::generate(a, &cli.adapter),
         Command::Score(a) => text::score(a, &cli.adapter),
+        Command::Perplexity(a) => text::perplexity(a, &cli.adapter),
         Command::Bench(a) => bench::run(a, &cli.adapter),
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),

@@ -229,7 +229,8 @@ fn token_texts(m: &StudyModel, ids: &[u32]) -> Result<Vec<String>> {
 }
 
 /// The plain model's per-token metrics of each generation's tokens (teacher forcing over
-/// prompt + generation, no LCM), so that modulation cannot flatter itself.
+/// prompt + generation, no LCM; strided windows past the context), so that modulation cannot
+/// flatter itself.
 pub fn plain_scores(
     m: &StudyModel,
     plan: &Plan,
@@ -243,7 +244,8 @@ pub fn plain_scores(
         progress.update(i, arm.len());
         let prompt = &plan.prompt_ids[g.prompt];
         let all: Vec<u32> = prompt.iter().copied().chain(g.tokens.iter().map(|t| t.id)).collect();
-        let s = generate::score(m.gpu, m.gpu_model, &all, None)?;
+        let ctx = m.host.config.max_positions;
+        let s = generate::score_windowed(m.gpu, m.gpu_model, &all, ctx, ctx / 2)?;
         let from = prompt.len() - 1;
         let lp: Vec<f64> = s.next_logprobs[from..].iter().map(|&x| x as f64).collect();
         let h: Vec<f64> = s.entropies[from..].iter().map(|&x| x as f64).collect();
