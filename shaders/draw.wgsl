@@ -1,10 +1,11 @@
 // Sampling one token on the GPU, as crate::generate::sampler::Sampler picks it from one logit
-// row: repetition penalty on the tokens marked in `seen`, then temperature, top-k and top-p,
-// then the inverse CDF of the kept weights walked in id order at the draw `uniforms[pos]`
+// row: repetition penalty on the tokens seen (prompt or generated), OpenAI's presence and
+// frequency penalties on the generated ones (`counts`), then temperature, top-k, top-p and
+// min-p, then the inverse CDF of the kept weights walked in id order at the draw `uniforms[pos]`
 // (drawn on the host from the sampler's seeded stream, one per position). Temperature 0, an
 // infinite best logit or no number at all give the argmax of the penalised logits instead.
 // Like shaders/sample.wgsl's final pass it feeds the pick to the next step (ids[0], row 0 of
-// the row table at the next position), marks it in `seen`, and writes [id, log-prob, entropy,
+// the row table at the next position), counts it, and writes [id, log-prob, entropy,
 // lse] of the raw logits into `out` at that position. One workgroup does it all: the passes
 // over the vocabulary are cheap next to a decode step, and no pass needs another's workgroups.
 //
@@ -22,13 +23,17 @@ struct Params {
     temperature: f32,
     top_p: f32,
     penalty: f32,
-    _q: f32,
+    min_p: f32,
+    presence: f32,
+    frequency: f32,
+    _q: vec2<f32>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> uniforms: array<f32>;      // one draw per position
-@group(0) @binding(3) var<storage, read_write> seen: array<u32>;     // bit set over the vocabulary
+// Per token: bit 0 = seen (prompt or generated), the bits above = times generated.
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> rows: array<u32>;     // (sequence, position) per row
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<u32>>; // per position
@@ -65,11 +70,16 @@ fn value_of(k: u32) -> f32 {
     return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
 }
 
-// Hugging Face's penalty on seen tokens: positive logits divided, the others multiplied.
+// Hugging Face's penalty on seen tokens (positive logits divided, the others multiplied),
+// then OpenAI's on generated ones.
 fn penalised(i: u32) -> f32 {
-    let z = logits[i];
-    if (p.penalty == 1.0 || (seen[i / 32u] & (1u << (i % 32u))) == 0u) { return z; }
-    return select(z * p.penalty, z / p.penalty, z > 0.0);
+    var z = logits[i];
+    let c = counts[i];
+    if (c == 0u) { return z; }
+    if (p.penalty != 1.0) { z = select(z * p.penalty, z / p.penalty, z > 0.0); }
+    let generated = c >> 1u;
+    if (generated > 0u) { z -= f32(generated) * p.frequency + p.presence; }
+    return z;
 }
 
 // Radix select over the penalised logits' order keys, 8 bits a round from the top: the k-th
@@ -108,7 +118,8 @@ fn radix_select(lid: u32, k: u32) -> vec2<u32> {
 }
 
 // Token i's weight if the filters keep it (key above t, or at t among the first `ties` such
-// tokens in id order, `rank` counting those met so far), else -1.
+// tokens in id order, `rank` counting those met so far; and at least min-p of the best
+// token's weight, 1), else -1.
 fn kept_weight(i: u32, t: u32, ties: u32, rank: ptr<function, u32>, amax: f32, inv_t: f32) -> f32 {
     if (!is_number(logits[i])) { return -1.0; }
     let a = penalised(i);
@@ -118,7 +129,8 @@ fn kept_weight(i: u32, t: u32, ties: u32, rank: ptr<function, u32>, amax: f32, i
         kept = *rank < ties;
         *rank += 1u;
     }
-    return select(-1.0, exp((a - amax) * inv_t), kept);
+    let w = exp((a - amax) * inv_t);
+    return select(-1.0, w, kept && w >= p.min_p);
 }
 
 // Whether candidate b = (value, index or -1 for none) beats a: as sampler::argmax.
@@ -331,7 +343,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
         ids[0] = id;
         rows[0] = seq;
         rows[1] = next;
-        seen[id / 32u] |= 1u << (id % 32u);
+        counts[id] = (counts[id] | 1u) + 2u;
         if (next < arrayLength(&out)) {
             out[next] = vec4<u32>(id, bitcast<u32>(logits[id] - lse), bitcast<u32>(log_total - s.y / s.x),
                                   bitcast<u32>(lse));

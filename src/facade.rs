@@ -81,7 +81,7 @@ impl SamplerConfig {
             top_k: defaults.top_k.unwrap_or(keel.top_k),
             top_p: defaults.top_p.unwrap_or(keel.top_p),
             repetition_penalty: defaults.repetition_penalty.unwrap_or(keel.repetition_penalty),
-            seed: keel.seed,
+            ..keel
         }
     }
 }

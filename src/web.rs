@@ -281,6 +281,7 @@ impl Model {
                     top_p: r.top_p,
                     repetition_penalty: r.repetition_penalty,
                     seed: r.seed,
+                    ..SamplerConfig::default()
                 };
                 sampler.validate()?;
                 let tok = &host.tokenizer;

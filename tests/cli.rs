@@ -102,6 +102,64 @@ fn score_json_shapes() {
     assert!(ppl.is_finite() && ppl >= 1.0, "{ppl}");
 }
 
+#[test]
+fn perplexity_of_a_text_longer_than_the_context() {
+    let Some(dir) = stories() else { return };
+    let m = dir.to_str().unwrap();
+    let t = TempDir::new("perplexity");
+    let short = "Once upon a time, there was a little girl named Lily. She liked to play in the park. ";
+    let long = short.repeat(24);
+    std::fs::write(t.path("short.txt"), short).unwrap();
+    std::fs::write(t.path("long.txt"), &long).unwrap();
+    let (short_file, long_file) = (t.path("short.txt"), t.path("long.txt"));
+    let json = |args: &[&str]| -> Value { serde_json::from_str(succeeds(args).trim()).unwrap() };
+    let ppl = |file: &std::path::Path, extra: &[&str]| {
+        json(
+            &[&["perplexity", "--model", m, "--text-file", file.to_str().unwrap(), "--json"], extra].concat(),
+        )
+    };
+    let score = |file: &std::path::Path, extra: &[&str]| {
+        json(&[&["score", "--model", m, "--text-file", file.to_str().unwrap(), "--json"], extra].concat())
+    };
+    // Within the context: the unwindowed score's perplexity.
+    let p = ppl(&short_file, &[]);
+    let s = score(&short_file, &[]);
+    let rel = |a: f64, b: f64| ((a - b) / b).abs();
+    assert!(rel(p["perplexity"].as_f64().unwrap(), s["perplexity"].as_f64().unwrap()) < 1e-9, "{p} {s}");
+    // Past the context (512 tokens): every token after the first scored once, by the default
+    // window (the context) and stride (half of it); score's windowed per-token scores give the
+    // same numbers, and bits per byte is the total in bits over the bytes.
+    let p = ppl(&long_file, &[]);
+    let tokens = p["tokens"].as_u64().unwrap() as usize;
+    assert!(tokens > 512, "{p}");
+    assert_eq!(
+        (p["scored"].as_u64(), p["window"].as_u64(), p["stride"].as_u64()),
+        (Some(tokens as u64 - 1), Some(512), Some(256))
+    );
+    let s = score(&long_file, &[]);
+    let lps: Vec<f64> = s["next_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(lps.len(), tokens - 1);
+    let nll = -lps.iter().sum::<f64>() / lps.len() as f64;
+    assert!(rel(p["nll"].as_f64().unwrap(), nll) < 1e-6, "{p} vs {nll}");
+    assert!(rel(p["perplexity"].as_f64().unwrap(), nll.exp()) < 1e-6);
+    let bpb = nll * lps.len() as f64 / std::f64::consts::LN_2 / long.len() as f64;
+    assert!(rel(p["bits_per_byte"].as_f64().unwrap(), bpb) < 1e-6);
+    // A shorter stride gives more left context: not the same figure, and still every token.
+    let q = ppl(&long_file, &["--window", "128", "--stride", "32"]);
+    assert_eq!(q["scored"].as_u64(), Some(tokens as u64 - 1));
+    assert_ne!(q["nll"], p["nll"]);
+    let long_arg = long_file.to_str().unwrap();
+    fails(&["perplexity", "--model", m, "--text-file", long_arg, "--stride", "0"], &["--stride 0"]);
+    fails(
+        &["perplexity", "--model", m, "--text-file", long_arg, "--window", "9999"],
+        &["--window 9999", "512"],
+    );
+    fails(
+        &["score", "--model", m, "--text-file", long_arg, "--lcm-gamma", "0.1"],
+        &["long.txt", "window of 512"],
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // config.json
 

@@ -227,7 +227,7 @@ fn sweep_reports_every_setting() {
     let report = read_json(&out.join("report.json"));
     let settings = report["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 2);
-    let gammas: Vec<f64> = settings.iter().map(|s| s["lcm"]["gamma"].as_f64().unwrap()).collect();
+    let gammas: Vec<f64> = settings.iter().map(|s| s["arm"]["lcm"]["gamma"].as_f64().unwrap()).collect();
     assert_eq!(gammas, vec![0.05, 0.3]);
     for s in settings {
         assert!(s["pareto"].is_boolean());
@@ -237,8 +237,83 @@ fn sweep_reports_every_setting() {
         assert_eq!(plain["base_mean"].as_f64(), report["baseline_plain_perplexity"].as_f64());
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 1);
+    // One front per judged coherence metric.
+    assert_eq!(html.matches("<svg").count(), 3);
     assert!(html.contains("Pareto front"));
+}
+
+/// The summary of `metric` in a report setting.
+fn metric<'a>(setting: &'a Value, metric: &str) -> &'a Value {
+    setting["summary"].as_array().unwrap().iter().find(|m| m["metric"] == metric).unwrap()
+}
+
+#[test]
+fn arms_of_every_type_are_paired_with_the_baseline() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("arms");
+    std::fs::write(t.path("prompts.txt"), "Once upon a time\nLily saw a\n").unwrap();
+    // "copy" is the baseline again, listed first: the reference is still the arm named
+    // baseline, and a copy of it, paired on the same prompts and random streams, changes nothing.
+    let arms = r#"[
+        {"name": "copy", "temperature": 0.9},
+        {"name": "baseline"},
+        {"name": "lcm", "lcm": {"gamma": 0.3, "sink": 1}},
+        {"name": "min-p", "min_p": 0.1},
+        {"name": "openai", "presence_penalty": 0.6, "frequency_penalty": 0.4},
+        {"name": "repetition", "repetition_penalty": 1.3, "top_k": 40},
+        {"name": "ngram", "no_repeat_ngram_size": 3},
+        {"name": "dry", "dry": {"multiplier": 0.8, "base": 1.75, "allowed_length": 2, "penalty_last_n": 64}},
+        {"name": "mix", "lcm": {"gamma": 0.05}, "min_p": 0.05, "top_p": 0.8, "dry": {"multiplier": 0.5}}
+    ]"#;
+    std::fs::write(t.path("arms.json"), arms).unwrap();
+    let out = t.path("report");
+    let stdout = succeeds(&[
+        "compare",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        t.path("prompts.txt").to_str().unwrap(),
+        "--tokens",
+        "40",
+        "--seeds",
+        "2",
+        "--temperature",
+        "0.9",
+        "--arms",
+        t.path("arms.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("9 arms, reference \"baseline\"") && stdout.contains("helps"), "{stdout}");
+    assert!(stdout.contains("population sd"), "{stdout}");
+    let report = read_json(&out.join("report.json"));
+    let settings = report["settings"].as_array().unwrap();
+    let names: Vec<&str> = settings.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["copy", "lcm", "min-p", "openai", "repetition", "ngram", "dry", "mix"]);
+    for s in settings {
+        assert!(s["pareto"].is_boolean() && s["helps"].is_boolean());
+        let plain = metric(s, "plain_perplexity");
+        assert_eq!(plain["n"].as_u64(), Some(4), "{}", s["name"]);
+        assert_eq!(plain["base_mean"].as_f64(), report["baseline_plain_perplexity"].as_f64());
+        assert!(plain["arm_mean"].as_f64().unwrap().is_finite());
+    }
+    // The copy: every change exactly 0, so it neither helps nor is on a front.
+    let copy = &settings[0];
+    for m in copy["summary"].as_array().unwrap() {
+        if m["n"].as_u64() > Some(0) {
+            assert_eq!(m["diff"].as_f64(), Some(0.0), "copy, {}", m["metric"]);
+        }
+    }
+    assert_eq!((copy["helps"].as_bool(), copy["pareto"].as_bool()), (Some(false), Some(false)));
+    // The n-gram ban leaves no repeated 3-gram, so no repeated 4-gram either.
+    assert_eq!(metric(&settings[5], "repeated_4gram_rate")["arm_mean"].as_f64(), Some(0.0));
+    // Each arm as written, its name and sampler keys included.
+    assert_eq!(settings[6]["arm"]["dry"]["penalty_last_n"].as_u64(), Some(64));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3);
+    for name in names {
+        assert!(html.contains(&format!("<td>{name}</td>")), "{name}");
+    }
 }
 
 #[test]
@@ -293,6 +368,23 @@ fn bad_input_is_refused() {
     compare(&["--top-p", "0"], &["top"]);
     compare(&["--lcm-gamma", "2"], &["--lcm-gamma"]);
     fails(&["compare", "--model", m, "--tokens", "600"], &["--tokens 600", "context of 512"]);
+    let arms = |text: &str, needles: &[&str]| {
+        let path = file("arms.json", text);
+        compare(&["--arms", &path], &[&["--arms", "arms.json"], needles].concat());
+    };
+    arms("[", &["not valid JSON"]);
+    arms(r#"{"name": "baseline"}"#, &["a JSON list of arms"]);
+    arms(
+        r#"[{"name": "baseline"}, {"name": "x", "min_p": "high"}]"#,
+        &["arm 1 (x)", "'min_p' must be a number"],
+    );
+    arms(r#"[{"name": "baseline"}, {"name": "x", "dry": {"base": 0.5}}]"#, &["arm 1 (x)", "--dry-base"]);
+    arms(
+        r#"[{"name": "baseline"}, {"name": "x", "lcm": {"layers": [99]}}]"#,
+        &["arm 1 (x)", "'lcm'", "out of range"],
+    );
+    arms(r#"[{"name": "baseline"}, {"name": "x", "top_q": 1}]"#, &["unknown key 'top_q'"]);
+    compare(&["--arms", &missing], &["--arms", "missing.txt", "cannot read"]);
     let grid = |text: &str| file("grid.json", text);
     let sweep = |grid: &str, needles: &[&str]| {
         fails(&["sweep", "--model", m, "--tokens", "8", "--seeds", "1", "--grid", grid], needles)

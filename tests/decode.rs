@@ -1,10 +1,11 @@
 //! Decoding with the pick on the GPU (one replayed submit per token, read back a few tokens
 //! late) against the CPU path it replaces (every logit row read back, the pick made by the
-//! host's `Sampler`): the same tokens, greedy and sampled (temperature, top-k, top-p,
-//! repetition penalty), with and without LCM, an EOS mid-way included, and per-token
+//! host's `Sampler`): the same tokens, greedy and sampled (temperature, top-k, top-p, min-p,
+//! repetition, presence and frequency penalties; n-gram bans and DRY sampled on the host), with and without LCM, an EOS mid-way included, and per-token
 //! statistics equal to the CPU's from the logits.
 
 use keel::generate::decode::pick_from_logits;
+use keel::generate::sampler::Dry;
 use keel::generate::{Sampler, SamplerConfig, Session};
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
@@ -30,7 +31,7 @@ fn cpu_path(
     let mut sampler = sampler(cfg);
     let mut picks = Vec::new();
     for i in 0..n {
-        let id = sampler.sample(&logits, &history);
+        let id = sampler.sample(&logits, &history, prompt.len());
         history.push(id);
         picks.push(pick_from_logits(id, &logits));
         if i + 1 < n {
@@ -65,7 +66,28 @@ fn gpu_picks_equal_the_cpu_path() {
     let gpu = Gpu::shared().unwrap();
     let lcm = LcmConfig { gamma: 0.5, ..LcmConfig::default() };
     let greedy = SamplerConfig { temperature: 0.0, ..SamplerConfig::default() };
-    let sampled = SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.9, repetition_penalty: 1.2, seed: 3 };
+    let sampled = SamplerConfig {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.9,
+        repetition_penalty: 1.2,
+        seed: 3,
+        ..SamplerConfig::default()
+    };
+    let openai = SamplerConfig {
+        min_p: 0.05,
+        presence_penalty: 0.6,
+        frequency_penalty: 0.4,
+        seed: 5,
+        ..SamplerConfig::default()
+    };
+    // Read the sequence: sampled on the host, by the same decode call.
+    let sequence = SamplerConfig {
+        no_repeat_ngram_size: 3,
+        dry: Dry { multiplier: 0.8, ..Dry::default() },
+        seed: 6,
+        ..SamplerConfig::default()
+    };
     let plain = SamplerConfig { seed: 11, ..SamplerConfig::default() };
     for name in ["stories260k", "tiny-qwen2"] {
         let Some(dir) = keel::testing::model(name) else { continue };
@@ -73,7 +95,14 @@ fn gpu_picks_equal_the_cpu_path() {
         let m = GpuModel::upload(gpu, &host).unwrap();
         let prompt: Vec<u32> = host.tokenizer.encode("Once upon a time, a girl").unwrap();
         let n = 24;
-        let settings = [(&greedy, None), (&greedy, Some(&lcm)), (&sampled, None), (&plain, Some(&lcm))];
+        let settings = [
+            (&greedy, None),
+            (&greedy, Some(&lcm)),
+            (&sampled, None),
+            (&plain, Some(&lcm)),
+            (&openai, None),
+            (&sequence, None),
+        ];
         for (cfg, lcm) in settings {
             let want = cpu_path(gpu, &m, &prompt, n, cfg, lcm);
             let want_ids: Vec<u32> = want.iter().map(|p| p.id).collect();

@@ -6,8 +6,9 @@ use super::{load_model, LcmArgs, ModelArg, Ready};
 use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
 use crate::modulate::LcmConfig;
+use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,13 @@ pub struct CompareArgs {
     /// Without LCM flags, the setting docs/compare.md justifies
     #[command(flatten)]
     lcm: LcmArgs,
+    /// JSON list of named arms, each any mix of "lcm" ({...--lcm-config keys}) and sampler keys
+    /// (temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,
+    /// frequency_penalty, no_repeat_ngram_size, dry {multiplier, base, allowed_length,
+    /// penalty_last_n}); unset keys take the flags'; the arm named "baseline" (else the first)
+    /// is the reference
+    #[arg(long)]
+    arms: Option<PathBuf>,
 }
 
 impl StudyArgs {
@@ -66,10 +74,8 @@ impl StudyArgs {
             seeds: self.seeds,
             sampler: SamplerConfig {
                 temperature: self.temperature,
-                top_k: 0,
                 top_p: self.top_p,
-                repetition_penalty: 1.0,
-                seed: 0,
+                ..SamplerConfig::default()
             },
         }
     }
@@ -91,7 +97,33 @@ fn lcm_setting(a: &LcmArgs) -> Result<LcmConfig> {
     }
 }
 
+/// `compare --arms FILE`: every arm against the reference arm, as a sweep's report.
+fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()> {
+    let prompts = a.study.prompts()?;
+    if a.lcm.config()?.is_some() {
+        bail!("--arms {}: the LCM flags do not apply to arms (give each arm its \"lcm\")", file.display());
+    }
+    let name = format!("--arms {}", file.display());
+    let bytes = std::fs::read(file).with_context(|| format!("{name}: cannot read"))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("{name}: not valid JSON ({e})"))?;
+    let m = load_model(&a.model, adapter)?;
+    let request = a.study.request();
+    let arms = parse_arms(&spec, &name, &request.sampler, m.host.config.layers)?;
+    let plan = Plan::new(&request, prompts, &m.study())?;
+    announce(&m, &plan);
+    println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
+    let report = run_arms_study(&m.study(), &plan, &arms, DEFAULT_WINDOW)?;
+    crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
+    print!("{}", report.table_text());
+    println!("report: {}", a.study.out.join("report.html").display());
+    Ok(())
+}
+
 pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
+    if let Some(file) = &a.arms {
+        return run_arms(&a, file, adapter);
+    }
     let prompts = a.study.prompts()?;
     let lcm = lcm_setting(&a.lcm)?;
     let m = load_model(&a.model, adapter)?;

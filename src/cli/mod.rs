@@ -11,6 +11,7 @@ mod serve;
 mod sweep;
 mod text;
 
+use crate::generate::sampler::Dry;
 use crate::generate::SamplerConfig;
 use crate::gpu::WeightFormat;
 use crate::gpu::{AdapterChoice, Gpu};
@@ -43,6 +44,8 @@ enum Command {
     Generate(text::GenerateArgs),
     /// Score a text: per-token log-probabilities, entropies, perplexity
     Score(text::ScoreArgs),
+    /// Perplexity and bits per byte of a text of any length (strided windows)
+    Perplexity(text::PerplexityArgs),
     /// Measure load, prefill and decode speed (and training speed with --train)
     Bench(bench::BenchArgs),
     /// Fine-tune a model (every weight, or LoRA adapters) on a text or .jsonl file
@@ -109,6 +112,30 @@ pub struct SamplingArgs {
     /// Penalise tokens already in the context (1 = off)
     #[arg(long)]
     pub repetition_penalty: Option<f32>,
+    /// Keep tokens at least this fraction as likely as the most likely one (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// OpenAI's presence penalty: subtracted once from each generated token's logit (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted per occurrence among the generated tokens (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Never repeat an n-gram of this many tokens, prompt included (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram_size: usize,
+    /// DRY: penalty on a token extending a repeated sequence (0 = off)
+    #[arg(long, default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY: growth of the penalty per token of repeat beyond the allowed length
+    #[arg(long, default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY: repeats shorter than this are free
+    #[arg(long, default_value_t = 2)]
+    pub dry_allowed_length: usize,
+    /// DRY: search the last N tokens for repeats (0 = all)
+    #[arg(long, default_value_t = 0)]
+    pub dry_penalty_last_n: usize,
     /// Sampler seed: the same seed gives the same tokens
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -122,6 +149,16 @@ impl SamplingArgs {
             top_k: self.top_k.unwrap_or(d.top_k),
             top_p: self.top_p.unwrap_or(d.top_p),
             repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            dry: Dry {
+                multiplier: self.dry_multiplier,
+                base: self.dry_base,
+                allowed_length: self.dry_allowed_length,
+                penalty_last_n: self.dry_penalty_last_n,
+            },
             seed: self.seed,
         };
         cfg.validate()?;
@@ -255,6 +292,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(&cli.adapter),
         Command::Generate(a) => text::generate(a, &cli.adapter),
         Command::Score(a) => text::score(a, &cli.adapter),
+        Command::Perplexity(a) => text::perplexity(a, &cli.adapter),
         Command::Bench(a) => bench::run(a, &cli.adapter),
         Command::Finetune(a) => finetune::run(a, &cli.adapter),
         Command::Merge(a) => finetune::merge(a, &cli.adapter),

@@ -3,11 +3,11 @@
 use super::{load_model, LcmArgs, ModelArg, SamplingArgs};
 use crate::generate::{self, GenerateOptions};
 use crate::tokenize::TextStream;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -41,6 +41,42 @@ pub struct ScoreArgs {
     json: bool,
     #[command(flatten)]
     lcm: LcmArgs,
+    #[command(flatten)]
+    window: WindowArgs,
+}
+
+/// How a text longer than the context is scored (transformers' strided-perplexity recipe).
+#[derive(Args)]
+pub struct WindowArgs {
+    /// Tokens per window over a text longer than it [default: the model's context]
+    #[arg(long)]
+    window: Option<usize>,
+    /// Tokens between window starts; each token is scored once, with at least window - stride
+    /// tokens of left context past the first window [default: half the window]
+    #[arg(long)]
+    stride: Option<usize>,
+}
+
+impl WindowArgs {
+    /// (window, stride) for a model of context `ctx`.
+    fn resolve(&self, ctx: usize) -> (usize, usize) {
+        let window = self.window.unwrap_or(ctx);
+        (window, self.stride.unwrap_or((window / 2).max(1)))
+    }
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The text (UTF-8), encoded whole as `score` encodes it
+    #[arg(long)]
+    text_file: PathBuf,
+    #[command(flatten)]
+    window: WindowArgs,
+    /// Print {"tokens", "scored", "nll", "perplexity", "bits_per_byte"} as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
@@ -86,22 +122,26 @@ pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
     Ok(())
 }
 
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", path.display()))
+}
+
 pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.text_file).with_context(|| format!("{}: cannot read", a.text_file.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", a.text_file.display()))?;
+    let text = read_text(&a.text_file)?;
     let lcm = a.lcm.config()?;
     let m = load_model(&a.model, adapter)?;
     let ids = m.host.tokenizer.encode(&text)?;
-    let ctx = m.host.config.max_positions;
-    if ids.len() > ctx {
-        return Err(anyhow!(
-            "{}: {} tokens exceed the model's context of {ctx} tokens",
+    let (window, stride) = a.window.resolve(m.host.config.max_positions);
+    let s = match &lcm {
+        Some(_) if ids.len() > window => bail!(
+            "{}: {} tokens exceed the window of {window} tokens, and LCM scoring needs the whole text in one",
             a.text_file.display(),
             ids.len()
-        ));
-    }
-    let s = generate::score(m.gpu, &m.gpu_model, &ids, lcm.as_ref())?;
+        ),
+        Some(c) => generate::score(m.gpu, &m.gpu_model, &ids, Some(c))?,
+        None => generate::score_windowed(m.gpu, &m.gpu_model, &ids, window, stride)?,
+    };
     let ppl = s.perplexity();
     if a.json {
         let mut out = json!({"ids": ids, "next_logprobs": s.next_logprobs, "entropies": s.entropies,
@@ -118,6 +158,34 @@ pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
         let mean_entropy =
             s.entropies.iter().map(|&e| e as f64).sum::<f64>() / s.entropies.len().max(1) as f64;
         println!("{} tokens, perplexity {ppl:.4}, mean entropy {mean_entropy:.4} nats", ids.len());
+    }
+    Ok(())
+}
+
+/// `keel perplexity`: the whole text's perplexity by the strided recipe, and its bits per byte.
+pub fn perplexity(a: PerplexityArgs, adapter: &Option<String>) -> Result<()> {
+    let text = read_text(&a.text_file)?;
+    let m = load_model(&a.model, adapter)?;
+    let ids = m.host.tokenizer.encode(&text)?;
+    let (window, stride) = a.window.resolve(m.host.config.max_positions);
+    if ids.len() < 2 {
+        bail!("{}: needs at least two tokens to score, got {}", a.text_file.display(), ids.len());
+    }
+    let s = generate::score_windowed(m.gpu, &m.gpu_model, &ids, window, stride)?;
+    let total: f64 = s.next_logprobs.iter().map(|&l| -f64::from(l)).sum();
+    let scored = s.next_logprobs.len();
+    let nll = total / scored as f64;
+    let bits_per_byte = total / std::f64::consts::LN_2 / text.len() as f64;
+    if a.json {
+        let out = json!({"tokens": ids.len(), "scored": scored, "nll": nll, "perplexity": nll.exp(),
+                         "bits_per_byte": bits_per_byte, "window": window, "stride": stride});
+        println!("{out}");
+    } else {
+        println!(
+            "{} tokens ({scored} scored, window {window}, stride {stride}): perplexity {:.4}, {nll:.4} nats/token, {bits_per_byte:.4} bits/byte",
+            ids.len(),
+            nll.exp()
+        );
     }
     Ok(())
 }

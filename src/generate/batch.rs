@@ -267,7 +267,7 @@ impl<'m> Batch<'m> {
                 if seq.finished {
                     continue;
                 }
-                let id = seq.sampler.sample(&logits, &seq.history);
+                let id = seq.sampler.sample(&logits, &seq.history, seq.history.len() - seq.tokens.len());
                 seq.history.push(id);
                 seq.tokens.push(token_record(id, &logits, stats));
                 seq.finished = eos.contains(&id) || seq.tokens.len() == seq.max_tokens;

@@ -35,13 +35,13 @@ pub fn pick_from_logits(id: u32, logits: &[f32]) -> Pick {
 
 impl<'m> Session<'m> {
     /// Greedy settings (temperature 0, no penalty) take the argmax kernel; any other the
-    /// sampling one, with `history` as the tokens the penalty counts.
+    /// sampling one, with `history` as the tokens the repetition penalty counts.
     fn picks(&self, sampler: &Sampler, history: &[u32]) -> Result<Picks> {
         let gpu = self.gpu;
         let (cfg, vocab) = (sampler.config(), self.model.config.vocab);
         // Indexed by position; the last pick lands one past the cache.
         let positions = self.cache.len + 1;
-        let how = if cfg.temperature == 0.0 && cfg.repetition_penalty == 1.0 {
+        let how = if cfg.is_plain_greedy() {
             How::Greedy
         } else {
             How::Draw(DrawState::new(gpu, cfg, vocab, positions, history)?)
@@ -99,6 +99,9 @@ impl<'m> Session<'m> {
                 self.cache.len
             );
         }
+        if sampler.config().needs_sequence() {
+            return self.decode_on_host(prompt, max_tokens, eos, sampler, on_token).await;
+        }
         let picks = self.picks(sampler, prompt)?;
         let base = self.len + prompt.len();
         if let How::Draw(state) = &picks.how {
@@ -151,6 +154,37 @@ impl<'m> Session<'m> {
         self.len += out.len() - 1;
         if let How::Draw(state) = picks.how {
             gpu.recycle(state.into_tensors());
+        }
+        Ok(out)
+    }
+
+    /// [`Session::decode`] with every logit row read back and the pick made by the host's
+    /// sampler: the settings whose penalties read the token sequence (no-repeat n-grams, DRY).
+    async fn decode_on_host(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        eos: &[u32],
+        sampler: &mut Sampler,
+        on_token: &mut dyn FnMut(Pick) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        let mut logits = self.feed_async(prompt, None).await?.last_logits;
+        let mut history = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let id = sampler.sample(&logits, &history, prompt.len());
+            history.push(id);
+            on_token(pick_from_logits(id, &logits))?;
+            if eos.contains(&id) || history.len() - prompt.len() == max_tokens {
+                break;
+            }
+            logits = self.feed_async(&[id], None).await?.last_logits;
+        }
+        let out = history.split_off(prompt.len());
+        // The stream advances by `max_tokens` draws, as on the GPU path.
+        if sampler.config().temperature != 0.0 {
+            for _ in out.len()..max_tokens {
+                sampler.next_draw();
+            }
         }
         Ok(out)
     }

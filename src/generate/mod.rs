@@ -218,6 +218,51 @@ pub fn score(gpu: &Gpu, model: &GpuModel, ids: &[u32], lcm: Option<&LcmConfig>) 
     })
 }
 
+/// Scores `ids` as transformers' strided-perplexity recipe does when they exceed `window`:
+/// windows of `window` tokens starting every `stride` tokens, each token after the first
+/// scored once, in the first window that reaches it (so with at least `window - stride`
+/// tokens of left context once past the first window). A text within one window is scored
+/// whole, as [`score`] does. No LCM: its anchors would restart with every window.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn score_windowed(
+    gpu: &Gpu,
+    model: &GpuModel,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<Scores> {
+    let ctx = model.config.max_positions;
+    if window < 2 || window > ctx {
+        bail!("--window {window} must be in 2..={ctx} (the model's context)");
+    }
+    if stride == 0 || stride > window {
+        bail!("--stride {stride} must be in 1..={window} (the window)");
+    }
+    if ids.len() <= window {
+        return score(gpu, model, ids, None);
+    }
+    let (mut next_logprobs, mut entropies) = (Vec::new(), Vec::new());
+    let (mut begin, mut scored_to) = (0, 0);
+    loop {
+        let end = (begin + window).min(ids.len());
+        let s = score(gpu, model, &ids[begin..end], None)?;
+        // Token t's score is at t - begin - 1 of the window's.
+        let first = scored_to.max(begin + 1);
+        next_logprobs.extend_from_slice(&s.next_logprobs[first - begin - 1..]);
+        entropies.extend_from_slice(&s.entropies[first - begin - 1..]);
+        scored_to = end;
+        if end == ids.len() {
+            return Ok(Scores {
+                next_logprobs,
+                entropies,
+                last_logits: s.last_logits,
+                lcm_stats: Vec::new(),
+            });
+        }
+        begin += stride;
+    }
+}
+
 /// Settings of one generation.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -282,4 +327,56 @@ pub(crate) fn test_stories() -> Option<(crate::model::LoadedModel, GpuModel)> {
     let gpu = crate::ops::test_util::gpu();
     let m = GpuModel::upload(gpu, &host).unwrap();
     Some((host, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_scores_follow_the_strided_recipe() {
+        let Some((host, m)) = test_stories() else { return };
+        let gpu = crate::ops::test_util::gpu();
+        let ctx = m.config.max_positions;
+        let text = "Once upon a time, there was a little girl named Lily. She liked to play in the park. ";
+        let short = host.tokenizer.encode(text).unwrap();
+        // Within one window: the unwindowed scores, exactly.
+        let whole = score(gpu, &m, &short, None).unwrap();
+        let windowed = score_windowed(gpu, &m, &short, ctx, ctx / 2).unwrap();
+        assert_eq!(windowed.next_logprobs, whole.next_logprobs);
+        assert_eq!(windowed.entropies, whole.entropies);
+        // Longer than the context: each token t >= 1 scored in the first window that holds it
+        // (windows start every `stride` tokens), at index t - begin - 1 of that window's scores.
+        let long = host.tokenizer.encode(&text.repeat(24)).unwrap();
+        assert!(long.len() > ctx, "{} tokens", long.len());
+        for (window, stride) in [(ctx, ctx / 2), (160, 100), (100, 100)] {
+            let got = score_windowed(gpu, &m, &long, window, stride).unwrap();
+            let mut want = Vec::new();
+            let mut cache: Vec<(usize, Scores)> = Vec::new();
+            for t in 1..long.len() {
+                let begin =
+                    (0..).map(|k| k * stride).find(|&b| b + window > t || b + window >= long.len()).unwrap();
+                if begin > 0 && t == begin {
+                    continue; // a window's first token has no left context in it: never a target
+                }
+                if cache.last().is_none_or(|(b, _)| *b != begin) {
+                    let end = (begin + window).min(long.len());
+                    cache.push((begin, score(gpu, &m, &long[begin..end], None).unwrap()));
+                }
+                let (b, s) = cache.last().unwrap();
+                if begin > 0 {
+                    assert!(t - b >= window - stride, "token {t}: {} tokens of left context", t - b);
+                }
+                want.push(s.next_logprobs[t - b - 1]);
+            }
+            assert_eq!(got.next_logprobs, want, "window {window}, stride {stride}");
+            let scored =
+                if stride == window { long.len() - long.len().div_ceil(window) } else { long.len() - 1 };
+            assert_eq!(got.next_logprobs.len(), scored);
+        }
+        let err = |w, s| score_windowed(gpu, &m, &long, w, s).err().unwrap().to_string();
+        assert!(err(ctx + 1, 8).starts_with("--window"));
+        assert!(err(64, 0).starts_with("--stride"));
+        assert!(err(64, 65).starts_with("--stride"));
+    }
 }

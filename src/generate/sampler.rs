@@ -1,7 +1,9 @@
 //! Next-token sampling on the CPU.
 //!
-//! Processing follows Hugging Face transformers' order (repetition penalty,
-//! temperature, top-k, top-p) so flags behave the way users expect. The RNG is
+//! Processing follows Hugging Face transformers' order so flags behave the way users expect:
+//! the penalties on the logits (repetition penalty, then OpenAI's presence and frequency
+//! penalties on the generated tokens, DRY, no-repeat n-grams), then temperature, top-k, top-p
+//! and min-p. The RNG is
 //! [`crate::rng::Rng`], so that a seed gives the same tokens on every platform,
 //! wasm32 included. Probabilities are computed
 //! in f64; only the platform's `exp` may differ in the last bit, which can change
@@ -23,13 +25,55 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// Hugging Face's (CTRL-style) penalty on tokens already seen; 1 turns it off.
     pub repetition_penalty: f32,
+    /// Keep tokens at least this fraction as likely as the most likely one (after top-p, as
+    /// transformers' MinPLogitsWarper); 0 turns it off.
+    pub min_p: f32,
+    /// OpenAI's penalty subtracted once from the logit of every token generated so far.
+    pub presence_penalty: f32,
+    /// OpenAI's penalty subtracted per occurrence among the tokens generated so far.
+    pub frequency_penalty: f32,
+    /// Never repeat an n-gram of this size (prompt included, as transformers'
+    /// NoRepeatNGramLogitsProcessor); 0 turns it off.
+    pub no_repeat_ngram_size: usize,
+    /// "Don't repeat yourself": penalises tokens that would extend a repeated sequence.
+    pub dry: Dry,
     /// Seed of the random draws: the same seed gives the same tokens.
     pub seed: u64,
 }
 
+/// DRY's settings (text-generation-webui's DRY): a token that would extend a sequence already
+/// seen `n >= allowed_length` tokens long loses `multiplier * base^(n - allowed_length)`
+/// from its logit. No sequence breakers: every token may be part of a repeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dry {
+    /// 0 turns DRY off.
+    pub multiplier: f32,
+    pub base: f32,
+    pub allowed_length: usize,
+    /// The last this-many tokens are searched for repeats; 0 means all of them.
+    pub penalty_last_n: usize,
+}
+
+impl Default for Dry {
+    fn default() -> Self {
+        Self { multiplier: 0.0, base: 1.75, allowed_length: 2, penalty_last_n: 0 }
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            no_repeat_ngram_size: 0,
+            dry: Dry::default(),
+            seed: 0,
+        }
     }
 }
 
@@ -50,7 +94,46 @@ impl SamplerConfig {
         if !(r.is_finite() && r > 0.0) {
             return Err(Error::invalid("repetition_penalty", format!("must be finite and > 0, got {r}")));
         }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            return Err(Error::invalid("min_p", format!("must be in [0, 1], got {m}")));
+        }
+        for (field, v) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if !v.is_finite() {
+                return Err(Error::invalid(field, format!("must be finite, got {v}")));
+            }
+        }
+        let d = &self.dry;
+        if !(d.multiplier.is_finite() && d.multiplier >= 0.0) {
+            return Err(Error::invalid(
+                "dry_multiplier",
+                format!("must be finite and >= 0, got {}", d.multiplier),
+            ));
+        }
+        if !(d.base.is_finite() && d.base >= 1.0) {
+            return Err(Error::invalid("dry_base", format!("must be finite and >= 1, got {}", d.base)));
+        }
+        if d.allowed_length < 1 {
+            return Err(Error::invalid("dry_allowed_length", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// Whether a penalty needs the token sequence itself (not only which tokens occur), which
+    /// the GPU kernel does not have: such settings are sampled on the host.
+    pub fn needs_sequence(&self) -> bool {
+        self.no_repeat_ngram_size > 0 || self.dry.multiplier > 0.0
+    }
+
+    /// Whether the pick is the argmax of the raw logits (no penalty changes it).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && !self.needs_sequence()
     }
 }
 
@@ -80,19 +163,31 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (one per vocabulary entry) given the
-    /// tokens generated or prompted so far. NaN logits are never picked.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// tokens prompted and generated so far, `history`, whose first `prompt_len` are the
+    /// prompt. NaN logits are never picked.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], prompt_len: usize) -> u32 {
         // Exactly one draw per sampled token, whatever follows, so that the GPU sampler
         // (which is handed its draws ahead) follows the same stream.
         let draw = if self.cfg.temperature == 0.0 { 0.0 } else { self.next_draw() };
-        self.sample_at(logits, history, draw)
+        self.sample_at(logits, history, prompt_len, draw)
+    }
+
+    /// The logits after every penalty: what temperature and the filters see.
+    pub fn penalised(&self, logits: &[f32], history: &[u32], prompt_len: usize) -> Vec<f32> {
+        let c = &self.cfg;
+        let mut logits = logits.to_vec();
+        apply_repetition_penalty(&mut logits, history, c.repetition_penalty);
+        let generated = &history[prompt_len.min(history.len())..];
+        apply_openai_penalties(&mut logits, generated, c.presence_penalty, c.frequency_penalty);
+        apply_dry(&mut logits, history, &c.dry);
+        ban_repeated_ngrams(&mut logits, history, c.no_repeat_ngram_size);
+        logits
     }
 
     /// [`Sampler::sample`]'s pick at the uniform `draw` in [0, 1) (unused at temperature 0),
     /// leaving the stream alone.
-    pub fn sample_at(&self, logits: &[f32], history: &[u32], draw: f64) -> u32 {
-        let mut logits = logits.to_vec();
-        apply_repetition_penalty(&mut logits, history, self.cfg.repetition_penalty);
+    pub fn sample_at(&self, logits: &[f32], history: &[u32], prompt_len: usize, draw: f64) -> u32 {
+        let logits = self.penalised(logits, history, prompt_len);
         if self.cfg.temperature == 0.0 {
             return argmax(&logits);
         }
@@ -139,9 +234,16 @@ impl Sampler {
             total = cumulative;
         }
 
+        // Min-p: the best candidate's weight is 1 (weights are relative to the maximum).
+        let min_p = f64::from(self.cfg.min_p);
+        if min_p > 0.0 {
+            candidates.retain(|&(_, w)| w >= min_p);
+            total = candidates.iter().map(|&(_, w)| w).sum();
+        }
+
         // Inverse CDF over the surviving weights in id order (the order the GPU walks them);
         // dividing by `total` renormalises.
-        if k > 0 || self.cfg.top_p < 1.0 {
+        if k > 0 || self.cfg.top_p < 1.0 || min_p > 0.0 {
             candidates.sort_unstable_by_key(|&(id, _)| id);
         }
         let target = draw * total;
@@ -191,6 +293,72 @@ fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
     }
 }
 
+/// OpenAI's presence and frequency penalties: `logit -= count * frequency + (count > 0) *
+/// presence` over the generated tokens' counts.
+fn apply_openai_penalties(logits: &mut [f32], generated: &[u32], presence: f32, frequency: f32) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    let mut counts = std::collections::BTreeMap::<u32, u32>::new();
+    for &id in generated {
+        *counts.entry(id).or_default() += 1;
+    }
+    for (id, n) in counts {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l -= n as f32 * frequency + presence;
+        }
+    }
+}
+
+/// DRY: for each earlier occurrence of the last token, the length of the match between the
+/// tokens ending there and the tokens ending now; the token that followed it would extend a
+/// repeat of that length. Each such token loses `multiplier * base^(longest - allowed_length)`
+/// when its longest match reaches `allowed_length`.
+fn apply_dry(logits: &mut [f32], history: &[u32], dry: &Dry) {
+    if dry.multiplier == 0.0 || history.len() < 2 {
+        return;
+    }
+    let window = match dry.penalty_last_n {
+        0 => history,
+        n => &history[history.len().saturating_sub(n)..],
+    };
+    let n = window.len();
+    let mut longest = std::collections::BTreeMap::<u32, usize>::new();
+    for i in 0..n - 1 {
+        // The match ends at i (where window[i] is the last token), grown backwards up to the
+        // window's start.
+        let len = (0..=i).take_while(|&k| window[i - k] == window[n - 1 - k]).count();
+        if len > 0 {
+            let e = longest.entry(window[i + 1]).or_default();
+            *e = (*e).max(len);
+        }
+    }
+    for (id, len) in longest {
+        if len >= dry.allowed_length {
+            if let Some(l) = logits.get_mut(id as usize) {
+                let exponent = (len - dry.allowed_length) as f64;
+                *l -= (f64::from(dry.multiplier) * f64::from(dry.base).powf(exponent)) as f32;
+            }
+        }
+    }
+}
+
+/// Transformers' no-repeat n-gram rule: a token that would complete an n-gram already in the
+/// history gets -inf.
+fn ban_repeated_ngrams(logits: &mut [f32], history: &[u32], n: usize) {
+    if n == 0 || history.len() + 1 < n {
+        return;
+    }
+    let prefix = &history[history.len() + 1 - n..];
+    for gram in history.windows(n) {
+        if &gram[..n - 1] == prefix {
+            if let Some(l) = logits.get_mut(gram[n - 1] as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +374,7 @@ mod tests {
     }
 
     fn draws(s: &mut Sampler, logits: &[f32], n: usize) -> Vec<u32> {
-        (0..n).map(|_| s.sample(logits, &[])).collect()
+        (0..n).map(|_| s.sample(logits, &[], 0)).collect()
     }
 
     #[test]
@@ -228,9 +396,9 @@ mod tests {
     #[test]
     fn infinite_logits_fall_back_to_argmax() {
         let mut s = sampler(SamplerConfig::default());
-        assert_eq!(s.sample(&[0.0, f32::INFINITY, 1.0], &[]), 1);
+        assert_eq!(s.sample(&[0.0, f32::INFINITY, 1.0], &[], 0), 1);
         let none = [f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY];
-        assert_eq!(s.sample(&none, &[]), 0);
+        assert_eq!(s.sample(&none, &[], 0), 0);
     }
 
     #[test]
@@ -238,7 +406,7 @@ mod tests {
         let mut s = sampler(SamplerConfig { temperature: 0.0, ..Default::default() });
         for seed in 0..20 {
             let logits = test_logits(1000, seed);
-            assert_eq!(s.sample(&logits, &[]), argmax(&logits));
+            assert_eq!(s.sample(&logits, &[], 0), argmax(&logits));
         }
     }
 
@@ -267,7 +435,7 @@ mod tests {
         let mut s = sampler(SamplerConfig { top_k: 1, ..Default::default() });
         for seed in 0..20 {
             let logits = test_logits(1000, seed);
-            assert_eq!(s.sample(&logits, &[]), argmax(&logits));
+            assert_eq!(s.sample(&logits, &[], 0), argmax(&logits));
         }
     }
 
@@ -285,7 +453,7 @@ mod tests {
         let mut s = sampler(SamplerConfig { top_p: 1e-6, ..Default::default() });
         for seed in 0..20 {
             let logits = test_logits(1000, seed);
-            assert_eq!(s.sample(&logits, &[]), argmax(&logits));
+            assert_eq!(s.sample(&logits, &[], 0), argmax(&logits));
         }
     }
 
@@ -323,11 +491,74 @@ mod tests {
             |repetition_penalty| SamplerConfig { temperature: 0.0, repetition_penalty, ..Default::default() };
         // Positive logit divided: 2.0 / 1.3 < 1.9.
         let logits = [2.0, 1.9, -1.0];
-        assert_eq!(sampler(cfg(1.0)).sample(&logits, &[0, 0]), 0);
-        assert_eq!(sampler(cfg(1.3)).sample(&logits, &[0, 0]), 1);
+        assert_eq!(sampler(cfg(1.0)).sample(&logits, &[0, 0], 0), 0);
+        assert_eq!(sampler(cfg(1.3)).sample(&logits, &[0, 0], 0), 1);
         // Negative logit multiplied: -0.5 * 1.5 < -0.6.
         let logits = [-0.5, -0.6];
-        assert_eq!(sampler(cfg(1.5)).sample(&logits, &[0, 99]), 1);
+        assert_eq!(sampler(cfg(1.5)).sample(&logits, &[0, 99], 0), 1);
+    }
+
+    /// The penalised logits of `history` (its first `prompt_len` the prompt) under `cfg`.
+    fn penalised(cfg: SamplerConfig, logits: &[f32], history: &[u32], prompt_len: usize) -> Vec<f32> {
+        sampler(cfg).penalised(logits, history, prompt_len)
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_near_the_best() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05: min-p 0.2 keeps those >= 0.1.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.15f32.ln(), 0.05f32.ln()];
+        let mut s = sampler(SamplerConfig { min_p: 0.2, seed: 4, ..Default::default() });
+        let picks = draws(&mut s, &logits, 4000);
+        assert!(!picks.contains(&3));
+        let share = |id| picks.iter().filter(|&&t| t == id).count() as f64 / 4000.0;
+        for (id, p) in [(0, 0.5 / 0.95), (1, 0.3 / 0.95), (2, 0.15 / 0.95)] {
+            assert!((share(id) - p).abs() < 0.03, "token {id}: {} vs {p}", share(id));
+        }
+        // Min-p 1 keeps only the best.
+        let mut s = sampler(SamplerConfig { min_p: 1.0, ..Default::default() });
+        assert!(draws(&mut s, &logits, 50).iter().all(|&t| t == 0));
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens() {
+        let cfg = SamplerConfig { presence_penalty: 0.5, frequency_penalty: 0.25, ..Default::default() };
+        // Prompt [0, 1]; generated [1, 2, 2]: token 0 untouched (prompt only), token 1 once,
+        // token 2 twice.
+        let got = penalised(cfg, &[1.0, 1.0, 1.0, 1.0], &[0, 1, 1, 2, 2], 2);
+        assert_eq!(got, [1.0, 1.0 - 0.75, 1.0 - 1.0, 1.0]);
+    }
+
+    #[test]
+    fn no_repeat_ngram_bans_the_completions() {
+        let cfg = SamplerConfig { no_repeat_ngram_size: 3, ..Default::default() };
+        // Last two tokens (5, 6) were followed by 7 and by 9: both banned.
+        let got = penalised(cfg.clone(), &[0.0; 10], &[5, 6, 7, 1, 5, 6, 9, 2, 5, 6], 1);
+        let banned: Vec<usize> = (0..10).filter(|&i| got[i] == f32::NEG_INFINITY).collect();
+        assert_eq!(banned, [7, 9]);
+        // Shorter than the n-gram: nothing to ban.
+        assert!(penalised(cfg, &[0.0; 10], &[5], 1).iter().all(|&l| l == 0.0));
+    }
+
+    #[test]
+    fn dry_penalises_extending_a_repeat() {
+        let dry = Dry { multiplier: 0.8, base: 2.0, allowed_length: 2, penalty_last_n: 0 };
+        let cfg = SamplerConfig { dry: dry.clone(), ..Default::default() };
+        // History 1 2 3 4 | 9 | 1 2 3: the tail "1 2 3" matched at positions 0..=2 (length 3)
+        // would be extended by 4; "3" alone has no other match. 4 loses 0.8 * 2^(3-2).
+        let history = [1, 2, 3, 4, 9, 1, 2, 3];
+        let got = penalised(cfg.clone(), &[0.0; 10], &history, 0);
+        let want: Vec<f32> = (0..10).map(|i| if i == 4 { -1.6 } else { 0.0 }).collect();
+        assert_eq!(got, want);
+        // A repeat shorter than allowed_length is free: tail "9 3" matches only "3" (length 1).
+        let got = penalised(cfg.clone(), &[0.0; 10], &[3, 5, 9, 3], 0);
+        assert!(got.iter().all(|&l| l == 0.0), "{got:?}");
+        // The window: the last 4 tokens "9 1 2 3" hold no earlier 3.
+        let windowed = SamplerConfig { dry: Dry { penalty_last_n: 4, ..dry }, ..Default::default() };
+        assert!(penalised(windowed, &[0.0; 10], &history, 0).iter().all(|&l| l == 0.0));
+        // Overlapping repeats ("7 7 7 7"): the match before the last 7 has length 3, so 7
+        // loses 0.8 * 2^(3-2).
+        let got = penalised(cfg, &[0.0; 10], &[7, 7, 7, 7], 0);
+        assert_eq!(got[7], -1.6);
     }
 
     #[test]
@@ -345,6 +576,13 @@ mod tests {
         assert!(
             bad(SamplerConfig { repetition_penalty: 0.0, ..d.clone() }).starts_with("--repetition-penalty")
         );
+        assert!(bad(SamplerConfig { min_p: 1.5, ..d.clone() }).starts_with("--min-p"));
+        assert!(
+            bad(SamplerConfig { presence_penalty: f32::NAN, ..d.clone() }).starts_with("--presence-penalty")
+        );
+        let dry = |dry: Dry| SamplerConfig { dry, ..d.clone() };
+        assert!(bad(dry(Dry { base: 0.5, ..Dry::default() })).starts_with("--dry-base"));
+        assert!(bad(dry(Dry { allowed_length: 0, ..Dry::default() })).starts_with("--dry-allowed-length"));
         assert!(Sampler::new(SamplerConfig { top_p: 2.0, ..d }).is_err());
     }
 }

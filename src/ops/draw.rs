@@ -1,5 +1,5 @@
-//! Sampling on the GPU, `shaders/draw.wgsl`: the pick [`Sampler`] makes (repetition penalty,
-//! temperature, top-k, top-p, inverse CDF in id order) from one logit row, at a uniform draw
+//! Sampling on the GPU, `shaders/draw.wgsl`: the pick [`Sampler`] makes (repetition, presence
+//! and frequency penalties, temperature, top-k, top-p, min-p, inverse CDF in id order) from one logit row, at a uniform draw
 //! the host took from the sampler's stream. Like [`super::stats::greedy_pick`] it feeds the pick
 //! to the next decode step and writes it with its statistics, so only the pick is read back.
 //!
@@ -20,25 +20,31 @@ struct Params {
     temperature: f32,
     top_p: f32,
     penalty: f32,
-    _q: f32,
+    min_p: f32,
+    presence: f32,
+    frequency: f32,
+    _q: [f32; 2],
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     vec![("draw", vec![])]
 }
 
-/// What the sampling kernel reads besides the logits: one draw per position and the set of
-/// tokens seen so far (for the repetition penalty), which the kernel extends with each pick.
+/// What the sampling kernel reads besides the logits: one draw per position and, per token,
+/// whether it was seen (the repetition penalty) and how often generated (the presence and
+/// frequency penalties), which the kernel updates with each pick.
 pub struct DrawState {
     config: SamplerConfig,
     /// `[positions]` f32: the draw for the token picked at that position.
     uniforms: Tensor,
-    /// Bit set over the vocabulary, `[vocab / 32]` u32.
-    seen: Tensor,
+    /// `[vocab]` u32: bit 0 = seen, the bits above = times generated.
+    counts: Tensor,
 }
 
 impl DrawState {
-    /// For a sequence of up to `positions` positions whose tokens so far are `history`.
+    /// For a sequence of up to `positions` positions whose tokens so far are `history` (the
+    /// prompt: seen, not generated). Settings that need the sequence itself
+    /// ([`SamplerConfig::needs_sequence`]) are the host's.
     pub fn new(
         gpu: &Gpu,
         config: &SamplerConfig,
@@ -51,14 +57,15 @@ impl DrawState {
             vocab < 1 << 24,
             "a vocabulary of {vocab} tokens is too large for GPU sampling (at most 2^24)"
         );
-        let mut bits = vec![0u32; vocab.div_ceil(32)];
+        ensure!(!config.needs_sequence(), "no-repeat n-grams and DRY are sampled on the host");
+        let mut counts = vec![0u32; vocab];
         for &id in history {
-            bits[id as usize / 32] |= 1 << (id % 32);
+            counts[id as usize] = 1;
         }
         Ok(DrawState {
             config: config.clone(),
             uniforms: gpu.zeros("sampling draws", &[positions], DType::F32)?,
-            seen: gpu.upload_u32("seen tokens", &[bits.len()], &bits)?,
+            counts: gpu.upload_u32("token counts", &[vocab], &counts)?,
         })
     }
 
@@ -74,14 +81,14 @@ impl DrawState {
     }
 
     pub fn into_tensors(self) -> [Tensor; 2] {
-        [self.uniforms, self.seen]
+        [self.uniforms, self.counts]
     }
 }
 
 /// Picks a token from `logits` row 0 as [`Sampler::sample`] does with `state`'s settings and
 /// the draw of the position after row `row`'s; then, as [`super::stats::greedy_pick`]: `ids[0]`,
 /// row-table entry 0 = `(seq, pos + 1)`, `out[pos + 1] = [id, log-prob, entropy, lse]` of the
-/// raw logits. Marks the pick as seen.
+/// raw logits. Counts the pick.
 pub fn draw(
     step: &mut Step,
     logits: &Tensor,
@@ -90,7 +97,7 @@ pub fn draw(
     out: &Tensor,
 ) {
     let vocab = *logits.shape.last().unwrap();
-    assert!(state.seen.numel() >= vocab.div_ceil(32) && rows.numel() >= 2 * (row + 1) && out.shape[1] == 4);
+    assert!(state.counts.numel() >= vocab && rows.numel() >= 2 * (row + 1) && out.shape[1] == 4);
     let c = &state.config;
     let params = Params {
         vocab: vocab as u32,
@@ -100,13 +107,16 @@ pub fn draw(
         temperature: c.temperature,
         top_p: c.top_p,
         penalty: c.repetition_penalty,
-        _q: 0.0,
+        min_p: c.min_p,
+        presence: c.presence_penalty,
+        frequency: c.frequency_penalty,
+        _q: [0.0; 2],
     };
     let pipeline = step.gpu.pipeline("draw", &[]);
     step.dispatch(
         pipeline,
         &params,
-        &bind![logits, uniforms = &state.uniforms, seen = &state.seen, ids, rows, out],
+        &bind![logits, uniforms = &state.uniforms, counts = &state.counts, ids, rows, out],
         [1, 1, 1],
     );
 }
@@ -139,12 +149,12 @@ mod tests {
         step.submit().unwrap();
         let words = gpu.read_u32(&out).unwrap();
         let got: Vec<Pick> = words[4..].chunks(4).map(Pick::parse).collect();
-        let mut history = history.to_vec();
+        let (mut history, prompt_len) = (history.to_vec(), history.len());
         let want = got
             .iter()
             .map(|p| {
                 let u = if cfg.temperature == 0.0 { 0.0 } else { cpu.next_draw() };
-                let at = |u: f64| cpu.sample_at(z, &history, u.clamp(0.0, 1.0 - f64::EPSILON));
+                let at = |u: f64| cpu.sample_at(z, &history, prompt_len, u.clamp(0.0, 1.0 - f64::EPSILON));
                 let picks = [at(u), at(u - 1e-6), at(u + 1e-6)];
                 // The next draw sees the GPU's pick, so one near-edge draw does not shift the rest.
                 history.push(p.id);
@@ -177,6 +187,17 @@ mod tests {
             SamplerConfig { top_p: 1e-6, ..base.clone() },
             SamplerConfig { temperature: 0.8, repetition_penalty: 1.5, top_p: 0.95, ..base.clone() },
             SamplerConfig { temperature: 0.0, repetition_penalty: 1.3, ..base.clone() },
+            SamplerConfig { min_p: 0.05, ..base.clone() },
+            SamplerConfig { temperature: 0.7, top_k: 40, min_p: 0.2, seed: 3, ..base.clone() },
+            SamplerConfig { presence_penalty: 1.5, frequency_penalty: 0.5, temperature: 0.6, ..base.clone() },
+            SamplerConfig { temperature: 0.0, presence_penalty: 0.8, frequency_penalty: 0.7, ..base.clone() },
+            SamplerConfig {
+                repetition_penalty: 1.2,
+                frequency_penalty: -0.5,
+                top_p: 0.9,
+                min_p: 0.1,
+                ..base.clone()
+            },
         ];
         let (mut exact, mut draws) = (0, 0);
         // Flat rows send top-p's search over the whole vocabulary, peaked ones (and small

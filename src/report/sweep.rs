@@ -1,13 +1,15 @@
-//! The sweep report: many LCM settings against one baseline on the same prompts and seeds,
-//! each with the paired change (95 % bootstrap interval) in the plain model's perplexity of
-//! the text and in the coherence metrics, and the Pareto front of those changes.
+//! The arms report (`compare --arms`, `sweep`): many arms against one baseline on the same
+//! prompts and seeds, each with the paired change (95 % bootstrap interval) in the plain
+//! model's perplexity of the text and in the coherence metrics, and the Pareto fronts of those
+//! changes. A change counts only where its interval excludes 0: a point estimate inside the
+//! noise is no gain and no cost.
 
 use super::compare::MetricSummary;
 use super::html::{self, num};
 use super::svg::{esc, Chart, Series, PALETTE};
 use crate::metrics::bootstrap::Paired;
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -15,12 +17,28 @@ use std::path::Path;
 /// (the plain model finds the text less likely), the others what LCM is meant to lower.
 pub const JUDGED: [&str; 4] =
     ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate"];
-/// Reported beside them, not judged (its sign has no "better").
-pub const SHOWN: [&str; 1] = ["entropy_drift_per_1k"];
+/// Reported beside them, not judged: the plain model's perplexity fluctuation (the one no
+/// arm's own distribution shapes), and the drift (its sign has no "better").
+pub const SHOWN: [&str; 2] = ["plain_perplexity_fluctuation", "entropy_drift_per_1k"];
+/// The table's columns: the plain model's fluctuation beside the arm's own.
+const COLUMNS: [&str; 6] = [
+    "plain_perplexity",
+    "entropy_variance",
+    "perplexity_fluctuation",
+    "plain_perplexity_fluctuation",
+    "repeated_4gram_rate",
+    "entropy_drift_per_1k",
+];
+/// How the spreads are computed, said under every table.
+pub const SD_CONVENTION: &str = "perplexity fluctuation: population sd (divided by n) of the log-perplexity of \
+     consecutive non-overlapping windows of each text; ± spreads over (prompt, seed) pairs: sample sd (n - 1); \
+     intervals: 95 % paired bootstrap over the pairs";
 
 pub struct Setting {
-    /// The LCM setting as JSON (`--lcm-config`'s format).
-    pub lcm: Value,
+    /// The arm's name.
+    pub name: String,
+    /// The arm as written in the arms file (`lcm` as `--lcm-config`'s format).
+    pub arm: Value,
     pub summary: Vec<MetricSummary>,
 }
 
@@ -29,9 +47,25 @@ impl Setting {
         &self.summary.iter().find(|m| m.metric == metric).expect("every metric is summarised").paired
     }
 
-    /// The mean change of each judged metric.
+    /// The change of each judged metric where its interval excludes 0, else 0 (NaN where
+    /// it could not be measured).
     fn changes(&self) -> [f64; 4] {
-        JUDGED.map(|m| self.paired(m).diff)
+        JUDGED.map(|m| {
+            let p = self.paired(m);
+            if p.significant() || p.diff.is_nan() {
+                p.diff
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// Whether the arm lowers a coherence metric without raising the plain model's
+    /// perplexity, both by their intervals.
+    pub fn helps(&self) -> bool {
+        let c = self.changes();
+        let costs = c[0] > 0.0;
+        !costs && c[1..].iter().any(|&x| x < 0.0)
     }
 }
 
@@ -73,38 +107,34 @@ impl Sweep {
             "study": self.study,
             "baseline_plain_perplexity": self.baseline_plain_perplexity,
             "judged": JUDGED,
+            "sd_convention": SD_CONVENTION,
             "settings": self.settings.iter().enumerate().map(|(i, s)| json!({
-                "lcm": s.lcm, "pareto": front.contains(&i), "summary": s.summary,
+                "name": s.name, "arm": s.arm, "pareto": front.contains(&i), "helps": s.helps(),
+                "summary": s.summary,
             })).collect::<Vec<_>>(),
         })
     }
 
-    /// The LCM keys whose values differ between settings, and the rest with their common value.
-    fn keys(&self) -> (Vec<String>, Vec<(String, Value)>) {
-        let first = self.settings.first().and_then(|s| s.lcm.as_object()).cloned().unwrap_or_default();
-        let varies = |k: &String| self.settings.iter().any(|s| s.lcm.get(k) != first.get(k));
-        let mut all: Vec<String> = self
-            .settings
+    /// The arm keys every arm sets to the same value (flattened: "lcm.gamma").
+    fn common(&self) -> Vec<(String, Value)> {
+        let flat: Vec<_> = self.settings.iter().map(|s| flat_keys(&s.arm)).collect();
+        let Some(first) = flat.first() else { return Vec::new() };
+        first
             .iter()
-            .flat_map(|s| s.lcm.as_object().into_iter().flat_map(|o| o.keys().cloned()))
-            .collect();
-        all.sort();
-        all.dedup();
-        let (varying, common): (Vec<String>, Vec<String>) = all.into_iter().partition(varies);
-        (varying, common.into_iter().map(|k| (k.clone(), first[&k].clone())).collect())
+            .filter(|(k, v)| flat.iter().all(|f| f.get(*k) == Some(v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn rows(&self, cell: impl Fn(&Paired) -> String) -> Vec<Vec<String>> {
         let front = pareto(&self.settings);
-        let (varying, _) = self.keys();
         self.settings
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let label: Vec<String> =
-                    varying.iter().map(|k| format!("{k} {}", plain(&s.lcm[k]))).collect();
-                let mut row = vec![label.join(", ")];
-                row.extend(JUDGED.iter().chain(&SHOWN).map(|m| cell(s.paired(m))));
+                let mut row = vec![s.name.clone()];
+                row.extend(COLUMNS.iter().map(|m| cell(s.paired(m))));
+                row.push(if s.helps() { "yes".into() } else { String::new() });
                 row.push(if front.contains(&i) { "yes".into() } else { String::new() });
                 row
             })
@@ -113,29 +143,29 @@ impl Sweep {
 
     pub fn table_text(&self) -> String {
         let rows = self.rows(|p| format!("{} [{}, {}]", num(p.diff, 3), num(p.ci_low, 2), num(p.ci_high, 2)));
-        let (_, common) = self.keys();
-        let common: Vec<String> = common.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
-        let mut s = format!("every setting: {}\n", common.join(", "));
-        let _ = write!(s, "{:<48}", "setting (change vs baseline [95% CI])");
-        for h in JUDGED.iter().chain(&SHOWN) {
+        let common: Vec<String> = self.common().iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
+        let mut s = format!("every arm: {}\n", common.join(", "));
+        let _ = write!(s, "{:<48}", "arm (change vs baseline [95% CI])");
+        for h in COLUMNS {
             let _ = write!(s, " {h:>28}");
         }
-        s.push_str("  pareto\n");
+        s.push_str("  helps  pareto\n");
         for row in rows {
             let _ = write!(s, "{:<48}", row[0]);
-            for c in &row[1..row.len() - 1] {
+            for c in &row[1..row.len() - 2] {
                 let _ = write!(s, " {c:>28}");
             }
-            let _ = writeln!(s, "  {}", row[row.len() - 1]);
+            let _ = writeln!(s, "  {:<5}  {}", row[row.len() - 2], row[row.len() - 1]);
         }
+        let _ = writeln!(s, "({SD_CONVENTION})");
         s
     }
 
-    /// Change in plain perplexity against change in entropy variance, one dot per setting,
-    /// the front joined by a line, the baseline at the origin.
-    pub fn chart(&self) -> Chart {
-        let point = |s: &Setting| (s.paired("plain_perplexity").diff, s.paired("entropy_variance").diff);
-        let mut all = Series::new("setting", self.settings.iter().map(point).collect(), "#999");
+    /// Change in plain perplexity against the change in `metric` (a judged coherence metric),
+    /// one dot per arm, the front joined by a line, the baseline at the origin.
+    pub fn chart(&self, metric: &str) -> Chart {
+        let point = |s: &Setting| (s.paired("plain_perplexity").diff, s.paired(metric).diff);
+        let mut all = Series::new("arm", self.settings.iter().map(point).collect(), "#999");
         all.line = false;
         let mut front: Vec<(f64, f64)> =
             pareto(&self.settings).into_iter().map(|i| point(&self.settings[i])).collect();
@@ -143,29 +173,31 @@ impl Sweep {
         let mut baseline = Series::new("baseline", vec![(0.0, 0.0)], PALETTE[0]);
         baseline.line = false;
         Chart {
-            title: "LCM settings: cost against effect".into(),
+            title: format!("Arms: cost against effect on {metric}"),
             x_label: "change in the plain model's perplexity of the text".into(),
-            y_label: "change in entropy variance".into(),
+            y_label: format!("change in {metric}"),
             series: vec![all, Series::new("Pareto front (all 4 changes)", front, PALETTE[1]), baseline],
             log_y: false,
         }
     }
 
     pub fn html(&self) -> String {
-        let (_, common) = self.keys();
-        let common: Vec<String> = common.iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
+        let common: Vec<String> = self.common().iter().map(|(k, v)| format!("{k} {}", plain(v))).collect();
         let mut body = format!(
-            "<p>{}</p><p>Every setting: <code>{}</code>.</p><p>Each setting's change against the baseline (setting − baseline, paired by prompt \
-             and seed), mean with its 95 % bootstrap interval; lower is better for every judged column. \
-             Pareto: no other setting, nor the baseline, is at least as good in all four judged changes \
-             and better in one. Baseline plain perplexity {}.</p>\n",
+            "<p>{}</p><p>Every arm: <code>{}</code>.</p><p>Each arm's change against the baseline (arm − baseline, paired by prompt \
+             and seed), mean with its 95 % bootstrap interval; lower is better for every judged column \
+             (plain_perplexity, entropy_variance, perplexity_fluctuation, repeated_4gram_rate). A change \
+             counts only where its interval excludes 0. Helps: lowers a coherence metric without raising \
+             the plain model's perplexity. Pareto: no other arm, nor the baseline, is at least as good in \
+             all four judged changes and better in one. Baseline plain perplexity {}. {}.</p>\n",
             esc(&describe(&self.study)),
             esc(&common.join(", ")),
-            num(self.baseline_plain_perplexity, 4)
+            num(self.baseline_plain_perplexity, 4),
+            esc(SD_CONVENTION)
         );
-        let mut headers = vec!["setting"];
-        headers.extend(JUDGED.iter().chain(&SHOWN));
-        headers.push("Pareto");
+        let mut headers = vec!["arm"];
+        headers.extend(COLUMNS);
+        headers.extend(["helps", "Pareto"]);
         let cells = self.rows(|p| {
             let text = format!("{} [{}, {}]", num(p.diff, 3), num(p.ci_low, 2), num(p.ci_high, 2));
             if p.significant() {
@@ -182,13 +214,34 @@ impl Sweep {
             })
             .collect();
         body.push_str(&html::table(&headers, &cells));
-        body.push_str(&self.chart().to_svg());
-        html::page("Keel: LCM sweep", &body)
+        for metric in &JUDGED[1..] {
+            body.push_str(&self.chart(metric).to_svg());
+        }
+        html::page("Keel: arms against the baseline", &body)
     }
 
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         html::write_report(dir, "report", &self.json(), &self.html())
     }
+}
+
+/// The arm file's keys of `spec` flattened ("lcm.gamma", "dry.base"), without the name.
+pub fn flat_keys(spec: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (k, v) in spec.as_object().into_iter().flatten() {
+        match v {
+            Value::Object(inner) => {
+                for (ik, iv) in inner {
+                    out.insert(format!("{k}.{ik}"), iv.clone());
+                }
+            }
+            _ if k == "name" => {}
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 /// A JSON value without quotes.
@@ -230,7 +283,7 @@ mod tests {
                 MetricSummary { metric, better: Better::Lower, paired: p }
             })
             .collect();
-        Setting { lcm: json!({"name": name}), summary }
+        Setting { name: name.into(), arm: json!({"name": name, "top_k": 40}), summary }
     }
 
     #[test]
@@ -249,12 +302,34 @@ mod tests {
         assert_eq!(v["settings"][0]["pareto"], json!(true));
         assert_eq!(v["settings"][1]["pareto"], json!(false));
         let html = sweep.html();
-        assert_eq!(html.matches("<svg").count(), 1);
+        assert_eq!(v["settings"][0]["helps"], json!(false));
+        assert_eq!(v["settings"][3]["helps"], json!(true));
+        assert_eq!(html.matches("<svg").count(), 3);
         assert_eq!(html.matches("<tr>").count(), 7);
         // Dots: the five settings with both plotted changes, the front's three points, the baseline.
-        assert_eq!(sweep.chart().to_svg().matches("<circle").count(), 5 + 3 + 1);
-        assert!(sweep.table_text().lines().count() == 8);
-        // The settings differ only in "name": the rows say so, and nothing is common.
-        assert!(sweep.table_text().contains("\nname a "), "{}", sweep.table_text());
+        assert_eq!(sweep.chart("entropy_variance").to_svg().matches("<circle").count(), 5 + 3 + 1);
+        let table = sweep.table_text();
+        assert_eq!(table.lines().count(), 9);
+        assert!(table.starts_with("every arm: top_k 40\n") && table.contains("\nd "), "{table}");
+    }
+
+    #[test]
+    fn a_change_inside_the_noise_is_no_gain() {
+        // Entropy variance lower on average but the interval straddles 0: not on the front.
+        let summary = METRICS
+            .iter()
+            .map(|&(metric, _, _)| {
+                let arm = if metric == "entropy_variance" { [0.0, 2.2, 2.7] } else { [1.0, 2.0, 3.0] };
+                MetricSummary {
+                    metric,
+                    better: Better::Lower,
+                    paired: paired(&[1.0, 2.0, 3.0], &arm, 500, 1),
+                }
+            })
+            .collect();
+        let s = Setting { name: "noisy".into(), arm: json!({"name": "noisy"}), summary };
+        assert!(s.paired("entropy_variance").diff < 0.0 && !s.paired("entropy_variance").significant());
+        assert!(!s.helps());
+        assert!(pareto(&[s]).is_empty());
     }
 }

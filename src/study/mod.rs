@@ -2,6 +2,7 @@
 //! plan), generating an arm on the GPU, the plain model's scores of its tokens, latent traces,
 //! and the paired reports (report::compare, report::sweep).
 
+pub mod arms;
 pub mod sweep;
 
 use crate::generate::batch::{generate_batch, SeqRequest};
@@ -171,11 +172,17 @@ pub struct Generated {
     pub tokens: Vec<TokenRow>,
 }
 
-/// Generates every (prompt, seed) of the plan with `lcm`, as batches on the GPU, each token
-/// with what the model thought of it.
+/// The sampler seed of a (prompt, seed) pair: each pair has its own random stream.
+pub fn stream_seed(prompt: usize, seed: u64) -> u64 {
+    ((prompt as u64) << 32) ^ seed
+}
+
+/// Generates every (prompt, seed) of the plan with `sampler` and `lcm`, as batches on the
+/// GPU, each token with what the model thought of it.
 pub fn generate_arm(
     m: &StudyModel,
     plan: &Plan,
+    sampler: &SamplerConfig,
     lcm: Option<&LcmConfig>,
     label: &str,
 ) -> Result<Vec<Generated>> {
@@ -184,7 +191,7 @@ pub fn generate_arm(
         .iter()
         .map(|&(p, seed)| SeqRequest {
             prompt: plan.prompt_ids[p].clone(),
-            sampler: SamplerConfig { seed, ..plan.sampler.clone() },
+            sampler: SamplerConfig { seed: stream_seed(p, seed), ..sampler.clone() },
             max_tokens: plan.tokens,
         })
         .collect();
@@ -222,7 +229,8 @@ fn token_texts(m: &StudyModel, ids: &[u32]) -> Result<Vec<String>> {
 }
 
 /// The plain model's per-token metrics of each generation's tokens (teacher forcing over
-/// prompt + generation, no LCM), so that modulation cannot flatter itself.
+/// prompt + generation, no LCM; strided windows past the context), so that modulation cannot
+/// flatter itself.
 pub fn plain_scores(
     m: &StudyModel,
     plan: &Plan,
@@ -236,7 +244,8 @@ pub fn plain_scores(
         progress.update(i, arm.len());
         let prompt = &plan.prompt_ids[g.prompt];
         let all: Vec<u32> = prompt.iter().copied().chain(g.tokens.iter().map(|t| t.id)).collect();
-        let s = generate::score(m.gpu, m.gpu_model, &all, None)?;
+        let ctx = m.host.config.max_positions;
+        let s = generate::score_windowed(m.gpu, m.gpu_model, &all, ctx, ctx / 2)?;
         let from = prompt.len() - 1;
         let lp: Vec<f64> = s.next_logprobs[from..].iter().map(|&x| x as f64).collect();
         let h: Vec<f64> = s.entropies[from..].iter().map(|&x| x as f64).collect();
@@ -333,8 +342,8 @@ fn trace_runs(
 /// one scored by the plain model, both traced, compared.
 pub fn compare(m: &StudyModel, plan: &Plan, lcm: &LcmConfig, window: usize) -> Result<Comparison> {
     let t0 = Instant::now();
-    let base = generate_arm(m, plan, None, "baseline: generating")?;
-    let modulated = generate_arm(m, plan, Some(lcm), "modulated: generating")?;
+    let base = generate_arm(m, plan, &plan.sampler, None, "baseline: generating")?;
+    let modulated = generate_arm(m, plan, &plan.sampler, Some(lcm), "modulated: generating")?;
     let plain = plain_scores(m, plan, &modulated, window, "modulated: plain scores")?;
     let study = Study {
         model: m.host.path.display().to_string(),

@@ -1,13 +1,12 @@
 //! Many LCM settings (a JSON grid) against one baseline on the same prompts and seeds: the
-//! paired changes of each, for report::sweep's table and Pareto front.
+//! grid's arms (study::arms).
 
-use super::{arm_runs, generate_arm, plain_scores, Plan, StudyModel};
+use super::arms::{grid_arms, run_arms};
+use super::{Plan, StudyModel};
 use crate::modulate::LcmConfig;
-use crate::report::compare::{decimal, summarize, BASELINE, MODULATED};
-use crate::report::sweep::{Setting, Sweep};
+use crate::report::sweep::Sweep;
 use anyhow::{anyhow, Context, Result};
-use serde_json::{json, Map, Value};
-use std::time::Instant;
+use serde_json::{Map, Value};
 
 /// Every combination of the grid's lists, as LCM settings (checked against `n_layers`).
 pub fn expand_grid(grid: &Value, file: &str, n_layers: usize) -> Result<Vec<LcmConfig>> {
@@ -39,36 +38,15 @@ pub fn expand_grid(grid: &Value, file: &str, n_layers: usize) -> Result<Vec<LcmC
         .collect()
 }
 
-/// The baseline and every setting generated on the plan's (prompt, seed) pairs, each setting
-/// scored by the plain model and summarized against the baseline.
+/// The baseline and every setting as arms ([`super::arms::grid_arms`]), run and compared.
 pub fn sweep(m: &StudyModel, plan: &Plan, settings: &[LcmConfig], window: usize) -> Result<Sweep> {
-    let t0 = Instant::now();
-    let base = arm_runs(BASELINE, generate_arm(m, plan, None, "baseline")?, None, window);
-    let mut judged = Vec::new();
-    for (i, lcm) in settings.iter().enumerate() {
-        let label = format!("setting {}/{}", i + 1, settings.len());
-        let gens = generate_arm(m, plan, Some(lcm), &label)?;
-        let plain = plain_scores(m, plan, &gens, window, &format!("{label}: plain"))?;
-        let runs = arm_runs(MODULATED, gens, Some(plain), window);
-        judged.push(Setting { lcm: lcm.to_json(), summary: summarize(&base, &runs) });
-    }
-    let base_ppl = crate::metrics::mean(&base.iter().map(|r| r.plain.perplexity).collect::<Vec<_>>());
-    Ok(Sweep {
-        study: json!({
-            "model": m.host.path.display().to_string(),
-            "adapter": format!("{} ({:?})", m.gpu.info.name, m.gpu.info.device_type),
-            "reduced": plan.reduced, "prompts": plan.prompts.len(), "seeds": plan.seeds,
-            "tokens": plan.tokens, "temperature": decimal(plan.sampler.temperature), "top_p": decimal(plan.sampler.top_p),
-            "seconds": t0.elapsed().as_secs_f64(),
-        }),
-        baseline_plain_perplexity: base_ppl,
-        settings: judged,
-    })
+    run_arms(m, plan, &grid_arms(settings, &plan.sampler), window)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn grid_expands_to_every_combination() {
