@@ -8,6 +8,7 @@
 //! metrics and MSMA), [`report`] (charts and comparison reports).
 
 pub mod atomic;
+pub mod chat;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod cpu;
