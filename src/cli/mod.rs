@@ -1,6 +1,7 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
 mod analyze;
+mod api;
 mod bench;
 mod chat;
 mod compare;
@@ -263,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::CompareFinetune(a) => compare_finetune::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(a, &cli.adapter),
         Command::Template(a) => chat::template(a),
     }
 }
