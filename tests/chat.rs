@@ -169,3 +169,62 @@ fn bad_chat_input_is_refused_in_one_line() {
     // A template given by hand works for a model without one.
     assert_eq!(succeeds(&["template", "--model", s, "--chat-template", &strict, "--messages", &ok]), "hi");
 }
+
+/// `keel chat` with its input piped (the line editor's non-terminal mode): each reply is
+/// `generate --messages` of the conversation so far; /reset starts over; /lcm off turns the
+/// modulation given by the flags off.
+#[test]
+fn chat_replies_are_generate_messages_replies() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Some(dir) = model("tiny-qwen2") else { return };
+    let m = dir.to_str().unwrap();
+    let tmp = TempDir::new("chat-repl");
+    let greedy = ["--max-tokens", "8", "--temperature", "0"];
+    let reply = |messages: Value, extra: &[&str]| -> String {
+        let file = tmp.path("m.json");
+        std::fs::write(&file, messages.to_string()).unwrap();
+        let args: Vec<&str> = ["generate", "--model", m, "--messages", file.to_str().unwrap(), "--json"]
+            .iter()
+            .chain(&greedy)
+            .chain(extra)
+            .copied()
+            .collect();
+        let v: Value = serde_json::from_str(succeeds(&args).trim()).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    let chat = |input: &str, extra: &[&str]| -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["chat", "--model", m, "--system", "Be brief."])
+            .args(greedy)
+            .args(extra)
+            .env("WGPU_BACKEND", "vulkan")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let system = json!({"role": "system", "content": "Be brief."});
+    let first = reply(json!([system, {"role": "user", "content": "Hello there"}]), &[]);
+    let second = reply(
+        json!([system, {"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
+               {"role": "user", "content": "And then?"}]),
+        &[],
+    );
+    assert_eq!(
+        chat("Hello there\nAnd then?\n/reset\nHello there\n", &[]),
+        format!("{first}\n{second}\n(conversation cleared)\n{first}\n")
+    );
+    let lcm = ["--lcm-gamma", "0.3", "--lcm-sink", "1"];
+    let modulated = reply(json!([system, {"role": "user", "content": "Hello there"}]), &lcm);
+    assert_ne!(modulated, first, "the LCM setting changes this reply, so /lcm off is seen");
+    assert_eq!(
+        chat("Hello there\n/lcm off\n/reset\nHello there\n", &lcm),
+        format!("{modulated}\n(LCM off)\n(conversation cleared)\n{first}\n")
+    );
+}

@@ -62,6 +62,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Render a conversation with the model's chat template (the prompt chat commands use)
     Template(chat::TemplateArgs),
+    /// Chat with the model in the terminal (its chat template, streamed replies, /reset, /lcm)
+    Chat(chat::ChatArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -266,6 +268,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
         Command::Serve(a) => serve::run(a, &cli.adapter),
         Command::Template(a) => chat::template(a),
+        Command::Chat(a) => chat::chat(a, &cli.adapter),
     }
 }
 
