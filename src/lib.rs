@@ -31,6 +31,8 @@
 #[doc(hidden)]
 pub mod atomic;
 #[doc(hidden)]
+pub mod chat;
+#[doc(hidden)]
 #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod cli;
 #[doc(hidden)]

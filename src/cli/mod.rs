@@ -1,7 +1,9 @@
 //! The `keel` command line. Every failure prints one `error: ...` line and exits with 2.
 
 mod analyze;
+mod api;
 mod bench;
+mod chat;
 mod compare;
 mod compare_finetune;
 mod finetune;
@@ -64,6 +66,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Download a model into its cache: the default one, or org/name[:FILE] from the Hugging Face Hub
     Pull(pull::PullArgs),
+    /// Render a conversation with the model's chat template (the prompt chat commands use)
+    Template(chat::TemplateArgs),
+    /// Chat with the model in the terminal (its chat template, streamed replies, /reset, /lcm)
+    Chat(chat::ChatArgs),
 }
 
 /// `--model PATH`, shared by the commands that load a model.
@@ -276,13 +282,22 @@ pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
 
 /// [`load_model`] with the weight format given (training: f32 whatever `--weights` says).
 pub fn load_model_as(arg: &ModelArg, adapter: &Option<String>, choice: WeightChoice) -> Result<Ready> {
-    let path = resolve_model(arg)?;
     let t0 = Instant::now();
     // The files first: a broken model is refused without starting the GPU.
-    let host = crate::model::load(&path)?;
+    let host = crate::model::load(&resolve_model(arg)?)?;
+    upload(host, adapter, choice, t0)
+}
+
+/// Uploads a model read with `crate::model::load` (begun at `t0`) to the GPU.
+pub fn upload(
+    host: LoadedModel,
+    adapter: &Option<String>,
+    choice: WeightChoice,
+    t0: Instant,
+) -> Result<Ready> {
     let gpu = gpu(adapter)?;
     let gpu_model = GpuModel::upload_with(gpu, &host, choice)
-        .with_context(|| format!("{}: cannot load onto the GPU", path.display()))?;
+        .with_context(|| format!("{}: cannot load onto the GPU", host.path.display()))?;
     gpu.check_lost()?;
     Ok(Ready { host, gpu_model, gpu, load_s: t0.elapsed().as_secs_f64() })
 }
@@ -300,8 +315,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::CompareFinetune(a) => compare_finetune::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(a, &cli.adapter),
         Command::Pull(a) => pull::run(a),
+        Command::Template(a) => chat::template(a),
+        Command::Chat(a) => chat::chat(a, &cli.adapter),
     }
 }
 

@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// The page's folder (index.html, app.js, style.css and the built pkg/)
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     pub web: PathBuf,
+    /// Also serve an OpenAI-compatible API under /v1 with the first --model (or the default one)
+    #[arg(long)]
+    pub api: bool,
+    #[command(flatten)]
+    pub template: super::chat::TemplateArg,
 }
 
 /// The files of one offered model, by file name.
@@ -44,9 +49,10 @@ struct ServedModel {
 struct Site {
     web_root: PathBuf,
     models: BTreeMap<String, ServedModel>,
+    api: Option<super::api::Api>,
 }
 
-pub fn run(a: ServeArgs) -> Result<()> {
+pub fn run(a: ServeArgs, adapter: &Option<String>) -> Result<()> {
     let web_root =
         a.web.canonicalize().ok().filter(|d| d.join("index.html").is_file()).with_context(|| {
             format!("--web {}: no index.html there (the page's folder is expected)", a.web.display())
@@ -64,12 +70,26 @@ pub fn run(a: ServeArgs) -> Result<()> {
             models.entry(name).or_insert(model);
         }
     }
+    let api = match a.api {
+        true => {
+            let model = super::ModelArg { model: a.model.first().cloned(), weights: "auto".into() };
+            Some(super::api::Api::new(super::load_model(&model, adapter)?, &a.template)?)
+        }
+        false => None,
+    };
     let listener = TcpListener::bind(("127.0.0.1", a.port))
         .with_context(|| format!("--port {}: cannot listen on 127.0.0.1", a.port))?;
     let port = listener.local_addr()?.port();
-    println!("serving {} and {} model(s) on http://127.0.0.1:{port}/", web_root.display(), models.len());
+    // One line, which ends with the address (the tests read it).
+    let api_note = api.as_ref().map(|a| format!(", the OpenAI-compatible API (/v1) for '{}'", a.name));
+    println!(
+        "serving {} and {} model(s){} on http://127.0.0.1:{port}/",
+        web_root.display(),
+        models.len(),
+        api_note.unwrap_or_default()
+    );
     std::io::stdout().flush()?;
-    let site = Arc::new(Site { web_root, models });
+    let site = Arc::new(Site { web_root, models, api });
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let site = site.clone();
@@ -123,15 +143,17 @@ struct Request {
     path: String,
     host: Option<String>,
     range: Option<String>,
+    /// The body (API requests), or None when its Content-Length is over the API's bound.
+    body: Option<Vec<u8>>,
 }
 
 fn read_request(stream: &TcpStream) -> Result<Request> {
-    let mut reader = BufReader::new(stream.take(64 * 1024));
+    let mut reader = BufReader::new(stream.take((64 * 1024 + super::api::MAX_BODY) as u64));
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-    let (mut host, mut range) = (None, None);
+    let (mut host, mut range, mut length) = (None, None, 0);
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
@@ -141,11 +163,16 @@ fn read_request(stream: &TcpStream) -> Result<Request> {
             match k.trim().to_ascii_lowercase().as_str() {
                 "host" => host = Some(v.trim().to_string()),
                 "range" => range = Some(v.trim().to_string()),
+                "content-length" => length = v.trim().parse().unwrap_or(usize::MAX),
                 _ => {}
             }
         }
     }
-    Ok(Request { method, path, host, range })
+    let body = (length <= super::api::MAX_BODY).then(|| {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).map(|_| body)
+    });
+    Ok(Request { method, path, host, range, body: body.transpose()? })
 }
 
 /// What to answer: a status with a short text, or a file (or part of one).
@@ -164,6 +191,19 @@ fn handle(site: &Site, mut stream: TcpStream, port: u16) -> Result<()> {
         .host
         .as_deref()
         .is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"));
+    if let (Some(api), true, true) = (&site.api, host_ok, req.path.starts_with("/v1/")) {
+        let path = req.path.split('?').next().unwrap_or("");
+        return match &req.body {
+            Some(body) => api.handle(&req.method, path, body, &mut stream),
+            None => {
+                let e = super::api::ApiError::new(
+                    413,
+                    format!("the body is over {} bytes", super::api::MAX_BODY),
+                );
+                respond(&mut stream, 413, "application/json", e.body().as_bytes(), &[], false)
+            }
+        };
+    }
     let reply = if req.method != "GET" && !head_only {
         Reply::Status(405, "method not allowed")
     } else if !host_ok {
@@ -305,7 +345,7 @@ fn send_file(stream: &mut TcpStream, path: &Path, range: Option<&str>, head_only
     Ok(())
 }
 
-fn respond(
+pub fn respond(
     stream: &mut TcpStream,
     status: u16,
     kind: &str,
@@ -328,6 +368,9 @@ fn write_head(stream: &mut TcpStream, status: u16, kind: &str, len: u64, extra: 
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        400 => "Bad Request",
+        413 => "Content Too Large",
+        500 => "Internal Server Error",
         416 => "Range Not Satisfiable",
         _ => "Error",
     };

@@ -1,6 +1,7 @@
 //! `keel generate` and `keel score`.
 
-use super::{load_model, LcmArgs, ModelArg, SamplingArgs};
+use super::chat::{self, TemplateArg};
+use super::{load_model, upload, LcmArgs, ModelArg, SamplingArgs};
 use crate::generate::{self, GenerateOptions};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,8 +16,17 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArg,
     /// The prompt (encoded exactly as `score` encodes a text)
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "messages")]
+    prompt: Option<String>,
+    /// A conversation (a JSON array of {"role", "content"} messages) to answer, rendered with
+    /// the model's chat template
+    #[arg(long, conflicts_with = "prompt")]
+    messages: Option<PathBuf>,
+    /// Send --prompt as one user message through the chat template
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    #[command(flatten)]
+    template: TemplateArg,
     /// Most tokens to generate
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
@@ -81,13 +91,30 @@ pub struct PerplexityArgs {
 
 pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
     let lcm = a.lcm.config()?;
-    let m = load_model(&a.model, adapter)?;
-    let sampler = a.sampling.config(&m.host)?;
+    // The conversation first: a broken messages file is refused before the model loads.
+    let conversation = match (&a.messages, &a.prompt) {
+        (Some(path), _) => Some(chat::read_messages(path)?),
+        (None, Some(prompt)) if a.chat => Some((vec![json!({"role": "user", "content": prompt})], None)),
+        _ => None,
+    };
+    let t0 = Instant::now();
+    let host = crate::model::load(&crate::pull::resolve_model(a.model.model.as_deref())?)?;
+    let sampler = a.sampling.config(&host)?;
     if let Some(c) = &lcm {
-        c.validate(m.host.config.layers)?;
+        c.validate(host.config.layers)?;
     }
-    let prompt_ids = m.host.tokenizer.encode(&a.prompt)?;
-    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: m.host.config.eos.clone(), lcm };
+    // The prompt before the GPU starts: a template's refusal needs no device.
+    let (prompt_ids, eos) = match conversation {
+        Some((messages, tools)) => {
+            let template = a.template.load(&host)?;
+            let (_, ids) = chat::render(&template, &host, &messages, tools.as_ref(), true)?;
+            (ids, chat::stop_ids(&template, &host))
+        }
+        // clap requires --prompt when --messages is absent.
+        None => (host.tokenizer.encode(a.prompt.as_deref().unwrap_or_default())?, host.config.eos.clone()),
+    };
+    let m = upload(host, adapter, a.model.weights()?, t0)?;
+    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos, lcm };
     let tok = &m.host.tokenizer;
     let mut stream = TextStream::new();
     let mut stdout = std::io::stdout();

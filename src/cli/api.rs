@@ -1,0 +1,457 @@
+//! `keel serve --api`: an OpenAI-compatible API beside the demo page. `GET /v1/models`,
+//! `POST /v1/chat/completions` (the model's chat template applied) and `POST /v1/completions`,
+//! each plain or streamed as server-sent events, with `usage`, the sampling fields, stop strings
+//! (matched on the host), `logprobs` and LCM in the extra body field `keel`
+//! (`{"keel": {"lcm": {"gamma": 0.05}}}`). One generation runs at a time; the others wait
+//! their turn. A client that hangs up stops its generation.
+
+use super::chat::{self, TemplateArg};
+use super::Ready;
+use crate::chat::ChatTemplate;
+use crate::generate::{self, GenerateOptions, SamplerConfig};
+use crate::modulate::LcmConfig;
+use crate::tokenize::TextStream;
+use anyhow::Result;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Largest request body accepted (a long conversation fits; a runaway upload does not).
+pub const MAX_BODY: usize = 4 << 20;
+/// `max_tokens` when a request does not say.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The served model and its chat template (None: chat completions are refused, completions work).
+pub struct Api {
+    pub name: String,
+    engine: Mutex<Ready>,
+    template: Option<ChatTemplate>,
+    template_error: String,
+    next_id: AtomicU64,
+}
+
+/// An OpenAI error: HTTP status, message, and the parameter it concerns.
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    param: Option<&'static str>,
+}
+
+fn bad(param: Option<&'static str>, message: impl Into<String>) -> ApiError {
+    ApiError { status: 400, message: message.into(), param }
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), param: None }
+    }
+
+    /// OpenAI's error object.
+    pub fn body(&self) -> String {
+        let kind = if self.status < 500 { "invalid_request_error" } else { "server_error" };
+        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}})
+            .to_string()
+    }
+}
+
+impl Api {
+    pub fn new(ready: Ready, template: &TemplateArg) -> Result<Api> {
+        let name = ready.host.path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+        let (template, template_error) = match template.load(&ready.host) {
+            Ok(t) => (Some(t), String::new()),
+            // A template given by hand must work; a model without one still serves completions.
+            Err(e) if template.chat_template.is_none() => (None, format!("{e:#}")),
+            Err(e) => return Err(e),
+        };
+        Ok(Api { name, engine: Mutex::new(ready), template, template_error, next_id: AtomicU64::new(1) })
+    }
+
+    /// Answers one `/v1/...` request on `stream`; errors come back as OpenAI error objects.
+    pub fn handle(&self, method: &str, path: &str, body: &[u8], stream: &mut TcpStream) -> Result<()> {
+        let reply = match (method, path) {
+            ("GET", "/v1/models") => Ok(json!({"object": "list", "data": [self.model_card()]}).to_string()),
+            ("GET", p) if p.strip_prefix("/v1/models/") == Some(&self.name) => {
+                Ok(self.model_card().to_string())
+            }
+            ("POST", "/v1/chat/completions") => self.complete(body, true, stream),
+            ("POST", "/v1/completions") => self.complete(body, false, stream),
+            (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+                Err(ApiError::new(405, format!("{method} is not allowed on {path}")))
+            }
+            _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
+        };
+        match reply {
+            Ok(body) if body.is_empty() => Ok(()), // streamed
+            Ok(body) => super::serve::respond(stream, 200, "application/json", body.as_bytes(), &[], false),
+            Err(e) => {
+                super::serve::respond(stream, e.status, "application/json", e.body().as_bytes(), &[], false)
+            }
+        }
+    }
+
+    fn model_card(&self) -> Value {
+        json!({"id": self.name, "object": "model", "created": 0, "owned_by": "keel"})
+    }
+
+    /// A completion; returns the JSON body, or "" when it was streamed.
+    fn complete(&self, body: &[u8], chat: bool, stream: &mut TcpStream) -> Result<String, ApiError> {
+        let req: Value = serde_json::from_slice(body)
+            .map_err(|e| bad(None, format!("the body is not valid JSON ({e})")))?;
+        if !req.is_object() {
+            return Err(bad(None, "the body must be a JSON object"));
+        }
+        // Waiting here is the queue: one generation at a time.
+        let ready = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let host = &ready.host;
+        let (prompt, eos) = if chat {
+            let template = self.template.as_ref().ok_or_else(|| bad(None, self.template_error.clone()))?;
+            let messages = req.get("messages").and_then(Value::as_array).ok_or_else(|| {
+                bad(Some("messages"), "'messages' must be an array of {\"role\", \"content\"} objects")
+            })?;
+            crate::chat::check_messages(messages).map_err(|e| bad(Some("messages"), format!("{e:#}")))?;
+            let tools = req.get("tools").filter(|t| !t.is_null());
+            let (_, ids) = chat::render(template, host, messages, tools, true)
+                .map_err(|e| bad(Some("messages"), format!("{e:#}")))?;
+            (ids, chat::stop_ids(template, host))
+        } else {
+            let prompt = match req.get("prompt") {
+                Some(Value::String(s)) => s.as_str(),
+                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                    a[0].as_str().unwrap_or_default()
+                }
+                _ => return Err(bad(Some("prompt"), "'prompt' must be a string")),
+            };
+            let ids = host.tokenizer.encode(prompt).map_err(|e| bad(Some("prompt"), format!("{e:#}")))?;
+            (ids, host.config.eos.clone())
+        };
+        let p = Params::parse(&req, host, chat)?;
+        let ctx = host.config.max_positions;
+        let max_tokens = p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(ctx.saturating_sub(prompt.len())));
+        if prompt.is_empty() || prompt.len() + max_tokens > ctx {
+            return Err(bad(
+                Some("max_tokens"),
+                format!("the prompt ({} tokens) plus max_tokens {max_tokens} exceeds the model's context of {ctx} tokens", prompt.len()),
+            ));
+        }
+        if let Some(lcm) = &p.lcm {
+            lcm.validate(host.config.layers).map_err(|e| bad(Some("keel"), format!("{e:#}")))?;
+        }
+        let id = format!(
+            "{}-{}",
+            if chat { "chatcmpl" } else { "cmpl" },
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut out = Output {
+            chat,
+            stream: p.stream,
+            id,
+            model: self.name.clone(),
+            created: unix_now(),
+            socket: stream,
+        };
+        if p.stream {
+            out.start().map_err(|_| ApiError::new(499, "client closed"))?;
+        }
+        let opts =
+            GenerateOptions { max_tokens, sampler: p.sampler.clone(), eos: eos.clone(), lcm: p.lcm.clone() };
+        let tok = &host.tokenizer;
+        let (mut text, mut sent, mut ids, mut logprobs) = (String::new(), 0, Vec::new(), Vec::new());
+        let mut pieces = TextStream::new();
+        let mut finish = "length";
+        let mut hung_up = false;
+        let result = pollster::block_on(generate::generate_async(
+            ready.gpu,
+            &ready.gpu_model,
+            &prompt,
+            &opts,
+            &mut |pick| {
+                ids.push(pick.id);
+                if eos.contains(&pick.id) {
+                    // Generation ends here by itself; the EOS token has no text.
+                    finish = "stop";
+                    return Ok(());
+                }
+                logprobs.push((pick.id, pick.logprob));
+                text.push_str(&pieces.push(tok, pick.id)?);
+                let (end, stopped) = match p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    Some(at) => (at, true),
+                    None => (held_back(&text, &p.stop), false),
+                };
+                if p.stream && end > sent {
+                    out.chunk(&text[sent..end], None).inspect_err(|_| hung_up = true)?;
+                    sent = end;
+                }
+                if stopped {
+                    text.truncate(end);
+                    finish = "stop";
+                    anyhow::bail!("done");
+                }
+                if !p.stream && peer_closed(out.socket) {
+                    hung_up = true;
+                    anyhow::bail!("client closed");
+                }
+                Ok(())
+            },
+        ));
+        if hung_up {
+            return Ok(String::new());
+        }
+        // A stop string ends generation through an error of its own, with `finish` set.
+        if let (Err(e), "length") = (result, finish) {
+            return Err(ApiError::new(500, format!("{e:#}")));
+        }
+        let usage = json!({"prompt_tokens": prompt.len(), "completion_tokens": ids.len(), "total_tokens": prompt.len() + ids.len()});
+        let logprobs = p.logprobs.then(|| logprob_json(tok, &logprobs, chat));
+        if p.stream {
+            // A client gone by now has its answer anyway.
+            let _ = out.finish(&text[sent..], finish, p.include_usage.then_some(usage));
+            return Ok(String::new());
+        }
+        Ok(out.whole(&text, finish, logprobs, usage).to_string())
+    }
+}
+
+/// The request's generation settings.
+struct Params {
+    max_tokens: Option<usize>,
+    sampler: SamplerConfig,
+    stop: Vec<String>,
+    logprobs: bool,
+    stream: bool,
+    include_usage: bool,
+    lcm: Option<LcmConfig>,
+}
+
+impl Params {
+    fn parse(req: &Value, host: &crate::model::LoadedModel, chat: bool) -> Result<Params, ApiError> {
+        let num = |k: &'static str| -> Result<Option<f64>, ApiError> {
+            match req.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => {
+                    v.as_f64().map(Some).ok_or_else(|| bad(Some(k), format!("'{k}' must be a number")))
+                }
+            }
+        };
+        let count = |k: &'static str| -> Result<Option<usize>, ApiError> {
+            match req.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| bad(Some(k), format!("'{k}' must be a non-negative integer"))),
+            }
+        };
+        let flag = |k: &'static str| -> Result<bool, ApiError> {
+            match req.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(bad(Some(k), format!("'{k}' must be true or false"))),
+            }
+        };
+        let d = &host.generation;
+        let sampler = SamplerConfig {
+            temperature: num("temperature")?.map(|t| t as f32).or(d.temperature).unwrap_or(1.0),
+            top_k: d.top_k.unwrap_or(0),
+            top_p: num("top_p")?.map(|t| t as f32).or(d.top_p).unwrap_or(1.0),
+            repetition_penalty: d.repetition_penalty.unwrap_or(1.0),
+            min_p: num("min_p")?.map_or(0.0, |p| p as f32),
+            presence_penalty: num("presence_penalty")?.map_or(0.0, |p| p as f32),
+            frequency_penalty: num("frequency_penalty")?.map_or(0.0, |p| p as f32),
+            seed: num("seed")?.map_or(0, |s| s as u64),
+            ..SamplerConfig::default()
+        };
+        sampler.validate().map_err(|e| bad(None, format!("{e:#}")))?;
+        let stop = match req.get("stop") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad(Some("stop"), "'stop' must be a string or an array of strings"))?,
+            Some(_) => return Err(bad(Some("stop"), "'stop' must be a string or an array of strings")),
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(bad(Some("stop"), "stop strings must not be empty"));
+        }
+        // Chat: `logprobs: true`; completions: `logprobs: N` (the count of alternatives).
+        let logprobs = if chat { flag("logprobs")? } else { count("logprobs")?.is_some() };
+        let alternatives = if chat { count("top_logprobs")? } else { count("logprobs")? };
+        if alternatives.unwrap_or(0) > 0 {
+            return Err(bad(
+                Some("top_logprobs"),
+                "top_logprobs is not supported yet: only the chosen tokens' logprobs",
+            ));
+        }
+        let lcm = match req.get("keel").and_then(|k| k.get("lcm")) {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                Some(LcmConfig::from_json(v, "keel.lcm").map_err(|e| bad(Some("keel"), format!("{e:#}")))?)
+            }
+        };
+        let include_usage =
+            req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool);
+        Ok(Params {
+            max_tokens: count("max_tokens")?.or(count("max_completion_tokens")?),
+            sampler,
+            stop,
+            logprobs,
+            stream: flag("stream")?,
+            include_usage: include_usage.unwrap_or(false),
+            lcm,
+        })
+    }
+}
+
+/// Where the text may be sent up to: short of any tail that could begin a stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut end = text.len();
+    for stop in stops {
+        for k in (1..stop.len()).rev() {
+            if stop.is_char_boundary(k) && text.ends_with(&stop[..k]) {
+                end = end.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    end
+}
+
+/// Whether the client has closed its side (a read would give end of file).
+fn peer_closed(socket: &TcpStream) -> bool {
+    let mut byte = [0u8];
+    let _ = socket.set_nonblocking(true);
+    let closed = matches!(socket.peek(&mut byte), Ok(0));
+    let _ = socket.set_nonblocking(false);
+    closed
+}
+
+fn logprob_json(tok: &crate::tokenize::Tokenizer, picks: &[(u32, f32)], chat: bool) -> Value {
+    let tokens: Vec<(String, f32)> =
+        picks.iter().map(|&(id, lp)| (tok.decode(&[id]).unwrap_or_default(), lp)).collect();
+    if chat {
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|(t, lp)| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}))
+            .collect();
+        json!({"content": content})
+    } else {
+        let offsets: Vec<usize> = tokens
+            .iter()
+            .scan(0, |at, (t, _)| {
+                *at += t.len();
+                Some(*at - t.len())
+            })
+            .collect();
+        json!({"tokens": tokens.iter().map(|t| &t.0).collect::<Vec<_>>(),
+               "token_logprobs": tokens.iter().map(|t| t.1).collect::<Vec<_>>(),
+               "top_logprobs": null, "text_offset": offsets})
+    }
+}
+
+/// One response being written: whole, or as server-sent events.
+struct Output<'s> {
+    chat: bool,
+    stream: bool,
+    id: String,
+    model: String,
+    created: u64,
+    socket: &'s mut TcpStream,
+}
+
+impl Output<'_> {
+    fn object(&self) -> &'static str {
+        match (self.chat, self.stream) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": self.object(), "created": self.created, "model": self.model, "choices": choices})
+    }
+
+    fn whole(&self, text: &str, finish: &str, logprobs: Option<Value>, usage: Value) -> Value {
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish})
+        };
+        let mut v = self.envelope(json!([choice]));
+        v["usage"] = usage;
+        v
+    }
+
+    fn start(&mut self) -> std::io::Result<()> {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+        self.socket.write_all(head.as_bytes())?;
+        if self.chat {
+            let first = self.envelope(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            );
+            self.event(&first)?;
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, piece: &str, finish: Option<&str>) -> std::io::Result<()> {
+        let choice = if self.chat {
+            let delta = if piece.is_empty() { json!({}) } else { json!({"content": piece}) };
+            json!({"index": 0, "delta": delta, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": piece, "logprobs": null, "finish_reason": finish})
+        };
+        let v = self.envelope(json!([choice]));
+        self.event(&v)
+    }
+
+    fn finish(&mut self, rest: &str, finish: &str, usage: Option<Value>) -> std::io::Result<()> {
+        if !rest.is_empty() {
+            self.chunk(rest, None)?;
+        }
+        self.chunk("", Some(finish))?;
+        if let Some(usage) = usage {
+            let mut v = self.envelope(json!([]));
+            v["usage"] = usage;
+            self.event(&v)?;
+        }
+        self.socket.write_all(b"data: [DONE]\n\n")?;
+        self.socket.flush()
+    }
+
+    fn event(&mut self, v: &Value) -> std::io::Result<()> {
+        self.socket.write_all(format!("data: {v}\n\n").as_bytes())?;
+        self.socket.flush()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_may_begin_a_stop_string_is_held_back() {
+        let stops = vec!["\nUser:".to_string(), "END".to_string()];
+        assert_eq!(held_back("Hello", &stops), 5);
+        assert_eq!(held_back("Hello\nUs", &stops), 5);
+        assert_eq!(held_back("Hello E", &stops), 6);
+        assert_eq!(held_back("Hello EN", &stops), 6);
+        assert_eq!(held_back("", &stops), 0);
+    }
+
+    #[test]
+    fn errors_have_openais_shape() {
+        let v: Value = serde_json::from_str(&bad(Some("stop"), "no").body()).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "no", "type": "invalid_request_error", "param": "stop", "code": null}})
+        );
+    }
+}
