@@ -10,6 +10,7 @@ pub use crate::tokenize::{TextStream, Tokenizer};
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::train::run::{FinetuneConfig, LoraOptions, Progress, Summary};
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
