@@ -378,7 +378,10 @@ fn bad_input_is_refused() {
         r#"[{"name": "baseline"}, {"name": "x", "min_p": "high"}]"#,
         &["arm 1 (x)", "'min_p' must be a number"],
     );
-    arms(r#"[{"name": "baseline"}, {"name": "x", "dry": {"base": 0.5}}]"#, &["arm 1 (x)", "--dry-base"]);
+    arms(
+        r#"[{"name": "baseline"}, {"name": "x", "dry": {"base": 0.5}}]"#,
+        &["arm 1 (x)", "--dry-base must be"],
+    );
     arms(
         r#"[{"name": "baseline"}, {"name": "x", "lcm": {"layers": [99]}}]"#,
         &["arm 1 (x)", "'lcm'", "out of range"],

@@ -216,7 +216,7 @@ mod tests {
         assert!(err(two(json!({"name": "x", "dry": {"base": "2"}}))).contains("'dry.base' must be a number"));
         assert!(err(two(json!({"name": "x", "lcm": {"gama": 1}}))).contains("'lcm': unknown LCM key 'gama'"));
         assert!(err(two(json!({"name": "x", "lcm": {"layers": [9]}}))).contains("out of range"));
-        assert!(err(two(json!({"name": "x", "min_p": 2}))).contains("arm 1 (x): --min-p must be in [0, 1]"));
+        assert!(err(two(json!({"name": "x", "min_p": 2}))).contains("arm 1 (x): min_p must be in [0, 1]"));
         assert!(err(two(json!({"name": "baseline"}))).contains("'name' \"baseline\" is used twice"));
     }
 
