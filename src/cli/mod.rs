@@ -77,6 +77,8 @@ enum Command {
 pub struct ModelArg {
     /// Model folder (config.json + safetensors, or one .gguf), .gguf file, or Hugging Face Hub
     /// name org/name[:FILE] (env: KEEL_MODEL)
+    // The text is --help's, where [:FILE] means optional, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// GPU format of the linear layers' weights: auto (f32; a GGUF file's own

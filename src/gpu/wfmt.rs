@@ -175,7 +175,7 @@ pub fn quantize(fmt: WeightFormat, data: &[f32], cols: usize) -> Vec<u32> {
 }
 
 /// The f32 values of packed words, by ggml's definitions (`dequantize_row_*` in ggml-quants.c):
-/// Q8_0 d·q, Q4_0 d·(q−8), Q4_1 d·q + m, and the K-quants in [`dequantize_superblock`].
+/// Q8_0 d·q, Q4_0 d·(q−8), Q4_1 d·q + m, and the K-quants in `dequantize_superblock`.
 pub fn dequantize(fmt: WeightFormat, words: &[u32]) -> Vec<f32> {
     if fmt == WeightFormat::F32 {
         return words.iter().map(|&w| f32::from_bits(w)).collect();

@@ -1,5 +1,5 @@
-//! GGUF (llama.cpp) model files: the container ([`parse`]), conversion to Keel's layout
-//! with Hugging Face names ([`convert`]: config.json, tensors kept packed or decoded to f32),
+//! GGUF (llama.cpp) model files: the container (`parse`), conversion to Keel's layout
+//! with Hugging Face names (`convert`: config.json, tensors kept packed or decoded to f32),
 //! reading a file as it streams in ([`GgufReader`]), and the tokenizer.json of a GGUF's own
 //! vocabulary ([`tokenizer_json`]).
 //!

@@ -38,7 +38,7 @@ pub enum GgufValue {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GgufTensorInfo {
     pub name: String,
-    /// GGUF order: ne[0] first (fastest varying), so the reverse of a row-major shape.
+    /// GGUF order: `ne[0]` first (fastest varying), so the reverse of a row-major shape.
     pub dims: Vec<u64>,
     pub ggml_type: u32,
     /// Relative to `GgufFile::data_offset`.
