@@ -115,8 +115,9 @@ pub struct ChatArgs {
 /// renders the whole conversation again (no cache is kept between turns).
 pub fn chat(a: ChatArgs, adapter: &Option<String>) -> Result<()> {
     let lcm = a.lcm.config()?;
+    let path = crate::pull::resolve_model(a.model.model.as_deref())?;
     let t0 = Instant::now();
-    let host = crate::model::load(&crate::pull::resolve_model(a.model.model.as_deref())?)?;
+    let host = crate::model::load(&path)?;
     let template = a.template.load(&host)?;
     let sampler = a.sampling.config(&host)?;
     if let Some(c) = &lcm {

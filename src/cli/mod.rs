@@ -284,9 +284,10 @@ pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
 
 /// [`load_model`] with the weight format given (training: f32 whatever `--weights` says).
 pub fn load_model_as(arg: &ModelArg, adapter: &Option<String>, choice: WeightChoice) -> Result<Ready> {
+    let path = resolve_model(arg)?;
     let t0 = Instant::now();
     // The files first: a broken model is refused without starting the GPU.
-    let host = crate::model::load(&resolve_model(arg)?)?;
+    let host = crate::model::load(&path)?;
     upload(host, adapter, choice, t0)
 }
 

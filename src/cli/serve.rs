@@ -197,10 +197,10 @@ fn handle(site: &Site, mut stream: TcpStream, port: u16) -> Result<()> {
             Some(body) => api.handle(&req.method, path, body, &mut stream),
             None => {
                 let e = super::api::ApiError::new(
-                    413,
+                    400,
                     format!("the body is over {} bytes", super::api::MAX_BODY),
                 );
-                respond(&mut stream, 413, "application/json", e.body().as_bytes(), &[], false)
+                respond(&mut stream, 400, "application/json", e.body().as_bytes(), &[], false)
             }
         };
     }
@@ -369,7 +369,6 @@ fn write_head(stream: &mut TcpStream, status: u16, kind: &str, len: u64, extra: 
         404 => "Not Found",
         405 => "Method Not Allowed",
         400 => "Bad Request",
-        413 => "Content Too Large",
         500 => "Internal Server Error",
         416 => "Range Not Satisfiable",
         _ => "Error",
