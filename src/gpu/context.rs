@@ -12,6 +12,12 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdapterChoice(pub Option<String>);
 
+/// What to try when no adapter is found, where Keel runs.
+#[cfg(not(target_arch = "wasm32"))]
+const NO_ADAPTER_HINT: &str = "on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)";
+#[cfg(target_arch = "wasm32")]
+const NO_ADAPTER_HINT: &str = "the browser offers none to this page";
+
 /// An adapter as Keel lists it: its name and backend ("llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan]"),
 /// since one device can be offered by several backends under the same name.
 pub fn adapter_label(info: &wgpu::AdapterInfo) -> String {
@@ -116,9 +122,7 @@ impl Gpu {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| {
-                    anyhow!("no GPU adapter found ({e}); on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)")
-                })?,
+                .map_err(|e| anyhow!("no GPU adapter found ({e}); {NO_ADAPTER_HINT}"))?,
             Some(want) => {
                 let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
                 let names: Vec<String> = all.iter().map(|a| adapter_label(&a.get_info())).collect();
