@@ -1,10 +1,10 @@
 //! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
 
-use crate::study::Progress;
 use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
+use crate::study::Progress;
 use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig};
 use crate::train::graph::ActivationMemory;
 use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};

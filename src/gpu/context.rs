@@ -14,7 +14,8 @@ pub struct AdapterChoice(pub Option<String>);
 
 /// What to try when no adapter is found, where Keel runs.
 #[cfg(not(target_arch = "wasm32"))]
-const NO_ADAPTER_HINT: &str = "on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)";
+const NO_ADAPTER_HINT: &str =
+    "on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)";
 #[cfg(target_arch = "wasm32")]
 const NO_ADAPTER_HINT: &str = "the browser offers none to this page";
 
@@ -128,9 +129,9 @@ impl Gpu {
                 let names: Vec<String> = all.iter().map(|a| adapter_label(&a.get_info())).collect();
                 let pick = match want.parse::<usize>() {
                     Ok(i) => all.into_iter().nth(i),
-                    Err(_) => all.into_iter().find(|a| {
-                        adapter_label(&a.get_info()).to_lowercase().contains(&want.to_lowercase())
-                    }),
+                    Err(_) => all
+                        .into_iter()
+                        .find(|a| adapter_label(&a.get_info()).to_lowercase().contains(&want.to_lowercase())),
                 };
                 pick.ok_or_else(|| {
                     anyhow!("--adapter/KEEL_ADAPTER '{want}' matches no adapter; available: {names:?}")
