@@ -394,7 +394,12 @@ impl Chart {
                     x + 22.0
                 )
             } else {
-                format!("<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{color}\"/>", x + 13.0)
+                // A square, so that circles are data points only.
+                format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{color}\"/>",
+                    x + 9.5,
+                    y - 3.5
+                )
             };
             let _ = writeln!(
                 s,
