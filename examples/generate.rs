@@ -15,10 +15,10 @@ fn main() -> anyhow::Result<()> {
     let mut opts = keel::GenerateOptions::for_model(&host);
     opts.max_tokens = 64;
     opts.sampler.temperature = 0.0;
-    let mut text = keel::TextStream::new();
+    let mut text = keel::TextStream::new(&host.tokenizer);
     print!("{prompt}");
     keel::generate(&model, &host.tokenizer.encode(&prompt)?, &opts, |id| {
-        print!("{}", text.push(&host.tokenizer, id)?);
+        print!("{}", text.push(id)?);
         Ok(std::io::stdout().flush()?)
     })?;
     println!();

@@ -63,34 +63,53 @@ impl Tokenizer {
     }
 }
 
-/// Turns a growing list of generated ids into text pieces to print, holding back bytes
-/// that do not yet form a whole character.
-pub struct TextStream {
-    ids: Vec<u32>,
-    printed: usize,
+/// The tokenizers crate's streaming decoder for [`Tokenizer`]'s model type.
+type DecodeStream<'t> = tokenizers::DecodeStream<
+    't,
+    tokenizers::ModelWrapper,
+    tokenizers::NormalizerWrapper,
+    tokenizers::PreTokenizerWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
+/// Turns generated ids, one at a time, into text pieces to print, holding back bytes that do
+/// not yet form a whole character. Each step decodes only the last few ids (the tokenizers
+/// crate's `DecodeStream`), so a long generation costs linear, not quadratic, time.
+pub struct TextStream<'t> {
+    inner: DecodeStream<'t>,
 }
 
-impl TextStream {
-    /// An empty stream.
-    pub fn new() -> Self {
-        TextStream { ids: Vec::new(), printed: 0 }
+impl<'t> TextStream<'t> {
+    /// An empty stream decoding with `tok`.
+    pub fn new(tok: &'t Tokenizer) -> Self {
+        TextStream { inner: tok.inner.decode_stream(true) }
     }
 
-    /// Adds one id; returns the new text that is safe to print.
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
-        self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
-            return Ok(String::new());
-        }
-        let piece = text[self.printed..].to_string();
-        self.printed = text.len();
-        Ok(piece)
+    /// Adds one id; returns the new text that is safe to print (empty while a character is
+    /// incomplete or the id is a special token).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        let piece = self.inner.step(id).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        Ok(piece.unwrap_or_default())
     }
 }
 
-impl Default for TextStream {
-    fn default() -> Self {
-        Self::new()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streamed pieces join to the whole decode, on a byte-level BPE vocabulary with
+    /// multi-byte characters split across tokens.
+    #[test]
+    fn streamed_pieces_join_to_the_decoded_text() {
+        let Some(dir) = crate::testing::model("tiny-qwen2") else { return };
+        let json = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        let tok = Tokenizer::from_json(&json, "tokenizer.json").unwrap();
+        let text = "Streaming: naïve café, 日本語, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and emoji 🙂 — done.";
+        let ids = tok.encode(text).unwrap();
+        let mut stream = TextStream::new(&tok);
+        let pieces: Vec<String> = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+        assert_eq!(pieces.concat(), tok.decode(&ids).unwrap());
+        assert!(pieces.iter().filter(|p| p.is_empty()).count() > 0, "some bytes were held back: {pieces:?}");
     }
 }

@@ -288,9 +288,9 @@ impl Model {
                 let prompt_ids = tok.encode(&r.prompt)?;
                 let opts =
                     GenerateOptions { max_tokens: r.max_tokens, sampler, eos: host.config.eos.clone(), lcm };
-                let mut stream = TextStream::new();
+                let mut stream = TextStream::new(tok);
                 let ids = generate_async(gpu, &model, &prompt_ids, &opts, &mut |pick| {
-                    let text = stream.push(tok, pick.id)?;
+                    let text = stream.push(pick.id)?;
                     let (entropy, logprob) = (pick.entropy as f64, pick.logprob as f64);
                     let args: [JsValue; 4] = [pick.id.into(), text.into(), entropy.into(), logprob.into()];
                     on_token

@@ -4,7 +4,10 @@
 //! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
 //! the native `keel finetune` losses (and the loss falls); files that are not a model are
 //! refused in words and the page stays usable; the page requests nothing from another
-//! origin; the screenshot is not blank. Skips visibly without node, Chromium, the npm
+//! origin; the screenshot is not blank. The page explains itself: the LCM panel starts at
+//! `keel compare`'s setting, plots have legends and axis labels, no stale panel survives
+//! switching LCM off, Max tokens 0 is refused, and Chromium without --enable-unsafe-webgpu is
+//! told to add it. Skips visibly without node, Chromium, the npm
 //! dependencies or the built page (scripts/build-web.sh).
 
 mod common;
@@ -197,7 +200,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     let settings = json!({
         "url": origin, "model": "stories260k", "prompt": PROMPT, "max_tokens": TOKENS,
         "local_files": local_files,
-        "lcm": {"gamma": 0.2, "layers": "2-4"},
+        "lcm": {"gamma": 0.2, "layers": "2-4", "sink": 0, "space": "raw"},
         "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 7},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
         "gguf": "stories260k-q8_0",
@@ -218,6 +221,26 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         TOKENS, got["plain"]["decode_tps"], got["lcm"]["decode_tps"]
     );
     assert!(got.get("error").is_none(), "{got:#}");
+
+    // The LCM panel starts at keel compare's default setting (src/cli/compare.rs, DEFAULT_LCM;
+    // layers empty: the upper half), not at one that wrecks text.
+    let defaults = &got["lcm_defaults"];
+    assert_eq!(
+        defaults,
+        &json!({"gamma": "0.05", "layers": "", "rho": "0.9", "tau": "0.05", "kappa": "20", "sink": "1",
+                "space": "normalized"}),
+        "{defaults}"
+    );
+    // The plots name their lines and axes; switching LCM off leaves no stale panel; Max
+    // tokens 0 is refused; Chromium without --enable-unsafe-webgpu is told so.
+    let plots = &got["plots"];
+    assert_eq!(plots[0], json!({"legend": "baseline,LCM", "axes": "generated token;entropy (nats)"}));
+    assert_eq!(plots[1], json!({"legend": "baseline,LCM", "axes": "generated token;perplexity (last 16)"}));
+    assert_eq!(got["after_lcm_off"], json!({"b_hidden": true, "title": "Output", "text": "", "legend": ""}));
+    let zero = got["zero_tokens"].as_str().unwrap();
+    assert!(zero.contains("Max tokens must be a whole number of at least 1"), "{zero}");
+    let bare = got["without_flag"].as_str().unwrap();
+    assert!(bare.contains("--enable-unsafe-webgpu"), "{bare}");
 
     let refusals: Vec<String> = serde_json::from_value(got["refusals"].clone()).unwrap();
     assert!(refusals[0].contains("notes.txt") && refusals[0].contains("model file"), "{}", refusals[0]);

@@ -451,6 +451,96 @@ fn gguf_truncated_real_file() {
     fails(&generate_args(&file, "Hi"), &["cut.gguf", "past end of file"]);
 }
 
+/// The streamed text (stdout without --json) is the whole decode of the ids, and the stats
+/// line reports the time to the first token instead of a prefill rate from a 5-token sample.
+#[test]
+fn generate_streams_the_decoded_text_and_reports_what_it_measured() {
+    let Some(dir) = stories() else { return };
+    let mut args = generate_args(dir.to_str().unwrap(), "Once upon a time");
+    args[6] = "24";
+    let streamed = keel(&args);
+    assert_eq!(streamed.code, Some(0), "{}", streamed.stderr);
+    args.push("--json");
+    let v: Value = serde_json::from_str(succeeds(&args).trim()).unwrap();
+    assert_eq!(streamed.stdout.trim_end_matches('\n'), v["text"].as_str().unwrap());
+    let stats = streamed.stderr.lines().find(|l| l.starts_with('[')).expect("a stats line");
+    assert!(stats.contains(" prompt tokens; first token after "), "{stats}");
+    assert!(!stats.contains("prefill"), "{stats}");
+    let new = json_ids(&v["ids"]);
+    let stopped = new.last() == Some(&2);
+    let count = new.len() - usize::from(stopped);
+    assert!(stats.contains(&format!("{count} new tokens")), "{stats}");
+    assert_eq!(
+        stats.contains(&format!("stopped at end of sequence after {count} tokens")),
+        stopped,
+        "{stats}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// What a newcomer types
+
+#[test]
+fn keel_alone_prints_the_help() {
+    let r = keel(&[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: keel") && r.stdout.contains("generate"), "{}", r.stdout);
+    assert!(!r.stderr.contains("error"), "{}", r.stderr);
+}
+
+/// clap's whole message on one line (what is missing, its "did you mean"), then where to look.
+#[test]
+fn parse_errors_are_whole_and_point_at_the_help() {
+    fails(&["generate"], &["required arguments were not provided: --prompt", "; see keel generate --help"]);
+    fails(
+        &["generate", "--prompt", "Hi", "--max-token", "3"],
+        &["'--max-token'", "(tip: a similar argument exists: '--max-tokens')", "see keel generate --help"],
+    );
+    fails(&["generat"], &["'generat'", "a similar subcommand exists: 'generate'", "see keel --help"]);
+}
+
+/// `--temperature -1` is a value (then refused by the range check), not an unknown flag.
+#[test]
+fn negative_numbers_are_values() {
+    let Some(src) = stories() else { return };
+    let mut args = generate_args(src.to_str().unwrap(), "Hi");
+    assert_eq!(args[7], "--temperature");
+    args[8] = "-1";
+    fails(&args, &["--temperature must be finite and >= 0, got -1"]);
+}
+
+#[test]
+fn max_tokens_zero_and_an_empty_text_are_refused() {
+    fails(&["generate", "--prompt", "Hi", "--max-tokens", "0"], &["--max-tokens 0", "nothing to generate"]);
+    let Some(src) = stories() else { return };
+    let t = TempDir::new("empty");
+    let empty = write_temp(&t, "empty.txt", b"");
+    fails(&["score", "--model", src.to_str().unwrap(), "--text-file", &empty], &["empty.txt", "empty"]);
+}
+
+/// `merge` takes the LoRA folder as `--lora` (`--adapter` picks a GPU everywhere), and says
+/// what to do with a full fine-tune's output instead of failing on a missing adapter file.
+#[test]
+fn merge_names_its_folder_and_recognises_a_full_model() {
+    fails(&["merge", "--adapter", "runs/x/final", "--out", "merged"], &["--lora runs/x/final", "GPU"]);
+    let Some(src) = stories() else { return };
+    let src = src.to_str().unwrap();
+    fails(&["merge", "--model", src, "--lora", src, "--out", "merged"], &["holds a full model", "--model"]);
+}
+
+#[test]
+fn help_names_no_build_path_and_info_lists_backends() {
+    let help = succeeds(&["serve", "--help"]);
+    assert!(!help.contains(env!("CARGO_MANIFEST_DIR")), "{help}");
+    let info = succeeds(&["info"]);
+    let listed: Vec<&str> = info.lines().filter(|l| l.trim_start().starts_with('[')).collect();
+    let backends = ["[Vulkan]", "[Gl]", "[Metal]", "[Dx12]"];
+    assert!(
+        !listed.is_empty() && listed.iter().all(|l| backends.iter().any(|b| l.contains(b))),
+        "each adapter with its backend: {info}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Flags and inputs
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -87,7 +87,7 @@ fn compare_report_agrees_with_tokens_csv_and_renders() {
     let t = TempDir::new("compare");
     std::fs::write(t.path("prompts.txt"), "Once upon a time\n\nTom said \"hi\", and\n").unwrap();
     let out = t.path("report");
-    let stdout = succeeds(&[
+    let run = keel(&[
         "compare",
         "--model",
         model.to_str().unwrap(),
@@ -100,6 +100,9 @@ fn compare_report_agrees_with_tokens_csv_and_renders() {
         "--out",
         out.to_str().unwrap(),
     ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(!run.stderr.contains('\r'), "progress bars stay off a stderr that is not a terminal");
+    let stdout = run.stdout;
     assert!(stdout.contains("plain_perplexity") && stdout.contains("repeated_4gram_rate"), "{stdout}");
     let report = read_json(&out.join("report.json"));
     let study = &report["study"];
@@ -178,8 +181,36 @@ fn compare_report_agrees_with_tokens_csv_and_renders() {
     let expected = base_ppl.iter().sum::<f64>() / base_ppl.len() as f64;
     assert!((plain["base_mean"].as_f64().unwrap() - expected).abs() < 1e-9);
     assert!(plain["ci_low"].as_f64().unwrap() <= plain["diff"].as_f64().unwrap());
-    // report.html holds the plots, and renders to a page that is not blank.
+    // Each metric's verdict follows its better direction and its interval; the conclusion
+    // names every better and worse one; the report names the Keel that wrote it.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let conclusion = report["conclusion"].as_str().unwrap();
+    for (s, m) in summary.iter().zip(metrics) {
+        assert_eq!(s["better"], m["better"]);
+        let (lo, hi, diff) = (s["ci_low"].as_f64(), s["ci_high"].as_f64(), s["diff"].as_f64().unwrap_or(0.0));
+        let excludes_zero = lo.is_some_and(|l| l > 0.0) || hi.is_some_and(|h| h < 0.0);
+        let want = match (excludes_zero, s["better"].as_str().unwrap(), diff > 0.0) {
+            (false, ..) => Value::Null,
+            (true, "neither", _) => json!("changed"),
+            (true, "lower", false) | (true, "higher", true) => json!("better"),
+            (true, ..) => json!("worse"),
+        };
+        assert_eq!(s["verdict"], want, "{s}");
+        let metric = s["metric"].as_str().unwrap();
+        if want == "better" || want == "worse" {
+            assert!(conclusion.contains(metric), "{conclusion} lacks {metric}");
+            assert!(html.contains(&format!("<td class=\"sig {}\">", want.as_str().unwrap())), "{metric}");
+        }
+    }
+    assert!(html.contains("<th>better</th>") && html.contains("Conclusion:"));
+    assert!(stdout.contains(conclusion), "{stdout}");
+    let commit = report["keel"]["commit"].as_str().unwrap();
+    assert_eq!(report["keel"]["version"], env!("CARGO_PKG_VERSION"));
+    if Path::new(env!("CARGO_MANIFEST_DIR")).join(".git").exists() {
+        assert!(commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()), "{commit}");
+    }
+    assert!(html.contains(&format!("Keel {}, commit {commit}", env!("CARGO_PKG_VERSION"))));
+    // report.html holds the plots, and renders to a page that is not blank.
     assert_eq!(html.matches("<svg").count(), 3);
     assert!(html.matches("<polyline").count() >= 4, "a mean line per arm in each per-position plot");
     assert!(html.matches("<polygon").count() >= 4, "a band per arm in each per-position plot");

@@ -94,10 +94,22 @@ fn killed_finetune_resumes_to_the_same_losses_and_weights() {
     resume.push("--resume");
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut kills = 0;
+    let has_checkpoint = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        })
+    };
     for _ in 0..10 {
-        // --resume on a fresh folder starts from scratch, so every attempt can use it.
+        // --resume once there is a checkpoint; before the first one, start again from scratch
+        // (--resume refuses a folder with nothing to resume).
+        let attempt = if has_checkpoint(&killed) {
+            &resume
+        } else {
+            let _ = std::fs::remove_dir_all(&killed);
+            &args
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(&resume)
+            .args(attempt)
             .env("WGPU_BACKEND", "vulkan")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(t.path("stderr.txt")).unwrap())
@@ -150,6 +162,68 @@ fn killed_finetune_resumes_to_the_same_losses_and_weights() {
     assert_eq!(logged_losses(&killed), logged_losses(&whole), "resumed losses equal the uninterrupted run's");
     let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
     assert!(weights(&killed) == weights(&whole), "resumed final weights equal the uninterrupted run's");
+}
+
+/// Without --save-every a run checkpoints every tenth of its steps, keeping the newest;
+/// --resume names the checkpoint it continues from, and refuses in words, touching nothing,
+/// where there is none. The terminal's steps are log.jsonl's, validation is logged once per
+/// step it ran at (the last step included), and no carriage return reaches a log file.
+#[test]
+fn resume_continues_from_a_named_checkpoint_or_refuses() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("resume");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let model = stories.to_str().unwrap();
+    let out = t.path("run");
+    let out_arg = out.to_str().unwrap();
+    let flags = |steps: usize, extra: &str| {
+        format!("--batch 2 --seq-len 32 --lr 1e-3 --steps {steps} --val-fraction 0.2 --eval-every 4 {extra}")
+    };
+    // Nothing to resume: refused, and the folder is not even created.
+    fails(&finetune_args(model, &data, out_arg, &flags(6, "--resume")), &["--resume", "no checkpoint"]);
+    assert!(!out.exists());
+    // A log but no checkpoint: refused, the log untouched.
+    std::fs::create_dir_all(&out).unwrap();
+    let log = "{\"step\": 0, \"loss\": 1.0}\n";
+    std::fs::write(out.join("log.jsonl"), log).unwrap();
+    fails(
+        &finetune_args(model, &data, out_arg, &flags(6, "--resume")),
+        &["no checkpoint", "nothing to resume"],
+    );
+    assert_eq!(std::fs::read_to_string(out.join("log.jsonl")).unwrap(), log);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // 5 steps: a checkpoint after each (a tenth of 5, rounded up), only the newest kept.
+    let first = keel(&finetune_args(model, &data, out_arg, &flags(5, "")));
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let checkpoints: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints, ["checkpoint-5"]);
+    let resumed = keel(&finetune_args(model, &data, out_arg, &flags(8, "--resume")));
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("checkpoint-5 (after step 5 of 8)"), "{}", resumed.stderr);
+    for run in [&first, &resumed] {
+        assert!(!run.stderr.contains('\r'), "progress bars stay off a stderr that is not a terminal");
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = |key: &str| -> Vec<u64> {
+        lines.iter().filter(|v| v.get(key).is_some()).map(|v| v["step"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(steps("loss"), [0, 1, 2, 3, 4, 5, 6, 7]);
+    // Validation after steps 4 and 8 (log steps 3 and 7), and at the first run's end (step 4).
+    assert_eq!(steps("val_loss"), [3, 4, 7]);
+    // The terminal names the same steps as the log.
+    let said: Vec<&str> = resumed.stderr.lines().filter(|l| l.contains("validation loss")).collect();
+    assert_eq!(said.len(), 1, "{}", resumed.stderr);
+    assert!(said[0].starts_with("step 7: validation loss "), "{}", said[0]);
 }
 
 #[test]
@@ -218,7 +292,7 @@ fn lora_finetune_writes_an_adapter_that_merges() {
         "merge",
         "--model",
         model,
-        "--adapter",
+        "--lora",
         adapter.to_str().unwrap(),
         "--out",
         merged.to_str().unwrap(),
@@ -235,16 +309,8 @@ fn lora_finetune_writes_an_adapter_that_merges() {
     // Merging an adapter into a model of another shape is refused.
     let Some(gpt2) = keel::testing::model("tiny-gpt2") else { return };
     fails(
-        &[
-            "merge",
-            "--model",
-            gpt2.to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--out",
-            "/tmp/x",
-        ],
-        &["--adapter"],
+        &["merge", "--model", gpt2.to_str().unwrap(), "--lora", adapter.to_str().unwrap(), "--out", "/tmp/x"],
+        &["--lora"],
     );
 }
 

@@ -24,9 +24,13 @@ function setBusy(on) {
   for (const b of document.querySelectorAll('.model-list button')) b.disabled = on;
 }
 
+// Chromium on Linux hides WebGPU adapters unless it is told otherwise.
+const LINUX_HINT = 'On Linux, Chromium offers WebGPU only when started with --enable-unsafe-webgpu ' +
+  '(e.g. chromium --enable-unsafe-webgpu http://127.0.0.1:8080/).';
+
 async function start() {
   if (!navigator.gpu) {
-    status('This browser has no WebGPU (navigator.gpu is missing). Try a current Chrome or Edge, or Chromium with --enable-unsafe-webgpu.', true);
+    status(`This browser has no WebGPU (navigator.gpu is missing). Try a current Chrome or Edge. ${LINUX_HINT}`, true);
     $('adapter').textContent = 'No WebGPU.';
     return;
   }
@@ -39,7 +43,7 @@ async function start() {
   try {
     engine = await Engine.open();
   } catch (e) {
-    status(`No usable WebGPU adapter: ${message(e)}`, true);
+    status(`No usable WebGPU adapter (${message(e)}). ${LINUX_HINT}`, true);
     $('adapter').textContent = 'No adapter.';
     return;
   }
@@ -252,12 +256,43 @@ function lcmSettings() {
 
 function request(lcm) {
   return JSON.stringify({
-    prompt: $('prompt').value, max_tokens: Number($('max-tokens').value), temperature: Number($('temperature').value),
+    prompt: $('prompt').value, max_tokens: maxTokens(), temperature: Number($('temperature').value),
     top_k: Number($('top-k').value), top_p: Number($('top-p').value), seed: Number($('seed').value), lcm,
   });
 }
 
+// Max tokens as a whole number of at least 1, or a refusal in words.
+function maxTokens() {
+  const n = Number($('max-tokens').value);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`Max tokens must be a whole number of at least 1, not '${$('max-tokens').value}'.`);
+  return n;
+}
+
+// The output panels for the LCM settings: one (plain or LCM) or baseline and modulated side
+// by side. Switching layout clears outputs and plots of the other one, so none is stale.
+function layoutOutputs() {
+  const lcm = $('lcm-on').checked;
+  const sideBySide = lcm && $('side-by-side').checked;
+  const title = sideBySide ? 'Baseline' : (lcm ? 'Output (LCM)' : 'Output');
+  if ($('out-a-title').textContent !== title) {
+    for (const id of ['out-a', 'out-b']) {
+      $(id).textContent = '';
+      delete $(id).dataset.ids;
+    }
+    for (const id of ['plot-entropy', 'plot-ppl']) plot($(id), [], PLOT_AXES[id]);
+    $('speed').textContent = '';
+    delete $('outputs').dataset.done;
+  }
+  $('out-a-title').textContent = title;
+  $('out-b-box').hidden = !sideBySide;
+}
+
 const WINDOW = 16;
+const PLOT_AXES = {
+  'plot-entropy': { x: 'generated token', y: 'entropy (nats)' },
+  'plot-ppl': { x: 'generated token', y: `perplexity (last ${WINDOW})` },
+  'plot-loss': { x: 'step', y: 'training loss' },
+};
 
 // One generation streamed into `out`; returns its result and per-token metrics.
 async function runOne(lcm, out) {
@@ -288,13 +323,13 @@ async function generate() {
   let lcm = null;
   try {
     lcm = $('lcm-on').checked ? lcmSettings() : null;
+    maxTokens();
   } catch (e) {
     status(message(e), true);
     return;
   }
   const sideBySide = $('side-by-side').checked && lcm;
-  $('out-b-box').hidden = !sideBySide;
-  $('out-a-title').textContent = sideBySide ? 'Baseline' : (lcm ? 'Output (LCM)' : 'Output');
+  layoutOutputs();
   delete $('outputs').dataset.done;
   setBusy(true);
   status('Generating…');
@@ -303,8 +338,10 @@ async function generate() {
     runs.push(await runOne(sideBySide ? null : lcm, $('out-a')));
     if (sideBySide) runs.push(await runOne(lcm, $('out-b')));
     const colors = ['#1f6feb', '#d1495b'];
-    plot($('plot-entropy'), runs.map((r, i) => ({ values: r.entropy, color: colors[i] })));
-    plot($('plot-ppl'), runs.map((r, i) => ({ values: r.ppl, color: colors[i] })));
+    const names = sideBySide ? ['baseline', 'LCM'] : [lcm ? 'LCM' : 'no LCM'];
+    const series = (key) => runs.map((r, i) => ({ values: r[key], color: colors[i], name: names[i] }));
+    plot($('plot-entropy'), series('entropy'), PLOT_AXES['plot-entropy']);
+    plot($('plot-ppl'), series('ppl'), PLOT_AXES['plot-ppl']);
     const r = runs[runs.length - 1];
     $('speed').textContent = runs.map((x, i) => `${sideBySide ? ['baseline', 'LCM'][i] + ': ' : ''}${x.result.ids.length} tokens, ` +
       `decode ${x.decodeTps.toFixed(1)} tokens/s`).join(' · ');
@@ -334,7 +371,7 @@ async function finetune() {
       batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value) });
     const done = JSON.parse(await model.finetune(req, (step, loss) => {
       losses.push(loss);
-      plot($('plot-loss'), [{ values: losses, color: '#2a9d4b' }], 'steps');
+      plot($('plot-loss'), [{ values: losses, color: '#2a9d4b', name: 'loss' }], PLOT_AXES['plot-loss']);
       $('ft-result').textContent = `step ${step + 1}: loss ${loss.toFixed(4)}`;
     }));
     $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
@@ -348,33 +385,59 @@ async function finetune() {
   }
 }
 
-// A line chart of one or more series on a canvas, y from 0 to the largest value, x in `unit`s.
-function plot(canvas, series, unit = 'tokens') {
+// A line chart of named series on a canvas: y from 0 to the largest value, labelled axes
+// (`axes`: {x, y}) and a legend row above the plot, so that it covers no line. The canvas keeps
+// what it shows in data-legend and data-axes (and says it in aria-label).
+function plot(canvas, series, axes) {
   const ctx = canvas.getContext('2d');
   const { width: w, height: h } = canvas;
-  const pad = 28;
+  const [left, right, top, bottom] = [46, 8, 22, 34];
   ctx.clearRect(0, 0, w, h);
+  canvas.dataset.legend = series.map((s) => s.name).join(',');
+  canvas.dataset.axes = `${axes.x};${axes.y}`;
+  canvas.setAttribute('aria-label', `${axes.y} against ${axes.x}: ${canvas.dataset.legend || 'no data yet'}`);
+  ctx.font = '11px sans-serif';
+  ctx.fillStyle = '#66707c';
+  ctx.strokeStyle = '#c9ced4';
+  ctx.beginPath();
+  ctx.moveTo(left, top); ctx.lineTo(left, h - bottom); ctx.lineTo(w - right, h - bottom);
+  ctx.stroke();
+  ctx.textAlign = 'center';
+  ctx.fillText(axes.x, left + (w - left - right) / 2, h - 4);
+  ctx.save();
+  ctx.translate(11, top + (h - top - bottom) / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.fillText(axes.y, 0, 0);
+  ctx.restore();
   const all = series.flatMap((s) => s.values).filter(Number.isFinite);
   if (!all.length) return;
-  const top = Math.max(...all) * 1.05 || 1;
+  const ymax = Math.max(...all) * 1.05 || 1;
   const n = Math.max(...series.map((s) => s.values.length));
-  ctx.strokeStyle = '#c9ced4';
-  ctx.fillStyle = '#66707c';
-  ctx.font = '11px sans-serif';
-  ctx.beginPath();
-  ctx.moveTo(pad, 4); ctx.lineTo(pad, h - pad); ctx.lineTo(w - 4, h - pad);
-  ctx.stroke();
-  ctx.fillText(top.toPrecision(3), 2, 12);
-  ctx.fillText('0', 14, h - pad);
-  ctx.fillText(`${n} ${unit}`, w - 70, h - 10);
+  ctx.textAlign = 'right';
+  ctx.fillText(ymax.toPrecision(3), left - 4, top + 8);
+  ctx.fillText('0', left - 4, h - bottom);
+  ctx.textAlign = 'left';
+  ctx.fillText('1', left, h - bottom + 12);
+  ctx.textAlign = 'right';
+  ctx.fillText(String(n), w - right, h - bottom + 12);
+  // The legend: a swatch and a name per series, left to right above the plot.
+  let x = left;
+  ctx.textAlign = 'left';
+  for (const s of series) {
+    ctx.fillStyle = s.color;
+    ctx.fillRect(x, 7, 14, 4);
+    ctx.fillStyle = '#333';
+    ctx.fillText(s.name, x + 18, 13);
+    x += 28 + ctx.measureText(s.name).width;
+  }
   for (const s of series) {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     s.values.forEach((v, i) => {
-      const x = pad + (n > 1 ? i / (n - 1) : 0) * (w - pad - 6);
-      const y = h - pad - (v / top) * (h - pad - 6);
-      if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+      const px = left + (n > 1 ? i / (n - 1) : 0) * (w - left - right);
+      const py = h - bottom - (v / ymax) * (h - top - bottom);
+      if (i) ctx.lineTo(px, py); else ctx.moveTo(px, py);
     });
     ctx.stroke();
   }
@@ -412,6 +475,8 @@ function setupDrop() {
 }
 
 $('generate').addEventListener('click', generate);
+$('lcm-on').addEventListener('change', layoutOutputs);
+$('side-by-side').addEventListener('change', layoutOutputs);
 $('finetune').addEventListener('click', finetune);
 setupDrop();
 start();

@@ -158,7 +158,7 @@ impl Api {
             GenerateOptions { max_tokens, sampler: p.sampler.clone(), eos: eos.clone(), lcm: p.lcm.clone() };
         let tok = &host.tokenizer;
         let (mut text, mut sent, mut ids, mut logprobs) = (String::new(), 0, Vec::new(), Vec::new());
-        let mut pieces = TextStream::new();
+        let mut pieces = TextStream::new(tok);
         let mut finish = "length";
         let mut hung_up = false;
         let result = pollster::block_on(generate::generate_async(
@@ -174,7 +174,7 @@ impl Api {
                     return Ok(());
                 }
                 logprobs.push((pick.id, pick.logprob));
-                text.push_str(&pieces.push(tok, pick.id)?);
+                text.push_str(&pieces.push(pick.id)?);
                 let (end, stopped) = match p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                     Some(at) => (at, true),
                     None => (held_back(&text, &p.stop), false),

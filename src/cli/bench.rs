@@ -26,12 +26,16 @@ pub struct BenchArgs {
     /// own (speed does not depend on the values; e.g. data/configs/smollm2-135m.json)
     #[arg(long, conflicts_with = "model")]
     shapes: Option<PathBuf>,
+    /// Length of the prompt whose prefill is timed
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
+    /// New tokens decoded after the prompt, timed
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Timed runs after one untimed warm-up (which compiles the shaders): mean ± sd over them
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
     /// Also time every kernel of one prefill chunk and one decode step, or of one training

@@ -192,13 +192,13 @@ pub fn chat(a: ChatArgs, adapter: &Option<String>) -> Result<()> {
             lcm: if lcm_on { lcm.clone() } else { None },
         };
         interrupted.store(false, Ordering::SeqCst);
-        let (mut reply, mut pieces) = (String::new(), TextStream::new());
+        let (mut reply, mut pieces) = (String::new(), TextStream::new(tok));
         let result = generate::generate(m.gpu, &m.gpu_model, &prompt, &opts, &mut |id| {
             if interrupted.load(Ordering::SeqCst) {
                 anyhow::bail!("interrupted");
             }
             if !eos.contains(&id) {
-                let piece = pieces.push(tok, id)?;
+                let piece = pieces.push(id)?;
                 stdout.write_all(piece.as_bytes())?;
                 stdout.flush()?;
                 reply.push_str(&piece);

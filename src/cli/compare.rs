@@ -26,8 +26,10 @@ pub struct StudyArgs {
     /// Sampling seeds 0 .. S-1 per prompt [default: 5 on a GPU, 1 on a CPU adapter]
     #[arg(long)]
     pub seeds: Option<usize>,
+    /// Sampling temperature of both arms (0 = greedy)
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Nucleus sampling of both arms: keep the smallest set with this much probability
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
     /// Output folder (replaced as a whole when the report is complete)
@@ -133,6 +135,7 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     let report = study::compare(&m.study(), &plan, &lcm, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
+    println!("{}", report.conclusion());
     println!("(* = the 95 % interval excludes 0)  report: {}", a.study.out.join("report.html").display());
     Ok(())
 }

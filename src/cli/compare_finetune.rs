@@ -45,6 +45,7 @@ pub struct CompareFinetuneArgs {
     /// Tokens per row
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    /// Learning rate of both arms (AdamW, constant)
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
     /// Held-out last fraction of the rows, for validation perplexity
@@ -169,6 +170,7 @@ pub fn run(a: CompareFinetuneArgs, adapter: &Option<String>) -> Result<()> {
                     val_data: None,
                     eval_every: 0,
                     save_every: 0,
+                    keep_newest_checkpoint_only: false,
                     seed,
                     shuffle: true,
                     resume: false,

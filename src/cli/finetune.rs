@@ -4,13 +4,13 @@ use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
+use crate::study::Progress;
 use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig};
 use crate::train::graph::ActivationMemory;
-use crate::train::run::{finetune, FinetuneConfig, LoraOptions, Progress};
+use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};
 use crate::train::schedule::Schedule;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -24,6 +24,7 @@ pub struct FinetuneArgs {
     /// Output folder: log.jsonl, checkpoint-N/, final/, loss.svg
     #[arg(long)]
     out: PathBuf,
+    /// Optimizer steps to run (counted from 0 in log.jsonl and on the terminal)
     #[arg(long, default_value_t = 100)]
     steps: usize,
     /// Rows per micro-batch
@@ -35,17 +36,22 @@ pub struct FinetuneArgs {
     /// Micro-batches per optimizer step (gradient accumulation)
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
+    /// Peak learning rate (AdamW)
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// AdamW's decoupled weight decay
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
     /// Exempt norm weights and biases from weight decay
     #[arg(long)]
     no_decay_norms_biases: bool,
+    /// AdamW's decay of the gradient's running mean, in [0, 1)
     #[arg(long, default_value_t = 0.9)]
     beta1: f64,
+    /// AdamW's decay of the squared gradient's running mean, in [0, 1)
     #[arg(long, default_value_t = 0.999)]
     beta2: f64,
+    /// AdamW's epsilon, added to the denominator
     #[arg(long, default_value_t = 1e-8)]
     adam_eps: f64,
     /// Linear warmup steps
@@ -78,15 +84,17 @@ pub struct FinetuneArgs {
     /// Validate every K steps (0 = at the end only, when validation data is given)
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
-    /// Save a checkpoint every K steps (0 = the final model only)
-    #[arg(long, default_value_t = 0)]
-    save_every: usize,
+    /// Save a checkpoint every K steps, all kept (0 = the final model only). Default: every
+    /// tenth of the run, keeping only the newest, so that --resume can always continue
+    #[arg(long)]
+    save_every: Option<usize>,
     /// Seeds shuffling and LoRA's initialisation
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Draw the rows in a seeded random order (false: in file order)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     shuffle: bool,
-    /// Continue from the newest checkpoint in --out
+    /// Continue from the newest checkpoint in --out (refused when there is none)
     #[arg(long)]
     resume: bool,
     #[command(flatten)]
@@ -217,7 +225,8 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,
-        save_every: a.save_every,
+        save_every: a.save_every.unwrap_or(a.steps.div_ceil(10)),
+        keep_newest_checkpoint_only: a.save_every.is_none(),
         seed: a.seed,
         shuffle: a.shuffle,
         resume: a.resume,
@@ -225,64 +234,66 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
     let path = resolve_model(&a.model)?;
     let model = crate::model::load(&path)?;
     let gpu = gpu(adapter)?;
-    let tty = std::io::stderr().is_terminal();
-    let mut show = |p: &Progress| {
-        let done = p.step + 1;
-        let width = 24;
-        let filled = done * width / p.steps.max(1);
-        let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
-        let mut val = p.val_loss.map_or(String::new(), |v| format!("  val {v:.4}"));
+    if cfg.resume {
+        if let Some((step, dir)) = latest_checkpoint(&cfg.out) {
+            eprintln!("keel: resuming from {} (after step {} of {})", dir.display(), step, cfg.steps);
+        }
+    }
+    let mut bar = Progress::new("fine-tuning");
+    let mut show = |p: &StepProgress| {
+        let mut message =
+            format!("step {}: loss {:.4}  lr {:.2e}  {:.0} tok/s", p.step, p.loss, p.lr, p.tokens_per_s);
         if let Some(l) = p.mean_lambda {
-            val.push_str(&format!("  λ {l:.3}"));
+            message.push_str(&format!("  λ {l:.3}"));
         }
-        let line = format!(
-            "step {done}/{} [{bar}] loss {:.4}  lr {:.2e}  {:.0} tok/s{val}",
-            p.steps, p.loss, p.lr, p.tokens_per_s
-        );
-        if tty {
-            eprint!("\r{line}\x1b[K");
-            if done == p.steps {
-                eprintln!();
-            }
-        } else {
-            eprintln!("{line}");
+        bar.message(message);
+        bar.update(p.step + 1, p.steps);
+        if let Some(v) = p.val_loss {
+            bar.println(&format!("step {}: validation loss {v:.4} (perplexity {:.2})", p.step, v.exp()));
         }
-        let _ = std::io::stderr().flush();
     };
     let summary = finetune(gpu, model, &path.display().to_string(), &cfg, &mut show)?;
-    if summary.first_step > 0 {
-        eprintln!("keel: resumed at step {}", summary.first_step);
-    }
     println!("final model: {}", summary.final_dir.display());
     println!("loss curve:  {}", summary.plot.display());
     println!("step log:    {}", cfg.out.join("log.jsonl").display());
     Ok(())
 }
 
-/// `keel merge --model PATH --adapter DIR --out DIR`. Merging runs on the CPU, so here
-/// `--adapter` names the LoRA adapter folder; it shares the global flag's id (a GPU adapter
-/// elsewhere) and type, which lets clap give this subcommand its own help for it.
+/// `keel merge --model PATH --lora DIR --out DIR`. Merging runs on the CPU; the adapter
+/// folder has its own flag so that it is not confused with the global GPU `--adapter`.
 #[derive(Args)]
 pub struct MergeArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// The LoRA adapter folder (adapter_model.safetensors + adapter_config.json)
-    #[arg(long = "adapter", id = "adapter")]
-    lora: Option<String>,
+    /// The LoRA adapter folder (adapter_model.safetensors + adapter_config.json), e.g. a
+    /// LoRA fine-tune's OUT/final
+    #[arg(long)]
+    lora: Option<PathBuf>,
     /// Where the merged model goes
     #[arg(long)]
     out: PathBuf,
 }
 
-pub fn merge(a: MergeArgs, global_adapter: &Option<String>) -> Result<()> {
-    let Some(adapter) = a.lora.as_ref().or(global_adapter.as_ref()) else {
-        bail!("keel merge needs --adapter DIR, the LoRA adapter folder (adapter_model.safetensors + adapter_config.json)")
+pub fn merge(a: MergeArgs, gpu_adapter: &Option<String>) -> Result<()> {
+    let Some(lora_dir) = a.lora else {
+        if let Some(given) = gpu_adapter {
+            bail!(
+                "keel merge takes the LoRA folder as --lora {given} (--adapter picks a GPU, and merging runs on the CPU)"
+            )
+        }
+        bail!("keel merge needs --lora DIR, the LoRA adapter folder (adapter_model.safetensors + adapter_config.json)")
     };
-    let adapter = PathBuf::from(adapter);
+    if !lora_dir.join("adapter_config.json").exists() && lora_dir.join("config.json").exists() {
+        bail!(
+            "--lora {dir}: holds a full model (config.json), not a LoRA adapter: a full fine-tune needs no merge, \
+             use it as it is with --model {dir}",
+            dir = lora_dir.display()
+        );
+    }
     let path = resolve_model(&a.model)?;
     let mut model = crate::model::load(&path)?;
     let lora =
-        Lora::load(&adapter, &model.config).with_context(|| format!("--adapter {}", adapter.display()))?;
+        Lora::load(&lora_dir, &model.config).with_context(|| format!("--lora {}", lora_dir.display()))?;
     lora.merge_into(&mut model.weights);
     save_hf_model(&a.out, &model.config, &model.weights, model.tokenizer.json())?;
     println!("merged model: {}", a.out.display());

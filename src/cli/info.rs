@@ -1,19 +1,16 @@
 //! `keel info`: what wgpu sees and what Keel asks of the device.
 
-use crate::gpu::Gpu;
+use crate::gpu::{adapter_label, Gpu};
 use anyhow::Result;
 
 pub fn run(adapter: &Option<String>) -> Result<()> {
     println!("adapters:");
     for (i, a) in pollster::block_on(Gpu::adapters()).iter().enumerate() {
-        println!(
-            "  [{i}] {} ({:?}, {:?}, driver {} {})",
-            a.name, a.backend, a.device_type, a.driver, a.driver_info
-        );
+        println!("  [{i}] {} ({:?}, driver {} {})", adapter_label(a), a.device_type, a.driver, a.driver_info);
     }
     let gpu = super::gpu(adapter)?;
     let i = &gpu.info;
-    println!("using: {}", i.name);
+    println!("using: {}", adapter_label(i));
     println!("  backend: {:?}", i.backend);
     println!("  device type: {:?}", i.device_type);
     println!("  driver: {} {}", i.driver, i.driver_info);

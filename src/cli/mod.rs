@@ -8,6 +8,7 @@ mod compare;
 mod compare_finetune;
 mod finetune;
 mod info;
+mod progress;
 mod pull;
 mod serve;
 mod sweep;
@@ -20,18 +21,19 @@ use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::{GpuModel, LoadedModel, WeightChoice};
 use crate::modulate::{self, LcmConfig};
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
     name = "keel",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("KEEL_GIT_COMMIT"), ")"),
     about = "Run, modulate and fine-tune transformer language models in WGSL on any GPU"
 )]
 struct Cli {
-    /// GPU adapter: index in `keel info`'s list or part of its name (env: KEEL_ADAPTER)
+    /// GPU adapter: index in `keel info`'s list, or part of its name or backend (env: KEEL_ADAPTER)
     #[arg(long, global = true)]
     adapter: Option<String>,
     #[command(subcommand)]
@@ -52,7 +54,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fine-tune a model (every weight, or LoRA adapters) on a text or .jsonl file
     Finetune(finetune::FinetuneArgs),
-    /// Merge a LoRA adapter folder (--adapter DIR) into its base model and save the result
+    /// Merge a LoRA adapter folder (--lora DIR) into its base model and save the result
     Merge(finetune::MergeArgs),
     /// Baseline vs LCM-modulated generation on the same prompts and seeds: metrics and a report
     Compare(compare::CompareArgs),
@@ -330,20 +332,53 @@ pub fn flag(field: &str) -> String {
     format!("--{}", field.replace('_', "-"))
 }
 
+/// The parser: `keel` alone prints the help, and every subcommand reads `-1` as a value
+/// (`--temperature -1` is then refused by the range check, not taken for a flag).
+fn command() -> clap::Command {
+    let cmd = Cli::command().arg_required_else_help(true);
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.iter().fold(cmd, |cmd, name| cmd.mut_subcommand(name, |s| s.allow_negative_numbers(true)))
+}
+
+/// clap's whole message as one line (its tips included, its usage block left out), ending
+/// with where to look: `see keel generate --help`.
+fn one_line_parse_error(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    let mut command = "keel".to_string();
+    for line in rendered.lines().map(str::trim) {
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            // "Usage: keel generate [OPTIONS] --prompt <PROMPT>" names the command.
+            let words: Vec<&str> =
+                usage.split_whitespace().take_while(|w| !w.starts_with(['-', '<', '['])).collect();
+            command = words.join(" ");
+        } else if line.starts_with("tip: ") {
+            parts.push(format!("({line})"));
+        } else if !line.is_empty() && !line.starts_with("For more information") {
+            parts.push(line.trim_start_matches("error: ").to_string());
+        }
+    }
+    let message = parts.join(" ");
+    let message = if message.is_empty() { "invalid arguments".to_string() } else { message };
+    format!("{message}; see {command} --help")
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let parsed = command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `keel` alone: the help, as `keel --help` prints it.
+            print!("{}", command().render_help());
+            return 0;
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version: clap's own output, exit 0.
             let _ = e.print();
             return 0;
         }
         Err(e) => {
-            // One line, like every other error: clap's first line, without its usage block.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("error: {first}");
+            eprintln!("error: {}", one_line_parse_error(&e.render().to_string()));
             return 2;
         }
     };
@@ -362,5 +397,37 @@ pub fn main() -> i32 {
             eprintln!("error: {msg}");
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag of every command says what it does in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        let cmd = command();
+        let mut bare = Vec::new();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| a.get_long().is_some() && !a.is_hide_set()) {
+                if arg.get_help().is_none() {
+                    bare.push(format!("keel {} --{}", sub.get_name(), arg.get_long().unwrap()));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "flags without help: {bare:?}");
+    }
+
+    #[test]
+    fn parse_errors_become_one_line_ending_with_the_help_to_read() {
+        let rendered = "error: unexpected argument '--max-token' found\n\n  tip: a similar argument exists: \
+                        '--max-tokens'\n\nUsage: keel generate [OPTIONS] --prompt <PROMPT>\n\nFor more \
+                        information, try '--help'.\n";
+        assert_eq!(
+            one_line_parse_error(rendered),
+            "unexpected argument '--max-token' found (tip: a similar argument exists: '--max-tokens'); \
+             see keel generate --help"
+        );
     }
 }

@@ -31,9 +31,10 @@ pub struct ServeArgs {
     /// A model folder or .gguf file to offer (repeatable); Keel's cache is offered too
     #[arg(long)]
     pub model: Vec<PathBuf>,
-    /// The page's folder (index.html, app.js, style.css and the built pkg/)
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
-    pub web: PathBuf,
+    /// The page's folder (index.html, app.js, style.css and the built pkg/) [default: web/ of
+    /// the source tree Keel was built from]
+    #[arg(long)]
+    pub web: Option<PathBuf>,
     /// Also serve an OpenAI-compatible API under /v1 with the first --model (or the default one)
     #[arg(long)]
     pub api: bool,
@@ -53,10 +54,10 @@ struct Site {
 }
 
 pub fn run(a: ServeArgs, adapter: &Option<String>) -> Result<()> {
-    let web_root =
-        a.web.canonicalize().ok().filter(|d| d.join("index.html").is_file()).with_context(|| {
-            format!("--web {}: no index.html there (the page's folder is expected)", a.web.display())
-        })?;
+    let web = a.web.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web")));
+    let web_root = web.canonicalize().ok().filter(|d| d.join("index.html").is_file()).with_context(|| {
+        format!("--web {}: no index.html there (the page's folder is expected)", web.display())
+    })?;
     if !web_root.join("pkg").is_dir() {
         eprintln!("note: {} is missing: build it with scripts/build-web.sh", web_root.join("pkg").display());
     }

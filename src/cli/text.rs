@@ -90,6 +90,9 @@ pub struct PerplexityArgs {
 }
 
 pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
+    if a.max_tokens == 0 {
+        bail!("--max-tokens 0: nothing to generate (give 1 or more)");
+    }
     let lcm = a.lcm.config()?;
     // The conversation first: a broken messages file is refused before the model loads.
     let conversation = match (&a.messages, &a.prompt) {
@@ -114,16 +117,21 @@ pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
         None => (host.tokenizer.encode(a.prompt.as_deref().unwrap_or_default())?, host.config.eos.clone()),
     };
     let m = upload(host, adapter, a.model.weights()?, t0)?;
-    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos, lcm };
+    let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: eos.clone(), lcm };
     let tok = &m.host.tokenizer;
-    let mut stream = TextStream::new();
+    let mut stream = TextStream::new(tok);
     let mut stdout = std::io::stdout();
+    // Until the first token: the prompt's forward pass and, on a first run, shader compilation.
+    let waiting = super::progress::spinner(format!("reading {} prompt tokens", prompt_ids.len()));
     let t0 = Instant::now();
     let mut first_token_s = None;
     let ids = generate::generate(m.gpu, &m.gpu_model, &prompt_ids, &opts, &mut |id| {
-        first_token_s.get_or_insert(t0.elapsed().as_secs_f64());
+        if first_token_s.is_none() {
+            first_token_s = Some(t0.elapsed().as_secs_f64());
+            waiting.finish_and_clear();
+        }
         if !a.json {
-            stdout.write_all(stream.push(tok, id)?.as_bytes())?;
+            stdout.write_all(stream.push(id)?.as_bytes())?;
             stdout.flush()?;
         }
         Ok(())
@@ -135,18 +143,52 @@ pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
     } else {
         println!();
     }
-    let prefill = first_token_s.unwrap_or(total);
-    let decoded = ids.len().saturating_sub(1);
-    eprintln!(
-        "[{} prompt tokens, prefill {:.0} tok/s; {} new tokens, decode {:.1} tok/s; load {:.2}s; {}]",
-        prompt_ids.len(),
-        prompt_ids.len() as f64 / prefill,
-        ids.len(),
-        if decoded > 0 { decoded as f64 / (total - prefill) } else { 0.0 },
-        m.load_s,
-        m.gpu.info.name
-    );
+    let stats = GenerationStats {
+        prompt_tokens: prompt_ids.len(),
+        ids: &ids,
+        eos: &eos,
+        first_token_s: first_token_s.unwrap_or(total),
+        total_s: total,
+    };
+    eprintln!("[{}; load {:.2} s; {}]", stats.describe(), m.load_s, m.gpu.info.name);
     Ok(())
+}
+
+/// What one generation measured, for the line printed after it.
+struct GenerationStats<'a> {
+    prompt_tokens: usize,
+    /// The generated ids, an end-of-sequence token included when it stopped the generation.
+    ids: &'a [u32],
+    eos: &'a [u32],
+    /// Seconds to the first new token: the prompt's forward pass plus any shader compilation.
+    first_token_s: f64,
+    total_s: f64,
+}
+
+/// Fewer decode steps than this give no rate worth printing.
+const MIN_DECODE_STEPS: usize = 4;
+
+impl GenerationStats<'_> {
+    fn describe(&self) -> String {
+        let stopped_at_eos = self.ids.last().is_some_and(|id| self.eos.contains(id));
+        let new_tokens = self.ids.len() - usize::from(stopped_at_eos);
+        let mut parts = vec![
+            format!("{} prompt tokens", self.prompt_tokens),
+            format!("first token after {:.2} s", self.first_token_s),
+        ];
+        // Each token after the first is one decode step (the end-of-sequence pick included).
+        let steps = self.ids.len().saturating_sub(1);
+        let decode_s = self.total_s - self.first_token_s;
+        if steps >= MIN_DECODE_STEPS && decode_s > 0.0 {
+            parts.push(format!("{new_tokens} new tokens, decode {:.1} tok/s", steps as f64 / decode_s));
+        } else {
+            parts.push(format!("{new_tokens} new tokens"));
+        }
+        if stopped_at_eos {
+            parts.push(format!("stopped at end of sequence after {new_tokens} tokens"));
+        }
+        parts.join("; ")
+    }
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -156,9 +198,19 @@ fn read_text(path: &Path) -> Result<String> {
 
 pub fn score(a: ScoreArgs, adapter: &Option<String>) -> Result<()> {
     let text = read_text(&a.text_file)?;
+    if text.is_empty() {
+        bail!("{}: empty, nothing to score", a.text_file.display());
+    }
     let lcm = a.lcm.config()?;
     let m = load_model(&a.model, adapter)?;
     let ids = m.host.tokenizer.encode(&text)?;
+    if ids.len() < 2 {
+        bail!(
+            "{}: {} token(s) after tokenizing; scoring needs at least 2 (each token is scored from the ones before it)",
+            a.text_file.display(),
+            ids.len()
+        );
+    }
     let (window, stride) = a.window.resolve(m.host.config.max_positions);
     let s = match &lcm {
         Some(_) if ids.len() > window => bail!(
@@ -215,4 +267,30 @@ pub fn perplexity(a: PerplexityArgs, adapter: &Option<String>) -> Result<()> {
         );
     }
     Ok(())
+}
+#[cfg(test)]
+mod tests {
+    use super::GenerationStats;
+
+    fn line(ids: &[u32], first_token_s: f64, total_s: f64) -> String {
+        GenerationStats { prompt_tokens: 6, ids, eos: &[2], first_token_s, total_s }.describe()
+    }
+
+    #[test]
+    fn the_stats_line_reports_what_was_measured() {
+        // Nine tokens, the last one EOS: eight new tokens, eight decode steps in 2 s.
+        let ids = [5, 6, 7, 8, 9, 10, 11, 12, 2];
+        assert_eq!(
+            line(&ids, 1.5, 3.5),
+            "6 prompt tokens; first token after 1.50 s; 8 new tokens, decode 4.0 tok/s; \
+             stopped at end of sequence after 8 tokens"
+        );
+        // EOS at once: no new token, no rate.
+        assert_eq!(
+            line(&[2], 0.25, 0.25),
+            "6 prompt tokens; first token after 0.25 s; 0 new tokens; stopped at end of sequence after 0 tokens"
+        );
+        // Too few decode steps for a rate; stopped by --max-tokens.
+        assert_eq!(line(&[5, 6, 7], 0.5, 0.6), "6 prompt tokens; first token after 0.50 s; 3 new tokens");
+    }
 }

@@ -8,9 +8,22 @@ use std::sync::{Arc, Mutex};
 
 /// Which adapter to use: `--adapter` flag, else the `KEEL_ADAPTER` environment variable.
 /// A number picks by index in `keel info`'s list; any other text picks the first adapter
-/// whose name contains it (case-insensitive). `None`: wgpu's high-performance choice.
+/// whose name or backend (`[Vulkan]`, `[Gl]`) contains it (case-insensitive). `None`: wgpu's high-performance choice.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdapterChoice(pub Option<String>);
+
+/// What to try when no adapter is found, where Keel runs.
+#[cfg(not(target_arch = "wasm32"))]
+const NO_ADAPTER_HINT: &str =
+    "on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)";
+#[cfg(target_arch = "wasm32")]
+const NO_ADAPTER_HINT: &str = "the browser offers none to this page";
+
+/// An adapter as Keel lists it: its name and backend ("llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan]"),
+/// since one device can be offered by several backends under the same name.
+pub fn adapter_label(info: &wgpu::AdapterInfo) -> String {
+    format!("{} [{:?}]", info.name, info.backend)
+}
 
 impl AdapterChoice {
     /// The flag's choice, else `KEEL_ADAPTER`'s.
@@ -110,17 +123,15 @@ impl Gpu {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| {
-                    anyhow!("no GPU adapter found ({e}); on Linux without a GPU install Mesa's lavapipe (apt-get install mesa-vulkan-drivers)")
-                })?,
+                .map_err(|e| anyhow!("no GPU adapter found ({e}); {NO_ADAPTER_HINT}"))?,
             Some(want) => {
                 let all = instance.enumerate_adapters(wgpu::Backends::all()).await;
-                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                let names: Vec<String> = all.iter().map(|a| adapter_label(&a.get_info())).collect();
                 let pick = match want.parse::<usize>() {
                     Ok(i) => all.into_iter().nth(i),
-                    Err(_) => all.into_iter().find(|a| {
-                        a.get_info().name.to_lowercase().contains(&want.to_lowercase())
-                    }),
+                    Err(_) => all
+                        .into_iter()
+                        .find(|a| adapter_label(&a.get_info()).to_lowercase().contains(&want.to_lowercase())),
                 };
                 pick.ok_or_else(|| {
                     anyhow!("--adapter/KEEL_ADAPTER '{want}' matches no adapter; available: {names:?}")

@@ -32,6 +32,31 @@ pub enum Better {
     Neither,
 }
 
+impl Better {
+    /// How a paired difference reads: "better" or "worse" when its interval excludes 0 and
+    /// the metric has a better direction, "changed" when it has none; None when the interval
+    /// holds 0.
+    pub fn verdict(self, p: &Paired) -> Option<&'static str> {
+        if !p.significant() {
+            return None;
+        }
+        Some(match (self, p.diff > 0.0) {
+            (Better::Lower, false) | (Better::Higher, true) => "better",
+            (Better::Lower, true) | (Better::Higher, false) => "worse",
+            (Better::Neither, _) => "changed",
+        })
+    }
+
+    /// The direction as the table says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Better::Lower => "lower",
+            Better::Higher => "higher",
+            Better::Neither => "neither",
+        }
+    }
+}
+
 /// Every scalar metric of a run: name, what it is, which way is better.
 pub const METRICS: &[(&str, &str, Better)] = &[
     ("plain_perplexity", "the plain model's perplexity of the generated text", Better::Lower),
@@ -151,6 +176,8 @@ pub struct Study {
 pub struct MetricSummary {
     pub metric: &'static str,
     pub better: Better,
+    /// [`Better::verdict`] of the difference.
+    pub verdict: Option<&'static str>,
     #[serde(flatten)]
     pub paired: Paired,
 }
@@ -169,11 +196,8 @@ pub fn summarize(base: &[Run], arm: &[Run]) -> Vec<MetricSummary> {
         .map(|(i, &(metric, _, better))| {
             let b: Vec<f64> = pairs.iter().map(|p| p.0[i]).collect();
             let a: Vec<f64> = pairs.iter().map(|p| p.1[i]).collect();
-            MetricSummary {
-                metric,
-                better,
-                paired: bootstrap::paired(&b, &a, bootstrap::RESAMPLES, bootstrap::SEED),
-            }
+            let paired = bootstrap::paired(&b, &a, bootstrap::RESAMPLES, bootstrap::SEED);
+            MetricSummary { metric, better, verdict: better.verdict(&paired), paired }
         })
         .collect()
 }
@@ -200,7 +224,42 @@ impl Comparison {
             "metrics": METRICS.iter().map(|(n, d, b)| json!({"name": n, "description": d, "better": b})).collect::<Vec<_>>(),
             "runs": self.runs.iter().map(Run::json).collect::<Vec<_>>(),
             "summary": self.summary,
+            "conclusion": self.conclusion(),
         })
+    }
+
+    /// One sentence from the numbers: which metrics with a better direction the modulation
+    /// moved beyond their 95 % interval, each way, and what it did to the plain model's
+    /// perplexity of the text.
+    pub fn conclusion(&self) -> String {
+        let named = |verdict: &str| -> Vec<&str> {
+            self.summary.iter().filter(|m| m.verdict == Some(verdict)).map(|m| m.metric).collect()
+        };
+        let (better, worse) = (named("better"), named("worse"));
+        let list = |v: &[&str]| if v.is_empty() { String::new() } else { format!(" ({})", v.join(", ")) };
+        let mut s = if better.is_empty() && worse.is_empty() {
+            "With this setting, LCM moved no metric that has a better direction beyond its 95 % interval"
+                .to_string()
+        } else {
+            format!(
+                "With this setting, LCM made {} metric(s) better{} and {} worse{} (95 % intervals excluding 0)",
+                better.len(),
+                list(&better),
+                worse.len(),
+                list(&worse)
+            )
+        };
+        if let Some(ppl) = self.summary.iter().find(|m| m.metric == "plain_perplexity") {
+            let p = &ppl.paired;
+            let _ = write!(
+                s,
+                "; the plain model's perplexity of the text went from {} to {}",
+                num(p.base_mean, 3),
+                num(p.arm_mean, 3)
+            );
+        }
+        s.push('.');
+        s
     }
 
     /// `arm,prompt,seed,position,token_id,token_text,logprob,entropy,top1_prob`, one row per
@@ -264,9 +323,13 @@ impl Comparison {
                  in minutes. Run on a GPU for the full study.</p>\n",
             );
         }
+        let _ = writeln!(body, "<p class=\"conclusion\"><b>Conclusion:</b> {}</p>", esc(&self.conclusion()));
         body.push_str(
             "<h2>Metrics</h2><p>Mean ± sd over the paired generations; difference = modulated − baseline \
-             with its 95 % paired bootstrap interval (bold: it excludes 0).</p>\n",
+             with its 95 % paired bootstrap interval. Where the interval excludes 0 the difference is bold \
+             and marked <span class=\"better\">better</span> or <span class=\"worse\">worse</span> by the \
+             metric's better direction (column “better”), or “changed” for a metric that has none. \
+             Definitions: docs/metrics.md.</p>\n",
         );
         body.push_str(&self.metric_table());
         body.push_str("<h2>Plots</h2><div class=\"plots\">\n");
@@ -283,23 +346,25 @@ impl Comparison {
             .summary
             .iter()
             .zip(METRICS)
-            .map(|(m, (_, description, _))| paired_cells(m.metric, description, &m.paired))
+            .map(|(m, (_, description, _))| paired_cells(m.metric, description, m.better, &m.paired))
             .collect();
-        html::table(&["metric", "baseline", "modulated", "difference [95% CI]", "pairs"], &rows)
+        html::table(&["metric", "better", "baseline", "modulated", "difference [95% CI]", "pairs"], &rows)
     }
 
     /// Entropy and windowed perplexity against position, and latent cosine per layer, each
-    /// with every arm's mean and a band of ± one sd across its runs.
+    /// with every arm's mean and a band of ± one sd across its runs (perplexity, on a log
+    /// axis: geometric mean and ± one sd of its log).
     pub fn charts(&self) -> Vec<Chart> {
         let arms = [BASELINE, MODULATED];
-        let per_arm = |f: &dyn Fn(&Run) -> Vec<f64>| -> Vec<Series> {
+        let per_arm_with = |series: fn(&str, &str, &[Vec<f64>]) -> Series, f: &dyn Fn(&Run) -> Vec<f64>| {
             arms.iter()
                 .enumerate()
                 .map(|(i, arm)| {
-                    band_series(arm, PALETTE[i], &self.arm(arm).iter().map(|r| f(r)).collect::<Vec<_>>())
+                    series(arm, PALETTE[i], &self.arm(arm).iter().map(|r| f(r)).collect::<Vec<_>>())
                 })
-                .collect()
+                .collect::<Vec<Series>>()
         };
+        let per_arm = |f: &dyn Fn(&Run) -> Vec<f64>| per_arm_with(band_series, f);
         let entropy = |r: &Run| {
             trailing_mean(&r.tokens.iter().map(|t| t.entropy as f64).collect::<Vec<_>>(), PLOT_WINDOW)
         };
@@ -318,10 +383,10 @@ impl Comparison {
                 log_y: false,
             },
             Chart {
-                title: format!("Perplexity over the last {window} tokens"),
+                title: format!("Perplexity over the last {window} tokens (geometric mean, ± 1 sd of log)"),
                 x_label: "generated token".into(),
                 y_label: "perplexity (own model)".into(),
-                series: per_arm(&ppl),
+                series: per_arm_with(log_band_series, &ppl),
                 log_y: true,
             },
             Chart {
@@ -378,15 +443,20 @@ pub fn paired_line(metric: &str, p: &Paired, name: usize, cell: usize) -> String
     )
 }
 
-/// One metric's HTML table row: name and description, both arms' mean ± sd, the difference
-/// with its interval (bold when it excludes 0), and the number of pairs.
-pub fn paired_cells(metric: &str, description: &str, p: &Paired) -> Vec<String> {
+/// One metric's HTML table row: name and description, its better direction, both arms'
+/// mean ± sd, the difference with its interval (bold when it excludes 0, and marked better,
+/// worse or changed: [`Better::verdict`]), and the number of pairs.
+pub fn paired_cells(metric: &str, description: &str, better: Better, p: &Paired) -> Vec<String> {
     let diff = format!("{:+} [{}, {}]", Signed(p.diff), num(p.ci_low, 3), num(p.ci_high, 3));
     vec![
         format!("{}<br><small>{}</small>", esc(metric), esc(description)),
+        better.label().to_string(),
         format!("{} ± {}", num(p.base_mean, 4), num(p.base_sd, 2)),
         format!("{} ± {}", num(p.arm_mean, 4), num(p.arm_sd, 2)),
-        if p.significant() { format!("<td class=\"sig\">{diff}</td>") } else { diff },
+        match better.verdict(p) {
+            Some(verdict) => format!("<td class=\"sig {verdict}\">{diff} {verdict}</td>"),
+            None => diff,
+        },
         p.n.to_string(),
     ]
 }
@@ -420,6 +490,16 @@ pub fn band_series(name: &str, color: &str, curves: &[Vec<f64>]) -> Series {
     }
     let mut s = Series::new(name, points, color);
     s.band = Some(band);
+    s
+}
+
+/// [`band_series`] for a quantity plotted on a log axis: the geometric mean and a band of
+/// ± one sd of the log, so that the band is symmetric on the axis and never dives below 0.
+pub fn log_band_series(name: &str, color: &str, curves: &[Vec<f64>]) -> Series {
+    let logs: Vec<Vec<f64>> = curves.iter().map(|c| c.iter().map(|v| v.ln()).collect()).collect();
+    let mut s = band_series(name, color, &logs);
+    s.points.iter_mut().for_each(|(_, y)| *y = y.exp());
+    s.band.iter_mut().flatten().for_each(|(_, lo, hi)| (*lo, *hi) = (lo.exp(), hi.exp()));
     s
 }
 
@@ -498,6 +578,37 @@ mod tests {
         assert_eq!(html.matches("<svg").count(), 3);
         assert!(html.contains("Reduced study") && html.contains("plain_perplexity"));
         assert!(c.table_text().lines().count() == 1 + METRICS.len());
+    }
+
+    #[test]
+    fn log_bands_are_symmetric_on_a_log_axis() {
+        // Perplexities 1 and 100: geometric mean 10; the band is ± one sd of the log, so it
+        // stays above 0 and its ends multiply to the mean squared.
+        let s = log_band_series("x", "#000", &[vec![1.0], vec![100.0]]);
+        assert!((s.points[0].1 - 10.0).abs() < 1e-9);
+        let (_, lo, hi) = s.band.unwrap()[0];
+        let sd = 2f64.sqrt() * 10f64.ln();
+        assert!((lo - 10.0 * (-sd).exp()).abs() < 1e-9 && lo > 0.0);
+        assert!((lo * hi - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn verdicts_follow_the_better_direction() {
+        let p = |diff: f64, ci_low: f64, ci_high: f64| Paired {
+            n: 8,
+            base_mean: 1.0,
+            base_sd: 0.1,
+            arm_mean: 1.0 + diff,
+            arm_sd: 0.1,
+            diff,
+            ci_low,
+            ci_high,
+        };
+        assert_eq!(Better::Lower.verdict(&p(-0.5, -0.8, -0.2)), Some("better"));
+        assert_eq!(Better::Lower.verdict(&p(0.5, 0.2, 0.8)), Some("worse"));
+        assert_eq!(Better::Higher.verdict(&p(0.5, 0.2, 0.8)), Some("better"));
+        assert_eq!(Better::Neither.verdict(&p(0.5, 0.2, 0.8)), Some("changed"));
+        assert_eq!(Better::Lower.verdict(&p(0.5, -0.1, 0.8)), None);
     }
 
     #[test]

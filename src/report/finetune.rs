@@ -3,7 +3,7 @@
 //! variability per block, steps to a target loss, validation perplexity and representation
 //! drift against the base model, with paired bootstrap intervals.
 
-use super::compare::{band_series, paired_cells, paired_line};
+use super::compare::{band_series, paired_cells, paired_line, Better};
 use super::html;
 use super::svg::{esc, Chart, PALETTE};
 use crate::metrics::bootstrap::{paired, Paired, RESAMPLES, SEED};
@@ -199,10 +199,16 @@ impl FinetuneComparison {
             esc(&self.study.to_string()),
             esc(TARGET_DEFINITION)
         );
-        let rows: Vec<Vec<String>> =
-            self.summary.iter().map(|m| paired_cells(m.metric, m.description, &m.paired)).collect();
+        let rows: Vec<Vec<String>> = self
+            .summary
+            .iter()
+            .map(|m| paired_cells(m.metric, m.description, Better::Neither, &m.paired))
+            .collect();
         body.push_str("<h2>Metrics</h2>\n");
-        body.push_str(&html::table(&["metric", PLAIN, CONSTRICTED, "difference [95% CI]", "pairs"], &rows));
+        body.push_str(&html::table(
+            &["metric", "better", PLAIN, CONSTRICTED, "difference [95% CI]", "pairs"],
+            &rows,
+        ));
         body.push_str("<h2>Plots</h2><div class=\"plots\">\n");
         for chart in self.charts() {
             body.push_str(&chart.to_svg());

@@ -9,16 +9,24 @@ max-width:1480px;margin:24px auto;padding:0 16px;color:#222}\
 table{border-collapse:collapse;margin:12px 0;font-size:14px}\
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}\
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}\
-td.sig{font-weight:600}.plots{display:flex;flex-wrap:wrap;gap:12px}\
+td.sig{font-weight:600}.better{color:#007a4d}.worse{color:#b3261e}\
+.conclusion{font-size:16px}footer{margin-top:32px;color:#777;font-size:12px}.plots{display:flex;flex-wrap:wrap;gap:12px}\
 .samples{display:grid;grid-template-columns:1fr 1fr;gap:12px}\
 .samples div{border:1px solid #ddd;padding:8px;white-space:pre-wrap;font-size:13px}\
 .note{background:#fff6e0;border:1px solid #e6c200;padding:8px}";
 
-/// A whole page: `title` as its title and first heading, then `body` (already HTML).
+/// Keel's version and the git commit it was built from ("unknown" when built outside a git
+/// checkout without KEEL_GIT_COMMIT set; see build.rs).
+pub const KEEL_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const KEEL_COMMIT: &str = env!("KEEL_GIT_COMMIT");
+
+/// A whole page: `title` as its title and first heading, then `body` (already HTML), then a
+/// footer naming the Keel that wrote it.
 pub fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>{t}</title><style>{STYLE}</style></head>\n<body><h1>{t}</h1>\n{body}</body></html>\n",
+         <title>{t}</title><style>{STYLE}</style></head>\n<body><h1>{t}</h1>\n{body}\
+         <footer>Written by Keel {KEEL_VERSION}, commit {KEEL_COMMIT}.</footer></body></html>\n",
         t = esc(title)
     )
 }
@@ -46,16 +54,21 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
-/// Writes a report's JSON (pretty) and HTML page into `dir` as `NAME.json` and `NAME.html`.
+/// Writes a report's JSON (pretty, with a "keel" object: version and commit) and HTML page
+/// into `dir` as `NAME.json` and `NAME.html`.
 pub fn write_report(
     dir: &std::path::Path,
     name: &str,
     json: &serde_json::Value,
     html: &str,
 ) -> anyhow::Result<()> {
+    let mut json = json.clone();
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert("keel".into(), serde_json::json!({"version": KEEL_VERSION, "commit": KEEL_COMMIT}));
+    }
     crate::atomic::write_file(
         &dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(json)?.as_bytes(),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     crate::atomic::write_file(&dir.join(format!("{name}.html")), html.as_bytes())
 }

@@ -11,7 +11,8 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 400.0;
 const LEFT: f64 = 72.0;
 const RIGHT: f64 = 24.0;
-const TOP: f64 = 44.0;
+/// Room for the title and, under it, the legend's row.
+const TOP: f64 = 66.0;
 const BOTTOM: f64 = 52.0;
 const FONT: &str = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
 /// Series with at most this many points also get a dot per point.
@@ -376,32 +377,37 @@ impl Chart {
         s
     }
 
-    /// The legend box in the plot's top-right corner.
+    /// The legend: one row between the title and the plot, so that it never hides data.
     fn legend(&self, s: &mut String, right: f64) {
-        if self.series.is_empty() {
-            return;
-        }
         // No text metrics without a renderer: 7px per character is generous at 12px.
-        let longest = self.series.iter().map(|x| x.name.chars().count()).max().unwrap_or(0);
-        let (w, h) = (longest as f64 * 7.0 + 44.0, self.series.len() as f64 * 18.0 + 10.0);
-        let (x0, y0) = (right - w - 10.0, TOP + 10.0);
-        let _ = writeln!(
-            s,
-            "<rect x=\"{x0:.1}\" y=\"{y0:.1}\" width=\"{w:.1}\" height=\"{h:.1}\" rx=\"4\" \
-             fill=\"#fff\" fill-opacity=\"0.85\" stroke=\"#ddd\"/>"
-        );
-        for (i, series) in self.series.iter().enumerate() {
-            let y = y0 + 14.0 + i as f64 * 18.0;
+        let widths: Vec<f64> =
+            self.series.iter().map(|x| x.name.chars().count() as f64 * 7.0 + 44.0).collect();
+        let mut x = (right - widths.iter().sum::<f64>()).max(LEFT);
+        let y = TOP - 18.0;
+        for (series, w) in self.series.iter().zip(widths) {
+            let color = esc(&series.color);
+            let swatch = if series.line {
+                format!(
+                    "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" \
+                     stroke-width=\"3\" stroke-linecap=\"round\"/>",
+                    x + 4.0,
+                    x + 22.0
+                )
+            } else {
+                // A square, so that circles are data points only.
+                format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{color}\"/>",
+                    x + 9.5,
+                    y - 3.5
+                )
+            };
             let _ = writeln!(
                 s,
-                "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{}\" stroke-width=\"3\" \
-                 stroke-linecap=\"round\"/>\n<text x=\"{:.1}\" y=\"{y:.1}\" dy=\"0.32em\">{}</text>",
-                x0 + 10.0,
-                x0 + 28.0,
-                esc(&series.color),
-                x0 + 36.0,
+                "{swatch}\n<text x=\"{:.1}\" y=\"{y:.1}\" dy=\"0.32em\">{}</text>",
+                x + 30.0,
                 esc(&series.name)
             );
+            x += w;
         }
     }
 }

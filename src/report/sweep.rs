@@ -280,7 +280,7 @@ mod tests {
             .map(|&(metric, _, _)| {
                 let change = JUDGED.iter().position(|&m| m == metric).map_or(0.0, |i| d[i]);
                 let p = paired(&[1.0, 2.0, 3.0], &[1.0 + change, 2.0 + change, 3.0 + change], 100, 1);
-                MetricSummary { metric, better: Better::Lower, paired: p }
+                MetricSummary { metric, better: Better::Lower, verdict: Better::Lower.verdict(&p), paired: p }
             })
             .collect();
         Setting { name: name.into(), arm: json!({"name": name, "top_k": 40}), summary }
@@ -320,11 +320,8 @@ mod tests {
             .iter()
             .map(|&(metric, _, _)| {
                 let arm = if metric == "entropy_variance" { [0.0, 2.2, 2.7] } else { [1.0, 2.0, 3.0] };
-                MetricSummary {
-                    metric,
-                    better: Better::Lower,
-                    paired: paired(&[1.0, 2.0, 3.0], &arm, 500, 1),
-                }
+                let p = paired(&[1.0, 2.0, 3.0], &arm, 500, 1);
+                MetricSummary { metric, better: Better::Lower, verdict: Better::Lower.verdict(&p), paired: p }
             })
             .collect();
         let s = Setting { name: "noisy".into(), arm: json!({"name": "noisy"}), summary };

@@ -17,7 +17,7 @@ use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::Write;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -139,29 +139,41 @@ pub fn load_prompts(path: Option<&Path>) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// A one-line progress bar on stderr.
+/// A progress bar on stderr through indicatif: labelled, with its ETA, on a terminal; nothing
+/// at all when stderr is a file or a pipe (no carriage returns in logs).
 pub struct Progress {
-    label: String,
-    last: usize,
+    bar: ProgressBar,
 }
 
 impl Progress {
     pub fn new(label: impl Into<String>) -> Progress {
-        Progress { label: label.into(), last: usize::MAX }
+        let bar = ProgressBar::new(0).with_prefix(label.into());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:<24} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .expect("a valid template")
+                .progress_chars("#>-"),
+        );
+        Progress { bar }
     }
 
+    /// Moves the bar to `done` of `total` units (finished at `total`).
     pub fn update(&mut self, done: usize, total: usize) {
-        const WIDTH: usize = 30;
-        let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
-        if filled == self.last && done != total {
-            return;
-        }
-        self.last = filled;
-        eprint!("\r{:<24} [{}{}] {done}/{total}", self.label, "#".repeat(filled), " ".repeat(WIDTH - filled));
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
         if done >= total {
-            eprintln!();
+            self.bar.finish();
         }
-        let _ = std::io::stderr().flush();
+    }
+
+    /// The text after the count (the latest loss, say).
+    pub fn message(&self, text: String) {
+        self.bar.set_message(text);
+    }
+
+    /// Prints a line above the bar, also where the bar is hidden (such lines are what a log
+    /// keeps).
+    pub fn println(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("{line}"));
     }
 }
 
@@ -224,8 +236,8 @@ pub fn generate_arm(
 /// Each token's piece of the decoded text (empty while a character is incomplete), so that
 /// the pieces join to the text.
 fn token_texts(m: &StudyModel, ids: &[u32]) -> Result<Vec<String>> {
-    let mut stream = TextStream::new();
-    ids.iter().map(|&id| stream.push(&m.host.tokenizer, id)).collect()
+    let mut stream = TextStream::new(&m.host.tokenizer);
+    ids.iter().map(|&id| stream.push(id)).collect()
 }
 
 /// The plain model's per-token metrics of each generation's tokens (teacher forcing over

@@ -78,6 +78,8 @@ pub struct FinetuneConfig {
     pub eval_every: usize,
     /// Save a checkpoint every K steps (0: only the final model).
     pub save_every: usize,
+    /// Keep only the newest checkpoint, removing the older ones once it is written.
+    pub keep_newest_checkpoint_only: bool,
     /// Seeds the data order and the LoRA initialisation.
     pub seed: u64,
     /// Shuffle the training sequences.
@@ -117,7 +119,7 @@ pub struct Summary {
 }
 
 /// The newest complete checkpoint in `out` and its step count.
-fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
+pub fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
     std::fs::read_dir(out)
         .ok()?
         .flatten()
@@ -145,6 +147,18 @@ fn remove_abandoned_staging(out: &Path) {
     }
 }
 
+/// Removes the checkpoints of `out` older than step `newest`.
+fn remove_checkpoints_before(out: &Path, newest: usize) -> Result<()> {
+    for e in std::fs::read_dir(out)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("checkpoint-").and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s < newest)
+        {
+            std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn method_name(cfg: &FinetuneConfig) -> &'static str {
     if cfg.lora.is_some() {
         "lora"
@@ -164,16 +178,28 @@ pub fn finetune(
     if cfg.steps == 0 || cfg.grad_accum == 0 {
         bail!("--steps and --grad-accum must be at least 1");
     }
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating --out {}", cfg.out.display()))?;
-    remove_abandoned_staging(&cfg.out);
     let log_path = cfg.out.join("log.jsonl");
-    let resume_from = if cfg.resume { latest_checkpoint(&cfg.out) } else { None };
-    if !cfg.resume && (log_path.exists() || latest_checkpoint(&cfg.out).is_some()) {
-        bail!(
+    let resume_from = latest_checkpoint(&cfg.out);
+    let started = log_path.exists() || resume_from.is_some();
+    match (cfg.resume, &resume_from) {
+        (false, _) if started => bail!(
             "--out {} already holds a fine-tune: pass --resume to continue it, or choose another folder",
             cfg.out.display()
-        );
+        ),
+        (true, None) if started => bail!(
+            "--resume: {} holds a log.jsonl but no checkpoint (the run stopped before its first one), \
+             so there is nothing to resume; delete the folder to start over, or choose another --out",
+            cfg.out.display()
+        ),
+        (true, None) => bail!(
+            "--resume: {} holds no checkpoint to resume from; run without --resume to start a fine-tune",
+            cfg.out.display()
+        ),
+        _ => {}
     }
+    let resume_from = if cfg.resume { resume_from } else { None };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating --out {}", cfg.out.display()))?;
+    remove_abandoned_staging(&cfg.out);
     let config = model.config.clone();
     let mut data = TrainData::from_file(&cfg.data, &model.tokenizer, cfg.seq_len, config.vocab)?;
     let val = match (&cfg.val_data, cfg.val_fraction) {
@@ -307,9 +333,8 @@ pub fn finetune(
         log.append(&line)?;
         last_loss = Some(loss);
         let done = step + 1;
-        let val_loss = if (cfg.eval_every > 0 && done % cfg.eval_every == 0)
-            || (done == cfg.steps && cfg.eval_every == 0)
-        {
+        // Every --eval-every steps and once at the end (never twice for the same step).
+        let val_loss = if (cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == cfg.steps {
             validate(&trainer, &mut log, step)?
         } else {
             None
@@ -317,6 +342,9 @@ pub fn finetune(
         progress(&Progress { step, steps: cfg.steps, loss, lr, tokens_per_s, val_loss, mean_lambda });
         if cfg.save_every > 0 && done % cfg.save_every == 0 {
             save(&trainer, &cfg.out.join(format!("checkpoint-{done}")), Some(done))?;
+            if cfg.keep_newest_checkpoint_only {
+                remove_checkpoints_before(&cfg.out, done)?;
+            }
         }
     }
     log.close()?;

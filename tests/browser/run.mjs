@@ -5,7 +5,7 @@
 // screenshot and counts its distinct colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
-//   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers},
+//   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers, sink, space},
 //    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr},
 //    gguf: served model name, screenshot}
 import { chromium } from 'playwright-core';
@@ -49,6 +49,9 @@ try {
   const loaded = (label) => page.waitForFunction((label) => document.getElementById('model-info').dataset.loaded === label
     || document.getElementById('status').classList.contains('error'), label, { timeout: 2 * minutes });
   out.adapter = await page.locator('#adapter').textContent();
+  // The LCM panel's starting setting, before any control is touched.
+  out.lcm_defaults = await page.evaluate(() => Object.fromEntries(['gamma', 'layers', 'rho', 'tau', 'kappa', 'sink', 'space']
+    .map((k) => [k, document.getElementById(`lcm-${k}`).value])));
 
   // Greedy unless `sampling` ({temperature, top_k, top_p, seed}) is given.
   async function generate(lcm, sideBySide = false, sampling = null) {
@@ -65,6 +68,8 @@ try {
     if (lcm) {
       await page.fill('#lcm-gamma', String(lcm.gamma));
       await page.fill('#lcm-layers', lcm.layers);
+      await page.fill('#lcm-sink', String(lcm.sink));
+      await page.selectOption('#lcm-space', lcm.space);
     }
     await page.click('#generate');
     await page.waitForFunction(() => document.getElementById('outputs').dataset.done
@@ -84,6 +89,21 @@ try {
   out.lcm = await generate(s.lcm);
   // Baseline and modulated in one click, the way the page shows them side by side.
   out.side_by_side = await generate(s.lcm, true);
+  // What the plots show: their legends and axes.
+  out.plots = await page.evaluate(() => ['plot-entropy', 'plot-ppl'].map((id) => {
+    const c = document.getElementById(id);
+    return { legend: c.dataset.legend, axes: c.dataset.axes };
+  }));
+  // LCM switched off: no Baseline / Modulated panels left over from the side-by-side run.
+  await page.setChecked('#lcm-on', false);
+  out.after_lcm_off = await page.evaluate(() => ({ b_hidden: document.getElementById('out-b-box').hidden,
+    title: document.getElementById('out-a-title').textContent, text: document.getElementById('out-a').textContent,
+    legend: document.getElementById('plot-entropy').dataset.legend }));
+  // Max tokens 0: refused in words, nothing generated.
+  await page.fill('#max-tokens', '0');
+  await page.click('#generate');
+  await page.waitForFunction(() => document.getElementById('status').classList.contains('error'), null, { timeout: minutes });
+  out.zero_tokens = await page.locator('#status').textContent();
   if (s.sampling) out.sampled = await generate(null, false, s.sampling);
 
   async function finetune() {
@@ -127,5 +147,27 @@ try {
 } finally {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
+}
+// Chromium started without --enable-unsafe-webgpu, as Linux users first do: the page says
+// which flag is missing.
+if (!out.error) {
+  const bare = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
+  const plain = await chromium.launchPersistentContext(bare, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, ignoreDefaultArgs: ['--headless'],
+    args: ['--headless=new', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = plain.pages()[0] ?? await plain.newPage();
+    await page.goto(s.url);
+    await page.waitForFunction(() => document.getElementById('status').classList.contains('error')
+      || document.querySelector('.model-list button'), null, { timeout: 60_000 });
+    out.without_flag = await page.locator('#status').textContent();
+  } catch (e) {
+    out.error = `without --enable-unsafe-webgpu: ${e}`;
+  } finally {
+    await plain.close();
+    rmSync(bare, { recursive: true, force: true });
+  }
 }
 console.log(JSON.stringify(out));
