@@ -67,4 +67,4 @@ npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error ||
 
 [ "${1:-}" = "--setup-only" ] && exit 0
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
-exec cargo test --release "$@"
+exec cargo test --release --no-fail-fast "$@"

@@ -416,7 +416,7 @@ fn write_temp(t: &TempDir, name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn gguf_unsupported_tensor_type() {
-    let t = TempDir::new("gguf-q4k");
+    let t = TempDir::new("gguf-q2k");
     let u32v = |x: u32| x.to_le_bytes().to_vec();
     let arch = [(5u64).to_le_bytes().to_vec(), b"llama".to_vec()].concat();
     let meta = [
@@ -428,9 +428,9 @@ fn gguf_unsupported_tensor_type() {
         ("llama.feed_forward_length", 4, u32v(512)),
         ("llama.context_length", 4, u32v(64)),
     ];
-    // ggml type 12 is Q4_K.
-    let file = write_temp(&t, "q4k.gguf", &gguf(1, &meta, &[("token_embd.weight", &[256, 8], 12)]));
-    fails(&generate_args(&file, "Hi"), &["q4k.gguf", "token_embd.weight", "Q4_K", "not supported"]);
+    // ggml type 10 is Q2_K, a K-quant Keel does not read (Q4_K, Q5_K and Q6_K it does).
+    let file = write_temp(&t, "q2k.gguf", &gguf(1, &meta, &[("token_embd.weight", &[256, 8], 10)]));
+    fails(&generate_args(&file, "Hi"), &["q2k.gguf", "token_embd.weight", "Q2_K", "not supported"]);
 }
 
 #[test]
