@@ -19,7 +19,7 @@ const NO_ADAPTER_HINT: &str =
 #[cfg(target_arch = "wasm32")]
 const NO_ADAPTER_HINT: &str = "the browser offers none to this page";
 
-/// An adapter as Keel lists it: its name and backend ("llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan]"),
+/// An adapter as Keel lists it: its name and backend (`llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan]`),
 /// since one device can be offered by several backends under the same name.
 pub fn adapter_label(info: &wgpu::AdapterInfo) -> String {
     format!("{} [{:?}]", info.name, info.backend)
