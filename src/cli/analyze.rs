@@ -75,7 +75,7 @@ pub fn run(a: AnalyzeArgs, adapter: &Option<String>) -> Result<()> {
         crate::atomic::write_dir(out, |dir| analysis.write_into(dir))?;
     }
     if a.json {
-        println!("{}", analysis.json());
+        println!("{}", crate::report::html::stamped(&analysis.json()));
     } else {
         print!("{}", analysis.table_text());
     }

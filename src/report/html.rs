@@ -54,6 +54,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// A report's JSON with the Keel version and commit that made it (`"keel"`), as written to
+/// disk and printed by `--json`.
+pub fn stamped(json: &serde_json::Value) -> serde_json::Value {
+    let mut json = json.clone();
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert("keel".into(), serde_json::json!({"version": KEEL_VERSION, "commit": KEEL_COMMIT}));
+    }
+    json
+}
+
 /// Writes a report's JSON (pretty, with a "keel" object: version and commit) and HTML page
 /// into `dir` as `NAME.json` and `NAME.html`.
 pub fn write_report(
@@ -62,13 +72,9 @@ pub fn write_report(
     json: &serde_json::Value,
     html: &str,
 ) -> anyhow::Result<()> {
-    let mut json = json.clone();
-    if let Some(fields) = json.as_object_mut() {
-        fields.insert("keel".into(), serde_json::json!({"version": KEEL_VERSION, "commit": KEEL_COMMIT}));
-    }
     crate::atomic::write_file(
         &dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
+        serde_json::to_string_pretty(&stamped(json))?.as_bytes(),
     )?;
     crate::atomic::write_file(&dir.join(format!("{name}.html")), html.as_bytes())
 }
