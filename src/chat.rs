@@ -48,6 +48,18 @@ impl ChatTemplate {
         self.special_tokens.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str())
     }
 
+    /// The ids that end a reply: the model's `eos` ids and the template's `eos_token` (a chat
+    /// model's end-of-turn token, which generation_config.json does not always list).
+    pub fn stop_ids(&self, eos: &[u32], tokenizer: &crate::tokenize::Tokenizer) -> Vec<u32> {
+        let mut ids = eos.to_vec();
+        if let Some(id) = self.special_token("eos_token").and_then(|t| tokenizer.token_id(t)) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
     /// The conversation as the model's prompt text. `tools`: the JSON tool list, when given.
     pub fn render(
         &self,
@@ -127,6 +139,15 @@ impl ChatTemplate {
         let shown = file.display().to_string();
         let header =
             read_gguf_header(file).with_context(|| format!("{shown}: cannot read its GGUF header"))?;
+        Self::from_gguf_header(&header, &shown, token_text)
+    }
+
+    /// The `tokenizer.chat_template` of a parsed GGUF header (`shown`: the file, for errors).
+    pub fn from_gguf_header(
+        header: &crate::model::gguf::GgufFile,
+        shown: &str,
+        token_text: &dyn Fn(u32) -> String,
+    ) -> Result<Option<ChatTemplate>> {
         let Some(crate::model::gguf::GgufValue::Str(source)) = header.metadata.get("tokenizer.chat_template")
         else {
             return Ok(None);

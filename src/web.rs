@@ -1,16 +1,18 @@
 //! The browser build's API (wasm-bindgen): the same engine as the CLI, with the read-backs
-//! awaited instead of blocked on. `web/app.js` drives it:
-//! `Engine.open()` → `engine.loader()` → `engine.load(loader)` (the [`Loader`] filled file by
-//! file and tensor by tensor) → `model.generate(...)` / `model.finetune(...)`.
-//! Settings and results cross as JSON strings so that the JS side needs no generated classes
-//! beyond these three.
+//! awaited instead of blocked on. The npm package's `web/package/index.js` wraps it (and the
+//! demo page uses that): `Engine.open()` → `engine.loader()` → `engine.load(loader)` (the
+//! [`Loader`] filled file by file and tensor by tensor) → `model.generate(...)` /
+//! `model.finetune(...)` / `model.release()`. Settings and results cross as plain JS objects
+//! (through their JSON form: functions and signals stay on the JS side).
 
+use crate::chat::ChatTemplate;
 use crate::cpu::optim::AdamW;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::gguf::{self, GgufFile, GgufReader};
 use crate::model::load::{
-    gguf_config_and_tokenizer, load_config_and_tokenizer, load_files, parse_config, streamed_tensor,
+    gguf_config_and_tokenizer, load_config_and_tokenizer, load_files, parse_config, parse_generation_config,
+    streamed_tensor, GenerationDefaults,
 };
 use crate::model::stream::Streamer;
 use crate::model::{GpuModel, ModelConfig};
@@ -19,7 +21,8 @@ use crate::tokenize::{TextStream, Tokenizer};
 use crate::train::data::{pack_text, TrainData};
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -29,6 +32,17 @@ use wasm_bindgen::prelude::*;
 
 fn js_err(e: anyhow::Error) -> JsValue {
     JsError::new(&format!("{e:#}")).into()
+}
+
+/// A plain JS object (settings) as `T`, through its JSON form; `what` names it in errors.
+fn from_js<T: DeserializeOwned>(value: &JsValue, what: &str) -> Result<T> {
+    let text = js_sys::JSON::stringify(value).map_err(|_| anyhow!("{what}: not a plain object"))?;
+    serde_json::from_str(&String::from(text)).map_err(|e| anyhow!("{what}: {e}"))
+}
+
+/// A JSON value as a plain JS object.
+fn to_js(value: &Value) -> Result<JsValue, JsValue> {
+    js_sys::JSON::parse(&value.to_string())
 }
 
 /// The WebGPU device (one per page).
@@ -46,10 +60,10 @@ impl Engine {
         Ok(Engine { gpu: Box::leak(Box::new(gpu)) })
     }
 
-    /// The adapter's name and the limits Keel got, as JSON.
-    pub fn adapter(&self) -> String {
+    /// The adapter's name and the limits Keel got.
+    pub fn adapter(&self) -> Result<JsValue, JsValue> {
         let (i, l) = (&self.gpu.info, &self.gpu.limits);
-        json!({
+        to_js(&json!({
             "name": i.name, "backend": format!("{:?}", i.backend), "device_type": format!("{:?}", i.device_type),
             "driver": i.driver, "shader_f16": self.gpu.features.contains(wgpu::Features::SHADER_F16),
             "max_buffer_size": l.max_buffer_size,
@@ -57,8 +71,7 @@ impl Engine {
             "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
             "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
             "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
-        })
-        .to_string()
+        }))
     }
 
     /// A loader for one model's files.
@@ -67,9 +80,10 @@ impl Engine {
     }
 
     /// The model the loader was given: its streamed weights (safetensors tensors, or a
-    /// GGUF's chunks), or its files given whole, read and uploaded.
+    /// GGUF's chunks), or its files given whole, read and uploaded. Its chat template comes
+    /// from tokenizer_config.json when given, else from the GGUF's `tokenizer.chat_template`.
     pub fn load(&self, loader: Loader) -> Result<Model, JsValue> {
-        let (config, tokenizer, gpu_model) = match (loader.gguf, loader.stream) {
+        let (config, tokenizer, gpu_model, gguf_header) = match (loader.gguf, loader.stream) {
             (Some((name, reader)), stream) => {
                 let header = reader.finish().map_err(js_err)?;
                 let (config, tokenizer) =
@@ -79,27 +93,41 @@ impl Engine {
                     None => gguf_streamer(self.gpu, &header, &name).map_err(js_err)?,
                 };
                 let gpu_model = stream.finish(self.gpu, &config).map_err(js_err)?;
-                (config, tokenizer, gpu_model)
+                (config, tokenizer, gpu_model, Some((name, header)))
             }
             (None, Some(stream)) => {
                 let (config, tokenizer) = load_config_and_tokenizer(&loader.files).map_err(js_err)?;
                 let gpu_model = stream.finish(self.gpu, &config).map_err(js_err)?;
-                (config, tokenizer, gpu_model)
+                (config, tokenizer, gpu_model, None)
             }
             (None, None) => {
                 let host = load_files(&loader.files).map_err(js_err)?;
                 let gpu_model =
                     GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e.into())))?;
-                (host.config, host.tokenizer, gpu_model)
+                (host.config, host.tokenizer, gpu_model, None)
             }
         };
+        let loaded = Rc::new(Owned { model: gpu_model, base: None });
+        let template = match loader.files.get("tokenizer_config.json") {
+            Some(bytes) => ChatTemplate::from_tokenizer_config(bytes, "tokenizer_config.json"),
+            None => Ok(None),
+        };
+        let template = match (template.map_err(js_err)?, gguf_header) {
+            (None, Some((name, header))) => {
+                ChatTemplate::from_gguf_header(&header, &name, &|id| tokenizer.token_text(id))
+                    .map_err(js_err)?
+            }
+            (template, _) => template,
+        };
+        let generation = match loader.files.get("generation_config.json") {
+            Some(bytes) => parse_generation_config(bytes, "generation_config.json").map_err(js_err)?.1,
+            None => GenerationDefaults::default(),
+        };
         self.gpu.check_lost().map_err(js_err)?;
-        let gpu_model = Rc::new(gpu_model);
         Ok(Model {
             gpu: self.gpu,
-            host: Rc::new(Host { config, tokenizer }),
-            loaded: gpu_model.clone(),
-            gpu_model: Rc::new(RefCell::new(gpu_model)),
+            host: Rc::new(Host { config, tokenizer, template, generation }),
+            held: Rc::new(RefCell::new(Some(Held { current: loaded.clone(), loaded }))),
         })
     }
 }
@@ -209,6 +237,42 @@ impl Loader {
 struct Host {
     config: ModelConfig,
     tokenizer: Tokenizer,
+    /// The model's chat template, when it has one.
+    template: Option<ChatTemplate>,
+    /// generation_config.json's sampling defaults.
+    generation: GenerationDefaults,
+}
+
+/// A model's GPU tensors, destroyed when the last user (the model, a running generation)
+/// lets go: wgpu's WebGPU backend leaves a dropped buffer to the garbage collector, which may
+/// keep the GPU memory long after.
+struct Owned {
+    model: GpuModel,
+    /// The model this one was copied from, whose tensors it shares (the RoPE tables) and
+    /// leaves to it.
+    base: Option<Rc<Owned>>,
+}
+
+impl Owned {
+    /// The tensors this model alone holds.
+    fn own_tensors(&self) -> Vec<&crate::gpu::Tensor> {
+        let shared = self.base.as_ref().map(|b| b.model.tensors()).unwrap_or_default();
+        self.model.tensors().into_iter().filter(|t| !shared.iter().any(|s| s.buf == t.buf)).collect()
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.own_tensors().iter().for_each(|t| t.buf.destroy());
+    }
+}
+
+/// The weights a model holds until it is released.
+struct Held {
+    /// The weights as loaded: each fine-tune starts from a GPU copy of them.
+    loaded: Rc<Owned>,
+    /// What generation uses: the loaded weights, or the last fine-tune's.
+    current: Rc<Owned>,
 }
 
 /// A loaded model (its weights on the GPU, its tokenizer on the host).
@@ -216,34 +280,93 @@ struct Host {
 pub struct Model {
     gpu: &'static Gpu,
     host: Rc<Host>,
-    /// The weights as loaded: each fine-tune starts from a GPU copy of them.
-    loaded: Rc<GpuModel>,
-    /// Replaced by the fine-tuned weights after [`Model::finetune`].
-    gpu_model: Rc<RefCell<Rc<GpuModel>>>,
+    /// None once [`Model::release`]d.
+    held: Rc<RefCell<Option<Held>>>,
 }
 
-/// One generation's settings as the page sends them.
+/// One generation's settings as the page sends them: a `prompt`, or chat `messages` rendered
+/// with the model's template. Absent sampler settings take the CLI's defaults (the model's
+/// generation_config.json, else [`SamplerConfig::default`]).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GenerateRequest {
-    prompt: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    /// OpenAI-style `{"role", "content"}` messages.
+    #[serde(default)]
+    messages: Option<Vec<Value>>,
+    /// A tool list for the template, with `messages`.
+    #[serde(default)]
+    tools: Option<Value>,
     max_tokens: usize,
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    #[serde(default = "one")]
-    repetition_penalty: f32,
-    seed: u64,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
     /// The golden files' `lcm_config` keys; null or absent: no modulation.
     #[serde(default)]
     lcm: Option<Value>,
 }
 
-fn one() -> f32 {
-    1.0
+impl GenerateRequest {
+    fn sampler(&self, defaults: &GenerationDefaults) -> Result<SamplerConfig> {
+        let d = SamplerConfig::for_model(defaults);
+        let sampler = SamplerConfig {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: self.seed.unwrap_or(d.seed),
+            ..d
+        };
+        sampler.validate()?;
+        Ok(sampler)
+    }
+
+    /// The prompt's ids and the ids that stop the reply: a chat's through the model's template
+    /// (as `keel generate --messages`), a prompt's as `keel generate --prompt`.
+    fn prompt(&self, host: &Host) -> Result<(Vec<u32>, Vec<u32>)> {
+        let tok = &host.tokenizer;
+        match (&self.prompt, &self.messages) {
+            (Some(prompt), None) => Ok((tok.encode(prompt)?, host.config.eos.clone())),
+            (None, Some(messages)) => {
+                let template = chat_template(host)?;
+                crate::chat::check_messages(messages).map_err(|e| anyhow!("messages: {e:#}"))?;
+                let text = template.render(messages, true, self.tools.as_ref())?;
+                Ok((tok.encode_plain(&text)?, template.stop_ids(&host.config.eos, tok)))
+            }
+            _ => Err(anyhow!("give either 'prompt' (text) or 'messages' (a chat), not both or neither")),
+        }
+    }
+}
+
+fn chat_template(host: &Host) -> Result<&ChatTemplate> {
+    host.template.as_ref().ok_or_else(|| {
+        anyhow!(
+            "the model has no chat template (no 'chat_template' in tokenizer_config.json nor \
+             'tokenizer.chat_template' in a GGUF)"
+        )
+    })
 }
 
 /// Fine-tuning settings as the page sends them.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FinetuneRequest {
     text: String,
     steps: usize,
@@ -252,77 +375,121 @@ struct FinetuneRequest {
     seq_len: usize,
 }
 
+impl Model {
+    /// The weights, or the error that says the model was released.
+    fn held<T>(&self, f: impl FnOnce(&Held) -> T) -> Result<T, JsValue> {
+        match &*self.held.borrow() {
+            Some(held) => Ok(f(held)),
+            None => Err(js_err(anyhow!("this model was freed (model.free()); load it again to use it"))),
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl Model {
-    /// Sizes and names, as JSON.
-    pub fn info(&self) -> String {
+    /// Sizes and names: `{arch, layers, hidden, vocab, context, params, eos, chat_template}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let params =
+            self.held(|h| h.loaded.model.weights.named().iter().map(|(_, t)| t.numel()).sum::<usize>())?;
         let c = &self.host.config;
-        let params: usize = self.loaded.weights.named().iter().map(|(_, t)| t.numel()).sum();
-        json!({"arch": format!("{:?}", c.arch), "layers": c.layers, "hidden": c.hidden, "vocab": c.vocab,
-               "context": c.max_positions, "params": params, "eos": c.eos})
-        .to_string()
+        to_js(
+            &json!({"arch": format!("{:?}", c.arch), "layers": c.layers, "hidden": c.hidden, "vocab": c.vocab,
+               "context": c.max_positions, "params": params, "eos": c.eos,
+               "chat_template": self.host.template.is_some()}),
+        )
     }
 
-    /// Generates from `request` (JSON, see [`GenerateRequest`]); calls
-    /// `on_token(id, text, entropy, logprob)` per token, where entropy and log-prob (nats)
-    /// come from the distribution the token was picked from. Resolves to `{"prompt_ids", "ids", "text"}`.
-    pub fn generate(&self, request: String, on_token: js_sys::Function) -> js_sys::Promise {
-        let (gpu, host, model) = (self.gpu, self.host.clone(), self.gpu_model.borrow().clone());
-        wasm_bindgen_futures::future_to_promise(async move {
+    /// Bytes of GPU buffers this model holds (its weights as loaded and those of its last
+    /// fine-tune); 0 once released.
+    pub fn gpu_bytes(&self) -> f64 {
+        let bytes = |m: &Owned| m.own_tensors().iter().map(|t| t.buf.size()).sum::<u64>();
+        let held = self.held.borrow();
+        let total = held.as_ref().map_or(0, |h| {
+            bytes(&h.loaded) + if Rc::ptr_eq(&h.loaded, &h.current) { 0 } else { bytes(&h.current) }
+        });
+        total as f64
+    }
+
+    /// Gives the GPU buffers back (destroyed once a running generation or fine-tune, which
+    /// keeps them until it ends, is done); every later call is refused.
+    pub fn release(&self) {
+        self.held.borrow_mut().take();
+    }
+
+    /// `messages` rendered with the model's chat template (the assistant turn opened):
+    /// `{text, ids}`, as `keel template --json`.
+    pub fn chat_prompt(&self, messages: JsValue) -> Result<JsValue, JsValue> {
+        let run = || {
+            let messages: Vec<Value> = from_js(&messages, "messages")?;
+            crate::chat::check_messages(&messages).map_err(|e| anyhow!("messages: {e:#}"))?;
+            let text = chat_template(&self.host)?.render(&messages, true, None)?;
+            let ids = self.host.tokenizer.encode_plain(&text)?;
+            Ok::<_, anyhow::Error>(json!({"text": text, "ids": ids}))
+        };
+        to_js(&run().map_err(js_err)?)
+    }
+
+    /// Generates from `request` (see [`GenerateRequest`]); calls `on_token({id, text,
+    /// entropy, logprob, stop})` per token, where entropy and log-prob (nats) come from the
+    /// distribution the token was picked from and `stop` marks a stop token (its text is
+    /// empty). A callback that throws stops the generation (the page's abort signal). Resolves
+    /// to `{prompt_ids, ids, text, finish_reason}`: `text` without the stop token,
+    /// `finish_reason` "stop" or "length".
+    pub fn generate(&self, request: JsValue, on_token: js_sys::Function) -> Result<js_sys::Promise, JsValue> {
+        let model = self.held(|h| h.current.clone())?;
+        let (gpu, host) = (self.gpu, self.host.clone());
+        let request: GenerateRequest = from_js(&request, "generate").map_err(js_err)?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
-                let r: GenerateRequest = serde_json::from_str(&request)?;
+                let r = request;
                 let lcm = r.lcm.as_ref().map(|v| LcmConfig::from_json(v, "LCM settings")).transpose()?;
                 if let Some(c) = &lcm {
                     c.validate(host.config.layers)?;
                 }
-                let sampler = SamplerConfig {
-                    temperature: r.temperature,
-                    top_k: r.top_k,
-                    top_p: r.top_p,
-                    repetition_penalty: r.repetition_penalty,
-                    seed: r.seed,
-                    ..SamplerConfig::default()
-                };
-                sampler.validate()?;
+                let sampler = r.sampler(&host.generation)?;
+                let (prompt_ids, eos) = r.prompt(&host)?;
                 let tok = &host.tokenizer;
-                let prompt_ids = tok.encode(&r.prompt)?;
-                let opts =
-                    GenerateOptions { max_tokens: r.max_tokens, sampler, eos: host.config.eos.clone(), lcm };
+                let opts = GenerateOptions { max_tokens: r.max_tokens, sampler, eos: eos.clone(), lcm };
                 let mut stream = TextStream::new(tok);
-                let ids = generate_async(gpu, &model, &prompt_ids, &opts, &mut |pick| {
-                    let text = stream.push(pick.id)?;
-                    let (entropy, logprob) = (pick.entropy as f64, pick.logprob as f64);
-                    let args: [JsValue; 4] = [pick.id.into(), text.into(), entropy.into(), logprob.into()];
+                let ids = generate_async(gpu, &model.model, &prompt_ids, &opts, &mut |pick| {
+                    let stop = eos.contains(&pick.id);
+                    let text = if stop { String::new() } else { stream.push(pick.id)? };
+                    let token = json!({"id": pick.id, "text": text, "entropy": pick.entropy,
+                                       "logprob": pick.logprob, "stop": stop});
+                    let token = to_js(&token).map_err(|e| anyhow!("{e:?}"))?;
                     on_token
-                        .apply(&JsValue::NULL, &args.into_iter().collect::<js_sys::Array>())
+                        .call1(&JsValue::NULL, &token)
                         .map_err(|e| anyhow!("the page's token callback failed: {e:?}"))?;
                     Ok(())
                 })
                 .await?;
                 gpu.check_lost()?;
-                let text = tok.decode(&ids)?;
+                let stopped = ids.last().is_some_and(|id| eos.contains(id));
+                let reply = &ids[..ids.len() - usize::from(stopped)];
                 Ok::<_, anyhow::Error>(
-                    json!({"prompt_ids": prompt_ids, "ids": ids, "text": text}).to_string(),
+                    json!({"prompt_ids": prompt_ids, "ids": ids, "text": tok.decode(reply)?,
+                                              "finish_reason": if stopped { "stop" } else { "length" }}),
                 )
             };
-            run.await.map(JsValue::from).map_err(js_err)
-        })
+            to_js(&run.await.map_err(js_err)?)
+        }))
     }
 
-    /// Fine-tunes every weight on `request.text` (JSON, see [`FinetuneRequest`]) with the
-    /// CLI's trainer; calls `on_step(step, loss)` after each step. The model then generates
-    /// with the trained weights. Resolves to the list of losses (JSON).
-    pub fn finetune(&self, request: String, on_step: js_sys::Function) -> js_sys::Promise {
-        let (gpu, host, loaded, slot) =
-            (self.gpu, self.host.clone(), self.loaded.clone(), self.gpu_model.clone());
-        wasm_bindgen_futures::future_to_promise(async move {
+    /// Fine-tunes every weight on `request.text` (see [`FinetuneRequest`]) with the CLI's
+    /// trainer, from the weights as loaded; calls `on_step(step, loss)` after each step (one
+    /// that throws stops it, keeping the model's weights). The model then generates with the
+    /// trained weights. Resolves to the list of losses.
+    pub fn finetune(&self, request: JsValue, on_step: js_sys::Function) -> Result<js_sys::Promise, JsValue> {
+        let loaded = self.held(|h| h.loaded.clone())?;
+        let (gpu, host, held) = (self.gpu, self.host.clone(), self.held.clone());
+        let r: FinetuneRequest = from_js(&request, "finetune").map_err(js_err)?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
-                let r: FinetuneRequest = serde_json::from_str(&request)?;
                 let rows =
                     pack_text(&r.text, "the training text", &host.tokenizer, r.seq_len, host.config.vocab)?;
                 let data = TrainData::from_rows(rows, r.seq_len)?;
                 // Packed (GGUF) weights are trained as f32 copies, dequantized on the GPU.
-                let start = loaded.duplicate_f32(gpu)?;
+                let start = loaded.model.duplicate_f32(gpu)?;
                 let optim = OptimConfig {
                     adamw: AdamW { lr: r.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
                     grad_clip: 1.0,
@@ -347,10 +514,14 @@ impl Model {
                         .map_err(|e| anyhow!("the page's step callback failed: {e:?}"))?;
                 }
                 gpu.check_lost()?;
-                *slot.borrow_mut() = Rc::new(trainer.model);
-                Ok::<_, anyhow::Error>(json!(losses).to_string())
+                let trained = Rc::new(Owned { model: trainer.model, base: Some(loaded) });
+                match &mut *held.borrow_mut() {
+                    Some(held) => held.current = trained,
+                    None => bail!("the model was freed while it was fine-tuned"),
+                }
+                Ok::<_, anyhow::Error>(json!(losses))
             };
-            run.await.map(JsValue::from).map_err(js_err)
-        })
+            to_js(&run.await.map_err(js_err)?)
+        }))
     }
 }

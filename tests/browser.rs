@@ -2,13 +2,18 @@
 //! controls by `tests/browser/run.mjs` (playwright-core): stories260k read from local files
 //! through the file picker, and served by `keel serve` and loaded with one click, gives the same greedy tokens as the native `keel generate
 //! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
-//! the native `keel finetune` losses (and the loss falls); files that are not a model are
+//! the native `keel finetune` losses (and the loss falls); the chat panel's greedy reply from
+//! tiny-qwen2 is `keel generate --messages`'s; files that are not a model are
 //! refused in words and the page stays usable; the page requests nothing from another
 //! origin; the screenshot is not blank. The page explains itself: the LCM panel starts at
 //! `keel compare`'s setting, plots have legends and axis labels, no stale panel survives
 //! switching LCM off, Max tokens 0 is refused, and Chromium without --enable-unsafe-webgpu is
-//! told to add it. Skips visibly without node, Chromium, the npm
-//! dependencies or the built page (scripts/build-web.sh).
+//! told to add it. The npm package (`npm pack web/pkg`), unpacked under a plain page's
+//! node_modules/ (`tests/browser/minimal/`), loads and generates the CLI's tokens; an
+//! AbortSignal stops a generation at the next token; free() destroys the model's GPU buffers
+//! and later use is refused in words; `engine.chat.completions.create` answers like OpenAI's,
+//! plain and streamed, with `keel generate --messages`'s tokens. Skips visibly without node,
+//! npm, Chromium, the npm dependencies or the built page (scripts/build-web.sh).
 
 mod common;
 
@@ -32,11 +37,15 @@ fn missing() -> Option<String> {
     if !Path::new(&chromium).exists() {
         return Some(format!("Chromium ({chromium}) absent"));
     }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node absent".into());
+    for tool in ["node", "npm"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Some(format!("{tool} absent"));
+        }
     }
-    if !root.join("tests/browser/node_modules/playwright-core").is_dir() {
-        return Some("playwright-core absent (npm ci --prefix tests/browser)".into());
+    for module in ["playwright-core", "typescript"] {
+        if !root.join("tests/browser/node_modules").join(module).is_dir() {
+            return Some(format!("{module} absent (npm ci --prefix tests/browser)"));
+        }
     }
     if !root.join("web/pkg/keel_bg.wasm").is_file() {
         return Some("the page is not built (scripts/build-web.sh)".into());
@@ -56,6 +65,32 @@ fn native_ids(model: &Path, extra: &[&str]) -> Value {
     let r = keel(&args);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     serde_json::from_str::<Value>(&r.stdout).unwrap()["ids"].clone()
+}
+
+/// The chat of the browser tests: one user message, and the greedy reply's length.
+const CHAT_MESSAGE: &str = "Hello! Who are you?";
+const CHAT_TOKENS: usize = 12;
+
+fn chat_messages() -> Value {
+    json!([{"role": "user", "content": CHAT_MESSAGE}])
+}
+
+/// `keel generate --messages`'s greedy reply (`--json`: prompt_ids, ids) and `keel template
+/// --json`'s rendering (text, ids) of [`chat_messages`].
+fn native_chat(model: &Path) -> (Value, Value) {
+    let dir = TempDir::new("browser-chat");
+    let file = dir.path("messages.json");
+    std::fs::write(&file, chat_messages().to_string()).unwrap();
+    let (m, f, n) = (model.to_str().unwrap(), file.to_str().unwrap(), CHAT_TOKENS.to_string());
+    let run = |args: &[&str]| {
+        let r = keel(args);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        serde_json::from_str::<Value>(&r.stdout).unwrap()
+    };
+    let reply =
+        run(&["generate", "--model", m, "--messages", f, "--max-tokens", &n, "--temperature", "0", "--json"]);
+    let template = run(&["template", "--model", m, "--messages", f, "--json"]);
+    (reply, template)
 }
 
 fn native_losses(model: &Path) -> Vec<f64> {
@@ -190,9 +225,10 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     let gguf = gguf_dir.path("stories260k-q8_0");
     std::fs::create_dir(&gguf).unwrap();
     write_gguf(&model, &gguf);
+    let Some(chat_model) = keel::testing::model("tiny-qwen2") else { return };
     let no_cache = shared().join("no-cache-here");
-    let server =
-        serve_with(&["--model", model.to_str().unwrap(), "--model", gguf.to_str().unwrap()], &no_cache);
+    let served = [&model, &gguf, &chat_model].map(|m| ["--model", m.to_str().unwrap()]).concat();
+    let server = serve_with(&served, &no_cache);
     let origin = format!("http://127.0.0.1:{}/", server.port);
     let screenshot = root.join("target/browser-demo.png");
     let local_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
@@ -204,6 +240,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 7},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
         "gguf": "stories260k-q8_0",
+        "chat": {"model": "tiny-qwen2", "message": CHAT_MESSAGE, "max_tokens": CHAT_TOKENS},
         "screenshot": screenshot,
     });
     let run = Command::new("node")
@@ -309,6 +346,16 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     assert_eq!(got["gguf"]["ids"], gguf_ids, "greedy tokens of the served GGUF ({})", got["gguf"]["status"]);
     check_losses(&got["gguf"]["finetune"], &gguf);
 
+    // The chat panel's greedy reply: keel generate --messages's tokens, shown as a second turn.
+    let (reply, _) = native_chat(&chat_model);
+    assert_eq!(
+        got["chat"]["ids"], reply["ids"],
+        "chat reply in the page = keel generate --messages ({})",
+        got["chat"]["status"]
+    );
+    assert_eq!(got["chat"]["turns"][0], CHAT_MESSAGE);
+    assert!(got["chat"]["turns"].as_array().unwrap().len() == 2, "{}", got["chat"]);
+
     // The weights came header first, then one Range request per tensor.
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
     let n = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
@@ -332,4 +379,146 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000, "a saved screenshot");
     assert!(shot["width"].as_u64() >= Some(800) && shot["height"].as_u64() >= Some(600), "{shot}");
     assert!(shot["colours"].as_u64() > Some(100), "the screenshot is not blank: {shot}");
+}
+
+#[test]
+fn npm_package_works_from_a_plain_page() {
+    let (Some(model), Some(chat_model)) = (stories(), keel::testing::model("tiny-qwen2")) else { return };
+    if let Some(why) = missing() {
+        keel::testing::skip(&format!("browser test: {why}"));
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The package as npm packs it, unpacked where `npm install` would put it.
+    let tmp = TempDir::new("browser-package");
+    let pack = Command::new("npm")
+        .args(["pack", "--json", "--pack-destination", tmp.0.to_str().unwrap()])
+        .arg(root.join("web/pkg"))
+        .output()
+        .expect("run npm pack");
+    assert!(pack.status.success(), "npm pack: {}", String::from_utf8_lossy(&pack.stderr));
+    let packed: Value = serde_json::from_slice(&pack.stdout).unwrap();
+    let files: Vec<&str> =
+        packed[0]["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    for f in ["package.json", "README.md", "index.js", "index.d.ts", "keel.js", "keel.d.ts", "keel_bg.wasm"] {
+        assert!(files.contains(&f), "the package holds {f}: {files:?}");
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(root.join("web/pkg/package.json")).unwrap()).unwrap();
+    assert_eq!(manifest["name"], "keel-webgpu");
+    assert_eq!(manifest["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["types"], "./index.d.ts");
+    assert_eq!(manifest["exports"]["."], json!({"types": "./index.d.ts", "import": "./index.js"}));
+    let site = tmp.path("site");
+    let installed = site.join("node_modules/keel-webgpu");
+    std::fs::create_dir_all(&installed).unwrap();
+    let tarball = tmp.path(packed[0]["filename"].as_str().unwrap());
+    let untar = Command::new("tar")
+        .args(["-xzf", tarball.to_str().unwrap(), "--strip-components=1", "-C", installed.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    for f in ["index.html", "main.js", "types.ts"] {
+        std::fs::copy(root.join("tests/browser/minimal").join(f), site.join(f)).unwrap();
+    }
+    // The declarations, resolved through the package's exports, type the API as used and
+    // refuse its misuses (types.ts).
+    let tsc = Command::new(root.join("tests/browser/node_modules/.bin/tsc"))
+        .args([
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2022",
+            "--module",
+            "esnext",
+            "--moduleResolution",
+            "bundler",
+        ])
+        .args(["--lib", "es2022,dom,dom.iterable,dom.asynciterable"])
+        .arg(site.join("types.ts"))
+        .output()
+        .expect("run tsc (npm ci --prefix tests/browser)");
+    assert!(tsc.status.success(), "tsc: {}", String::from_utf8_lossy(&tsc.stdout));
+
+    let served = [&model, &chat_model].map(|m| ["--model", m.to_str().unwrap()]).concat();
+    let server = serve_with(
+        &[&["--web", site.to_str().unwrap()][..], &served].concat(),
+        &shared().join("no-cache-here"),
+    );
+    let settings = json!({
+        "url": format!("http://127.0.0.1:{}/", server.port), "model": "stories260k", "prompt": PROMPT,
+        "max_tokens": TOKENS, "chat_model": "tiny-qwen2", "messages": chat_messages(), "chat_tokens": CHAT_TOKENS,
+    });
+    let run = Command::new("node")
+        .arg(root.join("tests/browser/minimal.mjs"))
+        .arg(settings.to_string())
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(got.get("error").is_none(), "{got:#}");
+
+    // The plain page's greedy continuation is keel generate's.
+    let plain = native_ids(&model, &[]);
+    assert_eq!(serde_json::from_str::<Value>(got["page"]["ids"].as_str().unwrap()).unwrap(), plain);
+    // Aborted in the third token's callback: no fourth token, an AbortError; the model then
+    // generates as before. A signal aborted beforehand starts nothing.
+    assert_eq!(got["abort"]["name"], "AbortError", "{}", got["abort"]);
+    assert_eq!(got["abort"]["seen"], 3, "{}", got["abort"]);
+    assert_eq!(got["aborted_before"]["name"], "AbortError", "{}", got["aborted_before"]);
+    assert_eq!(got["after_abort"], plain);
+    let typo = got["typo"]["message"].as_str().unwrap();
+    assert!(typo.contains("unknown field `temprature`"), "{typo}");
+
+    // free(): the engine holds no bytes after, and the page's live WebGPU buffers shrank by
+    // at least what it held (its buffers were destroyed, not left to the garbage collector).
+    let free = &got["free"];
+    let held = free["before"]["engine"].as_f64().unwrap();
+    assert!(held > 0.0 && free["after"]["engine"] == 0, "{free}");
+    let released = free["before"]["live"].as_f64().unwrap() - free["after"]["live"].as_f64().unwrap();
+    eprintln!("free(): the model held {held} bytes; the page's live WebGPU buffers fell by {released}");
+    assert!(released >= held, "destroyed {released} bytes of {held}: {free}");
+    let refused = free["generate"]["message"].as_str().unwrap();
+    assert!(refused.contains("was freed (model.free())"), "{refused}");
+    let refused = free["chat"]["message"].as_str().unwrap();
+    assert!(refused.contains("no model is loaded"), "{refused}");
+    assert_eq!(free["no_model"], true);
+
+    // Chat completions: the template's prompt, and the greedy reply's tokens, as the CLI's.
+    let (reply, template) = native_chat(&chat_model);
+    assert_eq!(got["chat_info"]["chat_template"], true);
+    assert_eq!(got["chat_prompt"], template, "chatPrompt = keel template --json");
+    let completion = &got["completion"];
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["keel"]["ids"], reply["ids"], "{completion}");
+    assert_eq!(completion["keel"]["prompt_ids"], reply["prompt_ids"]);
+    let n = reply["ids"].as_array().unwrap().len();
+    assert!(n > 0, "{reply}");
+    eprintln!("chat reply ({n} tokens): {}", reply["text"]);
+    let stopped = n < CHAT_TOKENS;
+    let choice = &completion["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], if stopped { "stop" } else { "length" });
+    assert_eq!(completion["usage"]["completion_tokens"], n);
+    assert_eq!(completion["usage"]["prompt_tokens"], reply["prompt_ids"].as_array().unwrap().len());
+    // Streamed: the role first, one chunk per reply token (none for a stop token), then the
+    // finish reason; the deltas add up to the plain completion's text.
+    let chunks = got["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2 + n - usize::from(stopped), "{chunks:?}");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], choice["finish_reason"]);
+    assert_eq!(last["keel"]["ids"], reply["ids"]);
+    let streamed: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, choice["message"]["content"].as_str().unwrap());
+    // A stream aborted after its third chunk ends in an AbortError before its end.
+    let aborted = &got["stream_abort"];
+    assert_eq!(aborted["name"], "AbortError", "{aborted}");
+    assert!(aborted["chunks"].as_u64().unwrap() < chunks.len() as u64, "{aborted}");
+    // A model without a chat template says so.
+    let plain_chat = got["plain_model_chat"]["message"].as_str().unwrap();
+    assert!(plain_chat.contains("no chat template"), "{plain_chat}");
 }

@@ -1,13 +1,17 @@
-// The demo page: loads Keel's wasm build (pkg/, built by scripts/build-web.sh), opens the
+// The demo page: loads Keel's npm package (pkg/, built by scripts/build-web.sh), opens the
 // WebGPU device, loads a model from this server or from local files, generates with
 // streamed tokens (optionally with LCM, side by side) and fine-tunes. Every request goes
 // to this page's own origin.
-import init, { Engine } from './pkg/keel.js';
+import { Engine, isModelFile } from './pkg/index.js';
 
 const $ = (id) => document.getElementById(id);
 let engine = null;
 let model = null;
 let busy = false;
+// Aborts the running generation, chat reply or fine-tune (the Stop buttons).
+let running = null;
+// The chat so far: OpenAI-style messages.
+let conversation = [];
 
 function status(text, isError = false) {
   $('status').textContent = text;
@@ -19,8 +23,11 @@ const message = (e) => (e && e.message) ? e.message : String(e);
 
 function setBusy(on) {
   busy = on;
+  running = on ? new AbortController() : null;
   $('generate').disabled = on || !model;
   $('finetune').disabled = on || !model;
+  $('chat-send').disabled = on || !model?.info.chat_template;
+  $('stop').disabled = $('chat-stop').disabled = !on;
   for (const b of document.querySelectorAll('.model-list button')) b.disabled = on;
 }
 
@@ -35,19 +42,16 @@ async function start() {
     return;
   }
   try {
-    await init();
-  } catch (e) {
-    status(`The wasm build did not load (${message(e)}). Build it with scripts/build-web.sh.`, true);
-    return;
-  }
-  try {
     engine = await Engine.open();
   } catch (e) {
-    status(`No usable WebGPU adapter (${message(e)}). ${LINUX_HINT}`, true);
+    // A failed fetch or compile of keel_bg.wasm, or no adapter.
+    const missing = /wasm|fetch|WebAssembly/i.test(message(e));
+    status(missing ? `The wasm build did not load (${message(e)}). Build it with scripts/build-web.sh.`
+      : `No usable WebGPU adapter (${message(e)}). ${LINUX_HINT}`, true);
     $('adapter').textContent = 'No adapter.';
     return;
   }
-  const a = JSON.parse(engine.adapter());
+  const a = engine.adapter;
   // wgpu's web backend leaves the name empty; the browser's own adapter info names it.
   const info = (await navigator.gpu.requestAdapter())?.info;
   const name = a.name || [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(' ') || '(unnamed)';
@@ -60,10 +64,6 @@ async function start() {
 }
 
 const mib = (bytes) => `${(bytes / 1048576).toFixed(0)} MiB`;
-
-// Files a model needs; others in a folder (tokenizer.model, READMEs) are not fetched.
-const wanted = (name) => /^(config\.json|generation_config\.json|tokenizer\.json|model\.safetensors\.index\.json)$/.test(name) ||
-  /\.(safetensors|gguf)$/.test(name);
 
 async function listServerModels() {
   const box = $('server-models');
@@ -78,7 +78,7 @@ async function listServerModels() {
   }
   box.textContent = list.length ? '' : 'This server offers no models; load local files below.';
   for (const m of list) {
-    const files = m.files.filter((f) => wanted(f.name));
+    const files = m.files.filter((f) => isModelFile(f.name));
     const size = files.reduce((s, f) => s + f.size, 0);
     const b = document.createElement('button');
     b.textContent = `${m.name} (${mib(size)})`;
@@ -88,134 +88,29 @@ async function listServerModels() {
   }
 }
 
-// As natively: a folder with config.json is a safetensors model, whatever .gguf it also holds.
-const modelFiles = (files) => files.some((f) => f.name === 'config.json') ? files.filter((f) => !f.name.endsWith('.gguf')) : files;
-
 async function loadFromServer(name, files) {
-  await loadModel(name, (loader) => smallFilesFirst(modelFiles(files), async (f) => {
-    const url = `models/${encodeURIComponent(name)}/${encodeURIComponent(f.name)}`;
-    if (f.name.endsWith('.gguf')) {
-      const r = await fetch(url);
-      if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
-      await streamGguf(loader, f.name, f.size, r.body);
-      return;
-    }
-    if (f.name.endsWith('.safetensors')) {
-      await streamSafetensors(loader, f.name, f.size, async (first, last) => {
-        const r = await fetch(url, { headers: { Range: `bytes=${first}-${last}` } });
-        if (r.status !== 206) throw new Error(`${f.name}: the server answered HTTP ${r.status} to a Range request`);
-        return new Uint8Array(await r.arrayBuffer());
-      });
-      return;
-    }
-    const r = await fetch(url);
-    if (!r.ok) throw new Error(`${f.name}: HTTP ${r.status}`);
-    loader.file(f.name, new Uint8Array(await r.arrayBuffer()));
-  }));
+  await loadModel(name, { url: `models/${encodeURIComponent(name)}/`, files });
 }
 
 async function loadLocal(fileList) {
-  const files = [...fileList].filter((f) => wanted(f.name));
-  if (!files.length) {
-    status(`None of ${[...fileList].map((f) => f.name).join(', ') || 'those files'} is a model file (config.json + .safetensors, or a .gguf).`, true);
-    return;
-  }
-  await loadModel('local files', (loader) => smallFilesFirst(modelFiles(files), async (f) => {
-    if (f.name.endsWith('.gguf')) {
-      await streamGguf(loader, f.name, f.size, f.stream());
-    } else if (f.name.endsWith('.safetensors')) {
-      await streamSafetensors(loader, f.name, f.size,
-        async (first, last) => new Uint8Array(await f.slice(first, last + 1).arrayBuffer()));
-    } else {
-      loader.file(f.name, new Uint8Array(await f.arrayBuffer()));
-    }
-  }));
+  await loadModel('local files', fileList);
 }
 
-// Runs `load` on the small files (config.json first among them) and only then on the
-// weights files: the loader needs config.json to place each safetensors tensor it is given.
-async function smallFilesFirst(files, load) {
-  const big = (f) => /\.(safetensors|gguf)$/.test(f.name);
-  await Promise.all(files.filter((f) => !big(f)).map(load));
-  for (const f of files.filter(big)) await load(f);
-}
-
-// A safetensors file header first, then tensor by tensor (HTTP Range or File.slice, through
-// `readRange(first, last)`), each handed to the loader on its own. A tensor over the
-// adapter's binding limit is refused before any weight is read.
-async function streamSafetensors(loader, file, size, readRange) {
-  const limit = JSON.parse(engine.adapter()).max_storage_buffer_binding_size;
-  if (size < 8) throw new Error(`${file}: ${size} bytes is too short for a safetensors file`);
-  const n = Number(new DataView((await readRange(0, 7)).buffer).getBigUint64(0, true));
-  if (8 + n > size) throw new Error(`${file}: header length ${n} runs past the end of the file (${size} bytes)`);
-  let header;
-  try {
-    header = JSON.parse(new TextDecoder().decode(await readRange(8, 8 + n - 1)));
-  } catch (e) {
-    throw new Error(`${file}: the header is not JSON (${message(e)})`);
-  }
-  const tensors = Object.entries(header).filter(([k]) => k !== '__metadata__');
-  for (const [name, t] of tensors) {
-    const f32Bytes = t.shape.reduce((a, d) => a * d, 4);
-    if (f32Bytes > limit) {
-      throw new Error(`${file}: tensor '${name}' (shape [${t.shape}]) needs ${f32Bytes} bytes as f32 in one binding, ` +
-        `over this adapter's max_storage_buffer_binding_size of ${limit} bytes`);
-    }
-  }
-  let done = 0;
-  for (const [name, t] of tensors) {
-    const [a, b] = t.data_offsets;
-    if (!(a <= b && 8 + n + b <= size)) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
-    const bytes = b > a ? await readRange(8 + n + a, 8 + n + b - 1) : new Uint8Array(0);
-    loader.tensor(file, name, t.dtype, t.shape, bytes);
-    status(`Loading ${file}: tensor ${++done} of ${tensors.length}`);
-  }
-}
-
-// A .gguf file's bytes as they arrive (`body`: a File's or a fetch response's stream), chunk
-// by chunk into the loader, which keeps its header and one tensor at a time.
-async function streamGguf(loader, file, size, body) {
-  loader.gguf_begin(file, size);
-  const reader = body.getReader();
-  let done = 0, shown = 0;
-  for (;;) {
-    const { done: end, value } = await reader.read();
-    if (end) break;
-    try {
-      loader.gguf_chunk(value);
-    } catch (e) {
-      reader.cancel();
-      throw e;
-    }
-    done += value.length;
-    if (done - shown >= 4 << 20) {
-      status(`Loading ${file}: ${mib(done)} of ${mib(size)}`);
-      shown = done;
-    }
-  }
-}
-
-async function loadModel(label, fill) {
+async function loadModel(label, source) {
   if (busy || !engine) return;
   setBusy(true);
   status(`Loading ${label}…`);
   try {
-    const loader = engine.loader();
-    try {
-      await fill(loader);
-    } catch (e) {
-      loader.free(); // with the GPU buffers it was filling
-      throw e;
-    }
     const t0 = performance.now();
     // The previous model stays loaded until the new one has loaded.
-    const loaded = engine.load(loader);
+    const loaded = await engine.load(source, { name: label, onProgress: (text) => status(text) });
     if (model) model.free();
     model = loaded;
-    const info = JSON.parse(model.info());
+    newChat();
+    const info = model.info;
     $('model-info').textContent = `${label}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
-      `vocabulary ${info.vocab}, context ${info.context}, ${(info.params / 1e6).toFixed(2)} M parameters ` +
-      `(uploaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`;
+      `vocabulary ${info.vocab}, context ${info.context}, ${(info.params / 1e6).toFixed(2)} M parameters, ` +
+      `${mib(model.gpuBytes)} on the GPU (loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`;
     $('model-info').dataset.loaded = label;
     status(`Loaded ${label}.`);
   } catch (e) {
@@ -255,10 +150,10 @@ function lcmSettings() {
 }
 
 function request(lcm) {
-  return JSON.stringify({
+  return {
     prompt: $('prompt').value, max_tokens: maxTokens(), temperature: Number($('temperature').value),
     top_k: Number($('top-k').value), top_p: Number($('top-p').value), seed: Number($('seed').value), lcm,
-  });
+  };
 }
 
 // Max tokens as a whole number of at least 1, or a refusal in words.
@@ -304,14 +199,14 @@ async function runOne(lcm, out) {
   const entropy = [], ppl = [], logprobs = [];
   const t0 = performance.now();
   let firstAt = null;
-  const result = JSON.parse(await model.generate(request(lcm), (id, text, h, lp) => {
+  const result = await model.generate({ ...request(lcm), signal: running.signal, onToken: (t) => {
     firstAt ??= performance.now();
-    out.append(text);
-    entropy.push(h);
-    logprobs.push(lp);
+    out.append(t.text);
+    entropy.push(t.entropy);
+    logprobs.push(t.logprob);
     const w = logprobs.slice(-WINDOW);
     ppl.push(Math.exp(-w.reduce((s, x) => s + x, 0) / w.length));
-  }));
+  } });
   const decodeS = (performance.now() - firstAt) / 1000;
   out.dataset.ids = JSON.stringify(result.ids);
   return { result, entropy, ppl, decodeTps: result.ids.length > 1 ? (result.ids.length - 1) / decodeS : 0,
@@ -349,7 +244,7 @@ async function generate() {
     $('outputs').dataset.done = 'yes';
     status('Done.');
   } catch (e) {
-    status(`Generation failed: ${message(e)}`, true);
+    status(running?.signal.aborted ? 'Stopped.' : `Generation failed: ${message(e)}`, !running?.signal.aborted);
   } finally {
     setBusy(false);
   }
@@ -367,19 +262,82 @@ async function finetune() {
   const losses = [];
   status('Fine-tuning…');
   try {
-    const req = JSON.stringify({ text, steps: Number($('ft-steps').value), lr: Number($('ft-lr').value),
-      batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value) });
-    const done = JSON.parse(await model.finetune(req, (step, loss) => {
+    const done = await model.finetune({ text, steps: Number($('ft-steps').value), lr: Number($('ft-lr').value),
+      batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value), signal: running.signal,
+      onStep: (step, loss) => {
       losses.push(loss);
       plot($('plot-loss'), [{ values: losses, color: '#2a9d4b', name: 'loss' }], PLOT_AXES['plot-loss']);
       $('ft-result').textContent = `step ${step + 1}: loss ${loss.toFixed(4)}`;
-    }));
+    } });
     $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
       'generation now uses the fine-tuned weights.';
     $('ft-result').dataset.losses = JSON.stringify(done);
     status('Fine-tuning done.');
   } catch (e) {
-    status(`Fine-tuning failed: ${message(e)}`, true);
+    status(running?.signal.aborted ? 'Stopped.' : `Fine-tuning failed: ${message(e)}`, !running?.signal.aborted);
+  } finally {
+    setBusy(false);
+  }
+}
+
+function chatTurn(role, text) {
+  const div = document.createElement('div');
+  div.className = `turn ${role}`;
+  div.textContent = text;
+  $('chat-log').append(div);
+  return div;
+}
+
+function newChat() {
+  conversation = [];
+  $('chat-log').textContent = '';
+  delete $('chat-log').dataset.ids;
+}
+
+// One user message and the model's streamed reply, through engine.chat.completions.
+async function sendChat() {
+  const text = $('chat-input').value.trim();
+  if (busy || !model || !text) return;
+  let lcm = null;
+  try {
+    lcm = $('lcm-on').checked ? lcmSettings() : null;
+    maxTokens();
+  } catch (e) {
+    status(message(e), true);
+    return;
+  }
+  if (!conversation.length && $('chat-system').value.trim()) {
+    conversation.push({ role: 'system', content: $('chat-system').value.trim() });
+  }
+  conversation.push({ role: 'user', content: text });
+  chatTurn('user', text);
+  $('chat-input').value = '';
+  delete $('chat-log').dataset.ids;
+  setBusy(true);
+  status('Replying…');
+  const reply = chatTurn('assistant', '');
+  try {
+    const stream = await engine.chat.completions.create({
+      messages: conversation, stream: true, max_tokens: maxTokens(), temperature: Number($('temperature').value),
+      top_p: Number($('top-p').value), seed: Number($('seed').value), signal: running.signal,
+      keel: { lcm, top_k: Number($('top-k').value) },
+    });
+    for await (const chunk of stream) {
+      reply.textContent += chunk.choices[0].delta.content ?? '';
+      if (chunk.keel) $('chat-log').dataset.ids = JSON.stringify(chunk.keel.ids);
+    }
+    conversation.push({ role: 'assistant', content: reply.textContent });
+    status('Done.');
+  } catch (e) {
+    // A stopped reply stays in the conversation as far as it went.
+    if (running.signal.aborted) {
+      conversation.push({ role: 'assistant', content: reply.textContent });
+      status('Stopped.');
+    } else {
+      conversation.pop();
+      reply.remove();
+      status(`Chat failed: ${message(e)}`, true);
+    }
   } finally {
     setBusy(false);
   }
@@ -475,6 +433,9 @@ function setupDrop() {
 }
 
 $('generate').addEventListener('click', generate);
+for (const id of ['stop', 'chat-stop']) $(id).addEventListener('click', () => running?.abort());
+$('chat-send').addEventListener('click', sendChat);
+$('chat-clear').addEventListener('click', newChat);
 $('lcm-on').addEventListener('change', layoutOutputs);
 $('side-by-side').addEventListener('change', layoutOutputs);
 $('finetune').addEventListener('click', finetune);

@@ -68,16 +68,9 @@ pub fn render(
     Ok((text, ids))
 }
 
-/// The ids that end a reply: the model's EOS ids and the template's `eos_token` (a chat
-/// model's end-of-turn token, which generation_config.json does not always list).
+/// The ids that end a reply (see [`ChatTemplate::stop_ids`]).
 pub fn stop_ids(template: &ChatTemplate, model: &LoadedModel) -> Vec<u32> {
-    let mut eos = model.config.eos.clone();
-    if let Some(id) = template.special_token("eos_token").and_then(|t| model.tokenizer.token_id(t)) {
-        if !eos.contains(&id) {
-            eos.push(id);
-        }
-    }
-    eos
+    template.stop_ids(&model.config.eos, &model.tokenizer)
 }
 
 pub fn template(a: TemplateArgs) -> Result<()> {

@@ -277,6 +277,17 @@ impl GpuModel {
         Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope })
     }
 
+    /// Every GPU tensor the model holds: its weights, the head's packed copy and the RoPE
+    /// tables (the page destroys them when it frees a model).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut all: Vec<&Tensor> = self.weights.named().into_iter().map(|(_, t)| t).collect();
+        all.extend(&self.head);
+        if let Some((cos, sin)) = &self.rope {
+            all.extend([cos, sin]);
+        }
+        all
+    }
+
     /// A copy of the weights in new buffers, made on the GPU, with every packed weight
     /// dequantized to f32 (and a tied head reading the f32 embedding again): what a fine-tune
     /// trains. The rotary tables are never written, so they are shared.

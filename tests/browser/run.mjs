@@ -1,13 +1,14 @@
 // Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
 // controls, for tests/browser.rs: offers it files that are not a model, loads stories260k
 // from local files and then, with one click, from the server, generates greedily without and with LCM
-// and with sampling, fine-tunes a few steps, loads a served GGUF (generate, fine-tune), saves a
-// screenshot and counts its distinct colours. Prints one JSON object on stdout.
+// and with sampling, fine-tunes a few steps, loads a served GGUF (generate, fine-tune), chats
+// with a served chat model (one greedy reply), saves a screenshot and counts its distinct
+// colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
 //   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers, sink, space},
 //    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr},
-//    gguf: served model name, screenshot}
+//    gguf: served model name, chat: {model, message, max_tokens}, screenshot}
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -126,6 +127,22 @@ try {
     await loaded(s.gguf);
     out.gguf = await generate(null);
     out.gguf.finetune = await finetune();
+  }
+
+  // The chat panel: one message to a served chat model, its reply greedy.
+  if (s.chat) {
+    await page.locator(`button[data-model="${s.chat.model}"]`).click({ timeout: 2 * minutes });
+    await loaded(s.chat.model);
+    await page.setChecked('#lcm-on', false);
+    await page.fill('#temperature', '0');
+    await page.fill('#max-tokens', String(s.chat.max_tokens));
+    await page.fill('#chat-input', s.chat.message);
+    await page.click('#chat-send');
+    await page.waitForFunction(() => document.getElementById('chat-log').dataset.ids
+      || document.getElementById('status').classList.contains('error'), null, { timeout: 5 * minutes });
+    const ids = await page.locator('#chat-log').getAttribute('data-ids');
+    out.chat = { ids: ids && JSON.parse(ids), status: await page.locator('#status').textContent(),
+      turns: await page.locator('#chat-log .turn').allTextContents() };
   }
 
   const png = await page.screenshot({ fullPage: true });
