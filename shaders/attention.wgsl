@@ -1,12 +1,13 @@
 // Causal attention with grouped-query heads, reading keys and values from the KV cache.
 // One workgroup per (row, query head); the row's query at position `pos` attends to cache
-// positions 0..=pos of its sequence. Keys are taken 64 at a time with an online softmax, so
-// prefill, decode and training all use this one kernel. Also writes the log-sum-exp of the
-// scores per (row, head) for the backward pass.
+// positions 0..=pos of its sequence, or with a sliding window (window > 0) the last `window`
+// of them. Keys are taken 64 at a time with an online softmax, so prefill, decode and
+// training all use this one kernel. Also writes the log-sum-exp of the scores per (row, head)
+// for the backward pass.
 
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, scale: f32, _p0: u32, _p1: u32,
+    cache_len: u32, scale: f32, window: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,6 +20,7 @@ struct Params {
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u;
+#include window
 const NEG_INF: f32 = -3.0e38;
 var<workgroup> q_s: array<f32, MAX_HD>;
 var<workgroup> p_s: array<f32, WG>;
@@ -44,7 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc = array<f32, 4>();  // output dims lid, lid + 64, ...
     let kv_stride = p.n_kv_heads * hd;
     let seq_base = seq * p.cache_len * kv_stride + kv_head * hd;
-    for (var c0 = 0u; c0 <= pos; c0 += WG) {
+    for (var c0 = first_key(pos); c0 <= pos; c0 += WG) {
         let j = c0 + lid;
         var s = NEG_INF;
         if (j <= pos) {

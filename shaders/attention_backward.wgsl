@@ -5,12 +5,13 @@
 //   dq_i = scale Σ_j ds_ij k_j,  dk_j = scale Σ_i ds_ij q_i,  dv_j = Σ_i p_ij dO_i.
 // Default entry: one workgroup per (row, query head) → dq and D.
 // KV: one workgroup per (sequence, key position, kv head) → dk, dv, summed over the query
-// heads of the group and the query positions at or after the key. It needs training's row
-// layout: row = sequence * cache_len + position, every position present.
+// heads of the group and the query positions at or after the key (within the sliding
+// window, if any). It needs training's row layout: row = sequence * cache_len + position,
+// every position present.
 
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, scale: f32, _p0: u32, _p1: u32,
+    cache_len: u32, scale: f32, window: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,6 +24,7 @@ struct Params {
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u;
+#include window
 var<workgroup> a_s: array<f32, MAX_HD>;
 var<workgroup> b_s: array<f32, MAX_HD>;
 var<workgroup> ds_s: array<f32, WG>;
@@ -54,8 +56,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     var dk_acc = array<f32, 4>();
     var dv_acc = array<f32, 4>();
-    // Pairs (query position i >= j, head in the group), flattened.
-    let n_pairs = (p.cache_len - j) * group;
+    // Pairs (query position i from j to the last that sees key j, head in the group), flattened.
+    let n_pairs = (last_query(j, p.cache_len) + 1u - j) * group;
     for (var c0 = 0u; c0 < n_pairs; c0 += WG) {
         let t = c0 + lid;
         var pr = 0.0;
@@ -130,7 +132,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc = array<f32, 4>();
     let kv_stride = p.n_kv_heads * hd;
     let seq_base = seq * p.cache_len * kv_stride + kv_head * hd;
-    for (var c0 = 0u; c0 <= pos; c0 += WG) {
+    for (var c0 = first_key(pos); c0 <= pos; c0 += WG) {
         let j = c0 + lid;
         var ds = 0.0;
         if (j <= pos) {

@@ -8,11 +8,13 @@
 // and shared by the query heads of the KV head (GQA). Writes per (sequence, q head, chunk) the
 // unnormalised weighted sum of V, the chunk's max score and its sum of exp(score - max).
 // With COMBINE: one workgroup per (row, q head) merges the chunks into `out` and `lse`.
+// With a sliding window (window > 0) keys older than the window are left out, and chunks
+// wholly older than it are skipped.
 
 struct Params {
     n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
     cache_len: u32, scale: f32, chunk: u32, n_chunks: u32,
-    first_row: u32, rot_dim: u32, _p1: u32, _p2: u32,
+    first_row: u32, rot_dim: u32, window: u32, _p2: u32,
 }
 
 #if COMBINE
@@ -27,6 +29,7 @@ const WG: u32 = THREADS;
 const NEG_INF: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
+#include window
 #if COMBINE
 @group(0) @binding(1) var<storage, read> rows: array<u32>;     // (sequence, position) per row
 @group(0) @binding(2) var<storage, read> part: array<f32>;     // [seqs, Hq, n_chunks, hd + 2]
@@ -48,14 +51,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let stride = hd + 2u;
     let base = (seq * p.n_q_heads + h) * p.n_chunks * stride;
     var m = NEG_INF;
-    for (var c = 0u; c < n_chunks; c++) { m = max(m, part[base + c * stride + hd]); }
+    let c_first = first_key(pos) / p.chunk;
+    for (var c = c_first; c < n_chunks; c++) { m = max(m, part[base + c * stride + hd]); }
     var l = 0.0;
-    for (var c = 0u; c < n_chunks; c++) {
+    for (var c = c_first; c < n_chunks; c++) {
         l += part[base + c * stride + hd + 1u] * exp(part[base + c * stride + hd] - m);
     }
     for (var i = lid; i < hd; i += WG) {
         var o = 0.0;
-        for (var c = 0u; c < n_chunks; c++) {
+        for (var c = c_first; c < n_chunks; c++) {
             o += part[base + c * stride + i] * exp(part[base + c * stride + hd] - m);
         }
         out[(r * p.n_q_heads + h) * hd + i] = o / l;
@@ -116,8 +120,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let seq = rows[2u * r];
     let pos = rows[2u * r + 1u];
     let t0 = c * p.chunk;
+    let lo = first_key(pos);
     // Uniform per workgroup, so no barrier is skipped by part of it.
-    if (t0 > pos) { return; }
+    if (t0 > pos || t0 + p.chunk <= lo) { return; }
     let n = min(p.chunk, pos + 1u - t0);
     let hd = p.head_dim;
     let g = p.n_q_heads / p.n_kv_heads;
@@ -148,7 +153,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let h = e / p.chunk;
         let t = e % p.chunk;
         var s = NEG_INF;
-        if (t < n) {
+        if (t < n && t0 + t >= lo) {
             var dot_qk = 0.0;
             for (var i = 0u; i < hd; i++) { dot_qk += q_s[h * hd + i] * kv_s[t * (hd + 1u) + i]; }
             s = dot_qk * p.scale;

@@ -1,7 +1,7 @@
-// Token embedding: out[r] = table[ids[r]] (+ pos_table[position of row r] for learned
-// positions, GPT-2). One workgroup per row.
+// Token embedding: out[r] = table[ids[r]] * scale (+ pos_table[position of row r] for
+// learned positions, GPT-2). scale is 1, or Gemma's sqrt(hidden). One workgroup per row.
 
-struct Params { n_rows: u32, d: u32, vocab: u32, _pad: u32 }
+struct Params { n_rows: u32, d: u32, vocab: u32, scale: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
@@ -20,7 +20,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Ids are validated on the host; the clamp only keeps a bad id from reading out of bounds.
     let id = min(ids[r], p.vocab - 1u);
     for (var i = lid.x; i < p.d; i += 64u) {
-        var v = table[id * p.d + i];
+        var v = table[id * p.d + i] * p.scale;
 #if POS
         v += pos_table[rows[2u * r + 1u] * p.d + i];
 #endif

@@ -3,8 +3,11 @@
 // Rows lie `heads` side by side from column `col` of token rows `stride` wide: dense rows
 // have heads 1, stride d, col 0; Qwen3's per-head norms of q or k inside the fused QKV row
 // have heads Hq (or Hkv), stride the QKV width.
+// The scale is w + w_offset: w_offset 1 for Gemma's `(1 + w)` norms, else 0.
+// ACC adds the result into `out` (Gemma's post-attention and post-MLP norms, whose output
+// is added to the residual stream).
 
-struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32, heads: u32, stride: u32, col: u32, _p: u32 }
+struct Params { n_rows: u32, d: u32, eps: f32, row_offset: u32, heads: u32, stride: u32, col: u32, w_offset: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -43,11 +46,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let rstd = 1.0 / sqrt(workgroup_sum(sq, lid) / n + p.eps);
     for (var i = lid; i < p.d; i += WG) {
-        var v = (x[base + i] - mean) * rstd * w[i];
+        var v = (x[base + i] - mean) * rstd * (w[i] + p.w_offset);
 #if LAYER
         v += b[i];
 #endif
+#if ACC
+        out[out_base + i] += v;
+#else
         out[out_base + i] = v;
+#endif
     }
     if (lid == 0u) {
         stats[2u * r] = mean;

@@ -1,6 +1,6 @@
 // Backward of RMSNorm / LayerNorm (LAYER), from the (mean, rstd) the forward pass saved.
 // Default entry: the input gradient, one workgroup per row,
-//   g = dy * w,  xhat = (x - mean) * rstd,
+//   g = dy * (w + w_offset),  xhat = (x - mean) * rstd,
 //   dx = rstd * (g - mean(g) [LayerNorm only] - xhat * mean(g * xhat)),
 // added to dx with ACC (the residual stream's gradient is already there).
 // WEIGHTS: the parameter gradients instead, one thread per column summing over rows:
@@ -8,7 +8,9 @@
 // Rows lie as in norm.wgsl (`heads` side by side from column `col` of token rows `stride`
 // wide), in x (from row x_offset on), dy and dx alike.
 
-struct Params { n_rows: u32, d: u32, x_offset: u32, heads: u32, stride: u32, col: u32, _p0: u32, _p1: u32 }
+// w_offset is 1 for Gemma's `(1 + w)` norms (whose weight gradient is the same), else 0.
+
+struct Params { n_rows: u32, d: u32, x_offset: u32, heads: u32, stride: u32, col: u32, w_offset: f32, _p: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;      // rows x_offset .. x_offset + n_rows
@@ -59,7 +61,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var sg = 0.0;
     var sgx = 0.0;
     for (var i = lid; i < p.d; i += WG) {
-        let g = dy[yb + i] * w[i];
+        let g = dy[yb + i] * (w[i] + p.w_offset);
         sg += g;
         sgx += g * (x[xb + i] - mean) * rstd;
     }
@@ -71,7 +73,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
     let mean_gx = workgroup_sum(sgx, lid) / n;
     for (var i = lid; i < p.d; i += WG) {
-        let g = dy[yb + i] * w[i];
+        let g = dy[yb + i] * (w[i] + p.w_offset);
         let xhat = (x[xb + i] - mean) * rstd;
         let v = rstd * (g - mean_g - xhat * mean_gx);
 #if ACC

@@ -143,6 +143,13 @@ fn tiny_phi3_matches_transformers() {
     check_model("tiny-phi3", "tiny-phi3", 1e-3);
 }
 
+/// Gemma 3: `(1 + w)` norms, post-norms, scaled embedding, sliding windows of 8 on blocks
+/// 0, 1 and 3 (the ~270-token case runs far past them) with their own RoPE base.
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    check_model("tiny-gemma3", "tiny-gemma3", 1e-3);
+}
+
 #[test]
 fn smollm2_gguf_matches_transformers() {
     check_model("smollm2-135m-instruct", "smollm2-135m-instruct", 2e-3);

@@ -279,6 +279,28 @@ fn vocab_size_2_pow_40() {
 }
 
 #[test]
+fn gemma3_unknown_layer_type() {
+    let Some(t) =
+        json_edited("tiny-gemma3", "config.json", |v| v["layer_types"][2] = json!("chunked_attention"))
+    else {
+        return;
+    };
+    let needle =
+        "layer_types[2] is \"chunked_attention\"; Keel knows 'full_attention' and 'sliding_attention'";
+    refused(&t.0, &["config.json", needle]);
+}
+
+#[test]
+fn gemma3_unknown_rope_type() {
+    let Some(t) = json_edited("tiny-gemma3", "config.json", |v| {
+        v["rope_parameters"]["full_attention"]["rope_type"] = json!("yarn")
+    }) else {
+        return;
+    };
+    refused(&t.0, &["config.json", "rope_parameters.full_attention.rope_type 'yarn' is not supported"]);
+}
+
+#[test]
 fn config_is_a_list() {
     let Some(t) = json_edited("tiny-gpt2", "config.json", |v| *v = json!([v.clone()])) else { return };
     refused(&t.0, &["config.json", "expected a JSON object"]);

@@ -152,6 +152,17 @@ fn tiny_gptneox_trains_like_pytorch() {
     check_training("tiny-gptneox", "tiny-gptneox", 10, ActivationMemory::Keep, 1e-3);
 }
 
+/// 32 positions against sliding windows of 8: the backward pass masks them too.
+#[test]
+fn tiny_gemma3_trains_like_pytorch() {
+    check_training("tiny-gemma3", "tiny-gemma3", 10, ActivationMemory::Keep, 1e-3);
+}
+
+#[test]
+fn tiny_gemma3_trains_like_pytorch_with_recomputed_activations() {
+    check_training("tiny-gemma3", "tiny-gemma3", 10, ActivationMemory::Recompute, 1e-3);
+}
+
 /// SmolLM2's curve is chaotic after a few steps at this learning rate: the step-0 gradient
 /// norms and the first 3 losses. Its attention-sink activations (norms in the hundreds)
 /// amplify f32 rounding: 270 of its 272 gradient norms agree within 6e-4, the embedding's
@@ -180,18 +191,27 @@ fn nonzero_b(lora: &mut keel::model::adapter::Lora) {
 /// same loss as full training of the merged model, and gradients derived from its.
 #[test]
 fn lora_gradients_follow_from_the_merged_model() {
+    check_lora_gradients("stories260k", "v,gate");
+}
+
+/// The same on Gemma 3, whose o and down projections feed its post-norms.
+#[test]
+fn gemma3_lora_gradients_follow_from_the_merged_model() {
+    check_lora_gradients("tiny-gemma3", "q,o,up,down");
+}
+
+fn check_lora_gradients(name: &str, targets: &str) {
     use keel::model::adapter::{parse_targets, Lora};
-    use keel::model::layout::Linear;
-    let Some((golden, host, rows)) = fixture("stories260k") else { return };
+    let Some((golden, host, rows)) = fixture(name) else { return };
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
     let cfg = host.config.clone();
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
     let shape = (rows.len(), rows[0].len() - 1);
-    // v rows of qkv and the gate rows of up, in every block, with B nonzero too.
-    let mut lora = Lora::init(&cfg, &parse_targets(&cfg, "v,gate").unwrap(), 4, 8.0, 3).unwrap();
+    // The targets' rows in every block, with B nonzero too.
+    let mut lora = Lora::init(&cfg, &parse_targets(&cfg, targets).unwrap(), 4, 8.0, 3).unwrap();
     nonzero_b(&mut lora);
-    let mut merged = fixture("stories260k").unwrap().1;
+    let mut merged = fixture(name).unwrap().1;
     lora.merge_into(&mut merged.weights);
     let opt = optimizer(train);
     let mem = ActivationMemory::Keep;
@@ -213,7 +233,7 @@ fn lora_gradients_follow_from_the_merged_model() {
     let (rank, scale) = (lora.rank, lora.scale() as f64);
     for (l, block) in lora.blocks.iter().enumerate() {
         for (i, p) in block.iter().enumerate() {
-            let g = if p.slot.linear == Linear::Qkv { &dw.blocks[l].qkv } else { &dw.blocks[l].up };
+            let g = dw.blocks[l].linear(p.slot.linear);
             let (inp, g) = (g.shape[1], g.values());
             let out = p.slot.rows.len();
             let d = |r: usize, j: usize| g[(p.slot.rows.start + r) * inp + j] as f64;

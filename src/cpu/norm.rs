@@ -10,6 +10,17 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Gemma's scales `1 + w`, computed in f32 as transformers does.
+pub fn unit_offset(w: &[f32]) -> Vec<f32> {
+    w.iter().map(|v| 1.0 + v).collect()
+}
+
+/// Gemma's RMSNorm: [`rms_norm`] scaled by `1 + w`. Its gradients are [`norm_backward`]'s
+/// with the weights [`unit_offset`] (the weight gradient is the same for `w` and `1 + w`).
+pub fn rms_norm_unit_offset(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    rms_norm(x, &unit_offset(w), eps)
+}
+
 /// LayerNorm of each `d`-wide row: `(x - mean) / sqrt(var + eps) * w + b`.
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let d = w.len();
@@ -118,6 +129,15 @@ mod tests {
                 check_gradient(&b, &db, &dy, |b| fwd(&x, &w, b), "norm db");
             }
         }
+    }
+
+    #[test]
+    fn unit_offset_norm_backward_matches_finite_differences() {
+        let (n, d) = (3, 12);
+        let (x, w, dy) = (rand_vec(1, n * d, 2.0), rand_vec(2, d, 1.0), rand_vec(4, n * d, 1.0));
+        let (dx, dw, _) = norm_backward(&x, &unit_offset(&w), false, 1e-6, &dy);
+        check_gradient(&x, &dx, &dy, |x| rms_norm_unit_offset(x, &w, 1e-6), "(1 + w) norm dx");
+        check_gradient(&w, &dw, &dy, |w| rms_norm_unit_offset(&x, w, 1e-6), "(1 + w) norm dw");
     }
 
     #[test]

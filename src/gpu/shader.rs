@@ -30,8 +30,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
-    // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation`.
+    // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
+    // `#include window`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
+    ("window", include_str!("../../shaders/window.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
@@ -222,7 +224,9 @@ mod tests {
                 assert!(defined.contains(&name), "{file}.wgsl: #if {name}, which no variant defines");
             }
         }
-        for (family, src) in SOURCES.iter().filter(|(n, _)| !matches!(*n, "wfmt" | "reduce" | "activation")) {
+        for (family, src) in
+            SOURCES.iter().filter(|(n, _)| !matches!(*n, "wfmt" | "reduce" | "activation" | "window"))
+        {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
             // The source with its includes pasted in, `#if` lines kept.
             let text: String = src

@@ -145,9 +145,31 @@ impl GpuModel {
                     norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n);
                 }
             };
+        // Gemma 3's post-norms (x += norm(y), y an output projection's result): the gradient
+        // at y, into `bw.dxn`, from the stream's in `bw.dx`, which passes through unchanged.
+        let post = io.post_norms.map(|p| (p, (&b.post_attn_norm, &b.post_mlp_norm)));
+        let post_grads = grads.map(|g| (&g.post_attn_norm, &g.post_mlp_norm));
+        let post_norm_backward = |step: &mut Step,
+                                  (x, stats): (&Tensor, &Tensor),
+                                  w: &Option<Tensor>,
+                                  dw: Option<&Option<Tensor>>| {
+            let saved = norm::Saved { x, offset: 0, stats };
+            let w = w.as_ref().expect("post-norm weights of a post-norm model");
+            norm::norm_backward(step, c.norm(), saved, w, &bw.dx, &bw.dxn, n, false);
+            if let Some(dw) = dw.map(|d| d.as_ref().expect("post-norm gradient")) {
+                norm::norm_weight_grad(step, saved, &bw.dx, dw, None, n);
+            }
+        };
         // MLP: x_out = x_mid + down(act(up(norm(m)))), m = x_mid, or x_in with a parallel
         // residual; then dx is the gradient at x_mid (which is dx at x_out when parallel).
-        linear(step, Linear::Down, io.act, &bw.dx, &bw.d_act);
+        let mlp_dy = match post {
+            Some((p, (_, w))) => {
+                post_norm_backward(step, (&p.mlp_out, &p.mlp_stats), w, post_grads.map(|(_, dw)| dw));
+                &bw.dxn
+            }
+            None => &bw.dx,
+        };
+        linear(step, Linear::Down, io.act, mlp_dy, &bw.d_act);
         act::activation_backward(step, c.activation(), io.up, &bw.d_act, &bw.d_up, n, c.ffn);
         linear(step, Linear::Up, io.xn2, &bw.d_up, &bw.dxn);
         let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
@@ -160,7 +182,14 @@ impl GpuModel {
             norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
         } else {
             norm_backward(step, mlp_norm, &b.mlp_norm, mlp_norm_grads);
-            linear(step, Linear::O, io.att, &bw.dx, &bw.d_att);
+            let attn_dy = match post {
+                Some((p, (w, _))) => {
+                    post_norm_backward(step, (&p.attn_out, &p.attn_stats), w, post_grads.map(|(dw, _)| dw));
+                    &bw.dxn
+                }
+                None => &bw.dx,
+            };
+            linear(step, Linear::O, io.att, attn_dy, &bw.d_att);
         }
         // Attention: x_mid = x_in + o(attention(rope(qkv(norm(x_in))))).
         let saved = attention::Saved {
@@ -172,7 +201,8 @@ impl GpuModel {
             lse: io.lse,
         };
         let heads = c.head_shape();
-        attention::attention_backward(step, saved, heads, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
+        let scores = (heads, self.scores(l));
+        attention::attention_backward(step, saved, scores, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
         let tables = self.rope_tables(l);
         rope::rope_kv_backward(step, rows, heads, tables, &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
         if let (Some(saved), Some(dy)) = (io.qk_norm, &bw.d_qkv_normed) {
@@ -182,7 +212,7 @@ impl GpuModel {
                 grads.map(|g| [&g.q_norm, &g.k_norm].map(|t| t.as_ref().expect("q/k norm gradient")));
             for (i, (w, stats, layout)) in norms.into_iter().enumerate() {
                 let x = norm::Saved { x: &saved.raw, offset: 0, stats };
-                norm::head_norm_backward(step, x, layout, w, dy, &bw.d_qkv, n);
+                norm::head_norm_backward(step, c.norm(), x, layout, w, dy, &bw.d_qkv, n);
                 if let Some(dw) = d_norms {
                     norm::head_norm_weight_grad(step, x, layout, dy, dw[i], n);
                 }
@@ -202,7 +232,7 @@ impl GpuModel {
         bw: &BackwardBufs,
         n: usize,
     ) {
-        embed::embed_backward(step, EmbedIndex::Ids(ids), &bw.dx, &grads.embed, n);
+        embed::embed_backward(step, EmbedIndex::Ids(ids, self.config.embed_scale), &bw.dx, &grads.embed, n);
         if let Some(d_pos) = &grads.pos_embed {
             embed::embed_backward(step, EmbedIndex::Positions(rows), &bw.dx, d_pos, n);
         }

@@ -28,6 +28,9 @@ pub enum Arch {
     /// GPTNeoXForCausalLM (Pythia): LayerNorm, GELU, biases everywhere, partial rotary,
     /// parallel residual, q/k/v interleaved per head in the file.
     GptNeoX,
+    /// Gemma3ForCausalLM (text): `(1 + w)` RMSNorms, four per block, q/k norms, a scaled
+    /// embedding, GELU-tanh-gated MLP, sliding-window blocks with their own RoPE base.
+    Gemma3,
 }
 
 /// A model's architecture and shapes, from config.json or a GGUF's metadata.
@@ -57,8 +60,23 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// Blocks that apply no rotary embedding (SmolLM3's zeros in `no_rope_layers`).
     pub nope_layers: Vec<usize>,
-    /// A per-head RMSNorm on q and k before RoPE (Qwen3's `q_norm`, `k_norm`).
+    /// A per-head RMSNorm on q and k before RoPE (Qwen3's and Gemma 3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
+    /// Norms of the attention's and the MLP's outputs before they join the residual stream
+    /// (Gemma 3's `post_attention_layernorm` and `post_feedforward_layernorm`).
+    pub post_norms: bool,
+    /// What the token embedding is multiplied by (Gemma: sqrt(hidden_size), in f32).
+    pub embed_scale: f32,
+    /// What q·k is multiplied by: 1/sqrt(head_dim), Gemma's 1/sqrt(query_pre_attn_scalar).
+    pub attn_scale: f32,
+    /// Keys a block of `sliding_layers` attends to, its query's own included (`sliding_window`).
+    pub sliding_window: Option<usize>,
+    /// Blocks whose attention is limited to `sliding_window` keys (`layer_types`
+    /// "sliding_attention").
+    pub sliding_layers: Vec<usize>,
+    /// The RoPE base of `sliding_layers`, unscaled (Gemma 3's `rope_local_base_freq`); None:
+    /// they use `rope_theta` and `rope_scaling` like the others.
+    pub local_rope_theta: Option<f32>,
     /// Leading dimensions of each head that RoPE rotates (`head_dim`, or less with a
     /// `partial_rotary_factor` / `rotary_pct`).
     pub rotary_dim: usize,
@@ -127,12 +145,17 @@ pub fn token_ids(v: Option<&Value>) -> Vec<u32> {
 
 /// The rotary rescaling of a config: `rope_parameters` (transformers 5) or `rope_scaling`.
 fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
-    let Some((field, p)) = ["rope_parameters", "rope_scaling"]
+    match ["rope_parameters", "rope_scaling"]
         .into_iter()
         .find_map(|k| v.get(k).filter(|p| p.is_object()).map(|p| (k, p)))
-    else {
-        return Ok(RopeScaling::None);
-    };
+    {
+        Some((field, p)) => rope_scaling_of(v, (field, p), file),
+        None => Ok(RopeScaling::None),
+    }
+}
+
+/// The rotary rescaling that the object `p` at `field` of config `v` describes.
+fn rope_scaling_of(v: &Value, (field, p): (&str, &Value), file: &str) -> Result<RopeScaling> {
     let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
     let number = |key: &str| {
         p.get(key)
@@ -184,20 +207,50 @@ fn rope_scaling(v: &Value, file: &str) -> Result<RopeScaling> {
     })
 }
 
-/// Refuses a `layer_types` entry other than full attention (the only kind these
-/// architectures have).
-fn check_layer_types(v: &Value, layers: usize, file: &str) -> Result<()> {
-    let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) else { return Ok(()) };
+/// The blocks of `layer_types` that are "sliding_attention" (allowed where `sliding`, Gemma 3);
+/// any other entry than that and "full_attention" is refused.
+fn sliding_layers(v: &Value, layers: usize, sliding: bool, file: &str) -> Result<Vec<usize>> {
+    let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) else { return Ok(Vec::new()) };
     let types = types.as_array().ok_or_else(|| anyhow!("{file}: layer_types must be a list"))?;
     if types.len() != layers {
         bail!("{file}: layer_types has {} entries for {layers} layers", types.len());
     }
+    let mut found = Vec::new();
     for (l, t) in types.iter().enumerate() {
-        if t.as_str() != Some("full_attention") {
-            bail!("{file}: layer_types[{l}] is {t}; Keel runs 'full_attention' layers only for this architecture");
+        match t.as_str() {
+            Some("full_attention") => {}
+            Some("sliding_attention") if sliding => found.push(l),
+            _ if sliding => bail!(
+                "{file}: layer_types[{l}] is {t}; Keel knows 'full_attention' and 'sliding_attention'"
+            ),
+            _ => bail!("{file}: layer_types[{l}] is {t}; Keel runs 'full_attention' layers only for this architecture"),
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Gemma 3's rotary settings: (base and scaling of the full-attention blocks, base of the
+/// sliding ones), from transformers 5's `rope_parameters` per layer type or from the older
+/// `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
+fn gemma3_rope(v: &Value, file: &str) -> Result<(f32, RopeScaling, f32)> {
+    let nested = v.get("rope_parameters").filter(|p| p.get("full_attention").is_some());
+    let Some(p) = nested else {
+        let scaling = match v.get("rope_scaling").filter(|p| p.is_object()) {
+            Some(p) => rope_scaling_of(v, ("rope_scaling", p), file)?,
+            None => RopeScaling::None,
+        };
+        let (theta, local) =
+            (f32_of(v, "rope_theta", 1e6, file)?, f32_of(v, "rope_local_base_freq", 1e4, file)?);
+        return Ok((theta, scaling, local));
+    };
+    let full = get(p, "full_attention", file)?;
+    let scaling = rope_scaling_of(v, ("rope_parameters.full_attention", full), file)?;
+    let sliding = get(p, "sliding_attention", file)?;
+    let kind = sliding.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+    if kind != "default" {
+        bail!("{file}: rope_parameters.sliding_attention.rope_type '{kind}' is not supported (Keel has default there)");
+    }
+    Ok((f32_of(full, "rope_theta", 1e6, file)?, scaling, f32_of(sliding, "rope_theta", 1e4, file)?))
 }
 
 /// SmolLM3's `no_rope_layers` (one 0 or 1 per layer; 0: no RoPE) as the blocks without RoPE.
@@ -237,8 +290,9 @@ impl ModelConfig {
             "GPT2LMHeadModel" | "gpt2" => Arch::Gpt2,
             "GPTNeoXForCausalLM" | "gpt_neox" => Arch::GptNeoX,
             "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
+            "Gemma3ForCausalLM" | "gemma3_text" => Arch::Gemma3,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
@@ -264,6 +318,12 @@ impl ModelConfig {
                 rope_scaling: RopeScaling::None,
                 nope_layers: Vec::new(),
                 qk_norm: false,
+                post_norms: false,
+                embed_scale: 1.0,
+                attn_scale: 1.0 / ((hidden / heads) as f32).sqrt(),
+                sliding_window: None,
+                sliding_layers: Vec::new(),
+                local_rope_theta: None,
                 rotary_dim: hidden / heads,
                 act: Activation::GeluTanh,
                 mlp_bias: true,
@@ -278,19 +338,38 @@ impl ModelConfig {
         } else {
             let hidden = usize_of(v, "hidden_size", file)?;
             let heads = usize_of(v, "num_attention_heads", file)?;
-            let neox = arch == Arch::GptNeoX;
+            let (neox, gemma) = (arch == Arch::GptNeoX, arch == Arch::Gemma3);
             if !neox && bool_of(v, "mlp_bias", false) {
                 bail!("{file}: mlp_bias = true is not supported");
             }
-            let act_name = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-            let act = match (neox, act_name) {
-                (false, "silu") => Activation::SiluGate,
-                (true, "gelu") => Activation::Gelu,
-                (true, "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") => Activation::GeluTanh,
+            // Gemma names it `hidden_activation`.
+            let act_key = if gemma && v.get("hidden_activation").is_some() {
+                "hidden_activation"
+            } else {
+                "hidden_act"
+            };
+            let act_name = v.get(act_key).and_then(Value::as_str).unwrap_or(if gemma {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            });
+            let act = match (arch, act_name) {
+                (Arch::GptNeoX, "gelu") => Activation::Gelu,
+                (Arch::GptNeoX, "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") => Activation::GeluTanh,
+                (Arch::Gemma3, "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast") => Activation::GeluTanhGate,
+                (Arch::GptNeoX | Arch::Gemma3, _) => bail!(
+                    "{file}: {act_key} '{act_name}' is not supported (Keel has GELU or GELU-tanh for GPT-NeoX, GELU-tanh-gated MLPs for Gemma 3)"
+                ),
+                (_, "silu") => Activation::SiluGate,
                 _ => bail!(
-                    "{file}: hidden_act '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3, GELU or GELU-tanh for GPT-NeoX)"
+                    "{file}: {act_key} '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3/Phi-3)"
                 ),
             };
+            for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+                if let Some(cap) = v.get(key).filter(|x| !x.is_null()) {
+                    bail!("{file}: {key} {cap} is not supported (Keel runs models without soft-capping)");
+                }
+            }
             let head_dim = match opt_usize(v, "head_dim", file)? {
                 Some(d) => d,
                 None if hidden.is_multiple_of(heads) => hidden / heads,
@@ -309,12 +388,17 @@ impl ModelConfig {
                 f32_of(v, "partial_rotary_factor", 1.0, file)?
             };
             let rotary_dim = (head_dim as f32 * rotary_fraction) as usize;
-            let rope_scaling = rope_scaling(v, file)?;
+            let (rope_theta, rope_scaling, local_rope_theta) = if gemma {
+                let (theta, scaling, local) = gemma3_rope(v, file)?;
+                (theta, scaling, Some(local))
+            } else {
+                (f32_of(theta_holder, "rope_theta", 10000.0, file)?, rope_scaling(v, file)?, None)
+            };
             let mut max_positions = opt_usize(v, "max_position_embeddings", file)?.unwrap_or(2048);
             // Mistral's sliding window (Qwen's and SmolLM3's only with use_sliding_window): within
-            // the window it is full attention, so Keel's context stops there.
-            if let Some(window) =
-                opt_usize(v, "sliding_window", file)?.filter(|_| bool_of(v, "use_sliding_window", true))
+            // the window it is full attention, so Keel's context stops there. Gemma 3 runs it.
+            if let Some(window) = opt_usize(v, "sliding_window", file)?
+                .filter(|_| !gemma && bool_of(v, "use_sliding_window", true))
             {
                 max_positions = max_positions.min(window);
             }
@@ -338,7 +422,26 @@ impl ModelConfig {
                 );
             }
             let layers = usize_of(v, "num_hidden_layers", file)?;
-            check_layer_types(v, layers, file)?;
+            let mut sliding = sliding_layers(v, layers, gemma, file)?;
+            if gemma && v.get("layer_types").is_none_or(Value::is_null) {
+                // Gemma 3's default pattern: every `sliding_window_pattern`-th block is global.
+                let pattern = match v.get("sliding_window_pattern").filter(|x| !x.is_null()) {
+                    Some(_) => usize_of(v, "sliding_window_pattern", file)?,
+                    None => opt_usize(v, "_sliding_window_pattern", file)?.unwrap_or(6),
+                };
+                sliding = (0..layers).filter(|l| (l + 1) % pattern != 0).collect();
+            }
+            let sliding_window = if sliding.is_empty() {
+                None
+            } else {
+                Some(opt_usize(v, "sliding_window", file)?.unwrap_or(4096))
+            };
+            let attn_scale = if gemma {
+                let scalar = f32_of(v, "query_pre_attn_scalar", 256.0, file)?;
+                (scalar as f64).powf(-0.5) as f32
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            };
             ModelConfig {
                 arch,
                 vocab: usize_of(v, "vocab_size", file)?,
@@ -353,16 +456,22 @@ impl ModelConfig {
                 } else {
                     f32_of(v, "rms_norm_eps", 1e-6, file)?
                 },
-                rope_theta: Some(f32_of(theta_holder, "rope_theta", 10000.0, file)?),
+                rope_theta: Some(rope_theta),
                 rope_scaling,
                 nope_layers: if arch == Arch::SmolLm3 { nope_layers(v, layers, file)? } else { Vec::new() },
-                qk_norm: arch == Arch::Qwen3,
+                qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+                post_norms: gemma,
+                embed_scale: if gemma { (hidden as f64).sqrt() as f32 } else { 1.0 },
+                attn_scale,
+                sliding_window,
+                sliding_layers: sliding,
+                local_rope_theta,
                 rotary_dim,
                 act,
                 mlp_bias: neox,
                 parallel_residual: neox && bool_of(v, "use_parallel_residual", true),
                 max_positions,
-                tied_embeddings: bool_of(v, "tie_word_embeddings", false),
+                tied_embeddings: bool_of(v, "tie_word_embeddings", gemma),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
                 o_bias: attention_bias,
                 bos,
@@ -371,6 +480,34 @@ impl ModelConfig {
         };
         cfg.validate(file)?;
         Ok(cfg)
+    }
+
+    /// [`ModelConfig::to_hf_json`] of a Gemma 3 model, in transformers 5's layout.
+    fn gemma3_json(&self, bos: Value, eos: Value) -> Value {
+        let types: Vec<&str> = (0..self.layers)
+            .map(|l| if self.sliding_layers.contains(&l) { "sliding_attention" } else { "full_attention" })
+            .collect();
+        let full = match self.rope_scaling {
+            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+            _ => json!({"rope_type": "default"}),
+        };
+        let mut rope = json!({"full_attention": full, "sliding_attention": {"rope_type": "default"}});
+        rope["full_attention"]["rope_theta"] = json!(self.rope_theta.unwrap_or(1e6));
+        rope["sliding_attention"]["rope_theta"] = json!(self.local_rope_theta.unwrap_or(1e4));
+        let scalar = (1.0 / (self.attn_scale as f64).powi(2)).round();
+        json!({
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "vocab_size": self.vocab, "hidden_size": self.hidden, "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim,
+            "rms_norm_eps": self.norm_eps, "query_pre_attn_scalar": scalar,
+            "hidden_activation": "gelu_pytorch_tanh", "layer_types": types,
+            "sliding_window": self.sliding_window.unwrap_or(self.max_positions),
+            "rope_parameters": rope, "max_position_embeddings": self.max_positions,
+            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+            "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
+            "torch_dtype": "float32",
+        })
     }
 
     /// A config.json for this model that transformers loads and [`ModelConfig::from_hf`]
@@ -407,12 +544,15 @@ impl ModelConfig {
                 "torch_dtype": "float32",
             });
         }
+        if self.arch == Arch::Gemma3 {
+            return self.gemma3_json(bos, eos);
+        }
         let (architecture, model_type) = match self.arch {
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
             Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
             Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
-            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX => ("LlamaForCausalLM", "llama"),
+            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX | Arch::Gemma3 => ("LlamaForCausalLM", "llama"),
         };
         let mut v = json!({
             "architectures": [architecture], "model_type": model_type,
@@ -479,11 +619,16 @@ impl ModelConfig {
     }
 
     pub fn norm(&self) -> NormKind {
-        if matches!(self.arch, Arch::Gpt2 | Arch::GptNeoX) {
-            NormKind::Layer
-        } else {
-            NormKind::Rms
+        match self.arch {
+            Arch::Gpt2 | Arch::GptNeoX => NormKind::Layer,
+            Arch::Gemma3 => NormKind::RmsUnitOffset,
+            _ => NormKind::Rms,
         }
+    }
+
+    /// The attention window of block `l`: Some(keys) for a sliding-window block.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.sliding_layers.contains(&l))
     }
 
     pub fn activation(&self) -> Activation {
@@ -508,14 +653,16 @@ impl ModelConfig {
         let mlp = h * self.up_width() + self.ffn * h;
         let pos = if self.rope_theta.is_none() { self.max_positions * h } else { 0 };
         let head = if self.tied_embeddings { 0 } else { self.vocab * h };
-        // Two norms per block and a final one; LayerNorm has a bias too.
+        // Two norms per block (four with post-norms) and a final one; LayerNorm has a bias too.
         let norm_params = if self.norm() == NormKind::Layer { 2 * h } else { h };
+        let post_norms = if self.post_norms { 2 * h } else { 0 };
         let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
         let biases = qk_norm
             + if self.qkv_bias { self.head_shape().qkv_width() } else { 0 }
             + if self.o_bias { h } else { 0 }
             + if self.mlp_bias { self.ffn + h } else { 0 };
-        self.vocab * h + pos + self.layers * (attn + mlp + biases + 2 * norm_params) + norm_params + head
+        let block = attn + mlp + biases + 2 * norm_params + post_norms;
+        self.vocab * h + pos + self.layers * block + norm_params + head
     }
 }
 
@@ -638,6 +785,49 @@ mod tests {
         let plain = RopeScaling::None.inv_freq(1e4, 8);
         assert_eq!(want.inv_freq(1e4, 8), [plain[0], plain[1] / 2.0, plain[2] / 4.0, plain[3] / 8.0]);
         assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+    }
+
+    fn gemma3(extra: Value) -> Value {
+        let mut v = json!({"architectures": ["Gemma3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "vocab_size": 512, "query_pre_attn_scalar": 24, "sliding_window": 8,
+            "hidden_activation": "gelu_pytorch_tanh"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    /// transformers 5's per-layer-type `rope_parameters` and the older flat keys (with the
+    /// default pattern of one global block in six) read to the same settings.
+    #[test]
+    fn reads_gemma3() {
+        let parse = |v: Value| ModelConfig::from_hf(&v, "config.json").unwrap();
+        let v5 = parse(gemma3(json!({
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}})));
+        assert_eq!(
+            (v5.arch, v5.norm(), v5.act),
+            (Arch::Gemma3, NormKind::RmsUnitOffset, Activation::GeluTanhGate)
+        );
+        assert!(v5.qk_norm && v5.post_norms && v5.tied_embeddings);
+        assert_eq!((v5.embed_scale, v5.attn_scale), (8.0, (24f64).powf(-0.5) as f32));
+        assert_eq!((v5.window(1), v5.window(2), v5.max_positions), (Some(8), None, 2048));
+        assert_eq!((v5.rope_theta, v5.local_rope_theta), (Some(1e6), Some(1e4)));
+        assert_eq!(v5.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        let flat =
+            parse(gemma3(json!({"num_hidden_layers": 7, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0}})));
+        assert_eq!(flat.sliding_layers, [0, 1, 2, 3, 4, 6]);
+        assert_eq!((flat.rope_scaling, flat.local_rope_theta), (v5.rope_scaling.clone(), Some(1e4)));
+        assert_eq!(ModelConfig::from_hf(&v5.to_hf_json(), "saved").unwrap(), v5);
+        let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
+        assert!(err(gemma3(json!({"final_logit_softcapping": 30.0})))
+            .contains("m/config.json: final_logit_softcapping 30.0 is not supported"));
+        let local_yarn = gemma3(json!({"rope_parameters": {"full_attention": {"rope_type": "default"},
+            "sliding_attention": {"rope_type": "yarn"}}}));
+        assert!(
+            err(local_yarn).contains("rope_parameters.sliding_attention.rope_type 'yarn' is not supported")
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct GpuModel {
     head: Option<Tensor>,
     /// (cos, sin) tables for rotary models, `[max_positions, head_dim / 2]`.
     rope: Option<(Tensor, Tensor)>,
+    /// The tables of the sliding-window blocks where they have their own base (Gemma 3).
+    local_rope: Option<(Tensor, Tensor)>,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -64,6 +66,46 @@ pub struct Scratch {
     up: Tensor,
     act: Tensor,
     qk_norm: Option<QkNormBufs>,
+    post_norms: Option<PostNormBufs>,
+}
+
+/// What Gemma 3's post-attention and post-MLP norms keep: their inputs (the output
+/// projections' results) and (mean, rstd) per row.
+#[derive(Clone)]
+pub struct PostNormBufs {
+    pub attn_out: Tensor,
+    pub attn_stats: Tensor,
+    pub mlp_out: Tensor,
+    pub mlp_stats: Tensor,
+}
+
+impl PostNormBufs {
+    /// The buffers for `rows` rows, or None for a model without post-norms.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, rows: usize) -> Result<Option<PostNormBufs>> {
+        if !c.post_norms {
+            return Ok(None);
+        }
+        let f = |name: &str, cols: usize| gpu.scratch(name, &[rows, cols], DType::F32);
+        Ok(Some(PostNormBufs {
+            attn_out: f("attention output before its norm", c.hidden)?,
+            attn_stats: f("post-attention norm stats", 2)?,
+            mlp_out: f("MLP output before its norm", c.hidden)?,
+            mlp_stats: f("post-MLP norm stats", 2)?,
+        }))
+    }
+
+    pub fn tensors(&self) -> [&Tensor; 4] {
+        [&self.attn_out, &self.attn_stats, &self.mlp_out, &self.mlp_stats]
+    }
+
+    /// Floats per row.
+    fn width(c: &ModelConfig) -> usize {
+        if c.post_norms {
+            2 * c.hidden + 4
+        } else {
+            0
+        }
+    }
 }
 
 /// What Qwen3's per-head q and k norms keep: the QKV rows before them (the norms write
@@ -133,6 +175,8 @@ pub struct BlockIo<'a> {
     pub act: &'a Tensor,
     /// Qwen3's q/k norms' saved input and statistics (None without them).
     pub qk_norm: Option<&'a QkNormBufs>,
+    /// Gemma 3's post-norms' inputs and statistics (None without them).
+    pub post_norms: Option<&'a PostNormBufs>,
     /// LoRA adapters on this block's linear layers (fine-tuning).
     pub lora: Option<&'a BlockLora>,
 }
@@ -160,6 +204,7 @@ impl Scratch {
         ]
         .into_iter()
         .chain(self.qk_norm.into_iter().flat_map(|b| [b.raw, b.q_stats, b.k_stats]))
+        .chain(self.post_norms.into_iter().flat_map(|b| [b.attn_out, b.attn_stats, b.mlp_out, b.mlp_stats]))
         .collect()
     }
 }
@@ -261,20 +306,22 @@ impl GpuModel {
         weights: Weights<Tensor>,
         head: Option<Tensor>,
     ) -> Result<GpuModel> {
-        let rope = match cfg.rope_theta {
-            Some(theta) => {
-                let inv_freq = cfg.rope_scaling.inv_freq(theta, cfg.rotary_dim);
-                let (mut cos, mut sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
-                let scale = cfg.rope_scaling.attention_factor();
-                if scale != 1.0 {
-                    cos.iter_mut().chain(&mut sin).for_each(|v| *v *= scale);
-                }
-                let shape = [cfg.max_positions, cfg.rotary_dim / 2];
-                Some((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
+        let tables = |theta: f32, scaling: &rope::RopeScaling| -> Result<(Tensor, Tensor)> {
+            let inv_freq = scaling.inv_freq(theta, cfg.rotary_dim);
+            let (mut cos, mut sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
+            let scale = scaling.attention_factor();
+            if scale != 1.0 {
+                cos.iter_mut().chain(&mut sin).for_each(|v| *v *= scale);
             }
-            None => None,
+            let shape = [cfg.max_positions, cfg.rotary_dim / 2];
+            Ok((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
         };
-        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope })
+        let rope = cfg.rope_theta.map(|theta| tables(theta, &cfg.rope_scaling)).transpose()?;
+        let local_rope = match cfg.local_rope_theta {
+            Some(theta) if !cfg.sliding_layers.is_empty() => Some(tables(theta, &rope::RopeScaling::None)?),
+            _ => None,
+        };
+        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope, local_rope })
     }
 
     /// Every GPU tensor the model holds: its weights, the head's packed copy and the RoPE
@@ -308,6 +355,7 @@ impl GpuModel {
             weights,
             head: None,
             rope: self.rope.clone(),
+            local_rope: self.local_rope.clone(),
         })
     }
 
@@ -334,12 +382,19 @@ impl GpuModel {
     }
 
     /// The rotary (cos, sin) tables of block `l`; None for learned positions and for blocks
-    /// without RoPE (SmolLM3's NoPE layers).
+    /// without RoPE (SmolLM3's NoPE layers). Gemma 3's sliding-window blocks have their own.
     pub fn rope_tables(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
         if self.config.nope_layers.contains(&l) {
             return None;
         }
-        self.rope.as_ref().map(|(cos, sin)| (cos, sin))
+        let local = self.local_rope.as_ref().filter(|_| self.config.sliding_layers.contains(&l));
+        local.or(self.rope.as_ref()).map(|(cos, sin)| (cos, sin))
+    }
+
+    /// How block `l`'s attention scores are formed: the model's scale, its window if the
+    /// block slides.
+    pub fn scores(&self, l: usize) -> attention::Scores {
+        attention::Scores { scale: self.config.attn_scale, window: self.config.window(l) }
     }
 
     /// Bytes a KV cache of `seqs × len` positions takes.
@@ -393,6 +448,7 @@ impl GpuModel {
             up: f("up", c.up_width())?,
             act: f("act", c.ffn)?,
             qk_norm: QkNormBufs::new(gpu, c, rows)?,
+            post_norms: PostNormBufs::new(gpu, c, rows)?,
         })
     }
 
@@ -409,7 +465,8 @@ impl GpuModel {
             + c.heads
             + c.up_width()
             + c.ffn
-            + qk_norm;
+            + qk_norm
+            + PostNormBufs::width(c);
         let head = c.hidden + 2 + c.vocab + 1 + 4 + stats::partials_len(1, c.vocab);
         ((scratch + head) * rows * 4) as u64
     }
@@ -466,6 +523,7 @@ impl GpuModel {
                 up: &s.up,
                 act: &s.act,
                 qk_norm: s.qk_norm.as_ref(),
+                post_norms: s.post_norms.as_ref(),
                 lora: None,
             };
             self.record_block_spans(step, l, &io, &s.row_table, spans);
@@ -477,7 +535,7 @@ impl GpuModel {
     pub fn record_embed(&self, step: &mut Step, ids: &Tensor, row_table: &Tensor, x: &Tensor, n: usize) {
         let w = &self.weights;
         let positions = w.pos_embed.as_ref().map(|p| (row_table, p));
-        embed::embed(step, ids, &w.embed, positions, x, n);
+        embed::embed(step, ids, (&w.embed, self.config.embed_scale), positions, x, n);
     }
 
     /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` (with a parallel
@@ -502,6 +560,7 @@ impl GpuModel {
         let b = &self.weights.blocks[l];
         let heads = c.head_shape();
         let tables = self.rope_tables(l);
+        let scores = self.scores(l);
         let hidden = n * c.hidden;
         // Decode fusions (inference without adapters): the matrix-vector kernel applies the
         // RMSNorm and the SiLU gate as it loads its input.
@@ -523,7 +582,7 @@ impl GpuModel {
         if let Some(saved) = io.qk_norm {
             step.copy(io.qkv, 0, &saved.raw, 0, n * heads.qkv_width());
             for (w, stats, layout) in self.qk_norms(b, saved) {
-                norm::head_norm(step, &saved.raw, layout, w, c.norm_eps, io.qkv, stats, n);
+                norm::head_norm(step, c.norm(), &saved.raw, layout, w, c.norm_eps, io.qkv, stats, n);
             }
         }
         let kv = (io.k_cache, io.v_cache);
@@ -533,7 +592,7 @@ impl GpuModel {
                 step,
                 io.qkv,
                 rows,
-                heads,
+                (heads, scores),
                 tables,
                 kv,
                 part,
@@ -545,7 +604,7 @@ impl GpuModel {
             Some(part) if spans.iter().all(|&len| len == 1) => decode_rows(step, part, (0, n)),
             _ => {
                 rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, kv, n);
-                attention::attention(step, io.q, rows, heads, kv, io.att, io.lse, n);
+                attention::attention(step, io.q, rows, (heads, scores), kv, io.att, io.lse, n);
                 // Single-query rows among longer spans are redone as they would run alone,
                 // so that a batched step reproduces each sequence's own run bit for bit.
                 if let Some(part) = decode {
@@ -568,8 +627,18 @@ impl GpuModel {
         if !std::ptr::eq(io.x_in, io.x_mid) {
             step.copy(io.x_in, 0, io.x_mid, 0, hidden);
         }
-        matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), io.x_mid, spans, true);
-        lora(step, Linear::O, io.att, io.x_mid);
+        // Gemma 3 normalises each output projection's result before adding it to the stream.
+        let post = io.post_norms.map(|p| (p, (&b.post_attn_norm, &b.post_mlp_norm)));
+        let post_add = |step: &mut Step, x: &Tensor, w: &Option<Tensor>, stats: &Tensor, out: &Tensor| {
+            let w = w.as_ref().expect("post-norm weights of a post-norm model");
+            norm::norm_add(step, c.norm(), x, w, c.norm_eps, out, stats, n);
+        };
+        let attn_out = post.map_or(io.x_mid, |(p, _)| &p.attn_out);
+        matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), attn_out, spans, post.is_none());
+        lora(step, Linear::O, io.att, attn_out);
+        if let Some((p, (w, _))) = post {
+            post_add(step, &p.attn_out, w, &p.attn_stats, io.x_mid);
+        }
         let up = (&b.up, b.up_b.as_ref(), io.up);
         if c.parallel_residual {
             matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
@@ -581,12 +650,16 @@ impl GpuModel {
             step.copy(io.x_mid, 0, io.x_out, 0, hidden);
         }
         let act = |step: &mut Step| act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
-        let down = (&b.down, b.down_b.as_ref(), io.x_out);
-        linear_after(step, (act, gate), (io.up, io.act), down, spans, true);
-        lora(step, Linear::Down, io.act, io.x_out);
+        let mlp_out = post.map_or(io.x_out, |(p, _)| &p.mlp_out);
+        let down = (&b.down, b.down_b.as_ref(), mlp_out);
+        linear_after(step, (act, gate), (io.up, io.act), down, spans, post.is_none());
+        lora(step, Linear::Down, io.act, mlp_out);
+        if let Some((p, (_, w))) = post {
+            post_add(step, &p.mlp_out, w, &p.mlp_stats, io.x_out);
+        }
     }
 
-    /// Qwen3's q and k norms of block `b`: (weight, statistics, where its heads lie).
+    /// Qwen3's (Gemma 3's) q and k norms of block `b`: (weight, statistics, where its heads lie).
     pub fn qk_norms<'a>(
         &self,
         b: &'a Block<Tensor>,

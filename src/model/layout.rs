@@ -20,12 +20,16 @@ pub struct Block<T> {
     pub k_norm: Option<T>,
     pub o: T,
     pub o_b: Option<T>,
+    /// Gemma 3's norm of the attention's output, before the residual add.
+    pub post_attn_norm: Option<T>,
     pub mlp_norm: T,
     pub mlp_norm_b: Option<T>,
     pub up: T,
     pub up_b: Option<T>,
     pub down: T,
     pub down_b: Option<T>,
+    /// Gemma 3's norm of the MLP's output, before the residual add.
+    pub post_mlp_norm: Option<T>,
 }
 
 #[derive(Clone, Debug)]
@@ -81,12 +85,14 @@ impl<T> Block<T> {
         v.extend(self.k_norm.as_ref().map(|t| ("k_norm", t)));
         v.push(("o", &self.o));
         v.extend(self.o_b.as_ref().map(|t| ("o_b", t)));
+        v.extend(self.post_attn_norm.as_ref().map(|t| ("post_attn_norm", t)));
         v.push(("mlp_norm", &self.mlp_norm));
         v.extend(self.mlp_norm_b.as_ref().map(|t| ("mlp_norm_b", t)));
         v.push(("up", &self.up));
         v.extend(self.up_b.as_ref().map(|t| ("up_b", t)));
         v.push(("down", &self.down));
         v.extend(self.down_b.as_ref().map(|t| ("down_b", t)));
+        v.extend(self.post_mlp_norm.as_ref().map(|t| ("post_mlp_norm", t)));
         v
     }
 
@@ -97,6 +103,8 @@ impl<T> Block<T> {
         let (q_norm, k_norm) = (opt("q_norm", &self.q_norm)?, opt("k_norm", &self.k_norm)?);
         let (mlp_norm_b, up_b, down_b) =
             (opt("mlp_norm_b", &self.mlp_norm_b)?, opt("up_b", &self.up_b)?, opt("down_b", &self.down_b)?);
+        let (post_attn_norm, post_mlp_norm) =
+            (opt("post_attn_norm", &self.post_attn_norm)?, opt("post_mlp_norm", &self.post_mlp_norm)?);
         Ok(Block {
             attn_norm: f("attn_norm", &self.attn_norm)?,
             attn_norm_b,
@@ -106,12 +114,14 @@ impl<T> Block<T> {
             k_norm,
             o: f("o", &self.o)?,
             o_b,
+            post_attn_norm,
             mlp_norm: f("mlp_norm", &self.mlp_norm)?,
             mlp_norm_b,
             up: f("up", &self.up)?,
             up_b,
             down: f("down", &self.down)?,
             down_b,
+            post_mlp_norm,
         })
     }
 }
@@ -350,12 +360,14 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     k_norm: None,
                     o: conv1d("o", "attn.c_proj.weight", [h, h]),
                     o_b,
+                    post_attn_norm: None,
                     mlp_norm,
                     mlp_norm_b,
                     up: conv1d("up", "mlp.c_fc.weight", [h, f]),
                     up_b,
                     down: conv1d("down", "mlp.c_proj.weight", [f, h]),
                     down_b,
+                    post_mlp_norm: None,
                 }
             })
             .collect();
@@ -401,9 +413,22 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     }),
                     o: plan.one(&format!("{k}.o"), format!("{a}.o_proj.weight"), &[h, qd]),
                     o_b: cfg.o_bias.then(|| plan.one(&format!("{k}.o_b"), format!("{a}.o_proj.bias"), &[h])),
+                    // Gemma 3's `post_attention_layernorm` is the attention's post-norm; its
+                    // MLP's input norm is `pre_feedforward_layernorm`.
+                    post_attn_norm: cfg.post_norms.then(|| {
+                        plan.one(
+                            &format!("{k}.post_attn_norm"),
+                            format!("{p}.post_attention_layernorm.weight"),
+                            &[h],
+                        )
+                    }),
                     mlp_norm: plan.one(
                         &format!("{k}.mlp_norm"),
-                        format!("{p}.post_attention_layernorm.weight"),
+                        if cfg.post_norms {
+                            format!("{p}.pre_feedforward_layernorm.weight")
+                        } else {
+                            format!("{p}.post_attention_layernorm.weight")
+                        },
                         &[h],
                     ),
                     mlp_norm_b: None,
@@ -421,6 +446,13 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
                     up_b: None,
                     down: plan.one(&format!("{k}.down"), format!("{p}.mlp.down_proj.weight"), &[h, f]),
                     down_b: None,
+                    post_mlp_norm: cfg.post_norms.then(|| {
+                        plan.one(
+                            &format!("{k}.post_mlp_norm"),
+                            format!("{p}.post_feedforward_layernorm.weight"),
+                            &[h],
+                        )
+                    }),
                 }
             })
             .collect();
@@ -462,6 +494,8 @@ fn neox_layout(cfg: &ModelConfig, plan: &mut Plan) -> Weights<Vec<usize>> {
                 up_b: Some(one("up_b", "mlp.dense_h_to_4h.bias", &[f])),
                 down: one("down", "mlp.dense_4h_to_h.weight", &[h, f]),
                 down_b: Some(one("down_b", "mlp.dense_4h_to_h.bias", &[h])),
+                post_attn_norm: None,
+                post_mlp_norm: None,
             };
             let qkv = [
                 format!("{p}.attention.query_key_value.weight"),
@@ -585,13 +619,24 @@ impl Weights<HostTensor> {
                 out.extend(b.k_norm.as_ref().map(|t| named(format!("{a}.k_norm.weight"), t)));
                 out.push(named(format!("{a}.o_proj.weight"), &b.o));
                 out.extend(b.o_b.as_ref().map(|t| named(format!("{a}.o_proj.bias"), t)));
-                out.push(named(format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));
+                match &b.post_attn_norm {
+                    Some(post) => {
+                        out.push(named(format!("{p}.post_attention_layernorm.weight"), post));
+                        out.push(named(format!("{p}.pre_feedforward_layernorm.weight"), &b.mlp_norm));
+                    }
+                    None => out.push(named(format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm)),
+                }
                 let up = [
                     (format!("{p}.mlp.gate_proj.weight"), cfg.ffn),
                     (format!("{p}.mlp.up_proj.weight"), cfg.ffn),
                 ];
                 out.extend(split_rows(&b.up, &up));
                 out.push(named(format!("{p}.mlp.down_proj.weight"), &b.down));
+                out.extend(
+                    b.post_mlp_norm
+                        .as_ref()
+                        .map(|t| named(format!("{p}.post_feedforward_layernorm.weight"), t)),
+                );
             }
             out.push(named("model.norm.weight".into(), &self.final_norm));
         }
@@ -603,9 +648,10 @@ impl Weights<HostTensor> {
 impl Weights<HostTensor> {
     /// Pseudo-random weights of `cfg`'s shapes (what `keel bench --shapes` runs: speed does
     /// not depend on the values). Matrices are uniform in ±1/√in, so activations stay of
-    /// order one through the blocks; norm scales are one and biases zero.
+    /// order one through the blocks; norm scales are one (Gemma's `1 + w`: w zero) and biases zero.
     pub fn random(cfg: &ModelConfig, seed: u64) -> Weights<HostTensor> {
         let mut rng = crate::rng::Rng::seed_from_u64(seed);
+        let unit = if cfg.norm() == crate::ops::norm::NormKind::RmsUnitOffset { 0.0 } else { 1.0 };
         let (shapes, _) = hf_layout(cfg);
         let random = shapes.try_map(|name, shape| {
             let data = match shape[..] {
@@ -614,7 +660,7 @@ impl Weights<HostTensor> {
                     (0..rows * cols).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect()
                 }
                 // Biases are `…_b`; the other vectors are norm scales.
-                _ => vec![if name.ends_with("_b") { 0.0 } else { 1.0 }; shape.iter().product()],
+                _ => vec![if name.ends_with("_b") { 0.0 } else { unit }; shape.iter().product()],
             };
             Ok(HostTensor::new(name, shape.clone(), data))
         });

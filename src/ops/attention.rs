@@ -15,7 +15,28 @@ struct Params {
     head_dim: u32,
     cache_len: u32,
     scale: f32,
-    _p: [u32; 2],
+    window: u32,
+    _p: u32,
+}
+
+/// How a query's scores are formed: q·k times `scale`, over the keys of its causal past, or
+/// with a sliding window the last `window` of them (its own included).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scores {
+    pub scale: f32,
+    pub window: Option<usize>,
+}
+
+impl Scores {
+    /// Plain causal attention over heads of `dim`: scale 1/sqrt(dim), no window.
+    pub fn causal(dim: usize) -> Scores {
+        Scores { scale: 1.0 / (dim as f32).sqrt(), window: None }
+    }
+
+    /// The window as the kernels read it (0: none).
+    fn window_u32(self) -> u32 {
+        self.window.map_or(0, |w| w as u32)
+    }
 }
 
 /// The kernel keeps a query head in workgroup memory and up to 4 output dims per thread.
@@ -34,14 +55,15 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     ]
 }
 
-/// `out[r] = softmax(q[r] · Kᵀ / sqrt(hd)) · V` over cache positions `0..=pos(r)` of the
-/// row's sequence; writes the log-sum-exp of the scores per (row, head) into `lse`.
+/// `out[r] = softmax(q[r] · Kᵀ · scale) · V` over cache positions `0..=pos(r)` of the
+/// row's sequence (the window's last of them, see [`Scores`]); writes the log-sum-exp of the
+/// scores per (row, head) into `lse`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
     q: &Tensor,
     rows: &Tensor,
-    heads: HeadShape,
+    (heads, scores): (HeadShape, Scores),
     (k_cache, v_cache): (&Tensor, &Tensor),
     out: &Tensor,
     lse: &Tensor,
@@ -56,8 +78,9 @@ pub fn attention(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: k_cache.shape[1] as u32,
-        scale: 1.0 / (heads.dim as f32).sqrt(),
-        _p: [0; 2],
+        scale: scores.scale,
+        window: scores.window_u32(),
+        _p: 0,
     };
     let pipeline = step.gpu.pipeline("attention", &[]);
     let buffers = bind![q, rows, k_cache, v_cache, out, lse];
@@ -77,7 +100,8 @@ struct DecodeParams {
     n_chunks: u32,
     first_row: u32,
     rot_dim: u32,
-    _p: [u32; 2],
+    window: u32,
+    _p: u32,
 }
 
 // Workgroup arrays of shaders/attention_decode.wgsl (about 14 KiB in all).
@@ -112,7 +136,7 @@ pub fn decode_attention(
     step: &mut Step,
     qkv: &Tensor,
     rows: &Tensor,
-    heads: HeadShape,
+    heads: (HeadShape, Scores),
     tables: Option<(&Tensor, &Tensor)>,
     caches: (&Tensor, &Tensor),
     part: &Tensor,
@@ -131,7 +155,7 @@ fn decode_attention_threads(
     step: &mut Step,
     qkv: &Tensor,
     rows: &Tensor,
-    heads: HeadShape,
+    (heads, scores): (HeadShape, Scores),
     tables: Option<(&Tensor, &Tensor)>,
     (k_cache, v_cache): (&Tensor, &Tensor),
     part: &Tensor,
@@ -156,12 +180,13 @@ fn decode_attention_threads(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: cache_len as u32,
-        scale: 1.0 / (heads.dim as f32).sqrt(),
+        scale: scores.scale,
         chunk: chunk as u32,
         n_chunks: n_chunks as u32,
         first_row: first as u32,
         rot_dim: super::rope::rotated_dims(tables) as u32,
-        _p: [0; 2],
+        window: scores.window_u32(),
+        _p: 0,
     };
     let defines = [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads)];
     let pipeline = step.gpu.pipeline("attention_decode", &defines);
@@ -191,7 +216,7 @@ pub struct Saved<'a> {
 pub fn attention_backward(
     step: &mut Step,
     saved: Saved,
-    heads: HeadShape,
+    (heads, scores): (HeadShape, Scores),
     d_out: &Tensor,
     dq: &Tensor,
     (dk, dv): (&Tensor, &Tensor),
@@ -208,8 +233,9 @@ pub fn attention_backward(
         n_kv_heads: heads.n_kv as u32,
         head_dim: heads.dim as u32,
         cache_len: cache_len as u32,
-        scale: 1.0 / (heads.dim as f32).sqrt(),
-        _p: [0; 2],
+        scale: scores.scale,
+        window: scores.window_u32(),
+        _p: 0,
     };
     let s = saved;
     let common = bind![q = s.q, rows = s.rows, k_cache = s.k_cache, v_cache = s.v_cache, lse = s.lse, d_out];
@@ -236,10 +262,19 @@ mod tests {
     use crate::gpu::DType;
     use crate::ops::{rope, test_util::*};
 
+    /// Plain causal, and Gemma's scale with sliding windows of 8 and of 70 (past a 64-key chunk).
     #[test]
     fn attention_matches_cpu() {
         let gpu = gpu();
-        for heads in [HeadShape { n_q: 4, n_kv: 2, dim: 16 }, HeadShape { n_q: 3, n_kv: 1, dim: 96 }] {
+        let windows = [None, Some(8), Some(70)];
+        let cases = [HeadShape { n_q: 4, n_kv: 2, dim: 16 }, HeadShape { n_q: 3, n_kv: 1, dim: 96 }]
+            .into_iter()
+            .flat_map(|h| windows.map(|window| (h, window)));
+        for (heads, window) in cases {
+            let scores = match window {
+                None => Scores::causal(heads.dim),
+                Some(w) => Scores { scale: 0.2, window: Some(w) },
+            };
             let (seqs, cache_len) = (2, 150);
             // Positions past one 64-key chunk exercise the online softmax.
             let rows = [(0usize, 0usize), (0, 63), (1, 64), (1, 149), (0, 100)];
@@ -257,12 +292,17 @@ mod tests {
             let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
             let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
             let mut step = Step::new(gpu);
-            attention(&mut step, &qt, &rt, heads, (&kt, &vt), &out, &lse, n);
+            attention(&mut step, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
             step.submit().unwrap();
-            let want =
-                cpu::attention::attention(&q, &kc, &vc, &rows, (heads.n_q, heads.n_kv, heads.dim), cache_len);
-            assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("attention {heads:?}"));
+            let shape = (heads.n_q, heads.n_kv, heads.dim);
+            let want = cpu::attention::attention(&q, &kc, &vc, &rows, shape, (cache_len, cpu_scores(scores)));
+            let what = format!("attention {heads:?} {scores:?}");
+            assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &what);
         }
+    }
+
+    fn cpu_scores(s: Scores) -> cpu::attention::Scores {
+        cpu::attention::Scores { scale: s.scale, window: s.window }
     }
 
     /// Log-sum-exp of the scaled scores of one (row, q head), in f64.
@@ -271,17 +311,18 @@ mod tests {
         kc: &[f32],
         (seq, pos): (usize, usize),
         h: usize,
-        heads: HeadShape,
+        (heads, s): (HeadShape, Scores),
         len: usize,
     ) -> f32 {
         let hd = heads.dim;
         let kvh = h / (heads.n_q / heads.n_kv);
-        let scores: Vec<f64> = (0..=pos)
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let scores: Vec<f64> = (first..=pos)
             .map(|t| {
                 let k = &kc[((seq * len + t) * heads.n_kv + kvh) * hd..][..hd];
                 let dot: f64 =
                     q[h * hd..(h + 1) * hd].iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
-                dot / (hd as f64).sqrt()
+                dot * s.scale as f64
             })
             .collect();
         let m = scores.iter().cloned().fold(f64::MIN, f64::max);
@@ -309,8 +350,13 @@ mod tests {
             let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
             let up = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
             let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
-            // Rotated dimensions (all, none, a partial rotary's quarter) and threads.
-            for (rot, threads) in [(heads.dim, 64), (0, 64), (heads.dim, 256), (heads.dim / 4, 64)] {
+            // Rotated dimensions (all, none, a partial rotary's quarter), threads, and a sliding
+            // window of 100 (whole chunks before it skipped).
+            let plain = Scores::causal(heads.dim);
+            let window = Scores { scale: 0.1, window: Some(100) };
+            let cases =
+                [(heads.dim, 64, plain), (0, 64, plain), (heads.dim, 256, plain), (heads.dim / 4, 64, plain)];
+            for (rot, threads, scores) in cases.into_iter().chain([(heads.dim, 64, window)]) {
                 let rope = rot > 0;
                 let inv_freq = rope::RopeScaling::None.inv_freq(10000.0, rot.max(2));
                 let (cos, sin) = rope::rope_tables(&inv_freq, len);
@@ -327,7 +373,7 @@ mod tests {
                     &mut step,
                     &qkv_t,
                     &rt,
-                    heads,
+                    (heads, scores),
                     tables,
                     (&kt, &vt),
                     &part,
@@ -351,13 +397,15 @@ mod tests {
                 );
                 let shape = (heads.n_q, heads.n_kv, heads.dim);
                 let mut want = vec![0.0; qd];
-                want.extend(cpu::attention::attention(&q, &want_k, &want_v, &rows[1..], shape, len));
+                let at = (len, cpu_scores(scores));
+                want.extend(cpu::attention::attention(&q, &want_k, &want_v, &rows[1..], shape, at));
                 let mut want_lse = vec![0.0; heads.n_q];
                 for (r, &row) in rows[1..].iter().enumerate() {
                     let qr = &q[r * qd..(r + 1) * qd];
-                    want_lse.extend((0..heads.n_q).map(|h| cpu_lse(qr, &want_k, row, h, heads, len)));
+                    want_lse
+                        .extend((0..heads.n_q).map(|h| cpu_lse(qr, &want_k, row, h, (heads, scores), len)));
                 }
-                let what = format!("{heads:?} rope={rope}");
+                let what = format!("{heads:?} rope={rope} {scores:?}");
                 assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("out {what}"));
                 assert_close(&gpu.read_f32(&lse).unwrap(), &want_lse, 1e-5, &format!("lse {what}"));
                 assert_close(&gpu.read_f32(&kt).unwrap(), &want_k, 1e-6, &format!("k cache {what}"));
@@ -369,7 +417,14 @@ mod tests {
     #[test]
     fn attention_backward_matches_cpu() {
         let gpu = gpu();
-        for heads in [HeadShape { n_q: 4, n_kv: 2, dim: 16 }, HeadShape { n_q: 3, n_kv: 1, dim: 96 }] {
+        let windowed = Scores { scale: 0.3, window: Some(8) };
+        let cases = [
+            (HeadShape { n_q: 4, n_kv: 2, dim: 16 }, None),
+            (HeadShape { n_q: 3, n_kv: 1, dim: 96 }, None),
+            (HeadShape { n_q: 4, n_kv: 2, dim: 16 }, Some(windowed)),
+        ];
+        for (heads, scores) in cases {
+            let scores = scores.unwrap_or(Scores::causal(heads.dim));
             // Two sequences of 70 positions: past one 64-key chunk.
             let (seqs, len) = (2, 70);
             let rows: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..len).map(move |p| (s, p))).collect();
@@ -398,16 +453,18 @@ mod tests {
             );
             let (dk, dv) = (zeros("dk", &cache_shape), zeros("dv", &cache_shape));
             let mut step = Step::new(gpu);
-            attention(&mut step, &qt, &rt, heads, (&kt, &vt), &out, &lse, n);
+            attention(&mut step, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
             let saved = Saved { q: &qt, rows: &rt, k_cache: &kt, v_cache: &vt, out: &out, lse: &lse };
-            attention_backward(&mut step, saved, heads, &dot, &dq, (&dk, &dv), &delta);
+            attention_backward(&mut step, saved, (heads, scores), &dot, &dq, (&dk, &dv), &delta);
             step.submit().unwrap();
             let shape = (heads.n_q, heads.n_kv, heads.dim);
+            let at = (len, cpu_scores(scores));
             let (want_dq, want_dk, want_dv) =
-                cpu::attention::attention_backward(&q, &kc, &vc, &rows, shape, len, &d_out);
-            assert_close(&gpu.read_f32(&dq).unwrap(), &want_dq, 1e-5, &format!("dq {heads:?}"));
-            assert_close(&gpu.read_f32(&dk).unwrap(), &want_dk, 1e-5, &format!("dk {heads:?}"));
-            assert_close(&gpu.read_f32(&dv).unwrap(), &want_dv, 1e-5, &format!("dv {heads:?}"));
+                cpu::attention::attention_backward(&q, &kc, &vc, &rows, shape, at, &d_out);
+            let what = format!("{heads:?} {scores:?}");
+            assert_close(&gpu.read_f32(&dq).unwrap(), &want_dq, 1e-5, &format!("dq {what}"));
+            assert_close(&gpu.read_f32(&dk).unwrap(), &want_dk, 1e-5, &format!("dk {what}"));
+            assert_close(&gpu.read_f32(&dv).unwrap(), &want_dv, 1e-5, &format!("dv {what}"));
         }
     }
 }

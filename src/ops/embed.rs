@@ -9,7 +9,7 @@ struct Params {
     n_rows: u32,
     d: u32,
     vocab: u32,
-    _pad: u32,
+    scale: f32,
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
@@ -21,19 +21,19 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     v
 }
 
-/// `out[r] = table[ids[r]] (+ pos_table[position of r])` for `n_rows` rows.
+/// `out[r] = table[ids[r]] * scale (+ pos_table[position of r])` for `n_rows` rows.
 /// `positions` is the (row table, position table) pair for learned positions.
 pub fn embed(
     step: &mut Step,
     ids: &Tensor,
-    table: &Tensor,
+    (table, scale): (&Tensor, f32),
     positions: Option<(&Tensor, &Tensor)>,
     out: &Tensor,
     n_rows: usize,
 ) {
     let (vocab, d) = (table.shape[0], table.shape[1]);
     assert!(ids.numel() >= n_rows && out.numel() >= n_rows * d);
-    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: vocab as u32, _pad: 0 };
+    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: vocab as u32, scale };
     let pipeline = step.gpu.pipeline("embed", &[("POS", positions.is_some() as u32)]);
     let mut buffers = bind![ids, table, out].to_vec();
     if let Some((rows, pos_table)) = positions {
@@ -42,16 +42,16 @@ pub fn embed(
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
 }
 
-/// Gradient of [`embed`]: `d_table[ids[r]] += dy[r]` for `n_rows` rows; with `rows` (the
-/// row table) the positions' table instead, `d_pos[position of r] += dy[r]`.
+/// Gradient of [`embed`]: `d_table[ids[r]] += dy[r] * scale` for `n_rows` rows; with `rows`
+/// (the row table) the positions' table instead, `d_pos[position of r] += dy[r]`.
 pub fn embed_backward(step: &mut Step, index: EmbedIndex, dy: &Tensor, d_table: &Tensor, n_rows: usize) {
     let (table_rows, d) = (d_table.shape[0], d_table.shape[1]);
     assert!(dy.numel() >= n_rows * d);
-    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: table_rows as u32, _pad: 0 };
-    let (index, pos) = match index {
-        EmbedIndex::Ids(ids) => (ids, 0),
-        EmbedIndex::Positions(rows) => (rows, 1),
+    let (index, pos, scale) = match index {
+        EmbedIndex::Ids(ids, scale) => (ids, 0, scale),
+        EmbedIndex::Positions(rows) => (rows, 1, 1.0),
     };
+    let params = Params { n_rows: n_rows as u32, d: d as u32, vocab: table_rows as u32, scale };
     let pipeline = step.gpu.pipeline("embed_backward", &[("POS", pos)]);
     step.dispatch(pipeline, &params, &bind![index, dy, d_table], groups(d, 64));
 }
@@ -59,7 +59,8 @@ pub fn embed_backward(step: &mut Step, index: EmbedIndex, dy: &Tensor, d_table: 
 /// Which table an embedding gradient goes to: token ids, or the row table's positions.
 #[derive(Clone, Copy)]
 pub enum EmbedIndex<'a> {
-    Ids(&'a Tensor),
+    /// Token ids, and the scale the forward pass applied to the table.
+    Ids(&'a Tensor, f32),
     Positions(&'a Tensor),
 }
 
@@ -83,9 +84,12 @@ mod tests {
         let rt = gpu.upload_u32("rows", &[4, 2], &rows).unwrap();
         let plain = gpu.zeros("o", &[4, d], DType::F32).unwrap();
         let with_pos = gpu.zeros("o2", &[4, d], DType::F32).unwrap();
+        let scaled = gpu.zeros("o3", &[4, d], DType::F32).unwrap();
         let mut step = Step::new(gpu);
-        embed(&mut step, &it, &tt, None, &plain, 4);
-        embed(&mut step, &it, &tt, Some((&rt, &pt)), &with_pos, 4);
+        embed(&mut step, &it, (&tt, 1.0), None, &plain, 4);
+        embed(&mut step, &it, (&tt, 1.0), Some((&rt, &pt)), &with_pos, 4);
+        // Gemma's sqrt(hidden), in f32.
+        embed(&mut step, &it, (&tt, 8.3666), None, &scaled, 4);
         step.submit().unwrap();
         let mut want = Vec::new();
         let mut want_pos = Vec::new();
@@ -96,7 +100,9 @@ mod tests {
                 want_pos.push(table[id as usize * d + i] + pos[at * d + i]);
             }
         }
+        let want_scaled: Vec<f32> = want.iter().map(|v| v * 8.3666).collect();
         assert_close(&gpu.read_f32(&plain).unwrap(), &want, 0.0, "embed");
+        assert_close(&gpu.read_f32(&scaled).unwrap(), &want_scaled, 0.0, "scaled embed");
         assert_close(&gpu.read_f32(&with_pos).unwrap(), &want_pos, 1e-7, "embed+pos");
     }
 
@@ -113,14 +119,14 @@ mod tests {
         let dt = gpu.zeros("dt", &[v, d], DType::F32).unwrap();
         let dp = gpu.zeros("dp", &[p, d], DType::F32).unwrap();
         let mut step = Step::new(gpu);
-        embed_backward(&mut step, EmbedIndex::Ids(&it), &dyt, &dt, 4);
+        embed_backward(&mut step, EmbedIndex::Ids(&it, 3.0), &dyt, &dt, 4);
         embed_backward(&mut step, EmbedIndex::Positions(&rt), &dyt, &dp, 4);
         step.submit().unwrap();
         let mut want = vec![0.0f32; v * d];
         let mut want_pos = vec![0.0f32; p * d];
         for r in 0..4 {
             for i in 0..d {
-                want[ids[r] as usize * d + i] += dy[r * d + i];
+                want[ids[r] as usize * d + i] += dy[r * d + i] * 3.0;
                 want_pos[rows[2 * r + 1] as usize * d + i] += dy[r * d + i];
             }
         }

@@ -6,7 +6,20 @@ use crate::gpu::{shader::Define, Step, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NormKind {
     Rms,
+    /// RMSNorm scaled by `1 + w` (Gemma), whose weights are stored as offsets from one.
+    RmsUnitOffset,
     Layer,
+}
+
+impl NormKind {
+    /// What the kernels add to each weight before scaling.
+    fn w_offset(self) -> f32 {
+        if self == NormKind::RmsUnitOffset {
+            1.0
+        } else {
+            0.0
+        }
+    }
 }
 
 #[repr(C)]
@@ -16,7 +29,10 @@ struct Params {
     d: u32,
     eps: f32,
     row_offset: u32,
-    layout: RowLayout,
+    heads: u32,
+    stride: u32,
+    col: u32,
+    w_offset: f32,
 }
 
 /// Where the rows of width `d` lie: `heads` side by side from column `col` of token rows
@@ -58,7 +74,9 @@ impl RowLayout {
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let mut v = Vec::new();
     for layer in [0, 1] {
-        v.push(("norm", vec![("LAYER", layer)]));
+        for acc in [0, 1] {
+            v.push(("norm", vec![("LAYER", layer), ("ACC", acc)]));
+        }
         v.push(("norm_backward", vec![("LAYER", layer), ("WEIGHTS", 1)]));
         for acc in [0, 1] {
             v.push(("norm_backward", vec![("LAYER", layer), ("WEIGHTS", 0), ("ACC", acc)]));
@@ -82,14 +100,33 @@ pub fn norm(
     (row_offset, n_rows): (usize, usize),
 ) {
     let layout = RowLayout::dense(w.numel());
-    norm_rows(step, kind, (x, layout), (w, b), eps, (out, stats), (row_offset, n_rows));
+    norm_rows(step, kind, (x, layout), (w, b), eps, (out, stats), (row_offset, n_rows), false);
 }
 
-/// RMSNorm of `tokens × heads` rows of `x` laid out as `layout` (Qwen3's q or k heads
-/// inside the fused QKV rows) into the same places of `out`, with (mean, rstd) per head.
+/// `out += norm(x)` over rows `0 .. n_rows` (Gemma's post-attention and post-MLP norms,
+/// added to the residual stream), writing (mean, rstd) per row into `stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_add(
+    step: &mut Step,
+    kind: NormKind,
+    x: &Tensor,
+    w: &Tensor,
+    eps: f32,
+    out: &Tensor,
+    stats: &Tensor,
+    n_rows: usize,
+) {
+    let layout = RowLayout::dense(w.numel());
+    norm_rows(step, kind, (x, layout), (w, None), eps, (out, stats), (0, n_rows), true);
+}
+
+/// RMSNorm (`kind`: plain or with `1 + w`) of `tokens × heads` rows of `x` laid out as
+/// `layout` (Qwen3's and Gemma 3's q or k heads inside the fused QKV rows) into the same
+/// places of `out`, with (mean, rstd) per head.
 #[allow(clippy::too_many_arguments)]
 pub fn head_norm(
     step: &mut Step,
+    kind: NormKind,
     x: &Tensor,
     layout: RowLayout,
     w: &Tensor,
@@ -98,10 +135,12 @@ pub fn head_norm(
     stats: &Tensor,
     tokens: usize,
 ) {
+    assert!(kind != NormKind::Layer, "per-head norms are RMSNorms");
     let n_rows = tokens * layout.heads as usize;
-    norm_rows(step, NormKind::Rms, (x, layout), (w, None), eps, (out, stats), (0, n_rows));
+    norm_rows(step, kind, (x, layout), (w, None), eps, (out, stats), (0, n_rows), false);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn norm_rows(
     step: &mut Step,
     kind: NormKind,
@@ -110,14 +149,17 @@ fn norm_rows(
     eps: f32,
     (out, stats): (&Tensor, &Tensor),
     (row_offset, n_rows): (usize, usize),
+    accumulate: bool,
 ) {
     let d = w.numel();
     assert!(layout.span(row_offset + n_rows, d) <= x.numel() && layout.span(n_rows, d) <= out.numel());
     assert!(stats.numel() >= 2 * n_rows);
     let layer = kind == NormKind::Layer;
     assert_eq!(layer, b.is_some(), "LayerNorm needs a bias, RMSNorm has none");
-    let params = Params { n_rows: n_rows as u32, d: d as u32, eps, row_offset: row_offset as u32, layout };
-    let pipeline = step.gpu.pipeline("norm", &[("LAYER", layer as u32)]);
+    let RowLayout { heads, stride, col, .. } = layout;
+    let (rows, d, row_offset, w_offset) = (n_rows as u32, d as u32, row_offset as u32, kind.w_offset());
+    let params = Params { n_rows: rows, d, eps, row_offset, heads, stride, col, w_offset };
+    let pipeline = step.gpu.pipeline("norm", &[("LAYER", layer as u32), ("ACC", accumulate as u32)]);
     let mut buffers = bind![x, w, out, stats].to_vec();
     buffers.extend(b.map(|b| ("b", b)));
     step.dispatch(pipeline, &params, &buffers, groups(n_rows, 1));
@@ -132,7 +174,8 @@ struct BackwardParams {
     heads: u32,
     stride: u32,
     col: u32,
-    _p: [u32; 2],
+    w_offset: f32,
+    _p: u32,
 }
 
 /// The forward input of a norm as the backward pass needs it: rows `offset .. offset + n`
@@ -144,7 +187,13 @@ pub struct Saved<'a> {
     pub stats: &'a Tensor,
 }
 
-fn backward_params(saved: Saved, layout: RowLayout, d: usize, dy: &Tensor, n_rows: usize) -> BackwardParams {
+fn backward_params(
+    saved: Saved,
+    (layout, kind): (RowLayout, NormKind),
+    d: usize,
+    dy: &Tensor,
+    n_rows: usize,
+) -> BackwardParams {
     assert!(layout.span(saved.offset + n_rows, d) <= saved.x.numel() && layout.span(n_rows, d) <= dy.numel());
     assert!(saved.stats.numel() >= 2 * n_rows);
     let RowLayout { heads, stride, col, .. } = layout;
@@ -155,7 +204,8 @@ fn backward_params(saved: Saved, layout: RowLayout, d: usize, dy: &Tensor, n_row
         heads,
         stride,
         col,
-        _p: [0; 2],
+        w_offset: kind.w_offset(),
+        _p: 0,
     }
 }
 
@@ -180,6 +230,7 @@ pub fn norm_backward(
 #[allow(clippy::too_many_arguments)]
 pub fn head_norm_backward(
     step: &mut Step,
+    kind: NormKind,
     saved: Saved,
     layout: RowLayout,
     w: &Tensor,
@@ -188,7 +239,7 @@ pub fn head_norm_backward(
     tokens: usize,
 ) {
     let n_rows = tokens * layout.heads as usize;
-    norm_rows_backward(step, NormKind::Rms, (saved, layout), w, dy, dx, n_rows, false);
+    norm_rows_backward(step, kind, (saved, layout), w, dy, dx, n_rows, false);
 }
 
 /// Weight gradient of [`head_norm`]: `dw += Σ dy · xhat` over every token and head.
@@ -214,7 +265,7 @@ fn norm_rows_backward(
     n_rows: usize,
     accumulate: bool,
 ) {
-    let params = backward_params(saved, layout, w.numel(), dy, n_rows);
+    let params = backward_params(saved, (layout, kind), w.numel(), dy, n_rows);
     assert!(dx.numel() >= layout.span(n_rows, w.numel()));
     let defines = [("LAYER", (kind == NormKind::Layer) as u32), ("WEIGHTS", 0), ("ACC", accumulate as u32)];
     let pipeline = step.gpu.pipeline("norm_backward", &defines);
@@ -241,7 +292,8 @@ fn norm_rows_weight_grad(
     n_rows: usize,
 ) {
     let d = dw.numel();
-    let params = backward_params(saved, layout, d, dy, n_rows);
+    // The weight gradient is the same with Gemma's `1 + w`.
+    let params = backward_params(saved, (layout, NormKind::Rms), d, dy, n_rows);
     let pipeline = step.gpu.pipeline("norm_backward", &[("LAYER", db.is_some() as u32), ("WEIGHTS", 1)]);
     let mut buffers = bind![x = saved.x, stats = saved.stats, dy, dw].to_vec();
     buffers.extend(db.map(|db| ("db", db)));
@@ -255,38 +307,62 @@ mod tests {
     use crate::gpu::DType;
     use crate::ops::test_util::*;
 
+    /// Every kind, from row 2 on; RMSNorm with `1 + w` also added into `out` (ACC) from row 0.
     #[test]
     fn norms_match_cpu() {
         let gpu = gpu();
-        for (kind, d) in [(NormKind::Rms, 64), (NormKind::Rms, 576), (NormKind::Layer, 100)] {
+        let cases = [
+            (NormKind::Rms, 64, false),
+            (NormKind::Rms, 576, false),
+            (NormKind::Layer, 100, false),
+            (NormKind::RmsUnitOffset, 64, false),
+            (NormKind::RmsUnitOffset, 100, true),
+        ];
+        for (kind, d, add) in cases {
             let n = 7;
             let x: Vec<f32> = rand_vec(1, (n + 2) * d, 3.0).iter().map(|v| v + 0.5).collect();
             let w = rand_vec(2, d, 1.0);
             let b = rand_vec(3, d, 1.0);
+            let out0 = rand_vec(4, n * d, 1.0);
             let (xt, wt, bt) = (
                 gpu.upload_f32("x", &[n + 2, d], &x).unwrap(),
                 gpu.upload_f32("w", &[d], &w).unwrap(),
                 gpu.upload_f32("b", &[d], &b).unwrap(),
             );
-            let out = gpu.zeros("out", &[n, d], DType::F32).unwrap();
+            let out = gpu.upload_f32("out", &[n, d], &out0).unwrap();
             let stats = gpu.zeros("stats", &[n, 2], DType::F32).unwrap();
             let bias = (kind == NormKind::Layer).then_some(&bt);
             let mut step = Step::new(gpu);
-            norm(&mut step, kind, &xt, &wt, bias, 1e-5, &out, &stats, (2, n));
+            if add {
+                norm_add(&mut step, kind, &xt, &wt, 1e-5, &out, &stats, n);
+            } else {
+                norm(&mut step, kind, &xt, &wt, bias, 1e-5, &out, &stats, (2, n));
+            }
             step.submit().unwrap();
-            let rows = &x[2 * d..];
-            let want = match kind {
+            // norm_add reads rows 0 .. n.
+            let rows = if add { &x[..n * d] } else { &x[2 * d..] };
+            let mut want = match kind {
                 NormKind::Rms => cpu::norm::rms_norm(rows, &w, 1e-5),
+                NormKind::RmsUnitOffset => cpu::norm::rms_norm_unit_offset(rows, &w, 1e-5),
                 NormKind::Layer => cpu::norm::layer_norm(rows, &w, &b, 1e-5),
             };
-            assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("{kind:?} d={d}"));
+            if add {
+                want.iter_mut().zip(&out0).for_each(|(v, o)| *v += o);
+            }
+            assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("{kind:?} d={d} add={add}"));
         }
     }
 
     #[test]
     fn norm_backward_matches_cpu() {
         let gpu = gpu();
-        for (kind, d) in [(NormKind::Rms, 64), (NormKind::Rms, 576), (NormKind::Layer, 100)] {
+        let cases = [
+            (NormKind::Rms, 64),
+            (NormKind::Rms, 576),
+            (NormKind::Layer, 100),
+            (NormKind::RmsUnitOffset, 64),
+        ];
+        for (kind, d) in cases {
             let n = 5;
             let layer = kind == NormKind::Layer;
             let x: Vec<f32> = rand_vec(1, (n + 1) * d, 3.0).iter().map(|v| v + 0.5).collect();
@@ -306,7 +382,12 @@ mod tests {
             norm_backward(&mut step, kind, saved, &wt, &dyt, &dx, n, true);
             norm_weight_grad(&mut step, saved, &dyt, &dw, layer.then_some(&db), n);
             step.submit().unwrap();
-            let (want_dx, want_dw, want_db) = cpu::norm::norm_backward(&x[d..], &w, layer, 1e-5, &dy);
+            // Gemma's `1 + w` is RMSNorm with those weights, and the same weight gradient.
+            let scale = match kind {
+                NormKind::RmsUnitOffset => cpu::norm::unit_offset(&w),
+                _ => w.clone(),
+            };
+            let (want_dx, want_dw, want_db) = cpu::norm::norm_backward(&x[d..], &scale, layer, 1e-5, &dy);
             let plus = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>();
             let what = format!("{kind:?} d={d}");
             assert_close(&gpu.read_f32(&dx).unwrap(), &plus(&want_dx, &dx0), 1e-5, &format!("dx {what}"));
@@ -317,16 +398,26 @@ mod tests {
         }
     }
 
-    /// Qwen3's q and k norms inside fused QKV rows (4 q heads, 2 k, 2 v of 16), forward
-    /// and backward, against the CPU; the v columns pass through untouched.
+    /// Qwen3's (and Gemma 3's, `1 + w`) q and k norms inside fused QKV rows (4 q heads, 2 k,
+    /// 2 v of 16), forward and backward, against the CPU; the v columns pass through untouched.
     #[test]
     fn head_norms_match_cpu() {
+        for kind in [NormKind::Rms, NormKind::RmsUnitOffset] {
+            check_head_norms(kind);
+        }
+    }
+
+    fn check_head_norms(kind: NormKind) {
         let gpu = gpu();
         let (n, d, width) = (5, 16, 8 * 16);
         let heads = [(0, 4), (4 * d, 2)];
         let x = rand_vec(1, n * width, 2.0);
         let dy = rand_vec(2, n * width, 1.0);
         let ws = [rand_vec(3, d, 1.0), rand_vec(4, d, 1.0)];
+        let scales = ws.each_ref().map(|w| match kind {
+            NormKind::RmsUnitOffset => cpu::norm::unit_offset(w),
+            _ => w.clone(),
+        });
         let up = |name, data: &[f32]| gpu.upload_f32(name, &[data.len()], data).unwrap();
         let (xt, out, dyt, dx) = (up("x", &x), up("out", &x), up("dy", &dy), up("dx", &dy));
         let wt = ws.each_ref().map(|w| up("w", w));
@@ -338,24 +429,24 @@ mod tests {
         let mut step = Step::new(gpu);
         for (i, &(col, h)) in heads.iter().enumerate() {
             let layout = RowLayout::heads(h, d, col, width);
-            head_norm(&mut step, &xt, layout, &wt[i], 1e-6, &out, &stats[i], n);
+            head_norm(&mut step, kind, &xt, layout, &wt[i], 1e-6, &out, &stats[i], n);
             let saved = Saved { x: &xt, offset: 0, stats: &stats[i] };
-            head_norm_backward(&mut step, saved, layout, &wt[i], &dyt, &dx, n);
+            head_norm_backward(&mut step, kind, saved, layout, &wt[i], &dyt, &dx, n);
             head_norm_weight_grad(&mut step, saved, layout, &dyt, &dw[i], n);
         }
         step.submit().unwrap();
         let mut want = x.clone();
         let mut want_dx = dy.clone();
         for (i, &(col, h)) in heads.iter().enumerate() {
-            want = cpu::norm::head_rms_norm(&want, width, col, h, &ws[i], 1e-6);
-            let (dxi, dwi) = cpu::norm::head_rms_norm_backward(&x, (width, col, h), &ws[i], 1e-6, &dy);
+            want = cpu::norm::head_rms_norm(&want, width, col, h, &scales[i], 1e-6);
+            let (dxi, dwi) = cpu::norm::head_rms_norm_backward(&x, (width, col, h), &scales[i], 1e-6, &dy);
             for row in 0..n {
                 let at = row * width + col;
                 want_dx[at..at + h * d].copy_from_slice(&dxi[at..at + h * d]);
             }
-            assert_close(&gpu.read_f32(&dw[i]).unwrap(), &dwi, 1e-5, &format!("dw {i}"));
+            assert_close(&gpu.read_f32(&dw[i]).unwrap(), &dwi, 1e-5, &format!("dw {i} {kind:?}"));
         }
-        assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, "head norm");
-        assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-5, "head norm dx");
+        assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("head norm {kind:?}"));
+        assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-5, &format!("head norm dx {kind:?}"));
     }
 }

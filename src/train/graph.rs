@@ -7,7 +7,7 @@
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::backward::{BackwardBufs, HeadSaved};
-use crate::model::forward::{BlockIo, GpuModel, QkNormBufs};
+use crate::model::forward::{BlockIo, GpuModel, PostNormBufs, QkNormBufs};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
@@ -41,6 +41,7 @@ struct BlockActs {
     up: Tensor,
     act: Tensor,
     qk_norm: Option<QkNormBufs>,
+    post_norms: Option<PostNormBufs>,
 }
 
 impl BlockActs {
@@ -64,6 +65,7 @@ impl BlockActs {
             up: f("up", c.up_width())?,
             act: f("act", c.ffn)?,
             qk_norm: QkNormBufs::new(gpu, c, rows)?,
+            post_norms: PostNormBufs::new(gpu, c, rows)?,
         })
     }
 
@@ -86,6 +88,7 @@ impl BlockActs {
             up: &self.up,
             act: &self.act,
             qk_norm: self.qk_norm.as_ref(),
+            post_norms: self.post_norms.as_ref(),
             lora,
         }
     }
@@ -108,6 +111,7 @@ impl BlockActs {
         ]
         .into_iter()
         .chain(self.qk_norm.iter().flat_map(QkNormBufs::tensors))
+        .chain(self.post_norms.iter().flat_map(PostNormBufs::tensors))
     }
 }
 
