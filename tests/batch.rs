@@ -154,6 +154,12 @@ fn tiny_gpt2_batch_equals_one_at_a_time() {
     check_model("tiny-gpt2", 16);
 }
 
+/// Gemma 3's sliding windows in batched decode: its long prompt runs far past them.
+#[test]
+fn tiny_gemma3_batch_equals_one_at_a_time() {
+    check_model("tiny-gemma3", 16);
+}
+
 /// A zero-token request yields nothing, bad requests are refused naming the request, and
 /// `max_batch` keeps each layer's KV cache inside one binding.
 #[test]

@@ -9,10 +9,11 @@ use half::f16;
 use serde_json::{json, Value};
 
 use super::parse::{
-    parse, tensor_data, GgufFile, GgufTensorInfo, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0, GGML_Q4_1,
-    GGML_Q4_K, GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
+    parse, tensor_data, GgufFile, GgufTensorInfo, GgufValue, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0,
+    GGML_Q4_1, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K, GGML_Q8_0,
 };
 use crate::gpu::wfmt::{self, WeightFormat};
+use crate::model::layout::Reorder;
 use crate::model::weights::HostTensor;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -40,33 +41,52 @@ pub(super) fn decode(info: &GgufTensorInfo, data: &[u8]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The supported architectures: (GGUF name, HF class, whether q/k rows are permuted).
-const ARCHITECTURES: [(&str, &str, bool); 2] =
-    [("llama", "LlamaForCausalLM", true), ("qwen2", "Qwen2ForCausalLM", false)];
+/// The supported architectures: (GGUF name, HF class, whether llama.cpp's converter permuted
+/// the q/k rows: it does for the models it ropes in pairs of adjacent elements).
+const ARCHITECTURES: [(&str, &str, bool); 7] = [
+    ("llama", "LlamaForCausalLM", true),
+    ("qwen2", "Qwen2ForCausalLM", false),
+    ("qwen3", "Qwen3ForCausalLM", false),
+    ("smollm3", "SmolLM3ForCausalLM", true),
+    ("phi3", "Phi3ForCausalLM", false),
+    ("gptneox", "GPTNeoXForCausalLM", false),
+    ("gemma3", "Gemma3ForCausalLM", false),
+];
 
-/// Converts a llama or qwen2 GGUF into a Hugging Face config.json and tensors with HF
-/// names and shapes (q/k un-permuted for llama; see [`hf_tensor`]).
+/// llama.cpp's name of the per-frequency RoPE divisors its converter bakes Llama 3's
+/// `rope_scaling` into.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Converts a GGUF of a supported architecture into a Hugging Face config.json and tensors
+/// with HF names and shapes (see [`hf_tensor`]); a Llama 3 `rope_freqs.weight` goes into the
+/// config.
 pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
     let file = parse(bytes)?;
-    let config = hf_config(&file)?;
+    let rope_freqs = match file.tensor(ROPE_FREQS) {
+        Some(info) => Some(decode(info, tensor_data(&file, bytes, info)?)?),
+        None => None,
+    };
+    let config = config_of(&file, rope_freqs.as_deref())?;
     let tensors = file
         .tensors
         .iter()
+        .filter(|info| info.name != ROPE_FREQS)
         .map(|info| hf_tensor(&file, info, tensor_data(&file, bytes, info)?))
         .collect::<Result<_>>()?;
     Ok((config, tensors))
 }
 
-/// The architecture's (HF class, whether llama.cpp permuted the q/k rows).
-fn architecture(file: &GgufFile) -> Result<(&'static str, bool)> {
+/// The architecture's (GGUF name, HF class, whether llama.cpp permuted the q/k rows).
+fn architecture(file: &GgufFile) -> Result<(&'static str, &'static str, bool)> {
     let arch = file
         .str("general.architecture")?
         .ok_or_else(|| anyhow!("GGUF metadata 'general.architecture' is missing"))?;
-    let &(_, hf_class, permuted) = ARCHITECTURES
+    let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.0).collect();
+    ARCHITECTURES
         .iter()
+        .copied()
         .find(|(name, _, _)| *name == arch)
-        .ok_or_else(|| anyhow!("GGUF architecture '{arch}' is not supported (llama, qwen2 are)"))?;
-    Ok((hf_class, permuted))
+        .ok_or_else(|| anyhow!("GGUF architecture '{arch}' is not supported ({} are)", names.join(", ")))
 }
 
 /// (layers, heads, kv heads) from the metadata.
@@ -85,10 +105,19 @@ fn layer_and_head_counts(file: &GgufFile) -> Result<(u64, u64, u64)> {
 
 /// The Hugging Face config.json of a parsed GGUF (from its metadata and tensor table),
 /// after checking every tensor has a Hugging Face name: a file with a stray tensor is
-/// refused before any tensor is converted.
+/// refused before any tensor is converted. A Llama 3 file's `rope_freqs.weight` needs its
+/// data: such files are read whole ([`to_hf`]).
 pub fn hf_config(file: &GgufFile) -> Result<Value> {
-    let (hf_class, _) = architecture(file)?;
-    let arch = file.str("general.architecture")?.unwrap_or_default();
+    ensure!(
+        file.tensor(ROPE_FREQS).is_none(),
+        "GGUF tensor '{ROPE_FREQS}' (Llama 3's rope scaling) is read with the whole file, not from the header alone"
+    );
+    config_of(file, None)
+}
+
+/// [`hf_config`], with the values of the file's `rope_freqs.weight` if it has one.
+fn config_of(file: &GgufFile, rope_freqs: Option<&[f32]>) -> Result<Value> {
+    let (arch, hf_class, _) = architecture(file)?;
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = file.required_uint(&key("embedding_length"))?;
     let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
@@ -102,9 +131,10 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
             hidden / heads
         }
     };
-    let eps = file
-        .float(&key("attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| anyhow!("GGUF metadata '{arch}.attention.layer_norm_rms_epsilon' is missing"))?;
+    let eps_key =
+        if arch == "gptneox" { "attention.layer_norm_epsilon" } else { "attention.layer_norm_rms_epsilon" };
+    let eps =
+        file.float(&key(eps_key))?.ok_or_else(|| anyhow!("GGUF metadata '{arch}.{eps_key}' is missing"))?;
     let vocab_size = match file.tensor("token_embd.weight") {
         Some(t) if t.dims.len() == 2 => t.dims[1],
         _ => file
@@ -112,7 +142,9 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
             .ok_or_else(|| anyhow!("GGUF: no 2-D token_embd.weight nor tokenizer.ggml.tokens"))?
             .len() as u64,
     };
-    let config = json!({
+    let context = file.required_uint(&key("context_length"))?;
+    let theta = file.float(&key("rope.freq_base"))?;
+    let mut config = json!({
         "architectures": [hf_class],
         "model_type": arch,
         "hidden_size": hidden,
@@ -122,29 +154,115 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         "rms_norm_eps": eps,
-        "rope_theta": file.float(&key("rope.freq_base"))?.unwrap_or(10000.0),
-        "max_position_embeddings": file.required_uint(&key("context_length"))?,
+        "rope_theta": theta.unwrap_or(10000.0),
+        "max_position_embeddings": context,
         "vocab_size": vocab_size,
         "tie_word_embeddings": file.tensor("output.weight").is_none(),
         "bos_token_id": file.uint("tokenizer.ggml.bos_token_id")?,
         "eos_token_id": file.uint("tokenizer.ggml.eos_token_id")?,
         "hidden_act": "silu",
     });
-    for info in &file.tensors {
-        hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    // Partial rotary (Phi-3, GPT-NeoX): the rotated dimensions of a head.
+    if let Some(dims) = file.uint(&key("rope.dimension_count"))?.filter(|&d| d != head_dim) {
+        config["partial_rotary_factor"] = json!(dims as f64 / head_dim as f64);
+    }
+    match file.str(&key("rope.scaling.type"))? {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = file.float(&key("rope.scaling.factor"))?.unwrap_or(1.0);
+            config["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
+        }
+        Some(other) => {
+            bail!("GGUF metadata '{arch}.rope.scaling.type' is '{other}': Keel reads none and linear")
+        }
+    }
+    if let Some(name) = ["rope_factors_short.weight", "rope_factors_long.weight"]
+        .into_iter()
+        .find(|n| file.tensor(n).is_some())
+    {
+        bail!("GGUF tensor '{name}' (longrope) is not supported yet");
+    }
+    if let Some(divisors) = rope_freqs {
+        // Llama 3's scaling as llama.cpp applies it: each inverse frequency divided by its
+        // factor, which transformers' longrope does within its original context.
+        config["rope_scaling"] = json!({"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors,
+            "attention_factor": 1.0});
+        config["original_max_position_embeddings"] = json!(context);
+    }
+    match arch {
+        "gptneox" => {
+            config["layer_norm_eps"] = json!(eps);
+            config["hidden_act"] = json!("gelu");
+            config["use_parallel_residual"] =
+                json!(file.bool(&key("use_parallel_residual"))?.unwrap_or(true));
+            config["attention_bias"] = json!(file.tensor("blk.0.attn_qkv.bias").is_some());
+        }
+        // llama.cpp runs every fourth block of SmolLM3 without RoPE (no metadata says so).
+        "smollm3" => {
+            config["no_rope_layers"] =
+                json!((0..layers).map(|l| u64::from((l + 1) % 4 != 0)).collect::<Vec<_>>())
+        }
+        "gemma3" => gemma3_config(file, &mut config, (layers, hidden / heads, head_dim))?,
+        _ => {}
+    }
+    for info in file.tensors.iter().filter(|t| t.name != ROPE_FREQS) {
+        hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?;
     }
     Ok(config)
+}
+
+/// Gemma 3's settings as llama.cpp reads them: sliding windows on every block but each sixth
+/// (or `attention.sliding_window_pattern`: a period, or per block whether it slides), their
+/// RoPE base 10000 (or `rope.freq_base_swa`), the attention scaled by the head size (the
+/// 62-block 27B: by hidden size / heads).
+fn gemma3_config(
+    file: &GgufFile,
+    config: &mut Value,
+    (layers, width, head_dim): (u64, u64, u64),
+) -> Result<()> {
+    let sliding: Vec<bool> = match file.metadata.get("gemma3.attention.sliding_window_pattern") {
+        Some(GgufValue::Array(flags)) => {
+            ensure!(
+                flags.len() as u64 == layers,
+                "GGUF metadata 'gemma3.attention.sliding_window_pattern' has {} entries for {layers} blocks",
+                flags.len()
+            );
+            flags.iter().map(|f| match f {
+                GgufValue::Bool(b) => Ok(*b),
+                other => bail!("GGUF metadata 'gemma3.attention.sliding_window_pattern': expected booleans, found {other:?}"),
+            }).collect::<Result<_>>()?
+        }
+        _ => {
+            let period = file.uint("gemma3.attention.sliding_window_pattern")?.unwrap_or(6).max(1);
+            (0..layers).map(|l| (l + 1) % period != 0).collect()
+        }
+    };
+    let types: Vec<&str> =
+        sliding.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
+    config["layer_types"] = json!(types);
+    config["sliding_window"] = json!(file.required_uint("gemma3.attention.sliding_window")?);
+    config["rope_theta"] = json!(file.float("gemma3.rope.freq_base")?.unwrap_or(1e6));
+    config["rope_local_base_freq"] = json!(file.float("gemma3.rope.freq_base_swa")?.unwrap_or(1e4));
+    config["query_pre_attn_scalar"] = json!(if layers == 62 { width } else { head_dim });
+    config["hidden_activation"] = json!("gelu_pytorch_tanh");
+    for (key, hf) in [
+        ("gemma3.final_logit_softcapping", "final_logit_softcapping"),
+        ("gemma3.attn_logit_softcapping", "attn_logit_softcapping"),
+    ] {
+        config[hf] = json!(file.float(key)?);
+    }
+    Ok(())
 }
 
 /// One tensor of `file`, from its bytes `data`, with its Hugging Face name and shape: a 2-D
 /// F16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K tensor stays packed (GPU layout: the GPU reads it without
 /// dequantizing, and the host dequantizes only when f32 values are asked for), any other is
-/// decoded to f32. llama's q/k rows are un-permuted (rows are whole blocks: ggml blocks run
-/// along rows, so this works on packed rows too).
+/// decoded to f32. What llama.cpp's converter did to the values is undone ([`Undo`]; q/k
+/// rows are whole blocks: ggml blocks run along rows, so un-permuting works on packed rows too).
 pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<HostTensor> {
-    let (_, permuted) = architecture(file)?;
+    let (arch, _, permuted) = architecture(file)?;
     let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
-    let (hf, rope_heads) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+    let (hf, undo) = hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?;
     let shape = info
         .dims
         .iter()
@@ -155,9 +273,12 @@ pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<
     let rows = shape.first().copied().unwrap_or(1);
     let fail = |e: anyhow::Error| anyhow!("GGUF tensor '{}': {e}", info.name);
     // The head count of llama's q/k rows to un-permute.
-    let unpermute =
-        rope_heads.filter(|_| permuted).map(usize::try_from).transpose().map_err(|e| fail(e.into()))?;
-    let t = match packed_format(info.ggml_type).filter(|f| shape.len() == 2 && f.fits(shape[1])) {
+    let unpermute = match undo {
+        Undo::Permutation(n) if permuted => Some(usize::try_from(n).map_err(|e| fail(e.into()))?),
+        _ => None,
+    };
+    let packed = packed_format(info.ggml_type).filter(|f| shape.len() == 2 && f.fits(shape[1]));
+    let t = match packed.filter(|_| matches!(undo, Undo::Nothing | Undo::Permutation(_))) {
         Some(fmt) => {
             let mut words = wfmt::from_ggml(fmt, data);
             if let Some(n) = unpermute {
@@ -169,6 +290,20 @@ pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<
             let mut values = decode(info, data)?;
             if let Some(n) = unpermute {
                 values = unpermute_rows(&values, rows, n).map_err(fail)?;
+            }
+            match undo {
+                Undo::UnitOffset => values.iter_mut().for_each(|v| *v -= 1.0),
+                Undo::HeadsInterleaved => {
+                    let heads = usize::try_from(heads).unwrap_or(0);
+                    ensure!(
+                        heads > 0 && rows.is_multiple_of(3 * heads),
+                        fail(anyhow!("{rows} rows are not q, k and v of {heads} heads"))
+                    );
+                    let t = HostTensor::new(hf.clone(), shape.clone(), values);
+                    values =
+                        Reorder::HeadsInterleaved { heads, dim: rows / (3 * heads) }.undo(t).into_values();
+                }
+                Undo::Nothing | Undo::Permutation(_) => {}
             }
             HostTensor::new(hf, shape, values)
         }
@@ -193,53 +328,94 @@ fn packed_format(ggml_type: u32) -> Option<WeightFormat> {
 /// The format [`hf_tensor`] gives each tensor, by Hugging Face name (known from the header
 /// alone, before any tensor data).
 pub fn hf_formats(file: &GgufFile) -> Result<BTreeMap<String, WeightFormat>> {
+    let (arch, _, _) = architecture(file)?;
     let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
     let mut out = BTreeMap::new();
     for info in &file.tensors {
-        let (hf, _) = hf_tensor_name(&info.name, layers, heads, kv_heads)?;
+        let (hf, undo) = hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?;
         let cols = (info.dims.len() == 2).then(|| info.dims[0] as usize);
         let fmt = packed_format(info.ggml_type).filter(|f| cols.is_some_and(|c| f.fits(c)));
+        let fmt = fmt.filter(|_| matches!(undo, Undo::Nothing | Undo::Permutation(_)));
         out.insert(hf, fmt.unwrap_or(WeightFormat::F32));
     }
     Ok(out)
 }
 
-/// Maps a GGUF tensor name to its HF name, and for q/k projections the head count whose
-/// rows llama.cpp permutes.
+/// What llama.cpp's converter did to a tensor's values, undone on the way to its Hugging Face form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Undo {
+    Nothing,
+    /// The q/k row permutation over this many heads (of the architectures it permutes).
+    Permutation(u64),
+    /// Gemma's norm weights, stored as `1 + w`.
+    UnitOffset,
+    /// GPT-NeoX's fused QKV, stored as `[q; k; v]` rows: back to q, k, v interleaved per head.
+    HeadsInterleaved,
+}
+
+/// Maps a GGUF tensor name of architecture `arch` to its HF name, and what to undo.
 pub(super) fn hf_tensor_name(
+    arch: &str,
     name: &str,
     layers: u64,
     heads: u64,
     kv_heads: u64,
-) -> Result<(String, Option<u64>)> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
+) -> Result<(String, Undo)> {
+    let (neox, gemma) = (arch == "gptneox", arch == "gemma3");
+    let norm = if gemma { Undo::UnitOffset } else { Undo::Nothing };
+    let fixed = match (name, neox) {
+        ("token_embd.weight", false) => Some(("model.embed_tokens.weight", Undo::Nothing)),
+        ("output_norm.weight", false) => Some(("model.norm.weight", norm)),
+        ("output.weight", false) => Some(("lm_head.weight", Undo::Nothing)),
+        ("token_embd.weight", true) => Some(("gpt_neox.embed_in.weight", Undo::Nothing)),
+        ("output_norm.weight", true) => Some(("gpt_neox.final_layer_norm.weight", Undo::Nothing)),
+        ("output_norm.bias", true) => Some(("gpt_neox.final_layer_norm.bias", Undo::Nothing)),
+        ("output.weight", true) => Some(("embed_out.weight", Undo::Nothing)),
         _ => None,
     };
-    if let Some(hf) = fixed {
-        return Ok((hf.to_string(), None));
+    if let Some((hf, undo)) = fixed {
+        return Ok((hf.to_string(), undo));
     }
-    let unknown = || anyhow!("GGUF tensor '{name}' has no Hugging Face equivalent");
+    let unknown = || anyhow!("GGUF tensor '{name}' has no Hugging Face equivalent for architecture {arch}");
     let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
     let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: u64 = layer.parse().map_err(|_| unknown())?;
     ensure!(layer < layers, "GGUF tensor '{name}': layer {layer} but the model has {layers} layers");
     let (part, suffix) = rest.split_once('.').ok_or_else(unknown)?;
-    let (hf_part, rope_heads) = match (part, suffix) {
-        ("attn_norm", "weight") => ("input_layernorm", None),
-        ("ffn_norm", "weight") => ("post_attention_layernorm", None),
-        ("attn_q", "weight" | "bias") => ("self_attn.q_proj", Some(heads)),
-        ("attn_k", "weight" | "bias") => ("self_attn.k_proj", Some(kv_heads)),
-        ("attn_v", "weight" | "bias") => ("self_attn.v_proj", None),
-        ("attn_output", "weight") => ("self_attn.o_proj", None),
-        ("ffn_gate", "weight") => ("mlp.gate_proj", None),
-        ("ffn_up", "weight") => ("mlp.up_proj", None),
-        ("ffn_down", "weight") => ("mlp.down_proj", None),
+    if neox {
+        let hf_part = match part {
+            "attn_norm" => "input_layernorm",
+            "attn_qkv" => "attention.query_key_value",
+            "attn_output" => "attention.dense",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_up" => "mlp.dense_h_to_4h",
+            "ffn_down" => "mlp.dense_4h_to_h",
+            _ => return Err(unknown()),
+        };
+        ensure!(matches!(suffix, "weight" | "bias"), unknown());
+        let undo = if part == "attn_qkv" { Undo::HeadsInterleaved } else { Undo::Nothing };
+        return Ok((format!("gpt_neox.layers.{layer}.{hf_part}.{suffix}"), undo));
+    }
+    let (hf_part, undo) = match (arch, part, suffix) {
+        (_, "attn_norm", "weight") => ("input_layernorm", norm),
+        ("gemma3", "ffn_norm", "weight") => ("pre_feedforward_layernorm", norm),
+        ("gemma3", "post_attention_norm", "weight") => ("post_attention_layernorm", norm),
+        ("gemma3", "post_ffw_norm", "weight") => ("post_feedforward_layernorm", norm),
+        (_, "ffn_norm", "weight") => ("post_attention_layernorm", Undo::Nothing),
+        ("qwen3" | "gemma3", "attn_q_norm", "weight") => ("self_attn.q_norm", norm),
+        ("qwen3" | "gemma3", "attn_k_norm", "weight") => ("self_attn.k_norm", norm),
+        ("phi3", "attn_qkv", "weight") => ("self_attn.qkv_proj", Undo::Nothing),
+        ("phi3", "ffn_up", "weight") => ("mlp.gate_up_proj", Undo::Nothing),
+        (_, "attn_q", "weight" | "bias") => ("self_attn.q_proj", Undo::Permutation(heads)),
+        (_, "attn_k", "weight" | "bias") => ("self_attn.k_proj", Undo::Permutation(kv_heads)),
+        (_, "attn_v", "weight" | "bias") => ("self_attn.v_proj", Undo::Nothing),
+        (_, "attn_output", "weight") => ("self_attn.o_proj", Undo::Nothing),
+        (_, "ffn_gate", "weight") => ("mlp.gate_proj", Undo::Nothing),
+        (_, "ffn_up", "weight") => ("mlp.up_proj", Undo::Nothing),
+        (_, "ffn_down", "weight") => ("mlp.down_proj", Undo::Nothing),
         _ => return Err(unknown()),
     };
-    Ok((format!("model.layers.{layer}.{hf_part}.{suffix}"), rope_heads))
+    Ok((format!("model.layers.{layer}.{hf_part}.{suffix}"), undo))
 }
 
 /// Undoes the row permutation llama.cpp's converter applies to q and k projections
@@ -592,6 +768,6 @@ mod tests {
         let at = unknown.windows(21).position(|w| w == name).unwrap() + 8;
         unknown[at + 5] = b'x';
         let msg = to_hf(&unknown).unwrap_err().to_string();
-        assert_eq!(msg, "GGUF tensor 'outpux.weight' has no Hugging Face equivalent");
+        assert_eq!(msg, "GGUF tensor 'outpux.weight' has no Hugging Face equivalent for architecture llama");
     }
 }

@@ -416,6 +416,14 @@ impl GgufFile {
         }
     }
 
+    pub(super) fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(GgufValue::Bool(b)) => Ok(Some(*b)),
+            Some(v) => bail!("GGUF metadata '{key}': expected a boolean, got {v:?}"),
+        }
+    }
+
     pub(super) fn str(&self, key: &str) -> Result<Option<&str>> {
         match self.metadata.get(key) {
             None => Ok(None),
