@@ -6,7 +6,8 @@ enable f16;
 // dyᵀ·x (weight gradient). Each thread computes a 4×4 block of C from registers (no
 // workgroup memory: faster on CPU adapters and competitive on GPUs). With KVEC4, A and B
 // are contiguous along K (the forward x·Wᵀ case) and are read four K-steps at a time; B may then
-// be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
+// be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read; so may
+// the B = W of the input gradient dy·W with BVEC4 (LoRA over a packed base).
 // Otherwise the kernel steps along K one at a time, reading a column of 4 rows of A and a row of
 // 4 columns of B: with AVEC4 the 4 rows of A are contiguous (A = dyᵀ in the weight gradient),
 // with BVEC4 the 4 columns of B are (B = W in the input gradient, x in the weight gradient),
@@ -29,10 +30,14 @@ struct Params {
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 #endif
+#if WQ
+#include wfmt
+#else
 #if BVEC4
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 #else
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
 #endif
 #endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -73,11 +78,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let ak = p.a_off + kk * p.a_cs;
         let av = vec4<f32>(a[ak + r.x * p.a_rs], a[ak + r.y * p.a_rs], a[ak + r.z * p.a_rs], a[ak + r.w * p.a_rs]);
 #endif
+#if WQ
+        // A packed W (dy·W, BVEC4): row kk of W holds this thread's four columns of B.
+        let bv = wload(kk, col0 / 4u);
+#else
 #if BVEC4
         let bv = b[p.b_off + kk * p.b_rs + col0 / 4u];
 #else
         let bk = p.b_off + kk * p.b_rs;
         let bv = vec4<f32>(b[bk + q.x * p.b_cs], b[bk + q.y * p.b_cs], b[bk + q.z * p.b_cs], b[bk + q.w * p.b_cs]);
+#endif
 #endif
         acc[0] += av.x * bv;
         acc[1] += av.y * bv;

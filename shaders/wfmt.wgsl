@@ -1,11 +1,18 @@
-// Not a kernel: the weight operand B of matmul.wgsl and matvec.wgsl in their KVEC4 form, pasted
-// in by `#include wfmt`. wload(row, kk) returns elements 4kk..4kk+3 of weight row `row` as f32,
-// whatever the storage format; everything else in the kernels is format-blind.
+// Not a kernel: the weight operand B of matmul.wgsl and matvec.wgsl, pasted in by `#include
+// wfmt`. wload(row, kk) returns elements 4kk..4kk+3 of weight row `row` as f32, whatever the
+// storage format; everything else in the kernels is format-blind. The KVEC4 kernels read W's
+// rows along K (x·Wᵀ); matmul.wgsl's BVEC4 form reads them along N (dy·W, LoRA's backward
+// over a packed base), so a row has p.n elements there.
 // f32: B is any strided view (offset and column stride in vec4 units). Packed formats (WQ and one
 // W_* flag) are whole [n, k] weights in src/gpu/wfmt.rs's layout: rows of k/32 blocks (k/256
 // superblocks for the K-quants), each ggml's bytes padded to whole words, so a row is
 // k/32 · words-per-block u32s (k/256 · words-per-superblock).
 #if WQ
+#if BVEC4
+fn wrow() -> u32 { return p.n; }
+#else
+fn wrow() -> u32 { return p.k; }
+#endif
 #if W_F16_NATIVE
 // Adapters with shader-f16 read the same halves as f16 vectors (the including kernel says
 // `enable f16;`, which the preprocessor moves to the top).
@@ -19,10 +26,10 @@ fn wload(row: u32, kk: u32) -> vec4<f32> { return b[p.b_off + row * p.b_cs + kk]
 #endif
 #if W_F16
 #if W_F16_NATIVE
-fn wload(row: u32, kk: u32) -> vec4<f32> { return vec4<f32>(b[row * (p.k / 4u) + kk]); }
+fn wload(row: u32, kk: u32) -> vec4<f32> { return vec4<f32>(b[row * (wrow() / 4u) + kk]); }
 #else
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let at = row * (p.k / 2u) + kk * 2u;
+    let at = row * (wrow() / 2u) + kk * 2u;
     return vec4<f32>(unpack2x16float(b[at]), unpack2x16float(b[at + 1u]));
 }
 #endif
@@ -30,7 +37,7 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 #if W_Q8_0
 // Block: d (f16, low half), then 8 words of i8 quants, element j in byte j: d · q.
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 32u) + kk / 8u) * 9u;
+    let blk = (row * (wrow() / 32u) + kk / 8u) * 9u;
     let d = unpack2x16float(b[blk]).x;
     let w = bitcast<i32>(b[blk + 1u + kk % 8u]);
     // Shifting each byte to the top, then arithmetically down, sign-extends it.
@@ -41,14 +48,14 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 #if W_Q4_0
 // Block: d, then 4 words of nibbles: d · (q − 8).
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 32u) + kk / 8u) * 5u;
+    let blk = (row * (wrow() / 32u) + kk / 8u) * 5u;
     return unpack2x16float(b[blk]).x * (nibbles(blk, kk) - 8.0);
 }
 #endif
 #if W_Q4_1
 // Block: d | m << 16, then 4 words of nibbles: d · q + m.
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 32u) + kk / 8u) * 5u;
+    let blk = (row * (wrow() / 32u) + kk / 8u) * 5u;
     let dm = unpack2x16float(b[blk]);
     return dm.x * nibbles(blk, kk) + dm.y;
 }
@@ -58,7 +65,7 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 // nibbles. Sub-block s (32 elements) is d·scale·q − dmin·min; its element l is the low (even s)
 // or high (odd s) nibble of byte 32·(s/2) + l.
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 256u) + kk / 64u) * 36u;
+    let blk = (row * (wrow() / 256u) + kk / 64u) * 36u;
     let e = kk % 64u * 4u;
     let s = e / 32u;
     let dm = unpack2x16float(b[blk]);
@@ -71,7 +78,7 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 // Superblock (44 words): as Q4_K with 8 words of fifth bits before the nibbles: bit s of byte
 // l is the fifth bit of element l of sub-block s.
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 256u) + kk / 64u) * 44u;
+    let blk = (row * (wrow() / 256u) + kk / 64u) * 44u;
     let e = kk % 64u * 4u;
     let s = e / 32u;
     let dm = unpack2x16float(b[blk]);
@@ -87,7 +94,7 @@ fn wload(row: u32, kk: u32) -> vec4<f32> {
 // byte 64h + 32(t%2) + l (high half for t ≥ 2), bits 2t of byte 32h + l, scale 8h + l/16 + 2t;
 // the value is d·scale·(q − 32).
 fn wload(row: u32, kk: u32) -> vec4<f32> {
-    let blk = (row * (p.k / 256u) + kk / 64u) * 53u;
+    let blk = (row * (wrow() / 256u) + kk / 64u) * 53u;
     let e = kk % 64u * 4u;
     let h = e / 128u;
     let t = e % 128u / 32u;

@@ -557,3 +557,27 @@ fn adaptive_step_size_resumes_with_its_reference() {
     assert_eq!(a, b[b.len() - 4..], "same steps, step sizes included");
     assert!(a[3].contains("\"lr\""));
 }
+
+/// `--dry-run` prints the plan and trains nothing; a run over the memory given is refused
+/// before anything is allocated, naming what fits; packed weights train only LoRA, and LoRA
+/// over them runs.
+#[test]
+fn finetune_plans_memory_and_refuses_what_does_not_fit() {
+    let Some(stories) = stories() else { return };
+    let t = TempDir::new("plan");
+    let Some((data, _)) = golden_jsonl("stories260k", &t) else { return };
+    let out = t.path("run");
+    let (model, out_dir) = (stories.to_str().unwrap(), out.to_str().unwrap());
+    let run = |flags: &'static str| finetune_args(model, &data, out_dir, flags);
+    let plan = succeeds(&run("--batch 2 --seq-len 32 --lora-rank 2 --weights q8_0 --dry-run --memory-gb 1"));
+    for needle in ["weights:", "adapters:", "optimizer:", "with --recompute", "1 GiB (--memory-gb)", "fits:"]
+    {
+        assert!(plan.contains(needle), "{needle}: {plan}");
+    }
+    assert!(!out.exists(), "a dry run writes nothing");
+    fails(&run("--batch 2 --seq-len 32 --memory-gb 0.001"), &["--memory-gb", "what fits", "--recompute"]);
+    assert!(!out.exists(), "refused before starting");
+    fails(&run("--batch 2 --seq-len 32 --weights q8_0"), &["--weights q8_0", "--lora-rank"]);
+    succeeds(&run("--batch 2 --seq-len 32 --steps 2 --lora-rank 2 --weights q4_0"));
+    assert_eq!(logged_losses(&out).len(), 2);
+}

@@ -1,7 +1,7 @@
 //! `keel bench`: load time, prefill and decode throughput (mean ± sd over repeats, as
 //! llama-bench reports them); with `--train`, fine-tuning throughput and memory.
 
-use super::finetune::ConstrictArgs;
+use super::finetune::{plan_run, ConstrictArgs, PlanArgs};
 use super::{load_model_as, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
 use crate::generate::{Sampler, SamplerConfig, Session};
@@ -11,6 +11,7 @@ use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
 use crate::model::{GpuModel, ModelConfig, WeightChoice};
 use crate::train::graph::ActivationMemory;
+use crate::train::memory::{MemoryPlan, Trained};
 use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -66,6 +67,9 @@ pub struct BenchArgs {
     /// Constricted fine-tuning options, as keel finetune takes them (with --train)
     #[command(flatten)]
     constrict: ConstrictArgs,
+    /// --dry-run and --memory-gb (with --train), as keel finetune takes them
+    #[command(flatten)]
+    plan: PlanArgs,
 }
 
 /// The sampler decoding uses: greedy, or one with every kind of filtering on (`--sample`).
@@ -285,16 +289,45 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    a.model.require_f32("bench --train")?;
-    let m = subject(&a, adapter, WeightChoice::Format(WeightFormat::F32))?;
-    let cfg = m.config.clone();
-    let method = match a.lora_rank {
-        Some(rank) => {
-            Method::Lora(Lora::init(&cfg, &parse_targets(&cfg, "q,v")?, rank, 2.0 * rank as f32, 0)?)
+    let choice = match a.lora_rank {
+        Some(_) => a.model.weights()?,
+        None => {
+            a.model.require_f32("bench --train (full fine-tuning)")?;
+            WeightChoice::Format(WeightFormat::F32)
         }
-        None => Method::Full,
     };
     let memory = if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep };
+    // Planned from the shapes (and a model's stored formats) before anything is allocated.
+    let (config, stored) = match &a.shapes {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("--shapes {}: cannot read", path.display()))?;
+            let config = crate::model::load::parse_config(&text, &path.display().to_string())?;
+            let stored = crate::train::memory::config_shapes(&config);
+            (config, stored)
+        }
+        None => {
+            let host = crate::model::load(&super::resolve_model(&a.model)?)?;
+            (host.config.clone(), crate::train::memory::stored_formats(&host.weights))
+        }
+    };
+    let lora = |cfg: &ModelConfig| match a.lora_rank {
+        Some(rank) => Lora::init(cfg, &parse_targets(cfg, "q,v")?, rank, 2.0 * rank as f32, 0).map(Some),
+        None => Ok(None),
+    };
+    let trained = lora(&config)?.as_ref().map_or(Trained::Full, Trained::lora);
+    let plan = MemoryPlan::new(&config, &stored, choice, &trained);
+    let what = match a.lora_rank {
+        Some(rank) => format!("LoRA rank {rank} on q,v over {} weights", a.model.weights),
+        None => "full fine-tuning (f32)".to_string(),
+    };
+    let gpu = super::gpu(adapter)?;
+    if plan_run(gpu, &a.plan, (&config, &plan, &what), (a.batch, a.seq_len), memory)? {
+        return Ok(());
+    }
+    let m = subject(&a, adapter, choice)?;
+    let cfg = m.config.clone();
+    let method = lora(&cfg)?.map_or(Method::Full, Method::Lora);
     let adamw = AdamW { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
     let mode = if a.lora_rank.is_some() { "lora" } else { "full" };

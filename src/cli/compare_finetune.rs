@@ -163,6 +163,7 @@ pub fn run(a: CompareFinetuneArgs, adapter: &Option<String>) -> Result<()> {
                     grad_clip: 1.0,
                     decay_norms_biases: true,
                     lora: None,
+                    weights: crate::model::WeightChoice::Auto,
                     memory: ActivationMemory::Keep,
                     lcm: None,
                     constrict: *constrict,

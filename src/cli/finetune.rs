@@ -2,11 +2,14 @@
 
 use super::{gpu, resolve_model, LcmArgs, ModelArg};
 use crate::cpu::optim::AdamW;
-use crate::model::adapter::Lora;
+use crate::gpu::WeightFormat;
+use crate::model::adapter::{parse_targets, Lora};
 use crate::model::save::save_hf_model;
+use crate::model::WeightChoice;
 use crate::study::Progress;
 use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig};
 use crate::train::graph::ActivationMemory;
+use crate::train::memory::{stored_formats, MemoryPlan, Trained};
 use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};
 use crate::train::schedule::Schedule;
 use anyhow::{bail, Context, Result};
@@ -101,6 +104,121 @@ pub struct FinetuneArgs {
     lcm: LcmArgs,
     #[command(flatten)]
     constrict: ConstrictArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+/// Memory planning: print the prediction instead of training, against the adapter's memory
+/// or another card's.
+#[derive(Args, Clone, Debug)]
+pub struct PlanArgs {
+    /// Print the GPU memory the run would take (weights, adapters, optimizer, activations
+    /// with and without --recompute) and the largest batch that fits, then stop
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plan against this much GPU memory (GiB) instead of what the adapter reports
+    #[arg(long)]
+    pub memory_gb: Option<f64>,
+}
+
+/// The memory a run may use: `--memory-gb`, else, on a CPU adapter (lavapipe), the host
+/// memory available; wgpu reports no memory size for GPUs.
+fn budget(gpu: &crate::gpu::Gpu, memory_gb: Option<f64>) -> Result<Option<(u64, String)>> {
+    if let Some(gb) = memory_gb {
+        if !(gb.is_finite() && gb > 0.0) {
+            bail!("--memory-gb must be a positive number of GiB, got {gb}");
+        }
+        return Ok(Some(((gb * GIB) as u64, format!("{gb} GiB (--memory-gb)"))));
+    }
+    if gpu.info.device_type != wgpu::DeviceType::Cpu {
+        return Ok(None);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    Ok(kib.map(|k| {
+        (k * 1024, format!("{:.1} GiB (host memory available to the CPU adapter)", (k * 1024) as f64 / GIB))
+    }))
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// A run's memory, planned: printed with `--dry-run` (then `Ok(true)`: stop), refused in
+/// words, before anything is allocated, when it would not fit (naming what does).
+pub fn plan_run(
+    gpu: &crate::gpu::Gpu,
+    plan_args: &PlanArgs,
+    (cfg, plan, what): (&crate::model::ModelConfig, &MemoryPlan, &str),
+    (batch, seq_len): (usize, usize),
+    memory: ActivationMemory,
+) -> Result<bool> {
+    let budget = budget(gpu, plan_args.memory_gb)?;
+    let binding = gpu.limits.max_storage_buffer_binding_size;
+    let fits = |memory| {
+        let rows = plan.max_rows(budget.as_ref().map_or(u64::MAX, |b| b.0), binding, memory);
+        let batch = rows / seq_len as u64;
+        if batch == 0 {
+            format!("no batch of --seq-len {seq_len} ({rows} tokens at most)")
+        } else {
+            format!("--batch {batch} at --seq-len {seq_len} ({rows} tokens)")
+        }
+    };
+    let keep = plan.bytes((batch, seq_len), ActivationMemory::Keep);
+    let recompute = plan.bytes((batch, seq_len), ActivationMemory::Recompute);
+    let want = plan.bytes((batch, seq_len), memory);
+    if plan_args.dry_run {
+        let gib = |b: u64| format!("{:.3} GiB ({b} bytes)", b as f64 / GIB);
+        println!("memory plan: {what}, batch {batch} × {seq_len} tokens ({} parameters)", cfg.param_count());
+        println!("  weights:      {}", gib(keep.weights));
+        println!("  adapters:     {}", gib(keep.adapters));
+        println!("  optimizer:    {}  (gradients, AdamW m and v)", gib(keep.optimizer));
+        println!(
+            "  activations:  {}  kept; {} with --recompute",
+            gib(keep.activations),
+            gib(recompute.activations)
+        );
+        println!("  total:        {}; {} with --recompute", gib(keep.total()), gib(recompute.total()));
+        match &budget {
+            Some((_, source)) => println!("budget:       {source}"),
+            None => println!(
+                "budget:       unknown (wgpu reports no memory size for this GPU; plan with --memory-gb)"
+            ),
+        }
+        println!("largest binding: {} (the adapter's max_storage_buffer_binding_size)", gib(binding));
+        let (name, bytes) = &plan.largest_weight;
+        if *bytes > binding {
+            println!(
+                "largest weight: {name}, {}: over the largest binding, so this adapter cannot hold the model",
+                gib(*bytes)
+            );
+        }
+        println!(
+            "fits:         {}; with --recompute {}",
+            fits(ActivationMemory::Keep),
+            fits(ActivationMemory::Recompute)
+        );
+        return Ok(true);
+    }
+    // A weight over the binding is refused by the upload, naming it (before any upload).
+    let weights_bind = plan.largest_weight.1 <= binding;
+    let too_wide = weights_bind && plan.max_rows(u64::MAX, binding, memory) < (batch * seq_len) as u64;
+    let too_big = budget.as_ref().filter(|(b, _)| want.total() > *b);
+    if too_wide || too_big.is_some() {
+        let need = match too_big {
+            Some((_, source)) => {
+                format!("needs {:.2} GiB of GPU memory, more than {source}", want.total() as f64 / GIB)
+            }
+            None => format!("needs a binding larger than the adapter's {binding} bytes"),
+        };
+        bail!(
+            "batch {batch} × {seq_len} tokens {need}; what fits: {} (with --recompute: {}); see --dry-run",
+            fits(memory),
+            fits(ActivationMemory::Recompute)
+        );
+    }
+    Ok(false)
 }
 
 /// The constriction options of methods.md sections 2-3 (HGC, the alignment loss, CGFM), as
@@ -177,7 +295,9 @@ fn check_positive(flag: &str, v: f64) -> Result<()> {
 }
 
 pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
-    a.model.require_f32("finetune")?;
+    if a.lora_rank.is_none() {
+        a.model.require_f32("full fine-tuning")?;
+    }
     check_positive("--lr", a.lr)?;
     check_positive("--adam-eps", a.adam_eps)?;
     if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
@@ -219,6 +339,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         grad_clip: a.grad_clip,
         decay_norms_biases: !a.no_decay_norms_biases,
         lora,
+        weights: a.model.weights()?,
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
         lcm: a.lcm.config()?,
         constrict: a.constrict.config()?,
@@ -234,6 +355,22 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
     let path = resolve_model(&a.model)?;
     let model = crate::model::load(&path)?;
     let gpu = gpu(adapter)?;
+    let trained = match &cfg.lora {
+        Some(o) => {
+            let slots = parse_targets(&model.config, &o.targets)?;
+            Trained::lora(&Lora::init(&model.config, &slots, o.rank, o.alpha, 0)?)
+        }
+        None => Trained::Full,
+    };
+    let choice = if cfg.lora.is_some() { cfg.weights } else { WeightChoice::Format(WeightFormat::F32) };
+    let plan = MemoryPlan::new(&model.config, &stored_formats(&model.weights), choice, &trained);
+    let what = match &cfg.lora {
+        Some(o) => format!("LoRA rank {} on {} over {} weights", o.rank, o.targets, a.model.weights),
+        None => "full fine-tuning (f32)".to_string(),
+    };
+    if plan_run(gpu, &a.plan, (&model.config, &plan, &what), (cfg.batch, cfg.seq_len), cfg.memory)? {
+        return Ok(());
+    }
     if cfg.resume {
         if let Some((step, dir)) = latest_checkpoint(&cfg.out) {
             eprintln!("keel: resuming from {} (after step {} of {})", dir.display(), step, cfg.steps);

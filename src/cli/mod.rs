@@ -94,13 +94,13 @@ impl ModelArg {
         WeightChoice::parse(&self.weights)
     }
 
-    /// Training reads and updates f32 weights: `auto` means f32 there (a GGUF is dequantized),
-    /// any other format than f32 is refused.
+    /// Full fine-tuning reads and updates f32 weights: `auto` means f32 there (a GGUF is
+    /// dequantized), any other format than f32 is refused (LoRA takes them all).
     pub fn require_f32(&self, command: &str) -> Result<()> {
         match self.weights()? {
             WeightChoice::Auto | WeightChoice::Format(WeightFormat::F32) => Ok(()),
             WeightChoice::Format(f) => anyhow::bail!(
-                "--weights {}: {command} trains f32 weights (use --weights f32 or auto)",
+                "--weights {}: {command} trains f32 weights (use --weights f32 or auto, or add --lora-rank to train adapters over the packed base)",
                 f.name()
             ),
         }

@@ -64,6 +64,8 @@ pub struct Gpu {
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Why the device can no longer be used (lost, or an error nothing caught), once known.
     lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of every tensor buffer created so far (see [`Gpu::allocated_bytes`]).
+    pub(super) allocated: std::sync::atomic::AtomicU64,
 }
 
 fn instance() -> wgpu::Instance {
@@ -182,6 +184,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             lost,
+            allocated: Default::default(),
         })
     }
 
@@ -250,6 +253,12 @@ impl Gpu {
         let pipeline = Pipeline { raw: pipeline, name: label.into(), contract };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Bytes of every tensor buffer this device has created (freed ones included): what a
+    /// memory prediction is checked against.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Largest single binding, in f32 elements.

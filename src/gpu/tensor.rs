@@ -77,6 +77,7 @@ impl Gpu {
             usage: USAGE,
             mapped_at_creation: false,
         });
+        self.allocated.fetch_add(buf.size(), std::sync::atomic::Ordering::Relaxed);
         Ok(Tensor { buf, shape: shape.to_vec(), dtype })
     }
 
@@ -109,6 +110,7 @@ impl Gpu {
             contents,
             usage: USAGE,
         });
+        self.allocated.fetch_add(buf.size(), std::sync::atomic::Ordering::Relaxed);
         Ok(Tensor { buf, shape: shape.to_vec(), dtype })
     }
 

@@ -98,7 +98,8 @@ impl GpuModel {
     ) {
         let c = &self.config;
         let w = &self.weights;
-        let lm = (saved.xn, w.head());
+        // The head as the forward pass read it (a packed copy of a tied embedding under LoRA).
+        let lm = (saved.xn, self.head_weight());
         let d_head = (grads.map(|g| g.head()), None);
         matmul::linear_backward(step, lm, saved.d_logits, Some((&bw.dxn, false)), d_head, &bw.ones, n);
         let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };

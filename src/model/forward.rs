@@ -237,15 +237,26 @@ impl WeightChoice {
         }
     }
 
+    /// The format Keel's tensor `name` of `shape`, stored as `stored`, gets on the GPU under
+    /// this choice (`lm_head` for a tied head's copy of the embedding), decided without
+    /// packing anything.
+    pub fn gpu_format(self, name: &str, shape: &[usize], stored: WeightFormat) -> WeightFormat {
+        if !packable(name) {
+            return WeightFormat::F32;
+        }
+        match self {
+            WeightChoice::Auto => stored,
+            WeightChoice::Format(f) if f == stored || f.fits(shape[1]) => f,
+            WeightChoice::Format(_) => WeightFormat::F32,
+        }
+    }
+
     /// The weight's packed (format, words), or None to upload it as f32.
-    fn pack(self, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
-        match (self, t.packed_words()) {
-            (WeightChoice::Auto, Some((f, words))) => Some((f, words.to_vec())),
-            (WeightChoice::Format(f), Some((g, words))) if f == g => Some((f, words.to_vec())),
-            (WeightChoice::Format(f), _) if f != WeightFormat::F32 && f.fits(t.shape[1]) => {
-                Some((f, wfmt::quantize(f, &t.values(), t.shape[1])))
-            }
-            _ => None,
+    fn pack(self, name: &str, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
+        match (self.gpu_format(name, &t.shape, t.format()), t.packed_words()) {
+            (WeightFormat::F32, _) => None,
+            (f, Some((g, words))) if f == g => Some((f, words.to_vec())),
+            (f, _) => Some((f, wfmt::quantize(f, &t.values(), t.shape[1]))),
         }
     }
 }
@@ -284,15 +295,12 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         // Every tensor is checked against the binding limit before any is uploaded.
         host.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
-        let weights = host.try_map(|name, t| {
-            let packed = if packable(name) { choice.pack(t) } else { None };
-            match packed {
-                Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
-                None => gpu.upload_f32(name, &t.shape, &t.values()),
-            }
+        let weights = host.try_map(|name, t| match choice.pack(name, t) {
+            Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
+            None => gpu.upload_f32(name, &t.shape, &t.values()),
         })?;
         let embed = &host.embed;
-        let tied = if host.lm_head.is_none() { choice.pack(embed) } else { None };
+        let tied = if host.lm_head.is_none() { choice.pack("lm_head", embed) } else { None };
         let head = tied
             .map(|(f, words)| gpu.upload_weight("lm_head (tied)", &embed.shape, f, &words))
             .transpose()?;

@@ -3,8 +3,8 @@
 //! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides. Products
 //! of a few rows with a weight (decode) go to the matrix-vector kernel, `shaders/matvec.wgsl`.
 //! Weights may be packed (f16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K: `shaders/wfmt.wgsl`) when
-//! they are the `W` of a forward x·Wᵀ; both kernels dequantize them as they read them and
-//! accumulate in f32.
+//! they are the `W` of a forward x·Wᵀ or of an input gradient dy·W (LoRA over a frozen packed
+//! base); the kernels dequantize them as they read them and accumulate in f32.
 
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor};
@@ -167,6 +167,15 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
             }
         }
     }
+    // dy·W with a packed W (LoRA's backward over a packed base): W's rows read along N.
+    let packed = WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32).map(|f| (f, false));
+    for (fmt, native) in packed.chain([(WeightFormat::F16, true)]) {
+        for (acc, avec4) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let flags = [("KVEC4", 0), ("BIAS", 0), ("ACC", acc)];
+            let by_k = [("AVEC4", avec4), ("BVEC4", 1)];
+            v.push(("matmul", [&flags[..], &format_flags(fmt, native), &by_k].concat()));
+        }
+    }
     v
 }
 
@@ -221,18 +230,21 @@ fn matmul_tiled(
     assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
     assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
     let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
-    let fmt = b.t.format();
-    // Packed weights carry no strides: only a whole [n, k] weight, transposed (x·Wᵀ), row-aligned A.
-    assert!(
-        fmt == WeightFormat::F32 || (kvec4 && b.off == 0 && b.cs == k && b.t.shape == [n, k]),
-        "a {} weight can only be the W of a forward x·Wᵀ",
-        fmt.name()
-    );
     let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
     // The blocked kernel's column-of-A and row-of-B vec4 loads (backward products).
     let by_k = !kvec4 && !matvec;
     let avec4 = by_k && a.rs == 1 && [m, a.off, a.cs].iter().all(|x| x.is_multiple_of(4));
     let bvec4 = by_k && b.cs == 1 && [n, b.off, b.rs].iter().all(|x| x.is_multiple_of(4));
+    let fmt = b.t.format();
+    // Packed weights carry no strides: only a whole weight W, as the Wᵀ of x·Wᵀ (row-aligned A)
+    // or as the W of dy·W.
+    let forward = kvec4 && b.off == 0 && b.cs == k && b.t.shape == [n, k];
+    let input_gradient = bvec4 && b.off == 0 && b.rs == n && b.t.shape == [k, n];
+    assert!(
+        fmt == WeightFormat::F32 || forward || input_gradient,
+        "a {} weight can only be the W of x·Wᵀ or dy·W",
+        fmt.name()
+    );
     let unit = if kvec4 { 4 } else { 1 };
     let (a_unit, b_unit) = (if avec4 { 4 } else { 1 }, if bvec4 { 4 } else { 1 });
     let params = Params {
@@ -513,6 +525,50 @@ mod tests {
                 }
                 let what = format!("{fmt:?} m={m} {tile:?} unpacked f16: {}", UNPACK_F16.get());
                 assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
+            }
+        }
+        UNPACK_F16.set(false);
+    }
+
+    /// The input gradient dy·W over a packed W in every format (LoRA's backward over a packed
+    /// base: a few rows and many, accumulating or not) against the CPU on the dequantized W.
+    #[test]
+    fn packed_input_gradient_matches_cpu_on_dequantized() {
+        let gpu = gpu();
+        let (out, inp) = (45, 256);
+        let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
+        for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
+            UNPACK_F16.set(i >= WeightFormat::ALL.len());
+            let packed = crate::gpu::wfmt::random_packed(fmt, out, inp, 5);
+            let w = crate::gpu::wfmt::dequantize(fmt, &packed);
+            let wt = gpu.upload_weight("w", &[out, inp], fmt, &packed).unwrap();
+            // W transposed, so that the CPU's x·Wᵀ computes dy·W.
+            let w_t: Vec<f32> = (0..inp * out).map(|i| w[(i % out) * inp + i / out]).collect();
+            for (m, accumulate) in [(3, false), (37, true)] {
+                let dy = rand_vec(m as u64, m * out, 1.0);
+                let dx0 = rand_vec(9, m * inp, 1.0);
+                let (dyt, dxt) = (
+                    gpu.upload_f32("dy", &[m, out], &dy).unwrap(),
+                    gpu.upload_f32("dx", &[m, inp], &dx0).unwrap(),
+                );
+                let ones = gpu.upload_f32("ones", &[m], &vec![1.0; m]).unwrap();
+                let mut step = Step::new(gpu);
+                linear_backward(
+                    &mut step,
+                    (&dyt, &wt),
+                    &dyt,
+                    Some((&dxt, accumulate)),
+                    (None, None),
+                    &ones,
+                    m,
+                );
+                step.submit().unwrap();
+                let mut want = cpu::matmul::linear(&dy, &w_t, None, m, inp, out);
+                if accumulate {
+                    want.iter_mut().zip(&dx0).for_each(|(w, d)| *w += d);
+                }
+                let what = format!("dy·W {fmt:?} m={m} unpacked f16: {}", UNPACK_F16.get());
+                assert_close(&gpu.read_f32(&dxt).unwrap(), &want, 1e-4, &what);
             }
         }
         UNPACK_F16.set(false);

@@ -363,7 +363,7 @@ impl TrainGraph {
             &self.stats_final,
             (0, n),
         );
-        matmul::linear(step, &self.xn_final, w.head(), None, &self.logits, n, false);
+        matmul::linear(step, &self.xn_final, model.head_weight(), None, &self.logits, n, false);
         xent::cross_entropy(step, &self.logits, &self.targets, &self.loss, n, loss_scale);
     }
 

@@ -7,6 +7,7 @@ pub mod data;
 pub mod graph;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod log;
+pub mod memory;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 pub mod schedule;

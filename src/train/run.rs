@@ -15,11 +15,11 @@ use super::schedule::{lr_at, Schedule};
 use super::trainer::{Method, OptimConfig, Trainer};
 use crate::atomic;
 use crate::cpu::optim::AdamW;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, WeightFormat};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::load::read_safetensors;
 use crate::model::save::{safetensors_bytes, write_hf_files};
-use crate::model::{GpuModel, LoadedModel};
+use crate::model::{GpuModel, LoadedModel, WeightChoice};
 use crate::modulate::LcmConfig;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -64,6 +64,9 @@ pub struct FinetuneConfig {
     pub decay_norms_biases: bool,
     /// Train a LoRA adapter instead of every weight.
     pub lora: Option<LoraOptions>,
+    /// The frozen base's format under LoRA (`--weights`; `auto` keeps a GGUF's packed blocks);
+    /// full fine-tuning trains f32 weights whatever this says.
+    pub weights: WeightChoice,
     /// Activations kept for the backward pass or recomputed.
     pub memory: ActivationMemory,
     /// LCM during training (forward and its reverse scan), when on.
@@ -243,7 +246,8 @@ pub fn finetune(
         resumed_lr_reference = state["lr_reference"].as_f64().map(|r| r as f32);
     }
     let tokenizer_json = weights_model.tokenizer.json().to_string();
-    let gpu_model = GpuModel::upload(gpu, &weights_model)?;
+    let choice = if cfg.lora.is_some() { cfg.weights } else { WeightChoice::Format(WeightFormat::F32) };
+    let gpu_model = GpuModel::upload_with(gpu, &weights_model, choice)?;
     drop(weights_model);
     let optim = OptimConfig {
         adamw: cfg.adamw,

@@ -102,9 +102,13 @@ impl<'g> Trainer<'g> {
         config: OptimConfig,
         method: Method,
     ) -> Result<Trainer<'g>> {
-        // The backward pass multiplies by Wᵀ, which packed weights do not support.
-        if model.formats() != (WeightFormat::F32, WeightFormat::F32) {
-            bail!("training needs f32 weights (upload the model with GpuModel::upload)");
+        // Full fine-tuning updates every weight in f32; LoRA reads a packed base as it is.
+        let formats = model.formats();
+        if matches!(method, Method::Full) && formats != (WeightFormat::F32, WeightFormat::F32) {
+            bail!(
+                "full fine-tuning trains f32 weights, not {} ones: use --weights f32 (or auto), or train LoRA adapters over the packed weights with --lora-rank",
+                if formats.0 == WeightFormat::F32 { formats.1.name() } else { formats.0.name() }
+            );
         }
         let graph = TrainGraph::new(gpu, &model, batch, seq_len, memory)?;
         let mut trained: Vec<(String, Tensor, Tensor)> = Vec::new();
@@ -403,5 +407,78 @@ impl<'g> Trainer<'g> {
         let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
         let blocks = self.lora.iter().map(|b| b.download(self.gpu)).collect::<Result<_>>()?;
         Ok(Some(Lora { rank, alpha, blocks }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::wfmt::random_packed;
+    use crate::model::adapter::parse_targets;
+    use crate::model::WeightChoice;
+    use crate::ops::test_util::gpu;
+
+    /// A tied Llama whose every row is whole K-quant superblocks (256 columns).
+    const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 256,
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
+
+    /// The losses of 10 LoRA steps (rank 4 on every linear) over `model`.
+    fn lora_losses(model: GpuModel) -> Vec<f64> {
+        let cfg = model.config.clone();
+        let lora = Lora::init(&cfg, &parse_targets(&cfg, "all").unwrap(), 4, 8.0, 1).unwrap();
+        let adamw = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
+        let mut t =
+            Trainer::new(gpu(), model, (2, 16), ActivationMemory::Keep, opt, Method::Lora(lora)).unwrap();
+        (0..10)
+            .map(|s| {
+                let rows: Vec<Vec<u32>> = (0..2)
+                    .map(|r| (0..17).map(|i| ((s * 31 + r * 101 + i * 7) % 256) as u32).collect())
+                    .collect();
+                let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+                t.step(&[batch], 1e-2).unwrap().loss
+            })
+            .collect()
+    }
+
+    /// LoRA over a packed frozen base (every format, the tied head a packed copy of the
+    /// embedding) gives the losses of LoRA over the same weights dequantized to f32: the
+    /// forward x·Wᵀ and the backward dy·W both read the packed blocks.
+    #[test]
+    fn lora_over_packed_base_matches_dequantized_f32() {
+        let cfg = crate::model::load::parse_config(CONFIG.as_bytes(), "test config").unwrap();
+        let host = crate::model::layout::Weights::random(&cfg, 0);
+        for fmt in WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32) {
+            let mut seed = 0;
+            let packed = host
+                .try_map(|name, t| {
+                    seed += 1;
+                    Ok(match t.shape[..] {
+                        [rows, cols] => HostTensor::packed(
+                            name,
+                            t.shape.clone(),
+                            fmt,
+                            random_packed(fmt, rows, cols, seed),
+                        ),
+                        _ => t.clone(),
+                    })
+                })
+                .unwrap();
+            let upload = |choice| GpuModel::upload_weights(gpu(), &cfg, &packed, choice).unwrap();
+            let base = upload(WeightChoice::Auto);
+            assert_eq!(base.formats(), (fmt, fmt));
+            let want = lora_losses(upload(WeightChoice::Format(WeightFormat::F32)));
+            let got = lora_losses(base);
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs()).fold(0.0, f64::max);
+            eprintln!(
+                "{fmt:?}: losses {:.5} -> {:.5}, largest relative difference {worst:.1e}",
+                want[0], want[9]
+            );
+            for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * w.abs(), "{fmt:?} step {s}: packed {g}, f32 {w}");
+            }
+        }
     }
 }
