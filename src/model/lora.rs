@@ -53,12 +53,13 @@ impl BlockLora {
     }
 
     /// The adapters' current values, read back.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn download(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
-        self.layers
-            .iter()
-            .map(|l| Ok(LoraPair { slot: l.slot.clone(), a: gpu.read_f32(&l.a)?, b: gpu.read_f32(&l.b)? }))
-            .collect()
+    pub async fn download_async(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
+        let mut pairs = Vec::new();
+        for l in &self.layers {
+            let (a, b) = (gpu.read_f32_async(&l.a).await?, gpu.read_f32_async(&l.b).await?);
+            pairs.push(LoraPair { slot: l.slot.clone(), a, b });
+        }
+        Ok(pairs)
     }
 
     /// GPU memory of the adapters and their saved products (gradients not included).

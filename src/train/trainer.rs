@@ -400,8 +400,15 @@ impl<'g> Trainer<'g> {
     /// The trained adapters, read back (None in full fine-tuning).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn adapters(&self) -> Result<Option<Lora>> {
+        pollster::block_on(self.adapters_async())
+    }
+
+    pub async fn adapters_async(&self) -> Result<Option<Lora>> {
         let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
-        let blocks = self.lora.iter().map(|b| b.download(self.gpu)).collect::<Result<_>>()?;
+        let mut blocks = Vec::new();
+        for b in &self.lora {
+            blocks.push(b.download_async(self.gpu).await?);
+        }
         Ok(Some(Lora { rank, alpha, blocks }))
     }
 }
