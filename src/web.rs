@@ -516,9 +516,9 @@ impl Model {
     /// Fine-tunes on `request.text` (see [`FinetuneRequest`]) with the CLI's trainer, from the
     /// weights as loaded: every weight, or LoRA adapters (`request.lora`); calls
     /// `on_step(step, loss)` after each step (one that throws stops it, keeping the model's
-    /// weights). After a full fine-tune the model generates with the trained weights; after a
-    /// LoRA one with the loaded weights still, its adapter kept for [`Model::adapter_files`].
-    /// Resolves to the list of losses.
+    /// weights). The model then generates with the trained weights (LoRA's merged into f32
+    /// copies of the loaded ones, as `keel merge` does; the adapter is kept for
+    /// [`Model::adapter_files`]). Resolves to the list of losses.
     pub fn finetune(&self, request: JsValue, on_step: js_sys::Function) -> Result<js_sys::Promise, JsValue> {
         let loaded = self.held(|h| h.loaded.clone())?;
         let (gpu, host, held, adapter) =
@@ -556,14 +556,12 @@ impl Model {
                 if held.borrow().is_none() {
                     bail!("the model was freed while it was fine-tuned");
                 }
-                match trainer.adapters_async().await? {
-                    Some(lora) => *adapter.borrow_mut() = Some(lora),
-                    None => {
-                        let trained = Rc::new(Owned { model: trainer.model, base: Some(loaded) });
-                        if let Some(held) = &mut *held.borrow_mut() {
-                            held.current = trained;
-                        }
-                    }
+                if let Some(lora) = trainer.adapters_async().await? {
+                    *adapter.borrow_mut() = Some(lora);
+                }
+                let trained = Rc::new(Owned { model: trainer.into_merged()?, base: Some(loaded) });
+                if let Some(held) = &mut *held.borrow_mut() {
+                    held.current = trained;
                 }
                 Ok::<_, anyhow::Error>(json!(losses))
             };

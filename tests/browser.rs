@@ -391,7 +391,11 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         assert_eq!(r.code, Some(0), "{}", r.stderr);
         native_ids(&merged, &[])
     };
-    assert_eq!(merged_ids(&page_dir, "merged-page"), merged_ids(&native_dir, "merged-native"));
+    let page_adapter_ids = merged_ids(&page_dir, "merged-page");
+    assert_eq!(page_adapter_ids, merged_ids(&native_dir, "merged-native"));
+    let lora_ids = &got["lora"]["generated"]["ids"];
+    assert_eq!(lora_ids, &page_adapter_ids, "the page generates with its adapter as keel does natively");
+    assert_ne!(lora_ids, &plain, "the adapter changes the tokens, so the comparison tests it");
 
     // The served GGUF, streamed chunk by chunk: its packed weights give keel generate's tokens,
     // and fine-tuning it (from f32 copies dequantized on the GPU; natively on the host) gives

@@ -278,7 +278,7 @@ async function finetune() {
     } });
     hasAdapter ||= !!lora;
     $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
-      (lora ? 'the LoRA adapter is ready to download (generation keeps the loaded weights).'
+      (lora ? 'generation now uses the weights with the adapter merged, and the adapter is ready to download.'
         : 'generation now uses the fine-tuned weights.');
     $('ft-result').dataset.losses = JSON.stringify(done);
     status('Fine-tuning done.');

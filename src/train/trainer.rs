@@ -403,6 +403,17 @@ impl<'g> Trainer<'g> {
         pollster::block_on(self.adapters_async())
     }
 
+    /// The model with the trained adapters merged into its weights on the GPU (full
+    /// fine-tuning: the trained model).
+    pub fn into_merged(self) -> Result<GpuModel> {
+        let mut step = crate::gpu::Step::new(self.gpu);
+        for (lora, block) in self.lora.iter().zip(&self.model.weights.blocks) {
+            lora.record_merge(&mut step, block);
+        }
+        step.submit()?;
+        Ok(self.model)
+    }
+
     pub async fn adapters_async(&self) -> Result<Option<Lora>> {
         let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
         let mut blocks = Vec::new();

@@ -146,6 +146,8 @@ try {
     clearTimeout(timer);
     out.lora.files = files.sort();
     await page.fill('#ft-lora-rank', '0');
+    // Generation now runs with the adapter merged.
+    out.lora.generated = await generate(null);
   }
   // A served .gguf (streamed chunk by chunk into the loader), then fine-tuned from f32 copies
   // of its packed weights.

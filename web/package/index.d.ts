@@ -120,7 +120,7 @@ export interface FinetuneOptions {
   seq_len: number;
   /** LoRA adapters instead of every weight, as `keel finetune --lora-rank R --lora-alpha A --lora-targets T`
    * (alpha: default 2 × rank; targets: "q,v" (default), any of q,k,v,o,gate,up,down, or "all"). Generation
-   * then keeps the loaded weights; the adapter is `adapterFiles()`. */
+   * then uses the loaded weights with the adapter merged; the adapter is `adapterFiles()`. */
   lora?: { rank: number; alpha?: number; targets?: string };
   /** Stops after the current step; the model keeps its weights; the promise rejects with the reason. */
   signal?: AbortSignal;

@@ -227,7 +227,7 @@ export class Model {
     return { 'adapter_config.json': config, 'adapter_model.safetensors': weights };
   }
 
-  /** Fine-tunes every weight on `text`, or LoRA adapters (`lora: {rank, alpha, targets}`); resolves to the losses. After a full fine-tune generation uses the trained weights. */
+  /** Fine-tunes every weight on `text`, or LoRA adapters (`lora: {rank, alpha, targets}`); resolves to the losses. Generation then uses the trained weights (LoRA's merged). */
   async finetune({ signal, onStep, ...request }) {
     const raw = this.#live();
     return abortable(signal, (check) => raw.finetune(request, (step, loss) => {
