@@ -9,6 +9,7 @@ use crate::chat::ChatTemplate;
 use crate::cpu::optim::AdamW;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
+use crate::model::adapter::{parse_targets, Lora};
 use crate::model::gguf::{self, GgufFile, GgufReader};
 use crate::model::load::{
     gguf_config_and_tokenizer, load_config_and_tokenizer, load_files, parse_config, parse_generation_config,
@@ -128,6 +129,7 @@ impl Engine {
             gpu: self.gpu,
             host: Rc::new(Host { config, tokenizer, template, generation }),
             held: Rc::new(RefCell::new(Some(Held { current: loaded.clone(), loaded }))),
+            adapter: Rc::new(RefCell::new(None)),
         })
     }
 }
@@ -282,6 +284,8 @@ pub struct Model {
     host: Rc<Host>,
     /// None once [`Model::release`]d.
     held: Rc<RefCell<Option<Held>>>,
+    /// The adapters of the last LoRA fine-tune, read back.
+    adapter: Rc<RefCell<Option<Lora>>>,
 }
 
 /// One generation's settings as the page sends them: a `prompt`, or chat `messages` rendered
@@ -373,6 +377,27 @@ struct FinetuneRequest {
     lr: f64,
     batch: usize,
     seq_len: usize,
+    /// LoRA adapters instead of every weight.
+    #[serde(default)]
+    lora: Option<LoraRequest>,
+}
+
+/// LoRA settings, with `keel finetune`'s defaults (alpha 2 × rank, targets "q,v", seed 0).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraRequest {
+    rank: usize,
+    #[serde(default)]
+    alpha: Option<f32>,
+    #[serde(default)]
+    targets: Option<String>,
+}
+
+impl LoraRequest {
+    fn init(&self, config: &ModelConfig) -> Result<Lora> {
+        let slots = parse_targets(config, self.targets.as_deref().unwrap_or("q,v"))?;
+        Lora::init(config, &slots, self.rank, self.alpha.unwrap_or(2.0 * self.rank as f32), 0)
+    }
 }
 
 impl Model {
@@ -475,13 +500,29 @@ impl Model {
         }))
     }
 
-    /// Fine-tunes every weight on `request.text` (see [`FinetuneRequest`]) with the CLI's
-    /// trainer, from the weights as loaded; calls `on_step(step, loss)` after each step (one
-    /// that throws stops it, keeping the model's weights). The model then generates with the
-    /// trained weights. Resolves to the list of losses.
+    /// The last LoRA fine-tune's adapter in PEFT's format, naming `base_model`:
+    /// `{config: adapter_config.json's text, weights: adapter_model.safetensors's bytes}`.
+    pub fn adapter_files(&self, base_model: &str) -> Result<JsValue, JsValue> {
+        let adapter = self.adapter.borrow();
+        let lora =
+            adapter.as_ref().ok_or_else(|| js_err(anyhow!("no LoRA fine-tune has run on this model")))?;
+        let (weights, config) = lora.files(&self.host.config, base_model).map_err(js_err)?;
+        let files = js_sys::Object::new();
+        js_sys::Reflect::set(&files, &"config".into(), &config.into())?;
+        js_sys::Reflect::set(&files, &"weights".into(), &js_sys::Uint8Array::from(&weights[..]))?;
+        Ok(files.into())
+    }
+
+    /// Fine-tunes on `request.text` (see [`FinetuneRequest`]) with the CLI's trainer, from the
+    /// weights as loaded: every weight, or LoRA adapters (`request.lora`); calls
+    /// `on_step(step, loss)` after each step (one that throws stops it, keeping the model's
+    /// weights). The model then generates with the trained weights (LoRA's merged into f32
+    /// copies of the loaded ones, as `keel merge` does; the adapter is kept for
+    /// [`Model::adapter_files`]). Resolves to the list of losses.
     pub fn finetune(&self, request: JsValue, on_step: js_sys::Function) -> Result<js_sys::Promise, JsValue> {
         let loaded = self.held(|h| h.loaded.clone())?;
-        let (gpu, host, held) = (self.gpu, self.host.clone(), self.held.clone());
+        let (gpu, host, held, adapter) =
+            (self.gpu, self.host.clone(), self.held.clone(), self.adapter.clone());
         let r: FinetuneRequest = from_js(&request, "finetune").map_err(js_err)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let run = async {
@@ -496,14 +537,12 @@ impl Model {
                     decay_norms_biases: true,
                 };
                 let batch = r.batch.min(data.len()).max(1);
-                let mut trainer = Trainer::new(
-                    gpu,
-                    start,
-                    (batch, r.seq_len),
-                    ActivationMemory::Keep,
-                    optim,
-                    Method::Full,
-                )?;
+                let method = match &r.lora {
+                    Some(lora) => Method::Lora(lora.init(&host.config)?),
+                    None => Method::Full,
+                };
+                let mut trainer =
+                    Trainer::new(gpu, start, (batch, r.seq_len), ActivationMemory::Keep, optim, method)?;
                 let mut losses = Vec::new();
                 for step in 0..r.steps {
                     let rows = data.batch(step, batch, true, 0);
@@ -514,10 +553,15 @@ impl Model {
                         .map_err(|e| anyhow!("the page's step callback failed: {e:?}"))?;
                 }
                 gpu.check_lost()?;
-                let trained = Rc::new(Owned { model: trainer.model, base: Some(loaded) });
-                match &mut *held.borrow_mut() {
-                    Some(held) => held.current = trained,
-                    None => bail!("the model was freed while it was fine-tuned"),
+                if held.borrow().is_none() {
+                    bail!("the model was freed while it was fine-tuned");
+                }
+                if let Some(lora) = trainer.adapters_async().await? {
+                    *adapter.borrow_mut() = Some(lora);
+                }
+                let trained = Rc::new(Owned { model: trainer.into_merged()?, base: Some(loaded) });
+                if let Some(held) = &mut *held.borrow_mut() {
+                    held.current = trained;
                 }
                 Ok::<_, anyhow::Error>(json!(losses))
             };

@@ -93,31 +93,51 @@ fn native_chat(model: &Path) -> (Value, Value) {
     (reply, template)
 }
 
-fn native_losses(model: &Path) -> Vec<f64> {
+/// `keel finetune`'s 5 losses on [`TRAIN_TEXT`] (`extra`: more flags) and its folder, whose
+/// `run/final` holds the result.
+fn native_finetune(model: &Path, extra: &[&str]) -> (Vec<f64>, TempDir) {
     let dir = TempDir::new("browser-finetune");
     let data = dir.path("text.txt");
     std::fs::write(&data, TRAIN_TEXT).unwrap();
     let out = dir.path("run");
-    let r = keel(&[
-        "finetune",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        "5",
-        "--batch",
-        "1",
-        "--seq-len",
-        "32",
-        "--lr",
-        "0.001",
-    ]);
+    let r = keel(
+        &[
+            "finetune",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "5",
+            "--batch",
+            "1",
+            "--seq-len",
+            "32",
+            "--lr",
+            "0.001",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
-    log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    let losses =
+        log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    (losses, dir)
+}
+
+/// The page's 5 losses equal `cli_losses` within 1e-5 + 1e-4 relative.
+fn assert_losses(run: &Value, cli_losses: &[f64]) -> Vec<f64> {
+    let page_losses: Vec<f64> = serde_json::from_value(run["losses"].clone())
+        .unwrap_or_else(|_| panic!("no losses: {}", run["status"]));
+    assert_eq!(page_losses.len(), 5);
+    for (step, (p, c)) in page_losses.iter().zip(cli_losses).enumerate() {
+        assert!((p - c).abs() <= 1e-5 + 1e-4 * c.abs(), "step {step}: page loss {p}, keel finetune {c}");
+    }
+    page_losses
 }
 
 /// Writes stories260k as llama.cpp's converter would into `dir/model.gguf`, beside a copy of
@@ -231,6 +251,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
     let server = serve_with(&served, &no_cache);
     let origin = format!("http://127.0.0.1:{}/", server.port);
     let screenshot = root.join("target/browser-demo.png");
+    let lora_dir = TempDir::new("browser-lora");
     let local_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
         .map(|f| model.join(f));
     let settings = json!({
@@ -239,6 +260,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         "lcm": {"gamma": 0.2, "layers": "2-4", "sink": 0, "space": "raw"},
         "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 7},
         "finetune": {"text": TRAIN_TEXT, "steps": 5, "lr": 0.001},
+        "lora": {"rank": 4, "targets": "q,v,down", "dir": lora_dir.0},
         "gguf": "stories260k-q8_0",
         "chat": {"model": "tiny-qwen2", "message": CHAT_MESSAGE, "max_tokens": CHAT_TOKENS},
         "screenshot": screenshot,
@@ -328,16 +350,52 @@ fn page_generates_and_finetunes_like_the_native_cli() {
 
     // The page's 5 losses equal keel finetune's, and fall.
     let check_losses = |run: &Value, model: &Path| {
-        let page_losses: Vec<f64> = serde_json::from_value(run["losses"].clone())
-            .unwrap_or_else(|_| panic!("no losses: {}", run["status"]));
-        let cli_losses = native_losses(model);
-        assert_eq!(page_losses.len(), 5);
+        let page_losses = assert_losses(run, &native_finetune(model, &[]).0);
         assert!(page_losses[4] < page_losses[0] / 2.0, "the loss falls: {page_losses:?}");
-        for (step, (p, c)) in page_losses.iter().zip(&cli_losses).enumerate() {
-            assert!((p - c).abs() <= 1e-5 + 1e-4 * c.abs(), "step {step}: page loss {p}, keel finetune {c}");
-        }
     };
     check_losses(&got["finetune"], &model);
+
+    // LoRA in the page: keel finetune --lora-rank's losses, and the downloaded adapter is the
+    // one keel finetune writes (PEFT's format), which keel merge reads into the same model.
+    let lora_flags = ["--lora-rank", "4", "--lora-targets", "q,v,down"];
+    let (cli_losses, native) = native_finetune(&model, &lora_flags);
+    let page_losses = assert_losses(&got["lora"], &cli_losses);
+    assert!(page_losses[4] < page_losses[0], "LoRA learns: {page_losses:?}");
+    assert_eq!(got["lora"]["files"], json!(["adapter_config.json", "adapter_model.safetensors"]));
+    let (page_dir, native_dir) = (lora_dir.0.clone(), native.path("run/final"));
+    let config = |dir: &Path| {
+        let mut c: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+        c.as_object_mut().unwrap().remove("base_model_name_or_path");
+        c
+    };
+    assert_eq!(config(&page_dir), config(&native_dir));
+    let tensors = |dir: &Path| {
+        let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let mut tensors = keel::model::load::read_safetensors(&bytes, "adapter_model.safetensors").unwrap();
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors
+    };
+    let (page_tensors, native_tensors) = (tensors(&page_dir), tensors(&native_dir));
+    assert_eq!(page_tensors.len(), native_tensors.len());
+    for (p, n) in page_tensors.iter().zip(&native_tensors) {
+        assert_eq!((&p.name, &p.shape), (&n.name, &n.shape));
+        let worst =
+            p.values().iter().zip(n.values().iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4, "{}: the page's values differ from keel finetune's by up to {worst}", p.name);
+    }
+    let merged_ids = |adapter: &Path, tag: &str| {
+        let merged = native.path(tag);
+        let (m, a, o) = (model.to_str().unwrap(), adapter.to_str().unwrap(), merged.to_str().unwrap());
+        let r = keel(&["merge", "--model", m, "--lora", a, "--out", o]);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        native_ids(&merged, &[])
+    };
+    let page_adapter_ids = merged_ids(&page_dir, "merged-page");
+    assert_eq!(page_adapter_ids, merged_ids(&native_dir, "merged-native"));
+    let lora_ids = &got["lora"]["generated"]["ids"];
+    assert_eq!(lora_ids, &page_adapter_ids, "the page generates with its adapter as keel does natively");
+    assert_ne!(lora_ids, &plain, "the adapter changes the tokens, so the comparison tests it");
 
     // The served GGUF, streamed chunk by chunk: its packed weights give keel generate's tokens,
     // and fine-tuning it (from f32 copies dequantized on the GPU; natively on the host) gives

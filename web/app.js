@@ -12,6 +12,8 @@ let busy = false;
 let running = null;
 // The chat so far: OpenAI-style messages.
 let conversation = [];
+// Whether the model has a LoRA adapter to download.
+let hasAdapter = false;
 
 function status(text, isError = false) {
   $('status').textContent = text;
@@ -27,7 +29,8 @@ function setBusy(on) {
   $('generate').disabled = on || !model;
   $('finetune').disabled = on || !model;
   $('chat-send').disabled = on || !model?.info.chat_template;
-  $('stop').disabled = $('chat-stop').disabled = !on;
+  $('stop').disabled = $('chat-stop').disabled = $('ft-stop').disabled = !on;
+  $('ft-download').disabled = on || !hasAdapter;
   for (const b of document.querySelectorAll('.model-list button')) b.disabled = on;
 }
 
@@ -106,6 +109,7 @@ async function loadModel(label, source) {
     const loaded = await engine.load(source, { name: label, onProgress: (text) => status(text) });
     if (model) model.free();
     model = loaded;
+    hasAdapter = false;
     newChat();
     const info = model.info;
     $('model-info').textContent = `${label}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
@@ -262,21 +266,38 @@ async function finetune() {
   const losses = [];
   status('Fine-tuning…');
   try {
+    const rank = Number($('ft-lora-rank').value);
+    const lora = rank > 0 ? { rank, targets: $('ft-lora-targets').value.trim() || 'q,v' } : undefined;
+    if (lora && $('ft-lora-alpha').value !== '') lora.alpha = Number($('ft-lora-alpha').value);
     const done = await model.finetune({ text, steps: Number($('ft-steps').value), lr: Number($('ft-lr').value),
-      batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value), signal: running.signal,
+      batch: Number($('ft-batch').value), seq_len: Number($('ft-seq').value), lora, signal: running.signal,
       onStep: (step, loss) => {
       losses.push(loss);
       plot($('plot-loss'), [{ values: losses, color: '#2a9d4b', name: 'loss' }], PLOT_AXES['plot-loss']);
       $('ft-result').textContent = `step ${step + 1}: loss ${loss.toFixed(4)}`;
     } });
+    hasAdapter ||= !!lora;
     $('ft-result').textContent = `${done.length} steps: loss ${done[0].toFixed(4)} → ${done[done.length - 1].toFixed(4)}; ` +
-      'generation now uses the fine-tuned weights.';
+      (lora ? 'generation now uses the weights with the adapter merged, and the adapter is ready to download.'
+        : 'generation now uses the fine-tuned weights.');
     $('ft-result').dataset.losses = JSON.stringify(done);
     status('Fine-tuning done.');
   } catch (e) {
     status(running?.signal.aborted ? 'Stopped.' : `Fine-tuning failed: ${message(e)}`, !running?.signal.aborted);
   } finally {
     setBusy(false);
+  }
+}
+
+// The LoRA adapter's two files, each as a download.
+function downloadAdapter() {
+  if (!model || !hasAdapter) return;
+  for (const [name, bytes] of Object.entries(model.adapterFiles())) {
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([bytes]));
+    a.download = name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
   }
 }
 
@@ -433,7 +454,8 @@ function setupDrop() {
 }
 
 $('generate').addEventListener('click', generate);
-for (const id of ['stop', 'chat-stop']) $(id).addEventListener('click', () => running?.abort());
+$('ft-download').addEventListener('click', downloadAdapter);
+for (const id of ['stop', 'chat-stop', 'ft-stop']) $(id).addEventListener('click', () => running?.abort());
 $('chat-send').addEventListener('click', sendChat);
 $('chat-clear').addEventListener('click', newChat);
 $('lcm-on').addEventListener('change', layoutOutputs);

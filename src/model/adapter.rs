@@ -183,6 +183,14 @@ impl Lora {
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into the existing `dir`.
     pub fn write_files(&self, dir: &Path, cfg: &ModelConfig, base_model: &str) -> Result<()> {
+        let (weights, config) = self.files(cfg, base_model)?;
+        std::fs::write(dir.join("adapter_model.safetensors"), weights)?;
+        std::fs::write(dir.join("adapter_config.json"), config)?;
+        Ok(())
+    }
+
+    /// The bytes of `adapter_model.safetensors` and the text of `adapter_config.json`.
+    pub fn files(&self, cfg: &ModelConfig, base_model: &str) -> Result<(Vec<u8>, String)> {
         let mut tensors = Vec::new();
         let mut modules: Vec<&str> = Vec::new();
         for (l, block) in self.blocks.iter().enumerate() {
@@ -213,9 +221,7 @@ impl Lora {
             "fan_in_fan_out": cfg.arch == Arch::Gpt2, "base_model_name_or_path": base_model,
             "inference_mode": true,
         });
-        std::fs::write(dir.join("adapter_model.safetensors"), safetensors_bytes(&tensors)?)?;
-        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
-        Ok(())
+        Ok((safetensors_bytes(&tensors)?, serde_json::to_string_pretty(&config)?))
     }
 
     /// Saves the adapter folder atomically.

@@ -4,7 +4,7 @@
 //! per-module layout while the base model keeps Keel's fused one.
 
 use super::adapter::{LoraPair, Slot};
-use super::layout::Linear;
+use super::layout::{Block, Linear};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::matmul::{matmul_scaled, Mat};
 use anyhow::Result;
@@ -53,12 +53,25 @@ impl BlockLora {
     }
 
     /// The adapters' current values, read back.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn download(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
-        self.layers
-            .iter()
-            .map(|l| Ok(LoraPair { slot: l.slot.clone(), a: gpu.read_f32(&l.a)?, b: gpu.read_f32(&l.b)? }))
-            .collect()
+    pub async fn download_async(&self, gpu: &Gpu) -> Result<Vec<LoraPair>> {
+        let mut pairs = Vec::new();
+        for l in &self.layers {
+            let (a, b) = (gpu.read_f32_async(&l.a).await?, gpu.read_f32_async(&l.b).await?);
+            pairs.push(LoraPair { slot: l.slot.clone(), a, b });
+        }
+        Ok(pairs)
+    }
+
+    /// Adds every adapter into its rows of the block's weights, `W[rows] += (alpha / rank) ·
+    /// B · A`, as [`super::adapter::Lora::merge_into`] does on the host (the weights must be f32).
+    pub fn record_merge(&self, step: &mut Step, block: &Block<Tensor>) {
+        for l in &self.layers {
+            let (rank, inp) = (l.a.shape[0], l.a.shape[1]);
+            let w = block.linear(l.slot.linear);
+            let w_rows = Mat { t: w, off: l.slot.rows.start * inp, rs: inp, cs: 1 };
+            let (b, a) = (Mat::rows(&l.b, 0, rank), Mat::rows(&l.a, 0, inp));
+            matmul_scaled(step, b, a, w_rows, (l.slot.rows.len(), inp, rank), self.scale, true);
+        }
     }
 
     /// GPU memory of the adapters and their saved products (gradients not included).

@@ -404,8 +404,26 @@ impl<'g> Trainer<'g> {
     /// The trained adapters, read back (None in full fine-tuning).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn adapters(&self) -> Result<Option<Lora>> {
+        pollster::block_on(self.adapters_async())
+    }
+
+    /// The model with the trained adapters merged into its weights on the GPU (full
+    /// fine-tuning: the trained model).
+    pub fn into_merged(self) -> Result<GpuModel> {
+        let mut step = crate::gpu::Step::new(self.gpu);
+        for (lora, block) in self.lora.iter().zip(&self.model.weights.blocks) {
+            lora.record_merge(&mut step, block);
+        }
+        step.submit()?;
+        Ok(self.model)
+    }
+
+    pub async fn adapters_async(&self) -> Result<Option<Lora>> {
         let Some((rank, alpha)) = self.lora_shape else { return Ok(None) };
-        let blocks = self.lora.iter().map(|b| b.download(self.gpu)).collect::<Result<_>>()?;
+        let mut blocks = Vec::new();
+        for b in &self.lora {
+            blocks.push(b.download_async(self.gpu).await?);
+        }
         Ok(Some(Lora { rank, alpha, blocks }))
     }
 }

@@ -1,13 +1,14 @@
 // Drives the demo page in headless Chromium (WebGPU on SwiftShader) through its own
 // controls, for tests/browser.rs: offers it files that are not a model, loads stories260k
 // from local files and then, with one click, from the server, generates greedily without and with LCM
-// and with sampling, fine-tunes a few steps, loads a served GGUF (generate, fine-tune), chats
+// and with sampling, fine-tunes a few steps (every weight, then LoRA, whose adapter it
+// downloads), loads a served GGUF (generate, fine-tune), chats
 // with a served chat model (one greedy reply), saves a screenshot and counts its distinct
 // colours. Prints one JSON object on stdout.
 //
 // usage: node run.mjs SETTINGS_JSON
 //   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers, sink, space},
-//    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr},
+//    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr}, lora: {rank, targets, dir},
 //    gguf: served model name, chat: {model, message, max_tokens}, screenshot}
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -119,6 +120,34 @@ try {
     await page.fill('#ft-steps', String(s.finetune.steps));
     await page.fill('#ft-lr', String(s.finetune.lr));
     out.finetune = await finetune();
+  }
+  // LoRA: the same steps on adapters, whose two files are then downloaded into `lora.dir`.
+  if (s.lora) {
+    await page.fill('#ft-lora-rank', String(s.lora.rank));
+    await page.fill('#ft-lora-targets', s.lora.targets);
+    out.lora = await finetune();
+    const files = [];
+    const saved = new Promise((done) => {
+      const save = async (download) => {
+        files.push(download.suggestedFilename());
+        await download.saveAs(join(s.lora.dir, download.suggestedFilename()));
+        if (files.length === 2) {
+          page.off('download', save);
+          done();
+        }
+      };
+      page.on('download', save);
+    });
+    await page.click('#ft-download');
+    let timer;
+    await Promise.race([saved, new Promise((_, fail) => {
+      timer = setTimeout(() => fail(new Error(`the adapter's downloads did not come: ${files}`)), minutes);
+    })]);
+    clearTimeout(timer);
+    out.lora.files = files.sort();
+    await page.fill('#ft-lora-rank', '0');
+    // Generation now runs with the adapter merged.
+    out.lora.generated = await generate(null);
   }
   // A served .gguf (streamed chunk by chunk into the loader), then fine-tuned from f32 copies
   // of its packed weights.

@@ -118,6 +118,10 @@ export interface FinetuneOptions {
   lr: number;
   batch: number;
   seq_len: number;
+  /** LoRA adapters instead of every weight, as `keel finetune --lora-rank R --lora-alpha A --lora-targets T`
+   * (alpha: default 2 × rank; targets: "q,v" (default), any of q,k,v,o,gate,up,down, or "all"). Generation
+   * then uses the loaded weights with the adapter merged; the adapter is `adapterFiles()`. */
+  lora?: { rank: number; alpha?: number; targets?: string };
   /** Stops after the current step; the model keeps its weights; the promise rejects with the reason. */
   signal?: AbortSignal;
   onStep?: (step: number, loss: number) => void;
@@ -226,7 +230,9 @@ export declare class Model {
   /** `messages` through the model's chat template (as `keel template --json`). */
   chatPrompt(messages: ChatMessage[]): { text: string; ids: number[] };
   generate(options: GenerateOptions): Promise<Generation>;
-  /** Fine-tunes every weight (AdamW, the CLI's defaults); resolves to the losses. */
+  /** Fine-tunes every weight, or LoRA adapters (AdamW, the CLI's defaults); resolves to the losses. */
   finetune(options: FinetuneOptions): Promise<number[]>;
+  /** The last LoRA fine-tune's adapter in PEFT's format (`keel merge --lora DIR` reads the folder). */
+  adapterFiles(): { 'adapter_config.json': string; 'adapter_model.safetensors': Uint8Array };
   readonly chat: { completions: ChatCompletions };
 }

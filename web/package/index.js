@@ -221,7 +221,13 @@ export class Model {
     }));
   }
 
-  /** Fine-tunes every weight on `text`; resolves to the losses. Generation then uses the trained weights. */
+  /** The last LoRA fine-tune's adapter in PEFT's format: the two files of its folder, by name. */
+  adapterFiles() {
+    const { config, weights } = this.#live().adapter_files(this.name);
+    return { 'adapter_config.json': config, 'adapter_model.safetensors': weights };
+  }
+
+  /** Fine-tunes every weight on `text`, or LoRA adapters (`lora: {rank, alpha, targets}`); resolves to the losses. Generation then uses the trained weights (LoRA's merged). */
   async finetune({ signal, onStep, ...request }) {
     const raw = this.#live();
     return abortable(signal, (check) => raw.finetune(request, (step, loss) => {

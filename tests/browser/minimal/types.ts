@@ -13,6 +13,10 @@ export async function use(files: FileList): Promise<string> {
   const r: Generation = await model.generate({ prompt: 'Once', max_tokens: 8, temperature: 0, signal: controller.signal,
     lcm: { gamma: 0.05, layers: [1, 2], space: 'normalized' }, onToken: (t) => tokens.push(t) });
   const losses: number[] = await local.finetune({ text: 'x', steps: 1, lr: 1e-3, batch: 1, seq_len: 8, onStep: (_s, loss) => loss });
+  await local.finetune({ text: 'x', steps: 1, lr: 1e-3, batch: 1, seq_len: 8, lora: { rank: 4, targets: 'q,v' } });
+  const adapter: Uint8Array = local.adapterFiles()['adapter_model.safetensors'];
+  // @ts-expect-error LoRA needs a rank
+  await local.finetune({ text: 'x', steps: 1, lr: 1e-3, batch: 1, seq_len: 8, lora: { alpha: 8 } });
   const done: ChatCompletion = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4 });
   const stream = await model.chat.completions.create({ messages: [{ role: 'user', content: 'Hi' }], stream: true,
     keel: { lcm: { gamma: 0.05 }, top_k: 40 } });
@@ -32,5 +36,5 @@ export async function use(files: FileList): Promise<string> {
   for await (const _ of done) text += '';
   // @ts-expect-error LCM's space is raw or normalized
   await model.generate({ prompt: 'Once', max_tokens: 1, lcm: { space: 'latent' } });
-  return `${limit} ${r.finish_reason} ${losses.length} ${done.choices[0].message.content} ${text} ${bytes}`;
+  return `${limit} ${r.finish_reason} ${losses.length} ${done.choices[0].message.content} ${text} ${bytes} ${adapter.length}`;
 }
