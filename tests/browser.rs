@@ -2,7 +2,9 @@
 //! controls by `tests/browser/run.mjs` (playwright-core): stories260k read from local files
 //! through the file picker, and served by `keel serve` and loaded with one click, gives the same greedy tokens as the native `keel generate
 //! --json`, without and with LCM (one at a time and side by side); 5 fine-tuning steps give
-//! the native `keel finetune` losses (and the loss falls); the chat panel's greedy reply from
+//! the native `keel finetune` losses (and the loss falls), every weight or LoRA (whose
+//! downloaded PEFT adapter is `keel finetune --lora-rank`'s, and whose merged weights generate
+//! in the page what `keel merge` of it generates natively); the chat panel's greedy reply from
 //! tiny-qwen2 is `keel generate --messages`'s; files that are not a model are
 //! refused in words and the page stays usable; the page requests nothing from another
 //! origin; the screenshot is not blank. The page explains itself: the LCM panel starts at
