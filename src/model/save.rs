@@ -61,7 +61,7 @@ mod tests {
     /// architecture; saving twice gives the same bytes.
     #[test]
     fn saved_models_load_back_identically() {
-        for name in ["stories260k", "tiny-gpt2", "tiny-qwen2"] {
+        for name in ["stories260k", "tiny-gpt2", "tiny-qwen2", "tiny-gemma3"] {
             let Some(path) = crate::testing::model(name) else { continue };
             let model = load(&path).unwrap();
             let dir = std::env::temp_dir().join(format!("keel-save-{name}-{}", std::process::id()));
