@@ -107,7 +107,10 @@ impl MemoryPlan {
         let on_gpu = |name: &str, (shape, fmt): &(Vec<usize>, WeightFormat)| {
             tensor_bytes(shape, choice.gpu_format(name, shape, *fmt))
         };
-        let rope = cfg.rope_theta.map_or(0, |_| 2 * (cfg.max_positions * (cfg.rotary_dim / 2)) as u64 * F32);
+        // Rotary (cos, sin) tables, and a second pair for sliding-window layers (Gemma 3).
+        let local_rope = cfg.local_rope_theta.is_some() && !cfg.sliding_layers.is_empty();
+        let rope_tables = cfg.rope_theta.is_some() as u64 + local_rope as u64;
+        let rope = rope_tables * 2 * (cfg.max_positions * (cfg.rotary_dim / 2)) as u64 * F32;
         // A tied head the choice packs gets its own copy of the embedding.
         let head_copy = match stored.lm_head {
             None if choice.gpu_format("lm_head", &stored.embed.0, stored.embed.1) != WeightFormat::F32 => {
@@ -124,8 +127,21 @@ impl MemoryPlan {
         let (c, hd) = (cfg, cfg.head_dim);
         let (q, kv, qkv) = (c.heads * hd, c.kv_heads * hd, c.head_shape().qkv_width());
         let qk_norm = if c.qk_norm { qkv + 2 * c.heads + 2 * c.kv_heads } else { 0 };
+        // Gemma 3's post-norms keep both output projections' results and their statistics.
+        let post_norms = if c.post_norms { 2 * (c.hidden + 2) } else { 0 };
         // One block's saved activations (graph.rs BlockActs), per row.
-        let block = 3 * c.hidden + 2 + 2 + qkv + q + 2 * kv + q + c.heads + c.up_width() + c.ffn + qk_norm;
+        let block = 3 * c.hidden
+            + 2
+            + 2
+            + qkv
+            + q
+            + 2 * kv
+            + q
+            + c.heads
+            + c.up_width()
+            + c.ffn
+            + qk_norm
+            + post_norms;
         // The backward pass's scratch (backward.rs BackwardBufs), the ones vector included.
         let backward = 2 * c.hidden + c.ffn + c.up_width() + 2 * q + 2 * kv + c.heads + qkv + 1;
         let backward = backward + if c.qk_norm { qkv } else { 0 };
@@ -206,6 +222,16 @@ mod tests {
             "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "head_dim": 16,
             "num_key_value_heads": 2, "rope_theta": 10000, "max_position_embeddings": 32,
             "attention_bias": true, "tie_word_embeddings": false}"#;
+        // Gemma 3 (post-norms, two rotary tables) when its fixture is there.
+        let gemma =
+            crate::testing::model("tiny-gemma3").map(|dir| std::fs::read(dir.join("config.json")).unwrap());
+        let gemma = gemma.as_deref().map(|text| std::str::from_utf8(text).unwrap());
+        let gemma_cases = gemma.map(|g| {
+            [
+                (g, Some(4), WeightFormat::Q8_0, ActivationMemory::Keep),
+                (g, None, WeightFormat::F32, ActivationMemory::Keep),
+            ]
+        });
         let cases = [
             (llama, None, WeightFormat::F32, ActivationMemory::Keep),
             (llama, Some(4), WeightFormat::Q4_0, ActivationMemory::Recompute),
@@ -213,7 +239,7 @@ mod tests {
             (qwen3, None, WeightFormat::F32, ActivationMemory::Recompute),
             (qwen3, Some(4), WeightFormat::Q8_0, ActivationMemory::Keep),
         ];
-        for (config, rank, fmt, memory) in cases {
+        for (config, rank, fmt, memory) in cases.into_iter().chain(gemma_cases.into_iter().flatten()) {
             let cfg = crate::model::load::parse_config(config.as_bytes(), "test").unwrap();
             let host = Weights::random(&cfg, 0);
             let choice = WeightChoice::Format(fmt);
@@ -257,8 +283,11 @@ mod tests {
             let rows = plan.max_rows(budget, u64::MAX, memory) as usize;
             assert_eq!(rows, 1000, "{memory:?}");
             assert!(plan.bytes((1, rows + 1), memory).total() > budget);
-            // The widest rows are the fused [gate | up] projection's, 2 × 96 floats.
-            assert_eq!(plan.max_rows(budget, 2 * 96 * 4 * 10, memory), 10, "the binding caps the rows");
+            // The widest rows are the fused [gate | up] projection's, 2 × 96 floats; its weight,
+            // [192, 64], is the largest, and a binding that cannot hold it fits nothing.
+            assert_eq!(plan.max_rows(budget, 2 * 96 * 4 * 100, memory), 100, "the binding caps the rows");
+            assert_eq!(plan.largest_weight.1, 192 * 64 * 4);
+            assert_eq!(plan.max_rows(budget, 192 * 64 * 4 - 4, memory), 0);
         }
     }
 }
