@@ -410,6 +410,14 @@ impl<'g> Trainer<'g> {
     /// The model with the trained adapters merged into its weights on the GPU (full
     /// fine-tuning: the trained model).
     pub fn into_merged(self) -> Result<GpuModel> {
+        // LoRA over a packed base: the kernels write f32, never into packed blocks.
+        let formats = self.model.formats();
+        if !self.lora.is_empty() && formats != (WeightFormat::F32, WeightFormat::F32) {
+            bail!(
+                "the adapters merge into f32 weights, and this base is {}: merge on the host (keel merge) instead",
+                formats.0.name()
+            );
+        }
         let mut step = crate::gpu::Step::new(self.gpu);
         for (lora, block) in self.lora.iter().zip(&self.model.weights.blocks) {
             lora.record_merge(&mut step, block);
