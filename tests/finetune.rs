@@ -246,7 +246,7 @@ fn diverging_run_stops_and_keeps_its_last_checkpoint() {
 /// A checkpoint loads back into Keel with identical logits.
 #[test]
 fn checkpoint_loads_back_with_identical_logits() {
-    use keel::cpu::optim::AdamW;
+    use keel::ops::optim::AdamW;
     use keel::train::graph::ActivationMemory;
     use keel::train::trainer::{Method, OptimConfig, Trainer};
     let Some(stories) = stories() else { return };

@@ -3,13 +3,13 @@
 
 use super::finetune::ConstrictArgs;
 use super::{load_model_as, LcmArgs, ModelArg};
-use crate::cpu::optim::AdamW;
 use crate::generate::{Sampler, SamplerConfig, Session};
 use crate::gpu::WeightFormat;
 use crate::gpu::{Gpu, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
 use crate::model::{GpuModel, ModelConfig, WeightChoice};
+use crate::ops::optim::AdamW;
 use crate::train::graph::ActivationMemory;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Context, Result};

@@ -5,7 +5,7 @@
 
 use super::finetune::ConstrictArgs;
 use super::{gpu, resolve_model, ModelArg};
-use crate::cpu::optim::AdamW;
+use crate::ops::optim::AdamW;
 use crate::generate::trace::{trace, Trace};
 use crate::gpu::Gpu;
 use crate::metrics::{cosine, widen};

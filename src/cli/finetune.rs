@@ -1,7 +1,7 @@
 //! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
 
 use super::{gpu, resolve_model, LcmArgs, ModelArg};
-use crate::cpu::optim::AdamW;
+use crate::ops::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
 use crate::study::Progress;

@@ -6,7 +6,6 @@
 
 use super::constrict::{ConstrictConfig, Hgc, HgcOn};
 use super::graph::{ActivationMemory, TrainGraph, Trained};
-use crate::cpu::optim::AdamW;
 use crate::gpu::WeightFormat;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::adapter::Lora;
@@ -16,6 +15,7 @@ use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
 use crate::modulate::LcmConfig;
 use crate::ops::cgfm::adaptive_lr;
+use crate::ops::optim::AdamW;
 use crate::ops::optim::{adamw, adamw_apply, adamw_direction, GradNorms};
 use anyhow::{anyhow, bail, Result};
 
