@@ -97,13 +97,13 @@ pub fn train_data(data: &[u8]) -> Result<()> {
     TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, tok, seq_len, 1000).map(drop)
 }
 
-/// `--lcm-scales`, `--lcm-layers` and `--lcm-space` values, one per line.
+/// `--lcm-scales` and `--lcm-layers` values, one per line; a third line, once `--lcm-space`,
+/// is left alone (clap checks that flag), so the kept inputs keep their meaning.
 pub fn lcm_flags(data: &[u8]) -> Result<()> {
     let mut lines = text(data)?.splitn(3, '\n');
     let mut c =
         LcmConfig { scales: modulate::parse_scales(lines.next().unwrap_or(""))?, ..Default::default() };
     c.layers = Some(modulate::parse_layers(lines.next().unwrap_or(""))?);
-    c.space = modulate::parse_space(lines.next().unwrap_or(""))?;
     c.validate(LAYERS)
 }
 

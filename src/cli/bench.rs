@@ -125,7 +125,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
     let lcm = a.lcm.config()?;
-    let m = subject(&a, adapter, a.model.weights()?)?;
+    let m = subject(&a, adapter, a.model.weights())?;
     let cfg = &m.config;
     let total = a.prompt_tokens + a.gen_tokens;
     if total > cfg.max_positions {

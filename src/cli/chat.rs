@@ -116,7 +116,7 @@ pub fn chat(a: ChatArgs, adapter: &Option<String>) -> Result<()> {
     if let Some(c) = &lcm {
         c.validate(host.config.layers)?;
     }
-    let m = upload(host, adapter, a.model.weights()?, t0)?;
+    let m = upload(host, adapter, a.model.weights(), t0)?;
     let (tok, ctx, eos) = (&m.host.tokenizer, m.host.config.max_positions, stop_ids(&template, &m.host));
     // Ctrl-C during a reply stops the reply; at the prompt the line editor sees it as a key.
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -227,16 +227,6 @@ pub enum WeightChoice {
 }
 
 impl WeightChoice {
-    /// Parses `--weights`: auto, f32, f16, q8_0, q4_0 or q4_1.
-    pub fn parse(s: &str) -> Result<WeightChoice> {
-        match s {
-            "auto" => Ok(WeightChoice::Auto),
-            _ => WeightFormat::parse(s)
-                .map(WeightChoice::Format)
-                .ok_or_else(|| anyhow::anyhow!("--weights {s}: expected auto, f32, f16, q8_0, q4_0 or q4_1")),
-        }
-    }
-
     /// The weight's packed (format, words), or None to upload it as f32.
     fn pack(self, t: &HostTensor) -> Option<(WeightFormat, Vec<u32>)> {
         match (self, t.packed_words()) {
