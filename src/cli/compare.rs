@@ -2,6 +2,7 @@
 //! seeds (the study is crate::study); the flags, the report folder written atomically, and
 //! the printed table.
 
+use super::progress::StageBars;
 use super::{load_model, LcmArgs, ModelArg, Ready};
 use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
@@ -112,10 +113,12 @@ fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()
     let m = load_model(&a.model, adapter)?;
     let request = a.study.request();
     let arms = parse_arms(&spec, &name, &request.sampler, m.host.config.layers)?;
-    let plan = Plan::new(&request, prompts, &m.study())?;
+    let bars = StageBars::default();
+    let sm = m.study(&bars);
+    let plan = Plan::new(&request, prompts, &sm)?;
     announce(&m, &plan);
     println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
-    let report = run_arms_study(&m.study(), &plan, &arms, DEFAULT_WINDOW)?;
+    let report = run_arms_study(&sm, &plan, &arms, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
@@ -130,9 +133,11 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     let lcm = lcm_setting(&a.lcm)?;
     let m = load_model(&a.model, adapter)?;
     lcm.validate(m.host.config.layers)?;
-    let plan = Plan::new(&a.study.request(), prompts, &m.study())?;
+    let bars = StageBars::default();
+    let sm = m.study(&bars);
+    let plan = Plan::new(&a.study.request(), prompts, &sm)?;
     announce(&m, &plan);
-    let report = study::compare(&m.study(), &plan, &lcm, DEFAULT_WINDOW)?;
+    let report = study::compare(&sm, &plan, &lcm, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("{}", report.conclusion());

@@ -1,10 +1,10 @@
 //! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
 
+use super::progress::Bar;
 use super::{gpu, resolve_model, LcmArgs, ModelArg};
-use crate::ops::optim::AdamW;
 use crate::model::adapter::Lora;
 use crate::model::save::save_hf_model;
-use crate::study::Progress;
+use crate::ops::optim::AdamW;
 use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig, HgcOn};
 use crate::train::graph::ActivationMemory;
 use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};
@@ -238,7 +238,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
             eprintln!("keel: resuming from {} (after step {} of {})", dir.display(), step, cfg.steps);
         }
     }
-    let mut bar = Progress::new("fine-tuning");
+    let bar = Bar::new("fine-tuning");
     let mut show = |p: &StepProgress| {
         let mut message =
             format!("step {}: loss {:.4}  lr {:.2e}  {:.0} tok/s", p.step, p.loss, p.lr, p.tokens_per_s);

@@ -291,9 +291,9 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// The model as the comparison study uses it.
-    pub fn study(&self) -> crate::study::StudyModel<'_> {
-        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu }
+    /// The model as the comparison study uses it, reporting its stages to `progress`.
+    pub fn study<'a>(&'a self, progress: &'a dyn crate::study::Progress) -> crate::study::StudyModel<'a> {
+        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu, progress }
     }
 }
 
