@@ -2,6 +2,7 @@
 //! API share: finding the model's template, rendering a conversation and encoding it.
 
 use super::{upload, LcmArgs, ModelArg, SamplingArgs};
+pub use crate::chat::render;
 use crate::chat::{self, ChatTemplate};
 use crate::generate::{self, GenerateOptions};
 use crate::model::LoadedModel;
@@ -53,19 +54,6 @@ pub struct TemplateArgs {
 pub fn read_messages(path: &Path) -> Result<(Vec<Value>, Option<Value>)> {
     let bytes = std::fs::read(path).with_context(|| format!("--messages {}: cannot read", path.display()))?;
     chat::parse_messages(&bytes, &format!("--messages {}", path.display()))
-}
-
-/// The conversation rendered and encoded as the model's prompt: (text, ids).
-pub fn render(
-    template: &ChatTemplate,
-    model: &LoadedModel,
-    messages: &[Value],
-    tools: Option<&Value>,
-    add_generation_prompt: bool,
-) -> Result<(String, Vec<u32>)> {
-    let text = template.render(messages, add_generation_prompt, tools)?;
-    let ids = model.tokenizer.encode_plain(&text)?;
-    Ok((text, ids))
 }
 
 /// The ids that end a reply (see [`ChatTemplate::stop_ids`]).

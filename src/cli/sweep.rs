@@ -41,7 +41,7 @@ pub fn run(a: SweepArgs, adapter: &Option<String>) -> Result<()> {
     }
     let bars = StageBars::default();
     let sm = m.study(&bars);
-    let plan = Plan::new(&a.study.request(), prompts, &sm)?;
+    let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     println!("{} settings", settings.len());
     let sweep = sweep(&sm, &plan, &settings, DEFAULT_WINDOW)?;

@@ -5,6 +5,7 @@
 pub mod arms;
 pub mod sweep;
 
+use crate::chat::{render, ChatTemplate};
 use crate::generate::batch::{generate_batch, SeqRequest};
 use crate::generate::trace::{trace, Trace};
 use crate::generate::{self, SamplerConfig};
@@ -17,6 +18,7 @@ use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -60,7 +62,10 @@ struct Budget {
 /// Everything checked and decided before the GPU works.
 pub struct Plan {
     pub prompts: Vec<String>,
+    /// Each prompt's ids: its text, or with a chat template its one user message rendered.
     pub prompt_ids: Vec<Vec<u32>>,
+    /// The ids that end a generation (with a chat template, its end of turn too).
+    pub eos: Vec<u32>,
     pub tokens: usize,
     pub seeds: usize,
     pub reduced: bool,
@@ -69,8 +74,14 @@ pub struct Plan {
 
 impl Plan {
     /// Checks the prompts and budget against the model (errors name the flag or file) and
-    /// picks the budget for the adapter.
-    pub fn new(a: &Request, mut prompts: Vec<String>, m: &StudyModel) -> Result<Plan> {
+    /// picks the budget for the adapter. With `chat`, each prompt is sent as one user message
+    /// through that chat template.
+    pub fn new(
+        a: &Request,
+        mut prompts: Vec<String>,
+        m: &StudyModel,
+        chat: Option<&ChatTemplate>,
+    ) -> Result<Plan> {
         let sampler = a.sampler.clone();
         sampler.validate()?;
         let cpu = m.gpu.info.device_type == wgpu::DeviceType::Cpu;
@@ -79,8 +90,13 @@ impl Plan {
             prompts.truncate(default.prompts);
         }
         let ctx = m.host.config.max_positions;
-        let prompt_ids: Vec<Vec<u32>> =
-            prompts.iter().map(|p| m.host.tokenizer.encode(p)).collect::<Result<_>>()?;
+        let encode = |p: &String| match chat {
+            Some(t) => Ok(render(t, m.host, &[json!({"role": "user", "content": p})], None, true)?.1),
+            None => m.host.tokenizer.encode(p),
+        };
+        let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(encode).collect::<Result<_>>()?;
+        let eos = chat
+            .map_or_else(|| m.host.config.eos.clone(), |t| t.stop_ids(&m.host.config.eos, &m.host.tokenizer));
         let source = a.prompts.as_ref().map_or("the default prompts".into(), |p| p.display().to_string());
         for (i, ids) in prompt_ids.iter().enumerate() {
             if ids.is_empty() {
@@ -100,7 +116,7 @@ impl Plan {
         };
         let seeds = a.seeds.unwrap_or(default.seeds);
         let reduced = cpu && (a.tokens.is_none() || a.seeds.is_none() || a.prompts.is_none());
-        Ok(Plan { prompts, prompt_ids, tokens, seeds, reduced, sampler })
+        Ok(Plan { prompts, prompt_ids, eos, tokens, seeds, reduced, sampler })
     }
 
     /// (prompt, seed) of every generation, prompt-major.
@@ -182,7 +198,7 @@ pub fn generate_arm(
             max_tokens: plan.tokens,
         })
         .collect();
-    let outs = generate_batch(m.gpu, m.gpu_model, &reqs, &m.host.config.eos, lcm, &mut |done, total| {
+    let outs = generate_batch(m.gpu, m.gpu_model, &reqs, &plan.eos, lcm, &mut |done, total| {
         m.progress.update(label, done, total)
     })?;
     units
