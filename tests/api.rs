@@ -7,10 +7,12 @@
 
 mod common;
 
-use common::server::serve_with;
+use common::server::{serve_logging, serve_with};
 use common::*;
 use keel::testing::{golden, model, skip};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 
 fn generate(args: &[&str]) -> Value {
@@ -132,4 +134,77 @@ fn openai_client_gets_keel_generates_replies() {
     for (s, e) in streamed.iter().zip(entries) {
         assert!(s[0] == e[0] && close(&s[1], &e[1]), "{s} vs {e}");
     }
+}
+
+/// One raw HTTP/1.1 exchange with the server: the request's head and body as given, the
+/// whole reply (the server closes the connection).
+fn exchange(port: u16, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+fn post(port: u16, path: &str, body: &Value) -> String {
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    exchange(port, &head, body.as_bytes())
+}
+
+/// A client that hangs up mid-stream stops its generation: the server's log says so after a
+/// few of the 400 tokens asked for, and the next request is served. A body over the bound
+/// gets OpenAI's error object with status 400, and the server stays up.
+#[test]
+fn a_hang_up_stops_generating_and_an_oversized_body_is_refused() {
+    let Some(dir) = model("stories260k") else { return };
+    let tmp = TempDir::new("api-hangup");
+    let log = tmp.path("serve.log");
+    let server = serve_logging(
+        &["--api", "--model", dir.to_str().unwrap()],
+        &std::env::temp_dir().join("keel-no-cache-here"),
+        std::fs::File::create(&log).unwrap(),
+    );
+    let port = server.port;
+    let long = json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 400,
+                      "temperature": 0, "stream": true})
+    .to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n",
+        long.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(long.as_bytes()).unwrap();
+    // The first event is on its way: then hang up.
+    let mut first = [0u8; 256];
+    let got = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..got]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    let short =
+        json!({"model": "stories260k", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0});
+    let reply = post(port, "/v1/completions", &short);
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\"completion_tokens\":4"), "{reply}");
+    // One generation runs at a time, so the first had stopped before this reply was written.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line =
+        logged.lines().find(|l| l.contains("hung up")).unwrap_or_else(|| panic!("no hang-up in {logged:?}"));
+    let tokens: usize =
+        line.split("after ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!(tokens < 100, "stopped after {tokens} of 400 tokens: {line}");
+
+    let over = 4 << 20 | 1;
+    let head =
+        format!("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {over}\r\n\r\n");
+    let reply = exchange(port, &head, b"");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("over 4194304 bytes"), "{body}");
+    let reply = post(port, "/v1/completions", &short);
+    assert!(reply.starts_with("HTTP/1.1 200"), "still up: {reply}");
 }

@@ -213,6 +213,8 @@ impl Api {
             },
         ));
         if hung_up {
+            // The server's log says what a hang-up cost.
+            eprintln!("keel: {}: the client hung up after {} tokens; generation stopped", out.id, ids.len());
             return Ok(String::new());
         }
         // A stop string ends generation through an error of its own, with `finish` set.
