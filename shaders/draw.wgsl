@@ -4,9 +4,9 @@
 // min-p, then the inverse CDF of the kept weights walked in id order at the draw `uniforms[pos]`
 // (drawn on the host from the sampler's seeded stream, one per position). Temperature 0, an
 // infinite best logit or no number at all give the argmax of the penalised logits instead.
-// Like shaders/sample.wgsl's final pass it feeds the pick to the next step (ids[0], row 0 of
-// the row table at the next position), counts it, and writes [id, log-prob, entropy,
-// lse] of the raw logits into `out` at that position. One workgroup does it all: the passes
+// Like stats.wgsl's PICK (greedy decoding) it feeds the pick to the next step (ids[0], row 0
+// of the row table at the next position), counts it, and writes [id, log-prob, entropy, lse]
+// of the raw logits into `out` at that position. One workgroup does it all: the passes
 // over the vocabulary are cheap next to a decode step, and no pass needs another's workgroups.
 //
 // Top-k and top-p become a threshold on the penalised logit's order key plus a count of the

@@ -13,16 +13,17 @@ enable f16;
 // memory and no barrier (wgpu's naga takes subgroup built-ins without `enable subgroups;`).
 // With KVEC4, A and B are read as vec4 and their offsets and strides are in vec4 units, and B
 // may be a packed weight (f16 or quantized, shaders/wfmt.wgsl), dequantized as it is read.
-// Decode prologues, each saving a dispatch: with GATE, A's rows are the fused [gate | up]
-// projection (2k wide) and the kernel reads silu(gate) * up (act.wgsl's SILU_GATE); with NORM,
-// A is the residual stream and the kernel reads its RMSNorm (norm.wgsl), each workgroup
-// summing the squares of its rows of A first (k is small next to the weights it reads).
+// Decode prologues, each replacing the dispatch of the op it is named after: with SILU_GATE,
+// A's rows are the fused [gate | up] projection (2k wide) and the kernel reads silu(gate) * up
+// (act.wgsl with GATED and SILU); with RMSNORM, A is the residual stream and the kernel reads
+// its RMSNorm (norm.wgsl), each workgroup summing the squares of its rows of A first (k is
+// small next to the weights it reads).
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
-    eps: f32,  // NORM
+    eps: f32,  // RMSNORM
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,7 +40,7 @@ alias AElem = vec4<f32>;
 #else
 alias AElem = f32;
 #endif
-#if NORM
+#if RMSNORM
 @group(0) @binding(4) var<storage, read> norm_w: array<AElem>;
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
@@ -50,16 +51,16 @@ alias AElem = f32;
 #endif
 #endif
 
-var<private> rstd: array<f32, MR>;  // NORM: 1 / RMS of each row of A
+var<private> rstd: array<f32, MR>;  // RMSNORM: 1 / RMS of each row of A
 
 // Element kk (of len) of row i of A.
 fn load_a(i: u32, kk: u32, len: u32) -> AElem {
     let row = p.a_off + i * p.a_rs;
-#if GATE
+#if SILU_GATE
     let g = a[row + kk];
     return g / (1.0 + exp(-g)) * a[row + len + kk];
 #else
-#if NORM
+#if RMSNORM
     return a[row + kk] * rstd[i] * norm_w[kk];
 #else
     return a[row + kk];
@@ -90,7 +91,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let len = p.k;
     var x: array<f32, MR>;
 #endif
-#if NORM
+#if RMSNORM
     var sq = vec4<f32>();
     for (var kk = lid; kk < len; kk += WG) {
         for (var i = 0u; i < MR; i++) {

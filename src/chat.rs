@@ -4,6 +4,7 @@
 //! tokens, `raise_exception`, `strftime_now`, `tools`), Jinja's `trim_blocks`/`lstrip_blocks`,
 //! Python's string methods (minijinja-contrib's pycompat) and Python's `json.dumps` for `tojson`.
 
+use crate::model::LoadedModel;
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -188,6 +189,19 @@ impl ChatTemplate {
         let special_tokens = found.map(|t| t.special_tokens).unwrap_or_default();
         Self::new(&source, special_tokens, &format!("--chat-template {}", file.display()))
     }
+}
+
+/// The conversation rendered and encoded as the model's prompt: (text, ids).
+pub fn render(
+    template: &ChatTemplate,
+    model: &LoadedModel,
+    messages: &[Json],
+    tools: Option<&Json>,
+    add_generation_prompt: bool,
+) -> Result<(String, Vec<u32>)> {
+    let text = template.render(messages, add_generation_prompt, tools)?;
+    let ids = model.tokenizer.encode_plain(&text)?;
+    Ok((text, ids))
 }
 
 /// A parsed messages file: an OpenAI-style array of `{"role", "content"}` objects, or an

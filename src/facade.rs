@@ -6,6 +6,7 @@ pub use crate::gpu::{AdapterChoice, Gpu};
 pub use crate::model::load::GenerationDefaults;
 pub use crate::model::{GpuModel, LoadedModel, ModelConfig, WeightChoice};
 pub use crate::modulate::{LcmConfig, Space};
+pub use crate::ops::optim::AdamW;
 pub use crate::tokenize::{TextStream, Tokenizer};
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::train::run::{FinetuneConfig, LoraOptions, Progress, Summary};

@@ -41,6 +41,12 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// [`Tokenizer::encode_plain`] with each token's byte range in `text`.
+    pub fn encode_plain_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().iter().copied().zip(enc.get_offsets().iter().copied()).collect())
+    }
+
     /// The id of a token given by its text (e.g. a special token), if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -6,7 +6,6 @@
 //! (through their JSON form: functions and signals stay on the JS side).
 
 use crate::chat::ChatTemplate;
-use crate::cpu::optim::AdamW;
 use crate::generate::{generate_async, GenerateOptions, SamplerConfig};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::adapter::{parse_targets, Lora};
@@ -18,6 +17,7 @@ use crate::model::load::{
 use crate::model::stream::Streamer;
 use crate::model::{GpuModel, ModelConfig};
 use crate::modulate::LcmConfig;
+use crate::ops::optim::AdamW;
 use crate::tokenize::{TextStream, Tokenizer};
 use crate::train::data::{pack_text, TrainData};
 use crate::train::graph::ActivationMemory;

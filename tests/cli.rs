@@ -499,6 +499,30 @@ fn parse_errors_are_whole_and_point_at_the_help() {
     fails(&["generat"], &["'generat'", "a similar subcommand exists: 'generate'", "see keel --help"]);
 }
 
+/// A flag of a fixed set of words is checked by clap, which names the set; --help lists it.
+#[test]
+fn value_enum_flags_name_their_values() {
+    fails(
+        &["generate", "--prompt", "Hi", "--weights", "q3_0"],
+        &[
+            "invalid value 'q3_0' for '--weights <WEIGHTS>'",
+            "[possible values: auto, f32, f16, q8_0, q4_0, q4_1]",
+        ],
+    );
+    fails(
+        &["finetune", "--data", "d.txt", "--out", "o", "--schedule", "linear"],
+        &[
+            "invalid value 'linear' for '--schedule <SCHEDULE>'",
+            "[possible values: constant, cosine]",
+            "see keel finetune --help",
+        ],
+    );
+    let help = succeeds(&["generate", "--help"]);
+    for value in ["raw:", "normalized:", "q4_1", "auto:"] {
+        assert!(help.contains(value), "{value} in {help}");
+    }
+}
+
 /// `--temperature -1` is a value (then refused by the range check), not an unknown flag.
 #[test]
 fn negative_numbers_are_values() {

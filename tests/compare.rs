@@ -506,3 +506,43 @@ fn a_cpu_adapter_runs_the_reduced_study_and_says_so() {
     assert_eq!(report["runs"].as_array().unwrap().len(), 2 * 8);
     assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("Reduced study"));
 }
+
+/// `--chat`: each prompt goes through the model's chat template, so the baseline's greedy
+/// tokens are `generate --chat`'s (which start from the templated ids), and without it those of
+/// the raw prompt.
+#[test]
+fn chat_prompts_go_through_the_template() {
+    let Some(model) = keel::testing::model("tiny-qwen2") else { return };
+    let m = model.to_str().unwrap();
+    let t = TempDir::new("compare-chat");
+    let prompts = t.path("prompts.txt");
+    std::fs::write(&prompts, "Name a colour.\n").unwrap();
+    let ids = |v: &Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect() };
+    let baseline = |chat: bool| -> Vec<u64> {
+        let out = t.path(if chat { "chat" } else { "plain" });
+        let mut args = vec!["compare", "--model", m, "--prompts", prompts.to_str().unwrap(), "--tokens", "6"];
+        args.extend(["--seeds", "1", "--temperature", "0", "--out", out.to_str().unwrap()]);
+        if chat {
+            args.push("--chat");
+        }
+        succeeds(&args);
+        let csv = std::fs::read_to_string(out.join("tokens.csv")).unwrap();
+        csv_records(&csv).iter().filter(|r| r[0] == "baseline").map(|r| r[4].parse().unwrap()).collect()
+    };
+    let generate = |chat: bool| -> Value {
+        let mut args = vec!["generate", "--model", m, "--prompt", "Name a colour.", "--max-tokens", "6"];
+        args.extend(["--temperature", "0", "--json"]);
+        if chat {
+            args.push("--chat");
+        }
+        serde_json::from_str(succeeds(&args).trim()).unwrap()
+    };
+    let (chat, plain) = (generate(true), generate(false));
+    assert_ne!(chat["prompt_ids"], plain["prompt_ids"], "the template changes the prompt");
+    assert_eq!(baseline(true), ids(&chat["ids"]));
+    assert_eq!(baseline(false), ids(&plain["ids"]));
+    fails(
+        &["compare", "--model", m, "--chat-template", "t.jinja", "--out", t.path("x").to_str().unwrap()],
+        &["--chat-template t.jinja", "--chat"],
+    );
+}

@@ -246,7 +246,7 @@ fn diverging_run_stops_and_keeps_its_last_checkpoint() {
 /// A checkpoint loads back into Keel with identical logits.
 #[test]
 fn checkpoint_loads_back_with_identical_logits() {
-    use keel::cpu::optim::AdamW;
+    use keel::ops::optim::AdamW;
     use keel::train::graph::ActivationMemory;
     use keel::train::trainer::{Method, OptimConfig, Trainer};
     let Some(stories) = stories() else { return };
@@ -580,4 +580,79 @@ fn finetune_plans_memory_and_refuses_what_does_not_fit() {
     fails(&run("--batch 2 --seq-len 32 --weights q8_0"), &["--weights q8_0", "--lora-rank"]);
     succeeds(&run("--batch 2 --seq-len 32 --steps 2 --lora-rank 2 --weights q4_0"));
     assert_eq!(logged_losses(&out).len(), 2);
+}
+
+/// `{"messages": [...]}` rows: step 0's loss is the base model's mean negative log-probability
+/// of the assistant turns' tokens alone (from `keel score` of the rendered conversation, the
+/// turns found in `keel template`'s ids), padding included or not.
+#[test]
+fn chat_rows_train_on_the_assistant_tokens_only() {
+    let Some(model) = keel::testing::model("tiny-qwen2") else { return };
+    let m = model.to_str().unwrap();
+    let t = TempDir::new("chat");
+    let messages = serde_json::json!([
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue, like the sea."},
+        {"role": "user", "content": "And another?"},
+        {"role": "assistant", "content": "Green."}
+    ]);
+    let render = |messages: &serde_json::Value, generation_prompt: bool| -> (String, Vec<u64>) {
+        let file = t.path("messages.json");
+        std::fs::write(&file, messages.to_string()).unwrap();
+        let mut args = vec!["template", "--model", m, "--messages", file.to_str().unwrap(), "--json"];
+        if !generation_prompt {
+            args.push("--no-generation-prompt");
+        }
+        let out: serde_json::Value = serde_json::from_str(succeeds(&args).trim()).unwrap();
+        let ids = out["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        (out["text"].as_str().unwrap().to_string(), ids)
+    };
+    let (text, ids) = render(&messages, false);
+    // The assistant turn's opening: what a generation prompt adds to a conversation.
+    let user = serde_json::json!([messages[0]]);
+    let ((_, bare), (_, opened)) = (render(&user, false), render(&user, true));
+    let opening = &opened[bare.len()..];
+    let im_end = bare[bare.len() - 2];
+    // Assistant tokens: after each opening, through the <|im_end|> that closes the turn.
+    let mut assistant = vec![false; ids.len()];
+    let mut i = 0;
+    while i + opening.len() <= ids.len() {
+        if ids[i..i + opening.len()] == *opening {
+            let start = i + opening.len();
+            let end = start + ids[start..].iter().position(|&x| x == im_end).unwrap();
+            assistant[start..=end].iter_mut().for_each(|a| *a = true);
+            i = end;
+        }
+        i += 1;
+    }
+    let n_assistant = assistant.iter().filter(|&&a| a).count();
+    assert!(n_assistant > 4 && n_assistant < ids.len() / 2, "{n_assistant} of {}", ids.len());
+    // The base model's log-probability of each next token.
+    std::fs::write(t.path("text.txt"), &text).unwrap();
+    let scored: serde_json::Value = serde_json::from_str(
+        succeeds(&["score", "--model", m, "--text-file", t.path("text.txt").to_str().unwrap(), "--json"])
+            .trim(),
+    )
+    .unwrap();
+    let score_ids: Vec<u64> = scored["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(score_ids, ids, "score reads the rendered text as the same ids");
+    let lp: Vec<f64> =
+        scored["next_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let mean_nll = |keep: &dyn Fn(usize) -> bool| {
+        let kept: Vec<f64> = (0..lp.len()).filter(|&t| keep(t + 1)).map(|t| -lp[t]).collect();
+        kept.iter().sum::<f64>() / kept.len() as f64
+    };
+    let want = mean_nll(&|target| assistant[target]);
+    let every_token = mean_nll(&|_| true);
+    assert!((want - every_token).abs() > 0.05, "the check tells the two apart: {want} vs {every_token}");
+    let data = t.path("chat.jsonl");
+    std::fs::write(&data, format!("{}\n", serde_json::json!({"messages": messages}))).unwrap();
+    for pad in [0, 9] {
+        let out = t.path(&format!("run-{pad}"));
+        let flags =
+            format!("--batch 1 --seq-len {} --steps 1 --lr 1e-3 --shuffle false", ids.len() - 1 + pad);
+        succeeds(&finetune_args(m, data.to_str().unwrap(), out.to_str().unwrap(), &flags));
+        let loss = logged_losses(&out)[0].1;
+        assert!((loss - want).abs() < 1e-4 * want.max(1.0), "padding {pad}: step 0's loss {loss} vs {want}");
+    }
 }

@@ -2,9 +2,9 @@
 //! hyper-parameters, Keel's 10 losses and step-0 per-parameter gradient norms must match
 //! `train` in ../shared/golden/*.json.
 
-use keel::cpu::optim::AdamW;
 use keel::gpu::Gpu;
 use keel::model::{self, GpuModel};
+use keel::ops::optim::AdamW;
 use keel::train::graph::ActivationMemory;
 use keel::train::trainer::{Method, OptimConfig, Trainer};
 use serde_json::Value;

@@ -3,6 +3,7 @@
 //! exactly what the fuzzer ran. Each returns the parser's verdict; none may panic.
 
 use anyhow::{anyhow, Result};
+use keel::chat::ChatTemplate;
 use keel::model::{adapter, gguf, load};
 use keel::modulate::{self, LcmConfig};
 use keel::tokenize::Tokenizer;
@@ -87,23 +88,30 @@ pub fn tokenizer_json(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The first byte picks the format (odd: .jsonl) and the sequence length (1 to 64).
+/// The first byte picks the format (odd: .jsonl, whose `{"messages"}` rows go through a small
+/// chat template) and the sequence length (1 to 64).
 pub fn train_data(data: &[u8]) -> Result<()> {
     static TOKENIZER: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+    static TEMPLATE: std::sync::OnceLock<ChatTemplate> = std::sync::OnceLock::new();
     let Some((&mode, rest)) = data.split_first() else { return Ok(()) };
     // Parsed once: parsing it for every input took most of the target's time.
     let tok = TOKENIZER.get_or_init(|| Tokenizer::from_json(WORDS_TOKENIZER, "words").expect("valid"));
+    let template = TEMPLATE.get_or_init(|| {
+        let source = "{% for m in messages %}{{ m.role }} {{ m.content }} {{ eos_token }}{% endfor %}";
+        ChatTemplate::new(source, vec![("eos_token".into(), "end".into())], "fuzz").expect("valid")
+    });
     let seq_len = usize::from(mode >> 1) % 64 + 1;
-    TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, tok, seq_len, 1000).map(drop)
+    TrainData::from_bytes(rest.to_vec(), "fuzz.data", mode & 1 == 1, tok, Some(template), seq_len, 1000)
+        .map(drop)
 }
 
-/// `--lcm-scales`, `--lcm-layers` and `--lcm-space` values, one per line.
+/// `--lcm-scales` and `--lcm-layers` values, one per line; a third line, once `--lcm-space`,
+/// is left alone (clap checks that flag), so the kept inputs keep their meaning.
 pub fn lcm_flags(data: &[u8]) -> Result<()> {
     let mut lines = text(data)?.splitn(3, '\n');
     let mut c =
         LcmConfig { scales: modulate::parse_scales(lines.next().unwrap_or(""))?, ..Default::default() };
     c.layers = Some(modulate::parse_layers(lines.next().unwrap_or(""))?);
-    c.space = modulate::parse_space(lines.next().unwrap_or(""))?;
     c.validate(LAYERS)
 }
 

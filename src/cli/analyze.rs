@@ -54,7 +54,7 @@ pub fn run(a: AnalyzeArgs, adapter: &Option<String>) -> Result<()> {
     if ids.len() > ctx {
         bail!("--text-file {name}: {} tokens exceed the model's context of {ctx} tokens", ids.len());
     }
-    let (tr, segment_of) = trace_ids(&m.study(), &ids, lcm.as_ref())?;
+    let (tr, segment_of) = trace_ids(&m.study(&crate::study::Quiet), &ids, lcm.as_ref())?;
     let msma = tr
         .layers
         .iter()

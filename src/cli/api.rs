@@ -1,14 +1,15 @@
 //! `keel serve --api`: an OpenAI-compatible API beside the demo page. `GET /v1/models`,
 //! `POST /v1/chat/completions` (the model's chat template applied) and `POST /v1/completions`,
 //! each plain or streamed as server-sent events, with `usage`, the sampling fields, stop strings
-//! (matched on the host), `logprobs` and LCM in the extra body field `keel`
+//! (matched on the host), `logprobs` with up to 20 `top_logprobs` alternatives (chat; a
+//! completion's `logprobs: N`) and LCM in the extra body field `keel`
 //! (`{"keel": {"lcm": {"gamma": 0.05}}}`). One generation runs at a time; the others wait
 //! their turn. A client that hangs up stops its generation.
 
 use super::chat::{self, TemplateArg};
 use super::Ready;
 use crate::chat::ChatTemplate;
-use crate::generate::{self, GenerateOptions, SamplerConfig};
+use crate::generate::{self, GenerateOptions, SamplerConfig, Session};
 use crate::modulate::LcmConfig;
 use crate::tokenize::TextStream;
 use anyhow::Result;
@@ -22,6 +23,8 @@ use std::sync::Mutex;
 pub const MAX_BODY: usize = 4 << 20;
 /// `max_tokens` when a request does not say.
 const DEFAULT_MAX_TOKENS: usize = 256;
+/// Most alternatives per token (`top_logprobs`), as OpenAI allows.
+const MAX_TOP_LOGPROBS: usize = 20;
 
 /// The served model and its chat template (None: chat completions are refused, completions work).
 pub struct Api {
@@ -157,7 +160,16 @@ impl Api {
         let opts =
             GenerateOptions { max_tokens, sampler: p.sampler.clone(), eos: eos.clone(), lcm: p.lcm.clone() };
         let tok = &host.tokenizer;
-        let (mut text, mut sent, mut ids, mut logprobs) = (String::new(), 0, Vec::new(), Vec::new());
+        let mut alternatives = match p.top_logprobs {
+            0 => None,
+            n => Some(
+                Alternatives::new(&ready, &prompt, max_tokens, p.lcm.as_ref(), n)
+                    .map_err(|e| ApiError::new(500, format!("{e:#}")))?,
+            ),
+        };
+        let (mut text, mut sent, mut ids) = (String::new(), 0, Vec::new());
+        // Each reported token's log-probability and alternatives; those up to `flushed` went out.
+        let (mut logprobs, mut flushed) = (Vec::new(), 0);
         let mut pieces = TextStream::new(tok);
         let mut finish = "length";
         let mut hung_up = false;
@@ -173,15 +185,20 @@ impl Api {
                     finish = "stop";
                     return Ok(());
                 }
-                logprobs.push((pick.id, pick.logprob));
+                let top = match &mut alternatives {
+                    Some(a) => a.next(pick.id)?,
+                    None => Vec::new(),
+                };
+                logprobs.push(TokenLogprob { id: pick.id, logprob: pick.logprob, top });
                 text.push_str(&pieces.push(pick.id)?);
                 let (end, stopped) = match p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                     Some(at) => (at, true),
                     None => (held_back(&text, &p.stop), false),
                 };
                 if p.stream && end > sent {
-                    out.chunk(&text[sent..end], None).inspect_err(|_| hung_up = true)?;
-                    sent = end;
+                    let lp = p.logprobs.then(|| logprob_json(tok, &logprobs[flushed..], chat, sent));
+                    out.chunk(&text[sent..end], lp, None).inspect_err(|_| hung_up = true)?;
+                    (sent, flushed) = (end, logprobs.len());
                 }
                 if stopped {
                     text.truncate(end);
@@ -196,6 +213,8 @@ impl Api {
             },
         ));
         if hung_up {
+            // The server's log says what a hang-up cost.
+            eprintln!("keel: {}: the client hung up after {} tokens; generation stopped", out.id, ids.len());
             return Ok(String::new());
         }
         // A stop string ends generation through an error of its own, with `finish` set.
@@ -203,12 +222,14 @@ impl Api {
             return Err(ApiError::new(500, format!("{e:#}")));
         }
         let usage = json!({"prompt_tokens": prompt.len(), "completion_tokens": ids.len(), "total_tokens": prompt.len() + ids.len()});
-        let logprobs = p.logprobs.then(|| logprob_json(tok, &logprobs, chat));
         if p.stream {
+            let pending = p.logprobs && flushed < logprobs.len();
+            let rest = pending.then(|| logprob_json(tok, &logprobs[flushed..], chat, sent));
             // A client gone by now has its answer anyway.
-            let _ = out.finish(&text[sent..], finish, p.include_usage.then_some(usage));
+            let _ = out.finish(&text[sent..], rest, finish, p.include_usage.then_some(usage));
             return Ok(String::new());
         }
+        let logprobs = p.logprobs.then(|| logprob_json(tok, &logprobs, chat, 0));
         Ok(out.whole(&text, finish, logprobs, usage).to_string())
     }
 }
@@ -219,6 +240,8 @@ struct Params {
     sampler: SamplerConfig,
     stop: Vec<String>,
     logprobs: bool,
+    /// Alternatives per token (0: the chosen token's log-probability alone).
+    top_logprobs: usize,
     stream: bool,
     include_usage: bool,
     lcm: Option<LcmConfig>,
@@ -278,12 +301,17 @@ impl Params {
         }
         // Chat: `logprobs: true`; completions: `logprobs: N` (the count of alternatives).
         let logprobs = if chat { flag("logprobs")? } else { count("logprobs")?.is_some() };
-        let alternatives = if chat { count("top_logprobs")? } else { count("logprobs")? };
-        if alternatives.unwrap_or(0) > 0 {
+        let (key, alternatives) =
+            if chat { ("top_logprobs", count("top_logprobs")?) } else { ("logprobs", count("logprobs")?) };
+        let top_logprobs = alternatives.unwrap_or(0);
+        if top_logprobs > MAX_TOP_LOGPROBS {
             return Err(bad(
-                Some("top_logprobs"),
-                "top_logprobs is not supported yet: only the chosen tokens' logprobs",
+                Some(key),
+                format!("'{key}' must be at most {MAX_TOP_LOGPROBS}, got {top_logprobs}"),
             ));
+        }
+        if chat && top_logprobs > 0 && !logprobs {
+            return Err(bad(Some(key), "'top_logprobs' needs 'logprobs': true"));
         }
         let lcm = match req.get("keel").and_then(|k| k.get("lcm")) {
             None | Some(Value::Null) => None,
@@ -298,6 +326,7 @@ impl Params {
             sampler,
             stop,
             logprobs,
+            top_logprobs,
             stream: flag("stream")?,
             include_usage: include_usage.unwrap_or(false),
             lcm,
@@ -328,26 +357,107 @@ fn peer_closed(socket: &TcpStream) -> bool {
     closed
 }
 
-fn logprob_json(tok: &crate::tokenize::Tokenizer, picks: &[(u32, f32)], chat: bool) -> Value {
-    let tokens: Vec<(String, f32)> =
-        picks.iter().map(|&(id, lp)| (tok.decode(&[id]).unwrap_or_default(), lp)).collect();
+/// A generated token as `logprobs` reports it.
+struct TokenLogprob {
+    id: u32,
+    /// Its log-probability under the model (the raw logits, whatever the sampler did).
+    logprob: f32,
+    /// The most likely tokens at its position with their log-probabilities, best first.
+    top: Vec<(u32, f32)>,
+}
+
+/// The model's distribution at each generated position for `top_logprobs`: a second session
+/// fed the prompt and then each pick, as the generation saw them (LCM included).
+struct Alternatives<'m> {
+    session: Session<'m>,
+    /// Logits of the position the next pick is made at.
+    logits: Vec<f32>,
+    n: usize,
+}
+
+impl<'m> Alternatives<'m> {
+    fn new(
+        ready: &'m Ready,
+        prompt: &[u32],
+        max_tokens: usize,
+        lcm: Option<&LcmConfig>,
+        n: usize,
+    ) -> Result<Self> {
+        let mut session = Session::new(ready.gpu, &ready.gpu_model, prompt.len() + max_tokens, lcm)?;
+        let logits = session.feed(prompt, None)?.last_logits;
+        Ok(Alternatives { session, logits, n })
+    }
+
+    /// The alternatives at the current position; then moves past `id`.
+    fn next(&mut self, id: u32) -> Result<Vec<(u32, f32)>> {
+        let top = top_logprobs(&self.logits, self.n);
+        // The last position's successor is never asked for (and has no room in the cache).
+        if self.session.len < self.session.cache.len {
+            self.logits = self.session.feed(&[id], None)?.last_logits;
+        }
+        Ok(top)
+    }
+}
+
+/// The `n` largest entries of log-softmax(`logits`) as (id, log-probability), best first,
+/// ties to the lower id.
+fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
+    let better = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(order.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, better);
+        order.truncate(n);
+        order.sort_by(better);
+    }
+    order.into_iter().map(|i| (i, (logits[i as usize] as f64 - lse) as f32)).collect()
+}
+
+/// OpenAI's `logprobs` object of `tokens`: chat's `content` list, or a completion's parallel
+/// lists with each token's offset in the text, counted from `offset` (a stream chunk's start).
+fn logprob_json(
+    tok: &crate::tokenize::Tokenizer,
+    tokens: &[TokenLogprob],
+    chat: bool,
+    offset: usize,
+) -> Value {
+    let text = |id: u32| tok.decode(&[id]).unwrap_or_default();
     if chat {
+        let entry = |id: u32, lp: f32| {
+            let t = text(id);
+            json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+        };
         let content: Vec<Value> = tokens
             .iter()
-            .map(|(t, lp)| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}))
+            .map(|t| {
+                let mut e = entry(t.id, t.logprob);
+                e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                e
+            })
             .collect();
         json!({"content": content})
     } else {
-        let offsets: Vec<usize> = tokens
+        let texts: Vec<String> = tokens.iter().map(|t| text(t.id)).collect();
+        let offsets: Vec<usize> = texts
             .iter()
-            .scan(0, |at, (t, _)| {
+            .scan(offset, |at, t| {
                 *at += t.len();
                 Some(*at - t.len())
             })
             .collect();
-        json!({"tokens": tokens.iter().map(|t| &t.0).collect::<Vec<_>>(),
-               "token_logprobs": tokens.iter().map(|t| t.1).collect::<Vec<_>>(),
-               "top_logprobs": null, "text_offset": offsets})
+        // Alternatives were asked for where a token has them (every token has at least one).
+        let top = tokens.iter().any(|t| !t.top.is_empty()).then(|| {
+            tokens
+                .iter()
+                .map(|t| {
+                    t.top.iter().map(|&(id, lp)| (text(id), json!(lp))).collect::<serde_json::Map<_, _>>()
+                })
+                .collect::<Vec<_>>()
+        });
+        json!({"tokens": texts, "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+               "top_logprobs": top, "text_offset": offsets})
     }
 }
 
@@ -397,22 +507,31 @@ impl Output<'_> {
         Ok(())
     }
 
-    fn chunk(&mut self, piece: &str, finish: Option<&str>) -> std::io::Result<()> {
+    fn chunk(&mut self, piece: &str, logprobs: Option<Value>, finish: Option<&str>) -> std::io::Result<()> {
         let choice = if self.chat {
             let delta = if piece.is_empty() { json!({}) } else { json!({"content": piece}) };
-            json!({"index": 0, "delta": delta, "finish_reason": finish})
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
         } else {
-            json!({"index": 0, "text": piece, "logprobs": null, "finish_reason": finish})
+            json!({"index": 0, "text": piece, "logprobs": logprobs, "finish_reason": finish})
         };
         let v = self.envelope(json!([choice]));
         self.event(&v)
     }
 
-    fn finish(&mut self, rest: &str, finish: &str, usage: Option<Value>) -> std::io::Result<()> {
-        if !rest.is_empty() {
-            self.chunk(rest, None)?;
+    /// The rest of the text (with its tokens' `logprobs`), the finish reason, the usage.
+    fn finish(
+        &mut self,
+        rest: &str,
+        logprobs: Option<Value>,
+        finish: &str,
+        usage: Option<Value>,
+    ) -> std::io::Result<()> {
+        if rest.is_empty() {
+            self.chunk("", logprobs, Some(finish))?;
+        } else {
+            self.chunk(rest, logprobs, None)?;
+            self.chunk("", None, Some(finish))?;
         }
-        self.chunk("", Some(finish))?;
         if let Some(usage) = usage {
             let mut v = self.envelope(json!([]));
             v["usage"] = usage;
@@ -444,6 +563,19 @@ mod tests {
         assert_eq!(held_back("Hello E", &stops), 6);
         assert_eq!(held_back("Hello EN", &stops), 6);
         assert_eq!(held_back("", &stops), 0);
+    }
+
+    #[test]
+    fn top_logprobs_are_the_log_softmax_best_first() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let lse = logits.iter().map(|&z| (z as f64).exp()).sum::<f64>().ln();
+        let top = top_logprobs(&logits, 3);
+        let want = [(1u32, 3.0 - lse), (3, 3.0 - lse), (0, 1.0 - lse)];
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 0], "ties to the lower id");
+        for (&(_, got), (_, want)) in top.iter().zip(want) {
+            assert!((got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(top_logprobs(&logits, 9).len(), 5);
     }
 
     #[test]

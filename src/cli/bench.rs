@@ -3,13 +3,13 @@
 
 use super::finetune::{plan_run, ConstrictArgs, PlanArgs};
 use super::{load_model_as, LcmArgs, ModelArg};
-use crate::cpu::optim::AdamW;
 use crate::generate::{Sampler, SamplerConfig, Session};
 use crate::gpu::WeightFormat;
 use crate::gpu::{Gpu, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
 use crate::model::{GpuModel, ModelConfig, WeightChoice};
+use crate::ops::optim::AdamW;
 use crate::train::graph::ActivationMemory;
 use crate::train::memory::{MemoryPlan, Trained};
 use crate::train::trainer::{Method, OptimConfig, Trainer};
@@ -129,7 +129,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         bail!("--prompt-tokens and --repeats must be at least 1");
     }
     let lcm = a.lcm.config()?;
-    let m = subject(&a, adapter, a.model.weights()?)?;
+    let m = subject(&a, adapter, a.model.weights())?;
     let cfg = &m.config;
     let total = a.prompt_tokens + a.gen_tokens;
     if total > cfg.max_positions {

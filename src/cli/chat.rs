@@ -2,6 +2,7 @@
 //! API share: finding the model's template, rendering a conversation and encoding it.
 
 use super::{upload, LcmArgs, ModelArg, SamplingArgs};
+pub use crate::chat::render;
 use crate::chat::{self, ChatTemplate};
 use crate::generate::{self, GenerateOptions};
 use crate::model::LoadedModel;
@@ -55,19 +56,6 @@ pub fn read_messages(path: &Path) -> Result<(Vec<Value>, Option<Value>)> {
     chat::parse_messages(&bytes, &format!("--messages {}", path.display()))
 }
 
-/// The conversation rendered and encoded as the model's prompt: (text, ids).
-pub fn render(
-    template: &ChatTemplate,
-    model: &LoadedModel,
-    messages: &[Value],
-    tools: Option<&Value>,
-    add_generation_prompt: bool,
-) -> Result<(String, Vec<u32>)> {
-    let text = template.render(messages, add_generation_prompt, tools)?;
-    let ids = model.tokenizer.encode_plain(&text)?;
-    Ok((text, ids))
-}
-
 /// The ids that end a reply (see [`ChatTemplate::stop_ids`]).
 pub fn stop_ids(template: &ChatTemplate, model: &LoadedModel) -> Vec<u32> {
     template.stop_ids(&model.config.eos, &model.tokenizer)
@@ -116,7 +104,7 @@ pub fn chat(a: ChatArgs, adapter: &Option<String>) -> Result<()> {
     if let Some(c) = &lcm {
         c.validate(host.config.layers)?;
     }
-    let m = upload(host, adapter, a.model.weights()?, t0)?;
+    let m = upload(host, adapter, a.model.weights(), t0)?;
     let (tok, ctx, eos) = (&m.host.tokenizer, m.host.config.max_positions, stop_ids(&template, &m.host));
     // Ctrl-C during a reply stops the reply; at the prompt the line editor sees it as a key.
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -2,9 +2,13 @@
 //! seeds (the study is crate::study); the flags, the report folder written atomically, and
 //! the printed table.
 
+use super::chat::TemplateArg;
+use super::progress::StageBars;
 use super::{load_model, LcmArgs, ModelArg, Ready};
+use crate::chat::ChatTemplate;
 use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
+use crate::model::LoadedModel;
 use crate::modulate::LcmConfig;
 use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
@@ -32,6 +36,11 @@ pub struct StudyArgs {
     /// Nucleus sampling of both arms: keep the smallest set with this much probability
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Send each prompt as one user message through the model's chat template
+    #[arg(long)]
+    pub chat: bool,
+    #[command(flatten)]
+    pub template: TemplateArg,
     /// Output folder (replaced as a whole when the report is complete)
     #[arg(long, default_value = "keel-report")]
     pub out: PathBuf,
@@ -65,7 +74,15 @@ impl StudyArgs {
         if self.tokens == Some(0) {
             bail!("--tokens must be at least 1");
         }
+        if let (false, Some(file)) = (self.chat, &self.template.chat_template) {
+            bail!("--chat-template {}: applies with --chat only", file.display());
+        }
         load_prompts(self.prompts.as_deref())
+    }
+
+    /// The chat template the prompts go through (`--chat`), or None for plain prompts.
+    pub fn chat_template(&self, model: &LoadedModel) -> Result<Option<ChatTemplate>> {
+        self.chat.then(|| self.template.load(model)).transpose()
     }
 
     /// The study's request: the budget flags and the sampling every arm starts from.
@@ -112,10 +129,12 @@ fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()
     let m = load_model(&a.model, adapter)?;
     let request = a.study.request();
     let arms = parse_arms(&spec, &name, &request.sampler, m.host.config.layers)?;
-    let plan = Plan::new(&request, prompts, &m.study())?;
+    let bars = StageBars::default();
+    let sm = m.study(&bars);
+    let plan = Plan::new(&request, prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
-    let report = run_arms_study(&m.study(), &plan, &arms, DEFAULT_WINDOW)?;
+    let report = run_arms_study(&sm, &plan, &arms, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
@@ -130,9 +149,11 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     let lcm = lcm_setting(&a.lcm)?;
     let m = load_model(&a.model, adapter)?;
     lcm.validate(m.host.config.layers)?;
-    let plan = Plan::new(&a.study.request(), prompts, &m.study())?;
+    let bars = StageBars::default();
+    let sm = m.study(&bars);
+    let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
-    let report = study::compare(&m.study(), &plan, &lcm, DEFAULT_WINDOW)?;
+    let report = study::compare(&sm, &plan, &lcm, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("{}", report.conclusion());

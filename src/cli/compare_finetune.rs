@@ -4,14 +4,15 @@
 //! representation drift; the output folder is staged and renamed into place as a whole.
 
 use super::finetune::ConstrictArgs;
+use super::progress::Bar;
 use super::{gpu, resolve_model, ModelArg};
-use crate::cpu::optim::AdamW;
 use crate::generate::trace::{trace, Trace};
 use crate::gpu::Gpu;
 use crate::metrics::{cosine, widen};
 use crate::model::{GpuModel, LoadedModel};
+use crate::ops::optim::AdamW;
 use crate::report::finetune::{ArmRun, FinetuneComparison, CONSTRICTED, PLAIN};
-use crate::study::{Progress, PROJ_DIM};
+use crate::study::PROJ_DIM;
 use crate::train::constrict::ConstrictConfig;
 use crate::train::graph::ActivationMemory;
 use crate::train::log::read_log;
@@ -146,7 +147,7 @@ pub fn run(a: CompareFinetuneArgs, adapter: &Option<String>) -> Result<()> {
         let mut runs: Vec<Vec<ArmRun>> = vec![Vec::new(), Vec::new()];
         for (k, (arm, constrict)) in arms.iter().enumerate() {
             let mut log = String::new();
-            let mut progress = Progress::new(format!("{arm}: fine-tuning"));
+            let progress = Bar::new(format!("{arm}: fine-tuning"));
             for seed in 0..a.seeds as u64 {
                 progress.update(seed as usize, a.seeds);
                 let work = dir.join(format!(".work-{arm}-{seed}"));

@@ -1,13 +1,13 @@
 //! `keel finetune` (full or LoRA, with checkpoints and resume) and `keel merge`.
 
+use super::progress::Bar;
 use super::{gpu, resolve_model, LcmArgs, ModelArg};
-use crate::cpu::optim::AdamW;
 use crate::gpu::WeightFormat;
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::save::save_hf_model;
 use crate::model::WeightChoice;
-use crate::study::Progress;
-use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig};
+use crate::ops::optim::AdamW;
+use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig, HgcOn};
 use crate::train::graph::ActivationMemory;
 use crate::train::memory::{stored_formats, MemoryPlan, Trained};
 use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};
@@ -60,9 +60,9 @@ pub struct FinetuneArgs {
     /// Linear warmup steps
     #[arg(long, default_value_t = 0)]
     warmup: usize,
-    /// constant or cosine (after the warmup)
-    #[arg(long, default_value = "constant")]
-    schedule: String,
+    /// The rate after the warmup
+    #[arg(long, value_enum, default_value_t = Schedule::Constant)]
+    schedule: Schedule,
     /// Clip the global gradient norm (0 = off)
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
@@ -238,8 +238,8 @@ pub struct ConstrictArgs {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub hgc_normalized: bool,
     /// HGC acts on the gradient (before AdamW) or on AdamW's update
-    #[arg(long, default_value = "gradient")]
-    pub hgc_on: String,
+    #[arg(long, value_enum, default_value_t = HgcOn::Gradient)]
+    pub hgc_on: HgcOn,
     /// Weight of the alignment loss between adjacent blocks' normalised outputs (0 = off)
     #[arg(long, default_value_t = 0.0)]
     pub align_beta: f32,
@@ -277,7 +277,7 @@ impl ConstrictArgs {
                 mu: self.hgc_mu,
                 depth_slope: self.hgc_depth_slope,
                 normalized: self.hgc_normalized,
-                on: self.hgc_on.parse()?,
+                on: self.hgc_on,
             },
             align_beta: self.align_beta,
             cgfm: CgfmConfig { local: self.cgfm_local, global: self.cgfm_global, adaptive_lr },
@@ -311,7 +311,6 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
     if !(a.grad_clip.is_finite() && a.grad_clip >= 0.0) {
         bail!("--grad-clip must be 0 (off) or positive, got {}", a.grad_clip);
     }
-    let schedule: Schedule = a.schedule.parse()?;
     let lora = a.lora_rank.map(|rank| LoraOptions {
         rank,
         alpha: a.lora_alpha.unwrap_or(2.0 * rank as f32),
@@ -335,7 +334,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
             weight_decay: a.weight_decay,
         },
         warmup: a.warmup,
-        schedule,
+        schedule: a.schedule,
         grad_clip: a.grad_clip,
         decay_norms_biases: !a.no_decay_norms_biases,
         lora,
@@ -376,7 +375,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
             eprintln!("keel: resuming from {} (after step {} of {})", dir.display(), step, cfg.steps);
         }
     }
-    let mut bar = Progress::new("fine-tuning");
+    let bar = Bar::new("fine-tuning");
     let mut show = |p: &StepProgress| {
         let mut message =
             format!("step {}: loss {:.4}  lr {:.2e}  {:.0} tok/s", p.step, p.loss, p.lr, p.tokens_per_s);

@@ -83,21 +83,42 @@ pub struct ModelArg {
     #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// GPU format of the linear layers' weights: auto (f32; a GGUF file's own
-    /// F16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K), f32, f16, q8_0, q4_0 or q4_1
-    #[arg(long, default_value = "auto")]
-    pub weights: String,
+    /// GPU format of the linear layers' weights
+    #[arg(long, value_enum, default_value_t = WeightsFlag::Auto)]
+    pub weights: WeightsFlag,
+}
+
+/// `--weights`' values: the library's [`WeightChoice`] for the formats Keel quantizes to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum WeightsFlag {
+    /// f32, except a GGUF file's own F16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K weights, kept packed
+    Auto,
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
 }
 
 impl ModelArg {
-    pub fn weights(&self) -> Result<WeightChoice> {
-        WeightChoice::parse(&self.weights)
+    pub fn weights(&self) -> WeightChoice {
+        match self.weights {
+            WeightsFlag::Auto => WeightChoice::Auto,
+            WeightsFlag::F32 => WeightChoice::Format(WeightFormat::F32),
+            WeightsFlag::F16 => WeightChoice::Format(WeightFormat::F16),
+            WeightsFlag::Q8_0 => WeightChoice::Format(WeightFormat::Q8_0),
+            WeightsFlag::Q4_0 => WeightChoice::Format(WeightFormat::Q4_0),
+            WeightsFlag::Q4_1 => WeightChoice::Format(WeightFormat::Q4_1),
+        }
     }
 
     /// Full fine-tuning reads and updates f32 weights: `auto` means f32 there (a GGUF is
     /// dequantized), any other format than f32 is refused (LoRA takes them all).
     pub fn require_f32(&self, command: &str) -> Result<()> {
-        match self.weights()? {
+        match self.weights() {
             WeightChoice::Auto | WeightChoice::Format(WeightFormat::F32) => Ok(()),
             WeightChoice::Format(f) => anyhow::bail!(
                 "--weights {}: {command} trains f32 weights (use --weights f32 or auto, or add --lora-rank to train adapters over the packed base)",
@@ -203,9 +224,9 @@ pub struct LcmArgs {
     /// Leave positions 0..N out of the scan (attention sinks)
     #[arg(long)]
     pub lcm_sink: Option<usize>,
-    /// raw or normalized (act on directions)
+    /// Where the states are compared and pulled
     #[arg(long)]
-    pub lcm_space: Option<String>,
+    pub lcm_space: Option<modulate::Space>,
     /// JSON object with the golden files' lcm_config keys
     #[arg(long)]
     pub lcm_config: Option<PathBuf>,
@@ -249,8 +270,8 @@ impl LcmArgs {
         if let Some(s) = &self.lcm_scales {
             c.scales = modulate::parse_scales(s)?;
         }
-        if let Some(s) = &self.lcm_space {
-            c.space = modulate::parse_space(s)?;
+        if let Some(s) = self.lcm_space {
+            c.space = s;
         }
         Ok(Some(c))
     }
@@ -270,9 +291,9 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// The model as the comparison study uses it.
-    pub fn study(&self) -> crate::study::StudyModel<'_> {
-        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu }
+    /// The model as the comparison study uses it, reporting its stages to `progress`.
+    pub fn study<'a>(&'a self, progress: &'a dyn crate::study::Progress) -> crate::study::StudyModel<'a> {
+        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu, progress }
     }
 }
 
@@ -281,7 +302,7 @@ fn resolve_model(arg: &ModelArg) -> Result<PathBuf> {
 }
 
 pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
-    load_model_as(arg, adapter, arg.weights()?)
+    load_model_as(arg, adapter, arg.weights())
 }
 
 /// [`load_model`] with the weight format given (training: f32 whatever `--weights` says).
@@ -341,10 +362,10 @@ fn command() -> clap::Command {
 }
 
 /// clap's whole message as one line (its tips included, its usage block left out), ending
-/// with where to look: `see keel generate --help`.
-fn one_line_parse_error(rendered: &str) -> String {
+/// with where to look: `see keel generate --help` (the usage line's command, else `command`).
+fn one_line_parse_error(rendered: &str, command: &str) -> String {
     let mut parts = Vec::new();
-    let mut command = "keel".to_string();
+    let mut command = command.to_string();
     for line in rendered.lines().map(str::trim) {
         if let Some(usage) = line.strip_prefix("Usage: ") {
             // "Usage: keel generate [OPTIONS] --prompt <PROMPT>" names the command.
@@ -378,7 +399,11 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            eprintln!("error: {}", one_line_parse_error(&e.render().to_string()));
+            // A wrong value's message has no usage line: the arguments name the command.
+            let cmd = command();
+            let sub = std::env::args().skip(1).find(|a| cmd.find_subcommand(a).is_some());
+            let named = sub.map_or("keel".to_string(), |s| format!("keel {s}"));
+            eprintln!("error: {}", one_line_parse_error(&e.render().to_string(), &named));
             return 2;
         }
     };
@@ -425,7 +450,7 @@ mod tests {
                         '--max-tokens'\n\nUsage: keel generate [OPTIONS] --prompt <PROMPT>\n\nFor more \
                         information, try '--help'.\n";
         assert_eq!(
-            one_line_parse_error(rendered),
+            one_line_parse_error(rendered, "keel"),
             "unexpected argument '--max-token' found (tip: a similar argument exists: '--max-tokens'); \
              see keel generate --help"
         );

@@ -73,7 +73,8 @@ pub fn run(a: ServeArgs, adapter: &Option<String>) -> Result<()> {
     }
     let api = match a.api {
         true => {
-            let model = super::ModelArg { model: a.model.first().cloned(), weights: "auto".into() };
+            let model =
+                super::ModelArg { model: a.model.first().cloned(), weights: super::WeightsFlag::Auto };
             Some(super::api::Api::new(super::load_model(&model, adapter)?, &a.template)?)
         }
         false => None,

@@ -2,6 +2,7 @@
 //! and seeds; the paired changes, their Pareto front, report.json and report.html.
 
 use super::compare::{announce, StudyArgs};
+use super::progress::StageBars;
 use super::{load_model, ModelArg};
 use crate::metrics::sequence::DEFAULT_WINDOW;
 use crate::study::sweep::{expand_grid, sweep};
@@ -38,8 +39,9 @@ pub fn run(a: SweepArgs, adapter: &Option<String>) -> Result<()> {
     if settings.is_empty() {
         bail!("{file}: no settings");
     }
-    let sm = m.study();
-    let plan = Plan::new(&a.study.request(), prompts, &sm)?;
+    let bars = StageBars::default();
+    let sm = m.study(&bars);
+    let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     println!("{} settings", settings.len());
     let sweep = sweep(&sm, &plan, &settings, DEFAULT_WINDOW)?;

@@ -116,7 +116,7 @@ pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
         // clap requires --prompt when --messages is absent.
         None => (host.tokenizer.encode(a.prompt.as_deref().unwrap_or_default())?, host.config.eos.clone()),
     };
-    let m = upload(host, adapter, a.model.weights()?, t0)?;
+    let m = upload(host, adapter, a.model.weights(), t0)?;
     let opts = GenerateOptions { max_tokens: a.max_tokens, sampler, eos: eos.clone(), lcm };
     let tok = &m.host.tokenizer;
     let mut stream = TextStream::new(tok);

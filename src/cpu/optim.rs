@@ -1,14 +1,6 @@
 //! Reference AdamW step (torch.optim.AdamW's arithmetic, in f64).
 
-/// AdamW's hyper-parameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamW {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
+use crate::ops::optim::AdamW;
 
 /// One AdamW update of `param` at step `t` (1-based) with gradient `grad` times `clip`.
 pub fn adamw_step(

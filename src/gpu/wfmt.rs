@@ -69,11 +69,6 @@ impl WeightFormat {
         }
     }
 
-    /// The quantizable format of this name.
-    pub fn parse(s: &str) -> Option<WeightFormat> {
-        WeightFormat::QUANTIZABLE.into_iter().find(|f| f.name() == s)
-    }
-
     /// Elements per block.
     pub fn block_elements(self) -> usize {
         match self {

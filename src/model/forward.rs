@@ -42,7 +42,7 @@ pub struct KvCache {
     pub k: Vec<Tensor>,
     pub v: Vec<Tensor>,
     /// Per-chunk results of the decode attention, shared by the layers
-    /// (see [`attention::decode_attention`]).
+    /// (see [`attention::rope_kv_attention_decode`]).
     pub part: Tensor,
     pub seqs: usize,
     pub len: usize,
@@ -166,7 +166,7 @@ pub struct BlockIo<'a> {
     pub v_cache: &'a Tensor,
     pub att: &'a Tensor,
     pub lse: &'a Tensor,
-    /// Working space of [`attention::decode_attention`]. Some (inference) enables the decode
+    /// Working space of [`attention::rope_kv_attention_decode`]. Some (inference) enables the decode
     /// fusions: that attention for single-query rows (spans of 1), and the RMSNorms and the
     /// SiLU gate applied by the matrix-vector products that read them. Training leaves it
     /// None: its backward pass reads `q`, `xn1`, `xn2` and `act`, which those skip.
@@ -227,16 +227,6 @@ pub enum WeightChoice {
 }
 
 impl WeightChoice {
-    /// Parses `--weights`: auto, f32, f16, q8_0, q4_0 or q4_1.
-    pub fn parse(s: &str) -> Result<WeightChoice> {
-        match s {
-            "auto" => Ok(WeightChoice::Auto),
-            _ => WeightFormat::parse(s)
-                .map(WeightChoice::Format)
-                .ok_or_else(|| anyhow::anyhow!("--weights {s}: expected auto, f32, f16, q8_0, q4_0 or q4_1")),
-        }
-    }
-
     /// The format Keel's tensor `name` of `shape`, stored as `stored`, gets on the GPU under
     /// this choice (`lm_head` for a tied head's copy of the embedding), decided without
     /// packing anything.
@@ -596,7 +586,7 @@ impl GpuModel {
         let kv = (io.k_cache, io.v_cache);
         let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
         let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
-            attention::decode_attention(
+            attention::rope_kv_attention_decode(
                 step,
                 io.qkv,
                 rows,

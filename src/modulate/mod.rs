@@ -12,10 +12,11 @@ use serde_json::Value;
 
 /// Where LCM compares and pulls hidden states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Space {
-    /// The residual stream as it is.
+    /// The residual stream as it is
     Raw,
-    /// Directions: the states divided by their norms.
+    /// Directions: the states divided by their norms
     Normalized,
 }
 
@@ -190,19 +191,17 @@ impl LcmConfig {
                         })
                         .collect::<Result<_>>()?;
                 }
-                "space" => c.space = parse_space(x.as_str().unwrap_or(""))?,
+                "space" => {
+                    c.space = match x.as_str() {
+                        Some("raw") => Space::Raw,
+                        Some("normalized") => Space::Normalized,
+                        _ => bail!("{file}: 'space' must be \"raw\" or \"normalized\", got {x}"),
+                    }
+                }
                 other => bail!("{file}: unknown LCM key '{other}'"),
             }
         }
         Ok(c)
-    }
-}
-
-pub fn parse_space(s: &str) -> Result<Space> {
-    match s {
-        "raw" => Ok(Space::Raw),
-        "normalized" => Ok(Space::Normalized),
-        _ => bail!("--lcm-space must be raw or normalized, got '{s}'"),
     }
 }
 

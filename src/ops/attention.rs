@@ -110,7 +110,7 @@ const DECODE_KV_TILE: usize = 2080;
 const DECODE_MAX_SCORES: usize = 512;
 const DECODE_MAX_CHUNK: usize = 64;
 
-/// Cache positions per workgroup of [`decode_attention`], or None where the head shape does
+/// Cache positions per workgroup of [`rope_kv_attention_decode`], or None where the head shape does
 /// not fit its workgroup memory (such models keep `rope_kv` + [`attention`] for every row).
 pub fn decode_chunk(heads: HeadShape) -> Option<usize> {
     let group = heads.n_q / heads.n_kv;
@@ -119,7 +119,7 @@ pub fn decode_chunk(heads: HeadShape) -> Option<usize> {
     fits.then(|| (DECODE_KV_TILE / (heads.dim + 1)).min(DECODE_MAX_SCORES / group).min(DECODE_MAX_CHUNK))
 }
 
-/// Floats of the per-chunk results [`decode_attention`] keeps for `seqs` sequences of
+/// Floats of the per-chunk results [`rope_kv_attention_decode`] keeps for `seqs` sequences of
 /// `cache_len` positions (0 where [`decode_chunk`] is None).
 pub fn decode_part_len(heads: HeadShape, seqs: usize, cache_len: usize) -> usize {
     decode_chunk(heads).map_or(0, |chunk| seqs * heads.n_q * cache_len.div_ceil(chunk) * (heads.dim + 2))
@@ -132,7 +132,7 @@ pub fn decode_part_len(heads: HeadShape, seqs: usize, cache_len: usize) -> usize
 /// then combined into `out` and `lse`. Two dispatches; a row's result depends only on its
 /// own (sequence, position) and data.
 #[allow(clippy::too_many_arguments)]
-pub fn decode_attention(
+pub fn rope_kv_attention_decode(
     step: &mut Step,
     qkv: &Tensor,
     rows: &Tensor,
@@ -146,12 +146,14 @@ pub fn decode_attention(
     // CPU adapters pay per thread at every barrier: 64 threads there doubled SwiftShader's
     // decode; GPUs need the 256 (see the shader).
     let threads = if step.gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 256 };
-    decode_attention_threads(step, qkv, rows, heads, tables, caches, part, outputs, rows_range, threads);
+    rope_kv_attention_decode_threads(
+        step, qkv, rows, heads, tables, caches, part, outputs, rows_range, threads,
+    );
 }
 
-/// [`decode_attention`] with `threads` per workgroup of the split pass (64 or 256).
+/// [`rope_kv_attention_decode`] with `threads` per workgroup of the split pass (64 or 256).
 #[allow(clippy::too_many_arguments)]
-fn decode_attention_threads(
+fn rope_kv_attention_decode_threads(
     step: &mut Step,
     qkv: &Tensor,
     rows: &Tensor,
@@ -163,7 +165,8 @@ fn decode_attention_threads(
     (first, n_rows): (usize, usize),
     threads: u32,
 ) {
-    let chunk = decode_chunk(heads).expect("decode_attention: head shape outside the decode kernel's limits");
+    let chunk =
+        decode_chunk(heads).expect("rope_kv_attention_decode: head shape outside the decode kernel's limits");
     let (seqs, cache_len) = (k_cache.shape[0], k_cache.shape[1]);
     let end = first + n_rows;
     assert_eq!(k_cache.shape[2..], [heads.n_kv, heads.dim]);
@@ -330,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn decode_attention_matches_cpu() {
+    fn rope_kv_attention_decode_matches_cpu() {
         let gpu = gpu();
         let len = 700;
         // Row 0 is left out (first row 1); the others see 1, 63, 64, 65 and 700 positions.
@@ -369,7 +372,7 @@ mod tests {
                 let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
                 let mut step = Step::new(gpu);
                 let tables = rope.then_some((&cos_t, &sin_t));
-                decode_attention_threads(
+                rope_kv_attention_decode_threads(
                     &mut step,
                     &qkv_t,
                     &rt,

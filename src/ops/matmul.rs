@@ -159,7 +159,7 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                             v.push(("matvec", [&flags[..], &shape].concat()));
                             // Prologues: the gated MLP's down projection accumulates into the
                             // residual; the normed projections (qkv, up) write.
-                            let prologue = if acc == 1 { ("GATE", 1) } else { ("NORM", 1) };
+                            let prologue = if acc == 1 { ("SILU_GATE", 1) } else { ("RMSNORM", 1) };
                             v.push(("matvec", [&flags[..], &shape, &[prologue]].concat()));
                         }
                     }
@@ -267,11 +267,11 @@ fn matmul_tiled(
     let mut buffers = bind![a = a.t, b = b.t, c = c.t].to_vec();
     let prologue_flag: &[Define] = match prologue {
         Prologue::None => &[],
-        Prologue::SiluGate => &[("GATE", 1)],
+        Prologue::SiluGate => &[("SILU_GATE", 1)],
         Prologue::RmsNorm(w, _) => {
             assert_eq!(w.numel(), k, "RMSNorm weight");
             buffers.push(("norm_w", w));
-            &[("NORM", 1)]
+            &[("RMSNORM", 1)]
         }
     };
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");

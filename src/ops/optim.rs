@@ -3,9 +3,23 @@
 //! per-tensor norms are read back, for the log.
 
 use super::groups;
-use crate::cpu::optim::AdamW;
 use crate::gpu::{shader::Define, DType, Gpu, Step, Tensor};
 use anyhow::Result;
+
+/// AdamW's hyper-parameters (torch.optim.AdamW's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// The base learning rate (the schedule scales it per step).
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to the second moment's square root.
+    pub eps: f64,
+    /// Decoupled weight decay, times the learning rate.
+    pub weight_decay: f64,
+}
 
 /// Elements per partial sum (the shader's CHUNK).
 const CHUNK: usize = 4096;

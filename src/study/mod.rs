@@ -5,6 +5,7 @@
 pub mod arms;
 pub mod sweep;
 
+use crate::chat::{render, ChatTemplate};
 use crate::generate::batch::{generate_batch, SeqRequest};
 use crate::generate::trace::{trace, Trace};
 use crate::generate::{self, SamplerConfig};
@@ -17,7 +18,7 @@ use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -48,6 +49,7 @@ pub struct StudyModel<'a> {
     pub host: &'a LoadedModel,
     pub gpu_model: &'a GpuModel,
     pub gpu: &'a Gpu,
+    pub progress: &'a dyn Progress,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,7 +62,10 @@ struct Budget {
 /// Everything checked and decided before the GPU works.
 pub struct Plan {
     pub prompts: Vec<String>,
+    /// Each prompt's ids: its text, or with a chat template its one user message rendered.
     pub prompt_ids: Vec<Vec<u32>>,
+    /// The ids that end a generation (with a chat template, its end of turn too).
+    pub eos: Vec<u32>,
     pub tokens: usize,
     pub seeds: usize,
     pub reduced: bool,
@@ -69,8 +74,14 @@ pub struct Plan {
 
 impl Plan {
     /// Checks the prompts and budget against the model (errors name the flag or file) and
-    /// picks the budget for the adapter.
-    pub fn new(a: &Request, mut prompts: Vec<String>, m: &StudyModel) -> Result<Plan> {
+    /// picks the budget for the adapter. With `chat`, each prompt is sent as one user message
+    /// through that chat template.
+    pub fn new(
+        a: &Request,
+        mut prompts: Vec<String>,
+        m: &StudyModel,
+        chat: Option<&ChatTemplate>,
+    ) -> Result<Plan> {
         let sampler = a.sampler.clone();
         sampler.validate()?;
         let cpu = m.gpu.info.device_type == wgpu::DeviceType::Cpu;
@@ -79,8 +90,13 @@ impl Plan {
             prompts.truncate(default.prompts);
         }
         let ctx = m.host.config.max_positions;
-        let prompt_ids: Vec<Vec<u32>> =
-            prompts.iter().map(|p| m.host.tokenizer.encode(p)).collect::<Result<_>>()?;
+        let encode = |p: &String| match chat {
+            Some(t) => Ok(render(t, m.host, &[json!({"role": "user", "content": p})], None, true)?.1),
+            None => m.host.tokenizer.encode(p),
+        };
+        let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(encode).collect::<Result<_>>()?;
+        let eos = chat
+            .map_or_else(|| m.host.config.eos.clone(), |t| t.stop_ids(&m.host.config.eos, &m.host.tokenizer));
         let source = a.prompts.as_ref().map_or("the default prompts".into(), |p| p.display().to_string());
         for (i, ids) in prompt_ids.iter().enumerate() {
             if ids.is_empty() {
@@ -100,7 +116,7 @@ impl Plan {
         };
         let seeds = a.seeds.unwrap_or(default.seeds);
         let reduced = cpu && (a.tokens.is_none() || a.seeds.is_none() || a.prompts.is_none());
-        Ok(Plan { prompts, prompt_ids, tokens, seeds, reduced, sampler })
+        Ok(Plan { prompts, prompt_ids, eos, tokens, seeds, reduced, sampler })
     }
 
     /// (prompt, seed) of every generation, prompt-major.
@@ -139,42 +155,17 @@ pub fn load_prompts(path: Option<&Path>) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// A progress bar on stderr through indicatif: labelled, with its ETA, on a terminal; nothing
-/// at all when stderr is a file or a pipe (no carriage returns in logs).
-pub struct Progress {
-    bar: ProgressBar,
+/// Where a study reports how far it has got: each stage's label with its units done of its
+/// total (a stage is finished at its total). The CLI draws bars; other callers may ignore it.
+pub trait Progress {
+    fn update(&self, stage: &str, done: usize, total: usize);
 }
 
-impl Progress {
-    pub fn new(label: impl Into<String>) -> Progress {
-        let bar = ProgressBar::new(0).with_prefix(label.into());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:<24} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                .expect("a valid template")
-                .progress_chars("#>-"),
-        );
-        Progress { bar }
-    }
+/// Reports nothing.
+pub struct Quiet;
 
-    /// Moves the bar to `done` of `total` units (finished at `total`).
-    pub fn update(&mut self, done: usize, total: usize) {
-        self.bar.set_length(total as u64);
-        self.bar.set_position(done as u64);
-        if done >= total {
-            self.bar.finish();
-        }
-    }
-
-    /// The text after the count (the latest loss, say).
-    pub fn message(&self, text: String) {
-        self.bar.set_message(text);
-    }
-
-    /// Prints a line above the bar, also where the bar is hidden (such lines are what a log
-    /// keeps).
-    pub fn println(&self, line: &str) {
-        self.bar.suspend(|| eprintln!("{line}"));
-    }
+impl Progress for Quiet {
+    fn update(&self, _: &str, _: usize, _: usize) {}
 }
 
 /// One generation of an arm: its prompt, seed and tokens.
@@ -207,9 +198,8 @@ pub fn generate_arm(
             max_tokens: plan.tokens,
         })
         .collect();
-    let mut progress = Progress::new(label);
-    let outs = generate_batch(m.gpu, m.gpu_model, &reqs, &m.host.config.eos, lcm, &mut |done, total| {
-        progress.update(done, total)
+    let outs = generate_batch(m.gpu, m.gpu_model, &reqs, &plan.eos, lcm, &mut |done, total| {
+        m.progress.update(label, done, total)
     })?;
     units
         .iter()
@@ -250,10 +240,9 @@ pub fn plain_scores(
     window: usize,
     label: &str,
 ) -> Result<Vec<SequenceMetrics>> {
-    let mut progress = Progress::new(label);
     let mut out = Vec::new();
     for (i, g) in arm.iter().enumerate() {
-        progress.update(i, arm.len());
+        m.progress.update(label, i, arm.len());
         let prompt = &plan.prompt_ids[g.prompt];
         let all: Vec<u32> = prompt.iter().copied().chain(g.tokens.iter().map(|t| t.id)).collect();
         let ctx = m.host.config.max_positions;
@@ -263,7 +252,7 @@ pub fn plain_scores(
         let h: Vec<f64> = s.entropies[from..].iter().map(|&x| x as f64).collect();
         out.push(SequenceMetrics::new(&lp, &h, &vec![f64::NAN; lp.len()], window));
     }
-    progress.update(arm.len(), arm.len());
+    m.progress.update(label, arm.len(), arm.len());
     Ok(out)
 }
 
@@ -337,16 +326,15 @@ fn trace_runs(
     window: usize,
     label: &str,
 ) -> Result<()> {
-    let mut progress = Progress::new(label);
     let total = runs.len();
     for (i, run) in runs.iter_mut().enumerate() {
-        progress.update(i, total);
+        m.progress.update(label, i, total);
         let prompt = &plan.prompt_ids[run.prompt];
         let ids: Vec<u32> = prompt.iter().copied().chain(run.tokens.iter().map(|t| t.id)).collect();
         let (tr, segment_of) = trace_ids(m, &ids, lcm)?;
         run.latent = latent_from(&tr, &segment_of, prompt.len(), m.host.config.hidden, window);
     }
-    progress.update(total, total);
+    m.progress.update(label, total, total);
     Ok(())
 }
 

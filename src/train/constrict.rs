@@ -14,24 +14,14 @@ use anyhow::{bail, Result};
 
 /// What HGC's λ and μ-mixing act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum HgcOn {
-    /// The gradients, before clipping and AdamW (methods.md's reading; the golden runs).
+    /// The gradients, before clipping and AdamW (methods.md's reading; the golden runs)
     #[default]
     Gradient,
-    /// AdamW's update direction `m̂ / (sqrt(v̂) + ε)` of each block, which AdamW's own
-    /// per-element scaling cannot undo; λ still comes from the gradients.
+    /// AdamW's update direction m̂ / (sqrt(v̂) + ε) of each block, which AdamW's own
+    /// per-element scaling cannot undo; λ still comes from the gradients
     Update,
-}
-
-impl std::str::FromStr for HgcOn {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<HgcOn> {
-        match s {
-            "gradient" => Ok(HgcOn::Gradient),
-            "update" => Ok(HgcOn::Update),
-            _ => bail!("--hgc-on must be gradient or update, got '{s}'"),
-        }
-    }
 }
 
 /// HGC's settings; alpha 0 and mu 0 leave the gradients as they are.

@@ -2,7 +2,11 @@
 //! are the inputs and its last `seq_len` ids the targets (the inputs shifted by one).
 //!
 //! Two file formats, chosen by extension:
-//! - `.jsonl`: one row per non-blank line, `{"ids": [...]}` with exactly `seq_len + 1` ids.
+//! - `.jsonl`: one row per non-blank line, either `{"ids": [...]}` with exactly `seq_len + 1`
+//!   ids, every target trained; or `{"messages": [...]}`, a conversation rendered with the
+//!   model's chat template, cut or padded to `seq_len + 1` ids, whose targets are only the
+//!   tokens of its assistant messages (TRL's `assistant_only_loss`): each assistant message's
+//!   span from after its turn's opening to its end-of-turn token included.
 //! - anything else: UTF-8 text, tokenized whole and cut into consecutive, non-overlapping
 //!   windows of `seq_len + 1` ids (stride `seq_len + 1`); a tail too short for a window is
 //!   dropped. Windows do not overlap so that no target is trained twice per epoch; the id
@@ -11,25 +15,57 @@
 //! Batches are a pure function of (step, seed), so a run resumed at step N sees exactly
 //! the batches an uninterrupted run would have seen from step N on.
 
+use crate::chat::ChatTemplate;
 use crate::rng::Rng;
 use crate::tokenize::Tokenizer;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 
 pub struct TrainData {
     /// Each row holds `seq_len + 1` ids.
     rows: Vec<Vec<u32>>,
+    /// Per row, which of its `seq_len` targets count in the loss; empty when all do.
+    trained: Vec<Vec<bool>>,
     seq_len: usize,
 }
 
+/// One training row as the trainer reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row<'a> {
+    /// `seq_len + 1` ids: the inputs are the first `seq_len`, the targets the last `seq_len`.
+    pub ids: &'a [u32],
+    /// Per target, whether it counts in the loss; None when all do.
+    pub trained: Option<&'a [bool]>,
+}
+
+impl<'a> From<&'a [u32]> for Row<'a> {
+    fn from(ids: &'a [u32]) -> Row<'a> {
+        Row { ids, trained: None }
+    }
+}
+
+impl Row<'_> {
+    /// How many targets count in the loss.
+    pub fn targets(&self) -> usize {
+        self.trained.map_or(self.ids.len().saturating_sub(1), |t| t.iter().filter(|&&x| x).count())
+    }
+}
+
 impl TrainData {
-    /// Reads `path` as described in the module docs; ids must be below `vocab`.
-    pub fn from_file(path: &Path, tokenizer: &Tokenizer, seq_len: usize, vocab: usize) -> Result<TrainData> {
+    /// Reads `path` as described in the module docs; ids must be below `vocab`. `chat` is the
+    /// model's chat template, which `{"messages": [...]}` rows need.
+    pub fn from_file(
+        path: &Path,
+        tokenizer: &Tokenizer,
+        chat: Option<&ChatTemplate>,
+        seq_len: usize,
+        vocab: usize,
+    ) -> Result<TrainData> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).with_context(|| format!("{file}: cannot read"))?;
         let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-        TrainData::from_bytes(bytes, &file, jsonl, tokenizer, seq_len, vocab)
+        TrainData::from_bytes(bytes, &file, jsonl, tokenizer, chat, seq_len, vocab)
     }
 
     /// Reads a data file's contents: `.jsonl` rows when `jsonl`, else text; `file` names it
@@ -39,6 +75,7 @@ impl TrainData {
         file: &str,
         jsonl: bool,
         tokenizer: &Tokenizer,
+        chat: Option<&ChatTemplate>,
         seq_len: usize,
         vocab: usize,
     ) -> Result<TrainData> {
@@ -53,12 +90,17 @@ impl TrainData {
         })?;
         // Editors on Windows may start a file with a byte-order mark; it is not content.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let rows = if jsonl {
-            parse_jsonl(text, file, seq_len, vocab)?
+        if !jsonl {
+            let rows = pack_text(text, file, tokenizer, seq_len, vocab)?;
+            return Ok(TrainData { rows, trained: Vec::new(), seq_len });
+        }
+        let rows = parse_jsonl(text, file, tokenizer, chat, seq_len, vocab)?;
+        let trained = if rows.iter().all(|(_, t)| t.is_none()) {
+            Vec::new()
         } else {
-            pack_text(text, file, tokenizer, seq_len, vocab)?
+            rows.iter().map(|(_, t)| t.clone().unwrap_or_else(|| vec![true; seq_len])).collect()
         };
-        Ok(TrainData { rows, seq_len })
+        Ok(TrainData { rows: rows.into_iter().map(|(ids, _)| ids).collect(), trained, seq_len })
     }
 
     /// Rows already tokenized; each must hold `seq_len + 1` ids.
@@ -68,7 +110,12 @@ impl TrainData {
         if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != seq_len + 1) {
             bail!("row {i} has {} ids; expected seq_len + 1 = {}", r.len(), seq_len + 1);
         }
-        Ok(TrainData { rows, seq_len })
+        Ok(TrainData { rows, trained: Vec::new(), seq_len })
+    }
+
+    /// Row `i` as the trainer reads it.
+    fn row(&self, i: usize) -> Row<'_> {
+        Row { ids: &self.rows[i], trained: self.trained.get(i).map(Vec::as_slice) }
     }
 
     /// The number of rows.
@@ -104,14 +151,15 @@ impl TrainData {
             "--val-fraction {fraction} of {n} rows leaves no training rows; at least one row must remain on each side"
         );
         let val = self.rows.split_off(n - n_val);
-        Ok(TrainData { rows: val, seq_len: self.seq_len })
+        let trained = if self.trained.is_empty() { Vec::new() } else { self.trained.split_off(n - n_val) };
+        Ok(TrainData { rows: val, trained, seq_len: self.seq_len })
     }
 
     /// The rows of training step `step`: positions `step * batch ..` in an endless
     /// sequence of epochs, each epoch using every row once. Without `shuffle` an epoch is
     /// file order; with it, a Fisher–Yates permutation seeded by (`seed`, epoch). A batch
     /// larger than the data, or straddling an epoch's end, continues into the next epoch.
-    pub fn batch(&self, step: usize, batch: usize, shuffle: bool, seed: u64) -> Vec<&[u32]> {
+    pub fn batch(&self, step: usize, batch: usize, shuffle: bool, seed: u64) -> Vec<Row<'_>> {
         let n = self.rows.len();
         let start = step.saturating_mul(batch);
         let mut out = Vec::with_capacity(batch);
@@ -127,19 +175,31 @@ impl TrainData {
             } else {
                 i
             };
-            out.push(self.rows[row].as_slice());
+            out.push(self.row(row));
         }
         out
     }
 
     /// All rows in order, in batches of `batch` (at least 1); the last may be smaller.
-    pub fn val_batches(&self, batch: usize) -> impl Iterator<Item = Vec<&[u32]>> {
-        self.rows.chunks(batch.max(1)).map(|c| c.iter().map(Vec::as_slice).collect())
+    pub fn val_batches(&self, batch: usize) -> impl Iterator<Item = Vec<Row<'_>>> {
+        let indices: Vec<usize> = (0..self.rows.len()).collect();
+        let chunks: Vec<Vec<usize>> = indices.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
+        chunks.into_iter().map(|c| c.into_iter().map(|i| self.row(i)).collect())
     }
 }
 
-fn parse_jsonl(text: &str, file: &str, seq_len: usize, vocab: usize) -> Result<Vec<Vec<u32>>> {
-    let want = seq_len + 1;
+/// A row read from a file: its ids, and per target whether it is trained (None: all are).
+type ParsedRow = (Vec<u32>, Option<Vec<bool>>);
+
+/// The rows of a `.jsonl` file.
+fn parse_jsonl(
+    text: &str,
+    file: &str,
+    tokenizer: &Tokenizer,
+    chat: Option<&ChatTemplate>,
+    seq_len: usize,
+    vocab: usize,
+) -> Result<Vec<ParsedRow>> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let at = format!("{file}:{}", n + 1);
@@ -147,35 +207,116 @@ fn parse_jsonl(text: &str, file: &str, seq_len: usize, vocab: usize) -> Result<V
             continue;
         }
         let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("{at}: not valid JSON ({e})"))?;
-        let ids = v
-            .get("ids")
-            .ok_or_else(|| anyhow!("{at}: expected an object with an \"ids\" array of token ids"))?
-            .as_array()
-            .ok_or_else(|| anyhow!("{at}: \"ids\" must be an array of token ids"))?;
-        ensure!(
-            ids.len() == want,
-            "{at}: \"ids\" has {} ids; expected {want} (--seq-len {seq_len} plus one for the shifted target)",
-            ids.len()
-        );
-        let row = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let id = id
-                    .as_u64()
-                    .ok_or_else(|| anyhow!("{at}: ids[{i}] is {id}; expected a non-negative integer"))?;
-                ensure!(
-                    id < vocab as u64,
-                    "{at}: ids[{i}] is {id}, out of range for the model's vocabulary of {vocab} (ids 0..={})",
-                    vocab.saturating_sub(1)
-                );
-                Ok(id as u32)
-            })
-            .collect::<Result<Vec<u32>>>()?;
-        rows.push(row);
+        let row = match v.get("messages") {
+            Some(messages) => {
+                let template = chat.ok_or_else(|| {
+                    anyhow!("{at}: a \"messages\" row is rendered with the model's chat template, and the model has none")
+                })?;
+                Some(chat_row(messages, template, tokenizer, &at, seq_len, vocab)?)
+            }
+            None => ids_row(&v, &at, seq_len, vocab)?.map(|ids| (ids, None)),
+        };
+        rows.push(row.ok_or_else(|| {
+            anyhow!(
+                "{at}: expected an object with an \"ids\" array of token ids or a \"messages\" conversation"
+            )
+        })?);
     }
     ensure!(!rows.is_empty(), "{file}: no rows; every line is blank");
     Ok(rows)
+}
+
+/// An `{"ids": [...]}` row, or None where the line has no "ids".
+fn ids_row(v: &Value, at: &str, seq_len: usize, vocab: usize) -> Result<Option<Vec<u32>>> {
+    let want = seq_len + 1;
+    let Some(ids) = v.get("ids") else { return Ok(None) };
+    let ids = ids.as_array().ok_or_else(|| anyhow!("{at}: \"ids\" must be an array of token ids"))?;
+    ensure!(
+        ids.len() == want,
+        "{at}: \"ids\" has {} ids; expected {want} (--seq-len {seq_len} plus one for the shifted target)",
+        ids.len()
+    );
+    let row = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| anyhow!("{at}: ids[{i}] is {id}; expected a non-negative integer"))?;
+            ensure!(
+                id < vocab as u64,
+                "{at}: ids[{i}] is {id}, out of range for the model's vocabulary of {vocab} (ids 0..={})",
+                vocab.saturating_sub(1)
+            );
+            Ok(id as u32)
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    Ok(Some(row))
+}
+
+/// A `{"messages": [...]}` row: the conversation's ids cut or padded to `seq_len + 1`, and
+/// per target whether it is an assistant token (padding is never trained).
+fn chat_row(
+    messages: &Value,
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    at: &str,
+    seq_len: usize,
+    vocab: usize,
+) -> Result<ParsedRow> {
+    let messages = messages.as_array().ok_or_else(|| anyhow!("{at}: \"messages\" must be an array"))?;
+    crate::chat::check_messages(messages).with_context(|| at.to_string())?;
+    let (mut ids, mut assistant) =
+        assistant_mask(template, tokenizer, messages).with_context(|| at.to_string())?;
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        bail!("{at}: the tokenizer produced id {id}, but the model's vocabulary has only {vocab} ids");
+    }
+    let want = seq_len + 1;
+    ids.resize(want, 0);
+    assistant.resize(want, false);
+    // Target t is the id at t + 1.
+    let trained = assistant[1..].to_vec();
+    ensure!(
+        trained.contains(&true),
+        "{at}: no assistant token within the first --seq-len + 1 = {want} tokens, so nothing to train on"
+    );
+    Ok((ids, Some(trained)))
+}
+
+/// The conversation's ids (rendered without a generation prompt) and which of them belong to
+/// an assistant message's span: from the end of the rendering of the messages before it with
+/// the generation prompt (the assistant turn's opening) to the end of its own rendering, cut
+/// after the template's end-of-turn token (`eos_token`) where the span holds it (what follows
+/// it, a newline, opens the next turn).
+pub fn assistant_mask(
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    messages: &[Value],
+) -> Result<(Vec<u32>, Vec<bool>)> {
+    let text = template.render(messages, false, None)?;
+    let mut spans = Vec::new();
+    for i in (0..messages.len()).filter(|&i| messages[i]["role"] == json!("assistant")) {
+        let start = template.render(&messages[..i], true, None)?;
+        let through = template.render(&messages[..=i], false, None)?;
+        ensure!(
+            text.starts_with(&start) && text.starts_with(&through) && through.len() >= start.len(),
+            "the chat template does not render message {i} as a continuation of the messages before it, \
+             so its span cannot be found"
+        );
+        let span = &text[start.len()..through.len()];
+        let end = match template
+            .special_token("eos_token")
+            .and_then(|eos| span.rfind(eos).map(|at| at + eos.len()))
+        {
+            Some(end) => start.len() + end,
+            None => through.len(),
+        };
+        spans.push(start.len()..end);
+    }
+    let tokens = tokenizer.encode_plain_with_offsets(&text)?;
+    let ids = tokens.iter().map(|&(id, _)| id).collect();
+    let mask = tokens.iter().map(|&(_, (from, _))| spans.iter().any(|s| s.contains(&from))).collect();
+    Ok((ids, mask))
 }
 
 pub fn pack_text(
@@ -260,7 +401,8 @@ mod tests {
     #[test]
     fn seq_len_of_usize_max_is_refused() {
         let err = |jsonl| {
-            let data = TrainData::from_bytes(b"a b".to_vec(), "d", jsonl, &any_tokenizer(), usize::MAX, 2);
+            let data =
+                TrainData::from_bytes(b"a b".to_vec(), "d", jsonl, &any_tokenizer(), None, usize::MAX, 2);
             data.err().expect("refused").to_string()
         };
         assert_eq!(err(false), format!("--seq-len {} is too large", usize::MAX));
@@ -270,7 +412,7 @@ mod tests {
     fn jsonl_err(contents: &str, seq_len: usize, vocab: usize) -> String {
         let dir = TempDir::new("err");
         let p = dir.file("d.jsonl", contents.as_bytes());
-        let e = TrainData::from_file(&p, &any_tokenizer(), seq_len, vocab).err().expect("should fail");
+        let e = TrainData::from_file(&p, &any_tokenizer(), None, seq_len, vocab).err().expect("should fail");
         format!("{e:#}")
     }
 
@@ -278,7 +420,7 @@ mod tests {
     fn jsonl_rows_parse_skipping_blank_lines() {
         let dir = TempDir::new("jsonl");
         let p = dir.file("d.jsonl", b"{\"ids\": [1, 2, 3]}\n\n  \n{\"ids\":[4,5,6], \"note\": 1}\n");
-        let d = TrainData::from_file(&p, &any_tokenizer(), 2, 10).unwrap();
+        let d = TrainData::from_file(&p, &any_tokenizer(), None, 2, 10).unwrap();
         assert_eq!((d.len(), d.seq_len()), (2, 2));
         assert_eq!(d.rows, vec![vec![1, 2, 3], vec![4, 5, 6]]);
     }
@@ -316,10 +458,10 @@ mod tests {
         assert!(e.contains("--seq-len"), "{e}");
         let dir = TempDir::new("utf8");
         let p = dir.file("d.jsonl", b"{\"ids\": [1, 2, 3]}\n{\"ids\": [\xff]}\n");
-        let e = format!("{:#}", TrainData::from_file(&p, &any_tokenizer(), 2, 10).err().unwrap());
+        let e = format!("{:#}", TrainData::from_file(&p, &any_tokenizer(), None, 2, 10).err().unwrap());
         assert!(e.contains("d.jsonl:2:") && e.contains("not UTF-8"), "{e}");
         let missing = dir.0.join("missing.jsonl");
-        let e = format!("{:#}", TrainData::from_file(&missing, &any_tokenizer(), 2, 10).err().unwrap());
+        let e = format!("{:#}", TrainData::from_file(&missing, &any_tokenizer(), None, 2, 10).err().unwrap());
         assert!(e.contains("missing.jsonl: cannot read"), "{e}");
     }
 
@@ -331,27 +473,83 @@ mod tests {
         let dir = TempDir::new("text");
         let p = dir.file("story.txt", text.as_bytes());
         let seq_len = 7;
-        let d = TrainData::from_file(&p, &tok, seq_len, 512).unwrap();
+        let d = TrainData::from_file(&p, &tok, None, seq_len, 512).unwrap();
         assert_eq!(d.len(), ids.len() / (seq_len + 1));
         assert!(ids.len() % (seq_len + 1) != 0, "pick a text whose tail is dropped");
         for (r, row) in d.rows.iter().enumerate() {
             assert_eq!(row.as_slice(), &ids[r * (seq_len + 1)..(r + 1) * (seq_len + 1)]);
         }
         // Too little text for one row names both counts.
-        let e = format!("{:#}", TrainData::from_file(&p, &tok, ids.len(), 512).err().unwrap());
+        let e = format!("{:#}", TrainData::from_file(&p, &tok, None, ids.len(), 512).err().unwrap());
         let want = format!("{} tokens, but one row needs seq_len + 1 = {} tokens", ids.len(), ids.len() + 1);
         assert!(e.contains("story.txt") && e.contains(&want), "{e}");
         // Ids the model cannot embed are refused.
-        let e = format!("{:#}", TrainData::from_file(&p, &tok, seq_len, 3).err().unwrap());
+        let e = format!("{:#}", TrainData::from_file(&p, &tok, None, seq_len, 3).err().unwrap());
         assert!(e.contains("story.txt") && e.contains("vocabulary has only 3"), "{e}");
+    }
+
+    /// SmolLM2's template on transformers' renderings (the golden ids): the trained tokens
+    /// are those after each "<|im_start|>assistant\n" through the <|im_end|> closing the turn.
+    #[test]
+    fn chat_mask_covers_the_assistant_turns_of_transformers_ids() {
+        let (Some(dir), Some(golden)) =
+            (crate::testing::model("smollm2-135m-instruct"), crate::testing::golden("chat-smollm2"))
+        else {
+            return;
+        };
+        let json = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        let tok = Tokenizer::from_json(&json, "tokenizer.json").unwrap();
+        let template = ChatTemplate::for_model(&dir, &|id| tok.token_text(id)).unwrap().unwrap();
+        let cases = golden["templates"]["smollm2-135m-instruct"]["cases"].as_array().unwrap();
+        let ids_of = |case: &Value| -> Vec<u32> {
+            case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        let (im_start, im_end) = (tok.token_id("<|im_start|>").unwrap(), tok.token_id("<|im_end|>").unwrap());
+        // A generation prompt's ids end with the assistant turn's opening.
+        let prompt = ids_of(&cases[0]);
+        let opening = &prompt[prompt.iter().rposition(|&x| x == im_start).unwrap()..];
+        let mut with_assistant = 0;
+        for case in cases.iter().filter(|c| c["add_generation_prompt"] == json!(false)) {
+            let want_ids = ids_of(case);
+            let mut want = vec![false; want_ids.len()];
+            let mut i = 0;
+            while i + opening.len() <= want_ids.len() {
+                if want_ids[i..i + opening.len()] == *opening {
+                    let start = i + opening.len();
+                    let end = start + want_ids[start..].iter().position(|&x| x == im_end).unwrap();
+                    want[start..=end].iter_mut().for_each(|w| *w = true);
+                    i = end;
+                }
+                i += 1;
+            }
+            let (ids, mask) = assistant_mask(&template, &tok, case["messages"].as_array().unwrap()).unwrap();
+            assert_eq!(ids, want_ids, "{}", case["messages"]);
+            assert_eq!(mask, want, "{}", case["messages"]);
+            with_assistant += want.contains(&true) as usize;
+        }
+        assert_eq!(with_assistant, 2, "two golden conversations hold an assistant turn");
+        // As rows: padded with untrained targets, and refused when cut before any assistant token.
+        let case = cases
+            .iter()
+            .find(|c| c["add_generation_prompt"] == json!(false) && c["ids"].as_array().unwrap().len() == 63)
+            .unwrap();
+        let (_, mask) = assistant_mask(&template, &tok, case["messages"].as_array().unwrap()).unwrap();
+        let (ids, trained) = chat_row(&case["messages"], &template, &tok, "d.jsonl:1", 70, 49152).unwrap();
+        assert_eq!((ids.len(), ids[63..].iter().all(|&x| x == 0)), (71, true));
+        assert_eq!(trained.unwrap(), [&mask[1..], &[false; 8][..]].concat());
+        let first = mask.iter().position(|&m| m).unwrap();
+        let e = chat_row(&case["messages"], &template, &tok, "d.jsonl:1", first - 1, 49152)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.jsonl:1: no assistant token within the first"), "{e}");
     }
 
     fn numbered(n: usize) -> TrainData {
         TrainData::from_rows((0..n as u32).map(|i| vec![i, i]).collect(), 1).unwrap()
     }
 
-    fn firsts(b: Vec<&[u32]>) -> Vec<u32> {
-        b.iter().map(|r| r[0]).collect()
+    fn firsts(b: Vec<Row>) -> Vec<u32> {
+        b.iter().map(|r| r.ids[0]).collect()
     }
 
     /// The golden run's setup: two rows, batch 2, no shuffle, so every step sees [0, 1].
@@ -359,9 +557,9 @@ mod tests {
     fn two_rows_batch_two_unshuffled_is_the_same_every_step() {
         let dir = TempDir::new("golden");
         let p = dir.file("two.jsonl", b"{\"ids\": [5, 6, 7]}\n{\"ids\": [8, 9, 1]}\n");
-        let d = TrainData::from_file(&p, &any_tokenizer(), 2, 10).unwrap();
+        let d = TrainData::from_file(&p, &any_tokenizer(), None, 2, 10).unwrap();
         for step in [0, 1, 2, 7, 1000] {
-            assert_eq!(d.batch(step, 2, false, 123), vec![&[5, 6, 7][..], &[8, 9, 1][..]]);
+            assert_eq!(d.batch(step, 2, false, 123), vec![(&[5, 6, 7][..]).into(), (&[8, 9, 1][..]).into()]);
         }
     }
 

@@ -5,6 +5,7 @@
 //! Rows are `batch × seq_len` tokens, row `b · seq_len + t` being position `t` of sequence
 //! `b`; each layer's "KV cache" is simply its keys and values for the batch.
 
+use super::data::Row;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::backward::{BackwardBufs, HeadSaved};
 use crate::model::forward::{BlockIo, GpuModel, PostNormBufs, QkNormBufs};
@@ -275,22 +276,31 @@ impl TrainGraph {
     }
 
     /// Writes a micro-batch: up to `batch` rows of `seq_len + 1` ids (inputs, then the last
-    /// target). Missing rows (a last, short validation batch) have no targets.
-    pub fn write_batch(&self, gpu: &Gpu, rows: &[&[u32]], vocab: usize) -> Result<()> {
+    /// target), each target left out of the loss where its row says so. Missing rows (a last,
+    /// short validation batch) have no targets.
+    pub fn write_batch(&self, gpu: &Gpu, rows: &[Row], vocab: usize) -> Result<()> {
         if rows.is_empty() || rows.len() > self.batch {
             bail!("a micro-batch takes 1 to {} rows, got {}", self.batch, rows.len());
         }
         let mut ids = Vec::with_capacity(self.rows());
         let mut targets = Vec::with_capacity(self.rows());
         for (i, row) in rows.iter().enumerate() {
-            if row.len() != self.seq_len + 1 {
-                bail!("row {i} has {} ids, expected --seq-len + 1 = {}", row.len(), self.seq_len + 1);
+            let len = row.ids.len();
+            if len != self.seq_len + 1 || row.trained.is_some_and(|t| t.len() != self.seq_len) {
+                bail!("row {i} has {len} ids, expected --seq-len + 1 = {}", self.seq_len + 1);
             }
-            if let Some(&bad) = row.iter().find(|&&id| id as usize >= vocab) {
+            if let Some(&bad) = row.ids.iter().find(|&&id| id as usize >= vocab) {
                 bail!("row {i} holds token id {bad}, beyond the model's vocabulary of {vocab}");
             }
-            ids.extend_from_slice(&row[..self.seq_len]);
-            targets.extend_from_slice(&row[1..]);
+            ids.extend_from_slice(&row.ids[..self.seq_len]);
+            match row.trained {
+                None => targets.extend_from_slice(&row.ids[1..]),
+                Some(trained) => {
+                    targets.extend(
+                        row.ids[1..].iter().zip(trained).map(|(&id, &t)| if t { id } else { NO_TARGET }),
+                    )
+                }
+            }
         }
         ids.resize(self.rows(), 0);
         targets.resize(self.rows(), NO_TARGET);

@@ -8,19 +8,20 @@
 //! and, the kernels being deterministic, computes the same losses.
 
 use super::constrict::ConstrictConfig;
-use super::data::TrainData;
+use super::data::{Row, TrainData};
 use super::graph::ActivationMemory;
 use super::log::{loss_curve, read_log, StepLog};
 use super::schedule::{lr_at, Schedule};
 use super::trainer::{Method, OptimConfig, Trainer};
 use crate::atomic;
-use crate::cpu::optim::AdamW;
+use crate::chat::ChatTemplate;
 use crate::gpu::{Gpu, WeightFormat};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::load::read_safetensors;
 use crate::model::save::{safetensors_bytes, write_hf_files};
 use crate::model::{GpuModel, LoadedModel, WeightChoice};
 use crate::modulate::LcmConfig;
+use crate::ops::optim::AdamW;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -204,10 +205,19 @@ pub fn finetune(
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating --out {}", cfg.out.display()))?;
     remove_abandoned_staging(&cfg.out);
     let config = model.config.clone();
-    let mut data = TrainData::from_file(&cfg.data, &model.tokenizer, cfg.seq_len, config.vocab)?;
+    // `{"messages": [...]}` rows of a .jsonl file go through the model's chat template.
+    let jsonl = |p: &Path| p.extension().is_some_and(|e| e == "jsonl");
+    let chat = if jsonl(&cfg.data) || cfg.val_data.as_deref().is_some_and(jsonl) {
+        ChatTemplate::for_model(&model.path, &|id| model.tokenizer.token_text(id))?
+    } else {
+        None
+    };
+    let read =
+        |path: &Path| TrainData::from_file(path, &model.tokenizer, chat.as_ref(), cfg.seq_len, config.vocab);
+    let mut data = read(&cfg.data)?;
     let val = match (&cfg.val_data, cfg.val_fraction) {
         (Some(_), Some(_)) => bail!("give --val-data or --val-fraction, not both"),
-        (Some(path), None) => Some(TrainData::from_file(path, &model.tokenizer, cfg.seq_len, config.vocab)?),
+        (Some(path), None) => Some(read(path)?),
         (None, Some(f)) => Some(data.split_validation(f)?),
         (None, None) => None,
     };
@@ -294,7 +304,7 @@ pub fn finetune(
     let mut log = StepLog::open(&log_path, Some(first_step))?;
     let validate = |trainer: &Trainer, log: &mut StepLog, step: usize| -> Result<Option<f64>> {
         let Some(val) = &val else { return Ok(None) };
-        let rows: Vec<&[u32]> = val.val_batches(cfg.batch).flatten().collect();
+        let rows: Vec<Row> = val.val_batches(cfg.batch).flatten().collect();
         let loss = trainer.evaluate(&rows)?;
         log.append(&json!({"step": step, "val_loss": loss, "val_ppl": loss.exp()}))?;
         Ok(Some(loss))
@@ -302,7 +312,7 @@ pub fn finetune(
     let mut last_loss = None;
     for step in first_step..cfg.steps {
         let lr = lr_at(step, cfg.adamw.lr, cfg.warmup, cfg.steps, cfg.schedule, 0.0);
-        let micro: Vec<Vec<&[u32]>> = (0..cfg.grad_accum)
+        let micro: Vec<Vec<Row>> = (0..cfg.grad_accum)
             .map(|k| data.batch(step * cfg.grad_accum + k, cfg.batch, cfg.shuffle, cfg.seed))
             .collect();
         let t0 = Instant::now();

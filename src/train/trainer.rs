@@ -5,8 +5,8 @@
 //! per-tensor gradient norms are read back.
 
 use super::constrict::{ConstrictConfig, Hgc, HgcOn};
+use super::data::Row;
 use super::graph::{ActivationMemory, TrainGraph, Trained};
-use crate::cpu::optim::AdamW;
 use crate::gpu::WeightFormat;
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::model::adapter::Lora;
@@ -16,6 +16,7 @@ use crate::model::weights::HostTensor;
 use crate::model::GpuModel;
 use crate::modulate::LcmConfig;
 use crate::ops::cgfm::adaptive_lr;
+use crate::ops::optim::AdamW;
 use crate::ops::optim::{adamw, adamw_apply, adamw_direction, GradNorms};
 use anyhow::{anyhow, bail, Result};
 
@@ -230,22 +231,36 @@ impl<'g> Trainer<'g> {
         (weights, trained, self.graph.bytes())
     }
 
-    /// One optimizer step over `micro_batches` (each `batch` rows of `seq_len + 1` ids;
-    /// more than one is gradient accumulation) at learning rate `lr`.
+    /// One optimizer step over `micro_batches` (each `batch` rows of `seq_len + 1` ids, as
+    /// slices or [`Row`]s; more than one is gradient accumulation) at learning rate `lr`.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn step(&mut self, micro_batches: &[Vec<&[u32]>], lr: f64) -> Result<StepReport> {
+    pub fn step<'r, R: Into<Row<'r>> + Copy>(
+        &mut self,
+        micro_batches: &[Vec<R>],
+        lr: f64,
+    ) -> Result<StepReport> {
         pollster::block_on(self.step_async(micro_batches, lr))
     }
 
     /// [`Trainer::step`], awaiting its read-backs (the browser cannot block).
-    pub async fn step_async(&mut self, micro_batches: &[Vec<&[u32]>], lr: f64) -> Result<StepReport> {
+    pub async fn step_async<'r, R: Into<Row<'r>> + Copy>(
+        &mut self,
+        micro_batches: &[Vec<R>],
+        lr: f64,
+    ) -> Result<StepReport> {
         let gpu = self.gpu;
         if micro_batches.is_empty() {
             bail!("a step needs at least one micro-batch");
         }
-        // Every input has its next token as target; the loss is the mean over the step.
+        let micro_batches: Vec<Vec<Row>> =
+            micro_batches.iter().map(|mb| mb.iter().map(|&r| r.into()).collect()).collect();
+        // Each input has its next token as target unless its row leaves it out; the loss is
+        // the mean over the step's targets.
         let vocab = self.model.config.vocab;
-        let targets = micro_batches.len() * self.graph.rows();
+        let targets: usize = micro_batches.iter().flatten().map(Row::targets).sum();
+        if targets == 0 {
+            bail!("a step needs at least one target");
+        }
         let scale = 1.0 / targets as f32;
         let mut step = Step::new(gpu);
         for p in &self.params {
@@ -335,15 +350,17 @@ impl<'g> Trainer<'g> {
         w.try_map(|name, t| Ok(HostTensor::new(name, t.shape.clone(), self.gpu.read_f32(t)?)))
     }
 
-    /// The mean loss over `rows` (each `seq_len + 1` ids) without updating anything:
-    /// validation. Rows go through in batches of the training batch size.
+    /// The mean loss over the targets of `rows` (each `seq_len + 1` ids, as slices or
+    /// [`Row`]s) without updating anything: validation. Rows go through in batches of the
+    /// training batch size.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn evaluate(&self, rows: &[&[u32]]) -> Result<f64> {
+    pub fn evaluate<'r, R: Into<Row<'r>> + Copy>(&self, rows: &[R]) -> Result<f64> {
         pollster::block_on(self.evaluate_async(rows))
     }
 
     /// [`Trainer::evaluate`], awaiting its read-backs.
-    pub async fn evaluate_async(&self, rows: &[&[u32]]) -> Result<f64> {
+    pub async fn evaluate_async<'r, R: Into<Row<'r>> + Copy>(&self, rows: &[R]) -> Result<f64> {
+        let rows: Vec<Row> = rows.iter().map(|&r| r.into()).collect();
         let gpu = self.gpu;
         let lora = if self.grads.is_some() { None } else { Some(&self.lora[..]) };
         let mut sum = 0.0;
@@ -354,7 +371,7 @@ impl<'g> Trainer<'g> {
             step.submit()?;
             sum += self.graph.read_loss_sum(gpu).await?;
         }
-        Ok(sum / (rows.len() * self.graph.seq_len).max(1) as f64)
+        Ok(sum / rows.iter().map(Row::targets).sum::<usize>().max(1) as f64)
     }
 
     /// The gradients of the last step, named as [`Trainer::param_names`].

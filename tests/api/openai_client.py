@@ -1,5 +1,6 @@
 """Drives `keel serve --api` with the official openai client (tests/api.rs runs it and checks
-what it prints against `keel generate`). Usage: openai_client.py PORT MODEL LCM_JSON"""
+what it prints against `keel generate` and the golden file). Usage:
+openai_client.py PORT MODEL LCM_JSON GOLDEN_PROMPT"""
 import json
 import sys
 import urllib.error
@@ -7,7 +8,7 @@ import urllib.request
 
 import openai
 
-port, model, lcm = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+port, model, lcm, golden_prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 base = f"http://127.0.0.1:{port}/v1"
 client = openai.OpenAI(base_url=base, api_key="unused")
 messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
@@ -48,6 +49,37 @@ out["stopped"], out["stopped_finish"] = stopped.text, stopped.finish_reason
 out["stopped_stream"] = "".join(
     c.choices[0].text for c in client.completions.create(prompt=prompt, stop=stop, stream=True, **greedy)
 )
+
+# Alternatives: chat's top_logprobs and a completion's logprobs=N, whole and streamed.
+def chat_entries(content):
+    return [[t.token, t.logprob, [[a.token, a.logprob] for a in t.top_logprobs]] for t in content]
+
+
+top = client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=5, **greedy)
+out["chat_top"] = chat_entries(top.choices[0].logprobs.content)
+entries = []
+for chunk in client.chat.completions.create(
+    messages=messages, logprobs=True, top_logprobs=5, stream=True, **greedy
+):
+    if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+        entries += chat_entries(chunk.choices[0].logprobs.content)
+out["chat_top_stream"] = entries
+
+
+def completion_logprobs(lp):
+    return {"tokens": lp.tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": lp.top_logprobs,
+            "text_offset": lp.text_offset}
+
+
+whole = client.completions.create(prompt=golden_prompt, logprobs=5, **greedy).choices[0]
+out["completion_top"] = completion_logprobs(whole.logprobs)
+out["completion_top"]["text"] = whole.text
+merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+for chunk in client.completions.create(prompt=golden_prompt, logprobs=5, stream=True, **greedy):
+    if chunk.choices and chunk.choices[0].logprobs:
+        for key, values in completion_logprobs(chunk.choices[0].logprobs).items():
+            merged[key] += values
+out["completion_top_stream"] = merged
 
 # Bad input: OpenAI's error object with status 400, and the server stays up.
 def status(body):

@@ -23,12 +23,17 @@ pub fn serve(model: &Path) -> Server {
 
 /// Serves `web/` with these extra arguments and Keel's cache at `cache`.
 pub fn serve_with(args: &[&str], cache: &Path) -> Server {
+    serve_logging(args, cache, Stdio::null())
+}
+
+/// [`serve_with`], the server's stderr going to `log`.
+pub fn serve_logging(args: &[&str], cache: &Path, log: impl Into<Stdio>) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["serve", "--port", "0"])
         .args(args)
         .env("KEEL_CACHE", cache)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start keel serve");
     let mut line = String::new();
