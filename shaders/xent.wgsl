@@ -2,14 +2,15 @@
 // (0 for rows without a target), and the logits are replaced in place by
 // d loss_total / d z = scale * (softmax(z) - onehot(target)), where scale = 1 / (number of
 // targets in the batch) makes the total the mean. Rows without a target get zero gradient.
-// One workgroup per row.
+// One workgroup per row. The logits may be a chunk of the batch's rows: their row r is the
+// batch's row first + r, whose target and loss these are.
 
-struct Params { n_rows: u32, vocab: u32, scale: f32, _p: u32 }
+struct Params { n_rows: u32, vocab: u32, scale: f32, first: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // [rows, vocab]
-@group(0) @binding(2) var<storage, read> targets: array<u32>;       // 0xffffffff = none
-@group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // [rows]
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // [n_rows, vocab]
+@group(0) @binding(2) var<storage, read> targets: array<u32>;       // [batch rows], 0xffffffff = none
+@group(0) @binding(3) var<storage, read_write> loss: array<f32>;    // [batch rows]
 
 const WG: u32 = 64u;
 #include reduce
@@ -21,7 +22,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (r >= p.n_rows) { return; }
     let lid = lid3.x;
     let base = r * p.vocab;
-    let t = targets[r];
+    let t = targets[p.first + r];
     let has_target = t < p.vocab;
     var m = -3.0e38;
     for (var i = lid; i < p.vocab; i += WG) { m = max(m, logits[base + i]); }
@@ -37,5 +38,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let prob = exp(logits[base + i] - lse);
         logits[base + i] = scale * (prob - select(0.0, 1.0, i == t));
     }
-    if (lid == 0u) { loss[r] = select(0.0, lse - zt, has_target); }
+    if (lid == 0u) { loss[p.first + r] = select(0.0, lse - zt, has_target); }
 }

@@ -7,6 +7,7 @@ use super::forward::{BlockIo, GpuModel};
 use super::layout::{Block, Linear, Weights};
 use crate::gpu::{DType, Gpu, Step, Tensor};
 use crate::ops::embed::EmbedIndex;
+use crate::ops::matmul::Mat;
 use crate::ops::{act, attention, cgfm, embed, matmul, norm, rope};
 use anyhow::Result;
 
@@ -77,31 +78,50 @@ impl BackwardBufs {
     }
 }
 
-/// What the LM head's forward pass saved: its input `x` (the last residual stream), the
-/// final norm's output and statistics, and the logits, already replaced by their gradient.
-pub struct HeadSaved<'a> {
+/// What the final norm's forward pass saved: its input `x` (the last residual stream) and
+/// its statistics.
+pub struct FinalNormSaved<'a> {
     pub x: &'a Tensor,
-    pub xn: &'a Tensor,
     pub stats: &'a Tensor,
-    pub d_logits: &'a Tensor,
 }
 
 impl GpuModel {
-    /// Backward of the final norm and LM head: writes `bw.dx`. `grads` None: frozen weights.
-    pub fn record_head_backward(
+    /// Backward of the LM head over the `rows` rows from `first`, given their logits'
+    /// gradient `d_logits` (`[rows, vocab]`, from row 0): `bw.dxn` for those rows, and the
+    /// head weight's gradient added into `d_head` (None: frozen). The training graph calls it
+    /// once per chunk of rows, beside that chunk's forward pass, so no logits of the whole
+    /// batch are ever kept.
+    pub fn record_lm_head_backward(
         &self,
         step: &mut Step,
-        saved: &HeadSaved,
+        (xn, d_logits): (&Tensor, &Tensor),
+        d_head: Option<&Tensor>,
+        bw: &BackwardBufs,
+        (first, rows): (usize, usize),
+    ) {
+        // The head as the forward pass read it (a packed copy of a tied embedding under LoRA).
+        let w = self.head_weight();
+        let (vocab, hidden) = (w.shape[0], w.shape[1]);
+        let (dy, dxn) = (Mat::rows(d_logits, 0, vocab), Mat::rows(&bw.dxn, first * hidden, hidden));
+        matmul::matmul(step, dy, Mat::rows(w, 0, hidden), dxn, (rows, hidden, vocab), None, false);
+        if let Some(d_head) = d_head {
+            let (dy_t, xn) = (Mat::transposed(d_logits, 0, vocab), Mat::rows(xn, first * hidden, hidden));
+            let dw = Mat::rows(d_head, 0, hidden);
+            matmul::matmul(step, dy_t, xn, dw, (vocab, hidden, rows), None, true);
+        }
+    }
+
+    /// Backward of the final norm, from `bw.dxn` (the LM head's input gradient) to `bw.dx`.
+    /// `grads` None: frozen weights.
+    pub fn record_final_norm_backward(
+        &self,
+        step: &mut Step,
+        saved: &FinalNormSaved,
         grads: Option<&Weights<Tensor>>,
         bw: &BackwardBufs,
         n: usize,
     ) {
-        let c = &self.config;
-        let w = &self.weights;
-        // The head as the forward pass read it (a packed copy of a tied embedding under LoRA).
-        let lm = (saved.xn, self.head_weight());
-        let d_head = (grads.map(|g| g.head()), None);
-        matmul::linear_backward(step, lm, saved.d_logits, Some((&bw.dxn, false)), d_head, &bw.ones, n);
+        let (c, w) = (&self.config, &self.weights);
         let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };
         norm::norm_backward(step, c.norm(), x, &w.final_norm, &bw.dxn, &bw.dx, n, false);
         if let Some(g) = grads {

@@ -7,13 +7,14 @@
 
 use super::data::Row;
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::model::backward::{BackwardBufs, HeadSaved};
+use crate::model::backward::{BackwardBufs, FinalNormSaved};
 use crate::model::forward::{BlockIo, GpuModel, PostNormBufs, QkNormBufs};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
+use crate::ops::matmul::Mat;
 use crate::ops::{align, cgfm, matmul, norm, xent};
 use anyhow::{bail, Result};
 
@@ -116,6 +117,16 @@ impl BlockActs {
     }
 }
 
+/// The LM head and its loss run over chunks of rows whose logits take at most this many
+/// bytes: no `[rows, vocab]` tensor is kept (8 × 512 rows of a 128k vocabulary would be 2 GiB,
+/// past what one binding may hold), and the chunk stays under WebGPU's default binding limit.
+const HEAD_CHUNK_BYTES: usize = 64 << 20;
+
+/// The rows of one chunk of the LM head over a micro-batch of `rows` rows.
+pub fn head_chunk_rows(rows: usize, vocab: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (4 * vocab.max(1))).clamp(1, rows.max(1))
+}
+
 /// What a training step updates: every weight (their gradients), or LoRA adapters per
 /// block over a frozen model.
 #[derive(Clone, Copy)]
@@ -138,6 +149,7 @@ pub struct TrainGraph {
     acts: Vec<BlockActs>,
     xn_final: Tensor,
     stats_final: Tensor,
+    /// One chunk of rows' logits ([`head_chunk_rows`]), then their gradient.
     logits: Tensor,
     loss: Tensor,
     bw: BackwardBufs,
@@ -199,7 +211,7 @@ impl TrainGraph {
             acts: (0..n_acts).map(|_| BlockActs::new(gpu, model, batch, seq_len)).collect::<Result<_>>()?,
             xn_final: gpu.zeros("xn final", &[rows, c.hidden], DType::F32)?,
             stats_final: gpu.zeros("final norm stats", &[rows, 2], DType::F32)?,
-            logits: gpu.zeros("logits", &[rows, c.vocab], DType::F32)?,
+            logits: gpu.zeros("logits", &[head_chunk_rows(rows, c.vocab), c.vocab], DType::F32)?,
             loss: gpu.zeros("loss", &[rows], DType::F32)?,
             bw: BackwardBufs::new(gpu, model, batch, seq_len)?,
             lcm: None,
@@ -321,17 +333,25 @@ impl TrainGraph {
             Trained::Full(_) => None,
             Trained::Lora(l) => Some(l),
         };
-        self.record_forward(step, model, lora, loss_scale);
+        let d_head = match trained {
+            Trained::Full(g) => Some(g.head()),
+            Trained::Lora(_) => None,
+        };
+        self.record_forward(step, model, lora, loss_scale, Some(d_head));
         self.record_backward(step, model, trained, loss_scale);
     }
 
-    /// Records the forward pass and the loss (and, in place of the logits, their gradient).
+    /// Records the forward pass and the loss. With `head_backward` (training), each chunk of
+    /// the LM head's rows is followed by its backward pass, from the logits' gradient that
+    /// the loss leaves in their place: into `bw.dxn`, and into the head's gradient where it
+    /// is trained (`Some(Some(gradient))`). Without it (validation), only the loss.
     pub fn record_forward(
         &self,
         step: &mut Step,
         model: &GpuModel,
         lora: Option<&[BlockLora]>,
         loss_scale: f32,
+        head_backward: Option<Option<&Tensor>>,
     ) {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
         let c = &model.config;
@@ -373,8 +393,19 @@ impl TrainGraph {
             &self.stats_final,
             (0, n),
         );
-        matmul::linear(step, &self.xn_final, model.head_weight(), None, &self.logits, n, false);
-        xent::cross_entropy(step, &self.logits, &self.targets, &self.loss, n, loss_scale);
+        let chunk = self.logits.shape[0];
+        for first in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - first);
+            let head = Mat::transposed(model.head_weight(), 0, c.hidden);
+            let xn = Mat::rows(&self.xn_final, first * c.hidden, c.hidden);
+            let logits = Mat::rows(&self.logits, 0, c.vocab);
+            matmul::matmul(step, xn, head, logits, (rows, c.vocab, c.hidden), None, false);
+            xent::cross_entropy(step, &self.logits, (&self.targets, &self.loss, first), rows, loss_scale);
+            if let Some(d_head) = head_backward {
+                let saved = (&self.xn_final, &self.logits);
+                model.record_lm_head_backward(step, saved, d_head, &self.bw, (first, rows));
+            }
+        }
     }
 
     /// Records the backward pass after [`TrainGraph::record_forward`].
@@ -386,10 +417,8 @@ impl TrainGraph {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
         let n = self.rows();
         let layers = model.config.layers;
-        let x_last = &self.xs[layers];
-        let head =
-            HeadSaved { x: x_last, xn: &self.xn_final, stats: &self.stats_final, d_logits: &self.logits };
-        model.record_head_backward(step, &head, grads, &self.bw, n);
+        let saved = FinalNormSaved { x: &self.xs[layers], stats: &self.stats_final };
+        model.record_final_norm_backward(step, &saved, grads, &self.bw, n);
         if let Some(a) = &self.align {
             step.clear(&a.loss);
         }

@@ -4,7 +4,7 @@
 //! shape (a test holds the prediction to the bytes a real run allocates); the buffers of LCM,
 //! the alignment loss, HGC and CGFM are not.
 
-use super::graph::ActivationMemory;
+use super::graph::{head_chunk_rows, ActivationMemory};
 use crate::gpu::WeightFormat;
 use crate::model::adapter::Lora;
 use crate::model::layout::Weights;
@@ -55,6 +55,8 @@ pub struct MemoryPlan {
     per_row_recompute: u64,
     /// The widest per-row tensor (elements per row): what the binding limit caps.
     widest_row: u64,
+    /// The vocabulary: one chunk of the LM head's logits is kept (graph.rs `head_chunk_rows`).
+    vocab: usize,
     /// The largest weight on the GPU (name, bytes): one binding must hold it.
     pub largest_weight: (String, u64),
 }
@@ -146,8 +148,8 @@ impl MemoryPlan {
         let backward = 2 * c.hidden + c.ffn + c.up_width() + 2 * q + 2 * kv + c.heads + qkv + 1;
         let backward = backward + if c.qk_norm { qkv } else { 0 };
         // The graph's own: ids, targets, the (sequence, position) table, the residual streams,
-        // the final norm's output and statistics, the logits and the per-row loss.
-        let own = 1 + 1 + 2 + (c.layers + 1) * c.hidden + c.hidden + 2 + c.vocab + 1;
+        // the final norm's output and statistics and the per-row loss (the logits: a chunk).
+        let own = 1 + 1 + 2 + (c.layers + 1) * c.hidden + c.hidden + 2 + 1;
         let (adapters, optimizer, lora_rows) = match trained {
             Trained::Full => {
                 let sizes = named.iter().map(|(_, (s, _))| s.iter().product::<usize>());
@@ -165,12 +167,13 @@ impl MemoryPlan {
             }
         };
         let rows = |blocks: usize| (own + blocks * block + backward + lora_rows) as u64 * F32;
-        let widest = [c.vocab, c.up_width(), c.ffn, qkv, c.hidden, lora_rows].into_iter().max().unwrap_or(1);
+        let widest = [c.up_width(), c.ffn, qkv, c.hidden, lora_rows].into_iter().max().unwrap_or(1);
         MemoryPlan {
             fixed: Bytes { weights: weight_bytes, adapters, optimizer, activations: 0 },
             per_row_keep: rows(c.layers),
             per_row_recompute: rows(1),
             widest_row: widest as u64,
+            vocab: c.vocab,
             largest_weight,
         }
     }
@@ -182,9 +185,16 @@ impl MemoryPlan {
         }
     }
 
+    /// The bytes of one chunk of the LM head's logits over `rows` rows.
+    fn logits(&self, rows: usize) -> u64 {
+        (head_chunk_rows(rows, self.vocab) * self.vocab) as u64 * F32
+    }
+
     /// The bytes of a run of `batch` rows of `seq_len` tokens.
     pub fn bytes(&self, (batch, seq_len): (usize, usize), memory: ActivationMemory) -> Bytes {
-        Bytes { activations: (batch * seq_len) as u64 * self.per_row(memory), ..self.fixed }
+        let rows = batch * seq_len;
+        let activations = rows as u64 * self.per_row(memory) + self.logits(rows);
+        Bytes { activations, ..self.fixed }
     }
 
     /// The most rows (batch × sequence) within `budget` bytes and the largest binding
@@ -193,7 +203,12 @@ impl MemoryPlan {
         if self.largest_weight.1 > binding {
             return 0;
         }
-        let by_memory = budget.saturating_sub(self.fixed.total()) / self.per_row(memory);
+        let avail = budget.saturating_sub(self.fixed.total());
+        let (per_row, logit_row) = (self.per_row(memory), self.vocab as u64 * F32);
+        // Up to a chunk of rows each row adds its logits too; past it the chunk stays full.
+        let chunk = head_chunk_rows(usize::MAX, self.vocab) as u64;
+        let below = avail / (per_row + logit_row);
+        let by_memory = if below < chunk { below } else { avail.saturating_sub(chunk * logit_row) / per_row };
         by_memory.min(binding / (self.widest_row * F32))
     }
 }
@@ -267,7 +282,8 @@ mod tests {
         }
     }
 
-    /// The largest run that fits is the one whose bytes reach the budget: one more row does not fit.
+    /// The largest run that fits is the one whose bytes reach the budget: one more row does not
+    /// fit; below the LM head's chunk of rows (each row adds its logits) and past it.
     #[test]
     fn max_rows_fill_the_budget() {
         let cfg = crate::model::load::parse_config(
@@ -278,10 +294,11 @@ mod tests {
         )
         .unwrap();
         let plan = MemoryPlan::new(&cfg, &config_shapes(&cfg), WeightChoice::Auto, &Trained::Full);
-        for memory in [ActivationMemory::Keep, ActivationMemory::Recompute] {
-            let budget = plan.bytes((1, 1000), memory).total() + 17;
+        assert!(crate::train::graph::head_chunk_rows(usize::MAX, 96) < 400_000);
+        for (memory, want) in [(ActivationMemory::Keep, 1000), (ActivationMemory::Recompute, 400_000)] {
+            let budget = plan.bytes((1, want), memory).total() + 17;
             let rows = plan.max_rows(budget, u64::MAX, memory) as usize;
-            assert_eq!(rows, 1000, "{memory:?}");
+            assert_eq!(rows, want, "{memory:?}");
             assert!(plan.bytes((1, rows + 1), memory).total() > budget);
             // The widest rows are the fused [gate | up] projection's, 2 × 96 floats; its weight,
             // [192, 64], is the largest, and a binding that cannot hold it fits nothing.

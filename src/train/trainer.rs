@@ -367,7 +367,7 @@ impl<'g> Trainer<'g> {
         for chunk in rows.chunks(self.graph.batch) {
             self.graph.write_batch(gpu, chunk, self.model.config.vocab)?;
             let mut step = Step::new(gpu);
-            self.graph.record_forward(&mut step, &self.model, lora, 1.0);
+            self.graph.record_forward(&mut step, &self.model, lora, 1.0, None);
             step.submit()?;
             sum += self.graph.read_loss_sum(gpu).await?;
         }
