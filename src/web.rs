@@ -105,7 +105,7 @@ impl Engine {
                 let host = load_files(&loader.files).map_err(js_err)?;
                 let gpu_model =
                     GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e.into())))?;
-                (host.config, host.tokenizer, gpu_model, None)
+                (host.info.config, host.info.tokenizer, gpu_model, None)
             }
         };
         let loaded = Rc::new(Owned { model: gpu_model, base: None });
