@@ -4,7 +4,7 @@
 //! tokens, `raise_exception`, `strftime_now`, `tools`), Jinja's `trim_blocks`/`lstrip_blocks`,
 //! Python's string methods (minijinja-contrib's pycompat) and Python's `json.dumps` for `tojson`.
 
-use crate::model::LoadedModel;
+use crate::model::ModelInfo;
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -194,7 +194,7 @@ impl ChatTemplate {
 /// The conversation rendered and encoded as the model's prompt: (text, ids).
 pub fn render(
     template: &ChatTemplate,
-    model: &LoadedModel,
+    model: &ModelInfo,
     messages: &[Json],
     tools: Option<&Json>,
     add_generation_prompt: bool,

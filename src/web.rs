@@ -15,7 +15,7 @@ use crate::model::load::{
     streamed_tensor, GenerationDefaults,
 };
 use crate::model::stream::Streamer;
-use crate::model::{GpuModel, ModelConfig};
+use crate::model::{GpuModel, ModelConfig, WeightChoice};
 use crate::modulate::LcmConfig;
 use crate::ops::optim::AdamW;
 use crate::tokenize::{TextStream, Tokenizer};
@@ -105,7 +105,7 @@ impl Engine {
                 let host = load_files(&loader.files).map_err(js_err)?;
                 let gpu_model =
                     GpuModel::upload(self.gpu, &host).map_err(|e| js_err(does_not_fit(e.into())))?;
-                (host.config, host.tokenizer, gpu_model, None)
+                (host.info.config, host.info.tokenizer, gpu_model, None)
             }
         };
         let loaded = Rc::new(Owned { model: gpu_model, base: None });
@@ -154,7 +154,7 @@ fn gguf_streamer(gpu: &Gpu, header: &GgufFile, name: &str) -> Result<Streamer> {
     let hf_config = gguf::hf_config(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
     let config = ModelConfig::from_hf(&hf_config, name)?;
     let formats = gguf::hf_formats(header).map_err(|e| anyhow!("{name}: {e:#}"))?;
-    Streamer::new(gpu, &config, &formats).map_err(does_not_fit)
+    Streamer::new(gpu, &config, &formats, WeightChoice::Auto).map_err(does_not_fit)
 }
 
 /// A model's GPU tensors refused by the adapter (their binding limit), said so.
@@ -226,7 +226,7 @@ impl Loader {
                     ))
                 })?;
                 let config = parse_config(bytes, "config.json").map_err(js_err)?;
-                let stream = Streamer::new(self.gpu, &config, &Default::default())
+                let stream = Streamer::new(self.gpu, &config, &Default::default(), WeightChoice::Auto)
                     .map_err(|e| js_err(does_not_fit(e)))?;
                 self.stream.insert(stream)
             }

@@ -248,7 +248,7 @@ struct Params {
 }
 
 impl Params {
-    fn parse(req: &Value, host: &crate::model::LoadedModel, chat: bool) -> Result<Params, ApiError> {
+    fn parse(req: &Value, host: &crate::model::ModelInfo, chat: bool) -> Result<Params, ApiError> {
         let num = |k: &'static str| -> Result<Option<f64>, ApiError> {
             match req.get(k) {
                 None | Some(Value::Null) => Ok(None),

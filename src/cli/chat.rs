@@ -5,7 +5,7 @@ use super::{upload, LcmArgs, ModelArg, SamplingArgs};
 pub use crate::chat::render;
 use crate::chat::{self, ChatTemplate};
 use crate::generate::{self, GenerateOptions};
-use crate::model::LoadedModel;
+use crate::model::ModelInfo;
 use crate::tokenize::TextStream;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -27,7 +27,7 @@ pub struct TemplateArg {
 
 impl TemplateArg {
     /// The template for `model`: `--chat-template` if given, else the model's own.
-    pub fn load(&self, model: &LoadedModel) -> Result<ChatTemplate> {
+    pub fn load(&self, model: &ModelInfo) -> Result<ChatTemplate> {
         let tok = &model.tokenizer;
         ChatTemplate::for_model_or_file(&model.path, self.chat_template.as_deref(), &|id| tok.token_text(id))
     }
@@ -57,7 +57,7 @@ pub fn read_messages(path: &Path) -> Result<(Vec<Value>, Option<Value>)> {
 }
 
 /// The ids that end a reply (see [`ChatTemplate::stop_ids`]).
-pub fn stop_ids(template: &ChatTemplate, model: &LoadedModel) -> Vec<u32> {
+pub fn stop_ids(template: &ChatTemplate, model: &ModelInfo) -> Vec<u32> {
     template.stop_ids(&model.config.eos, &model.tokenizer)
 }
 
@@ -98,7 +98,7 @@ pub fn chat(a: ChatArgs, adapter: &Option<String>) -> Result<()> {
     let lcm = a.lcm.config()?;
     let path = crate::pull::resolve_model(a.model.model.as_deref())?;
     let t0 = Instant::now();
-    let host = crate::model::load(&path)?;
+    let host = crate::model::open(&path)?;
     let template = a.template.load(&host)?;
     let sampler = a.sampling.config(&host)?;
     if let Some(c) = &lcm {

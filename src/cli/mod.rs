@@ -18,7 +18,7 @@ use crate::generate::sampler::Dry;
 use crate::generate::SamplerConfig;
 use crate::gpu::WeightFormat;
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::model::{GpuModel, LoadedModel, WeightChoice};
+use crate::model::{GpuModel, ModelInfo, OpenModel, WeightChoice};
 use crate::modulate::{self, LcmConfig};
 use anyhow::{Context, Result};
 use clap::error::ErrorKind;
@@ -173,7 +173,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn config(&self, model: &LoadedModel) -> Result<SamplerConfig> {
+    pub fn config(&self, model: &ModelInfo) -> Result<SamplerConfig> {
         let d = SamplerConfig::for_model(&model.generation);
         let cfg = SamplerConfig {
             temperature: self.temperature.unwrap_or(d.temperature),
@@ -284,7 +284,7 @@ fn gpu(adapter: &Option<String>) -> Result<&'static Gpu> {
 
 /// A model loaded and uploaded, with the seconds it took.
 pub struct Ready {
-    pub host: LoadedModel,
+    pub host: ModelInfo,
     pub gpu_model: GpuModel,
     pub gpu: &'static Gpu,
     pub load_s: f64,
@@ -309,21 +309,20 @@ pub fn load_model(arg: &ModelArg, adapter: &Option<String>) -> Result<Ready> {
 pub fn load_model_as(arg: &ModelArg, adapter: &Option<String>, choice: WeightChoice) -> Result<Ready> {
     let path = resolve_model(arg)?;
     let t0 = Instant::now();
-    // The files first: a broken model is refused without starting the GPU.
-    let host = crate::model::load(&path)?;
-    upload(host, adapter, choice, t0)
+    // The files' headers first: a model broken there is refused without starting the GPU.
+    let model = crate::model::open(&path)?;
+    upload(model, adapter, choice, t0)
 }
 
-/// Uploads a model read with `crate::model::load` (begun at `t0`) to the GPU.
+/// Streams a model opened with `crate::model::open` (begun at `t0`) to the GPU.
 pub fn upload(
-    host: LoadedModel,
+    model: OpenModel,
     adapter: &Option<String>,
     choice: WeightChoice,
     t0: Instant,
 ) -> Result<Ready> {
     let gpu = gpu(adapter)?;
-    let gpu_model = GpuModel::upload_with(gpu, &host, choice)
-        .with_context(|| format!("{}: cannot load onto the GPU", host.path.display()))?;
+    let (host, gpu_model) = model.upload(gpu, choice)?;
     gpu.check_lost()?;
     Ok(Ready { host, gpu_model, gpu, load_s: t0.elapsed().as_secs_f64() })
 }

@@ -101,7 +101,7 @@ pub fn generate(a: GenerateArgs, adapter: &Option<String>) -> Result<()> {
         _ => None,
     };
     let t0 = Instant::now();
-    let host = crate::model::load(&crate::pull::resolve_model(a.model.model.as_deref())?)?;
+    let host = crate::model::open(&crate::pull::resolve_model(a.model.model.as_deref())?)?;
     let sampler = a.sampling.config(&host)?;
     if let Some(c) = &lcm {
         c.validate(host.config.layers)?;

@@ -322,7 +322,7 @@ mod tests {
         assert!(err.contains("--lora-targets") && err.contains("'x'"), "{err}");
         // GPT-2 has two c_proj: target_modules must say which (PEFT matches by suffix).
         if let Some(gpt2) = crate::testing::model("tiny-gpt2") {
-            let g = load(&gpt2).unwrap().config;
+            let g = load(&gpt2).unwrap().info.config;
             let lora = Lora::init(&g, &parse_targets(&g, "o,down").unwrap(), 2, 4.0, 1).unwrap();
             let dir = std::env::temp_dir().join(format!("keel-adapter-gpt2-{}", std::process::id()));
             lora.save(&dir, &g, "tiny-gpt2").unwrap();

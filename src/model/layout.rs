@@ -714,7 +714,7 @@ mod tests {
         };
         let text = std::fs::read(root.join("data/configs/smollm2-135m.json")).unwrap();
         let ours = crate::model::load::parse_config(&text, "smollm2-135m.json").unwrap();
-        let theirs = crate::model::load(&gguf).unwrap().config;
+        let theirs = crate::model::load(&gguf).unwrap().info.config;
         let ours_no_max = ModelConfig { max_positions: theirs.max_positions, ..ours.clone() };
         assert_eq!(ours_no_max, theirs);
         assert!(ours.max_positions >= 640, "the benchmark's 512 + 128 tokens must fit");

@@ -26,18 +26,36 @@ pub struct GenerationDefaults {
     pub repetition_penalty: Option<f32>,
 }
 
-/// A model on the host: config, weights, tokenizer and generation defaults.
-pub struct LoadedModel {
+/// A model besides its weights: config, tokenizer, generation defaults and where it is.
+pub struct ModelInfo {
     /// Architecture and shapes.
     pub config: ModelConfig,
-    /// Weights in Keel's fused layout.
-    pub weights: Weights<HostTensor>,
     /// The model's tokenizer.
     pub tokenizer: Tokenizer,
     /// Sampling defaults from generation_config.json.
     pub generation: GenerationDefaults,
     /// Where it was loaded from.
     pub path: PathBuf,
+}
+
+/// A model on the host: its [`ModelInfo`] (read through `Deref`) and its weights.
+pub struct LoadedModel {
+    pub info: ModelInfo,
+    /// Weights in Keel's fused layout.
+    pub weights: Weights<HostTensor>,
+}
+
+impl std::ops::Deref for LoadedModel {
+    type Target = ModelInfo;
+    fn deref(&self) -> &ModelInfo {
+        &self.info
+    }
+}
+
+impl std::ops::DerefMut for LoadedModel {
+    fn deref_mut(&mut self) -> &mut ModelInfo {
+        &mut self.info
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -84,7 +102,7 @@ pub fn parse_shard_index(bytes: &[u8], file: &str) -> Result<Vec<String>> {
 /// Checks a safetensors file's framing before the safetensors crate reads it, so that
 /// errors name the tensor and what was expected: a header inside the file, data ranges
 /// that match each tensor's dtype and shape, and ranges that tile the data exactly.
-fn check_safetensors(bytes: &[u8]) -> Result<()> {
+pub(super) fn check_safetensors(bytes: &[u8]) -> Result<()> {
     let len = bytes.len();
     let n = bytes
         .first_chunk::<8>()
@@ -144,7 +162,7 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
 }
 
 /// Little-endian F32, F16 or BF16 bytes as f32; None for other dtypes.
-fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+pub(super) fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         safetensors::Dtype::F32 => {
             data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
@@ -185,12 +203,12 @@ pub fn streamed_tensor(
 }
 
 /// Where the model's files are.
-enum Layout {
+pub(super) enum Layout {
     Gguf(PathBuf),
     Safetensors(PathBuf),
 }
 
-fn find(path: &Path) -> Result<Layout> {
+pub(super) fn find(path: &Path) -> Result<Layout> {
     if path.is_file() {
         if path.extension().is_some_and(|e| e == "gguf") {
             return Ok(Layout::Gguf(path.to_path_buf()));
@@ -349,11 +367,12 @@ fn load_from(read: &ReadFile, shown: &dyn Fn(&str) -> String, gguf: Option<&str>
         by_name.insert(t.name.clone(), t);
     }
     let weights = Weights::from_hf(&config, by_name, &weights_file)?;
-    Ok(LoadedModel { config, weights, tokenizer, generation, path: PathBuf::from(shown("")) })
+    let info = ModelInfo { config, tokenizer, generation, path: PathBuf::from(shown("")) };
+    Ok(LoadedModel { info, weights })
 }
 
 /// The config, sampling defaults and tokenizer (tokenizer.json, else a GGUF's vocabulary).
-fn config_and_tokenizer(
+pub(super) fn config_and_tokenizer(
     read: &ReadFile,
     shown: &dyn Fn(&str) -> String,
     hf_config: &Value,

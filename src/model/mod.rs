@@ -10,10 +10,14 @@ pub mod gguf;
 pub mod layout;
 pub mod load;
 pub mod lora;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod open;
 pub mod save;
 pub mod stream;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use forward::{GpuModel, KvCache, WeightChoice};
-pub use load::{load, LoadedModel};
+pub use load::{load, LoadedModel, ModelInfo};
+#[cfg(not(target_arch = "wasm32"))]
+pub use open::{open, OpenModel};

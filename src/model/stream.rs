@@ -7,16 +7,15 @@ use super::config::ModelConfig;
 use super::forward::packable;
 use super::layout::{check_tensor, hf_layout, missing, HfPlace, Weights};
 use super::weights::HostTensor;
-use super::GpuModel;
+use super::{GpuModel, WeightChoice};
 use crate::gpu::wfmt::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Tensor};
 use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, HashMap};
 
-/// Named in errors about tensors that never arrived.
-const SOURCE: &str = "the model's files";
-
 pub struct Streamer {
+    /// Named in errors about tensors that never arrived.
+    source: String,
     weights: Weights<Tensor>,
     /// A packed copy of a tied embedding for the LM head (see [`GpuModel::upload_weights`]).
     head: Option<Tensor>,
@@ -33,29 +32,48 @@ impl Streamer {
     /// Creates `cfg`'s Keel tensors empty; every one is checked against the binding limit
     /// before any is created. `formats` gives the packed format of the Hugging Face tensors
     /// that will arrive packed (a GGUF's, see [`super::gguf::hf_formats`]; the others come as
-    /// f32): as `GpuModel::upload_with(.., WeightChoice::Auto)` does, a matrix-product weight
-    /// whose parts all come in one packed format is held in it, and so is the LM head's copy
-    /// of a packed tied embedding.
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, formats: &BTreeMap<String, WeightFormat>) -> Result<Streamer> {
+    /// f32). Each matrix-product weight is held in the format `GpuModel::upload_with(..,
+    /// choice)` gives it: under `Auto` the packed format all its parts come in, else f32;
+    /// under a format that one where its rows fit it; and so is the LM head's copy of a tied
+    /// embedding.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        formats: &BTreeMap<String, WeightFormat>,
+        choice: WeightChoice,
+    ) -> Result<Streamer> {
         let (shapes, places) = hf_layout(cfg);
         shapes.try_map(|name, shape| gpu.check_binding(name, shape))?;
         let format = |hf: &str| formats.get(hf).copied().unwrap_or(WeightFormat::F32);
         let dtype = |f: WeightFormat| if f == WeightFormat::F32 { DType::F32 } else { DType::Packed(f) };
-        let weights = shapes.try_map(|name, shape| {
-            let mut parts = places.iter().filter(|p| p.keel == name).map(|p| format(&p.hf));
+        // The format Keel tensor `keel` of `shape` is held in.
+        let held = |keel: &str, shape: &[usize]| {
+            let mut parts = places.iter().filter(|p| p.keel == keel).map(|p| format(&p.hf));
             let first = parts.next().unwrap_or(WeightFormat::F32);
-            let packed = packable(name) && parts.all(|f| f == first);
-            gpu.zeros(name, shape, dtype(if packed { first } else { WeightFormat::F32 }))
+            match choice {
+                WeightChoice::Auto if parts.all(|f| f == first) => first,
+                WeightChoice::Format(f) if f != WeightFormat::F32 && f.fits(shape[1]) => f,
+                _ => WeightFormat::F32,
+            }
+        };
+        let weights = shapes.try_map(|name, shape| {
+            let f = if packable(name) { held(name, shape) } else { WeightFormat::F32 };
+            gpu.zeros(name, shape, dtype(f))
         })?;
-        let embed_format =
-            places.iter().find(|p| p.keel == "embed").map_or(WeightFormat::F32, |p| format(&p.hf));
-        let head = (weights.lm_head.is_none() && embed_format != WeightFormat::F32)
-            .then(|| gpu.zeros("lm_head (tied)", &weights.embed.shape, dtype(embed_format)))
+        let head_format = held("embed", &weights.embed.shape);
+        let head = (weights.lm_head.is_none() && head_format != WeightFormat::F32)
+            .then(|| gpu.zeros("lm_head (tied)", &weights.embed.shape, dtype(head_format)))
             .transpose()?;
         let by_keel = weights.named().into_iter().map(|(name, t)| (name, t.clone())).collect();
         let order = places.iter().map(|p| p.hf.clone()).collect();
         let waiting = places.into_iter().map(|p| (p.hf.clone(), p)).collect();
-        Ok(Streamer { weights, head, by_keel, waiting, arrived: HashMap::new(), order })
+        let source = "the model's files".into();
+        Ok(Streamer { source, weights, head, by_keel, waiting, arrived: HashMap::new(), order })
+    }
+
+    /// Names the source in errors about tensors that never arrived.
+    pub fn named(self, source: &str) -> Streamer {
+        Streamer { source: source.into(), ..self }
     }
 
     /// Writes one Hugging Face tensor of file `file` at its place.
@@ -74,10 +92,12 @@ impl Streamer {
         let t = place.reorder.apply(t);
         let target = &self.by_keel[&place.keel];
         let cols = target.shape[1..].iter().product();
-        write_rows(gpu, file, target, place.row, cols, &t)?;
+        write_rows(gpu, target, place.row, cols, &t);
         if let (Some(head), "embed") = (&self.head, place.keel.as_str()) {
-            write_rows(gpu, file, head, 0, cols, &t)?;
+            write_rows(gpu, head, 0, cols, &t);
         }
+        // The writes' staging memory is freed once submitted: one tensor's at a time.
+        gpu.queue.submit([]);
         self.arrived.insert(place.hf.clone(), place);
         Ok(())
     }
@@ -86,7 +106,7 @@ impl Streamer {
     /// generation_config.json's EOS), of the same shapes as the one given to [`Streamer::new`].
     pub fn finish(self, gpu: &'static Gpu, cfg: &ModelConfig) -> Result<GpuModel> {
         if let Some(name) = self.order.iter().find(|n| self.waiting.contains_key(*n)) {
-            return Err(missing(SOURCE, name, &self.waiting[name].shape));
+            return Err(missing(&self.source, name, &self.waiting[name].shape));
         }
         let streamed: Vec<_> =
             self.weights.named().iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect();
@@ -99,13 +119,14 @@ impl Streamer {
     }
 }
 
-/// Rows of a packed tensor dequantized at a time into an f32 one.
-const DEQUANTIZED_ROWS: usize = 256;
+/// Rows of a tensor converted at a time into another format.
+const CONVERTED_ROWS: usize = 256;
 
 /// Writes `t` into `target` from row `row` on (rows of `cols` elements): its packed words
-/// into a packed tensor of its format, else its f32 values (a packed tensor's a few rows at a
-/// time, so that no f32 copy of the whole tensor is made: SmolLM2's embedding is 113 MB as f32).
-fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t: &HostTensor) -> Result<()> {
+/// into a packed tensor of its format as they are, else converted a few rows at a time
+/// (dequantized, then quantized to the target's format), so that no copy of the whole
+/// tensor is made (SmolLM2's embedding is 113 MB as f32).
+fn write_rows(gpu: &Gpu, target: &Tensor, row: usize, cols: usize, t: &HostTensor) {
     let fmt = target.format();
     let write = |row: usize, words: &[u32]| {
         if !words.is_empty() {
@@ -113,22 +134,24 @@ fn write_rows(gpu: &Gpu, file: &str, target: &Tensor, row: usize, cols: usize, t
             gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
         }
     };
+    let convert = |values: &[f32]| match fmt {
+        WeightFormat::F32 => bytemuck::cast_slice(values).to_vec(),
+        _ => wfmt::quantize(fmt, values, cols),
+    };
     match t.packed_words() {
         Some((f, words)) if f == fmt => write(row, words),
-        Some((f, words)) if fmt == WeightFormat::F32 => {
-            for (i, rows) in words.chunks(f.words(DEQUANTIZED_ROWS, cols)).enumerate() {
-                write(row + i * DEQUANTIZED_ROWS, bytemuck::cast_slice(&wfmt::dequantize(f, rows)));
+        Some((f, words)) => {
+            for (i, rows) in words.chunks(f.words(CONVERTED_ROWS, cols)).enumerate() {
+                write(row + i * CONVERTED_ROWS, &convert(&wfmt::dequantize(f, rows)));
             }
         }
         None if fmt == WeightFormat::F32 => write(row, bytemuck::cast_slice(&t.values())),
-        _ => bail!(
-            "{file}: tensor '{}' comes as {} but its GPU tensor holds {}",
-            t.name,
-            t.format().name(),
-            fmt.name()
-        ),
+        None => {
+            for (i, rows) in t.values().chunks(CONVERTED_ROWS * cols.max(1)).enumerate() {
+                write(row + i * CONVERTED_ROWS, &convert(rows));
+            }
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -136,7 +159,6 @@ mod tests {
     use super::*;
     use crate::model::gguf::{self, GgufFile, GgufReader};
     use crate::model::load::streamed_tensor;
-    use crate::model::WeightChoice;
     use serde_json::Value;
 
     /// Each safetensors tensor cut from its header entry's byte range, streamed as the
@@ -148,7 +170,8 @@ mod tests {
             let Some(src) = crate::testing::model(name) else { continue };
             let loaded = crate::model::load(&src).unwrap();
             let uploaded = GpuModel::upload(gpu, &loaded).unwrap();
-            let mut streamer = Streamer::new(gpu, &loaded.config, &BTreeMap::new()).unwrap();
+            let mut streamer =
+                Streamer::new(gpu, &loaded.config, &BTreeMap::new(), WeightChoice::Auto).unwrap();
             let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
             let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -204,7 +227,12 @@ mod tests {
                     Some(s) => s,
                     None => {
                         let cfg = ModelConfig::from_hf(&gguf::hf_config(header)?, file)?;
-                        streamer.insert(Streamer::new(gpu, &cfg, &gguf::hf_formats(header)?)?)
+                        streamer.insert(Streamer::new(
+                            gpu,
+                            &cfg,
+                            &gguf::hf_formats(header)?,
+                            WeightChoice::Auto,
+                        )?)
                     }
                 };
                 s.tensor(gpu, file, t)
@@ -231,8 +259,8 @@ mod tests {
     fn streamed_tensors_are_checked() {
         let gpu = crate::ops::test_util::gpu();
         let Some(src) = crate::testing::model("stories260k") else { return };
-        let cfg = crate::model::load(&src).unwrap().config;
-        let mut s = Streamer::new(gpu, &cfg, &BTreeMap::new()).unwrap();
+        let cfg = crate::model::load(&src).unwrap().info.config;
+        let mut s = Streamer::new(gpu, &cfg, &BTreeMap::new(), WeightChoice::Auto).unwrap();
         let norm = |name: &str, n: usize| HostTensor::new(name, vec![n], vec![1.0; n]);
         let err = s.tensor(gpu, "f", norm("model.norm.weight", cfg.hidden + 1)).unwrap_err().to_string();
         assert!(err.contains("f: tensor 'model.norm.weight' has shape"), "{err}");

@@ -13,7 +13,7 @@ use crate::gpu::Gpu;
 use crate::metrics::latent::{layer_latents, LayerInput, LayerLatent};
 use crate::metrics::lexical::sentence_of;
 use crate::metrics::sequence::SequenceMetrics;
-use crate::model::{GpuModel, LoadedModel};
+use crate::model::{GpuModel, ModelInfo};
 use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
 use crate::tokenize::TextStream;
@@ -46,7 +46,7 @@ pub struct Request {
 
 /// A loaded model as a study uses it.
 pub struct StudyModel<'a> {
-    pub host: &'a LoadedModel,
+    pub host: &'a ModelInfo,
     pub gpu_model: &'a GpuModel,
     pub gpu: &'a Gpu,
     pub progress: &'a dyn Progress,

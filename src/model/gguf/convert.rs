@@ -55,18 +55,14 @@ const ARCHITECTURES: [(&str, &str, bool); 7] = [
 
 /// llama.cpp's name of the per-frequency RoPE divisors its converter bakes Llama 3's
 /// `rope_scaling` into.
-const ROPE_FREQS: &str = "rope_freqs.weight";
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Converts a GGUF of a supported architecture into a Hugging Face config.json and tensors
 /// with HF names and shapes (see [`hf_tensor`]); a Llama 3 `rope_freqs.weight` goes into the
 /// config.
 pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
     let file = parse(bytes)?;
-    let rope_freqs = match file.tensor(ROPE_FREQS) {
-        Some(info) => Some(decode(info, tensor_data(&file, bytes, info)?)?),
-        None => None,
-    };
-    let config = config_of(&file, rope_freqs.as_deref())?;
+    let config = whole_file_config(&file, bytes)?;
     let tensors = file
         .tensors
         .iter()
@@ -113,6 +109,16 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
         "GGUF tensor '{ROPE_FREQS}' (Llama 3's rope scaling) is read with the whole file, not from the header alone"
     );
     config_of(file, None)
+}
+
+/// The Hugging Face config.json of a GGUF whose bytes are all at hand (`bytes`): [`hf_config`],
+/// with a Llama 3 file's `rope_freqs.weight` read.
+pub fn whole_file_config(file: &GgufFile, bytes: &[u8]) -> Result<Value> {
+    let rope_freqs = match file.tensor(ROPE_FREQS) {
+        Some(info) => Some(decode(info, tensor_data(file, bytes, info)?)?),
+        None => None,
+    };
+    config_of(file, rope_freqs.as_deref())
 }
 
 /// [`hf_config`], with the values of the file's `rope_freqs.weight` if it has one.
@@ -263,13 +269,7 @@ pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<
     let (arch, _, permuted) = architecture(file)?;
     let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
     let (hf, undo) = hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?;
-    let shape = info
-        .dims
-        .iter()
-        .rev()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))?;
+    let shape = hf_shape(info)?;
     let rows = shape.first().copied().unwrap_or(1);
     let fail = |e: anyhow::Error| anyhow!("GGUF tensor '{}': {e}", info.name);
     // The head count of llama's q/k rows to un-permute.
@@ -309,6 +309,23 @@ pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<
         }
     };
     Ok(t)
+}
+
+/// The tensor's Hugging Face shape (ggml's dimensions reversed).
+fn hf_shape(info: &GgufTensorInfo) -> Result<Vec<usize>> {
+    info.dims
+        .iter()
+        .rev()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("GGUF tensor '{}': a dimension does not fit in memory", info.name))
+}
+
+/// The Hugging Face name and shape [`hf_tensor`] gives a tensor, from the header alone.
+pub fn hf_name_and_shape(file: &GgufFile, info: &GgufTensorInfo) -> Result<(String, Vec<usize>)> {
+    let (arch, _, _) = architecture(file)?;
+    let (layers, heads, kv_heads) = layer_and_head_counts(file)?;
+    Ok((hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?.0, hf_shape(info)?))
 }
 
 /// The GPU format that holds a ggml type as it is stored.

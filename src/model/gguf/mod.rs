@@ -13,7 +13,9 @@ mod reader;
 mod test_files;
 mod tokenizer;
 
-pub use convert::{hf_config, hf_formats, hf_tensor, to_hf};
-pub use parse::{parse, parse_header, GgufFile, GgufTensorInfo, GgufValue};
+pub use convert::{
+    hf_config, hf_formats, hf_name_and_shape, hf_tensor, to_hf, whole_file_config, ROPE_FREQS,
+};
+pub use parse::{parse, parse_header, tensor_data, GgufFile, GgufTensorInfo, GgufValue};
 pub use reader::GgufReader;
 pub use tokenizer::tokenizer_json;

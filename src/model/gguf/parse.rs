@@ -325,7 +325,7 @@ fn element_count(info: &GgufTensorInfo) -> Result<usize> {
 
 /// The tensor's bytes, after checking its type is supported, its rows are whole blocks
 /// and its range lies within the file.
-pub(super) fn tensor_data<'a>(file: &GgufFile, bytes: &'a [u8], info: &GgufTensorInfo) -> Result<&'a [u8]> {
+pub fn tensor_data<'a>(file: &GgufFile, bytes: &'a [u8], info: &GgufTensorInfo) -> Result<&'a [u8]> {
     let (start, end) = check_range(info, tensor_range(file, info)?, bytes.len())?;
     Ok(&bytes[start..end])
 }
