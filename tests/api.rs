@@ -85,7 +85,7 @@ fn openai_client_gets_keel_generates_replies() {
 
     // Alternatives. The completion of the golden text: its tokens are transformers' greedy ones,
     // the first position's 5 alternatives transformers' top 5.
-    let tok = keel::model::load(&dir).unwrap().tokenizer;
+    let tok = keel::model::load(&dir).unwrap().info.tokenizer;
     let text_of = |id: &Value| tok.decode(&[id.as_u64().unwrap() as u32]).unwrap();
     let lp = &out["completion_top"];
     let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();

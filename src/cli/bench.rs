@@ -290,7 +290,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let choice = match a.lora_rank {
-        Some(_) => a.model.weights()?,
+        Some(_) => a.model.weights(),
         None => {
             a.model.require_f32("bench --train (full fine-tuning)")?;
             WeightChoice::Format(WeightFormat::F32)

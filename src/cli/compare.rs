@@ -8,7 +8,7 @@ use super::{load_model, LcmArgs, ModelArg, Ready};
 use crate::chat::ChatTemplate;
 use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
-use crate::model::LoadedModel;
+use crate::model::ModelInfo;
 use crate::modulate::LcmConfig;
 use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
@@ -81,7 +81,7 @@ impl StudyArgs {
     }
 
     /// The chat template the prompts go through (`--chat`), or None for plain prompts.
-    pub fn chat_template(&self, model: &LoadedModel) -> Result<Option<ChatTemplate>> {
+    pub fn chat_template(&self, model: &ModelInfo) -> Result<Option<ChatTemplate>> {
         self.chat.then(|| self.template.load(model)).transpose()
     }
 

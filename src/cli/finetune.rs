@@ -338,7 +338,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         grad_clip: a.grad_clip,
         decay_norms_biases: !a.no_decay_norms_biases,
         lora,
-        weights: a.model.weights()?,
+        weights: a.model.weights(),
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
         lcm: a.lcm.config()?,
         constrict: a.constrict.config()?,

@@ -103,6 +103,13 @@ pub enum WeightsFlag {
     Q4_1,
 }
 
+impl std::fmt::Display for WeightsFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(self.to_possible_value().expect("no value is skipped").get_name())
+    }
+}
+
 impl ModelArg {
     pub fn weights(&self) -> WeightChoice {
         match self.weights {

@@ -271,7 +271,7 @@ mod tests {
             let before = gpu.allocated_bytes();
             let model = GpuModel::upload_weights(gpu, &cfg, &host, choice).unwrap();
             let adamw =
-                crate::cpu::optim::AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+                crate::ops::optim::AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
             let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
             let mut t = Trainer::new(gpu, model, shape, memory, opt, method).unwrap();
             let row: Vec<u32> = (0..9).collect();
