@@ -4,6 +4,7 @@
 //! judge of `compare`'s topic-drift metrics.
 
 use crate::gpu::{Gpu, Step};
+pub use crate::metrics::drift::cosine;
 use crate::model::{self, GpuModel};
 use crate::tokenize::Tokenizer;
 use anyhow::{bail, Result};
@@ -98,13 +99,6 @@ pub fn mean_pool_normalized(states: &[f32], dim: usize) -> Vec<f32> {
     mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
     let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(1e-12);
     mean.iter().map(|m| (m / norm) as f32).collect()
-}
-
-/// The cosine of two embeddings (their dot product when both have unit length).
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b)).max(1e-12)
 }
 
 #[cfg(test)]

@@ -37,12 +37,19 @@ pub fn segments(pieces: &[String], len: usize) -> Vec<String> {
     out
 }
 
+/// The cosine of two embeddings (their dot product when both have unit length).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(1e-12)
+}
+
 /// The drift of segment embeddings from the prompt's embedding and from each other.
 pub fn drift(prompt: &[f32], segments: &[Vec<f32>]) -> Drift {
     if segments.len() < 2 {
         return Drift::NONE;
     }
-    let distance = |a: &[f32], b: &[f32]| 1.0 - crate::sentence::cosine(a, b);
+    let distance = |a: &[f32], b: &[f32]| 1.0 - cosine(a, b);
     let later = &segments[1..];
     Drift {
         prompt: mean(&later.iter().map(|s| distance(s, prompt)).collect::<Vec<_>>()),
