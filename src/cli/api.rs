@@ -33,6 +33,8 @@ pub struct Api {
     template: Option<ChatTemplate>,
     template_error: String,
     next_id: AtomicU64,
+    /// `/v1/embeddings`' sentence encoder, loaded on the first request.
+    embedder: Mutex<Option<crate::sentence::SentenceEncoder>>,
 }
 
 /// An OpenAI error: HTTP status, message, and the parameter it concerns.
@@ -68,7 +70,14 @@ impl Api {
             Err(e) if template.chat_template.is_none() => (None, format!("{e:#}")),
             Err(e) => return Err(e),
         };
-        Ok(Api { name, engine: Mutex::new(ready), template, template_error, next_id: AtomicU64::new(1) })
+        Ok(Api {
+            name,
+            engine: Mutex::new(ready),
+            template,
+            template_error,
+            next_id: AtomicU64::new(1),
+            embedder: Mutex::new(None),
+        })
     }
 
     /// Answers one `/v1/...` request on `stream`; errors come back as OpenAI error objects.
@@ -80,7 +89,8 @@ impl Api {
             }
             ("POST", "/v1/chat/completions") => self.complete(body, true, stream),
             ("POST", "/v1/completions") => self.complete(body, false, stream),
-            (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            ("POST", "/v1/embeddings") => self.embeddings(body),
+            (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
                 Err(ApiError::new(405, format!("{method} is not allowed on {path}")))
             }
             _ => Err(ApiError::new(404, format!("no such endpoint: {path}"))),
@@ -92,6 +102,50 @@ impl Api {
                 super::serve::respond(stream, e.status, "application/json", e.body().as_bytes(), &[], false)
             }
         }
+    }
+
+    /// OpenAI's embeddings: `input` a string or a list of them, each embedded by the judge
+    /// encoder (all-MiniLM-L6-v2, whatever `model` says); `encoding_format` float or base64
+    /// (little-endian f32, what the openai client asks for).
+    fn embeddings(&self, body: &[u8]) -> Result<String, ApiError> {
+        let req: Value = serde_json::from_slice(body)
+            .map_err(|e| bad(None, format!("the body is not valid JSON: {e}")))?;
+        let texts: Vec<&str> = match req.get("input") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) if !a.is_empty() => a.iter().filter_map(Value::as_str).collect(),
+            _ => return Err(bad(Some("input"), "'input' must be a string or a non-empty list of strings")),
+        };
+        if texts.len() != req["input"].as_array().map_or(1, Vec::len) {
+            return Err(bad(Some("input"), "'input' must hold strings (token arrays are not supported)"));
+        }
+        let base64 = match req.get("encoding_format").and_then(Value::as_str) {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(bad(
+                    Some("encoding_format"),
+                    format!("'encoding_format' {other:?}: expected float or base64"),
+                ))
+            }
+        };
+        let mut slot = self.embedder.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let load = crate::pull::resolve_judge_model(None)
+                .and_then(|p| crate::sentence::SentenceEncoder::load(&p));
+            *slot = Some(load.map_err(|e| ApiError::new(500, format!("the embedding model: {e:#}")))?);
+        }
+        let encoder = slot.as_ref().expect("loaded above");
+        let (mut data, mut tokens) = (Vec::new(), 0);
+        for (index, text) in texts.iter().enumerate() {
+            let fail = |e: anyhow::Error| bad(Some("input"), format!("input {index}: {e:#}"));
+            tokens += encoder.tokens(text).map_err(fail)?.len();
+            let e = encoder.embed(text).map_err(fail)?;
+            let embedding = if base64 { json!(base64_f32(&e)) } else { json!(e) };
+            data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+        }
+        let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+        Ok(json!({"object": "list", "data": data, "model": crate::pull::JUDGE_MODEL_NAME, "usage": usage})
+            .to_string())
     }
 
     fn model_card(&self) -> Value {
@@ -547,6 +601,21 @@ impl Output<'_> {
     }
 }
 
+/// Standard base64 (with padding) of the little-endian bytes of `values`.
+fn base64_f32(values: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            let c = if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] } else { b'=' };
+            out.push(c as char);
+        }
+    }
+    out
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -576,6 +645,13 @@ mod tests {
             assert!((got as f64 - want).abs() < 1e-6, "{got} vs {want}");
         }
         assert_eq!(top_logprobs(&logits, 9).len(), 5);
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        // 1.0f32 is 00 00 80 3f: "AACAPw==".
+        assert_eq!(super::base64_f32(&[1.0]), "AACAPw==");
+        assert_eq!(super::base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
     }
 
     #[test]

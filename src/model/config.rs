@@ -31,6 +31,10 @@ pub enum Arch {
     /// Gemma3ForCausalLM (text): `(1 + w)` RMSNorms, four per block, q/k norms, a scaled
     /// embedding, GELU-tanh-gated MLP, sliding-window blocks with their own RoPE base.
     Gemma3,
+    /// BertModel (sentence encoders such as all-MiniLM-L6-v2): an encoder, not an LM:
+    /// bidirectional attention, post-norm blocks (LayerNorm after each residual add, and after
+    /// the embedding), learned positions, exact GELU, biases everywhere, no LM head.
+    Bert,
 }
 
 /// A model's architecture and shapes, from config.json or a GGUF's metadata.
@@ -86,6 +90,12 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// `x + attn(norm1(x)) + mlp(norm2(x))` instead of the sequential residual (GPT-NeoX).
     pub parallel_residual: bool,
+    /// The residual stream itself is normalized after each sublayer's add (BERT's post-LN),
+    /// instead of each sublayer's input (pre-norm; Gemma's `post_norms` are another thing).
+    pub residual_norm: bool,
+    /// Each position attends to the earlier ones only (LMs); false: to every position of its
+    /// sequence (encoders).
+    pub causal: bool,
     /// Context length.
     pub max_positions: usize,
     /// The LM head reads the embedding matrix.
@@ -253,6 +263,57 @@ fn gemma3_rope(v: &Value, file: &str) -> Result<(f32, RopeScaling, f32)> {
     Ok((f32_of(full, "rope_theta", 1e6, file)?, scaling, f32_of(sliding, "rope_theta", 1e4, file)?))
 }
 
+/// BertModel's config: every token of type 0 (sentence encoders), absolute positions, exact GELU.
+fn bert_config(v: &Value, file: &str, bos: Option<u32>, eos: Vec<u32>) -> Result<ModelConfig> {
+    let hidden = usize_of(v, "hidden_size", file)?;
+    let heads = usize_of(v, "num_attention_heads", file)?;
+    if !hidden.is_multiple_of(heads) {
+        bail!("{file}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+    }
+    let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+    if act != "gelu" {
+        bail!("{file}: hidden_act '{act}' is not supported for BertModel (Keel has exact GELU, 'gelu')");
+    }
+    let positions = v.get("position_embedding_type").and_then(Value::as_str).unwrap_or("absolute");
+    if positions != "absolute" {
+        bail!("{file}: position_embedding_type '{positions}' is not supported (Keel has 'absolute')");
+    }
+    Ok(ModelConfig {
+        arch: Arch::Bert,
+        vocab: usize_of(v, "vocab_size", file)?,
+        hidden,
+        layers: usize_of(v, "num_hidden_layers", file)?,
+        heads,
+        kv_heads: heads,
+        head_dim: hidden / heads,
+        ffn: usize_of(v, "intermediate_size", file)?,
+        norm_eps: f32_of(v, "layer_norm_eps", 1e-12, file)?,
+        rope_theta: None,
+        rope_scaling: RopeScaling::None,
+        nope_layers: Vec::new(),
+        qk_norm: false,
+        post_norms: false,
+        embed_scale: 1.0,
+        attn_scale: 1.0 / ((hidden / heads) as f32).sqrt(),
+        sliding_window: None,
+        sliding_layers: Vec::new(),
+        local_rope_theta: None,
+        rotary_dim: hidden / heads,
+        act: Activation::Gelu,
+        mlp_bias: true,
+        parallel_residual: false,
+        residual_norm: true,
+        causal: false,
+        max_positions: usize_of(v, "max_position_embeddings", file)?,
+        // An encoder has no LM head: nothing reads it, and no lm_head tensor is expected.
+        tied_embeddings: true,
+        qkv_bias: true,
+        o_bias: true,
+        bos,
+        eos,
+    })
+}
+
 /// SmolLM3's `no_rope_layers` (one 0 or 1 per layer; 0: no RoPE) as the blocks without RoPE.
 fn nope_layers(v: &Value, layers: usize, file: &str) -> Result<Vec<usize>> {
     let Some(flags) = v.get("no_rope_layers").filter(|t| !t.is_null()) else { return Ok(Vec::new()) };
@@ -291,13 +352,16 @@ impl ModelConfig {
             "GPTNeoXForCausalLM" | "gpt_neox" => Arch::GptNeoX,
             "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
             "Gemma3ForCausalLM" | "gemma3_text" => Arch::Gemma3,
+            "BertModel" | "bert" => Arch::Bert,
             other => bail!(
-                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM and GPT2LMHeadModel)"
+                "{file}: unsupported architecture '{other}' (Keel runs LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPT2LMHeadModel and the encoder BertModel)"
             ),
         };
         let bos = token_ids(v.get("bos_token_id")).first().copied();
         let eos = token_ids(v.get("eos_token_id"));
-        let cfg = if arch == Arch::Gpt2 {
+        let cfg = if arch == Arch::Bert {
+            bert_config(v, file, bos, eos)?
+        } else if arch == Arch::Gpt2 {
             let hidden = usize_of(v, "n_embd", file)?;
             let heads = usize_of(v, "n_head", file)?;
             let act = v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
@@ -328,6 +392,8 @@ impl ModelConfig {
                 act: Activation::GeluTanh,
                 mlp_bias: true,
                 parallel_residual: false,
+                residual_norm: false,
+                causal: true,
                 max_positions: usize_of(v, "n_positions", file)?,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
@@ -470,6 +536,8 @@ impl ModelConfig {
                 act,
                 mlp_bias: neox,
                 parallel_residual: neox && bool_of(v, "use_parallel_residual", true),
+                residual_norm: false,
+                causal: true,
                 max_positions,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", gemma),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
@@ -529,6 +597,16 @@ impl ModelConfig {
                 "torch_dtype": "float32",
             });
         }
+        if self.arch == Arch::Bert {
+            return json!({
+                "architectures": ["BertModel"], "model_type": "bert",
+                "vocab_size": self.vocab, "hidden_size": self.hidden, "intermediate_size": self.ffn,
+                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+                "layer_norm_eps": self.norm_eps, "hidden_act": "gelu", "type_vocab_size": 2,
+                "max_position_embeddings": self.max_positions, "position_embedding_type": "absolute",
+                "torch_dtype": "float32",
+            });
+        }
         let theta = self.rope_theta.unwrap_or(10000.0);
         if self.arch == Arch::GptNeoX {
             let act = if self.act == Activation::Gelu { "gelu" } else { "gelu_new" };
@@ -552,7 +630,9 @@ impl ModelConfig {
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
             Arch::SmolLm3 => ("SmolLM3ForCausalLM", "smollm3"),
             Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
-            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX | Arch::Gemma3 => ("LlamaForCausalLM", "llama"),
+            Arch::Llama | Arch::Gpt2 | Arch::GptNeoX | Arch::Gemma3 | Arch::Bert => {
+                ("LlamaForCausalLM", "llama")
+            }
         };
         let mut v = json!({
             "architectures": [architecture], "model_type": model_type,
@@ -620,7 +700,7 @@ impl ModelConfig {
 
     pub fn norm(&self) -> NormKind {
         match self.arch {
-            Arch::Gpt2 | Arch::GptNeoX => NormKind::Layer,
+            Arch::Gpt2 | Arch::GptNeoX | Arch::Bert => NormKind::Layer,
             Arch::Gemma3 => NormKind::RmsUnitOffset,
             _ => NormKind::Rms,
         }
@@ -694,7 +774,12 @@ mod tests {
     #[test]
     fn bad_configs_name_the_problem() {
         let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
-        assert!(err(json!({"architectures": ["BertModel"]})).contains("unsupported architecture 'BertModel'"));
+        assert!(err(json!({"architectures": ["BertForMaskedLM"]}))
+            .contains("unsupported architecture 'BertForMaskedLM'"));
+        let bert = json!({"architectures": ["BertModel"], "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 32,
+            "hidden_act": "relu"});
+        assert!(err(bert).contains("hidden_act 'relu' is not supported for BertModel"));
         assert!(err(json!({"architectures": ["LlamaForCausalLM"]})).contains("missing key 'hidden_size'"));
         assert!(err(json!([1, 2])).contains("expected a JSON object"));
         let bad_heads = json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 8,

@@ -392,7 +392,8 @@ impl GpuModel {
     /// How block `l`'s attention scores are formed: the model's scale, its window if the
     /// block slides.
     pub fn scores(&self, l: usize) -> attention::Scores {
-        attention::Scores { scale: self.config.attn_scale, window: self.config.window(l) }
+        let c = &self.config;
+        attention::Scores { scale: c.attn_scale, window: c.window(l), causal: c.causal }
     }
 
     /// Bytes a KV cache of `seqs × len` positions takes.
@@ -502,6 +503,16 @@ impl GpuModel {
         let n: usize = spans.iter().sum();
         assert!(n <= s.rows);
         self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
+        if self.config.residual_norm {
+            let w = &self.weights;
+            self.normalize_stream(
+                step,
+                (&w.final_norm, w.final_norm_b.as_ref()),
+                &s.x,
+                (&s.xn, &s.norm_stats),
+                n,
+            );
+        }
         for l in 0..self.config.layers {
             let io = BlockIo {
                 x_in: &s.x,
@@ -534,6 +545,20 @@ impl GpuModel {
         let w = &self.weights;
         let positions = w.pos_embed.as_ref().map(|p| (row_table, p));
         embed::embed(step, ids, (&w.embed, self.config.embed_scale), positions, x, n);
+    }
+
+    /// Post-norm models: `x = norm(x)` over `n` rows, through `tmp` (the norm writes elsewhere).
+    fn normalize_stream(
+        &self,
+        step: &mut Step,
+        (w, bias): (&Tensor, Option<&Tensor>),
+        x: &Tensor,
+        (tmp, stats): (&Tensor, &Tensor),
+        n: usize,
+    ) {
+        let c = &self.config;
+        norm::norm(step, c.norm(), x, w, bias, c.norm_eps, tmp, stats, (0, n));
+        step.copy(tmp, 0, x, 0, n * c.hidden);
     }
 
     /// Records block `l` over `n` rows: `x_out = x_mid + mlp(norm(x_mid))` (with a parallel
@@ -575,7 +600,11 @@ impl GpuModel {
             }
         };
         let qkv = (&b.qkv, b.qkv_b.as_ref(), io.qkv);
-        linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
+        if c.residual_norm {
+            matmul::linear_spans(step, io.x_in, qkv.0, qkv.1, qkv.2, spans, false);
+        } else {
+            linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
+        }
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         if let Some(saved) = io.qk_norm {
             step.copy(io.qkv, 0, &saved.raw, 0, n * heads.qkv_width());
@@ -584,7 +613,8 @@ impl GpuModel {
             }
         }
         let kv = (io.k_cache, io.v_cache);
-        let decode = io.decode_part.filter(|_| attention::decode_chunk(heads).is_some());
+        // The decode kernel is causal (a sequence's last row); encoders run the general one.
+        let decode = io.decode_part.filter(|_| c.causal && attention::decode_chunk(heads).is_some());
         let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
             attention::rope_kv_attention_decode(
                 step,
@@ -638,7 +668,11 @@ impl GpuModel {
             post_add(step, &p.attn_out, w, &p.attn_stats, io.x_mid);
         }
         let up = (&b.up, b.up_b.as_ref(), io.up);
-        if c.parallel_residual {
+        if c.residual_norm {
+            let norm = (&b.attn_norm, b.attn_norm_b.as_ref());
+            self.normalize_stream(step, norm, io.x_mid, (io.xn2, io.stats2), n);
+            matmul::linear_spans(step, io.x_mid, up.0, up.1, up.2, spans, false);
+        } else if c.parallel_residual {
             matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
         } else {
             linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
@@ -654,6 +688,10 @@ impl GpuModel {
         lora(step, Linear::Down, io.act, mlp_out);
         if let Some((p, (_, w))) = post {
             post_add(step, &p.mlp_out, w, &p.mlp_stats, io.x_out);
+        }
+        if c.residual_norm {
+            let norm = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            self.normalize_stream(step, norm, io.x_out, (io.xn2, io.stats2), n);
         }
     }
 

@@ -331,6 +331,8 @@ pub fn hf_layout(cfg: &ModelConfig) -> (Weights<Vec<usize>>, Vec<HfPlace>) {
     let kvd = cfg.kv_heads * cfg.head_dim;
     let weights = if cfg.arch == Arch::GptNeoX {
         neox_layout(cfg, &mut plan)
+    } else if cfg.arch == Arch::Bert {
+        bert_layout(cfg, &mut plan)
     } else if cfg.arch == Arch::Gpt2 {
         let embed = plan.one("embed", "transformer.wte.weight".into(), &[cfg.vocab, h]);
         let pos_embed = Some(plan.one("pos_embed", "transformer.wpe.weight".into(), &[cfg.max_positions, h]));
@@ -518,11 +520,87 @@ fn neox_layout(cfg: &ModelConfig, plan: &mut Plan) -> Weights<Vec<usize>> {
     }
 }
 
+/// BertModel's names. Post-norm: a block's `attn_norm` is the LayerNorm after the attention's
+/// residual add, `mlp_norm` the one after the MLP's, and `final_norm` the embedding's
+/// LayerNorm (the one norm outside the blocks, which a post-norm model applies first). The
+/// token-type embedding is folded into the positions by [`Weights::from_hf`].
+fn bert_layout(cfg: &ModelConfig, plan: &mut Plan) -> Weights<Vec<usize>> {
+    let (h, f) = (cfg.hidden, cfg.ffn);
+    let blocks = (0..cfg.layers)
+        .map(|l| {
+            let (p, k) = (format!("encoder.layer.{l}"), format!("blocks.{l}"));
+            let qkv = |kind: &str| {
+                let cols: &[usize] = if kind == "weight" { &[h] } else { &[] };
+                ["query", "key", "value"]
+                    .map(|x| (format!("{p}.attention.self.{x}.{kind}"), [&[h], cols].concat()))
+            };
+            let qkv_w = plan.rows(&format!("{k}.qkv"), &qkv("weight"));
+            let qkv_b = plan.rows(&format!("{k}.qkv_b"), &qkv("bias"));
+            let mut one = |name: &str, hf: &str, shape: &[usize]| {
+                plan.one(&format!("{k}.{name}"), format!("{p}.{hf}"), shape)
+            };
+            Block {
+                attn_norm: one("attn_norm", "attention.output.LayerNorm.weight", &[h]),
+                attn_norm_b: Some(one("attn_norm_b", "attention.output.LayerNorm.bias", &[h])),
+                qkv: qkv_w,
+                qkv_b: Some(qkv_b),
+                q_norm: None,
+                k_norm: None,
+                post_attn_norm: None,
+                post_mlp_norm: None,
+                o: one("o", "attention.output.dense.weight", &[h, h]),
+                o_b: Some(one("o_b", "attention.output.dense.bias", &[h])),
+                mlp_norm: one("mlp_norm", "output.LayerNorm.weight", &[h]),
+                mlp_norm_b: Some(one("mlp_norm_b", "output.LayerNorm.bias", &[h])),
+                up: one("up", "intermediate.dense.weight", &[f, h]),
+                up_b: Some(one("up_b", "intermediate.dense.bias", &[f])),
+                down: one("down", "output.dense.weight", &[h, f]),
+                down_b: Some(one("down_b", "output.dense.bias", &[h])),
+            }
+        })
+        .collect();
+    Weights {
+        embed: plan.one("embed", BERT_WORDS.into(), &[cfg.vocab, h]),
+        pos_embed: Some(plan.one("pos_embed", BERT_POSITIONS.into(), &[cfg.max_positions, h])),
+        blocks,
+        final_norm: plan.one("final_norm", "embeddings.LayerNorm.weight".into(), &[h]),
+        final_norm_b: Some(plan.one("final_norm_b", "embeddings.LayerNorm.bias".into(), &[h])),
+        lm_head: None,
+    }
+}
+
+const BERT_WORDS: &str = "embeddings.word_embeddings.weight";
+const BERT_POSITIONS: &str = "embeddings.position_embeddings.weight";
+const BERT_TYPES: &str = "embeddings.token_type_embeddings.weight";
+
+/// Adds BERT's token-type-0 embedding to every position's: Keel encodes single texts, whose
+/// tokens are all of type 0, so the two sums are one table.
+fn fold_token_type(cfg: &ModelConfig, src: &mut Source) -> Result<()> {
+    let h = cfg.hidden;
+    let types = src.tensors.remove(BERT_TYPES).ok_or_else(|| missing(src.file, BERT_TYPES, &[2, h]))?;
+    if types.shape.len() != 2 || types.shape[1] != h {
+        bail!(
+            "{}: tensor '{BERT_TYPES}' has shape {:?}, expected [type_vocab_size, {h}]",
+            src.file,
+            types.shape
+        );
+    }
+    let Some(pos) = src.tensors.remove(BERT_POSITIONS) else { return Ok(()) };
+    let type0 = types.values()[..h].to_vec();
+    let mut values = pos.values().into_owned();
+    values.iter_mut().enumerate().for_each(|(i, v)| *v += type0[i % h]);
+    src.tensors.insert(BERT_POSITIONS.into(), HostTensor::new(pos.name.clone(), pos.shape.clone(), values));
+    Ok(())
+}
+
 impl Weights<HostTensor> {
     /// Builds Keel's layout from Hugging Face-named tensors ([`hf_layout`]'s places); `file`
     /// names the source in errors.
     pub fn from_hf(cfg: &ModelConfig, tensors: HashMap<String, HostTensor>, file: &str) -> Result<Self> {
         let mut src = Source { tensors, file };
+        if cfg.arch == Arch::Bert {
+            fold_token_type(cfg, &mut src)?;
+        }
         let (shapes, places) = hf_layout(cfg);
         let mut by_keel: HashMap<&str, Vec<&HfPlace>> = HashMap::new();
         for p in &places {
@@ -566,13 +644,30 @@ impl Weights<HostTensor> {
         let named =
             |name: String, t: &HostTensor| HostTensor::new(name, t.shape.clone(), t.values().into_owned());
         let mut out = Vec::new();
-        if matches!(cfg.arch, Arch::GptNeoX | Arch::Phi3) {
-            // One Hugging Face tensor per Keel tensor: undo each place's reordering.
+        if matches!(cfg.arch, Arch::GptNeoX | Arch::Phi3 | Arch::Bert) {
+            // Undo each place's reordering; a Keel tensor of several places (BERT's QKV) is
+            // split back into them.
             let (_, places) = hf_layout(cfg);
-            let by_keel: HashMap<String, &HfPlace> = places.iter().map(|p| (p.keel.clone(), p)).collect();
+            let mut by_keel: HashMap<String, Vec<&HfPlace>> = HashMap::new();
+            for p in &places {
+                by_keel.entry(p.keel.clone()).or_default().push(p);
+            }
             for (keel, t) in self.named() {
-                let place = by_keel[&keel];
-                out.push(place.reorder.undo(named(place.hf.clone(), t)));
+                match &by_keel[&keel][..] {
+                    [place] => out.push(place.reorder.undo(named(place.hf.clone(), t))),
+                    parts => out.extend(split_rows(
+                        t,
+                        &parts.iter().map(|p| (p.hf.clone(), p.shape[0])).collect::<Vec<_>>(),
+                    )),
+                }
+            }
+            if cfg.arch == Arch::Bert {
+                // The type-0 embedding is inside the positions already.
+                out.push(HostTensor::new(
+                    BERT_TYPES.to_string(),
+                    vec![2, cfg.hidden],
+                    vec![0.0; 2 * cfg.hidden],
+                ));
             }
             return out;
         }

@@ -153,6 +153,11 @@ pub fn read_safetensors(bytes: &[u8], file: &str) -> Result<Vec<HostTensor>> {
         .map_err(|e| anyhow!("{file}: not a valid safetensors file ({e})"))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
+        // Old transformers saved the integer buffer `position_ids` (0, 1, 2, ...) with the
+        // weights; it is no weight.
+        if name.ends_with("position_ids") && view.dtype() == safetensors::Dtype::I64 {
+            continue;
+        }
         let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
             anyhow!("{file}: tensor '{name}' has dtype {:?}; Keel reads F32, F16 and BF16", view.dtype())
         })?;

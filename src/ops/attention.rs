@@ -25,12 +25,14 @@ struct Params {
 pub struct Scores {
     pub scale: f32,
     pub window: Option<usize>,
+    /// False: every position of the sequence (encoders; the cache holds exactly it).
+    pub causal: bool,
 }
 
 impl Scores {
     /// Plain causal attention over heads of `dim`: scale 1/sqrt(dim), no window.
     pub fn causal(dim: usize) -> Scores {
-        Scores { scale: 1.0 / (dim as f32).sqrt(), window: None }
+        Scores { scale: 1.0 / (dim as f32).sqrt(), window: None, causal: true }
     }
 
     /// The window as the kernels read it (0: none).
@@ -44,7 +46,8 @@ pub const MAX_HEAD_DIM: usize = 256;
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     vec![
-        ("attention", vec![]),
+        ("attention", vec![("CAUSAL", 1)]),
+        ("attention", vec![("CAUSAL", 0)]),
         ("attention_backward", vec![("KV", 0)]),
         ("attention_backward", vec![("KV", 1)]),
         ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0), ("THREADS", 256)]),
@@ -82,7 +85,7 @@ pub fn attention(
         window: scores.window_u32(),
         _p: 0,
     };
-    let pipeline = step.gpu.pipeline("attention", &[]);
+    let pipeline = step.gpu.pipeline("attention", &[("CAUSAL", scores.causal as u32)]);
     let buffers = bind![q, rows, k_cache, v_cache, out, lse];
     step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_q, 1));
 }
@@ -265,18 +268,20 @@ mod tests {
     use crate::gpu::DType;
     use crate::ops::{rope, test_util::*};
 
-    /// Plain causal, and Gemma's scale with sliding windows of 8 and of 70 (past a 64-key chunk).
+    /// Plain causal, Gemma's scale with sliding windows of 8 and of 70 (past a 64-key chunk),
+    /// and bidirectional (encoders; written as a window of 0 here).
     #[test]
     fn attention_matches_cpu() {
         let gpu = gpu();
-        let windows = [None, Some(8), Some(70)];
+        let windows = [None, Some(8), Some(70), Some(0)];
         let cases = [HeadShape { n_q: 4, n_kv: 2, dim: 16 }, HeadShape { n_q: 3, n_kv: 1, dim: 96 }]
             .into_iter()
             .flat_map(|h| windows.map(|window| (h, window)));
         for (heads, window) in cases {
             let scores = match window {
                 None => Scores::causal(heads.dim),
-                Some(w) => Scores { scale: 0.2, window: Some(w) },
+                Some(0) => Scores { causal: false, ..Scores::causal(heads.dim) },
+                Some(w) => Scores { scale: 0.2, window: Some(w), causal: true },
             };
             let (seqs, cache_len) = (2, 150);
             // Positions past one 64-key chunk exercise the online softmax.
@@ -305,7 +310,7 @@ mod tests {
     }
 
     fn cpu_scores(s: Scores) -> cpu::attention::Scores {
-        cpu::attention::Scores { scale: s.scale, window: s.window }
+        cpu::attention::Scores { scale: s.scale, window: s.window, causal: s.causal }
     }
 
     /// Log-sum-exp of the scaled scores of one (row, q head), in f64.
@@ -356,7 +361,7 @@ mod tests {
             // Rotated dimensions (all, none, a partial rotary's quarter), threads, and a sliding
             // window of 100 (whole chunks before it skipped).
             let plain = Scores::causal(heads.dim);
-            let window = Scores { scale: 0.1, window: Some(100) };
+            let window = Scores { scale: 0.1, window: Some(100), causal: true };
             let cases =
                 [(heads.dim, 64, plain), (0, 64, plain), (heads.dim, 256, plain), (heads.dim / 4, 64, plain)];
             for (rot, threads, scores) in cases.into_iter().chain([(heads.dim, 64, window)]) {
@@ -420,7 +425,7 @@ mod tests {
     #[test]
     fn attention_backward_matches_cpu() {
         let gpu = gpu();
-        let windowed = Scores { scale: 0.3, window: Some(8) };
+        let windowed = Scores { scale: 0.3, window: Some(8), causal: true };
         let cases = [
             (HeadShape { n_q: 4, n_kv: 2, dim: 16 }, None),
             (HeadShape { n_q: 3, n_kv: 1, dim: 96 }, None),

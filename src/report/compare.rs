@@ -5,6 +5,7 @@
 use super::html::{self, num};
 use super::svg::{esc, Chart, Series, PALETTE};
 use crate::metrics::bootstrap::{self, Paired};
+use crate::metrics::drift::Drift;
 use crate::metrics::latent::LayerLatent;
 use crate::metrics::lexical::LexicalMetrics;
 use crate::metrics::sequence::{trailing_mean, SequenceMetrics};
@@ -78,6 +79,9 @@ pub const METRICS: &[(&str, &str, Better)] = &[
     ("latent_stability_index", "variance of windowed mean norms, mean over layers", Better::Lower),
     ("latent_projection_error", "residual of the layer-to-layer linear map, mean over layers", Better::Lower),
     ("latent_coherence", "cosine of consecutive sentences' mean states, mean over layers", Better::Higher),
+    ("judge_prompt_drift", "judge: 1 - cosine of each later 64-token segment to the prompt", Better::Lower),
+    ("judge_topic_drift", "judge: 1 - cosine of each later 64-token segment to the first", Better::Lower),
+    ("judge_consecutive_drift", "judge: 1 - cosine of consecutive 64-token segments", Better::Lower),
 ];
 
 /// One generated token as the arm's model saw it.
@@ -104,6 +108,8 @@ pub struct Run {
     pub lexical: LexicalMetrics,
     /// Per layer; empty when the run was not traced.
     pub latent: Vec<LayerLatent>,
+    /// Topic drift by the sentence-embedding judge ([`Drift::NONE`] without one).
+    pub drift: Drift,
 }
 
 impl Run {
@@ -135,6 +141,9 @@ impl Run {
             over_layers(|l| l.stability_index),
             over_layers(|l| l.projection_error),
             over_layers(|l| l.coherence),
+            self.drift.prompt,
+            self.drift.topic,
+            self.drift.consecutive,
         ]
     }
 
@@ -537,7 +546,17 @@ mod tests {
             })
             .collect();
         let (own, lexical) = run_metrics(&tokens, 2);
-        Run { arm: arm.into(), prompt, seed: 0, tokens, plain: own.clone(), own, lexical, latent: Vec::new() }
+        Run {
+            arm: arm.into(),
+            prompt,
+            seed: 0,
+            tokens,
+            plain: own.clone(),
+            own,
+            lexical,
+            latent: Vec::new(),
+            drift: Drift::NONE,
+        }
     }
 
     #[test]

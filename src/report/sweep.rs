@@ -19,15 +19,19 @@ pub const JUDGED: [&str; 4] =
     ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate"];
 /// Reported beside them, not judged: the plain model's perplexity fluctuation (the one no
 /// arm's own distribution shapes), and the drift (its sign has no "better").
-pub const SHOWN: [&str; 2] = ["plain_perplexity_fluctuation", "entropy_drift_per_1k"];
-/// The table's columns: the plain model's fluctuation beside the arm's own.
-const COLUMNS: [&str; 6] = [
+pub const SHOWN: [&str; 4] =
+    ["plain_perplexity_fluctuation", "entropy_drift_per_1k", "judge_topic_drift", "judge_prompt_drift"];
+/// The table's columns: the plain model's fluctuation beside the arm's own; the judge's
+/// drift (NaN, "n/a", without `--judge`).
+const COLUMNS: [&str; 8] = [
     "plain_perplexity",
     "entropy_variance",
     "perplexity_fluctuation",
     "plain_perplexity_fluctuation",
     "repeated_4gram_rate",
     "entropy_drift_per_1k",
+    "judge_topic_drift",
+    "judge_prompt_drift",
 ];
 /// How the spreads are computed, said under every table.
 pub const SD_CONVENTION: &str = "perplexity fluctuation: population sd (divided by n) of the log-perplexity of \

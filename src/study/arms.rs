@@ -2,7 +2,7 @@
 //! (prompt, seed) pairs and compared with the reference arm (the one named `baseline`, else
 //! the first) by paired bootstrap, for report::sweep's table and Pareto fronts.
 
-use super::{arm_runs, generate_arm, plain_scores, Plan, StudyModel};
+use super::{arm_runs, generate_arm, judge_runs, plain_scores, Plan, StudyModel};
 use crate::generate::SamplerConfig;
 use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, summarize, Run};
@@ -146,7 +146,11 @@ pub fn run_arms(m: &StudyModel, plan: &Plan, arms: &[Arm], window: usize) -> Res
             Some(_) => Some(plain_scores(m, plan, &gens, window, &format!("{label}: plain"))?),
             None => None,
         };
-        runs.push(arm_runs(&arm.name, gens, plain, window));
+        let mut arm_runs = arm_runs(&arm.name, gens, plain, window);
+        if let Some(encoder) = m.judge {
+            judge_runs(m, encoder, plan, &mut arm_runs, &format!("{label}: judge"))?;
+        }
+        runs.push(arm_runs);
     }
     let r = reference(arms);
     let settings = arms

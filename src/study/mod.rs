@@ -10,12 +10,14 @@ use crate::generate::batch::{generate_batch, SeqRequest};
 use crate::generate::trace::{trace, Trace};
 use crate::generate::{self, SamplerConfig};
 use crate::gpu::Gpu;
+use crate::metrics::drift::{self, Drift};
 use crate::metrics::latent::{layer_latents, LayerInput, LayerLatent};
 use crate::metrics::lexical::sentence_of;
 use crate::metrics::sequence::SequenceMetrics;
 use crate::model::{GpuModel, ModelInfo};
 use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, TokenRow, BASELINE, MODULATED};
+use crate::sentence::SentenceEncoder;
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
@@ -50,6 +52,8 @@ pub struct StudyModel<'a> {
     pub gpu_model: &'a GpuModel,
     pub gpu: &'a Gpu,
     pub progress: &'a dyn Progress,
+    /// The sentence encoder that judges topic drift (None: the drift metrics stay NaN).
+    pub judge: Option<&'a SentenceEncoder>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -278,9 +282,34 @@ pub fn arm_runs(
                 plain,
                 lexical,
                 latent: Vec::new(),
+                drift: Drift::NONE,
             }
         })
         .collect()
+}
+
+/// Each run's topic drift by the sentence-embedding judge: its prompt and its 64-token
+/// segments embedded by `encoder` (a model independent of the one that generated).
+pub fn judge_runs(
+    m: &StudyModel,
+    encoder: &SentenceEncoder,
+    plan: &Plan,
+    runs: &mut [Run],
+    label: &str,
+) -> Result<()> {
+    let prompts: Vec<Vec<f32>> = plan.prompts.iter().map(|p| encoder.embed(p)).collect::<Result<_>>()?;
+    let total = runs.len();
+    for (i, run) in runs.iter_mut().enumerate() {
+        m.progress.update(label, i, total);
+        let pieces: Vec<String> = run.tokens.iter().map(|t| t.text.clone()).collect();
+        let segments: Vec<Vec<f32>> = drift::segments(&pieces, drift::SEGMENT_TOKENS)
+            .iter()
+            .map(|s| encoder.embed(s))
+            .collect::<Result<_>>()?;
+        run.drift = drift::drift(&prompts[run.prompt], &segments);
+    }
+    m.progress.update(label, total, total);
+    Ok(())
 }
 
 /// Width of the projected states the traces keep (cross-layer projection error, MSMA).
@@ -360,6 +389,10 @@ pub fn compare(m: &StudyModel, plan: &Plan, lcm: &LcmConfig, window: usize) -> R
     };
     let mut base_runs = arm_runs(BASELINE, base, None, window);
     let mut mod_runs = arm_runs(MODULATED, modulated, Some(plain), window);
+    if let Some(encoder) = m.judge {
+        judge_runs(m, encoder, plan, &mut base_runs, "baseline: judge")?;
+        judge_runs(m, encoder, plan, &mut mod_runs, "modulated: judge")?;
+    }
     trace_runs(m, plan, &mut base_runs, None, window, "baseline: latent trace")?;
     trace_runs(m, plan, &mut mod_runs, Some(lcm), window, "modulated: latent trace")?;
     let mut report = Comparison::new(study, base_runs, mod_runs);
