@@ -303,7 +303,13 @@ pub struct Ready {
 impl Ready {
     /// The model as the comparison study uses it, reporting its stages to `progress`.
     pub fn study<'a>(&'a self, progress: &'a dyn crate::study::Progress) -> crate::study::StudyModel<'a> {
-        crate::study::StudyModel { host: &self.host, gpu_model: &self.gpu_model, gpu: self.gpu, progress, judge: None }
+        crate::study::StudyModel {
+            host: &self.host,
+            gpu_model: &self.gpu_model,
+            gpu: self.gpu,
+            progress,
+            judge: None,
+        }
     }
 }
 

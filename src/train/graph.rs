@@ -12,9 +12,9 @@ use crate::model::forward::{BlockIo, GpuModel, PostNormBufs, QkNormBufs};
 use crate::model::layout::Weights;
 use crate::model::lora::BlockLora;
 use crate::modulate::{LcmConfig, LcmTraining};
+use crate::ops::matmul::Mat;
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::matmul::Mat;
 use crate::ops::{align, cgfm, matmul, norm, xent};
 use anyhow::{bail, Result};
 
