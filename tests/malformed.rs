@@ -506,11 +506,12 @@ fn training_batch_over_the_binding_limit_says_what_fits() {
     let args = ["finetune", "--model", m, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
     let mut args = args.to_vec();
     args.extend(["--batch", "8", "--seq-len", "32", "--steps", "1"]);
-    // 256 rows: the MLP's [256, 344] activations need 352256 bytes; 131072 hold 95 rows.
+    // 256 rows: the MLP's [256, 344] activations need 352256 bytes; 131072 hold 95 rows, so
+    // the memory plan refuses before allocating and names the batch that fits.
     fails_env(
         &args,
         &[("KEEL_MAX_BINDING_BYTES", "131072")],
-        &["of 131072 bytes (at most", "rows of it fit)"],
+        &["needs a binding larger than the adapter's 131072 bytes", "what fits: --batch 2 at --seq-len 32"],
     );
 }
 
