@@ -1,7 +1,7 @@
 //! Native loading for inference: a model's files opened through memory maps, every header
 //! checked before the GPU starts, then its weights streamed to the GPU tensor by tensor
 //! ([`Streamer`], as the page streams them), so that host memory holds about one tensor at a
-//! time instead of the file, its tensors and Keel's fused layout ([`super::load`], which
+//! time instead of the file, its tensors and Keel's fused layout (`model::load`, which
 //! training and saving use, builds all three).
 
 use super::gguf::{self, GgufFile};

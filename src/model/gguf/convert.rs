@@ -263,7 +263,7 @@ fn gemma3_config(
 /// One tensor of `file`, from its bytes `data`, with its Hugging Face name and shape: a 2-D
 /// F16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K tensor stays packed (GPU layout: the GPU reads it without
 /// dequantizing, and the host dequantizes only when f32 values are asked for), any other is
-/// decoded to f32. What llama.cpp's converter did to the values is undone ([`Undo`]; q/k
+/// decoded to f32. What llama.cpp's converter did to the values is undone (`Undo`; q/k
 /// rows are whole blocks: ggml blocks run along rows, so un-permuting works on packed rows too).
 pub fn hf_tensor(file: &GgufFile, info: &GgufTensorInfo, data: &[u8]) -> Result<HostTensor> {
     let (arch, _, permuted) = architecture(file)?;
