@@ -318,6 +318,56 @@ pub(crate) fn random_packed(fmt: WeightFormat, rows: usize, cols: usize, seed: u
     from_ggml(fmt, &random_ggml_blocks(fmt, blocks, seed, Some(scale)))
 }
 
+/// gguf-py's NumPy dequantization (`scripts/gguf_dequantize.py`), the tests' oracle for the
+/// block layouts, run on raw ggml bytes in a scratch folder of its own.
+#[cfg(test)]
+pub(crate) struct GgufPy {
+    script: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+#[cfg(test)]
+impl GgufPy {
+    /// None (skipped, or failed under KEEL_REQUIRE_FIXTURES=1) where python3 lacks the gguf
+    /// and numpy packages.
+    pub(crate) fn find(tag: &str) -> Option<GgufPy> {
+        let has_gguf = std::process::Command::new("python3")
+            .args(["-c", "import gguf, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_gguf {
+            crate::testing::skip("python3 with the gguf and numpy packages (pip install gguf numpy) absent");
+            return None;
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gguf_dequantize.py");
+        let dir = std::env::temp_dir().join(format!("keel-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(GgufPy { script, dir })
+    }
+
+    /// The f32 bits gguf-py dequantizes `bytes` of ggml type `type_name` (e.g. "Q4_K") to.
+    pub(crate) fn dequantize(&self, type_name: &str, bytes: &[u8]) -> Vec<u32> {
+        let (source, target) = (self.dir.join("blocks.bin"), self.dir.join("values.f32"));
+        std::fs::write(&source, bytes).unwrap();
+        let run = std::process::Command::new("python3")
+            .arg(&self.script)
+            .arg(type_name)
+            .arg(&source)
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{type_name}: {}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(&target).unwrap().chunks_exact(4).map(word).collect()
+    }
+}
+
+#[cfg(test)]
+impl Drop for GgufPy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,18 +484,7 @@ mod tests {
     /// KEEL_REQUIRE_FIXTURES=1, where python3 lacks the gguf and numpy packages).
     #[test]
     fn dequantizes_as_gguf_py() {
-        let has_gguf = std::process::Command::new("python3")
-            .args(["-c", "import gguf, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_gguf {
-            return crate::testing::skip(
-                "python3 with the gguf and numpy packages (pip install gguf numpy) absent",
-            );
-        }
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gguf_dequantize.py");
-        let dir = std::env::temp_dir().join(format!("keel-gguf-py-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let Some(gguf_py) = GgufPy::find("gguf-py") else { return };
         let formats = [
             ("Q8_0", WeightFormat::Q8_0),
             ("Q4_0", WeightFormat::Q4_0),
@@ -456,17 +495,7 @@ mod tests {
         ];
         for (seed, (name, fmt)) in formats.into_iter().enumerate() {
             let bytes = random_ggml_blocks(fmt, 64, seed as u64, None);
-            let (source, target) = (dir.join(format!("{name}.bin")), dir.join(format!("{name}.f32")));
-            std::fs::write(&source, &bytes).unwrap();
-            let run = std::process::Command::new("python3")
-                .arg(&script)
-                .arg(name)
-                .arg(&source)
-                .arg(&target)
-                .output();
-            let run = run.unwrap();
-            assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
-            let want: Vec<u32> = std::fs::read(&target).unwrap().chunks_exact(4).map(word).collect();
+            let want = gguf_py.dequantize(name, &bytes);
             let got: Vec<u32> =
                 dequantize(fmt, &from_ggml(fmt, &bytes)).iter().map(|v| v.to_bits()).collect();
             assert_eq!(got.len(), 64 * fmt.block_elements(), "{name}");
@@ -477,6 +506,5 @@ mod tests {
             }
             assert_eq!(got.len(), want.len(), "{name}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

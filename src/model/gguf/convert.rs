@@ -675,19 +675,8 @@ mod tests {
     fn llama_quantized_gguf_equals_gguf_py() {
         use crate::generate::{generate, GenerateOptions, SamplerConfig};
         use crate::model::{GpuModel, WeightChoice};
-        let has_gguf = std::process::Command::new("python3")
-            .args(["-c", "import gguf, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has_gguf {
-            return crate::testing::skip(
-                "python3 with the gguf and numpy packages (pip install gguf numpy) absent",
-            );
-        }
+        let Some(gguf_py) = crate::gpu::wfmt::GgufPy::find("llama-quantized") else { return };
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = root.join("scripts/gguf_dequantize.py");
-        let dir = std::env::temp_dir().join(format!("keel-llama-quantized-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let files =
             [("tiny-llama-q4_k_m.gguf", ["Q4_K", "Q6_K"]), ("tiny-llama-q5_k_m.gguf", ["Q5_K", "Q6_K"])];
         for (file_name, kinds) in files {
@@ -699,21 +688,7 @@ mod tests {
                 let keel: Vec<u32> =
                     dequantize(&file, &bytes, info).unwrap().iter().map(|v| v.to_bits()).collect();
                 let name = crate::model::gguf::parse::ggml_type_name(info.ggml_type);
-                let (source, target) = (dir.join("t.bin"), dir.join("t.f32"));
-                std::fs::write(&source, tensor_data(&file, &bytes, info).unwrap()).unwrap();
-                let run = std::process::Command::new("python3")
-                    .arg(&script)
-                    .arg(name)
-                    .arg(&source)
-                    .arg(&target)
-                    .output()
-                    .unwrap();
-                assert!(run.status.success(), "{}: {}", info.name, String::from_utf8_lossy(&run.stderr));
-                let want: Vec<u32> = std::fs::read(&target)
-                    .unwrap()
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
+                let want = gguf_py.dequantize(name, tensor_data(&file, &bytes, info).unwrap());
                 assert!(
                     keel == want,
                     "{file_name}: {} ({name}): Keel's values differ from gguf-py's",
@@ -744,7 +719,6 @@ mod tests {
             assert_eq!(tokens.len(), 12, "{file_name}");
             assert_eq!(tokens, run(&dense), "{file_name}: greedy tokens, packed vs f32");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// llama.cpp's converter, transcribed index by index from
