@@ -290,30 +290,9 @@ fn matmul_tiled(
     }
 }
 
-/// A linear layer over `rows` rows: `y (+)= x · Wᵀ + bias`, with `W` of shape `[out, in]`.
-pub fn linear(
-    step: &mut Step,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    rows: usize,
-    accumulate: bool,
-) {
-    let (out, inp) = (w.shape[0], w.shape[1]);
-    matmul(
-        step,
-        Mat::rows(x, 0, inp),
-        Mat::transposed(w, 0, inp),
-        Mat::rows(y, 0, out),
-        (rows, out, inp),
-        bias,
-        accumulate,
-    );
-}
-
-/// [`linear`] over consecutive spans of rows (their lengths in `spans`), each span computed
-/// bit for bit as [`linear`] over that span alone would: what lets a batch of sequences
+/// A linear layer, `y (+)= x · Wᵀ + bias` with `W` of shape `[out, in]`, over consecutive spans
+/// of rows (their lengths in `spans`), each span computed bit for bit as one [`matmul`] over that
+/// span alone would: what lets a batch of sequences
 /// reproduce each sequence's own run (prompt chunks, single decode rows). Neighbouring spans
 /// share a dispatch where no bit changes: both kernels compute every row independently of the
 /// others, so short spans (matrix-vector kernel) join up to `MATVEC_MAX_M` rows and long spans
@@ -381,7 +360,7 @@ fn span_groups(spans: &[usize]) -> Vec<(usize, usize)> {
     groups
 }
 
-/// Gradients of [`linear`] over `rows` rows, given `dy`, each only when its tensor is
+/// Gradients of a linear layer (`y = x · Wᵀ + bias`) over `rows` rows, given `dy`, each only when its tensor is
 /// given (frozen weights have none): `dx (+)= dy · W`, `dW += dyᵀ · x`, `db += Σ_rows dy`.
 /// `ones` is a tensor of at least `rows` ones (the bias gradient is a product with it).
 #[allow(clippy::too_many_arguments)]
@@ -412,6 +391,28 @@ pub fn linear_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A linear layer over `rows` rows: `y (+)= x · Wᵀ + bias`, with `W` of shape `[out, in]`.
+    fn linear(
+        step: &mut Step,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        rows: usize,
+        accumulate: bool,
+    ) {
+        let (out, inp) = (w.shape[0], w.shape[1]);
+        matmul(
+            step,
+            Mat::rows(x, 0, inp),
+            Mat::transposed(w, 0, inp),
+            Mat::rows(y, 0, out),
+            (rows, out, inp),
+            bias,
+            accumulate,
+        );
+    }
 
     thread_local! {
         /// Makes [`native_f16`] say no, so that the unpacking path runs on adapters with shader-f16.
@@ -623,7 +624,7 @@ mod tests {
     }
 
     /// Spans group into dispatches by kind, and every row of [`linear_spans`] equals, bit for
-    /// bit, the same row of [`linear`] over its span alone.
+    /// bit, the same row of `linear` over its span alone.
     #[test]
     fn linear_spans_match_each_span_alone() {
         assert_eq!(
