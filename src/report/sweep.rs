@@ -14,15 +14,14 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// The changes a sweep judges a setting by, all "lower is better": the first is the cost
-/// (the plain model finds the text less likely), the others what LCM is meant to lower.
-pub const JUDGED: [&str; 4] =
-    ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate"];
-/// Reported beside them, not judged: the plain model's perplexity fluctuation (the one no
-/// arm's own distribution shapes), and the drift (its sign has no "better").
-pub const SHOWN: [&str; 4] =
-    ["plain_perplexity_fluctuation", "entropy_drift_per_1k", "judge_topic_drift", "judge_prompt_drift"];
-/// The table's columns: the plain model's fluctuation beside the arm's own; the judge's
-/// drift (NaN, "n/a", without `--judge`).
+/// (the plain model finds the text less likely), the others what an arm is meant to lower.
+/// The judge's topic drift is NaN without `--judge`, and a NaN change is left out.
+pub const JUDGED: [&str; 5] =
+    ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate", "judge_topic_drift"];
+/// The table's columns: the judged ones, with the plain model's fluctuation (the one no arm's
+/// own distribution shapes) beside the arm's own, and shown but not judged: the entropy drift
+/// (its sign has no "better") and the judge's drift from the prompt (a story may leave its
+/// first line and stay coherent). The judge's columns are NaN ("n/a") without `--judge`.
 const COLUMNS: [&str; 8] = [
     "plain_perplexity",
     "entropy_variance",
@@ -53,7 +52,7 @@ impl Setting {
 
     /// The change of each judged metric where its interval excludes 0, else 0 (NaN where
     /// it could not be measured).
-    fn changes(&self) -> [f64; 4] {
+    fn changes(&self) -> [f64; JUDGED.len()] {
         JUDGED.map(|m| {
             let p = self.paired(m);
             if p.significant() || p.diff.is_nan() {
@@ -76,7 +75,7 @@ impl Setting {
 /// Whether `a` dominates `b`: no worse in every change both measured and better in one
 /// (a change that could not be measured, NaN, e.g. fluctuation with a single window, is
 /// left out of the comparison).
-fn dominates(a: &[f64; 4], b: &[f64; 4]) -> bool {
+fn dominates(a: &[f64], b: &[f64]) -> bool {
     let both: Vec<(f64, f64)> =
         a.iter().zip(b).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (*x, *y)).collect();
     both.iter().all(|(x, y)| x <= y) && both.iter().any(|(x, y)| x < y)
@@ -86,8 +85,8 @@ fn dominates(a: &[f64; 4], b: &[f64; 4]) -> bool {
 /// change at all) competes too: a setting on the front is better than the baseline in at
 /// least one change and dominated by no other setting.
 pub fn pareto(settings: &[Setting]) -> Vec<usize> {
-    let points: Vec<[f64; 4]> = settings.iter().map(Setting::changes).collect();
-    let baseline = [0.0; 4];
+    let points: Vec<[f64; JUDGED.len()]> = settings.iter().map(Setting::changes).collect();
+    let baseline = [0.0; JUDGED.len()];
     (0..points.len())
         .filter(|&i| {
             points[i].iter().any(|x| *x < 0.0)
@@ -180,7 +179,7 @@ impl Sweep {
             title: format!("Arms: cost against effect on {metric}"),
             x_label: "change in the plain model's perplexity of the text".into(),
             y_label: format!("change in {metric}"),
-            series: vec![all, Series::new("Pareto front (all 4 changes)", front, PALETTE[1]), baseline],
+            series: vec![all, Series::new("Pareto front (all judged changes)", front, PALETTE[1]), baseline],
             log_y: false,
         }
     }
@@ -190,10 +189,10 @@ impl Sweep {
         let mut body = format!(
             "<p>{}</p><p>Every arm: <code>{}</code>.</p><p>Each arm's change against the baseline (arm − baseline, paired by prompt \
              and seed), mean with its 95 % bootstrap interval; lower is better for every judged column \
-             (plain_perplexity, entropy_variance, perplexity_fluctuation, repeated_4gram_rate). A change \
-             counts only where its interval excludes 0. Helps: lowers a coherence metric without raising \
-             the plain model's perplexity. Pareto: no other arm, nor the baseline, is at least as good in \
-             all four judged changes and better in one. Baseline plain perplexity {}. {}.</p>\n",
+             (plain_perplexity, entropy_variance, perplexity_fluctuation, repeated_4gram_rate, and \
+             judge_topic_drift when a judge ran). A change counts only where its interval excludes 0. \
+             Helps: lowers a coherence metric without raising the plain model's perplexity. Pareto: no \
+             other arm, nor the baseline, is at least as good in every judged change and better in one. Baseline plain perplexity {}. {}.</p>\n",
             esc(&describe(&self.study)),
             esc(&common.join(", ")),
             num(self.baseline_plain_perplexity, 4),
@@ -218,7 +217,8 @@ impl Sweep {
             })
             .collect();
         body.push_str(&html::table(&headers, &cells));
-        for metric in &JUDGED[1..] {
+        // One chart per judged metric that was measured (no judge: no drift chart).
+        for metric in JUDGED[1..].iter().filter(|m| self.settings.iter().any(|s| s.paired(m).diff.is_finite())) {
             body.push_str(&self.chart(metric).to_svg());
         }
         html::page("Keel: arms against the baseline", &body)
@@ -278,7 +278,7 @@ mod tests {
 
     /// A setting whose judged changes are `d` (constant over 3 units, so the intervals are
     /// the points themselves).
-    fn setting(name: &str, d: [f64; 4]) -> Setting {
+    fn setting(name: &str, d: [f64; 5]) -> Setting {
         let summary = METRICS
             .iter()
             .map(|&(metric, _, _)| {
@@ -293,14 +293,16 @@ mod tests {
     #[test]
     fn pareto_front_by_hand() {
         let s = vec![
-            setting("a", [0.5, -0.2, 0.0, 0.0]), // trades perplexity for entropy variance: front
-            setting("b", [0.6, -0.1, 0.0, 0.0]), // worse than a in both: off
-            setting("c", [0.1, 0.1, 0.1, 0.1]),  // worse than the baseline everywhere: off
-            setting("d", [-0.1, 0.0, 0.0, -0.1]), // better than the baseline: front
-            setting("e", [f64::NAN, 0.0, 0.0, 0.0]), // no better than the baseline: off
-            setting("f", [0.6, -0.3, f64::NAN, 0.0]), // a trade, one change unmeasured: front
+            setting("a", [0.5, -0.2, 0.0, 0.0, 0.0]), // trades perplexity for entropy variance: front
+            setting("b", [0.6, -0.1, 0.0, 0.0, 0.0]), // worse than a in both: off
+            setting("c", [0.1, 0.1, 0.1, 0.1, 0.1]),  // worse than the baseline everywhere: off
+            setting("d", [-0.1, 0.0, 0.0, -0.1, 0.0]), // better than the baseline: front
+            setting("e", [f64::NAN, 0.0, 0.0, 0.0, 0.0]), // no better than the baseline: off
+            setting("f", [0.6, -0.3, f64::NAN, 0.0, 0.0]), // a trade, one change unmeasured: front
+            setting("g", [0.0, 0.0, 0.0, 0.0, -0.05]), // only the judge's topic drift lower: helps, front
+            setting("h", [0.0, 0.0, 0.0, 0.0, f64::NAN]), // no judge ran: nothing changes
         ];
-        assert_eq!(pareto(&s), vec![0, 3, 5]);
+        assert_eq!(pareto(&s), vec![0, 3, 5, 6]);
         let sweep = Sweep { study: json!({"model": "m"}), baseline_plain_perplexity: 3.0, settings: s };
         let v = sweep.json();
         assert_eq!(v["settings"][0]["pareto"], json!(true));
@@ -308,12 +310,14 @@ mod tests {
         let html = sweep.html();
         assert_eq!(v["settings"][0]["helps"], json!(false));
         assert_eq!(v["settings"][3]["helps"], json!(true));
-        assert_eq!(html.matches("<svg").count(), 3);
-        assert_eq!(html.matches("<tr>").count(), 7);
-        // Dots: the five settings with both plotted changes, the front's three points, the baseline.
-        assert_eq!(sweep.chart("entropy_variance").to_svg().matches("<circle").count(), 5 + 3 + 1);
+        assert_eq!(v["settings"][6]["helps"], json!(true));
+        assert_eq!(v["settings"][7]["helps"], json!(false));
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert_eq!(html.matches("<tr>").count(), 9);
+        // Dots: the seven settings with both plotted changes, the front's four points, the baseline.
+        assert_eq!(sweep.chart("entropy_variance").to_svg().matches("<circle").count(), 7 + 4 + 1);
         let table = sweep.table_text();
-        assert_eq!(table.lines().count(), 9);
+        assert_eq!(table.lines().count(), 11);
         assert!(table.starts_with("every arm: top_k 40\n") && table.contains("\nd "), "{table}");
     }
 
