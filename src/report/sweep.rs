@@ -16,8 +16,13 @@ use std::path::Path;
 /// The changes a sweep judges a setting by, all "lower is better": the first is the cost
 /// (the plain model finds the text less likely), the others what an arm is meant to lower.
 /// The judge's topic drift is NaN without `--judge`, and a NaN change is left out.
-pub const JUDGED: [&str; 5] =
-    ["plain_perplexity", "entropy_variance", "perplexity_fluctuation", "repeated_4gram_rate", "judge_topic_drift"];
+pub const JUDGED: [&str; 5] = [
+    "plain_perplexity",
+    "entropy_variance",
+    "perplexity_fluctuation",
+    "repeated_4gram_rate",
+    "judge_topic_drift",
+];
 /// The table's columns: the judged ones, with the plain model's fluctuation (the one no arm's
 /// own distribution shapes) beside the arm's own, and shown but not judged: the entropy drift
 /// (its sign has no "better") and the judge's drift from the prompt (a story may leave its
@@ -218,7 +223,9 @@ impl Sweep {
             .collect();
         body.push_str(&html::table(&headers, &cells));
         // One chart per judged metric that was measured (no judge: no drift chart).
-        for metric in JUDGED[1..].iter().filter(|m| self.settings.iter().any(|s| s.paired(m).diff.is_finite())) {
+        for metric in
+            JUDGED[1..].iter().filter(|m| self.settings.iter().any(|s| s.paired(m).diff.is_finite()))
+        {
             body.push_str(&self.chart(metric).to_svg());
         }
         html::page("Keel: arms against the baseline", &body)
