@@ -110,8 +110,10 @@ pub struct Gpu {
     /// The optional features Keel got (f16, subgroups, timestamps; cooperative matrices for
     /// [`Tier::Coop`]).
     pub features: wgpu::Features,
-    /// The matrix engine (`KEEL_TIER`, else per adapter); tests may set it on a device of their own.
+    /// The matrix engine (`KEEL_TIER`, else per adapter; [`Gpu::open`] may force one).
     pub tier: Tier,
+    /// Whether the adapter offers what [`Tier::Coop`] needs (used only when asked for).
+    pub coop_offered: bool,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -201,8 +203,9 @@ impl Gpu {
         };
         let offered = adapter.limits();
         let limits = wanted_limits(&offered);
+        let coop_offered = has_f16_coop(&adapter);
         let tier = match tier {
-            Some(Tier::Coop) if !has_f16_coop(&adapter) => bail!(
+            Some(Tier::Coop) if !coop_offered => bail!(
                 "the coop tier (KEEL_TIER=coop): the adapter '{}' has no 16×16×16 cooperative matrices with f16 inputs and \
                  f32 sums in 32-thread subgroups",
                 adapter.get_info().name
@@ -264,6 +267,7 @@ impl Gpu {
             limits,
             features,
             tier,
+            coop_offered,
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             lost,
@@ -282,6 +286,20 @@ impl Gpu {
     pub fn shared_with(choice: &AdapterChoice) -> Result<&'static Gpu> {
         static GPU: std::sync::OnceLock<std::result::Result<Gpu, String>> = std::sync::OnceLock::new();
         GPU.get_or_init(|| pollster::block_on(Gpu::new(choice)).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A process-wide device on the matrix engine `tier`, whatever `KEEL_TIER` says (tests
+    /// that check a tier other than the adapter's default; one device per tier).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn shared_on_tier(tier: Tier) -> Result<&'static Gpu> {
+        static GPUS: [std::sync::OnceLock<std::result::Result<Gpu, String>>; 3] =
+            [const { std::sync::OnceLock::new() }; 3];
+        let choice = AdapterChoice::from_flag_or_env(None);
+        let at = Tier::ALL.iter().position(|&t| t == tier).expect("a tier");
+        GPUS[at]
+            .get_or_init(|| pollster::block_on(Gpu::open(&choice, Some(tier))).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow!("{e}"))
     }
