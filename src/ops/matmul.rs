@@ -149,6 +149,12 @@ impl Engine {
     pub fn for_adapter(gpu: &Gpu) -> Engine {
         Engine { matvec: Tile::for_adapter(gpu), tier: gpu.tier, tile: None }
     }
+
+    /// The adapter's matrix-vector tiling with the tier and tile given (the coop tier only on
+    /// a device opened for it).
+    pub fn with_tier(gpu: &Gpu, tier: Tier, tile: Option<GemmTile>) -> Engine {
+        Engine { tier, tile, ..Engine::for_adapter(gpu) }
+    }
 }
 
 /// The defines selecting how B is stored (none for f32, so f32 variants are unchanged).
@@ -569,7 +575,7 @@ mod tests {
 
     /// The tiled engine with workgroup tile `tile`.
     fn tiled(gpu: &Gpu, tile: GemmTile) -> Engine {
-        Engine { tier: Tier::Tiled, tile: Some(tile), ..Engine::for_adapter(gpu) }
+        Engine::with_tier(gpu, Tier::Tiled, Some(tile))
     }
 
     /// `linear` through `matmul_on` (None: the adapter's own tiling) against the CPU.
