@@ -33,16 +33,21 @@ for w in f32 q4_1; do
 done
 run "train-full" --train --batch 8 --seq-len 512 --repeats 2 --profile
 
-# The matrix tiers (KEEL_TIER; docs/bench.md, "Matrix tiers"): a 2048³ product of each kind on
+# The matrix tiers (KEEL_TIER; docs/bench.md, "Matrix tiers"): 2048³ and prefill-sized products on
 # every tier the adapter has (the coop tier checked against the portable one: the command exits
 # non-zero when a tier's output differs), then prefill and full fine-tuning per tier.
-echo "== matmul 2048^3: keel bench --matmul 2048,2048,2048" >&2
 # (A failed check still prints the JSON before its error line, so the figures are kept.)
-if line=$(timeout 120 "$keel" bench --matmul 2048,2048,2048 --repeats 10 --json); then
-    echo "{\"case\":\"matmul-2048\",\"result\":$line}" | tee -a "$out/bench.jsonl"
-else
-    echo "{\"case\":\"matmul-2048\",\"failed\":true,\"result\":${line:-null}}" | tee -a "$out/bench.jsonl"
-fi
+matmul() {  # matmul NAME M,N,K
+    echo "== $1: keel bench --matmul $2" >&2
+    local line
+    if line=$(timeout 120 "$keel" bench --matmul "$2" --repeats 10 --json); then
+        echo "{\"case\":\"$1\",\"result\":$line}" | tee -a "$out/bench.jsonl"
+    else
+        echo "{\"case\":\"$1\",\"failed\":true,\"result\":${line:-null}}" | tee -a "$out/bench.jsonl"
+    fi
+}
+matmul matmul-2048 2048,2048,2048
+matmul matmul-prefill 256,576,1536
 tiers="portable tiled"
 grep -q "cooperative matrices, f16 16×16 with f32 sums: offered" "$out/info.txt" && tiers="$tiers coop"
 for tier in $tiers; do

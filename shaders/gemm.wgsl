@@ -20,7 +20,8 @@ enable f16;
 // along N (BVEC4: W, any format; x); neither: scalar loads with any strides.
 //
 // SIMT (default): 8×8 outputs per thread, rows ty·4 + {0..3} and BM/2 + ty·4 + {0..3}, columns
-// likewise, so its A and B reads are two vec4 each per K step.
+// likewise, so its A and B reads are two vec4 each per K step; with OUT4, 4×4 outputs per
+// thread (small tiles: more workgroups for small products), one vec4 each.
 // COOP: f16 tiles and 16×16 cooperative matrices with f32 accumulators (tensor cores); each
 // subgroup of 32 threads computes a 32×32 block of C as 2×2 matrices. The host picks it only on
 // adapters whose subgroups are 32 threads.
@@ -63,7 +64,11 @@ struct Params {
 #if COOP
 const OUTPUTS_PER_THREAD: u32 = 32u;
 #else
+#if OUT4
+const OUTPUTS_PER_THREAD: u32 = 16u;
+#else
 const OUTPUTS_PER_THREAD: u32 = 64u;
+#endif
 #endif
 const THREADS: u32 = BM * BN / OUTPUTS_PER_THREAD;
 // vec4s of each operand's tile each thread loads per K tile.
@@ -224,11 +229,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var c10 = coop_mat16x16<f32, C>();
     var c11 = coop_mat16x16<f32, C>();
 #else
+#if OUT4
+    let tx = lid % (BN / 4u);
+    let ty = lid / (BN / 4u);
+    // acc[i]: row ty·4 + i, columns tx·4..
+    var acc = array<vec4<f32>, 4>();
+#else
     let tx = lid % (BN / 8u);
     let ty = lid / (BN / 8u);
     // acc[2i + j]: row i of the thread's 8 (i < 4: ty·4 + i, else BM/2 + ty·4 + i − 4), column
     // quad j (0: tx·4.., 1: BN/2 + tx·4..).
     var acc = array<vec4<f32>, 16>();
+#endif
 #endif
     let tiles = (p.k + BK - 1u) / BK;
     for (var t = 0u; t < tiles; t++) {
@@ -254,6 +266,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             c11 = coopMultiplyAdd(a1, b1, c11);
         }
 #else
+#if OUT4
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = a_tile[kk * AROW + ty];
+            let b0 = b_tile[kk * BROW + tx];
+            acc[0] += a0.x * b0;
+            acc[1] += a0.y * b0;
+            acc[2] += a0.z * b0;
+            acc[3] += a0.w * b0;
+        }
+#else
         for (var kk = 0u; kk < BK; kk++) {
             let a0 = a_tile[kk * AROW + ty];
             let a1 = a_tile[kk * AROW + BM / 8u + ty];
@@ -277,6 +299,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             acc[15] += a1.w * b1;
         }
 #endif
+#endif
     }
 #if COOP
     let lane = lid % 32u;
@@ -284,6 +307,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     emit(c01, sg, lane, m0 + sm, n0 + sn + 16u);
     emit(c10, sg, lane, m0 + sm + 16u, n0 + sn);
     emit(c11, sg, lane, m0 + sm + 16u, n0 + sn + 16u);
+#else
+#if OUT4
+    let r = m0 + ty * 4u;
+    let q = n0 + tx * 4u;
+    store4(r, q, acc[0]);
+    store4(r + 1u, q, acc[1]);
+    store4(r + 2u, q, acc[2]);
+    store4(r + 3u, q, acc[3]);
 #else
     let r0 = m0 + ty * 4u;
     let r1 = m0 + BM / 2u + ty * 4u;
@@ -305,5 +336,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     store4(r1 + 2u, q1, acc[13]);
     store4(r1 + 3u, q0, acc[14]);
     store4(r1 + 3u, q1, acc[15]);
+#endif
 #endif
 }

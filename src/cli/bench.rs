@@ -315,9 +315,9 @@ fn run_matmul(shape: &str, a: &BenchArgs, adapter: &Option<String>) -> Result<()
         true => Some(Gpu::shared_on_tier(Tier::Coop)?),
         false => None,
     };
-    let engines = [(gpu, Tier::Portable, None), (gpu, Tier::Tiled, Some(GemmTile::LARGE))]
+    let engines = [(gpu, Tier::Portable, None)]
         .into_iter()
-        .chain([(gpu, Tier::Tiled, Some(GemmTile::SMALL))])
+        .chain(GemmTile::SIMT.map(|t| (gpu, Tier::Tiled, Some(t))))
         .chain(coop.map(|g| (g, Tier::Coop, Some(GemmTile::COOP))));
     let values = |len: usize, seed: usize| -> Vec<f32> {
         (0..len).map(|i| ((i * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0).collect()
@@ -374,7 +374,7 @@ fn run_matmul(shape: &str, a: &BenchArgs, adapter: &Option<String>) -> Result<()
             if diff > tolerance {
                 mismatches.push(format!("{} {product}: {diff:.2e} (above {tolerance:.0e})", tier.name()));
             }
-            let tile = tile.map(|t| format!("{}x{}x{}", t.bm, t.bn, t.bk));
+            let tile = tile.map(GemmTile::label);
             results.push(json!({"tier": tier.name(), "tile": tile, "product": product, "us": seconds * 1e6,
                 "tflops": 2.0 * (m * n * k) as f64 / seconds / 1e12, "max_rel_diff_vs_portable": diff,
                 "ok": diff <= tolerance, "timing": format!("{timing:?}")}));
@@ -393,14 +393,14 @@ fn run_matmul(shape: &str, a: &BenchArgs, adapter: &Option<String>) -> Result<()
             info.name, info.backend
         );
         println!(
-            "  {:<9} {:<10} {:<7} {:>10} {:>9} {:>14}",
+            "  {:<9} {:<18} {:<7} {:>10} {:>9} {:>14}",
             "tier", "tile", "product", "µs", "TFLOP/s", "Δ vs portable"
         );
         for r in &results {
             println!(
-                "  {:<9} {:<10} {:<7} {:>10.1} {:>9.3} {:>14.2e}",
+                "  {:<9} {:<18} {:<7} {:>10.1} {:>9.3} {:>14.2e}",
                 r["tier"].as_str().unwrap_or(""),
-                r["tile"].as_str().unwrap_or("4x4/thread"),
+                r["tile"].as_str().unwrap_or("registers"),
                 r["product"].as_str().unwrap_or(""),
                 r["us"].as_f64().unwrap_or(0.0),
                 r["tflops"].as_f64().unwrap_or(0.0),

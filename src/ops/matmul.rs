@@ -107,30 +107,46 @@ impl Tile {
     }
 }
 
-/// A workgroup tile of the tiled engine (gemm.wgsl): BM × BN outputs of C, BK deep.
+/// A workgroup tile of the tiled engine (gemm.wgsl): BM × BN outputs of C, BK deep, each
+/// thread computing `per_thread` × `per_thread` of them (8, or 4 for small tiles).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmTile {
     pub bm: u32,
     pub bn: u32,
     pub bk: u32,
+    pub per_thread: u32,
 }
 
 impl GemmTile {
     /// 256 threads of 8×8 outputs (../shared/docs/speed-notes.md, section 5).
-    pub const LARGE: GemmTile = GemmTile { bm: 128, bn: 128, bk: 16 };
-    /// 64 threads of 8×8 outputs, for products that 128×128 tiles would spread over too few
-    /// workgroups to fill a GPU.
-    pub const SMALL: GemmTile = GemmTile { bm: 64, bn: 64, bk: 16 };
-    /// Cooperative matrices: four 32-thread subgroups of 2×2 16×16 matrices.
-    pub const COOP: GemmTile = GemmTile { bm: 64, bn: 64, bk: 32 };
+    pub const LARGE: GemmTile = GemmTile { bm: 128, bn: 128, bk: 16, per_thread: 8 };
+    /// 64 threads of 8×8 outputs.
+    pub const MEDIUM: GemmTile = GemmTile { bm: 64, bn: 64, bk: 16, per_thread: 8 };
+    /// 64 threads of 4×4 outputs: the portable kernel's workgroups of C, staged.
+    pub const SMALL: GemmTile = GemmTile { bm: 32, bn: 32, bk: 16, per_thread: 4 };
+    /// Cooperative matrices: four 32-thread subgroups of 2×2 16×16 matrices (no per-thread
+    /// share: 0).
+    pub const COOP: GemmTile = GemmTile { bm: 64, bn: 64, bk: 32, per_thread: 0 };
+    /// The SIMT tiles, largest first.
+    pub const SIMT: [GemmTile; 3] = [GemmTile::LARGE, GemmTile::MEDIUM, GemmTile::SMALL];
 
-    /// LARGE where it still makes 128 workgroups (about one per SM of an H100), else SMALL:
-    /// a guess until measured on a GPU (`keel bench --matmul` times both).
+    /// `128x128x16 8x8`: the tile and each thread's share (`coop`: cooperative matrices).
+    pub fn label(self) -> String {
+        let share = match self.per_thread {
+            0 => "coop".to_string(),
+            p => format!("{p}x{p}"),
+        };
+        format!("{}x{}x{} {share}", self.bm, self.bn, self.bk)
+    }
+
+    /// The largest SIMT tile that still makes 128 workgroups (about one per SM of an H100:
+    /// prefill's 256-row products would leave most SMs idle on 128×128 tiles), else SMALL.
+    /// A guess until measured on a GPU (`keel bench --matmul` times every tile).
     fn for_product(tier: Tier, m: usize, n: usize) -> GemmTile {
+        let groups = |t: GemmTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
         match tier {
             Tier::Coop => GemmTile::COOP,
-            _ if m.div_ceil(128) * n.div_ceil(128) >= 128 => GemmTile::LARGE,
-            _ => GemmTile::SMALL,
+            _ => GemmTile::SIMT.into_iter().find(|&t| groups(t) >= 128).unwrap_or(GemmTile::SMALL),
         }
     }
 }
@@ -239,7 +255,7 @@ fn gemm_variants() -> Vec<(&'static str, Vec<Define>)> {
     let formats: Vec<(WeightFormat, bool)> =
         [(WeightFormat::F32, false)].into_iter().chain(packed).chain([(WeightFormat::F16, true)]).collect();
     let mut v = Vec::new();
-    for (tile, coop) in [(GemmTile::LARGE, false), (GemmTile::SMALL, false), (GemmTile::COOP, true)] {
+    for (tile, coop) in GemmTile::SIMT.map(|t| (t, false)).into_iter().chain([(GemmTile::COOP, true)]) {
         for (akvec4, avec4) in [(0, 0), (1, 0), (0, 1)] {
             for &(fmt, native) in &formats {
                 // Packed weights are read as vec4 along K or along N; f32 also by scalars.
@@ -274,7 +290,8 @@ fn gemm_defines(
     fmt: WeightFormat,
     native_f16: bool,
 ) -> Vec<Define> {
-    let shape = [("BM", tile.bm), ("BN", tile.bn), ("BK", tile.bk), ("COOP", coop as u32)];
+    let out4 = (tile.per_thread == 4) as u32;
+    let shape = [("BM", tile.bm), ("BN", tile.bn), ("BK", tile.bk), ("COOP", coop as u32), ("OUT4", out4)];
     let loads = [("AKVEC4", l.akvec4), ("AVEC4", l.avec4), ("BKVEC4", l.bkvec4), ("BVEC4", l.bvec4)];
     [&shape[..], &loads, &[("BIAS", bias), ("ACC", acc)], &format_flags(fmt, native_f16)].concat()
 }
@@ -791,9 +808,18 @@ mod tests {
             span_groups(&[1, 1, 3, 2, 2, 7, 9, 1, 0, 4]),
             vec![(0, 2), (2, 3), (5, 4), (9, 16), (25, 1), (26, 4)]
         );
-        let gpu = gpu();
-        let spans = [1, 1, 1, 3, 7, 9, 2, 1, 1, 5];
-        let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
+        check_spans_alone(gpu(), &[1, 1, 1, 3, 7, 9, 2, 1, 1, 5], 70);
+        // The tiled engine picks its tile by the product's size: the joined rows take 64×64
+        // tiles, the 400 and 120 rows alone 32×32, in the same order of sums.
+        let tiled = Gpu::shared_on_tier(Tier::Tiled).unwrap();
+        let joined = (1 + 1 + 3 + 7 + 400 + 2 + 1 + 120, 1100);
+        assert_eq!(GemmTile::for_product(Tier::Tiled, joined.0, joined.1), GemmTile::MEDIUM);
+        assert_eq!(GemmTile::for_product(Tier::Tiled, 400, joined.1), GemmTile::SMALL);
+        check_spans_alone(tiled, &[1, 1, 3, 7, 400, 2, 1, 120], joined.1);
+    }
+
+    fn check_spans_alone(gpu: &Gpu, spans: &[usize], n: usize) {
+        let (m, k): (usize, usize) = (spans.iter().sum(), 48);
         let x = rand_vec(1, m * k, 1.0);
         let w = rand_vec(2, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
@@ -801,11 +827,11 @@ mod tests {
         let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
         let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
         let mut step = Step::new(gpu);
-        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, &spans, false);
+        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, spans, false);
         step.submit().unwrap();
         let got = gpu.read_f32(&yt).unwrap();
         let mut first = 0;
-        for len in spans {
+        for &len in spans {
             let xs = gpu.upload_f32("xs", &[len, k], &x[first * k..(first + len) * k]).unwrap();
             let ys = gpu.zeros("ys", &[len, n], crate::gpu::DType::F32).unwrap();
             let mut step = Step::new(gpu);
@@ -813,7 +839,7 @@ mod tests {
             step.submit().unwrap();
             let alone = gpu.read_f32(&ys).unwrap();
             let same = alone.iter().zip(&got[first * n..]).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "span of {len} rows at row {first} differs from its own run");
+            assert!(same, "{:?}: span of {len} rows at row {first} differs from its own run", gpu.tier);
             first += len;
         }
     }
@@ -1014,13 +1040,13 @@ mod tests {
         assert_close(&gpu.read_f32(&ct).unwrap(), &want, 1e-4, &what);
     }
 
-    /// The tiled engine, both tiles, on the three products of training (sizes no multiple of
+    /// The tiled engine, every SIMT tile, on the three products of training (sizes no multiple of
     /// a tile, several K tiles, several workgroups each way), every load path: vec4 along K,
     /// M or N where the operand is contiguous and aligned, scalar otherwise.
     #[test]
     fn tiled_products_match_cpu() {
         let gpu = gpu();
-        for engine in [tiled(gpu, GemmTile::LARGE), tiled(gpu, GemmTile::SMALL)] {
+        for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
             // x·Wᵀ: x rows (at an offset), W [n, k] read along K (AKVEC4, BKVEC4), then scalars.
             check_engine(engine, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
             check_engine(engine, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
@@ -1033,7 +1059,7 @@ mod tests {
         }
     }
 
-    /// Packed weights in every format through the tiled engine, both tiles: as the Wᵀ of x·Wᵀ
+    /// Packed weights in every format through the tiled engine, every SIMT tile: as the Wᵀ of x·Wᵀ
     /// (read along K) and as the W of dy·W (read along N), against the CPU on the dequantized W.
     #[test]
     fn tiled_packed_weights_match_cpu_on_dequantized() {
@@ -1049,7 +1075,7 @@ mod tests {
             let (x, dy) = (rand_vec(1, m * inp, 1.0), rand_vec(2, m * out, 1.0));
             let (xt, dyt) =
                 (gpu.upload_f32("x", &[m, inp], &x).unwrap(), gpu.upload_f32("dy", &[m, out], &dy).unwrap());
-            for engine in [tiled(gpu, GemmTile::LARGE), tiled(gpu, GemmTile::SMALL)] {
+            for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
                 let y = gpu.zeros("y", &[m, out], crate::gpu::DType::F32).unwrap();
                 let dx = gpu.zeros("dx", &[m, inp], crate::gpu::DType::F32).unwrap();
                 let mut step = Step::new(gpu);
