@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark matrix behind docs/bench.md's GPU table: SmolLM2-135M shapes (random weights,
 # which run at the speed of the real ones), batch 1, a 512-token prompt and 128 new tokens,
-# per weight format; LCM on; the per-kernel profile; full fine-tuning at batch 8 x 512.
+# per weight format; LCM on; the per-kernel profile; full fine-tuning at batch 8 x 512; the
+# matrix tiers (KEEL_TIER): 2048^3 products, prefill and fine-tuning per tier.
 #
 #   scripts/gpu-bench.sh [KEEL_BINARY] [OUT_DIR]
 #
@@ -31,3 +32,26 @@ for w in f32 q4_1; do
     timeout 300 "$keel" bench --shapes "$shapes" --weights "$w" --repeats 1 --profile > "$out/profile-$w.txt" 2>&1
 done
 run "train-full" --train --batch 8 --seq-len 512 --repeats 2 --profile
+
+# The matrix tiers (KEEL_TIER; docs/bench.md, "Matrix tiers"): 2048³ and prefill-sized products on
+# every tier the adapter has (the coop tier checked against the portable one: the command exits
+# non-zero when a tier's output differs), then prefill and full fine-tuning per tier.
+# (A failed check still prints the JSON before its error line, so the figures are kept.)
+matmul() {  # matmul NAME M,N,K
+    echo "== $1: keel bench --matmul $2" >&2
+    local line
+    if line=$(timeout 120 "$keel" bench --matmul "$2" --repeats 10 --json); then
+        echo "{\"case\":\"$1\",\"result\":$line}" | tee -a "$out/bench.jsonl"
+    else
+        echo "{\"case\":\"$1\",\"failed\":true,\"result\":${line:-null}}" | tee -a "$out/bench.jsonl"
+    fi
+}
+matmul matmul-2048 2048,2048,2048
+matmul matmul-prefill 256,576,1536
+tiers="portable tiled"
+grep -q "cooperative matrices, f16 16×16 with f32 sums: offered" "$out/info.txt" && tiers="$tiers coop"
+for tier in $tiers; do
+    KEEL_TIER=$tier run "prefill-512-$tier" --weights f32 --prompt-tokens 512 --gen-tokens 0 --repeats 5
+    KEEL_TIER=$tier run "train-8x512-$tier" --train --batch 8 --seq-len 512 --repeats 2
+done
+KEEL_TIER=tiled timeout 300 "$keel" bench --shapes "$shapes" --weights f32 --repeats 1 --profile > "$out/profile-f32-tiled.txt" 2>&1

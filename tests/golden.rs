@@ -3,7 +3,7 @@
 //! case in ../shared/golden. Fixtures are read in place (keel::testing).
 
 use keel::generate::{self, GenerateOptions, SamplerConfig};
-use keel::gpu::Gpu;
+use keel::gpu::{Gpu, Tier};
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use serde_json::Value;
@@ -36,8 +36,11 @@ fn up_to_eos(ids: &[u32], eos: &[u32]) -> Vec<u32> {
 }
 
 fn check_model(name: &str, model_path: &str, tol: f32) {
+    check_model_on(Gpu::shared().expect("GPU adapter"), name, model_path, tol);
+}
+
+fn check_model_on(gpu: &'static Gpu, name: &str, model_path: &str, tol: f32) {
     let Some((golden, path)) = fixture(name, model_path) else { return };
-    let gpu = Gpu::shared().expect("GPU adapter");
     let host = model::load(&path).unwrap();
     let m = GpuModel::upload(gpu, &host).unwrap();
     for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
@@ -148,6 +151,16 @@ fn tiny_phi3_matches_transformers() {
 #[test]
 fn tiny_gemma3_matches_transformers() {
     check_model("tiny-gemma3", "tiny-gemma3", 1e-3);
+}
+
+/// The tiled matrix engine (the GPUs' default; CPU adapters take the register kernel) keeps
+/// the parity too: a llama, biases (qwen2), GPT-2's Conv1D layout and LayerNorm biases.
+#[test]
+fn golden_cases_hold_on_the_tiled_tier() {
+    let gpu = Gpu::shared_on_tier(Tier::Tiled).expect("GPU adapter");
+    for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
+        check_model_on(gpu, name, name, 1e-3);
+    }
 }
 
 #[test]

@@ -521,3 +521,11 @@ fn bad_binding_override_is_named() {
     let args = ["generate", "--model", src.to_str().unwrap(), "--prompt", "Hi", "--max-tokens", "1"];
     fails_env(&args, &[("KEEL_MAX_BINDING_BYTES", "lots")], &["KEEL_MAX_BINDING_BYTES", "'lots'"]);
 }
+
+#[test]
+fn bad_matrix_tier_is_named() {
+    let Some(src) = stories() else { return };
+    let args = ["generate", "--model", src.to_str().unwrap(), "--prompt", "Hi", "--max-tokens", "1"];
+    fails_env(&args, &[("KEEL_TIER", "fast")], &["KEEL_TIER must be portable, tiled or coop", "'fast'"]);
+    fails_with(&["bench", "--matmul", "64,64"], &["--matmul must be M,N,K", "'64,64'"]);
+}

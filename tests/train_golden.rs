@@ -2,7 +2,7 @@
 //! hyper-parameters, Keel's 10 losses and step-0 per-parameter gradient norms must match
 //! `train` in ../shared/golden/*.json.
 
-use keel::gpu::Gpu;
+use keel::gpu::{Gpu, Tier};
 use keel::model::{self, GpuModel};
 use keel::ops::optim::AdamW;
 use keel::train::graph::ActivationMemory;
@@ -67,9 +67,19 @@ fn check_training(
     memory: ActivationMemory,
     norm_tol: f64,
 ) {
+    check_training_on(Gpu::shared().expect("GPU adapter"), name, model_path, check_losses, memory, norm_tol);
+}
+
+fn check_training_on(
+    gpu: &'static Gpu,
+    name: &str,
+    model_path: &str,
+    check_losses: usize,
+    memory: ActivationMemory,
+    norm_tol: f64,
+) {
     let Some((golden, path)) = golden(name, model_path) else { return };
     let train = &golden["train"];
-    let gpu = Gpu::shared().expect("GPU adapter");
     let host = model::load(&path).unwrap();
     let cfg = host.config.clone();
     let rows = golden_rows(train);
@@ -110,6 +120,16 @@ fn check_training(
 #[test]
 fn stories260k_trains_like_pytorch() {
     check_training("stories260k", "stories260k", 10, ActivationMemory::Keep, 1e-3);
+}
+
+/// The tiled matrix engine (the GPUs' default) runs all three products of training: the
+/// golden curves hold on it too (a llama, biases, GPT-2's Conv1D layout).
+#[test]
+fn golden_training_holds_on_the_tiled_tier() {
+    let gpu = Gpu::shared_on_tier(Tier::Tiled).expect("GPU adapter");
+    for name in ["stories260k", "tiny-qwen2", "tiny-gpt2"] {
+        check_training_on(gpu, name, name, 10, ActivationMemory::Keep, 1e-3);
+    }
 }
 
 #[test]

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Measure fine-tuning steps (forward, backward, AdamW) instead of generation
     #[arg(long)]
     train: bool,
+    /// Time the three matrix products of a linear layer (x·Wᵀ, dy·W, dyᵀ·x) of this size
+    /// (f32, random values) on every matrix tier, checked against the portable one
+    #[arg(long, value_name = "M,N,K", conflicts_with_all = ["train", "model", "shapes"])]
+    matmul: Option<String>,
     /// Training rows per step (with --train)
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -124,6 +128,9 @@ fn mean_sd(x: &[f64]) -> (f64, f64) {
 pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.train {
         return run_train(a, adapter);
+    }
+    if let Some(shape) = &a.matmul {
+        return run_matmul(shape, &a, adapter);
     }
     if a.prompt_tokens == 0 || a.repeats == 0 {
         bail!("--prompt-tokens and --repeats must be at least 1");
@@ -281,6 +288,133 @@ fn rows_json(rows: &[KernelRow]) -> serde_json::Value {
     rows.iter()
         .map(|r| json!({"kernel": r.name, "calls": r.calls, "total_us": r.total_us, "mean_us": r.mean_us, "percent": r.percent}))
         .collect()
+}
+
+/// `--matmul M,N,K`'s three numbers.
+fn parse_mnk(text: &str) -> Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    match dims[..] {
+        [m, n, k] if m > 4 && n > 0 && k > 0 && text.split(',').count() == 3 => Ok((m, n, k)),
+        _ => bail!("--matmul must be M,N,K: three whole numbers, M above 4 (fewer rows take the matrix-vector kernel), got '{text}'"),
+    }
+}
+
+/// `keel bench --matmul M,N,K`: each product of a linear layer on each tier and tile, GPU
+/// time per dispatch (mean of `--repeats` in one recording), TFLOP/s, and the largest
+/// difference from the portable tier relative to its largest output.
+fn run_matmul(shape: &str, a: &BenchArgs, adapter: &Option<String>) -> Result<()> {
+    use crate::gpu::{Step, Tier};
+    use crate::ops::matmul::{matmul_on, Engine, GemmTile, Mat, Prologue};
+    let (m, n, k) = parse_mnk(shape)?;
+    if a.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let gpu = super::gpu(adapter)?;
+    // The coop tier needs a device opened with cooperative matrices.
+    let coop = match gpu.coop_offered {
+        true => Some(Gpu::shared_on_tier(Tier::Coop)?),
+        false => None,
+    };
+    let engines = [(gpu, Tier::Portable, None)]
+        .into_iter()
+        .chain(GemmTile::SIMT.map(|t| (gpu, Tier::Tiled, Some(t))))
+        .chain(coop.map(|g| (g, Tier::Coop, Some(GemmTile::COOP))));
+    let values = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len).map(|i| ((i * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    };
+    let (a_host, b_host) = (values(m * k, 1), values(k * n, 2));
+    let products = ["x·Wᵀ", "dy·W", "dyᵀ·x"];
+    let mut reference: Vec<Vec<f32>> = Vec::new();
+    let mut results = Vec::new();
+    let mut mismatches = Vec::new();
+    for (g, tier, tile) in engines {
+        let at = g.upload_f32("a", &[m * k], &a_host)?;
+        let bt = g.upload_f32("b", &[k * n], &b_host)?;
+        let ct = g.zeros("c", &[m * n], crate::gpu::DType::F32)?;
+        let engine = Engine::with_tier(g, tier, tile);
+        for (p, product) in products.iter().enumerate() {
+            // x [m, k] · W [n, k]ᵀ; dy [m, k] · W [k, n]; dy [k, m]ᵀ · x [k, n].
+            let (am, bm) = match p {
+                0 => (Mat::rows(&at, 0, k), Mat::transposed(&bt, 0, k)),
+                1 => (Mat::rows(&at, 0, k), Mat::rows(&bt, 0, n)),
+                _ => (Mat::transposed(&at, 0, m), Mat::rows(&bt, 0, n)),
+            };
+            let mut step = Step::new(g);
+            for _ in 0..a.repeats {
+                matmul_on(
+                    &mut step,
+                    engine,
+                    am,
+                    bm,
+                    Mat::rows(&ct, 0, n),
+                    (m, n, k),
+                    (1.0, None),
+                    false,
+                    Prologue::None,
+                );
+            }
+            let recording = step.finish()?;
+            recording.submit()?; // compiles and warms up
+            let (timing, times) = recording.profile()?;
+            let seconds = times.iter().map(|t| t.seconds).sum::<f64>() / times.len() as f64;
+            let got = g.read_f32(&ct)?;
+            let diff = match reference.get(p) {
+                None => {
+                    reference.push(got);
+                    0.0
+                }
+                Some(want) => {
+                    let scale = want.iter().fold(0f32, |s, w| s.max(w.abs())).max(f32::MIN_POSITIVE);
+                    got.iter().zip(want).fold(0f32, |d, (g, w)| d.max((g - w).abs())) / scale
+                }
+            };
+            // f32 tiers differ from the portable one in summation order only; coop rounds its
+            // inputs to f16 (2⁻¹¹ relative), which sums to a few 1e-4 of the largest output.
+            let tolerance = if tier == Tier::Coop { 1e-2 } else { 1e-4 };
+            if diff > tolerance {
+                mismatches.push(format!("{} {product}: {diff:.2e} (above {tolerance:.0e})", tier.name()));
+            }
+            let tile = tile.map(GemmTile::label);
+            results.push(json!({"tier": tier.name(), "tile": tile, "product": product, "us": seconds * 1e6,
+                "tflops": 2.0 * (m * n * k) as f64 / seconds / 1e12, "max_rel_diff_vs_portable": diff,
+                "ok": diff <= tolerance, "timing": format!("{timing:?}")}));
+        }
+    }
+    let info = &gpu.info;
+    if a.json {
+        println!(
+            "{}",
+            json!({"matmul": [m, n, k], "adapter": info.name, "backend": format!("{:?}", info.backend),
+            "repeats": a.repeats, "results": results})
+        );
+    } else {
+        println!(
+            "adapter: {} ({:?}); C[{m}×{n}] = A[{m}×{k}] · B[{k}×{n}], f32 in and out",
+            info.name, info.backend
+        );
+        println!(
+            "  {:<9} {:<18} {:<7} {:>10} {:>9} {:>14}",
+            "tier", "tile", "product", "µs", "TFLOP/s", "Δ vs portable"
+        );
+        for r in &results {
+            println!(
+                "  {:<9} {:<18} {:<7} {:>10.1} {:>9.3} {:>14.2e}",
+                r["tier"].as_str().unwrap_or(""),
+                r["tile"].as_str().unwrap_or("registers"),
+                r["product"].as_str().unwrap_or(""),
+                r["us"].as_f64().unwrap_or(0.0),
+                r["tflops"].as_f64().unwrap_or(0.0),
+                r["max_rel_diff_vs_portable"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if !mismatches.is_empty() {
+        bail!(
+            "--matmul: tiers differ from the portable one, relative to its largest output: {}",
+            mismatches.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// `keel bench --train`: optimizer steps per second on a fixed batch, and the GPU memory

@@ -15,6 +15,11 @@ pub fn run(adapter: &Option<String>) -> Result<()> {
     println!("  device type: {:?}", i.device_type);
     println!("  driver: {} {}", i.driver, i.driver_info);
     println!("  features requested: {:?}", gpu.features);
+    let coop = if gpu.coop_offered { "offered" } else { "not offered" };
+    println!(
+        "  matrix tier: {} (KEEL_TIER=portable|tiled|coop; cooperative matrices, f16 16×16 with f32 sums: {coop})",
+        gpu.tier.name()
+    );
     let l = &gpu.limits;
     println!("  limits requested:");
     println!("    max_buffer_size: {}", l.max_buffer_size);

@@ -32,6 +32,56 @@ impl AdapterChoice {
     }
 }
 
+/// Which engine computes the matrix products that the matrix-vector kernel does not take
+/// (prefill, scoring, every training product): `KEEL_TIER`, else chosen per adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// 4×4 outputs per thread from registers (`shaders/matmul.wgsl`): the default on CPU
+    /// adapters, which pay per element loaded and gain nothing from workgroup memory.
+    Portable,
+    /// Workgroup-memory tiles (`shaders/gemm.wgsl`): the default on GPUs.
+    Tiled,
+    /// The tiled engine on cooperative matrices (tensor cores: f16 inputs, f32 sums), native
+    /// adapters with wgpu's experimental feature only; opt-in until measured.
+    Coop,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Portable, Tier::Tiled, Tier::Coop];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Portable => "portable",
+            Tier::Tiled => "tiled",
+            Tier::Coop => "coop",
+        }
+    }
+
+    /// `KEEL_TIER`, when set.
+    fn from_env() -> Result<Option<Tier>> {
+        let Ok(text) = std::env::var("KEEL_TIER") else { return Ok(None) };
+        match Tier::ALL.into_iter().find(|t| t.name() == text.trim()) {
+            Some(tier) => Ok(Some(tier)),
+            None => bail!("KEEL_TIER must be portable, tiled or coop, got '{text}'"),
+        }
+    }
+}
+
+/// Whether the adapter multiplies 16×16 f16 cooperative matrices into f32 ones in 32-thread
+/// subgroups, which the COOP variant of gemm.wgsl assumes.
+fn has_f16_coop(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    adapter.features().contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+                && c.ab_type == wgpu::CooperativeScalarType::F16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+        })
+}
+
 type PipelineKey = (&'static str, Vec<Define>);
 
 /// A compiled kernel and its name as profiles show it: the shader family and its defines.
@@ -57,8 +107,13 @@ pub struct Gpu {
     /// The limits Keel works within: what it asked the device for (and got), with
     /// `max_storage_buffer_binding_size` lowered by `KEEL_MAX_BINDING_BYTES` when set.
     pub limits: wgpu::Limits,
-    /// The optional features Keel got (f16, subgroups, timestamps).
+    /// The optional features Keel got (f16, subgroups, timestamps; cooperative matrices for
+    /// [`Tier::Coop`]).
     pub features: wgpu::Features,
+    /// The matrix engine (`KEEL_TIER`, else per adapter; [`Gpu::open`] may force one).
+    pub tier: Tier,
+    /// Whether the adapter offers what [`Tier::Coop`] needs (used only when asked for).
+    pub coop_offered: bool,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -117,6 +172,12 @@ impl Gpu {
 
     /// Opens the adapter `choice` picks with the limits and features Keel needs (the page and tools that want their own device; others share [`Gpu::shared`]).
     pub async fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        Gpu::open(choice, Tier::from_env()?).await
+    }
+
+    /// [`Gpu::new`] with the matrix engine `tier` (None: the adapter's default), whatever
+    /// `KEEL_TIER` says: tests that compare tiers in one process.
+    pub async fn open(choice: &AdapterChoice, tier: Option<Tier>) -> Result<Gpu> {
         let instance = instance();
         let adapter = match &choice.0 {
             None => instance
@@ -142,17 +203,41 @@ impl Gpu {
         };
         let offered = adapter.limits();
         let limits = wanted_limits(&offered);
-        // Optional features: used when present, never required (timestamps for `bench --profile`).
+        let coop_offered = has_f16_coop(&adapter);
+        let tier = match tier {
+            Some(Tier::Coop) if !coop_offered => bail!(
+                "the coop tier (KEEL_TIER=coop): the adapter '{}' has no 16×16×16 cooperative matrices with f16 inputs and \
+                 f32 sums in 32-thread subgroups",
+                adapter.get_info().name
+            ),
+            Some(tier) => tier,
+            None if adapter.get_info().device_type == wgpu::DeviceType::Cpu => Tier::Portable,
+            None => Tier::Tiled,
+        };
+        // Optional features: used when present, never required (timestamps for `bench --profile`);
+        // the experimental cooperative matrices only when asked for.
+        let coop = match tier {
+            Tier::Coop => wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            _ => wgpu::Features::empty(),
+        };
         let features = adapter.features()
             & (wgpu::Features::SHADER_F16
                 | wgpu::Features::SUBGROUP
                 | wgpu::Features::TIMESTAMP_QUERY
-                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+                | coop);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("keel"),
                 required_features: features,
                 required_limits: limits.clone(),
+                // SAFETY: only the cooperative-matrix feature is experimental, requested for
+                // `Tier::Coop` alone, whose kernels the unit test validates and the GPU bench
+                // checks against the tiled tier.
+                experimental_features: match tier {
+                    Tier::Coop => unsafe { wgpu::ExperimentalFeatures::enabled() },
+                    _ => wgpu::ExperimentalFeatures::disabled(),
+                },
                 ..Default::default()
             })
             .await
@@ -181,6 +266,8 @@ impl Gpu {
             info: adapter.get_info(),
             limits,
             features,
+            tier,
+            coop_offered,
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             lost,
@@ -199,6 +286,20 @@ impl Gpu {
     pub fn shared_with(choice: &AdapterChoice) -> Result<&'static Gpu> {
         static GPU: std::sync::OnceLock<std::result::Result<Gpu, String>> = std::sync::OnceLock::new();
         GPU.get_or_init(|| pollster::block_on(Gpu::new(choice)).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A process-wide device on the matrix engine `tier`, whatever `KEEL_TIER` says (tests
+    /// that check a tier other than the adapter's default; one device per tier).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn shared_on_tier(tier: Tier) -> Result<&'static Gpu> {
+        static GPUS: [std::sync::OnceLock<std::result::Result<Gpu, String>>; 3] =
+            [const { std::sync::OnceLock::new() }; 3];
+        let choice = AdapterChoice::from_flag_or_env(None);
+        let at = Tier::ALL.iter().position(|&t| t == tier).expect("a tier");
+        GPUS[at]
+            .get_or_init(|| pollster::block_on(Gpu::open(&choice, Some(tier))).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow!("{e}"))
     }

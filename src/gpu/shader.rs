@@ -9,6 +9,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("norm", include_str!("../../shaders/norm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matvec", include_str!("../../shaders/matvec.wgsl")),
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),

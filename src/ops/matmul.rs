@@ -1,13 +1,15 @@
-//! Matrix multiply, `shaders/matmul.wgsl`. Linear layers store weights as `[out, in]`
-//! (Hugging Face's nn.Linear), so the forward pass is `y = x · Wᵀ`; the same kernel computes
-//! the input gradient `dy · W` and the weight gradient `dyᵀ · x` through strides. Products
-//! of a few rows with a weight (decode) go to the matrix-vector kernel, `shaders/matvec.wgsl`.
+//! Matrix multiply. Linear layers store weights as `[out, in]` (Hugging Face's nn.Linear), so
+//! the forward pass is `y = x · Wᵀ`; the same kernels compute the input gradient `dy · W` and
+//! the weight gradient `dyᵀ · x` through strides. Products of a few rows with a weight (decode)
+//! go to the matrix-vector kernel, `shaders/matvec.wgsl`; the rest to the adapter's
+//! [`Tier`]: the register-blocked `shaders/matmul.wgsl` (portable, CPU adapters) or the
+//! workgroup-tiled `shaders/gemm.wgsl` (GPUs; on cooperative matrices for the coop tier).
 //! Weights may be packed (f16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K: `shaders/wfmt.wgsl`) when
 //! they are the `W` of a forward x·Wᵀ or of an input gradient dy·W (LoRA over a frozen packed
 //! base); the kernels dequantize them as they read them and accumulate in f32.
 
 use crate::gpu::WeightFormat;
-use crate::gpu::{shader::Define, Gpu, Step, Tensor};
+use crate::gpu::{shader::Define, Gpu, Step, Tensor, Tier};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -105,6 +107,72 @@ impl Tile {
     }
 }
 
+/// A workgroup tile of the tiled engine (gemm.wgsl): BM × BN outputs of C, BK deep, each
+/// thread computing `per_thread` × `per_thread` of them (8, or 4 for small tiles).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub per_thread: u32,
+}
+
+impl GemmTile {
+    /// 256 threads of 8×8 outputs (../shared/docs/speed-notes.md, section 5).
+    pub const LARGE: GemmTile = GemmTile { bm: 128, bn: 128, bk: 16, per_thread: 8 };
+    /// 64 threads of 8×8 outputs.
+    pub const MEDIUM: GemmTile = GemmTile { bm: 64, bn: 64, bk: 16, per_thread: 8 };
+    /// 64 threads of 4×4 outputs: the portable kernel's workgroups of C, staged.
+    pub const SMALL: GemmTile = GemmTile { bm: 32, bn: 32, bk: 16, per_thread: 4 };
+    /// Cooperative matrices: four 32-thread subgroups of 2×2 16×16 matrices (no per-thread
+    /// share: 0).
+    pub const COOP: GemmTile = GemmTile { bm: 64, bn: 64, bk: 32, per_thread: 0 };
+    /// The SIMT tiles, largest first.
+    pub const SIMT: [GemmTile; 3] = [GemmTile::LARGE, GemmTile::MEDIUM, GemmTile::SMALL];
+
+    /// `128x128x16 8x8`: the tile and each thread's share (`coop`: cooperative matrices).
+    pub fn label(self) -> String {
+        let share = match self.per_thread {
+            0 => "coop".to_string(),
+            p => format!("{p}x{p}"),
+        };
+        format!("{}x{}x{} {share}", self.bm, self.bn, self.bk)
+    }
+
+    /// The largest SIMT tile that still makes 128 workgroups (about one per SM of an H100:
+    /// prefill's 256-row products would leave most SMs idle on 128×128 tiles), else SMALL.
+    /// A guess until measured on a GPU (`keel bench --matmul` times every tile).
+    fn for_product(tier: Tier, m: usize, n: usize) -> GemmTile {
+        let groups = |t: GemmTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize);
+        match tier {
+            Tier::Coop => GemmTile::COOP,
+            _ => GemmTile::SIMT.into_iter().find(|&t| groups(t) >= 128).unwrap_or(GemmTile::SMALL),
+        }
+    }
+}
+
+/// How the products are computed: the matrix-vector tiling for a few rows, the tier for the
+/// rest, and for the tiled tiers the workgroup tile (None: chosen per product).
+#[derive(Clone, Copy, Debug)]
+pub struct Engine {
+    matvec: Tile,
+    pub tier: Tier,
+    pub tile: Option<GemmTile>,
+}
+
+impl Engine {
+    /// The adapter's own: its matrix-vector tiling and its device's tier.
+    pub fn for_adapter(gpu: &Gpu) -> Engine {
+        Engine { matvec: Tile::for_adapter(gpu), tier: gpu.tier, tile: None }
+    }
+
+    /// The adapter's matrix-vector tiling with the tier and tile given (the coop tier only on
+    /// a device opened for it).
+    pub fn with_tier(gpu: &Gpu, tier: Tier, tile: Option<GemmTile>) -> Engine {
+        Engine { tier, tile, ..Engine::for_adapter(gpu) }
+    }
+}
+
 /// The defines selecting how B is stored (none for f32, so f32 variants are unchanged).
 pub(crate) fn format_flags(fmt: WeightFormat, native_f16: bool) -> Vec<Define> {
     let flag = match fmt {
@@ -176,7 +244,56 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
             v.push(("matmul", [&flags[..], &format_flags(fmt, native), &by_k].concat()));
         }
     }
+    v.extend(gemm_variants());
     v
+}
+
+/// Every variant of gemm.wgsl: each tile, each way of loading A and B (B packed in every
+/// format along K or N), with and without bias and accumulation.
+fn gemm_variants() -> Vec<(&'static str, Vec<Define>)> {
+    let packed = WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32).map(|f| (f, false));
+    let formats: Vec<(WeightFormat, bool)> =
+        [(WeightFormat::F32, false)].into_iter().chain(packed).chain([(WeightFormat::F16, true)]).collect();
+    let mut v = Vec::new();
+    for (tile, coop) in GemmTile::SIMT.map(|t| (t, false)).into_iter().chain([(GemmTile::COOP, true)]) {
+        for (akvec4, avec4) in [(0, 0), (1, 0), (0, 1)] {
+            for &(fmt, native) in &formats {
+                // Packed weights are read as vec4 along K or along N; f32 also by scalars.
+                let b_loads: &[(u32, u32)] =
+                    if fmt == WeightFormat::F32 { &[(0, 0), (1, 0), (0, 1)] } else { &[(1, 0), (0, 1)] };
+                for &(bkvec4, bvec4) in b_loads {
+                    for (bias, acc) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let loads = GemmLoads { akvec4, avec4, bkvec4, bvec4 };
+                        v.push(("gemm", gemm_defines(tile, coop, loads, (bias, acc), fmt, native)));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Which operands gemm.wgsl reads as vec4, and along which dimension (neither: scalars).
+#[derive(Clone, Copy)]
+struct GemmLoads {
+    akvec4: u32,
+    avec4: u32,
+    bkvec4: u32,
+    bvec4: u32,
+}
+
+fn gemm_defines(
+    tile: GemmTile,
+    coop: bool,
+    l: GemmLoads,
+    (bias, acc): (u32, u32),
+    fmt: WeightFormat,
+    native_f16: bool,
+) -> Vec<Define> {
+    let out4 = (tile.per_thread == 4) as u32;
+    let shape = [("BM", tile.bm), ("BN", tile.bn), ("BK", tile.bk), ("COOP", coop as u32), ("OUT4", out4)];
+    let loads = [("AKVEC4", l.akvec4), ("AVEC4", l.avec4), ("BKVEC4", l.bkvec4), ("BVEC4", l.bvec4)];
+    [&shape[..], &loads, &[("BIAS", bias), ("ACC", acc)], &format_flags(fmt, native_f16)].concat()
 }
 
 /// `C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n])`, C row-major with row stride `c.rs`.
@@ -189,8 +306,8 @@ pub fn matmul(
     bias: Option<&Tensor>,
     accumulate: bool,
 ) {
-    let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (1.0, bias), accumulate, tile, Prologue::None);
+    let engine = Engine::for_adapter(step.gpu);
+    matmul_on(step, engine, a, b, c, mnk, (1.0, bias), accumulate, Prologue::None);
 }
 
 /// `C (+)= scale · A · B` (LoRA's scaled low-rank products).
@@ -203,22 +320,22 @@ pub fn matmul_scaled(
     scale: f32,
     accumulate: bool,
 ) {
-    let tile = Tile::for_adapter(step.gpu);
-    matmul_tiled(step, a, b, c, mnk, (scale, None), accumulate, tile, Prologue::None);
+    let engine = Engine::for_adapter(step.gpu);
+    matmul_on(step, engine, a, b, c, mnk, (scale, None), accumulate, Prologue::None);
 }
 
-/// [`matmul`] with the matvec tiling given (tests run both on any adapter), A loaded through
-/// `prologue` (the matrix-vector kernel only).
+/// [`matmul`] on the engine given (tests and `keel bench --matmul` compare them on one
+/// device), A loaded through `prologue` (the matrix-vector kernel only).
 #[allow(clippy::too_many_arguments)]
-fn matmul_tiled(
+pub fn matmul_on(
     step: &mut Step,
+    engine: Engine,
     a: Mat,
     b: Mat,
     c: Mat,
     (m, n, k): (usize, usize, usize),
     (scale, bias): (f32, Option<&Tensor>),
     accumulate: bool,
-    tile: Tile,
     prologue: Prologue,
 ) {
     assert_eq!(c.cs, 1, "C must be row-major");
@@ -277,10 +394,13 @@ fn matmul_tiled(
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
     if matvec {
+        let tile = engine.matvec;
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
         let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];
         let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
+    } else if engine.tier != Tier::Portable && k > 0 {
+        gemm(step, engine, (a, b, c), (m, n, k), params, &buffers, accumulate, bias.is_some());
     } else {
         let by_k_flags: &[Define] =
             if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
@@ -288,6 +408,50 @@ fn matmul_tiled(
         let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
         step.dispatch(pipeline, &params, &buffers, groups);
     }
+}
+
+/// The tiled engine (gemm.wgsl) for a product that [`matmul_on`] has checked: `params` as the
+/// register kernel's with scalar units, rescaled here to each operand's vec4 loads.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    step: &mut Step,
+    engine: Engine,
+    (a, b, c): (Mat, Mat, Mat),
+    (m, n, k): (usize, usize, usize),
+    params: Params,
+    buffers: &[(&str, &Tensor)],
+    accumulate: bool,
+    bias: bool,
+) {
+    let aligned = |xs: &[usize]| xs.iter().all(|x| x.is_multiple_of(4));
+    let akvec4 = a.cs == 1 && aligned(&[k, a.off, a.rs]);
+    let avec4 = !akvec4 && a.rs == 1 && aligned(&[m, a.off, a.cs]);
+    let bkvec4 = b.rs == 1 && aligned(&[k, b.off, b.cs]);
+    let bvec4 = !bkvec4 && b.cs == 1 && aligned(&[n, b.off, b.rs]);
+    let fmt = b.t.format();
+    assert!(fmt == WeightFormat::F32 || bkvec4 || bvec4, "a packed weight is read as vec4");
+    let a4 = |x: usize, vec4: bool| (if vec4 { x / 4 } else { x }) as u32;
+    let params = Params {
+        a_off: a4(a.off, akvec4 || avec4),
+        a_rs: a4(a.rs, akvec4),
+        a_cs: a4(a.cs, avec4),
+        b_off: a4(b.off, bkvec4 || bvec4),
+        b_rs: a4(b.rs, bvec4),
+        b_cs: a4(b.cs, bkvec4),
+        c_off: c.off as u32,
+        c_rs: c.rs as u32,
+        ..params
+    };
+    let coop = engine.tier == Tier::Coop;
+    let tile = engine.tile.unwrap_or(GemmTile::for_product(engine.tier, m, n));
+    assert!(!coop || tile == GemmTile::COOP, "the coop tier has one tile");
+    let loads =
+        GemmLoads { akvec4: akvec4 as u32, avec4: avec4 as u32, bkvec4: bkvec4 as u32, bvec4: bvec4 as u32 };
+    let defines =
+        gemm_defines(tile, coop, loads, (bias as u32, accumulate as u32), fmt, native_f16(step.gpu));
+    let pipeline = step.gpu.pipeline("gemm", &defines);
+    let groups = [n.div_ceil(tile.bn as usize) as u32, m.div_ceil(tile.bm as usize) as u32, 1];
+    step.dispatch(pipeline, &params, buffers, groups);
 }
 
 /// A linear layer, `y (+)= x · Wᵀ + bias` with `W` of shape `[out, in]`, over consecutive spans
@@ -326,7 +490,7 @@ pub fn linear_spans_prologue(
 ) {
     let (out, inp) = (w.shape[0], w.shape[1]);
     let src_cols = if matches!(prologue, Prologue::SiluGate) { 2 * inp } else { inp };
-    let tile = Tile::for_adapter(step.gpu);
+    let engine = Engine::for_adapter(step.gpu);
     for (first, rows) in span_groups(spans) {
         let (a, prologue) = if rows <= MATVEC_MAX_M {
             (Mat::rows(src, first * src_cols, src_cols), prologue)
@@ -334,7 +498,7 @@ pub fn linear_spans_prologue(
             (Mat::rows(done, first * inp, inp), Prologue::None)
         };
         let (w, y) = (Mat::transposed(w, 0, inp), Mat::rows(y, first * out, out));
-        matmul_tiled(step, a, w, y, (rows, out, inp), (1.0, bias), accumulate, tile, prologue);
+        matmul_on(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue);
     }
 }
 
@@ -421,7 +585,17 @@ mod tests {
     use crate::cpu;
     use crate::ops::test_util::*;
 
-    /// `linear` through `matmul_tiled` (None: the adapter's own tiling) against the CPU.
+    /// The adapter's engine with the matrix-vector tiling `tile` (tests run both on any adapter).
+    fn with_matvec(gpu: &Gpu, tile: Tile) -> Engine {
+        Engine { matvec: tile, ..Engine::for_adapter(gpu) }
+    }
+
+    /// The tiled engine with workgroup tile `tile`.
+    fn tiled(gpu: &Gpu, tile: GemmTile) -> Engine {
+        Engine::with_tier(gpu, Tier::Tiled, Some(tile))
+    }
+
+    /// `linear` through `matmul_on` (None: the adapter's own tiling) against the CPU.
     fn check_tiled(tile: Option<Tile>, m: usize, n: usize, k: usize, bias: bool, acc: bool) {
         let gpu = gpu();
         let x = rand_vec(1, m * k, 1.0);
@@ -435,15 +609,15 @@ mod tests {
         let mut step = Step::new(gpu);
         match tile {
             None => linear(&mut step, &xt, &wt, bias.then_some(&bt), &yt, m, acc),
-            Some(tile) => matmul_tiled(
+            Some(tile) => matmul_on(
                 &mut step,
+                with_matvec(gpu, tile),
                 Mat::rows(&xt, 0, k),
                 Mat::transposed(&wt, 0, k),
                 Mat::rows(&yt, 0, n),
                 (m, n, k),
                 (1.0, bias.then_some(&bt)),
                 acc,
-                tile,
                 Prologue::None,
             ),
         }
@@ -500,23 +674,26 @@ mod tests {
             let wq = crate::gpu::wfmt::dequantize(fmt, &packed);
             let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
             assert_eq!(wt.format(), fmt);
-            let cases = (1..=MATVEC_MAX_M).flat_map(|m| [(m, Some(Tile::GPU)), (m, Some(Tile::CPU))]);
-            for (m, tile) in cases.chain([(37, None)]) {
+            // Few rows: matvec with both tilings; 37 rows: the adapter's tier, then both tiled tiles.
+            let cases = (1..=MATVEC_MAX_M)
+                .flat_map(|m| [(m, with_matvec(gpu, Tile::GPU)), (m, with_matvec(gpu, Tile::CPU))]);
+            let blocked =
+                [Engine::for_adapter(gpu), tiled(gpu, GemmTile::LARGE), tiled(gpu, GemmTile::SMALL)];
+            for (m, engine) in cases.chain(blocked.map(|e| (37, e))) {
                 let x = rand_vec(m as u64, m * k, 1.0);
                 let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
                 let yt = gpu.upload_f32("y", &[m, n], &vec![0.5; m * n]).unwrap();
                 let mut step = Step::new(gpu);
                 let (xa, wa, ya) = (Mat::rows(&xt, 0, k), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
-                let tile = tile.unwrap_or(Tile::for_adapter(gpu));
-                matmul_tiled(
+                matmul_on(
                     &mut step,
+                    engine,
                     xa,
                     wa,
                     ya,
                     (m, n, k),
                     (1.0, Some(&bt)),
                     m % 2 == 0,
-                    tile,
                     Prologue::None,
                 );
                 step.submit().unwrap();
@@ -524,7 +701,7 @@ mod tests {
                 if m % 2 == 0 {
                     want.iter_mut().for_each(|v| *v += 0.5);
                 }
-                let what = format!("{fmt:?} m={m} {tile:?} unpacked f16: {}", UNPACK_F16.get());
+                let what = format!("{fmt:?} m={m} {engine:?} unpacked f16: {}", UNPACK_F16.get());
                 assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
             }
         }
@@ -605,15 +782,15 @@ mod tests {
             for tile in [Tile::GPU, Tile::CPU] {
                 gpu.write_f32(&ct, &c0);
                 let mut step = Step::new(gpu);
-                matmul_tiled(
+                matmul_on(
                     &mut step,
+                    with_matvec(gpu, tile),
                     Mat { t: &at, off: a_off, rs: a_rs, cs: 1 },
                     Mat::transposed(&wt, 0, k),
                     Mat { t: &ct, off: c_off, rs: c_rs, cs: 1 },
                     (m, n, k),
                     (0.5, None),
                     true,
-                    tile,
                     Prologue::None,
                 );
                 step.submit().unwrap();
@@ -631,9 +808,18 @@ mod tests {
             span_groups(&[1, 1, 3, 2, 2, 7, 9, 1, 0, 4]),
             vec![(0, 2), (2, 3), (5, 4), (9, 16), (25, 1), (26, 4)]
         );
-        let gpu = gpu();
-        let spans = [1, 1, 1, 3, 7, 9, 2, 1, 1, 5];
-        let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
+        check_spans_alone(gpu(), &[1, 1, 1, 3, 7, 9, 2, 1, 1, 5], 70);
+        // The tiled engine picks its tile by the product's size: the joined rows take 64×64
+        // tiles, the 400 and 120 rows alone 32×32, in the same order of sums.
+        let tiled = Gpu::shared_on_tier(Tier::Tiled).unwrap();
+        let joined = (1 + 1 + 3 + 7 + 400 + 2 + 1 + 120, 1100);
+        assert_eq!(GemmTile::for_product(Tier::Tiled, joined.0, joined.1), GemmTile::MEDIUM);
+        assert_eq!(GemmTile::for_product(Tier::Tiled, 400, joined.1), GemmTile::SMALL);
+        check_spans_alone(tiled, &[1, 1, 3, 7, 400, 2, 1, 120], joined.1);
+    }
+
+    fn check_spans_alone(gpu: &Gpu, spans: &[usize], n: usize) {
+        let (m, k): (usize, usize) = (spans.iter().sum(), 48);
         let x = rand_vec(1, m * k, 1.0);
         let w = rand_vec(2, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
@@ -641,11 +827,11 @@ mod tests {
         let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
         let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
         let mut step = Step::new(gpu);
-        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, &spans, false);
+        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, spans, false);
         step.submit().unwrap();
         let got = gpu.read_f32(&yt).unwrap();
         let mut first = 0;
-        for len in spans {
+        for &len in spans {
             let xs = gpu.upload_f32("xs", &[len, k], &x[first * k..(first + len) * k]).unwrap();
             let ys = gpu.zeros("ys", &[len, n], crate::gpu::DType::F32).unwrap();
             let mut step = Step::new(gpu);
@@ -653,7 +839,7 @@ mod tests {
             step.submit().unwrap();
             let alone = gpu.read_f32(&ys).unwrap();
             let same = alone.iter().zip(&got[first * n..]).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "span of {len} rows at row {first} differs from its own run");
+            assert!(same, "{:?}: span of {len} rows at row {first} differs from its own run", gpu.tier);
             first += len;
         }
     }
@@ -801,5 +987,147 @@ mod tests {
         assert_close(&gpu.read_f32(&dxt).unwrap(), &want_dx, 1e-4, "dx");
         assert_close(&gpu.read_f32(&dw).unwrap(), &want_dw, 1e-4, "dW");
         assert_close(&gpu.read_f32(&db).unwrap(), &want_db, 1e-4, "db");
+    }
+
+    /// A strided view for [`check_engine`]: offset, row stride, column stride.
+    type View = (usize, usize, usize);
+
+    /// `C (+)= 0.5 · A · B (+ bias)` on `engine`, A and B strided views of random buffers, C a
+    /// block of a wider matrix, against the CPU's `linear` on the dense A and Bᵀ.
+    #[allow(clippy::too_many_arguments)]
+    fn check_engine(
+        engine: Engine,
+        what: &str,
+        av: View,
+        bv: View,
+        (m, n, k): (usize, usize, usize),
+        bias: bool,
+        acc: bool,
+    ) {
+        let gpu = gpu();
+        let len = |(off, rs, cs): View, rows: usize, cols: usize| off + (rows - 1) * rs + (cols - 1) * cs + 1;
+        let (a, b) = (rand_vec(11, len(av, m, k), 1.0), rand_vec(12, len(bv, k, n), 1.0));
+        let bias_v = rand_vec(13, n, 1.0);
+        let (c_off, c_rs) = (3, n + 5);
+        let c0 = rand_vec(14, c_off + m * c_rs, 1.0);
+        let dense_a: Vec<f32> = (0..m * k).map(|i| a[av.0 + i / k * av.1 + i % k * av.2]).collect();
+        let dense_bt: Vec<f32> = (0..n * k).map(|i| b[bv.0 + i % k * bv.1 + i / k * bv.2]).collect();
+        let ab = cpu::matmul::linear(&dense_a, &dense_bt, None, m, n, k);
+        let mut want = c0.clone();
+        for i in 0..m {
+            for j in 0..n {
+                let at = c_off + i * c_rs + j;
+                let base = if acc { c0[at] } else { 0.0 };
+                want[at] = base + 0.5 * ab[i * n + j] + if bias { bias_v[j] } else { 0.0 };
+            }
+        }
+        let t = |name, data: &[f32]| gpu.upload_f32(name, &[data.len()], data).unwrap();
+        let (at, bt, biast, ct) = (t("a", &a), t("b", &b), t("bias", &bias_v), t("c", &c0));
+        let mut step = Step::new(gpu);
+        matmul_on(
+            &mut step,
+            engine,
+            Mat { t: &at, off: av.0, rs: av.1, cs: av.2 },
+            Mat { t: &bt, off: bv.0, rs: bv.1, cs: bv.2 },
+            Mat { t: &ct, off: c_off, rs: c_rs, cs: 1 },
+            (m, n, k),
+            (0.5, bias.then_some(&biast)),
+            acc,
+            Prologue::None,
+        );
+        step.submit().unwrap();
+        let what = format!("{what} {m}x{n}x{k} bias={bias} acc={acc} {engine:?}");
+        assert_close(&gpu.read_f32(&ct).unwrap(), &want, 1e-4, &what);
+    }
+
+    /// The tiled engine, every SIMT tile, on the three products of training (sizes no multiple of
+    /// a tile, several K tiles, several workgroups each way), every load path: vec4 along K,
+    /// M or N where the operand is contiguous and aligned, scalar otherwise.
+    #[test]
+    fn tiled_products_match_cpu() {
+        let gpu = gpu();
+        for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
+            // x·Wᵀ: x rows (at an offset), W [n, k] read along K (AKVEC4, BKVEC4), then scalars.
+            check_engine(engine, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
+            check_engine(engine, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
+            // dy·W: dy [m, out] along K (AKVEC4), W [out, in] along N (BVEC4), then scalars.
+            check_engine(engine, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
+            check_engine(engine, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
+            // dyᵀ·x: dyᵀ along M (AVEC4), x along N (BVEC4), then scalars.
+            check_engine(engine, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
+            check_engine(engine, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+        }
+    }
+
+    /// Packed weights in every format through the tiled engine, every SIMT tile: as the Wᵀ of x·Wᵀ
+    /// (read along K) and as the W of dy·W (read along N), against the CPU on the dequantized W.
+    #[test]
+    fn tiled_packed_weights_match_cpu_on_dequantized() {
+        let gpu = gpu();
+        let (out, inp, m) = (45, 256, 37);
+        let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
+        for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
+            UNPACK_F16.set(i >= WeightFormat::ALL.len());
+            let packed = crate::gpu::wfmt::random_packed(fmt, out, inp, 5);
+            let w = crate::gpu::wfmt::dequantize(fmt, &packed);
+            let w_t: Vec<f32> = (0..inp * out).map(|i| w[(i % out) * inp + i / out]).collect();
+            let wt = gpu.upload_weight("w", &[out, inp], fmt, &packed).unwrap();
+            let (x, dy) = (rand_vec(1, m * inp, 1.0), rand_vec(2, m * out, 1.0));
+            let (xt, dyt) =
+                (gpu.upload_f32("x", &[m, inp], &x).unwrap(), gpu.upload_f32("dy", &[m, out], &dy).unwrap());
+            for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
+                let y = gpu.zeros("y", &[m, out], crate::gpu::DType::F32).unwrap();
+                let dx = gpu.zeros("dx", &[m, inp], crate::gpu::DType::F32).unwrap();
+                let mut step = Step::new(gpu);
+                let (xa, wa, ya) =
+                    (Mat::rows(&xt, 0, inp), Mat::transposed(&wt, 0, inp), Mat::rows(&y, 0, out));
+                matmul_on(&mut step, engine, xa, wa, ya, (m, out, inp), (1.0, None), false, Prologue::None);
+                let (dya, wa, dxa) =
+                    (Mat::rows(&dyt, 0, out), Mat::rows(&wt, 0, inp), Mat::rows(&dx, 0, inp));
+                matmul_on(&mut step, engine, dya, wa, dxa, (m, inp, out), (1.0, None), false, Prologue::None);
+                step.submit().unwrap();
+                let what = format!("{fmt:?} {engine:?} unpacked f16: {}", UNPACK_F16.get());
+                let want_y = cpu::matmul::linear(&x, &w, None, m, out, inp);
+                assert_close(&gpu.read_f32(&y).unwrap(), &want_y, 1e-4, &format!("x·Wᵀ {what}"));
+                let want_dx = cpu::matmul::linear(&dy, &w_t, None, m, inp, out);
+                assert_close(&gpu.read_f32(&dx).unwrap(), &want_dx, 1e-4, &format!("dy·W {what}"));
+            }
+        }
+        UNPACK_F16.set(false);
+    }
+
+    /// The coop tier runs only where the adapter has 16×16 f16 cooperative matrices: elsewhere
+    /// (lavapipe) opening a device for it is refused in one line naming the adapter; where
+    /// it is offered, its products match the tiled tier's within f16 rounding.
+    #[test]
+    fn coop_tier_is_refused_or_matches_tiled() {
+        let choice = crate::gpu::AdapterChoice::from_flag_or_env(None);
+        let coop = match pollster::block_on(Gpu::open(&choice, Some(Tier::Coop))) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("KEEL_TIER=coop") && e.contains(&gpu().info.name), "{e}");
+                return;
+            }
+            Ok(coop) => coop,
+        };
+        let (m, n, k) = (130, 70, 96);
+        let (x, w) = (rand_vec(1, m * k, 1.0), rand_vec(2, n * k, 1.0));
+        let want = cpu::matmul::linear(&x, &w, None, m, n, k);
+        let (xt, wt) =
+            (coop.upload_f32("x", &[m, k], &x).unwrap(), coop.upload_f32("w", &[n, k], &w).unwrap());
+        let y = coop.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
+        let mut step = Step::new(&coop);
+        matmul(
+            &mut step,
+            Mat::rows(&xt, 0, k),
+            Mat::transposed(&wt, 0, k),
+            Mat::rows(&y, 0, n),
+            (m, n, k),
+            None,
+            false,
+        );
+        step.submit().unwrap();
+        // f16 inputs: each product is off by about 2⁻¹⁰ relative, the sum of 96 by about 1e-2.
+        assert_close(&coop.read_f32(&y).unwrap(), &want, 5e-2, "coop x·Wᵀ");
     }
 }
