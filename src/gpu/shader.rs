@@ -13,6 +13,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("attention_decode", include_str!("../../shaders/attention_decode.wgsl")),
+    ("attention_flash", include_str!("../../shaders/attention_flash.wgsl")),
     ("act", include_str!("../../shaders/act.wgsl")),
     ("stats", include_str!("../../shaders/stats.wgsl")),
     ("draw", include_str!("../../shaders/draw.wgsl")),

@@ -223,7 +223,8 @@ impl GpuModel {
         };
         let heads = c.head_shape();
         let scores = (heads, self.scores(l));
-        attention::attention_backward(step, saved, scores, &bw.d_att, &bw.dq, (&bw.dk, &bw.dv), &bw.delta);
+        let d_qkv = (&bw.dq, &bw.dk, &bw.dv);
+        attention::attention_backward(step, self.attention, saved, scores, &bw.d_att, d_qkv, &bw.delta);
         let tables = self.rope_tables(l);
         rope::rope_kv_backward(step, rows, heads, tables, &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
         if let (Some(saved), Some(dy)) = (io.qk_norm, &bw.d_qkv_normed) {

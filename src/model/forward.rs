@@ -34,6 +34,9 @@ pub struct GpuModel {
     rope: Option<(Tensor, Tensor)>,
     /// The tables of the sliding-window blocks where they have their own base (Gemma 3).
     local_rope: Option<(Tensor, Tensor)>,
+    /// The attention kernels of prefill, scoring and training (the adapter's choice or
+    /// `KEEL_ATTENTION`'s; tests set it to run one model through both).
+    pub attention: attention::Kernels,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -319,7 +322,8 @@ impl GpuModel {
             Some(theta) if !cfg.sliding_layers.is_empty() => Some(tables(theta, &rope::RopeScaling::None)?),
             _ => None,
         };
-        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope, local_rope })
+        let attention = attention::Kernels::for_adapter(&gpu.info)?;
+        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope, local_rope, attention })
     }
 
     /// Every GPU tensor the model holds: its weights, the head's packed copy and the RoPE
@@ -354,6 +358,7 @@ impl GpuModel {
             head: None,
             rope: self.rope.clone(),
             local_rope: self.local_rope.clone(),
+            attention: self.attention,
         })
     }
 
@@ -632,7 +637,17 @@ impl GpuModel {
             Some(part) if spans.iter().all(|&len| len == 1) => decode_rows(step, part, (0, n)),
             _ => {
                 rope::rope_kv(step, io.qkv, rows, heads, tables, io.q, kv, n);
-                attention::attention(step, io.q, rows, (heads, scores), kv, io.att, io.lse, n);
+                attention::attention(
+                    step,
+                    self.attention,
+                    io.q,
+                    rows,
+                    (heads, scores),
+                    kv,
+                    io.att,
+                    io.lse,
+                    n,
+                );
                 // Single-query rows among longer spans are redone as they would run alone,
                 // so that a batched step reproduces each sequence's own run bit for bit.
                 if let Some(part) = decode {

@@ -1,10 +1,13 @@
-//! Causal grouped-query attention against the KV cache, `shaders/attention.wgsl`.
+//! Causal grouped-query attention against the KV cache: `shaders/attention.wgsl` and
+//! `shaders/attention_backward.wgsl`, or the same results from `shaders/attention_flash.wgsl`
+//! (see [`Kernels`]).
 
 //! Single-query rows (decode) can take `shaders/attention_decode.wgsl` instead, which also
 //! does their rope_kv.
 
 use super::{groups, rope::HeadShape};
 use crate::gpu::{shader::Define, Step, Tensor};
+use anyhow::{anyhow, Result};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -44,6 +47,60 @@ impl Scores {
 /// The kernel keeps a query head in workgroup memory and up to 4 output dims per thread.
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Which kernels run attention over many rows at once (prefill, scoring, training); decode
+/// rows take `attention_decode.wgsl` either way. Both give the same results within rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// One workgroup per (row, query head) walking its keys; backward one per (key, KV head).
+    Simple,
+    /// Tiles of 16 (row, head) pairs of a KV head against tiles of keys in workgroup memory
+    /// (each key read once per tile, not once per row); backward a dQ pass and a dK/dV pass.
+    Flash,
+}
+
+/// Pairs (or keys, dK/dV) per workgroup of `shaders/attention_flash.wgsl` (its TA).
+const FLASH_TILE: usize = 16;
+
+/// Head dims per chunk of the flash kernels (their CHUNK): the smallest of 16, 32 and 64
+/// that holds a head, else 64 (a workgroup per output chunk).
+fn flash_chunk(dim: usize) -> usize {
+    [16, 32, 64].into_iter().find(|&c| dim <= c).unwrap_or(64)
+}
+
+/// The flash kernels' defines for a pass (`backward`, and `kv` for its dK/dV half) and the
+/// workgroups of `tiles` tiles over heads of `heads`: one per tile, KV head and output chunk.
+fn flash_pass(heads: HeadShape, pass: [Define; 3], tiles: usize) -> (Vec<Define>, usize) {
+    let chunk = flash_chunk(heads.dim);
+    let defines = [&pass[..], &[("CHUNK", chunk as u32)]].concat();
+    (defines, tiles * heads.n_kv * heads.dim.div_ceil(chunk))
+}
+
+impl Kernels {
+    /// `KEEL_ATTENTION` (`flash` or `simple`, read once per process), else the adapter's.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Result<Kernels> {
+        static FORCED: std::sync::OnceLock<Result<Option<Kernels>, String>> = std::sync::OnceLock::new();
+        let forced = FORCED.get_or_init(|| match std::env::var("KEEL_ATTENTION") {
+            Err(_) => Ok(None),
+            Ok(text) => Kernels::parse(&text).map(Some),
+        });
+        let forced = forced.clone().map_err(|e| anyhow!(e))?;
+        Ok(forced.unwrap_or(Kernels::default_for(info)))
+    }
+
+    fn parse(text: &str) -> Result<Kernels, String> {
+        match text.trim() {
+            "flash" => Ok(Kernels::Flash),
+            "simple" => Ok(Kernels::Simple),
+            other => Err(format!("KEEL_ATTENTION must be flash or simple, got '{other}'")),
+        }
+    }
+
+    /// What each adapter runs fastest (docs/bench.md, "Kernel variants per adapter").
+    fn default_for(_info: &wgpu::AdapterInfo) -> Kernels {
+        Kernels::Flash
+    }
+}
+
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     vec![
         ("attention", vec![("CAUSAL", 1)]),
@@ -56,7 +113,19 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
         ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1), ("THREADS", 64)]),
         ("attention_decode", vec![("COMBINE", 1)]),
     ]
+    .into_iter()
+    .chain([16, 32, 64].into_iter().flat_map(|chunk| {
+        [FLASH_FORWARD, FLASH_FORWARD_ENCODER, FLASH_DQ, FLASH_DKV]
+            .map(|pass| ("attention_flash", [&pass[..], &[("CHUNK", chunk)]].concat()))
+    }))
+    .collect()
 }
+
+// The passes of `shaders/attention_flash.wgsl` (CHUNK added by [`flash_pass`]).
+const FLASH_FORWARD: [Define; 3] = [("BACKWARD", 0), ("CAUSAL", 1), ("KV", 0)];
+const FLASH_FORWARD_ENCODER: [Define; 3] = [("BACKWARD", 0), ("CAUSAL", 0), ("KV", 0)];
+const FLASH_DQ: [Define; 3] = [("BACKWARD", 1), ("CAUSAL", 1), ("KV", 0)];
+const FLASH_DKV: [Define; 3] = [("BACKWARD", 1), ("CAUSAL", 1), ("KV", 1)];
 
 /// `out[r] = softmax(q[r] · Kᵀ · scale) · V` over cache positions `0..=pos(r)` of the
 /// row's sequence (the window's last of them, see [`Scores`]); writes the log-sum-exp of the
@@ -64,6 +133,7 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     step: &mut Step,
+    kernels: Kernels,
     q: &Tensor,
     rows: &Tensor,
     (heads, scores): (HeadShape, Scores),
@@ -85,9 +155,18 @@ pub fn attention(
         window: scores.window_u32(),
         _p: 0,
     };
-    let pipeline = step.gpu.pipeline("attention", &[("CAUSAL", scores.causal as u32)]);
     let buffers = bind![q, rows, k_cache, v_cache, out, lse];
-    step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_q, 1));
+    let (pipeline, workgroups) = match kernels {
+        Kernels::Simple => {
+            (step.gpu.pipeline("attention", &[("CAUSAL", scores.causal as u32)]), n_rows * heads.n_q)
+        }
+        Kernels::Flash => {
+            let pass = if scores.causal { FLASH_FORWARD } else { FLASH_FORWARD_ENCODER };
+            let (defines, workgroups) = flash_pass(heads, pass, (n_rows * heads.n_q).div_ceil(FLASH_TILE));
+            (step.gpu.pipeline("attention_flash", &defines), workgroups)
+        }
+    };
+    step.dispatch(pipeline, &params, &buffers, groups(workgroups, 1));
 }
 
 #[repr(C)]
@@ -218,19 +297,20 @@ pub struct Saved<'a> {
 
 /// Gradients of [`attention`] from `d_out`: `dq` per row and `dk`, `dv` in the cache's
 /// layout (written, not accumulated). `delta` `[rows, Hq]` is working space. Needs the
-/// training row layout: row = sequence × cache_len + position, every position present.
+/// training row layout: row = sequence × cache_len + position, every position present, and
+/// causal scores.
 pub fn attention_backward(
     step: &mut Step,
+    kernels: Kernels,
     saved: Saved,
     (heads, scores): (HeadShape, Scores),
     d_out: &Tensor,
-    dq: &Tensor,
-    (dk, dv): (&Tensor, &Tensor),
+    (dq, dk, dv): (&Tensor, &Tensor, &Tensor),
     delta: &Tensor,
 ) {
-    let cache_len = saved.k_cache.shape[1];
-    let n_rows = saved.k_cache.shape[0] * cache_len;
-    assert!(heads.dim <= MAX_HEAD_DIM && heads.n_q.is_multiple_of(heads.n_kv));
+    let (seqs, cache_len) = (saved.k_cache.shape[0], saved.k_cache.shape[1]);
+    let n_rows = seqs * cache_len;
+    assert!(heads.dim <= MAX_HEAD_DIM && heads.n_q.is_multiple_of(heads.n_kv) && scores.causal);
     assert!(dq.numel() >= n_rows * heads.n_q * heads.dim && d_out.numel() >= n_rows * heads.n_q * heads.dim);
     assert!(delta.numel() >= n_rows * heads.n_q && dk.shape == saved.k_cache.shape && dv.shape == dk.shape);
     let params = Params {
@@ -243,22 +323,31 @@ pub fn attention_backward(
         window: scores.window_u32(),
         _p: 0,
     };
+    // Both kernel pairs take the same bindings: dq and delta first, then dk and dv.
+    let ((family, dq_defines, dq_groups), (dkv_defines, dkv_groups)) = match kernels {
+        Kernels::Simple => (
+            ("attention_backward", vec![("KV", 0)], n_rows * heads.n_q),
+            (vec![("KV", 1)], n_rows * heads.n_kv),
+        ),
+        Kernels::Flash => {
+            let (dq, dq_groups) = flash_pass(heads, FLASH_DQ, (n_rows * heads.n_q).div_ceil(FLASH_TILE));
+            (
+                ("attention_flash", dq, dq_groups),
+                flash_pass(heads, FLASH_DKV, seqs * cache_len.div_ceil(FLASH_TILE)),
+            )
+        }
+    };
     let s = saved;
     let common = bind![q = s.q, rows = s.rows, k_cache = s.k_cache, v_cache = s.v_cache, lse = s.lse, d_out];
-    let pipeline = step.gpu.pipeline("attention_backward", &[("KV", 0)]);
+    let pipeline = step.gpu.pipeline(family, &dq_defines);
     step.dispatch(
         pipeline,
         &params,
         &[&common[..], &bind![out = s.out, dq, delta]].concat(),
-        groups(n_rows * heads.n_q, 1),
+        groups(dq_groups, 1),
     );
-    let pipeline = step.gpu.pipeline("attention_backward", &[("KV", 1)]);
-    step.dispatch(
-        pipeline,
-        &params,
-        &[&common[..], &bind![delta, dk, dv]].concat(),
-        groups(n_rows * heads.n_kv, 1),
-    );
+    let pipeline = step.gpu.pipeline(family, &dkv_defines);
+    step.dispatch(pipeline, &params, &[&common[..], &bind![delta, dk, dv]].concat(), groups(dkv_groups, 1));
 }
 
 #[cfg(test)]
@@ -269,12 +358,17 @@ mod tests {
     use crate::ops::{rope, test_util::*};
 
     /// Plain causal, Gemma's scale with sliding windows of 8 and of 70 (past a 64-key chunk),
-    /// and bidirectional (encoders; written as a window of 0 here).
+    /// and bidirectional (encoders; written as a window of 0 here), through both kernels: single
+    /// rows of two sequences, then runs of consecutive positions (a prefill's layout) of odd
+    /// lengths, one ending where the other sequence's begins; head dims of 16, 64 (SmolLM2's,
+    /// 3 query heads per KV head), 96 (two of the flash kernel's 64-dim chunks) and 256.
     #[test]
     fn attention_matches_cpu() {
         let gpu = gpu();
         let windows = [None, Some(8), Some(70), Some(0)];
-        let cases = [HeadShape { n_q: 4, n_kv: 2, dim: 16 }, HeadShape { n_q: 3, n_kv: 1, dim: 96 }]
+        let shapes = [(4, 2, 16), (9, 3, 64), (3, 1, 96), (2, 1, 256)];
+        let cases = shapes
+            .map(|(n_q, n_kv, dim)| HeadShape { n_q, n_kv, dim })
             .into_iter()
             .flat_map(|h| windows.map(|window| (h, window)));
         for (heads, window) in cases {
@@ -285,27 +379,51 @@ mod tests {
             };
             let (seqs, cache_len) = (2, 150);
             // Positions past one 64-key chunk exercise the online softmax.
-            let rows = [(0usize, 0usize), (0, 63), (1, 64), (1, 149), (0, 100)];
-            let n = rows.len();
+            let rows: Vec<(usize, usize)> = [(0, 0), (0, 63), (1, 64), (1, 149), (0, 100)]
+                .into_iter()
+                .chain((101..=137).map(|p| (1, p)))
+                .chain((0..=20).map(|p| (0, p)))
+                .collect();
             let qd = heads.n_q * heads.dim;
-            let q = rand_vec(1, n * qd, 2.0);
+            let q = rand_vec(1, rows.len() * qd, 2.0);
             let kc = rand_vec(2, seqs * cache_len * heads.n_kv * heads.dim, 2.0);
             let vc = rand_vec(3, kc.len(), 1.0);
-            let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
             let cache_shape = [seqs, cache_len, heads.n_kv, heads.dim];
-            let qt = gpu.upload_f32("q", &[n, qd], &q).unwrap();
-            let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
             let kt = gpu.upload_f32("k", &cache_shape, &kc).unwrap();
             let vt = gpu.upload_f32("v", &cache_shape, &vc).unwrap();
-            let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
-            let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
-            let mut step = Step::new(gpu);
-            attention(&mut step, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
-            step.submit().unwrap();
+            let run = |kernels: Kernels, rows: &[(usize, usize)], q: &[f32]| {
+                let n = rows.len();
+                let flat: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect();
+                let qt = gpu.upload_f32("q", &[n, qd], q).unwrap();
+                let rt = gpu.upload_u32("rows", &[n, 2], &flat).unwrap();
+                let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
+                let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
+                let mut step = Step::new(gpu);
+                attention(&mut step, kernels, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
+                step.submit().unwrap();
+                (gpu.read_f32(&out).unwrap(), gpu.read_f32(&lse).unwrap())
+            };
             let shape = (heads.n_q, heads.n_kv, heads.dim);
             let want = cpu::attention::attention(&q, &kc, &vc, &rows, shape, (cache_len, cpu_scores(scores)));
-            let what = format!("attention {heads:?} {scores:?}");
-            assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &what);
+            let mut want_lse = Vec::new();
+            for (r, &(seq, pos)) in rows.iter().enumerate() {
+                let pos = if scores.causal { pos } else { cache_len - 1 };
+                let qr = &q[r * qd..(r + 1) * qd];
+                want_lse.extend(
+                    (0..heads.n_q).map(|h| cpu_lse(qr, &kc, (seq, pos), h, (heads, scores), cache_len)),
+                );
+            }
+            for kernels in [Kernels::Simple, Kernels::Flash] {
+                let what = format!("attention {kernels:?} {heads:?} {scores:?}");
+                let (out, lse) = run(kernels, &rows, &q);
+                assert_close(&out, &want, 1e-5, &what);
+                assert_close(&lse, &want_lse, 1e-5, &format!("lse {what}"));
+                // A row's result does not depend on the rows beside it.
+                for r in [3, 20] {
+                    let (alone, _) = run(kernels, &rows[r..=r], &q[r * qd..(r + 1) * qd]);
+                    assert_eq!(alone, out[r * qd..(r + 1) * qd], "{what}: row {r} alone");
+                }
+            }
         }
     }
 
@@ -422,19 +540,26 @@ mod tests {
         }
     }
 
+    /// Both kernels, causal and with a window of 8, two sequences of an odd 71 positions (past
+    /// one 64-key chunk, a partial last tile), head dims of 16, 64 (3 query heads per KV head),
+    /// 96 and 256 (2 and 4 of the flash kernel's chunks).
     #[test]
     fn attention_backward_matches_cpu() {
         let gpu = gpu();
         let windowed = Scores { scale: 0.3, window: Some(8), causal: true };
         let cases = [
             (HeadShape { n_q: 4, n_kv: 2, dim: 16 }, None),
+            (HeadShape { n_q: 9, n_kv: 3, dim: 64 }, None),
             (HeadShape { n_q: 3, n_kv: 1, dim: 96 }, None),
+            (HeadShape { n_q: 2, n_kv: 1, dim: 256 }, None),
             (HeadShape { n_q: 4, n_kv: 2, dim: 16 }, Some(windowed)),
+            (HeadShape { n_q: 9, n_kv: 3, dim: 64 }, Some(windowed)),
         ];
-        for (heads, scores) in cases {
+        for ((heads, scores), kernels) in
+            cases.into_iter().flat_map(|case| [Kernels::Simple, Kernels::Flash].map(|k| (case, k)))
+        {
             let scores = scores.unwrap_or(Scores::causal(heads.dim));
-            // Two sequences of 70 positions: past one 64-key chunk.
-            let (seqs, len) = (2, 70);
+            let (seqs, len) = (2, 71);
             let rows: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..len).map(move |p| (s, p))).collect();
             let n = rows.len();
             let qd = heads.n_q * heads.dim;
@@ -461,15 +586,15 @@ mod tests {
             );
             let (dk, dv) = (zeros("dk", &cache_shape), zeros("dv", &cache_shape));
             let mut step = Step::new(gpu);
-            attention(&mut step, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
+            attention(&mut step, kernels, &qt, &rt, (heads, scores), (&kt, &vt), &out, &lse, n);
             let saved = Saved { q: &qt, rows: &rt, k_cache: &kt, v_cache: &vt, out: &out, lse: &lse };
-            attention_backward(&mut step, saved, (heads, scores), &dot, &dq, (&dk, &dv), &delta);
+            attention_backward(&mut step, kernels, saved, (heads, scores), &dot, (&dq, &dk, &dv), &delta);
             step.submit().unwrap();
             let shape = (heads.n_q, heads.n_kv, heads.dim);
             let at = (len, cpu_scores(scores));
             let (want_dq, want_dk, want_dv) =
                 cpu::attention::attention_backward(&q, &kc, &vc, &rows, shape, at, &d_out);
-            let what = format!("{heads:?} {scores:?}");
+            let what = format!("{kernels:?} {heads:?} {scores:?}");
             assert_close(&gpu.read_f32(&dq).unwrap(), &want_dq, 1e-5, &format!("dq {what}"));
             assert_close(&gpu.read_f32(&dk).unwrap(), &want_dk, 1e-5, &format!("dk {what}"));
             assert_close(&gpu.read_f32(&dv).unwrap(), &want_dv, 1e-5, &format!("dv {what}"));
