@@ -55,3 +55,11 @@ for tier in $tiers; do
     KEEL_TIER=$tier run "train-8x512-$tier" --train --batch 8 --seq-len 512 --repeats 2
 done
 KEEL_TIER=tiled timeout 300 "$keel" bench --shapes "$shapes" --weights f32 --repeats 1 --profile > "$out/profile-f32-tiled.txt" 2>&1
+
+# Flash attention (the default) against the per-row kernels it replaces, prefill and training:
+# KEEL_ATTENTION picks the kernels; the profiles show the attention passes' share.
+for k in flash simple; do
+    KEEL_ATTENTION=$k run "prefill-attention-$k" --weights f32 --gen-tokens 1 --repeats 3
+    KEEL_ATTENTION=$k timeout 300 "$keel" bench --shapes "$shapes" --train --batch 8 --seq-len 512 --repeats 1 \
+        --profile > "$out/profile-train-attention-$k.txt" 2>&1
+done

@@ -34,8 +34,8 @@ pub struct GpuModel {
     rope: Option<(Tensor, Tensor)>,
     /// The tables of the sliding-window blocks where they have their own base (Gemma 3).
     local_rope: Option<(Tensor, Tensor)>,
-    /// The attention kernels of prefill, scoring and training (the adapter's choice or
-    /// `KEEL_ATTENTION`'s; tests set it to run one model through both).
+    /// The attention kernels of prefill, scoring and training (`KEEL_ATTENTION`'s choice,
+    /// else flash; tests set it to run one model through both).
     pub attention: attention::Kernels,
 }
 
@@ -322,7 +322,7 @@ impl GpuModel {
             Some(theta) if !cfg.sliding_layers.is_empty() => Some(tables(theta, &rope::RopeScaling::None)?),
             _ => None,
         };
-        let attention = attention::Kernels::for_adapter(&gpu.info)?;
+        let attention = attention::Kernels::configured()?;
         Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope, local_rope, attention })
     }
 

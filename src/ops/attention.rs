@@ -1,6 +1,6 @@
-//! Causal grouped-query attention against the KV cache: `shaders/attention.wgsl` and
-//! `shaders/attention_backward.wgsl`, or the same results from `shaders/attention_flash.wgsl`
-//! (see [`Kernels`]).
+//! Causal grouped-query attention against the KV cache: `shaders/attention_flash.wgsl`, or
+//! the same results from the per-row `shaders/attention.wgsl` and
+//! `shaders/attention_backward.wgsl` (see [`Kernels`]).
 
 //! Single-query rows (decode) can take `shaders/attention_decode.wgsl` instead, which also
 //! does their rope_kv.
@@ -49,6 +49,8 @@ pub const MAX_HEAD_DIM: usize = 256;
 
 /// Which kernels run attention over many rows at once (prefill, scoring, training); decode
 /// rows take `attention_decode.wgsl` either way. Both give the same results within rounding.
+/// Flash is the default: on lavapipe it prefills and trains about 6x faster (docs/bench.md);
+/// Simple stays, behind `KEEL_ATTENTION=simple`, until GPU figures compare the two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
     /// One workgroup per (row, query head) walking its keys; backward one per (key, KV head).
@@ -56,6 +58,26 @@ pub enum Kernels {
     /// Tiles of 16 (row, head) pairs of a KV head against tiles of keys in workgroup memory
     /// (each key read once per tile, not once per row); backward a dQ pass and a dK/dV pass.
     Flash,
+}
+
+impl Kernels {
+    /// `KEEL_ATTENTION` (`flash` or `simple`, read once per process), else Flash.
+    pub fn configured() -> Result<Kernels> {
+        static FORCED: std::sync::OnceLock<Result<Kernels, String>> = std::sync::OnceLock::new();
+        let chosen = FORCED.get_or_init(|| match std::env::var("KEEL_ATTENTION") {
+            Err(_) => Ok(Kernels::Flash),
+            Ok(text) => Kernels::parse(&text),
+        });
+        chosen.clone().map_err(|e| anyhow!(e))
+    }
+
+    fn parse(text: &str) -> Result<Kernels, String> {
+        match text.trim() {
+            "flash" => Ok(Kernels::Flash),
+            "simple" => Ok(Kernels::Simple),
+            other => Err(format!("KEEL_ATTENTION must be flash or simple, got '{other}'")),
+        }
+    }
 }
 
 /// Pairs (or keys, dK/dV) per workgroup of `shaders/attention_flash.wgsl` (its TA).
@@ -67,38 +89,12 @@ fn flash_chunk(dim: usize) -> usize {
     [16, 32, 64].into_iter().find(|&c| dim <= c).unwrap_or(64)
 }
 
-/// The flash kernels' defines for a pass (`backward`, and `kv` for its dK/dV half) and the
+/// The flash kernels' defines for a pass (one of the `FLASH_*` below, CHUNK added) and the
 /// workgroups of `tiles` tiles over heads of `heads`: one per tile, KV head and output chunk.
 fn flash_pass(heads: HeadShape, pass: [Define; 3], tiles: usize) -> (Vec<Define>, usize) {
     let chunk = flash_chunk(heads.dim);
     let defines = [&pass[..], &[("CHUNK", chunk as u32)]].concat();
     (defines, tiles * heads.n_kv * heads.dim.div_ceil(chunk))
-}
-
-impl Kernels {
-    /// `KEEL_ATTENTION` (`flash` or `simple`, read once per process), else the adapter's.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Result<Kernels> {
-        static FORCED: std::sync::OnceLock<Result<Option<Kernels>, String>> = std::sync::OnceLock::new();
-        let forced = FORCED.get_or_init(|| match std::env::var("KEEL_ATTENTION") {
-            Err(_) => Ok(None),
-            Ok(text) => Kernels::parse(&text).map(Some),
-        });
-        let forced = forced.clone().map_err(|e| anyhow!(e))?;
-        Ok(forced.unwrap_or(Kernels::default_for(info)))
-    }
-
-    fn parse(text: &str) -> Result<Kernels, String> {
-        match text.trim() {
-            "flash" => Ok(Kernels::Flash),
-            "simple" => Ok(Kernels::Simple),
-            other => Err(format!("KEEL_ATTENTION must be flash or simple, got '{other}'")),
-        }
-    }
-
-    /// What each adapter runs fastest (docs/bench.md, "Kernel variants per adapter").
-    fn default_for(_info: &wgpu::AdapterInfo) -> Kernels {
-        Kernels::Flash
-    }
 }
 
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
@@ -425,6 +421,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn keel_attention_names_a_kernel() {
+        assert_eq!(Kernels::parse("flash"), Ok(Kernels::Flash));
+        assert_eq!(Kernels::parse(" simple\n"), Ok(Kernels::Simple));
+        assert_eq!(Kernels::parse("fast").unwrap_err(), "KEEL_ATTENTION must be flash or simple, got 'fast'");
     }
 
     fn cpu_scores(s: Scores) -> cpu::attention::Scores {
