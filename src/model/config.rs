@@ -98,6 +98,9 @@ pub struct ModelConfig {
     pub causal: bool,
     /// Context length.
     pub max_positions: usize,
+    /// Final-logit soft-capping: the LM head's logits become `cap · tanh(z / cap)` (Gemma's
+    /// `final_logit_softcapping`).
+    pub logit_softcap: Option<f32>,
     /// The LM head reads the embedding matrix.
     pub tied_embeddings: bool,
     /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
@@ -305,6 +308,7 @@ fn bert_config(v: &Value, file: &str, bos: Option<u32>, eos: Vec<u32>) -> Result
         residual_norm: true,
         causal: false,
         max_positions: usize_of(v, "max_position_embeddings", file)?,
+        logit_softcap: None,
         // An encoder has no LM head: nothing reads it, and no lm_head tensor is expected.
         tied_embeddings: true,
         qkv_bias: true,
@@ -395,6 +399,7 @@ impl ModelConfig {
                 residual_norm: false,
                 causal: true,
                 max_positions: usize_of(v, "n_positions", file)?,
+                logit_softcap: None,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
                 o_bias: true,
@@ -431,11 +436,17 @@ impl ModelConfig {
                     "{file}: {act_key} '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3/Phi-3)"
                 ),
             };
-            for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
-                if let Some(cap) = v.get(key).filter(|x| !x.is_null()) {
-                    bail!("{file}: {key} {cap} is not supported (Keel runs models without soft-capping)");
-                }
+            // Soft-capping of the attention scores is Gemma 2's; no Gemma 3 sets it.
+            if let Some(cap) = v.get("attn_logit_softcapping").filter(|x| !x.is_null()) {
+                bail!("{file}: attn_logit_softcapping {cap} is not supported (Keel runs attention without soft-capping)");
             }
+            let logit_softcap = match v.get("final_logit_softcapping").filter(|x| !x.is_null()) {
+                Some(_) if gemma => Some(f32_of(v, "final_logit_softcapping", 1.0, file)?),
+                Some(cap) => bail!(
+                    "{file}: final_logit_softcapping {cap} is not supported for {arch_name} (Keel applies it to Gemma 3 only)"
+                ),
+                None => None,
+            };
             let head_dim = match opt_usize(v, "head_dim", file)? {
                 Some(d) => d,
                 None if hidden.is_multiple_of(heads) => hidden / heads,
@@ -539,6 +550,7 @@ impl ModelConfig {
                 residual_norm: false,
                 causal: true,
                 max_positions,
+                logit_softcap,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", gemma),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
                 o_bias: attention_bias,
@@ -572,7 +584,7 @@ impl ModelConfig {
             "hidden_activation": "gelu_pytorch_tanh", "layer_types": types,
             "sliding_window": self.sliding_window.unwrap_or(self.max_positions),
             "rope_parameters": rope, "max_position_embeddings": self.max_positions,
-            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+            "final_logit_softcapping": self.logit_softcap, "attn_logit_softcapping": null,
             "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
             "torch_dtype": "float32",
         })
@@ -906,8 +918,18 @@ mod tests {
         assert_eq!((flat.rope_scaling, flat.local_rope_theta), (v5.rope_scaling.clone(), Some(1e4)));
         assert_eq!(ModelConfig::from_hf(&v5.to_hf_json(), "saved").unwrap(), v5);
         let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
-        assert!(err(gemma3(json!({"final_logit_softcapping": 30.0})))
-            .contains("m/config.json: final_logit_softcapping 30.0 is not supported"));
+        let capped = parse(gemma3(json!({"final_logit_softcapping": 30.0})));
+        assert_eq!((v5.logit_softcap, capped.logit_softcap), (None, Some(30.0)));
+        assert_eq!(ModelConfig::from_hf(&capped.to_hf_json(), "saved").unwrap(), capped);
+        assert_eq!(
+            err(gemma3(json!({"attn_logit_softcapping": 50.0}))),
+            "m/config.json: attn_logit_softcapping 50.0 is not supported (Keel runs attention without soft-capping)"
+        );
+        assert!(err(llama(json!({"final_logit_softcapping": 30.0}))).contains(
+            "final_logit_softcapping 30.0 is not supported for LlamaForCausalLM (Keel applies it to Gemma 3 only)"
+        ));
+        assert!(err(gemma3(json!({"final_logit_softcapping": -1.0})))
+            .contains("'final_logit_softcapping' must be a positive number"));
         let local_yarn = gemma3(json!({"rope_parameters": {"full_attention": {"rope_type": "default"},
             "sliding_attention": {"rope_type": "yarn"}}}));
         assert!(

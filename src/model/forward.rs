@@ -15,7 +15,7 @@ use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
 use crate::ops::matmul::Prologue;
 use crate::ops::norm::{NormKind, RowLayout};
-use crate::ops::{attention, embed, matmul, norm, rope, stats};
+use crate::ops::{attention, embed, matmul, norm, rope, softcap, stats};
 use anyhow::{bail, Result};
 
 /// A model whose weights live on the GPU, with the device that holds them.
@@ -719,7 +719,8 @@ impl GpuModel {
         stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
     }
 
-    /// [`GpuModel::record_head`] without the statistics: the final norm and LM head only.
+    /// [`GpuModel::record_head`] without the statistics: the final norm and LM head (and its
+    /// soft-capping) only.
     pub fn record_logits(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
         let n: usize = spans.iter().sum();
         assert!(n <= head.rows);
@@ -737,6 +738,9 @@ impl GpuModel {
             (first, n),
         );
         matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
+        if let Some(cap) = c.logit_softcap {
+            softcap::softcap(step, &head.logits, n * c.vocab, cap);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::matmul::Mat;
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{align, cgfm, matmul, norm, xent};
+use crate::ops::{align, cgfm, matmul, norm, softcap, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -400,7 +400,11 @@ impl TrainGraph {
             let xn = Mat::rows(&self.xn_final, first * c.hidden, c.hidden);
             let logits = Mat::rows(&self.logits, 0, c.vocab);
             matmul::matmul(step, xn, head, logits, (rows, c.vocab, c.hidden), None, false);
-            xent::cross_entropy(step, &self.logits, (&self.targets, &self.loss, first), rows, loss_scale);
+            if let Some(cap) = c.logit_softcap {
+                softcap::softcap(step, &self.logits, rows * c.vocab, cap);
+            }
+            let loss = (&self.targets, &self.loss, first);
+            xent::cross_entropy(step, &self.logits, loss, rows, loss_scale, c.logit_softcap);
             if let Some(d_head) = head_backward {
                 let saved = (&self.xn_final, &self.logits);
                 model.record_lm_head_backward(step, saved, d_head, &self.bw, (first, rows));
