@@ -180,8 +180,6 @@ fn rope_scaling_of(v: &Value, (field, p): (&str, &Value), file: &str) -> Result<
     Ok(match kind {
         "default" => RopeScaling::None,
         "longrope" => {
-            // transformers takes the long factors past the original context; Keel caps the
-            // context there (see `from_hf`), where the short ones apply.
             let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
                 Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
                 None => usize_of(p, "original_max_position_embeddings", file)?,
@@ -193,12 +191,18 @@ fn rope_scaling_of(v: &Value, (field, p): (&str, &Value), file: &str) -> Result<
                 None if factor <= 1.0 => 1.0,
                 None => (1.0 + factor.ln() / (original as f32).ln()).sqrt(),
             };
-            let short_factor = p
-                .get("short_factor")
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
-                .ok_or_else(|| anyhow!("{file}: {field}.short_factor must be a list of positive numbers"))?;
-            RopeScaling::LongRope { short_factor, attention_factor }
+            let factors = |key: &str| {
+                p.get(key)
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
+                    .ok_or_else(|| anyhow!("{file}: {field}.{key} must be a list of positive numbers"))
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                attention_factor,
+                original_max_positions: original,
+            }
         }
         "linear" => RopeScaling::Linear { factor: number("factor")? },
         "llama3" => {
@@ -479,19 +483,16 @@ impl ModelConfig {
             {
                 max_positions = max_positions.min(window);
             }
-            if let RopeScaling::LongRope { short_factor, .. } = &rope_scaling {
-                if short_factor.len() != rotary_dim / 2 {
-                    bail!(
-                        "{file}: short_factor has {} entries, expected {} (half the rotated dimensions)",
-                        short_factor.len(),
-                        rotary_dim / 2
-                    );
+            if let RopeScaling::LongRope { short_factor, long_factor, .. } = &rope_scaling {
+                for (key, factors) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if factors.len() != rotary_dim / 2 {
+                        bail!(
+                            "{file}: {key} has {} entries, expected {} (half the rotated dimensions)",
+                            factors.len(),
+                            rotary_dim / 2
+                        );
+                    }
                 }
-                let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
-                    Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
-                    None => usize_of(theta_holder, "original_max_position_embeddings", file)?,
-                };
-                max_positions = max_positions.min(original);
             }
             if rotary_fraction > 1.0 || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
                 bail!(
@@ -671,12 +672,13 @@ impl ModelConfig {
                     "original_max_position_embeddings": original_max_positions,
                 })
             }
-            // Keel's context is the original one, so the long factors never apply.
-            RopeScaling::LongRope { short_factor, attention_factor } => json!({
-                "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
-                "long_factor": short_factor, "attention_factor": attention_factor,
-                "original_max_position_embeddings": self.max_positions,
-            }),
+            RopeScaling::LongRope { short_factor, long_factor, attention_factor, original_max_positions } => {
+                json!({
+                    "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
+                    "long_factor": long_factor, "attention_factor": attention_factor,
+                    "original_max_position_embeddings": original_max_positions,
+                })
+            }
         };
         if self.rotary_dim != self.head_dim {
             v["rope_parameters"]["partial_rotary_factor"] =
@@ -867,21 +869,34 @@ mod tests {
         assert!(plain.iter().any(|&p| wavelen(p) < 8.0) && plain.iter().any(|&p| wavelen(p) > 32.0));
     }
 
-    /// Phi-3's longrope (128k context over an original 4k): the short factors, the
-    /// attention factor transformers derives, the context capped at the original one.
+    /// Phi-3's longrope (128k context over an original 4k): the short factors, the long ones
+    /// past the original context, the attention factor transformers derives, the whole
+    /// context.
     #[test]
-    fn longrope_runs_the_original_context_with_short_factors() {
+    fn longrope_reads_both_factors_and_the_whole_context() {
         let phi3 = llama(json!({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072,
             "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.5,
             "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 2.0, 4.0, 8.0],
-                "long_factor": [9.0, 9.0, 9.0, 9.0]}}));
+                "long_factor": [9.0, 3.0, 5.0, 7.0]}}));
         let c = ModelConfig::from_hf(&phi3, "config.json").unwrap();
         let attention_factor = (1.0f32 + 32f32.ln() / 4096f32.ln()).sqrt();
-        let want = RopeScaling::LongRope { short_factor: vec![1.0, 2.0, 4.0, 8.0], attention_factor };
-        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 4096, &want));
+        let want = RopeScaling::LongRope {
+            short_factor: vec![1.0, 2.0, 4.0, 8.0],
+            long_factor: vec![9.0, 3.0, 5.0, 7.0],
+            attention_factor,
+            original_max_positions: 4096,
+        };
+        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 131072, &want));
+        assert_eq!(want.long_past(), Some(4096));
         let plain = RopeScaling::None.inv_freq(1e4, 8);
         assert_eq!(want.inv_freq(1e4, 8), [plain[0], plain[1] / 2.0, plain[2] / 4.0, plain[3] / 8.0]);
+        let long = [plain[0] / 9.0, plain[1] / 3.0, plain[2] / 5.0, plain[3] / 7.0];
+        assert_eq!(want.long_inv_freq(1e4, 8).unwrap(), long);
         assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+        let mut short_long = phi3.clone();
+        short_long["rope_parameters"]["long_factor"] = json!([1.0, 2.0]);
+        let err = format!("{:#}", ModelConfig::from_hf(&short_long, "m/config.json").unwrap_err());
+        assert_eq!(err, "m/config.json: long_factor has 2 entries, expected 4 (half the rotated dimensions)");
     }
 
     fn gemma3(extra: Value) -> Value {

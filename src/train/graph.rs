@@ -71,7 +71,13 @@ impl BlockActs {
         })
     }
 
-    fn io<'a>(&'a self, x_in: &'a Tensor, x_out: &'a Tensor, lora: Option<&'a BlockLora>) -> BlockIo<'a> {
+    /// The block's buffers; `long_rope`: the rows rotate with longrope's long factors.
+    fn io<'a>(
+        &'a self,
+        (x_in, x_out): (&'a Tensor, &'a Tensor),
+        lora: Option<&'a BlockLora>,
+        long_rope: bool,
+    ) -> BlockIo<'a> {
         BlockIo {
             x_in,
             x_mid: &self.x_mid,
@@ -92,6 +98,7 @@ impl BlockActs {
             qk_norm: self.qk_norm.as_ref(),
             post_norms: self.post_norms.as_ref(),
             lora,
+            long_rope,
         }
     }
 
@@ -354,13 +361,16 @@ impl TrainGraph {
         head_backward: Option<Option<&Tensor>>,
     ) {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
+        // Every row of a training pass is one of `seq_len` positions: transformers' pass over
+        // the batch takes the long factors when seq_len exceeds the original context.
+        let long_rope = model.long_rope(self.seq_len);
         let c = &model.config;
         let w = &model.weights;
         let n = self.rows();
         let layers = c.layers;
         model.record_embed(step, &self.ids, &self.row_table, &self.xs[0], n);
         for l in 0..layers {
-            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
+            let io = self.acts_for(l).io((&self.xs[l], &self.xs[l + 1]), lora_of(l), long_rope);
             model.record_block(step, l, &io, &self.row_table, n);
             if let Some(lcm) = &self.lcm {
                 lcm.record_forward(step, l, &self.xs[l + 1], &self.row_table, n);
@@ -419,6 +429,7 @@ impl TrainGraph {
             Trained::Lora(l) => (None, Some(l)),
         };
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
+        let long_rope = model.long_rope(self.seq_len);
         let n = self.rows();
         let layers = model.config.layers;
         let saved = FinalNormSaved { x: &self.xs[layers], stats: &self.stats_final };
@@ -438,7 +449,7 @@ impl TrainGraph {
             if let Some(lcm) = &self.lcm {
                 lcm.record_backward(step, l, &self.bw.dx, &self.row_table, n);
             }
-            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
+            let io = self.acts_for(l).io((&self.xs[l], &self.xs[l + 1]), lora_of(l), long_rope);
             if self.memory == ActivationMemory::Recompute {
                 model.record_block(step, l, &io, &self.row_table, n);
             }
