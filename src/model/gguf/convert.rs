@@ -833,6 +833,12 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_architecture_is_named() {
+        let err = format!("{:#}", to_hf(&tiny_model("mamba")).unwrap_err());
+        assert!(err.starts_with("GGUF architecture 'mamba' is not supported (llama, "), "{err}");
+    }
+
+    #[test]
     fn converts_tiny_llama_and_qwen2() {
         let seq = |n: usize| (0..n).map(|x| x as f32).collect::<Vec<_>>();
         let (config, tensors) = to_hf(&tiny_model("llama")).unwrap();
