@@ -4,8 +4,10 @@
 // targets in the batch) makes the total the mean. Rows without a target get zero gradient.
 // One workgroup per row. The logits may be a chunk of the batch's rows: their row r is the
 // batch's row first + r, whose target and loss these are.
+// SOFTCAP: the logits z are soft-capped ones, z = cap * tanh(raw / cap) (softcap.wgsl), and the
+// gradient is taken with respect to the raw logits: d/draw = d/dz * (1 - (z / cap)^2).
 
-struct Params { n_rows: u32, vocab: u32, scale: f32, first: u32 }
+struct Params { n_rows: u32, vocab: u32, scale: f32, first: u32, cap: f32, _p0: u32, _p1: u32, _p2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // [n_rows, vocab]
@@ -35,8 +37,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     let scale = select(0.0, p.scale, has_target);
     for (var i = lid; i < p.vocab; i += WG) {
-        let prob = exp(logits[base + i] - lse);
-        logits[base + i] = scale * (prob - select(0.0, 1.0, i == t));
+        let z = logits[base + i];
+        let dz = scale * (exp(z - lse) - select(0.0, 1.0, i == t));
+#if SOFTCAP
+        let tanh_raw = z / p.cap;
+        logits[base + i] = dz * (1.0 - tanh_raw * tanh_raw);
+#else
+        logits[base + i] = dz;
+#endif
     }
     if (lid == 0u) { loss[p.first + r] = select(0.0, lse - zt, has_target); }
 }

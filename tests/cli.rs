@@ -197,6 +197,21 @@ fn config_unknown_architecture() {
     fails(&generate_args(t.arg(), "Hi"), &["config.json", "unsupported architecture 'MambaForCausalLM'"]);
 }
 
+/// An unknown rope_type and an unknown layer type: one line naming the file and the field, exit 2.
+#[test]
+fn config_unknown_rope_and_layer_types() {
+    let Some(src) = stories() else { return };
+    let t = TempDir::stories("rope-type", &src);
+    t.edit_json("config.json", |v| v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0}));
+    fails(&generate_args(t.arg(), "Hi"), &["config.json", "rope_scaling.rope_type 'yarn' is not supported"]);
+    let t = TempDir::stories("layer-type", &src);
+    t.edit_json("config.json", |v| {
+        let layers = v["num_hidden_layers"].as_u64().unwrap() as usize;
+        v["layer_types"] = json!(vec!["chunked_attention"; layers]);
+    });
+    fails(&generate_args(t.arg(), "Hi"), &["config.json", "layer_types[0] is \"chunked_attention\""]);
+}
+
 // ---------------------------------------------------------------------------------------
 // model.safetensors framing
 
@@ -431,6 +446,15 @@ fn gguf_unsupported_tensor_type() {
     // ggml type 10 is Q2_K, a K-quant Keel does not read (Q4_K, Q5_K and Q6_K it does).
     let file = write_temp(&t, "q2k.gguf", &gguf(1, &meta, &[("token_embd.weight", &[256, 8], 10)]));
     fails(&generate_args(&file, "Hi"), &["q2k.gguf", "token_embd.weight", "Q2_K", "not supported"]);
+}
+
+/// A GGUF of an architecture Keel does not run: one line naming the file and the architecture.
+#[test]
+fn gguf_unsupported_architecture() {
+    let t = TempDir::new("gguf-mamba");
+    let arch = [(5u64).to_le_bytes().to_vec(), b"mamba".to_vec()].concat();
+    let file = write_temp(&t, "mamba.gguf", &gguf(0, &[("general.architecture", 8, arch)], &[]));
+    fails(&generate_args(&file, "Hi"), &["mamba.gguf", "GGUF architecture 'mamba' is not supported"]);
 }
 
 #[test]

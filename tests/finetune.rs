@@ -314,6 +314,57 @@ fn lora_finetune_writes_an_adapter_that_merges() {
     );
 }
 
+/// LoRA on GPT-NeoX's fused `query_key_value` (q and v name one adapter over it): a few
+/// steps, the adapter saved in PEFT's layout (B's rows interleaved per head, which
+/// adapter::tests checks against a hand-made PEFT adapter), merged by `keel merge`, scores
+/// as the in-training model with its adapters merged on the GPU.
+#[test]
+fn gptneox_lora_on_the_fused_qkv_merges_to_the_trained_model() {
+    use keel::model::adapter::{parse_targets, Lora};
+    use keel::ops::optim::AdamW;
+    use keel::train::graph::ActivationMemory;
+    use keel::train::trainer::{Method, OptimConfig, Trainer};
+    let Some(path) = keel::testing::model("tiny-gptneox") else { return };
+    let gpu = Gpu::shared().expect("GPU adapter");
+    let host = model::load(&path).unwrap();
+    let cfg = host.config.clone();
+    let slots = parse_targets(&cfg, "q,v,o").unwrap();
+    assert_eq!(
+        slots.iter().map(|s| s.module).collect::<Vec<_>>(),
+        ["attention.query_key_value", "attention.dense"]
+    );
+    let lora = Lora::init(&cfg, &slots, 4, 8.0, 1).unwrap();
+    let adamw = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let opt = OptimConfig { adamw, grad_clip: 0.0, decay_norms_biases: true };
+    let base = GpuModel::upload(gpu, &host).unwrap();
+    let mut trainer =
+        Trainer::new(gpu, base, (1, 16), ActivationMemory::Keep, opt, Method::Lora(lora)).unwrap();
+    let row: Vec<u32> = (0..17).map(|i| (i * 37 % cfg.vocab) as u32).collect();
+    for _ in 0..3 {
+        trainer.step(&[vec![&row[..]]], 1e-2).unwrap();
+    }
+    let t = TempDir::new("neox-lora");
+    let (adapter, merged) = (t.path("adapter"), t.path("merged"));
+    trainer.adapters().unwrap().unwrap().save(&adapter, &cfg, "tiny-gptneox").unwrap();
+    let peft: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(peft["target_modules"], serde_json::json!(["query_key_value", "dense"]));
+    let (model_arg, adapter_arg) = (path.to_str().unwrap(), adapter.to_str().unwrap());
+    succeeds(&["merge", "--model", model_arg, "--lora", adapter_arg, "--out", merged.to_str().unwrap()]);
+    let merged = GpuModel::upload(gpu, &model::load(&merged).unwrap()).unwrap();
+    let trained = trainer.into_merged().unwrap();
+    let ids = &row[..16];
+    let (want, got) = (
+        keel::generate::score(gpu, &trained, ids, None).unwrap(),
+        keel::generate::score(gpu, &merged, ids, None).unwrap(),
+    );
+    let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(diff(&want.last_logits, &got.last_logits) < 1e-5, "last logits");
+    assert!(diff(&want.next_logprobs, &got.next_logprobs) < 1e-5, "log-probs");
+    let plain = keel::generate::score(gpu, &GpuModel::upload(gpu, &host).unwrap(), ids, None).unwrap();
+    assert!(diff(&plain.next_logprobs, &got.next_logprobs) > 1e-3, "the adapter changed the model");
+}
+
 #[test]
 fn finetune_bad_flags_are_refused() {
     let Some(stories) = stories() else { return };

@@ -220,6 +220,13 @@ fn gemma3_lora_gradients_follow_from_the_merged_model() {
     check_lora_gradients("tiny-gemma3", "q,o,up,down");
 }
 
+/// The same on GPT-NeoX, whose q, k and v share one adapter over the fused
+/// `query_key_value` (in Keel's row order; PEFT's interleaved one only in the files).
+#[test]
+fn gptneox_lora_gradients_follow_from_the_merged_model() {
+    check_lora_gradients("tiny-gptneox", "q,o,up");
+}
+
 fn check_lora_gradients(name: &str, targets: &str) {
     use keel::model::adapter::{parse_targets, Lora};
     let Some((golden, host, rows)) = fixture(name) else { return };

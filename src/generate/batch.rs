@@ -123,6 +123,9 @@ pub fn generate_batch_arms(
     if fit == 0 {
         bail!("one sequence of {len} positions does not fit this adapter's memory and binding limits");
     }
+    // Longrope picks its factors per pass of one sequence; sequences that reach past its
+    // original context would need both in one pass, so they run one at a time.
+    let fit = if model.long_rope(len) { 1 } else { fit };
     generate_in_batches(gpu, model, reqs, eos, lcm_of, on_step, fit)
 }
 
@@ -322,8 +325,10 @@ impl<'m> Batch<'m> {
                 .flat_map(|&(s, at, n)| (at..at + n).flat_map(move |p| [s as u32, p as u32]))
                 .collect();
             let spans: Vec<usize> = parts.iter().map(|p| p.2).collect();
+            // Each prompt is one pass, whose end picks longrope's factors.
+            let long_rope = parts.iter().any(|&(s, _, _)| self.model.long_rope(reqs[s].prompt.len()));
             let mut step = Step::new(self.gpu);
-            self.record_rows(&mut step, &ids, &table, &spans);
+            self.record_rows(&mut step, &ids, &table, (&spans, long_rope));
             let mut row = 0;
             for &(s, at, n) in parts {
                 row += n;
@@ -382,15 +387,17 @@ impl<'m> Batch<'m> {
         let table: Vec<u32> =
             active.iter().flat_map(|&s| [s as u32, (seqs[s].history.len() - 1) as u32]).collect();
         let spans = vec![1; active.len()];
+        let long_rope = active.iter().any(|&s| self.model.long_rope(seqs[s].history.len()));
         let mut step = Step::new(self.gpu);
-        self.record_rows(&mut step, &ids, &table, &spans);
+        self.record_rows(&mut step, &ids, &table, (&spans, long_rope));
         self.gpu.write_u32(&self.head.targets, &vec![NO_TARGET; active.len()]);
         self.model.record_head(&mut step, &self.scratch.x, &self.head, 0, &spans);
         step.submit()
     }
 
-    /// Records the blocks (and LCM) over rows with these ids and (sequence, position) pairs.
-    fn record_rows(&self, step: &mut Step, ids: &[u32], table: &[u32], spans: &[usize]) {
+    /// Records the blocks (and LCM) over rows with these ids and (sequence, position) pairs,
+    /// in `spans`, rotated with longrope's long factors where `long_rope`.
+    fn record_rows(&self, step: &mut Step, ids: &[u32], table: &[u32], (spans, long_rope): (&[usize], bool)) {
         self.gpu.write_u32(&self.scratch.ids, ids);
         self.gpu.write_u32(&self.scratch.row_table, table);
         for arm in &self.arms {
@@ -402,7 +409,7 @@ impl<'m> Batch<'m> {
             self.gpu.write_u32(&arm.row_table, &masked);
         }
         let n = ids.len();
-        self.model.record_blocks(step, &self.scratch, &self.cache, spans, &mut |step, l, x| {
+        self.model.record_blocks(step, &self.scratch, &self.cache, (spans, long_rope), &mut |step, l, x| {
             for arm in &self.arms {
                 arm.lcm.record(step, l, x, &arm.row_table, n);
             }

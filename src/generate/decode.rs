@@ -61,10 +61,11 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// The decode step: one row whose id and position the previous pick wrote.
-    fn decode_recording(&self, picks: &Picks) -> Result<Recording<'m>> {
+    /// The decode step: one row whose id and position the previous pick wrote; `long_rope`:
+    /// a step at a position past longrope's original context.
+    fn decode_recording(&self, picks: &Picks, long_rope: bool) -> Result<Recording<'m>> {
         let mut step = Step::new(self.gpu);
-        self.record_step(&mut step, 1);
+        self.record_step(&mut step, 1, long_rope);
         self.record_pick(&mut step, 0, picks);
         step.finish()
     }
@@ -111,15 +112,19 @@ impl<'m> Session<'m> {
         let (last, first_chunks) = chunks.split_last().expect("a prompt");
         for part in first_chunks {
             let mut step = Step::new(gpu);
-            self.record_rows(&mut step, part);
+            self.record_rows(&mut step, part, base);
             step.submit()?;
             self.len += part.len();
         }
         let mut step = Step::new(gpu);
-        self.record_rows(&mut step, last);
+        self.record_rows(&mut step, last, base);
         self.record_pick(&mut step, last.len() - 1, &picks);
         self.len += last.len();
-        let decode = self.decode_recording(&picks)?;
+        // The step that picks token k feeds position base + k - 1, a pass ending at base + k:
+        // past longrope's original context it takes the long factors (a second recording).
+        let decode = self.decode_recording(&picks, false)?;
+        let long_from = (1..max_tokens).find(|&k| self.model.long_rope(base + k));
+        let decode_long = long_from.map(|_| self.decode_recording(&picks, true)).transpose()?;
         let mut spare: Vec<wgpu::Buffer> = (0..IN_FLIGHT).map(|_| gpu.staging(4)).collect();
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         step.finish()?.encode(&mut encoder);
@@ -132,7 +137,12 @@ impl<'m> Session<'m> {
             while submitted < max_tokens {
                 let Some(staging) = spare.pop() else { break };
                 let mut encoder = gpu.device.create_command_encoder(&Default::default());
-                decode.encode(&mut encoder);
+                match &decode_long {
+                    Some(long) if long_from.is_some_and(|from| submitted >= from) => {
+                        long.encode(&mut encoder)
+                    }
+                    _ => decode.encode(&mut encoder),
+                }
                 pending.push_back(gpu.submit_reading(
                     encoder,
                     &picks.out,
@@ -201,10 +211,11 @@ impl<'m> Session<'m> {
             state.draw_ahead(self.gpu, sampler, self.len + chunk.len(), self.cache.len);
         }
         let mut step = Step::new(self.gpu);
-        self.record_rows(&mut step, chunk);
+        let end = self.len + chunk.len();
+        self.record_rows(&mut step, chunk, end);
         self.record_pick(&mut step, chunk.len() - 1, &picks);
         self.len += chunk.len();
-        Ok([step.finish()?, self.decode_recording(&picks)?])
+        Ok([step.finish()?, self.decode_recording(&picks, self.model.long_rope(end + 1))?])
     }
 }
 

@@ -97,20 +97,23 @@ impl<'m> Session<'m> {
     }
 
     /// Writes `ids` as the next rows (positions from `len` on) and records the embedding
-    /// and every block (LCM included) over them.
-    fn record_rows(&self, step: &mut Step, ids: &[u32]) {
+    /// and every block (LCM included) over them, as part of a pass that ends at position
+    /// `pass_end - 1` (which picks longrope's factors, [`GpuModel::long_rope`]).
+    fn record_rows(&self, step: &mut Step, ids: &[u32], pass_end: usize) {
         let n = ids.len();
         let rows: Vec<u32> = (0..n).flat_map(|i| [0, (self.len + i) as u32]).collect();
         self.gpu.write_u32(&self.scratch.ids, ids);
         self.gpu.write_u32(&self.scratch.row_table, &rows);
-        self.record_step(step, n);
+        self.record_step(step, n, self.model.long_rope(pass_end));
     }
 
     /// Records the embedding and every block (LCM included) over the first `n` rows of the
-    /// scratch, whose ids and row table are already on the GPU.
-    fn record_step(&self, step: &mut Step, n: usize) {
+    /// scratch, whose ids and row table are already on the GPU; `long_rope`: with longrope's
+    /// long factors.
+    fn record_step(&self, step: &mut Step, n: usize, long_rope: bool) {
         let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
-        self.model.record_blocks(step, &self.scratch, &self.cache, &[n], &mut |step, l, x| {
+        let pass = (&[n][..], long_rope);
+        self.model.record_blocks(step, &self.scratch, &self.cache, pass, &mut |step, l, x| {
             if let Some(state) = lcm {
                 state.record(step, l, x, rows, n);
             }
@@ -137,11 +140,13 @@ impl<'m> Session<'m> {
         let chunk = if targets.is_some() { self.scratch.rows.min(self.head.rows) } else { self.scratch.rows };
         let mut stats = Vec::new();
         let mut last_logits = Vec::new();
+        // transformers feeds `ids` in one pass, whose end picks longrope's factors.
+        let pass_end = self.len + ids.len();
         for (c, part) in ids.chunks(chunk).enumerate() {
             let n = part.len();
             let last_chunk = (c + 1) * chunk >= ids.len();
             let mut step = Step::new(self.gpu);
-            self.record_rows(&mut step, part);
+            self.record_rows(&mut step, part, pass_end);
             let head_rows = match targets {
                 Some(t) => {
                     self.gpu.write_u32(&self.head.targets, &t[c * chunk..c * chunk + n]);

@@ -110,7 +110,9 @@ fn trace_capturing(
         gpu.write_u32(&scratch.ids, part);
         gpu.write_u32(&scratch.row_table, &rows);
         let mut step = Step::new(gpu);
-        model.record_blocks(&mut step, &scratch, &cache, &[n], &mut |step, l, x| {
+        // One pass over the whole text, chunked: its end picks longrope's factors.
+        let pass = (&[n][..], model.long_rope(ids.len()));
+        model.record_blocks(&mut step, &scratch, &cache, pass, &mut |step, l, x| {
             if let Some(state) = &lcm {
                 state.record(step, l, x, &scratch.row_table, n);
             }

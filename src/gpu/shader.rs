@@ -26,6 +26,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope_backward", include_str!("../../shaders/rope_backward.wgsl")),
     ("attention_backward", include_str!("../../shaders/attention_backward.wgsl")),
     ("xent", include_str!("../../shaders/xent.wgsl")),
+    ("softcap", include_str!("../../shaders/softcap.wgsl")),
     ("grad_norm", include_str!("../../shaders/grad_norm.wgsl")),
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("hgc", include_str!("../../shaders/hgc.wgsl")),

@@ -3,7 +3,7 @@
 //! `adapter_config.json`) and merging into the weights.
 
 use super::config::{Arch, ModelConfig};
-use super::layout::{Linear, Weights};
+use super::layout::{Linear, Reorder, Weights};
 use super::load::read_safetensors;
 use super::save::safetensors_bytes;
 use super::weights::HostTensor;
@@ -15,12 +15,15 @@ use std::ops::Range;
 use std::path::Path;
 
 /// Where one adapter sits: rows `rows` of a block's `linear`, Hugging Face module `module`
-/// (relative to the block: `self_attn.q_proj`, `attn.c_attn`, ...).
+/// (relative to the block: `self_attn.q_proj`, `attn.c_attn`, ...). Keel keeps B's rows in
+/// the order of its own fused matrix; `peft_rows` takes PEFT's lora_B rows there (GPT-NeoX's
+/// `query_key_value` interleaves q, k and v per head) and back when an adapter is saved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slot {
     pub linear: Linear,
     pub rows: Range<usize>,
     pub module: &'static str,
+    pub peft_rows: Reorder,
 }
 
 /// One adapter: `a` `[rank, in]`, `b` `[rows, rank]` (PEFT's lora_A and lora_B).
@@ -84,16 +87,14 @@ const TARGETS: &str = "q, k, v, o, gate, up, down, or all";
 pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
     let (h, f) = (cfg.hidden, cfg.ffn);
     let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
-    let names: Vec<&str> = if spec.trim() == "all" && cfg.arch == Arch::GptNeoX {
-        vec!["o", "up", "down"]
-    } else if spec.trim() == "all" {
+    let names: Vec<&str> = if spec.trim() == "all" {
         vec!["q", "k", "v", "o", "gate", "up", "down"]
     } else {
         spec.split(',').map(str::trim).collect()
     };
     let mut slots: Vec<Slot> = Vec::new();
     for name in names {
-        let slot = |linear, rows, module| Slot { linear, rows, module };
+        let slot = |linear, rows, module| Slot { linear, rows, module, peft_rows: Reorder::Keep };
         let s = match (cfg.arch, name) {
             (Arch::Gpt2, "q" | "k" | "v") => slot(Linear::Qkv, 0..3 * h, "attn.c_attn"),
             (Arch::Gpt2, "o") => slot(Linear::O, 0..h, "attn.c_proj"),
@@ -101,16 +102,18 @@ pub fn parse_targets(cfg: &ModelConfig, spec: &str) -> Result<Vec<Slot>> {
             (Arch::Gpt2, "down") => slot(Linear::Down, 0..h, "mlp.c_proj"),
             (Arch::Gpt2, "gate") if spec.trim() == "all" => continue,
             (Arch::Gpt2, "gate") => bail!("--lora-targets: GPT-2 has no gate projection (use {TARGETS})"),
-            // PEFT's query_key_value rows are interleaved per head, Keel's are not.
-            (Arch::GptNeoX, "q" | "k" | "v") => bail!(
-                "--lora-targets: Keel has no LoRA on GPT-NeoX's fused query_key_value yet (use o, up, down)"
-            ),
+            // One adapter over the fused matrix, as PEFT sees it; its rows are interleaved
+            // per head there, not in Keel's QKV.
+            (Arch::GptNeoX, "q" | "k" | "v") => Slot {
+                peft_rows: Reorder::HeadsInterleaved { heads: cfg.heads, dim: cfg.head_dim },
+                ..slot(Linear::Qkv, 0..3 * qd, "attention.query_key_value")
+            },
             (Arch::GptNeoX, "o") => slot(Linear::O, 0..h, "attention.dense"),
             (Arch::GptNeoX, "up") => slot(Linear::Up, 0..f, "mlp.dense_h_to_4h"),
             (Arch::GptNeoX, "down") => slot(Linear::Down, 0..h, "mlp.dense_4h_to_h"),
             (Arch::GptNeoX, "gate") if spec.trim() == "all" => continue,
             (Arch::GptNeoX, "gate") => {
-                bail!("--lora-targets: GPT-NeoX has no gate projection (use o, up, down)")
+                bail!("--lora-targets: GPT-NeoX has no gate projection (use q, k, v, o, up, down)")
             }
             // Phi-3's fused projections take one adapter each, as PEFT sees them.
             (Arch::Phi3, "q" | "k" | "v") => slot(Linear::Qkv, 0..qd + 2 * kvd, "self_attn.qkv_proj"),
@@ -202,8 +205,12 @@ impl Lora {
                     vec![self.rank, inp],
                     p.a.clone(),
                 ));
-                let b_shape = vec![p.slot.rows.len(), self.rank];
-                tensors.push(HostTensor::new(format!("{module}.lora_B.weight"), b_shape, p.b.clone()));
+                let b = HostTensor::new(
+                    format!("{module}.lora_B.weight"),
+                    vec![p.slot.rows.len(), self.rank],
+                    p.b.clone(),
+                );
+                tensors.push(p.slot.peft_rows.undo(b));
                 // PEFT matches target_modules by suffix: GPT-2's two c_proj need their parent.
                 let short = if cfg.arch == Arch::Gpt2 {
                     p.slot.module
@@ -264,7 +271,8 @@ impl Lora {
                         b.shape
                     );
                 }
-                block.push(LoraPair { slot: slot.clone(), a: a.into_values(), b: b.into_values() });
+                let b = slot.peft_rows.apply(b).into_values();
+                block.push(LoraPair { slot: slot.clone(), a: a.into_values(), b });
             }
             blocks.push(block);
         }
@@ -332,6 +340,58 @@ mod tests {
             assert_eq!(Lora::load(&dir, &g).unwrap(), lora);
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    /// A PEFT adapter on GPT-NeoX's fused `query_key_value`, made by hand with random A and B
+    /// (B's rows in PEFT's order: q, k, v interleaved per head), merges as the host computes
+    /// it in that order, `W + s·B·A` on the file's rows, then de-interleaved into Keel's
+    /// `[q; k; v]`; saved again, B's rows are PEFT's again, bit for bit.
+    #[test]
+    fn gptneox_qkv_adapter_merges_in_peft_row_order() {
+        use crate::cpu::test_data::rand_vec;
+        let Some(path) = crate::testing::model("tiny-gptneox") else { return };
+        let m = load(&path).unwrap();
+        let c = &m.config;
+        let (h, heads, dim, rank) = (c.hidden, c.heads, c.head_dim, 2);
+        let dir = std::env::temp_dir().join(format!("keel-adapter-neox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let module = |l: usize| format!("base_model.model.gpt_neox.layers.{l}.attention.query_key_value");
+        let mut tensors = Vec::new();
+        for l in 0..c.layers {
+            let (a, b) =
+                (rand_vec(2 * l as u64 + 1, rank * h, 0.5), rand_vec(2 * l as u64 + 2, 3 * h * rank, 0.5));
+            tensors.push(HostTensor::new(format!("{}.lora_A.weight", module(l)), vec![rank, h], a));
+            tensors.push(HostTensor::new(format!("{}.lora_B.weight", module(l)), vec![3 * h, rank], b));
+        }
+        std::fs::write(dir.join("adapter_model.safetensors"), safetensors_bytes(&tensors).unwrap()).unwrap();
+        let config =
+            json!({"peft_type": "LORA", "r": rank, "lora_alpha": 3.0, "target_modules": ["query_key_value"]});
+        std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+        let lora = Lora::load(&dir, c).unwrap();
+        let mut merged = m.weights.clone();
+        lora.merge_into(&mut merged);
+        let s = 3.0 / rank as f64;
+        for l in 0..c.layers {
+            let (a, b) = (tensors[2 * l].values(), tensors[2 * l + 1].values());
+            let (base, got) = (m.weights.blocks[l].qkv.values(), merged.blocks[l].qkv.values());
+            for r in 0..3 * h {
+                // PEFT's row r is head r / 3d's q, k or v (r / d % 3), dimension r % d.
+                let keel = (r / dim % 3 * heads + r / (3 * dim)) * dim + r % dim;
+                for j in 0..h {
+                    let ba: f64 = (0..rank).map(|k| b[r * rank + k] as f64 * a[k * h + j] as f64).sum();
+                    let want = base[keel * h + j] as f64 + s * ba;
+                    let g = got[keel * h + j] as f64;
+                    assert!((g - want).abs() < 1e-6, "block {l} PEFT row {r} column {j}: {g} vs {want}");
+                }
+            }
+        }
+        let (bytes, _) = lora.files(c, "tiny-gptneox").unwrap();
+        let saved = crate::model::load::read_safetensors(&bytes, "saved").unwrap();
+        for t in &tensors {
+            let back = saved.iter().find(|s| s.name == t.name).unwrap();
+            assert_eq!((&back.shape, back.values()), (&t.shape, t.values()), "{}", t.name);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl GpuModel {
         let scores = (heads, self.scores(l));
         let d_qkv = (&bw.dq, &bw.dk, &bw.dv);
         attention::attention_backward(step, self.attention, saved, scores, &bw.d_att, d_qkv, &bw.delta);
-        let tables = self.rope_tables(l);
+        let tables = self.rope_tables(l, io.long_rope);
         rope::rope_kv_backward(step, rows, heads, tables, &bw.dq, (&bw.dk, &bw.dv), &bw.d_qkv, n);
         if let (Some(saved), Some(dy)) = (io.qk_norm, &bw.d_qkv_normed) {
             step.copy(&bw.d_qkv, 0, dy, 0, n * heads.qkv_width());

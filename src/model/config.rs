@@ -98,6 +98,9 @@ pub struct ModelConfig {
     pub causal: bool,
     /// Context length.
     pub max_positions: usize,
+    /// Final-logit soft-capping: the LM head's logits become `cap · tanh(z / cap)` (Gemma's
+    /// `final_logit_softcapping`).
+    pub logit_softcap: Option<f32>,
     /// The LM head reads the embedding matrix.
     pub tied_embeddings: bool,
     /// Bias on the q, k, v projections (Qwen2; Llama with attention_bias).
@@ -177,8 +180,6 @@ fn rope_scaling_of(v: &Value, (field, p): (&str, &Value), file: &str) -> Result<
     Ok(match kind {
         "default" => RopeScaling::None,
         "longrope" => {
-            // transformers takes the long factors past the original context; Keel caps the
-            // context there (see `from_hf`), where the short ones apply.
             let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
                 Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
                 None => usize_of(p, "original_max_position_embeddings", file)?,
@@ -190,12 +191,18 @@ fn rope_scaling_of(v: &Value, (field, p): (&str, &Value), file: &str) -> Result<
                 None if factor <= 1.0 => 1.0,
                 None => (1.0 + factor.ln() / (original as f32).ln()).sqrt(),
             };
-            let short_factor = p
-                .get("short_factor")
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
-                .ok_or_else(|| anyhow!("{file}: {field}.short_factor must be a list of positive numbers"))?;
-            RopeScaling::LongRope { short_factor, attention_factor }
+            let factors = |key: &str| {
+                p.get(key)
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|x| x.as_f64().filter(|f| *f > 0.0).map(|f| f as f32)).collect())
+                    .ok_or_else(|| anyhow!("{file}: {field}.{key} must be a list of positive numbers"))
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                attention_factor,
+                original_max_positions: original,
+            }
         }
         "linear" => RopeScaling::Linear { factor: number("factor")? },
         "llama3" => {
@@ -305,6 +312,7 @@ fn bert_config(v: &Value, file: &str, bos: Option<u32>, eos: Vec<u32>) -> Result
         residual_norm: true,
         causal: false,
         max_positions: usize_of(v, "max_position_embeddings", file)?,
+        logit_softcap: None,
         // An encoder has no LM head: nothing reads it, and no lm_head tensor is expected.
         tied_embeddings: true,
         qkv_bias: true,
@@ -395,6 +403,7 @@ impl ModelConfig {
                 residual_norm: false,
                 causal: true,
                 max_positions: usize_of(v, "n_positions", file)?,
+                logit_softcap: None,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
                 qkv_bias: true,
                 o_bias: true,
@@ -431,11 +440,17 @@ impl ModelConfig {
                     "{file}: {act_key} '{act_name}' is not supported (Keel has SiLU-gated MLPs for Llama/Qwen/SmolLM3/Phi-3)"
                 ),
             };
-            for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
-                if let Some(cap) = v.get(key).filter(|x| !x.is_null()) {
-                    bail!("{file}: {key} {cap} is not supported (Keel runs models without soft-capping)");
-                }
+            // Soft-capping of the attention scores is Gemma 2's; no Gemma 3 sets it.
+            if let Some(cap) = v.get("attn_logit_softcapping").filter(|x| !x.is_null()) {
+                bail!("{file}: attn_logit_softcapping {cap} is not supported (Keel runs attention without soft-capping)");
             }
+            let logit_softcap = match v.get("final_logit_softcapping").filter(|x| !x.is_null()) {
+                Some(_) if gemma => Some(f32_of(v, "final_logit_softcapping", 1.0, file)?),
+                Some(cap) => bail!(
+                    "{file}: final_logit_softcapping {cap} is not supported for {arch_name} (Keel applies it to Gemma 3 only)"
+                ),
+                None => None,
+            };
             let head_dim = match opt_usize(v, "head_dim", file)? {
                 Some(d) => d,
                 None if hidden.is_multiple_of(heads) => hidden / heads,
@@ -468,19 +483,16 @@ impl ModelConfig {
             {
                 max_positions = max_positions.min(window);
             }
-            if let RopeScaling::LongRope { short_factor, .. } = &rope_scaling {
-                if short_factor.len() != rotary_dim / 2 {
-                    bail!(
-                        "{file}: short_factor has {} entries, expected {} (half the rotated dimensions)",
-                        short_factor.len(),
-                        rotary_dim / 2
-                    );
+            if let RopeScaling::LongRope { short_factor, long_factor, .. } = &rope_scaling {
+                for (key, factors) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if factors.len() != rotary_dim / 2 {
+                        bail!(
+                            "{file}: {key} has {} entries, expected {} (half the rotated dimensions)",
+                            factors.len(),
+                            rotary_dim / 2
+                        );
+                    }
                 }
-                let original = match v.get("original_max_position_embeddings").filter(|x| !x.is_null()) {
-                    Some(_) => usize_of(v, "original_max_position_embeddings", file)?,
-                    None => usize_of(theta_holder, "original_max_position_embeddings", file)?,
-                };
-                max_positions = max_positions.min(original);
             }
             if rotary_fraction > 1.0 || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
                 bail!(
@@ -539,6 +551,7 @@ impl ModelConfig {
                 residual_norm: false,
                 causal: true,
                 max_positions,
+                logit_softcap,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", gemma),
                 qkv_bias: arch == Arch::Qwen2 || attention_bias,
                 o_bias: attention_bias,
@@ -572,7 +585,7 @@ impl ModelConfig {
             "hidden_activation": "gelu_pytorch_tanh", "layer_types": types,
             "sliding_window": self.sliding_window.unwrap_or(self.max_positions),
             "rope_parameters": rope, "max_position_embeddings": self.max_positions,
-            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+            "final_logit_softcapping": self.logit_softcap, "attn_logit_softcapping": null,
             "tie_word_embeddings": self.tied_embeddings, "bos_token_id": bos, "eos_token_id": eos,
             "torch_dtype": "float32",
         })
@@ -659,12 +672,13 @@ impl ModelConfig {
                     "original_max_position_embeddings": original_max_positions,
                 })
             }
-            // Keel's context is the original one, so the long factors never apply.
-            RopeScaling::LongRope { short_factor, attention_factor } => json!({
-                "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
-                "long_factor": short_factor, "attention_factor": attention_factor,
-                "original_max_position_embeddings": self.max_positions,
-            }),
+            RopeScaling::LongRope { short_factor, long_factor, attention_factor, original_max_positions } => {
+                json!({
+                    "rope_type": "longrope", "rope_theta": theta, "short_factor": short_factor,
+                    "long_factor": long_factor, "attention_factor": attention_factor,
+                    "original_max_position_embeddings": original_max_positions,
+                })
+            }
         };
         if self.rotary_dim != self.head_dim {
             v["rope_parameters"]["partial_rotary_factor"] =
@@ -855,21 +869,34 @@ mod tests {
         assert!(plain.iter().any(|&p| wavelen(p) < 8.0) && plain.iter().any(|&p| wavelen(p) > 32.0));
     }
 
-    /// Phi-3's longrope (128k context over an original 4k): the short factors, the
-    /// attention factor transformers derives, the context capped at the original one.
+    /// Phi-3's longrope (128k context over an original 4k): the short factors, the long ones
+    /// past the original context, the attention factor transformers derives, the whole
+    /// context.
     #[test]
-    fn longrope_runs_the_original_context_with_short_factors() {
+    fn longrope_reads_both_factors_and_the_whole_context() {
         let phi3 = llama(json!({"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 131072,
             "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.5,
             "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0, 2.0, 4.0, 8.0],
-                "long_factor": [9.0, 9.0, 9.0, 9.0]}}));
+                "long_factor": [9.0, 3.0, 5.0, 7.0]}}));
         let c = ModelConfig::from_hf(&phi3, "config.json").unwrap();
         let attention_factor = (1.0f32 + 32f32.ln() / 4096f32.ln()).sqrt();
-        let want = RopeScaling::LongRope { short_factor: vec![1.0, 2.0, 4.0, 8.0], attention_factor };
-        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 4096, &want));
+        let want = RopeScaling::LongRope {
+            short_factor: vec![1.0, 2.0, 4.0, 8.0],
+            long_factor: vec![9.0, 3.0, 5.0, 7.0],
+            attention_factor,
+            original_max_positions: 4096,
+        };
+        assert_eq!((c.rotary_dim, c.max_positions, &c.rope_scaling), (8, 131072, &want));
+        assert_eq!(want.long_past(), Some(4096));
         let plain = RopeScaling::None.inv_freq(1e4, 8);
         assert_eq!(want.inv_freq(1e4, 8), [plain[0], plain[1] / 2.0, plain[2] / 4.0, plain[3] / 8.0]);
+        let long = [plain[0] / 9.0, plain[1] / 3.0, plain[2] / 5.0, plain[3] / 7.0];
+        assert_eq!(want.long_inv_freq(1e4, 8).unwrap(), long);
         assert_eq!(ModelConfig::from_hf(&c.to_hf_json(), "saved").unwrap(), c);
+        let mut short_long = phi3.clone();
+        short_long["rope_parameters"]["long_factor"] = json!([1.0, 2.0]);
+        let err = format!("{:#}", ModelConfig::from_hf(&short_long, "m/config.json").unwrap_err());
+        assert_eq!(err, "m/config.json: long_factor has 2 entries, expected 4 (half the rotated dimensions)");
     }
 
     fn gemma3(extra: Value) -> Value {
@@ -906,8 +933,18 @@ mod tests {
         assert_eq!((flat.rope_scaling, flat.local_rope_theta), (v5.rope_scaling.clone(), Some(1e4)));
         assert_eq!(ModelConfig::from_hf(&v5.to_hf_json(), "saved").unwrap(), v5);
         let err = |v: Value| format!("{:#}", ModelConfig::from_hf(&v, "m/config.json").unwrap_err());
-        assert!(err(gemma3(json!({"final_logit_softcapping": 30.0})))
-            .contains("m/config.json: final_logit_softcapping 30.0 is not supported"));
+        let capped = parse(gemma3(json!({"final_logit_softcapping": 30.0})));
+        assert_eq!((v5.logit_softcap, capped.logit_softcap), (None, Some(30.0)));
+        assert_eq!(ModelConfig::from_hf(&capped.to_hf_json(), "saved").unwrap(), capped);
+        assert_eq!(
+            err(gemma3(json!({"attn_logit_softcapping": 50.0}))),
+            "m/config.json: attn_logit_softcapping 50.0 is not supported (Keel runs attention without soft-capping)"
+        );
+        assert!(err(llama(json!({"final_logit_softcapping": 30.0}))).contains(
+            "final_logit_softcapping 30.0 is not supported for LlamaForCausalLM (Keel applies it to Gemma 3 only)"
+        ));
+        assert!(err(gemma3(json!({"final_logit_softcapping": -1.0})))
+            .contains("'final_logit_softcapping' must be a positive number"));
         let local_yarn = gemma3(json!({"rope_parameters": {"full_attention": {"rope_type": "default"},
             "sliding_attention": {"rope_type": "yarn"}}}));
         assert!(

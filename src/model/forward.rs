@@ -15,7 +15,7 @@ use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
 use crate::ops::matmul::Prologue;
 use crate::ops::norm::{NormKind, RowLayout};
-use crate::ops::{attention, embed, matmul, norm, rope, stats};
+use crate::ops::{attention, embed, matmul, norm, rope, softcap, stats};
 use anyhow::{bail, Result};
 
 /// A model whose weights live on the GPU, with the device that holds them.
@@ -37,6 +37,9 @@ pub struct GpuModel {
     /// The attention kernels of prefill, scoring and training (`KEEL_ATTENTION`'s choice,
     /// else flash; tests set it to run one model through both).
     pub attention: attention::Kernels,
+    /// The tables of the passes that reach past longrope's original context (Phi-3's long
+    /// factors; see [`rope::RopeScaling::LongRope`]).
+    long_rope: Option<(Tensor, Tensor)>,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -182,6 +185,8 @@ pub struct BlockIo<'a> {
     pub post_norms: Option<&'a PostNormBufs>,
     /// LoRA adapters on this block's linear layers (fine-tuning).
     pub lora: Option<&'a BlockLora>,
+    /// The pass rotates with longrope's long factors ([`GpuModel::long_rope`]).
+    pub long_rope: bool,
 }
 
 impl KvCache {
@@ -307,9 +312,8 @@ impl GpuModel {
         weights: Weights<Tensor>,
         head: Option<Tensor>,
     ) -> Result<GpuModel> {
-        let tables = |theta: f32, scaling: &rope::RopeScaling| -> Result<(Tensor, Tensor)> {
-            let inv_freq = scaling.inv_freq(theta, cfg.rotary_dim);
-            let (mut cos, mut sin) = rope::rope_tables(&inv_freq, cfg.max_positions);
+        let tables = |inv_freq: &[f32], scaling: &rope::RopeScaling| -> Result<(Tensor, Tensor)> {
+            let (mut cos, mut sin) = rope::rope_tables(inv_freq, cfg.max_positions);
             let scale = scaling.attention_factor();
             if scale != 1.0 {
                 cos.iter_mut().chain(&mut sin).for_each(|v| *v *= scale);
@@ -317,13 +321,27 @@ impl GpuModel {
             let shape = [cfg.max_positions, cfg.rotary_dim / 2];
             Ok((gpu.upload_f32("rope cos", &shape, &cos)?, gpu.upload_f32("rope sin", &shape, &sin)?))
         };
-        let rope = cfg.rope_theta.map(|theta| tables(theta, &cfg.rope_scaling)).transpose()?;
+        let scaling = &cfg.rope_scaling;
+        let rope = cfg.rope_theta.map(|theta| tables(&scaling.inv_freq(theta, cfg.rotary_dim), scaling));
+        let long = cfg.rope_theta.and_then(|theta| scaling.long_inv_freq(theta, cfg.rotary_dim));
         let local_rope = match cfg.local_rope_theta {
-            Some(theta) if !cfg.sliding_layers.is_empty() => Some(tables(theta, &rope::RopeScaling::None)?),
+            Some(theta) if !cfg.sliding_layers.is_empty() => {
+                let plain = rope::RopeScaling::None;
+                Some(tables(&plain.inv_freq(theta, cfg.rotary_dim), &plain)?)
+            }
             _ => None,
         };
         let attention = attention::Kernels::configured()?;
-        Ok(GpuModel { gpu, config: cfg.clone(), weights, head, rope, local_rope, attention })
+        Ok(GpuModel {
+            gpu,
+            config: cfg.clone(),
+            weights,
+            head,
+            rope: rope.transpose()?,
+            local_rope,
+            long_rope: long.map(|inv_freq| tables(&inv_freq, scaling)).transpose()?,
+            attention,
+        })
     }
 
     /// Every GPU tensor the model holds: its weights, the head's packed copy and the RoPE
@@ -331,7 +349,7 @@ impl GpuModel {
     pub fn tensors(&self) -> Vec<&Tensor> {
         let mut all: Vec<&Tensor> = self.weights.named().into_iter().map(|(_, t)| t).collect();
         all.extend(&self.head);
-        if let Some((cos, sin)) = &self.rope {
+        for (cos, sin) in [&self.rope, &self.long_rope].into_iter().flatten() {
             all.extend([cos, sin]);
         }
         all
@@ -359,6 +377,7 @@ impl GpuModel {
             rope: self.rope.clone(),
             local_rope: self.local_rope.clone(),
             attention: self.attention,
+            long_rope: self.long_rope.clone(),
         })
     }
 
@@ -384,14 +403,22 @@ impl GpuModel {
         named.iter().map(|(_, t)| t.bytes()).sum::<u64>() + self.head.as_ref().map_or(0, Tensor::bytes)
     }
 
-    /// The rotary (cos, sin) tables of block `l`; None for learned positions and for blocks
-    /// without RoPE (SmolLM3's NoPE layers). Gemma 3's sliding-window blocks have their own.
-    pub fn rope_tables(&self, l: usize) -> Option<(&Tensor, &Tensor)> {
+    /// The rotary (cos, sin) tables of block `l` in a pass whose rows are `long_rope` (see
+    /// [`GpuModel::long_rope`]); None for learned positions and for blocks without RoPE
+    /// (SmolLM3's NoPE layers). Gemma 3's sliding-window blocks have their own.
+    pub fn rope_tables(&self, l: usize, long_rope: bool) -> Option<(&Tensor, &Tensor)> {
         if self.config.nope_layers.contains(&l) {
             return None;
         }
         let local = self.local_rope.as_ref().filter(|_| self.config.sliding_layers.contains(&l));
-        local.or(self.rope.as_ref()).map(|(cos, sin)| (cos, sin))
+        let long = self.long_rope.as_ref().filter(|_| long_rope);
+        local.or(long).or(self.rope.as_ref()).map(|(cos, sin)| (cos, sin))
+    }
+
+    /// Whether a forward pass whose last position is `end - 1` rotates with longrope's long
+    /// factors, as transformers decides it per pass: when `end` exceeds the original context.
+    pub fn long_rope(&self, end: usize) -> bool {
+        self.config.rope_scaling.long_past().is_some_and(|original| end > original)
     }
 
     /// How block `l`'s attention scores are formed: the model's scale, its window if the
@@ -496,13 +523,14 @@ impl GpuModel {
     /// already written), leaving the residual stream in `s.x` and writing keys and values
     /// into `cache`. The rows form consecutive `spans`, each computed as a pass over that
     /// span alone would (see [`matmul::linear_spans`]). `after_block(step, l, x)` runs at
-    /// `blocks.{l}.resid_post`.
+    /// `blocks.{l}.resid_post`. `long_rope`: the pass rotates with longrope's long factors
+    /// ([`GpuModel::long_rope`] of the pass's end).
     pub fn record_blocks(
         &self,
         step: &mut Step,
         s: &Scratch,
         cache: &KvCache,
-        spans: &[usize],
+        (spans, long_rope): (&[usize], bool),
         after_block: &mut dyn FnMut(&mut Step, usize, &Tensor),
     ) {
         let n: usize = spans.iter().sum();
@@ -539,6 +567,7 @@ impl GpuModel {
                 qk_norm: s.qk_norm.as_ref(),
                 post_norms: s.post_norms.as_ref(),
                 lora: None,
+                long_rope,
             };
             self.record_block_spans(step, l, &io, &s.row_table, spans);
             after_block(step, l, &s.x);
@@ -587,7 +616,7 @@ impl GpuModel {
         let c = &self.config;
         let b = &self.weights.blocks[l];
         let heads = c.head_shape();
-        let tables = self.rope_tables(l);
+        let tables = self.rope_tables(l, io.long_rope);
         let scores = self.scores(l);
         let hidden = n * c.hidden;
         // Decode fusions (inference without adapters): the matrix-vector kernel applies the
@@ -734,7 +763,8 @@ impl GpuModel {
         stats::logit_stats(step, &head.logits, &head.targets, (&head.stats_partials, &head.stats), n);
     }
 
-    /// [`GpuModel::record_head`] without the statistics: the final norm and LM head only.
+    /// [`GpuModel::record_head`] without the statistics: the final norm and LM head (and its
+    /// soft-capping) only.
     pub fn record_logits(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
         let n: usize = spans.iter().sum();
         assert!(n <= head.rows);
@@ -752,6 +782,9 @@ impl GpuModel {
             (first, n),
         );
         matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
+        if let Some(cap) = c.logit_softcap {
+            softcap::softcap(step, &head.logits, n * c.vocab, cap);
+        }
     }
 }
 
@@ -812,7 +845,7 @@ mod tests {
         let layers = m.config.layers;
         for (spans, per_block) in [(&[1][..], 6), (&[8][..], 9)] {
             let mut step = Step::new(gpu);
-            m.record_blocks(&mut step, &s, &cache, spans, &mut |_, _, _| {});
+            m.record_blocks(&mut step, &s, &cache, (spans, false), &mut |_, _, _| {});
             // One more for the embedding.
             assert_eq!(step.len(), 1 + per_block * layers, "spans {spans:?}");
         }

@@ -176,7 +176,7 @@ impl OpenModel {
         let mut shapes: HashMap<String, (String, Vec<usize>)> = HashMap::new();
         match &self.weights {
             WeightFiles::Gguf(name, _, file) => {
-                for info in file.tensors.iter().filter(|i| i.name != gguf::ROPE_FREQS) {
+                for info in file.tensors.iter().filter(|i| !gguf::is_rope_factors(&i.name)) {
                     let fail = |e: anyhow::Error| anyhow!("{name}: {e:#}");
                     let (hf, shape) = gguf::hf_name_and_shape(file, info).map_err(fail)?;
                     shapes.insert(hf, (name.clone(), shape));
@@ -235,7 +235,7 @@ impl OpenModel {
         };
         match &self.weights {
             WeightFiles::Gguf(name, bytes, file) => {
-                for info in file.tensors.iter().filter(|i| i.name != gguf::ROPE_FREQS) {
+                for info in file.tensors.iter().filter(|i| !gguf::is_rope_factors(&i.name)) {
                     let data = gguf::tensor_data(file, bytes, info).map_err(|e| anyhow!("{name}: {e:#}"))?;
                     let t = gguf::hf_tensor(file, info, data).map_err(|e| anyhow!("{name}: {e:#}"))?;
                     f(name, t)?;

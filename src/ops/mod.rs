@@ -23,6 +23,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod softcap;
 pub mod stats;
 pub mod trace;
 pub mod xent;
@@ -44,6 +45,7 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Define>)> {
         dequant::variants(),
         lcm::variants(),
         xent::variants(),
+        softcap::variants(),
         optim::variants(),
         hgc::variants(),
         align::variants(),

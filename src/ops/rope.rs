@@ -19,17 +19,42 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_positions: usize,
     },
-    /// Phi-3's longrope within its original context: each frequency divided by its short
-    /// factor, cos and sin multiplied by `attention_factor`.
+    /// Phi-3's longrope: each frequency divided by its short factor, or by its long factor in
+    /// a pass that reaches past `original_max_positions`; cos and sin multiplied by
+    /// `attention_factor` either way. transformers (`longrope_frequency_update`) picks the
+    /// factors per forward pass by its last position: a prefill or scoring pass of more than
+    /// `original_max_positions` tokens rotates every one of them with the long factors, a
+    /// decode step at position p with the long ones when p + 1 exceeds it; keys already in
+    /// the cache keep the rotation of the pass that wrote them. Keel does the same
+    /// ([`RopeScaling::long_past`]).
     LongRope {
         short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
         attention_factor: f32,
+        original_max_positions: usize,
     },
 }
 
 impl RopeScaling {
+    /// The passes that end past this many positions rotate with [`RopeScaling::long_inv_freq`]
+    /// (longrope's original context); None: every pass rotates alike.
+    pub fn long_past(&self) -> Option<usize> {
+        match self {
+            RopeScaling::LongRope { original_max_positions, .. } => Some(*original_max_positions),
+            _ => None,
+        }
+    }
+
+    /// Longrope's inverse frequencies for passes past its original context: each one divided
+    /// by its long factor. None for the other kinds.
+    pub fn long_inv_freq(&self, theta: f32, dim: usize) -> Option<Vec<f32>> {
+        let RopeScaling::LongRope { long_factor, .. } = self else { return None };
+        Some(RopeScaling::None.inv_freq(theta, dim).iter().zip(long_factor).map(|(f, l)| f / l).collect())
+    }
+
     /// The inverse frequencies of a head of `dim` rotated dimensions, in float32 as
-    /// transformers computes them (`1 / theta^(2j/dim)`, then rescaled).
+    /// transformers computes them (`1 / theta^(2j/dim)`, then rescaled; longrope's short
+    /// factors).
     pub fn inv_freq(&self, theta: f32, dim: usize) -> Vec<f32> {
         let base = (0..dim / 2).map(|j| 1.0 / theta.powf((2 * j) as f32 / dim as f32));
         match *self {

@@ -15,7 +15,7 @@ use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::matmul::Mat;
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{align, cgfm, matmul, norm, xent};
+use crate::ops::{align, cgfm, matmul, norm, softcap, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -71,7 +71,13 @@ impl BlockActs {
         })
     }
 
-    fn io<'a>(&'a self, x_in: &'a Tensor, x_out: &'a Tensor, lora: Option<&'a BlockLora>) -> BlockIo<'a> {
+    /// The block's buffers; `long_rope`: the rows rotate with longrope's long factors.
+    fn io<'a>(
+        &'a self,
+        (x_in, x_out): (&'a Tensor, &'a Tensor),
+        lora: Option<&'a BlockLora>,
+        long_rope: bool,
+    ) -> BlockIo<'a> {
         BlockIo {
             x_in,
             x_mid: &self.x_mid,
@@ -92,6 +98,7 @@ impl BlockActs {
             qk_norm: self.qk_norm.as_ref(),
             post_norms: self.post_norms.as_ref(),
             lora,
+            long_rope,
         }
     }
 
@@ -354,13 +361,16 @@ impl TrainGraph {
         head_backward: Option<Option<&Tensor>>,
     ) {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
+        // Every row of a training pass is one of `seq_len` positions: transformers' pass over
+        // the batch takes the long factors when seq_len exceeds the original context.
+        let long_rope = model.long_rope(self.seq_len);
         let c = &model.config;
         let w = &model.weights;
         let n = self.rows();
         let layers = c.layers;
         model.record_embed(step, &self.ids, &self.row_table, &self.xs[0], n);
         for l in 0..layers {
-            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
+            let io = self.acts_for(l).io((&self.xs[l], &self.xs[l + 1]), lora_of(l), long_rope);
             model.record_block(step, l, &io, &self.row_table, n);
             if let Some(lcm) = &self.lcm {
                 lcm.record_forward(step, l, &self.xs[l + 1], &self.row_table, n);
@@ -400,7 +410,11 @@ impl TrainGraph {
             let xn = Mat::rows(&self.xn_final, first * c.hidden, c.hidden);
             let logits = Mat::rows(&self.logits, 0, c.vocab);
             matmul::matmul(step, xn, head, logits, (rows, c.vocab, c.hidden), None, false);
-            xent::cross_entropy(step, &self.logits, (&self.targets, &self.loss, first), rows, loss_scale);
+            if let Some(cap) = c.logit_softcap {
+                softcap::softcap(step, &self.logits, rows * c.vocab, cap);
+            }
+            let loss = (&self.targets, &self.loss, first);
+            xent::cross_entropy(step, &self.logits, loss, rows, loss_scale, c.logit_softcap);
             if let Some(d_head) = head_backward {
                 let saved = (&self.xn_final, &self.logits);
                 model.record_lm_head_backward(step, saved, d_head, &self.bw, (first, rows));
@@ -415,6 +429,7 @@ impl TrainGraph {
             Trained::Lora(l) => (None, Some(l)),
         };
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
+        let long_rope = model.long_rope(self.seq_len);
         let n = self.rows();
         let layers = model.config.layers;
         let saved = FinalNormSaved { x: &self.xs[layers], stats: &self.stats_final };
@@ -434,7 +449,7 @@ impl TrainGraph {
             if let Some(lcm) = &self.lcm {
                 lcm.record_backward(step, l, &self.bw.dx, &self.row_table, n);
             }
-            let io = self.acts_for(l).io(&self.xs[l], &self.xs[l + 1], lora_of(l));
+            let io = self.acts_for(l).io((&self.xs[l], &self.xs[l + 1]), lora_of(l), long_rope);
             if self.memory == ActivationMemory::Recompute {
                 model.record_block(step, l, &io, &self.row_table, n);
             }

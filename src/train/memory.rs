@@ -111,7 +111,8 @@ impl MemoryPlan {
         };
         // Rotary (cos, sin) tables, and a second pair for sliding-window layers (Gemma 3).
         let local_rope = cfg.local_rope_theta.is_some() && !cfg.sliding_layers.is_empty();
-        let rope_tables = cfg.rope_theta.is_some() as u64 + local_rope as u64;
+        let long_rope = cfg.rope_theta.is_some() && cfg.rope_scaling.long_past().is_some();
+        let rope_tables = cfg.rope_theta.is_some() as u64 + local_rope as u64 + long_rope as u64;
         let rope = rope_tables * 2 * (cfg.max_positions * (cfg.rotary_dim / 2)) as u64 * F32;
         // A tied head the choice packs gets its own copy of the embedding.
         let head_copy = match stored.lm_head {

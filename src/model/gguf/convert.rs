@@ -56,6 +56,24 @@ const ARCHITECTURES: [(&str, &str, bool); 7] = [
 /// llama.cpp's name of the per-frequency RoPE divisors its converter bakes Llama 3's
 /// `rope_scaling` into.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+/// llama.cpp's names of Phi-3's longrope factors (`short_factor`, `long_factor`).
+const ROPE_FACTORS_SHORT: &str = "rope_factors_short.weight";
+const ROPE_FACTORS_LONG: &str = "rope_factors_long.weight";
+
+/// The tensors of per-frequency RoPE factors, which go into the config (so they need the
+/// file's data), not into the weights.
+pub fn is_rope_factors(name: &str) -> bool {
+    [ROPE_FREQS, ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG].contains(&name)
+}
+
+/// The values of a GGUF's RoPE factor tensors, where it has them.
+#[derive(Default)]
+struct RopeFactors {
+    /// Llama 3's divisors (`rope_freqs.weight`).
+    freqs: Option<Vec<f32>>,
+    /// Phi-3's longrope (short, long) factors.
+    longrope: Option<(Vec<f32>, Vec<f32>)>,
+}
 
 /// Converts a GGUF of a supported architecture into a Hugging Face config.json and tensors
 /// with HF names and shapes (see [`hf_tensor`]); a Llama 3 `rope_freqs.weight` goes into the
@@ -66,7 +84,7 @@ pub fn to_hf(bytes: &[u8]) -> Result<(Value, Vec<HostTensor>)> {
     let tensors = file
         .tensors
         .iter()
-        .filter(|info| info.name != ROPE_FREQS)
+        .filter(|info| !is_rope_factors(&info.name))
         .map(|info| hf_tensor(&file, info, tensor_data(&file, bytes, info)?))
         .collect::<Result<_>>()?;
     Ok((config, tensors))
@@ -101,28 +119,36 @@ fn layer_and_head_counts(file: &GgufFile) -> Result<(u64, u64, u64)> {
 
 /// The Hugging Face config.json of a parsed GGUF (from its metadata and tensor table),
 /// after checking every tensor has a Hugging Face name: a file with a stray tensor is
-/// refused before any tensor is converted. A Llama 3 file's `rope_freqs.weight` needs its
-/// data: such files are read whole ([`to_hf`]).
+/// refused before any tensor is converted. A file with RoPE factors (Llama 3's
+/// `rope_freqs.weight`, Phi-3's `rope_factors_*`) needs their data: such files are read whole
+/// ([`to_hf`]).
 pub fn hf_config(file: &GgufFile) -> Result<Value> {
-    ensure!(
-        file.tensor(ROPE_FREQS).is_none(),
-        "GGUF tensor '{ROPE_FREQS}' (Llama 3's rope scaling) is read with the whole file, not from the header alone"
-    );
-    config_of(file, None)
+    if let Some(info) = file.tensors.iter().find(|t| is_rope_factors(&t.name)) {
+        bail!(
+            "GGUF tensor '{}' (rope scaling) is read with the whole file, not from the header alone",
+            info.name
+        );
+    }
+    config_of(file, RopeFactors::default())
 }
 
 /// The Hugging Face config.json of a GGUF whose bytes are all at hand (`bytes`): [`hf_config`],
-/// with a Llama 3 file's `rope_freqs.weight` read.
+/// with its RoPE factor tensors read.
 pub fn whole_file_config(file: &GgufFile, bytes: &[u8]) -> Result<Value> {
-    let rope_freqs = match file.tensor(ROPE_FREQS) {
-        Some(info) => Some(decode(info, tensor_data(file, bytes, info)?)?),
-        None => None,
+    let read = |name: &str| match file.tensor(name) {
+        Some(info) => decode(info, tensor_data(file, bytes, info)?).map(Some),
+        None => Ok(None),
     };
-    config_of(file, rope_freqs.as_deref())
+    let longrope = match (read(ROPE_FACTORS_SHORT)?, read(ROPE_FACTORS_LONG)?) {
+        (Some(short), Some(long)) => Some((short, long)),
+        (None, None) => None,
+        _ => bail!("GGUF: '{ROPE_FACTORS_SHORT}' and '{ROPE_FACTORS_LONG}' (longrope) come together, this file has one"),
+    };
+    config_of(file, RopeFactors { freqs: read(ROPE_FREQS)?, longrope })
 }
 
-/// [`hf_config`], with the values of the file's `rope_freqs.weight` if it has one.
-fn config_of(file: &GgufFile, rope_freqs: Option<&[f32]>) -> Result<Value> {
+/// [`hf_config`], with the values of the file's RoPE factor tensors.
+fn config_of(file: &GgufFile, rope_factors: RopeFactors) -> Result<Value> {
     let (arch, hf_class, _) = architecture(file)?;
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = file.required_uint(&key("embedding_length"))?;
@@ -182,13 +208,18 @@ fn config_of(file: &GgufFile, rope_freqs: Option<&[f32]>) -> Result<Value> {
             bail!("GGUF metadata '{arch}.rope.scaling.type' is '{other}': Keel reads none and linear")
         }
     }
-    if let Some(name) = ["rope_factors_short.weight", "rope_factors_long.weight"]
-        .into_iter()
-        .find(|n| file.tensor(n).is_some())
-    {
-        bail!("GGUF tensor '{name}' (longrope) is not supported yet");
+    if let Some((short, long)) = rope_factors.longrope {
+        // Phi-3's longrope as llama.cpp's converter writes it: the factors as tensors, the
+        // original context and the attention factor as metadata.
+        let original = file.required_uint(&key("rope.scaling.original_context_length"))?;
+        let mut scaling = json!({"rope_type": "longrope", "short_factor": short, "long_factor": long});
+        if let Some(factor) = file.float(&key("rope.scaling.attn_factor"))? {
+            scaling["attention_factor"] = json!(factor);
+        }
+        config["rope_scaling"] = scaling;
+        config["original_max_position_embeddings"] = json!(original);
     }
-    if let Some(divisors) = rope_freqs {
+    if let Some(divisors) = rope_factors.freqs {
         // Llama 3's scaling as llama.cpp applies it: each inverse frequency divided by its
         // factor, which transformers' longrope does within its original context.
         config["rope_scaling"] = json!({"rope_type": "longrope", "short_factor": divisors, "long_factor": divisors,
@@ -211,7 +242,7 @@ fn config_of(file: &GgufFile, rope_freqs: Option<&[f32]>) -> Result<Value> {
         "gemma3" => gemma3_config(file, &mut config, (layers, hidden / heads, head_dim))?,
         _ => {}
     }
-    for info in file.tensors.iter().filter(|t| t.name != ROPE_FREQS) {
+    for info in file.tensors.iter().filter(|t| !is_rope_factors(&t.name)) {
         hf_tensor_name(arch, &info.name, layers, heads, kv_heads)?;
     }
     Ok(config)
@@ -474,7 +505,8 @@ fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_heads: usize) -> Result<Ve
 mod tests {
     use super::*;
     use crate::model::gguf::test_files::{
-        data_start, dequantize, f16_le, fixture, fixture_dir, info, k_quant_model, tiny_model, Builder,
+        data_start, dequantize, f16_le, fixture, fixture_dir, info, k_quant_model, tiny_model,
+        tiny_model_builder, Builder,
     };
 
     #[test]
@@ -753,6 +785,57 @@ mod tests {
             assert_eq!(llama_cpp_permute(&unpermute_rows(&w, rows, n_head).unwrap(), rows, n_head), w);
         }
         assert!(unpermute_rows(&[0.0; 6], 6, 2).is_err(), "heads of odd size");
+    }
+
+    /// Phi-3's longrope as llama.cpp's converter writes it: the factor tensors and the
+    /// metadata keys become the config's `rope_scaling`, over the whole context; the factors
+    /// are no weights. Half of it, or the header alone, is refused in words.
+    #[test]
+    fn reads_longrope_factor_tensors() {
+        use crate::model::config::ModelConfig;
+        use crate::ops::rope::RopeScaling;
+        let with = |b: Builder| b.u32("llama.rope.scaling.original_context_length", 16);
+        let file = with(tiny_model_builder("llama"))
+            .f32("llama.rope.scaling.attn_factor", 1.25)
+            .f32_tensor("rope_factors_short.weight", &[2], &[1.0, 2.0])
+            .f32_tensor("rope_factors_long.weight", &[2], &[3.0, 5.0])
+            .build();
+        let (config, tensors) = to_hf(&file).unwrap();
+        let want = json!({"rope_type": "longrope", "short_factor": [1.0, 2.0], "long_factor": [3.0, 5.0],
+            "attention_factor": 1.25});
+        assert_eq!(
+            (&config["rope_scaling"], &config["original_max_position_embeddings"]),
+            (&want, &json!(16))
+        );
+        assert!(tensors.iter().all(|t| !t.name.contains("rope")), "the factors are no weights");
+        let c = ModelConfig::from_hf(&config, "f.gguf").unwrap();
+        let scaling = RopeScaling::LongRope {
+            short_factor: vec![1.0, 2.0],
+            long_factor: vec![3.0, 5.0],
+            attention_factor: 1.25,
+            original_max_positions: 16,
+        };
+        assert_eq!((c.rope_scaling, c.max_positions), (scaling, 64));
+        let err = |bytes: &[u8]| format!("{:#}", to_hf(bytes).unwrap_err());
+        let half =
+            with(tiny_model_builder("llama")).f32_tensor("rope_factors_long.weight", &[2], &[3.0, 5.0]);
+        assert!(err(&half.build())
+            .contains("'rope_factors_short.weight' and 'rope_factors_long.weight' (longrope) come together"));
+        let no_original = tiny_model_builder("llama")
+            .f32_tensor("rope_factors_short.weight", &[2], &[1.0, 2.0])
+            .f32_tensor("rope_factors_long.weight", &[2], &[3.0, 5.0]);
+        assert!(err(&no_original.build()).contains("llama.rope.scaling.original_context_length"));
+        let header = hf_config(&parse(&file).unwrap()).unwrap_err().to_string();
+        assert!(
+            header.contains("'rope_factors_short.weight' (rope scaling) is read with the whole file"),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let err = format!("{:#}", to_hf(&tiny_model("mamba")).unwrap_err());
+        assert!(err.starts_with("GGUF architecture 'mamba' is not supported (llama, "), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod test_files;
 mod tokenizer;
 
 pub use convert::{
-    hf_config, hf_formats, hf_name_and_shape, hf_tensor, to_hf, whole_file_config, ROPE_FREQS,
+    hf_config, hf_formats, hf_name_and_shape, hf_tensor, is_rope_factors, to_hf, whole_file_config,
 };
 pub use parse::{parse, parse_header, tensor_data, GgufFile, GgufTensorInfo, GgufValue};
 pub use reader::GgufReader;

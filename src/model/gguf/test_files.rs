@@ -110,6 +110,11 @@ impl Builder {
 
 /// A one-layer model: hidden 8, 2 heads, 1 kv head, head_dim 4, ffn 6, vocab 5.
 pub(crate) fn tiny_model(arch: &str) -> Vec<u8> {
+    tiny_model_builder(arch).build()
+}
+
+/// [`tiny_model`], still open for more keys and tensors.
+pub(crate) fn tiny_model_builder(arch: &str) -> Builder {
     let k = |s: &str| format!("{arch}.{s}");
     let seq = |n: usize| (0..n).map(|x| x as f32).collect::<Vec<_>>();
     let mut b = Builder::default()
@@ -139,7 +144,7 @@ pub(crate) fn tiny_model(arch: &str) -> Vec<u8> {
             .f32_tensor("blk.0.attn_k.bias", &[4], &seq(4))
             .f32_tensor("blk.0.attn_v.bias", &[4], &seq(4));
     }
-    b.build()
+    b
 }
 
 /// A two-layer llama of random weights in the formats of llama.cpp's Q4_K_M (hidden 256, 4
