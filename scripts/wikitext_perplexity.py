@@ -2,7 +2,7 @@
 """transformers' strided-perplexity recipe (the "Perplexity of fixed-length models" guide) on a
 text file, for comparison with `keel perplexity --model DIR --text-file FILE --json`.
 
-The file is read whole and encoded as one sequence (the tokenizer's special tokens included,
+The file is read whole (its bytes as they are: CRLF stays CRLF) and encoded as one sequence (the tokenizer's special tokens included,
 as Keel's `score` encodes); windows of WINDOW tokens start every STRIDE tokens; each token
 after the first is scored once, in the first window that reaches it. The negative
 log-likelihoods are summed token by token (not `loss * count`, whose "- batch_size" in the
@@ -32,7 +32,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     window = int(args[2]) if len(args) > 2 else model.config.max_position_embeddings
     stride = int(args[3]) if len(args) > 3 else window // 2
-    text = open(file, encoding="utf-8").read()
+    # newline="": the bytes as they are (WikiText-2 raw has CRLF line ends), as Keel reads them.
+    text = open(file, encoding="utf-8", newline="").read()
     ids = tok(text, return_tensors="pt").input_ids
     if limit:
         ids = ids[:, :limit]

@@ -1,7 +1,9 @@
 // Token embedding: out[r] = table[ids[r]] * scale (+ pos_table[position of row r] for
 // learned positions, GPT-2). scale is 1, or Gemma's sqrt(hidden). One workgroup per row.
+// The table is one row shard of the embedding (src/gpu/sharded.rs): rows first .. first +
+// rows; rows whose id lies elsewhere are left to the other shards' dispatches.
 
-struct Params { n_rows: u32, d: u32, vocab: u32, scale: f32 }
+struct Params { n_rows: u32, d: u32, first: u32, rows: u32, scale: f32, _pad0: u32, _pad1: u32, _pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
@@ -17,8 +19,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_id) lid: vec3<u32>) {
     let r = wid.x + wid.y * nwg.x;
     if (r >= p.n_rows) { return; }
-    // Ids are validated on the host; the clamp only keeps a bad id from reading out of bounds.
-    let id = min(ids[r], p.vocab - 1u);
+    // Ids are validated on the host; the bounds check also keeps a bad one in bounds.
+    let id = ids[r] - p.first;
+    if (ids[r] < p.first || id >= p.rows) { return; }
     for (var i = lid.x; i < p.d; i += 64u) {
         var v = table[id * p.d + i] * p.scale;
 #if POS

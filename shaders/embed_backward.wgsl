@@ -1,9 +1,10 @@
 // Backward of the embedding: d_table[index(r)] += dy[r] * scale for every row r, where index(r) is
 // the row's token id, or with POS its position (GPT-2's learned positions). One thread per
 // column walks the rows in order, so rows sharing an index add up without atomics and the
-// sum is the same on every run.
+// sum is the same on every run. d_table may be one row shard of the gradient
+// (src/gpu/sharded.rs), rows first .. first + table_rows; other rows' indices are skipped.
 
-struct Params { n_rows: u32, d: u32, table_rows: u32, scale: f32 }
+struct Params { n_rows: u32, d: u32, first: u32, table_rows: u32, scale: f32, _pad0: u32, _pad1: u32, _pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> index: array<u32>;  // ids, or with POS the row table
@@ -20,6 +21,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #else
         let at = index[r];
 #endif
-        d_table[min(at, p.table_rows - 1u) * p.d + i] += dy[r * p.d + i] * p.scale;
+        if (at >= p.first && at - p.first < p.table_rows) {
+            d_table[(at - p.first) * p.d + i] += dy[r * p.d + i] * p.scale;
+        }
     }
 }

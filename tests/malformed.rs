@@ -483,16 +483,20 @@ fn gguf_k_quant_rows_not_whole_superblocks() {
 fn tensor_over_the_binding_limit_is_refused_before_upload() {
     let Some(src) = stories() else { return };
     let m = src.to_str().unwrap();
-    let env = [("KEEL_MAX_BINDING_BYTES", "100000")];
-    let args = ["generate", "--model", m, "--prompt", "Hi", "--max-tokens", "1"];
-    // The first tensor checked is the embedding, [512, 64] f32; nothing is uploaded.
+    let args = ["generate", "--model", m, "--prompt", "Once upon", "--max-tokens", "8", "--temperature", "0"];
+    // The embedding, [512, 64] f32 (131072 bytes), goes in row shards, and the text is the same.
+    let whole = succeeds(&args);
+    let split = keel_env(&args, &[("KEEL_MAX_BINDING_BYTES", "100000")]);
+    assert_eq!(split.code, Some(0), "{}", split.stderr);
+    assert_eq!(split.stdout, whole);
+    // A block's weight is bound whole: the first over the limit refuses the model, before any upload.
     fails_env(
         &args,
-        &env,
+        &[("KEEL_MAX_BINDING_BYTES", "60000")],
         &[
             "stories260k: cannot load onto the GPU",
-            "tensor 'embed' of shape [512, 64] needs 131072 bytes in one binding",
-            "max_storage_buffer_binding_size of 100000 bytes (at most 390 rows of it fit)",
+            "tensor 'blocks.0.up' of shape [344, 64] needs 88064 bytes in one binding",
+            "max_storage_buffer_binding_size of 60000 bytes (at most 234 rows of it fit)",
         ],
     );
 }

@@ -504,7 +504,8 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             json!({"mode": mode, "batch": a.batch, "seq_len": a.seq_len, "recompute": a.recompute,
                    "train_tok_s": rate, "train_tok_s_sd": sd, "weights_bytes": weights,
                    "trained_state_bytes": trained, "activation_bytes": activations,
-                   "total_bytes": weights + trained + activations, "adapter": info.name,
+                   "total_bytes": weights + trained + activations,
+                   "allocated_bytes": m.gpu.allocated_bytes(), "adapter": info.name,
                    "backend": format!("{:?}", info.backend), "repeats": a.repeats,
                    "lcm": lcm.is_some_and(|c| !c.is_off()), "sample": a.sample, "constricted": !constrict.is_off(),
                    "profile": profile.as_ref().map(|(timing, rows)| json!({
@@ -527,6 +528,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             mib(trained),
             mib(activations)
         );
+        println!("allocated: {:.1} MiB (every GPU buffer the run created)", mib(m.gpu.allocated_bytes()));
         if let Some((timing, rows)) = &profile {
             println!("\nprofile ({}):", timing_words(*timing));
             print_table(&format!("one training step of {} × {} tokens", a.batch, a.seq_len), rows);

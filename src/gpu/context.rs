@@ -175,9 +175,20 @@ impl Gpu {
         Gpu::open(choice, Tier::from_env()?).await
     }
 
+    /// [`Gpu::new`] with the largest storage binding lowered to `cap` bytes where given
+    /// (tests that split weights into row shards without touching the environment).
+    pub async fn with_max_binding(choice: &AdapterChoice, cap: Option<u64>) -> Result<Gpu> {
+        Gpu::open_with(choice, Tier::from_env()?, cap).await
+    }
+
     /// [`Gpu::new`] with the matrix engine `tier` (None: the adapter's default), whatever
     /// `KEEL_TIER` says: tests that compare tiers in one process.
     pub async fn open(choice: &AdapterChoice, tier: Option<Tier>) -> Result<Gpu> {
+        Gpu::open_with(choice, tier, binding_override()?).await
+    }
+
+    /// [`Gpu::open`] with the binding cap given (`KEEL_MAX_BINDING_BYTES` elsewhere).
+    async fn open_with(choice: &AdapterChoice, tier: Option<Tier>, cap: Option<u64>) -> Result<Gpu> {
         let instance = instance();
         let adapter = match &choice.0 {
             None => instance
@@ -257,7 +268,7 @@ impl Gpu {
             }
         }));
         let mut limits = limits;
-        if let Some(cap) = binding_override()? {
+        if let Some(cap) = cap {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
         }
         Ok(Gpu {

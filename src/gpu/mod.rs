@@ -5,11 +5,13 @@
 
 mod context;
 pub mod shader;
+mod sharded;
 mod step;
 mod tensor;
 pub mod wfmt;
 
 pub use context::{adapter_label, AdapterChoice, Gpu, Pipeline, Tier};
+pub use sharded::{shard_spans, Sharded};
 pub use step::{groups_for, KernelTime, Recording, Step, Timing};
 pub use tensor::{DType, PendingRead, Tensor};
 pub use wfmt::WeightFormat;

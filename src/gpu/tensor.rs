@@ -65,12 +65,24 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// [`Gpu::check_binding`] for a tensor of `dtype`: a packed weight by its packed bytes.
+    fn check_tensor(&self, what: &str, shape: &[usize], dtype: DType) -> Result<u64> {
+        match dtype {
+            DType::Packed(f) => {
+                let bytes = f.words(shape[0], shape[1]) as u64 * 4;
+                if bytes > self.limits.max_storage_buffer_binding_size {
+                    // The refusal (f32 bytes are more still) names the tensor and the limit.
+                    self.check_binding(what, shape)?;
+                }
+                Ok(bytes)
+            }
+            _ => self.check_binding(what, shape),
+        }
+    }
+
     /// A zero-filled tensor.
     pub fn zeros(&self, what: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = match (self.check_binding(what, shape)?, dtype) {
-            (_, DType::Packed(f)) => f.words(shape[0], shape[1]) as u64 * 4,
-            (bytes, _) => bytes,
-        };
+        let bytes = self.check_tensor(what, shape, dtype)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: bytes.max(4).next_multiple_of(4),
@@ -101,8 +113,8 @@ impl Gpu {
         }
     }
 
-    fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
-        self.check_binding(what, shape)?;
+    pub(super) fn upload(&self, what: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        self.check_tensor(what, shape, dtype)?;
         // Zero-length tensors still get a 4-byte buffer: bindings cannot be empty.
         let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
         let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {

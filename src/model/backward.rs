@@ -5,7 +5,7 @@
 
 use super::forward::{BlockIo, GpuModel};
 use super::layout::{Block, Linear, Weights};
-use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::ops::embed::EmbedIndex;
 use crate::ops::matmul::Mat;
 use crate::ops::{act, attention, cgfm, embed, matmul, norm, rope};
@@ -90,24 +90,28 @@ impl GpuModel {
     /// gradient `d_logits` (`[rows, vocab]`, from row 0): `bw.dxn` for those rows, and the
     /// head weight's gradient added into `d_head` (None: frozen). The training graph calls it
     /// once per chunk of rows, beside that chunk's forward pass, so no logits of the whole
-    /// batch are ever kept.
+    /// batch are ever kept. Each row shard of the head takes its columns of `d_logits`.
     pub fn record_lm_head_backward(
         &self,
         step: &mut Step,
         (xn, d_logits): (&Tensor, &Tensor),
-        d_head: Option<&Tensor>,
+        d_head: Option<&Sharded>,
         bw: &BackwardBufs,
         (first, rows): (usize, usize),
     ) {
         // The head as the forward pass read it (a packed copy of a tied embedding under LoRA).
-        let w = self.head_weight();
-        let (vocab, hidden) = (w.shape[0], w.shape[1]);
-        let (dy, dxn) = (Mat::rows(d_logits, 0, vocab), Mat::rows(&bw.dxn, first * hidden, hidden));
-        matmul::matmul(step, dy, Mat::rows(w, 0, hidden), dxn, (rows, hidden, vocab), None, false);
-        if let Some(d_head) = d_head {
-            let (dy_t, xn) = (Mat::transposed(d_logits, 0, vocab), Mat::rows(xn, first * hidden, hidden));
-            let dw = Mat::rows(d_head, 0, hidden);
-            matmul::matmul(step, dy_t, xn, dw, (vocab, hidden, rows), None, true);
+        let head = self.head_weight();
+        let (vocab, hidden) = (head.shape[0], head.shape[1]);
+        let dxn = Mat::rows(&bw.dxn, first * hidden, hidden);
+        for (i, (col, w)) in head.rows().enumerate() {
+            let n = w.shape[0];
+            let dy = Mat { t: d_logits, off: col, rs: vocab, cs: 1 };
+            matmul::matmul(step, dy, Mat::rows(w, 0, hidden), dxn, (rows, hidden, n), None, i > 0);
+        }
+        for (col, dw) in d_head.iter().flat_map(|d| d.rows()) {
+            let n = dw.shape[0];
+            let (dy_t, xn) = (Mat::transposed(d_logits, col, vocab), Mat::rows(xn, first * hidden, hidden));
+            matmul::matmul(step, dy_t, xn, Mat::rows(dw, 0, hidden), (n, hidden, rows), None, true);
         }
     }
 
@@ -117,7 +121,7 @@ impl GpuModel {
         &self,
         step: &mut Step,
         saved: &FinalNormSaved,
-        grads: Option<&Weights<Tensor>>,
+        grads: Option<&Weights<Sharded>>,
         bw: &BackwardBufs,
         n: usize,
     ) {
@@ -125,7 +129,7 @@ impl GpuModel {
         let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };
         norm::norm_backward(step, c.norm(), x, &w.final_norm, &bw.dxn, &bw.dx, n, false);
         if let Some(g) = grads {
-            norm::norm_weight_grad(step, x, &bw.dxn, &g.final_norm, g.final_norm_b.as_ref(), n);
+            norm::norm_weight_grad(step, x, &bw.dxn, &g.final_norm, g.final_norm_b.as_deref(), n);
         }
     }
 
@@ -139,7 +143,7 @@ impl GpuModel {
         l: usize,
         io: &BlockIo,
         rows: &Tensor,
-        grads: Option<&Block<Tensor>>,
+        grads: Option<&Block<Sharded>>,
         bw: &BackwardBufs,
         n: usize,
     ) {
@@ -148,9 +152,10 @@ impl GpuModel {
         // One linear layer: base gradients (the weight's re-weighted by CGFM when on), then
         // the adapters' share of dx and their own.
         let linear = |step: &mut Step, which: Linear, x: &Tensor, dy: &Tensor, dx: &Tensor| {
-            let dw = grads.map(|g| g.linear(which));
+            let dw = grads.map(|g| &**g.linear(which));
             let split = bw.cgfm.as_ref().zip(dw);
-            let d_params = (dw.filter(|_| split.is_none()), grads.and_then(|g| g.linear_bias(which)));
+            let d_params =
+                (dw.filter(|_| split.is_none()), grads.and_then(|g| g.linear_bias(which)).map(|t| &**t));
             matmul::linear_backward(step, (x, b.linear(which)), dy, Some((dx, false)), d_params, &bw.ones, n);
             if let Some((split, dw)) = split {
                 cgfm::split_weight_grad(step, split, (x, dy), dw);
@@ -172,8 +177,8 @@ impl GpuModel {
         let post_grads = grads.map(|g| (&g.post_attn_norm, &g.post_mlp_norm));
         let post_norm_backward = |step: &mut Step,
                                   (x, stats): (&Tensor, &Tensor),
-                                  w: &Option<Tensor>,
-                                  dw: Option<&Option<Tensor>>| {
+                                  w: &Option<Sharded>,
+                                  dw: Option<&Option<Sharded>>| {
             let saved = norm::Saved { x, offset: 0, stats };
             let w = w.as_ref().expect("post-norm weights of a post-norm model");
             norm::norm_backward(step, c.norm(), saved, w, &bw.dx, &bw.dxn, n, false);
@@ -195,7 +200,7 @@ impl GpuModel {
         linear(step, Linear::Up, io.xn2, &bw.d_up, &bw.dxn);
         let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
         let mlp_norm = norm::Saved { x: mlp_in, offset: 0, stats: io.stats2 };
-        let mlp_norm_grads = grads.map(|g| (&g.mlp_norm, g.mlp_norm_b.as_ref()));
+        let mlp_norm_grads = grads.map(|g| (&*g.mlp_norm, g.mlp_norm_b.as_deref()));
         if c.parallel_residual {
             // The attention's output projection sees dx at x_out before the MLP's norm adds
             // its share for x_in.
@@ -242,7 +247,7 @@ impl GpuModel {
         }
         linear(step, Linear::Qkv, io.xn1, &bw.d_qkv, &bw.dxn);
         let input = norm::Saved { x: io.x_in, offset: 0, stats: io.stats1 };
-        norm_backward(step, input, &b.attn_norm, grads.map(|g| (&g.attn_norm, g.attn_norm_b.as_ref())));
+        norm_backward(step, input, &b.attn_norm, grads.map(|g| (&*g.attn_norm, g.attn_norm_b.as_deref())));
     }
 
     /// Backward of the embedding: adds `bw.dx` into the token (and position) tables' gradients.
@@ -250,7 +255,7 @@ impl GpuModel {
         &self,
         step: &mut Step,
         (ids, rows): (&Tensor, &Tensor),
-        grads: &Weights<Tensor>,
+        grads: &Weights<Sharded>,
         bw: &BackwardBufs,
         n: usize,
     ) {

@@ -10,7 +10,7 @@ use super::load::LoadedModel;
 use super::lora::BlockLora;
 use super::weights::HostTensor;
 use crate::gpu::wfmt::{self, WeightFormat};
-use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
 use crate::ops::matmul::Prologue;
@@ -25,11 +25,12 @@ pub struct GpuModel {
     gpu: &'static Gpu,
     /// The architecture and shapes.
     pub config: ModelConfig,
-    /// The weights in Keel's fused layout.
-    pub weights: Weights<Tensor>,
+    /// The weights in Keel's fused layout (the embedding and the LM head in row shards where
+    /// they pass the binding limit).
+    pub weights: Weights<Sharded>,
     /// A packed copy of a tied embedding for the LM head: the embed gather reads `weights.embed`
     /// as f32, the head's matrix product this one.
-    head: Option<Tensor>,
+    head: Option<Sharded>,
     /// (cos, sin) tables for rotary models, `[max_positions, head_dim / 2]`.
     rope: Option<(Tensor, Tensor)>,
     /// The tables of the sliding-window blocks where they have their own base (Gemma 3).
@@ -259,6 +260,13 @@ impl WeightChoice {
     }
 }
 
+/// Whether Keel's tensor `name` (of [`Weights::named`]) may be stored in row shards: the
+/// vocabulary's tables, whose users (the embed gather, the LM head) walk the shards. Any other
+/// weight over the binding limit is refused.
+pub fn shardable(name: &str) -> bool {
+    name == "embed" || name == "lm_head"
+}
+
 /// Whether Keel's tensor `name` (of [`Weights::named`]) may be packed: only weights of matrix
 /// products are; the embed gather reads f32.
 pub fn packable(name: &str) -> bool {
@@ -291,16 +299,17 @@ impl GpuModel {
         host: &Weights<HostTensor>,
         choice: WeightChoice,
     ) -> Result<GpuModel> {
-        // Every tensor is checked against the binding limit before any is uploaded.
-        host.try_map(|name, t| gpu.check_binding(name, &t.shape))?;
+        // Every tensor is checked against the binding limit before any is uploaded (the
+        // vocabulary's tables: one row of them).
+        host.try_map(|name, t| check_weight(gpu, name, &t.shape))?;
         let weights = host.try_map(|name, t| match choice.pack(name, t) {
-            Some((fmt, words)) => gpu.upload_weight(name, &t.shape, fmt, &words),
-            None => gpu.upload_f32(name, &t.shape, &t.values()),
+            Some((fmt, words)) => gpu.upload_sharded(name, &t.shape, fmt, &words),
+            None => gpu.upload_sharded(name, &t.shape, WeightFormat::F32, bytemuck::cast_slice(&t.values())),
         })?;
         let embed = &host.embed;
         let tied = if host.lm_head.is_none() { choice.pack("lm_head", embed) } else { None };
         let head = tied
-            .map(|(f, words)| gpu.upload_weight("lm_head (tied)", &embed.shape, f, &words))
+            .map(|(f, words)| gpu.upload_sharded("lm_head (tied)", &embed.shape, f, &words))
             .transpose()?;
         Self::assemble(gpu, cfg, weights, head)
     }
@@ -309,8 +318,8 @@ impl GpuModel {
     pub fn assemble(
         gpu: &'static Gpu,
         cfg: &ModelConfig,
-        weights: Weights<Tensor>,
-        head: Option<Tensor>,
+        weights: Weights<Sharded>,
+        head: Option<Sharded>,
     ) -> Result<GpuModel> {
         let tables = |inv_freq: &[f32], scaling: &rope::RopeScaling| -> Result<(Tensor, Tensor)> {
             let (mut cos, mut sin) = rope::rope_tables(inv_freq, cfg.max_positions);
@@ -347,8 +356,8 @@ impl GpuModel {
     /// Every GPU tensor the model holds: its weights, the head's packed copy and the RoPE
     /// tables (the page destroys them when it frees a model).
     pub fn tensors(&self) -> Vec<&Tensor> {
-        let mut all: Vec<&Tensor> = self.weights.named().into_iter().map(|(_, t)| t).collect();
-        all.extend(&self.head);
+        let named = self.weights.named().into_iter().map(|(_, t)| t);
+        let mut all: Vec<&Tensor> = named.chain(&self.head).flat_map(|t| &t.shards).collect();
         for (cos, sin) in [&self.rope, &self.long_rope].into_iter().flatten() {
             all.extend([cos, sin]);
         }
@@ -363,8 +372,10 @@ impl GpuModel {
         let weights = self.weights.try_map(|name, t| match t.dtype {
             DType::Packed(_) => dequantize(gpu, &mut step, name, t),
             _ => {
-                let out = gpu.zeros(name, &t.shape, t.dtype)?;
-                step.copy(t, 0, &out, 0, t.numel());
+                let out = gpu.zeros_sharded(name, &t.shape, t.dtype)?;
+                for (from, to) in t.shards.iter().zip(&out.shards) {
+                    step.copy(from, 0, to, 0, from.numel());
+                }
                 Ok(out)
             }
         })?;
@@ -387,7 +398,7 @@ impl GpuModel {
     }
 
     /// The LM head's weight as the forward pass reads it.
-    pub fn head_weight(&self) -> &Tensor {
+    pub fn head_weight(&self) -> &Sharded {
         self.head.as_ref().unwrap_or(self.weights.head())
     }
 
@@ -400,7 +411,7 @@ impl GpuModel {
     /// Bytes the weights take on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         let named = self.weights.named();
-        named.iter().map(|(_, t)| t.bytes()).sum::<u64>() + self.head.as_ref().map_or(0, Tensor::bytes)
+        named.iter().map(|(_, t)| t.bytes()).sum::<u64>() + self.head.as_ref().map_or(0, Sharded::bytes)
     }
 
     /// The rotary (cos, sin) tables of block `l` in a pass whose rows are `long_rope` (see
@@ -540,7 +551,7 @@ impl GpuModel {
             let w = &self.weights;
             self.normalize_stream(
                 step,
-                (&w.final_norm, w.final_norm_b.as_ref()),
+                (&w.final_norm, w.final_norm_b.as_deref()),
                 &s.x,
                 (&s.xn, &s.norm_stats),
                 n,
@@ -577,7 +588,7 @@ impl GpuModel {
     /// Records the token (and learned position) embedding of `n` rows into `x`.
     pub fn record_embed(&self, step: &mut Step, ids: &Tensor, row_table: &Tensor, x: &Tensor, n: usize) {
         let w = &self.weights;
-        let positions = w.pos_embed.as_ref().map(|p| (row_table, p));
+        let positions = w.pos_embed.as_ref().map(|p| (row_table, &**p));
         embed::embed(step, ids, (&w.embed, self.config.embed_scale), positions, x, n);
     }
 
@@ -625,7 +636,7 @@ impl GpuModel {
         let rms = |w| (fuse && c.norm() == NormKind::Rms).then_some(Prologue::RmsNorm(w, c.norm_eps));
         let gate = (fuse && c.activation() == Activation::SiluGate).then_some(Prologue::SiluGate);
         let norm1 = |step: &mut Step| {
-            let (w, bias) = (&b.attn_norm, b.attn_norm_b.as_ref());
+            let (w, bias) = (&*b.attn_norm, b.attn_norm_b.as_deref());
             norm::norm(step, c.norm(), io.x_in, w, bias, c.norm_eps, io.xn1, io.stats1, (0, n));
         };
         let lora = |step: &mut Step, which: Linear, x: &Tensor, y: &Tensor| {
@@ -633,11 +644,11 @@ impl GpuModel {
                 lora.record_forward(step, which, x, y, n);
             }
         };
-        let qkv = (&b.qkv, b.qkv_b.as_ref(), io.qkv);
+        let qkv = (&*b.qkv, b.qkv_b.as_deref(), io.qkv);
         if c.residual_norm {
             matmul::linear_spans(step, io.x_in, qkv.0, qkv.1, qkv.2, spans, false);
         } else {
-            linear_after(step, (norm1, rms(&b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
+            linear_after(step, (norm1, rms(&*b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
         }
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         if let Some(saved) = io.qk_norm {
@@ -689,7 +700,7 @@ impl GpuModel {
         // The MLP reads the block's input with a parallel residual, else the attention's output.
         let mlp_in = if c.parallel_residual { io.x_in } else { io.x_mid };
         let norm2 = |step: &mut Step| {
-            let (w, bias) = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            let (w, bias) = (&*b.mlp_norm, b.mlp_norm_b.as_deref());
             norm::norm(step, c.norm(), mlp_in, w, bias, c.norm_eps, io.xn2, io.stats2, (0, n));
         };
         if c.parallel_residual {
@@ -701,25 +712,25 @@ impl GpuModel {
         }
         // Gemma 3 normalises each output projection's result before adding it to the stream.
         let post = io.post_norms.map(|p| (p, (&b.post_attn_norm, &b.post_mlp_norm)));
-        let post_add = |step: &mut Step, x: &Tensor, w: &Option<Tensor>, stats: &Tensor, out: &Tensor| {
+        let post_add = |step: &mut Step, x: &Tensor, w: &Option<Sharded>, stats: &Tensor, out: &Tensor| {
             let w = w.as_ref().expect("post-norm weights of a post-norm model");
             norm::norm_add(step, c.norm(), x, w, c.norm_eps, out, stats, n);
         };
         let attn_out = post.map_or(io.x_mid, |(p, _)| &p.attn_out);
-        matmul::linear_spans(step, io.att, &b.o, b.o_b.as_ref(), attn_out, spans, post.is_none());
+        matmul::linear_spans(step, io.att, &b.o, b.o_b.as_deref(), attn_out, spans, post.is_none());
         lora(step, Linear::O, io.att, attn_out);
         if let Some((p, (w, _))) = post {
             post_add(step, &p.attn_out, w, &p.attn_stats, io.x_mid);
         }
-        let up = (&b.up, b.up_b.as_ref(), io.up);
+        let up = (&*b.up, b.up_b.as_deref(), io.up);
         if c.residual_norm {
-            let norm = (&b.attn_norm, b.attn_norm_b.as_ref());
+            let norm = (&*b.attn_norm, b.attn_norm_b.as_deref());
             self.normalize_stream(step, norm, io.x_mid, (io.xn2, io.stats2), n);
             matmul::linear_spans(step, io.x_mid, up.0, up.1, up.2, spans, false);
         } else if c.parallel_residual {
             matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
         } else {
-            linear_after(step, (norm2, rms(&b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+            linear_after(step, (norm2, rms(&*b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
         }
         lora(step, Linear::Up, io.xn2, io.up);
         if !std::ptr::eq(io.x_mid, io.x_out) {
@@ -727,14 +738,14 @@ impl GpuModel {
         }
         let act = |step: &mut Step| act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
         let mlp_out = post.map_or(io.x_out, |(p, _)| &p.mlp_out);
-        let down = (&b.down, b.down_b.as_ref(), mlp_out);
+        let down = (&*b.down, b.down_b.as_deref(), mlp_out);
         linear_after(step, (act, gate), (io.up, io.act), down, spans, post.is_none());
         lora(step, Linear::Down, io.act, mlp_out);
         if let Some((p, (_, w))) = post {
             post_add(step, &p.mlp_out, w, &p.mlp_stats, io.x_out);
         }
         if c.residual_norm {
-            let norm = (&b.mlp_norm, b.mlp_norm_b.as_ref());
+            let norm = (&*b.mlp_norm, b.mlp_norm_b.as_deref());
             self.normalize_stream(step, norm, io.x_out, (io.xn2, io.stats2), n);
         }
     }
@@ -742,7 +753,7 @@ impl GpuModel {
     /// Qwen3's (Gemma 3's) q and k norms of block `b`: (weight, statistics, where its heads lie).
     pub fn qk_norms<'a>(
         &self,
-        b: &'a Block<Tensor>,
+        b: &'a Block<Sharded>,
         saved: &'a QkNormBufs,
     ) -> [(&'a Tensor, &'a Tensor, RowLayout); 2] {
         let h = self.config.head_shape();
@@ -775,16 +786,29 @@ impl GpuModel {
             c.norm(),
             x,
             &w.final_norm,
-            w.final_norm_b.as_ref(),
+            w.final_norm_b.as_deref(),
             c.norm_eps,
             &head.xn,
             &head.norm_stats,
             (first, n),
         );
-        matmul::linear_spans(step, &head.xn, self.head_weight(), None, &head.logits, spans, false);
+        // Each shard of the head writes its columns of the logits.
+        for (first, w) in self.head_weight().rows() {
+            let logits = matmul::Mat { t: &head.logits, off: first, rs: c.vocab, cs: 1 };
+            matmul::linear_spans_into(step, &head.xn, w, logits, spans);
+        }
         if let Some(cap) = c.logit_softcap {
             softcap::softcap(step, &head.logits, n * c.vocab, cap);
         }
+    }
+}
+
+/// Checks that weight `name` of `shape` can be uploaded: within one binding, or for the
+/// vocabulary's tables ([`shardable`]) one row within it.
+pub fn check_weight(gpu: &Gpu, name: &str, shape: &[usize]) -> Result<u64> {
+    match shape {
+        [_, row @ ..] if shardable(name) => gpu.check_binding(name, row),
+        _ => gpu.check_binding(name, shape),
     }
 }
 

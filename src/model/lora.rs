@@ -5,7 +5,7 @@
 
 use super::adapter::{LoraPair, Slot};
 use super::layout::{Block, Linear};
-use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::ops::matmul::{matmul_scaled, Mat};
 use anyhow::Result;
 
@@ -64,7 +64,7 @@ impl BlockLora {
 
     /// Adds every adapter into its rows of the block's weights, `W[rows] += (alpha / rank) ·
     /// B · A`, as [`super::adapter::Lora::merge_into`] does on the host (the weights must be f32).
-    pub fn record_merge(&self, step: &mut Step, block: &Block<Tensor>) {
+    pub fn record_merge(&self, step: &mut Step, block: &Block<Sharded>) {
         for l in &self.layers {
             let (rank, inp) = (l.a.shape[0], l.a.shape[1]);
             let w = block.linear(l.slot.linear);

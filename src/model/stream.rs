@@ -4,23 +4,23 @@
 //! arrives, then dropped, so the host never holds the whole model.
 
 use super::config::ModelConfig;
-use super::forward::packable;
+use super::forward::{check_weight, packable};
 use super::layout::{check_tensor, hf_layout, missing, HfPlace, Weights};
 use super::weights::HostTensor;
 use super::{GpuModel, WeightChoice};
 use crate::gpu::wfmt::{self, WeightFormat};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Sharded};
 use anyhow::{anyhow, bail, Result};
 use std::collections::{BTreeMap, HashMap};
 
 pub struct Streamer {
     /// Named in errors about tensors that never arrived.
     source: String,
-    weights: Weights<Tensor>,
+    weights: Weights<Sharded>,
     /// A packed copy of a tied embedding for the LM head (see [`GpuModel::upload_weights`]).
-    head: Option<Tensor>,
+    head: Option<Sharded>,
     /// Keel's tensors by name (sharing `weights`' buffers).
-    by_keel: HashMap<String, Tensor>,
+    by_keel: HashMap<String, Sharded>,
     /// The places of the tensors still to come, and of those that came.
     waiting: HashMap<String, HfPlace>,
     arrived: HashMap<String, HfPlace>,
@@ -43,7 +43,7 @@ impl Streamer {
         choice: WeightChoice,
     ) -> Result<Streamer> {
         let (shapes, places) = hf_layout(cfg);
-        shapes.try_map(|name, shape| gpu.check_binding(name, shape))?;
+        shapes.try_map(|name, shape| check_weight(gpu, name, shape))?;
         let format = |hf: &str| formats.get(hf).copied().unwrap_or(WeightFormat::F32);
         let dtype = |f: WeightFormat| if f == WeightFormat::F32 { DType::F32 } else { DType::Packed(f) };
         // The format Keel tensor `keel` of `shape` is held in.
@@ -58,11 +58,11 @@ impl Streamer {
         };
         let weights = shapes.try_map(|name, shape| {
             let f = if packable(name) { held(name, shape) } else { WeightFormat::F32 };
-            gpu.zeros(name, shape, dtype(f))
+            gpu.zeros_sharded(name, shape, dtype(f))
         })?;
         let head_format = held("embed", &weights.embed.shape);
         let head = (weights.lm_head.is_none() && head_format != WeightFormat::F32)
-            .then(|| gpu.zeros("lm_head (tied)", &weights.embed.shape, dtype(head_format)))
+            .then(|| gpu.zeros_sharded("lm_head (tied)", &weights.embed.shape, dtype(head_format)))
             .transpose()?;
         let by_keel = weights.named().into_iter().map(|(name, t)| (name, t.clone())).collect();
         let order = places.iter().map(|p| p.hf.clone()).collect();
@@ -126,14 +126,9 @@ const CONVERTED_ROWS: usize = 256;
 /// into a packed tensor of its format as they are, else converted a few rows at a time
 /// (dequantized, then quantized to the target's format), so that no copy of the whole
 /// tensor is made (SmolLM2's embedding is 113 MB as f32).
-fn write_rows(gpu: &Gpu, target: &Tensor, row: usize, cols: usize, t: &HostTensor) {
+fn write_rows(gpu: &Gpu, target: &Sharded, row: usize, cols: usize, t: &HostTensor) {
     let fmt = target.format();
-    let write = |row: usize, words: &[u32]| {
-        if !words.is_empty() {
-            let offset = (fmt.words(row, cols) * 4) as u64;
-            gpu.queue.write_buffer(&target.buf, offset, bytemuck::cast_slice(words));
-        }
-    };
+    let write = |row: usize, words: &[u32]| gpu.write_rows(target, row, words);
     let convert = |values: &[f32]| match fmt {
         WeightFormat::F32 => bytemuck::cast_slice(values).to_vec(),
         _ => wfmt::quantize(fmt, values, cols),
@@ -243,7 +238,7 @@ mod tests {
         let streamed = streamer.unwrap().finish(gpu, &loaded.config).unwrap();
         assert_eq!(streamed.formats(), (WeightFormat::Q4_1, WeightFormat::Q8_0));
         assert_eq!(streamed.formats(), uploaded.formats());
-        let same = |what: &str, a: &Tensor, b: &Tensor| {
+        let same = |what: &str, a: &crate::gpu::Tensor, b: &crate::gpu::Tensor| {
             assert_eq!((&a.shape, a.dtype), (&b.shape, b.dtype), "{what}");
             assert_eq!(gpu.read_u32(a).unwrap(), gpu.read_u32(b).unwrap(), "{what}");
         };

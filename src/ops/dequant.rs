@@ -4,7 +4,7 @@
 
 use super::{groups, matmul};
 use crate::gpu::WeightFormat;
-use crate::gpu::{shader::Define, DType, Gpu, Step, Tensor};
+use crate::gpu::{shader::Define, DType, Gpu, Sharded, Step};
 use anyhow::Result;
 
 #[repr(C)]
@@ -14,6 +14,9 @@ struct Params {
     k: u32,
     b_off: u32,
     b_cs: u32,
+    row0: u32,
+    out_off: u32,
+    _pad: [u32; 2],
 }
 
 /// The format defines of the packed weight (f16 is unpacked from u32 words everywhere: the
@@ -26,14 +29,26 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     WeightFormat::ALL.iter().filter(|&&f| f != WeightFormat::F32).map(|&f| ("dequant", defines(f))).collect()
 }
 
-/// A new f32 tensor with the values of `packed` (a packed `[n, k]` weight), recorded into `step`.
-pub fn dequantize(gpu: &Gpu, step: &mut Step, what: &str, packed: &Tensor) -> Result<Tensor> {
+/// A new f32 tensor with the values of `packed` (a packed `[n, k]` weight), recorded into
+/// `step`. Its row shards are those of f32 (more than the packed weight's): each part of a
+/// packed shard that falls in an f32 shard is one dispatch.
+pub fn dequantize(gpu: &Gpu, step: &mut Step, what: &str, packed: &Sharded) -> Result<Sharded> {
     let DType::Packed(fmt) = packed.dtype else { panic!("dequantize: {what} is not packed") };
-    let (n, k) = (packed.shape[0], packed.shape[1]);
-    let out = gpu.zeros(what, &packed.shape, DType::F32)?;
-    let params = Params { n: n as u32, k: k as u32, b_off: 0, b_cs: 0 };
+    let k = packed.shape[1];
+    let out = gpu.zeros_sharded(what, &packed.shape, DType::F32)?;
     let pipeline = gpu.pipeline("dequant", &defines(fmt));
-    step.dispatch(pipeline, &params, &bind![out = &out, b = packed], groups(n * k / 4, 64));
+    for (out_first, o) in out.rows() {
+        for (first, b) in packed.rows() {
+            let (from, to) = (out_first.max(first), (out_first + o.shape[0]).min(first + b.shape[0]));
+            if from >= to {
+                continue;
+            }
+            let n = to - from;
+            let (row0, out_off) = ((from - first) as u32, ((from - out_first) * k / 4) as u32);
+            let params = Params { n: n as u32, k: k as u32, b_off: 0, b_cs: 0, row0, out_off, _pad: [0; 2] };
+            step.dispatch(pipeline.clone(), &params, &bind![out = o, b = b], groups(n * k / 4, 64));
+        }
+    }
     Ok(out)
 }
 
@@ -49,13 +64,18 @@ mod tests {
         let (n, k) = (70, 256);
         for fmt in WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32) {
             let words = wfmt::random_packed(fmt, n, k, 3);
-            let packed = gpu.upload_weight("w", &[n, k], fmt, &words).unwrap();
-            let mut step = Step::new(gpu);
-            let out = dequantize(gpu, &mut step, "w f32", &packed).unwrap();
-            step.submit().unwrap();
-            assert_eq!(out.shape, [n, k]);
-            // Exactly the CPU's values: both decode the same f16 scales and integer quants.
-            assert_eq!(gpu.read_f32(&out).unwrap(), wfmt::dequantize(fmt, &words), "{fmt:?}");
+            let want = wfmt::dequantize(fmt, &words);
+            // Whole, and in row shards (13 f32 rows of 256 columns a shard, which do not line
+            // up with the packed weight's).
+            for gpu in [gpu, gpu_with_binding(13 * 256 * 4 + 100)] {
+                let packed = gpu.upload_sharded("w", &[n, k], fmt, &words).unwrap();
+                let mut step = Step::new(gpu);
+                let out = dequantize(gpu, &mut step, "w f32", &packed).unwrap();
+                step.submit().unwrap();
+                assert_eq!(out.shape, [n, k]);
+                // Exactly the CPU's values: both decode the same f16 scales and integer quants.
+                assert_eq!(gpu.read_sharded_f32(&out).unwrap(), want, "{fmt:?}");
+            }
         }
     }
 }

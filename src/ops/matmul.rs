@@ -473,6 +473,12 @@ pub fn linear_spans(
     linear_spans_prologue(step, Prologue::None, (x, x), w, bias, y, spans, accumulate);
 }
 
+/// `y = x · Wᵀ` over `spans` as [`linear_spans`], into the matrix `y` (its offset and row
+/// stride: a row shard of the LM head writes its columns of the logits).
+pub fn linear_spans_into(step: &mut Step, x: &Tensor, w: &Tensor, y: Mat, spans: &[usize]) {
+    spans_into(step, Prologue::None, (x, x), (w, None), y, spans, false);
+}
+
 /// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
 /// kernel takes apply the prologue as they load `src` (one dispatch fewer: decode); longer
 /// spans read `done` = prologue(src), which the caller computes where
@@ -488,6 +494,19 @@ pub fn linear_spans_prologue(
     spans: &[usize],
     accumulate: bool,
 ) {
+    spans_into(step, prologue, (src, done), (w, bias), Mat::rows(y, 0, w.shape[0]), spans, accumulate);
+}
+
+/// [`linear_spans_prologue`] into the matrix `y`.
+fn spans_into(
+    step: &mut Step,
+    prologue: Prologue,
+    (src, done): (&Tensor, &Tensor),
+    (w, bias): (&Tensor, Option<&Tensor>),
+    y: Mat,
+    spans: &[usize],
+    accumulate: bool,
+) {
     let (out, inp) = (w.shape[0], w.shape[1]);
     let src_cols = if matches!(prologue, Prologue::SiluGate) { 2 * inp } else { inp };
     let engine = Engine::for_adapter(step.gpu);
@@ -497,7 +516,7 @@ pub fn linear_spans_prologue(
         } else {
             (Mat::rows(done, first * inp, inp), Prologue::None)
         };
-        let (w, y) = (Mat::transposed(w, 0, inp), Mat::rows(y, first * out, out));
+        let (w, y) = (Mat::transposed(w, 0, inp), Mat { off: y.off + first * y.rs, ..y });
         matmul_on(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue);
     }
 }

@@ -67,4 +67,19 @@ pub(crate) mod test_util {
     pub fn gpu() -> &'static crate::gpu::Gpu {
         crate::gpu::Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
     }
+
+    /// A device of its own whose largest binding is `bytes` (one per size, shared by the
+    /// tests asking for it): what splits a small model's weights into row shards, without
+    /// touching the process's environment.
+    pub fn gpu_with_binding(bytes: u64) -> &'static crate::gpu::Gpu {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        static DEVICES: Mutex<Option<HashMap<u64, &'static crate::gpu::Gpu>>> = Mutex::new(None);
+        let mut devices = DEVICES.lock().unwrap();
+        devices.get_or_insert_with(HashMap::new).entry(bytes).or_insert_with(|| {
+            let choice = crate::gpu::AdapterChoice::from_flag_or_env(None);
+            let gpu = pollster::block_on(crate::gpu::Gpu::with_max_binding(&choice, Some(bytes)));
+            Box::leak(Box::new(gpu.expect("a GPU adapter")))
+        })
+    }
 }

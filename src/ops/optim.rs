@@ -83,9 +83,11 @@ fn adam_params(o: &AdamW, t: u32, weight_decay: f64, n: usize, scale_at: usize, 
     }
 }
 
-/// Sums of squares of a fixed list of tensors, their global norm and the clip factor.
+/// Sums of squares of a fixed list of tensors (each given as its row shards, src/gpu/sharded.rs),
+/// their global norm and the clip factor.
 pub struct GradNorms {
-    sizes: Vec<usize>,
+    /// Elements of each shard of each tensor.
+    sizes: Vec<Vec<usize>>,
     partials: Tensor,
     ranges: Tensor,
     /// `[n + 2]`: per-tensor sums of squares, then the global norm, then the clip factor.
@@ -93,11 +95,12 @@ pub struct GradNorms {
 }
 
 impl GradNorms {
-    pub fn new(gpu: &Gpu, sizes: &[usize]) -> Result<GradNorms> {
+    /// Over tensors of these shards' sizes (one tensor's partial sums are its shards' in turn).
+    pub fn new(gpu: &Gpu, sizes: &[Vec<usize>]) -> Result<GradNorms> {
         let mut ranges = Vec::new();
         let mut first = 0;
-        for &n in sizes {
-            let count = n.div_ceil(CHUNK).max(1);
+        for shards in sizes {
+            let count: usize = shards.iter().map(|n| n.div_ceil(CHUNK).max(1)).sum();
             ranges.extend([first as u32, count as u32]);
             first += count;
         }
@@ -114,12 +117,15 @@ impl GradNorms {
         self.sizes.len() + 1
     }
 
-    /// Records the norms of `tensors` (in the order of `sizes`); `clip` 0 means no clipping.
-    pub fn record(&self, step: &mut Step, tensors: &[&Tensor], clip: f32) {
+    /// Records the norms of `tensors`' shards (in the order of `sizes`); `clip` 0 means no clipping.
+    pub fn record(&self, step: &mut Step, tensors: &[&[Tensor]], clip: f32) {
+        let shards: Vec<&Tensor> = tensors.iter().flat_map(|t| t.iter()).collect();
+        let sizes: Vec<usize> = self.sizes.iter().flatten().copied().collect();
         assert_eq!(tensors.len(), self.sizes.len());
+        assert_eq!(shards.len(), sizes.len());
         let mut first = 0;
         let pipeline = step.gpu.pipeline("grad_norm", &[("FINISH", 0)]);
-        for (t, &n) in tensors.iter().zip(&self.sizes) {
+        for (t, &n) in shards.into_iter().zip(&sizes) {
             assert_eq!(t.numel(), n);
             let count = n.div_ceil(CHUNK).max(1);
             let params = NormParams { n: n as u32, first: first as u32, n_tensors: 0, clip };
@@ -213,7 +219,7 @@ mod tests {
         let grads: Vec<Vec<f32>> =
             sizes.iter().enumerate().map(|(i, &n)| rand_vec(i as u64, n, 1.0)).collect();
         let grad_t: Vec<Tensor> = grads.iter().map(|g| gpu.upload_f32("g", &[g.len()], g).unwrap()).collect();
-        let norms = GradNorms::new(gpu, &sizes).unwrap();
+        let norms = GradNorms::new(gpu, &sizes.map(|n| vec![n])).unwrap();
         let clip = 10.0;
         let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let p0 = rand_vec(9, sizes[0], 1.0);
@@ -222,7 +228,7 @@ mod tests {
         let up = |d: &[f32]| gpu.upload_f32("t", &[d.len()], d).unwrap();
         let (pt, mt, vt) = (up(&p), up(&m), up(&v));
         let mut step = Step::new(gpu);
-        norms.record(&mut step, &grad_t.iter().collect::<Vec<_>>(), clip);
+        norms.record(&mut step, &grad_t.iter().map(std::slice::from_ref).collect::<Vec<_>>(), clip);
         adamw(
             &mut step,
             &o,

@@ -4,7 +4,7 @@
 //! block from the distance to the block below, then the mixed, scaled gradient (or AdamW
 //! update). Only the λ table comes back, for the log.
 
-use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::model::adapter::{parse_targets, Slot};
 use crate::model::layout::Weights;
 use crate::model::lora::{BlockLora, LoraLayer};
@@ -180,13 +180,13 @@ impl Hgc {
         gpu: &Gpu,
         cfg: HgcConfig,
         model: &ModelConfig,
-        grads: &Weights<Tensor>,
+        grads: &Weights<Sharded>,
     ) -> Result<Hgc> {
         cfg.validate(model)?;
         let range = |slot: &Slot, l: usize| {
             let t = grads.blocks[l].linear(slot.linear);
             let cols = t.shape[1];
-            Range { t: t.clone(), offset: slot.rows.start * cols, len: slot.rows.len() * cols }
+            Range { t: (**t).clone(), offset: slot.rows.start * cols, len: slot.rows.len() * cols }
         };
         let kinds = parse_targets(model, "all")?
             .iter()

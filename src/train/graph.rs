@@ -6,7 +6,7 @@
 //! `b`; each layer's "KV cache" is simply its keys and values for the batch.
 
 use super::data::Row;
-use crate::gpu::{DType, Gpu, Step, Tensor};
+use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::model::backward::{BackwardBufs, FinalNormSaved};
 use crate::model::forward::{BlockIo, GpuModel, PostNormBufs, QkNormBufs};
 use crate::model::layout::Weights;
@@ -138,7 +138,7 @@ pub fn head_chunk_rows(rows: usize, vocab: usize) -> usize {
 /// block over a frozen model.
 #[derive(Clone, Copy)]
 pub enum Trained<'a> {
-    Full(&'a Weights<Tensor>),
+    Full(&'a Weights<Sharded>),
     Lora(&'a [BlockLora]),
 }
 
@@ -358,7 +358,7 @@ impl TrainGraph {
         model: &GpuModel,
         lora: Option<&[BlockLora]>,
         loss_scale: f32,
-        head_backward: Option<Option<&Tensor>>,
+        head_backward: Option<Option<&Sharded>>,
     ) {
         let lora_of = |l: usize| lora.map(|blocks| &blocks[l]);
         // Every row of a training pass is one of `seq_len` positions: transformers' pass over
@@ -391,7 +391,7 @@ impl TrainGraph {
             }
         }
         let x_last = &self.xs[layers];
-        let final_b = w.final_norm_b.as_ref();
+        let final_b = w.final_norm_b.as_deref();
         norm::norm(
             step,
             c.norm(),
@@ -406,10 +406,13 @@ impl TrainGraph {
         let chunk = self.logits.shape[0];
         for first in (0..n).step_by(chunk) {
             let rows = chunk.min(n - first);
-            let head = Mat::transposed(model.head_weight(), 0, c.hidden);
             let xn = Mat::rows(&self.xn_final, first * c.hidden, c.hidden);
-            let logits = Mat::rows(&self.logits, 0, c.vocab);
-            matmul::matmul(step, xn, head, logits, (rows, c.vocab, c.hidden), None, false);
+            // Each row shard of the head writes its columns of the logits.
+            for (col, w) in model.head_weight().rows() {
+                let (head, n_cols) = (Mat::transposed(w, 0, c.hidden), w.shape[0]);
+                let logits = Mat { t: &self.logits, off: col, rs: c.vocab, cs: 1 };
+                matmul::matmul(step, xn, head, logits, (rows, n_cols, c.hidden), None, false);
+            }
             if let Some(cap) = c.logit_softcap {
                 softcap::softcap(step, &self.logits, rows * c.vocab, cap);
             }

@@ -7,6 +7,7 @@
 use super::graph::{head_chunk_rows, ActivationMemory};
 use crate::gpu::WeightFormat;
 use crate::model::adapter::Lora;
+use crate::model::forward::shardable;
 use crate::model::layout::Weights;
 use crate::model::weights::HostTensor;
 use crate::model::{ModelConfig, WeightChoice};
@@ -57,7 +58,8 @@ pub struct MemoryPlan {
     widest_row: u64,
     /// The vocabulary: one chunk of the LM head's logits is kept (graph.rs `head_chunk_rows`).
     vocab: usize,
-    /// The largest weight on the GPU (name, bytes): one binding must hold it.
+    /// The largest weight on the GPU that one binding must hold (name, bytes); the
+    /// vocabulary's tables are stored in row shards (src/gpu/sharded.rs), so one row of them.
     pub largest_weight: (String, u64),
 }
 
@@ -122,9 +124,13 @@ impl MemoryPlan {
             _ => 0,
         };
         let weight_bytes = named.iter().map(|(name, t)| on_gpu(name, t)).sum::<u64>() + head_copy + rope;
+        let binding_bytes = |name: &str, (shape, fmt): &(Vec<usize>, WeightFormat)| match &shape[..] {
+            [_, row @ ..] if shardable(name) => on_gpu(name, &([&[1][..], row].concat(), *fmt)),
+            _ => on_gpu(name, &(shape.clone(), *fmt)),
+        };
         let largest_weight = named
             .iter()
-            .map(|(name, t)| (name.clone(), on_gpu(name, t)))
+            .map(|(name, t)| (name.clone(), binding_bytes(name, t)))
             .max_by_key(|(_, b)| *b)
             .unwrap_or_default();
         let (c, hd) = (cfg, cfg.head_dim);
