@@ -8,6 +8,10 @@
 // and shared by the query heads of the KV head (GQA). Writes per (sequence, q head, chunk) the
 // unnormalised weighted sum of V, the chunk's max score and its sum of exp(score - max).
 // With COMBINE: one workgroup per (row, q head) merges the chunks into `out` and `lse`.
+// With MERGE (native only: WebGPU does not promise that one workgroup sees another's storage
+// writes within a dispatch), there is no COMBINE dispatch: each workgroup counts its arrival
+// per (sequence, KV head) in `arrived` after a storage barrier, and the last to arrive merges
+// the chunks of its KV head's query heads, then resets the count for the next dispatch.
 // With a sliding window (window > 0) keys older than the window are left out, and chunks
 // wholly older than it are skipped.
 
@@ -35,36 +39,16 @@ const NEG_INF: f32 = -3.0e38;
 @group(0) @binding(2) var<storage, read> part: array<f32>;     // [seqs, Hq, n_chunks, hd + 2]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // [rows, Hq * hd]
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;  // [rows, Hq]
+#include attention_merge
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
     let idx = wid.x + wid.y * nwg.x;
     if (idx >= p.n_rows * p.n_q_heads) { return; }
-    let lid = lid3.x;
     let r = p.first_row + idx / p.n_q_heads;
     let h = idx % p.n_q_heads;
-    let hd = p.head_dim;
-    let seq = rows[2u * r];
-    let pos = rows[2u * r + 1u];
-    let n_chunks = pos / p.chunk + 1u;
-    let stride = hd + 2u;
-    let base = (seq * p.n_q_heads + h) * p.n_chunks * stride;
-    var m = NEG_INF;
-    let c_first = first_key(pos) / p.chunk;
-    for (var c = c_first; c < n_chunks; c++) { m = max(m, part[base + c * stride + hd]); }
-    var l = 0.0;
-    for (var c = c_first; c < n_chunks; c++) {
-        l += part[base + c * stride + hd + 1u] * exp(part[base + c * stride + hd] - m);
-    }
-    for (var i = lid; i < hd; i += WG) {
-        var o = 0.0;
-        for (var c = c_first; c < n_chunks; c++) {
-            o += part[base + c * stride + i] * exp(part[base + c * stride + hd] - m);
-        }
-        out[(r * p.n_q_heads + h) * hd + i] = o / l;
-    }
-    if (lid == 0u) { lse[r * p.n_q_heads + h] = m + log(l); }
+    for (var i = lid3.x; i < p.head_dim; i += WG) { merge_chunks(r, h, i); }
 }
 #else
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;      // [rows, (Hq + 2 Hkv) * hd]
@@ -75,6 +59,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #if ROPE
 @group(0) @binding(6) var<storage, read> cos_table: array<f32>;  // [positions, rot_dim / 2]
 @group(0) @binding(7) var<storage, read> sin_table: array<f32>;
+#if MERGE
+@group(0) @binding(8) var<storage, read_write> arrived: array<atomic<u32>>;  // [seqs, Hkv]
+@group(0) @binding(9) var<storage, read_write> out: array<f32>;
+@group(0) @binding(10) var<storage, read_write> lse: array<f32>;
+#include attention_merge
+#endif
+#else
+#if MERGE
+@group(0) @binding(6) var<storage, read_write> arrived: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> lse: array<f32>;
+#include attention_merge
+#endif
 #endif
 
 // The host keeps (q heads per KV head) × hd <= MAX_GQ, chunk × (hd + 1) <= KV_TILE and
@@ -86,6 +83,9 @@ var<workgroup> q_s: array<f32, MAX_GQ>;
 var<workgroup> kv_s: array<f32, KV_TILE>;  // row stride hd + 1: no bank conflicts per key
 var<workgroup> s_s: array<f32, MAX_SCORES>;
 var<workgroup> m_s: array<f32, 64>;
+#if MERGE
+var<workgroup> last_s: u32;  // whether this workgroup arrived last
+#endif
 
 // Column `col` of the QKV row at `base`, rotated as rope.wgsl does (same arithmetic, so the
 // cached keys equal rope_kv's).
@@ -199,5 +199,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         part[at] = m_s[lid];
         part[at + 1u] = l;
     }
+#if MERGE
+    storageBarrier();  // this workgroup's part results, before its arrival is counted
+    if (lid == 0u) {
+        let chunks = pos / p.chunk + 1u - lo / p.chunk;  // the workgroups that got this far
+        let counter = seq * p.n_kv_heads + kvh;
+        let last = atomicAdd(&arrived[counter], 1u) + 1u == chunks;
+        if (last) { atomicStore(&arrived[counter], 0u); }
+        last_s = u32(last);
+    }
+    if (workgroupUniformLoad(&last_s) == 0u) { return; }
+    storageBarrier();
+    for (var e = lid; e < g * hd; e += WG) { merge_chunks(r, kvh * g + e / hd, e % hd); }
+#endif
 }
 #endif

@@ -7,6 +7,10 @@ enable f16;
 // A workgroup of 64 threads covers ROWS weight rows: TPR threads share each row, consecutive
 // threads reading consecutive elements (coalesced on GPUs), and each thread sums RPT rows, so
 // one load of A serves RPT rows (what CPU adapters pay for: they cost per element loaded).
+// Latency first: each thread takes U of its strides at a time and issues all their weight
+// (and A) loads before the first multiply-add, so U × RPT loads are in flight at once, not
+// one (GPUs: U = 4; CPU adapters: 1); the sums are still taken stride by stride in order (the
+// result does not depend on U).
 // One workgroup-memory reduction at the end, as barriers are expensive on CPU adapters; with
 // SUBGROUP (the host checks that a row's TPR threads are lanes of one subgroup: TPR divides the
 // adapter's smallest subgroup) a shuffle butterfly sums each row instead, with no workgroup
@@ -16,8 +20,10 @@ enable f16;
 // Decode prologues, each replacing the dispatch of the op it is named after: with SILU_GATE,
 // A's rows are the fused [gate | up] projection (2k wide) and the kernel reads silu(gate) * up
 // (act.wgsl with GATED and SILU); with RMSNORM, A is the residual stream and the kernel reads
-// its RMSNorm (norm.wgsl), each workgroup summing the squares of its rows of A first (k is
-// small next to the weights it reads).
+// its RMSNorm (norm.wgsl): it multiplies by the norm's weight as it loads A, sums the squares
+// of what it loads alongside the products, and scales each sum by 1 / RMS once the row's
+// threads have been reduced (which also reduces their sums of squares), so the norm costs no
+// pass of its own.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -51,9 +57,10 @@ alias AElem = f32;
 #endif
 #endif
 
-var<private> rstd: array<f32, MR>;  // RMSNORM: 1 / RMS of each row of A
+// RMSNORM: this thread's share of the sum of squares of each row of A (component i: row i).
+var<private> sq: vec4<f32>;
 
-// Element kk (of len) of row i of A.
+// Element kk (of len) of row i of A, as the product reads it.
 fn load_a(i: u32, kk: u32, len: u32) -> AElem {
     let row = p.a_off + i * p.a_rs;
 #if SILU_GATE
@@ -61,18 +68,46 @@ fn load_a(i: u32, kk: u32, len: u32) -> AElem {
     return g / (1.0 + exp(-g)) * a[row + len + kk];
 #else
 #if RMSNORM
-    return a[row + kk] * rstd[i] * norm_w[kk];
+    let v = a[row + kk];
+#if KVEC4
+    sq[i] += dot(v, v);
+#else
+    sq[i] += v * v;
+#endif
+    return v * norm_w[kk];
 #else
     return a[row + kk];
 #endif
 #endif
 }
 
+// Weight kk of row `row` (a vec4 of them with KVEC4).
+fn load_w(row: u32, kk: u32) -> AElem {
+#if KVEC4
+    return wload(row, kk);
+#else
+    return b[p.b_off + row * p.b_cs + kk];
+#endif
+}
+
+fn fma_dot(x: AElem, w: AElem) -> f32 {
+#if KVEC4
+    return dot(x, w);
+#else
+    return x * w;
+#endif
+}
+
 const WG: u32 = 64u;
 const ROWS: u32 = WG / TPR * RPT;
 
+#if RMSNORM
+// Each thread's partial sums, RPT per thread, then (RMSNORM) each thread's sums of squares.
+var<workgroup> part: array<vec4<f32>, WG * (RPT + 1u)>;
+#else
 // Each thread's partial sums, RPT per thread; component i belongs to row i of A.
 var<workgroup> part: array<vec4<f32>, WG * RPT>;
+#endif
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -86,73 +121,76 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc: array<vec4<f32>, RPT>;
 #if KVEC4
     let len = p.k / 4u;
-    var x: array<vec4<f32>, MR>;
 #else
     let len = p.k;
-    var x: array<f32, MR>;
 #endif
-#if RMSNORM
-    var sq = vec4<f32>();
-    for (var kk = lid; kk < len; kk += WG) {
-        for (var i = 0u; i < MR; i++) {
-            let v = a[p.a_off + i * p.a_rs + kk];
-#if KVEC4
-            sq[i] += dot(v, v);
-#else
-            sq[i] += v * v;
-#endif
+    var kk = lid % TPR;
+    for (; kk + (U - 1u) * TPR < len; kk += U * TPR) {
+        var w: array<AElem, U * RPT>;
+        var x: array<AElem, U * MR>;
+        for (var u = 0u; u < U; u++) {
+            for (var j = 0u; j < RPT; j++) { w[u * RPT + j] = load_w(w_row[j], kk + u * TPR); }
+        }
+        for (var u = 0u; u < U; u++) {
+            for (var i = 0u; i < MR; i++) { x[u * MR + i] = load_a(i, kk + u * TPR, len); }
+        }
+        for (var u = 0u; u < U; u++) {
+            for (var j = 0u; j < RPT; j++) {
+                for (var i = 0u; i < MR; i++) { acc[j][i] += fma_dot(x[u * MR + i], w[u * RPT + j]); }
+            }
         }
     }
-    part[lid * RPT] = sq;
-    workgroupBarrier();
-    sq = vec4<f32>();
-    for (var t = 0u; t < WG; t++) { sq += part[t * RPT]; }
-    for (var i = 0u; i < MR; i++) { rstd[i] = 1.0 / sqrt(sq[i] / f32(p.k) + p.eps); }
-    workgroupBarrier();  // part is reused below
-#endif
-    for (var kk = lid % TPR; kk < len; kk += TPR) {
+    for (; kk < len; kk += TPR) {
+        var w: array<AElem, RPT>;
+        var x: array<AElem, MR>;
+        for (var j = 0u; j < RPT; j++) { w[j] = load_w(w_row[j], kk); }
         for (var i = 0u; i < MR; i++) { x[i] = load_a(i, kk, len); }
         for (var j = 0u; j < RPT; j++) {
-#if KVEC4
-            let w = wload(w_row[j], kk);
-#else
-            let w = b[p.b_off + w_row[j] * p.b_cs + kk];
-#endif
-            for (var i = 0u; i < MR; i++) {
-#if KVEC4
-                acc[j][i] += dot(x[i], w);
-#else
-                acc[j][i] += x[i] * w;
-#endif
-            }
+            for (var i = 0u; i < MR; i++) { acc[j][i] += fma_dot(x[i], w[j]); }
         }
     }
 #if SUBGROUP
     for (var off = TPR / 2u; off > 0u; off >>= 1u) {
         for (var j = 0u; j < RPT; j++) { acc[j] += subgroupShuffleXor(acc[j], off); }
+#if RMSNORM
+        sq += subgroupShuffleXor(sq, off);
+#endif
     }
     // The first thread of each row's TPR finishes its RPT rows.
     if (lid % TPR != 0u) { return; }
     for (var j = 0u; j < RPT; j++) {
-        if (row0 + j < p.n) { store(row0 + j, acc[j]); }
+        if (row0 + j < p.n) { store(row0 + j, acc[j], sq); }
     }
 #else
     for (var j = 0u; j < RPT; j++) { part[lid * RPT + j] = acc[j]; }
+#if RMSNORM
+    part[WG * RPT + lid] = sq;
+#endif
     workgroupBarrier();
     // Thread r < ROWS finishes weight row base + r: slot r % RPT of the TPR threads that shared it.
     let col = base + lid;
     if (lid >= ROWS || col >= p.n) { return; }
-    let first = lid / RPT * TPR * RPT + lid % RPT;
+    let first_thread = lid / RPT * TPR;
     var sum = vec4<f32>();
-    for (var s = 0u; s < TPR; s++) { sum += part[first + s * RPT]; }
-    store(col, sum);
+    var row_sq = vec4<f32>();
+    for (var s = 0u; s < TPR; s++) {
+        sum += part[(first_thread + s) * RPT + lid % RPT];
+#if RMSNORM
+        row_sq += part[WG * RPT + first_thread + s];
+#endif
+    }
+    store(col, sum, row_sq);
 #endif
 }
 
-// Writes output column `col` of every row of A from its sums (component i: row i).
-fn store(col: u32, sum: vec4<f32>) {
+// Writes output column `col` of every row of A from its sums (component i: row i) and, with
+// RMSNORM, the sums of squares of the rows of A.
+fn store(col: u32, sum: vec4<f32>, sum_sq: vec4<f32>) {
     for (var i = 0u; i < MR; i++) {
         var v = sum[i] * p.scale;
+#if RMSNORM
+        v *= 1.0 / sqrt(sum_sq[i] / f32(p.k) + p.eps);
+#endif
 #if BIAS
         v += bias[col];
 #endif

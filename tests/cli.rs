@@ -625,6 +625,11 @@ fn bench_shapes_runs_random_weights() {
     let out = succeeds(&[&args[..], &["--repeats", "1", "--json"]].concat());
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["prefill_tok_s"].as_f64().unwrap() > 0.0 && v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!((v["batch"].as_u64(), v["empty_kernels"].as_bool()), (Some(1), Some(false)), "{v}");
+    // Several sequences decoded together, as `keel compare` batches them.
+    let out = succeeds(&[&args[..], &["--repeats", "1", "--json", "--batch", "3"]].concat());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["batch"].as_u64() == Some(3) && v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
     fails(&["bench", "--shapes", "missing.json"], &["--shapes missing.json", "cannot read"]);
     let bad = TempDir::new("shapes");
     let broken = bad.path("config.json");

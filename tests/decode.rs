@@ -7,7 +7,7 @@
 use keel::generate::decode::pick_from_logits;
 use keel::generate::sampler::Dry;
 use keel::generate::{Sampler, SamplerConfig, Session};
-use keel::gpu::Gpu;
+use keel::gpu::{AdapterChoice, Gpu, KernelOptions};
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use keel::ops::stats::Pick;
@@ -125,4 +125,37 @@ fn gpu_picks_equal_the_cpu_path() {
             assert_eq!(len, prompt.len() + stop);
         }
     }
+}
+
+/// The empty-kernel experiment (`keel bench` under KEEL_EMPTY_KERNELS=1) records the same
+/// dispatches of the same kernels as a real decode step, and computes nothing: its logits stay
+/// zero where the real device's are not.
+#[test]
+fn empty_kernels_keep_the_dispatches_and_compute_nothing() {
+    let Some(path) = keel::testing::model("stories260k") else { return };
+    let host = model::load(&path).unwrap();
+    let options = KernelOptions { checked: false, empty: true };
+    let empty = pollster::block_on(Gpu::with_options(&AdapterChoice::from_flag_or_env(None), options));
+    let empty: &'static Gpu = Box::leak(Box::new(empty.unwrap()));
+    let real = Gpu::shared().unwrap();
+    let prompt = [1u32, 400, 300, 20];
+    let kernels_of = |gpu: &'static Gpu| {
+        let m = GpuModel::upload(gpu, &host).unwrap();
+        let mut session = Session::new(gpu, &m, 16, None).unwrap();
+        let cfg = SamplerConfig { temperature: 0.0, ..SamplerConfig::default() };
+        let [prefill, decode] = session.decode_recordings(&prompt, &mut sampler(&cfg)).unwrap();
+        let names = |r: &keel::gpu::Recording| -> Vec<String> {
+            r.profile().unwrap().1.iter().map(|t| t.name.to_string()).collect()
+        };
+        let kernels = (names(&prefill), names(&decode));
+        drop((prefill, decode));
+        let logits = Session::new(gpu, &m, 16, None).unwrap().feed(&prompt, None).unwrap().last_logits;
+        (kernels, logits)
+    };
+    let (real_kernels, real_logits) = kernels_of(real);
+    let (empty_kernels, empty_logits) = kernels_of(empty);
+    assert!(real_kernels.1.len() > 10, "{} decode dispatches", real_kernels.1.len());
+    assert_eq!(empty_kernels, real_kernels);
+    assert!(real_logits.iter().any(|&z| z != 0.0));
+    assert!(empty_logits.iter().all(|&z| z == 0.0), "the empty kernels computed logits");
 }

@@ -3,7 +3,7 @@
 //! case in ../shared/golden. Fixtures are read in place (keel::testing).
 
 use keel::generate::{self, GenerateOptions, SamplerConfig};
-use keel::gpu::{Gpu, Tier};
+use keel::gpu::{AdapterChoice, Gpu, KernelOptions, Tier};
 use keel::model::{self, GpuModel};
 use keel::modulate::LcmConfig;
 use serde_json::Value;
@@ -109,6 +109,15 @@ fn check_model_on(gpu: &'static Gpu, name: &str, model_path: &str, tol: f32) {
 #[test]
 fn stories260k_matches_transformers() {
     check_model("stories260k", "stories260k", 1e-3);
+}
+
+/// The same parity with the modules the page runs: WebGPU's runtime checks and zeroed
+/// workgroup memory (native devices drop them unless KEEL_CHECKED=1), on a device of its own.
+#[test]
+fn stories260k_matches_transformers_with_checked_kernels() {
+    let options = KernelOptions { checked: true, empty: false };
+    let gpu = pollster::block_on(Gpu::with_options(&AdapterChoice::from_flag_or_env(None), options));
+    check_model_on(Box::leak(Box::new(gpu.expect("GPU adapter"))), "stories260k", "stories260k", 1e-3);
 }
 
 #[test]

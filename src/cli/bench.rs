@@ -3,9 +3,10 @@
 
 use super::finetune::{plan_run, ConstrictArgs, PlanArgs};
 use super::{load_model_as, LcmArgs, ModelArg};
+use crate::generate::batch::{generate_batch, SeqRequest};
 use crate::generate::{Sampler, SamplerConfig, Session};
 use crate::gpu::WeightFormat;
-use crate::gpu::{Gpu, KernelTime, Timing};
+use crate::gpu::{env_flag, AdapterChoice, Gpu, KernelOptions, KernelTime, Timing};
 use crate::model::adapter::{parse_targets, Lora};
 use crate::model::layout::Weights;
 use crate::model::{GpuModel, ModelConfig, WeightChoice};
@@ -56,9 +57,10 @@ pub struct BenchArgs {
     /// (f32, random values) on every matrix tier, checked against the portable one
     #[arg(long, value_name = "M,N,K", conflicts_with_all = ["train", "model", "shapes"])]
     matmul: Option<String>,
-    /// Training rows per step (with --train)
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
+    /// Sequences per step: training rows (with --train; default 4), else sequences decoded
+    /// together as `keel compare` batches them (default 1: one sequence, as `keel generate`)
+    #[arg(long)]
+    batch: Option<usize>,
     /// Tokens per training row (with --train)
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
@@ -126,6 +128,10 @@ fn mean_sd(x: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
+    // The empty-kernel experiment (KEEL_EMPTY_KERNELS=1) is read here only, so that no other
+    // command can run kernels that compute nothing; the device opens with it before the model.
+    let kernels = KernelOptions { empty: env_flag("KEEL_EMPTY_KERNELS"), ..KernelOptions::from_env() };
+    Gpu::shared_with_options(&AdapterChoice::from_flag_or_env(adapter.clone()), kernels)?;
     if a.train {
         return run_train(a, adapter);
     }
@@ -151,8 +157,23 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let prompt: Vec<u32> = (0..a.prompt_tokens).map(|i| ((i * 7919 + 13) % cfg.vocab) as u32).collect();
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
+    let seqs = a.batch.unwrap_or(1);
+    if seqs == 0 {
+        bail!("--batch must be at least 1");
+    }
     // One unmeasured run compiles the pipelines.
     for rep in 0..=a.repeats {
+        if seqs > 1 {
+            let (t_prefill, t_decode) =
+                time_batch(&m, &prompt, (seqs, a.gen_tokens), a.sample, lcm.as_ref())?;
+            if rep > 0 {
+                prefill.push((seqs * a.prompt_tokens) as f64 / t_prefill);
+                if a.gen_tokens > 1 {
+                    decode.push((seqs * (a.gen_tokens - 1)) as f64 / t_decode);
+                }
+            }
+            continue;
+        }
         let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
         // Greedy decoding as `keel generate` does it: the first pick ends the prefill.
         let t0 = Instant::now();
@@ -177,7 +198,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             }
         }
     }
-    let profile = if a.profile {
+    let profile = if a.profile && seqs == 1 {
         let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
         let chunk = &prompt[..prompt.len().min(session.chunk_rows())];
         let [prefill_step, decode_step] = session.decode_recordings(chunk, &mut decode_sampler(a.sample))?;
@@ -199,6 +220,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
                    "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off()), "sample": a.sample,
+                   "batch": seqs, "checked_kernels": m.gpu.kernels.checked, "empty_kernels": m.gpu.kernels.empty,
                    "profile": profile.as_ref().map(|(timing, n, prefill, decode)| json!({
                        "timing": format!("{timing:?}"), "prefill_chunk_tokens": n,
                        "prefill_chunk": rows_json(prefill), "decode_step": rows_json(decode)}))})
@@ -211,10 +233,27 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             linear_fmt.name(),
             head_fmt.name()
         );
+        if m.gpu.kernels.empty {
+            println!(
+                "kernels: EMPTY (KEEL_EMPTY_KERNELS=1): every kernel returns at once, nothing is computed"
+            );
+        }
+        if m.gpu.kernels.checked {
+            println!("kernels: checked modules (KEEL_CHECKED=1)");
+        }
         println!("load:    {:.2} s", m.load_s);
-        println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens)", a.prompt_tokens);
-        let how = if a.sample { "sampled on the GPU" } else { "greedy" };
-        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens, {how})", a.gen_tokens);
+        let per = if seqs > 1 {
+            format!(", {seqs} sequences together, tok/s summed over them")
+        } else {
+            String::new()
+        };
+        println!("prefill: {p:.1} ± {p_sd:.1} tok/s ({} tokens{per})", a.prompt_tokens);
+        let how = match (a.sample, seqs > 1) {
+            (true, false) => "sampled on the GPU",
+            (true, true) => "sampled on the host",
+            (false, _) => "greedy",
+        };
+        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens, {how}{per})", a.gen_tokens);
         if let Some((timing, n, prefill, decode)) = &profile {
             println!("\nprofile ({}):", timing_words(*timing));
             print_table(&format!("one prefill chunk of {n} tokens"), prefill);
@@ -222,6 +261,33 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seconds of prefill (up to the first pick of every sequence) and of the decode steps after
+/// it, for `seqs` copies of `prompt` generating `gen` tokens each as one batch (the path `keel
+/// compare` takes: logits read back and picked on the host).
+fn time_batch(
+    m: &Subject,
+    prompt: &[u32],
+    (seqs, gen): (usize, usize),
+    sample: bool,
+    lcm: Option<&crate::modulate::LcmConfig>,
+) -> Result<(f64, f64)> {
+    let sampler = decode_sampler(sample).config().clone();
+    let reqs: Vec<SeqRequest> = (0..seqs)
+        .map(|i| SeqRequest {
+            prompt: prompt.to_vec(),
+            sampler: SamplerConfig { seed: i as u64, ..sampler.clone() },
+            max_tokens: gen.max(1),
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut first = None;
+    generate_batch(m.gpu, &m.gpu_model, &reqs, &[], lcm, &mut |_, _| {
+        first.get_or_insert_with(Instant::now);
+    })?;
+    let first = first.expect("one step at least");
+    Ok(((first - t0).as_secs_f64(), first.elapsed().as_secs_f64()))
 }
 
 /// One kernel's line in a profile: name, calls, total and mean time (µs), share of the step.
@@ -423,6 +489,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
+    let n_rows = a.batch.unwrap_or(4);
     let choice = match a.lora_rank {
         Some(_) => a.model.weights(),
         None => {
@@ -456,7 +523,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         None => "full fine-tuning (f32)".to_string(),
     };
     let gpu = super::gpu(adapter)?;
-    if plan_run(gpu, &a.plan, (&config, &plan, &what), (a.batch, a.seq_len), memory)? {
+    if plan_run(gpu, &a.plan, (&config, &plan, &what), (n_rows, a.seq_len), memory)? {
         return Ok(());
     }
     let m = subject(&a, adapter, choice)?;
@@ -465,14 +532,14 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     let adamw = AdamW { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
     let mode = if a.lora_rank.is_some() { "lora" } else { "full" };
-    let mut trainer = Trainer::new(m.gpu, m.gpu_model, (a.batch, a.seq_len), memory, opt, method)?;
+    let mut trainer = Trainer::new(m.gpu, m.gpu_model, (n_rows, a.seq_len), memory, opt, method)?;
     let lcm = a.lcm.config()?;
     if let Some(c) = &lcm {
         trainer.set_lcm(c)?;
     }
     let constrict = a.constrict.config()?;
     trainer.set_constrict(&constrict)?;
-    let rows: Vec<Vec<u32>> = (0..a.batch)
+    let rows: Vec<Vec<u32>> = (0..n_rows)
         .map(|r| (0..=a.seq_len).map(|i| ((r * 1009 + i * 7919 + 13) % cfg.vocab) as u32).collect())
         .collect();
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
@@ -501,7 +568,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"mode": mode, "batch": a.batch, "seq_len": a.seq_len, "recompute": a.recompute,
+            json!({"mode": mode, "batch": n_rows, "seq_len": a.seq_len, "recompute": a.recompute,
                    "train_tok_s": rate, "train_tok_s_sd": sd, "weights_bytes": weights,
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations,
@@ -516,7 +583,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!("adapter:  {} ({:?})", info.name, info.backend);
         println!(
             "training: {mode}, batch {} × {} tokens{}",
-            a.batch,
+            n_rows,
             a.seq_len,
             if a.recompute { ", recomputed activations" } else { "" }
         );
@@ -531,7 +598,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!("allocated: {:.1} MiB (every GPU buffer the run created)", mib(m.gpu.allocated_bytes()));
         if let Some((timing, rows)) = &profile {
             println!("\nprofile ({}):", timing_words(*timing));
-            print_table(&format!("one training step of {} × {} tokens", a.batch, a.seq_len), rows);
+            print_table(&format!("one training step of {} × {} tokens", n_rows, a.seq_len), rows);
         }
     }
     Ok(())

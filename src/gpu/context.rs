@@ -84,6 +84,36 @@ fn has_f16_coop(adapter: &wgpu::Adapter) -> bool {
 
 type PipelineKey = (&'static str, Vec<Define>);
 
+/// How [`Gpu::pipeline`] compiles kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KernelOptions {
+    /// Keep WebGPU's runtime checks (bounds clamps, loop bounds, division guards) and
+    /// zero-initialised workgroup memory natively too (`KEEL_CHECKED=1`): the page always has
+    /// them; native builds otherwise drop them, as they cost serial work in every kernel.
+    pub checked: bool,
+    /// Every kernel returns as it starts, with its pipeline, bindings and grid unchanged
+    /// (`KEEL_EMPTY_KERNELS=1`, read by `keel bench` only): what a step costs in dispatches alone.
+    pub empty: bool,
+}
+
+impl KernelOptions {
+    /// `KEEL_CHECKED=1` asks for checked modules; the empty-kernel switch is never read here,
+    /// so that only `keel bench` can turn it on.
+    pub fn from_env() -> Self {
+        KernelOptions { checked: env_flag("KEEL_CHECKED"), empty: false }
+    }
+}
+
+/// Whether an environment switch is set to 1.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Kernel families whose workgroup memory keeps WebGPU's zero-initialisation in unchecked
+/// modules: not yet audited for reading a slot before writing it. Every other family writes
+/// each workgroup slot before any thread reads it (or has no workgroup memory).
+const ZEROED_WORKGROUP_MEMORY: &[&str] = &["lcm", "lcm_backward", "attention_backward", "attention_flash", "gemm"];
+
 /// A compiled kernel and its name as profiles show it: the shader family and its defines.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -114,6 +144,8 @@ pub struct Gpu {
     pub tier: Tier,
     /// Whether the adapter offers what [`Tier::Coop`] needs (used only when asked for).
     pub coop_offered: bool,
+    /// How kernels are compiled.
+    pub kernels: KernelOptions,
     pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
     /// Free working buffers by byte size (see [`Gpu::scratch`] and [`Gpu::recycle`]).
     pub(super) pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -172,23 +204,34 @@ impl Gpu {
 
     /// Opens the adapter `choice` picks with the limits and features Keel needs (the page and tools that want their own device; others share [`Gpu::shared`]).
     pub async fn new(choice: &AdapterChoice) -> Result<Gpu> {
-        Gpu::open(choice, Tier::from_env()?).await
+        Gpu::open_with(choice, Tier::from_env()?, binding_override()?, KernelOptions::from_env()).await
     }
 
     /// [`Gpu::new`] with the largest storage binding lowered to `cap` bytes where given
     /// (tests that split weights into row shards without touching the environment).
     pub async fn with_max_binding(choice: &AdapterChoice, cap: Option<u64>) -> Result<Gpu> {
-        Gpu::open_with(choice, Tier::from_env()?, cap).await
+        Gpu::open_with(choice, Tier::from_env()?, cap, KernelOptions::from_env()).await
     }
 
     /// [`Gpu::new`] with the matrix engine `tier` (None: the adapter's default), whatever
     /// `KEEL_TIER` says: tests that compare tiers in one process.
     pub async fn open(choice: &AdapterChoice, tier: Option<Tier>) -> Result<Gpu> {
-        Gpu::open_with(choice, tier, binding_override()?).await
+        Gpu::open_with(choice, tier, binding_override()?, KernelOptions::from_env()).await
     }
 
-    /// [`Gpu::open`] with the binding cap given (`KEEL_MAX_BINDING_BYTES` elsewhere).
-    async fn open_with(choice: &AdapterChoice, tier: Option<Tier>, cap: Option<u64>) -> Result<Gpu> {
+    /// [`Gpu::new`] compiling kernels as `kernels` says.
+    pub async fn with_options(choice: &AdapterChoice, kernels: KernelOptions) -> Result<Gpu> {
+        Gpu::open_with(choice, Tier::from_env()?, binding_override()?, kernels).await
+    }
+
+    /// The device on the matrix engine `tier` (None: the adapter's default), with the largest
+    /// binding capped at `cap` bytes where given, compiling kernels as `kernels` says.
+    async fn open_with(
+        choice: &AdapterChoice,
+        tier: Option<Tier>,
+        cap: Option<u64>,
+        kernels: KernelOptions,
+    ) -> Result<Gpu> {
         let instance = instance();
         let adapter = match &choice.0 {
             None => instance
@@ -279,6 +322,7 @@ impl Gpu {
             features,
             tier,
             coop_offered,
+            kernels,
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             lost,
@@ -295,10 +339,29 @@ impl Gpu {
     /// The process-wide device, opened with `choice` if it is not open yet.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn shared_with(choice: &AdapterChoice) -> Result<&'static Gpu> {
+        Gpu::shared_opened(choice, KernelOptions::from_env())
+    }
+
+    /// The process-wide device, opened with `choice` and `kernels` if it is not open yet; an
+    /// error if it is already open with other kernel options.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn shared_with_options(choice: &AdapterChoice, kernels: KernelOptions) -> Result<&'static Gpu> {
+        let gpu = Gpu::shared_opened(choice, kernels)?;
+        if gpu.kernels != kernels {
+            bail!("the shared GPU device is already open with kernel options {:?}", gpu.kernels);
+        }
+        Ok(gpu)
+    }
+
+    /// The process-wide device as first opened (with `choice` and `kernels` if not yet).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn shared_opened(choice: &AdapterChoice, kernels: KernelOptions) -> Result<&'static Gpu> {
         static GPU: std::sync::OnceLock<std::result::Result<Gpu, String>> = std::sync::OnceLock::new();
-        GPU.get_or_init(|| pollster::block_on(Gpu::new(choice)).map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+        GPU.get_or_init(|| {
+            pollster::block_on(Gpu::with_options(choice, kernels)).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
     }
 
     /// A process-wide device on the matrix engine `tier`, whatever `KEEL_TIER` says (tests
@@ -340,22 +403,37 @@ impl Gpu {
             crate::ops::all_variants().iter().any(|(n, d)| *n == name && sorted(d) == sorted(defines)),
             "shader {name} {defines:?} is not in ops::all_variants, so the naga test does not validate it"
         );
-        let text = shader::preprocess(shader::source(name), defines);
+        let mut text = shader::preprocess(shader::source(name), defines);
+        if self.kernels.empty {
+            text = shader::empty_bodies(&text);
+        }
         #[cfg(not(target_arch = "wasm32"))]
         let contract =
             Some(Arc::new(shader::Contract::of(&text).unwrap_or_else(|e| panic!("shader {name}: {e}"))));
         #[cfg(target_arch = "wasm32")]
         let contract = None;
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(text.into()),
-        });
+        let desc =
+            wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(text.into()) };
+        // The page keeps WebGPU's checks (browsers apply them whatever wgpu asks).
+        let checked = cfg!(target_arch = "wasm32") || self.kernels.checked;
+        let module = if checked {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: Keel's kernels index within their buffers and arrays (the host checks
+            // sizes before each dispatch, and every variant runs against a CPU reference
+            // with checked modules and without); their loops are bounded by the parameters.
+            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        };
+        let zero_init = checked || ZEROED_WORKGROUP_MEMORY.contains(&name);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: None,
             module: &module,
             entry_point: None,
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                zero_initialize_workgroup_memory: zero_init,
+                ..Default::default()
+            },
             cache: None,
         });
         let label: String = std::iter::once(name.to_string())

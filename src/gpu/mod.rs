@@ -10,7 +10,7 @@ mod step;
 mod tensor;
 pub mod wfmt;
 
-pub use context::{adapter_label, AdapterChoice, Gpu, Pipeline, Tier};
+pub use context::{adapter_label, env_flag, AdapterChoice, Gpu, KernelOptions, Pipeline, Tier};
 pub use sharded::{shard_spans, Sharded};
 pub use step::{groups_for, KernelTime, Recording, Step, Timing};
 pub use tensor::{DType, PendingRead, Tensor};

@@ -34,9 +34,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window`.
+    // `#include window` / `#include attention_merge`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
+    ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
@@ -91,6 +92,30 @@ pub fn preprocess(src: &str, defines: &[Define]) -> String {
     let (enables, rest): (Vec<&str>, Vec<&str>) =
         out.lines().partition(|l| l.trim_start().starts_with("enable "));
     enables.iter().chain(&rest).map(|l| format!("{l}\n")).collect()
+}
+
+/// The kernel with every entry point returning as it starts (the empty-kernel experiment,
+/// [`KernelOptions::empty`](super::KernelOptions)): the body stays in place behind the return,
+/// so the entry point still uses every binding and the pipeline's layout is unchanged.
+pub fn empty_bodies(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut in_entry_signature = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().starts_with("@compute") {
+            in_entry_signature = true;
+        }
+        if in_entry_signature && line.trim_end().ends_with('{') {
+            out.push_str("    if (KEEL_EMPTY_KERNEL) { return; }\n");
+            in_entry_signature = false;
+        }
+    }
+    assert!(!in_entry_signature, "an entry point's signature does not end in '{{'");
+    // After any `enable` directives, which must come first.
+    let at = out.lines().take_while(|l| l.trim_start().starts_with("enable ")).map(|l| l.len() + 1).sum();
+    out.insert_str(at, "const KEEL_EMPTY_KERNEL: bool = true;\n");
+    out
 }
 
 /// What the Rust side of a kernel must match: the size of its uniform block (binding 0) and
@@ -206,6 +231,46 @@ mod tests {
         assert!(count >= 10, "only {count} variants");
     }
 
+    /// Which globals each entry point uses, as naga reports them (what wgpu derives a
+    /// pipeline's layout from).
+    fn entry_uses(text: &str) -> Vec<Vec<String>> {
+        let module =
+            naga::front::wgsl::parse_str(text).unwrap_or_else(|e| panic!("{}", e.emit_to_string(text)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        (0..module.entry_points.len())
+            .map(|i| {
+                let uses = info.get_entry_point(i);
+                module.global_variables.iter().map(|(h, _)| format!("{:?}", uses[h])).collect()
+            })
+            .collect()
+    }
+
+    /// The empty-kernel variant of every kernel validates, returns before its first statement,
+    /// and uses the same bindings the same way (so its pipeline layout and bind groups are
+    /// those of the real kernel).
+    #[test]
+    fn empty_kernels_keep_every_binding() {
+        let mut count = 0;
+        for (name, defines) in crate::ops::all_variants() {
+            let text = preprocess(source(name), &defines);
+            let empty = empty_bodies(&text);
+            let entries = text.lines().filter(|l| l.trim_start().starts_with("@compute")).count();
+            assert_eq!(
+                empty.matches("if (KEEL_EMPTY_KERNEL) { return; }").count(),
+                entries,
+                "{name} {defines:?}"
+            );
+            assert_eq!(entry_uses(&empty), entry_uses(&text), "{name} {defines:?}");
+            count += 1;
+        }
+        assert!(count >= 10, "only {count} variants");
+    }
+
     /// An `#if` on a name that no variant of its shader defines is a typo (it would be false
     /// for ever), and so is a define its shader never mentions.
     #[test]
@@ -227,8 +292,9 @@ mod tests {
                 assert!(defined.contains(&name), "{file}.wgsl: #if {name}, which no variant defines");
             }
         }
-        for (family, src) in
-            SOURCES.iter().filter(|(n, _)| !matches!(*n, "wfmt" | "reduce" | "activation" | "window"))
+        for (family, src) in SOURCES
+            .iter()
+            .filter(|(n, _)| !matches!(*n, "wfmt" | "reduce" | "activation" | "window" | "attention_merge"))
         {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
             // The source with its includes pasted in, `#if` lines kept.

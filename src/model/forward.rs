@@ -51,6 +51,8 @@ pub struct KvCache {
     /// Per-chunk results of the decode attention, shared by the layers
     /// (see [`attention::rope_kv_attention_decode`]).
     pub part: Tensor,
+    /// Its merging workgroups' arrival counters (u32, zero between dispatches).
+    pub arrived: Tensor,
     pub seqs: usize,
     pub len: usize,
 }
@@ -177,7 +179,7 @@ pub struct BlockIo<'a> {
     /// fusions: that attention for single-query rows (spans of 1), and the RMSNorms and the
     /// SiLU gate applied by the matrix-vector products that read them. Training leaves it
     /// None: its backward pass reads `q`, `xn1`, `xn2` and `act`, which those skip.
-    pub decode_part: Option<&'a Tensor>,
+    pub decode_part: Option<(&'a Tensor, &'a Tensor)>,
     pub up: &'a Tensor,
     pub act: &'a Tensor,
     /// Qwen3's q/k norms' saved input and statistics (None without them).
@@ -192,7 +194,7 @@ pub struct BlockIo<'a> {
 
 impl KvCache {
     pub fn into_tensors(self) -> Vec<Tensor> {
-        self.k.into_iter().chain(self.v).chain([self.part]).collect()
+        self.k.into_iter().chain(self.v).chain([self.part, self.arrived]).collect()
     }
 }
 
@@ -443,7 +445,8 @@ impl GpuModel {
     pub fn kv_bytes(&self, seqs: usize, len: usize) -> u64 {
         let c = &self.config;
         let part = attention::decode_part_len(c.head_shape(), seqs, len) as u64;
-        (2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 + part) * 4
+        let arrived = attention::decode_arrivals_len(c.head_shape(), seqs) as u64;
+        (2 * c.layers as u64 * (seqs * len * c.kv_heads * c.head_dim) as u64 + part + arrived) * 4
     }
 
     pub fn new_cache(&self, gpu: &Gpu, seqs: usize, len: usize) -> Result<KvCache> {
@@ -470,7 +473,9 @@ impl GpuModel {
         }
         let part_len = attention::decode_part_len(c.head_shape(), seqs, len).max(1);
         let part = gpu.scratch("decode attention chunks", &[part_len], DType::F32)?;
-        Ok(KvCache { k, v, part, seqs, len })
+        let arrivals = attention::decode_arrivals_len(c.head_shape(), seqs).max(1);
+        let arrived = gpu.zeros("decode attention arrivals", &[arrivals], DType::U32)?;
+        Ok(KvCache { k, v, part, arrived, seqs, len })
     }
 
     pub fn scratch(&self, gpu: &Gpu, rows: usize) -> Result<Scratch> {
@@ -572,7 +577,7 @@ impl GpuModel {
                 v_cache: &cache.v[l],
                 att: &s.att,
                 lse: &s.lse,
-                decode_part: Some(&cache.part),
+                decode_part: Some((&cache.part, &cache.arrived)),
                 up: &s.up,
                 act: &s.act,
                 qk_norm: s.qk_norm.as_ref(),
@@ -660,7 +665,7 @@ impl GpuModel {
         let kv = (io.k_cache, io.v_cache);
         // The decode kernel is causal (a sequence's last row); encoders run the general one.
         let decode = io.decode_part.filter(|_| c.causal && attention::decode_chunk(heads).is_some());
-        let decode_rows = |step: &mut Step, part: &Tensor, (first, len): (usize, usize)| {
+        let decode_rows = |step: &mut Step, part: (&Tensor, &Tensor), (first, len): (usize, usize)| {
             attention::rope_kv_attention_decode(
                 step,
                 io.qkv,

@@ -6,7 +6,7 @@
 //! does their rope_kv.
 
 use super::{groups, rope::HeadShape};
-use crate::gpu::{shader::Define, Step, Tensor};
+use crate::gpu::{shader::Define, DType, Step, Tensor};
 use anyhow::{anyhow, Result};
 
 #[repr(C)]
@@ -103,13 +103,14 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
         ("attention", vec![("CAUSAL", 0)]),
         ("attention_backward", vec![("KV", 0)]),
         ("attention_backward", vec![("KV", 1)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0), ("THREADS", 256)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1), ("THREADS", 256)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 0), ("THREADS", 64)]),
-        ("attention_decode", vec![("COMBINE", 0), ("ROPE", 1), ("THREADS", 64)]),
         ("attention_decode", vec![("COMBINE", 1)]),
     ]
     .into_iter()
+    .chain([0, 1].into_iter().flat_map(|rope| {
+        [(256, 0), (256, 1), (64, 0), (64, 1)].map(|(threads, merge)| {
+            ("attention_decode", vec![("COMBINE", 0), ("ROPE", rope), ("THREADS", threads), ("MERGE", merge)])
+        })
+    }))
     .chain([16, 32, 64].into_iter().flat_map(|chunk| {
         [FLASH_FORWARD, FLASH_FORWARD_ENCODER, FLASH_DQ, FLASH_DKV]
             .map(|pass| ("attention_flash", [&pass[..], &[("CHUNK", chunk)]].concat()))
@@ -197,6 +198,12 @@ pub fn decode_chunk(heads: HeadShape) -> Option<usize> {
     fits.then(|| (DECODE_KV_TILE / (heads.dim + 1)).min(DECODE_MAX_SCORES / group).min(DECODE_MAX_CHUNK))
 }
 
+/// Counters of [`rope_kv_attention_decode`]'s merging workgroups: one per (sequence, KV head),
+/// zero before the first dispatch (each dispatch leaves them zero).
+pub fn decode_arrivals_len(heads: HeadShape, seqs: usize) -> usize {
+    seqs * heads.n_kv
+}
+
 /// Floats of the per-chunk results [`rope_kv_attention_decode`] keeps for `seqs` sequences of
 /// `cache_len` positions (0 where [`decode_chunk`] is None).
 pub fn decode_part_len(heads: HeadShape, seqs: usize, cache_len: usize) -> usize {
@@ -207,8 +214,11 @@ pub fn decode_part_len(heads: HeadShape, seqs: usize, cache_len: usize) -> usize
 /// each of which must be the only row of its sequence in the step: q, k, v come straight from
 /// `qkv` (k, v are written into the cache), the positions are split into chunks of
 /// [`decode_chunk`] over many workgroups (results in `part`, [`decode_part_len`] floats),
-/// then combined into `out` and `lse`. Two dispatches; a row's result depends only on its
-/// own (sequence, position) and data.
+/// then combined into `out` and `lse`. Natively one dispatch, whose last workgroup per
+/// (sequence, KV head) to finish merges the chunks (counted in `arrived`, [`decode_arrivals_len`]
+/// zeroed u32s); on the page two, the second merging (WebGPU does not promise that a workgroup
+/// sees another's writes within a dispatch). A row's result depends only on its own
+/// (sequence, position) and data, and is the same either way.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_attention_decode(
     step: &mut Step,
@@ -217,31 +227,42 @@ pub fn rope_kv_attention_decode(
     heads: (HeadShape, Scores),
     tables: Option<(&Tensor, &Tensor)>,
     caches: (&Tensor, &Tensor),
-    part: &Tensor,
+    space: (&Tensor, &Tensor),
     outputs: (&Tensor, &Tensor),
     rows_range: (usize, usize),
 ) {
     // CPU adapters pay per thread at every barrier: 64 threads there doubled SwiftShader's
     // decode; GPUs need the 256 (see the shader).
     let threads = if step.gpu.info.device_type == wgpu::DeviceType::Cpu { 64 } else { 256 };
-    rope_kv_attention_decode_threads(
-        step, qkv, rows, heads, tables, caches, part, outputs, rows_range, threads,
+    let merge = !cfg!(target_arch = "wasm32");
+    rope_kv_attention_decode_with(
+        step,
+        qkv,
+        rows,
+        heads,
+        tables,
+        caches,
+        space,
+        outputs,
+        rows_range,
+        (threads, merge),
     );
 }
 
-/// [`rope_kv_attention_decode`] with `threads` per workgroup of the split pass (64 or 256).
+/// [`rope_kv_attention_decode`] with `threads` per workgroup of the split pass (64 or 256),
+/// merging in its last workgroups (`merge`) or in a second dispatch.
 #[allow(clippy::too_many_arguments)]
-fn rope_kv_attention_decode_threads(
+fn rope_kv_attention_decode_with(
     step: &mut Step,
     qkv: &Tensor,
     rows: &Tensor,
     (heads, scores): (HeadShape, Scores),
     tables: Option<(&Tensor, &Tensor)>,
     (k_cache, v_cache): (&Tensor, &Tensor),
-    part: &Tensor,
+    (part, arrived): (&Tensor, &Tensor),
     (out, lse): (&Tensor, &Tensor),
     (first, n_rows): (usize, usize),
-    threads: u32,
+    (threads, merge): (u32, bool),
 ) {
     let chunk =
         decode_chunk(heads).expect("rope_kv_attention_decode: head shape outside the decode kernel's limits");
@@ -249,6 +270,7 @@ fn rope_kv_attention_decode_threads(
     let end = first + n_rows;
     assert_eq!(k_cache.shape[2..], [heads.n_kv, heads.dim]);
     assert!(v_cache.shape == k_cache.shape && part.numel() >= decode_part_len(heads, seqs, cache_len));
+    assert!(arrived.dtype == DType::U32 && arrived.numel() >= decode_arrivals_len(heads, seqs));
     assert!(qkv.numel() >= end * heads.qkv_width() && rows.numel() >= 2 * end);
     assert!(out.numel() >= end * heads.n_q * heads.dim && lse.numel() >= end * heads.n_q);
     if n_rows == 0 {
@@ -269,15 +291,21 @@ fn rope_kv_attention_decode_threads(
         window: scores.window_u32(),
         _p: 0,
     };
-    let defines = [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads)];
+    let defines =
+        [("COMBINE", 0), ("ROPE", tables.is_some() as u32), ("THREADS", threads), ("MERGE", merge as u32)];
     let pipeline = step.gpu.pipeline("attention_decode", &defines);
     let mut buffers = bind![qkv, rows, k_cache, v_cache, part].to_vec();
     if let Some((cos, sin)) = tables {
         buffers.extend(bind![cos_table = cos, sin_table = sin]);
     }
+    if merge {
+        buffers.extend(bind![arrived, out, lse]);
+    }
     step.dispatch(pipeline, &params, &buffers, groups(n_rows * heads.n_kv * n_chunks, 1));
-    let pipeline = step.gpu.pipeline("attention_decode", &[("COMBINE", 1)]);
-    step.dispatch(pipeline, &params, &bind![rows, part, out, lse], groups(n_rows * heads.n_q, 1));
+    if !merge {
+        let pipeline = step.gpu.pipeline("attention_decode", &[("COMBINE", 1)]);
+        step.dispatch(pipeline, &params, &bind![rows, part, out, lse], groups(n_rows * heads.n_q, 1));
+    }
 }
 
 /// What [`attention`] saved, as its backward pass reads it.
@@ -485,7 +513,9 @@ mod tests {
             let window = Scores { scale: 0.1, window: Some(100), causal: true };
             let cases =
                 [(heads.dim, 64, plain), (0, 64, plain), (heads.dim, 256, plain), (heads.dim / 4, 64, plain)];
-            for (rot, threads, scores) in cases.into_iter().chain([(heads.dim, 64, window)]) {
+            let cases = cases.into_iter().chain([(heads.dim, 64, window)]);
+            // Each case merged by the last workgroups (native) and by a second dispatch (the page).
+            for ((rot, threads, scores), merge) in cases.flat_map(|case| [(case, true), (case, false)]) {
                 let rope = rot > 0;
                 let inv_freq = rope::RopeScaling::None.inv_freq(10000.0, rot.max(2));
                 let (cos, sin) = rope::rope_tables(&inv_freq, len);
@@ -494,21 +524,22 @@ mod tests {
                 let (qkv_t, kt, vt) =
                     (up("qkv", &[n, width], &qkv), up("k", &cache_shape, &kc), up("v", &cache_shape, &vc));
                 let part = gpu.zeros("part", &[decode_part_len(heads, seqs, len)], DType::F32).unwrap();
+                let arrived = gpu.zeros("arrived", &[decode_arrivals_len(heads, seqs)], DType::U32).unwrap();
                 let out = gpu.zeros("out", &[n, qd], DType::F32).unwrap();
                 let lse = gpu.zeros("lse", &[n, heads.n_q], DType::F32).unwrap();
                 let mut step = Step::new(gpu);
                 let tables = rope.then_some((&cos_t, &sin_t));
-                rope_kv_attention_decode_threads(
+                rope_kv_attention_decode_with(
                     &mut step,
                     &qkv_t,
                     &rt,
                     (heads, scores),
                     tables,
                     (&kt, &vt),
-                    &part,
+                    (&part, &arrived),
                     (&out, &lse),
                     (1, n - 1),
-                    threads,
+                    (threads, merge),
                 );
                 step.submit().unwrap();
 
@@ -534,11 +565,13 @@ mod tests {
                     want_lse
                         .extend((0..heads.n_q).map(|h| cpu_lse(qr, &want_k, row, h, (heads, scores), len)));
                 }
-                let what = format!("{heads:?} rope={rope} {scores:?}");
+                let what = format!("{heads:?} rope={rope} {scores:?} threads={threads} merge={merge}");
                 assert_close(&gpu.read_f32(&out).unwrap(), &want, 1e-5, &format!("out {what}"));
                 assert_close(&gpu.read_f32(&lse).unwrap(), &want_lse, 1e-5, &format!("lse {what}"));
                 assert_close(&gpu.read_f32(&kt).unwrap(), &want_k, 1e-6, &format!("k cache {what}"));
                 assert_close(&gpu.read_f32(&vt).unwrap(), &want_v, 0.0, &format!("v cache {what}"));
+                // The counters are left zero for the next dispatch.
+                assert!(gpu.read_u32(&arrived).unwrap().iter().all(|&n| n == 0), "arrivals {what}");
             }
         }
     }

@@ -65,28 +65,42 @@ pub enum Prologue<'a> {
 /// lavapipe the two tie at 3–4 rows; on GPUs matvec's coalesced weight reads should still win.
 const MATVEC_MAX_M: usize = 4;
 
+/// Up to this many outputs, GPUs give each weight row two warps ([`Tile::GPU_NARROW`]).
+const NARROW_MAX_N: usize = 1024;
+
 /// How matvec.wgsl splits a workgroup (64 threads): `tpr` threads share each weight row and
 /// each thread sums `rpt` rows.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     tpr: u32,
     rpt: u32,
+    /// Strides whose loads a thread issues before their multiply-adds.
+    u: u32,
 }
 
 impl Tile {
+    const ALL: [Tile; 3] = [Tile::GPU, Tile::GPU_NARROW, Tile::CPU];
     /// GPUs: one warp (32 threads) per weight row, two rows per workgroup, so even n = 576
     /// fills 288 workgroups. Timed on an H200 (SmolLM2 shapes, f32 and Q4_1 decode) against
     /// tpr 8–64 × rpt 1–2: 32 × 1 was fastest (411 tok/s), 64 × 1 next (377); the earlier
     /// 16 × 2 made 269 (docs/bench.md).
-    const GPU: Tile = Tile { tpr: 32, rpt: 1 };
+    const GPU: Tile = Tile { tpr: 32, rpt: 1, u: 4 };
+    /// GPUs, outputs of at most [`NARROW_MAX_N`]: two warps per row, so that SmolLM2's
+    /// 576-wide O and down products still run 36,864 threads (18 warps per SM of an H100)
+    /// with half as many serial strides each. Not yet timed on a GPU.
+    const GPU_NARROW: Tile = Tile { tpr: 64, rpt: 1, u: 4 };
     /// CPU adapters (lavapipe) pay per element loaded, so each thread reuses its loads of A
     /// over 8 rows: the fastest of tpr 2–32 × rpt 1–16 on SmolLM2's shapes, where the GPU
-    /// tiling is no faster than the 4×4 kernel.
-    const CPU: Tile = Tile { tpr: 8, rpt: 8 };
+    /// tiling is no faster than the 4×4 kernel. One stride at a time: CPU adapters gain nothing
+    /// from loads in flight, and 4 × 8 weights per thread spilled (the LM head ran 4× slower).
+    const CPU: Tile = Tile { tpr: 8, rpt: 8, u: 1 };
 
-    fn for_adapter(gpu: &Gpu) -> Tile {
+    /// The tiling for `n` outputs on this adapter.
+    fn for_adapter(gpu: &Gpu, n: usize) -> Tile {
         if gpu.info.device_type == wgpu::DeviceType::Cpu {
             Tile::CPU
+        } else if n <= NARROW_MAX_N {
+            Tile::GPU_NARROW
         } else {
             Tile::GPU
         }
@@ -155,7 +169,8 @@ impl GemmTile {
 /// rest, and for the tiled tiers the workgroup tile (None: chosen per product).
 #[derive(Clone, Copy, Debug)]
 pub struct Engine {
-    matvec: Tile,
+    /// None: the adapter's tiling for the product's output count.
+    matvec: Option<Tile>,
     pub tier: Tier,
     pub tile: Option<GemmTile>,
 }
@@ -163,7 +178,7 @@ pub struct Engine {
 impl Engine {
     /// The adapter's own: its matrix-vector tiling and its device's tier.
     pub fn for_adapter(gpu: &Gpu) -> Engine {
-        Engine { matvec: Tile::for_adapter(gpu), tier: gpu.tier, tile: None }
+        Engine { matvec: None, tier: gpu.tier, tile: None }
     }
 
     /// The adapter's matrix-vector tiling with the tier and tile given (the coop tier only on
@@ -220,10 +235,15 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                     }
                 }
                 for m in 1..=MATVEC_MAX_M as u32 {
-                    for tile in [Tile::GPU, Tile::CPU] {
+                    for tile in Tile::ALL {
                         for subgroup in [0, 1] {
-                            let shape =
-                                [("MR", m), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];
+                            let shape = [
+                                ("MR", m),
+                                ("TPR", tile.tpr),
+                                ("RPT", tile.rpt),
+                                ("U", tile.u),
+                                ("SUBGROUP", subgroup),
+                            ];
                             v.push(("matvec", [&flags[..], &shape].concat()));
                             // Prologues: the gated MLP's down projection accumulates into the
                             // residual; the normed projections (qkv, up) write.
@@ -394,9 +414,10 @@ pub fn matmul_on(
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
     if matvec {
-        let tile = engine.matvec;
+        let tile = engine.matvec.unwrap_or_else(|| Tile::for_adapter(step.gpu, n));
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
-        let shape = [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("SUBGROUP", subgroup)];
+        let shape =
+            [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("U", tile.u), ("SUBGROUP", subgroup)];
         let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
         step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
     } else if engine.tier != Tier::Portable && k > 0 {
@@ -606,7 +627,7 @@ mod tests {
 
     /// The adapter's engine with the matrix-vector tiling `tile` (tests run both on any adapter).
     fn with_matvec(gpu: &Gpu, tile: Tile) -> Engine {
-        Engine { matvec: tile, ..Engine::for_adapter(gpu) }
+        Engine { matvec: Some(tile), ..Engine::for_adapter(gpu) }
     }
 
     /// The tiled engine with workgroup tile `tile`.
@@ -666,11 +687,13 @@ mod tests {
     /// takes, vec4 and scalar (k % 4 != 0) loads, n not a multiple of the rows per workgroup.
     #[test]
     fn matvec_matches_cpu() {
-        for tile in [Tile::GPU, Tile::CPU] {
+        for tile in Tile::ALL {
             for m in 1..=MATVEC_MAX_M {
                 check_tiled(Some(tile), m, 50, 64, m % 2 == 1, m > 2);
                 check_tiled(Some(tile), m, 130, 23, m < 3, m % 2 == 0);
                 check_tiled(Some(tile), m, 7, 172, true, true);
+                // Past U strides of every tiling: the batched loads, then the strides left.
+                check_tiled(Some(tile), m, 9, 1284, m == 1, m == 2);
             }
         }
     }
@@ -681,8 +704,9 @@ mod tests {
     #[test]
     fn packed_weights_match_cpu_on_dequantized() {
         let gpu = gpu();
-        // k: one K-quant superblock, eight blocks of the others.
-        let (n, k) = (45, 256);
+        // k: five K-quant superblocks, forty blocks of the others: every tiling takes its batched
+        // loads (U strides at a time) and the strides left after them.
+        let (n, k) = (45, 1280);
         let b = rand_vec(3, n, 1.0);
         let bt = gpu.upload_f32("b", &[n], &b).unwrap();
         // f16 twice where the adapter has shader-f16 (lavapipe does): read as f16, then unpacked.
@@ -693,9 +717,8 @@ mod tests {
             let wq = crate::gpu::wfmt::dequantize(fmt, &packed);
             let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
             assert_eq!(wt.format(), fmt);
-            // Few rows: matvec with both tilings; 37 rows: the adapter's tier, then both tiled tiles.
-            let cases = (1..=MATVEC_MAX_M)
-                .flat_map(|m| [(m, with_matvec(gpu, Tile::GPU)), (m, with_matvec(gpu, Tile::CPU))]);
+            // Few rows: matvec with every tiling; 37 rows: the adapter's tier, then both tiled tiles.
+            let cases = (1..=MATVEC_MAX_M).flat_map(|m| Tile::ALL.map(|tile| (m, with_matvec(gpu, tile))));
             let blocked =
                 [Engine::for_adapter(gpu), tiled(gpu, GemmTile::LARGE), tiled(gpu, GemmTile::SMALL)];
             for (m, engine) in cases.chain(blocked.map(|e| (37, e))) {
@@ -798,7 +821,7 @@ mod tests {
                     want[c_off + i * c_rs + j] += 0.5 * dot;
                 }
             }
-            for tile in [Tile::GPU, Tile::CPU] {
+            for tile in Tile::ALL {
                 gpu.write_f32(&ct, &c0);
                 let mut step = Step::new(gpu);
                 matmul_on(
@@ -920,6 +943,43 @@ mod tests {
             step.submit().unwrap();
             let want = cpu::matmul::linear(&normed, &w, Some(&b), m, n, k);
             assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("normed linear k={k}"));
+        }
+    }
+
+    /// Both decode prologues (RMSNorm, SiLU gate) in every tiling and row count, with k past
+    /// U strides of each (vec4 and scalar loads), against the CPU's norm or gate then product.
+    #[test]
+    fn matvec_prologues_match_cpu_in_every_tiling() {
+        let gpu = gpu();
+        let n = 37;
+        for k in [1280, 1283] {
+            let w = rand_vec(2, n * k, 1.0);
+            let nw = rand_vec(5, k, 1.0);
+            let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let (wt, nwt) = (t("w", &[n, k], &w), t("nw", &[k], &nw));
+            for m in 1..=MATVEC_MAX_M {
+                let x = rand_vec(m as u64, m * 2 * k, 2.0);
+                let normed = cpu::norm::rms_norm(&x[..m * k], &nw, 1e-5);
+                let gated = cpu::act::silu_gate(&x, k);
+                let cases = [(Prologue::RmsNorm(&nwt, 1e-5), k, normed), (Prologue::SiluGate, 2 * k, gated)];
+                for ((prologue, cols, a), tile) in
+                    cases.into_iter().flat_map(|c| Tile::ALL.map(|t| (c.clone(), t)))
+                {
+                    let xt = t("x", &[m, cols], &x[..m * cols]);
+                    let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
+                    let mut step = Step::new(gpu);
+                    let (xa, wa, ya) =
+                        (Mat::rows(&xt, 0, cols), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
+                    // As the model runs them: the gated product accumulates (into zeros here).
+                    let acc = matches!(prologue, Prologue::SiluGate);
+                    let engine = with_matvec(gpu, tile);
+                    matmul_on(&mut step, engine, xa, wa, ya, (m, n, k), (1.0, None), acc, prologue);
+                    step.submit().unwrap();
+                    let want = cpu::matmul::linear(&a, &w, None, m, n, k);
+                    let what = format!("m={m} k={k} {tile:?} cols={cols}");
+                    assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
+                }
+            }
         }
     }
 
