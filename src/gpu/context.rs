@@ -112,7 +112,8 @@ pub fn env_flag(name: &str) -> bool {
 /// Kernel families whose workgroup memory keeps WebGPU's zero-initialisation in unchecked
 /// modules: not yet audited for reading a slot before writing it. Every other family writes
 /// each workgroup slot before any thread reads it (or has no workgroup memory).
-const ZEROED_WORKGROUP_MEMORY: &[&str] = &["lcm", "lcm_backward", "attention_backward", "attention_flash", "gemm"];
+const ZEROED_WORKGROUP_MEMORY: &[&str] =
+    &["lcm", "lcm_backward", "attention_backward", "attention_flash", "gemm"];
 
 /// A compiled kernel and its name as profiles show it: the shader family and its defines.
 #[derive(Clone)]
