@@ -862,17 +862,19 @@ fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
 mod tests {
     use super::*;
 
-    /// A decode step of a Llama-style model records per block: qkv (norm fused), the two
-    /// decode-attention dispatches, o, up (norm fused), down (SiLU gate fused); a prefill
-    /// chunk keeps the two norms, rope_kv, attention and the activation (9).
+    /// A decode step of a Llama-style model records per block: qkv (norm fused), decode
+    /// attention (its chunks merged by the last workgroups natively, by a second dispatch in
+    /// the page), o, up (norm fused), down (SiLU gate fused); a prefill chunk keeps the two
+    /// norms, rope_kv, attention and the activation (9).
     #[test]
-    fn decode_records_six_dispatches_per_block() {
+    fn decode_records_five_dispatches_per_block() {
         let Some(path) = crate::testing::model("stories260k") else { return };
         let gpu = crate::ops::test_util::gpu();
         let m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
         let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());
         let layers = m.config.layers;
-        for (spans, per_block) in [(&[1][..], 6), (&[8][..], 9)] {
+        let decode = if cfg!(target_arch = "wasm32") { 6 } else { 5 };
+        for (spans, per_block) in [(&[1][..], decode), (&[8][..], 9)] {
             let mut step = Step::new(gpu);
             m.record_blocks(&mut step, &s, &cache, (spans, false), &mut |_, _, _| {});
             // One more for the embedding.
