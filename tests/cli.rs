@@ -328,8 +328,10 @@ fn binding_limit() -> u64 {
     line.expect("keel info prints max_storage_buffer_binding_size").parse().unwrap()
 }
 
+/// An embedding one row over the adapter's largest binding is stored in row shards: the
+/// model loads and generates (a block weight over it is refused: tests/malformed.rs).
 #[test]
-fn model_larger_than_binding_limit() {
+fn embedding_larger_than_binding_limit_runs_in_shards() {
     let Some(src) = stories() else { return };
     let limit = binding_limit();
     if limit > 256 << 20 {
@@ -364,9 +366,9 @@ fn model_larger_than_binding_limit() {
     f.seek(SeekFrom::End(size as i64)).unwrap();
     f.write_all(&tail).unwrap();
     drop(f);
-    let shape = format!("'embed' of shape [{vocab}, 64]");
-    let limit = format!("max_storage_buffer_binding_size of {limit} bytes");
-    fails(&generate_args(t.arg(), "Hi"), &[&shape, &format!("needs {size} bytes"), &limit]);
+    let r = keel(&generate_args(t.arg(), "Hi"));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("4 new tokens"), "{}", r.stderr);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -272,8 +272,9 @@ fn sweep_reports_every_setting() {
         assert_eq!(plain["base_mean"].as_f64(), report["baseline_plain_perplexity"].as_f64());
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    // One front per judged coherence metric.
-    assert_eq!(html.matches("<svg").count(), 3);
+    // One front per judged coherence metric that was measured: entropy variance and
+    // repetition (16 tokens are too few for two fluctuation windows; no judge ran).
+    assert_eq!(html.matches("<svg").count(), 2);
     assert!(html.contains("Pareto front"));
 }
 
@@ -345,7 +346,8 @@ fn arms_of_every_type_are_paired_with_the_baseline() {
     // Each arm as written, its name and sampler keys included.
     assert_eq!(settings[6]["arm"]["dry"]["penalty_last_n"].as_u64(), Some(64));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3);
+    // Entropy variance and repetition: 40 tokens make one fluctuation window, no judge ran.
+    assert_eq!(html.matches("<svg").count(), 2);
     for name in names {
         assert!(html.contains(&format!("<td>{name}</td>")), "{name}");
     }
