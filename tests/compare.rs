@@ -376,6 +376,75 @@ fn an_interrupted_compare_leaves_the_old_report() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
 }
 
+/// Everything a report says except how long it took.
+fn without_seconds(mut report: Value) -> Value {
+    report["study"]["seconds"] = json!(null);
+    report
+}
+
+#[test]
+fn a_killed_arms_study_resumes_with_the_same_numbers() {
+    let Some(model) = stories() else { return };
+    let t = TempDir::new("arms-resume");
+    std::fs::write(t.path("prompts.txt"), "Once upon a time\nLily saw a\n").unwrap();
+    let arms = r#"[{"name": "baseline"}, {"name": "lcm", "lcm": {"gamma": 0.3, "sink": 1}},
+        {"name": "repetition", "repetition_penalty": 1.3}, {"name": "ngram", "no_repeat_ngram_size": 2}]"#;
+    std::fs::write(t.path("arms.json"), arms).unwrap();
+    let (prompts, arms) = (t.path("prompts.txt"), t.path("arms.json"));
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["compare", "--model", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(
+            ["--tokens", "60", "--seeds", "2", "--arms", arms.to_str().unwrap(), "--out"].map(String::from),
+        );
+        a.push(out.to_str().unwrap().into());
+        a
+    };
+    let run_to_end = |out: &Path| {
+        let a = args(out);
+        keel(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // The uninterrupted run.
+    let whole = t.path("whole");
+    let run = run_to_end(&whole);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // Where stderr is not a terminal, each finished stage is a line.
+    assert!(run.stderr.contains("arm 4/4 ngram: generating: 60 done in"), "{}", run.stderr);
+    assert!(!t.path("whole.partial").exists(), "the checkpoints are removed with the report written");
+    // The same study killed once its first arm is kept, then run again.
+    let out = t.path("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args(&out))
+        .env("WGPU_BACKEND", "vulkan")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = t.path("killed.partial").join("arm-0.json");
+    let t0 = std::time::Instant::now();
+    while !first.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "compare ended before its first arm was kept");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed study writes no report");
+    let run = run_to_end(&out);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("resuming: the arms a killed run finished are read from"), "{}", run.stdout);
+    assert!(run.stderr.contains("arm 1/4 baseline: resumed"), "{}", run.stderr);
+    assert!(!run.stderr.contains("arm 1/4 baseline: generating"), "{}", run.stderr);
+    assert_eq!(
+        without_seconds(read_json(&out.join("report.json"))),
+        without_seconds(read_json(&whole.join("report.json")))
+    );
+    assert!(!t.path("killed.partial").exists());
+}
+
 #[test]
 fn bad_input_is_refused() {
     let Some(model) = stories() else { return };

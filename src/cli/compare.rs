@@ -12,9 +12,11 @@ use crate::model::ModelInfo;
 use crate::modulate::LcmConfig;
 use crate::sentence::SentenceEncoder;
 use crate::study::arms::{parse_arms, reference, run_arms as run_arms_study};
+use crate::study::checkpoint::Checkpoints;
 use crate::study::{self, load_prompts, Plan, Request, DEFAULT_LCM};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// Prompts, budget and sampling: what `compare` and `sweep` share.
@@ -42,7 +44,8 @@ pub struct StudyArgs {
     pub chat: bool,
     #[command(flatten)]
     pub template: TemplateArg,
-    /// Output folder (replaced as a whole when the report is complete)
+    /// Output folder (replaced as a whole when the report is complete); until then finished
+    /// arms are kept in OUT.partial/, and the same command run again resumes from them
     #[arg(long, default_value = "keel-report")]
     pub out: PathBuf,
     /// Judge topic drift with sentence embeddings (all-MiniLM-L6-v2 run by Keel, fetched from
@@ -80,6 +83,32 @@ impl StudyArgs {
         }
         let path = crate::pull::resolve_judge_model(self.embed_model.as_deref())?;
         SentenceEncoder::load(&path).map(Some)
+    }
+
+    /// Where the study keeps its finished arms (`OUT.partial/`, said when a run resumes from
+    /// it), keyed by what else decides their texts and scores: the model, its weights'
+    /// format, the adapter and the judge.
+    pub fn checkpoints(&self, model: &ModelArg, m: &Ready) -> Checkpoints {
+        let c = Checkpoints::beside(
+            &self.out,
+            json!({
+                "model": m.host.path.display().to_string(),
+                "weights": format!("{:?}", model.weights),
+                "adapter": m.gpu.info.name,
+                "judge": self.judge.then(|| self.embed_model.as_ref().map(|p| p.display().to_string())),
+                "keel": env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        if c.dir().is_dir() {
+            println!("resuming: the arms a killed run finished are read from {}", c.dir().display());
+        }
+        c
+    }
+
+    /// Writes the report folder, then drops the checkpoints it no longer needs.
+    pub fn write(&self, checkpoints: &Checkpoints, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        crate::atomic::write_dir(&self.out, fill)?;
+        checkpoints.remove()
     }
 
     /// Checks the flags and reads the prompts, before any model is loaded.
@@ -152,9 +181,10 @@ fn run_arms(a: &CompareArgs, file: &Path, adapter: &Option<String>) -> Result<()
     announce(&m, &plan);
     println!("{} arms, reference {:?}", arms.len(), arms[reference(&arms)].name);
     let judge = a.study.judge()?;
-    let sm = crate::study::StudyModel { judge: judge.as_ref(), ..sm };
+    let checkpoints = a.study.checkpoints(&a.model, &m);
+    let sm = crate::study::StudyModel { judge: judge.as_ref(), checkpoints: Some(&checkpoints), ..sm };
     let report = run_arms_study(&sm, &plan, &arms, DEFAULT_WINDOW)?;
-    crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
+    a.study.write(&checkpoints, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
     Ok(())
@@ -173,9 +203,10 @@ pub fn run(a: CompareArgs, adapter: &Option<String>) -> Result<()> {
     let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     let judge = a.study.judge()?;
-    let sm = study::StudyModel { judge: judge.as_ref(), ..sm };
+    let checkpoints = a.study.checkpoints(&a.model, &m);
+    let sm = study::StudyModel { judge: judge.as_ref(), checkpoints: Some(&checkpoints), ..sm };
     let report = study::compare(&sm, &plan, &lcm, DEFAULT_WINDOW)?;
-    crate::atomic::write_dir(&a.study.out, |dir| report.write_into(dir))?;
+    a.study.write(&checkpoints, |dir| report.write_into(dir))?;
     print!("{}", report.table_text());
     println!("{}", report.conclusion());
     println!("(* = the 95 % interval excludes 0)  report: {}", a.study.out.join("report.html").display());

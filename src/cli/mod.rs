@@ -309,6 +309,7 @@ impl Ready {
             gpu: self.gpu,
             progress,
             judge: None,
+            checkpoints: None,
         }
     }
 }

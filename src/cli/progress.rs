@@ -1,9 +1,10 @@
-//! Progress on stderr through indicatif, shown on a terminal only: nothing at all when stderr
-//! is a file or a pipe (no carriage returns in logs).
+//! Progress on stderr through indicatif, shown on a terminal only: when stderr is a file or a
+//! pipe, a study writes one line per finished stage instead (no carriage returns in logs).
 
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use std::cell::RefCell;
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 /// A spinner with the seconds waited, for a wait of unknown length; cleared when finished or
 /// dropped.
@@ -51,20 +52,33 @@ impl Bar {
     }
 }
 
-/// A study's stages as bars, one after another: a new label starts a new bar.
+/// A study's stages as bars, one after another: a new label starts a new bar. Where the bars
+/// are hidden, each finished stage is one line with its count and seconds.
 #[derive(Default)]
 pub struct StageBars {
-    current: RefCell<Option<(String, Bar)>>,
+    current: RefCell<Option<Stage>>,
+}
+
+struct Stage {
+    label: String,
+    bar: Bar,
+    started: Instant,
+    logged: bool,
 }
 
 impl crate::study::Progress for StageBars {
     fn update(&self, stage: &str, done: usize, total: usize) {
         let mut current = self.current.borrow_mut();
-        if current.as_ref().is_none_or(|(label, _)| label != stage) {
-            *current = Some((stage.to_string(), Bar::new(stage)));
+        if current.as_ref().is_none_or(|s| s.label != stage) {
+            let started = Instant::now();
+            *current = Some(Stage { label: stage.to_string(), bar: Bar::new(stage), started, logged: false });
         }
-        if let Some((_, bar)) = current.as_ref() {
-            bar.update(done, total);
+        if let Some(s) = current.as_mut() {
+            s.bar.update(done, total);
+            if done >= total && !s.logged && !std::io::stderr().is_terminal() {
+                s.logged = true;
+                eprintln!("{stage}: {total} done in {:.0} s", s.started.elapsed().as_secs_f64());
+            }
         }
     }
 }

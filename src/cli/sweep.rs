@@ -44,8 +44,11 @@ pub fn run(a: SweepArgs, adapter: &Option<String>) -> Result<()> {
     let plan = Plan::new(&a.study.request(), prompts, &sm, a.study.chat_template(&m.host)?.as_ref())?;
     announce(&m, &plan);
     println!("{} settings", settings.len());
+    let judge = a.study.judge()?;
+    let checkpoints = a.study.checkpoints(&a.model, &m);
+    let sm = crate::study::StudyModel { judge: judge.as_ref(), checkpoints: Some(&checkpoints), ..sm };
     let sweep = sweep(&sm, &plan, &settings, DEFAULT_WINDOW)?;
-    crate::atomic::write_dir(&a.study.out, |dir| sweep.write_into(dir))?;
+    a.study.write(&checkpoints, |dir| sweep.write_into(dir))?;
     print!("{}", sweep.table_text());
     println!("report: {}", a.study.out.join("report.html").display());
     Ok(())

@@ -4,20 +4,28 @@
 //! flatter itself.
 
 use super::mean;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Generated tokens per judged segment.
 pub const SEGMENT_TOKENS: usize = 64;
 
 /// A generation's drift; each value NaN when the text has fewer than two segments.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// Written with NaN as null (JSON has no NaN), and read back the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     /// Mean over the segments after the first of 1 - cos(segment, prompt).
+    #[serde(deserialize_with = "nan_if_null")]
     pub prompt: f64,
     /// Mean over the segments after the first of 1 - cos(segment, first segment).
+    #[serde(deserialize_with = "nan_if_null")]
     pub topic: f64,
     /// Mean over consecutive segments of 1 - cos(segment, previous segment).
+    #[serde(deserialize_with = "nan_if_null")]
     pub consecutive: f64,
+}
+
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Drift {

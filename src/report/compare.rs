@@ -85,7 +85,7 @@ pub const METRICS: &[(&str, &str, Better)] = &[
 ];
 
 /// One generated token as the arm's model saw it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenRow {
     pub id: u32,
     pub text: String,

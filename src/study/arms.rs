@@ -2,7 +2,7 @@
 //! (prompt, seed) pairs and compared with the reference arm (the one named `baseline`, else
 //! the first) by paired bootstrap, for report::sweep's table and Pareto fronts.
 
-use super::{arm_runs, generate_arm, judge_runs, plain_scores, Plan, StudyModel};
+use super::{arm_output, Plan, StudyModel};
 use crate::generate::SamplerConfig;
 use crate::modulate::LcmConfig;
 use crate::report::compare::{decimal, summarize, Run};
@@ -133,24 +133,15 @@ pub fn reference(arms: &[Arm]) -> usize {
     arms.iter().position(|a| a.name == BASELINE_NAME).unwrap_or(0)
 }
 
-/// Every arm generated on the plan's (prompt, seed) pairs; those with LCM scored by the plain
-/// model (the others' own scores are the plain model's: the penalties change the pick, not
-/// the logits the scores come from); each compared with the reference arm.
+/// Every arm generated on the plan's (prompt, seed) pairs ([`arm_output`]: those with LCM
+/// scored by the plain model), each compared with the reference arm.
 pub fn run_arms(m: &StudyModel, plan: &Plan, arms: &[Arm], window: usize) -> Result<Sweep> {
     let t0 = Instant::now();
     let mut runs: Vec<Vec<Run>> = Vec::new();
     for (i, arm) in arms.iter().enumerate() {
         let label = format!("arm {}/{} {}", i + 1, arms.len(), arm.name);
-        let gens = generate_arm(m, plan, &arm.sampler, arm.lcm.as_ref(), &label)?;
-        let plain = match arm.lcm {
-            Some(_) => Some(plain_scores(m, plan, &gens, window, &format!("{label}: plain"))?),
-            None => None,
-        };
-        let mut arm_runs = arm_runs(&arm.name, gens, plain, window);
-        if let Some(encoder) = m.judge {
-            judge_runs(m, encoder, plan, &mut arm_runs, &format!("{label}: judge"))?;
-        }
-        runs.push(arm_runs);
+        let output = arm_output(m, plan, &arm.sampler, arm.lcm.as_ref(), &format!("arm-{i}"), &label)?;
+        runs.push(output.runs(&arm.name, window));
     }
     let r = reference(arms);
     let settings = arms

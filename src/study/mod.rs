@@ -3,6 +3,7 @@
 //! and the paired reports (report::compare, report::sweep).
 
 pub mod arms;
+pub mod checkpoint;
 pub mod sweep;
 
 use crate::chat::{render, ChatTemplate};
@@ -20,7 +21,9 @@ use crate::report::compare::{decimal, run_metrics, Comparison, Run, Study, Token
 use crate::sentence::SentenceEncoder;
 use crate::tokenize::TextStream;
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
+use checkpoint::Checkpoints;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,6 +57,8 @@ pub struct StudyModel<'a> {
     pub progress: &'a dyn Progress,
     /// The sentence encoder that judges topic drift (None: the drift metrics stay NaN).
     pub judge: Option<&'a SentenceEncoder>,
+    /// Where finished arms are kept so that a killed study resumes (None: nowhere).
+    pub checkpoints: Option<&'a Checkpoints>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -123,6 +128,11 @@ impl Plan {
         Ok(Plan { prompts, prompt_ids, eos, tokens, seeds, reduced, sampler })
     }
 
+    /// What makes two plans generate the same texts (the checkpoints' key).
+    pub fn key(&self) -> Value {
+        json!({"prompt_ids": self.prompt_ids, "eos": self.eos, "tokens": self.tokens, "seeds": self.seeds})
+    }
+
     /// (prompt, seed) of every generation, prompt-major.
     pub fn units(&self) -> Vec<(usize, u64)> {
         (0..self.prompts.len()).flat_map(|p| (0..self.seeds as u64).map(move |s| (p, s))).collect()
@@ -173,6 +183,7 @@ impl Progress for Quiet {
 }
 
 /// One generation of an arm: its prompt, seed and tokens.
+#[derive(Serialize, Deserialize)]
 pub struct Generated {
     pub prompt: usize,
     pub seed: u64,
@@ -234,16 +245,17 @@ fn token_texts(m: &StudyModel, ids: &[u32]) -> Result<Vec<String>> {
     ids.iter().map(|&id| stream.push(id)).collect()
 }
 
-/// The plain model's per-token metrics of each generation's tokens (teacher forcing over
-/// prompt + generation, no LCM; strided windows past the context), so that modulation cannot
-/// flatter itself.
-pub fn plain_scores(
-    m: &StudyModel,
-    plan: &Plan,
-    arm: &[Generated],
-    window: usize,
-    label: &str,
-) -> Result<Vec<SequenceMetrics>> {
+/// The plain model's log-probabilities and entropies of one generation's tokens.
+#[derive(Serialize, Deserialize)]
+pub struct PlainScore {
+    pub logprobs: Vec<f64>,
+    pub entropies: Vec<f64>,
+}
+
+/// The plain model's scores of each generation's tokens (teacher forcing over prompt +
+/// generation, no LCM; strided windows past the context), so that modulation cannot flatter
+/// itself.
+pub fn plain_scores(m: &StudyModel, plan: &Plan, arm: &[Generated], label: &str) -> Result<Vec<PlainScore>> {
     let mut out = Vec::new();
     for (i, g) in arm.iter().enumerate() {
         m.progress.update(label, i, arm.len());
@@ -252,64 +264,117 @@ pub fn plain_scores(
         let ctx = m.host.config.max_positions;
         let s = generate::score_windowed(m.gpu, m.gpu_model, &all, ctx, ctx / 2)?;
         let from = prompt.len() - 1;
-        let lp: Vec<f64> = s.next_logprobs[from..].iter().map(|&x| x as f64).collect();
-        let h: Vec<f64> = s.entropies[from..].iter().map(|&x| x as f64).collect();
-        out.push(SequenceMetrics::new(&lp, &h, &vec![f64::NAN; lp.len()], window));
+        out.push(PlainScore {
+            logprobs: s.next_logprobs[from..].iter().map(|&x| x as f64).collect(),
+            entropies: s.entropies[from..].iter().map(|&x| x as f64).collect(),
+        });
     }
     m.progress.update(label, arm.len(), arm.len());
     Ok(out)
 }
 
-/// An arm's runs with every metric: `plain` are the plain model's scores of each generation,
-/// or None for the baseline, whose own scores are the plain model's.
-pub fn arm_runs(
-    arm: &str,
-    gens: Vec<Generated>,
-    plain: Option<Vec<SequenceMetrics>>,
-    window: usize,
-) -> Vec<Run> {
-    let mut plain = plain.map(Vec::into_iter);
-    gens.into_iter()
-        .map(|g| {
-            let (own, lexical) = run_metrics(&g.tokens, window);
-            let plain = plain.as_mut().and_then(Iterator::next).unwrap_or_else(|| own.clone());
-            Run {
-                arm: arm.into(),
-                prompt: g.prompt,
-                seed: g.seed,
-                tokens: g.tokens,
-                own,
-                plain,
-                lexical,
-                latent: Vec::new(),
-                drift: Drift::NONE,
-            }
-        })
-        .collect()
+/// What an arm's generation, plain scoring and judging produced: everything its runs'
+/// metrics are computed from, and what a checkpoint keeps.
+#[derive(Serialize, Deserialize)]
+pub struct ArmOutput {
+    pub gens: Vec<Generated>,
+    /// The plain model's scores of the tokens; None where the arm's own scores are the plain
+    /// model's (no LCM: the sampler settings change the pick, not the logits).
+    pub plain: Option<Vec<PlainScore>>,
+    /// Each generation's topic drift by the judge; empty without one.
+    pub drift: Vec<Drift>,
 }
 
-/// Each run's topic drift by the sentence-embedding judge: its prompt and its 64-token
-/// segments embedded by `encoder` (a model independent of the one that generated).
-pub fn judge_runs(
+impl ArmOutput {
+    /// The arm's runs, every metric computed.
+    pub fn runs(self, arm: &str, window: usize) -> Vec<Run> {
+        let mut plain = self.plain.map(Vec::into_iter);
+        let mut drift = self.drift.into_iter();
+        self.gens
+            .into_iter()
+            .map(|g| {
+                let (own, lexical) = run_metrics(&g.tokens, window);
+                let plain = plain.as_mut().and_then(Iterator::next).map_or_else(
+                    || own.clone(),
+                    |s| {
+                        SequenceMetrics::new(
+                            &s.logprobs,
+                            &s.entropies,
+                            &vec![f64::NAN; s.logprobs.len()],
+                            window,
+                        )
+                    },
+                );
+                Run {
+                    arm: arm.into(),
+                    prompt: g.prompt,
+                    seed: g.seed,
+                    tokens: g.tokens,
+                    own,
+                    plain,
+                    lexical,
+                    latent: Vec::new(),
+                    drift: drift.next().unwrap_or(Drift::NONE),
+                }
+            })
+            .collect()
+    }
+}
+
+/// An arm generated on every (prompt, seed) of the plan with `sampler` and `lcm`, scored by
+/// the plain model when modulated, and judged when the study has a judge; or, when the
+/// study keeps checkpoints, the same arm as a killed run left it under `name`.
+pub fn arm_output(
+    m: &StudyModel,
+    plan: &Plan,
+    sampler: &SamplerConfig,
+    lcm: Option<&LcmConfig>,
+    name: &str,
+    label: &str,
+) -> Result<ArmOutput> {
+    let arm_key = json!({"sampler": format!("{sampler:?}"), "lcm": lcm.map(LcmConfig::to_json)});
+    if let Some(saved) = m.checkpoints.and_then(|c| c.load(name, &plan.key(), &arm_key)) {
+        m.progress.update(&format!("{label}: resumed"), 1, 1);
+        return Ok(saved);
+    }
+    let gens = generate_arm(m, plan, sampler, lcm, &format!("{label}: generating"))?;
+    let plain = match lcm {
+        Some(_) => Some(plain_scores(m, plan, &gens, &format!("{label}: plain scores"))?),
+        None => None,
+    };
+    let drift = match m.judge {
+        Some(encoder) => judge_drift(m, encoder, plan, &gens, &format!("{label}: judge"))?,
+        None => Vec::new(),
+    };
+    let output = ArmOutput { gens, plain, drift };
+    if let Some(c) = m.checkpoints {
+        c.save(name, &plan.key(), &arm_key, &output)?;
+    }
+    Ok(output)
+}
+
+/// Each generation's topic drift by the sentence-embedding judge: its prompt and its
+/// 64-token segments embedded by `encoder` (a model independent of the one that generated).
+pub fn judge_drift(
     m: &StudyModel,
     encoder: &SentenceEncoder,
     plan: &Plan,
-    runs: &mut [Run],
+    gens: &[Generated],
     label: &str,
-) -> Result<()> {
+) -> Result<Vec<Drift>> {
     let prompts: Vec<Vec<f32>> = plan.prompts.iter().map(|p| encoder.embed(p)).collect::<Result<_>>()?;
-    let total = runs.len();
-    for (i, run) in runs.iter_mut().enumerate() {
-        m.progress.update(label, i, total);
-        let pieces: Vec<String> = run.tokens.iter().map(|t| t.text.clone()).collect();
+    let mut out = Vec::new();
+    for (i, g) in gens.iter().enumerate() {
+        m.progress.update(label, i, gens.len());
+        let pieces: Vec<String> = g.tokens.iter().map(|t| t.text.clone()).collect();
         let segments: Vec<Vec<f32>> = drift::segments(&pieces, drift::SEGMENT_TOKENS)
             .iter()
             .map(|s| encoder.embed(s))
             .collect::<Result<_>>()?;
-        run.drift = drift::drift(&prompts[run.prompt], &segments);
+        out.push(drift::drift(&prompts[g.prompt], &segments));
     }
-    m.progress.update(label, total, total);
-    Ok(())
+    m.progress.update(label, gens.len(), gens.len());
+    Ok(out)
 }
 
 /// Width of the projected states the traces keep (cross-layer projection error, MSMA).
@@ -371,9 +436,8 @@ fn trace_runs(
 /// one scored by the plain model, both traced, compared.
 pub fn compare(m: &StudyModel, plan: &Plan, lcm: &LcmConfig, window: usize) -> Result<Comparison> {
     let t0 = Instant::now();
-    let base = generate_arm(m, plan, &plan.sampler, None, "baseline: generating")?;
-    let modulated = generate_arm(m, plan, &plan.sampler, Some(lcm), "modulated: generating")?;
-    let plain = plain_scores(m, plan, &modulated, window, "modulated: plain scores")?;
+    let base = arm_output(m, plan, &plan.sampler, None, "baseline", "baseline")?;
+    let modulated = arm_output(m, plan, &plan.sampler, Some(lcm), "modulated", "modulated")?;
     let study = Study {
         model: m.host.path.display().to_string(),
         adapter: format!("{} ({:?})", m.gpu.info.name, m.gpu.info.device_type),
@@ -387,12 +451,8 @@ pub fn compare(m: &StudyModel, plan: &Plan, lcm: &LcmConfig, window: usize) -> R
         lcm: lcm.to_json(),
         seconds: 0.0,
     };
-    let mut base_runs = arm_runs(BASELINE, base, None, window);
-    let mut mod_runs = arm_runs(MODULATED, modulated, Some(plain), window);
-    if let Some(encoder) = m.judge {
-        judge_runs(m, encoder, plan, &mut base_runs, "baseline: judge")?;
-        judge_runs(m, encoder, plan, &mut mod_runs, "modulated: judge")?;
-    }
+    let mut base_runs = base.runs(BASELINE, window);
+    let mut mod_runs = modulated.runs(MODULATED, window);
     trace_runs(m, plan, &mut base_runs, None, window, "baseline: latent trace")?;
     trace_runs(m, plan, &mut mod_runs, Some(lcm), window, "modulated: latent trace")?;
     let mut report = Comparison::new(study, base_runs, mod_runs);
