@@ -13,6 +13,8 @@
 #   checked-FMT          KEEL_CHECKED=1: WebGPU's runtime checks and zeroed workgroup memory,
 #                        as the page runs (native builds drop them)
 #   lcm-FMT              LCM on: γ 0.05, sink 1, normalized space, the upper half of the blocks
+#                        (in decode run by the down projection's last workgroup: its cost against
+#                        decode-FMT is issue 21's LCM figure)
 #   batch16-FMT, batch64-FMT   16 and 64 sequences decoded together (`keel compare`'s batch path)
 #   train-full           full fine-tuning, batch 8 x 512
 #   matmul-*, prefill-512-TIER, train-8x512-TIER   the matrix tiers (KEEL_TIER), see below

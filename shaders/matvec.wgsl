@@ -24,12 +24,23 @@ enable f16;
 // of what it loads alongside the products, and scales each sum by 1 / RMS once the row's
 // threads have been reduced (which also reduces their sums of squares), so the norm costs no
 // pass of its own.
+// With LCM (natively, on the down projection that writes a block's residual output in decode),
+// the kernel then modulates the rows it wrote, replacing lcm.wgsl's dispatch: each workgroup
+// counts its arrival in `arrived` after a storage barrier, and the last to arrive runs
+// lcm_step.wgsl on every row of C (as decode attention merges its chunks; WebGPU does not
+// promise that one workgroup sees another's writes within a dispatch, so the page keeps the
+// separate dispatch).
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
     eps: f32,  // RMSNORM
+#if LCM
+    // The row table's index of A's first row, the sequences the anchors hold, lcm.wgsl's settings.
+    first_row: u32, n_seqs: u32, n_scales: u32, sink: u32,
+    tau: f32, kappa: f32, keep_norm: u32, normalized: u32,
+#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,6 +65,21 @@ alias AElem = f32;
 #else
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+#if LCM
+@group(0) @binding(5) var<storage, read> rows: array<u32>;          // (sequence, position) per row
+@group(0) @binding(6) var<storage, read_write> anchor: array<f32>;  // [seqs, n_scales, n]
+@group(0) @binding(7) var<storage, read> scales: array<f32>;        // (rho, gamma) per scale
+@group(0) @binding(8) var<storage, read_write> stats: array<f32>;   // [seqs, 4]
+@group(0) @binding(9) var<storage, read_write> arrived: array<atomic<u32>>;  // zero between dispatches
+#endif
+#else
+#if LCM
+@group(0) @binding(4) var<storage, read> rows: array<u32>;
+@group(0) @binding(5) var<storage, read_write> anchor: array<f32>;
+@group(0) @binding(6) var<storage, read> scales: array<f32>;
+@group(0) @binding(7) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(8) var<storage, read_write> arrived: array<atomic<u32>>;
+#endif
 #endif
 #endif
 
@@ -100,6 +126,13 @@ fn fma_dot(x: AElem, w: AElem) -> f32 {
 
 const WG: u32 = 64u;
 const ROWS: u32 = WG / TPR * RPT;
+
+#if LCM
+fn stream_get(at: u32) -> f32 { return c[at]; }
+fn stream_set(at: u32, v: f32) { c[at] = v; }
+#include lcm_step
+var<workgroup> last_s: u32;  // whether this workgroup arrived last
+#endif
 
 #if RMSNORM
 // Each thread's partial sums, RPT per thread, then (RMSNORM) each thread's sums of squares.
@@ -157,9 +190,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
     }
     // The first thread of each row's TPR finishes its RPT rows.
-    if (lid % TPR != 0u) { return; }
-    for (var j = 0u; j < RPT; j++) {
-        if (row0 + j < p.n) { store(row0 + j, acc[j], sq); }
+    if (lid % TPR == 0u) {
+        for (var j = 0u; j < RPT; j++) {
+            if (row0 + j < p.n) { store(row0 + j, acc[j], sq); }
+        }
     }
 #else
     for (var j = 0u; j < RPT; j++) { part[lid * RPT + j] = acc[j]; }
@@ -169,17 +203,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     // Thread r < ROWS finishes weight row base + r: slot r % RPT of the TPR threads that shared it.
     let col = base + lid;
-    if (lid >= ROWS || col >= p.n) { return; }
-    let first_thread = lid / RPT * TPR;
-    var sum = vec4<f32>();
-    var row_sq = vec4<f32>();
-    for (var s = 0u; s < TPR; s++) {
-        sum += part[(first_thread + s) * RPT + lid % RPT];
+    if (lid < ROWS && col < p.n) {
+        let first_thread = lid / RPT * TPR;
+        var sum = vec4<f32>();
+        var row_sq = vec4<f32>();
+        for (var s = 0u; s < TPR; s++) {
+            sum += part[(first_thread + s) * RPT + lid % RPT];
 #if RMSNORM
-        row_sq += part[WG * RPT + first_thread + s];
+            row_sq += part[WG * RPT + first_thread + s];
 #endif
+        }
+        store(col, sum, row_sq);
     }
-    store(col, sum, row_sq);
+#endif
+#if LCM
+    storageBarrier();  // this workgroup's outputs, before its arrival is counted
+    if (lid == 0u) {
+        let last = atomicAdd(&arrived[0], 1u) + 1u == (p.n + ROWS - 1u) / ROWS;
+        if (last) { atomicStore(&arrived[0], 0u); }
+        last_s = u32(last);
+    }
+    if (workgroupUniformLoad(&last_s) == 0u) { return; }
+    storageBarrier();
+    let settings = LcmSettings(p.n, p.n_scales, p.sink, p.tau, p.kappa, p.keep_norm, p.normalized);
+    for (var i = 0u; i < MR; i++) {
+        let row = lcm_row(lid, p.first_row + i);
+        // Rows of sequences without anchors here (another setting's, in a batch) are left alone.
+        if (row.x < p.n_seqs && row.y >= p.sink) { lcm_step(lid, p.c_off + i * p.c_rs, row.x, row.y, settings); }
+    }
 #endif
 }
 

@@ -82,7 +82,7 @@ impl SentenceEncoder {
         gpu.write_u32(&scratch.ids, ids);
         gpu.write_u32(&scratch.row_table, &rows);
         let mut step = Step::new(gpu);
-        m.record_blocks(&mut step, &scratch, &cache, (&[n], false), &mut |_, _, _| {});
+        m.record_blocks(&mut step, &scratch, &cache, (&[n], false), None, &mut |_, _, _| {});
         step.submit()?;
         gpu.read_f32_range(&scratch.x, 0, n * m.config.hidden)
     }

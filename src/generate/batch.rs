@@ -409,11 +409,21 @@ impl<'m> Batch<'m> {
             self.gpu.write_u32(&arm.row_table, &masked);
         }
         let n = ids.len();
-        self.model.record_blocks(step, &self.scratch, &self.cache, (spans, long_rope), &mut |step, l, x| {
-            for arm in &self.arms {
-                arm.lcm.record(step, l, x, &arm.row_table, n);
-            }
-        });
+        // The first setting's LCM runs inside the blocks (natively, decode's in the down
+        // projection); the others, on other sequences' rows, after each block.
+        let first = self.arms.first().map(|arm| (&arm.lcm, &arm.row_table));
+        self.model.record_blocks(
+            step,
+            &self.scratch,
+            &self.cache,
+            (spans, long_rope),
+            first,
+            &mut |step, l, x| {
+                for arm in self.arms.iter().skip(1) {
+                    arm.lcm.record(step, l, x, &arm.row_table, n);
+                }
+            },
+        );
     }
 
     /// The statistics and logits of the head's first `n` rows.

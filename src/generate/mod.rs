@@ -113,11 +113,8 @@ impl<'m> Session<'m> {
     fn record_step(&self, step: &mut Step, n: usize, long_rope: bool) {
         let (lcm, rows) = (&self.lcm, &self.scratch.row_table);
         let pass = (&[n][..], long_rope);
-        self.model.record_blocks(step, &self.scratch, &self.cache, pass, &mut |step, l, x| {
-            if let Some(state) = lcm {
-                state.record(step, l, x, rows, n);
-            }
-        });
+        let lcm = lcm.as_ref().map(|state| (state, rows));
+        self.model.record_blocks(step, &self.scratch, &self.cache, pass, lcm, &mut |_, _, _| {});
     }
 
     /// Appends `ids` to the sequence. With `targets` (one per id, [`NO_TARGET`] allowed),

@@ -112,10 +112,8 @@ fn trace_capturing(
         let mut step = Step::new(gpu);
         // One pass over the whole text, chunked: its end picks longrope's factors.
         let pass = (&[n][..], model.long_rope(ids.len()));
-        model.record_blocks(&mut step, &scratch, &cache, pass, &mut |step, l, x| {
-            if let Some(state) = &lcm {
-                state.record(step, l, x, &scratch.row_table, n);
-            }
+        let modulation = lcm.as_ref().map(|state| (state, &scratch.row_table));
+        model.record_blocks(&mut step, &scratch, &cache, pass, modulation, &mut |step, l, x| {
             norms_and_cosines(step, x, (n, t0), (&prev, l * d), &norms, &cosines, l * t);
             segment_sums(step, x, (n, t0), &segment_table, &sums, l * segments * d);
             let out = Mat::rows(&projected, (l * t + t0) * proj_dim, proj_dim);

@@ -34,10 +34,11 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window` / `#include attention_merge`.
+    // `#include window` / `#include attention_merge` / `#include lcm_step`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
+    ("lcm_step", include_str!("../../shaders/lcm_step.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
 ];
@@ -292,10 +293,9 @@ mod tests {
                 assert!(defined.contains(&name), "{file}.wgsl: #if {name}, which no variant defines");
             }
         }
-        for (family, src) in SOURCES
-            .iter()
-            .filter(|(n, _)| !matches!(*n, "wfmt" | "reduce" | "activation" | "window" | "attention_merge"))
-        {
+        for (family, src) in SOURCES.iter().filter(|(n, _)| {
+            !matches!(*n, "wfmt" | "reduce" | "activation" | "window" | "attention_merge" | "lcm_step")
+        }) {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
             // The source with its includes pasted in, `#if` lines kept.
             let text: String = src

@@ -11,8 +11,10 @@ use super::lora::BlockLora;
 use super::weights::HostTensor;
 use crate::gpu::wfmt::{self, WeightFormat};
 use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
+use crate::modulate::LcmState;
 use crate::ops::act::{self, Activation};
 use crate::ops::dequant::dequantize;
+use crate::ops::lcm::Modulation;
 use crate::ops::matmul::Prologue;
 use crate::ops::norm::{NormKind, RowLayout};
 use crate::ops::{attention, embed, matmul, norm, rope, softcap, stats};
@@ -41,6 +43,10 @@ pub struct GpuModel {
     /// The tables of the passes that reach past longrope's original context (Phi-3's long
     /// factors; see [`rope::RopeScaling::LongRope`]).
     long_rope: Option<(Tensor, Tensor)>,
+    /// Whether the decode kernel that writes a modulated block's output applies LCM in its last
+    /// workgroup (natively), rather than lcm.wgsl in a dispatch of its own (the page, where a
+    /// workgroup is not promised to see the others' writes; tests set it to run both).
+    pub lcm_in_last_workgroup: bool,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -190,6 +196,8 @@ pub struct BlockIo<'a> {
     pub lora: Option<&'a BlockLora>,
     /// The pass rotates with longrope's long factors ([`GpuModel::long_rope`]).
     pub long_rope: bool,
+    /// LCM at the block's output (inference; training modulates outside the block).
+    pub lcm: Option<Modulation<'a>>,
 }
 
 impl KvCache {
@@ -352,6 +360,7 @@ impl GpuModel {
             local_rope,
             long_rope: long.map(|inv_freq| tables(&inv_freq, scaling)).transpose()?,
             attention,
+            lcm_in_last_workgroup: !cfg!(target_arch = "wasm32"),
         })
     }
 
@@ -391,6 +400,7 @@ impl GpuModel {
             local_rope: self.local_rope.clone(),
             attention: self.attention,
             long_rope: self.long_rope.clone(),
+            lcm_in_last_workgroup: self.lcm_in_last_workgroup,
         })
     }
 
@@ -538,15 +548,17 @@ impl GpuModel {
     /// Records the embedding and every block for the first rows of `s` (ids and row table
     /// already written), leaving the residual stream in `s.x` and writing keys and values
     /// into `cache`. The rows form consecutive `spans`, each computed as a pass over that
-    /// span alone would (see [`matmul::linear_spans`]). `after_block(step, l, x)` runs at
-    /// `blocks.{l}.resid_post`. `long_rope`: the pass rotates with longrope's long factors
-    /// ([`GpuModel::long_rope`] of the pass's end).
+    /// span alone would (see [`matmul::linear_spans`]). `lcm`: the modulation and its row
+    /// table, applied inside each modulated block (natively, decode's without a dispatch of its
+    /// own). `after_block(step, l, x)` then runs at `blocks.{l}.resid_post`. `long_rope`: the
+    /// pass rotates with longrope's long factors ([`GpuModel::long_rope`] of the pass's end).
     pub fn record_blocks(
         &self,
         step: &mut Step,
         s: &Scratch,
         cache: &KvCache,
         (spans, long_rope): (&[usize], bool),
+        lcm: Option<(&LcmState, &Tensor)>,
         after_block: &mut dyn FnMut(&mut Step, usize, &Tensor),
     ) {
         let n: usize = spans.iter().sum();
@@ -584,6 +596,7 @@ impl GpuModel {
                 post_norms: s.post_norms.as_ref(),
                 lora: None,
                 long_rope,
+                lcm: lcm.and_then(|(state, rows)| state.at(l, rows)),
             };
             self.record_block_spans(step, l, &io, &s.row_table, spans);
             after_block(step, l, &s.x);
@@ -653,7 +666,7 @@ impl GpuModel {
         if c.residual_norm {
             matmul::linear_spans(step, io.x_in, qkv.0, qkv.1, qkv.2, spans, false);
         } else {
-            linear_after(step, (norm1, rms(&*b.attn_norm)), (io.x_in, io.xn1), qkv, spans, false);
+            linear_after(step, (norm1, rms(&*b.attn_norm)), (io.x_in, io.xn1), qkv, spans, (false, None));
         }
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         if let Some(saved) = io.qk_norm {
@@ -735,7 +748,7 @@ impl GpuModel {
         } else if c.parallel_residual {
             matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
         } else {
-            linear_after(step, (norm2, rms(&*b.mlp_norm)), (io.x_mid, io.xn2), up, spans, false);
+            linear_after(step, (norm2, rms(&*b.mlp_norm)), (io.x_mid, io.xn2), up, spans, (false, None));
         }
         lora(step, Linear::Up, io.xn2, io.up);
         if !std::ptr::eq(io.x_mid, io.x_out) {
@@ -744,7 +757,11 @@ impl GpuModel {
         let act = |step: &mut Step| act::activation(step, c.activation(), io.up, io.act, n, c.ffn);
         let mlp_out = post.map_or(io.x_out, |(p, _)| &p.mlp_out);
         let down = (&*b.down, b.down_b.as_deref(), mlp_out);
-        linear_after(step, (act, gate), (io.up, io.act), down, spans, post.is_none());
+        // LCM at the block's output: natively inside the decode kernel that writes it, where
+        // that is the down projection (the matrix-vector kernel, no norm after it).
+        let writes_output = fuse && post.is_none() && !c.residual_norm && !matmul::prologue_needs_done(spans);
+        let fused_lcm = io.lcm.filter(|_| self.lcm_in_last_workgroup && writes_output);
+        linear_after(step, (act, gate), (io.up, io.act), down, spans, (post.is_none(), fused_lcm));
         lora(step, Linear::Down, io.act, mlp_out);
         if let Some((p, (_, w))) = post {
             post_add(step, &p.mlp_out, w, &p.mlp_stats, io.x_out);
@@ -752,6 +769,9 @@ impl GpuModel {
         if c.residual_norm {
             let norm = (&*b.mlp_norm, b.mlp_norm_b.as_deref());
             self.normalize_stream(step, norm, io.x_out, (io.xn2, io.stats2), n);
+        }
+        if let (Some(modulation), None) = (io.lcm, fused_lcm) {
+            modulation.record(step, io.x_out, n);
         }
     }
 
@@ -819,26 +839,31 @@ pub fn check_weight(gpu: &Gpu, name: &str, shape: &[usize]) -> Result<u64> {
 
 /// `y (+)= f(src) · Wᵀ + bias` over `spans`, where `op` writes f(src) into `done`. With a
 /// prologue computing f, spans of the matrix-vector kernel apply it as they load `src` and
-/// `op` runs only if another span reads `done`.
+/// `op` runs only if another span reads `done`. With `lcm` the product (accumulating) then
+/// modulates `y`'s rows ([`matmul::linear_spans_modulated`]).
 fn linear_after(
     step: &mut Step,
     (op, prologue): (impl FnOnce(&mut Step), Option<Prologue>),
     (src, done): (&Tensor, &Tensor),
     (w, bias, y): (&Tensor, Option<&Tensor>, &Tensor),
     spans: &[usize],
-    accumulate: bool,
+    (accumulate, lcm): (bool, Option<Modulation>),
 ) {
-    match prologue {
+    let (prologue, src) = match prologue {
         Some(prologue) => {
             if matmul::prologue_needs_done(spans) {
                 op(step);
             }
-            matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate);
+            (prologue, src)
         }
         None => {
             op(step);
-            matmul::linear_spans(step, done, w, bias, y, spans, accumulate);
+            (Prologue::None, done)
         }
+    };
+    match lcm {
+        Some(lcm) => matmul::linear_spans_modulated(step, prologue, (src, done), w, bias, y, spans, lcm),
+        None => matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate),
     }
 }
 
@@ -876,9 +901,110 @@ mod tests {
         let decode = if cfg!(target_arch = "wasm32") { 6 } else { 5 };
         for (spans, per_block) in [(&[1][..], decode), (&[8][..], 9)] {
             let mut step = Step::new(gpu);
-            m.record_blocks(&mut step, &s, &cache, (spans, false), &mut |_, _, _| {});
+            m.record_blocks(&mut step, &s, &cache, (spans, false), None, &mut |_, _, _| {});
             // One more for the embedding.
             assert_eq!(step.len(), 1 + per_block * layers, "spans {spans:?}");
+        }
+    }
+
+    /// With LCM on, a decode step's modulated blocks record no dispatch more natively (the
+    /// down projection's last workgroup modulates the row), one more (lcm.wgsl) in the page's
+    /// path; a prefill chunk's modulated blocks one more either way.
+    #[test]
+    fn decode_with_lcm_records_no_extra_dispatch_natively() {
+        let Some(path) = crate::testing::model("stories260k") else { return };
+        let gpu = crate::ops::test_util::gpu();
+        let mut m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
+        let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());
+        let (layers, hidden) = (m.config.layers, m.config.hidden);
+        let cfg = crate::modulate::LcmConfig { gamma: 0.5, ..Default::default() };
+        let state = LcmState::new(gpu, &cfg, layers, hidden, 1).unwrap().unwrap();
+        let modulated = cfg.layers_for(layers).len();
+        assert!(modulated > 0);
+        let decode = if cfg!(target_arch = "wasm32") { 6 } else { 5 };
+        let cases = [
+            (true, 1, decode, 0),
+            (false, 1, decode, modulated),
+            (true, 8, 9, modulated),
+            (false, 8, 9, modulated),
+        ];
+        for (in_last_workgroup, rows, per_block, extra) in cases {
+            m.lcm_in_last_workgroup = in_last_workgroup;
+            let mut step = Step::new(gpu);
+            let lcm = Some((&state, &s.row_table));
+            m.record_blocks(&mut step, &s, &cache, (&[rows], false), lcm, &mut |_, _, _| {});
+            // One more for the embedding.
+            let what = format!("{rows} rows, LCM in the last workgroup: {in_last_workgroup}");
+            assert_eq!(step.len(), 1 + per_block * layers + extra, "{what}");
+        }
+    }
+
+    /// Decode with LCM on, in each setting (one scale; three without keeping the norm; sink 1
+    /// in normalized space on chosen blocks; raw without keeping the norm), on a gated model and
+    /// on GPT-2 (a biased down projection without a gate): LCM in the down projection's last
+    /// workgroup (native) and in lcm.wgsl's dispatch (the page) give the same tokens and logits
+    /// bit for bit, and both give the log-probs of scoring the whole text at once (the
+    /// prefill's scan, which the golden tests check against transformers) within 1e-4.
+    #[test]
+    fn decode_with_lcm_in_the_last_workgroup_equals_its_dispatch_and_the_scan() {
+        use crate::generate::{score, Session};
+        use crate::modulate::{LcmConfig, Space};
+        let gpu = crate::ops::test_util::gpu();
+        for name in ["stories260k", "tiny-gpt2"] {
+            let Some(path) = crate::testing::model(name) else { continue };
+            let host = crate::model::load(&path).unwrap();
+            let mut m = GpuModel::upload(gpu, &host).unwrap();
+            let last = m.config.layers - 1;
+            let prompt = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+            assert!(prompt.len() > 4, "{name}: a prompt the prefill kernels take");
+            let three = vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)];
+            let settings = [
+                LcmConfig { gamma: 0.5, ..LcmConfig::default() },
+                LcmConfig { scales: three, keep_norm: false, ..LcmConfig::default() },
+                LcmConfig {
+                    gamma: 0.4,
+                    sink: 1,
+                    space: Space::Normalized,
+                    layers: Some(vec![0, last]),
+                    ..LcmConfig::default()
+                },
+                LcmConfig { gamma: 0.3, rho: 0.7, keep_norm: false, ..LcmConfig::default() },
+            ];
+            for cfg in &settings {
+                let mut runs = Vec::new();
+                for in_last_workgroup in [true, false] {
+                    m.lcm_in_last_workgroup = in_last_workgroup;
+                    let mut session = Session::new(gpu, &m, prompt.len() + 12, Some(cfg)).unwrap();
+                    let mut ids = prompt.clone();
+                    let mut logits = vec![session.feed(&prompt, None).unwrap().last_logits];
+                    for _ in 0..12 {
+                        let row = logits.last().unwrap();
+                        let id = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+                        ids.push(id as u32);
+                        if ids.len() < prompt.len() + 12 {
+                            logits.push(session.feed(&[id as u32], None).unwrap().last_logits);
+                        }
+                    }
+                    let bits: Vec<Vec<u32>> =
+                        logits.iter().map(|row| row.iter().map(|x| x.to_bits()).collect()).collect();
+                    runs.push((ids, logits, bits));
+                }
+                assert_eq!(runs[0].0, runs[1].0, "{name} {cfg:?}: tokens");
+                assert!(runs[0].2 == runs[1].2, "{name} {cfg:?}: logits differ between the two paths");
+                let (ids, logits, _) = &runs[0];
+                let scores = score(gpu, &m, ids, Some(cfg)).unwrap();
+                for (t, row) in logits.iter().enumerate() {
+                    let at = prompt.len() - 1 + t;
+                    let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+                    let lse = max + row.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
+                    let got = row[ids[at + 1] as usize] as f64 - lse;
+                    let want = scores.next_logprobs[at] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{name} {cfg:?} position {at}: decode {got}, scan {want}"
+                    );
+                }
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 //! golden files check. See docs/lcm.md for what each does to the text.
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::lcm::{lcm, lcm_backward, lcm_saving, LcmShape, MAX_SCALES};
+use crate::ops::lcm::{lcm_backward, lcm_saving, LcmShape, Modulation, MAX_SCALES};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
@@ -211,6 +211,8 @@ pub struct LcmState {
     /// (block index, anchors `[seqs, scales, d]`, stats `[seqs, 4]`).
     layers: Vec<(usize, Tensor, Tensor)>,
     scales: Tensor,
+    /// The arrival counter of the decode kernel that applies LCM in its last workgroup.
+    arrived: Tensor,
 }
 
 /// LCM inside a training step: [`LcmState`] plus, per modulated layer, what its reverse
@@ -316,6 +318,7 @@ impl LcmState {
             },
             layers,
             scales: gpu.upload_f32("lcm scales", &[scales.len(), 2], &flat)?,
+            arrived: gpu.zeros("lcm arrivals", &[1], DType::U32)?,
         }))
     }
 
@@ -332,7 +335,8 @@ impl LcmState {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok(LcmState { shape: self.shape, layers, scales: self.scales.clone() })
+        let arrived = gpu.zeros("lcm arrivals", &[1], DType::U32)?;
+        Ok(LcmState { shape: self.shape, layers, scales: self.scales.clone(), arrived })
     }
 
     /// Records copying the anchors and statistics into `other` (from [`LcmState::duplicate`]).
@@ -351,9 +355,17 @@ impl LcmState {
 
     /// Records the operator at `blocks.{layer}.resid_post` if that block is modulated.
     pub fn record(&self, step: &mut Step, layer: usize, x: &Tensor, rows: &Tensor, n_rows: usize) {
-        if let Some((_, anchors, stats)) = self.layers.iter().find(|(l, _, _)| *l == layer) {
-            lcm(step, x, rows, anchors, &self.scales, stats, self.shape, n_rows);
+        if let Some(modulation) = self.at(layer, rows) {
+            modulation.record(step, x, n_rows);
         }
+    }
+
+    /// Block `layer`'s modulation over the rows of `rows` ((sequence, position) each), or
+    /// None if that block is not modulated.
+    pub fn at<'a>(&'a self, layer: usize, rows: &'a Tensor) -> Option<Modulation<'a>> {
+        let (_, anchor, stats) = self.layers.iter().find(|(l, _, _)| *l == layer)?;
+        let (scales, arrived, shape) = (&self.scales, &self.arrived, self.shape);
+        Some(Modulation { rows, anchor, scales, stats, arrived, shape })
     }
 
     /// Per modulated layer: mean gate and divergence over sequence `seq`'s positions so far.

@@ -48,6 +48,67 @@ impl LcmShape {
     }
 }
 
+/// One modulated layer's state as the kernels that apply LCM bind it: the (sequence, position)
+/// row table, the anchors `[seqs, n_scales, d]`, the (rho, gamma) pairs, the statistics
+/// `[seqs, 4]`, and the arrival counter (one zeroed u32) of the matrix-vector kernel that
+/// applies LCM in its last workgroup (see [`crate::ops::matmul::linear_spans_modulated`]).
+#[derive(Clone, Copy)]
+pub struct Modulation<'a> {
+    pub rows: &'a Tensor,
+    pub anchor: &'a Tensor,
+    pub scales: &'a Tensor,
+    pub stats: &'a Tensor,
+    pub arrived: &'a Tensor,
+    pub shape: LcmShape,
+}
+
+/// The settings matvec.wgsl's LCM epilogue reads after the product's own (its `Params` from
+/// `first_row` on).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct EpilogueParams {
+    first_row: u32,
+    n_seqs: u32,
+    n_scales: u32,
+    sink: u32,
+    tau: f32,
+    kappa: f32,
+    keep_norm: u32,
+    normalized: u32,
+}
+
+impl<'a> Modulation<'a> {
+    /// Records lcm.wgsl over rows `0..n_rows` of `x` (see [`lcm`]).
+    pub fn record(&self, step: &mut Step, x: &Tensor, n_rows: usize) {
+        lcm(step, x, self.rows, self.anchor, self.scales, self.stats, self.shape, n_rows);
+    }
+
+    /// The epilogue's settings for rows `first_row ..` of the row table, each `d` wide, and
+    /// its buffers in binding order.
+    pub fn epilogue(&self, first_row: usize, d: usize) -> (EpilogueParams, [(&'static str, &'a Tensor); 5]) {
+        let (seqs, n_scales) = (self.anchor.shape[0], self.anchor.shape[1]);
+        assert!(self.anchor.shape[2] == d && (1..=MAX_SCALES).contains(&n_scales));
+        assert!(self.scales.numel() >= 2 * n_scales && self.stats.numel() >= 4 * seqs);
+        assert!(self.arrived.dtype == crate::gpu::DType::U32 && self.arrived.numel() >= 1);
+        let p = self.shape.params(0, d, n_scales);
+        let params = EpilogueParams {
+            first_row: first_row as u32,
+            n_seqs: seqs as u32,
+            n_scales: p.n_scales,
+            sink: p.sink,
+            tau: p.tau,
+            kappa: p.kappa,
+            keep_norm: p.keep_norm,
+            normalized: p.normalized,
+        };
+        let m = self;
+        (
+            params,
+            bind![rows = m.rows, anchor = m.anchor, scales = m.scales, stats = m.stats, arrived = m.arrived],
+        )
+    }
+}
+
 /// Modulates rows `0..n_rows` of `x` in place, scanning each sequence's rows in order.
 /// `anchor` is `[seqs, n_scales, d]` (carried between calls), `scales` holds (rho, gamma)
 /// pairs, `stats` `[seqs, 4]` accumulates (gate, divergence, count).

@@ -10,6 +10,7 @@
 
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor, Tier};
+use crate::ops::lcm::{EpilogueParams, Modulation};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -47,6 +48,14 @@ struct Params {
     b_cs: u32,
     scale: f32,
     eps: f32,
+}
+
+/// matvec.wgsl's uniform block with its LCM epilogue.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LcmMatvecParams {
+    product: Params,
+    lcm: EpilogueParams,
 }
 
 /// How the matrix-vector kernel loads A: as stored, or through a decode prologue that
@@ -249,6 +258,12 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                             // residual; the normed projections (qkv, up) write.
                             let prologue = if acc == 1 { ("SILU_GATE", 1) } else { ("RMSNORM", 1) };
                             v.push(("matvec", [&flags[..], &shape, &[prologue]].concat()));
+                            // LCM after the down projection (gated or not), which adds
+                            // into the residual stream.
+                            if acc == 1 {
+                                v.push(("matvec", [&flags[..], &shape, &[("LCM", 1)]].concat()));
+                                v.push(("matvec", [&flags[..], &shape, &[prologue, ("LCM", 1)]].concat()));
+                            }
                         }
                     }
                 }
@@ -358,6 +373,24 @@ pub fn matmul_on(
     accumulate: bool,
     prologue: Prologue,
 ) {
+    product(step, engine, a, b, c, (m, n, k), (scale, bias), accumulate, prologue, None);
+}
+
+/// [`matmul_on`], with `lcm` (the modulation and the row table's index of A's first row)
+/// applied to C's rows by the matrix-vector kernel's last workgroup.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    step: &mut Step,
+    engine: Engine,
+    a: Mat,
+    b: Mat,
+    c: Mat,
+    (m, n, k): (usize, usize, usize),
+    (scale, bias): (f32, Option<&Tensor>),
+    accumulate: bool,
+    prologue: Prologue,
+    lcm: Option<(Modulation, usize)>,
+) {
     assert_eq!(c.cs, 1, "C must be row-major");
     if m == 0 || n == 0 {
         return;
@@ -412,14 +445,25 @@ pub fn matmul_on(
         }
     };
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
+    assert!(matvec || lcm.is_none(), "LCM is fused into the matrix-vector kernel only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
     if matvec {
         let tile = engine.matvec.unwrap_or_else(|| Tile::for_adapter(step.gpu, n));
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
         let shape =
             [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("U", tile.u), ("SUBGROUP", subgroup)];
-        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag].concat());
-        step.dispatch(pipeline, &params, &buffers, super::groups(n, tile.rows()));
+        let lcm_flag: &[Define] = if lcm.is_some() { &[("LCM", 1)] } else { &[] };
+        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag, lcm_flag].concat());
+        let groups = super::groups(n, tile.rows());
+        match lcm {
+            Some((modulation, first_row)) => {
+                assert!(accumulate, "LCM follows a product that adds into the residual stream");
+                let (lcm, lcm_buffers) = modulation.epilogue(first_row, n);
+                buffers.extend(lcm_buffers);
+                step.dispatch(pipeline, &LcmMatvecParams { product: params, lcm }, &buffers, groups);
+            }
+            None => step.dispatch(pipeline, &params, &buffers, groups),
+        }
     } else if engine.tier != Tier::Portable && k > 0 {
         gemm(step, engine, (a, b, c), (m, n, k), params, &buffers, accumulate, bias.is_some());
     } else {
@@ -497,7 +541,7 @@ pub fn linear_spans(
 /// `y = x · Wᵀ` over `spans` as [`linear_spans`], into the matrix `y` (its offset and row
 /// stride: a row shard of the LM head writes its columns of the logits).
 pub fn linear_spans_into(step: &mut Step, x: &Tensor, w: &Tensor, y: Mat, spans: &[usize]) {
-    spans_into(step, Prologue::None, (x, x), (w, None), y, spans, false);
+    spans_into(step, (Prologue::None, None), (x, x), (w, None), y, spans, false);
 }
 
 /// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
@@ -515,13 +559,35 @@ pub fn linear_spans_prologue(
     spans: &[usize],
     accumulate: bool,
 ) {
-    spans_into(step, prologue, (src, done), (w, bias), Mat::rows(y, 0, w.shape[0]), spans, accumulate);
+    let y = Mat::rows(y, 0, w.shape[0]);
+    spans_into(step, (prologue, None), (src, done), (w, bias), y, spans, accumulate);
+}
+
+/// [`linear_spans_prologue`] accumulating into the residual stream `y`, whose rows it then
+/// modulates with LCM (`lcm`'s row table indexed as `y`'s rows) in the last workgroup of each
+/// matrix-vector dispatch: LCM costs no dispatch of its own. Every span must go to that kernel
+/// ([`prologue_needs_done`] false), and the device must let a workgroup see the others'
+/// writes within a dispatch (native, not the page: see matvec.wgsl).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_spans_modulated(
+    step: &mut Step,
+    prologue: Prologue,
+    (src, done): (&Tensor, &Tensor),
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    spans: &[usize],
+    lcm: Modulation,
+) {
+    assert!(!prologue_needs_done(spans), "LCM is fused into the matrix-vector kernel only");
+    let y = Mat::rows(y, 0, w.shape[0]);
+    spans_into(step, (prologue, Some(lcm)), (src, done), (w, bias), y, spans, true);
 }
 
 /// [`linear_spans_prologue`] into the matrix `y`.
 fn spans_into(
     step: &mut Step,
-    prologue: Prologue,
+    (prologue, lcm): (Prologue, Option<Modulation>),
     (src, done): (&Tensor, &Tensor),
     (w, bias): (&Tensor, Option<&Tensor>),
     y: Mat,
@@ -538,7 +604,8 @@ fn spans_into(
             (Mat::rows(done, first * inp, inp), Prologue::None)
         };
         let (w, y) = (Mat::transposed(w, 0, inp), Mat { off: y.off + first * y.rs, ..y });
-        matmul_on(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue);
+        let lcm = lcm.map(|m| (m, first));
+        product(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue, lcm);
     }
 }
 
@@ -943,6 +1010,111 @@ mod tests {
             step.submit().unwrap();
             let want = cpu::matmul::linear(&normed, &w, Some(&b), m, n, k);
             assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("normed linear k={k}"));
+        }
+    }
+
+    /// The LCM epilogue (the last workgroup modulates the rows the product wrote) in every
+    /// tiling, gated or not, with and without bias: bit for bit the product then lcm.wgsl's
+    /// dispatch, and within 1e-4 the CPU's product then scan. Four products of 3, 2, 4 and 1
+    /// rows over two sequences (and a row of a sequence without anchors, left alone) carry the
+    /// anchors as decode steps do.
+    #[test]
+    fn matvec_lcm_epilogue_equals_the_lcm_dispatch_and_cpu() {
+        use crate::ops::lcm::{LcmShape, Modulation};
+        let gpu = gpu();
+        let (n, k) = (72, 40);
+        let skip = u32::MAX;
+        let calls: [&[(u32, u32)]; 4] =
+            [&[(0, 0), (0, 1), (1, 0)], &[(0, 2), (1, 1)], &[(1, 2), (skip, 5), (0, 3), (1, 3)], &[(0, 4)]];
+        let table: Vec<(u32, u32)> = calls.concat();
+        let total = table.len();
+        let src = rand_vec(1, total * 2 * k, 1.0);
+        let w = rand_vec(2, n * k, 0.3);
+        let b = rand_vec(3, n, 0.5);
+        let h0 = rand_vec(4, total * n, 1.0);
+        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (wt, bt) = (t("w", &[n, k], &w), t("b", &[n], &b));
+        let cases = [
+            (vec![(0.9f32, 0.6f32)], false, true, 0usize, Prologue::None, false),
+            (vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)], false, false, 0, Prologue::SiluGate, true),
+            (vec![(0.8, 0.5)], true, true, 2, Prologue::SiluGate, false),
+            (vec![(0.7, 0.4), (0.95, 0.3)], true, false, 1, Prologue::None, true),
+        ];
+        for (scales, normalized, keep_norm, sink, prologue, bias) in cases {
+            let gated = matches!(prologue, Prologue::SiluGate);
+            let cols = if gated { 2 * k } else { k };
+            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink };
+            let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
+            let scales_t = t("scales", &[scales.len(), 2], &flat);
+            let bias = bias.then_some(&bt);
+            // The stream after every product, the anchors, the statistics, the counter.
+            let run = |tile: Tile, fused: bool| -> [Vec<u32>; 4] {
+                let zeros = |name, shape: &[usize], dtype| gpu.zeros(name, shape, dtype).unwrap();
+                let anchor = zeros("anchor", &[2, scales.len(), n], crate::gpu::DType::F32);
+                let stats = zeros("stats", &[2, 4], crate::gpu::DType::F32);
+                let arrived = zeros("arrived", &[1], crate::gpu::DType::U32);
+                let mut stream = Vec::new();
+                let mut first = 0;
+                for rows in calls {
+                    let m = rows.len();
+                    let a: Vec<f32> =
+                        (first..first + m).flat_map(|r| src[r * 2 * k..r * 2 * k + cols].to_vec()).collect();
+                    let (at, xt) = (t("a", &[m, cols], &a), t("x", &[m, n], &h0[first * n..(first + m) * n]));
+                    let flat_rows: Vec<u32> = rows.iter().flat_map(|&(s, p)| [s, p]).collect();
+                    let rows = gpu.upload_u32("rows", &[m, 2], &flat_rows).unwrap();
+                    let (scales, stats, anchor, arrived) = (&scales_t, &stats, &anchor, &arrived);
+                    let modulation = Modulation { rows: &rows, anchor, scales, stats, arrived, shape };
+                    let mut step = Step::new(gpu);
+                    let (xa, wa, ya) =
+                        (Mat::rows(&at, 0, cols), Mat::transposed(&wt, 0, k), Mat::rows(&xt, 0, n));
+                    let engine = with_matvec(gpu, tile);
+                    let lcm = fused.then_some((modulation, 0));
+                    product(&mut step, engine, xa, wa, ya, (m, n, k), (1.0, bias), true, prologue, lcm);
+                    if !fused {
+                        modulation.record(&mut step, &xt, m);
+                    }
+                    step.submit().unwrap();
+                    stream.extend(gpu.read_f32(&xt).unwrap());
+                    first += m;
+                }
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect();
+                let (anchor, stats) = (gpu.read_f32(&anchor).unwrap(), gpu.read_f32(&stats).unwrap());
+                [bits(stream), bits(anchor), bits(stats), gpu.read_u32(&arrived).unwrap()]
+            };
+            let a: Vec<f32> = (0..total).flat_map(|r| src[r * 2 * k..r * 2 * k + cols].to_vec()).collect();
+            let a = if gated { cpu::act::silu_gate(&a, k) } else { a };
+            let mut want = cpu::matmul::linear(&a, &w, bias.map(|_| &b[..]), total, n, k);
+            want.iter_mut().zip(&h0).for_each(|(y, h)| *y += h);
+            let mut want_stats = Vec::new();
+            for seq in [0, 1] {
+                let mine: Vec<usize> = (0..total).filter(|&r| table[r].0 == seq).collect();
+                let mut h: Vec<f32> = mine.iter().flat_map(|&r| want[r * n..(r + 1) * n].to_vec()).collect();
+                want_stats.push(cpu::lcm::lcm_scan(
+                    &mut h,
+                    n,
+                    &scales,
+                    (0.05, 20.0),
+                    keep_norm,
+                    normalized,
+                    sink,
+                ));
+                for (i, &r) in mine.iter().enumerate() {
+                    want[r * n..(r + 1) * n].copy_from_slice(&h[i * n..(i + 1) * n]);
+                }
+            }
+            for tile in Tile::ALL {
+                let what = format!("{tile:?} scales={scales:?} normalized={normalized} keep_norm={keep_norm} sink={sink} gated={gated}");
+                let fused = run(tile, true);
+                assert_eq!(fused, run(tile, false), "{what}: the epilogue differs from lcm.wgsl");
+                assert_eq!(fused[3], [0], "{what}: the counter is left at zero");
+                let got: Vec<f32> = fused[0].iter().map(|&x| f32::from_bits(x)).collect();
+                assert_close(&got, &want, 1e-4, &what);
+                let stats: Vec<f32> = fused[2].iter().map(|&x| f32::from_bits(x)).collect();
+                for (seq, (g, _, count)) in want_stats.iter().enumerate() {
+                    assert!((stats[4 * seq] as f64 - g).abs() < 1e-4, "{what}: seq {seq} gates");
+                    assert_eq!(stats[4 * seq + 2] as usize, *count, "{what}: seq {seq} count");
+                }
+            }
         }
     }
 

@@ -99,6 +99,7 @@ impl BlockActs {
             post_norms: self.post_norms.as_ref(),
             lora,
             long_rope,
+            lcm: None,
         }
     }
 
