@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark matrix behind docs/bench.md's GPU tables, in one run (about 6-7 minutes on an
+# The benchmark matrix behind docs/bench.md's GPU tables, in one run (about 8-9 minutes on an
 # H100 or H200): SmolLM2-135M shapes (random weights, which run at the speed of the real ones),
 # a 512-token prompt and 128 new tokens, greedy.
 #
@@ -19,6 +19,9 @@
 #   train-full           full fine-tuning, batch 8 x 512
 #   matmul-*, prefill-512-TIER, train-8x512-TIER   the matrix tiers (KEEL_TIER), see below
 #   prefill-attention-KERNELS   flash attention against the per-row kernels (KEEL_ATTENTION)
+#   lcm-prefill-SCAN, lcm-prefill-off, train-lcm   LCM's scans (issue 22): prefill with LCM on,
+#                        the scan as the adapter runs it and forced (KEEL_LCM_SCAN) to the
+#                        portable tree, anchors in memory, 64 threads; fine-tuning with LCM on
 # OUT_DIR/bench.jsonl gets one line per case ({"case", "env", "result"} with the card's name in
 # result.adapter), OUT_DIR/card.txt the GPU's name, driver and clocks, OUT_DIR/info.txt `keel
 # info`, OUT_DIR/profile-FMT.txt the readable per-kernel tables of the baseline.
@@ -92,4 +95,15 @@ for k in flash simple; do
     KEEL_ATTENTION=$k timeout 300 "$keel" bench --shapes "$shapes" --train --batch 8 --seq-len 512 --repeats 1 \
         --profile > "$out/profile-train-attention-$k.txt" 2>&1
 done
+# LCM's scans (issue 22; docs/bench.md): prefill of 512 tokens with LCM on against off, the
+# scan as this adapter runs it (subgroup sums, anchors in registers, 256 threads) and forced to
+# each fallback; the profiles hold the lcm kernel's line. Fine-tuning runs the backward scan.
+run "lcm-prefill-off" "" --weights f32 --gen-tokens 1 --repeats 5
+for scan in auto tree memory wg64; do
+    # shellcheck disable=SC2086
+    run "lcm-prefill-$scan" "$([ $scan = auto ] || echo KEEL_LCM_SCAN=$scan)" --weights f32 --gen-tokens 1 \
+        --repeats 5 --profile $lcm
+done
+# shellcheck disable=SC2086
+run "train-lcm" "" --train --batch 8 --seq-len 512 --repeats 2 --profile $lcm
 echo "done in $(( $(date +%s) - started )) s; results in $out/bench.jsonl" >&2

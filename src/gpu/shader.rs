@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("draw", include_str!("../../shaders/draw.wgsl")),
     ("dequant", include_str!("../../shaders/dequant.wgsl")),
     ("lcm", include_str!("../../shaders/lcm.wgsl")),
+    ("lcm_scan", include_str!("../../shaders/lcm_scan.wgsl")),
     ("lcm_backward", include_str!("../../shaders/lcm_backward.wgsl")),
     ("norm_backward", include_str!("../../shaders/norm_backward.wgsl")),
     ("act_backward", include_str!("../../shaders/act_backward.wgsl")),
@@ -34,13 +35,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window` / `#include attention_merge` / `#include lcm_step`.
+    // `#include window` / `#include attention_merge` / `#include lcm_step` / `#include lcm_reduce`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
     ("lcm_step", include_str!("../../shaders/lcm_step.wgsl")),
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("lcm_reduce", include_str!("../../shaders/lcm_reduce.wgsl")),
 ];
 
 /// The source of one kernel family.
@@ -294,7 +296,10 @@ mod tests {
             }
         }
         for (family, src) in SOURCES.iter().filter(|(n, _)| {
-            !matches!(*n, "wfmt" | "reduce" | "activation" | "window" | "attention_merge" | "lcm_step")
+            !matches!(
+                *n,
+                "wfmt" | "reduce" | "lcm_reduce" | "activation" | "window" | "attention_merge" | "lcm_step"
+            )
         }) {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
             // The source with its includes pasted in, `#if` lines kept.

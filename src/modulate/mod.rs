@@ -6,7 +6,7 @@
 //! golden files check. See docs/lcm.md for what each does to the text.
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::lcm::{lcm_backward, lcm_saving, LcmShape, Modulation, MAX_SCALES};
+use crate::ops::lcm::{lcm_backward, lcm_saving, LcmShape, Modulation, ScanKernel, MAX_SCALES};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
@@ -315,6 +315,7 @@ impl LcmState {
                 keep_norm: cfg.keep_norm,
                 normalized: cfg.space == Space::Normalized,
                 sink: cfg.sink,
+                kernel: ScanKernel::for_adapter(gpu)?,
             },
             layers,
             scales: gpu.upload_f32("lcm scales", &[scales.len(), 2], &flat)?,

@@ -1,7 +1,9 @@
-//! Latent convergence modulation at a block's residual output, `shaders/lcm.wgsl`.
+//! Latent convergence modulation at a block's residual output: `shaders/lcm_scan.wgsl` for
+//! scans, `shaders/lcm.wgsl` for a row per sequence (decode's step, bit for bit).
 //! Host-side settings live in [`crate::modulate`].
 
-use crate::gpu::{shader::Define, Step, Tensor};
+use crate::gpu::{shader::Define, Gpu, Step, Tensor};
+use anyhow::{anyhow, Result};
 
 /// Most anchors (scales) per layer the kernel keeps.
 pub const MAX_SCALES: usize = 4;
@@ -19,8 +21,95 @@ pub struct LcmParams {
     normalized: u32,
 }
 
+/// Workgroup sizes the scans come in (WG).
+const SCAN_WGS: [u32; 2] = [64, 256];
+/// Hidden indices per thread the register path comes in (PER): powers of two, so that a few
+/// variants cover every width.
+const SLICES: [u32; 5] = [1, 2, 4, 8, 16];
+/// Most anchor values (SCALES × PER) a thread keeps in registers; wider anchors stay in memory.
+const MAX_REGISTER_ANCHORS: u32 = 64;
+
 pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
-    vec![("lcm", vec![("SAVE", 0)]), ("lcm", vec![("SAVE", 1)]), ("lcm_backward", vec![])]
+    let mut v = vec![("lcm", vec![("SAVE", 0)]), ("lcm", vec![("SAVE", 1)])];
+    for scales in 1..=MAX_SCALES as u32 {
+        for wg in SCAN_WGS {
+            for per in [0].into_iter().chain(SLICES).filter(|per| scales * per <= MAX_REGISTER_ANCHORS) {
+                for subgroup in [0, 1] {
+                    let shape = [("SUBGROUP", subgroup), ("SCALES", scales), ("WG", wg), ("PER", per)];
+                    for save in [0, 1] {
+                        v.push(("lcm_scan", [&shape[..], &[("SAVE", save)]].concat()));
+                    }
+                    v.push(("lcm_backward", shape.to_vec()));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// How the scans (lcm_scan.wgsl, lcm_backward.wgsl) run: the recurrence is serial over positions,
+/// so what matters is the length of each row's chain of reductions and memory round trips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanKernel {
+    /// Threads per workgroup (one workgroup per sequence).
+    pub wg: u32,
+    /// Subgroup sums with one barrier per reduction (SUBGROUP), else the portable tree.
+    pub subgroup: bool,
+    /// Each thread keeps its slice of the anchors in registers across rows when it fits
+    /// (PER), else they stay in memory.
+    pub registers: bool,
+}
+
+impl ScanKernel {
+    /// What this adapter runs: 256 threads on GPUs (each row's work spread wide), 64 on CPU
+    /// adapters (a barrier costs them a pass over every lane); subgroup sums where the adapter
+    /// has subgroups of at least 4 lanes; registers. `KEEL_LCM_SCAN` (comma-separated `tree`,
+    /// `memory`, `wg64`, `wg256`) forces the portable tree, anchors in memory or a workgroup
+    /// size, to compare them (benches) and to test them on one adapter.
+    pub fn for_adapter(gpu: &Gpu) -> Result<ScanKernel> {
+        static FORCED: std::sync::OnceLock<Result<Vec<String>, String>> = std::sync::OnceLock::new();
+        let forced = FORCED.get_or_init(|| match std::env::var("KEEL_LCM_SCAN") {
+            Err(_) => Ok(Vec::new()),
+            Ok(text) => Self::parse(&text),
+        });
+        let forced = forced.clone().map_err(|e| anyhow!(e))?;
+        let has = |word: &str| forced.iter().any(|w| w == word);
+        let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size >= 4;
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let wg = if has("wg64") {
+            64
+        } else if has("wg256") || !cpu {
+            256
+        } else {
+            64
+        };
+        Ok(ScanKernel { wg, subgroup: subgroups && !has("tree"), registers: !has("memory") })
+    }
+
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        let words: Vec<String> =
+            text.split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
+        match words.iter().find(|w| !["tree", "memory", "wg64", "wg256"].contains(&w.as_str())) {
+            Some(bad) => Err(format!(
+                "KEEL_LCM_SCAN takes comma-separated tree, memory, wg64, wg256; got '{bad}' in '{text}'"
+            )),
+            None => Ok(words),
+        }
+    }
+
+    /// The defines for `n_scales` anchors of width `d`: PER is the slice each thread keeps in
+    /// registers, 0 when the anchors stay in memory.
+    fn defines(self, d: usize, n_scales: usize) -> [Define; 4] {
+        let per = (d as u32).div_ceil(self.wg).next_power_of_two();
+        let scales = n_scales as u32;
+        let fits = self.registers && SLICES.contains(&per) && scales * per <= MAX_REGISTER_ANCHORS;
+        [
+            ("SUBGROUP", self.subgroup as u32),
+            ("SCALES", scales),
+            ("WG", self.wg),
+            ("PER", if fits { per } else { 0 }),
+        ]
+    }
 }
 
 /// The per-layer operator settings the kernel needs.
@@ -31,6 +120,7 @@ pub struct LcmShape {
     pub keep_norm: bool,
     pub normalized: bool,
     pub sink: usize,
+    pub kernel: ScanKernel,
 }
 
 impl LcmShape {
@@ -144,7 +234,15 @@ pub fn lcm_saving(
     assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
     assert!(x.numel() >= n_rows * d && stats.numel() >= 4 * seqs);
     let params = shape.params(n_rows, d, n_scales);
-    let pipeline = step.gpu.pipeline("lcm", &[("SAVE", history.is_some() as u32)]);
+    let save = ("SAVE", history.is_some() as u32);
+    // Calls decode's epilogue could make (matvec.wgsl's LCM: up to MATVEC_MAX_M rows) and
+    // batch decode steps (a row per sequence) take lcm.wgsl, whose step is bit for bit the
+    // epilogue's (lcm_step.wgsl); longer scans take lcm_scan.wgsl.
+    let pipeline = if n_rows <= seqs.max(crate::ops::matmul::MATVEC_MAX_M) {
+        step.gpu.pipeline("lcm", &[save])
+    } else {
+        step.gpu.pipeline("lcm_scan", &[&shape.kernel.defines(d, n_scales)[..], &[save]].concat())
+    };
     let mut buffers = bind![x, rows, anchor, scales, stats].to_vec();
     if let Some(h) = history {
         assert!(h.numel() >= n_rows * n_scales * d);
@@ -171,7 +269,7 @@ pub fn lcm_backward(
     assert!((1..=MAX_SCALES).contains(&n_scales) && scales.numel() >= 2 * n_scales);
     assert!(h.numel() >= n_rows * d && dy.numel() >= n_rows * d && history.numel() >= n_rows * n_scales * d);
     let params = shape.params(n_rows, d, n_scales);
-    let pipeline = step.gpu.pipeline("lcm_backward", &[]);
+    let pipeline = step.gpu.pipeline("lcm_backward", &shape.kernel.defines(d, n_scales));
     step.dispatch(pipeline, &params, &bind![h, rows, history, scales, dy, d_anchor], [seqs as u32, 1, 1]);
 }
 
@@ -182,20 +280,73 @@ mod tests {
     use crate::gpu::DType;
     use crate::ops::test_util::*;
 
+    /// Every way the scans can run on this adapter: both workgroup sizes, subgroup sums (where
+    /// the adapter has them) and the portable tree, anchors in registers and in memory.
+    fn scan_kernels(gpu: &Gpu) -> Vec<ScanKernel> {
+        let own = ScanKernel::for_adapter(gpu).unwrap();
+        let mut kernels = Vec::new();
+        for wg in SCAN_WGS {
+            for subgroup in [false, true].into_iter().filter(|&s| !s || own.subgroup) {
+                for registers in [true, false] {
+                    kernels.push(ScanKernel { wg, subgroup, registers });
+                }
+            }
+        }
+        kernels
+    }
+
+    /// On an adapter with subgroups (lavapipe has them) the tests below run all eight ways;
+    /// every width and number of scales gets a variant the naga test validates.
+    #[test]
+    fn scan_kernels_and_their_slices_per_width() {
+        let gpu = gpu();
+        let kernels = scan_kernels(gpu);
+        if gpu.features.contains(wgpu::Features::SUBGROUP) {
+            assert_eq!(kernels.len(), 8, "{kernels:?}");
+        }
+        let all = variants();
+        for kernel in &kernels {
+            for d in [64, 70, 576, 4096, 9000] {
+                for k in 1..=MAX_SCALES {
+                    let forward = [&kernel.defines(d, k)[..], &[("SAVE", 1)]].concat();
+                    assert!(all.contains(&("lcm_scan", forward)), "{kernel:?} d={d} scales={k}");
+                    assert!(
+                        all.contains(&("lcm_backward", kernel.defines(d, k).to_vec())),
+                        "{kernel:?} d={d}"
+                    );
+                }
+            }
+        }
+        // A slice of 2 per thread at 64 threads, 1 at 256; 3 rounds up to 4; too wide: memory.
+        let k = |wg, registers| ScanKernel { wg, subgroup: true, registers };
+        assert_eq!(k(64, true).defines(70, 1)[3], ("PER", 2));
+        assert_eq!(k(256, true).defines(70, 1)[3], ("PER", 1));
+        assert_eq!(k(64, true).defines(150, 4)[3], ("PER", 4));
+        assert_eq!(k(256, true).defines(4096, 4)[3], ("PER", 16));
+        assert_eq!(k(256, true).defines(4097, 1)[3], ("PER", 0));
+        assert_eq!(k(64, true).defines(1024, 4)[3], ("PER", 16));
+        assert_eq!(k(64, false).defines(70, 1)[3], ("PER", 0));
+        assert!(ScanKernel::parse("tree, wg64").is_ok());
+        assert!(ScanKernel::parse("tree,registers").unwrap_err().contains("'registers'"));
+    }
+
     /// A prefill of 9 positions split into two calls (7 rows, then 2 single decode rows)
-    /// equals one reference scan, for each variant.
+    /// equals one reference scan, for each variant and each way the scan runs.
     #[test]
     fn lcm_scan_matches_cpu_across_calls() {
         let gpu = gpu();
-        let (t, d) = (9, 70);
-        let h = rand_vec(1, t * d, 1.0);
+        let t = 9;
         let cases = [
             (vec![(0.9f32, 0.6f32)], false, true, 0usize),
             (vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)], false, false, 0),
             (vec![(0.8, 0.5)], true, true, 2),
         ];
-        for (scales, normalized, keep_norm, sink) in cases {
-            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink };
+        let runs = scan_kernels(gpu).into_iter().flat_map(|k| [70, 150].map(|d| (k, d)));
+        for ((scales, normalized, keep_norm, sink), (kernel, d)) in
+            runs.flat_map(|run| cases.clone().map(|case| (case, run)))
+        {
+            let h = rand_vec(1, t * d, 1.0);
+            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink, kernel };
             let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
             let scales_t = gpu.upload_f32("scales", &[scales.len(), 2], &flat).unwrap();
             let anchor = gpu.zeros("anchor", &[1, scales.len(), d], DType::F32).unwrap();
@@ -213,7 +364,7 @@ mod tests {
             let mut want = h.clone();
             let (g, s, n) =
                 cpu::lcm::lcm_scan(&mut want, d, &scales, (0.05, 20.0), keep_norm, normalized, sink);
-            let what = format!("lcm scales={scales:?} normalized={normalized} sink={sink}");
+            let what = format!("lcm scales={scales:?} normalized={normalized} sink={sink} d={d} {kernel:?}");
             assert_close(&got, &want, 1e-5, &what);
             let st = gpu.read_f32(&stats).unwrap();
             assert!((st[0] as f64 - g).abs() < 1e-4 && (st[1] as f64 - s).abs() < 1e-4, "{what}: stats");
@@ -222,7 +373,8 @@ mod tests {
     }
 
     /// The reverse scan on two training sequences (rows seq × T + t) against the CPU
-    /// reference, for each variant; the anchors' gradient buffer ends at zero.
+    /// reference, for each variant and each way the scans run; the anchors' gradient buffer
+    /// ends at zero.
     #[test]
     fn lcm_backward_matches_cpu() {
         let gpu = gpu();
@@ -237,9 +389,11 @@ mod tests {
         ];
         let rows: Vec<u32> = (0..seqs * t).flat_map(|r| [(r / t) as u32, (r % t) as u32]).collect();
         let rows = gpu.upload_u32("rows", &[seqs * t, 2], &rows).unwrap();
-        for (scales, normalized, keep_norm, sink) in cases {
+        for ((scales, normalized, keep_norm, sink), kernel) in
+            scan_kernels(gpu).into_iter().flat_map(|k| cases.clone().map(|case| (case, k)))
+        {
             let (tau, kappa) = (0.05, 4.0);
-            let shape = LcmShape { tau, kappa, keep_norm, normalized, sink };
+            let shape = LcmShape { tau, kappa, keep_norm, normalized, sink, kernel };
             let k = scales.len();
             let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
             let scales_t = gpu.upload_f32("scales", &[k, 2], &flat).unwrap();
@@ -270,7 +424,8 @@ mod tests {
                 );
             }
             let what = format!(
-                "lcm backward scales={scales:?} normalized={normalized} keep_norm={keep_norm} sink={sink}"
+                "lcm backward scales={scales:?} normalized={normalized} keep_norm={keep_norm} sink={sink} \
+                 {kernel:?}"
             );
             assert_close(&gpu.read_f32(&dy_t).unwrap(), &want, 2e-4, &what);
             assert!(gpu.read_f32(&d_anchor).unwrap().iter().all(|&x| x == 0.0), "{what}: d_anchor reset");

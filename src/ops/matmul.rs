@@ -72,7 +72,7 @@ pub enum Prologue<'a> {
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
 /// once for all rows, where the 4×4-blocked kernel idles 3/4 of its work at one row. On
 /// lavapipe the two tie at 3–4 rows; on GPUs matvec's coalesced weight reads should still win.
-const MATVEC_MAX_M: usize = 4;
+pub(crate) const MATVEC_MAX_M: usize = 4;
 
 /// Up to this many outputs, GPUs give each weight row two warps ([`Tile::GPU_NARROW`]).
 const NARROW_MAX_N: usize = 1024;
@@ -1043,7 +1043,8 @@ mod tests {
         for (scales, normalized, keep_norm, sink, prologue, bias) in cases {
             let gated = matches!(prologue, Prologue::SiluGate);
             let cols = if gated { 2 * k } else { k };
-            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink };
+            let kernel = crate::ops::lcm::ScanKernel::for_adapter(gpu).unwrap();
+            let shape = LcmShape { tau: 0.05, kappa: 20.0, keep_norm, normalized, sink, kernel };
             let flat: Vec<f32> = scales.iter().flat_map(|&(r, g)| [r, g]).collect();
             let scales_t = t("scales", &[scales.len(), 2], &flat);
             let bias = bias.then_some(&bt);
