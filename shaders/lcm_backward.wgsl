@@ -29,7 +29,6 @@ struct Params {
 // lid + j WG, j < PER; with PER each thread keeps its slice of d_anchor in registers across
 // rows. Per row: 1 + 2 SCALES sums (the gates), then 3 + 3 SCALES, then with NORMALIZED one.
 const N_SUMS: u32 = 3u + 3u * SCALES;
-var<private> lid: u32;
 #include lcm_reduce
 
 #if PER
@@ -45,24 +44,8 @@ fn set_d_anchor(k: u32, j: u32, v: f32) { d_anchor[da_base + k * p.d + lid + j *
 #endif
 
 @compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid3: vec3<u32>,
-#if SUBGROUP
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) lanes: u32,
-    @builtin(subgroup_id) subgroup: u32,
-    @builtin(num_subgroups) subgroups: u32,
-#endif
-) {
-    let seq = wid.x;
-    lid = lid3.x;
-#if SUBGROUP
-    sg_lane = lane;
-    sg_size = lanes;
-    sg_id = subgroup;
-    n_subgroups = subgroups;
-#endif
+fn main(at: Invocation) {
+    let seq = start(at);
     let d = p.d;
     let ks = SCALES;
     let seq_base = seq * ks * d;

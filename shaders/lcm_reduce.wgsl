@@ -1,8 +1,22 @@
 // The LCM scans' reductions, pasted in by `#include lcm_reduce`: every thread of the workgroup
 // calls `reduce(v, n)` together and gets the sums over the workgroup of the first `n` values of
-// its `v`. The including kernel defines WG (its workgroup size, a power of two), N_SUMS (the
-// most values one call sums) and the private `lid`, and with SUBGROUP sets `sg_lane`, `sg_size`,
-// `sg_id` and `n_subgroups` from the built-ins as it starts.
+// its `v`. The including kernel defines WG (its workgroup size, a power of two) and N_SUMS (the
+// most values one call sums), takes an `Invocation` as its entry point's input and calls
+// `start` on it first.
+
+var<private> lid: u32;
+
+// Where a thread is: its workgroup (a sequence) and its index, and with SUBGROUP its lane.
+struct Invocation {
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+#if SUBGROUP
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) lanes: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+#endif
+}
 #if SUBGROUP
 // Each subgroup sums its lanes with subgroupAdd and its first lane leaves the sum in `part`;
 // after one barrier every subgroup adds those up. Subgroups have at least 4 lanes (the host
@@ -15,6 +29,16 @@ var<private> sg_size: u32;
 var<private> sg_id: u32;
 var<private> n_subgroups: u32;
 var<private> half: u32;
+
+// Sets the thread's indices from `at`; returns its workgroup's index (the sequence).
+fn start(at: Invocation) -> u32 {
+    lid = at.local.x;
+    sg_lane = at.lane;
+    sg_size = at.lanes;
+    sg_id = at.subgroup;
+    n_subgroups = at.subgroups;
+    return at.workgroup.x;
+}
 
 fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {
     let at = half * N_SUMS * MAX_SUBGROUPS;
@@ -35,6 +59,12 @@ fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {
 #else
 // The portable tree (the page, adapters without subgroups): log2(WG) halving steps.
 var<workgroup> red: array<f32, N_SUMS * WG>;
+
+// Sets the thread's index from `at`; returns its workgroup's index (the sequence).
+fn start(at: Invocation) -> u32 {
+    lid = at.local.x;
+    return at.workgroup.x;
+}
 
 fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {
     workgroupBarrier();  // every thread has read the last call's sums

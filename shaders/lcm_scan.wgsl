@@ -9,21 +9,7 @@
 // NORMALIZED everything acts on directions h / |h| and the result is rescaled to |h|.
 // SAVE (training) also writes the anchors each row saw into `history`.
 
-struct Params {
-    n_rows: u32, d: u32, n_scales: u32, sink: u32,
-    tau: f32, kappa: f32, keep_norm: u32, normalized: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;      // [rows, d], modified in place
-@group(0) @binding(2) var<storage, read> rows: array<u32>;         // (sequence, position) per row
-@group(0) @binding(3) var<storage, read_write> anchor: array<f32>; // [seqs, n_scales, d]
-@group(0) @binding(4) var<storage, read> scales: array<f32>;       // (rho, gamma) per scale
-@group(0) @binding(5) var<storage, read_write> stats: array<f32>;  // per sequence: sum gate, sum divergence, count, 0
-#if SAVE
-// Training: the anchors each row saw, for lcm_backward.wgsl.
-@group(0) @binding(6) var<storage, read_write> history: array<f32>;  // [rows, n_scales, d]
-#endif
+#include lcm_io
 
 // The scan is sequential over rows, so each row's chain is kept short: per row one reduction
 // of 1 + 2 SCALES sums (|h|^2, h.a_k, |a_k|^2) and one of |h'|^2 (its expansion from the first
@@ -36,7 +22,6 @@ struct Params {
 // anchors and rows stay in memory. WG: 256 on GPUs (each row's work spread wide), 64 on CPU adapters
 // (fewer idle lanes per barrier); SCALES: the number of anchors.
 const N_SUMS: u32 = 1u + 2u * SCALES;
-var<private> lid: u32;
 #include lcm_reduce
 
 #if PER
@@ -68,24 +53,8 @@ fn set_row(j: u32, v: f32) { x[row_base + lid + j * WG] = v; }
 #endif
 
 @compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid3: vec3<u32>,
-#if SUBGROUP
-    @builtin(subgroup_invocation_id) lane: u32,
-    @builtin(subgroup_size) lanes: u32,
-    @builtin(subgroup_id) subgroup: u32,
-    @builtin(num_subgroups) subgroups: u32,
-#endif
-) {
-    let seq = wid.x;
-    lid = lid3.x;
-#if SUBGROUP
-    sg_lane = lane;
-    sg_size = lanes;
-    sg_id = subgroup;
-    n_subgroups = subgroups;
-#endif
+fn main(at: Invocation) {
+    let seq = start(at);
     let d = p.d;
     let seq_base = seq * SCALES * d;
 #if PER

@@ -35,7 +35,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window` / `#include attention_merge` / `#include lcm_step` / `#include lcm_reduce`.
+    // `#include window` / `#include attention_merge` / `#include lcm_step` / `#include lcm_reduce` /
+    // `#include lcm_io`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
@@ -43,6 +44,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("lcm_reduce", include_str!("../../shaders/lcm_reduce.wgsl")),
+    ("lcm_io", include_str!("../../shaders/lcm_io.wgsl")),
 ];
 
 /// The source of one kernel family.
@@ -298,7 +300,14 @@ mod tests {
         for (family, src) in SOURCES.iter().filter(|(n, _)| {
             !matches!(
                 *n,
-                "wfmt" | "reduce" | "lcm_reduce" | "activation" | "window" | "attention_merge" | "lcm_step"
+                "wfmt"
+                    | "reduce"
+                    | "lcm_reduce"
+                    | "activation"
+                    | "window"
+                    | "attention_merge"
+                    | "lcm_step"
+                    | "lcm_io"
             )
         }) {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
