@@ -22,7 +22,8 @@ pub struct Paired {
     pub arm_sd: f64,
     /// Mean of (arm - base) over the units.
     pub diff: f64,
-    /// 95 % bootstrap interval of `diff` (2.5th and 97.5th percentiles).
+    /// 95 % bootstrap interval of `diff` (2.5th and 97.5th percentiles); NaN with fewer than
+    /// two units (one pair says nothing of the noise, and would give a zero-width interval).
     pub ci_low: f64,
     pub ci_high: f64,
 }
@@ -41,7 +42,7 @@ pub fn paired(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Paired 
         base.iter().zip(arm).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (*x, *y)).unzip();
     let diffs: Vec<f64> = a.iter().zip(&b).map(|(y, x)| y - x).collect();
     let n = diffs.len();
-    let (ci_low, ci_high) = if n == 0 {
+    let (ci_low, ci_high) = if n < 2 {
         (f64::NAN, f64::NAN)
     } else {
         let mut rng = Rng::seed_from_u64(seed);
@@ -111,6 +112,10 @@ mod tests {
         let p = paired(&[1.0, f64::NAN, 2.0], &[2.0, 5.0, 3.0], 100, SEED);
         assert_eq!((p.n, p.diff, p.ci_low, p.ci_high), (2, 1.0, 1.0, 1.0));
         assert!(paired(&[f64::NAN], &[1.0], 100, SEED).ci_low.is_nan());
+        // One pair: its difference, but no interval, so never significant.
+        let one = paired(&[1.0], &[3.0], 100, SEED);
+        assert_eq!((one.n, one.diff), (1, 2.0));
+        assert!(one.ci_low.is_nan() && one.ci_high.is_nan() && !one.significant());
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.25), 1.5);
     }
 }
