@@ -376,6 +376,91 @@ fn an_interrupted_compare_leaves_the_old_report() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
 }
 
+#[test]
+fn a_judged_compare_measures_drift_as_the_embeddings_say() {
+    let Some(model) = stories() else { return };
+    let judge = match keel::pull::resolve_judge_model(None) {
+        Ok(path) => path,
+        Err(e) if !keel::testing::fixtures_required() => {
+            return keel::testing::skip(&format!("the judge model is unavailable: {e:#}"));
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let t = TempDir::new("judged");
+    let prompt = "Once upon a time";
+    std::fs::write(t.path("prompts.txt"), format!("{prompt}\n")).unwrap();
+    let out = t.path("report");
+    let (model, prompts, out_s) = (model.to_str().unwrap(), t.path("prompts.txt"), out.to_str().unwrap());
+    let args = ["compare", "--model", model, "--prompts", prompts.to_str().unwrap(), "--tokens", "128"];
+    succeeds(
+        &[&args[..], &["--seeds", "2", "--judge", "--embed-model", judge.to_str().unwrap(), "--out", out_s]]
+            .concat(),
+    );
+    let report = read_json(&out.join("report.json"));
+    let csv = std::fs::read_to_string(out.join("tokens.csv")).unwrap();
+    let rows = csv_records(&csv);
+    let mut checked = 0;
+    for run in report["runs"].as_array().unwrap() {
+        // The run's token pieces, cut as the judge cuts them: 64 tokens a segment, a tail
+        // shorter than 32 dropped.
+        let pieces: Vec<&str> = rows[1..]
+            .iter()
+            .filter(|r| r[0] == run["arm"].as_str().unwrap() && r[2] == run["seed"].to_string())
+            .map(|r| r[5].as_str())
+            .collect();
+        let mut segments: Vec<String> = pieces.chunks(64).map(|c| c.concat()).collect();
+        if segments.len() > 1 && pieces.len() % 64 > 0 && pieces.len() % 64 < 32 {
+            segments.pop();
+        }
+        let metrics = &run["metrics"];
+        if segments.len() < 2 {
+            assert!(metrics["judge_topic_drift"].is_null());
+            continue;
+        }
+        // Their embeddings by `keel embed` (itself checked against transformers, tests/embed.rs).
+        let texts: Vec<String> =
+            std::iter::once(prompt.to_string()).chain(segments).map(|s| format!("--text={s}")).collect();
+        let mut embed_args = vec!["embed", "--embed-model", judge.to_str().unwrap()];
+        embed_args.extend(texts.iter().map(String::as_str));
+        let e: Value = serde_json::from_str(succeeds(&embed_args).trim()).unwrap();
+        let v: Vec<Vec<f64>> = e["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+            .collect();
+        let distance = |a: &[f64], b: &[f64]| {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |u: &[f64]| u.iter().map(|x| x * x).sum::<f64>().sqrt();
+            1.0 - dot / (norm(a) * norm(b))
+        };
+        let later = 2..v.len();
+        let n = later.len() as f64;
+        let want_prompt: f64 = later.clone().map(|i| distance(&v[i], &v[0])).sum::<f64>() / n;
+        let want_topic: f64 = later.clone().map(|i| distance(&v[i], &v[1])).sum::<f64>() / n;
+        let want_consecutive: f64 = later.map(|i| distance(&v[i], &v[i - 1])).sum::<f64>() / n;
+        for (metric, want) in [
+            ("judge_prompt_drift", want_prompt),
+            ("judge_topic_drift", want_topic),
+            ("judge_consecutive_drift", want_consecutive),
+        ] {
+            let got = metrics[metric].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{} seed {}: {metric} {got} against {want}",
+                run["arm"],
+                run["seed"]
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} runs had two segments");
+    // Two pairs: every judge metric is paired and has its interval.
+    let summary = report["summary"].as_array().unwrap();
+    let topic = summary.iter().find(|m| m["metric"] == "judge_topic_drift").unwrap();
+    assert_eq!(topic["n"].as_u64(), Some(2), "{topic}");
+}
+
 /// Everything a report says except how long it took.
 fn without_seconds(mut report: Value) -> Value {
     report["study"]["seconds"] = json!(null);
