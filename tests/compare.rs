@@ -405,11 +405,13 @@ fn a_judged_compare_measures_drift_as_the_embeddings_say() {
         // shorter than 32 dropped.
         let pieces: Vec<&str> = rows[1..]
             .iter()
-            .filter(|r| r[0] == run["arm"].as_str().unwrap() && r[2] == run["seed"].to_string())
+            .filter(|r| {
+                r[0] == run["arm"].as_str().unwrap() && r[2].parse::<u64>().ok() == run["seed"].as_u64()
+            })
             .map(|r| r[5].as_str())
             .collect();
         let mut segments: Vec<String> = pieces.chunks(64).map(|c| c.concat()).collect();
-        if segments.len() > 1 && pieces.len() % 64 > 0 && pieces.len() % 64 < 32 {
+        if segments.len() > 1 && !pieces.len().is_multiple_of(64) && pieces.len() % 64 < 32 {
             segments.pop();
         }
         let metrics = &run["metrics"];
