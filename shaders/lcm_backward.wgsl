@@ -44,8 +44,9 @@ fn set_d_anchor(k: u32, j: u32, v: f32) { d_anchor[da_base + k * p.d + lid + j *
 #endif
 
 @compute @workgroup_size(WG)
-fn main(at: Invocation) {
-    let seq = start(at);
+fn main(@builtin(workgroup_id) wid: vec3<u32>, at: Invocation) {
+    let seq = wid.x;
+    start(at);
     let d = p.d;
     let ks = SCALES;
     let seq_base = seq * ks * d;

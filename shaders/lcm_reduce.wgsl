@@ -2,13 +2,14 @@
 // calls `reduce(v, n)` together and gets the sums over the workgroup of the first `n` values of
 // its `v`. The including kernel defines WG (its workgroup size, a power of two) and N_SUMS (the
 // most values one call sums), takes an `Invocation` as its entry point's input and calls
-// `start` on it first.
+// `start` on it first. (The workgroup id stays a parameter of its own: WebGPU's uniformity
+// analysis counts anything computed from a struct holding the thread's index as non-uniform,
+// and the scans branch on the sequence around their barriers.)
 
 var<private> lid: u32;
 
-// Where a thread is: its workgroup (a sequence) and its index, and with SUBGROUP its lane.
+// Where a thread is in its workgroup: its index, and with SUBGROUP its lane.
 struct Invocation {
-    @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(local_invocation_id) local: vec3<u32>,
 #if SUBGROUP
     @builtin(subgroup_invocation_id) lane: u32,
@@ -30,14 +31,13 @@ var<private> sg_id: u32;
 var<private> n_subgroups: u32;
 var<private> half: u32;
 
-// Sets the thread's indices from `at`; returns its workgroup's index (the sequence).
-fn start(at: Invocation) -> u32 {
+// Sets the thread's indices from `at`.
+fn start(at: Invocation) {
     lid = at.local.x;
     sg_lane = at.lane;
     sg_size = at.lanes;
     sg_id = at.subgroup;
     n_subgroups = at.subgroups;
-    return at.workgroup.x;
 }
 
 fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {
@@ -60,10 +60,9 @@ fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {
 // The portable tree (the page, adapters without subgroups): log2(WG) halving steps.
 var<workgroup> red: array<f32, N_SUMS * WG>;
 
-// Sets the thread's index from `at`; returns its workgroup's index (the sequence).
-fn start(at: Invocation) -> u32 {
+// Sets the thread's index from `at`.
+fn start(at: Invocation) {
     lid = at.local.x;
-    return at.workgroup.x;
 }
 
 fn reduce(v: array<f32, N_SUMS>, n: u32) -> array<f32, N_SUMS> {

@@ -53,8 +53,9 @@ fn set_row(j: u32, v: f32) { x[row_base + lid + j * WG] = v; }
 #endif
 
 @compute @workgroup_size(WG)
-fn main(at: Invocation) {
-    let seq = start(at);
+fn main(@builtin(workgroup_id) wid: vec3<u32>, at: Invocation) {
+    let seq = wid.x;
+    start(at);
     let d = p.d;
     let seq_base = seq * SCALES * d;
 #if PER
