@@ -43,6 +43,18 @@ fn d_anchor_at(k: u32, j: u32) -> f32 { return d_anchor[da_base + k * p.d + lid 
 fn set_d_anchor(k: u32, j: u32, v: f32) { d_anchor[da_base + k * p.d + lid + j * WG] = v; }
 #endif
 
+// The forward's modulated value at index `at` of the history row (x) and what the anchors'
+// update sends back to it, G = sum_k (1 - rho_k) dA_k (y), for gates `g` and slice index `j`.
+fn modulated_and_g(v: f32, g: array<f32, SCALES>, at: u32, j: u32) -> vec2<f32> {
+    var out = v;
+    var big_g = 0.0;
+    for (var k = 0u; k < SCALES; k++) {
+        out -= g[k] * (v - history[at + k * p.d]);
+        big_g += (1.0 - scales[2u * k]) * d_anchor_at(k, j);
+    }
+    return vec2<f32>(out, big_g);
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, at: Invocation) {
     let seq = wid.x;
@@ -137,12 +149,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, at: Invocation) {
             let i = lid + j * WG;
             if (i < d) {
                 let v = h[base + i] * v_scale;
-                var out = v;
-                var big_g = 0.0;
-                for (var k = 0u; k < ks; k++) {
-                    out -= g[k] * (v - history[hist + k * d + i]);
-                    big_g += (1.0 - scales[2u * k]) * d_anchor_at(k, j);
-                }
+                let og = modulated_and_g(v, g, hist + i, j);
+                let out = og.x;
+                let big_g = og.y;
                 let gy = dy[base + i];
                 sums[0] += out * out;
                 sums[1] += out * gy;
@@ -180,12 +189,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, at: Invocation) {
                 let i = lid + j * WG;
                 if (i >= d) { continue; }
                 let v = h[base + i] * v_scale;
-                var out = v;
-                var big_g = 0.0;
-                for (var k = 0u; k < ks; k++) {
-                    out -= g[k] * (v - history[hist + k * d + i]);
-                    big_g += (1.0 - scales[2u * k]) * d_anchor_at(k, j);
-                }
+                let og = modulated_and_g(v, g, hist + i, j);
+                let out = og.x;
+                let big_g = og.y;
                 let gu = a_y * dy[base + i] + a_g * big_g;
                 let gout = select(gu, (gu - out / no * ug) / no, rescaled);
                 var gv = (1.0 - gate_sum) * gout;
