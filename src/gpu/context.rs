@@ -109,12 +109,6 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }
 
-/// Kernel families whose workgroup memory keeps WebGPU's zero-initialisation in unchecked
-/// modules: not yet audited for reading a slot before writing it. Every other family writes
-/// each workgroup slot before any thread reads it (or has no workgroup memory).
-const ZEROED_WORKGROUP_MEMORY: &[&str] =
-    &["lcm", "lcm_backward", "attention_backward", "attention_flash", "gemm"];
-
 /// A compiled kernel and its name as profiles show it: the shader family and its defines.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -404,7 +398,14 @@ impl Gpu {
             crate::ops::all_variants().iter().any(|(n, d)| *n == name && sorted(d) == sorted(defines)),
             "shader {name} {defines:?} is not in ops::all_variants, so the naga test does not validate it"
         );
+        // The page keeps WebGPU's checks (browsers apply them whatever wgpu asks).
+        let checked = cfg!(target_arch = "wasm32") || self.kernels.checked;
         let mut text = shader::preprocess(shader::source(name), defines);
+        // Unit tests check that no kernel reads workgroup memory it has not written.
+        #[cfg(test)]
+        if !checked {
+            text = shader::poisoned_workgroup_memory(&text).unwrap_or_else(|e| panic!("shader {name}: {e}"));
+        }
         if self.kernels.empty {
             text = shader::empty_bodies(&text);
         }
@@ -415,8 +416,6 @@ impl Gpu {
         let contract = None;
         let desc =
             wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(text.into()) };
-        // The page keeps WebGPU's checks (browsers apply them whatever wgpu asks).
-        let checked = cfg!(target_arch = "wasm32") || self.kernels.checked;
         let module = if checked {
             self.device.create_shader_module(desc)
         } else {
@@ -425,7 +424,8 @@ impl Gpu {
             // with checked modules and without); their loops are bounded by the parameters.
             unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
         };
-        let zero_init = checked || ZEROED_WORKGROUP_MEMORY.contains(&name);
+        // Every kernel writes each workgroup slot before reading it (the poisoned unit tests).
+        let zero_init = checked;
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: None,

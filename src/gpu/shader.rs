@@ -123,6 +123,118 @@ pub fn empty_bodies(text: &str) -> String {
     out
 }
 
+/// The kernel with every workgroup variable its entry points use filled with all-ones bits
+/// (NaN as floats, 0xffffffff as integers) before their first statement, then a barrier.
+/// Native builds skip WebGPU's zeroing of workgroup memory, so a kernel must write each slot
+/// before reading it; the library's unit tests run every kernel this way, where one that
+/// relied on zeros reads NaN or a wild index instead and fails its CPU-reference test.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn poisoned_workgroup_memory(text: &str) -> Result<String, String> {
+    use wgpu::naga::{self, AddressSpace, Binding, BuiltIn, TypeInner};
+    let module = naga::front::wgsl::parse_str(text).map_err(|e| e.emit_to_string(text))?;
+    let info =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| format!("{e:?}"))?;
+    // The poison value of one element, written from the runtime word `keel_poison` (a constant
+    // NaN would be refused by WGSL's constant evaluation).
+    fn value(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Result<String, String> {
+        let scalar = |s: naga::Scalar| match (s.kind, s.width) {
+            (naga::ScalarKind::Float, 4) => Ok("bitcast<f32>(keel_poison)".to_string()),
+            (naga::ScalarKind::Float, 2) => Ok("f16(bitcast<f32>(keel_poison))".to_string()),
+            (naga::ScalarKind::Uint, 4) => Ok("keel_poison".to_string()),
+            (naga::ScalarKind::Sint, 4) => Ok("bitcast<i32>(keel_poison)".to_string()),
+            other => Err(format!("no poison for a workgroup scalar {other:?}")),
+        };
+        match &module.types[ty].inner {
+            TypeInner::Scalar(s) => scalar(*s),
+            TypeInner::Vector { size, scalar: s } => Ok(format!("vec{}({})", *size as u8, scalar(*s)?)),
+            TypeInner::Struct { members, .. } => {
+                let name = module.types[ty].name.clone().ok_or("an unnamed workgroup struct")?;
+                let fields: Result<Vec<_>, _> = members.iter().map(|m| value(module, m.ty)).collect();
+                Ok(format!("{name}({})", fields?.join(", ")))
+            }
+            other => Err(format!("no poison for a workgroup {other:?}")),
+        }
+    }
+    // The statement that poisons `place` of type `ty`; `lid` and `threads` spread arrays over
+    // the workgroup's threads.
+    fn poison(
+        module: &naga::Module,
+        place: &str,
+        ty: naga::Handle<naga::Type>,
+        lid: &str,
+        threads: u32,
+    ) -> Result<String, String> {
+        Ok(match &module.types[ty].inner {
+            TypeInner::Atomic(_) => format!("atomicStore(&{place}, keel_poison);"),
+            TypeInner::Array { base, size: naga::ArraySize::Constant(n), .. } => {
+                let element = poison(module, &format!("{place}[keel_i]"), *base, lid, 1)?;
+                format!("for (var keel_i = {lid}; keel_i < {n}u; keel_i += {threads}u) {{ {element} }}")
+            }
+            _ => format!("{place} = {};", value(module, ty)?),
+        })
+    }
+    let mut prologues = std::collections::HashMap::new();
+    for (i, entry) in module.entry_points.iter().enumerate() {
+        let uses = info.get_entry_point(i);
+        // The entry's own local_invocation_index, or a parameter added for it.
+        let mut lid = None;
+        for arg in &entry.function.arguments {
+            let name = arg.name.clone().unwrap_or_default();
+            match (&arg.binding, &module.types[arg.ty].inner) {
+                (Some(Binding::BuiltIn(BuiltIn::LocalInvocationIndex)), _) => lid = Some((name, false)),
+                (None, TypeInner::Struct { members, .. }) => {
+                    for m in members {
+                        if m.binding == Some(Binding::BuiltIn(BuiltIn::LocalInvocationIndex)) {
+                            lid = Some((format!("{name}.{}", m.name.clone().unwrap_or_default()), false));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (lid, added) = lid.unwrap_or(("keel_poison_lid".to_string(), true));
+        let threads: u32 = entry.workgroup_size.iter().product();
+        let mut body = format!("    let keel_poison = 0xffffffffu | {lid};\n");
+        for (handle, var) in module.global_variables.iter() {
+            if var.space == AddressSpace::WorkGroup && !uses[handle].is_empty() {
+                let name = var.name.clone().unwrap_or_default();
+                body += &format!("    {}\n", poison(&module, &name, var.ty, &lid, threads)?);
+            }
+        }
+        body += "    workgroupBarrier();\n";
+        prologues.insert(entry.name.clone(), (body, added));
+    }
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut pending: Option<&(String, bool)> = None;
+    let mut in_entry = false;
+    for line in text.lines() {
+        let mut line = line.to_string();
+        if line.trim_start().starts_with("@compute") {
+            in_entry = true;
+        }
+        if in_entry && pending.is_none() {
+            if let Some(rest) = line.split("fn ").nth(1) {
+                let name = rest.split('(').next().unwrap_or_default().trim();
+                let entry = prologues.get(name).ok_or(format!("entry point '{name}' not found by naga"))?;
+                if entry.1 {
+                    line = line.replacen('(', "(@builtin(local_invocation_index) keel_poison_lid: u32, ", 1);
+                }
+                pending = Some(entry);
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+        if let Some((body, _)) = pending.filter(|_| line.trim_end().ends_with('{')) {
+            out.push_str(body);
+            pending = None;
+            in_entry = false;
+        }
+    }
+    Ok(out)
+}
+
 /// What the Rust side of a kernel must match: the size of its uniform block (binding 0) and
 /// the names of its storage bindings 1, 2, ... in order, as the preprocessed WGSL declares them.
 #[derive(Clone, Debug, PartialEq)]
@@ -274,6 +386,76 @@ mod tests {
             count += 1;
         }
         assert!(count >= 10, "only {count} variants");
+    }
+
+    /// Every variant, poisoned, still validates and keeps its bindings; each entry point that
+    /// has workgroup memory gets the prologue.
+    #[test]
+    fn every_variant_takes_the_workgroup_poison() {
+        for (name, defines) in crate::ops::all_variants() {
+            let text = preprocess(source(name), &defines);
+            let poisoned =
+                poisoned_workgroup_memory(&text).unwrap_or_else(|e| panic!("{name} {defines:?}: {e}"));
+            let entries = text.lines().filter(|l| l.trim_start().starts_with("@compute")).count();
+            assert_eq!(poisoned.matches("let keel_poison = ").count(), entries, "{name} {defines:?}");
+            let uses = |t: &str| {
+                entry_uses(t)
+                    .into_iter()
+                    .map(|e| e.into_iter().filter(|u| u != "GlobalUse(0x0)").count())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(uses(&poisoned), uses(&text), "{name} {defines:?}");
+        }
+    }
+
+    /// A kernel that reads a workgroup slot it never wrote reads NaN under the poison (and
+    /// 0 without it, on lavapipe's zeroed memory), so the CPU-reference tests catch it.
+    #[test]
+    fn poison_shows_a_read_before_write() {
+        let text = "@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n\
+                    var<workgroup> slots: array<f32, 64>;\n\
+                    @compute @workgroup_size(64)\n\
+                    fn main(@builtin(local_invocation_index) lid: u32) {\n\
+                    \x20   if (lid < 32u) { slots[lid] = 1.0; }\n\
+                    \x20   workgroupBarrier();\n\
+                    \x20   out[lid] = slots[lid];\n\
+                    }\n";
+        let gpu = crate::ops::test_util::gpu();
+        let run = |wgsl: &str| {
+            let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+            });
+            let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &module,
+                entry_point: None,
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            let out = gpu.upload_f32("out", &[64], &[7.0; 64]).unwrap();
+            let group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.buf.as_entire_binding() }],
+            });
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+            gpu.queue.submit([encoder.finish()]);
+            gpu.read_f32(&out).unwrap()
+        };
+        let plain = run(text);
+        let poisoned = run(&poisoned_workgroup_memory(text).unwrap());
+        assert_eq!(&plain[..32], &[1.0; 32]);
+        assert_eq!(&poisoned[..32], &[1.0; 32]);
+        assert!(poisoned[32..].iter().all(|v| v.is_nan()), "{:?}", &poisoned[32..]);
+        assert!(plain[32..].iter().all(|v| !v.is_nan()));
     }
 
     /// An `#if` on a name that no variant of its shader defines is a typo (it would be false
