@@ -6,22 +6,13 @@
 // training all use this one kernel. Also writes the log-sum-exp of the scores per (row, head)
 // for the backward pass.
 
-struct Params {
-    n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, scale: f32, window: u32, _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;        // [rows, Hq * hd]
-@group(0) @binding(2) var<storage, read> rows: array<u32>;     // (sequence, position) per row
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;  // [seqs, cache_len, Hkv, hd]
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+#include attention_io
+#include window
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // [rows, Hq * hd]
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;  // [rows, Hq]
 
 const WG: u32 = 64u;
 const MAX_HD: u32 = 256u;
-#include window
 const NEG_INF: f32 = -3.0e38;
 var<workgroup> q_s: array<f32, MAX_HD>;
 var<workgroup> p_s: array<f32, WG>;

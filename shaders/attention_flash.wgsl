@@ -31,18 +31,9 @@
 // LP_MAX_TGSI_LOOP_ITERATIONS), so the loops step by vec4 and by tiles: a workgroup's key
 // sweep stays far under it for the contexts Keel runs (about 40 loop iterations per tile).
 
-struct Params {
-    n_rows: u32, n_q_heads: u32, n_kv_heads: u32, head_dim: u32,
-    cache_len: u32, scale: f32, window: u32, _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;        // [rows, Hq * hd]
-@group(0) @binding(2) var<storage, read> rows: array<u32>;     // (sequence, position) per row
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;  // [seqs, cache_len, Hkv, hd]
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
-
+#include attention_io
 #include window
+
 const NEG_INF: f32 = -3.0e38;
 const THREADS: u32 = 64u;
 const LANES: u32 = 4u;              // threads per A row

@@ -35,7 +35,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window` / `#include attention_merge` / `#include lcm_step` / `#include lcm_reduce` /
+    // `#include window` / `#include attention_merge` / `#include attention_io` / `#include lcm_step` / `#include lcm_reduce` /
     // `#include lcm_io`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
@@ -45,6 +45,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("lcm_reduce", include_str!("../../shaders/lcm_reduce.wgsl")),
     ("lcm_io", include_str!("../../shaders/lcm_io.wgsl")),
+    ("attention_io", include_str!("../../shaders/attention_io.wgsl")),
 ];
 
 /// The source of one kernel family.
@@ -490,6 +491,7 @@ mod tests {
                     | "attention_merge"
                     | "lcm_step"
                     | "lcm_io"
+                    | "attention_io"
             )
         }) {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
