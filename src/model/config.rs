@@ -286,15 +286,38 @@ fn bert_config(v: &Value, file: &str, bos: Option<u32>, eos: Vec<u32>) -> Result
         bail!("{file}: position_embedding_type '{positions}' is not supported (Keel has 'absolute')");
     }
     Ok(ModelConfig {
-        arch: Arch::Bert,
         vocab: usize_of(v, "vocab_size", file)?,
-        hidden,
         layers: usize_of(v, "num_hidden_layers", file)?,
+        ffn: usize_of(v, "intermediate_size", file)?,
+        norm_eps: f32_of(v, "layer_norm_eps", 1e-12, file)?,
+        max_positions: usize_of(v, "max_position_embeddings", file)?,
+        residual_norm: true,
+        causal: false,
+        // An encoder has no LM head: nothing reads it, and no lm_head tensor is expected.
+        tied_embeddings: true,
+        ..learned_positions(Arch::Bert, (hidden, heads), Activation::Gelu, bos, eos)
+    })
+}
+
+/// What BERT and GPT-2 share: multi-head attention over learned absolute positions, biases on
+/// every linear, LayerNorm; the fields each reads from its config are left zero here.
+fn learned_positions(
+    arch: Arch,
+    (hidden, heads): (usize, usize),
+    act: Activation,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+) -> ModelConfig {
+    ModelConfig {
+        arch,
+        vocab: 0,
+        hidden,
+        layers: 0,
         heads,
         kv_heads: heads,
         head_dim: hidden / heads,
-        ffn: usize_of(v, "intermediate_size", file)?,
-        norm_eps: f32_of(v, "layer_norm_eps", 1e-12, file)?,
+        ffn: 0,
+        norm_eps: 0.0,
         rope_theta: None,
         rope_scaling: RopeScaling::None,
         nope_layers: Vec::new(),
@@ -306,20 +329,19 @@ fn bert_config(v: &Value, file: &str, bos: Option<u32>, eos: Vec<u32>) -> Result
         sliding_layers: Vec::new(),
         local_rope_theta: None,
         rotary_dim: hidden / heads,
-        act: Activation::Gelu,
+        act,
         mlp_bias: true,
         parallel_residual: false,
-        residual_norm: true,
-        causal: false,
-        max_positions: usize_of(v, "max_position_embeddings", file)?,
+        residual_norm: false,
+        causal: true,
+        max_positions: 0,
         logit_softcap: None,
-        // An encoder has no LM head: nothing reads it, and no lm_head tensor is expected.
-        tied_embeddings: true,
+        tied_embeddings: false,
         qkv_bias: true,
         o_bias: true,
         bos,
         eos,
-    })
+    }
 }
 
 /// SmolLM3's `no_rope_layers` (one 0 or 1 per layer; 0: no RoPE) as the blocks without RoPE.
@@ -377,38 +399,13 @@ impl ModelConfig {
                 bail!("{file}: activation_function '{act}' is not supported (Keel has GELU-tanh)");
             }
             ModelConfig {
-                arch,
                 vocab: usize_of(v, "vocab_size", file)?,
-                hidden,
                 layers: usize_of(v, "n_layer", file)?,
-                heads,
-                kv_heads: heads,
-                head_dim: hidden / heads,
                 ffn: opt_usize(v, "n_inner", file)?.unwrap_or(4 * hidden),
                 norm_eps: f32_of(v, "layer_norm_epsilon", 1e-5, file)?,
-                rope_theta: None,
-                rope_scaling: RopeScaling::None,
-                nope_layers: Vec::new(),
-                qk_norm: false,
-                post_norms: false,
-                embed_scale: 1.0,
-                attn_scale: 1.0 / ((hidden / heads) as f32).sqrt(),
-                sliding_window: None,
-                sliding_layers: Vec::new(),
-                local_rope_theta: None,
-                rotary_dim: hidden / heads,
-                act: Activation::GeluTanh,
-                mlp_bias: true,
-                parallel_residual: false,
-                residual_norm: false,
-                causal: true,
                 max_positions: usize_of(v, "n_positions", file)?,
-                logit_softcap: None,
                 tied_embeddings: bool_of(v, "tie_word_embeddings", true),
-                qkv_bias: true,
-                o_bias: true,
-                bos,
-                eos,
+                ..learned_positions(arch, (hidden, heads), Activation::GeluTanh, bos, eos)
             }
         } else {
             let hidden = usize_of(v, "hidden_size", file)?;
