@@ -3,8 +3,10 @@
 //   g = dy * (w + w_offset),  xhat = (x - mean) * rstd,
 //   dx = rstd * (g - mean(g) [LayerNorm only] - xhat * mean(g * xhat)),
 // added to dx with ACC (the residual stream's gradient is already there).
-// WEIGHTS: the parameter gradients instead, one thread per column summing over rows:
-//   dw += sum_r dy * xhat,  db += sum_r dy.
+// The parameter gradients, dw += sum_r dy * xhat and db += sum_r dy, take two passes so that
+// every GPU core has work (one thread per column walking every row left most of them idle):
+// WEIGHTS sums each group of ROWS rows per column, one workgroup per (64 columns, group), into
+// `part`; SUM adds the groups' sums per column into dw and db.
 // Rows lie as in norm.wgsl (`heads` side by side from column `col` of token rows `stride`
 // wide), in x (from row x_offset on), dy and dx alike.
 
@@ -13,15 +15,14 @@
 struct Params { n_rows: u32, d: u32, x_offset: u32, heads: u32, stride: u32, col: u32, w_offset: f32, _p: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;      // rows x_offset .. x_offset + n_rows
-@group(0) @binding(2) var<storage, read> stats: array<f32>;  // (mean, rstd) per row
-@group(0) @binding(3) var<storage, read> dy: array<f32>;     // [n_rows, d]
+const ROWS: u32 = 64u;
+fn row_groups() -> u32 { return (p.n_rows + ROWS - 1u) / ROWS; }
 
-fn row_base(r: u32) -> u32 { return (r / p.heads) * p.stride + p.col + (r % p.heads) * p.d; }
-#if WEIGHTS
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+#if SUM
+@group(0) @binding(1) var<storage, read> part: array<f32>;  // [row groups, d] of dw's sums, then db's
+@group(0) @binding(2) var<storage, read_write> dw: array<f32>;
 #if LAYER
-@group(0) @binding(5) var<storage, read_write> db: array<f32>;
+@group(0) @binding(3) var<storage, read_write> db: array<f32>;
 #endif
 
 @compute @workgroup_size(64)
@@ -30,15 +31,41 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= p.d) { return; }
     var sw = 0.0;
     var sb = 0.0;
-    for (var r = 0u; r < p.n_rows; r++) {
+    for (var g = 0u; g < row_groups(); g++) {
+        sw += part[g * p.d + i];
+#if LAYER
+        sb += part[(row_groups() + g) * p.d + i];
+#endif
+    }
+    dw[i] += sw;
+#if LAYER
+    db[i] += sb;
+#endif
+}
+#else
+@group(0) @binding(1) var<storage, read> x: array<f32>;      // rows x_offset .. x_offset + n_rows
+@group(0) @binding(2) var<storage, read> stats: array<f32>;  // (mean, rstd) per row
+@group(0) @binding(3) var<storage, read> dy: array<f32>;     // [n_rows, d]
+
+fn row_base(r: u32) -> u32 { return (r / p.heads) * p.stride + p.col + (r % p.heads) * p.d; }
+#if WEIGHTS
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.d) { return; }
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var r = wid.y * ROWS; r < min(p.n_rows, (wid.y + 1u) * ROWS); r++) {
         let g = dy[row_base(r) + i];
         let xhat = (x[row_base(r + p.x_offset) + i] - stats[2u * r]) * stats[2u * r + 1u];
         sw += g * xhat;
         sb += g;
     }
-    dw[i] += sw;
+    part[wid.y * p.d + i] = sw;
 #if LAYER
-    db[i] += sb;
+    part[(row_groups() + wid.y) * p.d + i] = sb;
 #endif
 }
 #else
@@ -83,4 +110,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
     }
 }
+#endif
 #endif

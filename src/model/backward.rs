@@ -5,6 +5,7 @@
 
 use super::forward::{BlockIo, GpuModel};
 use super::layout::{Block, Linear, Weights};
+use super::ModelConfig;
 use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::ops::embed::EmbedIndex;
 use crate::ops::matmul::Mat;
@@ -28,8 +29,17 @@ pub struct BackwardBufs {
     d_qkv_normed: Option<Tensor>,
     /// `rows` ones: bias gradients are products with it.
     ones: Tensor,
+    /// The norms' weight gradients' per-group sums ([`norm::norm_weight_grad`]).
+    norm_sums: Tensor,
     /// CGFM's re-weighting of the blocks' linear weight gradients, when on.
     pub cgfm: Option<cgfm::Split>,
+}
+
+/// Elements of [`BackwardBufs`]'s norm sums over `rows` tokens: enough for the block and
+/// final norms (`hidden` wide) and Qwen3's q/k norms (one row per head).
+pub fn norm_sums_len(c: &ModelConfig, rows: usize) -> usize {
+    let width = if c.qk_norm { c.hidden.max(c.heads * c.head_dim) } else { c.hidden };
+    norm::weight_grad_scratch_bound(rows, width)
 }
 
 impl BackwardBufs {
@@ -52,6 +62,7 @@ impl BackwardBufs {
             d_qkv: f("d qkv", heads.qkv_width())?,
             d_qkv_normed: c.qk_norm.then(|| f("d qkv normed", heads.qkv_width())).transpose()?,
             ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
+            norm_sums: gpu.zeros("norm sums", &[norm_sums_len(c, rows)], DType::F32)?,
             cgfm: None,
         })
     }
@@ -69,6 +80,7 @@ impl BackwardBufs {
             &self.delta,
             &self.d_qkv,
             &self.ones,
+            &self.norm_sums,
         ]
         .into_iter()
         .chain(&self.d_qkv_normed)
@@ -129,7 +141,15 @@ impl GpuModel {
         let x = norm::Saved { x: saved.x, offset: 0, stats: saved.stats };
         norm::norm_backward(step, c.norm(), x, &w.final_norm, &bw.dxn, &bw.dx, n, false);
         if let Some(g) = grads {
-            norm::norm_weight_grad(step, x, &bw.dxn, &g.final_norm, g.final_norm_b.as_deref(), n);
+            norm::norm_weight_grad(
+                step,
+                x,
+                &bw.dxn,
+                &g.final_norm,
+                g.final_norm_b.as_deref(),
+                n,
+                &bw.norm_sums,
+            );
         }
     }
 
@@ -168,7 +188,7 @@ impl GpuModel {
             |step: &mut Step, saved: norm::Saved, w: &Tensor, dw: Option<(&Tensor, Option<&Tensor>)>| {
                 norm::norm_backward(step, c.norm(), saved, w, &bw.dxn, &bw.dx, n, true);
                 if let Some((dw, db)) = dw {
-                    norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n);
+                    norm::norm_weight_grad(step, saved, &bw.dxn, dw, db, n, &bw.norm_sums);
                 }
             };
         // Gemma 3's post-norms (x += norm(y), y an output projection's result): the gradient
@@ -183,7 +203,7 @@ impl GpuModel {
             let w = w.as_ref().expect("post-norm weights of a post-norm model");
             norm::norm_backward(step, c.norm(), saved, w, &bw.dx, &bw.dxn, n, false);
             if let Some(dw) = dw.map(|d| d.as_ref().expect("post-norm gradient")) {
-                norm::norm_weight_grad(step, saved, &bw.dx, dw, None, n);
+                norm::norm_weight_grad(step, saved, &bw.dx, dw, None, n, &bw.norm_sums);
             }
         };
         // MLP: x_out = x_mid + down(act(up(norm(m)))), m = x_mid, or x_in with a parallel
@@ -241,7 +261,7 @@ impl GpuModel {
                 let x = norm::Saved { x: &saved.raw, offset: 0, stats };
                 norm::head_norm_backward(step, c.norm(), x, layout, w, dy, &bw.d_qkv, n);
                 if let Some(dw) = d_norms {
-                    norm::head_norm_weight_grad(step, x, layout, dy, dw[i], n);
+                    norm::head_norm_weight_grad(step, x, layout, dy, dw[i], n, &bw.norm_sums);
                 }
             }
         }

@@ -78,6 +78,7 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
             v.push(("norm", vec![("LAYER", layer), ("ACC", acc)]));
         }
         v.push(("norm_backward", vec![("LAYER", layer), ("WEIGHTS", 1)]));
+        v.push(("norm_backward", vec![("LAYER", layer), ("SUM", 1)]));
         for acc in [0, 1] {
             v.push(("norm_backward", vec![("LAYER", layer), ("WEIGHTS", 0), ("ACC", acc)]));
         }
@@ -242,7 +243,8 @@ pub fn head_norm_backward(
     norm_rows_backward(step, kind, (saved, layout), w, dy, dx, n_rows, false);
 }
 
-/// Weight gradient of [`head_norm`]: `dw += Σ dy · xhat` over every token and head.
+/// Weight gradient of [`head_norm`]: `dw += Σ dy · xhat` over every token and head;
+/// `scratch` holds [`weight_grad_scratch_len`] of the rows and the head width.
 pub fn head_norm_weight_grad(
     step: &mut Step,
     saved: Saved,
@@ -250,8 +252,9 @@ pub fn head_norm_weight_grad(
     dy: &Tensor,
     dw: &Tensor,
     tokens: usize,
+    scratch: &Tensor,
 ) {
-    norm_rows_weight_grad(step, (saved, layout), dy, (dw, None), tokens * layout.heads as usize);
+    norm_rows_weight_grad(step, (saved, layout), dy, (dw, None), tokens * layout.heads as usize, scratch);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -272,7 +275,24 @@ fn norm_rows_backward(
     step.dispatch(pipeline, &params, &bind![x = saved.x, stats = saved.stats, dy, w, dx], groups(n_rows, 1));
 }
 
-/// Parameter gradients of [`norm`]: `dw += Σ dy · xhat`, and for LayerNorm `db += Σ dy`.
+/// Rows the weight gradient's first pass sums per workgroup (`ROWS` in norm_backward.wgsl).
+const WEIGHT_GRAD_ROWS: usize = 64;
+
+/// Elements of the working buffer the weight gradient of `n_rows` rows of width `d` needs:
+/// one sum per group of rows and column, for the weight and for the bias.
+pub fn weight_grad_scratch_len(n_rows: usize, d: usize) -> usize {
+    2 * n_rows.div_ceil(WEIGHT_GRAD_ROWS) * d
+}
+
+/// A bound on [`weight_grad_scratch_len`] over `rows` tokens for every norm whose rows per
+/// token times width is at most `width` (a norm over each of `k` heads of `d` columns: k · d).
+/// Linear in `rows`, so a memory plan can count it per token.
+pub fn weight_grad_scratch_bound(rows: usize, width: usize) -> usize {
+    rows * (2 * width).div_ceil(WEIGHT_GRAD_ROWS) + 2 * width
+}
+
+/// Parameter gradients of [`norm`]: `dw += Σ dy · xhat`, and for LayerNorm `db += Σ dy`;
+/// `scratch` holds [`weight_grad_scratch_len`] elements.
 pub fn norm_weight_grad(
     step: &mut Step,
     saved: Saved,
@@ -280,24 +300,33 @@ pub fn norm_weight_grad(
     dw: &Tensor,
     db: Option<&Tensor>,
     n_rows: usize,
+    scratch: &Tensor,
 ) {
-    norm_rows_weight_grad(step, (saved, RowLayout::dense(dw.numel())), dy, (dw, db), n_rows);
+    norm_rows_weight_grad(step, (saved, RowLayout::dense(dw.numel())), dy, (dw, db), n_rows, scratch);
 }
 
+/// Two passes: per (64 columns, group of rows) sums into `scratch`, then per column their sum.
 fn norm_rows_weight_grad(
     step: &mut Step,
     (saved, layout): (Saved, RowLayout),
     dy: &Tensor,
     (dw, db): (&Tensor, Option<&Tensor>),
     n_rows: usize,
+    scratch: &Tensor,
 ) {
     let d = dw.numel();
+    let row_groups = n_rows.div_ceil(WEIGHT_GRAD_ROWS);
+    assert!(scratch.numel() >= weight_grad_scratch_len(n_rows, d) && row_groups <= 65_535);
     // The weight gradient is the same with Gemma's `1 + w`.
     let params = backward_params(saved, (layout, NormKind::Rms), d, dy, n_rows);
-    let pipeline = step.gpu.pipeline("norm_backward", &[("LAYER", db.is_some() as u32), ("WEIGHTS", 1)]);
-    let mut buffers = bind![x = saved.x, stats = saved.stats, dy, dw].to_vec();
+    let layer = db.is_some() as u32;
+    let partials = step.gpu.pipeline("norm_backward", &[("LAYER", layer), ("WEIGHTS", 1)]);
+    let grid = [d.div_ceil(64) as u32, row_groups as u32, 1];
+    step.dispatch(partials, &params, &bind![x = saved.x, stats = saved.stats, dy, part = scratch], grid);
+    let sum = step.gpu.pipeline("norm_backward", &[("LAYER", layer), ("SUM", 1)]);
+    let mut buffers = bind![part = scratch, dw].to_vec();
     buffers.extend(db.map(|db| ("db", db)));
-    step.dispatch(pipeline, &params, &buffers, groups(d, 64));
+    step.dispatch(sum, &params, &buffers, groups(d, 64));
 }
 
 #[cfg(test)]
@@ -356,14 +385,14 @@ mod tests {
     #[test]
     fn norm_backward_matches_cpu() {
         let gpu = gpu();
+        // Rows: within one of the weight gradient's groups of 64, and across several.
         let cases = [
-            (NormKind::Rms, 64),
-            (NormKind::Rms, 576),
-            (NormKind::Layer, 100),
-            (NormKind::RmsUnitOffset, 64),
+            (NormKind::Rms, 64, 5),
+            (NormKind::Rms, 576, 150),
+            (NormKind::Layer, 100, 130),
+            (NormKind::RmsUnitOffset, 64, 5),
         ];
-        for (kind, d) in cases {
-            let n = 5;
+        for (kind, d, n) in cases {
             let layer = kind == NormKind::Layer;
             let x: Vec<f32> = rand_vec(1, (n + 1) * d, 3.0).iter().map(|v| v + 0.5).collect();
             let w = rand_vec(2, d, 1.0);
@@ -380,7 +409,8 @@ mod tests {
             norm(&mut step, kind, &xt, &wt, layer.then_some(&bt), 1e-5, &out, &stats, (1, n));
             let saved = Saved { x: &xt, offset: 1, stats: &stats };
             norm_backward(&mut step, kind, saved, &wt, &dyt, &dx, n, true);
-            norm_weight_grad(&mut step, saved, &dyt, &dw, layer.then_some(&db), n);
+            let sums = gpu.zeros("sums", &[weight_grad_scratch_len(n, d)], DType::F32).unwrap();
+            norm_weight_grad(&mut step, saved, &dyt, &dw, layer.then_some(&db), n, &sums);
             step.submit().unwrap();
             // Gemma's `1 + w` is RMSNorm with those weights, and the same weight gradient.
             let scale = match kind {
@@ -389,7 +419,7 @@ mod tests {
             };
             let (want_dx, want_dw, want_db) = cpu::norm::norm_backward(&x[d..], &scale, layer, 1e-5, &dy);
             let plus = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>();
-            let what = format!("{kind:?} d={d}");
+            let what = format!("{kind:?} d={d} n={n}");
             assert_close(&gpu.read_f32(&dx).unwrap(), &plus(&want_dx, &dx0), 1e-5, &format!("dx {what}"));
             assert_close(&gpu.read_f32(&dw).unwrap(), &plus(&want_dw, &w), 1e-5, &format!("dw {what}"));
             if layer {
@@ -409,7 +439,8 @@ mod tests {
 
     fn check_head_norms(kind: NormKind) {
         let gpu = gpu();
-        let (n, d, width) = (5, 16, 8 * 16);
+        // 40 tokens: 160 q-head rows, several of the weight gradient's groups.
+        let (n, d, width) = (40, 16, 8 * 16);
         let heads = [(0, 4), (4 * d, 2)];
         let x = rand_vec(1, n * width, 2.0);
         let dy = rand_vec(2, n * width, 1.0);
@@ -426,13 +457,14 @@ mod tests {
             gpu.zeros("dk_norm", &[d], DType::F32).unwrap(),
         ];
         let stats = [0, 1].map(|_| gpu.zeros("stats", &[n * 4, 2], DType::F32).unwrap());
+        let sums = gpu.zeros("sums", &[weight_grad_scratch_bound(n, 4 * d)], DType::F32).unwrap();
         let mut step = Step::new(gpu);
         for (i, &(col, h)) in heads.iter().enumerate() {
             let layout = RowLayout::heads(h, d, col, width);
             head_norm(&mut step, kind, &xt, layout, &wt[i], 1e-6, &out, &stats[i], n);
             let saved = Saved { x: &xt, offset: 0, stats: &stats[i] };
             head_norm_backward(&mut step, kind, saved, layout, &wt[i], &dyt, &dx, n);
-            head_norm_weight_grad(&mut step, saved, layout, &dyt, &dw[i], n);
+            head_norm_weight_grad(&mut step, saved, layout, &dyt, &dw[i], n, &sums);
         }
         step.submit().unwrap();
         let mut want = x.clone();

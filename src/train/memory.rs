@@ -173,10 +173,18 @@ impl MemoryPlan {
                 (adapters, 3 * adapters + grad_norm_bytes(all), (c.layers * pairs.len() + 1) * rank)
             }
         };
+        // The norms' weight-gradient sums: a part per row and a fixed part.
+        let norm_sums = |rows| crate::model::backward::norm_sums_len(c, rows);
+        let backward = backward + norm_sums(1) - norm_sums(0);
         let rows = |blocks: usize| (own + blocks * block + backward + lora_rows) as u64 * F32;
         let widest = [c.up_width(), c.ffn, qkv, c.hidden, lora_rows].into_iter().max().unwrap_or(1);
         MemoryPlan {
-            fixed: Bytes { weights: weight_bytes, adapters, optimizer, activations: 0 },
+            fixed: Bytes {
+                weights: weight_bytes,
+                adapters,
+                optimizer,
+                activations: norm_sums(0) as u64 * F32,
+            },
             per_row_keep: rows(c.layers),
             per_row_recompute: rows(1),
             widest_row: widest as u64,
@@ -200,7 +208,7 @@ impl MemoryPlan {
     /// The bytes of a run of `batch` rows of `seq_len` tokens.
     pub fn bytes(&self, (batch, seq_len): (usize, usize), memory: ActivationMemory) -> Bytes {
         let rows = batch * seq_len;
-        let activations = rows as u64 * self.per_row(memory) + self.logits(rows);
+        let activations = self.fixed.activations + rows as u64 * self.per_row(memory) + self.logits(rows);
         Bytes { activations, ..self.fixed }
     }
 
