@@ -15,7 +15,7 @@ use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::matmul::Mat;
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{align, cgfm, matmul, norm, softcap, xent};
+use crate::ops::{align, cgfm, matmul, norm, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -414,9 +414,7 @@ impl TrainGraph {
                 let logits = Mat { t: &self.logits, off: col, rs: c.vocab, cs: 1 };
                 matmul::matmul(step, xn, head, logits, (rows, n_cols, c.hidden), None, false);
             }
-            if let Some(cap) = c.logit_softcap {
-                softcap::softcap(step, &self.logits, rows * c.vocab, cap);
-            }
+            // The loss caps the logits itself (Gemma), then leaves their gradient in place.
             let loss = (&self.targets, &self.loss, first);
             xent::cross_entropy(step, &self.logits, loss, rows, loss_scale, c.logit_softcap);
             if let Some(d_head) = head_backward {
