@@ -517,10 +517,17 @@ mod tests {
     /// chunk one row), one row out of the loss, equal the CPU's over the whole batch from the
     /// same final-norm output: per-row losses, their gradient at that output and the head
     /// weight's. Tied with the head in row shards (each writes its columns of a chunk's
-    /// logits); untied and soft-capped (the loss caps the logits itself).
+    /// logits); untied and soft-capped (the loss caps the logits itself); tied and capped on the
+    /// tiled matrix engine (the GPUs' default).
     #[test]
     fn chunked_head_matches_cpu() {
-        for (tied, cap, gpu) in [(true, None, gpu_with_binding(66_000)), (false, Some(0.5), gpu())] {
+        let tiled = Gpu::shared_on_tier(crate::gpu::Tier::Tiled).unwrap();
+        let cases = [
+            ("sharded", true, None, gpu_with_binding(66_000), 4),
+            ("default tier", false, Some(0.5), gpu(), 1),
+            ("tiled tier", true, Some(0.5), tiled, 1),
+        ];
+        for (label, tied, cap, gpu, shards) in cases {
             let mut cfg = parse_config(CONFIG.replace("TIED", &tied.to_string()).as_bytes(), "test").unwrap();
             cfg.logit_softcap = cap;
             let host = Weights::random(&cfg, 5);
@@ -531,7 +538,7 @@ mod tests {
                 WeightChoice::Format(crate::gpu::WeightFormat::F32),
             )
             .unwrap();
-            assert_eq!(model.head_weight().shards.len(), if tied { 4 } else { 1 });
+            assert_eq!(model.head_weight().shards.len(), shards);
             let (batch, seq_len, vocab, hidden) = (2, 11, cfg.vocab, cfg.hidden);
             let mut graph = TrainGraph::new(gpu, &model, batch, seq_len, ActivationMemory::Keep).unwrap();
             graph.set_head_chunk_rows(gpu, 7).unwrap();
@@ -568,7 +575,7 @@ mod tests {
                     }
                 }
             }
-            let what = format!("tied {tied}, cap {cap:?}");
+            let what = format!("{label}, tied {tied}, cap {cap:?}");
             let loss: Vec<f64> = loss.iter().map(|&l| l as f64).collect();
             close(&gpu.read_f32(&graph.loss).unwrap(), &loss, 1e-5, &format!("{what}: losses"));
             close(&gpu.read_f32(&graph.bw.dxn).unwrap(), &dxn, 1e-5, &format!("{what}: d xn"));
