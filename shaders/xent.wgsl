@@ -4,8 +4,10 @@
 // targets in the batch) makes the total the mean. Rows without a target get zero gradient.
 // One workgroup per row. The logits may be a chunk of the batch's rows: their row r is the
 // batch's row first + r, whose target and loss these are.
-// SOFTCAP: the logits z are soft-capped ones, z = cap * tanh(raw / cap) (softcap.wgsl), and the
-// gradient is taken with respect to the raw logits: d/draw = d/dz * (1 - (z / cap)^2).
+// SOFTCAP: the logits are the raw ones; the first pass caps them in place, z = cap * tanh(raw /
+// cap) (`#include cap`, softcap.wgsl's expression), each thread the elements it reads again in
+// the later passes, so no other kernel reads or writes the chunk; the gradient is taken with
+// respect to the raw logits: d/draw = d/dz * (1 - (z / cap)^2).
 
 struct Params { n_rows: u32, vocab: u32, scale: f32, first: u32, cap: f32, _p0: u32, _p1: u32, _p2: u32 }
 
@@ -16,6 +18,7 @@ struct Params { n_rows: u32, vocab: u32, scale: f32, first: u32, cap: f32, _p0: 
 
 const WG: u32 = 64u;
 #include reduce
+#include cap
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -27,7 +30,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let t = targets[p.first + r];
     let has_target = t < p.vocab;
     var m = -3.0e38;
-    for (var i = lid; i < p.vocab; i += WG) { m = max(m, logits[base + i]); }
+    for (var i = lid; i < p.vocab; i += WG) {
+#if SOFTCAP
+        logits[base + i] = soft_cap(logits[base + i], p.cap);
+#endif
+        m = max(m, logits[base + i]);
+    }
+#if SOFTCAP
+    // The target's capped logit, written by one thread, is read by all below.
+    storageBarrier();
+#endif
     m = workgroup_max(m, lid);
     var se = 0.0;
     for (var i = lid; i < p.vocab; i += WG) { se += exp(logits[base + i] - m); }

@@ -36,7 +36,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
     // `#include window` / `#include attention_merge` / `#include attention_io` / `#include lcm_step` / `#include lcm_reduce` /
-    // `#include lcm_io`.
+    // `#include lcm_io` / `#include cap`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
@@ -46,6 +46,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("lcm_reduce", include_str!("../../shaders/lcm_reduce.wgsl")),
     ("lcm_io", include_str!("../../shaders/lcm_io.wgsl")),
     ("attention_io", include_str!("../../shaders/attention_io.wgsl")),
+    ("cap", include_str!("../../shaders/cap.wgsl")),
 ];
 
 /// The source of one kernel family.

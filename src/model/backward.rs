@@ -16,7 +16,8 @@ use anyhow::Result;
 pub struct BackwardBufs {
     /// Gradient of the residual stream.
     pub dx: Tensor,
-    dxn: Tensor,
+    /// Gradient at a norm's output: the LM head's input gradient, then the blocks'.
+    pub(crate) dxn: Tensor,
     d_act: Tensor,
     d_up: Tensor,
     d_att: Tensor,

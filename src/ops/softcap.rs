@@ -1,6 +1,7 @@
 //! Final-logit soft-capping, `shaders/softcap.wgsl`: Gemma's `final_logit_softcapping`,
 //! applied in place to the LM head's logits before anything reads them (statistics, picks,
-//! sampling, the loss). Its backward is the cross-entropy's SOFTCAP variant ([`super::xent`]).
+//! sampling). Training's loss caps its logits itself, the same expression (`shaders/cap.wgsl`),
+//! and takes the backward through the cap: the cross-entropy's SOFTCAP variant ([`super::xent`]).
 
 use super::groups;
 use crate::gpu::{shader::Define, Step, Tensor};

@@ -22,8 +22,8 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
 /// `logits` replaced in place by `scale · (softmax(z) - onehot(target))`: with `scale` =
 /// 1 / number of targets, the gradient of the mean loss. `logits` holds `n_rows` rows from
 /// row 0: the rows `first ..` of `targets` and `loss` (a chunk of a batch). With `cap`, the
-/// logits are soft-capped ones ([`super::softcap::softcap`]) and the gradient is taken with
-/// respect to the raw logits before the cap.
+/// logits are the raw ones: the kernel caps them first (as [`super::softcap::softcap`] does,
+/// bit for bit) and takes the gradient with respect to the raw logits.
 pub fn cross_entropy(
     step: &mut Step,
     logits: &Tensor,
@@ -58,8 +58,8 @@ mod tests {
 
     /// The batch's rows in two chunks (rows 0..1 and 1..4), each in its own logits buffer
     /// from row 0, their targets and losses at the batch's rows; plain, and soft-capped (the
-    /// GPU's capped logits from the softcap kernel, the gradient with respect to the raw ones,
-    /// whose CPU reference is checked by finite differences in `cpu::stats`).
+    /// kernel caps the raw logits itself; the gradient with respect to the raw ones, whose CPU
+    /// reference is checked by finite differences in `cpu::stats`).
     #[test]
     fn cross_entropy_matches_cpu() {
         let gpu = gpu();
@@ -74,9 +74,6 @@ mod tests {
             for (first, rows) in [(0, 1), (1, 3)] {
                 let zt = gpu.upload_f32("z", &[rows, v], &z[first * v..(first + rows) * v]).unwrap();
                 let mut step = Step::new(gpu);
-                if let Some(cap) = cap {
-                    crate::ops::softcap::softcap(&mut step, &zt, rows * v, cap);
-                }
                 cross_entropy(&mut step, &zt, (&tt, &loss, first), rows, 1.0 / 3.0, cap);
                 step.submit().unwrap();
                 let want = &want_grad[first * v..(first + rows) * v];

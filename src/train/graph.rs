@@ -15,7 +15,7 @@ use crate::modulate::{LcmConfig, LcmTraining};
 use crate::ops::matmul::Mat;
 use crate::ops::norm::NormKind;
 use crate::ops::stats::NO_TARGET;
-use crate::ops::{align, cgfm, matmul, norm, softcap, xent};
+use crate::ops::{align, cgfm, matmul, norm, xent};
 use anyhow::{bail, Result};
 
 /// Whether each block's activations stay in memory from the forward to the backward pass
@@ -206,6 +206,9 @@ impl TrainGraph {
         let rows = batch * seq_len;
         let table: Vec<u32> = (0..rows).flat_map(|r| [(r / seq_len) as u32, (r % seq_len) as u32]).collect();
         let n_acts = if memory == ActivationMemory::Keep { c.layers } else { 1 };
+        // Fewer rows where the adapter's binding is under the chunk's budget (the memory plan
+        // counts the budget's).
+        let chunk = head_chunk_rows(rows, c.vocab).min((gpu.max_binding_elems() as usize / c.vocab).max(1));
         Ok(TrainGraph {
             batch,
             seq_len,
@@ -219,7 +222,7 @@ impl TrainGraph {
             acts: (0..n_acts).map(|_| BlockActs::new(gpu, model, batch, seq_len)).collect::<Result<_>>()?,
             xn_final: gpu.zeros("xn final", &[rows, c.hidden], DType::F32)?,
             stats_final: gpu.zeros("final norm stats", &[rows, 2], DType::F32)?,
-            logits: gpu.zeros("logits", &[head_chunk_rows(rows, c.vocab), c.vocab], DType::F32)?,
+            logits: gpu.zeros("logits", &[chunk, c.vocab], DType::F32)?,
             loss: gpu.zeros("loss", &[rows], DType::F32)?,
             bw: BackwardBufs::new(gpu, model, batch, seq_len)?,
             lcm: None,
@@ -274,6 +277,15 @@ impl TrainGraph {
 
     pub fn rows(&self) -> usize {
         self.batch * self.seq_len
+    }
+
+    /// Runs the LM head and its loss over chunks of `rows` rows (at most the micro-batch)
+    /// instead of [`head_chunk_rows`]'s: the whole micro-batch is the head unchunked, as it
+    /// was before chunking; the tests compare the two.
+    pub fn set_head_chunk_rows(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
+        let vocab = self.logits.shape[1];
+        self.logits = gpu.zeros("logits", &[rows.clamp(1, self.rows()), vocab], DType::F32)?;
+        Ok(())
     }
 
     /// GPU memory the micro-batch's buffers take (activations and backward scratch).
@@ -414,9 +426,7 @@ impl TrainGraph {
                 let logits = Mat { t: &self.logits, off: col, rs: c.vocab, cs: 1 };
                 matmul::matmul(step, xn, head, logits, (rows, n_cols, c.hidden), None, false);
             }
-            if let Some(cap) = c.logit_softcap {
-                softcap::softcap(step, &self.logits, rows * c.vocab, cap);
-            }
+            // The loss caps the logits itself (Gemma), then leaves their gradient in place.
             let loss = (&self.targets, &self.loss, first);
             xent::cross_entropy(step, &self.logits, loss, rows, loss_scale, c.logit_softcap);
             if let Some(d_head) = head_backward {
@@ -476,5 +486,105 @@ impl TrainGraph {
     /// The summed loss of the last recorded micro-batch (read back).
     pub async fn read_loss_sum(&self, gpu: &Gpu) -> Result<f64> {
         Ok(gpu.read_f32_async(&self.loss).await?.iter().map(|&l| l as f64).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+    use crate::model::load::parse_config;
+    use crate::model::WeightChoice;
+    use crate::ops::test_util::{gpu, gpu_with_binding};
+
+    /// A small Llama with a vocabulary of 1000; `TIED` is replaced by true or false. Tied, its
+    /// [1000, 64] embedding (250 KiB) is the head, in 4 row shards under a 66,000-byte binding.
+    const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1000,
+        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": TIED}"#;
+
+    /// Largest |got - want| within `tol` of the largest |want| (which must not be 0).
+    fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let largest = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let worst = got.iter().zip(want).map(|(&g, w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        eprintln!("{what}: largest difference {:.1e} of the largest value {largest:.3e}", worst);
+        assert!(largest > 0.0 && worst <= tol * largest, "{what}: differs by {worst} (largest {largest})");
+    }
+
+    /// The LM head and its loss over chunks of 7 of the micro-batch's 2 × 11 rows (the last
+    /// chunk one row), one row out of the loss, equal the CPU's over the whole batch from the
+    /// same final-norm output: per-row losses, their gradient at that output and the head
+    /// weight's. Tied with the head in row shards (each writes its columns of a chunk's
+    /// logits); untied and soft-capped (the loss caps the logits itself); tied and capped on the
+    /// tiled matrix engine (the GPUs' default).
+    #[test]
+    fn chunked_head_matches_cpu() {
+        let tiled = Gpu::shared_on_tier(crate::gpu::Tier::Tiled).unwrap();
+        let cases = [
+            ("sharded", true, None, gpu_with_binding(66_000), 4),
+            ("default tier", false, Some(0.5), gpu(), 1),
+            ("tiled tier", true, Some(0.5), tiled, 1),
+        ];
+        for (label, tied, cap, gpu, shards) in cases {
+            let mut cfg = parse_config(CONFIG.replace("TIED", &tied.to_string()).as_bytes(), "test").unwrap();
+            cfg.logit_softcap = cap;
+            let host = Weights::random(&cfg, 5);
+            let model = GpuModel::upload_weights(
+                gpu,
+                &cfg,
+                &host,
+                WeightChoice::Format(crate::gpu::WeightFormat::F32),
+            )
+            .unwrap();
+            assert_eq!(model.head_weight().shards.len(), shards);
+            let (batch, seq_len, vocab, hidden) = (2, 11, cfg.vocab, cfg.hidden);
+            let mut graph = TrainGraph::new(gpu, &model, batch, seq_len, ActivationMemory::Keep).unwrap();
+            graph.set_head_chunk_rows(gpu, 7).unwrap();
+            let ids: Vec<Vec<u32>> = (0..batch)
+                .map(|b| (0..=seq_len).map(|t| ((b * 389 + t * 613) % vocab) as u32).collect())
+                .collect();
+            let trained: Vec<bool> = (0..seq_len).map(|t| t != 4).collect();
+            let rows = [Row { ids: &ids[0], trained: None }, Row { ids: &ids[1], trained: Some(&trained) }];
+            graph.write_batch(gpu, &rows, vocab).unwrap();
+            let targets: Vec<Option<u32>> = rows
+                .iter()
+                .flat_map(|r| {
+                    (0..seq_len).map(move |t| r.trained.is_none_or(|m| m[t]).then_some(r.ids[t + 1]))
+                })
+                .collect();
+            let scale = 1.0 / targets.iter().flatten().count() as f32;
+            let d_head = gpu.zeros_sharded("d head", &[vocab, hidden], DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            graph.record_forward(&mut step, &model, None, scale, Some(Some(&d_head)));
+            step.submit().unwrap();
+
+            let n = graph.rows();
+            let xn = gpu.read_f32(&graph.xn_final).unwrap();
+            let w = gpu.read_sharded_f32(model.head_weight()).unwrap();
+            let raw = cpu::matmul::linear(&xn, &w, None, n, vocab, hidden);
+            let (loss, d_logits) = cpu::stats::cross_entropy(&raw, &targets, cap);
+            let mut dxn = vec![0.0f64; n * hidden];
+            let mut dw = vec![0.0f64; vocab * hidden];
+            for (r, d_row) in d_logits.chunks(vocab).enumerate() {
+                for (j, &d) in d_row.iter().enumerate() {
+                    for k in 0..hidden {
+                        dxn[r * hidden + k] += d as f64 * w[j * hidden + k] as f64;
+                        dw[j * hidden + k] += d as f64 * xn[r * hidden + k] as f64;
+                    }
+                }
+            }
+            let what = format!("{label}, tied {tied}, cap {cap:?}");
+            let loss: Vec<f64> = loss.iter().map(|&l| l as f64).collect();
+            close(&gpu.read_f32(&graph.loss).unwrap(), &loss, 1e-5, &format!("{what}: losses"));
+            close(&gpu.read_f32(&graph.bw.dxn).unwrap(), &dxn, 1e-5, &format!("{what}: d xn"));
+            close(&gpu.read_sharded_f32(&d_head).unwrap(), &dw, 1e-5, &format!("{what}: d head"));
+            if let Some(cap) = cap {
+                let uncapped = cpu::stats::cross_entropy(&raw, &targets, None).0;
+                let bent = uncapped.iter().zip(&loss).map(|(&u, c)| (u as f64 - c).abs()).fold(0.0, f64::max);
+                assert!(bent > 0.1, "the cap {cap} changed the losses by only {bent}");
+            }
+        }
     }
 }

@@ -228,6 +228,11 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
+    /// The LM head's chunk of rows ([`TrainGraph::set_head_chunk_rows`]).
+    pub fn set_head_chunk_rows(&mut self, rows: usize) -> Result<()> {
+        self.graph.set_head_chunk_rows(self.gpu, rows)
+    }
+
     /// Trains with LCM on (a config that is off changes nothing).
     pub fn set_lcm(&mut self, cfg: &LcmConfig) -> Result<()> {
         self.graph.set_lcm(self.gpu, &self.model, cfg)
