@@ -36,8 +36,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("trace", include_str!("../../shaders/trace.wgsl")),
     // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
     // `#include window` / `#include attention_merge` / `#include attention_io` / `#include lcm_step` / `#include lcm_reduce` /
-    // `#include lcm_io`.
+    // `#include lcm_io` / `#include operand`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
+    ("operand", include_str!("../../shaders/operand.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
     ("lcm_step", include_str!("../../shaders/lcm_step.wgsl")),
@@ -492,6 +493,7 @@ mod tests {
                     | "lcm_step"
                     | "lcm_io"
                     | "attention_io"
+                    | "operand"
             )
         }) {
             assert!(variants.iter().any(|(n, _)| n == family), "{family}: no variant in ops::all_variants");
