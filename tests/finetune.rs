@@ -712,7 +712,8 @@ fn chat_rows_train_on_the_assistant_tokens_only() {
 /// checkpoint keeps it. A run resumed from a checkpoint whose scale was set to 2^40 skips the
 /// steps whose gradients overflow f16 (each logged with `skipped` and the scale it used, which
 /// halves after each), then trains at the scale that fits, and prints how many it skipped.
-/// Resuming with the other precision, and a precision Keel does not have, are refused.
+/// Resuming with the other precision, a precision Keel does not have, and HGC with mixed
+/// precision are refused.
 #[test]
 fn mixed_precision_logs_its_loss_scale_and_skipped_steps() {
     let Some(stories) = stories() else { return };
@@ -735,6 +736,9 @@ fn mixed_precision_logs_its_loss_scale_and_skipped_steps() {
 
     fails(&args(leak(flags(40, "f32") + " --resume")), &["--precision mixed", "--precision f32"]);
     fails(&args(leak(flags(2, "f16"))), &["--precision", "f16"]);
+    let hgc = t.path("hgc");
+    let with_hgc = flags(2, "mixed") + " --hgc-alpha 0.5";
+    fails(&finetune_args(model, &data, hgc.to_str().unwrap(), &with_hgc), &["--precision mixed", "HGC"]);
 
     let printed = succeeds(&args(leak(flags(40, "mixed") + " --resume")));
     let lines = keel::train::log::read_log(&out.join("log.jsonl")).unwrap();
