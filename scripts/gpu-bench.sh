@@ -17,6 +17,8 @@
 #                        decode-FMT is issue 21's LCM figure)
 #   batch16-FMT, batch64-FMT   16 and 64 sequences decoded together (`keel compare`'s batch path)
 #   train-full           full fine-tuning, batch 8 x 512
+#   train-8x512-mixed    the same with --precision mixed (f16 operands, f32 accumulation and
+#                        AdamW, dynamic loss scaling; issue 22's target: PyTorch bf16 autocast)
 #   matmul-*, prefill-512-TIER, train-8x512-TIER   the matrix tiers (KEEL_TIER), see below
 #   prefill-attention-KERNELS   flash attention against the per-row kernels (KEEL_ATTENTION)
 #   lcm-prefill-SCAN, lcm-prefill-off, train-lcm   LCM's scans (issue 22): prefill with LCM on,
@@ -64,6 +66,7 @@ for w in f16 q4_1 f32; do
     timeout 120 "$keel" bench --shapes "$shapes" --weights "$w" --repeats 1 --profile > "$out/profile-$w.txt" 2>&1
 done
 run "train-full" "" --train --batch 8 --seq-len 512 --repeats 2 --profile
+run "train-8x512-mixed" "" --train --batch 8 --seq-len 512 --repeats 2 --precision mixed --profile
 
 # The matrix tiers (KEEL_TIER; docs/bench.md, "Matrix tiers"): 2048³ and prefill-sized products on
 # every tier the adapter has (the coop tier checked against the portable one: the command exits

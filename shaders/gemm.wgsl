@@ -17,7 +17,9 @@ enable f16;
 //
 // Loads are vec4 along whichever dimension the operand is contiguous in: A along K (AKVEC4:
 // x, dy) or along M (AVEC4: dyᵀ); B along K (BKVEC4: Wᵀ, any weight format through wload) or
-// along N (BVEC4: W, any format; x); neither: scalar loads with any strides.
+// along N (BVEC4: W, any format; x); neither: scalar loads with any strides. Each is staged
+// through operand() (shaders/operand.wgsl): f16-rounded with F16_OPERANDS (mixed-precision
+// training; the COOP tiles are f16 anyway).
 //
 // SIMT (default): 8×8 outputs per thread, rows ty·4 + {0..3} and BM/2 + ty·4 + {0..3}, columns
 // likewise, so its A and B reads are two vec4 each per K step; with OUT4, 4×4 outputs per
@@ -60,6 +62,7 @@ struct Params {
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+#include operand
 
 #if COOP
 const OUTPUTS_PER_THREAD: u32 = 32u;
@@ -245,8 +248,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let tiles = (p.k + BK - 1u) / BK;
     for (var t = 0u; t < tiles; t++) {
         workgroupBarrier();
-        for (var l = 0u; l < A_QUADS; l++) { stage_a(lid + l * THREADS, ra[l]); }
-        for (var l = 0u; l < B_QUADS; l++) { stage_b(lid + l * THREADS, rb[l]); }
+        for (var l = 0u; l < A_QUADS; l++) { stage_a(lid + l * THREADS, operand(ra[l])); }
+        for (var l = 0u; l < B_QUADS; l++) { stage_b(lid + l * THREADS, operand(rb[l])); }
         workgroupBarrier();
         if (t + 1u < tiles) {
             let k0 = (t + 1u) * BK;

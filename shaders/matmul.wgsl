@@ -12,6 +12,7 @@ enable f16;
 // 4 columns of B: with AVEC4 the 4 rows of A are contiguous (A = dyᵀ in the weight gradient),
 // with BVEC4 the 4 columns of B are (B = W in the input gradient, x in the weight gradient),
 // and each is one vec4 load instead of four scalar ones (offsets and K strides in vec4 units).
+// Every load goes through operand() (shaders/operand.wgsl): f16-rounded with F16_OPERANDS.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -41,6 +42,7 @@ struct Params {
 #endif
 #endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#include operand
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
@@ -57,14 +59,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #if KVEC4
     // Offsets and row strides are in vec4 units here (the host divides by 4).
     for (var kk = 0u; kk < p.k / 4u; kk++) {
-        let a0 = a[p.a_off + r.x * p.a_rs + kk];
-        let a1 = a[p.a_off + r.y * p.a_rs + kk];
-        let a2 = a[p.a_off + r.z * p.a_rs + kk];
-        let a3 = a[p.a_off + r.w * p.a_rs + kk];
-        let b0 = wload(q.x, kk);
-        let b1 = wload(q.y, kk);
-        let b2 = wload(q.z, kk);
-        let b3 = wload(q.w, kk);
+        let a0 = operand(a[p.a_off + r.x * p.a_rs + kk]);
+        let a1 = operand(a[p.a_off + r.y * p.a_rs + kk]);
+        let a2 = operand(a[p.a_off + r.z * p.a_rs + kk]);
+        let a3 = operand(a[p.a_off + r.w * p.a_rs + kk]);
+        let b0 = operand(wload(q.x, kk));
+        let b1 = operand(wload(q.y, kk));
+        let b2 = operand(wload(q.z, kk));
+        let b3 = operand(wload(q.w, kk));
         acc[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
         acc[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
         acc[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
@@ -73,20 +75,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 #else
     for (var kk = 0u; kk < p.k; kk++) {
 #if AVEC4
-        let av = a[p.a_off + kk * p.a_cs + row0 / 4u];
+        let av = operand(a[p.a_off + kk * p.a_cs + row0 / 4u]);
 #else
         let ak = p.a_off + kk * p.a_cs;
-        let av = vec4<f32>(a[ak + r.x * p.a_rs], a[ak + r.y * p.a_rs], a[ak + r.z * p.a_rs], a[ak + r.w * p.a_rs]);
+        let av = operand(vec4<f32>(a[ak + r.x * p.a_rs], a[ak + r.y * p.a_rs], a[ak + r.z * p.a_rs], a[ak + r.w * p.a_rs]));
 #endif
 #if WQ
         // A packed W (dy·W, BVEC4): row kk of W holds this thread's four columns of B.
-        let bv = wload(kk, col0 / 4u);
+        let bv = operand(wload(kk, col0 / 4u));
 #else
 #if BVEC4
-        let bv = b[p.b_off + kk * p.b_rs + col0 / 4u];
+        let bv = operand(b[p.b_off + kk * p.b_rs + col0 / 4u]);
 #else
         let bk = p.b_off + kk * p.b_rs;
-        let bv = vec4<f32>(b[bk + q.x * p.b_cs], b[bk + q.y * p.b_cs], b[bk + q.z * p.b_cs], b[bk + q.w * p.b_cs]);
+        let bv = operand(vec4<f32>(b[bk + q.x * p.b_cs], b[bk + q.y * p.b_cs], b[bk + q.z * p.b_cs], b[bk + q.w * p.b_cs]));
 #endif
 #endif
         acc[0] += av.x * bv;

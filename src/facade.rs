@@ -8,6 +8,7 @@ pub use crate::model::{GpuModel, LoadedModel, ModelConfig, WeightChoice};
 pub use crate::modulate::{LcmConfig, Space};
 pub use crate::ops::optim::AdamW;
 pub use crate::tokenize::{TextStream, Tokenizer};
+pub use crate::train::precision::Precision;
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::train::run::{FinetuneConfig, LoraOptions, Progress, Summary};
 

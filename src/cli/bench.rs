@@ -13,6 +13,7 @@ use crate::model::{GpuModel, ModelConfig, WeightChoice};
 use crate::ops::optim::AdamW;
 use crate::train::graph::ActivationMemory;
 use crate::train::memory::{MemoryPlan, Trained};
+use crate::train::precision::Precision;
 use crate::train::trainer::{Method, OptimConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -70,6 +71,9 @@ pub struct BenchArgs {
     /// Recompute activations in the backward pass (with --train)
     #[arg(long)]
     recompute: bool,
+    /// Precision of the training products, as keel finetune takes it (with --train)
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Constricted fine-tuning options, as keel finetune takes them (with --train)
     #[command(flatten)]
     constrict: ConstrictArgs,
@@ -539,17 +543,21 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     }
     let constrict = a.constrict.config()?;
     trainer.set_constrict(&constrict)?;
+    trainer.set_precision(a.precision)?;
     let rows: Vec<Vec<u32>> = (0..n_rows)
         .map(|r| (0..=a.seq_len).map(|i| ((r * 1009 + i * 7919 + 13) % cfg.vocab) as u32).collect())
         .collect();
     let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
     let mut rates = Vec::new();
+    // Mixed precision: measured steps that overflowed the loss scale (they skip AdamW).
+    let mut skipped = 0;
     // One unmeasured step compiles the pipelines.
     for rep in 0..=a.repeats {
         let t0 = Instant::now();
         let report = trainer.step(std::slice::from_ref(&batch), 1e-5)?;
         if rep > 0 {
             rates.push(report.tokens as f64 / t0.elapsed().as_secs_f64());
+            skipped += report.skipped as usize;
         }
     }
     let (rate, sd) = mean_sd(&rates);
@@ -569,6 +577,7 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!(
             "{}",
             json!({"mode": mode, "batch": n_rows, "seq_len": a.seq_len, "recompute": a.recompute,
+                   "precision": a.precision.name(), "skipped_steps": skipped,
                    "train_tok_s": rate, "train_tok_s_sd": sd, "weights_bytes": weights,
                    "trained_state_bytes": trained, "activation_bytes": activations,
                    "total_bytes": weights + trained + activations,
@@ -582,12 +591,16 @@ fn run_train(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
         println!("model:    {} ({} parameters)", m.name, cfg.param_count());
         println!("adapter:  {} ({:?})", info.name, info.backend);
         println!(
-            "training: {mode}, batch {} × {} tokens{}",
+            "training: {mode}, batch {} × {} tokens, {} precision{}",
             n_rows,
             a.seq_len,
+            a.precision.name(),
             if a.recompute { ", recomputed activations" } else { "" }
         );
         println!("speed:    {rate:.1} ± {sd:.1} tok/s");
+        if skipped > 0 {
+            println!("skipped:  {skipped} of the measured steps overflowed the loss scale");
+        }
         println!(
             "memory:   {:.1} MiB = weights {:.1} + gradients and AdamW {:.1} + activations {:.1}",
             mib(weights + trained + activations),

@@ -168,6 +168,7 @@ pub fn run(a: CompareFinetuneArgs, adapter: &Option<String>) -> Result<()> {
                     memory: ActivationMemory::Keep,
                     lcm: None,
                     constrict: *constrict,
+                    precision: Default::default(),
                     val_fraction: Some(a.val_fraction),
                     val_data: None,
                     eval_every: 0,

@@ -10,7 +10,10 @@ use crate::ops::optim::AdamW;
 use crate::train::constrict::{CgfmConfig, ConstrictConfig, HgcConfig, HgcOn};
 use crate::train::graph::ActivationMemory;
 use crate::train::memory::{stored_formats, MemoryPlan, Trained};
-use crate::train::run::{finetune, latest_checkpoint, FinetuneConfig, LoraOptions, Progress as StepProgress};
+use crate::train::precision::Precision;
+use crate::train::run::{
+    finetune, latest_checkpoint, resumable_state, FinetuneConfig, LoraOptions, Progress as StepProgress,
+};
 use crate::train::schedule::Schedule;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -78,6 +81,11 @@ pub struct FinetuneArgs {
     /// Recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
     #[arg(long)]
     recompute: bool,
+    /// Precision of the training products: f32, or mixed (f16 operands, f32 accumulation, f32
+    /// master weights and AdamW, dynamic loss scaling; a step whose gradients overflow is
+    /// skipped and logged)
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Hold out the last fraction of the rows for validation
     #[arg(long)]
     val_fraction: Option<f32>,
@@ -342,6 +350,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         memory: if a.recompute { ActivationMemory::Recompute } else { ActivationMemory::Keep },
         lcm: a.lcm.config()?,
         constrict: a.constrict.config()?,
+        precision: a.precision,
         val_fraction: a.val_fraction,
         val_data: a.val_data,
         eval_every: a.eval_every,
@@ -372,6 +381,7 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
     }
     if cfg.resume {
         if let Some((step, dir)) = latest_checkpoint(&cfg.out) {
+            resumable_state(&dir, &cfg)?;
             eprintln!("keel: resuming from {} (after step {} of {})", dir.display(), step, cfg.steps);
         }
     }
@@ -387,8 +397,17 @@ pub fn run(a: FinetuneArgs, adapter: &Option<String>) -> Result<()> {
         if let Some(v) = p.val_loss {
             bar.println(&format!("step {}: validation loss {v:.4} (perplexity {:.2})", p.step, v.exp()));
         }
+        if let (true, Some(scale)) = (p.skipped, p.loss_scale) {
+            bar.println(&format!(
+                "step {}: gradients overflowed at loss scale {scale}: step skipped, the scale halved",
+                p.step
+            ));
+        }
     };
     let summary = finetune(gpu, model, &path.display().to_string(), &cfg, &mut show)?;
+    if cfg.precision == Precision::Mixed {
+        println!("skipped:     {} steps (gradients overflowed the loss scale)", summary.skipped_steps);
+    }
     println!("final model: {}", summary.final_dir.display());
     println!("loss curve:  {}", summary.plot.display());
     println!("step log:    {}", cfg.out.join("log.jsonl").display());

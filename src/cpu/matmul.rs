@@ -9,3 +9,9 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k:
     }
     y
 }
+
+/// Each value rounded to f16 (to nearest, ties to even; past f16's range an infinity):
+/// the operands of a mixed-precision product.
+pub fn round_f16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}

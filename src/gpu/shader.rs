@@ -34,10 +34,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("cgfm", include_str!("../../shaders/cgfm.wgsl")),
     ("align", include_str!("../../shaders/align.wgsl")),
     ("trace", include_str!("../../shaders/trace.wgsl")),
-    // Not kernels: pasted in by `#include reduce` / `#include wfmt` / `#include activation` /
-    // `#include window` / `#include attention_merge` / `#include attention_io` / `#include lcm_step` / `#include lcm_reduce` /
-    // `#include lcm_io` / `#include cap`.
+    // Not kernels: pasted into them by `#include NAME`.
     ("wfmt", include_str!("../../shaders/wfmt.wgsl")),
+    ("operand", include_str!("../../shaders/operand.wgsl")),
     ("window", include_str!("../../shaders/window.wgsl")),
     ("attention_merge", include_str!("../../shaders/attention_merge.wgsl")),
     ("lcm_step", include_str!("../../shaders/lcm_step.wgsl")),

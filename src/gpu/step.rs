@@ -32,6 +32,9 @@ enum Command {
 
 pub struct Step<'g> {
     pub gpu: &'g Gpu,
+    /// The matrix products recorded into this step round their operands to f16 (mixed-precision
+    /// training, `ops::matmul`); accumulation and outputs stay f32.
+    pub f16_operands: bool,
     commands: Vec<Command>,
     params: Vec<u8>,
 }
@@ -49,7 +52,7 @@ pub fn groups_for(n: u32) -> [u32; 3] {
 
 impl<'g> Step<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        Step { gpu, commands: Vec::new(), params: Vec::new() }
+        Step { gpu, f16_operands: false, commands: Vec::new(), params: Vec::new() }
     }
 
     /// Records one kernel: `params` is the uniform block at binding 0, `buffers` the storage

@@ -7,6 +7,9 @@
 //! Weights may be packed (f16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K: `shaders/wfmt.wgsl`) when
 //! they are the `W` of a forward x·Wᵀ or of an input gradient dy·W (LoRA over a frozen packed
 //! base); the kernels dequantize them as they read them and accumulate in f32.
+//! A [`Step`] with `f16_operands` (mixed-precision training) rounds every operand to f16 as
+//! the kernels load it (`F16_OPERANDS`, shaders/operand.wgsl), accumulating in f32; such
+//! products never take the matrix-vector kernel, which decode alone needs.
 
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor, Tier};
@@ -236,11 +239,14 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
             for acc in [0, 1] {
                 let flags = [vec![("KVEC4", kvec4), ("BIAS", bias), ("ACC", acc)], format_flags(fmt, native)]
                     .concat();
-                if kvec4 == 1 {
-                    v.push(("matmul", flags.clone()));
-                } else {
-                    for (avec4, bvec4) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        v.push(("matmul", [&flags[..], &[("AVEC4", avec4), ("BVEC4", bvec4)]].concat()));
+                for half in [0, 1] {
+                    let flags = [&flags[..], &[("F16_OPERANDS", half)]].concat();
+                    if kvec4 == 1 {
+                        v.push(("matmul", flags));
+                    } else {
+                        for (avec4, bvec4) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                            v.push(("matmul", [&flags[..], &[("AVEC4", avec4), ("BVEC4", bvec4)]].concat()));
+                        }
                     }
                 }
                 for m in 1..=MATVEC_MAX_M as u32 {
@@ -274,9 +280,11 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let packed = WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32).map(|f| (f, false));
     for (fmt, native) in packed.chain([(WeightFormat::F16, true)]) {
         for (acc, avec4) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-            let flags = [("KVEC4", 0), ("BIAS", 0), ("ACC", acc)];
-            let by_k = [("AVEC4", avec4), ("BVEC4", 1)];
-            v.push(("matmul", [&flags[..], &format_flags(fmt, native), &by_k].concat()));
+            for half in [0, 1] {
+                let flags = [("KVEC4", 0), ("BIAS", 0), ("ACC", acc), ("F16_OPERANDS", half)];
+                let by_k = [("AVEC4", avec4), ("BVEC4", 1)];
+                v.push(("matmul", [&flags[..], &format_flags(fmt, native), &by_k].concat()));
+            }
         }
     }
     v.extend(gemm_variants());
@@ -299,7 +307,11 @@ fn gemm_variants() -> Vec<(&'static str, Vec<Define>)> {
                 for &(bkvec4, bvec4) in b_loads {
                     for (bias, acc) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let loads = GemmLoads { akvec4, avec4, bkvec4, bvec4 };
-                        v.push(("gemm", gemm_defines(tile, coop, loads, (bias, acc), fmt, native)));
+                        // The cooperative tiles are staged in f16 already.
+                        for half in if coop { &[false][..] } else { &[false, true] } {
+                            let epilogue = (bias, acc);
+                            v.push(("gemm", gemm_defines(tile, coop, loads, epilogue, (fmt, native), *half)));
+                        }
                     }
                 }
             }
@@ -317,18 +329,20 @@ struct GemmLoads {
     bvec4: u32,
 }
 
+/// gemm.wgsl's defines; `half`: f16 operands (not with `coop`, whose tiles are f16).
 fn gemm_defines(
     tile: GemmTile,
     coop: bool,
     l: GemmLoads,
     (bias, acc): (u32, u32),
-    fmt: WeightFormat,
-    native_f16: bool,
+    (fmt, native_f16): (WeightFormat, bool),
+    half: bool,
 ) -> Vec<Define> {
     let out4 = (tile.per_thread == 4) as u32;
     let shape = [("BM", tile.bm), ("BN", tile.bn), ("BK", tile.bk), ("COOP", coop as u32), ("OUT4", out4)];
     let loads = [("AKVEC4", l.akvec4), ("AVEC4", l.avec4), ("BKVEC4", l.bkvec4), ("BVEC4", l.bvec4)];
-    [&shape[..], &loads, &[("BIAS", bias), ("ACC", acc)], &format_flags(fmt, native_f16)].concat()
+    let epilogue = [("BIAS", bias), ("ACC", acc), ("F16_OPERANDS", (half && !coop) as u32)];
+    [&shape[..], &loads, &epilogue, &format_flags(fmt, native_f16)].concat()
 }
 
 /// `C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n])`, C row-major with row stride `c.rs`.
@@ -400,7 +414,8 @@ fn product(
     assert!(b.off + k.saturating_sub(1) * b.rs + (n - 1) * b.cs < b.t.numel().max(1));
     assert!(c.off + (m - 1) * c.rs + n - 1 < c.t.numel());
     let kvec4 = a.cs == 1 && b.rs == 1 && k % 4 == 0 && [a.off, a.rs, b.off, b.cs].iter().all(|x| x % 4 == 0);
-    let matvec = m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
+    let half = step.f16_operands;
+    let matvec = !half && m <= MATVEC_MAX_M && a.cs == 1 && b.rs == 1;
     // The blocked kernel's column-of-A and row-of-B vec4 loads (backward products).
     let by_k = !kvec4 && !matvec;
     let avec4 = by_k && a.rs == 1 && [m, a.off, a.cs].iter().all(|x| x.is_multiple_of(4));
@@ -469,7 +484,8 @@ fn product(
     } else {
         let by_k_flags: &[Define] =
             if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
-        let pipeline = step.gpu.pipeline("matmul", &[&flags[..], by_k_flags].concat());
+        let half_flag = [("F16_OPERANDS", half as u32)];
+        let pipeline = step.gpu.pipeline("matmul", &[&flags[..], &half_flag, by_k_flags].concat());
         let groups = [n.div_ceil(32) as u32, m.div_ceil(32) as u32, 1];
         step.dispatch(pipeline, &params, &buffers, groups);
     }
@@ -512,8 +528,8 @@ fn gemm(
     assert!(!coop || tile == GemmTile::COOP, "the coop tier has one tile");
     let loads =
         GemmLoads { akvec4: akvec4 as u32, avec4: avec4 as u32, bkvec4: bkvec4 as u32, bvec4: bvec4 as u32 };
-    let defines =
-        gemm_defines(tile, coop, loads, (bias as u32, accumulate as u32), fmt, native_f16(step.gpu));
+    let epilogue = (bias as u32, accumulate as u32);
+    let defines = gemm_defines(tile, coop, loads, epilogue, (fmt, native_f16(step.gpu)), step.f16_operands);
     let pipeline = step.gpu.pipeline("gemm", &defines);
     let groups = [n.div_ceil(tile.bn as usize) as u32, m.div_ceil(tile.bm as usize) as u32, 1];
     step.dispatch(pipeline, &params, buffers, groups);
@@ -1245,10 +1261,12 @@ mod tests {
     type View = (usize, usize, usize);
 
     /// `C (+)= 0.5 · A · B (+ bias)` on `engine`, A and B strided views of random buffers, C a
-    /// block of a wider matrix, against the CPU's `linear` on the dense A and Bᵀ.
+    /// block of a wider matrix, against the CPU's `linear` on the dense A and Bᵀ; with `half`,
+    /// f16 operands against the CPU on A and B rounded to f16 (and f32 operands must miss that).
     #[allow(clippy::too_many_arguments)]
     fn check_engine(
         engine: Engine,
+        half: bool,
         what: &str,
         av: View,
         bv: View,
@@ -1264,7 +1282,13 @@ mod tests {
         let c0 = rand_vec(14, c_off + m * c_rs, 1.0);
         let dense_a: Vec<f32> = (0..m * k).map(|i| a[av.0 + i / k * av.1 + i % k * av.2]).collect();
         let dense_bt: Vec<f32> = (0..n * k).map(|i| b[bv.0 + i % k * bv.1 + i / k * bv.2]).collect();
-        let ab = cpu::matmul::linear(&dense_a, &dense_bt, None, m, n, k);
+        let round = |v: &[f32]| if half { cpu::matmul::round_f16(v) } else { v.to_vec() };
+        let ab = cpu::matmul::linear(&round(&dense_a), &round(&dense_bt), None, m, n, k);
+        if half {
+            let exact = cpu::matmul::linear(&dense_a, &dense_bt, None, m, n, k);
+            let off = exact.iter().zip(&ab).any(|(e, h)| (e - h).abs() > 2e-4 * h.abs().max(1.0));
+            assert!(off, "{what}: f32 operands would pass too");
+        }
         let mut want = c0.clone();
         for i in 0..m {
             for j in 0..n {
@@ -1276,6 +1300,7 @@ mod tests {
         let t = |name, data: &[f32]| gpu.upload_f32(name, &[data.len()], data).unwrap();
         let (at, bt, biast, ct) = (t("a", &a), t("b", &b), t("bias", &bias_v), t("c", &c0));
         let mut step = Step::new(gpu);
+        step.f16_operands = half;
         matmul_on(
             &mut step,
             engine,
@@ -1288,7 +1313,7 @@ mod tests {
             Prologue::None,
         );
         step.submit().unwrap();
-        let what = format!("{what} {m}x{n}x{k} bias={bias} acc={acc} {engine:?}");
+        let what = format!("{what} {m}x{n}x{k} bias={bias} acc={acc} half={half} {engine:?}");
         assert_close(&gpu.read_f32(&ct).unwrap(), &want, 1e-4, &what);
     }
 
@@ -1300,14 +1325,49 @@ mod tests {
         let gpu = gpu();
         for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
             // x·Wᵀ: x rows (at an offset), W [n, k] read along K (AKVEC4, BKVEC4), then scalars.
-            check_engine(engine, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
-            check_engine(engine, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
+            check_engine(engine, false, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
+            check_engine(engine, false, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
             // dy·W: dy [m, out] along K (AKVEC4), W [out, in] along N (BVEC4), then scalars.
-            check_engine(engine, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
-            check_engine(engine, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
+            check_engine(engine, false, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
+            check_engine(engine, false, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
             // dyᵀ·x: dyᵀ along M (AVEC4), x along N (BVEC4), then scalars.
-            check_engine(engine, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
-            check_engine(engine, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+            check_engine(engine, false, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
+            check_engine(engine, false, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+        }
+    }
+
+    /// Mixed precision's products (f16 operands, f32 accumulation) on the portable engine and
+    /// every SIMT tile, the three products of training through every load path, against the
+    /// CPU on operands rounded to f16; a few rows, where decode would take the matrix-vector
+    /// kernel, stay on these. An operand past f16's range makes its outputs infinite.
+    #[test]
+    fn f16_operand_products_match_cpu_on_rounded_operands() {
+        let gpu = gpu();
+        let portable = Engine::with_tier(gpu, Tier::Portable, None);
+        for engine in [portable].into_iter().chain(GemmTile::SIMT.map(|t| tiled(gpu, t))) {
+            check_engine(engine, true, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
+            check_engine(engine, true, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
+            check_engine(engine, true, "x·Wᵀ", (0, 64, 1), (0, 1, 64), (3, 40, 64), false, false);
+            check_engine(engine, true, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
+            check_engine(engine, true, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
+            check_engine(engine, true, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
+            check_engine(engine, true, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+        }
+        let (m, n, k) = (8, 8, 8);
+        let mut a = rand_vec(21, m * k, 1.0);
+        // Row 0 holds f16's largest value; row 1 one that rounds past it.
+        (a[0], a[k]) = (65504.0, 65520.0);
+        let b = rand_vec(22, k * n, 1.0);
+        let (at, bt) = (gpu.upload_f32("a", &[m, k], &a).unwrap(), gpu.upload_f32("b", &[k, n], &b).unwrap());
+        for engine in [portable, tiled(gpu, GemmTile::SMALL)] {
+            let ct = gpu.zeros("c", &[m, n], crate::gpu::DType::F32).unwrap();
+            let mut step = Step::new(gpu);
+            step.f16_operands = true;
+            let (a, b, c) = (Mat::rows(&at, 0, k), Mat::rows(&bt, 0, n), Mat::rows(&ct, 0, n));
+            matmul_on(&mut step, engine, a, b, c, (m, n, k), (1.0, None), false, Prologue::None);
+            step.submit().unwrap();
+            let c = gpu.read_f32(&ct).unwrap();
+            assert!(c.iter().enumerate().all(|(i, v)| v.is_finite() == (i / n != 1)), "{engine:?}: {c:?}");
         }
     }
 

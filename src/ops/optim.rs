@@ -31,6 +31,7 @@ struct NormParams {
     first: u32,
     n_tensors: u32,
     clip: f32,
+    unscale: f32,
 }
 
 #[repr(C)]
@@ -90,7 +91,8 @@ pub struct GradNorms {
     sizes: Vec<Vec<usize>>,
     partials: Tensor,
     ranges: Tensor,
-    /// `[n + 2]`: per-tensor sums of squares, then the global norm, then the clip factor.
+    /// `[n + 3]`: per-tensor sums of squares, the global norm, the clip factor, then the
+    /// gradients' multiplier (the clip factor over the loss scale).
     pub out: Tensor,
 }
 
@@ -108,7 +110,7 @@ impl GradNorms {
             sizes: sizes.to_vec(),
             partials: gpu.zeros("grad norm partials", &[first], DType::F32)?,
             ranges: gpu.upload_u32("grad norm ranges", &[ranges.len()], &ranges)?,
-            out: gpu.zeros("grad norms", &[sizes.len() + 2], DType::F32)?,
+            out: gpu.zeros("grad norms", &[sizes.len() + 3], DType::F32)?,
         })
     }
 
@@ -117,8 +119,14 @@ impl GradNorms {
         self.sizes.len() + 1
     }
 
-    /// Records the norms of `tensors`' shards (in the order of `sizes`); `clip` 0 means no clipping.
-    pub fn record(&self, step: &mut Step, tensors: &[&[Tensor]], clip: f32) {
+    /// Where the gradients' multiplier for AdamW lands in [`GradNorms::out`].
+    pub fn multiplier_at(&self) -> usize {
+        self.sizes.len() + 2
+    }
+
+    /// Records the norms of `tensors`' shards (in the order of `sizes`), each element times
+    /// `unscale` (1 / the loss scale; 1 without one); `clip` 0 means no clipping.
+    pub fn record(&self, step: &mut Step, tensors: &[&[Tensor]], clip: f32, unscale: f32) {
         let shards: Vec<&Tensor> = tensors.iter().flat_map(|t| t.iter()).collect();
         let sizes: Vec<usize> = self.sizes.iter().flatten().copied().collect();
         assert_eq!(tensors.len(), self.sizes.len());
@@ -128,7 +136,7 @@ impl GradNorms {
         for (t, &n) in shards.into_iter().zip(&sizes) {
             assert_eq!(t.numel(), n);
             let count = n.div_ceil(CHUNK).max(1);
-            let params = NormParams { n: n as u32, first: first as u32, n_tensors: 0, clip };
+            let params = NormParams { n: n as u32, first: first as u32, n_tensors: 0, clip, unscale };
             step.dispatch(
                 pipeline.clone(),
                 &params,
@@ -137,7 +145,7 @@ impl GradNorms {
             );
             first += count;
         }
-        let params = NormParams { n: 0, first: 0, n_tensors: self.sizes.len() as u32, clip };
+        let params = NormParams { n: 0, first: 0, n_tensors: self.sizes.len() as u32, clip, unscale };
         let pipeline = step.gpu.pipeline("grad_norm", &[("FINISH", 1)]);
         step.dispatch(
             pipeline,
@@ -228,7 +236,7 @@ mod tests {
         let up = |d: &[f32]| gpu.upload_f32("t", &[d.len()], d).unwrap();
         let (pt, mt, vt) = (up(&p), up(&m), up(&v));
         let mut step = Step::new(gpu);
-        norms.record(&mut step, &grad_t.iter().map(std::slice::from_ref).collect::<Vec<_>>(), clip);
+        norms.record(&mut step, &grad_t.iter().map(std::slice::from_ref).collect::<Vec<_>>(), clip, 1.0);
         adamw(
             &mut step,
             &o,
@@ -236,7 +244,7 @@ mod tests {
             o.weight_decay,
             (&pt, &grad_t[0]),
             (&mt, &vt),
-            (&norms.out, norms.scale_at()),
+            (&norms.out, norms.multiplier_at()),
             None,
         );
         step.submit().unwrap();
@@ -244,7 +252,7 @@ mod tests {
         let sums: Vec<f64> = grads.iter().map(|g| g.iter().map(|x| (*x as f64).powi(2)).sum()).collect();
         let total = sums.iter().sum::<f64>().sqrt();
         let factor = (clip as f64 / (total + 1e-6)).min(1.0);
-        let want: Vec<f32> = sums.iter().chain([&total, &factor]).map(|x| *x as f32).collect();
+        let want: Vec<f32> = sums.iter().chain([&total, &factor, &factor]).map(|x| *x as f32).collect();
         assert!(factor < 1.0, "the test must clip");
         assert_close(&got, &want, 1e-5, "norms");
         cpu::optim::adamw_step(&o, 3, &mut p, &grads[0], &mut m, &mut v, factor);
@@ -261,7 +269,7 @@ mod tests {
             let (pt, mt, vt) = (up(&p0), up(&m0), up(&v0));
             let g = up(&grads[0]);
             let mut step = Step::new(gpu);
-            let clip = (&norms.out, norms.scale_at());
+            let clip = (&norms.out, norms.multiplier_at());
             if split {
                 adamw_direction(&mut step, &o, 3, &g, (&mt, &vt), clip);
                 adamw_apply(&mut step, &o, 3, o.weight_decay, (&pt, &g), Some((&lr, 1)));
@@ -274,5 +282,34 @@ mod tests {
             assert_close(&gpu.read_f32(&pt).unwrap(), &p, 1e-6, &format!("split={split} param"));
             assert_close(&gpu.read_f32(&mt).unwrap(), &m, 1e-6, &format!("split={split} m"));
         }
+    }
+
+    /// Loss-scaled gradients (× 1024) with `unscale` 1/1024: the norms and clip factor of the
+    /// true gradients, and AdamW's multiplier the clip factor / 1024; the same update.
+    #[test]
+    fn loss_scaled_norms_are_the_true_gradients() {
+        let gpu = gpu();
+        let g = rand_vec(5, 5000, 1.0);
+        let scaled: Vec<f32> = g.iter().map(|x| x * 1024.0).collect();
+        let norms = GradNorms::new(gpu, &[vec![g.len()]]).unwrap();
+        let (o, clip) = (AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 }, 10.0);
+        let up = |d: &[f32]| gpu.upload_f32("t", &[d.len()], d).unwrap();
+        let (gt, p0, m0) = (up(&scaled), rand_vec(6, g.len(), 1.0), rand_vec(7, g.len(), 0.1));
+        let v0: Vec<f32> = rand_vec(8, g.len(), 0.1).iter().map(|x| x.abs()).collect();
+        let (pt, mt, vt) = (up(&p0), up(&m0), up(&v0));
+        let mut step = Step::new(gpu);
+        norms.record(&mut step, &[std::slice::from_ref(&gt)], clip, 1.0 / 1024.0);
+        let multiplier = (&norms.out, norms.multiplier_at());
+        adamw(&mut step, &o, 2, o.weight_decay, (&pt, &gt), (&mt, &vt), multiplier, None);
+        step.submit().unwrap();
+        let sum: f64 = g.iter().map(|x| (*x as f64).powi(2)).sum();
+        let factor = (clip as f64 / (sum.sqrt() + 1e-6)).min(1.0);
+        assert!(factor < 1.0, "the test must clip");
+        let want = [sum, sum.sqrt(), factor, factor / 1024.0].map(|x| x as f32);
+        assert_close(&gpu.read_f32(&norms.out).unwrap(), &want, 1e-5, "unscaled norms");
+        let (mut p, mut m, mut v) = (p0, m0, v0);
+        cpu::optim::adamw_step(&o, 2, &mut p, &g, &mut m, &mut v, factor);
+        assert_close(&gpu.read_f32(&pt).unwrap(), &p, 1e-6, "param");
+        assert_close(&gpu.read_f32(&vt).unwrap(), &v, 1e-6, "v");
     }
 }

@@ -77,14 +77,14 @@ fn tensor_bytes(shape: &[usize], fmt: WeightFormat) -> u64 {
 }
 
 /// Bytes of the gradient-norm buffers over tensors of these sizes (src/ops/optim.rs: a
-/// partial sum per 4096 elements, two range words and one norm per tensor, two more).
+/// partial sum per 4096 elements, two range words and one norm per tensor, three more).
 fn grad_norm_bytes(sizes: impl Iterator<Item = usize>) -> u64 {
     let (mut partials, mut n) = (0, 0);
     for s in sizes {
         partials += s.div_ceil(4096).max(1) as u64;
         n += 1;
     }
-    (partials + 2 * n + n + 2) * F32
+    (partials + 2 * n + n + 3) * F32
 }
 
 /// The (shape, stored format) of every tensor of a loaded model.

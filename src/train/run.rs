@@ -3,7 +3,8 @@
 //!
 //! `OUT/checkpoint-N/` holds the state after N steps: the model as transformers loads it
 //! (`model.safetensors`, `config.json`, `tokenizer.json`) or the PEFT adapter, plus
-//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json`. Batches are a pure
+//! `optimizer.safetensors` (AdamW moments) and `trainer_state.json` (with mixed precision
+//! also the loss scale and its count of good steps). Batches are a pure
 //! function of (step, seed), so a resumed run sees the same data as an uninterrupted one
 //! and, the kernels being deterministic, computes the same losses.
 
@@ -11,6 +12,7 @@ use super::constrict::ConstrictConfig;
 use super::data::{Row, TrainData};
 use super::graph::ActivationMemory;
 use super::log::{loss_curve, read_log, StepLog};
+use super::precision::{LossScaler, Precision};
 use super::schedule::{lr_at, Schedule};
 use super::trainer::{Method, OptimConfig, Trainer};
 use crate::atomic;
@@ -74,6 +76,8 @@ pub struct FinetuneConfig {
     pub lcm: Option<LcmConfig>,
     /// HGC, the alignment loss and CGFM (the default: none of them).
     pub constrict: ConstrictConfig,
+    /// The products' precision: f32, or mixed (f16 operands, dynamic loss scaling).
+    pub precision: Precision,
     /// Hold out this fraction of the data for validation.
     pub val_fraction: Option<f32>,
     /// Validate on this file instead.
@@ -108,6 +112,10 @@ pub struct Progress {
     pub val_loss: Option<f64>,
     /// Mean HGC λ over kinds and blocks, when HGC is on.
     pub mean_lambda: Option<f64>,
+    /// Mixed precision: the step's loss scale, and whether its gradients overflowed so that
+    /// it was skipped.
+    pub loss_scale: Option<f64>,
+    pub skipped: bool,
 }
 
 /// What a finished run leaves.
@@ -120,6 +128,8 @@ pub struct Summary {
     pub last_loss: Option<f64>,
     /// The loss plot (SVG).
     pub plot: PathBuf,
+    /// Mixed precision: the steps this run skipped for gradients that overflowed.
+    pub skipped_steps: usize,
 }
 
 /// The newest complete checkpoint in `out` and its step count.
@@ -169,6 +179,30 @@ fn method_name(cfg: &FinetuneConfig) -> &'static str {
     } else {
         "full"
     }
+}
+
+/// The trainer state of checkpoint `dir`, checked against what `cfg` asks for (the CLI checks
+/// before it says it resumes, so that a refusal is its only line).
+pub fn resumable_state(dir: &Path, cfg: &FinetuneConfig) -> Result<Value> {
+    let state: Value = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json"))?)
+        .with_context(|| format!("{}: unreadable trainer_state.json", dir.display()))?;
+    for (key, want) in
+        [("method", json!(method_name(cfg))), ("batch", json!(cfg.batch)), ("seq_len", json!(cfg.seq_len))]
+    {
+        if state[key] != want {
+            bail!("{}: saved with {key} = {}, but this run asks for {want}", dir.display(), state[key]);
+        }
+    }
+    // Checkpoints from before the option are f32.
+    let saved_precision = state["precision"].as_str().unwrap_or("f32");
+    if saved_precision != cfg.precision.name() {
+        bail!(
+            "{}: saved with --precision {saved_precision}, but this run asks for --precision {}",
+            dir.display(),
+            cfg.precision.name()
+        );
+    }
+    Ok(state)
 }
 
 /// Runs (or resumes) a fine-tune of `model`, `base_name` naming it in adapter configs.
@@ -234,17 +268,13 @@ pub fn finetune(
     let mut moments = None;
     // CGFM's adaptive step size keeps the first step's gradient norm.
     let mut resumed_lr_reference = None;
+    let mut resumed_loss_scale = None;
     if let Some((step, dir)) = &resume_from {
-        let state: Value = serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json"))?)
-            .with_context(|| format!("{}: unreadable trainer_state.json", dir.display()))?;
-        for (key, want) in [
-            ("method", json!(method_name(cfg))),
-            ("batch", json!(cfg.batch)),
-            ("seq_len", json!(cfg.seq_len)),
-        ] {
-            if state[key] != want {
-                bail!("{}: saved with {key} = {}, but this run asks for {want}", dir.display(), state[key]);
-            }
+        let state = resumable_state(dir, cfg)?;
+        if let (Some(scale), Some(good)) =
+            (state["loss_scale"].as_f64(), state["loss_scale_good_steps"].as_u64())
+        {
+            resumed_loss_scale = Some(LossScaler { scale: scale as f32, good_steps: good as u32 });
         }
         match &mut lora {
             Some(l) => *l = Lora::load(dir, &config)?,
@@ -279,6 +309,10 @@ pub fn finetune(
     if let Some(reference) = resumed_lr_reference {
         trainer.restore_lr_reference(reference)?;
     }
+    trainer.set_precision(cfg.precision)?;
+    if let Some(scaler) = resumed_loss_scale {
+        trainer.restore_loss_scale(scaler)?;
+    }
 
     let save = |trainer: &Trainer, dir: &Path, with_state: Option<usize>| -> Result<()> {
         atomic::write_dir(dir, |tmp| {
@@ -291,9 +325,14 @@ pub fn finetune(
             if let Some(step) = with_state {
                 std::fs::write(tmp.join("optimizer.safetensors"), safetensors_bytes(&trainer.moments()?)?)?;
                 let mut state = json!({"step": step, "method": method_name(cfg), "batch": cfg.batch,
-                                       "seq_len": cfg.seq_len, "seed": cfg.seed});
+                                       "seq_len": cfg.seq_len, "seed": cfg.seed,
+                                       "precision": cfg.precision.name()});
                 if let Some(reference) = trainer.lr_reference() {
                     state["lr_reference"] = json!(reference);
+                }
+                if let Some(scaler) = trainer.scaler {
+                    state["loss_scale"] = json!(scaler.scale);
+                    state["loss_scale_good_steps"] = json!(scaler.good_steps);
                 }
                 std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
             }
@@ -310,6 +349,7 @@ pub fn finetune(
         Ok(Some(loss))
     };
     let mut last_loss = None;
+    let mut skipped_steps = 0;
     for step in first_step..cfg.steps {
         let lr = lr_at(step, cfg.adamw.lr, cfg.warmup, cfg.steps, cfg.schedule, 0.0);
         let micro: Vec<Vec<Row>> = (0..cfg.grad_accum)
@@ -318,7 +358,9 @@ pub fn finetune(
         let t0 = Instant::now();
         let report = trainer.step(&micro, lr)?;
         let tokens_per_s = report.tokens as f64 / t0.elapsed().as_secs_f64();
-        if !(report.loss + report.align_loss).is_finite() || !report.grad_norm.is_finite() {
+        // A skipped step's gradients overflowed the loss scale, which has halved: not a divergence.
+        if !(report.loss + report.align_loss).is_finite() || !(report.grad_norm.is_finite() || report.skipped)
+        {
             let kept = latest_checkpoint(&cfg.out)
                 .map_or("none was saved yet".to_string(), |(_, d)| d.display().to_string());
             bail!(
@@ -337,6 +379,13 @@ pub fn finetune(
             line["ce_loss"] = json!(report.loss);
             line["align_loss"] = json!(report.align_loss);
         }
+        if let Some(scale) = report.loss_scale {
+            line["loss_scale"] = json!(scale);
+        }
+        if report.skipped {
+            line["skipped"] = json!(true);
+            skipped_steps += 1;
+        }
         let mut mean_lambda = None;
         if let Some(table) = trainer.hgc_lambda()? {
             let all: Vec<f32> = table.iter().flat_map(|(_, v)| v.iter().copied()).collect();
@@ -353,7 +402,18 @@ pub fn finetune(
         } else {
             None
         };
-        progress(&Progress { step, steps: cfg.steps, loss, lr, tokens_per_s, val_loss, mean_lambda });
+        let (loss_scale, skipped) = (report.loss_scale, report.skipped);
+        progress(&Progress {
+            step,
+            steps: cfg.steps,
+            loss,
+            lr,
+            tokens_per_s,
+            val_loss,
+            mean_lambda,
+            loss_scale,
+            skipped,
+        });
         if cfg.save_every > 0 && done % cfg.save_every == 0 {
             save(&trainer, &cfg.out.join(format!("checkpoint-{done}")), Some(done))?;
             if cfg.keep_newest_checkpoint_only {
@@ -367,7 +427,7 @@ pub fn finetune(
     let plot = cfg.out.join("loss.svg");
     let chart = loss_curve(&read_log(&log_path)?);
     atomic::write_file(&plot, chart.to_svg().as_bytes())?;
-    Ok(Summary { final_dir, first_step, last_loss, plot })
+    Ok(Summary { final_dir, first_step, last_loss, plot, skipped_steps })
 }
 
 /// The gradient norm of each block (all its tensors), from the per-tensor norms.

@@ -7,6 +7,7 @@
 use super::constrict::{ConstrictConfig, Hgc, HgcOn};
 use super::data::Row;
 use super::graph::{ActivationMemory, TrainGraph, Trained};
+use super::precision::{LossScaler, Precision};
 use crate::gpu::WeightFormat;
 use crate::gpu::{DType, Gpu, Sharded, Step, Tensor};
 use crate::model::adapter::Lora;
@@ -45,6 +46,11 @@ pub struct StepReport {
     /// Per-tensor gradient norms, in [`Weights::named`] order.
     pub tensor_norms: Vec<f64>,
     pub tokens: usize,
+    /// Mixed precision: the loss scale the step's gradients were computed with.
+    pub loss_scale: Option<f64>,
+    /// Mixed precision: the gradients were not finite, so nothing was updated (no weight, no
+    /// AdamW moment, no update count) and the loss scale halved.
+    pub skipped: bool,
 }
 
 /// What to fine-tune.
@@ -92,7 +98,12 @@ pub struct Trainer<'g> {
     hgc: Option<Hgc>,
     /// CGFM's adaptive step size, when on.
     adaptive: Option<AdaptiveLr>,
+    /// Mixed precision's loss scale (None: f32 training).
+    pub scaler: Option<LossScaler>,
 }
+
+/// Why HGC and mixed precision do not combine.
+const HGC_MIXED: &str = "--precision mixed does not combine with HGC (--hgc-alpha, --hgc-mu) yet: HGC's λ would read the loss-scaled gradients";
 
 /// The adaptive step size's clamps and GPU state `[G_ref, adjusted lr]`; `reference` is
 /// G_ref once a step has set it (read back with the step's scalars, kept in checkpoints).
@@ -175,7 +186,31 @@ impl<'g> Trainer<'g> {
             updates: 0,
             hgc: None,
             adaptive: None,
+            scaler: None,
         })
+    }
+
+    /// Trains in `precision` (see [`super::precision`]); mixed starts at the initial loss scale.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Mixed && self.hgc.is_some() {
+            bail!("{HGC_MIXED}");
+        }
+        self.scaler = (precision == Precision::Mixed).then(LossScaler::default);
+        Ok(())
+    }
+
+    /// Restores the loss scale and its count of good steps (resuming a mixed-precision run).
+    pub fn restore_loss_scale(&mut self, saved: LossScaler) -> Result<()> {
+        let Some(scaler) = &mut self.scaler else { bail!("no loss scale to restore: the run is f32") };
+        *scaler = saved;
+        Ok(())
+    }
+
+    /// A step whose products take the run's precision.
+    fn new_step(&self) -> Step<'g> {
+        let mut step = Step::new(self.gpu);
+        step.f16_operands = self.scaler.is_some();
+        step
     }
 
     /// Names of the trained tensors, in the order of [`StepReport::tensor_norms`].
@@ -194,6 +229,9 @@ impl<'g> Trainer<'g> {
         }
         self.graph.set_cgfm(gpu, &self.model, (cfg.cgfm.local, cfg.cgfm.global))?;
         self.graph.set_align(gpu, &self.model, cfg.align_beta)?;
+        if self.scaler.is_some() && !cfg.hgc.is_off() {
+            bail!("{HGC_MIXED}");
+        }
         self.hgc = match (&self.grads, cfg.hgc.is_off()) {
             (_, true) => None,
             (Some(g), false) => Some(Hgc::for_weights(gpu, cfg.hgc, model, g)?),
@@ -278,8 +316,10 @@ impl<'g> Trainer<'g> {
         if targets == 0 {
             bail!("a step needs at least one target");
         }
-        let scale = 1.0 / targets as f32;
-        let mut step = Step::new(gpu);
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        // The loss's gradient is the mean's, times the loss scale (mixed precision).
+        let scale = loss_scale / targets as f32;
+        let mut step = self.new_step();
         for g in self.params.iter().flat_map(|p| &p.grad.shards) {
             step.clear(g);
         }
@@ -294,7 +334,7 @@ impl<'g> Trainer<'g> {
             self.graph.write_batch(gpu, mb, vocab)?;
             self.graph.record(&mut step, &self.model, trained, scale);
             if i + 1 < micro_batches.len() {
-                std::mem::replace(&mut step, Step::new(gpu)).submit()?;
+                std::mem::replace(&mut step, self.new_step()).submit()?;
                 loss_sum += self.graph.read_loss_sum(gpu).await?;
                 align_sum += self.graph.read_align_loss(gpu).await?;
             }
@@ -309,11 +349,19 @@ impl<'g> Trainer<'g> {
             }
         }
         let grads: Vec<&[Tensor]> = self.params.iter().map(|p| &p.grad.shards[..]).collect();
-        self.norms.record(&mut step, &grads, self.config.grad_clip);
+        self.norms.record(&mut step, &grads, self.config.grad_clip, 1.0 / loss_scale);
         let n = self.params.len();
-        let clip = (&self.norms.out, self.norms.scale_at());
-        if let Some(a) = &self.adaptive {
-            adaptive_lr(&mut step, (clip.0, n, clip.1), &a.state, lr, a.clamp, a.reference.is_none());
+        // Mixed precision reads the norms before the update: non-finite gradients skip it.
+        let mut skipped = false;
+        if let Some(scaler) = &mut self.scaler {
+            std::mem::replace(&mut step, Step::new(gpu)).submit()?;
+            skipped = !gpu.read_f32_async(&self.norms.out).await?[n].is_finite();
+            scaler.update(!skipped);
+        }
+        let clip = (&self.norms.out, self.norms.multiplier_at());
+        if let Some(a) = self.adaptive.as_ref().filter(|_| !skipped) {
+            let at = (clip.0, n, self.norms.scale_at());
+            adaptive_lr(&mut step, at, &a.state, lr, a.clamp, a.reference.is_none());
         }
         let lr_on_gpu = self.adaptive.as_ref().map(|a| (&a.state, 1));
         let t = self.updates + 1;
@@ -327,7 +375,7 @@ impl<'g> Trainer<'g> {
             }
         };
         let split = |p: &&Param| on_update.is_some_and(|h| p.grad.shards.iter().all(|g| h.covers(g)));
-        for p in &self.params {
+        for p in self.params.iter().filter(|_| !skipped) {
             for (value, grad, m, v) in p.shards() {
                 if split(&p) {
                     adamw_direction(&mut step, &o, t, grad, (m, v), clip);
@@ -347,10 +395,12 @@ impl<'g> Trainer<'g> {
         step.submit()?;
         loss_sum += self.graph.read_loss_sum(gpu).await?;
         align_sum += self.graph.read_align_loss(gpu).await?;
-        self.updates = t;
+        if !skipped {
+            self.updates = t;
+        }
         let norms = gpu.read_f32_async(&self.norms.out).await?;
         let mut lr_used = lr;
-        if let Some(a) = &mut self.adaptive {
+        if let Some(a) = self.adaptive.as_mut().filter(|_| !skipped) {
             let state = gpu.read_f32_async(&a.state).await?;
             a.reference = Some(state[0]);
             lr_used = state[1] as f64;
@@ -362,6 +412,8 @@ impl<'g> Trainer<'g> {
             lr: lr_used,
             tensor_norms: norms[..n].iter().map(|&s| (s as f64).sqrt()).collect(),
             tokens: micro_batches.len() * self.graph.rows(),
+            loss_scale: self.scaler.map(|_| loss_scale as f64),
+            skipped,
         })
     }
 
@@ -387,7 +439,7 @@ impl<'g> Trainer<'g> {
         let mut sum = 0.0;
         for chunk in rows.chunks(self.graph.batch) {
             self.graph.write_batch(gpu, chunk, self.model.config.vocab)?;
-            let mut step = Step::new(gpu);
+            let mut step = self.new_step();
             self.graph.record_forward(&mut step, &self.model, lora, 1.0, None);
             step.submit()?;
             sum += self.graph.read_loss_sum(gpu).await?;
@@ -624,5 +676,44 @@ mod tests {
             let (got, want) = (curve(split, Method::Lora(lora())), curve(whole, Method::Lora(lora())));
             close(&format!("LoRA over {fmt:?} loss"), &got, &want);
         }
+    }
+
+    /// Mixed precision: a step whose loss-scaled gradients overflow f16 (the scale set to
+    /// 2^40) is skipped: weights and AdamW moments bit for bit as they were, no update
+    /// counted, the scale halved and its good steps reset; a step at the default scale updates.
+    #[test]
+    fn an_overflowing_mixed_precision_step_is_skipped() {
+        use crate::train::precision::{LossScaler, Precision};
+        let cfg = crate::model::load::parse_config(SHARDED.as_bytes(), "test config").unwrap();
+        let host = crate::model::layout::Weights::random(&cfg, 5);
+        let model =
+            GpuModel::upload_weights(gpu(), &cfg, &host, WeightChoice::Format(WeightFormat::F32)).unwrap();
+        let adamw = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let opt = OptimConfig { adamw, grad_clip: 1.0, decay_norms_biases: true };
+        let mut t = Trainer::new(gpu(), model, (1, 16), ActivationMemory::Keep, opt, Method::Full).unwrap();
+        t.set_precision(Precision::Mixed).unwrap();
+        let row: Vec<u32> = (0..17).map(|i| (i * 71 % 1024) as u32).collect();
+        let batch = [vec![&row[..]]];
+        let first = t.step(&batch, 1e-2).unwrap();
+        assert!(!first.skipped && first.grad_norm.is_finite());
+        assert_eq!((first.loss_scale, t.updates), (Some(65536.0), 1));
+        let state = |t: &Trainer| -> Vec<Vec<u32>> {
+            let (weights, moments) = (t.download(&t.model.weights).unwrap(), t.moments().unwrap());
+            let tensors = weights.named().into_iter().map(|(_, h)| h.clone()).chain(moments);
+            tensors.map(|h| h.values().iter().map(|x| x.to_bits()).collect()).collect()
+        };
+        let huge = 2f32.powi(40);
+        t.restore_loss_scale(LossScaler { scale: huge, good_steps: 7 }).unwrap();
+        let before = state(&t);
+        let skipped = t.step(&batch, 1e-2).unwrap();
+        assert!(skipped.skipped && !skipped.grad_norm.is_finite(), "{skipped:?}");
+        assert_eq!(skipped.loss_scale, Some(huge as f64));
+        assert!(state(&t) == before, "a skipped step changed weights or AdamW moments");
+        assert_eq!((t.updates, t.scaler), (1, Some(LossScaler { scale: huge / 2.0, good_steps: 0 })));
+        t.restore_loss_scale(LossScaler::default()).unwrap();
+        let next = t.step(&batch, 1e-2).unwrap();
+        assert!(!next.skipped && next.grad_norm.is_finite());
+        assert!(state(&t) != before && t.updates == 2);
+        assert_eq!(t.scaler, Some(LossScaler { scale: 65536.0, good_steps: 1 }));
     }
 }
