@@ -12,6 +12,8 @@
 #                        returning at once; baseline minus empty = time inside the kernels
 #   checked-FMT          KEEL_CHECKED=1: WebGPU's runtime checks and zeroed workgroup memory,
 #                        as the page runs (native builds drop them)
+#   submit4-FMT          --steps-per-submit 4: four decode steps per submission, their picks
+#                        read back together (as the page decodes; natively one)
 #   lcm-FMT              LCM on: γ 0.05, sink 1, normalized space, the upper half of the blocks
 #                        (in decode run by the down projection's last workgroup: its cost against
 #                        decode-FMT is issue 21's LCM figure)
@@ -51,6 +53,7 @@ for w in f16 q4_1; do
     run "decode-$w" "" --weights "$w" --repeats 5 --profile
     run "empty-$w" KEEL_EMPTY_KERNELS=1 --weights "$w" --repeats 5 --profile
     run "checked-$w" KEEL_CHECKED=1 --weights "$w" --repeats 5 --profile
+    run "submit4-$w" "" --weights "$w" --repeats 5 --steps-per-submit 4
     # shellcheck disable=SC2086
     run "lcm-$w" "" --weights "$w" --repeats 5 --profile $lcm
     run "batch16-$w" "" --weights "$w" --repeats 2 --batch 16

@@ -618,7 +618,8 @@ fn top_p_out_of_range() {
 }
 
 /// `bench --shapes`: random weights of a config's shapes, no weights file needed (how the
-/// GPU benchmarks run where the model cannot be copied); a missing or broken config is refused.
+/// GPU benchmarks run where the model cannot be copied), batched and with several steps per
+/// submission; a missing or broken config and zero steps per submission are refused.
 #[test]
 fn bench_shapes_runs_random_weights() {
     let Some(dir) = stories() else { return };
@@ -632,6 +633,11 @@ fn bench_shapes_runs_random_weights() {
     let out = succeeds(&[&args[..], &["--repeats", "1", "--json", "--batch", "3"]].concat());
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["batch"].as_u64() == Some(3) && v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Several decode steps per submission, as the page decodes.
+    let out = succeeds(&[&args[..], &["--repeats", "1", "--json", "--steps-per-submit", "3"]].concat());
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["steps_per_submit"].as_u64() == Some(3) && v["decode_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    fails(&[&args[..], &["--steps-per-submit", "0"]].concat(), &["--steps-per-submit must be at least 1"]);
     fails(&["bench", "--shapes", "missing.json"], &["--shapes missing.json", "cannot read"]);
     let bad = TempDir::new("shapes");
     let broken = bad.path("config.json");

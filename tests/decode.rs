@@ -1,8 +1,9 @@
-//! Decoding with the pick on the GPU (one replayed submit per token, read back a few tokens
+//! Decoding with the pick on the GPU (a replayed step per token, read back a few tokens
 //! late) against the CPU path it replaces (every logit row read back, the pick made by the
 //! host's `Sampler`): the same tokens, greedy and sampled (temperature, top-k, top-p, min-p,
 //! repetition, presence and frequency penalties; n-gram bans and DRY sampled on the host), with and without LCM, an EOS mid-way included, and per-token
-//! statistics equal to the CPU's from the logits.
+//! statistics equal to the CPU's from the logits; and several steps per submission (the
+//! page's way) giving exactly the picks of one.
 
 use keel::generate::decode::pick_from_logits;
 use keel::generate::sampler::Dry;
@@ -158,4 +159,51 @@ fn empty_kernels_keep_the_dispatches_and_compute_nothing() {
     assert_eq!(empty_kernels, real_kernels);
     assert!(real_logits.iter().any(|&z| z != 0.0));
     assert!(empty_logits.iter().all(|&z| z == 0.0), "the empty kernels computed logits");
+}
+
+/// Several decode steps per submission (one read-back of their picks, as the page decodes)
+/// give exactly the picks of one step per submission, greedy and sampled, with an EOS inside
+/// a submission's steps: the same tokens and statistics, the session's length, and the
+/// sampler's stream left where one step per submission leaves it.
+#[test]
+fn steps_per_submit_do_not_change_the_picks() {
+    let Some(dir) = keel::testing::model("stories260k") else { return };
+    let gpu = Gpu::shared().unwrap();
+    let host = model::load(&dir).unwrap();
+    let m = GpuModel::upload(gpu, &host).unwrap();
+    let prompt: Vec<u32> = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+    let n = 24;
+    let run = |steps: usize, eos: &[u32], cfg: &SamplerConfig| {
+        let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
+        session.steps_per_submit = steps;
+        let mut sampler = sampler(cfg);
+        let mut picks = Vec::new();
+        pollster::block_on(session.decode(&prompt, n, eos, &mut sampler, &mut |p| {
+            picks.push(p);
+            Ok(())
+        }))
+        .unwrap();
+        (picks, session.len, sampler.next_draw())
+    };
+    let greedy = SamplerConfig { temperature: 0.0, ..SamplerConfig::default() };
+    let sampled =
+        SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.9, seed: 3, ..SamplerConfig::default() };
+    for cfg in [&greedy, &sampled] {
+        let (want, want_len, want_draw) = run(1, &[], cfg);
+        assert_eq!(want.len(), n);
+        for steps in [2, 3, 5, 32] {
+            assert_eq!(run(steps, &[], cfg), (want.clone(), want_len, want_draw), "{steps} steps, {cfg:?}");
+        }
+        // Token 0 comes from the prefill's submission, tokens 1..=3 from the first of 3 steps,
+        // and so on: an EOS first seen at a token not last in its submission stops inside it.
+        let ids: Vec<u32> = want.iter().map(|p| p.id).collect();
+        let stop = (1..n)
+            .find(|&t| (t - 1) % 3 != 2 && !ids[..t].contains(&ids[t]))
+            .expect("a token first seen inside a submission of 3");
+        let eos = [ids[stop]];
+        let (until_eos, len, draw) = run(1, &eos, cfg);
+        assert_eq!(until_eos, want[..=stop], "{cfg:?}");
+        assert_eq!(len, prompt.len() + stop);
+        assert_eq!(run(3, &eos, cfg), (until_eos, len, draw), "EOS at token {stop}, {cfg:?}");
+    }
 }

@@ -101,8 +101,8 @@ fn a_pass_past_the_original_context_takes_the_long_factors() {
 
 /// A prompt of 10 tokens (short factors) and 20 new ones: from position 16 on each decode
 /// step is a pass past the original context (long factors), the cached keys before it keep
-/// their short rotation. The GPU's replayed steps equal the host path that feeds one token
-/// per pass, and a batch equals one sequence at a time.
+/// their short rotation. The GPU's replayed steps (one or four per submission) equal the host
+/// path that feeds one token per pass, and a batch equals one sequence at a time.
 #[test]
 fn generation_crosses_to_the_long_factors() {
     let gpu = Gpu::shared().expect("GPU adapter");
@@ -119,10 +119,14 @@ fn generation_crosses_to_the_long_factors() {
         logits = session.feed(&[id], None).unwrap().last_logits;
     }
     let want = &want[prompt.len()..];
-    let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
-    let mut sampler = Sampler::new(cfg.clone()).unwrap();
-    let got = pollster::block_on(session.decode(&prompt, n, &[], &mut sampler, &mut |_| Ok(()))).unwrap();
-    assert_eq!(got, want, "replayed decode steps");
+    // 4 steps per submission: the switch falls inside one (tokens 5-8).
+    for steps in [1, 4] {
+        let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
+        session.steps_per_submit = steps;
+        let mut sampler = Sampler::new(cfg.clone()).unwrap();
+        let got = pollster::block_on(session.decode(&prompt, n, &[], &mut sampler, &mut |_| Ok(()))).unwrap();
+        assert_eq!(got, want, "replayed decode steps, {steps} per submission");
+    }
     let req = |seed| SeqRequest {
         prompt: prompt.clone(),
         sampler: SamplerConfig { seed, ..cfg.clone() },

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// (f32, random values) on every matrix tier, checked against the portable one
     #[arg(long, value_name = "M,N,K", conflicts_with_all = ["train", "model", "shapes"])]
     matmul: Option<String>,
+    /// Decode steps per submission, their picks read back together (batch 1 only; the page
+    /// takes 4)
+    #[arg(long, default_value_t = crate::generate::decode::STEPS_PER_SUBMIT)]
+    steps_per_submit: usize,
     /// Sequences per step: training rows (with --train; default 4), else sequences decoded
     /// together as `keel compare` batches them (default 1: one sequence, as `keel generate`)
     #[arg(long)]
@@ -165,6 +169,9 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
     if seqs == 0 {
         bail!("--batch must be at least 1");
     }
+    if a.steps_per_submit == 0 {
+        bail!("--steps-per-submit must be at least 1");
+    }
     // One unmeasured run compiles the pipelines.
     for rep in 0..=a.repeats {
         if seqs > 1 {
@@ -179,6 +186,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             continue;
         }
         let mut session = Session::new(m.gpu, &m.gpu_model, total, lcm.as_ref())?;
+        session.steps_per_submit = a.steps_per_submit;
         // Greedy decoding as `keel generate` does it: the first pick ends the prefill.
         let t0 = Instant::now();
         let mut first = None;
@@ -224,7 +232,7 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
                    "weight_bytes": m.gpu_model.weight_bytes(), "prefill_tok_s": p, "prefill_tok_s_sd": p_sd, "decode_tok_s": d,
                    "decode_tok_s_sd": d_sd, "adapter": info.name, "backend": format!("{:?}", info.backend),
                    "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "repeats": a.repeats, "lcm": lcm.is_some_and(|c| !c.is_off()), "sample": a.sample,
-                   "batch": seqs, "checked_kernels": m.gpu.kernels.checked, "empty_kernels": m.gpu.kernels.empty,
+                   "batch": seqs, "steps_per_submit": a.steps_per_submit, "checked_kernels": m.gpu.kernels.checked, "empty_kernels": m.gpu.kernels.empty,
                    "profile": profile.as_ref().map(|(timing, n, prefill, decode)| json!({
                        "timing": format!("{timing:?}"), "prefill_chunk_tokens": n,
                        "prefill_chunk": rows_json(prefill), "decode_step": rows_json(decode)}))})
@@ -257,7 +265,11 @@ pub fn run(a: BenchArgs, adapter: &Option<String>) -> Result<()> {
             (true, true) => "sampled on the host",
             (false, _) => "greedy",
         };
-        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens, {how}{per})", a.gen_tokens);
+        let submits = match seqs {
+            1 => format!(", {} per submission", a.steps_per_submit),
+            _ => String::new(),
+        };
+        println!("decode:  {d:.1} ± {d_sd:.1} tok/s ({} tokens, {how}{per}{submits})", a.gen_tokens);
         if let Some((timing, n, prefill, decode)) = &profile {
             println!("\nprofile ({}):", timing_words(*timing));
             print_table(&format!("one prefill chunk of {n} tokens"), prefill);

@@ -1,8 +1,9 @@
 //! Decoding with the pick made on the GPU: greedy ([`stats::greedy_pick`]) or sampled
 //! ([`draw::draw`], at draws the host takes ahead from the [`Sampler`]'s stream). The pick
-//! writes the next step's input id and position on the GPU, so every token is one submit of
+//! writes the next step's input id and position on the GPU, so every token is a replay of
 //! the same recorded decode step (no re-recording, no CPU work between kernels), and only the
-//! picks travel back, read up to `IN_FLIGHT` tokens behind the GPU.
+//! picks travel back. [`Session::steps_per_submit`] steps go in one submission whose picks come
+//! back in one read-back; at least `IN_FLIGHT` tokens in at least two submissions are in flight.
 
 use super::{Sampler, Session};
 use crate::gpu::{DType, Recording, Step, Tensor};
@@ -11,8 +12,14 @@ use crate::ops::stats::{self, Pick};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 
-/// Tokens submitted but not yet read back, at most.
+/// Tokens submitted but not yet read back, at least (in two submissions at least).
 const IN_FLIGHT: usize = 4;
+
+/// Decode steps per submission unless [`Session::steps_per_submit`] says otherwise: one
+/// natively, where a submit is cheap; several in the page, where each submission and each
+/// read-back is a round trip through the browser's GPU process (docs/web.md, "Speed: page vs
+/// native").
+pub const STEPS_PER_SUBMIT: usize = if cfg!(target_arch = "wasm32") { 4 } else { 1 };
 
 /// The pick's buffers: one pick per position, and what the chosen kernel needs.
 struct Picks {
@@ -125,40 +132,43 @@ impl<'m> Session<'m> {
         let decode = self.decode_recording(&picks, false)?;
         let long_from = (1..max_tokens).find(|&k| self.model.long_rope(base + k));
         let decode_long = long_from.map(|_| self.decode_recording(&picks, true)).transpose()?;
-        let mut spare: Vec<wgpu::Buffer> = (0..IN_FLIGHT).map(|_| gpu.staging(4)).collect();
+        let per_submit = self.steps_per_submit;
+        if per_submit == 0 {
+            bail!("decoding needs at least one step per submission");
+        }
+        let submissions = IN_FLIGHT.div_ceil(per_submit).max(2);
+        let mut spare: Vec<wgpu::Buffer> = (0..submissions).map(|_| gpu.staging(4 * per_submit)).collect();
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         step.finish()?.encode(&mut encoder);
         let first = gpu.submit_reading(encoder, &picks.out, 4 * base, 4, spare.pop().unwrap());
         let mut pending = VecDeque::from([first]);
         let mut submitted = 1;
         let mut out = Vec::new();
-        while let Some(read) = pending.pop_front() {
-            // Queue the next tokens before waiting for this one, so the GPU never idles.
+        'read: while let Some(read) = pending.pop_front() {
+            // Queue the next tokens before waiting for these, so the GPU never idles.
             while submitted < max_tokens {
                 let Some(staging) = spare.pop() else { break };
+                let steps = per_submit.min(max_tokens - submitted);
                 let mut encoder = gpu.device.create_command_encoder(&Default::default());
-                match &decode_long {
-                    Some(long) if long_from.is_some_and(|from| submitted >= from) => {
-                        long.encode(&mut encoder)
+                for k in submitted..submitted + steps {
+                    match &decode_long {
+                        Some(long) if long_from.is_some_and(|from| k >= from) => long.encode(&mut encoder),
+                        _ => decode.encode(&mut encoder),
                     }
-                    _ => decode.encode(&mut encoder),
                 }
-                pending.push_back(gpu.submit_reading(
-                    encoder,
-                    &picks.out,
-                    4 * (base + submitted),
-                    4,
-                    staging,
-                ));
-                submitted += 1;
+                // The steps' picks are consecutive rows of `picks.out`: one copy reads them all.
+                let (at, words) = (4 * (base + submitted), 4 * steps);
+                pending.push_back(gpu.submit_reading(encoder, &picks.out, at, words, staging));
+                submitted += steps;
             }
             let (words, staging) = read.wait(gpu).await?;
             spare.push(staging);
-            let pick = Pick::parse(&words);
-            out.push(pick.id);
-            on_token(pick)?;
-            if eos.contains(&pick.id) || out.len() == max_tokens {
-                break;
+            for pick in words.chunks(4).map(Pick::parse) {
+                out.push(pick.id);
+                on_token(pick)?;
+                if eos.contains(&pick.id) || out.len() == max_tokens {
+                    break 'read;
+                }
             }
         }
         self.len += out.len() - 1;

@@ -35,6 +35,9 @@ pub struct Session<'m> {
     pub lcm: Option<LcmState>,
     /// Positions already in the cache.
     pub len: usize,
+    /// Decode steps [`Session::decode`] puts in one submission, with one read-back of their
+    /// picks ([`decode::STEPS_PER_SUBMIT`] unless set; the tokens are the same for any value).
+    pub steps_per_submit: usize,
 }
 
 impl Drop for Session<'_> {
@@ -67,7 +70,8 @@ impl<'m> Session<'m> {
         let cache = model.new_cache(gpu, 1, capacity)?;
         let scratch = model.scratch(gpu, capacity.clamp(1, PREFILL_CHUNK))?;
         let head = model.head(gpu, capacity.clamp(1, SCORE_CHUNK))?;
-        Ok(Session { gpu, model, cache, scratch, head, lcm, len: 0 })
+        let steps_per_submit = decode::STEPS_PER_SUBMIT;
+        Ok(Session { gpu, model, cache, scratch, head, lcm, len: 0, steps_per_submit })
     }
 
     /// A second session with this one's state: the KV cache up to `len` and the LCM anchors
@@ -88,6 +92,7 @@ impl<'m> Session<'m> {
         }
         step.submit()?;
         other.len = self.len;
+        other.steps_per_submit = self.steps_per_submit;
         Ok(other)
     }
 
