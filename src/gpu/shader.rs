@@ -46,6 +46,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("lcm_io", include_str!("../../shaders/lcm_io.wgsl")),
     ("attention_io", include_str!("../../shaders/attention_io.wgsl")),
     ("cap", include_str!("../../shaders/cap.wgsl")),
+    ("logit_merge", include_str!("../../shaders/logit_merge.wgsl")),
 ];
 
 /// The source of one kernel family.
