@@ -30,6 +30,12 @@ enable f16;
 // lcm_step.wgsl on every row of C (as decode attention merges its chunks; WebGPU does not
 // promise that one workgroup sees another's writes within a dispatch, so the page keeps the
 // separate dispatch).
+// With PICK (natively, on the LM head of a greedy decode step: one row, no bias, one shard),
+// the head's last workgroups make the pick instead of stats.wgsl's two dispatches, with the
+// same functions (logit_merge.wgsl) on the same parts of the row, so with the same bits: the
+// row is split into stats.wgsl's parts; each workgroup counts its arrival at every part its
+// rows reach, the last to reach a part reduces it to a partial, counts that part's arrival,
+// and the last part's reducer merges the partials and writes the pick.
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
@@ -40,6 +46,9 @@ struct Params {
     // The row table's index of A's first row, the sequences the anchors hold, lcm.wgsl's settings.
     first_row: u32, n_seqs: u32, n_scales: u32, sink: u32,
     tau: f32, kappa: f32, keep_norm: u32, normalized: u32,
+#endif
+#if PICK
+    row: u32, parts: u32,  // stats.wgsl's: the row table's entry of A's row, the row's parts
 #endif
 }
 
@@ -62,7 +71,21 @@ alias AElem = f32;
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 #endif
+#if PICK
+@group(0) @binding(5) var<storage, read_write> partials: array<vec4<f32>>;  // per part
+@group(0) @binding(6) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(7) var<storage, read_write> rows: array<u32>;      // (sequence, position) per row
+@group(0) @binding(8) var<storage, read_write> out: array<vec4<u32>>; // per position
+@group(0) @binding(9) var<storage, read_write> arrived: array<atomic<u32>>;  // per part, then 1
+#endif
 #else
+#if PICK
+@group(0) @binding(4) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(6) var<storage, read_write> rows: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read_write> arrived: array<atomic<u32>>;
+#endif
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #if LCM
@@ -127,6 +150,11 @@ fn fma_dot(x: AElem, w: AElem) -> f32 {
 const WG: u32 = 64u;
 const ROWS: u32 = WG / TPR * RPT;
 
+#if PICK
+fn logit(at: u32) -> f32 { return c[p.c_off + at]; }
+#include logit_merge
+var<workgroup> last_s: u32;  // whether this workgroup arrived last (at a part; of the parts)
+#endif
 #if LCM
 fn stream_get(at: u32) -> f32 { return c[at]; }
 fn stream_set(at: u32, v: f32) { c[at] = v; }
@@ -230,6 +258,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let row = lcm_row(lid, p.first_row + i);
         // Rows of sequences without anchors here (another setting's, in a batch) are left alone.
         if (row.x < p.n_seqs && row.y >= p.sink) { lcm_step(lid, p.c_off + i * p.c_rs, row.x, row.y, settings); }
+    }
+#endif
+#if PICK
+    storageBarrier();  // this workgroup's logits, before its arrival is counted
+    let part_len = (p.n + p.parts - 1u) / p.parts;
+    for (var j = base / part_len; j <= (min(base + ROWS, p.n) - 1u) / part_len; j++) {
+        let start = j * part_len;
+        let end = min(start + part_len, p.n);
+        if (lid == 0u) {
+            // The workgroups whose rows reach part j.
+            let last = atomicAdd(&arrived[j], 1u) + 1u == (end - 1u) / ROWS - start / ROWS + 1u;
+            if (last) { atomicStore(&arrived[j], 0u); }
+            last_s = u32(last);
+        }
+        if (workgroupUniformLoad(&last_s) == 0u) { continue; }
+        storageBarrier();
+        let reduced = span_partial(0u, start, end, lid);
+        if (lid == 0u) { partials[j] = to_vec4(reduced); }
+        storageBarrier();
+        if (lid == 0u) {
+            let last = atomicAdd(&arrived[p.parts], 1u) + 1u == p.parts;
+            if (last) { atomicStore(&arrived[p.parts], 0u); }
+            last_s = u32(last);
+        }
+        if (workgroupUniformLoad(&last_s) == 0u) { continue; }
+        storageBarrier();
+        let total = merge_partials(0u, p.parts, lid);
+        if (lid == 0u) { write_pick(total, p.n, p.row); }
     }
 #endif
 }

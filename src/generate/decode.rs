@@ -1,4 +1,4 @@
-//! Decoding with the pick made on the GPU: greedy ([`stats::greedy_pick`]) or sampled
+//! Decoding with the pick made on the GPU: greedy ([`crate::ops::stats::greedy_pick`]) or sampled
 //! ([`draw::draw`], at draws the host takes ahead from the [`Sampler`]'s stream). The pick
 //! writes the next step's input id and position on the GPU, so every token is a replay of
 //! the same recorded decode step (no re-recording, no CPU work between kernels), and only the
@@ -8,7 +8,7 @@
 use super::{Sampler, Session};
 use crate::gpu::{DType, Recording, Step, Tensor};
 use crate::ops::draw::{self, DrawState};
-use crate::ops::stats::{self, Pick};
+use crate::ops::stats::Pick;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 
@@ -58,13 +58,15 @@ impl<'m> Session<'m> {
 
     /// Records the LM head over scratch row `row` and the pick from its logits.
     fn record_pick(&self, step: &mut Step, row: usize, picks: &Picks) {
-        self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
         let input = (&self.scratch.ids, &self.scratch.row_table, row);
         match &picks.how {
             How::Greedy => {
-                stats::greedy_pick(step, &self.head.logits, &self.head.stats_partials, input, &picks.out)
+                self.model.record_greedy_pick(step, &self.scratch.x, &self.head, input, &picks.out)
             }
-            How::Draw(state) => draw::draw(step, &self.head.logits, state, input, &picks.out),
+            How::Draw(state) => {
+                self.model.record_logits(step, &self.scratch.x, &self.head, row, &[1]);
+                draw::draw(step, &self.head.logits, state, input, &picks.out)
+            }
         }
     }
 

@@ -47,6 +47,9 @@ pub struct GpuModel {
     /// workgroup (natively), rather than lcm.wgsl in a dispatch of its own (the page, where a
     /// workgroup is not promised to see the others' writes; tests set it to run both).
     pub lcm_in_last_workgroup: bool,
+    /// Whether greedy decoding's pick is made by the LM head's last workgroups (natively),
+    /// rather than by [`stats::greedy_pick`]'s dispatches (the page; tests set it to run both).
+    pub pick_in_last_workgroup: bool,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -162,6 +165,8 @@ pub struct Head {
     pub stats: Tensor,
     /// Working space of [`stats::logit_stats`] (and of [`stats::greedy_pick`]).
     pub stats_partials: Tensor,
+    /// The LM head's arrival counters for a pick in its last workgroups ([`stats::HeadPick`]).
+    pick_arrived: Tensor,
 }
 
 /// The buffers one block reads and writes (see [`GpuModel::record_block`]): the residual
@@ -230,7 +235,8 @@ impl Scratch {
 
 impl Head {
     pub fn into_tensors(self) -> Vec<Tensor> {
-        vec![self.xn, self.norm_stats, self.logits, self.targets, self.stats, self.stats_partials]
+        let stats = [self.stats, self.stats_partials, self.pick_arrived];
+        [self.xn, self.norm_stats, self.logits, self.targets].into_iter().chain(stats).collect()
     }
 }
 
@@ -361,6 +367,7 @@ impl GpuModel {
             long_rope: long.map(|inv_freq| tables(&inv_freq, scaling)).transpose()?,
             attention,
             lcm_in_last_workgroup: !cfg!(target_arch = "wasm32"),
+            pick_in_last_workgroup: !cfg!(target_arch = "wasm32"),
         })
     }
 
@@ -401,6 +408,7 @@ impl GpuModel {
             attention: self.attention,
             long_rope: self.long_rope.clone(),
             lcm_in_last_workgroup: self.lcm_in_last_workgroup,
+            pick_in_last_workgroup: self.pick_in_last_workgroup,
         })
     }
 
@@ -542,6 +550,8 @@ impl GpuModel {
                 &[stats::partials_len(rows, c.vocab)],
                 DType::F32,
             )?,
+            // Zeros: a pooled buffer could hold anything.
+            pick_arrived: gpu.zeros("pick arrivals", &[stats::PICK_ARRIVALS], DType::U32)?,
         })
     }
 
@@ -802,29 +812,80 @@ impl GpuModel {
     /// [`GpuModel::record_head`] without the statistics: the final norm and LM head (and its
     /// soft-capping) only.
     pub fn record_logits(&self, step: &mut Step, x: &Tensor, head: &Head, first: usize, spans: &[usize]) {
+        self.record_head_product(step, x, head, first, spans, None);
+    }
+
+    /// Greedy decoding's pick from the logits of row `input.2` of `x`, fed to the next step
+    /// (`input` and `out` as [`stats::greedy_pick`] takes them): the final norm, the LM head and
+    /// the pick, which natively the head's last workgroups make where the head is one shard
+    /// and its logits are not soft-capped; else greedy_pick's dispatches.
+    pub fn record_greedy_pick(
+        &self,
+        step: &mut Step,
+        x: &Tensor,
+        head: &Head,
+        input: (&Tensor, &Tensor, usize),
+        out: &Tensor,
+    ) {
+        let pick =
+            stats::HeadPick { partials: &head.stats_partials, arrived: &head.pick_arrived, input, out };
+        let fused = self.pick_in_last_workgroup.then_some(pick);
+        if !self.record_head_product(step, x, head, input.2, &[1], fused) {
+            stats::greedy_pick(step, &head.logits, &head.stats_partials, input, out);
+        }
+    }
+
+    /// The final norm, LM head and soft-capping of [`GpuModel::record_logits`], and with
+    /// `pick` (one row) the pick in the head's last workgroups where it can be made there:
+    /// returns whether it was. The matrix-vector kernel applies an RMSNorm without bias as it
+    /// loads `x` (matvec.wgsl's prologue, as for the blocks' products); other norms, and rows
+    /// the blocked kernel takes, are normalised by a dispatch first.
+    fn record_head_product(
+        &self,
+        step: &mut Step,
+        x: &Tensor,
+        head: &Head,
+        first: usize,
+        spans: &[usize],
+        pick: Option<stats::HeadPick>,
+    ) -> bool {
         let n: usize = spans.iter().sum();
         assert!(n <= head.rows);
         let c = &self.config;
         let w = &self.weights;
-        norm::norm(
-            step,
-            c.norm(),
-            x,
-            &w.final_norm,
-            w.final_norm_b.as_deref(),
-            c.norm_eps,
-            &head.xn,
-            &head.norm_stats,
-            (first, n),
-        );
+        let fused_norm = c.norm() == NormKind::Rms && w.final_norm_b.is_none();
+        if !fused_norm || matmul::prologue_needs_done(spans) {
+            let bias = w.final_norm_b.as_deref();
+            norm::norm(
+                step,
+                c.norm(),
+                x,
+                &w.final_norm,
+                bias,
+                c.norm_eps,
+                &head.xn,
+                &head.norm_stats,
+                (first, n),
+            );
+        }
+        let (prologue, src) = match fused_norm {
+            true => (Prologue::RmsNorm(&w.final_norm, c.norm_eps), (x, first, &head.xn)),
+            false => (Prologue::None, (&head.xn, 0, &head.xn)),
+        };
+        let shards = &self.head_weight().shards;
+        if let (Some(pick), [w], None) = (pick, &shards[..], c.logit_softcap) {
+            matmul::linear_picked(step, prologue, (src.0, src.1), w, &head.logits, pick);
+            return true;
+        }
         // Each shard of the head writes its columns of the logits.
         for (first, w) in self.head_weight().rows() {
             let logits = matmul::Mat { t: &head.logits, off: first, rs: c.vocab, cs: 1 };
-            matmul::linear_spans_into(step, &head.xn, w, logits, spans);
+            matmul::linear_spans_into(step, prologue, src, w, logits, spans);
         }
         if let Some(cap) = c.logit_softcap {
             softcap::softcap(step, &head.logits, n * c.vocab, cap);
         }
+        false
     }
 }
 
@@ -886,6 +947,7 @@ fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::stats::Pick;
 
     /// A decode step of a Llama-style model records per block: qkv (norm fused), decode
     /// attention (its chunks merged by the last workgroups natively, by a second dispatch in
@@ -1004,6 +1066,78 @@ mod tests {
                         "{name} {cfg:?} position {at}: decode {got}, scan {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A greedy decode step's head records one dispatch natively where the final norm is an
+    /// RMSNorm (fused into the LM head's product, whose last workgroups pick), one more for a
+    /// LayerNorm (GPT-2, with its bias); the page's path (the pick in stats.wgsl's two
+    /// dispatches) two more, and so do soft-capped logits (the cap's dispatch too).
+    #[test]
+    fn greedy_head_records_one_dispatch_natively() {
+        let gpu = crate::ops::test_util::gpu();
+        for (name, norm) in [("stories260k", 0), ("tiny-gpt2", 1)] {
+            let Some(path) = crate::testing::model(name) else { continue };
+            let mut m = GpuModel::upload(gpu, &crate::model::load(&path).unwrap()).unwrap();
+            let (s, head) = (m.scratch(gpu, 8).unwrap(), m.head(gpu, 1).unwrap());
+            let out = gpu.zeros("picks", &[16, 4], DType::U32).unwrap();
+            for (in_last_workgroup, softcap, want) in
+                [(true, None, 1), (false, None, 3), (true, Some(30.0), 4), (false, Some(30.0), 4)]
+            {
+                m.pick_in_last_workgroup = in_last_workgroup;
+                m.config.logit_softcap = softcap;
+                let mut step = Step::new(gpu);
+                m.record_greedy_pick(&mut step, &s.x, &head, (&s.ids, &s.row_table, 0), &out);
+                let what = format!("{name}: in the last workgroup {in_last_workgroup}, softcap {softcap:?}");
+                assert_eq!(step.len(), norm + want, "{what}");
+            }
+        }
+    }
+
+    /// Greedy decoding with the pick in the LM head's last workgroups (native) and in
+    /// stats.wgsl's dispatches (the page) gives the same picks to the bit (ids, log-probs,
+    /// entropies, log-sum-exps), on a model whose final RMSNorm the head fuses and on GPT-2
+    /// (a LayerNorm with a bias, dispatched); both are the CPU path's picks (feed, read the
+    /// logits, argmax on the host) with statistics within 1e-5.
+    #[test]
+    fn greedy_pick_in_the_last_workgroup_equals_its_dispatches_and_the_cpu() {
+        use crate::generate::{decode::pick_from_logits, sampler::argmax, Sampler, SamplerConfig, Session};
+        let gpu = crate::ops::test_util::gpu();
+        for name in ["stories260k", "tiny-gpt2"] {
+            let Some(path) = crate::testing::model(name) else { continue };
+            let host = crate::model::load(&path).unwrap();
+            let mut m = GpuModel::upload(gpu, &host).unwrap();
+            let prompt = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+            let n = 12;
+            let bits = |p: &Pick| [p.id, p.logprob.to_bits(), p.entropy.to_bits(), p.lse.to_bits()];
+            let mut runs = Vec::new();
+            for in_last_workgroup in [true, false] {
+                m.pick_in_last_workgroup = in_last_workgroup;
+                let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
+                let mut greedy =
+                    Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }).unwrap();
+                let mut picks = Vec::new();
+                let mut keep = |p: Pick| {
+                    picks.push(p);
+                    Ok(())
+                };
+                pollster::block_on(session.decode(&prompt, n, &[], &mut greedy, &mut keep)).unwrap();
+                runs.push(picks);
+            }
+            let as_bits = |run: &[Pick]| run.iter().map(bits).collect::<Vec<_>>();
+            assert_eq!(as_bits(&runs[0]), as_bits(&runs[1]), "{name}: the two paths differ");
+            let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
+            let mut logits = session.feed(&prompt, None).unwrap().last_logits;
+            for (t, got) in runs[0].iter().enumerate() {
+                let want = pick_from_logits(argmax(&logits), &logits);
+                assert_eq!(got.id, want.id, "{name} token {t}");
+                for (what, a, b) in
+                    [("logprob", got.logprob, want.logprob), ("entropy", got.entropy, want.entropy)]
+                {
+                    assert!((a - b).abs() < 1e-5, "{name} token {t} {what}: GPU {a} vs CPU {b}");
+                }
+                logits = session.feed(&[got.id], None).unwrap().last_logits;
             }
         }
     }

@@ -14,6 +14,7 @@
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor, Tier};
 use crate::ops::lcm::{EpilogueParams, Modulation};
+use crate::ops::stats::{HeadPick, PickParams};
 
 /// A matrix inside a tensor: element (i, j) is at `off + i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -59,6 +60,25 @@ struct Params {
 struct LcmMatvecParams {
     product: Params,
     lcm: EpilogueParams,
+}
+
+/// matvec.wgsl's uniform block with its pick epilogue.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PickMatvecParams {
+    product: Params,
+    pick: PickParams,
+}
+
+/// What the matrix-vector kernel's last workgroups do after the product (natively; see
+/// matvec.wgsl).
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    None,
+    /// LCM on C's rows, with the row table's index of A's first row.
+    Lcm(Modulation<'a>, usize),
+    /// Greedy decoding's pick from C's one row.
+    Pick(HeadPick<'a>),
 }
 
 /// How the matrix-vector kernel loads A: as stored, or through a decode prologue that
@@ -270,6 +290,12 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                                 v.push(("matvec", [&flags[..], &shape, &[("LCM", 1)]].concat()));
                                 v.push(("matvec", [&flags[..], &shape, &[prologue, ("LCM", 1)]].concat()));
                             }
+                            // The greedy pick after the LM head (one row, no bias), its final
+                            // RMSNorm fused or not.
+                            if m == 1 && acc == 0 && bias == 0 {
+                                v.push(("matvec", [&flags[..], &shape, &[("PICK", 1)]].concat()));
+                                v.push(("matvec", [&flags[..], &shape, &[prologue, ("PICK", 1)]].concat()));
+                            }
                         }
                     }
                 }
@@ -387,11 +413,10 @@ pub fn matmul_on(
     accumulate: bool,
     prologue: Prologue,
 ) {
-    product(step, engine, a, b, c, (m, n, k), (scale, bias), accumulate, prologue, None);
+    product(step, engine, a, b, c, (m, n, k), (scale, bias), accumulate, prologue, Epilogue::None);
 }
 
-/// [`matmul_on`], with `lcm` (the modulation and the row table's index of A's first row)
-/// applied to C's rows by the matrix-vector kernel's last workgroup.
+/// [`matmul_on`], with the matrix-vector kernel's `epilogue`.
 #[allow(clippy::too_many_arguments)]
 fn product(
     step: &mut Step,
@@ -403,7 +428,7 @@ fn product(
     (scale, bias): (f32, Option<&Tensor>),
     accumulate: bool,
     prologue: Prologue,
-    lcm: Option<(Modulation, usize)>,
+    epilogue: Epilogue,
 ) {
     assert_eq!(c.cs, 1, "C must be row-major");
     if m == 0 || n == 0 {
@@ -460,24 +485,38 @@ fn product(
         }
     };
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
-    assert!(matvec || lcm.is_none(), "LCM is fused into the matrix-vector kernel only");
+    assert!(matvec || matches!(epilogue, Epilogue::None), "epilogues are the matrix-vector kernel's only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
     if matvec {
         let tile = engine.matvec.unwrap_or_else(|| Tile::for_adapter(step.gpu, n));
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
         let shape =
             [("MR", m as u32), ("TPR", tile.tpr), ("RPT", tile.rpt), ("U", tile.u), ("SUBGROUP", subgroup)];
-        let lcm_flag: &[Define] = if lcm.is_some() { &[("LCM", 1)] } else { &[] };
-        let pipeline = step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag, lcm_flag].concat());
+        let epilogue_flag: &[Define] = match epilogue {
+            Epilogue::None => &[],
+            Epilogue::Lcm(..) => &[("LCM", 1)],
+            Epilogue::Pick(_) => &[("PICK", 1)],
+        };
+        let pipeline =
+            step.gpu.pipeline("matvec", &[&flags[..], &shape, prologue_flag, epilogue_flag].concat());
         let groups = super::groups(n, tile.rows());
-        match lcm {
-            Some((modulation, first_row)) => {
+        match epilogue {
+            Epilogue::Lcm(modulation, first_row) => {
                 assert!(accumulate, "LCM follows a product that adds into the residual stream");
                 let (lcm, lcm_buffers) = modulation.epilogue(first_row, n);
                 buffers.extend(lcm_buffers);
                 step.dispatch(pipeline, &LcmMatvecParams { product: params, lcm }, &buffers, groups);
             }
-            None => step.dispatch(pipeline, &params, &buffers, groups),
+            Epilogue::Pick(pick) => {
+                assert!(
+                    m == 1 && !accumulate && bias.is_none(),
+                    "the pick follows the LM head's product of one row"
+                );
+                let (pick, pick_buffers) = pick.epilogue(n);
+                buffers.extend(pick_buffers);
+                step.dispatch(pipeline, &PickMatvecParams { product: params, pick }, &buffers, groups);
+            }
+            Epilogue::None => step.dispatch(pipeline, &params, &buffers, groups),
         }
     } else if engine.tier != Tier::Portable && k > 0 {
         gemm(step, engine, (a, b, c), (m, n, k), params, &buffers, accumulate, bias.is_some());
@@ -554,10 +593,34 @@ pub fn linear_spans(
     linear_spans_prologue(step, Prologue::None, (x, x), w, bias, y, spans, accumulate);
 }
 
-/// `y = x · Wᵀ` over `spans` as [`linear_spans`], into the matrix `y` (its offset and row
-/// stride: a row shard of the LM head writes its columns of the logits).
-pub fn linear_spans_into(step: &mut Step, x: &Tensor, w: &Tensor, y: Mat, spans: &[usize]) {
-    spans_into(step, (Prologue::None, None), (x, x), (w, None), y, spans, false);
+/// `y = prologue(src) · Wᵀ` over `spans` as [`linear_spans_prologue`], with `src`'s rows from
+/// `first` on (`done`'s from 0), into the matrix `y` (its offset and row stride: a row shard of
+/// the LM head writes its columns of the logits).
+pub fn linear_spans_into(
+    step: &mut Step,
+    prologue: Prologue,
+    (src, first, done): (&Tensor, usize, &Tensor),
+    w: &Tensor,
+    y: Mat,
+    spans: &[usize],
+) {
+    spans_into(step, (prologue, Epilogue::None), (src, first, done), (w, None), y, spans, false);
+}
+
+/// `y = prologue(src) · Wᵀ` of `src`'s row `first` into `y`'s first row (`[1, out]`), where the
+/// kernel's last workgroups then make greedy decoding's pick from that row: the LM head of a
+/// decode step, natively only (the device must let a workgroup see the others' writes within
+/// a dispatch: see matvec.wgsl).
+pub fn linear_picked(
+    step: &mut Step,
+    prologue: Prologue,
+    (src, first): (&Tensor, usize),
+    w: &Tensor,
+    y: &Tensor,
+    pick: HeadPick,
+) {
+    let y = Mat::rows(y, 0, w.shape[0]);
+    spans_into(step, (prologue, Epilogue::Pick(pick)), (src, first, src), (w, None), y, &[1], false);
 }
 
 /// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
@@ -576,7 +639,7 @@ pub fn linear_spans_prologue(
     accumulate: bool,
 ) {
     let y = Mat::rows(y, 0, w.shape[0]);
-    spans_into(step, (prologue, None), (src, done), (w, bias), y, spans, accumulate);
+    spans_into(step, (prologue, Epilogue::None), (src, 0, done), (w, bias), y, spans, accumulate);
 }
 
 /// [`linear_spans_prologue`] accumulating into the residual stream `y`, whose rows it then
@@ -597,14 +660,15 @@ pub fn linear_spans_modulated(
 ) {
     assert!(!prologue_needs_done(spans), "LCM is fused into the matrix-vector kernel only");
     let y = Mat::rows(y, 0, w.shape[0]);
-    spans_into(step, (prologue, Some(lcm)), (src, done), (w, bias), y, spans, true);
+    spans_into(step, (prologue, Epilogue::Lcm(lcm, 0)), (src, 0, done), (w, bias), y, spans, true);
 }
 
-/// [`linear_spans_prologue`] into the matrix `y`.
+/// [`linear_spans_prologue`] into the matrix `y`, `src`'s rows from `src_first` on; an LCM
+/// epilogue's row index counts from its own (0 here).
 fn spans_into(
     step: &mut Step,
-    (prologue, lcm): (Prologue, Option<Modulation>),
-    (src, done): (&Tensor, &Tensor),
+    (prologue, epilogue): (Prologue, Epilogue),
+    (src, src_first, done): (&Tensor, usize, &Tensor),
     (w, bias): (&Tensor, Option<&Tensor>),
     y: Mat,
     spans: &[usize],
@@ -615,13 +679,16 @@ fn spans_into(
     let engine = Engine::for_adapter(step.gpu);
     for (first, rows) in span_groups(spans) {
         let (a, prologue) = if rows <= MATVEC_MAX_M {
-            (Mat::rows(src, first * src_cols, src_cols), prologue)
+            (Mat::rows(src, (src_first + first) * src_cols, src_cols), prologue)
         } else {
             (Mat::rows(done, first * inp, inp), Prologue::None)
         };
         let (w, y) = (Mat::transposed(w, 0, inp), Mat { off: y.off + first * y.rs, ..y });
-        let lcm = lcm.map(|m| (m, first));
-        product(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue, lcm);
+        let epilogue = match epilogue {
+            Epilogue::Lcm(m, _) => Epilogue::Lcm(m, first),
+            other => other,
+        };
+        product(step, engine, a, w, y, (rows, out, inp), (1.0, bias), accumulate, prologue, epilogue);
     }
 }
 
@@ -1085,7 +1152,7 @@ mod tests {
                     let (xa, wa, ya) =
                         (Mat::rows(&at, 0, cols), Mat::transposed(&wt, 0, k), Mat::rows(&xt, 0, n));
                     let engine = with_matvec(gpu, tile);
-                    let lcm = fused.then_some((modulation, 0));
+                    let lcm = if fused { Epilogue::Lcm(modulation, 0) } else { Epilogue::None };
                     product(&mut step, engine, xa, wa, ya, (m, n, k), (1.0, bias), true, prologue, lcm);
                     if !fused {
                         modulation.record(&mut step, &xt, m);
@@ -1130,6 +1197,90 @@ mod tests {
                 for (seq, (g, _, count)) in want_stats.iter().enumerate() {
                     assert!((stats[4 * seq] as f64 - g).abs() < 1e-4, "{what}: seq {seq} gates");
                     assert_eq!(stats[4 * seq + 2] as usize, *count, "{what}: seq {seq} count");
+                }
+            }
+        }
+    }
+
+    /// The greedy pick in the LM head's last workgroups (PICK) in every tiling, with its final
+    /// RMSNorm fused and without, vec4 and scalar loads, rows of one part to 48 (1025 logits:
+    /// parts that workgroups straddle), the maximum tied between two parts: the same logits,
+    /// pick, statistics and row table to the bit as the product then stats::greedy_pick's
+    /// dispatches, the CPU's logits within 1e-4, its argmax (the lower of the tie) and its
+    /// statistics within 1e-4, and the counters left at zero.
+    #[test]
+    fn matvec_pick_epilogue_equals_the_pick_dispatches_and_cpu() {
+        use crate::gpu::DType;
+        use crate::ops::stats::{self, HeadPick, Pick, PICK_ARRIVALS};
+        let gpu = gpu();
+        for (n, k) in [(512, 64), (1025, 21), (3000, 36), (49152, 8)] {
+            // The pick reads row 1 of x.
+            let x = rand_vec(1, 2 * k, 1.0);
+            let nw = rand_vec(5, k, 1.0);
+            let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let (xt, nwt) = (t("x", &[2, k], &x), t("nw", &[k], &nw));
+            for norm in [false, true] {
+                let a = if norm { cpu::norm::rms_norm(&x[k..], &nw, 1e-5) } else { x[k..].to_vec() };
+                // Rows n / 3 and n - 1 (parts apart) give the largest logit, 2 |a|².
+                let mut w = rand_vec(2, n * k, 0.3);
+                for row in [n / 3, n - 1] {
+                    w[row * k..(row + 1) * k].iter_mut().zip(&a).for_each(|(w, a)| *w = 2.0 * a);
+                }
+                let wt = t("w", &[n, k], &w);
+                let want = cpu::matmul::linear(&a, &w, None, 1, n, k);
+                let prologue = if norm { Prologue::RmsNorm(&nwt, 1e-5) } else { Prologue::None };
+                // Logits, picks, ids, row table, counters; as bits.
+                let run = |tile: Tile, fused: bool| -> [Vec<u32>; 5] {
+                    let zeros = |name, shape: &[usize], dtype| gpu.zeros(name, shape, dtype).unwrap();
+                    let yt = zeros("y", &[1, n], DType::F32);
+                    let partials = zeros("partials", &[stats::partials_len(1, n)], DType::F32);
+                    let arrived = zeros("arrived", &[PICK_ARRIVALS], DType::U32);
+                    let ids = gpu.upload_u32("ids", &[2], &[7, 7]).unwrap();
+                    let rows = gpu.upload_u32("rows", &[2, 2], &[9, 9, 0, 3]).unwrap();
+                    let out = zeros("out", &[8, 4], DType::U32);
+                    let pick = HeadPick {
+                        partials: &partials,
+                        arrived: &arrived,
+                        input: (&ids, &rows, 1),
+                        out: &out,
+                    };
+                    let epilogue = if fused { Epilogue::Pick(pick) } else { Epilogue::None };
+                    let (xa, wa, ya) =
+                        (Mat::rows(&xt, k, k), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
+                    let mut step = Step::new(gpu);
+                    let engine = with_matvec(gpu, tile);
+                    product(&mut step, engine, xa, wa, ya, (1, n, k), (1.0, None), false, prologue, epilogue);
+                    if !fused {
+                        stats::greedy_pick(&mut step, &yt, &partials, (&ids, &rows, 1), &out);
+                    }
+                    step.submit().unwrap();
+                    let logits = gpu.read_f32(&yt).unwrap().into_iter().map(f32::to_bits).collect();
+                    let read = |t: &Tensor| gpu.read_u32(t).unwrap();
+                    [logits, read(&out), read(&ids), read(&rows), read(&arrived)]
+                };
+                let (lse, entropy, _) = cpu::stats::logit_stats(&want);
+                for tile in Tile::ALL {
+                    let what = format!("n={n} k={k} norm={norm} {tile:?}");
+                    let fused = run(tile, true);
+                    assert_eq!(fused, run(tile, false), "{what}: the fused pick differs from the dispatches");
+                    assert!(fused[4].iter().all(|&c| c == 0), "{what}: counters {:?}", fused[4]);
+                    let logits: Vec<f32> = fused[0].iter().map(|&z| f32::from_bits(z)).collect();
+                    assert_close(&logits, &want, 1e-4, &what);
+                    let pick = Pick::parse(&fused[1][16..]);
+                    assert_eq!(
+                        (pick.id, fused[2][0], &fused[3][..2]),
+                        (n as u32 / 3, n as u32 / 3, &[0, 4][..]),
+                        "{what}"
+                    );
+                    assert_eq!(crate::generate::sampler::argmax(&want), pick.id, "{what}");
+                    let logprob = want[pick.id as usize] as f64 - lse;
+                    for (stat, got, want) in [
+                        ("lse", pick.lse, lse),
+                        ("entropy", pick.entropy, entropy),
+                        ("logprob", pick.logprob, logprob),
+                    ] {
+                        assert!((got as f64 - want).abs() < 1e-4, "{what}: {stat} {got} vs {want}");
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! id (and its statistics) travels back to the host.
 
 use super::groups;
-use crate::gpu::{shader::Define, Step, Tensor};
+use crate::gpu::{shader::Define, DType, Step, Tensor};
 
 /// `targets` value meaning "no target for this row".
 pub const NO_TARGET: u32 = u32::MAX;
@@ -86,6 +86,44 @@ pub fn greedy_pick(
     step.dispatch(pick, &params, &bind![logits, partials, ids, rows, out], [1, 1, 1]);
 }
 
+/// Arrival counters [`HeadPick::arrived`] holds: one per part of the row, then one for the parts.
+pub const PICK_ARRIVALS: usize = MAX_PARTS + 1;
+
+/// [`greedy_pick`] made by the LM head's last workgroups instead (matvec.wgsl with PICK,
+/// natively; see [`crate::ops::matmul::linear_picked`]): the same parts, partials and merge,
+/// so the same pick and statistics to the bit, with no dispatch of its own.
+#[derive(Clone, Copy)]
+pub struct HeadPick<'a> {
+    /// Working space of [`partials_len`]`(1, vocab)` elements.
+    pub partials: &'a Tensor,
+    /// [`PICK_ARRIVALS`] u32 counters, zero between dispatches (the kernel leaves them so).
+    pub arrived: &'a Tensor,
+    /// (ids, row table, entry) as [`greedy_pick`] takes them.
+    pub input: (&'a Tensor, &'a Tensor, usize),
+    /// `[positions, 4]` u32, as [`greedy_pick`]'s.
+    pub out: &'a Tensor,
+}
+
+/// matvec.wgsl's uniform block's tail with PICK.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PickParams {
+    row: u32,
+    parts: u32,
+}
+
+impl<'a> HeadPick<'a> {
+    /// The epilogue's settings for a row of `vocab` logits, and its buffers in binding order.
+    pub fn epilogue(&self, vocab: usize) -> (PickParams, [(&'static str, &'a Tensor); 5]) {
+        let (ids, rows, row) = self.input;
+        assert!(self.partials.numel() >= partials_len(1, vocab) && rows.numel() >= 2 * (row + 1));
+        assert!(self.out.shape[1] == 4 && self.arrived.dtype == DType::U32);
+        assert!(self.arrived.numel() >= PICK_ARRIVALS);
+        let params = PickParams { row: row as u32, parts: parts(vocab) as u32 };
+        (params, bind![partials = self.partials, ids, rows, out = self.out, arrived = self.arrived])
+    }
+}
+
 /// One entry of [`greedy_pick`]'s (or [`super::draw::draw`]'s) output, decoded.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pick {
@@ -124,7 +162,6 @@ mod tests {
     use super::*;
     use crate::cpu;
     use crate::generate::sampler::argmax;
-    use crate::gpu::DType;
     use crate::ops::test_util::*;
 
     /// Rows of 1000 logits (one part) and of 5000 (five parts, the tie across two of them).
