@@ -24,6 +24,11 @@ enable f16;
 // of what it loads alongside the products, and scales each sum by 1 / RMS once the row's
 // threads have been reduced (which also reduces their sums of squares), so the norm costs no
 // pass of its own.
+// With EMBED too (the first block's QKV product in decode), A is the embedding table and row i
+// of the product's input is row ids[i] of it (the rows' index from `a_off / a_rs`, A's first
+// row), replacing embed.wgsl's dispatch: the first workgroup's threads of its first weight
+// rows, which between them load every element of A once, also write it into the residual
+// stream (`stream`, laid out as A's rows would be) for the block's later products to add to.
 // With LCM (natively, on the down projection that writes a block's residual output in decode),
 // the kernel then modulates the rows it wrote, replacing lcm.wgsl's dispatch: each workgroup
 // counts its arrival in `arrived` after a storage barrier, and the last to arrive runs
@@ -70,6 +75,15 @@ alias AElem = f32;
 @group(0) @binding(4) var<storage, read> norm_w: array<AElem>;
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
+#if EMBED
+@group(0) @binding(6) var<storage, read> ids: array<u32>;
+@group(0) @binding(7) var<storage, read_write> stream: array<AElem>;
+#endif
+#else
+#if EMBED
+@group(0) @binding(5) var<storage, read> ids: array<u32>;               // per row
+@group(0) @binding(6) var<storage, read_write> stream: array<AElem>;   // the residual stream
+#endif
 #endif
 #if PICK
 @group(0) @binding(5) var<storage, read_write> partials: array<vec4<f32>>;  // per part
@@ -108,6 +122,10 @@ alias AElem = f32;
 
 // RMSNORM: this thread's share of the sum of squares of each row of A (component i: row i).
 var<private> sq: vec4<f32>;
+#if EMBED
+// Whether this thread writes what it loads of A into the residual stream.
+var<private> writes_stream: bool;
+#endif
 
 // Element kk (of len) of row i of A, as the product reads it.
 fn load_a(i: u32, kk: u32, len: u32) -> AElem {
@@ -117,7 +135,12 @@ fn load_a(i: u32, kk: u32, len: u32) -> AElem {
     return g / (1.0 + exp(-g)) * a[row + len + kk];
 #else
 #if RMSNORM
+#if EMBED
+    let v = a[ids[p.a_off / p.a_rs + i] * p.a_rs + kk];
+    if (writes_stream) { stream[row + kk] = v; }
+#else
     let v = a[row + kk];
+#endif
 #if KVEC4
     sq[i] += dot(v, v);
 #else
@@ -176,6 +199,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = (wid.x + wid.y * nwg.x) * ROWS;
     if (base >= p.n) { return; }  // spare groups of a grid folded into y
     let row0 = base + lid / TPR * RPT;
+#if EMBED
+    writes_stream = base == 0u && lid < TPR;
+#endif
     // Rows past the end re-read the last one; their sums are never stored.
     var w_row: array<u32, RPT>;
     for (var j = 0u; j < RPT; j++) { w_row[j] = min(row0 + j, p.n - 1u); }

@@ -50,6 +50,10 @@ pub struct GpuModel {
     /// Whether greedy decoding's pick is made by the LM head's last workgroups (natively),
     /// rather than by [`stats::greedy_pick`]'s dispatches (the page; tests set it to run both).
     pub pick_in_last_workgroup: bool,
+    /// Whether a decode step's first QKV product gathers the embedding as it loads its input
+    /// (where it can: see [`GpuModel::record_blocks`]) rather than after embed.wgsl's dispatch
+    /// (tests set it to run both).
+    pub embed_in_qkv: bool,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -368,6 +372,7 @@ impl GpuModel {
             attention,
             lcm_in_last_workgroup: !cfg!(target_arch = "wasm32"),
             pick_in_last_workgroup: !cfg!(target_arch = "wasm32"),
+            embed_in_qkv: true,
         })
     }
 
@@ -409,6 +414,7 @@ impl GpuModel {
             long_rope: self.long_rope.clone(),
             lcm_in_last_workgroup: self.lcm_in_last_workgroup,
             pick_in_last_workgroup: self.pick_in_last_workgroup,
+            embed_in_qkv: self.embed_in_qkv,
         })
     }
 
@@ -573,7 +579,16 @@ impl GpuModel {
     ) {
         let n: usize = spans.iter().sum();
         assert!(n <= s.rows);
-        self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
+        // Decode: the first QKV product gathers the embedding as it loads its input, where its
+        // RMSNorm is fused and the embedding is a plain table (one shard, no scale, no learned
+        // positions).
+        let (c, w) = (&self.config, &self.weights);
+        let plain_table = w.embed.shards.len() == 1 && c.embed_scale == 1.0 && w.pos_embed.is_none();
+        let fused_norm = c.norm() == NormKind::Rms && !c.residual_norm;
+        let gather = self.embed_in_qkv && plain_table && fused_norm && !matmul::prologue_needs_done(spans);
+        if !gather {
+            self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
+        }
         if self.config.residual_norm {
             let w = &self.weights;
             self.normalize_stream(
@@ -608,7 +623,8 @@ impl GpuModel {
                 long_rope,
                 lcm: lcm.and_then(|(state, rows)| state.at(l, rows)),
             };
-            self.record_block_spans(step, l, &io, &s.row_table, spans);
+            let gather = (gather && l == 0).then_some(&s.ids);
+            self.record_block_from(step, l, &io, &s.row_table, spans, gather);
             after_block(step, l, &s.x);
         }
     }
@@ -651,6 +667,20 @@ impl GpuModel {
         rows: &Tensor,
         spans: &[usize],
     ) {
+        self.record_block_from(step, l, io, rows, spans, None);
+    }
+
+    /// [`GpuModel::record_block_spans`]; with `gather` (the token ids), the QKV product reads
+    /// its input from the embedding table and writes it into `io.x_in` (decode's first block).
+    fn record_block_from(
+        &self,
+        step: &mut Step,
+        l: usize,
+        io: &BlockIo,
+        rows: &Tensor,
+        spans: &[usize],
+        gather: Option<&Tensor>,
+    ) {
         let n: usize = spans.iter().sum();
         let c = &self.config;
         let b = &self.weights.blocks[l];
@@ -675,6 +705,11 @@ impl GpuModel {
         let qkv = (&*b.qkv, b.qkv_b.as_deref(), io.qkv);
         if c.residual_norm {
             matmul::linear_spans(step, io.x_in, qkv.0, qkv.1, qkv.2, spans, false);
+        } else if let Some(ids) = gather {
+            let (norm, eps, stream) = (&*b.attn_norm, c.norm_eps, io.x_in);
+            let gathered = Prologue::EmbedRmsNorm { norm, eps, ids, stream };
+            let table = &self.weights.embed.shards[0];
+            linear_after(step, (norm1, Some(gathered)), (table, io.xn1), qkv, spans, (false, None));
         } else {
             linear_after(step, (norm1, rms(&*b.attn_norm)), (io.x_in, io.xn1), qkv, spans, (false, None));
         }
@@ -952,7 +987,8 @@ mod tests {
     /// A decode step of a Llama-style model records per block: qkv (norm fused), decode
     /// attention (its chunks merged by the last workgroups natively, by a second dispatch in
     /// the page), o, up (norm fused), down (SiLU gate fused); a prefill chunk keeps the two
-    /// norms, rope_kv, attention and the activation (9).
+    /// norms, rope_kv, attention and the activation (9). The first QKV product of a decode step
+    /// gathers the embedding; a prefill chunk dispatches it.
     #[test]
     fn decode_records_five_dispatches_per_block() {
         let Some(path) = crate::testing::model("stories260k") else { return };
@@ -961,11 +997,10 @@ mod tests {
         let (cache, s) = (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap());
         let layers = m.config.layers;
         let decode = if cfg!(target_arch = "wasm32") { 6 } else { 5 };
-        for (spans, per_block) in [(&[1][..], decode), (&[8][..], 9)] {
+        for (spans, per_block, embed) in [(&[1][..], decode, 0), (&[8][..], 9, 1)] {
             let mut step = Step::new(gpu);
             m.record_blocks(&mut step, &s, &cache, (spans, false), None, &mut |_, _, _| {});
-            // One more for the embedding.
-            assert_eq!(step.len(), 1 + per_block * layers, "spans {spans:?}");
+            assert_eq!(step.len(), embed + per_block * layers, "spans {spans:?}");
         }
     }
 
@@ -995,9 +1030,9 @@ mod tests {
             let mut step = Step::new(gpu);
             let lcm = Some((&state, &s.row_table));
             m.record_blocks(&mut step, &s, &cache, (&[rows], false), lcm, &mut |_, _, _| {});
-            // One more for the embedding.
+            // One more for the embedding, which decode's first QKV product gathers.
             let what = format!("{rows} rows, LCM in the last workgroup: {in_last_workgroup}");
-            assert_eq!(step.len(), 1 + per_block * layers + extra, "{what}");
+            assert_eq!(step.len(), (rows > 1) as usize + per_block * layers + extra, "{what}");
         }
     }
 
@@ -1096,10 +1131,11 @@ mod tests {
     }
 
     /// Greedy decoding with the pick in the LM head's last workgroups (native) and in
-    /// stats.wgsl's dispatches (the page) gives the same picks to the bit (ids, log-probs,
+    /// stats.wgsl's dispatches (the page), and with the embedding gathered by the first QKV
+    /// product and by embed.wgsl's dispatch, gives the same picks to the bit (ids, log-probs,
     /// entropies, log-sum-exps), on a model whose final RMSNorm the head fuses and on GPT-2
-    /// (a LayerNorm with a bias, dispatched); both are the CPU path's picks (feed, read the
-    /// logits, argmax on the host) with statistics within 1e-5.
+    /// (a LayerNorm with a bias, dispatched; learned positions, so no gather); both are the CPU
+    /// path's picks (feed, read the logits, argmax on the host) with statistics within 1e-5.
     #[test]
     fn greedy_pick_in_the_last_workgroup_equals_its_dispatches_and_the_cpu() {
         use crate::generate::{decode::pick_from_logits, sampler::argmax, Sampler, SamplerConfig, Session};
@@ -1112,8 +1148,9 @@ mod tests {
             let n = 12;
             let bits = |p: &Pick| [p.id, p.logprob.to_bits(), p.entropy.to_bits(), p.lse.to_bits()];
             let mut runs = Vec::new();
-            for in_last_workgroup in [true, false] {
+            for (in_last_workgroup, embed_in_qkv) in [(true, true), (false, true), (true, false)] {
                 m.pick_in_last_workgroup = in_last_workgroup;
+                m.embed_in_qkv = embed_in_qkv;
                 let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
                 let mut greedy =
                     Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }).unwrap();
@@ -1126,7 +1163,8 @@ mod tests {
                 runs.push(picks);
             }
             let as_bits = |run: &[Pick]| run.iter().map(bits).collect::<Vec<_>>();
-            assert_eq!(as_bits(&runs[0]), as_bits(&runs[1]), "{name}: the two paths differ");
+            assert_eq!(as_bits(&runs[0]), as_bits(&runs[1]), "{name}: the pick's two paths differ");
+            assert_eq!(as_bits(&runs[0]), as_bits(&runs[2]), "{name}: the embedding's two paths differ");
             let mut session = Session::new(gpu, &m, prompt.len() + n, None).unwrap();
             let mut logits = session.feed(&prompt, None).unwrap().last_logits;
             for (t, got) in runs[0].iter().enumerate() {

@@ -90,6 +90,15 @@ pub enum Prologue<'a> {
     SiluGate,
     /// A = RMSNorm of the stored rows with this weight (`[k]`) and epsilon.
     RmsNorm(&'a Tensor, f32),
+    /// [`Prologue::RmsNorm`] of the rows `ids[i]` of an embedding table (the stored A, f32):
+    /// the first block's QKV product of a decode step gathers its input, and writes the
+    /// gathered rows into the residual stream `stream` (laid out as A's rows would be).
+    EmbedRmsNorm {
+        norm: &'a Tensor,
+        eps: f32,
+        ids: &'a Tensor,
+        stream: &'a Tensor,
+    },
 }
 
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
@@ -290,6 +299,10 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
                                 v.push(("matvec", [&flags[..], &shape, &[("LCM", 1)]].concat()));
                                 v.push(("matvec", [&flags[..], &shape, &[prologue, ("LCM", 1)]].concat()));
                             }
+                            // The first block's QKV product gathering the embedding.
+                            if acc == 0 {
+                                v.push(("matvec", [&flags[..], &shape, &[prologue, ("EMBED", 1)]].concat()));
+                            }
                             // The greedy pick after the LM head (one row, no bias), its final
                             // RMSNorm fused or not.
                             if m == 1 && acc == 0 && bias == 0 {
@@ -470,7 +483,10 @@ fn product(
         b_rs: (b.rs / b_unit) as u32,
         b_cs: (b.cs / unit) as u32,
         scale,
-        eps: if let Prologue::RmsNorm(_, eps) = prologue { eps } else { 0.0 },
+        eps: match prologue {
+            Prologue::RmsNorm(_, eps) | Prologue::EmbedRmsNorm { eps, .. } => eps,
+            _ => 0.0,
+        },
     };
     let flags = [("KVEC4", kvec4 as u32), ("BIAS", bias.is_some() as u32), ("ACC", accumulate as u32)];
     let flags = [&flags[..], &format_flags(fmt, native_f16(step.gpu))].concat();
@@ -483,10 +499,20 @@ fn product(
             buffers.push(("norm_w", w));
             &[("RMSNORM", 1)]
         }
+        Prologue::EmbedRmsNorm { norm, ids, stream, .. } => {
+            assert!(norm.numel() == k && a.t.dtype == crate::gpu::DType::F32 && a.rs == k);
+            let first = a.off / k;
+            assert!(ids.numel() >= first + m && stream.numel() >= (first + m) * k);
+            buffers.push(("norm_w", norm));
+            &[("RMSNORM", 1), ("EMBED", 1)]
+        }
     };
     assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
     assert!(matvec || matches!(epilogue, Epilogue::None), "epilogues are the matrix-vector kernel's only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
+    if let Prologue::EmbedRmsNorm { ids, stream, .. } = prologue {
+        buffers.extend(bind![ids, stream]);
+    }
     if matvec {
         let tile = engine.matvec.unwrap_or_else(|| Tile::for_adapter(step.gpu, n));
         let subgroup = tile.subgroup_sums(step.gpu) as u32;
@@ -1318,6 +1344,84 @@ mod tests {
                     let want = cpu::matmul::linear(&a, &w, None, m, n, k);
                     let what = format!("m={m} k={k} {tile:?} cols={cols}");
                     assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
+                }
+            }
+        }
+    }
+
+    /// The embedding gathered by the normed product (EMBED) in every tiling and row count,
+    /// vec4 and scalar loads, with and without bias, rows from the second on: the product and
+    /// the residual stream to the bit embed.wgsl's dispatch then the RMSNorm prologue give, and
+    /// the CPU's gather, norm and product within 1e-4.
+    #[test]
+    fn matvec_embedding_gather_equals_the_embed_dispatch_and_cpu() {
+        use crate::gpu::{DType, Sharded};
+        let gpu = gpu();
+        let (n, vocab) = (37, 50);
+        for k in [64, 23] {
+            let table = rand_vec(7, vocab * k, 1.0);
+            let (w, nw, b) = (rand_vec(2, n * k, 1.0), rand_vec(5, k, 1.0), rand_vec(3, n, 1.0));
+            let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let (tt, wt, nwt, bt) =
+                (t("table", &[vocab, k], &table), t("w", &[n, k], &w), t("nw", &[k], &nw), t("b", &[n], &b));
+            let sharded = Sharded::one(tt.clone());
+            let ids: Vec<u32> = vec![3, 49, 0, 17, 3];
+            let idt = gpu.upload_u32("ids", &[ids.len()], &ids).unwrap();
+            for m in 1..=MATVEC_MAX_M {
+                let rows: Vec<f32> = ids[1..=m]
+                    .iter()
+                    .flat_map(|&id| table[id as usize * k..(id as usize + 1) * k].to_vec())
+                    .collect();
+                let normed = cpu::norm::rms_norm(&rows, &nw, 1e-5);
+                for (tile, bias) in Tile::ALL.into_iter().flat_map(|t| [(t, false), (t, true)]) {
+                    let bias = bias.then_some(&bt);
+                    let run = |gathered: bool| -> [Vec<u32>; 2] {
+                        let stream = gpu.zeros("stream", &[ids.len(), k], DType::F32).unwrap();
+                        let yt = gpu.zeros("y", &[m, n], DType::F32).unwrap();
+                        let mut step = Step::new(gpu);
+                        let (a, prologue) = if gathered {
+                            let p =
+                                Prologue::EmbedRmsNorm { norm: &nwt, eps: 1e-5, ids: &idt, stream: &stream };
+                            (Mat::rows(&tt, k, k), p)
+                        } else {
+                            crate::ops::embed::embed(
+                                &mut step,
+                                &idt,
+                                (&sharded, 1.0),
+                                None,
+                                &stream,
+                                ids.len(),
+                            );
+                            (Mat::rows(&stream, k, k), Prologue::RmsNorm(&nwt, 1e-5))
+                        };
+                        let (wa, ya) = (Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
+                        matmul_on(
+                            &mut step,
+                            with_matvec(gpu, tile),
+                            a,
+                            wa,
+                            ya,
+                            (m, n, k),
+                            (1.0, bias),
+                            false,
+                            prologue,
+                        );
+                        step.submit().unwrap();
+                        let bits =
+                            |t: &Tensor| gpu.read_f32(t).unwrap().into_iter().map(f32::to_bits).collect();
+                        // The stream's rows past the product's are the dispatch's alone.
+                        let mut stream: Vec<u32> = bits(&stream);
+                        stream.truncate((m + 1) * k);
+                        stream.drain(..k);
+                        [bits(&yt), stream]
+                    };
+                    let what = format!("m={m} k={k} {tile:?} bias={}", bias.is_some());
+                    let got = run(true);
+                    assert_eq!(got, run(false), "{what}: the gather differs from the embed dispatch");
+                    let want = cpu::matmul::linear(&normed, &w, bias.map(|_| &b[..]), m, n, k);
+                    let y: Vec<f32> = got[0].iter().map(|&z| f32::from_bits(z)).collect();
+                    assert_close(&y, &want, 1e-4, &what);
+                    assert!(got[1].iter().zip(&rows).all(|(&g, &r)| g == r.to_bits()), "{what}: the stream");
                 }
             }
         }
