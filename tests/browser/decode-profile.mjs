@@ -10,20 +10,11 @@
 // Prints a JSON array, one object per round (round 0 compiles the pipelines): decode tok/s as
 // the page shows it; per generated token the calls' counts and milliseconds and the CPU
 // milliseconds of each kind of Chromium process; in the last round, V8's self time per function.
-import { chromium } from 'playwright-core';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 const s = JSON.parse(process.argv[2]);
-const profile = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  ignoreDefaultArgs: ['--headless'],
-  args: ['--headless=new', '--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-quic',
-    '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const { browser, profile, close } = await launch();
 await browser.addInitScript(() => {
   if (!globalThis.GPUDevice) return;
   const stats = {};
@@ -153,7 +144,6 @@ try {
       calls: per, renderer_self_ms: top });
   }
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(rounds, null, 1));

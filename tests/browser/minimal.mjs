@@ -6,20 +6,10 @@
 //
 // usage: node minimal.mjs SETTINGS_JSON
 //   {url, model, prompt, max_tokens, chat_model, messages, chat_tokens}
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
 
 const s = JSON.parse(process.argv[2]);
-const profile = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  ignoreDefaultArgs: ['--headless'],
-  args: ['--headless=new', '--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-quic',
-    '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const { browser, close } = await launch();
 // The bytes of WebGPU buffers created and not yet destroyed, whoever made them.
 await browser.addInitScript(() => {
   if (!globalThis.GPUDevice) return;
@@ -109,7 +99,6 @@ try {
 } catch (e) {
   out.error = String(e);
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(out));

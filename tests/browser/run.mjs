@@ -10,21 +10,12 @@
 //   {url, model, local_files: [paths], prompt, max_tokens, lcm: {gamma, layers, sink, space},
 //    sampling: {temperature, top_k, top_p, seed}, finetune: {text, steps, lr}, lora: {rank, targets, dir},
 //    gguf: served model name, chat: {model, message, max_tokens}, screenshot}
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { launch } from './chromium.mjs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const s = JSON.parse(process.argv[2]);
-const profile = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  ignoreDefaultArgs: ['--headless'],
-  args: ['--headless=new', '--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--disable-quic',
-    '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1100, height: 1500 },
-});
+const { browser, close } = await launch({ viewport: { width: 1100, height: 1500 } });
 const out = { requests: [], console: [] };
 try {
   const page = browser.pages()[0] ?? await browser.newPage();
@@ -191,18 +182,12 @@ try {
 } catch (e) {
   out.error = String(e);
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 // Chromium started without --enable-unsafe-webgpu, as Linux users first do: the page says
 // which flag is missing.
 if (!out.error) {
-  const bare = mkdtempSync(join(tmpdir(), 'keel-chromium-'));
-  const plain = await chromium.launchPersistentContext(bare, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, ignoreDefaultArgs: ['--headless'],
-    args: ['--headless=new', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-  });
+  const { browser: plain, close: closePlain } = await launch({ webgpu: false });
   try {
     const page = plain.pages()[0] ?? await plain.newPage();
     await page.goto(s.url);
@@ -212,8 +197,7 @@ if (!out.error) {
   } catch (e) {
     out.error = `without --enable-unsafe-webgpu: ${e}`;
   } finally {
-    await plain.close();
-    rmSync(bare, { recursive: true, force: true });
+    await closePlain();
   }
 }
 console.log(JSON.stringify(out));
