@@ -365,26 +365,9 @@ fn lcm_training_gradient_matches_finite_differences() {
         let report = trainer.step(std::slice::from_ref(&batch), 0.0).unwrap();
         let grads = trainer.download(trainer.grads.as_ref().unwrap()).unwrap();
         let w = &trainer.model.weights.blocks[0].qkv;
-        let w0 = gpu.read_f32(w).unwrap();
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let dir: Vec<f32> = (0..w0.len())
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-            })
-            .collect();
-        let along: f64 =
-            grads.blocks[0].qkv.values().iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
-        let eps = 1e-3f32;
-        let loss_at = |sign: f32| {
-            let moved: Vec<f32> = w0.iter().zip(&dir).map(|(w, d)| w + sign * eps * d).collect();
-            gpu.write_f32(w, &moved);
+        let (along, fd) = slopes_along_a_random_direction(gpu, w, &grads.blocks[0].qkv.values(), || {
             trainer.evaluate(&batch).unwrap()
-        };
-        let fd = (loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps as f64);
-        gpu.write_f32(w, &w0);
+        });
         assert!((trainer.evaluate(&batch).unwrap() - report.loss).abs() < 1e-6, "evaluate = the step's loss");
         let what = format!("keep_norm={keep_norm} scales={scales:?}");
         assert!(
@@ -392,6 +375,37 @@ fn lcm_training_gradient_matches_finite_differences() {
             "{what}: gradient·d {along} vs finite differences {fd}"
         );
     }
+}
+
+/// The loss's slope along a fixed pseudo-random direction d of weight `w` two ways: from its
+/// gradient `grad` (grad · d), and by central finite differences of `loss` at w ± 1e-3 d.
+/// `w` is left as it was.
+fn slopes_along_a_random_direction(
+    gpu: &Gpu,
+    w: &keel::gpu::Tensor,
+    grad: &[f32],
+    loss: impl Fn() -> f64,
+) -> (f64, f64) {
+    let w0 = gpu.read_f32(w).unwrap();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let dir: Vec<f32> = (0..w0.len())
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+        })
+        .collect();
+    let along: f64 = grad.iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
+    let eps = 1e-3f32;
+    let loss_at = |sign: f32| {
+        let moved: Vec<f32> = w0.iter().zip(&dir).map(|(w, d)| w + sign * eps * d).collect();
+        gpu.write_f32(w, &moved);
+        loss()
+    };
+    let fd = (loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps as f64);
+    gpu.write_f32(w, &w0);
+    (along, fd)
 }
 
 /// The trainers of `host` over the golden batch: the LM head and its loss over chunks of 5 of
@@ -472,24 +486,9 @@ fn chunked_lm_head_trains_like_the_whole_batch() {
             chunked.step(std::slice::from_ref(&batch), 0.0).unwrap();
             let grads = chunked.download(chunked.grads.as_ref().unwrap()).unwrap();
             let w = &chunked.model.weights.head().shards[0];
-            let w0 = gpu.read_f32(w).unwrap();
-            let mut x = 0x2545_F491_4F6C_DD1Du64;
-            let dir: Vec<f32> = (0..w0.len())
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-                })
-                .collect();
-            let along: f64 = grads.head().values().iter().zip(&dir).map(|(g, d)| *g as f64 * *d as f64).sum();
-            let eps = 1e-3f32;
-            let loss_at = |sign: f32| {
-                let moved: Vec<f32> = w0.iter().zip(&dir).map(|(w, d)| w + sign * eps * d).collect();
-                gpu.write_f32(w, &moved);
+            let (along, fd) = slopes_along_a_random_direction(gpu, w, &grads.head().values(), || {
                 chunked.evaluate(&batch).unwrap()
-            };
-            let fd = (loss_at(1.0) - loss_at(-1.0)) / (2.0 * eps as f64);
+            });
             eprintln!("{name}: gradient·d {along} vs finite differences {fd}");
             assert!((fd - along).abs() <= 2e-2 * along.abs().max(1e-3), "{name}: gradient·d {along} vs {fd}");
         }
