@@ -85,7 +85,7 @@ matmul() {  # matmul NAME M,N,K
     fi
 }
 matmul matmul-2048 2048,2048,2048
-matmul matmul-prefill 256,576,1536
+matmul matmul-prefill 512,576,1536
 tiers="portable tiled"
 grep -q "cooperative matrices, f16 16×16 with f32 sums: offered" "$out/info.txt" && tiers="$tiers coop"
 for tier in $tiers; do

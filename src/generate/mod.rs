@@ -17,8 +17,9 @@ use crate::ops::stats::{Pick, RowStats, NO_TARGET};
 use anyhow::{bail, Result};
 pub use sampler::{Sampler, SamplerConfig};
 
-/// Prompt tokens processed per submit during prefill.
-const PREFILL_CHUNK: usize = 256;
+/// Prompt tokens processed per submit during prefill: a 512-token prompt is one chunk, and its
+/// products are tall enough to keep a GPU's tiled matrix engine busy.
+const PREFILL_CHUNK: usize = 512;
 /// Rows per LM-head pass when every position's statistics are wanted (scoring).
 const SCORE_CHUNK: usize = 64;
 

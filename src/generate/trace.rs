@@ -61,10 +61,11 @@ pub fn trace(
     segment_of: &[u32],
     proj_dim: usize,
 ) -> Result<Trace> {
-    trace_capturing(gpu, model, ids, lcm, segment_of, proj_dim, None)
+    trace_capturing(gpu, model, ids, lcm, segment_of, proj_dim, (None, PREFILL_CHUNK))
 }
 
-/// [`trace`]; with `capture` `[L, T, d]` (tests only) also copies every traced state there.
+/// [`trace`] in prefill chunks of `chunk_rows`; with `capture` `[L, T, d]` (tests only) also
+/// copies every traced state there.
 fn trace_capturing(
     gpu: &Gpu,
     model: &GpuModel,
@@ -72,7 +73,7 @@ fn trace_capturing(
     lcm: Option<&LcmConfig>,
     segment_of: &[u32],
     proj_dim: usize,
-    capture: Option<&Tensor>,
+    (capture, chunk_rows): (Option<&Tensor>, usize),
 ) -> Result<Trace> {
     let c = &model.config;
     let (t, d, n_layers) = (ids.len(), c.hidden, c.layers);
@@ -91,7 +92,7 @@ fn trace_capturing(
     }
     let segments = segment_of[t - 1] as usize + 1;
     let cache = model.new_cache(gpu, 1, t)?;
-    let scratch = model.scratch(gpu, t.min(PREFILL_CHUNK))?;
+    let scratch = model.scratch(gpu, t.min(chunk_rows))?;
     let lcm = match lcm {
         Some(cfg) => LcmState::new(gpu, cfg, n_layers, d, 1)?,
         None => None,
@@ -179,12 +180,13 @@ mod tests {
         let gpu = gpu();
         let c = &m.config;
         let (t, d, p) = (ids.len(), c.hidden, 8);
-        assert!(t > PREFILL_CHUNK, "the text must span two chunks");
+        let chunk_rows = 128;
+        assert!(t > 2 * chunk_rows, "the text must span three chunks");
         let segment_of: Vec<u32> = (0..t).map(|i| (i / 50) as u32).collect();
         let proj = projection_matrix(d, p);
         for lcm in [None, Some(&lcm_cfg)] {
             let all = gpu.zeros("all states", &[c.layers, t, d], DType::F32).unwrap();
-            let tr = trace_capturing(gpu, &m, &ids, lcm, &segment_of, p, Some(&all)).unwrap();
+            let tr = trace_capturing(gpu, &m, &ids, lcm, &segment_of, p, (Some(&all), chunk_rows)).unwrap();
             let states = gpu.read_f32(&all).unwrap();
             assert_eq!((tr.layers.len(), tr.segments, tr.proj_dim), (c.layers, 7, p));
             let f32s = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
