@@ -1,28 +1,117 @@
-// Backward of the embedding: d_table[index(r)] += dy[r] * scale for every row r, where index(r) is
-// the row's token id, or with POS its position (GPT-2's learned positions). One thread per
-// column walks the rows in order, so rows sharing an index add up without atomics and the
-// sum is the same on every run. d_table may be one row shard of the gradient
-// (src/gpu/sharded.rs), rows first .. first + table_rows; other rows' indices are skipped.
+// Backward of the embedding: d_table[at] += scale * (sum of dy[r] over the rows r whose index
+// is at), where a row's index is its token id, or with POS its position (GPT-2's learned
+// positions). Parallel over rows, without float atomics, and the same bits on every run:
+//   SORT:  order[2 s], order[2 s + 1] = (row, index) of the s-th row of the rows sorted by
+//          index, ties in row order: each row counts the rows that come before it;
+//   HEADS: heads[c, i] = sum of dy[., i] over the sorted rows that open chunk c (CHUNK sorted
+//          rows) with the index of the chunk before's last row: the part of a run of an index
+//          that started in an earlier chunk; one thread per (column, chunk);
+//   SUM:   each run starting in chunk c sums its rows there, then the heads of the chunks it
+//          goes on into, and adds once into d_table; one thread per (column, chunk).
+// So no thread sums more than CHUNK rows plus one head per chunk, however often an index
+// repeats. d_table may be one row shard of the gradient (src/gpu/sharded.rs), rows first ..
+// first + table_rows; SUM skips other indices.
 
 struct Params { n_rows: u32, d: u32, first: u32, table_rows: u32, scale: f32, _pad0: u32, _pad1: u32, _pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+const CHUNK: u32 = 64u;
+
+#if SORT
 @group(0) @binding(1) var<storage, read> index: array<u32>;  // ids, or with POS the row table
-@group(0) @binding(2) var<storage, read> dy: array<f32>;     // [n_rows, d]
-@group(0) @binding(3) var<storage, read_write> d_table: array<f32>;  // [table_rows, d]
+@group(0) @binding(2) var<storage, read_write> order: array<u32>;  // [n_rows, 2]
+
+fn index_of(r: u32) -> u32 {
+#if POS
+    return index[2u * r + 1u];
+#else
+    return index[r];
+#endif
+}
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
-    if (i >= p.d) { return; }
-    for (var r = 0u; r < p.n_rows; r++) {
-#if POS
-        let at = index[2u * r + 1u];
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * 64u;
+    if (r >= p.n_rows) { return; }
+    let at = index_of(r);
+    var rank = 0u;
+    for (var j = 0u; j < p.n_rows; j++) {
+        let other = index_of(j);
+        rank += u32(other < at || (other == at && j < r));
+    }
+    order[2u * rank] = r;
+    order[2u * rank + 1u] = at;
+}
 #else
-        let at = index[r];
+@group(0) @binding(1) var<storage, read> order: array<u32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;  // [n_rows, d]
+
+// The first sorted row from `begin` (before `limit`) whose index is not `at`.
+fn run_end(begin: u32, limit: u32, at: u32) -> u32 {
+    var s = begin;
+    while (s < limit && order[2u * s + 1u] == at) { s++; }
+    return s;
+}
+
+// Column i of dy summed over the sorted rows begin .. limit, in order.
+fn rows_sum(begin: u32, limit: u32, i: u32) -> f32 {
+    var sum = 0.0;
+    for (var s = begin; s < limit; s++) {
+        sum += dy[order[2u * s] * p.d + i];
+    }
+    return sum;
+}
+
+// Whether the sorted row `s` (> 0) has the index of the row before it.
+fn continues_run(s: u32) -> bool {
+    return order[2u * s + 1u] == order[2u * s - 1u];
+}
 #endif
+
+#if HEADS
+@group(0) @binding(3) var<storage, read_write> heads: array<f32>;  // [chunks, d]
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = wid.x * 64u + lid.x;
+    let c = wid.y + 1u;  // chunk 0 continues no run
+    let start = c * CHUNK;
+    if (i >= p.d || start >= p.n_rows || !continues_run(start)) { return; }
+    let end = run_end(start, min(start + CHUNK, p.n_rows), order[2u * start + 1u]);
+    heads[c * p.d + i] = rows_sum(start, end, i);
+}
+#endif
+
+#if SUM
+@group(0) @binding(3) var<storage, read> heads: array<f32>;
+@group(0) @binding(4) var<storage, read_write> d_table: array<f32>;  // [table_rows, d]
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = wid.x * 64u + lid.x;
+    let c = wid.y;
+    let start = c * CHUNK;
+    if (i >= p.d || start >= p.n_rows) { return; }
+    let end = min(start + CHUNK, p.n_rows);
+    var s = start;
+    // A run going on from the chunk before is summed by the chunk it started in.
+    if (c > 0u && continues_run(start)) {
+        s = run_end(start, end, order[2u * start + 1u]);
+    }
+    while (s < end) {
+        let at = order[2u * s + 1u];
+        let stop = run_end(s, end, at);
         if (at >= p.first && at - p.first < p.table_rows) {
-            d_table[(at - p.first) * p.d + i] += dy[r * p.d + i] * p.scale;
+            var sum = rows_sum(s, stop, i);
+            if (stop == end) {
+                // The chunks after that open with this index hold the rest of the run.
+                for (var next = end; next < p.n_rows && order[2u * next + 1u] == at; next += CHUNK) {
+                    sum += heads[next / CHUNK * p.d + i];
+                }
+            }
+            d_table[(at - p.first) * p.d + i] += sum * p.scale;
         }
+        s = stop;
     }
 }
+#endif

@@ -32,6 +32,8 @@ pub struct BackwardBufs {
     ones: Tensor,
     /// The norms' weight gradients' per-group sums ([`norm::norm_weight_grad`]).
     norm_sums: Tensor,
+    /// The embedding gradient's sorted rows and partial sums ([`embed::embed_backward`]).
+    embed: embed::Scratch,
     /// CGFM's re-weighting of the blocks' linear weight gradients, when on.
     pub cgfm: Option<cgfm::Split>,
 }
@@ -64,6 +66,7 @@ impl BackwardBufs {
             d_qkv_normed: c.qk_norm.then(|| f("d qkv normed", heads.qkv_width())).transpose()?,
             ones: gpu.upload_f32("ones", &[rows], &vec![1.0; rows])?,
             norm_sums: gpu.zeros("norm sums", &[norm_sums_len(c, rows)], DType::F32)?,
+            embed: embed::Scratch::new(gpu, rows, c.hidden)?,
             cgfm: None,
         })
     }
@@ -87,6 +90,7 @@ impl BackwardBufs {
         .chain(&self.d_qkv_normed)
         .map(|t| t.bytes())
         .sum::<u64>()
+            + self.embed.bytes()
             + self.cgfm.as_ref().map_or(0, cgfm::Split::bytes)
     }
 }
@@ -280,9 +284,10 @@ impl GpuModel {
         bw: &BackwardBufs,
         n: usize,
     ) {
-        embed::embed_backward(step, EmbedIndex::Ids(ids, self.config.embed_scale), &bw.dx, &grads.embed, n);
+        let ids = EmbedIndex::Ids(ids, self.config.embed_scale);
+        embed::embed_backward(step, ids, &bw.dx, &grads.embed, n, &bw.embed);
         if let Some(d_pos) = &grads.pos_embed {
-            embed::embed_backward(step, EmbedIndex::Positions(rows), &bw.dx, d_pos, n);
+            embed::embed_backward(step, EmbedIndex::Positions(rows), &bw.dx, d_pos, n, &bw.embed);
         }
     }
 }

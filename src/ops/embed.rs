@@ -1,7 +1,8 @@
 //! Token (and learned position) embedding, `shaders/embed.wgsl`.
 
 use super::groups;
-use crate::gpu::{shader::Define, Sharded, Step, Tensor};
+use crate::gpu::{shader::Define, DType, Gpu, Sharded, Step, Tensor};
+use anyhow::Result;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -26,8 +27,10 @@ pub fn variants() -> Vec<(&'static str, Vec<Define>)> {
     let mut v = Vec::new();
     for pos in [0, 1] {
         v.push(("embed", vec![("POS", pos)]));
-        v.push(("embed_backward", vec![("POS", pos)]));
+        v.push(("embed_backward", vec![("SORT", 1), ("POS", pos)]));
     }
+    v.push(("embed_backward", vec![("HEADS", 1)]));
+    v.push(("embed_backward", vec![("SUM", 1)]));
     v
 }
 
@@ -55,20 +58,75 @@ pub fn embed(
     }
 }
 
+/// Sorted rows per chunk of [`embed_backward`] (`CHUNK` in embed_backward.wgsl): no thread
+/// sums more than this many rows, plus one partial sum per later chunk of a long run.
+const CHUNK: usize = 64;
+
+/// The working buffers of [`embed_backward`] over up to `rows` rows of width `d`: the rows
+/// sorted by index, and per chunk of them and column the sum of a run that began before.
+pub struct Scratch {
+    order: Tensor,
+    heads: Tensor,
+}
+
+impl Scratch {
+    pub fn new(gpu: &Gpu, rows: usize, d: usize) -> Result<Scratch> {
+        Ok(Scratch {
+            order: gpu.zeros("embed grad order", &[rows, 2], DType::U32)?,
+            heads: gpu.zeros("embed grad heads", &[heads_bound(rows, d)], DType::F32)?,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.order.bytes() + self.heads.bytes()
+    }
+}
+
+/// A bound on the heads of `rows` rows of width `d` (one per chunk and column), linear in
+/// `rows` so that a memory plan can count it per token.
+fn heads_bound(rows: usize, d: usize) -> usize {
+    rows * d.div_ceil(CHUNK) + d
+}
+
+/// The 4-byte elements of a [`Scratch`] over `rows` rows of width `d`.
+pub fn scratch_len(rows: usize, d: usize) -> usize {
+    2 * rows + heads_bound(rows, d)
+}
+
 /// Gradient of [`embed`]: `d_table[ids[r]] += dy[r] * scale` for `n_rows` rows; with `rows`
-/// (the row table) the positions' table instead, `d_pos[position of r] += dy[r]`. One
-/// dispatch per shard of the gradient.
-pub fn embed_backward(step: &mut Step, index: EmbedIndex, dy: &Tensor, d_table: &Sharded, n_rows: usize) {
+/// (the row table) the positions' table instead, `d_pos[position of r] += dy[r]`. Rows
+/// sharing an index are summed in a fixed order (the same bits on every run) and added once:
+/// the rows are sorted by index, then each run of an index is summed by chunks of 64 sorted
+/// rows (embed_backward.wgsl). Two dispatches, then one per shard of the gradient.
+pub fn embed_backward(
+    step: &mut Step,
+    index: EmbedIndex,
+    dy: &Tensor,
+    d_table: &Sharded,
+    n_rows: usize,
+    scratch: &Scratch,
+) {
     let d = d_table.shape[1];
-    assert!(dy.numel() >= n_rows * d);
+    let chunks = n_rows.div_ceil(CHUNK);
+    assert!(dy.numel() >= n_rows * d && chunks <= 65_535);
+    assert!(scratch.order.numel() >= 2 * n_rows && scratch.heads.numel() >= chunks * d);
     let (index, pos, scale) = match index {
         EmbedIndex::Ids(ids, scale) => (ids, 0, scale),
         EmbedIndex::Positions(rows) => (rows, 1, 1.0),
     };
-    let pipeline = step.gpu.pipeline("embed_backward", &[("POS", pos)]);
+    let (order, heads) = (&scratch.order, &scratch.heads);
+    let params = Params::new(n_rows, d, (0, 0), scale);
+    let sort = step.gpu.pipeline("embed_backward", &[("SORT", 1), ("POS", pos)]);
+    step.dispatch(sort, &params, &bind![index, order], groups(n_rows, 64));
+    let grid = |chunks: usize| [d.div_ceil(64) as u32, chunks as u32, 1];
+    if chunks > 1 {
+        let pipeline = step.gpu.pipeline("embed_backward", &[("HEADS", 1)]);
+        step.dispatch(pipeline, &params, &bind![order, dy, heads], grid(chunks - 1));
+    }
+    let sum = step.gpu.pipeline("embed_backward", &[("SUM", 1)]);
     for (first, d_table) in d_table.rows() {
         let params = Params::new(n_rows, d, (first, d_table.shape[0]), scale);
-        step.dispatch(pipeline.clone(), &params, &bind![index, dy, d_table], groups(d, 64));
+        step.dispatch(sum.clone(), &params, &bind![order, dy, heads, d_table], grid(chunks));
     }
 }
 
@@ -132,38 +190,83 @@ mod tests {
         assert_eq!(devices().map(|g| g.shard_rows("t", &[v, d], DType::F32).unwrap()), [40, 10]);
     }
 
-    #[test]
-    fn embed_backward_adds_rows_by_index() {
-        let (v, d, p) = (40, 70, 9);
-        let ids = [3u32, 0, 39, 3, 12, 20];
-        let rows = [0u32, 5, 0, 6, 1, 0, 1, 5, 2, 0, 2, 1];
-        let dy = rand_vec(1, 6 * d, 1.0);
-        let mut want = vec![0.0f32; v * d];
-        let mut want_pos = vec![0.0f32; p * d];
-        for r in 0..6 {
+    /// `d_table[index[r]] += dy[r] * scale` over the rows in order, in f64, and the sum of the
+    /// terms' magnitudes per element (what float rounding of any order is relative to).
+    fn cpu_embed_backward(index: &[u32], dy: &[f32], table: &[f32], scale: f32) -> (Vec<f64>, Vec<f64>) {
+        let d = dy.len() / index.len();
+        let mut sums: Vec<f64> = table.iter().map(|&v| v as f64).collect();
+        let mut magnitudes: Vec<f64> = sums.iter().map(|v| v.abs()).collect();
+        for (r, &at) in index.iter().enumerate() {
             for i in 0..d {
-                want[ids[r] as usize * d + i] += dy[r * d + i] * 3.0;
-                want_pos[rows[2 * r + 1] as usize * d + i] += dy[r * d + i];
+                let term = dy[r * d + i] as f64 * scale as f64;
+                sums[at as usize * d + i] += term;
+                magnitudes[at as usize * d + i] += term.abs();
             }
         }
-        for gpu in devices() {
-            let it = gpu.upload_u32("ids", &[6], &ids).unwrap();
-            let rt = gpu.upload_u32("rows", &[6, 2], &rows).unwrap();
-            let dyt = gpu.upload_f32("dy", &[6, d], &dy).unwrap();
-            let dt = gpu.zeros_sharded("dt", &[v, d], DType::F32).unwrap();
-            let dp = gpu.zeros_sharded("dp", &[p, d], DType::F32).unwrap();
-            let mut step = Step::new(gpu);
-            embed_backward(&mut step, EmbedIndex::Ids(&it, 3.0), &dyt, &dt, 6);
-            embed_backward(&mut step, EmbedIndex::Positions(&rt), &dyt, &dp, 6);
-            step.submit().unwrap();
-            let shards = dt.shards.len();
-            assert_close(
-                &gpu.read_sharded_f32(&dt).unwrap(),
-                &want,
-                1e-7,
-                &format!("token table, {shards} shards"),
-            );
-            assert_close(&gpu.read_sharded_f32(&dp).unwrap(), &want_pos, 1e-7, "position table");
+        (sums, magnitudes)
+    }
+
+    /// Each element within 1e-6 of the magnitude of its terms.
+    fn assert_sums(got: &[f32], (want, magnitudes): &(Vec<f64>, Vec<f64>), what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (*g as f64 - w).abs();
+            assert!(err <= 1e-6 * magnitudes[i], "{what}: element {i}: got {g}, want {w}");
+        }
+    }
+
+    /// Few rows (one chunk) and 700 (11 chunks of 64): most ids 7, so its run spans
+    /// chunks, the rest spread over the table; positions repeat every 9 rows. Added into
+    /// tables that already hold values, on the shared device and on one whose binding holds
+    /// `dy` (700 rows of 70) but not the 1000-row token table (2 shards), the same bits twice.
+    #[test]
+    fn embed_backward_adds_rows_by_index() {
+        let (v, d, p) = (1000, 70, 9);
+        for n in [6, 700] {
+            let (common, spread) = (rand_vec(3, n, 1.0), rand_vec(6, n, 1.0));
+            let id = |(c, s): (&f32, &f32)| {
+                if *c < 0.2 {
+                    7
+                } else {
+                    ((s + 1.0) / 2.0 * v as f32) as u32 % v as u32
+                }
+            };
+            let ids: Vec<u32> = common.iter().zip(&spread).map(id).collect();
+            let rows: Vec<u32> = (0..n as u32).flat_map(|r| [r / p as u32, r % p as u32]).collect();
+            let positions: Vec<u32> = rows.iter().skip(1).step_by(2).copied().collect();
+            let dy = rand_vec(1, n * d, 1.0);
+            let (table, pos_table) = (rand_vec(4, v * d, 1.0), rand_vec(5, p * d, 1.0));
+            let want = cpu_embed_backward(&ids, &dy, &table, 3.0);
+            let want_pos = cpu_embed_backward(&positions, &dy, &pos_table, 1.0);
+            let mut shard_counts = Vec::new();
+            for gpu in [gpu(), gpu_with_binding(700 * 70 * 4)] {
+                let it = gpu.upload_u32("ids", &[n], &ids).unwrap();
+                let rt = gpu.upload_u32("rows", &[n, 2], &rows).unwrap();
+                let dyt = gpu.upload_f32("dy", &[n, d], &dy).unwrap();
+                let scratch = Scratch::new(gpu, n, d).unwrap();
+                let run = || -> (Vec<f32>, Vec<f32>, usize) {
+                    let upload = |t: &[f32], rows| {
+                        gpu.upload_sharded("dt", &[rows, d], WeightFormat::F32, bytemuck::cast_slice(t))
+                            .unwrap()
+                    };
+                    let (dt, dp) = (upload(&table, v), upload(&pos_table, p));
+                    let mut step = Step::new(gpu);
+                    embed_backward(&mut step, EmbedIndex::Ids(&it, 3.0), &dyt, &dt, n, &scratch);
+                    embed_backward(&mut step, EmbedIndex::Positions(&rt), &dyt, &dp, n, &scratch);
+                    step.submit().unwrap();
+                    (gpu.read_sharded_f32(&dt).unwrap(), gpu.read_sharded_f32(&dp).unwrap(), dt.shards.len())
+                };
+                let (got, got_pos, shards) = run();
+                shard_counts.push(shards);
+                let what = format!("{n} rows, token table in {shards} shards");
+                assert_sums(&got, &want, &what);
+                assert_sums(&got_pos, &want_pos, &format!("{n} rows, position table"));
+                let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let (again, again_pos, _) = run();
+                assert_eq!(bits(&again), bits(&got), "{what}: a second run");
+                assert_eq!(bits(&again_pos), bits(&got_pos), "{n} rows, position table: a second run");
+            }
+            assert_eq!(shard_counts, [1, 2]);
         }
     }
 }

@@ -173,9 +173,11 @@ impl MemoryPlan {
                 (adapters, 3 * adapters + grad_norm_bytes(all), (c.layers * pairs.len() + 1) * rank)
             }
         };
-        // The norms' weight-gradient sums: a part per row and a fixed part.
+        // The norms' weight-gradient sums and the embedding gradient's scratch: a part per row
+        // and a fixed part.
         let norm_sums = |rows| crate::model::backward::norm_sums_len(c, rows);
-        let backward = backward + norm_sums(1) - norm_sums(0);
+        let embed_scratch = |rows| crate::ops::embed::scratch_len(rows, c.hidden);
+        let backward = backward + norm_sums(1) - norm_sums(0) + embed_scratch(1) - embed_scratch(0);
         let rows = |blocks: usize| (own + blocks * block + backward + lora_rows) as u64 * F32;
         let widest = [c.up_width(), c.ffn, qkv, c.hidden, lora_rows].into_iter().max().unwrap_or(1);
         MemoryPlan {
@@ -183,7 +185,7 @@ impl MemoryPlan {
                 weights: weight_bytes,
                 adapters,
                 optimizer,
-                activations: norm_sums(0) as u64 * F32,
+                activations: (norm_sums(0) + embed_scratch(0)) as u64 * F32,
             },
             per_row_keep: rows(c.layers),
             per_row_recompute: rows(1),
