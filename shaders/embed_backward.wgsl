@@ -2,7 +2,8 @@
 // is at), where a row's index is its token id, or with POS its position (GPT-2's learned
 // positions). Parallel over rows, without float atomics, and the same bits on every run:
 //   SORT:  order[2 s], order[2 s + 1] = (row, index) of the s-th row of the rows sorted by
-//          index, ties in row order: each row counts the rows that come before it;
+//          index, ties in row order: each row counts the rows that come before it (O(rows²)
+//          integer comparisons, spread over 16 threads a row);
 //   HEADS: heads[c, i] = sum of dy[., i] over the sorted rows that open chunk c (CHUNK sorted
 //          rows) with the index of the chunk before's last row: the part of a run of an index
 //          that started in an earlier chunk; one thread per (column, chunk);
@@ -29,18 +30,36 @@ fn index_of(r: u32) -> u32 {
 #endif
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.x + gid.y * nwg.x * 64u;
-    if (r >= p.n_rows) { return; }
-    let at = index_of(r);
+// A workgroup ranks SORT_ROWS rows, each split over SORT_PARTS threads that count every
+// SORT_PARTS-th row (integer counts: any order gives the same sum).
+const SORT_ROWS: u32 = 16u;
+const SORT_PARTS: u32 = 16u;
+var<workgroup> counts: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % SORT_ROWS;
+    let part = lid / SORT_ROWS;
+    let r = (wid.x + wid.y * nwg.x) * SORT_ROWS + lane;
     var rank = 0u;
-    for (var j = 0u; j < p.n_rows; j++) {
-        let other = index_of(j);
-        rank += u32(other < at || (other == at && j < r));
+    var at = 0u;
+    if (r < p.n_rows) {
+        at = index_of(r);
+        for (var j = part; j < p.n_rows; j += SORT_PARTS) {
+            let other = index_of(j);
+            rank += u32(other < at || (other == at && j < r));
+        }
     }
-    order[2u * rank] = r;
-    order[2u * rank + 1u] = at;
+    counts[lid] = rank;
+    workgroupBarrier();
+    if (part == 0u && r < p.n_rows) {
+        for (var q = 1u; q < SORT_PARTS; q++) {
+            rank += counts[q * SORT_ROWS + lane];
+        }
+        order[2u * rank] = r;
+        order[2u * rank + 1u] = at;
+    }
 }
 #else
 @group(0) @binding(1) var<storage, read> order: array<u32>;

@@ -62,6 +62,9 @@ pub fn embed(
 /// sums more than this many rows, plus one partial sum per later chunk of a long run.
 const CHUNK: usize = 64;
 
+/// Rows one workgroup of the gradient's SORT ranks (`SORT_ROWS` in embed_backward.wgsl).
+const SORT_ROWS: usize = 16;
+
 /// The working buffers of [`embed_backward`] over up to `rows` rows of width `d`: the rows
 /// sorted by index, and per chunk of them and column the sum of a run that began before.
 pub struct Scratch {
@@ -117,7 +120,7 @@ pub fn embed_backward(
     let (order, heads) = (&scratch.order, &scratch.heads);
     let params = Params::new(n_rows, d, (0, 0), scale);
     let sort = step.gpu.pipeline("embed_backward", &[("SORT", 1), ("POS", pos)]);
-    step.dispatch(sort, &params, &bind![index, order], groups(n_rows, 64));
+    step.dispatch(sort, &params, &bind![index, order], groups(n_rows, SORT_ROWS));
     let grid = |chunks: usize| [d.div_ceil(64) as u32, chunks as u32, 1];
     if chunks > 1 {
         let pipeline = step.gpu.pipeline("embed_backward", &[("HEADS", 1)]);
