@@ -1,4 +1,5 @@
-//! Token (and learned position) embedding, `shaders/embed.wgsl`.
+//! Token (and learned position) embedding, `shaders/embed.wgsl`, and its gradient,
+//! `shaders/embed_backward.wgsl`.
 
 use super::groups;
 use crate::gpu::{shader::Define, DType, Gpu, Sharded, Step, Tensor};
