@@ -22,6 +22,23 @@ struct Params {
     _p: u32,
 }
 
+impl Params {
+    /// What attention.wgsl, attention_backward.wgsl and attention_flash.wgsl read: `n_rows`
+    /// rows of `heads` over a KV cache of `cache_len` positions, scored as `scores` says.
+    fn new(n_rows: usize, heads: HeadShape, cache_len: usize, scores: Scores) -> Params {
+        Params {
+            n_rows: n_rows as u32,
+            n_q_heads: heads.n_q as u32,
+            n_kv_heads: heads.n_kv as u32,
+            head_dim: heads.dim as u32,
+            cache_len: cache_len as u32,
+            scale: scores.scale,
+            window: scores.window_u32(),
+            _p: 0,
+        }
+    }
+}
+
 /// How a query's scores are formed: q·k times `scale`, over the keys of its causal past, or
 /// with a sliding window the last `window` of them (its own included).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -142,16 +159,7 @@ pub fn attention(
     assert!(heads.dim <= MAX_HEAD_DIM && heads.n_q.is_multiple_of(heads.n_kv));
     assert!(q.numel() >= n_rows * heads.n_q * heads.dim && out.numel() >= n_rows * heads.n_q * heads.dim);
     assert!(lse.numel() >= n_rows * heads.n_q);
-    let params = Params {
-        n_rows: n_rows as u32,
-        n_q_heads: heads.n_q as u32,
-        n_kv_heads: heads.n_kv as u32,
-        head_dim: heads.dim as u32,
-        cache_len: k_cache.shape[1] as u32,
-        scale: scores.scale,
-        window: scores.window_u32(),
-        _p: 0,
-    };
+    let params = Params::new(n_rows, heads, k_cache.shape[1], scores);
     let buffers = bind![q, rows, k_cache, v_cache, out, lse];
     let (pipeline, workgroups) = match kernels {
         Kernels::Simple => {
@@ -337,16 +345,7 @@ pub fn attention_backward(
     assert!(heads.dim <= MAX_HEAD_DIM && heads.n_q.is_multiple_of(heads.n_kv) && scores.causal);
     assert!(dq.numel() >= n_rows * heads.n_q * heads.dim && d_out.numel() >= n_rows * heads.n_q * heads.dim);
     assert!(delta.numel() >= n_rows * heads.n_q && dk.shape == saved.k_cache.shape && dv.shape == dk.shape);
-    let params = Params {
-        n_rows: n_rows as u32,
-        n_q_heads: heads.n_q as u32,
-        n_kv_heads: heads.n_kv as u32,
-        head_dim: heads.dim as u32,
-        cache_len: cache_len as u32,
-        scale: scores.scale,
-        window: scores.window_u32(),
-        _p: 0,
-    };
+    let params = Params::new(n_rows, heads, cache_len, scores);
     // Both kernel pairs take the same bindings: dq and delta first, then dk and dv.
     let ((family, dq_defines, dq_groups), (dkv_defines, dkv_groups)) = match kernels {
         Kernels::Simple => (

@@ -122,6 +122,22 @@ struct Params {
     _p: [u32; 2],
 }
 
+impl Params {
+    /// What rope.wgsl and rope_backward.wgsl read: `n_rows` rows of `heads` into a KV cache of
+    /// `cache_len` positions, rotated by `tables` (None: not rotated).
+    fn new(n_rows: usize, heads: HeadShape, cache_len: usize, tables: Option<(&Tensor, &Tensor)>) -> Params {
+        Params {
+            n_rows: n_rows as u32,
+            n_q_heads: heads.n_q as u32,
+            n_kv_heads: heads.n_kv as u32,
+            head_dim: heads.dim as u32,
+            cache_len: cache_len as u32,
+            rot_dim: rotated_dims(tables) as u32,
+            _p: [0; 2],
+        }
+    }
+}
+
 /// Dimensions of each head the (cos, sin) tables `[positions, rot_dim / 2]` rotate.
 pub fn rotated_dims(tables: Option<(&Tensor, &Tensor)>) -> usize {
     tables.map_or(0, |(cos, _)| 2 * cos.shape[cos.shape.len() - 1])
@@ -166,15 +182,7 @@ pub fn rope_kv(
     let cache_len = k_cache.shape[1];
     assert!(qkv.numel() >= n_rows * heads.qkv_width() && rows.numel() >= 2 * n_rows);
     assert_eq!(k_cache.shape[2..], [heads.n_kv, heads.dim]);
-    let params = Params {
-        n_rows: n_rows as u32,
-        n_q_heads: heads.n_q as u32,
-        n_kv_heads: heads.n_kv as u32,
-        head_dim: heads.dim as u32,
-        cache_len: cache_len as u32,
-        rot_dim: rotated_dims(tables) as u32,
-        _p: [0; 2],
-    };
+    let params = Params::new(n_rows, heads, cache_len, tables);
     let pipeline = step.gpu.pipeline("rope", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = bind![qkv, rows, q_out = q, k_cache, v_cache].to_vec();
     if let Some((cos, sin)) = tables {
@@ -198,15 +206,7 @@ pub fn rope_kv_backward(
     assert!(dqkv.numel() >= n_rows * heads.qkv_width() && rows.numel() >= 2 * n_rows);
     assert!(dq.numel() >= n_rows * heads.n_q * heads.dim);
     assert_eq!(dk.shape[2..], [heads.n_kv, heads.dim]);
-    let params = Params {
-        n_rows: n_rows as u32,
-        n_q_heads: heads.n_q as u32,
-        n_kv_heads: heads.n_kv as u32,
-        head_dim: heads.dim as u32,
-        cache_len: dk.shape[1] as u32,
-        rot_dim: rotated_dims(tables) as u32,
-        _p: [0; 2],
-    };
+    let params = Params::new(n_rows, heads, dk.shape[1], tables);
     let pipeline = step.gpu.pipeline("rope_backward", &[("ROPE", tables.is_some() as u32)]);
     let mut buffers = bind![rows, dq, dk, dv, dqkv].to_vec();
     if let Some((cos, sin)) = tables {
