@@ -68,6 +68,23 @@ pub(crate) mod test_util {
         crate::gpu::Gpu::shared().expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
     }
 
+    /// A small Llama (2 blocks, 4 query heads over 2 KV heads, 64 positions) of the given
+    /// vocabulary, hidden and MLP widths, its LM head tied to the embedding or not.
+    pub fn small_llama(
+        vocab: usize,
+        hidden: usize,
+        intermediate: usize,
+        tied: bool,
+    ) -> crate::model::ModelConfig {
+        let json = format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "vocab_size": {vocab},
+            "hidden_size": {hidden}, "intermediate_size": {intermediate}, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": {tied}}}"#
+        );
+        crate::model::load::parse_config(json.as_bytes(), "test config").unwrap()
+    }
+
     /// A device of its own whose largest binding is `bytes` (one per size, shared by the
     /// tests asking for it): what splits a small model's weights into row shards, without
     /// touching the process's environment.

@@ -493,16 +493,14 @@ impl TrainGraph {
 mod tests {
     use super::*;
     use crate::cpu;
-    use crate::model::load::parse_config;
     use crate::model::WeightChoice;
-    use crate::ops::test_util::{gpu, gpu_with_binding};
+    use crate::ops::test_util::{gpu, gpu_with_binding, small_llama};
 
-    /// A small Llama with a vocabulary of 1000; `TIED` is replaced by true or false. Tied, its
-    /// [1000, 64] embedding (250 KiB) is the head, in 4 row shards under a 66,000-byte binding.
-    const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1000,
-        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": TIED}"#;
+    /// A small Llama with a vocabulary of 1000. Tied, its [1000, 64] embedding (250 KiB) is
+    /// the head, in 4 row shards under a 66,000-byte binding.
+    fn config(tied: bool) -> crate::model::ModelConfig {
+        small_llama(1000, 64, 96, tied)
+    }
 
     /// Largest |got - want| within `tol` of the largest |want| (which must not be 0).
     fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
@@ -528,7 +526,7 @@ mod tests {
             ("tiled tier", true, Some(0.5), tiled, 1),
         ];
         for (label, tied, cap, gpu, shards) in cases {
-            let mut cfg = parse_config(CONFIG.replace("TIED", &tied.to_string()).as_bytes(), "test").unwrap();
+            let mut cfg = config(tied);
             cfg.logit_softcap = cap;
             let host = Weights::random(&cfg, 5);
             let model = GpuModel::upload_weights(

@@ -532,13 +532,12 @@ mod tests {
     use crate::gpu::wfmt::random_packed;
     use crate::model::adapter::parse_targets;
     use crate::model::WeightChoice;
-    use crate::ops::test_util::gpu;
+    use crate::ops::test_util::{gpu, small_llama};
 
     /// A tied Llama whose every row is whole K-quant superblocks (256 columns).
-    const CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 256,
-        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
+    fn whole_superblocks() -> crate::model::ModelConfig {
+        small_llama(256, 256, 512, true)
+    }
 
     /// The losses of 10 LoRA steps (rank 4 on every linear) over `model`.
     fn lora_losses(model: GpuModel) -> Vec<f64> {
@@ -564,7 +563,7 @@ mod tests {
     /// forward x·Wᵀ and the backward dy·W both read the packed blocks.
     #[test]
     fn lora_over_packed_base_matches_dequantized_f32() {
-        let cfg = crate::model::load::parse_config(CONFIG.as_bytes(), "test config").unwrap();
+        let cfg = whole_superblocks();
         let host = crate::model::layout::Weights::random(&cfg, 0);
         for fmt in WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32) {
             let mut seed = 0;
@@ -601,10 +600,9 @@ mod tests {
     /// A tied Llama whose embedding, [1024, 64] f32 (256 KiB), splits into 4 row shards of 256
     /// rows under a 66,000-byte binding (and its Q8_0 head copy into 2), while every other
     /// tensor of a 16-row run fits one.
-    const SHARDED: &str = r#"{"architectures": ["LlamaForCausalLM"], "vocab_size": 1024,
-        "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000, "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
+    fn sharded_vocabulary() -> crate::model::ModelConfig {
+        small_llama(1024, 64, 64, true)
+    }
 
     /// The losses of 10 steps (batch 1 × 16) of `method` over `model`.
     fn curve(model: GpuModel, method: Method) -> Vec<f64> {
@@ -626,7 +624,7 @@ mod tests {
     #[test]
     fn sharded_vocabulary_tables_match_whole_ones() {
         use crate::generate::{generate, score, GenerateOptions, SamplerConfig};
-        let cfg = crate::model::load::parse_config(SHARDED.as_bytes(), "test config").unwrap();
+        let cfg = sharded_vocabulary();
         let host = crate::model::layout::Weights::random(&cfg, 3);
         let sharded = crate::ops::test_util::gpu_with_binding(66_000);
         let close = |what: &str, got: &[f64], want: &[f64]| {
@@ -684,7 +682,7 @@ mod tests {
     #[test]
     fn an_overflowing_mixed_precision_step_is_skipped() {
         use crate::train::precision::{LossScaler, Precision};
-        let cfg = crate::model::load::parse_config(SHARDED.as_bytes(), "test config").unwrap();
+        let cfg = sharded_vocabulary();
         let host = crate::model::layout::Weights::random(&cfg, 5);
         let model =
             GpuModel::upload_weights(gpu(), &cfg, &host, WeightChoice::Format(WeightFormat::F32)).unwrap();
