@@ -42,6 +42,11 @@ fn golden_rows(train: &Value) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The rows as one batch, and its shape (rows, sequence length) for [`Trainer::new`].
+fn batch_of(rows: &[Vec<u32>]) -> (Vec<&[u32]>, (usize, usize)) {
+    (rows.iter().map(|r| &r[..]).collect(), (rows.len(), rows[0].len() - 1))
+}
+
 fn optimizer(train: &Value) -> OptimConfig {
     let o = &train["optimizer"];
     let f = |k: &str| o[k].as_f64().unwrap();
@@ -83,11 +88,9 @@ fn check_training_on(
     let host = model::load(&path).unwrap();
     let cfg = host.config.clone();
     let rows = golden_rows(train);
-    let seq_len = rows[0].len() - 1;
+    let (batch, shape) = batch_of(&rows);
     let model = GpuModel::upload(gpu, &host).unwrap();
-    let mut trainer =
-        Trainer::new(gpu, model, (rows.len(), seq_len), memory, optimizer(train), Method::Full).unwrap();
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
+    let mut trainer = Trainer::new(gpu, model, shape, memory, optimizer(train), Method::Full).unwrap();
     let want: Vec<f64> = train["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (s, want) in want.iter().enumerate().take(check_losses) {
         let report =
@@ -233,8 +236,7 @@ fn check_lora_gradients(name: &str, targets: &str) {
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
     let cfg = host.config.clone();
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-    let shape = (rows.len(), rows[0].len() - 1);
+    let (batch, shape) = batch_of(&rows);
     // The targets' rows in every block, with B nonzero too.
     let mut lora = Lora::init(&cfg, &parse_targets(&cfg, targets).unwrap(), 4, 8.0, 3).unwrap();
     nonzero_b(&mut lora);
@@ -331,8 +333,7 @@ fn lcm_training_gradient_matches_finite_differences() {
     let Some((golden, host, rows)) = fixture("stories260k") else { return };
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-    let shape = (rows.len(), rows[0].len() - 1);
+    let (batch, shape) = batch_of(&rows);
     let new_trainer = |lcm: &LcmConfig| {
         let gm = GpuModel::upload(gpu, &host).unwrap();
         let mut t =
@@ -445,8 +446,7 @@ fn chunked_lm_head_trains_like_the_whole_batch() {
             host.info.config.logit_softcap = Some(1.5);
         }
         let train = &golden["train"];
-        let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-        let shape = (rows.len(), rows[0].len() - 1);
+        let (batch, shape) = batch_of(&rows);
         let cfg = host.config.clone();
         let mut lora = Lora::init(&cfg, &parse_targets(&cfg, "q,v").unwrap(), 4, 8.0, 3).unwrap();
         nonzero_b(&mut lora);
@@ -533,8 +533,7 @@ fn check_constriction_runs(models: &[&str], runs: &[&str]) {
 /// `step0_lambda`, as in the golden files) on the batch `rows` with `train`'s optimizer.
 fn check_run(name: &str, run: &str, train: &Value, r: &Value, host: &model::LoadedModel, rows: &[Vec<u32>]) {
     let gpu = Gpu::shared().expect("GPU adapter");
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-    let shape = (rows.len(), rows[0].len() - 1);
+    let (batch, shape) = batch_of(rows);
     let gm = GpuModel::upload(gpu, host).unwrap();
     let mut trainer =
         Trainer::new(gpu, gm, shape, ActivationMemory::Keep, optimizer(train), Method::Full).unwrap();
@@ -705,8 +704,7 @@ fn hgc_on_the_update_matches_cpu() {
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
     let cfg = host.config.clone();
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-    let shape = (rows.len(), rows[0].len() - 1);
+    let (batch, shape) = batch_of(&rows);
     let opt = optimizer(train);
     let new_trainer = || {
         let gm = GpuModel::upload(gpu, &host).unwrap();
@@ -766,8 +764,7 @@ fn hgc_constricts_lora_adapters_like_cpu() {
     let train = &golden["train"];
     let gpu = Gpu::shared().expect("GPU adapter");
     let cfg = host.config.clone();
-    let batch: Vec<&[u32]> = rows.iter().map(|r| &r[..]).collect();
-    let shape = (rows.len(), rows[0].len() - 1);
+    let (batch, shape) = batch_of(&rows);
     let mut lora = Lora::init(&cfg, &parse_targets(&cfg, "q,v").unwrap(), 4, 8.0, 3).unwrap();
     nonzero_b(&mut lora);
     let settings = hgc_settings(HgcOn::Gradient);
