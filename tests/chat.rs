@@ -12,6 +12,15 @@ fn ids(v: &Value) -> Vec<u64> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
+/// What `keel generate --json` of `model` with `args` prints, greedy, at most `max_tokens`.
+fn greedy(model: &str, max_tokens: usize, args: &[&str]) -> Value {
+    let max_tokens = max_tokens.to_string();
+    let mut all = vec!["generate", "--model", model];
+    all.extend(args);
+    all.extend(["--max-tokens", &max_tokens, "--temperature", "0", "--json"]);
+    serde_json::from_str(succeeds(&all).trim()).unwrap()
+}
+
 #[test]
 fn template_matches_transformers_renderings() {
     let (Some(dir), Some(golden)) = (model("smollm2-135m-instruct"), golden("chat-smollm2")) else { return };
@@ -48,12 +57,7 @@ fn generate_messages_is_generate_on_the_rendered_prompt() {
     let rendered: Value =
         serde_json::from_str(succeeds(&["template", "--model", m, "--messages", f, "--json"]).trim())
             .unwrap();
-    let greedy = ["--max-tokens", "12", "--temperature", "0", "--json"];
-    let run = |extra: &[&str]| -> Value {
-        let args: Vec<&str> =
-            ["generate", "--model", m].iter().chain(extra).chain(&greedy).copied().collect();
-        serde_json::from_str(succeeds(&args).trim()).unwrap()
-    };
+    let run = |extra: &[&str]| greedy(m, 12, extra);
     let chat = run(&["--messages", f]);
     assert_eq!(chat["prompt_ids"], rendered["ids"]);
     let plain = run(&["--prompt", rendered["text"].as_str().unwrap()]);
@@ -77,22 +81,7 @@ fn generation_stops_at_the_templates_eos_token() {
     let Some(dir) = model("tiny-qwen2") else { return };
     let m = dir.to_str().unwrap();
     let tmp = TempDir::new("stop");
-    let plain: Value = serde_json::from_str(
-        succeeds(&[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            "Hi",
-            "--max-tokens",
-            "3",
-            "--temperature",
-            "0",
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let plain = greedy(m, 3, &["--prompt", "Hi"]);
     let first = ids(&plain["ids"])[0];
     // The first picked token's text, used as the template's eos_token.
     let token = tmp.path("tokenizer_config.json");
@@ -110,23 +99,7 @@ fn generation_stops_at_the_templates_eos_token() {
     let config =
         json!({"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}", "eos_token": text});
     std::fs::write(&token, config.to_string()).unwrap();
-    let out: Value = serde_json::from_str(
-        succeeds(&[
-            "generate",
-            "--model",
-            tmp.arg(),
-            "--prompt",
-            "Hi",
-            "--chat",
-            "--max-tokens",
-            "3",
-            "--temperature",
-            "0",
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let out = greedy(tmp.arg(), 3, &["--prompt", "Hi", "--chat"]);
     assert_eq!(out["prompt_ids"], plain["prompt_ids"]);
     assert_eq!(ids(&out["ids"]), [first]);
 }
