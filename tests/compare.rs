@@ -266,8 +266,7 @@ fn sweep_reports_every_setting() {
     assert_eq!(gammas, vec![0.05, 0.3]);
     for s in settings {
         assert!(s["pareto"].is_boolean());
-        let plain =
-            s["summary"].as_array().unwrap().iter().find(|m| m["metric"] == "plain_perplexity").unwrap();
+        let plain = metric(s, "plain_perplexity");
         assert_eq!(plain["n"].as_u64(), Some(4));
         assert_eq!(plain["base_mean"].as_f64(), report["baseline_plain_perplexity"].as_f64());
     }
