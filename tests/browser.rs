@@ -55,6 +55,14 @@ fn missing() -> Option<String> {
     None
 }
 
+/// What `script` printed, as JSON, run by node with `settings` as its one argument.
+fn node(script: &Path, settings: &Value) -> Value {
+    let run = Command::new("node").arg(script).arg(settings.to_string()).output().expect("run node");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
 /// `keel generate`'s ids: greedy unless `extra` sets a temperature.
 fn native_ids(model: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", PROMPT];
@@ -267,14 +275,7 @@ fn page_generates_and_finetunes_like_the_native_cli() {
         "chat": {"model": "tiny-qwen2", "message": CHAT_MESSAGE, "max_tokens": CHAT_TOKENS},
         "screenshot": screenshot,
     });
-    let run = Command::new("node")
-        .arg(root.join("tests/browser/run.mjs"))
-        .arg(settings.to_string())
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let got = node(&root.join("tests/browser/run.mjs"), &settings);
     eprintln!("browser: {}", got["adapter"]);
     // For docs/web.md's page-vs-native figure.
     eprintln!(
@@ -509,14 +510,7 @@ fn npm_package_works_from_a_plain_page() {
         "url": format!("http://127.0.0.1:{}/", server.port), "model": "stories260k", "prompt": PROMPT,
         "max_tokens": TOKENS, "chat_model": "tiny-qwen2", "messages": chat_messages(), "chat_tokens": CHAT_TOKENS,
     });
-    let run = Command::new("node")
-        .arg(root.join("tests/browser/minimal.mjs"))
-        .arg(settings.to_string())
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "node failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let got = node(&root.join("tests/browser/minimal.mjs"), &settings);
     assert!(got.get("error").is_none(), "{got:#}");
 
     // The plain page's greedy continuation is keel generate's.
