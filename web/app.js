@@ -167,6 +167,19 @@ function maxTokens() {
   return n;
 }
 
+// Checks the settings a generation or chat turn reads before it starts: the LCM settings
+// when LCM is on (else null), or undefined after saying in the status line what is wrong.
+function checkedSettings() {
+  try {
+    const lcm = $('lcm-on').checked ? lcmSettings() : null;
+    maxTokens();
+    return lcm;
+  } catch (e) {
+    status(message(e), true);
+    return undefined;
+  }
+}
+
 // The output panels for the LCM settings: one (plain or LCM) or baseline and modulated side
 // by side. Switching layout clears outputs and plots of the other one, so none is stale.
 function layoutOutputs() {
@@ -219,14 +232,8 @@ async function runOne(lcm, out) {
 
 async function generate() {
   if (busy || !model) return;
-  let lcm = null;
-  try {
-    lcm = $('lcm-on').checked ? lcmSettings() : null;
-    maxTokens();
-  } catch (e) {
-    status(message(e), true);
-    return;
-  }
+  const lcm = checkedSettings();
+  if (lcm === undefined) return;
   const sideBySide = $('side-by-side').checked && lcm;
   layoutOutputs();
   delete $('outputs').dataset.done;
@@ -319,14 +326,8 @@ function newChat() {
 async function sendChat() {
   const text = $('chat-input').value.trim();
   if (busy || !model || !text) return;
-  let lcm = null;
-  try {
-    lcm = $('lcm-on').checked ? lcmSettings() : null;
-    maxTokens();
-  } catch (e) {
-    status(message(e), true);
-    return;
-  }
+  const lcm = checkedSettings();
+  if (lcm === undefined) return;
   if (!conversation.length && $('chat-system').value.trim()) {
     conversation.push({ role: 'system', content: $('chat-system').value.trim() });
   }
