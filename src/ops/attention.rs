@@ -5,18 +5,17 @@
 //! Single-query rows (decode) can take `shaders/attention_decode.wgsl` instead, which also
 //! does their rope_kv.
 
-use super::{groups, rope::HeadShape};
+use super::{
+    groups,
+    rope::{CacheRows, HeadShape},
+};
 use crate::gpu::{shader::Define, DType, Step, Tensor};
 use anyhow::{anyhow, Result};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    n_rows: u32,
-    n_q_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    cache_len: u32,
+    rows: CacheRows,
     scale: f32,
     window: u32,
     _p: u32,
@@ -26,16 +25,8 @@ impl Params {
     /// What attention.wgsl, attention_backward.wgsl and attention_flash.wgsl read: `n_rows`
     /// rows of `heads` over a KV cache of `cache_len` positions, scored as `scores` says.
     fn new(n_rows: usize, heads: HeadShape, cache_len: usize, scores: Scores) -> Params {
-        Params {
-            n_rows: n_rows as u32,
-            n_q_heads: heads.n_q as u32,
-            n_kv_heads: heads.n_kv as u32,
-            head_dim: heads.dim as u32,
-            cache_len: cache_len as u32,
-            scale: scores.scale,
-            window: scores.window_u32(),
-            _p: 0,
-        }
+        let rows = CacheRows::new(n_rows, heads, cache_len);
+        Params { rows, scale: scores.scale, window: scores.window_u32(), _p: 0 }
     }
 }
 
@@ -177,11 +168,7 @@ pub fn attention(
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct DecodeParams {
-    n_rows: u32,
-    n_q_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    cache_len: u32,
+    rows: CacheRows,
     scale: f32,
     chunk: u32,
     n_chunks: u32,
@@ -286,11 +273,7 @@ fn rope_kv_attention_decode_with(
     }
     let n_chunks = cache_len.div_ceil(chunk);
     let params = DecodeParams {
-        n_rows: n_rows as u32,
-        n_q_heads: heads.n_q as u32,
-        n_kv_heads: heads.n_kv as u32,
-        head_dim: heads.dim as u32,
-        cache_len: cache_len as u32,
+        rows: CacheRows::new(n_rows, heads, cache_len),
         scale: scores.scale,
         chunk: chunk as u32,
         n_chunks: n_chunks as u32,

@@ -110,14 +110,34 @@ pub fn rope_tables(inv_freq: &[f32], positions: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
+/// The words the uniform block of every kernel that moves heads into or out of the KV cache
+/// opens with (RoPE's, attention's): `n_rows` rows of `heads`, a cache of `cache_len` positions.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+pub(crate) struct CacheRows {
     n_rows: u32,
     n_q_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
     cache_len: u32,
+}
+
+impl CacheRows {
+    pub(crate) fn new(n_rows: usize, heads: HeadShape, cache_len: usize) -> CacheRows {
+        CacheRows {
+            n_rows: n_rows as u32,
+            n_q_heads: heads.n_q as u32,
+            n_kv_heads: heads.n_kv as u32,
+            head_dim: heads.dim as u32,
+            cache_len: cache_len as u32,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: CacheRows,
     rot_dim: u32,
     _p: [u32; 2],
 }
@@ -127,11 +147,7 @@ impl Params {
     /// `cache_len` positions, rotated by `tables` (None: not rotated).
     fn new(n_rows: usize, heads: HeadShape, cache_len: usize, tables: Option<(&Tensor, &Tensor)>) -> Params {
         Params {
-            n_rows: n_rows as u32,
-            n_q_heads: heads.n_q as u32,
-            n_kv_heads: heads.n_kv as u32,
-            head_dim: heads.dim as u32,
-            cache_len: cache_len as u32,
+            rows: CacheRows::new(n_rows, heads, cache_len),
             rot_dim: rotated_dims(tables) as u32,
             _p: [0; 2],
         }
