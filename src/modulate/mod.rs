@@ -6,7 +6,7 @@
 //! golden files check. See docs/lcm.md for what each does to the text.
 
 use crate::gpu::{DType, Gpu, Step, Tensor};
-use crate::ops::lcm::{lcm_backward, lcm_saving, LcmShape, Modulation, ScanKernel, MAX_SCALES};
+use crate::ops::lcm::{lcm, lcm_backward, LcmShape, Modulation, ScanKernel, MAX_SCALES};
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
@@ -259,7 +259,7 @@ impl LcmTraining {
         let (h, history) = &self.saved[i];
         step.copy(x, 0, h, 0, h.numel());
         let s = &self.state;
-        lcm_saving(step, x, rows, anchors, &s.scales, stats, s.shape, n_rows, Some(history));
+        lcm(step, x, rows, anchors, &s.scales, stats, s.shape, n_rows, Some(history));
     }
 
     /// Turns `dx`, the gradient at the modulated `blocks.{layer}.resid_post`, into the

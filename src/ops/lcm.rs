@@ -170,7 +170,7 @@ pub struct EpilogueParams {
 impl<'a> Modulation<'a> {
     /// Records lcm.wgsl over rows `0..n_rows` of `x` (see [`lcm`]).
     pub fn record(&self, step: &mut Step, x: &Tensor, n_rows: usize) {
-        lcm(step, x, self.rows, self.anchor, self.scales, self.stats, self.shape, n_rows);
+        lcm(step, x, self.rows, self.anchor, self.scales, self.stats, self.shape, n_rows, None);
     }
 
     /// The epilogue's settings for rows `first_row ..` of the row table, each `d` wide, and
@@ -201,25 +201,11 @@ impl<'a> Modulation<'a> {
 
 /// Modulates rows `0..n_rows` of `x` in place, scanning each sequence's rows in order.
 /// `anchor` is `[seqs, n_scales, d]` (carried between calls), `scales` holds (rho, gamma)
-/// pairs, `stats` `[seqs, 4]` accumulates (gate, divergence, count).
+/// pairs, `stats` `[seqs, 4]` accumulates (gate, divergence, count). With `history`
+/// `[rows, n_scales, d]` also writes the anchors each row saw there (training keeps them for
+/// [`lcm_backward`]).
 #[allow(clippy::too_many_arguments)]
 pub fn lcm(
-    step: &mut Step,
-    x: &Tensor,
-    rows: &Tensor,
-    anchor: &Tensor,
-    scales: &Tensor,
-    stats: &Tensor,
-    shape: LcmShape,
-    n_rows: usize,
-) {
-    lcm_saving(step, x, rows, anchor, scales, stats, shape, n_rows, None);
-}
-
-/// [`lcm`] that also writes the anchors each row saw into `history` `[rows, n_scales, d]`
-/// (training keeps them for [`lcm_backward`]).
-#[allow(clippy::too_many_arguments)]
-pub fn lcm_saving(
     step: &mut Step,
     x: &Tensor,
     rows: &Tensor,
@@ -251,7 +237,7 @@ pub fn lcm_saving(
     step.dispatch(pipeline, &params, &buffers, [seqs as u32, 1, 1]);
 }
 
-/// Backward of [`lcm_saving`] over rows `0..n_rows`: `dy` (the gradient at the modulated
+/// Backward of [`lcm`] over rows `0..n_rows`: `dy` (the gradient at the modulated
 /// states) becomes the gradient at `h`, the states before modulation, in place.
 /// `d_anchor` `[seqs, n_scales, d]` must be zero; it is zero again afterwards.
 #[allow(clippy::too_many_arguments)]
@@ -357,7 +343,7 @@ mod tests {
                 let rows: Vec<u32> = (start..start + len).flat_map(|p| [0, p as u32]).collect();
                 let rows = gpu.upload_u32("rows", &[len, 2], &rows).unwrap();
                 let mut step = Step::new(gpu);
-                lcm(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, len);
+                lcm(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, len, None);
                 step.submit().unwrap();
                 got.extend(gpu.read_f32(&x).unwrap());
             }
@@ -405,7 +391,7 @@ mod tests {
             let h_t = gpu.upload_f32("h", &[seqs * t, d], &h).unwrap();
             let dy_t = gpu.upload_f32("dy", &[seqs * t, d], &dy).unwrap();
             let mut step = Step::new(gpu);
-            lcm_saving(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, seqs * t, Some(&history));
+            lcm(&mut step, &x, &rows, &anchor, &scales_t, &stats, shape, seqs * t, Some(&history));
             lcm_backward(&mut step, (&h_t, &history), &rows, &scales_t, &dy_t, &d_anchor, shape, seqs * t);
             step.submit().unwrap();
             let mut want = dy.clone();
