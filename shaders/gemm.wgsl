@@ -27,12 +27,24 @@ enable f16;
 // COOP: f16 tiles and 16×16 cooperative matrices with f32 accumulators (tensor cores); each
 // subgroup of 32 threads computes a 32×32 block of C as 2×2 matrices. The host picks it only on
 // adapters whose subgroups are 32 threads.
+//
+// Prefill prologues (x·Wᵀ, A read along K), each replacing the dispatch of the op it is named
+// after, as matvec.wgsl's do in decode: with SILU_GATE, A's rows are the fused [gate | up]
+// projection (2K wide) and the kernel stages silu(gate) · up (act.wgsl with GATED and SILU);
+// with RMSNORM, A is the residual stream and the kernel stages x · w (the norm's weight) while
+// each thread sums the squares of the quads it loads, which lie on the same row and columns
+// mod BK at every K tile; the workgroup adds each row's sums (in a fixed order, so that a row's
+// result depends on neither its tile nor the other rows) and scales the row's outputs by
+// 1 / RMS before bias and accumulation (matvec.wgsl's algebra). The COOP tiles are f16, where
+// x · w before the norm can pass f16's range (residual streams reach thousands): there a
+// pre-pass over the workgroup's rows finds each row's 1 / RMS first and the tiles stage the
+// normed rows, as norm.wgsl's output would be staged (one more read of A's rows).
 
 struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
-    eps: f32,  // unused: matmul.wgsl's Params, shared
+    eps: f32,  // RMSNORM
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,8 +71,19 @@ struct Params {
 #endif
 #endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+#if RMSNORM
+#if AKVEC4
+@group(0) @binding(4) var<storage, read> norm_w: array<vec4<f32>>;
+#else
+@group(0) @binding(4) var<storage, read> norm_w: array<f32>;
+#endif
+#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+#endif
+#else
 #if BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
 #endif
 #include operand
 
@@ -104,8 +127,65 @@ fn stage_a4(k: u32, m: u32, v: vec4<f32>) { a_tile[k * AROW + m / 4u] = v; }
 fn stage_b4(k: u32, n: u32, v: vec4<f32>) { b_tile[k * BROW + n / 4u] = v; }
 #endif
 
-// Quad q of A's tile at (m0, k0): along M, rows 4i..4i+3 of column k; else four K steps of a row.
-fn load_a(m0: u32, k0: u32, q: u32) -> vec4<f32> {
+#if AVEC4
+#else
+// Elements k..k+3 of row `row` of the stored A from its column `col` on (SILU_GATE's up half:
+// column K), zero past K.
+fn a_quad(row: u32, col: u32, k: u32) -> vec4<f32> {
+#if AKVEC4
+    // k % 4 == 0 here (and col); offsets and row strides in vec4 units.
+    let v = a[p.a_off + row * p.a_rs + col / 4u + min(k / 4u, p.k / 4u - 1u)];
+    return select(vec4<f32>(0.0), v, k < p.k);
+#else
+    let ks = vec4<u32>(k, k + 1u, k + 2u, k + 3u);
+    let kc = (min(ks, vec4<u32>(p.k - 1u)) + col) * p.a_cs + p.a_off + row * p.a_rs;
+    return select(vec4<f32>(0.0), vec4<f32>(a[kc.x], a[kc.y], a[kc.z], a[kc.w]), ks < vec4<u32>(p.k));
+#endif
+}
+
+// Row and first column of quad q of A's tile at (m0, k0) read along K: four K steps of a row.
+fn quad_at(m0: u32, k0: u32, q: u32) -> vec2<u32> {
+    return vec2<u32>(min(m0 + q / (BK / 4u), p.m - 1u), k0 + q % (BK / 4u) * 4u);
+}
+#endif
+
+#if RMSNORM
+// Each of the thread's quads' sums of squares (SIMT: so far; COOP: over all of K).
+var<private> sq: array<f32, A_QUADS>;
+// Every thread's sums, by quad: row q / (BK / 4) of the tile, columns 4 (q % (BK / 4)) mod BK.
+var<workgroup> row_sq: array<f32, BM * BK / 4u>;
+#if COOP
+// 1 / RMS of the row of each of the thread's quads.
+var<private> rstd: array<f32, A_QUADS>;
+#endif
+
+// The norm's weights k..k+3.
+fn norm_quad(k: u32) -> vec4<f32> {
+#if AKVEC4
+    return norm_w[min(k / 4u, p.k / 4u - 1u)];
+#else
+    let kc = min(vec4<u32>(k, k + 1u, k + 2u, k + 3u), vec4<u32>(p.k - 1u));
+    return vec4<f32>(norm_w[kc.x], norm_w[kc.y], norm_w[kc.z], norm_w[kc.w]);
+#endif
+}
+
+// 1 / RMS of row r of the tile, once every thread's sums are in `row_sq`.
+fn row_rstd(r: u32) -> f32 {
+    var s = 0.0;
+    for (var j = 0u; j < BK / 4u; j++) { s += row_sq[r * (BK / 4u) + j]; }
+    return 1.0 / sqrt(s / f32(p.k) + p.eps);
+}
+
+// The thread's sums into `row_sq`, for all to read after the next barrier.
+fn publish_sq(lid: u32) {
+    for (var l = 0u; l < A_QUADS; l++) { row_sq[lid + l * THREADS] = sq[l]; }
+}
+#endif
+
+// Quad l of the thread's share of A's tile at (m0, k0): along M, rows 4i..4i+3 of column k;
+// else four K steps of a row, through the prologue.
+fn load_a(m0: u32, k0: u32, lid: u32, l: u32) -> vec4<f32> {
+    let q = lid + l * THREADS;
 #if AVEC4
     // m % 4 == 0 here; offsets and K strides in vec4 units.
     let k = k0 + q / (BM / 4u);
@@ -113,16 +193,22 @@ fn load_a(m0: u32, k0: u32, q: u32) -> vec4<f32> {
     let v = a[p.a_off + min(k, p.k - 1u) * p.a_cs + m4];
     return select(vec4<f32>(0.0), v, k < p.k);
 #else
-    let row = min(m0 + q / (BK / 4u), p.m - 1u);
-    let k = k0 + q % (BK / 4u) * 4u;
-#if AKVEC4
-    // k % 4 == 0 here; offsets and row strides in vec4 units.
-    let v = a[p.a_off + row * p.a_rs + min(k / 4u, p.k / 4u - 1u)];
-    return select(vec4<f32>(0.0), v, k < p.k);
+    let at = quad_at(m0, k0, q);
+    let v = a_quad(at.x, 0u, at.y);
+#if SILU_GATE
+    // act.wgsl's silu(gate) · up (zero past K: silu(0) · 0).
+    return v / (1.0 + exp(-v)) * a_quad(at.x, p.k, at.y);
 #else
-    let ks = vec4<u32>(k, k + 1u, k + 2u, k + 3u);
-    let kc = min(ks, vec4<u32>(p.k - 1u)) * p.a_cs + p.a_off + row * p.a_rs;
-    return select(vec4<f32>(0.0), vec4<f32>(a[kc.x], a[kc.y], a[kc.z], a[kc.w]), ks < vec4<u32>(p.k));
+#if RMSNORM
+#if COOP
+    return v * norm_quad(at.y) * rstd[l];
+#else
+    sq[l] += dot(v, v);
+    return v * norm_quad(at.y);
+#endif
+#else
+    return v;
+#endif
 #endif
 #endif
 }
@@ -193,6 +279,25 @@ fn store(row: u32, col: u32, v: f32) {
     c[at] = out;
 }
 
+#if RMSNORM
+#if COOP
+// The pre-pass: each row's 1 / RMS over all of K before the first tile is staged.
+fn rms_prepass(m0: u32, lid: u32) {
+    let tiles = (p.k + BK - 1u) / BK;
+    for (var t = 0u; t < tiles; t++) {
+        for (var l = 0u; l < A_QUADS; l++) {
+            let at = quad_at(m0, t * BK, lid + l * THREADS);
+            let v = a_quad(at.x, 0u, at.y);
+            sq[l] += dot(v, v);
+        }
+    }
+    publish_sq(lid);
+    workgroupBarrier();
+    for (var l = 0u; l < A_QUADS; l++) { rstd[l] = row_rstd((lid + l * THREADS) / (BK / 4u)); }
+}
+#endif
+#endif
+
 #if COOP
 // One 16×16 accumulator of subgroup `sg` with its top-left at (row0, col0) of C: through
 // workgroup memory to the lanes, 8 elements each.
@@ -206,8 +311,13 @@ fn emit(m: coop_mat16x16<f32, C>, sg: u32, lane: u32, row0: u32, col0: u32) {
     workgroupBarrier();
 }
 #else
-// Four outputs of a thread: row `row`, columns col..col+3.
-fn store4(row: u32, col: u32, v: vec4<f32>) {
+// Four outputs of a thread: row `row`, columns col..col+3 (normed: row % BM of the tile).
+fn store4(row: u32, col: u32, sums: vec4<f32>) {
+#if RMSNORM
+    let v = sums * row_rstd(row % BM);
+#else
+    let v = sums;
+#endif
     store(row, col, v.x);
     store(row, col + 1u, v.y);
     store(row, col + 2u, v.z);
@@ -219,9 +329,14 @@ fn store4(row: u32, col: u32, v: vec4<f32>) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
+#if RMSNORM
+#if COOP
+    rms_prepass(m0, lid);
+#endif
+#endif
     var ra: array<vec4<f32>, A_QUADS>;
     var rb: array<vec4<f32>, B_QUADS>;
-    for (var l = 0u; l < A_QUADS; l++) { ra[l] = load_a(m0, 0u, lid + l * THREADS); }
+    for (var l = 0u; l < A_QUADS; l++) { ra[l] = load_a(m0, 0u, lid, l); }
     for (var l = 0u; l < B_QUADS; l++) { rb[l] = load_b(n0, 0u, lid + l * THREADS); }
 #if COOP
     let sg = lid / 32u;
@@ -250,10 +365,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
         for (var l = 0u; l < A_QUADS; l++) { stage_a(lid + l * THREADS, operand(ra[l])); }
         for (var l = 0u; l < B_QUADS; l++) { stage_b(lid + l * THREADS, operand(rb[l])); }
+#if RMSNORM
+#if COOP
+#else
+        // The sums are whole once the last K tile is loaded: out with its staging.
+        if (t + 1u == tiles) { publish_sq(lid); }
+#endif
+#endif
         workgroupBarrier();
         if (t + 1u < tiles) {
             let k0 = (t + 1u) * BK;
-            for (var l = 0u; l < A_QUADS; l++) { ra[l] = load_a(m0, k0, lid + l * THREADS); }
+            for (var l = 0u; l < A_QUADS; l++) { ra[l] = load_a(m0, k0, lid, l); }
             for (var l = 0u; l < B_QUADS; l++) { rb[l] = load_b(n0, k0, lid + l * THREADS); }
         }
 #if COOP

@@ -18,7 +18,7 @@ struct Params {
     m: u32, n: u32, k: u32, c_off: u32,
     a_off: u32, a_rs: u32, a_cs: u32, c_rs: u32,
     b_off: u32, b_rs: u32, b_cs: u32, scale: f32,
-    eps: f32,  // unused: matvec's RMSNORM prologue; one Params struct serves both kernels
+    eps: f32,  // unused: the RMSNORM prologue of matvec.wgsl and gemm.wgsl, which share Params
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -54,6 +54,10 @@ pub struct GpuModel {
     /// (where it can: see [`GpuModel::record_blocks`]) rather than after embed.wgsl's dispatch
     /// (tests set it to run both).
     pub embed_in_qkv: bool,
+    /// Whether prefill and scoring chunks on the tiled tiers apply the RMSNorms and the SiLU
+    /// gate as gemm.wgsl loads its input (see [`matmul::tiled_applies`]) rather than after
+    /// norm.wgsl's and act.wgsl's dispatches, as the portable tier does (tests run both).
+    pub prologues_in_tiled: bool,
 }
 
 /// Keys and values of every layer for `seqs` sequences of up to `len` positions.
@@ -373,6 +377,7 @@ impl GpuModel {
             lcm_in_last_workgroup: !cfg!(target_arch = "wasm32"),
             pick_in_last_workgroup: !cfg!(target_arch = "wasm32"),
             embed_in_qkv: true,
+            prologues_in_tiled: true,
         })
     }
 
@@ -415,6 +420,7 @@ impl GpuModel {
             lcm_in_last_workgroup: self.lcm_in_last_workgroup,
             pick_in_last_workgroup: self.pick_in_last_workgroup,
             embed_in_qkv: self.embed_in_qkv,
+            prologues_in_tiled: self.prologues_in_tiled,
         })
     }
 
@@ -585,7 +591,7 @@ impl GpuModel {
         let (c, w) = (&self.config, &self.weights);
         let plain_table = w.embed.shards.len() == 1 && c.embed_scale == 1.0 && w.pos_embed.is_none();
         let fused_norm = c.norm() == NormKind::Rms && !c.residual_norm;
-        let gather = self.embed_in_qkv && plain_table && fused_norm && !matmul::prologue_needs_done(spans);
+        let gather = self.embed_in_qkv && plain_table && fused_norm && matmul::matvec_only(spans);
         if !gather {
             self.record_embed(step, &s.ids, &s.row_table, &s.x, n);
         }
@@ -688,8 +694,8 @@ impl GpuModel {
         let tables = self.rope_tables(l, io.long_rope);
         let scores = self.scores(l);
         let hidden = n * c.hidden;
-        // Decode fusions (inference without adapters): the matrix-vector kernel applies the
-        // RMSNorm and the SiLU gate as it loads its input.
+        // Inference fusions (without adapters): the matrix-vector kernel (decode) and the tiled
+        // tiers' (prefill, scoring) apply the RMSNorm and the SiLU gate as they load their input.
         let fuse = io.decode_part.is_some() && io.lora.is_none();
         let rms = |w| (fuse && c.norm() == NormKind::Rms).then_some(Prologue::RmsNorm(w, c.norm_eps));
         let gate = (fuse && c.activation() == Activation::SiluGate).then_some(Prologue::SiluGate);
@@ -709,9 +715,10 @@ impl GpuModel {
             let (norm, eps, stream) = (&*b.attn_norm, c.norm_eps, io.x_in);
             let gathered = Prologue::EmbedRmsNorm { norm, eps, ids, stream };
             let table = &self.weights.embed.shards[0];
-            linear_after(step, (norm1, Some(gathered)), (table, io.xn1), qkv, spans, (false, None));
+            self.linear_after(step, (norm1, Some(gathered)), (table, io.xn1), qkv, spans, (false, None));
         } else {
-            linear_after(step, (norm1, rms(&*b.attn_norm)), (io.x_in, io.xn1), qkv, spans, (false, None));
+            let prologue = rms(&*b.attn_norm);
+            self.linear_after(step, (norm1, prologue), (io.x_in, io.xn1), qkv, spans, (false, None));
         }
         lora(step, Linear::Qkv, io.xn1, io.qkv);
         if let Some(saved) = io.qk_norm {
@@ -793,7 +800,8 @@ impl GpuModel {
         } else if c.parallel_residual {
             matmul::linear_spans(step, io.xn2, up.0, up.1, up.2, spans, false);
         } else {
-            linear_after(step, (norm2, rms(&*b.mlp_norm)), (io.x_mid, io.xn2), up, spans, (false, None));
+            let prologue = rms(&*b.mlp_norm);
+            self.linear_after(step, (norm2, prologue), (io.x_mid, io.xn2), up, spans, (false, None));
         }
         lora(step, Linear::Up, io.xn2, io.up);
         if !std::ptr::eq(io.x_mid, io.x_out) {
@@ -804,9 +812,9 @@ impl GpuModel {
         let down = (&*b.down, b.down_b.as_deref(), mlp_out);
         // LCM at the block's output: natively inside the decode kernel that writes it, where
         // that is the down projection (the matrix-vector kernel, no norm after it).
-        let writes_output = fuse && post.is_none() && !c.residual_norm && !matmul::prologue_needs_done(spans);
+        let writes_output = fuse && post.is_none() && !c.residual_norm && matmul::matvec_only(spans);
         let fused_lcm = io.lcm.filter(|_| self.lcm_in_last_workgroup && writes_output);
-        linear_after(step, (act, gate), (io.up, io.act), down, spans, (post.is_none(), fused_lcm));
+        self.linear_after(step, (act, gate), (io.up, io.act), down, spans, (post.is_none(), fused_lcm));
         lora(step, Linear::Down, io.act, mlp_out);
         if let Some((p, (_, w))) = post {
             post_add(step, &p.mlp_out, w, &p.mlp_stats, io.x_out);
@@ -872,9 +880,9 @@ impl GpuModel {
 
     /// The final norm, LM head and soft-capping of [`GpuModel::record_logits`], and with
     /// `pick` (one row) the pick in the head's last workgroups where it can be made there:
-    /// returns whether it was. The matrix-vector kernel applies an RMSNorm without bias as it
-    /// loads `x` (matvec.wgsl's prologue, as for the blocks' products); other norms, and rows
-    /// the blocked kernel takes, are normalised by a dispatch first.
+    /// returns whether it was. The kernels apply an RMSNorm without bias as they load `x`
+    /// (the prologue, as for the blocks' products); other norms, and rows the portable kernel
+    /// takes, are normalised by a dispatch first.
     fn record_head_product(
         &self,
         step: &mut Step,
@@ -889,7 +897,9 @@ impl GpuModel {
         let c = &self.config;
         let w = &self.weights;
         let fused_norm = c.norm() == NormKind::Rms && w.final_norm_b.is_none();
-        if !fused_norm || matmul::prologue_needs_done(spans) {
+        let prologue = Prologue::RmsNorm(&w.final_norm, c.norm_eps);
+        let needs_done = !fused_norm || self.prologue_needs_done(step.gpu, prologue, spans);
+        if needs_done {
             let bias = w.final_norm_b.as_deref();
             norm::norm(
                 step,
@@ -904,8 +914,8 @@ impl GpuModel {
             );
         }
         let (prologue, src) = match fused_norm {
-            true => (Prologue::RmsNorm(&w.final_norm, c.norm_eps), (x, first, &head.xn)),
-            false => (Prologue::None, (&head.xn, 0, &head.xn)),
+            true => (prologue, (x, first, needs_done.then_some(&head.xn))),
+            false => (Prologue::None, (&head.xn, 0, None)),
         };
         let shards = &self.head_weight().shards;
         if let (Some(pick), [w], None) = (pick, &shards[..], c.logit_softcap) {
@@ -933,33 +943,44 @@ pub fn check_weight(gpu: &Gpu, name: &str, shape: &[usize]) -> Result<u64> {
     }
 }
 
-/// `y (+)= f(src) · Wᵀ + bias` over `spans`, where `op` writes f(src) into `done`. With a
-/// prologue computing f, spans of the matrix-vector kernel apply it as they load `src` and
-/// `op` runs only if another span reads `done`. With `lcm` the product (accumulating) then
-/// modulates `y`'s rows ([`matmul::linear_spans_modulated`]).
-fn linear_after(
-    step: &mut Step,
-    (op, prologue): (impl FnOnce(&mut Step), Option<Prologue>),
-    (src, done): (&Tensor, &Tensor),
-    (w, bias, y): (&Tensor, Option<&Tensor>, &Tensor),
-    spans: &[usize],
-    (accumulate, lcm): (bool, Option<Modulation>),
-) {
-    let (prologue, src) = match prologue {
-        Some(prologue) => {
-            if matmul::prologue_needs_done(spans) {
-                op(step);
+impl GpuModel {
+    /// [`matmul::prologue_needs_done`], and without [`GpuModel::prologues_in_tiled`] wherever
+    /// a span goes past the matrix-vector kernel.
+    fn prologue_needs_done(&self, gpu: &Gpu, prologue: Prologue, spans: &[usize]) -> bool {
+        let long = !matmul::matvec_only(spans);
+        matmul::prologue_needs_done(gpu, prologue, spans) || (long && !self.prologues_in_tiled)
+    }
+
+    /// `y (+)= f(src) · Wᵀ + bias` over `spans`, where `op` writes f(src) into `done`. With a
+    /// prologue computing f, the kernels apply it as they load `src`, and `op` runs only if
+    /// some span's kernel does not (and then reads `done`). With `lcm` the product
+    /// (accumulating) then modulates `y`'s rows ([`matmul::linear_spans_modulated`]).
+    fn linear_after(
+        &self,
+        step: &mut Step,
+        (op, prologue): (impl FnOnce(&mut Step), Option<Prologue>),
+        (src, done): (&Tensor, &Tensor),
+        (w, bias, y): (&Tensor, Option<&Tensor>, &Tensor),
+        spans: &[usize],
+        (accumulate, lcm): (bool, Option<Modulation>),
+    ) {
+        let (prologue, src, done) = match prologue {
+            Some(prologue) => {
+                let needs_done = self.prologue_needs_done(step.gpu, prologue, spans);
+                if needs_done {
+                    op(step);
+                }
+                (prologue, src, needs_done.then_some(done))
             }
-            (prologue, src)
+            None => {
+                op(step);
+                (Prologue::None, done, None)
+            }
+        };
+        match lcm {
+            Some(lcm) => matmul::linear_spans_modulated(step, prologue, src, (w, bias), y, spans, lcm),
+            None => matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate),
         }
-        None => {
-            op(step);
-            (Prologue::None, done)
-        }
-    };
-    match lcm {
-        Some(lcm) => matmul::linear_spans_modulated(step, prologue, (src, done), w, bias, y, spans, lcm),
-        None => matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate),
     }
 }
 
@@ -982,6 +1003,7 @@ fn single_row_runs(spans: &[usize]) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::test_data::assert_close;
     use crate::ops::stats::Pick;
 
     /// A decode step of a Llama-style model records per block: qkv (norm fused), decode
@@ -1002,6 +1024,42 @@ mod tests {
             m.record_blocks(&mut step, &s, &cache, (spans, false), None, &mut |_, _, _| {});
             assert_eq!(step.len(), embed + per_block * layers, "spans {spans:?}");
         }
+    }
+
+    /// On the tiled tier a prefill chunk's QKV and gate|up products apply their RMSNorms and
+    /// the down projection its SiLU gate as gemm.wgsl loads its input: three dispatches fewer
+    /// per block than with the prologues off (the norm and activation dispatches, as on the
+    /// portable tier), and the head's final norm too; the logits of every position (scoring
+    /// a text longer than a chunk) within 1e-5 of that unfused path's.
+    #[test]
+    fn tiled_prefill_applies_norms_and_gate_in_the_products() {
+        use crate::gpu::Tier;
+        let Some(path) = crate::testing::model("stories260k") else { return };
+        let gpu = Gpu::shared_on_tier(Tier::Tiled).unwrap();
+        let host = crate::model::load(&path).unwrap();
+        let mut m = GpuModel::upload(gpu, &host).unwrap();
+        let (cache, s, head) =
+            (m.new_cache(gpu, 1, 16).unwrap(), m.scratch(gpu, 8).unwrap(), m.head(gpu, 8).unwrap());
+        let layers = m.config.layers;
+        let ids = host
+            .tokenizer
+            .encode("Once upon a time there was a little girl who lived in a village near the forest")
+            .unwrap();
+        assert!(ids.len() > 8, "a text of several chunks");
+        let mut runs = Vec::new();
+        for (fused, per_block, head_dispatches) in [(true, 6, 1), (false, 9, 2)] {
+            m.prologues_in_tiled = fused;
+            let mut step = Step::new(gpu);
+            m.record_blocks(&mut step, &s, &cache, (&[8], false), None, &mut |_, _, _| {});
+            assert_eq!(step.len(), 1 + per_block * layers, "prologues in the tiled tier: {fused}");
+            m.record_logits(&mut step, &s.x, &head, 0, &[8]);
+            assert_eq!(step.len(), 1 + per_block * layers + head_dispatches, "the head, fused: {fused}");
+            runs.push(crate::generate::score(gpu, &m, &ids, None).unwrap());
+        }
+        let (fused, unfused) = (&runs[0], &runs[1]);
+        assert_close(&fused.last_logits, &unfused.last_logits, 1e-5, "last logits");
+        assert_close(&fused.next_logprobs, &unfused.next_logprobs, 1e-5, "log-probs");
+        assert!(fused.last_logits != unfused.last_logits, "the two paths round alike: is either fused?");
     }
 
     /// With LCM on, a decode step's modulated blocks record no dispatch more natively (the

@@ -10,6 +10,10 @@
 //! A [`Step`] with `f16_operands` (mixed-precision training) rounds every operand to f16 as
 //! the kernels load it (`F16_OPERANDS`, shaders/operand.wgsl), accumulating in f32; such
 //! products never take the matrix-vector kernel, which decode alone needs.
+//! A [`Prologue`] (an RMSNorm, the SiLU gate) is applied as the kernel loads A, replacing the
+//! dispatch that would have written it: by the matrix-vector kernel (decode) and, for x·Wᵀ,
+//! by the tiled tiers' gemm.wgsl (prefill and scoring chunks); the portable kernel reads the
+//! dispatch's output.
 
 use crate::gpu::WeightFormat;
 use crate::gpu::{shader::Define, Gpu, Step, Tensor, Tier};
@@ -81,8 +85,9 @@ enum Epilogue<'a> {
     Pick(HeadPick<'a>),
 }
 
-/// How the matrix-vector kernel loads A: as stored, or through a decode prologue that
-/// replaces the dispatch which would have computed it (see matvec.wgsl).
+/// How the kernels load A: as stored, or through a prologue that replaces the dispatch which
+/// would have computed it (see matvec.wgsl; gemm.wgsl takes [`Prologue::SiluGate`] and
+/// [`Prologue::RmsNorm`]: [`tiled_applies`]).
 #[derive(Clone, Copy)]
 pub enum Prologue<'a> {
     None,
@@ -99,6 +104,13 @@ pub enum Prologue<'a> {
         ids: &'a Tensor,
         stream: &'a Tensor,
     },
+}
+
+/// Whether the tier's kernel for more rows than the matrix-vector kernel's applies `prologue`
+/// as it loads A (the tiled tiers: gemm.wgsl's SILU_GATE and RMSNORM; the embedding's gather
+/// is decode's only).
+pub fn tiled_applies(tier: Tier, prologue: Prologue) -> bool {
+    tier != Tier::Portable && matches!(prologue, Prologue::None | Prologue::SiluGate | Prologue::RmsNorm(..))
 }
 
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
@@ -336,8 +348,10 @@ fn gemm_variants() -> Vec<(&'static str, Vec<Define>)> {
     let packed = WeightFormat::ALL.into_iter().filter(|&f| f != WeightFormat::F32).map(|f| (f, false));
     let formats: Vec<(WeightFormat, bool)> =
         [(WeightFormat::F32, false)].into_iter().chain(packed).chain([(WeightFormat::F16, true)]).collect();
+    let tiles: Vec<(GemmTile, bool)> =
+        GemmTile::SIMT.map(|t| (t, false)).into_iter().chain([(GemmTile::COOP, true)]).collect();
     let mut v = Vec::new();
-    for (tile, coop) in GemmTile::SIMT.map(|t| (t, false)).into_iter().chain([(GemmTile::COOP, true)]) {
+    for &(tile, coop) in &tiles {
         for (akvec4, avec4) in [(0, 0), (1, 0), (0, 1)] {
             for &(fmt, native) in &formats {
                 // Packed weights are read as vec4 along K or along N; f32 also by scalars.
@@ -349,8 +363,26 @@ fn gemm_variants() -> Vec<(&'static str, Vec<Define>)> {
                         // The cooperative tiles are staged in f16 already.
                         for half in if coop { &[false][..] } else { &[false, true] } {
                             let epilogue = (bias, acc);
-                            v.push(("gemm", gemm_defines(tile, coop, loads, epilogue, (fmt, native), *half)));
+                            let defines =
+                                gemm_defines(tile, coop, loads, epilogue, (fmt, native), *half, &[]);
+                            v.push(("gemm", defines));
                         }
+                    }
+                }
+            }
+        }
+        // The prologues of inference's x·Wᵀ: A and B along K, or both by scalars (f32, K % 4
+        // != 0). As matvec's: the normed products (QKV, gate|up) write, the gated down
+        // projection adds into the residual stream.
+        for &(fmt, native) in &formats {
+            for kvec4 in if fmt == WeightFormat::F32 { &[0, 1][..] } else { &[1] } {
+                let loads = GemmLoads { akvec4: *kvec4, avec4: 0, bkvec4: *kvec4, bvec4: 0 };
+                for bias in [0, 1] {
+                    for (prologue, acc) in [("RMSNORM", 0), ("SILU_GATE", 1)] {
+                        let (epilogue, format) = ((bias, acc), (fmt, native));
+                        let defines =
+                            gemm_defines(tile, coop, loads, epilogue, format, false, &[(prologue, 1)]);
+                        v.push(("gemm", defines));
                     }
                 }
             }
@@ -368,7 +400,8 @@ struct GemmLoads {
     bvec4: u32,
 }
 
-/// gemm.wgsl's defines; `half`: f16 operands (not with `coop`, whose tiles are f16).
+/// gemm.wgsl's defines; `half`: f16 operands (not with `coop`, whose tiles are f16);
+/// `prologue`: its flag, if any.
 fn gemm_defines(
     tile: GemmTile,
     coop: bool,
@@ -376,12 +409,13 @@ fn gemm_defines(
     (bias, acc): (u32, u32),
     (fmt, native_f16): (WeightFormat, bool),
     half: bool,
+    prologue: &[Define],
 ) -> Vec<Define> {
     let out4 = (tile.per_thread == 4) as u32;
     let shape = [("BM", tile.bm), ("BN", tile.bn), ("BK", tile.bk), ("COOP", coop as u32), ("OUT4", out4)];
     let loads = [("AKVEC4", l.akvec4), ("AVEC4", l.avec4), ("BKVEC4", l.bkvec4), ("BVEC4", l.bvec4)];
     let epilogue = [("BIAS", bias), ("ACC", acc), ("F16_OPERANDS", (half && !coop) as u32)];
-    [&shape[..], &loads, &epilogue, &format_flags(fmt, native_f16)].concat()
+    [&shape[..], &loads, &epilogue, &format_flags(fmt, native_f16), prologue].concat()
 }
 
 /// `C[m×n] (+)= A[m×k] · B[k×n] (+ bias[n])`, C row-major with row stride `c.rs`.
@@ -413,7 +447,8 @@ pub fn matmul_scaled(
 }
 
 /// [`matmul`] on the engine given (tests and `keel bench --matmul` compare them on one
-/// device), A loaded through `prologue` (the matrix-vector kernel only).
+/// device), A loaded through `prologue` (the matrix-vector kernel; for x·Wᵀ the tiled tiers
+/// too, [`tiled_applies`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_on(
     step: &mut Step,
@@ -507,7 +542,11 @@ fn product(
             &[("RMSNORM", 1), ("EMBED", 1)]
         }
     };
-    assert!(matvec || prologue_flag.is_empty(), "prologues are fused into the matrix-vector kernel only");
+    let tiled = !matvec && engine.tier != Tier::Portable && k > 0;
+    assert!(
+        matvec || prologue_flag.is_empty() || (tiled && tiled_applies(engine.tier, prologue) && !half),
+        "this prologue is fused into the matrix-vector kernel only (or the tiled tiers' x·Wᵀ)"
+    );
     assert!(matvec || matches!(epilogue, Epilogue::None), "epilogues are the matrix-vector kernel's only");
     buffers.extend(bias.map(|bias| ("bias", bias)));
     if let Prologue::EmbedRmsNorm { ids, stream, .. } = prologue {
@@ -544,8 +583,9 @@ fn product(
             }
             Epilogue::None => step.dispatch(pipeline, &params, &buffers, groups),
         }
-    } else if engine.tier != Tier::Portable && k > 0 {
-        gemm(step, engine, (a, b, c), (m, n, k), params, &buffers, accumulate, bias.is_some());
+    } else if tiled {
+        let epilogue = (bias.is_some(), accumulate);
+        gemm(step, engine, (a, b, c), (m, n, k), params, &buffers, epilogue, prologue_flag);
     } else {
         let by_k_flags: &[Define] =
             if kvec4 { &[] } else { &[("AVEC4", avec4 as u32), ("BVEC4", bvec4 as u32)] };
@@ -557,7 +597,8 @@ fn product(
 }
 
 /// The tiled engine (gemm.wgsl) for a product that [`matmul_on`] has checked: `params` as the
-/// register kernel's with scalar units, rescaled here to each operand's vec4 loads.
+/// register kernel's with scalar units, rescaled here to each operand's vec4 loads;
+/// `prologue`: its flag, if any.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     step: &mut Step,
@@ -566,8 +607,8 @@ fn gemm(
     (m, n, k): (usize, usize, usize),
     params: Params,
     buffers: &[(&str, &Tensor)],
-    accumulate: bool,
-    bias: bool,
+    (bias, accumulate): (bool, bool),
+    prologue: &[Define],
 ) {
     let aligned = |xs: &[usize]| xs.iter().all(|x| x.is_multiple_of(4));
     let akvec4 = a.cs == 1 && aligned(&[k, a.off, a.rs]);
@@ -576,6 +617,10 @@ fn gemm(
     let bvec4 = !bkvec4 && b.cs == 1 && aligned(&[n, b.off, b.rs]);
     let fmt = b.t.format();
     assert!(fmt == WeightFormat::F32 || bkvec4 || bvec4, "a packed weight is read as vec4");
+    assert!(
+        prologue.is_empty() || (a.cs == 1 && akvec4 == bkvec4 && !bvec4),
+        "the tiled prologues are x·Wᵀ's, A and B read along K"
+    );
     let a4 = |x: usize, vec4: bool| (if vec4 { x / 4 } else { x }) as u32;
     let params = Params {
         a_off: a4(a.off, akvec4 || avec4),
@@ -594,7 +639,8 @@ fn gemm(
     let loads =
         GemmLoads { akvec4: akvec4 as u32, avec4: avec4 as u32, bkvec4: bkvec4 as u32, bvec4: bvec4 as u32 };
     let epilogue = (bias as u32, accumulate as u32);
-    let defines = gemm_defines(tile, coop, loads, epilogue, (fmt, native_f16(step.gpu)), step.f16_operands);
+    let format = (fmt, native_f16(step.gpu));
+    let defines = gemm_defines(tile, coop, loads, epilogue, format, step.f16_operands, prologue);
     let pipeline = step.gpu.pipeline("gemm", &defines);
     let groups = [n.div_ceil(tile.bn as usize) as u32, m.div_ceil(tile.bm as usize) as u32, 1];
     step.dispatch(pipeline, &params, buffers, groups);
@@ -616,7 +662,7 @@ pub fn linear_spans(
     spans: &[usize],
     accumulate: bool,
 ) {
-    linear_spans_prologue(step, Prologue::None, (x, x), w, bias, y, spans, accumulate);
+    linear_spans_prologue(step, Prologue::None, (x, None), w, bias, y, spans, accumulate);
 }
 
 /// `y = prologue(src) · Wᵀ` over `spans` as [`linear_spans_prologue`], with `src`'s rows from
@@ -625,7 +671,7 @@ pub fn linear_spans(
 pub fn linear_spans_into(
     step: &mut Step,
     prologue: Prologue,
-    (src, first, done): (&Tensor, usize, &Tensor),
+    (src, first, done): (&Tensor, usize, Option<&Tensor>),
     w: &Tensor,
     y: Mat,
     spans: &[usize],
@@ -646,18 +692,18 @@ pub fn linear_picked(
     pick: HeadPick,
 ) {
     let y = Mat::rows(y, 0, w.shape[0]);
-    spans_into(step, (prologue, Epilogue::Pick(pick)), (src, first, src), (w, None), y, &[1], false);
+    spans_into(step, (prologue, Epilogue::Pick(pick)), (src, first, None), (w, None), y, &[1], false);
 }
 
-/// [`linear_spans`] of `prologue(src)` without materialising it: spans the matrix-vector
-/// kernel takes apply the prologue as they load `src` (one dispatch fewer: decode); longer
-/// spans read `done` = prologue(src), which the caller computes where
-/// [`prologue_needs_done`] says so. `src` is `[rows, 2 × in]` for [`Prologue::SiluGate`].
+/// [`linear_spans`] of `prologue(src)` without materialising it: the kernels apply the
+/// prologue as they load `src` (one dispatch fewer), except that with `done` = prologue(src),
+/// which the caller computes where [`prologue_needs_done`] says so, spans past the
+/// matrix-vector kernel read that. `src` is `[rows, 2 × in]` for [`Prologue::SiluGate`].
 #[allow(clippy::too_many_arguments)]
 pub fn linear_spans_prologue(
     step: &mut Step,
     prologue: Prologue,
-    (src, done): (&Tensor, &Tensor),
+    (src, done): (&Tensor, Option<&Tensor>),
     w: &Tensor,
     bias: Option<&Tensor>,
     y: &Tensor,
@@ -671,22 +717,20 @@ pub fn linear_spans_prologue(
 /// [`linear_spans_prologue`] accumulating into the residual stream `y`, whose rows it then
 /// modulates with LCM (`lcm`'s row table indexed as `y`'s rows) in the last workgroup of each
 /// matrix-vector dispatch: LCM costs no dispatch of its own. Every span must go to that kernel
-/// ([`prologue_needs_done`] false), and the device must let a workgroup see the others'
-/// writes within a dispatch (native, not the page: see matvec.wgsl).
-#[allow(clippy::too_many_arguments)]
+/// ([`matvec_only`]), and the device must let a workgroup see the others' writes within a
+/// dispatch (native, not the page: see matvec.wgsl).
 pub fn linear_spans_modulated(
     step: &mut Step,
     prologue: Prologue,
-    (src, done): (&Tensor, &Tensor),
-    w: &Tensor,
-    bias: Option<&Tensor>,
+    src: &Tensor,
+    (w, bias): (&Tensor, Option<&Tensor>),
     y: &Tensor,
     spans: &[usize],
     lcm: Modulation,
 ) {
-    assert!(!prologue_needs_done(spans), "LCM is fused into the matrix-vector kernel only");
+    assert!(matvec_only(spans), "LCM is fused into the matrix-vector kernel only");
     let y = Mat::rows(y, 0, w.shape[0]);
-    spans_into(step, (prologue, Epilogue::Lcm(lcm, 0)), (src, 0, done), (w, bias), y, spans, true);
+    spans_into(step, (prologue, Epilogue::Lcm(lcm, 0)), (src, 0, None), (w, bias), y, spans, true);
 }
 
 /// [`linear_spans_prologue`] into the matrix `y`, `src`'s rows from `src_first` on; an LCM
@@ -694,7 +738,7 @@ pub fn linear_spans_modulated(
 fn spans_into(
     step: &mut Step,
     (prologue, epilogue): (Prologue, Epilogue),
-    (src, src_first, done): (&Tensor, usize, &Tensor),
+    (src, src_first, done): (&Tensor, usize, Option<&Tensor>),
     (w, bias): (&Tensor, Option<&Tensor>),
     y: Mat,
     spans: &[usize],
@@ -704,10 +748,9 @@ fn spans_into(
     let src_cols = if matches!(prologue, Prologue::SiluGate) { 2 * inp } else { inp };
     let engine = Engine::for_adapter(step.gpu);
     for (first, rows) in span_groups(spans) {
-        let (a, prologue) = if rows <= MATVEC_MAX_M {
-            (Mat::rows(src, (src_first + first) * src_cols, src_cols), prologue)
-        } else {
-            (Mat::rows(done, first * inp, inp), Prologue::None)
+        let (a, prologue) = match done {
+            Some(done) if rows > MATVEC_MAX_M => (Mat::rows(done, first * inp, inp), Prologue::None),
+            _ => (Mat::rows(src, (src_first + first) * src_cols, src_cols), prologue),
         };
         let (w, y) = (Mat::transposed(w, 0, inp), Mat { off: y.off + first * y.rs, ..y });
         let epilogue = match epilogue {
@@ -718,9 +761,16 @@ fn spans_into(
     }
 }
 
-/// Whether [`linear_spans_prologue`] over `spans` reads `done`.
-pub fn prologue_needs_done(spans: &[usize]) -> bool {
-    span_groups(spans).iter().any(|&(_, rows)| rows > MATVEC_MAX_M)
+/// Whether every span of [`linear_spans`] goes to the matrix-vector kernel (whose epilogues
+/// and embedding gather are its own).
+pub fn matvec_only(spans: &[usize]) -> bool {
+    span_groups(spans).iter().all(|&(_, rows)| rows <= MATVEC_MAX_M)
+}
+
+/// Whether [`linear_spans_prologue`] over `spans` on `gpu` needs `done`: where a span goes past
+/// the matrix-vector kernel, to a tier that does not apply `prologue`.
+pub fn prologue_needs_done(gpu: &Gpu, prologue: Prologue, spans: &[usize]) -> bool {
+    !matvec_only(spans) && !tiled_applies(gpu.tier, prologue)
 }
 
 /// (first row, rows) of each dispatch of [`linear_spans`]. A group of short spans never passes
@@ -1026,83 +1076,117 @@ mod tests {
             span_groups(&[1, 1, 3, 2, 2, 7, 9, 1, 0, 4]),
             vec![(0, 2), (2, 3), (5, 4), (9, 16), (25, 1), (26, 4)]
         );
-        check_spans_alone(gpu(), &[1, 1, 1, 3, 7, 9, 2, 1, 1, 5], 70);
+        check_spans_alone(gpu(), &[1, 1, 1, 3, 7, 9, 2, 1, 1, 5], 70, Load::Plain);
         // The tiled engine picks its tile by the product's size: the joined rows take 64×64
         // tiles, the 400 and 120 rows alone 32×32, in the same order of sums.
         let tiled = Gpu::shared_on_tier(Tier::Tiled).unwrap();
         let joined = (1 + 1 + 3 + 7 + 400 + 2 + 1 + 120, 1100);
         assert_eq!(GemmTile::for_product(Tier::Tiled, joined.0, joined.1), GemmTile::MEDIUM);
         assert_eq!(GemmTile::for_product(Tier::Tiled, 400, joined.1), GemmTile::SMALL);
-        check_spans_alone(tiled, &[1, 1, 3, 7, 400, 2, 1, 120], joined.1);
+        for load in [Load::Plain, Load::Norm, Load::Gate] {
+            check_spans_alone(tiled, &[1, 1, 3, 7, 400, 2, 1, 120], joined.1, load);
+        }
     }
 
-    fn check_spans_alone(gpu: &Gpu, spans: &[usize], n: usize) {
+    /// How [`check_spans_alone`] loads x: as stored, or through a prologue (the tiled tier's
+    /// for the long spans).
+    #[derive(Clone, Copy, Debug)]
+    enum Load {
+        Plain,
+        Norm,
+        Gate,
+    }
+
+    fn check_spans_alone(gpu: &Gpu, spans: &[usize], n: usize, load: Load) {
         let (m, k): (usize, usize) = (spans.iter().sum(), 48);
-        let x = rand_vec(1, m * k, 1.0);
+        let cols = if matches!(load, Load::Gate) { 2 * k } else { k };
+        let x = rand_vec(1, m * cols, 1.0);
         let w = rand_vec(2, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
-        let (wt, bt) = (gpu.upload_f32("w", &[n, k], &w).unwrap(), gpu.upload_f32("b", &[n], &b).unwrap());
-        let xt = gpu.upload_f32("x", &[m, k], &x).unwrap();
-        let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
-        let mut step = Step::new(gpu);
-        linear_spans(&mut step, &xt, &wt, Some(&bt), &yt, spans, false);
-        step.submit().unwrap();
-        let got = gpu.read_f32(&yt).unwrap();
+        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (wt, bt, nwt) = (t("w", &[n, k], &w), t("b", &[n], &b), t("nw", &[k], &rand_vec(5, k, 1.0)));
+        let prologue = match load {
+            Load::Plain => Prologue::None,
+            Load::Norm => Prologue::RmsNorm(&nwt, 1e-5),
+            Load::Gate => Prologue::SiluGate,
+        };
+        // y = prologue(x) · Wᵀ + b over `spans` of rows of x (the gate's added to y = 0, as
+        // the model adds the down projection into the residual stream).
+        let accumulate = matches!(load, Load::Gate);
+        let run = |x: &[f32], spans: &[usize]| {
+            let rows: usize = spans.iter().sum();
+            let (xt, yt) =
+                (t("x", &[rows, cols], x), gpu.zeros("y", &[rows, n], crate::gpu::DType::F32).unwrap());
+            let mut step = Step::new(gpu);
+            linear_spans_prologue(&mut step, prologue, (&xt, None), &wt, Some(&bt), &yt, spans, accumulate);
+            step.submit().unwrap();
+            gpu.read_f32(&yt).unwrap()
+        };
+        let got = run(&x, spans);
         let mut first = 0;
         for &len in spans {
-            let xs = gpu.upload_f32("xs", &[len, k], &x[first * k..(first + len) * k]).unwrap();
-            let ys = gpu.zeros("ys", &[len, n], crate::gpu::DType::F32).unwrap();
-            let mut step = Step::new(gpu);
-            linear(&mut step, &xs, &wt, Some(&bt), &ys, len, false);
-            step.submit().unwrap();
-            let alone = gpu.read_f32(&ys).unwrap();
+            let alone = run(&x[first * cols..(first + len) * cols], &[len]);
             let same = alone.iter().zip(&got[first * n..]).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{:?}: span of {len} rows at row {first} differs from its own run", gpu.tier);
+            assert!(
+                same,
+                "{:?} {load:?}: span of {len} rows at row {first} differs from its own run",
+                gpu.tier
+            );
             first += len;
         }
     }
 
-    /// The SiLU gate loaded by the matrix-vector kernel (short spans) and `act` read by the
-    /// blocked kernel (the 7-row span) both give y + silu(gate) · up · Wᵀ + b.
+    /// The adapter's device and one on the tiled tier: the long spans of a prologue read its
+    /// dispatch's output on the portable tier, apply it in gemm.wgsl on the tiled one.
+    fn both_tiers() -> [&'static Gpu; 2] {
+        [gpu(), Gpu::shared_on_tier(Tier::Tiled).unwrap()]
+    }
+
+    /// The SiLU gate loaded by the matrix-vector kernel (short spans) and by the tiled
+    /// engine, or `act` read by the portable kernel (the 7-row span), all give
+    /// y + silu(gate) · up · Wᵀ + b.
     #[test]
     fn linear_spans_gated_matches_cpu() {
-        let gpu = gpu();
         let spans = [1, 3, 7, 1, 2];
         let (m, n, k): (usize, usize, usize) = (spans.iter().sum(), 70, 48);
-        assert!(prologue_needs_done(&spans) && !prologue_needs_done(&[1, 1, 2]));
+        assert!(!matvec_only(&spans) && matvec_only(&[1, 1, 2]));
         let up = rand_vec(1, m * 2 * k, 2.0);
         let act = cpu::act::silu_gate(&up, k);
         let w = rand_vec(2, n * k, 1.0);
         let b = rand_vec(3, n, 1.0);
         let y0 = rand_vec(4, m * n, 1.0);
-        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
-        let (upt, actt, wt, bt) =
-            (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
-        let yt = t("y", &[m, n], &y0);
-        let mut step = Step::new(gpu);
-        linear_spans_prologue(
-            &mut step,
-            Prologue::SiluGate,
-            (&upt, &actt),
-            &wt,
-            Some(&bt),
-            &yt,
-            &spans,
-            true,
-        );
-        step.submit().unwrap();
-        let mut want = cpu::matmul::linear(&act, &w, Some(&b), m, n, k);
-        want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
-        assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, "gated linear");
+        for gpu in both_tiers() {
+            let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+            let (upt, actt, wt, bt) =
+                (t("up", &[m, 2 * k], &up), t("act", &[m, k], &act), t("w", &[n, k], &w), t("b", &[n], &b));
+            let yt = t("y", &[m, n], &y0);
+            let mut step = Step::new(gpu);
+            let done = prologue_needs_done(gpu, Prologue::SiluGate, &spans).then_some(&actt);
+            assert_eq!(done.is_none(), gpu.tier != Tier::Portable);
+            linear_spans_prologue(
+                &mut step,
+                Prologue::SiluGate,
+                (&upt, done),
+                &wt,
+                Some(&bt),
+                &yt,
+                &spans,
+                true,
+            );
+            step.submit().unwrap();
+            let mut want = cpu::matmul::linear(&act, &w, Some(&b), m, n, k);
+            want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+            assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("gated linear {:?}", gpu.tier));
+        }
     }
 
     /// The RMSNorm loaded by the matrix-vector kernel (short spans; vec4 and scalar loads)
-    /// and the normed rows read by the blocked kernel both give norm(x) · Wᵀ + b.
+    /// and by the tiled engine, or the normed rows read by the portable kernel, all give
+    /// norm(x) · Wᵀ + b.
     #[test]
     fn linear_spans_normed_matches_cpu() {
-        let gpu = gpu();
         let spans = [1, 3, 7, 1, 2];
-        for (n, k) in [(70, 48), (33, 46)] {
+        for ((n, k), gpu) in [(70, 48), (33, 46)].into_iter().flat_map(|nk| both_tiers().map(|g| (nk, g))) {
             let m: usize = spans.iter().sum();
             let x = rand_vec(1, m * k, 2.0);
             let nw = rand_vec(5, k, 1.0);
@@ -1115,10 +1199,12 @@ mod tests {
             let yt = gpu.zeros("y", &[m, n], crate::gpu::DType::F32).unwrap();
             let mut step = Step::new(gpu);
             let prologue = Prologue::RmsNorm(&nwt, 1e-5);
-            linear_spans_prologue(&mut step, prologue, (&xt, &donet), &wt, Some(&bt), &yt, &spans, false);
+            let done = prologue_needs_done(gpu, prologue, &spans).then_some(&donet);
+            linear_spans_prologue(&mut step, prologue, (&xt, done), &wt, Some(&bt), &yt, &spans, false);
             step.submit().unwrap();
             let want = cpu::matmul::linear(&normed, &w, Some(&b), m, n, k);
-            assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &format!("normed linear k={k}"));
+            let what = format!("normed linear k={k} {:?}", gpu.tier);
+            assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
         }
     }
 
@@ -1588,6 +1674,69 @@ mod tests {
             // dyᵀ·x: dyᵀ along M (AVEC4), x along N (BVEC4), then scalars.
             check_engine(engine, false, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
             check_engine(engine, false, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+        }
+    }
+
+    /// `norm(x) · Wᵀ + bias` (`gated`: `y + silu(gate) · up · Wᵀ + bias`, as the model runs
+    /// them) with the prologue in gemm.wgsl on `engine`, W random in `fmt`, x random within
+    /// ±`scale`, against the CPU's norm or gate then product on the dequantized W.
+    fn check_tiled_prologue(
+        engine: Engine,
+        gated: bool,
+        (m, n, k): (usize, usize, usize),
+        fmt: WeightFormat,
+        bias: bool,
+        scale: f32,
+    ) {
+        let gpu = gpu();
+        let cols = if gated { 2 * k } else { k };
+        let x = rand_vec(m as u64, m * cols, scale);
+        let nw = rand_vec(5, k, 1.0);
+        let packed = crate::gpu::wfmt::random_packed(fmt, n, k, 2);
+        let w = crate::gpu::wfmt::dequantize(fmt, &packed);
+        let (b, y0) = (rand_vec(3, n, 1.0), rand_vec(4, m * n, 1.0));
+        let t = |name, shape: &[usize], data: &[f32]| gpu.upload_f32(name, shape, data).unwrap();
+        let (xt, nwt, bt, yt) =
+            (t("x", &[m, cols], &x), t("nw", &[k], &nw), t("b", &[n], &b), t("y", &[m, n], &y0));
+        let wt = gpu.upload_weight("w", &[n, k], fmt, &packed).unwrap();
+        let (prologue, a) = match gated {
+            true => (Prologue::SiluGate, cpu::act::silu_gate(&x, k)),
+            false => (Prologue::RmsNorm(&nwt, 1e-5), cpu::norm::rms_norm(&x, &nw, 1e-5)),
+        };
+        let mut step = Step::new(gpu);
+        let (xa, wa, ya) = (Mat::rows(&xt, 0, cols), Mat::transposed(&wt, 0, k), Mat::rows(&yt, 0, n));
+        matmul_on(&mut step, engine, xa, wa, ya, (m, n, k), (1.0, bias.then_some(&bt)), gated, prologue);
+        step.submit().unwrap();
+        let mut want = cpu::matmul::linear(&a, &w, bias.then_some(&b[..]), m, n, k);
+        if gated {
+            want.iter_mut().zip(&y0).for_each(|(w, y)| *w += y);
+        }
+        let what = format!("gated={gated} {m}x{n}x{k} {fmt:?} bias={bias} scale={scale} {engine:?}");
+        assert_close(&gpu.read_f32(&yt).unwrap(), &want, 1e-4, &what);
+    }
+
+    /// Both prologues of the tiled engine (prefill's RMSNorm and SiLU gate), every SIMT tile:
+    /// sizes no multiple of a tile, several K tiles and workgroups, vec4 and scalar (K % 4 != 0)
+    /// loads, with and without bias, a residual stream in the thousands, and every weight
+    /// format through wload, against the CPU.
+    #[test]
+    fn tiled_prologues_match_cpu() {
+        let gpu = gpu();
+        let f32 = WeightFormat::F32;
+        let unpacked = native_f16(gpu).then_some(WeightFormat::F16);
+        for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
+            // Normed: the stream's scale cancels.
+            check_tiled_prologue(engine, false, (70, 33, 92), f32, true, 3000.0);
+            for gated in [false, true] {
+                check_tiled_prologue(engine, gated, (131, 150, 52), f32, true, 2.0);
+                check_tiled_prologue(engine, gated, (37, 45, 46), f32, false, 2.0);
+            }
+            // The weights' loads do not depend on the prologue: each format with one.
+            for (i, fmt) in WeightFormat::ALL.into_iter().chain(unpacked).enumerate() {
+                UNPACK_F16.set(i >= WeightFormat::ALL.len());
+                check_tiled_prologue(engine, i % 2 == 0, (37, 45, 256), fmt, i / 2 % 2 == 0, 2.0);
+            }
+            UNPACK_F16.set(false);
         }
     }
 
