@@ -932,18 +932,7 @@ impl GpuModel {
         }
         false
     }
-}
 
-/// Checks that weight `name` of `shape` can be uploaded: within one binding, or for the
-/// vocabulary's tables ([`shardable`]) one row within it.
-pub fn check_weight(gpu: &Gpu, name: &str, shape: &[usize]) -> Result<u64> {
-    match shape {
-        [_, row @ ..] if shardable(name) => gpu.check_binding(name, row),
-        _ => gpu.check_binding(name, shape),
-    }
-}
-
-impl GpuModel {
     /// [`matmul::prologue_needs_done`], and without [`GpuModel::prologues_in_tiled`] wherever
     /// a span goes past the matrix-vector kernel.
     fn prologue_needs_done(&self, gpu: &Gpu, prologue: Prologue, spans: &[usize]) -> bool {
@@ -981,6 +970,15 @@ impl GpuModel {
             Some(lcm) => matmul::linear_spans_modulated(step, prologue, src, (w, bias), y, spans, lcm),
             None => matmul::linear_spans_prologue(step, prologue, (src, done), w, bias, y, spans, accumulate),
         }
+    }
+}
+
+/// Checks that weight `name` of `shape` can be uploaded: within one binding, or for the
+/// vocabulary's tables ([`shardable`]) one row within it.
+pub fn check_weight(gpu: &Gpu, name: &str, shape: &[usize]) -> Result<u64> {
+    match shape {
+        [_, row @ ..] if shardable(name) => gpu.check_binding(name, row),
+        _ => gpu.check_binding(name, shape),
     }
 }
 

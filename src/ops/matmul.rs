@@ -110,7 +110,11 @@ pub enum Prologue<'a> {
 /// as it loads A (the tiled tiers: gemm.wgsl's SILU_GATE and RMSNORM; the embedding's gather
 /// is decode's only).
 pub fn tiled_applies(tier: Tier, prologue: Prologue) -> bool {
-    tier != Tier::Portable && matches!(prologue, Prologue::None | Prologue::SiluGate | Prologue::RmsNorm(..))
+    match prologue {
+        Prologue::None => true,
+        Prologue::SiluGate | Prologue::RmsNorm(..) => tier != Tier::Portable,
+        Prologue::EmbedRmsNorm { .. } => false,
+    }
 }
 
 /// Up to this many rows of A, x·Wᵀ-shaped products use matvec.wgsl: it reads each weight
