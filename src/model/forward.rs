@@ -1103,6 +1103,17 @@ mod tests {
         }
     }
 
+    /// stories260k (RMSNorm, a gated MLP) and tiny-gpt2 (LayerNorm with biases, learned
+    /// positions), each on the GPU with a short prompt's ids; those whose fixture is present.
+    fn rms_and_layer_norm_models(gpu: &'static Gpu) -> Vec<(&'static str, GpuModel, Vec<u32>)> {
+        let loaded = ["stories260k", "tiny-gpt2"].into_iter().filter_map(|name| {
+            let host = crate::model::load(&crate::testing::model(name)?).unwrap();
+            let prompt = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+            Some((name, GpuModel::upload(gpu, &host).unwrap(), prompt))
+        });
+        loaded.collect()
+    }
+
     /// Decode with LCM on, in each setting (one scale; three without keeping the norm; sink 1
     /// in normalized space on chosen blocks; raw without keeping the norm), on a gated model and
     /// on GPT-2 (a biased down projection without a gate): LCM in the down projection's last
@@ -1114,12 +1125,8 @@ mod tests {
         use crate::generate::{score, Session};
         use crate::modulate::{LcmConfig, Space};
         let gpu = crate::ops::test_util::gpu();
-        for name in ["stories260k", "tiny-gpt2"] {
-            let Some(path) = crate::testing::model(name) else { continue };
-            let host = crate::model::load(&path).unwrap();
-            let mut m = GpuModel::upload(gpu, &host).unwrap();
+        for (name, mut m, prompt) in rms_and_layer_norm_models(gpu) {
             let last = m.config.layers - 1;
-            let prompt = host.tokenizer.encode("Once upon a time, a girl").unwrap();
             assert!(prompt.len() > 4, "{name}: a prompt the prefill kernels take");
             let three = vec![(0.5, 0.3), (0.9, 0.2), (0.99, 0.1)];
             let settings = [
@@ -1207,11 +1214,7 @@ mod tests {
     fn greedy_pick_in_the_last_workgroup_equals_its_dispatches_and_the_cpu() {
         use crate::generate::{decode::pick_from_logits, sampler::argmax, Sampler, SamplerConfig, Session};
         let gpu = crate::ops::test_util::gpu();
-        for name in ["stories260k", "tiny-gpt2"] {
-            let Some(path) = crate::testing::model(name) else { continue };
-            let host = crate::model::load(&path).unwrap();
-            let mut m = GpuModel::upload(gpu, &host).unwrap();
-            let prompt = host.tokenizer.encode("Once upon a time, a girl").unwrap();
+        for (name, mut m, prompt) in rms_and_layer_norm_models(gpu) {
             let n = 12;
             let bits = |p: &Pick| [p.id, p.logprob.to_bits(), p.entropy.to_bits(), p.lse.to_bits()];
             let mut runs = Vec::new();

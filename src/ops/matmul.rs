@@ -1669,16 +1669,22 @@ mod tests {
     fn tiled_products_match_cpu() {
         let gpu = gpu();
         for engine in GemmTile::SIMT.map(|t| tiled(gpu, t)) {
-            // x·Wᵀ: x rows (at an offset), W [n, k] read along K (AKVEC4, BKVEC4), then scalars.
-            check_engine(engine, false, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
-            check_engine(engine, false, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
-            // dy·W: dy [m, out] along K (AKVEC4), W [out, in] along N (BVEC4), then scalars.
-            check_engine(engine, false, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
-            check_engine(engine, false, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
-            // dyᵀ·x: dyᵀ along M (AVEC4), x along N (BVEC4), then scalars.
-            check_engine(engine, false, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
-            check_engine(engine, false, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
+            check_training_products(engine, false);
         }
+    }
+
+    /// The three products of training on `engine` (f16 operands with `half`) through every
+    /// load path, with sizes no multiple of a tile, several K tiles and workgroups each way.
+    fn check_training_products(engine: Engine, half: bool) {
+        // x·Wᵀ: x rows (at an offset), W [n, k] read along K (AKVEC4, BKVEC4), then scalars.
+        check_engine(engine, half, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
+        check_engine(engine, half, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
+        // dy·W: dy [m, out] along K (AKVEC4), W [out, in] along N (BVEC4), then scalars.
+        check_engine(engine, half, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
+        check_engine(engine, half, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
+        // dyᵀ·x: dyᵀ along M (AVEC4), x along N (BVEC4), then scalars.
+        check_engine(engine, half, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
+        check_engine(engine, half, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
     }
 
     /// `norm(x) · Wᵀ + bias` (`gated`: `y + silu(gate) · up · Wᵀ + bias`, as the model runs
@@ -1753,13 +1759,8 @@ mod tests {
         let gpu = gpu();
         let portable = Engine::with_tier(gpu, Tier::Portable, None);
         for engine in [portable].into_iter().chain(GemmTile::SIMT.map(|t| tiled(gpu, t))) {
-            check_engine(engine, true, "x·Wᵀ", (4, 52, 1), (0, 1, 52), (131, 150, 52), true, false);
-            check_engine(engine, true, "x·Wᵀ", (0, 23, 1), (0, 1, 23), (37, 45, 23), true, true);
+            check_training_products(engine, true);
             check_engine(engine, true, "x·Wᵀ", (0, 64, 1), (0, 1, 64), (3, 40, 64), false, false);
-            check_engine(engine, true, "dy·W", (0, 44, 1), (0, 72, 1), (131, 72, 44), false, true);
-            check_engine(engine, true, "dy·W", (0, 45, 1), (0, 70, 1), (37, 70, 45), false, false);
-            check_engine(engine, true, "dyᵀ·x", (0, 1, 44), (0, 72, 1), (44, 72, 131), false, true);
-            check_engine(engine, true, "dyᵀ·x", (0, 1, 45), (0, 70, 1), (45, 70, 37), true, false);
         }
         let (m, n, k) = (8, 8, 8);
         let mut a = rand_vec(21, m * k, 1.0);
